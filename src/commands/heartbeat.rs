@@ -1,0 +1,32 @@
+//! `sentinel heartbeat LOCK --once`: renew once; exit 4 if the lock was lost.
+
+use serde_json::json;
+
+use crate::cli::HeartbeatArgs;
+use crate::config::Context;
+use crate::error::{Error, Result};
+use crate::output::{Report, holder_json, time};
+
+pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
+    if !args.once {
+        return Err(Error::usage(
+            "the long-running heartbeat sidecar is not available yet; use `heartbeat --once` (e.g. from a loop)",
+        ));
+    }
+    let target = ctx.backend.target(&args.lock)?;
+    let what = ctx.backend.describe(&target);
+    let h = ctx.backend.renew(&target, &ctx.claimant.worker_id).await?;
+    Ok(Report::new(
+        json!({
+            "ok": true,
+            "command": "heartbeat",
+            "backend": ctx.backend.name(),
+            "lock": what,
+            "worker_id": h.worker_id,
+            "fencing_token": h.fencing_token,
+            "expires_at": h.expires_at,
+            "holder": holder_json(&h),
+        }),
+        format!("Renewed {what} until {}", time(h.expires_at)),
+    ))
+}

@@ -1,0 +1,27 @@
+//! One module per subcommand. Each takes its parsed arguments, calls the library and returns a
+//! [`Report`](crate::output::Report); none parses input or speaks a protocol itself.
+
+pub mod claim;
+pub mod completions;
+pub mod heartbeat;
+pub mod release;
+pub mod status;
+
+use crate::cli::{Cli, Command};
+use crate::config::Context;
+use crate::error::Result;
+use crate::output::Report;
+
+pub async fn run(cli: &Cli) -> Result<Report> {
+    if let Command::Completions(args) = &cli.command {
+        return completions::run(args);
+    }
+    let ctx = Context::from_args(&cli.global)?;
+    match &cli.command {
+        Command::Claim(a) => claim::run(&ctx, a).await,
+        Command::Release(a) => release::run(&ctx, a).await,
+        Command::Status(a) => status::run(&ctx, a).await,
+        Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
+        Command::Completions(_) => unreachable!("handled above"),
+    }
+}

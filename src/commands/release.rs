@@ -1,0 +1,34 @@
+//! `sentinel release LOCK [--force]`.
+
+use serde_json::json;
+
+use crate::cli::ReleaseArgs;
+use crate::config::Context;
+use crate::error::Result;
+use crate::output::{Report, holder_json};
+
+pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
+    let target = ctx.backend.target(&args.lock)?;
+    let what = ctx.backend.describe(&target);
+    let worker = &ctx.claimant.worker_id;
+    let r = ctx.backend.release(&target, worker, args.force).await?;
+    let human = match (&r.previous, r.was_held) {
+        (Some(p), true) if &p.worker_id != worker => {
+            format!("Force-released {what} (was held by {})", p.worker_id)
+        }
+        (_, true) => format!("Released {what}"),
+        (_, false) => format!("{what} was not held; nothing to release"),
+    };
+    Ok(Report::new(
+        json!({
+            "ok": true,
+            "command": "release",
+            "backend": ctx.backend.name(),
+            "lock": what,
+            "worker_id": worker,
+            "was_held": r.was_held,
+            "previous": r.previous.as_ref().map(holder_json),
+        }),
+        human,
+    ))
+}

@@ -1,0 +1,56 @@
+//! `sentinel status [LOCK]`: one lock in detail, or a table of every held lock.
+
+use serde_json::json;
+
+use crate::backend::Status;
+use crate::cli::StatusArgs;
+use crate::config::Context;
+use crate::error::Result;
+use crate::output::{Report, holder_json, holder_lines, table};
+
+pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Report> {
+    let Some(raw) = &args.lock else {
+        let rows = ctx.backend.list(args.since).await?;
+        let human = if rows.is_empty() {
+            "No locks are held.".to_string()
+        } else {
+            table(&rows)
+        };
+        let locks: Vec<_> = rows
+            .iter()
+            .map(|(name, h)| json!({"lock": name, "holder": holder_json(h)}))
+            .collect();
+        return Ok(Report::new(
+            json!({"ok": true, "command": "status", "backend": ctx.backend.name(), "locks": locks}),
+            human,
+        ));
+    };
+    let target = ctx.backend.target(raw)?;
+    let what = ctx.backend.describe(&target);
+    let status = ctx.backend.status(&target).await?;
+    let mut human = match status.holder() {
+        Some(h) => format!("{what}\n{}", holder_lines(h)),
+        None => format!("{what} is free"),
+    };
+    if let Status::Issue(s) = &status {
+        human.push_str(&format!("\nissue       {} ({})", s.issue.title, s.issue.state));
+        for i in &s.ignored {
+            human.push_str(&format!(
+                "\nignored     comment {} by {}: {}",
+                i.comment_id, i.author, i.reason
+            ));
+        }
+    }
+    Ok(Report::new(
+        json!({
+            "ok": true,
+            "command": "status",
+            "backend": ctx.backend.name(),
+            "lock": what,
+            "held": status.holder().is_some(),
+            "holder": status.holder().map(holder_json),
+            "detail": status,
+        }),
+        human,
+    ))
+}

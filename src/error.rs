@@ -1,0 +1,95 @@
+//! The one error type of the library and its mapping to the CLI's documented exit codes (SPEC §2).
+//!
+//! Every failure a user can cause or meet is a variant here, so `main` turns any of them into the
+//! right exit code in one place, the way cargo's `CliError` does.
+
+use std::time::Duration;
+
+/// Exit codes of the CLI contract. Scripts depend on these numbers: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Success = 0,
+    Unexpected = 1,
+    Usage = 2,
+    Conflict = 3,
+    NotOwner = 4,
+    Auth = 5,
+    NotFound = 6,
+    RateLimited = 7,
+    Unavailable = 8,
+}
+
+impl ExitCode {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: an issue number, repo, duration, lock name or JSON that cannot be used.
+    #[error("{0}")]
+    Usage(String),
+    /// The lock is held by someone else and the strategy gave up.
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller does not hold the lock (never did, or lost it: stolen, released, expired).
+    #[error("{0}")]
+    NotOwner(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The rate limit would not reset within the wait budget.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Network errors and 5xx that outlived our retries.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) => ExitCode::Usage,
+            Error::Conflict(_) => ExitCode::Conflict,
+            Error::NotOwner(_) => ExitCode::NotOwner,
+            Error::Auth(_) => ExitCode::Auth,
+            Error::NotFound(_) => ExitCode::NotFound,
+            Error::RateLimited { .. } => ExitCode::RateLimited,
+            Error::Unavailable(_) => ExitCode::Unavailable,
+            Error::Unexpected(_) => ExitCode::Unexpected,
+        }
+    }
+
+    /// A short machine-readable kind for `--json` error objects.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::Conflict(_) => "conflict",
+            Error::NotOwner(_) => "not_owner",
+            Error::Auth(_) => "auth",
+            Error::NotFound(_) => "not_found",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable(_) => "unavailable",
+            Error::Unexpected(_) => "unexpected",
+        }
+    }
+
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Unexpected(format!("I/O error: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,389 @@
+//! HTTP transport to the GitHub REST API: octocrab underneath, GitHub's manners on top.
+//!
+//! octocrab's own retry layer is compiled out (its `retry` feature is off) because it would blindly
+//! resend a comment POST whose response was lost, creating a second lock comment. Here idempotent
+//! requests (GET, PATCH of a whole body, DELETE) are retried on 5xx and network errors, and a POST
+//! is sent exactly once: its caller re-reads before re-posting. Rate limits are honoured (primary
+//! limit reset, secondary limit `retry-after`) within a wait budget, GETs are conditional
+//! (`If-None-Match`, a 304 costs no rate-limit budget), and every `Date` header feeds an estimate
+//! of GitHub's clock, the only clock the lock protocol trusts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, Method, StatusCode, header};
+use http_body_util::BodyExt;
+use octocrab::Octocrab;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// How hard to try before calling GitHub unavailable (exit 8) or rate limited (exit 7).
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub api_url: String,
+    pub token: Option<Secret>,
+    /// Extra attempts for idempotent requests after a 5xx or network error.
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    /// Longest total time this process will sleep for rate limits before giving up.
+    pub rate_limit_wait: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(api_url: &str, token: Option<Secret>) -> Self {
+        ClientOptions {
+            api_url: api_url.trim_end_matches('/').to_string(),
+            token,
+            retries: 3,
+            retry_backoff: Duration::from_millis(500),
+            rate_limit_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A response of any status; callers decide what 404, 410 or 301 mean for them.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error::Unexpected(format!("GitHub sent a response sentinel cannot read: {e}"))
+        })
+    }
+
+    /// GitHub's `message` field of an error body.
+    pub fn message(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+            .unwrap_or_else(|| {
+                self.status
+                    .canonical_reason()
+                    .unwrap_or("unknown error")
+                    .to_string()
+            })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The URL of the next page from a `Link` header.
+    pub fn next_page(&self) -> Option<String> {
+        let link = self.header("link")?;
+        link.split(',').find_map(|part| {
+            let (url, rel) = part.split_once(';')?;
+            rel.contains("rel=\"next\"")
+                .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        })
+    }
+}
+
+/// Outcome of a request that must not be blindly repeated.
+#[derive(Debug)]
+pub enum Sent {
+    Done(Response),
+    /// The request may or may not have been applied (5xx or a broken connection).
+    Unknown(Error),
+}
+
+struct ClockSample {
+    github: DateTime<Utc>,
+    local: Instant,
+}
+
+pub struct Client {
+    octo: Octocrab,
+    opts: ClientOptions,
+    clock: Mutex<Option<ClockSample>>,
+    etags: Mutex<HashMap<String, (String, Bytes)>>,
+    rate_waited: Mutex<Duration>,
+}
+
+impl Client {
+    pub fn new(opts: ClientOptions) -> Result<Client> {
+        let mut builder = Octocrab::builder()
+            .base_uri(opts.api_url.as_str())
+            .map_err(|e| Error::usage(format!("invalid --api-url {:?}: {e}", opts.api_url)))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_write_timeout(Some(Duration::from_secs(30)));
+        if let Some(token) = &opts.token {
+            builder = builder.personal_token(token.expose().to_string());
+        }
+        let octo = builder
+            .build()
+            .map_err(|e| Error::Unexpected(format!("cannot build the GitHub client: {e}")))?;
+        Ok(Client {
+            octo,
+            opts,
+            clock: Mutex::new(None),
+            etags: Mutex::new(HashMap::new()),
+            rate_waited: Mutex::new(Duration::ZERO),
+        })
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.opts.api_url
+    }
+
+    /// Best estimate of GitHub's clock now: the last `Date` header plus the monotonic time since.
+    pub fn github_now(&self) -> Option<DateTime<Utc>> {
+        let clock = self.clock.lock().unwrap();
+        clock.as_ref().map(|s| {
+            s.github + chrono::Duration::from_std(s.local.elapsed()).unwrap_or_default()
+        })
+    }
+
+    /// GitHub's clock as of the last response (exact, from its `Date` header).
+    pub fn last_date(&self) -> Option<DateTime<Utc>> {
+        self.clock.lock().unwrap().as_ref().map(|s| s.github)
+    }
+
+    /// GET with retries and a conditional request when this process has seen the URL before.
+    pub async fn get(&self, path: &str) -> Result<Response> {
+        self.idempotent(Method::GET, path, None::<&()>).await
+    }
+
+    /// GET every page of a list, following `Link: rel="next"`.
+    pub async fn get_all<T: DeserializeOwned>(&self, first: &str) -> Result<(Vec<T>, Response)> {
+        let mut items = Vec::new();
+        let mut url = first.to_string();
+        loop {
+            let resp = self.get(&url).await?;
+            if !resp.status.is_success() {
+                return Ok((items, resp));
+            }
+            items.extend(resp.json::<Vec<T>>()?);
+            match resp.next_page() {
+                Some(next) => url = next,
+                None => return Ok((items, resp)),
+            }
+        }
+    }
+
+    pub async fn patch<B: Serialize>(&self, path: &str, body: &B) -> Result<Response> {
+        self.idempotent(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete<B: Serialize>(&self, path: &str, body: Option<&B>) -> Result<Response> {
+        self.idempotent(Method::DELETE, path, body).await
+    }
+
+    /// A POST whose repetition is harmless (adding an assignee or a label): retried like a GET.
+    pub async fn post_idempotent<B: Serialize>(&self, path: &str, body: &B) -> Result<Response> {
+        self.idempotent(Method::POST, path, Some(body)).await
+    }
+
+    /// A POST that is sent once: a 5xx or broken connection is reported as `Sent::Unknown`.
+    pub async fn post_once<B: Serialize>(&self, path: &str, body: &B) -> Result<Sent> {
+        loop {
+            let resp = match self.send(Method::POST, path, Some(body)).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Sent::Unknown(e)),
+            };
+            if resp.status.is_server_error() {
+                return Ok(Sent::Unknown(Error::Unavailable(format!(
+                    "GitHub answered {} to POST {path}",
+                    resp.status
+                ))));
+            }
+            // A rate-limited request was not applied, so waiting and resending is safe.
+            if self.wait_for_rate_limit(&resp).await? {
+                continue;
+            }
+            self.check_auth(&resp)?;
+            return Ok(Sent::Done(resp));
+        }
+    }
+
+    async fn idempotent<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response> {
+        let mut attempt = 0;
+        loop {
+            let result = self.send(method.clone(), path, body).await;
+            let retryable = match &result {
+                Ok(resp) => resp.status.is_server_error(),
+                Err(_) => true,
+            };
+            if retryable && attempt < self.opts.retries {
+                attempt += 1;
+                let pause = self.opts.retry_backoff * 2u32.pow(attempt - 1);
+                tracing::warn!(%method, path, attempt, ?pause, "GitHub request failed; retrying");
+                tokio::time::sleep(jitter(pause)).await;
+                continue;
+            }
+            let resp = match result {
+                Ok(resp) if resp.status.is_server_error() => {
+                    return Err(Error::Unavailable(format!(
+                        "GitHub answered {} to {method} {path} after {} attempts: {}",
+                        resp.status,
+                        attempt + 1,
+                        resp.message()
+                    )));
+                }
+                Ok(resp) => resp,
+                Err(e) => return Err(e),
+            };
+            if self.wait_for_rate_limit(&resp).await? {
+                continue;
+            }
+            self.check_auth(&resp)?;
+            return Ok(resp);
+        }
+    }
+
+    /// 401 is never the caller's business: the token is wrong everywhere.
+    fn check_auth(&self, resp: &Response) -> Result<()> {
+        if resp.status == StatusCode::UNAUTHORIZED {
+            let hint = if self.opts.token.is_some() {
+                "check --token / SENTINEL_TOKEN / GITHUB_TOKEN / GH_TOKEN"
+            } else {
+                "no token given: set --token, SENTINEL_TOKEN, GITHUB_TOKEN or GH_TOKEN"
+            };
+            return Err(Error::Auth(format!("GitHub: {} ({hint})", resp.message())));
+        }
+        Ok(())
+    }
+
+    /// Sleeps through a rate limit when the wait fits the budget. Returns whether to resend.
+    async fn wait_for_rate_limit(&self, resp: &Response) -> Result<bool> {
+        if resp.status != StatusCode::FORBIDDEN && resp.status != StatusCode::TOO_MANY_REQUESTS {
+            return Ok(false);
+        }
+        let message = resp.message();
+        let retry_after = resp
+            .header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let primary = resp.header("x-ratelimit-remaining") == Some("0");
+        let secondary = retry_after.is_some() || message.to_lowercase().contains("secondary rate limit");
+        let wait = if secondary {
+            retry_after.unwrap_or(Duration::from_secs(60))
+        } else if primary {
+            let reset = resp
+                .header("x-ratelimit-reset")
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(|s| DateTime::from_timestamp(s, 0));
+            let now = self.last_date().unwrap_or_else(Utc::now);
+            match reset {
+                Some(reset) => (reset - now).to_std().unwrap_or_default() + Duration::from_secs(1),
+                None => Duration::from_secs(60),
+            }
+        } else {
+            return Ok(false);
+        };
+        {
+            let mut waited = self.rate_waited.lock().unwrap();
+            if *waited + wait > self.opts.rate_limit_wait {
+                return Err(Error::RateLimited {
+                    message: format!(
+                        "GitHub rate limit: {message} (would need to wait {} s more; the wait budget is {} s)",
+                        wait.as_secs(),
+                        self.opts.rate_limit_wait.as_secs()
+                    ),
+                    retry_after: Some(wait),
+                });
+            }
+            *waited += wait;
+        }
+        tracing::warn!(wait_secs = wait.as_secs_f64(), %message, "GitHub rate limit; waiting");
+        tokio::time::sleep(wait).await;
+        Ok(true)
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response> {
+        let started = Instant::now();
+        let cached = (method == Method::GET)
+            .then(|| self.etags.lock().unwrap().get(path).cloned())
+            .flatten();
+        let result = match method {
+            Method::GET => {
+                let mut headers = HeaderMap::new();
+                if let Some(v) = cached.as_ref().and_then(|(etag, _)| etag.parse().ok()) {
+                    headers.insert(header::IF_NONE_MATCH, v);
+                }
+                self.octo._get_with_headers(path, Some(headers)).await
+            }
+            Method::POST => self.octo._post(path, body).await,
+            Method::PATCH => self.octo._patch(path, body).await,
+            Method::DELETE => self.octo._delete(path, body).await,
+            other => return Err(Error::Unexpected(format!("unsupported method {other}"))),
+        };
+        let raw = result.map_err(|e| {
+            Error::Unavailable(format!("cannot reach GitHub at {}: {}", self.opts.api_url, brief(&e)))
+        })?;
+        let (parts, body) = raw.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| Error::Unavailable(format!("GitHub response cut short: {}", brief(&e))))?
+            .to_bytes();
+        let mut resp = Response {
+            status: parts.status,
+            headers: parts.headers,
+            body: bytes,
+        };
+        self.observe_date(&resp, started);
+        tracing::debug!(%method, path, status = resp.status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "github");
+        if method == Method::GET {
+            if resp.status == StatusCode::NOT_MODIFIED {
+                if let Some((_, body)) = cached {
+                    resp.status = StatusCode::OK;
+                    resp.body = body;
+                }
+            } else if let Some(etag) = resp.header("etag").filter(|_| resp.status.is_success()) {
+                self.etags
+                    .lock()
+                    .unwrap()
+                    .insert(path.to_string(), (etag.to_string(), resp.body.clone()));
+            }
+        }
+        Ok(resp)
+    }
+
+    fn observe_date(&self, resp: &Response, sent: Instant) {
+        let Some(date) = resp
+            .header("date")
+            .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+        else {
+            return;
+        };
+        // The server stamped the response somewhere between send and receive; the midpoint
+        // halves the error, and whole-second Date headers dominate it anyway.
+        let half_trip = sent.elapsed() / 2;
+        *self.clock.lock().unwrap() = Some(ClockSample {
+            github: date.with_timezone(&Utc),
+            local: Instant::now() - half_trip,
+        });
+    }
+}
+
+/// octocrab errors carry backtraces in Display; keep messages to one line.
+fn brief(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+}

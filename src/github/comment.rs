@@ -1,0 +1,238 @@
+//! The lock comment: what a human reads on the issue and the JSON block every sentinel parses.
+//!
+//! Rendering and parsing live together so the format cannot drift between writer and reader. The
+//! JSON keeps the seed's field names (`lock.worker_id`, `node_id`, `claimed_at`, `heartbeat_last`,
+//! `task_info`); the times inside are the writer's estimate of GitHub's clock and are shown to
+//! humans only — the protocol judges time by the comment's own `created_at` / `updated_at`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::lock::TaskInfo;
+
+/// First line of every lock comment; lets readers skip ordinary comments cheaply.
+pub const MARKER: &str = "<!-- sentinel:lock -->";
+const JSON_OPEN: &str = "```json";
+const JSON_CLOSE: &str = "```";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockState {
+    Held,
+    Released,
+}
+
+/// What a stealing claim says about the lock it takes over, so every reader can check the
+/// take-over was allowed even after the victim's comment is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Takeover {
+    pub comment_id: u64,
+    pub worker_id: String,
+    /// The victim's `updated_at` as the stealer saw it.
+    pub heartbeat: DateTime<Utc>,
+    pub ttl_seconds: u64,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockMeta {
+    pub worker_id: String,
+    pub node_id: String,
+    pub claimed_at: DateTime<Utc>,
+    pub heartbeat_last: DateTime<Utc>,
+    pub ttl_seconds: u64,
+    pub state: LockState,
+    /// Random id of this claim attempt: finds our own comment again after a lost response.
+    pub nonce: String,
+    #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
+    pub task_info: TaskInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<Takeover>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    sentinel: u32,
+    lock: LockMeta,
+}
+
+/// How a comment body reads as a lock comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a sentinel comment at all.
+    Other,
+    Lock(Box<LockMeta>),
+    /// Carries the marker but the JSON is missing or broken (hand-edited): ignored, reported.
+    Malformed(String),
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn describe_task(t: &TaskInfo) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(c) = t.complexity {
+        parts.push(format!("complexity {c}"));
+    }
+    if let Some(d) = &t.estimated_duration {
+        parts.push(format!("estimate {d}"));
+    }
+    if let Some(k) = &t.task_type {
+        parts.push(format!("type {k}"));
+    }
+    if let Some(p) = &t.priority {
+        parts.push(format!("priority {p}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+/// Renders the whole comment body: readable text first, the JSON block last.
+pub fn render(meta: &LockMeta) -> String {
+    let mut out = String::new();
+    out.push_str(MARKER);
+    out.push('\n');
+    match meta.state {
+        LockState::Held => {
+            out.push_str(&format!(
+                "🔒 **Locked by `{}`** on `{}` with [sentinel](https://github.com/sentinel-locks/sentinel).\n\n",
+                meta.worker_id, meta.node_id
+            ));
+            out.push_str(&format!(
+                "- claimed at {}\n- last heartbeat {} (this comment's edit time is authoritative)\n- expires {} unless renewed (lease {} s)\n",
+                ts(meta.claimed_at),
+                ts(meta.heartbeat_last),
+                ts(meta.heartbeat_last + chrono::Duration::seconds(meta.ttl_seconds as i64)),
+                meta.ttl_seconds
+            ));
+        }
+        LockState::Released => {
+            let at = meta.released_at.map(ts).unwrap_or_else(|| "-".into());
+            let by = meta.released_by.as_deref().unwrap_or(&meta.worker_id);
+            out.push_str(&format!(
+                "🔓 **Released** by `{by}` at {at}. Held by `{}` on `{}` since {}.\n",
+                meta.worker_id,
+                meta.node_id,
+                ts(meta.claimed_at)
+            ));
+        }
+    }
+    if let Some(t) = describe_task(&meta.task_info) {
+        out.push_str(&format!("- task: {t}\n"));
+    }
+    if let Some(t) = &meta.takeover {
+        out.push_str(&format!(
+            "- {} the lock of `{}` (comment {}, last heartbeat {}, lease {} s)\n",
+            if t.force {
+                "forcibly took over"
+            } else {
+                "took over the stale"
+            },
+            t.worker_id,
+            t.comment_id,
+            ts(t.heartbeat),
+            t.ttl_seconds
+        ));
+    }
+    let json = serde_json::to_string_pretty(&Envelope {
+        sentinel: 1,
+        lock: meta.clone(),
+    })
+    .expect("lock metadata always serializes");
+    out.push_str(&format!(
+        "\n<details><summary>lock metadata</summary>\n\n{JSON_OPEN}\n{json}\n{JSON_CLOSE}\n</details>\n"
+    ));
+    out
+}
+
+/// Reads a comment body. Only the JSON block counts; the text around it is for humans.
+pub fn parse(body: &str) -> Parsed {
+    if !body.trim_start().starts_with(MARKER) {
+        return Parsed::Other;
+    }
+    let Some(start) = body.find(JSON_OPEN) else {
+        return Parsed::Malformed("no ```json block".into());
+    };
+    let rest = &body[start + JSON_OPEN.len()..];
+    let Some(end) = rest.find(JSON_CLOSE) else {
+        return Parsed::Malformed("unterminated ```json block".into());
+    };
+    match serde_json::from_str::<Envelope>(rest[..end].trim()) {
+        Ok(env) if env.lock.worker_id.trim().is_empty() => {
+            Parsed::Malformed("empty worker_id".into())
+        }
+        Ok(env) => Parsed::Lock(Box::new(env.lock)),
+        Err(e) => Parsed::Malformed(format!("invalid lock JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> LockMeta {
+        let t = DateTime::parse_from_rfc3339("2025-10-30T21:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        LockMeta {
+            worker_id: "worker-local-1".into(),
+            node_id: "node-abc123".into(),
+            claimed_at: t,
+            heartbeat_last: t,
+            ttl_seconds: 300,
+            state: LockState::Held,
+            nonce: "n1".into(),
+            task_info: TaskInfo {
+                complexity: Some(5),
+                estimated_duration: Some("45min".into()),
+                task_type: Some("bug-fix".into()),
+                priority: Some("high".into()),
+            },
+            takeover: None,
+            released_at: None,
+            released_by: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_reads_like_prose() {
+        let m = meta();
+        let body = render(&m);
+        assert!(body.contains("Locked by `worker-local-1`"));
+        assert!(body.contains("expires 2025-10-30T21:35:00Z"));
+        assert!(body.contains("complexity 5"));
+        assert_eq!(parse(&body), Parsed::Lock(Box::new(m)));
+    }
+
+    #[test]
+    fn keeps_the_seed_field_names() {
+        let body = render(&meta());
+        for key in [
+            "\"lock\"",
+            "\"worker_id\"",
+            "\"node_id\"",
+            "\"claimed_at\"",
+            "\"heartbeat_last\"",
+            "\"task_info\"",
+            "\"estimated_duration\"",
+        ] {
+            assert!(body.contains(key), "{key} missing");
+        }
+    }
+
+    #[test]
+    fn hand_edits_are_reported_not_trusted() {
+        assert_eq!(parse("just a comment"), Parsed::Other);
+        assert!(matches!(parse(MARKER), Parsed::Malformed(_)));
+        let broken = render(&meta()).replace("\"worker_id\"", "\"wrker\"");
+        assert!(matches!(parse(&broken), Parsed::Malformed(_)));
+        let cut = format!("{MARKER}\n```json\n{{\"sentinel\":1");
+        assert!(matches!(parse(&cut), Parsed::Malformed(_)));
+        let empty = render(&meta()).replace("worker-local-1", " ");
+        assert!(matches!(parse(&empty), Parsed::Malformed(_)));
+    }
+}

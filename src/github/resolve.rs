@@ -1,0 +1,270 @@
+//! The ownership rule: given the trusted lock comments of one issue, who holds the lock.
+//!
+//! Every reader — claimers verifying their own write, `status`, `release` — runs this same pure
+//! function over the same comments, so they all name the same holder (SPEC §3.1). The comments are
+//! replayed as a log in comment-id order (ids only grow), using GitHub's timestamps only:
+//!
+//! * A claim takes the lock when it is free at the claim's `created_at`: nothing granted yet, or the
+//!   last holder released strictly before (timestamps have one-second resolution, so a tie counts as
+//!   still held — the safe side).
+//! * A claim made while the lock was held loses, unless it is a take-over of exactly that holder
+//!   that was allowed at its `created_at`: `force`, or the holder's heartbeat was older than its TTL.
+//!   The victim's heartbeat is its `updated_at` if that is not later than the take-over; a later
+//!   edit is a renewal that came too late, so the stealer's recorded view of it is used instead.
+//! * A successful take-over deletes the victim's comment (so the victim's next heartbeat fails
+//!   with 404). When a take-over's victim is no longer there, the take-over's own record of the
+//!   victim decides, and it voids whatever non-take-over claims sat between victim and stealer:
+//!   those were losers of the victim's reign.
+//!
+//! Losing claims are deleted by their writers; a claimer that died before deleting its losing
+//! comment leaves a claim that can only win later if it was made while the lock was free.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::comment::{LockMeta, LockState};
+
+/// A trusted, well-formed lock comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: u64,
+    pub author: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub meta: LockMeta,
+}
+
+impl Record {
+    fn ttl(&self) -> Duration {
+        Duration::seconds(self.meta.ttl_seconds.min(i64::MAX as u64 / 2_000) as i64)
+    }
+
+    fn released_at(&self) -> Option<DateTime<Utc>> {
+        (self.meta.state == LockState::Released).then_some(self.updated_at)
+    }
+
+    /// Expiry as of its last heartbeat (the comment's last edit).
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.updated_at + self.ttl()
+    }
+
+    pub fn is_stale_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at() < now
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution<'a> {
+    /// The last granted claim; `None` if no claim was ever granted.
+    pub current: Option<&'a Record>,
+    /// Claims that lost (their writers should have deleted them).
+    pub losers: Vec<u64>,
+}
+
+impl<'a> Resolution<'a> {
+    /// The holder, if the lock is held (live or stale) right now.
+    pub fn holder(&self) -> Option<&'a Record> {
+        self.current
+            .filter(|r| r.meta.state == LockState::Held)
+    }
+}
+
+/// Replays `records` (any order; sorted here) and returns the holder.
+pub fn resolve(records: &[Record]) -> Resolution<'_> {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| r.id);
+    let present: HashSet<u64> = sorted.iter().map(|r| r.id).collect();
+
+    let mut current: Option<&Record> = None;
+    let mut losers = Vec::new();
+    for r in sorted {
+        let takes = match current {
+            None => true,
+            Some(h) if h.released_at().is_some_and(|t| r.created_at > t) => true,
+            Some(h) => takes_over(r, h, &present),
+        };
+        if takes {
+            current = Some(r);
+        } else {
+            losers.push(r.id);
+        }
+    }
+    Resolution { current, losers }
+}
+
+/// Whether `r`, created while `h` held the lock, validly took it over.
+fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>) -> bool {
+    let Some(t) = &r.meta.takeover else {
+        return false;
+    };
+    if t.comment_id == h.id {
+        if t.force {
+            return true;
+        }
+        let heartbeat = if h.updated_at <= r.created_at && h.meta.state == LockState::Held {
+            h.updated_at
+        } else {
+            t.heartbeat
+        };
+        return heartbeat + h.ttl() < r.created_at;
+    }
+    // The victim is gone (deleted by this very take-over) and `h` came after it: `h` was a claim
+    // made during the victim's reign, unless it is an earlier take-over of the same victim,
+    // which won the race.
+    let victim_gone = !present.contains(&t.comment_id);
+    let h_after_victim = h.id > t.comment_id;
+    let h_is_rival_stealer = h
+        .meta
+        .takeover
+        .as_ref()
+        .is_some_and(|ht| ht.comment_id == t.comment_id);
+    if victim_gone && h_after_victim && !h_is_rival_stealer {
+        return t.force
+            || t.heartbeat + Duration::seconds(t.ttl_seconds.min(i64::MAX as u64 / 2_000) as i64)
+                < r.created_at;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::comment::Takeover;
+    use super::*;
+    use crate::lock::TaskInfo;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn rec(id: u64, worker: &str, created: i64, updated: i64, state: LockState) -> Record {
+        Record {
+            id,
+            author: "bot".into(),
+            created_at: t(created),
+            updated_at: t(updated),
+            meta: LockMeta {
+                worker_id: worker.into(),
+                node_id: "n".into(),
+                claimed_at: t(created),
+                heartbeat_last: t(updated),
+                ttl_seconds: 300,
+                state,
+                nonce: format!("{id}"),
+                task_info: TaskInfo::default(),
+                takeover: None,
+                released_at: None,
+                released_by: None,
+            },
+        }
+    }
+
+    fn steal(mut r: Record, victim: u64, hb: i64, force: bool) -> Record {
+        r.meta.takeover = Some(Takeover {
+            comment_id: victim,
+            worker_id: "victim".into(),
+            heartbeat: t(hb),
+            ttl_seconds: 300,
+            force,
+        });
+        r
+    }
+
+    fn holder_id(recs: &[Record]) -> Option<u64> {
+        resolve(recs).holder().map(|r| r.id)
+    }
+
+    #[test]
+    fn lowest_claim_wins_and_later_claims_lose() {
+        let recs = vec![
+            rec(12, "b", 1, 1, LockState::Held),
+            rec(10, "a", 1, 1, LockState::Held),
+        ];
+        assert_eq!(holder_id(&recs), Some(10));
+        assert_eq!(resolve(&recs).losers, vec![12]);
+    }
+
+    #[test]
+    fn release_frees_only_for_later_claims() {
+        // a released at 50; b was created at 40 (lost then, zombie now), c at 60.
+        let recs = vec![
+            rec(1, "a", 0, 50, LockState::Released),
+            rec(2, "b", 40, 40, LockState::Held),
+            rec(3, "c", 60, 60, LockState::Held),
+        ];
+        assert_eq!(holder_id(&recs), Some(3));
+        // Same second as the release: still counted as held.
+        let tie = vec![
+            rec(1, "a", 0, 50, LockState::Released),
+            rec(2, "b", 50, 50, LockState::Held),
+        ];
+        assert_eq!(holder_id(&tie), None);
+        assert_eq!(resolve(&tie).current.unwrap().id, 1);
+    }
+
+    #[test]
+    fn steal_of_stale_holder_wins_and_of_live_holder_loses() {
+        let stale = vec![
+            rec(1, "a", 0, 0, LockState::Held),
+            steal(rec(2, "s", 400, 400, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&stale), Some(2));
+        let live = vec![
+            rec(1, "a", 0, 200, LockState::Held),
+            steal(rec(2, "s", 400, 400, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&live), Some(1), "renewed at 200: live at 400");
+        let forced = vec![
+            rec(1, "a", 0, 390, LockState::Held),
+            steal(rec(2, "s", 400, 400, LockState::Held), 1, 390, true),
+        ];
+        assert_eq!(holder_id(&forced), Some(2));
+    }
+
+    #[test]
+    fn late_heartbeat_after_a_steal_does_not_flip_the_holder() {
+        let recs = vec![
+            rec(1, "a", 0, 500, LockState::Held), // renewed at 500, after the steal at 400
+            steal(rec(2, "s", 400, 400, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&recs), Some(2));
+        // The victim releasing after the steal changes nothing either.
+        let recs = vec![
+            rec(1, "a", 0, 500, LockState::Released),
+            steal(rec(2, "s", 400, 400, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&recs), Some(2));
+    }
+
+    #[test]
+    fn deleting_the_victim_keeps_the_stealer() {
+        let before = vec![
+            rec(1, "a", 0, 0, LockState::Held),
+            rec(2, "zombie", 100, 100, LockState::Held),
+            steal(rec(3, "s", 400, 400, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&before), Some(3));
+        let after: Vec<Record> = before.into_iter().filter(|r| r.id != 1).collect();
+        assert_eq!(holder_id(&after), Some(3));
+    }
+
+    #[test]
+    fn first_of_two_racing_stealers_wins_even_after_deletion() {
+        let recs = vec![
+            steal(rec(5, "s1", 400, 400, LockState::Held), 1, 0, false),
+            steal(rec(6, "s2", 401, 401, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&recs), Some(5));
+        let with_victim = vec![rec(1, "a", 0, 0, LockState::Held), recs[0].clone(), recs[1].clone()];
+        assert_eq!(holder_id(&with_victim), Some(5));
+    }
+
+    #[test]
+    fn stale_holder_is_still_the_holder() {
+        let recs = vec![rec(1, "a", 0, 0, LockState::Held)];
+        let r = resolve(&recs);
+        let h = r.holder().unwrap();
+        assert!(h.is_stale_at(t(301)));
+        assert!(!h.is_stale_at(t(300)));
+    }
+}

@@ -1,0 +1,19 @@
+//! sentinel: distributed task locks on GitHub issues, on the local host, or on a Raft coordinator.
+//!
+//! The library holds everything; `src/commands/` only parses, calls in here and renders.
+
+pub mod error;
+pub mod local;
+pub mod lock;
+
+pub use error::{Error, ExitCode, Result};
+pub mod github;
+pub mod secret;
+pub mod statefile;
+pub mod duration;
+pub mod strategy;
+pub mod cli;
+pub mod backend;
+pub mod config;
+pub mod commands;
+pub mod output;

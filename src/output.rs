@@ -1,0 +1,177 @@
+//! Rendering: one JSON object on stdout with `--json`, otherwise human text and tables; logs and
+//! the spinner go to stderr only. Inside GitHub Actions results also land in `$GITHUB_OUTPUT`
+//! and errors become `::error::` annotations.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+use tabled::settings::Style;
+use tabled::{Table, Tabled};
+
+use crate::error::Error;
+use crate::lock::Holder;
+
+/// What a command produced: both renderings, chosen by `--json` at print time.
+pub struct Report {
+    pub json: Value,
+    pub human: String,
+    /// `key=value` pairs for `$GITHUB_OUTPUT`.
+    pub outputs: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn new(json: Value, human: impl Into<String>) -> Self {
+        Report {
+            json,
+            human: human.into(),
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn print(&self, as_json: bool) {
+        let mut out = std::io::stdout().lock();
+        let _ = if as_json {
+            writeln!(out, "{}", self.json)
+        } else {
+            writeln!(out, "{}", self.human.trim_end())
+        };
+        write_github_output(&self.outputs);
+    }
+}
+
+fn write_github_output(pairs: &[(String, String)]) {
+    let Some(path) = std::env::var_os("GITHUB_OUTPUT") else {
+        return;
+    };
+    if pairs.is_empty() {
+        return;
+    }
+    let text: String = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", v.replace('\n', " ")))
+        .collect();
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot write $GITHUB_OUTPUT");
+    }
+}
+
+/// Prints an error: JSON on stdout with `--json`, a line on stderr always.
+pub fn print_error(e: &Error, as_json: bool) {
+    let code = e.exit_code().code();
+    if as_json {
+        let v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
+        println!("{v}");
+    }
+    eprintln!("sentinel: error: {e}");
+    if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
+        println!("::error title=sentinel::{}", e.to_string().replace('\n', " "));
+    }
+}
+
+pub fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+pub fn holder_json(h: &Holder) -> Value {
+    serde_json::to_value(h).unwrap_or(Value::Null)
+}
+
+/// One line per fact, for `status LOCK`.
+pub fn holder_lines(h: &Holder) -> String {
+    let mut s = format!(
+        "held by     {}\nnode        {}\nsince       {}\nheartbeat   {}\nexpires     {}{}\nfencing     {}\n",
+        h.worker_id,
+        h.node_id,
+        time(h.claimed_at),
+        time(h.heartbeat_last),
+        time(h.expires_at),
+        if h.stale { "  (STALE)" } else { "" },
+        h.fencing_token
+    );
+    let t = &h.task_info;
+    if !t.is_empty() {
+        let parts: Vec<String> = [
+            t.complexity.map(|c| format!("complexity {c}")),
+            t.estimated_duration.as_ref().map(|d| format!("estimate {d}")),
+            t.task_type.as_ref().map(|k| format!("type {k}")),
+            t.priority.as_ref().map(|p| format!("priority {p}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        s.push_str(&format!("task        {}\n", parts.join(", ")));
+    }
+    s
+}
+
+#[derive(Tabled)]
+struct Row {
+    #[tabled(rename = "LOCK")]
+    lock: String,
+    #[tabled(rename = "WORKER")]
+    worker: String,
+    #[tabled(rename = "NODE")]
+    node: String,
+    #[tabled(rename = "SINCE")]
+    since: String,
+    #[tabled(rename = "EXPIRES")]
+    expires: String,
+    #[tabled(rename = "STATE")]
+    state: String,
+    #[tabled(rename = "TOKEN")]
+    token: u64,
+}
+
+pub fn table(rows: &[(String, Holder)]) -> String {
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|(lock, h)| Row {
+            lock: lock.clone(),
+            worker: h.worker_id.clone(),
+            node: h.node_id.clone(),
+            since: time(h.claimed_at),
+            expires: time(h.expires_at),
+            state: if h.stale { "stale" } else { "held" }.into(),
+            token: h.fencing_token,
+        })
+        .collect();
+    Table::new(rows).with(Style::sharp()).to_string()
+}
+
+/// A spinner on stderr while waiting, only for humans at a terminal.
+pub struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    pub fn new(as_json: bool, message: &str) -> Spinner {
+        if as_json || !std::io::stderr().is_terminal() {
+            return Spinner(None);
+        }
+        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        pb.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        pb.set_message(message.to_string());
+        pb.enable_steady_tick(Duration::from_millis(100));
+        Spinner(Some(pb))
+    }
+
+    pub fn set_message(&self, msg: String) {
+        if let Some(pb) = &self.0 {
+            pb.set_message(msg);
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Claim strategies (SPEC §2): how long to keep trying and what an attempt may take over.
+//!
+//! Backend-neutral: the loop gets a closure that makes one attempt, so GitHub, local and server
+//! locks back off, give up and report conflicts the same way.
+
+use std::future::Future;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::lock::{Attempt, Grant, Holder, Takeover};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Wait and retry with exponential backoff while the lock is held (default).
+    Retry,
+    /// Give up at once when the lock is held (exit 3).
+    FailFast,
+    /// Take over a lock whose heartbeat is older than its TTL; otherwise retry.
+    StealStale,
+    /// Take over unconditionally, even a live lock. Loud, for humans fixing a mess.
+    Force,
+}
+
+impl Strategy {
+    pub fn takeover(self) -> Takeover {
+        match self {
+            Strategy::Retry | Strategy::FailFast => Takeover::None,
+            Strategy::StealStale => Takeover::Stale,
+            Strategy::Force => Takeover::Any,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub strategy: Strategy,
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            strategy: Strategy::Retry,
+            max_retries: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(16),
+        }
+    }
+}
+
+impl Policy {
+    fn attempts(&self) -> u32 {
+        match self.strategy {
+            Strategy::Retry | Strategy::StealStale => self.max_retries.saturating_add(1),
+            Strategy::FailFast | Strategy::Force => 1,
+        }
+    }
+
+    /// Pause before retry number `n` (1-based): doubling from the initial backoff, capped, with
+    /// ±25% jitter so workers that collided once do not collide again in lockstep.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
+        exp.min(self.max_backoff).mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+}
+
+/// What the claim loop did, for output and metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub grant: Grant,
+    pub attempts: u32,
+}
+
+/// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
+/// number; `waiting` is told before each pause (for a spinner).
+pub async fn acquire<F, Fut>(
+    policy: &Policy,
+    what: &str,
+    mut attempt: F,
+    mut waiting: impl FnMut(&Holder, Duration),
+) -> Result<Outcome>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    let total = policy.attempts();
+    for n in 0..total {
+        match attempt(n).await? {
+            Attempt::Granted(grant) => {
+                return Ok(Outcome {
+                    grant,
+                    attempts: n + 1,
+                });
+            }
+            Attempt::Held(holder) => {
+                if n + 1 == total {
+                    return Err(conflict(what, &holder, policy, total));
+                }
+                let pause = policy.backoff(n + 1);
+                tracing::info!(holder = %holder.worker_id, pause_ms = pause.as_millis() as u64, "lock held; retrying");
+                waiting(&holder, pause);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
+    let mut msg = format!(
+        "{what} is held by {} on {} (since {}, fencing token {})",
+        h.worker_id,
+        h.node_id,
+        h.claimed_at.format("%Y-%m-%d %H:%M:%SZ"),
+        h.fencing_token
+    );
+    if h.stale {
+        msg.push_str(&format!(
+            "; its heartbeat is stale since {}: use --strategy steal-stale to take it over",
+            h.expires_at.format("%Y-%m-%d %H:%M:%SZ")
+        ));
+    }
+    if attempts > 1 {
+        msg.push_str(&format!("; gave up after {attempts} attempts"));
+    } else if policy.strategy == Strategy::FailFast {
+        msg.push_str(" (fail-fast)");
+    }
+    Error::Conflict(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn holder() -> Holder {
+        Holder {
+            worker_id: "w".into(),
+            node_id: "n".into(),
+            fencing_token: 7,
+            claimed_at: Utc::now(),
+            heartbeat_last: Utc::now(),
+            expires_at: Utc::now(),
+            stale: false,
+            task_info: Default::default(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = Policy::default();
+        for (n, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (9, 16.0)] {
+            let d = p.backoff(n).as_secs_f64();
+            assert!(d >= base * 0.75 && d <= base * 1.25, "retry {n}: {d}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_gives_up_with_a_conflict_after_max_retries() {
+        let p = Policy {
+            max_retries: 3,
+            ..Policy::default()
+        };
+        let mut calls = 0;
+        let err = acquire(
+            &p,
+            "#1",
+            |_| {
+                calls += 1;
+                async { Ok(Attempt::Held(holder())) }
+            },
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 4);
+        assert!(matches!(err, Error::Conflict(ref m) if m.contains("gave up after 4 attempts")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_tries_once() {
+        let p = Policy {
+            strategy: Strategy::FailFast,
+            ..Policy::default()
+        };
+        let mut calls = 0;
+        let r = acquire(
+            &p,
+            "#1",
+            |_| {
+                calls += 1;
+                async { Ok(Attempt::Held(holder())) }
+            },
+            |_, _| {},
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
+}
