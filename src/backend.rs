@@ -36,7 +36,10 @@ impl std::fmt::Display for Target {
 #[serde(untagged)]
 pub enum Status {
     Issue(IssueStatus),
-    Named { name: String, holder: Option<Holder> },
+    Named {
+        name: String,
+        holder: Option<Holder>,
+    },
 }
 
 impl Status {
@@ -83,7 +86,12 @@ impl Backend {
         }
     }
 
-    pub async fn try_acquire(&self, t: &Target, req: &AcquireRequest, attempt: u32) -> Result<Attempt> {
+    pub async fn try_acquire(
+        &self,
+        t: &Target,
+        req: &AcquireRequest,
+        attempt: u32,
+    ) -> Result<Attempt> {
         match (self, t) {
             (Backend::Github(g), Target::Issue(n)) => g.try_acquire(*n, req, attempt > 0).await,
             (Backend::Local(l), Target::Name(name)) => {

@@ -36,7 +36,12 @@ pub enum BackendKind {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// GitHub repository OWNER/REPO whose issues are the locks
-    #[arg(long, env = "GITHUB_REPOSITORY", global = true, value_name = "OWNER/REPO")]
+    #[arg(
+        long,
+        env = "GITHUB_REPOSITORY",
+        global = true,
+        value_name = "OWNER/REPO"
+    )]
     pub repo: Option<String>,
     /// GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed
     #[arg(long, global = true, hide_env_values = true, value_name = "TOKEN")]
@@ -53,7 +58,13 @@ pub struct GlobalArgs {
     #[arg(long, env = "SENTINEL_SERVER", global = true, value_name = "URL")]
     pub server: Option<String>,
     /// Which backend holds the locks
-    #[arg(long, env = "SENTINEL_BACKEND", global = true, value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "SENTINEL_BACKEND",
+        global = true,
+        value_enum,
+        default_value = "auto"
+    )]
     pub backend: BackendKind,
     /// Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]
     #[arg(long, env = "SENTINEL_WORKER_ID", global = true, value_name = "ID")]

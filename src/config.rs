@@ -55,8 +55,14 @@ pub fn default_worker_id() -> String {
     }
     // The parent is the shell or agent driving sentinel: the same for its claim and release,
     // different for two scripts running side by side.
-    let user = env("USER").or_else(|| env("USERNAME")).unwrap_or_else(|| "user".into());
-    format!("{user}@{}:{}", hostname(), std::os::unix::process::parent_id())
+    let user = env("USER")
+        .or_else(|| env("USERNAME"))
+        .unwrap_or_else(|| "user".into());
+    format!(
+        "{user}@{}:{}",
+        hostname(),
+        std::os::unix::process::parent_id()
+    )
 }
 
 pub fn hostname() -> String {
@@ -117,7 +123,9 @@ impl Context {
                     .repo
                     .as_deref()
                     .ok_or_else(|| {
-                        Error::usage("the github backend needs --repo OWNER/REPO (or GITHUB_REPOSITORY)")
+                        Error::usage(
+                            "the github backend needs --repo OWNER/REPO (or GITHUB_REPOSITORY)",
+                        )
                     })?
                     .parse()?;
                 if !(g.api_url.starts_with("https://") || g.api_url.starts_with("http://")) {
@@ -130,7 +138,12 @@ impl Context {
                     repo,
                     client: ClientOptions::new(&g.api_url, token(g.token.as_deref())),
                     data_dir,
-                    trusted: g.trusted.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+                    trusted: g
+                        .trusted
+                        .iter()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
                     settle: settle()?,
                     in_actions: in_actions(),
                 })?))

@@ -28,7 +28,11 @@ fn main() {
         Err(e) => {
             // clap prints help/version to stdout with exit 0 and usage errors with exit 2.
             let _ = e.print();
-            std::process::exit(if e.use_stderr() { ExitCode::Usage.code() } else { 0 });
+            std::process::exit(if e.use_stderr() {
+                ExitCode::Usage.code()
+            } else {
+                0
+            });
         }
     };
     init_logs(&cli);
@@ -39,7 +43,10 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            output::print_error(&Error::Unexpected(format!("cannot start: {e}")), cli.global.json);
+            output::print_error(
+                &Error::Unexpected(format!("cannot start: {e}")),
+                cli.global.json,
+            );
             std::process::exit(ExitCode::Unexpected.code());
         }
     };

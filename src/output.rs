@@ -72,7 +72,10 @@ pub fn print_error(e: &Error, as_json: bool) {
     }
     eprintln!("sentinel: error: {e}");
     if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
-        println!("::error title=sentinel::{}", e.to_string().replace('\n', " "));
+        println!(
+            "::error title=sentinel::{}",
+            e.to_string().replace('\n', " ")
+        );
     }
 }
 
@@ -100,7 +103,9 @@ pub fn holder_lines(h: &Holder) -> String {
     if !t.is_empty() {
         let parts: Vec<String> = [
             t.complexity.map(|c| format!("complexity {c}")),
-            t.estimated_duration.as_ref().map(|d| format!("estimate {d}")),
+            t.estimated_duration
+                .as_ref()
+                .map(|d| format!("estimate {d}")),
             t.task_type.as_ref().map(|k| format!("type {k}")),
             t.priority.as_ref().map(|p| format!("priority {p}")),
         ]

@@ -19,7 +19,10 @@ impl StateFile {
     /// `dir/name.json`, guarded by `dir/name.lock`. Creates `dir`.
     pub fn new(dir: &Path, name: &str) -> Result<StateFile> {
         fs::create_dir_all(dir).map_err(|e| {
-            Error::Unexpected(format!("cannot create data directory {}: {e}", dir.display()))
+            Error::Unexpected(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         Ok(StateFile {
             path: dir.join(format!("{name}.json")),

@@ -68,7 +68,8 @@ impl Policy {
         let exp = self
             .initial_backoff
             .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
-        exp.min(self.max_backoff).mul_f64(0.75 + fastrand::f64() * 0.5)
+        exp.min(self.max_backoff)
+            .mul_f64(0.75 + fastrand::f64() * 0.5)
     }
 }
 

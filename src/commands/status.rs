@@ -33,7 +33,10 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Report> {
         None => format!("{what} is free"),
     };
     if let Status::Issue(s) = &status {
-        human.push_str(&format!("\nissue       {} ({})", s.issue.title, s.issue.state));
+        human.push_str(&format!(
+            "\nissue       {} ({})",
+            s.issue.title, s.issue.state
+        ));
         for i in &s.ignored {
             human.push_str(&format!(
                 "\nignored     comment {} by {}: {}",

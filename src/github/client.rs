@@ -84,8 +84,12 @@ impl Response {
         let link = self.header("link")?;
         link.split(',').find_map(|part| {
             let (url, rel) = part.split_once(';')?;
-            rel.contains("rel=\"next\"")
-                .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            rel.contains("rel=\"next\"").then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
         })
     }
 }
@@ -141,9 +145,9 @@ impl Client {
     /// Best estimate of GitHub's clock now: the last `Date` header plus the monotonic time since.
     pub fn github_now(&self) -> Option<DateTime<Utc>> {
         let clock = self.clock.lock().unwrap();
-        clock.as_ref().map(|s| {
-            s.github + chrono::Duration::from_std(s.local.elapsed()).unwrap_or_default()
-        })
+        clock
+            .as_ref()
+            .map(|s| s.github + chrono::Duration::from_std(s.local.elapsed()).unwrap_or_default())
     }
 
     /// GitHub's clock as of the last response (exact, from its `Date` header).
@@ -272,7 +276,8 @@ impl Client {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let primary = resp.header("x-ratelimit-remaining") == Some("0");
-        let secondary = retry_after.is_some() || message.to_lowercase().contains("secondary rate limit");
+        let secondary =
+            retry_after.is_some() || message.to_lowercase().contains("secondary rate limit");
         let wait = if secondary {
             retry_after.unwrap_or(Duration::from_secs(60))
         } else if primary {
@@ -331,7 +336,11 @@ impl Client {
             other => return Err(Error::Unexpected(format!("unsupported method {other}"))),
         };
         let raw = result.map_err(|e| {
-            Error::Unavailable(format!("cannot reach GitHub at {}: {}", self.opts.api_url, brief(&e)))
+            Error::Unavailable(format!(
+                "cannot reach GitHub at {}: {}",
+                self.opts.api_url,
+                brief(&e)
+            ))
         })?;
         let (parts, body) = raw.into_parts();
         let bytes = body

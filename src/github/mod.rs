@@ -151,7 +151,10 @@ impl GithubBackend {
     }
 
     fn issue_path(&self, issue: u64) -> String {
-        format!("/repos/{}/{}/issues/{issue}", self.repo.owner, self.repo.name)
+        format!(
+            "/repos/{}/{}/issues/{issue}",
+            self.repo.owner, self.repo.name
+        )
     }
 
     fn comment_path(&self, id: u64) -> String {
@@ -162,7 +165,12 @@ impl GithubBackend {
     }
 
     fn cache_key(&self, issue: u64, worker_id: &str) -> String {
-        cache::lock_key(self.client.api_url(), &self.repo.to_string(), issue, worker_id)
+        cache::lock_key(
+            self.client.api_url(),
+            &self.repo.to_string(),
+            issue,
+            worker_id,
+        )
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -177,7 +185,9 @@ impl GithubBackend {
                 "issue #{issue} not found in {} (or the token cannot see the repository)",
                 self.repo
             )),
-            StatusCode::GONE => Error::NotFound(format!("issue #{issue} in {} was deleted", self.repo)),
+            StatusCode::GONE => {
+                Error::NotFound(format!("issue #{issue} in {} was deleted", self.repo))
+            }
             StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::TEMPORARY_REDIRECT => {
                 let to = resp
                     .headers
@@ -193,7 +203,9 @@ impl GithubBackend {
             StatusCode::FORBIDDEN if msg.contains("locked") => Error::Auth(format!(
                 "issue #{issue} is locked and this identity may not comment on it: {msg}"
             )),
-            StatusCode::FORBIDDEN => Error::Auth(format!("GitHub refused access to #{issue}: {msg}")),
+            StatusCode::FORBIDDEN => {
+                Error::Auth(format!("GitHub refused access to #{issue}: {msg}"))
+            }
             StatusCode::UNPROCESSABLE_ENTITY => {
                 Error::Usage(format!("GitHub rejected the request for #{issue}: {msg}"))
             }
@@ -246,7 +258,11 @@ impl GithubBackend {
         let login = c.user.login.as_str();
         let by_role = matches!(
             c.author_association,
-            Some(AuthorAssociation::Owner | AuthorAssociation::Member | AuthorAssociation::Collaborator)
+            Some(
+                AuthorAssociation::Owner
+                    | AuthorAssociation::Member
+                    | AuthorAssociation::Collaborator
+            )
         );
         let is_me = self.login.lock().unwrap().clone().flatten().as_deref() == Some(login);
         by_role
@@ -334,7 +350,10 @@ impl GithubBackend {
     }
 
     async fn delete_comment(&self, id: u64) -> Result<()> {
-        let resp = self.client.delete::<()>(&self.comment_path(id), None).await?;
+        let resp = self
+            .client
+            .delete::<()>(&self.comment_path(id), None)
+            .await?;
         if resp.status.is_success() || resp.status == StatusCode::NOT_FOUND {
             Ok(())
         } else {
@@ -363,12 +382,17 @@ impl GithubBackend {
             if attempt > 0 {
                 tokio::time::sleep(self.settle.max(Duration::from_millis(200)) * attempt).await;
                 if let Some(found) = self.find_nonce(issue, &meta.nonce).await? {
-                    tracing::info!(comment = found.id.into_inner(), "the lost POST had landed; using it");
+                    tracing::info!(
+                        comment = found.id.into_inner(),
+                        "the lost POST had landed; using it"
+                    );
                     return Ok(found);
                 }
             }
             match self.client.post_once(&path, &body).await? {
-                Sent::Done(resp) if resp.status == StatusCode::CREATED || resp.status == StatusCode::OK => {
+                Sent::Done(resp)
+                    if resp.status == StatusCode::CREATED || resp.status == StatusCode::OK =>
+                {
                     return resp.json::<Comment>();
                 }
                 Sent::Done(resp) => return Err(self.issue_error(issue, &resp)),
@@ -411,7 +435,22 @@ impl GithubBackend {
 
     /// One acquisition attempt. `look_first` reads before writing (needed to take over, and on
     /// retries so a held lock costs a read instead of a comment written and deleted).
-    pub async fn try_acquire(&self, issue: u64, req: &AcquireRequest, look_first: bool) -> Result<Attempt> {
+    pub async fn try_acquire(
+        &self,
+        issue: u64,
+        req: &AcquireRequest,
+        look_first: bool,
+    ) -> Result<Attempt> {
+        self.claim_once(issue, req, look_first, 3).await
+    }
+
+    async fn claim_once(
+        &self,
+        issue: u64,
+        req: &AcquireRequest,
+        look_first: bool,
+        tie_retries: u32,
+    ) -> Result<Attempt> {
         let worker = &req.claimant.worker_id;
         let mut takeover = None;
         if look_first || req.takeover != Mode::None {
@@ -434,13 +473,16 @@ impl GithubBackend {
                 if req.takeover == Mode::Any && !stale {
                     tracing::warn!(holder = %h.meta.worker_id, "FORCE: taking over a live lock");
                 }
-                takeover = Some((Takeover {
-                    comment_id: h.id,
-                    worker_id: h.meta.worker_id.clone(),
-                    heartbeat: h.updated_at,
-                    ttl_seconds: h.meta.ttl_seconds,
-                    force: !stale,
-                }, Self::holder_of(h, state.now)));
+                takeover = Some((
+                    Takeover {
+                        comment_id: h.id,
+                        worker_id: h.meta.worker_id.clone(),
+                        heartbeat: h.updated_at,
+                        ttl_seconds: h.meta.ttl_seconds,
+                        force: !stale,
+                    },
+                    Self::holder_of(h, state.now),
+                ));
             }
         }
 
@@ -472,9 +514,16 @@ impl GithubBackend {
         let state = self.read_including(issue, my_id).await?;
         let res = resolve(&state.records);
         let Some(h) = res.holder() else {
-            // Our claim tied with a release in the same second; it counts as lost.
+            // Our claim fell in the same second as a release (GitHub's timestamps are whole
+            // seconds), which counts as still held. Withdraw and claim again in the next second.
             self.discard(my_id).await;
-            return Err(Error::Conflict(format!("#{issue}: lost a race with a release; try again")));
+            if tie_retries == 0 {
+                return Err(Error::Conflict(format!(
+                    "#{issue}: claims keep landing in the same second as releases; try again"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            return Box::pin(self.claim_once(issue, req, true, tie_retries - 1)).await;
         };
         if h.id != my_id {
             self.discard(my_id).await;
@@ -493,7 +542,11 @@ impl GithubBackend {
             // The victim learns it lost on its next heartbeat (404).
             self.delete_comment(t.comment_id).await?;
         }
-        let record = state.records.iter().find(|r| r.id == my_id).expect("listed above");
+        let record = state
+            .records
+            .iter()
+            .find(|r| r.id == my_id)
+            .expect("listed above");
         let assigned = match self.assign(issue, &mine.user.login).await {
             Ok(a) => a,
             Err(e) => {
@@ -532,14 +585,21 @@ impl GithubBackend {
         }
         let info: Issue = resp.json()?;
         if info.pull_request.is_some() {
-            return Err(Error::usage(format!("#{issue} is a pull request, not an issue")));
+            return Err(Error::usage(format!(
+                "#{issue} is a pull request, not an issue"
+            )));
         }
         if matches!(info.state, octocrab::models::IssueState::Closed) {
-            return Err(Error::usage(format!("issue #{issue} is closed; reopen it to claim it")));
+            return Err(Error::usage(format!(
+                "issue #{issue} is closed; reopen it to claim it"
+            )));
         }
         let kept = info.assignees.iter().any(|a| a.login == login);
         if !kept {
-            tracing::info!(login, "GitHub did not keep the assignment (bot or no push access); the lock does not need it");
+            tracing::info!(
+                login,
+                "GitHub did not keep the assignment (bot or no push access); the lock does not need it"
+            );
         }
         Ok(kept.then(|| login.to_string()))
     }
@@ -558,7 +618,10 @@ impl GithubBackend {
             meta: h.meta.clone(),
             updated_at: h.updated_at,
             created_at: h.created_at,
-            assigned: self.cache.own_lock(&self.cache_key(issue, &h.meta.worker_id))?.and_then(|o| o.assigned),
+            assigned: self
+                .cache
+                .own_lock(&self.cache_key(issue, &h.meta.worker_id))?
+                .and_then(|o| o.assigned),
         };
         let holder = self.heartbeat_cached(issue, own).await?;
         Ok(Attempt::Granted(Grant {
@@ -574,7 +637,10 @@ impl GithubBackend {
         own.meta.heartbeat_last = self.now();
         let resp = self
             .client
-            .patch(&self.comment_path(own.comment_id), &json!({ "body": comment::render(&own.meta) }))
+            .patch(
+                &self.comment_path(own.comment_id),
+                &json!({ "body": comment::render(&own.meta) }),
+            )
             .await?;
         if resp.status == StatusCode::NOT_FOUND {
             self.cache.set_own_lock(&key, None)?;
@@ -596,7 +662,10 @@ impl GithubBackend {
             own.meta.released_by = Some(format!("{} (expired)", own.meta.worker_id));
             let _ = self
                 .client
-                .patch(&self.comment_path(own.comment_id), &json!({ "body": comment::render(&own.meta) }))
+                .patch(
+                    &self.comment_path(own.comment_id),
+                    &json!({ "body": comment::render(&own.meta) }),
+                )
                 .await;
             self.cache.set_own_lock(&key, None)?;
             return Err(Error::NotOwner(format!(
@@ -606,7 +675,10 @@ impl GithubBackend {
         }
         own.updated_at = updated;
         self.cache.set_own_lock(&key, Some(own.clone()))?;
-        Ok(Self::holder_of_own(&own, self.client.last_date().unwrap_or(updated)))
+        Ok(Self::holder_of_own(
+            &own,
+            self.client.last_date().unwrap_or(updated),
+        ))
     }
 
     /// `heartbeat --once`.
@@ -618,15 +690,19 @@ impl GithubBackend {
         let state = self.read(issue).await?;
         let res = resolve(&state.records);
         match res.holder() {
-            Some(h) if h.meta.worker_id == worker_id => match self.adopt(issue, h, state.now).await? {
-                Attempt::Granted(g) => Ok(g.holder),
-                Attempt::Held(h) => Ok(h),
-            },
+            Some(h) if h.meta.worker_id == worker_id => {
+                match self.adopt(issue, h, state.now).await? {
+                    Attempt::Granted(g) => Ok(g.holder),
+                    Attempt::Held(h) => Ok(h),
+                }
+            }
             Some(h) => Err(Error::NotOwner(format!(
                 "#{issue} is held by {}, not by {worker_id}",
                 h.meta.worker_id
             ))),
-            None => Err(Error::NotOwner(format!("{worker_id} holds no lock on #{issue}"))),
+            None => Err(Error::NotOwner(format!(
+                "{worker_id} holds no lock on #{issue}"
+            ))),
         }
     }
 
@@ -698,7 +774,10 @@ impl GithubBackend {
         own.meta.released_by = Some(own.meta.worker_id.clone());
         let resp = self
             .client
-            .patch(&self.comment_path(own.comment_id), &json!({ "body": comment::render(&own.meta) }))
+            .patch(
+                &self.comment_path(own.comment_id),
+                &json!({ "body": comment::render(&own.meta) }),
+            )
             .await?;
         self.cache.set_own_lock(&key, None)?;
         if resp.status == StatusCode::NOT_FOUND {
@@ -712,7 +791,10 @@ impl GithubBackend {
         }
         if let Some(login) = &own.assigned {
             let path = format!("{}/assignees", self.issue_path(issue));
-            let resp = self.client.delete(&path, Some(&json!({ "assignees": [login] }))).await?;
+            let resp = self
+                .client
+                .delete(&path, Some(&json!({ "assignees": [login] })))
+                .await?;
             if !resp.status.is_success() {
                 tracing::warn!(status = %resp.status, "could not remove the assignment");
             }
@@ -730,7 +812,9 @@ impl GithubBackend {
         }
         let i: Issue = resp.json()?;
         if i.pull_request.is_some() {
-            return Err(Error::usage(format!("#{issue} is a pull request, not an issue")));
+            return Err(Error::usage(format!(
+                "#{issue} is a pull request, not an issue"
+            )));
         }
         Ok(IssueInfo {
             number: i.number,
@@ -770,8 +854,15 @@ impl GithubBackend {
         let (comments, last) = self.client.get_all::<Comment>(&first).await?;
         if !last.status.is_success() {
             return Err(match last.status {
-                StatusCode::NOT_FOUND => Error::NotFound(format!("repository {} not found (or not visible to this token)", self.repo)),
-                _ => Error::Unexpected(format!("GitHub answered {}: {}", last.status, last.message())),
+                StatusCode::NOT_FOUND => Error::NotFound(format!(
+                    "repository {} not found (or not visible to this token)",
+                    self.repo
+                )),
+                _ => Error::Unexpected(format!(
+                    "GitHub answered {}: {}",
+                    last.status,
+                    last.message()
+                )),
             });
         }
         let mut candidates: Vec<u64> = comments
@@ -816,6 +907,9 @@ mod tests {
 
     #[test]
     fn transferred_locations_read_well() {
-        assert_eq!(web_url("http://127.0.0.1:1/repos/o/other/issues/7"), "o/other#7");
+        assert_eq!(
+            web_url("http://127.0.0.1:1/repos/o/other/issues/7"),
+            "o/other#7"
+        );
     }
 }

@@ -65,8 +65,7 @@ pub struct Resolution<'a> {
 impl<'a> Resolution<'a> {
     /// The holder, if the lock is held (live or stale) right now.
     pub fn holder(&self) -> Option<&'a Record> {
-        self.current
-            .filter(|r| r.meta.state == LockState::Held)
+        self.current.filter(|r| r.meta.state == LockState::Held)
     }
 }
 
@@ -255,7 +254,11 @@ mod tests {
             steal(rec(6, "s2", 401, 401, LockState::Held), 1, 0, false),
         ];
         assert_eq!(holder_id(&recs), Some(5));
-        let with_victim = vec![rec(1, "a", 0, 0, LockState::Held), recs[0].clone(), recs[1].clone()];
+        let with_victim = vec![
+            rec(1, "a", 0, 0, LockState::Held),
+            recs[0].clone(),
+            recs[1].clone(),
+        ];
         assert_eq!(holder_id(&with_victim), Some(5));
     }
 

@@ -1,0 +1,863 @@
+//! The lock table: a pure, deterministic state machine of named leases.
+//!
+//! No I/O, no clocks, no randomness: the caller passes the time in (`now_ms`, Unix milliseconds) and
+//! every change goes through [`LockTable::apply`]. The same command log applied to an empty table
+//! always yields the same table and the same responses, so this type is reused unchanged as the
+//! replicated state machine of the Raft coordinator. The local backend persists it as JSON.
+//!
+//! Time may go backwards between calls (different callers' clocks, NTP steps): all arithmetic
+//! saturates and nothing panics.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::lock::{Holder, Takeover, TaskInfo};
+
+/// One held lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub worker_id: String,
+    pub node_id: String,
+    /// Table-wide increasing counter: strictly increases per name across grants and take-overs.
+    pub fencing_token: u64,
+    pub claimed_at_ms: u64,
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
+    #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
+    pub task_info: TaskInfo,
+}
+
+impl LockRecord {
+    /// The time after which the lock is stale (saturating).
+    pub fn expires_at_ms(&self) -> u64 {
+        self.heartbeat_ms.saturating_add(self.ttl_ms)
+    }
+
+    /// The backend-neutral view of this record, judged at `now_ms`.
+    pub fn to_holder(&self, now_ms: u64) -> Holder {
+        Holder {
+            worker_id: self.worker_id.clone(),
+            node_id: self.node_id.clone(),
+            fencing_token: self.fencing_token,
+            claimed_at: ms_to_datetime(self.claimed_at_ms),
+            heartbeat_last: ms_to_datetime(self.heartbeat_ms),
+            expires_at: ms_to_datetime(self.expires_at_ms()),
+            stale: LockTable::is_stale(self, now_ms),
+            task_info: self.task_info.clone(),
+        }
+    }
+}
+
+/// Unix milliseconds to a chrono time, clamped to chrono's range instead of failing.
+pub fn ms_to_datetime(ms: u64) -> DateTime<Utc> {
+    i64::try_from(ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A change to the table. Serializable so it can be a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Acquire {
+        name: String,
+        worker_id: String,
+        node_id: String,
+        ttl_ms: u64,
+        takeover: Takeover,
+        #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
+        task_info: TaskInfo,
+    },
+    Release {
+        name: String,
+        worker_id: String,
+        #[serde(default)]
+        force: bool,
+    },
+    Renew {
+        name: String,
+        worker_id: String,
+    },
+}
+
+impl Command {
+    /// The lock name the command is about.
+    pub fn name(&self) -> &str {
+        match self {
+            Command::Acquire { name, .. }
+            | Command::Release { name, .. }
+            | Command::Renew { name, .. } => name,
+        }
+    }
+}
+
+/// The outcome of one [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Acquire succeeded. `adopted`: the worker already held it (same token). `took_over`: the
+    /// record that was replaced by a stale or forced take-over.
+    Granted {
+        record: LockRecord,
+        adopted: bool,
+        took_over: Option<LockRecord>,
+    },
+    /// Acquire refused: someone else holds it. `stale`: its heartbeat is older than its TTL.
+    Held { record: LockRecord, stale: bool },
+    /// Release done; `None` when the name was already free (idempotent release).
+    Released { record: Option<LockRecord> },
+    /// Release or renew by a worker that is not the holder; the table is unchanged.
+    NotOwner { record: LockRecord },
+    /// Renew done: the heartbeat is now.
+    Renewed { record: LockRecord },
+    /// Renew of an own lock whose TTL ran out: the holder may not keep it (record left as it is).
+    Expired { record: LockRecord },
+    /// Renew of a free name.
+    NotHeld,
+}
+
+/// All held locks and the fencing-token counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockTable {
+    next_token: u64,
+    locks: BTreeMap<String, LockRecord>,
+}
+
+impl Default for LockTable {
+    fn default() -> Self {
+        LockTable {
+            next_token: 1,
+            locks: BTreeMap::new(),
+        }
+    }
+}
+
+impl LockTable {
+    /// Applies one command at time `now_ms` and says what happened. Deterministic and total.
+    pub fn apply(&mut self, cmd: &Command, now_ms: u64) -> Response {
+        match cmd {
+            Command::Acquire {
+                name,
+                worker_id,
+                node_id,
+                ttl_ms,
+                takeover,
+                task_info,
+            } => {
+                let fresh = |token: u64| LockRecord {
+                    worker_id: worker_id.clone(),
+                    node_id: node_id.clone(),
+                    fencing_token: token,
+                    claimed_at_ms: now_ms,
+                    heartbeat_ms: now_ms,
+                    ttl_ms: *ttl_ms,
+                    task_info: task_info.clone(),
+                };
+                match self.locks.get_mut(name.as_str()) {
+                    None => {
+                        let record = fresh(self.issue_token());
+                        self.locks.insert(name.clone(), record.clone());
+                        Response::Granted {
+                            record,
+                            adopted: false,
+                            took_over: None,
+                        }
+                    }
+                    Some(current) if current.worker_id == *worker_id => {
+                        // Re-adopt our own lock, live or stale: same token, same claimed_at.
+                        current.node_id = node_id.clone();
+                        current.heartbeat_ms = now_ms;
+                        current.ttl_ms = *ttl_ms;
+                        current.task_info = task_info.clone();
+                        Response::Granted {
+                            record: current.clone(),
+                            adopted: true,
+                            took_over: None,
+                        }
+                    }
+                    Some(current) => {
+                        let stale = Self::is_stale(current, now_ms);
+                        let take = match takeover {
+                            Takeover::None => false,
+                            Takeover::Stale => stale,
+                            Takeover::Any => true,
+                        };
+                        if !take {
+                            return Response::Held {
+                                record: current.clone(),
+                                stale,
+                            };
+                        }
+                        let old = current.clone();
+                        let record = fresh(self.issue_token());
+                        self.locks.insert(name.clone(), record.clone());
+                        Response::Granted {
+                            record,
+                            adopted: false,
+                            took_over: Some(old),
+                        }
+                    }
+                }
+            }
+            Command::Release {
+                name,
+                worker_id,
+                force,
+            } => match self.locks.get(name.as_str()) {
+                None => Response::Released { record: None },
+                Some(current) if current.worker_id == *worker_id || *force => Response::Released {
+                    record: self.locks.remove(name.as_str()),
+                },
+                Some(current) => Response::NotOwner {
+                    record: current.clone(),
+                },
+            },
+            Command::Renew { name, worker_id } => match self.locks.get_mut(name.as_str()) {
+                None => Response::NotHeld,
+                Some(current) if current.worker_id != *worker_id => Response::NotOwner {
+                    record: current.clone(),
+                },
+                Some(current) if Self::is_stale(current, now_ms) => Response::Expired {
+                    record: current.clone(),
+                },
+                Some(current) => {
+                    current.heartbeat_ms = now_ms;
+                    Response::Renewed {
+                        record: current.clone(),
+                    }
+                }
+            },
+        }
+    }
+
+    fn issue_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token = self.next_token.saturating_add(1);
+        token
+    }
+
+    pub fn get(&self, name: &str) -> Option<&LockRecord> {
+        self.locks.get(name)
+    }
+
+    /// Every held lock, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &LockRecord)> {
+        self.locks.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// The fencing token the next grant will get (1 for an empty table).
+    pub fn next_token(&self) -> u64 {
+        self.next_token
+    }
+
+    /// True when the heartbeat is older than the TTL at `now_ms` (`now_ms > heartbeat_ms + ttl_ms`).
+    pub fn is_stale(record: &LockRecord, now_ms: u64) -> bool {
+        now_ms > record.expires_at_ms()
+    }
+
+    /// Checks the invariants a table read from outside (a hand-edited file, a snapshot) must hold
+    /// for the fencing tokens to stay safe: every token was issued before `next_token`, and no two
+    /// locks share a token.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.next_token == 0 {
+            return Err("next_token must be at least 1".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, record) in &self.locks {
+            if record.fencing_token >= self.next_token {
+                return Err(format!(
+                    "lock {name:?} has fencing token {} but next_token is {}",
+                    record.fencing_token, self.next_token
+                ));
+            }
+            if !seen.insert(record.fencing_token) {
+                return Err(format!(
+                    "fencing token {} is used by more than one lock",
+                    record.fencing_token
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    const TTL: u64 = 1_000;
+
+    fn acquire(name: &str, worker: &str, takeover: Takeover) -> Command {
+        Command::Acquire {
+            name: name.into(),
+            worker_id: worker.into(),
+            node_id: format!("node-of-{worker}"),
+            ttl_ms: TTL,
+            takeover,
+            task_info: TaskInfo::default(),
+        }
+    }
+
+    fn release(name: &str, worker: &str, force: bool) -> Command {
+        Command::Release {
+            name: name.into(),
+            worker_id: worker.into(),
+            force,
+        }
+    }
+
+    fn renew(name: &str, worker: &str) -> Command {
+        Command::Renew {
+            name: name.into(),
+            worker_id: worker.into(),
+        }
+    }
+
+    fn granted(resp: Response) -> (LockRecord, bool, Option<LockRecord>) {
+        match resp {
+            Response::Granted {
+                record,
+                adopted,
+                took_over,
+            } => (record, adopted, took_over),
+            other => panic!("expected Granted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_table_starts_at_token_one() {
+        let t = LockTable::default();
+        assert_eq!(t.next_token(), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.get("x"), None);
+    }
+
+    #[test]
+    fn acquire_free_grants_new_token() {
+        let mut t = LockTable::default();
+        let (r, adopted, took) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        assert_eq!(r.fencing_token, 1);
+        assert_eq!((r.claimed_at_ms, r.heartbeat_ms, r.ttl_ms), (100, 100, TTL));
+        assert_eq!(r.worker_id, "w1");
+        assert_eq!(r.node_id, "node-of-w1");
+        assert!(!adopted);
+        assert_eq!(took, None);
+        assert_eq!(t.get("a"), Some(&r));
+        let (r2, _, _) = granted(t.apply(&acquire("b", "w1", Takeover::None), 100));
+        assert_eq!(r2.fencing_token, 2);
+    }
+
+    #[test]
+    fn same_worker_re_adopts_live_and_stale() {
+        let mut t = LockTable::default();
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        // Live: same token, fresh heartbeat, claimed_at kept, ttl and task info updated.
+        let cmd = Command::Acquire {
+            name: "a".into(),
+            worker_id: "w1".into(),
+            node_id: "other-node".into(),
+            ttl_ms: 5_000,
+            takeover: Takeover::None,
+            task_info: TaskInfo {
+                priority: Some("high".into()),
+                ..TaskInfo::default()
+            },
+        };
+        let (r2, adopted, took) = granted(t.apply(&cmd, 500));
+        assert!(adopted);
+        assert_eq!(took, None);
+        assert_eq!(r2.fencing_token, r.fencing_token);
+        assert_eq!(r2.claimed_at_ms, 100);
+        assert_eq!(r2.heartbeat_ms, 500);
+        assert_eq!(r2.ttl_ms, 5_000);
+        assert_eq!(r2.node_id, "other-node");
+        assert_eq!(r2.task_info.priority.as_deref(), Some("high"));
+        // Stale: still re-adopted with the same token.
+        let (r3, adopted, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 1_000_000));
+        assert!(adopted);
+        assert_eq!(r3.fencing_token, r.fencing_token);
+        assert_eq!(r3.heartbeat_ms, 1_000_000);
+        assert_eq!(t.next_token(), 2);
+    }
+
+    #[test]
+    fn held_by_other_blocks_plain_acquire_live_and_stale() {
+        let mut t = LockTable::default();
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        assert_eq!(
+            t.apply(&acquire("a", "w2", Takeover::None), 200),
+            Response::Held {
+                record: r.clone(),
+                stale: false
+            }
+        );
+        // Stale still blocks a plain acquire, and says so.
+        assert_eq!(
+            t.apply(&acquire("a", "w2", Takeover::None), 100 + TTL + 1),
+            Response::Held {
+                record: r.clone(),
+                stale: true
+            }
+        );
+        assert_eq!(t.get("a"), Some(&r));
+        assert_eq!(t.next_token(), 2);
+    }
+
+    #[test]
+    fn steal_stale_takes_only_stale_locks() {
+        let mut t = LockTable::default();
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        // Exactly at heartbeat + ttl the lock is still live.
+        assert_eq!(
+            t.apply(&acquire("a", "w2", Takeover::Stale), 100 + TTL),
+            Response::Held {
+                record: r.clone(),
+                stale: false
+            }
+        );
+        let (r2, adopted, took) =
+            granted(t.apply(&acquire("a", "w2", Takeover::Stale), 100 + TTL + 1));
+        assert!(!adopted);
+        assert_eq!(took, Some(r.clone()));
+        assert_eq!(r2.worker_id, "w2");
+        assert_eq!(r2.fencing_token, 2);
+        assert_eq!(r2.claimed_at_ms, 100 + TTL + 1);
+        assert_eq!(t.get("a"), Some(&r2));
+    }
+
+    #[test]
+    fn force_takes_any_lock() {
+        let mut t = LockTable::default();
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        let (r2, adopted, took) = granted(t.apply(&acquire("a", "w2", Takeover::Any), 101));
+        assert!(!adopted);
+        assert_eq!(took, Some(r));
+        assert_eq!(r2.fencing_token, 2);
+        // The former holder has lost it.
+        assert_eq!(
+            t.apply(&renew("a", "w1"), 102),
+            Response::NotOwner { record: r2.clone() }
+        );
+        // Force on our own lock is a re-adoption, not a take-over.
+        let (r3, adopted, took) = granted(t.apply(&acquire("a", "w2", Takeover::Any), 103));
+        assert!(adopted);
+        assert_eq!(took, None);
+        assert_eq!(r3.fencing_token, 2);
+    }
+
+    #[test]
+    fn tokens_keep_increasing_after_release() {
+        let mut t = LockTable::default();
+        let mut last = 0;
+        for i in 0..5 {
+            let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), i));
+            assert!(r.fencing_token > last);
+            last = r.fencing_token;
+            assert!(matches!(
+                t.apply(&release("a", "w1", false), i),
+                Response::Released { record: Some(_) }
+            ));
+        }
+        assert_eq!(last, 5);
+        assert_eq!(t.next_token(), 6);
+    }
+
+    #[test]
+    fn release_rules() {
+        let mut t = LockTable::default();
+        // Free: idempotent.
+        assert_eq!(
+            t.apply(&release("a", "w1", false), 1),
+            Response::Released { record: None }
+        );
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 1));
+        // Another worker: refused, table unchanged.
+        assert_eq!(
+            t.apply(&release("a", "w2", false), 2),
+            Response::NotOwner { record: r.clone() }
+        );
+        assert_eq!(t.get("a"), Some(&r));
+        // Holder: released.
+        assert_eq!(
+            t.apply(&release("a", "w1", false), 3),
+            Response::Released {
+                record: Some(r.clone())
+            }
+        );
+        assert_eq!(t.get("a"), None);
+        // Again: idempotent.
+        assert_eq!(
+            t.apply(&release("a", "w1", false), 4),
+            Response::Released { record: None }
+        );
+        // Forced release by another worker.
+        let (r2, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 5));
+        assert_eq!(
+            t.apply(&release("a", "w2", true), 6),
+            Response::Released { record: Some(r2) }
+        );
+        assert!(t.is_empty());
+        // A stale own lock can still be released by its holder.
+        let (r3, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 7));
+        assert_eq!(
+            t.apply(&release("a", "w1", false), 7 + TTL * 10),
+            Response::Released { record: Some(r3) }
+        );
+    }
+
+    #[test]
+    fn renew_rules() {
+        let mut t = LockTable::default();
+        assert_eq!(t.apply(&renew("a", "w1"), 1), Response::NotHeld);
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 1));
+        let resp = t.apply(&renew("a", "w1"), 1 + TTL);
+        let Response::Renewed { record } = resp else {
+            panic!("expected Renewed, got {resp:?}")
+        };
+        assert_eq!(record.heartbeat_ms, 1 + TTL);
+        assert_eq!(record.fencing_token, r.fencing_token);
+        assert_eq!(record.claimed_at_ms, 1);
+        assert_eq!(t.get("a"), Some(&record));
+        assert_eq!(
+            t.apply(&renew("a", "w2"), 2 + TTL),
+            Response::NotOwner {
+                record: record.clone()
+            }
+        );
+        // Expired: the holder may not keep it and the record stays as it is.
+        let late = 1 + TTL + TTL + 1;
+        assert_eq!(
+            t.apply(&renew("a", "w1"), late),
+            Response::Expired {
+                record: record.clone()
+            }
+        );
+        assert_eq!(t.get("a"), Some(&record));
+        // A stale lock of another worker: NotOwner, not Expired.
+        assert_eq!(
+            t.apply(&renew("a", "w2"), late),
+            Response::NotOwner {
+                record: record.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn time_going_backwards_or_extreme_never_panics() {
+        let mut t = LockTable::default();
+        let huge = Command::Acquire {
+            name: "a".into(),
+            worker_id: "w1".into(),
+            node_id: "n".into(),
+            ttl_ms: u64::MAX,
+            takeover: Takeover::None,
+            task_info: TaskInfo::default(),
+        };
+        granted(t.apply(&huge, u64::MAX));
+        let r = t.get("a").unwrap().clone();
+        assert!(!LockTable::is_stale(&r, u64::MAX));
+        assert!(matches!(
+            t.apply(&renew("a", "w1"), 0),
+            Response::Renewed { .. }
+        ));
+        assert!(matches!(
+            t.apply(&acquire("a", "w2", Takeover::Stale), 0),
+            Response::Held { stale: false, .. }
+        ));
+        granted(t.apply(&acquire("b", "w1", Takeover::None), 10_000));
+        // The clock steps back: the lock is simply younger, never an underflow.
+        assert!(matches!(
+            t.apply(&renew("b", "w1"), 5),
+            Response::Renewed { .. }
+        ));
+        assert!(matches!(
+            t.apply(&acquire("b", "w2", Takeover::Stale), 0),
+            Response::Held { stale: false, .. }
+        ));
+        let h = t.get("b").unwrap().to_holder(0);
+        assert_eq!(h.heartbeat_last.timestamp_millis(), 5);
+        // Times beyond chrono's range clamp instead of panicking.
+        let h = t.get("a").unwrap().to_holder(u64::MAX);
+        assert_eq!(h.expires_at, DateTime::<Utc>::MAX_UTC);
+    }
+
+    #[test]
+    fn holder_view() {
+        let mut t = LockTable::default();
+        let cmd = Command::Acquire {
+            name: "a".into(),
+            worker_id: "w1".into(),
+            node_id: "n1".into(),
+            ttl_ms: 300_000,
+            takeover: Takeover::None,
+            task_info: TaskInfo {
+                complexity: Some(5),
+                ..TaskInfo::default()
+            },
+        };
+        let now = 1_761_859_800_000; // 2025-10-30T21:30:00Z
+        let (r, _, _) = granted(t.apply(&cmd, now));
+        let h = r.to_holder(now);
+        assert_eq!(h.worker_id, "w1");
+        assert_eq!(h.node_id, "n1");
+        assert_eq!(h.fencing_token, 1);
+        assert_eq!(h.claimed_at.to_rfc3339(), "2025-10-30T21:30:00+00:00");
+        assert_eq!(h.heartbeat_last, h.claimed_at);
+        assert_eq!(h.expires_at.to_rfc3339(), "2025-10-30T21:35:00+00:00");
+        assert!(!h.stale);
+        assert_eq!(h.task_info.complexity, Some(5));
+        assert!(r.to_holder(now + 300_001).stale);
+    }
+
+    #[test]
+    fn check_rejects_inconsistent_tables() {
+        let mut t = LockTable::default();
+        granted(t.apply(&acquire("a", "w1", Takeover::None), 1));
+        granted(t.apply(&acquire("b", "w1", Takeover::None), 1));
+        assert_eq!(t.check(), Ok(()));
+        let mut bad = t.clone();
+        bad.next_token = 2;
+        assert!(bad.check().is_err());
+        let mut bad = t.clone();
+        bad.locks.get_mut("b").unwrap().fencing_token = 1;
+        assert!(bad.check().is_err());
+        let mut bad = t;
+        bad.next_token = 0;
+        bad.locks.clear();
+        assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn commands_and_responses_round_trip_through_json() {
+        let mut t = LockTable::default();
+        let cmds = [
+            acquire("a", "w1", Takeover::None),
+            acquire("a", "w2", Takeover::Any),
+            release("a", "w2", true),
+            renew("a", "w1"),
+        ];
+        for cmd in &cmds {
+            let json = serde_json::to_string(cmd).unwrap();
+            assert_eq!(&serde_json::from_str::<Command>(&json).unwrap(), cmd);
+            let resp = t.apply(cmd, 10);
+            let json = serde_json::to_string(&resp).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), resp);
+        }
+        let json = serde_json::to_string(&acquire("a", "w", Takeover::Stale)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"acquire":{"name":"a","worker_id":"w","node_id":"node-of-w","ttl_ms":1000,"takeover":"stale"}}"#
+        );
+    }
+
+    /// Tiny deterministic generator (Knuth's MMIX LCG), so the test needs no new dependency.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn random_log(seed: u64, steps: usize, allow_force: bool) -> Vec<(Command, u64)> {
+        const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
+        const WORKERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
+        let mut rng = Lcg(seed);
+        let mut now: u64 = 1_000_000;
+        let mut log = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            // Mostly forward, sometimes a big jump past the TTL, sometimes backwards.
+            now = match rng.below(20) {
+                0 => now.saturating_sub(rng.below(2 * TTL)),
+                1 => now + TTL + rng.below(TTL),
+                _ => now + rng.below(TTL / 4),
+            };
+            let name = NAMES[rng.below(NAMES.len() as u64) as usize];
+            let worker = WORKERS[rng.below(WORKERS.len() as u64) as usize];
+            let cmd = match rng.below(10) {
+                0..=3 => {
+                    let takeover = match rng.below(if allow_force { 6 } else { 5 }) {
+                        0..=2 => Takeover::None,
+                        3 | 4 => Takeover::Stale,
+                        _ => Takeover::Any,
+                    };
+                    Command::Acquire {
+                        name: name.into(),
+                        worker_id: worker.into(),
+                        node_id: format!("n-{worker}"),
+                        ttl_ms: TTL / 2 + rng.below(TTL),
+                        takeover,
+                        task_info: TaskInfo::default(),
+                    }
+                }
+                4..=6 => renew(name, worker),
+                _ => Command::Release {
+                    name: name.into(),
+                    worker_id: worker.into(),
+                    force: allow_force && rng.below(8) == 0,
+                },
+            };
+            log.push((cmd, now));
+        }
+        log
+    }
+
+    /// Applies a log and checks the table's invariants after every step.
+    fn run_checked(log: &[(Command, u64)], check_leases: bool) -> (LockTable, Vec<Response>) {
+        let mut t = LockTable::default();
+        let mut responses = Vec::with_capacity(log.len());
+        let mut last_grant_token: HashMap<String, u64> = HashMap::new();
+        // worker -> (name -> lease end the worker believes it holds, from its own grants/renews).
+        let mut beliefs: HashMap<(String, String), u64> = HashMap::new();
+        for (i, (cmd, now)) in log.iter().enumerate() {
+            let before = t.clone();
+            let resp = t.apply(cmd, *now);
+            let name = cmd.name().to_string();
+            let ctx = || format!("step {i}: {cmd:?} at {now} -> {resp:?}");
+            match (&resp, cmd) {
+                (
+                    Response::Granted {
+                        record,
+                        adopted,
+                        took_over,
+                    },
+                    Command::Acquire { worker_id, .. },
+                ) => {
+                    assert_eq!(t.get(&name), Some(record), "{}", ctx());
+                    assert_eq!(&record.worker_id, worker_id, "{}", ctx());
+                    assert_eq!(record.heartbeat_ms, *now, "{}", ctx());
+                    let prev = last_grant_token.get(&name).copied().unwrap_or(0);
+                    if *adopted {
+                        assert_eq!(record.fencing_token, prev, "{}", ctx());
+                        assert_eq!(before.get(&name).map(|r| &r.worker_id), Some(worker_id));
+                        assert_eq!(t.next_token(), before.next_token(), "{}", ctx());
+                    } else {
+                        assert!(record.fencing_token > prev, "{}", ctx());
+                        assert_eq!(record.fencing_token, before.next_token(), "{}", ctx());
+                        assert_eq!(t.next_token(), before.next_token() + 1, "{}", ctx());
+                        assert_eq!(took_over.as_ref(), before.get(&name), "{}", ctx());
+                    }
+                    last_grant_token.insert(name.clone(), record.fencing_token);
+                    if let Some(old) = took_over {
+                        // The former holder's lease had ended (steal-stale) or it is forced out.
+                        let gone = beliefs.remove(&(old.worker_id.clone(), name.clone()));
+                        if check_leases {
+                            assert!(gone.is_none_or(|until| until < *now), "{}", ctx());
+                        }
+                    }
+                    beliefs.insert((worker_id.clone(), name.clone()), record.expires_at_ms());
+                }
+                (Response::Held { record, stale }, Command::Acquire { worker_id, .. }) => {
+                    assert_eq!(t, before, "{}", ctx());
+                    assert_ne!(&record.worker_id, worker_id, "{}", ctx());
+                    assert_eq!(*stale, LockTable::is_stale(record, *now), "{}", ctx());
+                }
+                (Response::Released { record }, Command::Release { .. }) => {
+                    assert_eq!(record.as_ref(), before.get(&name), "{}", ctx());
+                    assert_eq!(t.get(&name), None, "{}", ctx());
+                    if let Some(r) = record {
+                        beliefs.remove(&(r.worker_id.clone(), name.clone()));
+                    }
+                }
+                (Response::NotOwner { record }, _) => {
+                    assert_eq!(t, before, "{}", ctx());
+                    assert_eq!(Some(record), before.get(&name), "{}", ctx());
+                }
+                (Response::Renewed { record }, Command::Renew { worker_id, .. }) => {
+                    assert_eq!(t.get(&name), Some(record), "{}", ctx());
+                    assert_eq!(record.heartbeat_ms, *now, "{}", ctx());
+                    assert_eq!(&record.worker_id, worker_id, "{}", ctx());
+                    let old = before.get(&name).expect("renewed a free lock");
+                    assert!(
+                        !LockTable::is_stale(old, *now),
+                        "renewed an expired lock: {}",
+                        ctx()
+                    );
+                    assert_eq!(old.fencing_token, record.fencing_token, "{}", ctx());
+                    beliefs.insert((worker_id.clone(), name.clone()), record.expires_at_ms());
+                }
+                (Response::Expired { record }, Command::Renew { worker_id, .. }) => {
+                    assert_eq!(t, before, "{}", ctx());
+                    assert!(LockTable::is_stale(record, *now), "{}", ctx());
+                    beliefs.remove(&(worker_id.clone(), name.clone()));
+                }
+                (Response::NotHeld, Command::Renew { .. }) => {
+                    assert_eq!(t, before, "{}", ctx());
+                    assert_eq!(before.get(&name), None, "{}", ctx());
+                }
+                _ => panic!("response does not fit the command: {}", ctx()),
+            }
+            // Structural invariants: tokens below the counter and unique across the table.
+            assert_eq!(t.check(), Ok(()), "{}", ctx());
+            // Without forced take-overs, no two workers believe at the same time that they hold
+            // a live lease on one name (judged on the shared clock `now`).
+            // A holder measures its lease on a monotonic clock: once over, it never revives even
+            // if the shared clock steps back.
+            beliefs.retain(|_, until| *until >= *now);
+            if check_leases {
+                let mut live: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                for (w, n) in beliefs.keys() {
+                    live.entry(n.as_str()).or_default().push(w.as_str());
+                }
+                for (n, ws) in live {
+                    assert!(
+                        ws.len() <= 1,
+                        "{n}: {ws:?} all hold a live lease; {}",
+                        ctx()
+                    );
+                    assert_eq!(
+                        t.get(n).map(|r| r.worker_id.as_str()),
+                        Some(ws[0]),
+                        "{}",
+                        ctx()
+                    );
+                }
+            }
+            responses.push(resp);
+        }
+        (t, responses)
+    }
+
+    #[test]
+    fn random_command_sequences_keep_invariants_and_are_deterministic() {
+        for (seed, allow_force) in [(1, true), (42, true), (7, false), (2024, false)] {
+            let log = random_log(seed, 5_000, allow_force);
+            let (table, responses) = run_checked(&log, !allow_force);
+            assert!(table.next_token() > 10, "the log should grant many times");
+            // serde round-trip is identical.
+            let json = serde_json::to_string(&table).unwrap();
+            let back: LockTable = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, table);
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+            // Replaying the same log (round-tripped through JSON, as a Raft log would be) gives
+            // the same table and the same responses.
+            let log_json = serde_json::to_string(&log).unwrap();
+            let replay_log: Vec<(Command, u64)> = serde_json::from_str(&log_json).unwrap();
+            let mut replay = LockTable::default();
+            let replay_responses: Vec<Response> = replay_log
+                .iter()
+                .map(|(c, now)| replay.apply(c, *now))
+                .collect();
+            assert_eq!(replay, table);
+            assert_eq!(replay_responses, responses);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Mutual exclusion under real concurrency: many `sentinel claim` processes against one issue,
+//! with GitHub's list lag switched on (SPEC §3.1).
+
+use std::time::Duration;
+
+use crate::support::{Gh, REPO, code, stdout_json};
+
+/// Rounds per race test; raise with SENTINEL_RACE_ROUNDS for a longer soak.
+fn rounds() -> usize {
+    std::env::var("SENTINEL_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+/// Starts 16 fail-fast claimers together and checks exactly one wins and every reader agrees.
+fn race(gh: &Gh, issue: u64, tokens: &[&str]) {
+    let workers: Vec<String> = (0..16).map(|i| format!("racer-{issue}-{i}")).collect();
+    let issue_s = issue.to_string();
+    let children: Vec<_> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            gh.spawn(
+                tokens[i % tokens.len()],
+                w,
+                &["claim", &issue_s, "--strategy", "fail-fast", "--json"],
+            )
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let codes: Vec<i32> = outs.iter().map(code).collect();
+    let winners: Vec<usize> = (0..16).filter(|&i| codes[i] == 0).collect();
+    let report = || {
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(winners.len(), 1, "exit codes {codes:?}\n{}", report());
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 3).count(),
+        15,
+        "exit codes {codes:?}\n{}",
+        report()
+    );
+    let winner = &workers[winners[0]];
+    let granted = stdout_json(&outs[winners[0]]);
+    assert_eq!(granted["worker_id"], winner.as_str());
+    let token = granted["fencing_token"].as_u64().unwrap();
+
+    let status = gh.run(tokens[0], "observer", &["status", &issue_s, "--json"]);
+    assert_eq!(code(&status), 0);
+    let status = stdout_json(&status);
+    assert_eq!(status["holder"]["worker_id"], winner.as_str());
+    assert_eq!(status["holder"]["fencing_token"].as_u64(), Some(token));
+
+    // The losers cleaned up after themselves: one held lock comment is left, the winner's.
+    let held = gh.held_lock_comments(issue);
+    assert_eq!(held, vec![(token, winner.clone())]);
+}
+
+#[test]
+fn sixteen_claimers_one_token_exactly_one_wins() {
+    let gh = Gh::new();
+    gh.emu.set_read_lag(Duration::from_millis(250));
+    for round in 0..rounds() {
+        let issue = gh.emu.create_issue(REPO, &format!("race {round}"));
+        race(&gh, issue, &[&gh.bot]);
+    }
+}
+
+#[test]
+fn sixteen_claimers_two_tokens_exactly_one_wins() {
+    let gh = Gh::new();
+    gh.emu.set_read_lag(Duration::from_millis(250));
+    for round in 0..rounds() {
+        let issue = gh.emu.create_issue(REPO, &format!("race {round}"));
+        race(&gh, issue, &[&gh.alice, &gh.bob]);
+    }
+}

@@ -1,0 +1,168 @@
+//! Shared test scaffolding: a seeded GitHub emulator and a builder for real `sentinel` processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use github_emulator::{Emulator, Permission, UserKind};
+use serde_json::Value;
+
+pub const REPO: &str = "acme/widgets";
+
+/// Environment variables a developer's or CI's shell might carry that would change sentinel's
+/// behaviour; every spawned process starts without them.
+const SCRUB: &[&str] = &[
+    "GITHUB_REPOSITORY",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITHUB_API_URL",
+    "GITHUB_ACTIONS",
+    "GITHUB_OUTPUT",
+    "GITHUB_STEP_SUMMARY",
+    "SENTINEL_TOKEN",
+    "SENTINEL_SERVER",
+    "SENTINEL_BACKEND",
+    "SENTINEL_WORKER_ID",
+    "SENTINEL_NODE_ID",
+    "SENTINEL_DATA_DIR",
+    "SENTINEL_TRUSTED_AUTHORS",
+    "SENTINEL_SETTLE",
+    "RUST_LOG",
+];
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sentinel"))
+}
+
+/// A bare `sentinel` command with a scrubbed environment and its own data directory.
+pub fn sentinel(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    for k in SCRUB {
+        cmd.env_remove(k);
+    }
+    cmd.env("SENTINEL_DATA_DIR", data_dir);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// An emulator with one repository (owned by acme-admin), two collaborators, an outsider and a bot.
+pub struct Gh {
+    pub emu: Emulator,
+    pub alice: String,
+    pub bob: String,
+    pub outsider: String,
+    pub bot: String,
+    pub data: tempfile::TempDir,
+}
+
+impl Gh {
+    pub fn new() -> Gh {
+        let emu = Emulator::start();
+        emu.add_user("acme-admin", UserKind::User);
+        let alice = emu.add_user("alice", UserKind::User);
+        let bob = emu.add_user("bob", UserKind::User);
+        let outsider = emu.add_user("mallory", UserKind::User);
+        let bot = emu.add_user("github-actions[bot]", UserKind::Bot);
+        emu.create_repo(REPO, "acme-admin", true);
+        emu.add_collaborator(REPO, "alice", Permission::Write);
+        emu.add_collaborator(REPO, "bob", Permission::Write);
+        // A workflow token with `permissions: issues: write`.
+        emu.add_collaborator(REPO, "github-actions[bot]", Permission::Write);
+        emu.create_repo("acme/other", "acme-admin", true);
+        Gh {
+            emu,
+            alice,
+            bob,
+            outsider,
+            bot,
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `sentinel --repo acme/widgets --api-url EMU --token TOKEN --worker-id WORKER ARGS...`
+    pub fn cmd(&self, token: &str, worker: &str, args: &[&str]) -> Command {
+        self.cmd_in(self.data.path(), token, worker, args)
+    }
+
+    pub fn cmd_in(&self, data: &Path, token: &str, worker: &str, args: &[&str]) -> Command {
+        let mut cmd = sentinel(data);
+        cmd.args([
+            "--repo",
+            REPO,
+            "--api-url",
+            &self.emu.url(),
+            "--worker-id",
+            worker,
+        ])
+        .env("SENTINEL_TOKEN", token)
+        // Fast but safe: the settle pause must exceed the emulator's read lag.
+        .env("SENTINEL_SETTLE", "400ms")
+        .args(args);
+        cmd
+    }
+
+    pub fn run(&self, token: &str, worker: &str, args: &[&str]) -> Output {
+        self.cmd(token, worker, args).output().unwrap()
+    }
+
+    pub fn spawn(&self, token: &str, worker: &str, args: &[&str]) -> Child {
+        self.cmd(token, worker, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Requests logged since the last `clear_requests`.
+    pub fn count_requests(&self) -> usize {
+        self.emu.requests().len()
+    }
+
+    /// Lock comments currently on the issue that are in the `held` state.
+    pub fn held_lock_comments(&self, issue: u64) -> Vec<(u64, String)> {
+        self.emu
+            .comments(REPO, issue)
+            .into_iter()
+            .filter(|c| {
+                c.body.starts_with("<!-- sentinel:lock -->")
+                    && c.body.contains("\"state\": \"held\"")
+            })
+            .map(|c| {
+                let worker = json_block(&c.body)["lock"]["worker_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                (c.id, worker)
+            })
+            .collect()
+    }
+}
+
+/// The JSON block of a lock comment body.
+pub fn json_block(body: &str) -> Value {
+    let start = body.find("```json").expect("json block") + 7;
+    let end = start + body[start..].find("```").expect("closing fence");
+    serde_json::from_str(body[start..end].trim()).expect("valid JSON")
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+pub fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one JSON line on stdout, got: {text}"
+    );
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
