@@ -1,0 +1,151 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_sentinel_global_optspecs
+    string join \n repo= token= api-url= server= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+end
+
+function __fish_sentinel_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_sentinel_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_sentinel_using_subcommand
+    set -l cmd (__fish_sentinel_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c sentinel -n "__fish_sentinel_needs_command" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_needs_command" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_needs_command" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_needs_command" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_needs_command" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_needs_command" -s V -l version -d 'Print version'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
+fail-fast\t'Give up at once when the lock is held (exit 3)'
+steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
+force\t'Take over unconditionally, even a live lock. Loud, for humans fixing a mess'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-retries -d 'Retries of the retry and steal-stale strategies' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-backoff -d 'Longest pause between retries' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-info -d 'Task info as JSON: {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l complexity -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l estimate -d 'Estimated duration, e.g. 45min' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-type -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l priority -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l force -d 'Release even if another worker holds it'
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l since -d 'GitHub: how far back to look for lock activity when listing every lock' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l once -d 'Renew once and exit (0 renewed, 4 lost)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "heartbeat" -d 'Renew a held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
