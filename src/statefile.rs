@@ -1,8 +1,14 @@
-//! A small JSON state file shared by concurrent processes: exclusive `flock` around
-//! read-modify-write, and atomic replacement so a process killed mid-write loses nothing.
+//! A JSON state file shared by concurrent processes: the local lock table and the GitHub cache.
+//!
+//! `NAME.json` is replaced atomically on every change (write `NAME.json.tmp.<pid>`, fsync it,
+//! rename it over `NAME.json`, fsync the directory), so a process killed at any point leaves the
+//! old or the new state, never a torn one. `NAME.lock` carries an OS file lock (`flock` on Unix)
+//! that serializes every read-modify-write; the kernel drops it when its holder dies, so a killed
+//! process never blocks the others. A file that does not parse is reported with the way out and
+//! never reset silently. Temporary files left by killed writers are removed by the next writer.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,108 +16,149 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// State that can live in a [`StateFile`].
+pub trait Persisted: Serialize + DeserializeOwned + Default + PartialEq + Clone {
+    /// Invariants a hand-edited file might break; a violation is reported as corruption.
+    fn check(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    /// What starting over from an empty state costs, for the corruption message.
+    const RESET_COST: &'static str = "what it recorded is then forgotten";
+}
+
+#[derive(Debug, Clone)]
 pub struct StateFile {
-    path: PathBuf,
-    lock_path: PathBuf,
+    dir: PathBuf,
+    name: String,
 }
 
 impl StateFile {
-    /// `dir/name.json`, guarded by `dir/name.lock`. Creates `dir`.
+    /// `dir/NAME.json`, guarded by `dir/NAME.lock`. Creates `dir`.
     pub fn new(dir: &Path, name: &str) -> Result<StateFile> {
-        fs::create_dir_all(dir).map_err(|e| {
-            Error::Unexpected(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        fs::create_dir_all(dir)
+            .map_err(|e| io_error("cannot create the data directory", dir, e))?;
         Ok(StateFile {
-            path: dir.join(format!("{name}.json")),
-            lock_path: dir.join(format!("{name}.lock")),
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.name))
+    }
+
+    fn tmp_prefix(&self) -> String {
+        format!("{}.json.tmp.", self.name)
     }
 
     fn lock(&self, exclusive: bool) -> Result<File> {
+        let path = self.dir.join(format!("{}.lock", self.name));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| {
-                Error::Unexpected(format!("cannot open {}: {e}", self.lock_path.display()))
-            })?;
-        // The kernel drops the lock when the process dies, so a crash never wedges others.
+            .open(&path)
+            .map_err(|e| io_error("cannot open the lock file", &path, e))?;
         let locked = if exclusive {
             file.lock()
         } else {
             file.lock_shared()
         };
-        locked.map_err(|e| {
-            Error::Unexpected(format!("cannot lock {}: {e}", self.lock_path.display()))
-        })?;
+        locked.map_err(|e| io_error("cannot lock", &path, e))?;
+        // Closing the returned file releases the lock, also when a caller panics.
         Ok(file)
     }
 
-    fn load<T: DeserializeOwned + Default>(&self) -> Result<T> {
-        match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Unexpected(format!(
-                    "{} is corrupt ({e}); move it aside to start from an empty state",
-                    self.path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(Error::Unexpected(format!(
-                "cannot read {}: {e}",
-                self.path.display()
-            ))),
-        }
+    fn load<T: Persisted>(&self) -> Result<T> {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(T::default()),
+            Err(e) => return Err(io_error("cannot read", &path, e)),
+        };
+        let state: T =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt::<T>(&path, &e.to_string()))?;
+        state.check().map_err(|e| corrupt::<T>(&path, &e))?;
+        Ok(state)
     }
 
     /// Reads the state under a shared lock.
-    pub fn read<T: DeserializeOwned + Default>(&self) -> Result<T> {
+    pub fn read<T: Persisted>(&self) -> Result<T> {
         let _guard = self.lock(false)?;
         self.load()
     }
 
-    /// Runs `f` on the state under an exclusive lock and persists the result if it changed.
-    pub fn update<T, R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R>
-    where
-        T: DeserializeOwned + Serialize + Default + PartialEq + Clone,
-    {
+    /// Runs `f` on the state under an exclusive lock held across processes and commits the result
+    /// atomically if `f` changed it. If `f` panics, nothing is written and the lock is released.
+    pub fn update<T: Persisted, R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R> {
         let _guard = self.lock(true)?;
+        // Under the exclusive lock no writer is active: any temporary file is a dead writer's.
+        self.remove_leftover_tmp_files();
         let mut state: T = self.load()?;
         let before = state.clone();
         let out = f(&mut state);
         if state != before {
-            self.write_atomically(&state)?;
+            self.commit(&state)?;
         }
         Ok(out)
     }
 
-    fn write_atomically<T: Serialize>(&self, state: &T) -> Result<()> {
+    fn commit<T: Serialize>(&self, state: &T) -> Result<()> {
+        let path = self.path();
         let tmp = self
-            .path
-            .with_extension(format!("json.tmp.{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
+            .dir
+            .join(format!("{}{}", self.tmp_prefix(), std::process::id()));
+        let mut bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| Error::Unexpected(format!("cannot serialize {}: {e}", path.display())))?;
+        bytes.push(b'\n');
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            Error::Unexpected(format!("cannot write {}: {e}", self.path.display()))
-        })
+            return Err(io_error("cannot write", &tmp, e));
+        }
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error("cannot replace", &path, e));
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("cannot sync", &self.dir, e))
     }
+
+    /// Best effort: a file we cannot list or remove now is retried by the next writer.
+    fn remove_leftover_tmp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = self.tmp_prefix();
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
+    Error::Unexpected(format!("{what} {}: {e}", path.display()))
+}
+
+fn corrupt<T: Persisted>(path: &Path, why: &str) -> Error {
+    let p = path.display();
+    Error::Unexpected(format!(
+        "{p} is corrupt ({why}). Repair the JSON by hand, or move it aside (`mv {p} {p}.corrupt`) \
+         to start over with an empty state: {}",
+        T::RESET_COST
+    ))
 }
 
 #[cfg(test)]
@@ -119,16 +166,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    type Map = BTreeMap<String, u32>;
+    impl Persisted for Map {}
+
     #[test]
     fn updates_persist_and_torn_temp_files_are_harmless() {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path(), "s").unwrap();
-        f.update(|m: &mut BTreeMap<String, u32>| m.insert("a".into(), 1))
-            .unwrap();
+        f.update(|m: &mut Map| m.insert("a".into(), 1)).unwrap();
         // A writer killed before its rename leaves only a temp file behind.
         fs::write(dir.path().join("s.json.tmp.999999"), b"{\"a\": 2, \"b\"").unwrap();
-        let m: BTreeMap<String, u32> = f.read().unwrap();
+        let m: Map = f.read().unwrap();
         assert_eq!(m.get("a"), Some(&1));
+        f.update(|m: &mut Map| m.insert("b".into(), 2)).unwrap();
+        assert!(!dir.path().join("s.json.tmp.999999").exists());
     }
 
     #[test]
@@ -136,7 +187,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path(), "s").unwrap();
         fs::write(f.path(), b"{not json").unwrap();
-        let err = f.read::<BTreeMap<String, u32>>().unwrap_err();
+        let err = f.read::<Map>().unwrap_err();
         assert!(err.to_string().contains("corrupt"));
+        assert_eq!(fs::read(f.path()).unwrap(), b"{not json");
     }
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::comment::LockMeta;
 use crate::error::Result;
-use crate::statefile::StateFile;
+use crate::statefile::{Persisted, StateFile};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnLock {
@@ -36,6 +36,11 @@ struct CacheData {
     /// "api|owner/repo#issue|worker" -> our lock there.
     #[serde(default)]
     locks: BTreeMap<String, OwnLock>,
+}
+
+impl Persisted for CacheData {
+    const RESET_COST: &'static str =
+        "sentinel then re-learns its GitHub login and lock comment ids with one extra read each";
 }
 
 pub struct Cache {

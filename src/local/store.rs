@@ -1,179 +1,68 @@
-//! The embedded, crash-safe, multi-process store of the local backend.
-//!
-//! State lives in one directory:
-//!
-//! - `locks.json`: the serialized [`LockTable`], replaced atomically on every change (write
-//!   `locks.json.tmp.<pid>`, fsync it, rename it over `locks.json`, fsync the directory), so a process
-//!   killed at any point leaves either the old or the new table, never a torn one;
-//! - `locks.lock`: an empty file whose OS file lock (`flock` on Unix, `LockFileEx` on Windows)
-//!   serializes every read-modify-write. The kernel drops it when its holder dies, so a killed process
-//!   never blocks the others.
-//!
-//! A `locks.json` that does not parse (hand-edited) is reported with the way out, never reset
-//! silently. Temporary files left by killed writers are removed by the next writer.
+//! The embedded, crash-safe, multi-process store of the local backend: the [`LockTable`] in
+//! `locks.json` of the data directory, kept by a [`StateFile`] (atomic replacement under an OS
+//! file lock, so concurrent processes serialize and a killed one loses nothing).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::table::LockTable;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::statefile::{Persisted, StateFile};
 
-const TABLE_FILE: &str = "locks.json";
-const LOCK_FILE: &str = "locks.lock";
+#[cfg(test)]
 const TMP_PREFIX: &str = "locks.json.tmp.";
+
+impl Persisted for LockTable {
+    fn check(&self) -> std::result::Result<(), String> {
+        LockTable::check(self)
+    }
+    const RESET_COST: &'static str =
+        "the locks it recorded are then forgotten and fencing tokens restart at 1";
+}
 
 /// A lock table persisted in a directory, shared safely by any number of processes and threads.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
-    dir: PathBuf,
+    file: StateFile,
 }
 
 impl LocalStore {
     /// Opens (and creates, if needed) the store directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<LocalStore> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir)
-            .map_err(|e| io_error("cannot create the local lock directory", &dir, e))?;
-        Ok(LocalStore { dir })
+        Ok(LocalStore {
+            file: StateFile::new(&dir.into(), "locks")?,
+        })
     }
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.file.dir()
     }
 
     /// The path of the table file, for messages.
     pub fn table_path(&self) -> PathBuf {
-        self.dir.join(TABLE_FILE)
+        self.file.path()
     }
 
     /// Runs `f` on the current table under an exclusive lock held across processes, and commits
     /// the table atomically if `f` changed it. Blocks while another process or thread is inside a
     /// transaction. If `f` panics, nothing is written and the lock is released.
     pub fn transact<R>(&self, f: impl FnOnce(&mut LockTable) -> R) -> Result<R> {
-        let guard = self.open_lock_file()?;
-        guard
-            .lock()
-            .map_err(|e| io_error("cannot lock", &self.dir.join(LOCK_FILE), e))?;
-        // Under the exclusive lock no writer is active: any temporary file is a dead writer's.
-        self.remove_leftover_tmp_files();
-        let mut table = self.load()?;
-        let before = table.clone();
-        let out = f(&mut table);
-        if table != before {
-            self.commit(&table)?;
-        }
-        // Closing the file releases the lock.
-        drop(guard);
-        Ok(out)
+        self.file.update(f)
     }
 
     /// Reads the current table under a shared lock.
     pub fn read(&self) -> Result<LockTable> {
-        let guard = self.open_lock_file()?;
-        guard
-            .lock_shared()
-            .map_err(|e| io_error("cannot lock", &self.dir.join(LOCK_FILE), e))?;
-        let table = self.load();
-        drop(guard);
-        table
+        self.file.read()
     }
-
-    fn open_lock_file(&self) -> Result<File> {
-        let path = self.dir.join(LOCK_FILE);
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io_error("cannot open the lock file", &path, e))
-    }
-
-    /// Reads `locks.json`; a missing file is an empty table.
-    fn load(&self) -> Result<LockTable> {
-        let path = self.table_path();
-        let mut bytes = Vec::new();
-        match File::open(&path) {
-            Ok(mut file) => {
-                file.read_to_end(&mut bytes)
-                    .map_err(|e| io_error("cannot read", &path, e))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockTable::default()),
-            Err(e) => return Err(io_error("cannot open", &path, e)),
-        }
-        let table: LockTable =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, &e.to_string()))?;
-        table.check().map_err(|e| corrupt(&path, &e))?;
-        Ok(table)
-    }
-
-    /// Replaces `locks.json` atomically and durably.
-    fn commit(&self, table: &LockTable) -> Result<()> {
-        let path = self.table_path();
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
-        let mut bytes = serde_json::to_vec_pretty(table)
-            .map_err(|e| Error::Unexpected(format!("cannot serialize the lock table: {e}")))?;
-        bytes.push(b'\n');
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error("cannot write", &tmp, e));
-        }
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error("cannot replace", &path, e));
-        }
-        sync_dir(&self.dir).map_err(|e| io_error("cannot sync", &self.dir, e))
-    }
-
-    /// Best effort: a file we cannot list or remove now is retried by the next writer.
-    fn remove_leftover_tmp_files(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-/// Makes a rename in `dir` durable (Unix; Windows offers no directory handle to sync).
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
-fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
-    Error::Unexpected(format!("{what} {}: {e}", path.display()))
-}
-
-fn corrupt(path: &Path, why: &str) -> Error {
-    let p = path.display();
-    Error::Unexpected(format!(
-        "the local lock table {p} is corrupt ({why}). Repair the JSON by hand, or move it aside \
-         (`mv {p} {p}.corrupt`) to start over with an empty table: the locks it recorded are then \
-         forgotten and fencing tokens restart at 1"
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::local::table::{Command, Response};
     use crate::lock::{Takeover, TaskInfo};
+    use std::fs;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
