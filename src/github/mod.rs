@@ -539,8 +539,12 @@ impl GithubBackend {
             }
         }
         if let Some((t, _)) = &takeover {
-            // The victim learns it lost on its next heartbeat (404).
-            self.delete_comment(t.comment_id).await?;
+            // The victim learns it lost on its next heartbeat (404). If its comment cannot be
+            // deleted it would go on believing it holds the lock: withdraw instead.
+            if let Err(e) = self.delete_comment(t.comment_id).await {
+                self.discard(my_id).await;
+                return Err(e);
+            }
         }
         let record = state
             .records

@@ -605,3 +605,44 @@ fn reads_that_lag_writes_do_not_break_exclusion_with_a_settle_pause() {
     codes.sort();
     assert_eq!(codes, [0, 3], "a: {}\nb: {}", text(&a), text(&b));
 }
+
+#[test]
+fn status_without_an_issue_lists_every_held_lock() {
+    let gh = Gh::new();
+    let issues: Vec<u64> = (0..3)
+        .map(|i| gh.emu.create_issue(REPO, &format!("t{i}")))
+        .collect();
+    for (i, issue) in issues.iter().enumerate() {
+        claim_json(&gh, &gh.alice, &format!("w{i}"), *issue, &[]);
+    }
+    let out = gh.run(&gh.alice, "w1", &["release", &issues[1].to_string()]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v = stdout_json(&gh.run(&gh.bob, "obs", &["status", "--json"]));
+    let listed: Vec<(String, String)> = v["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["lock"].as_str().unwrap().to_string(),
+                l["holder"]["worker_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (format!("#{}", issues[0]), "w0".to_string()),
+            (format!("#{}", issues[2]), "w2".to_string())
+        ]
+    );
+    let human = gh.run(&gh.bob, "obs", &["status"]);
+    let table = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        table.contains("WORKER")
+            && table.contains("w0")
+            && table.contains("w2")
+            && !table.contains("w1"),
+        "{table}"
+    );
+}
