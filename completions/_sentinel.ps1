@@ -22,7 +22,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
     $completions = @(switch ($command) {
         'sentinel' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -59,7 +59,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--task-type', '--task-type', [CompletionResultType]::ParameterName, 'task-type')
             [CompletionResult]::new('--priority', '--priority', [CompletionResultType]::ParameterName, 'priority')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -78,7 +78,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         }
         'sentinel;release' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -99,7 +99,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         'sentinel;status' {
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'GitHub: how far back to look for lock activity when listing every lock')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -118,7 +118,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         }
         'sentinel;heartbeat' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -138,7 +138,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         }
         'sentinel;completions' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')

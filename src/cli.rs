@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration;
+use crate::secret::Secret;
 use crate::strategy::Strategy;
 
 #[derive(Debug, Parser)]
@@ -43,9 +44,16 @@ pub struct GlobalArgs {
         value_name = "OWNER/REPO"
     )]
     pub repo: Option<String>,
-    /// GitHub token (also SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN); never printed
-    #[arg(long, global = true, hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    /// GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed
+    #[arg(
+        long,
+        env = "SENTINEL_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret
+    )]
+    pub token: Option<Secret>,
     /// GitHub API URL (GitHub Enterprise: https://HOST/api/v3)
     #[arg(
         long,
@@ -179,4 +187,8 @@ pub struct HeartbeatArgs {
 pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+fn secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
 }

@@ -26,11 +26,10 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The token from `--token`, then SENTINEL_TOKEN, GITHUB_TOKEN, GH_TOKEN.
-pub fn token(flag: Option<&str>) -> Option<Secret> {
-    flag.map(String::from)
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| env("SENTINEL_TOKEN"))
+/// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN.
+pub fn token(flag: Option<&Secret>) -> Option<Secret> {
+    flag.map(|t| t.expose().trim().to_string())
+        .filter(|t| !t.is_empty())
         .or_else(|| env("GITHUB_TOKEN"))
         .or_else(|| env("GH_TOKEN"))
         .map(|t| Secret::new(t.trim()))
@@ -136,7 +135,7 @@ impl Context {
                 }
                 Backend::Github(Box::new(GithubBackend::new(GithubOptions {
                     repo,
-                    client: ClientOptions::new(&g.api_url, token(g.token.as_deref())),
+                    client: ClientOptions::new(&g.api_url, token(g.token.as_ref())),
                     data_dir,
                     trusted: g
                         .trusted

@@ -646,3 +646,39 @@ fn status_without_an_issue_lists_every_held_lock() {
         "{table}"
     );
 }
+
+#[test]
+fn token_fallbacks_follow_the_documented_order() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "tokens").to_string();
+    let with = |vars: &[(&str, &str)], worker: &str| {
+        let mut cmd = crate::support::sentinel(gh.data.path());
+        cmd.args([
+            "--repo",
+            REPO,
+            "--api-url",
+            &gh.emu.url(),
+            "--worker-id",
+            worker,
+        ])
+        .args(["claim", &issue, "--strategy", "fail-fast"])
+        .env("SENTINEL_SETTLE", "200ms");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        code(&cmd.output().unwrap())
+    };
+    assert_eq!(with(&[("GH_TOKEN", &gh.alice)], "a"), 0);
+    assert_eq!(
+        with(&[("GITHUB_TOKEN", &gh.alice), ("GH_TOKEN", "ghp_bad")], "a"),
+        0
+    );
+    assert_eq!(
+        with(
+            &[("SENTINEL_TOKEN", "ghp_bad"), ("GITHUB_TOKEN", &gh.alice)],
+            "a"
+        ),
+        5
+    );
+    assert_eq!(with(&[], "b"), 5, "no token: authentication required");
+}
