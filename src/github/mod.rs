@@ -459,7 +459,7 @@ impl GithubBackend {
             let res = resolve(&state.records);
             if let Some(h) = res.holder() {
                 let stale = h.is_stale_at(state.now);
-                if &h.meta.worker_id == worker {
+                if &h.meta.worker_id == worker && !stale {
                     return self.adopt(issue, h, state.now).await;
                 }
                 let allowed = match req.takeover {
@@ -502,9 +502,29 @@ impl GithubBackend {
         };
         let mine = self.post_lock(issue, &meta).await?;
         let my_id = mine.id.into_inner();
+        let result = self
+            .verify_claim(issue, req, mine, takeover, tie_retries)
+            .await;
+        if result.is_err() {
+            // Whatever went wrong after our comment landed, it must not stay behind as a lock.
+            self.discard(my_id).await;
+        }
+        result
+    }
+
+    /// Reads our claim back and settles who won; everything here runs with our comment posted.
+    async fn verify_claim(
+        &self,
+        issue: u64,
+        req: &AcquireRequest,
+        mine: Comment,
+        takeover: Option<(Takeover, Holder)>,
+        tie_retries: u32,
+    ) -> Result<Attempt> {
+        let worker = &req.claimant.worker_id;
+        let my_id = mine.id.into_inner();
         self.learn_login(&mine.user.login)?;
         if mine.html_url.path().contains("/pull/") {
-            self.discard(my_id).await;
             return Err(Error::usage(format!(
                 "#{issue} is a pull request, not an issue; sentinel locks issues"
             )));
@@ -527,7 +547,7 @@ impl GithubBackend {
         };
         if h.id != my_id {
             self.discard(my_id).await;
-            if &h.meta.worker_id == worker {
+            if &h.meta.worker_id == worker && !h.is_stale_at(state.now) {
                 return self.adopt(issue, h, state.now).await;
             }
             return Ok(Attempt::Held(Self::holder_of(h, state.now)));
@@ -541,24 +561,14 @@ impl GithubBackend {
         if let Some((t, _)) = &takeover {
             // The victim learns it lost on its next heartbeat (404). If its comment cannot be
             // deleted it would go on believing it holds the lock: withdraw instead.
-            if let Err(e) = self.delete_comment(t.comment_id).await {
-                self.discard(my_id).await;
-                return Err(e);
-            }
+            self.delete_comment(t.comment_id).await?;
         }
         let record = state
             .records
             .iter()
             .find(|r| r.id == my_id)
             .expect("listed above");
-        let assigned = match self.assign(issue, &mine.user.login).await {
-            Ok(a) => a,
-            Err(e) => {
-                // Closed issues and the like: undo the claim so nothing is left behind.
-                self.discard(my_id).await;
-                return Err(e);
-            }
-        };
+        let assigned = self.assign(issue, &mine.user.login).await?;
         self.cache.set_own_lock(
             &self.cache_key(issue, worker),
             Some(OwnLock {

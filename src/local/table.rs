@@ -166,8 +166,12 @@ impl LockTable {
                             took_over: None,
                         }
                     }
-                    Some(current) if current.worker_id == *worker_id => {
-                        // Re-adopt our own lock, live or stale: same token, same claimed_at.
+                    Some(current)
+                        if current.worker_id == *worker_id && !Self::is_stale(current, now_ms) =>
+                    {
+                        // Re-adopt our own live lock: same token, same claimed_at. An own lock
+                        // whose lease ran out is treated like anyone's stale lock below: the
+                        // worker lost it and must take it over (new token) to have it again.
                         current.node_id = node_id.clone();
                         current.heartbeat_ms = now_ms;
                         current.ttl_ms = *ttl_ms;
@@ -360,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn same_worker_re_adopts_live_and_stale() {
+    fn same_worker_re_adopts_live_but_not_stale() {
         let mut t = LockTable::default();
         let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
         // Live: same token, fresh heartbeat, claimed_at kept, ttl and task info updated.
@@ -384,12 +388,16 @@ mod tests {
         assert_eq!(r2.ttl_ms, 5_000);
         assert_eq!(r2.node_id, "other-node");
         assert_eq!(r2.task_info.priority.as_deref(), Some("high"));
-        // Stale: still re-adopted with the same token.
-        let (r3, adopted, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 1_000_000));
-        assert!(adopted);
-        assert_eq!(r3.fencing_token, r.fencing_token);
-        assert_eq!(r3.heartbeat_ms, 1_000_000);
         assert_eq!(t.next_token(), 2);
+        // Stale: no longer ours to re-adopt; a plain acquire is refused, a take-over is a new grant.
+        assert!(matches!(
+            t.apply(&acquire("a", "w1", Takeover::None), 1_000_000),
+            Response::Held { stale: true, .. }
+        ));
+        let (r3, adopted, took) = granted(t.apply(&acquire("a", "w1", Takeover::Stale), 1_000_000));
+        assert!(!adopted);
+        assert!(r3.fencing_token > r.fencing_token);
+        assert_eq!(took.unwrap().fencing_token, r.fencing_token);
     }
 
     #[test]
@@ -767,7 +775,8 @@ mod tests {
                 }
                 (Response::Held { record, stale }, Command::Acquire { worker_id, .. }) => {
                     assert_eq!(t, before, "{}", ctx());
-                    assert_ne!(&record.worker_id, worker_id, "{}", ctx());
+                    // Our own lock only refuses us once its lease ran out.
+                    assert!(&record.worker_id != worker_id || *stale, "{}", ctx());
                     assert_eq!(*stale, LockTable::is_stale(record, *now), "{}", ctx());
                 }
                 (Response::Released { record }, Command::Release { .. }) => {

@@ -682,3 +682,44 @@ fn token_fallbacks_follow_the_documented_order() {
     );
     assert_eq!(with(&[], "b"), 5, "no token: authentication required");
 }
+
+#[test]
+fn an_expired_own_lock_must_be_taken_over_like_anyone_elses() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "own stale");
+    let n = issue.to_string();
+    let first = claim_json(&gh, &gh.alice, "w1", issue, &["--ttl", "60s"]);
+    gh.emu.advance_clock(chrono::Duration::seconds(120));
+    let out = gh.run(&gh.alice, "w1", &["claim", &n, "--strategy", "fail-fast"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("steal-stale"), "{}", text(&out));
+    let again = claim_json(
+        &gh,
+        &gh.alice,
+        "w1",
+        issue,
+        &["--strategy", "steal-stale", "--max-retries", "0"],
+    );
+    assert_eq!(again["adopted"], false);
+    assert!(again["fencing_token"].as_u64() > first["fencing_token"].as_u64());
+    assert_eq!(gh.held_lock_comments(issue).len(), 1);
+}
+
+#[test]
+fn a_claim_that_cannot_verify_leaves_nothing_behind() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "never listed");
+    // Lists lag far longer than sentinel is willing to wait for its own comment.
+    gh.emu
+        .set_read_lag_range(Duration::from_secs(30), Duration::from_secs(30));
+    let out = gh.run(
+        &gh.alice,
+        "w1",
+        &["claim", &issue.to_string(), "--strategy", "fail-fast"],
+    );
+    assert_eq!(code(&out), 8, "{}", text(&out));
+    assert!(
+        gh.emu.comments(REPO, issue).is_empty(),
+        "the unverified lock comment was withdrawn"
+    );
+}
