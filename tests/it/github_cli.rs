@@ -15,6 +15,19 @@ fn claim_json(gh: &Gh, token: &str, worker: &str, issue: u64, extra: &[&str]) ->
     stdout_json(&out)
 }
 
+/// One `claim --strategy steal-stale` attempt, no retries.
+fn steal_stale(gh: &Gh, token: &str, worker: &str, issue: &str) -> std::process::Output {
+    let args = [
+        "claim",
+        issue,
+        "--strategy",
+        "steal-stale",
+        "--max-retries",
+        "0",
+    ];
+    gh.run(token, worker, &args)
+}
+
 #[test]
 fn claim_status_heartbeat_release_round_trip_within_request_budget() {
     let gh = Gh::new();
@@ -221,54 +234,21 @@ fn a_skewed_local_clock_neither_steals_live_locks_nor_keeps_expired_ones() {
     let live = gh.emu.create_issue(REPO, "live");
     let n = live.to_string();
     claim_json(&gh, &gh.alice, "holder", live, &["--ttl", "60s"]);
-    let out = gh.run(
-        &gh.bob,
-        "thief",
-        &[
-            "claim",
-            &n,
-            "--strategy",
-            "steal-stale",
-            "--max-retries",
-            "0",
-        ],
-    );
+    let out = steal_stale(&gh, &gh.bob, "thief", &n);
     assert_eq!(code(&out), 3, "stole a live lock: {}", text(&out));
 
     gh.emu.set_clock_offset(chrono::Duration::hours(-2));
     let dead = gh.emu.create_issue(REPO, "dead");
     let n = dead.to_string();
     claim_json(&gh, &gh.alice, "sleepy", dead, &["--ttl", "60s"]);
-    let out = gh.run(
-        &gh.bob,
-        "thief",
-        &[
-            "claim",
-            &n,
-            "--strategy",
-            "steal-stale",
-            "--max-retries",
-            "0",
-        ],
-    );
+    let out = steal_stale(&gh, &gh.bob, "thief", &n);
     assert_eq!(code(&out), 3, "stole a live lock: {}", text(&out));
     // 90 s pass on GitHub's clock (none locally): the lease is over, the holder may not renew.
     gh.emu.advance_clock(chrono::Duration::seconds(90));
     let out = gh.run(&gh.alice, "sleepy", &["heartbeat", &n, "--once"]);
     assert_eq!(code(&out), 4, "kept an expired lock: {}", text(&out));
     assert!(text(&out).contains("expired"), "{}", text(&out));
-    let out = gh.run(
-        &gh.bob,
-        "thief",
-        &[
-            "claim",
-            &n,
-            "--strategy",
-            "steal-stale",
-            "--max-retries",
-            "0",
-        ],
-    );
+    let out = steal_stale(&gh, &gh.bob, "thief", &n);
     assert_eq!(code(&out), 0, "{}", text(&out));
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Gh, REPO, code, stdout_json};
+use crate::support::{Gh, REPO, code, sole_winner, stdout_json, wait_all};
 
 /// Rounds per race test; raise with SENTINEL_RACE_ROUNDS for a longer soak.
 fn rounds() -> usize {
@@ -28,27 +28,10 @@ fn race(gh: &Gh, issue: u64, tokens: &[&str]) {
             )
         })
         .collect();
-    let outs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    let codes: Vec<i32> = outs.iter().map(code).collect();
-    let winners: Vec<usize> = (0..16).filter(|&i| codes[i] == 0).collect();
-    let report = || {
-        outs.iter()
-            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert_eq!(winners.len(), 1, "exit codes {codes:?}\n{}", report());
-    assert_eq!(
-        codes.iter().filter(|&&c| c == 3).count(),
-        15,
-        "exit codes {codes:?}\n{}",
-        report()
-    );
-    let winner = &workers[winners[0]];
-    let granted = stdout_json(&outs[winners[0]]);
+    let outs = wait_all(children);
+    let winner_index = sole_winner(&outs);
+    let winner = &workers[winner_index];
+    let granted = stdout_json(&outs[winner_index]);
     assert_eq!(granted["worker_id"], winner.as_str());
     let token = granted["fencing_token"].as_u64().unwrap();
 

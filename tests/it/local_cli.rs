@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{code, sentinel, stdout_json, text};
+use crate::support::{code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 fn local(dir: &std::path::Path, worker: &str, args: &[&str]) -> std::process::Command {
     let mut cmd = sentinel(dir);
@@ -29,20 +29,13 @@ fn sixteen_processes_claim_one_name_exactly_one_wins() {
                 .unwrap()
             })
             .collect();
-        let outs: Vec<_> = children
-            .into_iter()
-            .map(|c| c.wait_with_output().unwrap())
-            .collect();
-        let codes: Vec<i32> = outs.iter().map(code).collect();
-        let winners: Vec<usize> = (0..16).filter(|&i| codes[i] == 0).collect();
-        assert_eq!(winners.len(), 1, "{codes:?}");
-        assert_eq!(codes.iter().filter(|&&c| c == 3).count(), 15, "{codes:?}");
+        let winner = sole_winner(&wait_all(children));
         let st = stdout_json(
             &local(dir.path(), "observer", &["status", &name, "--json"])
                 .output()
                 .unwrap(),
         );
-        assert_eq!(st["holder"]["worker_id"], format!("w{}", winners[0]));
+        assert_eq!(st["holder"]["worker_id"], format!("w{winner}"));
         assert_eq!(st["holder"]["fencing_token"], 1);
     }
 }

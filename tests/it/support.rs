@@ -166,3 +166,32 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Waits for every child and collects its output, in order.
+pub fn wait_all(children: Vec<std::process::Child>) -> Vec<Output> {
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+/// Asserts that exactly one of a race's processes exited 0 and all others 3; returns the winner.
+pub fn sole_winner(outs: &[Output]) -> usize {
+    let codes: Vec<i32> = outs.iter().map(code).collect();
+    let winners: Vec<usize> = (0..outs.len()).filter(|&i| codes[i] == 0).collect();
+    let stderr = || {
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(winners.len(), 1, "exit codes {codes:?}\n{}", stderr());
+    let conflicts = codes.iter().filter(|&&c| c == 3).count();
+    assert_eq!(
+        conflicts,
+        outs.len() - 1,
+        "exit codes {codes:?}\n{}",
+        stderr()
+    );
+    winners[0]
+}
