@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod github;
+pub mod interrupt;
 pub mod output;
 pub mod secret;
 pub mod statefile;

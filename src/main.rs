@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 
 use sentinel::cli::Cli;
 use sentinel::error::{Error, ExitCode};
-use sentinel::output;
+use sentinel::{interrupt, output};
 
 fn init_logs(cli: &Cli) {
     let default = match (cli.global.quiet, cli.global.verbose) {
@@ -50,11 +50,26 @@ fn main() {
             std::process::exit(ExitCode::Unexpected.code());
         }
     };
-    let result = runtime.block_on(sentinel::commands::run(&cli));
+    let json = cli.global.json;
+    let result = runtime.block_on(async move {
+        // The command runs as its own task so that a signal does not drop it (and with it the
+        // undo registrations) before the undo actions have been taken.
+        let mut command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
+        tokio::select! {
+            joined = &mut command => joined.unwrap_or_else(|e| {
+                Err(Error::Unexpected(format!("the command failed: {e}")))
+            }),
+            code = interrupt::signalled() => {
+                interrupt::undo_all().await;
+                eprintln!("sentinel: interrupted");
+                std::process::exit(code);
+            }
+        }
+    });
     match result {
-        Ok(report) => report.print(cli.global.json),
+        Ok(report) => report.print(json),
         Err(e) => {
-            output::print_error(&e, cli.global.json);
+            output::print_error(&e, json);
             std::process::exit(e.exit_code().code());
         }
     }

@@ -14,7 +14,7 @@ pub mod resolve;
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -112,7 +112,7 @@ struct Comments {
 }
 
 pub struct GithubBackend {
-    client: Client,
+    client: Arc<Client>,
     repo: RepoName,
     cache: Cache,
     fingerprint: Option<String>,
@@ -135,7 +135,7 @@ impl GithubBackend {
             .as_ref()
             .map(|t| cache::fingerprint(&opts.client.api_url, t.expose()));
         Ok(GithubBackend {
-            client: Client::new(opts.client)?,
+            client: Arc::new(Client::new(opts.client)?),
             repo: opts.repo,
             cache: Cache::open(&opts.data_dir)?,
             fingerprint,
@@ -502,6 +502,11 @@ impl GithubBackend {
         };
         let mine = self.post_lock(issue, &meta).await?;
         let my_id = mine.id.into_inner();
+        let client = self.client.clone();
+        let path = self.comment_path(my_id);
+        let _undo = crate::interrupt::on_interrupt(move || async move {
+            let _ = client.delete::<()>(&path, None).await;
+        });
         let result = self
             .verify_claim(issue, req, mine, takeover, tie_retries)
             .await;

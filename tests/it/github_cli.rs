@@ -703,3 +703,38 @@ fn a_claim_that_cannot_verify_leaves_nothing_behind() {
         "the unverified lock comment was withdrawn"
     );
 }
+
+#[test]
+fn an_interrupted_claim_withdraws_its_comment() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "ctrl-c");
+    // Slow reads keep the claim in its verification phase long enough to interrupt it there.
+    gh.emu.inject(
+        "GET",
+        "/comments",
+        Fault::Latency(Duration::from_secs(3)),
+        5,
+    );
+    let child = gh.spawn(&gh.alice, "w1", &["-vv", "claim", &issue.to_string()]);
+    let start = std::time::Instant::now();
+    while gh.emu.comments(REPO, issue).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the claim never posted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 130, "{}", text(&out));
+    assert!(
+        gh.emu.comments(REPO, issue).is_empty(),
+        "the half-made claim was withdrawn: {}",
+        text(&out)
+    );
+}
