@@ -1,0 +1,189 @@
+//! Keeping and giving up a held issue lock: heartbeat (one PATCH of our own comment), release,
+//! and force-release of someone else's lock.
+
+use http::StatusCode;
+use octocrab::models::issues::Comment;
+use serde_json::json;
+
+use super::GithubBackend;
+use super::cache::OwnLock;
+use super::comment::{self, LockMeta, LockState, Takeover};
+use super::resolve::resolve;
+use crate::error::{Error, Result};
+use crate::lock::{Attempt, Holder, Released};
+
+impl GithubBackend {
+    /// Renews our lock by rewriting our own comment: one request.
+    pub(super) async fn heartbeat_cached(&self, issue: u64, mut own: OwnLock) -> Result<Holder> {
+        let key = self.cache_key(issue, &own.meta.worker_id);
+        own.meta.heartbeat_last = self.now();
+        let resp = self
+            .client
+            .patch(
+                &self.comment_path(own.comment_id),
+                &json!({ "body": comment::render(&own.meta) }),
+            )
+            .await?;
+        if resp.status == StatusCode::NOT_FOUND {
+            self.cache.set_own_lock(&key, None)?;
+            return Err(Error::NotOwner(format!(
+                "lost the lock on #{issue}: its comment {} is gone (taken over or force-released)",
+                own.comment_id
+            )));
+        }
+        if !resp.status.is_success() {
+            return Err(self.issue_error(issue, &resp));
+        }
+        let c: Comment = resp.json()?;
+        let updated = c.updated_at.unwrap_or(c.created_at);
+        let ttl = chrono::Duration::seconds(own.meta.ttl_seconds as i64);
+        if updated - own.updated_at > ttl {
+            // The lease ran out before this renewal reached GitHub: the holder may not keep it.
+            own.meta.state = LockState::Released;
+            own.meta.released_at = Some(updated);
+            own.meta.released_by = Some(format!("{} (expired)", own.meta.worker_id));
+            let _ = self
+                .client
+                .patch(
+                    &self.comment_path(own.comment_id),
+                    &json!({ "body": comment::render(&own.meta) }),
+                )
+                .await;
+            self.cache.set_own_lock(&key, None)?;
+            return Err(Error::NotOwner(format!(
+                "the lock on #{issue} expired at {} (GitHub time) before this heartbeat; it is released",
+                own.updated_at + ttl
+            )));
+        }
+        own.updated_at = updated;
+        self.cache.set_own_lock(&key, Some(own.clone()))?;
+        Ok(Self::holder_of_own(
+            &own,
+            self.client.last_date().unwrap_or(updated),
+        ))
+    }
+
+    /// `heartbeat --once`.
+    pub async fn renew(&self, issue: u64, worker_id: &str) -> Result<Holder> {
+        if let Some(own) = self.cache.own_lock(&self.cache_key(issue, worker_id))? {
+            return self.heartbeat_cached(issue, own).await;
+        }
+        self.ensure_login().await?;
+        let state = self.read(issue).await?;
+        let res = resolve(&state.records);
+        match res.holder() {
+            Some(h) if h.meta.worker_id == worker_id => {
+                match self.adopt(issue, h, state.now).await? {
+                    Attempt::Granted(g) => Ok(g.holder),
+                    Attempt::Held(h) => Ok(h),
+                }
+            }
+            Some(h) => Err(Error::NotOwner(format!(
+                "#{issue} is held by {}, not by {worker_id}",
+                h.meta.worker_id
+            ))),
+            None => Err(Error::NotOwner(format!(
+                "{worker_id} holds no lock on #{issue}"
+            ))),
+        }
+    }
+
+    pub async fn release(&self, issue: u64, worker_id: &str, force: bool) -> Result<Released> {
+        let key = self.cache_key(issue, worker_id);
+        if let Some(own) = self.cache.own_lock(&key)? {
+            return self.release_own(issue, own).await;
+        }
+        self.ensure_login().await?;
+        let state = self.read(issue).await?;
+        let res = resolve(&state.records);
+        let Some(h) = res.holder() else {
+            return Ok(Released {
+                was_held: false,
+                previous: None,
+            });
+        };
+        if h.meta.worker_id == worker_id {
+            let own = OwnLock {
+                comment_id: h.id,
+                meta: h.meta.clone(),
+                updated_at: h.updated_at,
+                created_at: h.created_at,
+                assigned: self.login.lock().unwrap().clone().flatten(),
+            };
+            return self.release_own(issue, own).await;
+        }
+        if !force {
+            return Err(Error::NotOwner(format!(
+                "#{issue} is held by {} (since {}), not by {worker_id}; use --force to release it anyway",
+                h.meta.worker_id, h.created_at
+            )));
+        }
+        tracing::warn!(holder = %h.meta.worker_id, "FORCE: releasing a lock held by another worker");
+        let now = self.now();
+        let notice = LockMeta {
+            worker_id: worker_id.to_string(),
+            node_id: h.meta.node_id.clone(),
+            claimed_at: now,
+            heartbeat_last: now,
+            ttl_seconds: h.meta.ttl_seconds,
+            state: LockState::Released,
+            nonce: format!("{:016x}", fastrand::u64(..)),
+            task_info: Default::default(),
+            takeover: Some(Takeover {
+                comment_id: h.id,
+                worker_id: h.meta.worker_id.clone(),
+                heartbeat: h.updated_at,
+                ttl_seconds: h.meta.ttl_seconds,
+                force: true,
+            }),
+            released_at: Some(now),
+            released_by: Some(format!("{worker_id} (forced)")),
+        };
+        self.post_lock(issue, &notice).await?;
+        self.delete_comment(h.id).await?;
+        Ok(Released {
+            was_held: true,
+            previous: Some(Self::holder_of(h, state.now)),
+        })
+    }
+
+    async fn release_own(&self, issue: u64, mut own: OwnLock) -> Result<Released> {
+        let key = self.cache_key(issue, &own.meta.worker_id);
+        let was_held = own.meta.state == LockState::Held;
+        let previous = Self::holder_of_own(&own, self.now());
+        own.meta.state = LockState::Released;
+        own.meta.released_at = Some(self.now());
+        own.meta.released_by = Some(own.meta.worker_id.clone());
+        let resp = self
+            .client
+            .patch(
+                &self.comment_path(own.comment_id),
+                &json!({ "body": comment::render(&own.meta) }),
+            )
+            .await?;
+        self.cache.set_own_lock(&key, None)?;
+        if resp.status == StatusCode::NOT_FOUND {
+            return Err(Error::NotOwner(format!(
+                "lost the lock on #{issue} before releasing it: comment {} is gone (taken over or force-released)",
+                own.comment_id
+            )));
+        }
+        if !resp.status.is_success() {
+            return Err(self.issue_error(issue, &resp));
+        }
+        if let Some(login) = &own.assigned {
+            let path = format!("{}/assignees", self.issue_path(issue));
+            let resp = self
+                .client
+                .delete(&path, Some(&json!({ "assignees": [login] })))
+                .await?;
+            if !resp.status.is_success() {
+                tracing::warn!(status = %resp.status, "could not remove the assignment");
+            }
+        }
+        Ok(Released {
+            was_held,
+            previous: Some(previous),
+        })
+    }
+}

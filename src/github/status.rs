@@ -1,0 +1,93 @@
+//! Reading who holds what: one issue in detail, or every issue with a held lock.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use http::StatusCode;
+use octocrab::models::issues::{Comment, Issue};
+
+use super::comment::{self, LockState, Parsed};
+use super::resolve::resolve;
+use super::{GithubBackend, IssueInfo, IssueStatus};
+use crate::error::{Error, Result};
+use crate::lock::Holder;
+
+impl GithubBackend {
+    async fn issue_info(&self, issue: u64) -> Result<IssueInfo> {
+        let resp = self.client.get(&self.issue_path(issue)).await?;
+        if !resp.status.is_success() {
+            return Err(self.issue_error(issue, &resp));
+        }
+        let i: Issue = resp.json()?;
+        if i.pull_request.is_some() {
+            return Err(Error::usage(format!(
+                "#{issue} is a pull request, not an issue"
+            )));
+        }
+        Ok(IssueInfo {
+            number: i.number,
+            title: i.title,
+            state: match i.state {
+                octocrab::models::IssueState::Closed => "closed".into(),
+                _ => "open".into(),
+            },
+            locked: i.locked,
+            html_url: i.html_url.to_string(),
+            assignees: i.assignees.into_iter().map(|a| a.login).collect(),
+        })
+    }
+
+    pub async fn status(&self, issue: u64) -> Result<IssueStatus> {
+        self.ensure_login().await?;
+        let info = self.issue_info(issue).await?;
+        let state = self.read(issue).await?;
+        let res = resolve(&state.records);
+        Ok(IssueStatus {
+            issue: info,
+            holder: res.holder().map(|h| Self::holder_of(h, state.now)),
+            ignored: state.ignored,
+        })
+    }
+
+    /// Every issue holding a lock: recent lock comments repo-wide (live locks are edited at least
+    /// once per TTL), then each candidate issue resolved in full.
+    pub async fn list(&self, window: Duration) -> Result<Vec<(u64, Holder)>> {
+        self.ensure_login().await?;
+        let since = (Utc::now() - chrono::Duration::from_std(window).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let first = format!(
+            "/repos/{}/{}/issues/comments?sort=updated&direction=desc&per_page=100&since={since}",
+            self.repo.owner, self.repo.name
+        );
+        let (comments, last) = self.client.get_all::<Comment>(&first).await?;
+        if !last.status.is_success() {
+            return Err(match last.status {
+                StatusCode::NOT_FOUND => Error::NotFound(format!(
+                    "repository {} not found (or not visible to this token)",
+                    self.repo
+                )),
+                _ => Error::Unexpected(format!(
+                    "GitHub answered {}: {}",
+                    last.status,
+                    last.message()
+                )),
+            });
+        }
+        let mut candidates: Vec<u64> = comments
+            .iter()
+            .filter(|c| self.is_trusted(c))
+            .filter(|c| matches!(comment::parse(c.body.as_deref().unwrap_or_default()), Parsed::Lock(m) if m.state == LockState::Held))
+            .filter_map(|c| c.issue_url.as_ref()?.path_segments()?.next_back()?.parse().ok())
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut out = Vec::new();
+        for issue in candidates {
+            let state = self.read(issue).await?;
+            if let Some(h) = resolve(&state.records).holder() {
+                out.push((issue, Self::holder_of(h, state.now)));
+            }
+        }
+        Ok(out)
+    }
+}
