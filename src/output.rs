@@ -20,6 +20,8 @@ pub struct Report {
     pub human: String,
     /// `key=value` pairs for `$GITHUB_OUTPUT`.
     pub outputs: Vec<(String, String)>,
+    /// A line for `$GITHUB_STEP_SUMMARY`.
+    pub summary: Option<String>,
 }
 
 impl Report {
@@ -28,6 +30,7 @@ impl Report {
             json,
             human: human.into(),
             outputs: Vec::new(),
+            summary: None,
         }
     }
 
@@ -38,28 +41,33 @@ impl Report {
         } else {
             writeln!(out, "{}", self.human.trim_end())
         };
-        write_github_output(&self.outputs);
+        let outputs: String = self
+            .outputs
+            .iter()
+            .map(|(k, v)| format!("{k}={}\n", v.replace('\n', " ")))
+            .collect();
+        append_to_env_file("GITHUB_OUTPUT", &outputs);
+        if let Some(line) = &self.summary {
+            append_to_env_file("GITHUB_STEP_SUMMARY", &format!("{line}\n"));
+        }
     }
 }
 
-fn write_github_output(pairs: &[(String, String)]) {
-    let Some(path) = std::env::var_os("GITHUB_OUTPUT") else {
+/// Appends to the file an Actions runner names in `var` (`$GITHUB_OUTPUT`, `$GITHUB_STEP_SUMMARY`).
+fn append_to_env_file(var: &str, text: &str) {
+    let Some(path) = std::env::var_os(var) else {
         return;
     };
-    if pairs.is_empty() {
+    if text.is_empty() {
         return;
     }
-    let text: String = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}\n", v.replace('\n', " ")))
-        .collect();
     let written = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = written {
-        tracing::warn!(error = %e, "cannot write $GITHUB_OUTPUT");
+        tracing::warn!(error = %e, "cannot write ${var}");
     }
 }
 
@@ -70,12 +78,14 @@ pub fn print_error(e: &Error, as_json: bool) {
         let v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
         println!("{v}");
     }
-    eprintln!("sentinel: error: {e}");
+    // The runner reads workflow commands from stderr too, which keeps stdout to one JSON object.
     if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
-        println!(
+        eprintln!(
             "::error title=sentinel::{}",
             e.to_string().replace('\n', " ")
         );
+    } else {
+        eprintln!("sentinel: error: {e}");
     }
 }
 

@@ -76,6 +76,12 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         }),
         human,
     );
+    report.summary = Some(format!(
+        "🔒 sentinel: {} {what} as `{}` (fencing token {})",
+        if g.adopted { "re-adopted" } else { "claimed" },
+        h.worker_id,
+        h.fencing_token
+    ));
     report.outputs = vec![
         ("fencing_token".into(), h.fencing_token.to_string()),
         ("worker_id".into(), h.worker_id.clone()),

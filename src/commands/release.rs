@@ -19,7 +19,7 @@ pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
         (_, true) => format!("Released {what}"),
         (_, false) => format!("{what} was not held; nothing to release"),
     };
-    Ok(Report::new(
+    let mut report = Report::new(
         json!({
             "ok": true,
             "command": "release",
@@ -29,6 +29,8 @@ pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
             "was_held": r.was_held,
             "previous": r.previous.as_ref().map(holder_json),
         }),
-        human,
-    ))
+        human.clone(),
+    );
+    report.summary = Some(format!("🔓 sentinel: {human}"));
+    Ok(report)
 }

@@ -185,3 +185,43 @@ fn default_worker_ids_differ_per_actions_job_and_runner() {
     assert_ne!(a, id("build", "runner-2"));
     assert_ne!(a, id("test", "runner-1"));
 }
+
+#[test]
+fn inside_actions_results_go_to_the_runner_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("output");
+    let summary = dir.path().join("summary");
+    let run = |args: &[&str]| {
+        local(dir.path(), "job-1", args)
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_OUTPUT", &output)
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(code(&run(&["claim", "deploy"])), 0);
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        written.contains("fencing_token=1\n") && written.contains("worker_id=job-1\n"),
+        "{written}"
+    );
+    assert!(
+        std::fs::read_to_string(&summary)
+            .unwrap()
+            .contains("claimed deploy")
+    );
+    let failed = local(
+        dir.path(),
+        "job-2",
+        &["--json", "claim", "deploy", "--strategy", "fail-fast"],
+    )
+    .env("GITHUB_ACTIONS", "true")
+    .output()
+    .unwrap();
+    assert_eq!(code(&failed), 3);
+    assert_eq!(stdout_json(&failed)["error"]["exit_code"], 3);
+    assert!(
+        String::from_utf8_lossy(&failed.stderr)
+            .contains("::error title=sentinel::deploy is held by job-1")
+    );
+}
