@@ -208,6 +208,9 @@ impl GithubBackend {
                 self.discard(r.id).await;
             }
         }
+        // Assigning also tells us the issue is open and not a pull request: check that before
+        // taking anything away from a victim.
+        let assigned = self.assign(issue, &mine.user.login).await?;
         if let Some((t, _)) = &takeover {
             // The victim learns it lost on its next heartbeat (404). If its comment cannot be
             // deleted it would go on believing it holds the lock: withdraw instead.
@@ -218,7 +221,6 @@ impl GithubBackend {
             .iter()
             .find(|r| r.id == my_id)
             .expect("listed above");
-        let assigned = self.assign(issue, &mine.user.login).await?;
         self.cache.set_own_lock(
             &self.cache_key(issue, worker),
             Some(OwnLock {

@@ -102,28 +102,25 @@ impl GithubBackend {
                 previous: None,
             });
         };
-        if h.meta.worker_id == worker_id {
-            let own = OwnLock {
-                comment_id: h.id,
-                meta: h.meta.clone(),
-                updated_at: h.updated_at,
-                created_at: h.created_at,
-                assigned: self.login.lock().unwrap().clone().flatten(),
-            };
-            return self.release_own(issue, own).await;
-        }
-        if !force {
+        let ours = h.meta.worker_id == worker_id;
+        if !ours && !force {
             return Err(Error::NotOwner(format!(
                 "#{issue} is held by {} (since {}), not by {worker_id}; use --force to release it anyway",
                 h.meta.worker_id, h.created_at
             )));
         }
-        tracing::warn!(holder = %h.meta.worker_id, "FORCE: releasing a lock held by another worker");
+        if !ours {
+            tracing::warn!(holder = %h.meta.worker_id, "FORCE: releasing a lock held by another worker");
+        }
+        // Without our cache entry, another process may still hold this comment's id and would
+        // revive the lock by rewriting it on its next heartbeat. So the comment is replaced, not
+        // edited: a released take-over notice, then the old comment deleted (its heartbeats get
+        // 404).
         let now = self.now();
         let notice = LockMeta {
             worker_id: worker_id.to_string(),
             node_id: h.meta.node_id.clone(),
-            claimed_at: now,
+            claimed_at: h.created_at,
             heartbeat_last: now,
             ttl_seconds: h.meta.ttl_seconds,
             state: LockState::Released,
@@ -137,10 +134,18 @@ impl GithubBackend {
                 force: true,
             }),
             released_at: Some(now),
-            released_by: Some(format!("{worker_id} (forced)")),
+            released_by: Some(if ours {
+                worker_id.to_string()
+            } else {
+                format!("{worker_id} (forced)")
+            }),
         };
         self.post_lock(issue, &notice).await?;
         self.delete_comment(h.id).await?;
+        let login = self.login.lock().unwrap().clone().flatten();
+        if let Some(login) = login {
+            self.unassign(issue, &login).await?;
+        }
         Ok(Released {
             was_held: true,
             previous: Some(Self::holder_of(h, state.now)),
@@ -172,18 +177,24 @@ impl GithubBackend {
             return Err(self.issue_error(issue, &resp));
         }
         if let Some(login) = &own.assigned {
-            let path = format!("{}/assignees", self.issue_path(issue));
-            let resp = self
-                .client
-                .delete(&path, Some(&json!({ "assignees": [login] })))
-                .await?;
-            if !resp.status.is_success() {
-                tracing::warn!(status = %resp.status, "could not remove the assignment");
-            }
+            self.unassign(issue, login).await?;
         }
         Ok(Released {
             was_held,
             previous: Some(previous),
         })
+    }
+
+    /// Best effort: the assignment is for humans; a failure here is logged, not fatal.
+    async fn unassign(&self, issue: u64, login: &str) -> Result<()> {
+        let path = format!("{}/assignees", self.issue_path(issue));
+        let resp = self
+            .client
+            .delete(&path, Some(&json!({ "assignees": [login] })))
+            .await?;
+        if !resp.status.is_success() {
+            tracing::warn!(status = %resp.status, "could not remove the assignment");
+        }
+        Ok(())
     }
 }

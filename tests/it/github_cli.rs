@@ -738,3 +738,26 @@ fn an_interrupted_claim_withdraws_its_comment() {
         text(&out)
     );
 }
+
+#[test]
+fn a_release_from_another_machine_cannot_be_undone_by_a_stale_heartbeat() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "two machines");
+    let n = issue.to_string();
+    claim_json(&gh, &gh.alice, "w1", issue, &[]);
+    // The same worker releases from a machine that never saw the claim (no cache there).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = gh
+        .cmd_in(elsewhere.path(), &gh.alice, "w1", &["release", &n])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(gh.held_lock_comments(issue).is_empty());
+    claim_json(&gh, &gh.bob, "w2", issue, &[]);
+    // The first machine still remembers its comment; its heartbeat must not revive it.
+    let out = gh.run(&gh.alice, "w1", &["heartbeat", &n, "--once"]);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    let st = stdout_json(&gh.run(&gh.bob, "obs", &["status", &n, "--json"]));
+    assert_eq!(st["holder"]["worker_id"], "w2");
+    assert_eq!(gh.held_lock_comments(issue).len(), 1);
+}
