@@ -10,7 +10,7 @@ fn rounds() -> usize {
     std::env::var("SENTINEL_RACE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(15)
 }
 
 /// Starts 16 fail-fast claimers together and checks exactly one wins and every reader agrees.
