@@ -1,15 +1,22 @@
 //! `sentinel claim LOCK`: acquire with a strategy, print the fencing token.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::cli::ClaimArgs;
 use crate::config::{Context, task_info};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock::AcquireRequest;
 use crate::output::{Report, Spinner, holder_json};
 use crate::strategy::{self, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
+    if args.ttl < Duration::from_secs(1) {
+        return Err(Error::usage(
+            "--ttl must be at least 1s: a lease that ends at once protects nothing",
+        ));
+    }
     let target = ctx.backend.target(&args.lock)?;
     let what = ctx.backend.describe(&target);
     let req = AcquireRequest {

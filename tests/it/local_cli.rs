@@ -100,6 +100,7 @@ fn bad_names_and_options_are_usage_errors() {
         vec!["claim", long.as_str()],
         vec!["claim", "a\u{7}b"],
         vec!["claim", "ok", "--ttl", "soon"],
+        vec!["claim", "ok", "--ttl", "0s"],
         vec!["claim", "ok", "--strategy", "sometimes"],
         vec!["claim", "ok", "--task-info", "[1,2]"],
         vec!["--backend", "server", "claim", "ok"],
