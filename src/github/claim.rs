@@ -51,11 +51,7 @@ impl GithubBackend {
     }
 
     async fn find_nonce(&self, issue: u64, nonce: &str) -> Result<Option<Comment>> {
-        let first = format!("{}/comments?per_page=100", self.issue_path(issue));
-        let (comments, last) = self.client.get_all::<Comment>(&first).await?;
-        if !last.status.is_success() {
-            return Err(self.issue_error(issue, &last));
-        }
+        let comments = self.list_comments(issue).await?;
         Ok(comments.into_iter().find(|c| {
             matches!(comment::parse(c.body.as_deref().unwrap_or_default()), Parsed::Lock(m) if m.nonce == nonce)
         }))

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::GithubBackend;
 use super::cache::OwnLock;
+use super::client::Response;
 use super::comment::{self, LockMeta, LockState, Takeover};
 use super::resolve::resolve;
 use crate::error::{Error, Result};
@@ -17,13 +18,7 @@ impl GithubBackend {
     pub(super) async fn heartbeat_cached(&self, issue: u64, mut own: OwnLock) -> Result<Holder> {
         let key = self.cache_key(issue, &own.meta.worker_id);
         own.meta.heartbeat_last = self.now();
-        let resp = self
-            .client
-            .patch(
-                &self.comment_path(own.comment_id),
-                &json!({ "body": comment::render(&own.meta) }),
-            )
-            .await?;
+        let resp = self.write_own(&own).await?;
         if resp.status == StatusCode::NOT_FOUND {
             self.cache.set_own_lock(&key, None)?;
             return Err(Error::NotOwner(format!(
@@ -42,13 +37,7 @@ impl GithubBackend {
             own.meta.state = LockState::Released;
             own.meta.released_at = Some(updated);
             own.meta.released_by = Some(format!("{} (expired)", own.meta.worker_id));
-            let _ = self
-                .client
-                .patch(
-                    &self.comment_path(own.comment_id),
-                    &json!({ "body": comment::render(&own.meta) }),
-                )
-                .await;
+            let _ = self.write_own(&own).await;
             self.cache.set_own_lock(&key, None)?;
             return Err(Error::NotOwner(format!(
                 "the lock on #{issue} expired at {} (GitHub time) before this heartbeat; it is released",
@@ -159,13 +148,7 @@ impl GithubBackend {
         own.meta.state = LockState::Released;
         own.meta.released_at = Some(self.now());
         own.meta.released_by = Some(own.meta.worker_id.clone());
-        let resp = self
-            .client
-            .patch(
-                &self.comment_path(own.comment_id),
-                &json!({ "body": comment::render(&own.meta) }),
-            )
-            .await?;
+        let resp = self.write_own(&own).await?;
         self.cache.set_own_lock(&key, None)?;
         if resp.status == StatusCode::NOT_FOUND {
             return Err(Error::NotOwner(format!(
@@ -183,6 +166,13 @@ impl GithubBackend {
             was_held,
             previous: Some(previous),
         })
+    }
+
+    /// Rewrites our own lock comment from what we know of it (heartbeat, expiry, release).
+    async fn write_own(&self, own: &OwnLock) -> Result<Response> {
+        let path = self.comment_path(own.comment_id);
+        let body = json!({ "body": comment::render(&own.meta) });
+        self.client.patch(&path, &body).await
     }
 
     /// Best effort: the assignment is for humans; a failure here is logged, not fatal.

@@ -278,13 +278,19 @@ impl GithubBackend {
             || (self.in_actions && login == ACTIONS_BOT)
     }
 
-    /// Reads every comment of the issue and keeps the trusted, well-formed lock comments.
-    async fn read(&self, issue: u64) -> Result<Comments> {
+    /// Every comment of the issue, all pages.
+    async fn list_comments(&self, issue: u64) -> Result<Vec<Comment>> {
         let first = format!("{}/comments?per_page=100", self.issue_path(issue));
         let (comments, last) = self.client.get_all::<Comment>(&first).await?;
         if !last.status.is_success() {
             return Err(self.issue_error(issue, &last));
         }
+        Ok(comments)
+    }
+
+    /// Reads every comment of the issue and keeps the trusted, well-formed lock comments.
+    async fn read(&self, issue: u64) -> Result<Comments> {
+        let comments = self.list_comments(issue).await?;
         let now = self.client.last_date().unwrap_or_else(Utc::now);
         let mut out = Comments {
             records: Vec::new(),
