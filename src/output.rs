@@ -75,7 +75,14 @@ fn append_to_env_file(var: &str, text: &str) {
 pub fn print_error(e: &Error, as_json: bool) {
     let code = e.exit_code().code();
     if as_json {
-        let v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
+        let mut v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
+        if let Error::RateLimited {
+            retry_after: Some(wait),
+            ..
+        } = e
+        {
+            v["error"]["retry_after_secs"] = json!(wait.as_secs());
+        }
         println!("{v}");
     }
     // The runner reads workflow commands from stderr too, which keeps stdout to one JSON object.

@@ -43,10 +43,6 @@ impl StateFile {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn path(&self) -> PathBuf {
         self.dir.join(format!("{}.json", self.name))
     }

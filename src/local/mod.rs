@@ -26,12 +26,6 @@ use crate::lock::{Attempt, Claimant, Grant, Holder, Released, Takeover, TaskInfo
 pub use store::LocalStore;
 pub use table::{Command, LockRecord, LockTable, Response};
 
-/// The default data directory of the local backend (`directories`' data dir for `sentinel`, e.g.
-/// `~/.local/share/sentinel` on Linux), if the platform has a home directory.
-pub fn default_data_dir() -> Option<PathBuf> {
-    directories::ProjectDirs::from("", "", "sentinel").map(|d| d.data_dir().to_path_buf())
-}
-
 /// The local backend over a store directory.
 #[derive(Debug, Clone)]
 pub struct LocalBackend {

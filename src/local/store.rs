@@ -2,7 +2,7 @@
 //! `locks.json` of the data directory, kept by a [`StateFile`] (atomic replacement under an OS
 //! file lock, so concurrent processes serialize and a killed one loses nothing).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::table::LockTable;
 use crate::error::Result;
@@ -33,11 +33,6 @@ impl LocalStore {
         })
     }
 
-    /// The store directory.
-    pub fn dir(&self) -> &Path {
-        self.file.dir()
-    }
-
     /// The path of the table file, for messages.
     pub fn table_path(&self) -> PathBuf {
         self.file.path()
@@ -63,6 +58,7 @@ mod tests {
     use crate::local::table::{Command, Response};
     use crate::lock::{Takeover, TaskInfo};
     use std::fs;
+    use std::path::Path;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 

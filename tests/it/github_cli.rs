@@ -391,6 +391,14 @@ fn rate_limits_are_waited_out_or_reported() {
     let out = last.unwrap();
     assert_eq!(code(&out), 7, "{}", text(&out));
     assert!(text(&out).contains("rate limit"), "{}", text(&out));
+    let out = gh.run(&gh.bob, "w2", &["--json", "status", &issue.to_string()]);
+    let v = stdout_json(&out);
+    assert_eq!(v["error"]["exit_code"], 7);
+    let wait = v["error"]["retry_after_secs"].as_u64().unwrap();
+    assert!(
+        wait > 120 && wait <= 3601,
+        "seconds until the limit resets: {wait}"
+    );
 }
 
 #[test]
