@@ -1,6 +1,7 @@
 //! Mutual exclusion under real concurrency: many `sentinel claim` processes against one issue,
 //! with GitHub's list lag switched on (SPEC §3.1).
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::{Gh, REPO, code, sole_winner, stdout_json, wait_all};
@@ -14,18 +15,32 @@ fn rounds() -> usize {
 }
 
 /// Starts 16 fail-fast claimers together and checks exactly one wins and every reader agrees.
-fn race(gh: &Gh, issue: u64, tokens: &[&str]) {
+/// Like jobs on separate runners, every process has its own fresh data directory; `in_actions`
+/// runs them as GitHub Actions jobs would (the workflow identity is trusted).
+fn race(gh: &Gh, issue: u64, tokens: &[&str], in_actions: bool) {
     let workers: Vec<String> = (0..16).map(|i| format!("racer-{issue}-{i}")).collect();
     let issue_s = issue.to_string();
+    let dirs: Vec<tempfile::TempDir> = (0..=16).map(|_| tempfile::tempdir().unwrap()).collect();
+    let command = |i: usize, worker: &str, args: &[&str]| {
+        let mut cmd = gh.cmd_in(dirs[i].path(), tokens[i % tokens.len()], worker, args);
+        if in_actions {
+            cmd.env("GITHUB_ACTIONS", "true");
+        }
+        cmd
+    };
     let children: Vec<_> = workers
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            gh.spawn(
-                tokens[i % tokens.len()],
+            command(
+                i,
                 w,
                 &["claim", &issue_s, "--strategy", "fail-fast", "--json"],
             )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     let outs = wait_all(children);
@@ -35,7 +50,9 @@ fn race(gh: &Gh, issue: u64, tokens: &[&str]) {
     assert_eq!(granted["worker_id"], winner.as_str());
     let token = granted["fencing_token"].as_u64().unwrap();
 
-    let status = gh.run(tokens[0], "observer", &["status", &issue_s, "--json"]);
+    let status = command(16, "observer", &["status", &issue_s, "--json"])
+        .output()
+        .unwrap();
     assert_eq!(code(&status), 0);
     let status = stdout_json(&status);
     assert_eq!(status["holder"]["worker_id"], winner.as_str());
@@ -52,7 +69,7 @@ fn sixteen_claimers_one_token_exactly_one_wins() {
     gh.emu.set_read_lag(Duration::from_millis(250));
     for round in 0..rounds() {
         let issue = gh.emu.create_issue(REPO, &format!("race {round}"));
-        race(&gh, issue, &[&gh.bot]);
+        race(&gh, issue, &[&gh.bot], true);
     }
 }
 
@@ -62,6 +79,6 @@ fn sixteen_claimers_two_tokens_exactly_one_wins() {
     gh.emu.set_read_lag(Duration::from_millis(250));
     for round in 0..rounds() {
         let issue = gh.emu.create_issue(REPO, &format!("race {round}"));
-        race(&gh, issue, &[&gh.alice, &gh.bob]);
+        race(&gh, issue, &[&gh.alice, &gh.bob], false);
     }
 }
