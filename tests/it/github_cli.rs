@@ -769,3 +769,44 @@ fn a_release_from_another_machine_cannot_be_undone_by_a_stale_heartbeat() {
     assert_eq!(st["holder"]["worker_id"], "w2");
     assert_eq!(gh.held_lock_comments(issue).len(), 1);
 }
+
+#[test]
+fn a_claimer_killed_outright_blocks_no_one_past_its_lease() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "kill -9");
+    let n = issue.to_string();
+    // One slow read holds the claimer between its POST and its verification.
+    gh.emu.inject(
+        "GET",
+        "/comments",
+        Fault::Latency(Duration::from_secs(3)),
+        1,
+    );
+    let mut child = gh.spawn(&gh.alice, "doomed", &["claim", &n, "--ttl", "60s"]);
+    let start = std::time::Instant::now();
+    while gh.emu.comments(REPO, issue).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the claim never posted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let out = gh.run(&gh.bob, "next", &["claim", &n, "--strategy", "fail-fast"]);
+    assert_eq!(
+        code(&out),
+        3,
+        "within its lease the orphan still counts: {}",
+        text(&out)
+    );
+    gh.emu.advance_clock(chrono::Duration::seconds(90));
+    let out = steal_stale(&gh, &gh.bob, "next", &n);
+    assert_eq!(
+        code(&out),
+        0,
+        "past its lease it is taken over: {}",
+        text(&out)
+    );
+    assert_eq!(gh.held_lock_comments(issue).len(), 1);
+}
