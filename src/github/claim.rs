@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::StatusCode;
-use octocrab::models::issues::{Comment, Issue};
+use octocrab::models::issues::Comment;
 use serde_json::json;
 
 use super::cache::OwnLock;
@@ -242,15 +242,7 @@ impl GithubBackend {
             .client
             .post_idempotent(&path, &json!({ "assignees": [login] }))
             .await?;
-        if !resp.status.is_success() {
-            return Err(self.issue_error(issue, &resp));
-        }
-        let info: Issue = resp.json()?;
-        if info.pull_request.is_some() {
-            return Err(Error::usage(format!(
-                "#{issue} is a pull request, not an issue"
-            )));
-        }
+        let info = self.issue_of(issue, &resp)?;
         if matches!(info.state, octocrab::models::IssueState::Closed) {
             return Err(Error::usage(format!(
                 "issue #{issue} is closed; reopen it to claim it"

@@ -28,7 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use octocrab::models::AuthorAssociation;
-use octocrab::models::issues::Comment;
+use octocrab::models::issues::{Comment, Issue};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -218,6 +218,20 @@ impl GithubBackend {
             }
             s => Error::Unexpected(format!("GitHub answered {s} for #{issue}: {msg}")),
         }
+    }
+
+    /// The issue in an answer about `issue`, refusing pull requests (they share the numbers).
+    fn issue_of(&self, issue: u64, resp: &Response) -> Result<Issue> {
+        if !resp.status.is_success() {
+            return Err(self.issue_error(issue, resp));
+        }
+        let info: Issue = resp.json()?;
+        if info.pull_request.is_some() {
+            return Err(Error::usage(format!(
+                "#{issue} is a pull request, not an issue; sentinel locks issues"
+            )));
+        }
+        Ok(info)
     }
 
     /// Who we are on GitHub, asked once per token and remembered in the data directory.

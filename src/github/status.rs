@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use http::StatusCode;
-use octocrab::models::issues::{Comment, Issue};
+use octocrab::models::issues::Comment;
 
 use super::comment::{self, LockState, Parsed};
 use super::resolve::resolve;
@@ -15,15 +15,7 @@ use crate::lock::Holder;
 impl GithubBackend {
     async fn issue_info(&self, issue: u64) -> Result<IssueInfo> {
         let resp = self.client.get(&self.issue_path(issue)).await?;
-        if !resp.status.is_success() {
-            return Err(self.issue_error(issue, &resp));
-        }
-        let i: Issue = resp.json()?;
-        if i.pull_request.is_some() {
-            return Err(Error::usage(format!(
-                "#{issue} is a pull request, not an issue"
-            )));
-        }
+        let i = self.issue_of(issue, &resp)?;
         Ok(IssueInfo {
             number: i.number,
             title: i.title,
