@@ -721,7 +721,7 @@ fn an_interrupted_claim_withdraws_its_comment() {
         "GET",
         "/comments",
         Fault::Latency(Duration::from_secs(3)),
-        5,
+        1,
     );
     let child = gh.spawn(&gh.alice, "w1", &["-vv", "claim", &issue.to_string()]);
     let start = std::time::Instant::now();
@@ -732,7 +732,8 @@ fn an_interrupted_claim_withdraws_its_comment() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Well inside the window: the settle pause (400 ms) plus the slow read (3 s).
+    std::thread::sleep(Duration::from_millis(1000));
     let kill = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
