@@ -102,6 +102,13 @@ pub enum Sent {
     Unknown(Error),
 }
 
+#[derive(Clone)]
+struct Cached {
+    etag: String,
+    body: Bytes,
+    link: Option<header::HeaderValue>,
+}
+
 struct ClockSample {
     github: DateTime<Utc>,
     local: Instant,
@@ -111,7 +118,8 @@ pub struct Client {
     octo: Octocrab,
     opts: ClientOptions,
     clock: Mutex<Option<ClockSample>>,
-    etags: Mutex<HashMap<String, (String, Bytes)>>,
+    /// path -> (ETag, body, Link header) of the last 200, to answer a 304 with.
+    etags: Mutex<HashMap<String, Cached>>,
     rate_waited: Mutex<Duration>,
 }
 
@@ -325,7 +333,7 @@ impl Client {
         let result = match method {
             Method::GET => {
                 let mut headers = HeaderMap::new();
-                if let Some(v) = cached.as_ref().and_then(|(etag, _)| etag.parse().ok()) {
+                if let Some(v) = cached.as_ref().and_then(|c| c.etag.parse().ok()) {
                     headers.insert(header::IF_NONE_MATCH, v);
                 }
                 self.octo._get_with_headers(path, Some(headers)).await
@@ -357,15 +365,21 @@ impl Client {
         tracing::debug!(%method, path, status = resp.status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "github");
         if method == Method::GET {
             if resp.status == StatusCode::NOT_MODIFIED {
-                if let Some((_, body)) = cached {
+                if let Some(c) = cached {
+                    // A 304 need not repeat the Link header; pagination must not stop there.
                     resp.status = StatusCode::OK;
-                    resp.body = body;
+                    resp.body = c.body;
+                    if let Some(link) = c.link {
+                        resp.headers.entry(header::LINK).or_insert(link);
+                    }
                 }
             } else if let Some(etag) = resp.header("etag").filter(|_| resp.status.is_success()) {
-                self.etags
-                    .lock()
-                    .unwrap()
-                    .insert(path.to_string(), (etag.to_string(), resp.body.clone()));
+                let entry = Cached {
+                    etag: etag.to_string(),
+                    body: resp.body.clone(),
+                    link: resp.headers.get(header::LINK).cloned(),
+                };
+                self.etags.lock().unwrap().insert(path.to_string(), entry);
             }
         }
         Ok(resp)

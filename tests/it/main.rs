@@ -3,6 +3,7 @@
 mod completions;
 mod fixtures;
 mod github_cli;
+mod github_client;
 mod github_races;
 mod local_cli;
 mod support;
