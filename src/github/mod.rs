@@ -266,7 +266,11 @@ impl GithubBackend {
     }
 
     fn learn_login(&self, login: &str) -> Result<()> {
-        *self.login.lock().unwrap() = Some(Some(login.to_string()));
+        let known = self.login.lock().unwrap().replace(Some(login.to_string()));
+        if known.flatten().as_deref() == Some(login) {
+            // Already ours in this process, hence already in the cache: no file I/O per claim.
+            return Ok(());
+        }
         if let Some(fp) = &self.fingerprint
             && self.cache.login(fp)?.as_deref() != Some(login)
         {

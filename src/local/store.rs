@@ -73,6 +73,17 @@ mod tests {
         }
     }
 
+    /// A store holding lock "a" for w1, and that committed table.
+    fn store_with_one_lock() -> (tempfile::TempDir, LocalStore, LockTable) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path()).unwrap();
+        store
+            .transact(|t| t.apply(&acquire("a", "w1"), 10))
+            .unwrap();
+        let committed = store.read().unwrap();
+        (tmp, store, committed)
+    }
+
     fn tmp_files(dir: &Path) -> Vec<String> {
         fs::read_dir(dir)
             .unwrap()
@@ -150,12 +161,7 @@ mod tests {
 
     #[test]
     fn killed_writer_leaves_the_last_committed_table() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(tmp.path()).unwrap();
-        store
-            .transact(|t| t.apply(&acquire("a", "w1"), 10))
-            .unwrap();
-        let committed = store.read().unwrap();
+        let (tmp, store, committed) = store_with_one_lock();
         // A writer killed after writing half of its temporary file, before the rename.
         let full = serde_json::to_string_pretty(&{
             let mut t = committed.clone();
@@ -183,12 +189,7 @@ mod tests {
 
     #[test]
     fn panic_inside_a_transaction_writes_nothing_and_unlocks() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(tmp.path()).unwrap();
-        store
-            .transact(|t| t.apply(&acquire("a", "w1"), 10))
-            .unwrap();
-        let committed = store.read().unwrap();
+        let (_tmp, store, committed) = store_with_one_lock();
         let s = store.clone();
         let joined = std::thread::spawn(move || {
             s.transact(|t| {
@@ -231,12 +232,7 @@ mod tests {
 
     #[test]
     fn killed_holder_releases_the_lock() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(tmp.path()).unwrap();
-        store
-            .transact(|t| t.apply(&acquire("a", "w1"), 10))
-            .unwrap();
-        let committed = store.read().unwrap();
+        let (tmp, store, committed) = store_with_one_lock();
 
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([

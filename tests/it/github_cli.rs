@@ -15,6 +15,11 @@ fn claim_json(gh: &Gh, token: &str, worker: &str, issue: u64, extra: &[&str]) ->
     stdout_json(&out)
 }
 
+/// One `claim --strategy fail-fast` attempt.
+fn fail_fast(gh: &Gh, token: &str, worker: &str, issue: &str) -> std::process::Output {
+    gh.run(token, worker, &["claim", issue, "--strategy", "fail-fast"])
+}
+
 /// One `claim --strategy steal-stale` attempt, no retries.
 fn steal_stale(gh: &Gh, token: &str, worker: &str, issue: &str) -> std::process::Output {
     let args = [
@@ -130,7 +135,7 @@ fn conflicts_exit_3_and_the_same_worker_re_adopts() {
     let issue = gh.emu.create_issue(REPO, "one");
     let n = issue.to_string();
     let first = claim_json(&gh, &gh.alice, "w1", issue, &[]);
-    let out = gh.run(&gh.bob, "w2", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.bob, "w2", &n);
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(text(&out).contains("held by w1"), "{}", text(&out));
 
@@ -150,12 +155,7 @@ fn conflicts_exit_3_and_the_same_worker_re_adopts() {
     );
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(text(&out).contains("gave up after 3 attempts"));
-    let posts = gh
-        .emu
-        .requests()
-        .iter()
-        .filter(|r| r.method == "POST")
-        .count();
+    let posts = gh.count_method("POST");
     assert!(
         posts <= 1,
         "retries read before writing: {:#?}",
@@ -177,7 +177,7 @@ fn conflicts_exit_3_and_the_same_worker_re_adopts() {
     // The forced-out holder learns on its next heartbeat.
     let out = gh.run(&gh.alice, "w1", &["heartbeat", &n, "--once"]);
     assert_eq!(code(&out), 4, "{}", text(&out));
-    let out = gh.run(&gh.bob, "w3", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.bob, "w3", &n);
     assert_eq!(code(&out), 0, "{}", text(&out));
 }
 
@@ -195,7 +195,7 @@ fn fencing_tokens_increase_across_grants_steals_and_force() {
         .unwrap();
     // b stops heartbeating; two minutes later on GitHub's clock its lock is stale.
     gh.emu.advance_clock(chrono::Duration::seconds(120));
-    let out = gh.run(&gh.alice, "c", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.alice, "c", &n);
     assert_eq!(
         code(&out),
         3,
@@ -504,7 +504,7 @@ fn thousands_of_comments_and_hand_edited_locks() {
     }
     let n = issue.to_string();
     let v = claim_json(&gh, &gh.alice, "w1", issue, &[]);
-    let out = gh.run(&gh.bob, "w2", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.bob, "w2", &n);
     assert_eq!(
         code(&out),
         3,
@@ -533,7 +533,7 @@ fn thousands_of_comments_and_hand_edited_locks() {
             .unwrap()
             .contains("malformed")
     );
-    let out = gh.run(&gh.bob, "w2", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.bob, "w2", &n);
     assert_eq!(code(&out), 0, "{}", text(&out));
 }
 
@@ -678,7 +678,7 @@ fn an_expired_own_lock_must_be_taken_over_like_anyone_elses() {
     let n = issue.to_string();
     let first = claim_json(&gh, &gh.alice, "w1", issue, &["--ttl", "60s"]);
     gh.emu.advance_clock(chrono::Duration::seconds(120));
-    let out = gh.run(&gh.alice, "w1", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.alice, "w1", &n);
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(text(&out).contains("steal-stale"), "{}", text(&out));
     let again = claim_json(
@@ -794,7 +794,7 @@ fn a_claimer_killed_outright_blocks_no_one_past_its_lease() {
     }
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
-    let out = gh.run(&gh.bob, "next", &["claim", &n, "--strategy", "fail-fast"]);
+    let out = fail_fast(&gh, &gh.bob, "next", &n);
     assert_eq!(
         code(&out),
         3,

@@ -64,11 +64,6 @@ async fn a_post_is_never_resent_blindly() {
         1,
         "applied once, not retried"
     );
-    let posts = gh
-        .emu
-        .requests()
-        .iter()
-        .filter(|r| r.method == "POST")
-        .count();
+    let posts = gh.count_method("POST");
     assert_eq!(posts, 1);
 }

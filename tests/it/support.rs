@@ -117,6 +117,15 @@ impl Gh {
         self.emu.requests().len()
     }
 
+    /// Requests with this HTTP method since the last `clear_requests`.
+    pub fn count_method(&self, method: &str) -> usize {
+        self.emu
+            .requests()
+            .iter()
+            .filter(|r| r.method == method)
+            .count()
+    }
+
     /// Lock comments currently on the issue that are in the `held` state.
     pub fn held_lock_comments(&self, issue: u64) -> Vec<(u64, String)> {
         self.emu
