@@ -1,35 +1,21 @@
-//! One face for every backend: the commands name a lock and an operation, this picks the
-//! backend's way of doing it and translates lock names (issue numbers for GitHub).
+//! The seam between what a command wants and where locks live.
+//!
+//! [`LockBackend`] is the one trait every backend implements: it parses and validates its own lock
+//! ids and takes the same request types ([`crate::lock`]) for every operation, so the strategy
+//! loop, the heartbeat sidecar, `run` and the commands are written once. [`Backend`] is only the
+//! thin dispatcher the CLI holds (the trait's `async fn`s are not object-safe); a new backend is
+//! one module plus one arm per method here.
 
-use std::time::Duration;
+use std::future::Future;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::github::{GithubBackend, IssueStatus};
 use crate::local::LocalBackend;
-use crate::lock::{AcquireRequest, Attempt, Holder, Released, validate_name};
-
-pub enum Backend {
-    Local(LocalBackend),
-    Github(Box<GithubBackend>),
-}
-
-/// A lock as the backend names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Issue(u64),
-    Name(String),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Issue(n) => write!(f, "#{n}"),
-            Target::Name(n) => f.write_str(n),
-        }
-    }
-}
+use crate::lock::{
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, Released, RenewRequest,
+};
 
 /// What `status LOCK` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -51,97 +37,104 @@ impl Status {
     }
 }
 
-impl Backend {
-    pub fn name(&self) -> &'static str {
+/// A place where locks live. Every operation is one attempt: waiting and retrying belong to
+/// [`crate::strategy`], renewing on a schedule to the heartbeat loop.
+pub trait LockBackend: Send + Sync {
+    /// `local`, `github`, …: the `backend` field of JSON output and the metrics label.
+    fn name(&self) -> &'static str;
+
+    /// Parses a lock argument as this backend names locks, refusing what it cannot lock.
+    fn parse_lock(&self, raw: &str) -> Result<LockId>;
+
+    /// Where the lock lives, for messages: `owner/repo#12`, or the lock name.
+    fn describe(&self, lock: &LockId) -> String {
+        lock.to_string()
+    }
+
+    /// One acquisition attempt: a grant (new, re-adopted or taken over), or the current holder.
+    fn try_acquire(&self, req: &AcquireRequest) -> impl Future<Output = Result<Attempt>> + Send;
+
+    /// Releases a lock; releasing a free lock succeeds with `was_held: false`.
+    fn release(&self, req: &ReleaseRequest) -> impl Future<Output = Result<Released>> + Send;
+
+    /// Renews our lease. Every way of not holding the lock any more is [`Error::NotOwner`].
+    fn renew(&self, req: &RenewRequest) -> impl Future<Output = Result<Holder>> + Send;
+
+    /// Who holds one lock.
+    fn status(&self, lock: &LockId) -> impl Future<Output = Result<Status>> + Send;
+
+    /// Every held lock (stale ones included), by display name.
+    fn list(&self, req: &ListRequest)
+    -> impl Future<Output = Result<Vec<(String, Holder)>>> + Send;
+}
+
+/// The backend the CLI was configured with.
+pub enum Backend {
+    Local(LocalBackend),
+    Github(Box<GithubBackend>),
+}
+
+impl LockBackend for Backend {
+    fn name(&self) -> &'static str {
         match self {
-            Backend::Local(_) => "local",
-            Backend::Github(_) => "github",
+            Backend::Local(b) => b.name(),
+            Backend::Github(b) => b.name(),
         }
     }
 
-    /// Where the lock lives, for messages: `owner/repo#12` or the data directory's backend.
-    pub fn describe(&self, t: &Target) -> String {
-        match (self, t) {
-            (Backend::Github(g), Target::Issue(n)) => format!("{}#{n}", g.repo()),
-            (_, t) => t.to_string(),
-        }
-    }
-
-    /// Parses a lock argument: an issue number for GitHub, a name otherwise.
-    pub fn target(&self, raw: &str) -> Result<Target> {
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
         match self {
-            Backend::Github(_) => {
-                let digits = raw.trim().trim_start_matches('#');
-                match digits.parse::<u64>() {
-                    Ok(n) if n > 0 && n <= u32::MAX as u64 => Ok(Target::Issue(n)),
-                    _ => Err(Error::usage(format!(
-                        "invalid issue number {raw:?}: the github backend locks issues by number, e.g. 123"
-                    ))),
-                }
-            }
-            Backend::Local(_) => {
-                validate_name(raw)?;
-                Ok(Target::Name(raw.to_string()))
-            }
+            Backend::Local(b) => b.parse_lock(raw),
+            Backend::Github(b) => b.parse_lock(raw),
         }
     }
 
-    pub async fn try_acquire(
-        &self,
-        t: &Target,
-        req: &AcquireRequest,
-        attempt: u32,
-    ) -> Result<Attempt> {
-        match (self, t) {
-            (Backend::Github(g), Target::Issue(n)) => g.try_acquire(*n, req, attempt > 0).await,
-            (Backend::Local(l), Target::Name(name)) => {
-                l.try_acquire(name, &req.claimant, req.ttl, req.takeover, &req.task_info)
-            }
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub async fn release(&self, t: &Target, worker_id: &str, force: bool) -> Result<Released> {
-        match (self, t) {
-            (Backend::Github(g), Target::Issue(n)) => g.release(*n, worker_id, force).await,
-            (Backend::Local(l), Target::Name(name)) => l.release(name, worker_id, force),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub async fn renew(&self, t: &Target, worker_id: &str) -> Result<Holder> {
-        match (self, t) {
-            (Backend::Github(g), Target::Issue(n)) => g.renew(*n, worker_id).await,
-            (Backend::Local(l), Target::Name(name)) => l.renew(name, worker_id),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub async fn status(&self, t: &Target) -> Result<Status> {
-        match (self, t) {
-            (Backend::Github(g), Target::Issue(n)) => Ok(Status::Issue(g.status(*n).await?)),
-            (Backend::Local(l), Target::Name(name)) => Ok(Status::Named {
-                name: name.clone(),
-                holder: l.status(name)?,
-            }),
-            _ => Err(mismatch()),
-        }
-    }
-
-    /// Every held lock, by display name.
-    pub async fn list(&self, window: Duration) -> Result<Vec<(String, Holder)>> {
+    fn describe(&self, lock: &LockId) -> String {
         match self {
-            Backend::Github(g) => Ok(g
-                .list(window)
-                .await?
-                .into_iter()
-                .map(|(n, h)| (format!("#{n}"), h))
-                .collect()),
-            Backend::Local(l) => l.list(),
+            Backend::Local(b) => b.describe(lock),
+            Backend::Github(b) => b.describe(lock),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        match self {
+            Backend::Local(b) => b.try_acquire(req).await,
+            Backend::Github(b) => b.try_acquire(req).await,
+        }
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        match self {
+            Backend::Local(b) => b.release(req).await,
+            Backend::Github(b) => b.release(req).await,
+        }
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        match self {
+            Backend::Local(b) => b.renew(req).await,
+            Backend::Github(b) => b.renew(req).await,
+        }
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        match self {
+            Backend::Local(b) => b.status(lock).await,
+            Backend::Github(b) => b.status(lock).await,
+        }
+    }
+
+    async fn list(&self, req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        match self {
+            Backend::Local(b) => b.list(req).await,
+            Backend::Github(b) => b.list(req).await,
         }
     }
 }
 
-fn mismatch() -> Error {
-    Error::Unexpected("lock name does not fit the backend".into())
+/// The error for a lock id another backend parsed: a programming error, never user input.
+pub(crate) fn foreign(lock: &LockId, backend: &str) -> Error {
+    Error::Unexpected(format!(
+        "internal error: lock {lock} was not parsed by the {backend} backend"
+    ))
 }

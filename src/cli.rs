@@ -1,4 +1,4 @@
-//! The command-line contract (SPEC §2): global options with their environment fallbacks, and one
+//! The command-line contract (README, "Commands"): global options with their environment fallbacks, and one
 //! argument struct per subcommand. Parsing only; nothing here talks to a backend.
 
 use std::path::PathBuf;

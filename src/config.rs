@@ -1,5 +1,7 @@
-//! Turns the parsed global options and environment into a ready backend and identity
-//! (SPEC §2 defaults: backend choice, token fallbacks, worker and node ids, data directory).
+//! Turns the parsed global options and environment into a ready backend and identity: the backend
+//! choice, token fallbacks, worker and node ids and the data directory, as README's "Global
+//! options" documents them. Every value from the command line or the environment is validated
+//! here, before anything touches a backend.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,20 +12,29 @@ use crate::error::{Error, Result};
 use crate::github::client::ClientOptions;
 use crate::github::{GithubBackend, GithubOptions, RepoName};
 use crate::local::LocalBackend;
-use crate::lock::{Claimant, TaskInfo};
+use crate::lock::{Claimant, TaskInfo, validate_label};
 use crate::secret::Secret;
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
 pub struct Context {
     pub backend: Backend,
     pub claimant: Claimant,
+    /// The worker id was chosen by the user (flag or environment), so a claim by it may take up
+    /// its own live lock again; a default id is shared by every process a shell fans out.
+    pub explicit_worker: bool,
     pub json: bool,
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A value from a flag or the environment, with set-but-empty treated as unset.
+fn given(v: Option<&String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN.
@@ -74,7 +85,7 @@ pub fn hostname() -> String {
 }
 
 pub fn data_dir(flag: Option<&PathBuf>) -> Result<PathBuf> {
-    if let Some(d) = flag {
+    if let Some(d) = flag.filter(|d| !d.as_os_str().is_empty()) {
         return Ok(d.clone());
     }
     directories::ProjectDirs::from("dev", "sentinel", "sentinel")
@@ -93,24 +104,63 @@ fn settle() -> Result<Duration> {
 
 fn id(value: Option<String>, what: &str, default: impl FnOnce() -> String) -> Result<String> {
     let v = value.unwrap_or_else(default);
-    let v = v.trim().to_string();
-    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
-        return Err(Error::usage(format!(
-            "invalid {what} {v:?}: 1 to 256 printable characters"
-        )));
-    }
+    validate_label(what, &v)?;
     Ok(v)
+}
+
+/// Checks `--api-url`: an http(s) URL with a host and a valid port, and no credentials in it (they
+/// would end up in messages; the token has its own option). The message never repeats the URL
+/// when it carries credentials.
+pub fn api_url(raw: &str) -> Result<String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let bad = |why: &str| {
+        let shown = if trimmed.contains('@') {
+            "(not shown: it contains credentials)".to_string()
+        } else {
+            format!("{trimmed:?}")
+        };
+        Error::usage(format!(
+            "invalid --api-url {shown}: {why}; expected e.g. https://api.github.com or https://HOST/api/v3"
+        ))
+    };
+    let uri: http::Uri = trimmed.parse().map_err(|_| bad("not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("the scheme must be http or https"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "credentials do not belong in the URL; pass the token with --token or SENTINEL_TOKEN",
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    if let Some(port) = authority.as_str().rsplit_once(':').map(|(_, p)| p)
+        && !authority.host().ends_with(']')
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad("the port must be a number from 1 to 65535"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("no query string is allowed"));
+    }
+    Ok(trimmed.to_string())
 }
 
 impl Context {
     pub fn from_args(g: &GlobalArgs) -> Result<Context> {
+        let worker = given(g.worker_id.as_ref());
+        let explicit_worker = worker.is_some();
         let claimant = Claimant {
-            worker_id: id(g.worker_id.clone(), "worker id", default_worker_id)?,
-            node_id: id(g.node_id.clone(), "node id", hostname)?,
+            worker_id: id(worker, "worker id", default_worker_id)?,
+            node_id: id(given(g.node_id.as_ref()), "node id", hostname)?,
         };
+        let repo = given(g.repo.as_ref());
+        let server = given(g.server.as_ref());
         let kind = match g.backend {
-            BackendKind::Auto if g.server.is_some() => BackendKind::Server,
-            BackendKind::Auto if g.repo.is_some() => BackendKind::Github,
+            BackendKind::Auto if server.is_some() => BackendKind::Server,
+            BackendKind::Auto if repo.is_some() => BackendKind::Github,
             BackendKind::Auto => BackendKind::Local,
             k => k,
         };
@@ -118,8 +168,7 @@ impl Context {
         let backend = match kind {
             BackendKind::Local => Backend::Local(LocalBackend::open(data_dir.join("local"))?),
             BackendKind::Github => {
-                let repo: RepoName = g
-                    .repo
+                let repo: RepoName = repo
                     .as_deref()
                     .ok_or_else(|| {
                         Error::usage(
@@ -127,15 +176,10 @@ impl Context {
                         )
                     })?
                     .parse()?;
-                if !(g.api_url.starts_with("https://") || g.api_url.starts_with("http://")) {
-                    return Err(Error::usage(format!(
-                        "invalid --api-url {:?}: expected an http(s) URL",
-                        g.api_url
-                    )));
-                }
+                let api = given(Some(&g.api_url)).unwrap_or_else(|| DEFAULT_API_URL.to_string());
                 Backend::Github(Box::new(GithubBackend::new(GithubOptions {
                     repo,
-                    client: ClientOptions::new(&g.api_url, token(g.token.as_ref())),
+                    client: ClientOptions::new(&api_url(&api)?, token(g.token.as_ref())),
                     data_dir,
                     trusted: g
                         .trusted
@@ -157,19 +201,50 @@ impl Context {
         Ok(Context {
             backend,
             claimant,
+            explicit_worker,
             json: g.json,
         })
     }
 }
 
-/// `--task-info JSON` merged with the single-field flags (flags win).
+/// The fields `--task-info` accepts. Strict on purpose: a typo such as `"priorty"` is an error
+/// here, while the lock comments readers parse stay lenient (other versions may add fields).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskInfoArg {
+    complexity: Option<u32>,
+    estimated_duration: Option<String>,
+    task_type: Option<String>,
+    priority: Option<String>,
+}
+
+/// Longest text field of the task info, in characters (GitHub comments are limited to 65,536).
+const MAX_TASK_FIELD: usize = 1024;
+
+/// `--task-info JSON` (or `@FILE`) merged with the single-field flags (flags win).
 pub fn task_info(t: &TaskArgs) -> Result<TaskInfo> {
+    let example =
+        r#"{"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}"#;
     let mut info = match &t.task_info {
-        Some(raw) => serde_json::from_str::<TaskInfo>(raw).map_err(|e| {
-            Error::usage(format!(
-                "invalid --task-info JSON: {e}; expected e.g. {{\"complexity\":5,\"estimated_duration\":\"45min\",\"task_type\":\"bug-fix\",\"priority\":\"high\"}}"
-            ))
-        })?,
+        Some(raw) => {
+            let text = match raw.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                    Error::usage(format!("cannot read --task-info file {path:?}: {e}"))
+                })?,
+                None => raw.clone(),
+            };
+            let arg: TaskInfoArg = serde_json::from_str(&text).map_err(|e| {
+                Error::usage(format!(
+                    "invalid --task-info: {e}; expected a JSON object like {example} (or @FILE)"
+                ))
+            })?;
+            TaskInfo {
+                complexity: arg.complexity,
+                estimated_duration: arg.estimated_duration,
+                task_type: arg.task_type,
+                priority: arg.priority,
+            }
+        }
         None => TaskInfo::default(),
     };
     if t.complexity.is_some() {
@@ -184,5 +259,92 @@ pub fn task_info(t: &TaskArgs) -> Result<TaskInfo> {
     if t.priority.is_some() {
         info.priority = t.priority.clone();
     }
+    for (what, v) in [
+        ("estimated_duration", &info.estimated_duration),
+        ("task_type", &info.task_type),
+        ("priority", &info.priority),
+    ] {
+        if let Some(v) = v
+            && (v.chars().count() > MAX_TASK_FIELD || v.chars().any(char::is_control))
+        {
+            return Err(Error::usage(format!(
+                "invalid task info {what}: at most {MAX_TASK_FIELD} characters, no control characters"
+            )));
+        }
+    }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn args(json: &str) -> TaskArgs {
+        TaskArgs {
+            task_info: Some(json.into()),
+            complexity: None,
+            estimate: None,
+            task_type: None,
+            priority: None,
+        }
+    }
+
+    #[test]
+    fn task_info_is_strict() {
+        let ok = task_info(&args(r#"{"complexity":5,"priority":"high"}"#)).unwrap();
+        assert_eq!(ok.complexity, Some(5));
+        for bad in [
+            "[1,2]",
+            r#"{"priorty":"high"}"#,
+            r#"{"complexity":-1}"#,
+            "null",
+            "\"x\"",
+        ] {
+            let e = task_info(&args(bad)).unwrap_err();
+            assert!(e.to_string().contains("invalid --task-info"), "{bad}: {e}");
+        }
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), r#"{"task_type":"bug-fix"}"#).unwrap();
+        let from_file = task_info(&args(&format!("@{}", tmp.path().display()))).unwrap();
+        assert_eq!(from_file.task_type.as_deref(), Some("bug-fix"));
+        assert!(task_info(&args("@/nonexistent/x.json")).is_err());
+    }
+
+    #[test]
+    fn api_urls_are_checked_without_echoing_credentials() {
+        assert_eq!(
+            api_url("https://api.github.com/").unwrap(),
+            "https://api.github.com"
+        );
+        assert!(api_url("http://127.0.0.1:8080").is_ok());
+        assert!(api_url("https://ghe.example.com/api/v3").is_ok());
+        for bad in [
+            "http://",
+            "ftp://x",
+            "api.github.com",
+            "http://127.0.0.1:99999",
+            "http://h:0",
+            "http://h:x",
+            "",
+        ] {
+            assert!(api_url(bad).is_err(), "{bad}");
+        }
+        let e = api_url("https://user:hunter2@api.github.com")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2") && !e.contains("user:"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn task_info_never_panics(s in ".*") {
+            let _ = task_info(&args(&s));
+        }
+
+        #[test]
+        fn api_url_never_panics(s in ".*") {
+            let _ = api_url(&s);
+        }
+    }
 }

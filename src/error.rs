@@ -1,4 +1,5 @@
-//! The one error type of the library and its mapping to the CLI's documented exit codes (SPEC §2).
+//! The one error type of the library and its mapping to the CLI's documented exit codes (README,
+//! "Exit codes").
 //!
 //! Every failure a user can cause or meet is a variant here, so `main` turns any of them into the
 //! right exit code in one place, the way cargo's `CliError` does.
@@ -17,6 +18,10 @@ pub enum ExitCode {
     NotFound = 6,
     RateLimited = 7,
     Unavailable = 8,
+    /// Stopped by SIGINT (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 impl ExitCode {
@@ -51,6 +56,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Unexpected(String),
+    /// A signal stopped the command; carries the exit code (130 SIGINT, 143 SIGTERM).
+    #[error("interrupted by {}", if *.0 == 143 { "SIGTERM" } else { "SIGINT" })]
+    Interrupted(i32),
 }
 
 impl Error {
@@ -64,6 +72,8 @@ impl Error {
             Error::RateLimited { .. } => ExitCode::RateLimited,
             Error::Unavailable(_) => ExitCode::Unavailable,
             Error::Unexpected(_) => ExitCode::Unexpected,
+            Error::Interrupted(143) => ExitCode::Terminated,
+            Error::Interrupted(_) => ExitCode::Interrupted,
         }
     }
 
@@ -78,6 +88,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "unavailable",
             Error::Unexpected(_) => "unexpected",
+            Error::Interrupted(_) => "interrupted",
         }
     }
 

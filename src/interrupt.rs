@@ -1,27 +1,55 @@
 //! Undo on interruption: SIGINT/SIGTERM in the middle of a claim must not leave a lock behind.
 //!
 //! Code that has made a change it would withdraw on failure (a posted, not yet verified lock
-//! comment) registers an undo action for as long as the change is at risk; `main` runs whatever is
-//! registered when a signal arrives, then exits 130 (SIGINT) or 143 (SIGTERM).
+//! comment, a fresh grant) registers an undo action for as long as the change is at risk; `main`
+//! flags the interrupt, runs whatever is registered, then exits 130 (SIGINT) or 143 (SIGTERM).
+//! A grant stays at risk until the command has printed it: its registration is kept past the
+//! grant ([`Registration::keep_until_reported`]) and dropped by `main` after printing
+//! ([`reported`]). So an interrupted claim either holds nothing or has told its caller.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 type Undo = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 static PENDING: Mutex<BTreeMap<u64, Undo>> = Mutex::new(BTreeMap::new());
 static NEXT: AtomicU64 = AtomicU64::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Keeps an undo action registered until dropped.
-pub struct Registration(u64);
+pub struct Registration(Option<u64>);
+
+impl Registration {
+    /// Leaves the undo registered after this guard is gone, until [`reported`] runs.
+    pub fn keep_until_reported(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        PENDING.lock().unwrap().remove(&self.0);
+        if let Some(id) = self.0 {
+            pending().remove(&id);
+        }
     }
+}
+
+fn pending() -> std::sync::MutexGuard<'static, BTreeMap<u64, Undo>> {
+    // An undo that panicked must not disable every later one.
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a SIGINT/SIGTERM has arrived; work that is about to commit checks this under its lock.
+pub fn is_interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The command's result has been printed: nothing registered needs undoing any more.
+pub fn reported() {
+    pending().clear();
 }
 
 /// Registers `undo` to run if the process is interrupted before the returned guard is dropped.
@@ -31,18 +59,18 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    PENDING
-        .lock()
-        .unwrap()
-        .insert(id, Box::new(move || Box::pin(undo())));
-    Registration(id)
+    pending().insert(id, Box::new(move || Box::pin(undo())));
+    Registration(Some(id))
 }
 
-/// Runs every registered undo action (called once, by `main`, after a signal).
+/// Marks the process as interrupted: from now on, work checking [`is_interrupted`] commits nothing.
+pub fn flag() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Runs every registered undo action (called once, by `main`, after [`flag`]).
 pub async fn undo_all() {
-    let pending: Vec<Undo> = std::mem::take(&mut *PENDING.lock().unwrap())
-        .into_values()
-        .collect();
+    let pending: Vec<Undo> = std::mem::take(&mut *pending()).into_values().collect();
     for undo in pending {
         undo().await;
     }
@@ -67,7 +95,6 @@ pub async fn signalled() -> i32 {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
     #[tokio::test]
     async fn only_live_registrations_run() {

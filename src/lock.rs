@@ -1,4 +1,5 @@
-//! Backend-neutral vocabulary of the lock protocol: who claims, what a grant is, how a holder looks.
+//! Backend-neutral vocabulary of the lock protocol: who claims, what a grant is, how a holder looks,
+//! and the request types every [`LockBackend`](crate::backend::LockBackend) operation takes.
 //!
 //! The GitHub, local and (later) server backends all speak these types, so the strategy loop and the
 //! commands never care which backend answered.
@@ -9,10 +10,38 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Default lease: a lock whose last heartbeat is older than this is stale (SPEC §2, 5 min).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
-/// Longest lock name accepted by the local and server backends.
+/// Longest lock name, worker id or node id, in characters.
 pub const MAX_NAME_LEN: usize = 256;
+
+/// A lock as a backend names it, parsed and validated by that backend
+/// ([`LockBackend::parse_lock`](crate::backend::LockBackend::parse_lock)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LockId {
+    /// A GitHub issue number.
+    Issue(u64),
+    /// A named lock (local host, coordinator).
+    Name(String),
+}
+
+impl std::fmt::Display for LockId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockId::Issue(n) => write!(f, "#{n}"),
+            LockId::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl LockId {
+    /// What `$SENTINEL_LOCK` and JSON `lock` fields carry: the bare number or the name.
+    pub fn bare(&self) -> String {
+        match self {
+            LockId::Issue(n) => n.to_string(),
+            LockId::Name(n) => n.clone(),
+        }
+    }
+}
 
 /// Optional description of the work, carried in the lock metadata for humans and schedulers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +62,8 @@ impl TaskInfo {
     }
 }
 
-/// The identity that holds a lock. Ownership is the worker id, never a GitHub login (SPEC §3.2).
+/// The identity that holds a lock. Ownership is the worker id, never a GitHub login: bots and
+/// shared tokens run many workers under one login (see ARCHITECTURE.md, "Invariants").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claimant {
     pub worker_id: String,
@@ -52,12 +82,42 @@ pub enum Takeover {
     Any,
 }
 
+/// One acquisition attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcquireRequest {
+    pub lock: LockId,
     pub claimant: Claimant,
     pub ttl: Duration,
     pub takeover: Takeover,
     pub task_info: TaskInfo,
+    /// The claimant may take up its own live lock again (same fencing token). Only a worker id the
+    /// user chose says "this is the same worker"; a default id is shared by every process a shell
+    /// fans out, and re-adoption would turn into shared ownership.
+    pub readopt: bool,
+    /// 0 for the first attempt of a claim; later attempts may read before writing.
+    pub attempt: u32,
+}
+
+/// Give up a lock: ours, or anyone's with `force`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    pub lock: LockId,
+    pub worker_id: String,
+    pub force: bool,
+}
+
+/// Renew our lease (a heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewRequest {
+    pub lock: LockId,
+    pub worker_id: String,
+}
+
+/// List every held lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRequest {
+    /// How far back a backend that must search for locks (GitHub) looks for lock activity.
+    pub since: Duration,
 }
 
 /// A lock as every reader sees it.
@@ -102,28 +162,70 @@ pub struct Released {
     pub previous: Option<Holder>,
 }
 
-/// Validates a lock name for the local and server backends.
-pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::usage("lock name must not be empty"));
+/// Characters that print as nothing (or as nothing visible) but make two names differ: format
+/// controls, zero-width and bidirectional marks, fillers, variation selectors and tag characters.
+/// Two lock names that look identical in `status` must be the same lock.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FFF0}'..='\u{FFFB}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// Validates a name people will read and compare: a lock name, a worker id, a node id.
+///
+/// 1 to [`MAX_NAME_LEN`] characters (characters, not bytes, so every script gets the same room),
+/// no control or invisible characters, no whitespace other than inner plain spaces: two names
+/// that look the same are the same.
+pub fn validate_label(what: &str, s: &str) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::usage(format!(
+            "invalid {what} {s:?}: {why}; use 1 to {MAX_NAME_LEN} visible characters"
+        )))
+    };
+    if s.is_empty() {
+        return bad("it is empty".into());
     }
-    if name.chars().count() > MAX_NAME_LEN {
-        return Err(Error::usage(format!(
-            "lock name is longer than {MAX_NAME_LEN} characters"
-        )));
+    if s.chars().count() > MAX_NAME_LEN {
+        return bad(format!("it is longer than {MAX_NAME_LEN} characters"));
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(Error::usage(format!(
-            "lock name contains a non-printable character ({:?})",
-            c
-        )));
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return bad(format!("it contains the control character {:?}", c));
+    }
+    if let Some(c) = s.chars().find(|&c| is_invisible(c)) {
+        return bad(format!(
+            "it contains the invisible character U+{:04X}",
+            c as u32
+        ));
+    }
+    if let Some(c) = s.chars().find(|&c| c.is_whitespace() && c != ' ') {
+        return bad(format!(
+            "it contains the whitespace character U+{:04X} (only plain spaces are allowed)",
+            c as u32
+        ));
+    }
+    if s.starts_with(' ') || s.ends_with(' ') {
+        return bad("it starts or ends with a space".into());
     }
     Ok(())
+}
+
+/// Validates a lock name for the local and server backends.
+pub fn validate_name(name: &str) -> Result<()> {
+    validate_label("lock name", name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn names_are_checked() {
@@ -133,5 +235,38 @@ mod tests {
         assert!(validate_name("a\nb").is_err());
         assert!(validate_name(&"x".repeat(256)).is_ok());
         assert!(validate_name(&"x".repeat(257)).is_err());
+        // Characters, not bytes: 256 three-byte characters fit.
+        assert!(validate_name(&"✓".repeat(256)).is_ok());
+    }
+
+    #[test]
+    fn look_alikes_are_refused() {
+        for bad in [
+            " ",
+            "   ",
+            " job",
+            "job ",
+            "jo\u{200B}b",
+            "job\u{FEFF}",
+            "\u{00A0}job",
+            "a\u{2003}b",
+            "a\u{202E}b",
+            "\u{E0041}",
+        ] {
+            let e = validate_name(bad).unwrap_err();
+            assert!(e.to_string().contains("invalid lock name"), "{bad:?}: {e}");
+        }
+        assert!(validate_name("build 42").is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_is_accepted_or_refused_without_panic(s in any::<String>()) {
+            if validate_name(&s).is_ok() {
+                prop_assert!(!s.trim().is_empty());
+                prop_assert!(s.chars().count() <= MAX_NAME_LEN);
+                prop_assert!(!s.chars().any(|c| c.is_control() || is_invisible(c)));
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The `sentinel` binary: parse, run one command, map the outcome to an exit code.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -8,34 +10,58 @@ use sentinel::error::{Error, ExitCode};
 use sentinel::{interrupt, output};
 
 fn init_logs(cli: &Cli) {
+    // Other crates' logs (the HTTP stack's retries and connection errors) only at -vv: sentinel
+    // says once, in its own words, what went wrong.
     let default = match (cli.global.quiet, cli.global.verbose) {
-        (true, _) => "error",
-        (_, 0) => "warn",
-        (_, 1) => "sentinel=info,warn",
+        (true, _) => "sentinel=error",
+        (_, 0) => "sentinel=warn",
+        (_, 1) => "sentinel=info",
         _ => "sentinel=debug,info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a person at a terminal who has not asked for none (https://no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
+}
+
+/// Whether `--json` was asked for, read from the raw arguments when clap could not parse them
+/// (options end at `--`).
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
 }
 
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // clap prints help/version to stdout with exit 0 and usage errors with exit 2.
+            if !e.use_stderr() {
+                // Help and version go to stdout with exit 0.
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let json = json_requested();
+            if json {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                output::print_json_error(&Error::usage(format!(
+                    "{}; see `sentinel --help`",
+                    first.trim_start_matches("error: ")
+                )));
+            }
             let _ = e.print();
-            std::process::exit(if e.use_stderr() {
-                ExitCode::Usage.code()
-            } else {
-                0
-            });
+            std::process::exit(ExitCode::Usage.code());
         }
     };
     init_logs(&cli);
+    let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -43,14 +69,10 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            output::print_error(
-                &Error::Unexpected(format!("cannot start: {e}")),
-                cli.global.json,
-            );
+            output::print_error(&Error::Unexpected(format!("cannot start: {e}")), json);
             std::process::exit(ExitCode::Unexpected.code());
         }
     };
-    let json = cli.global.json;
     let result = runtime.block_on(async move {
         // The command runs as its own task so that a signal does not drop it (and with it the
         // undo registrations) before the undo actions have been taken.
@@ -60,14 +82,18 @@ fn main() {
                 Err(Error::Unexpected(format!("the command failed: {e}")))
             }),
             code = interrupt::signalled() => {
+                interrupt::flag();
                 interrupt::undo_all().await;
-                eprintln!("sentinel: interrupted");
+                output::print_error(&Error::Interrupted(code), json);
                 std::process::exit(code);
             }
         }
     });
     match result {
-        Ok(report) => report.print(json),
+        Ok(report) => {
+            report.print(json);
+            interrupt::reported();
+        }
         Err(e) => {
             output::print_error(&e, json);
             std::process::exit(e.exit_code().code());

@@ -5,13 +5,13 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
 use crate::error::Error;
+use crate::lease;
 use crate::lock::Holder;
 
 /// What a command produced: both renderings, chosen by `--json` at print time.
@@ -73,31 +73,35 @@ fn append_to_env_file(var: &str, text: &str) {
 
 /// Prints an error: JSON on stdout with `--json`, a line on stderr always.
 pub fn print_error(e: &Error, as_json: bool) {
-    let code = e.exit_code().code();
     if as_json {
-        let mut v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
-        if let Error::RateLimited {
-            retry_after: Some(wait),
-            ..
-        } = e
-        {
-            v["error"]["retry_after_secs"] = json!(wait.as_secs());
-        }
-        println!("{v}");
+        print_json_error(e);
     }
     // The runner reads workflow commands from stderr too, which keeps stdout to one JSON object.
-    if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
-        eprintln!(
+    // Writes are allowed to fail (a closed pipe): the exit code still tells.
+    let mut err = std::io::stderr().lock();
+    let _ = if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
+        writeln!(
+            err,
             "::error title=sentinel::{}",
             e.to_string().replace('\n', " ")
-        );
+        )
     } else {
-        eprintln!("sentinel: error: {e}");
-    }
+        writeln!(err, "sentinel: error: {e}")
+    };
 }
 
-pub fn time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+/// The `--json` error object on stdout: `{"ok":false,"error":{"kind","message","exit_code"}}`.
+pub fn print_json_error(e: &Error) {
+    let code = e.exit_code().code();
+    let mut v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
+    if let Error::RateLimited {
+        retry_after: Some(wait),
+        ..
+    } = e
+    {
+        v["error"]["retry_after_secs"] = json!(wait.as_secs());
+    }
+    let _ = writeln!(std::io::stdout().lock(), "{v}");
 }
 
 pub fn holder_json(h: &Holder) -> Value {
@@ -110,9 +114,9 @@ pub fn holder_lines(h: &Holder) -> String {
         "held by     {}\nnode        {}\nsince       {}\nheartbeat   {}\nexpires     {}{}\nfencing     {}\n",
         h.worker_id,
         h.node_id,
-        time(h.claimed_at),
-        time(h.heartbeat_last),
-        time(h.expires_at),
+        lease::human(h.claimed_at),
+        lease::human(h.heartbeat_last),
+        lease::human(h.expires_at),
         if h.stale { "  (STALE)" } else { "" },
         h.fencing_token
     );
@@ -159,8 +163,8 @@ pub fn table(rows: &[(String, Holder)]) -> String {
             lock: lock.clone(),
             worker: h.worker_id.clone(),
             node: h.node_id.clone(),
-            since: time(h.claimed_at),
-            expires: time(h.expires_at),
+            since: lease::human(h.claimed_at),
+            expires: lease::human(h.expires_at),
             state: if h.stale { "stale" } else { "held" }.into(),
             token: h.fencing_token,
         })

@@ -7,14 +7,18 @@
 //! process never blocks the others. A file that does not parse is reported with the way out and
 //! never reset silently. Temporary files left by killed writers are removed by the next writer.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+
+/// Longest wait for another process's file lock before giving up with a message.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// State that can live in a [`StateFile`].
 pub trait Persisted: Serialize + DeserializeOwned + Default + PartialEq + Clone {
@@ -60,12 +64,35 @@ impl StateFile {
             .write(true)
             .open(&path)
             .map_err(|e| io_error("cannot open the lock file", &path, e))?;
-        let locked = if exclusive {
-            file.lock()
-        } else {
-            file.lock_shared()
-        };
-        locked.map_err(|e| io_error("cannot lock", &path, e))?;
+        // Every holder keeps the lock for milliseconds; one that keeps it for seconds is stuck
+        // (or is someone's `flock` by hand), and waiting for it forever would hang every worker.
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let attempt = if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
+            match attempt {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Unavailable(format!(
+                        "timed out after {} s waiting for the file lock on {}: another process holds it \
+                         (find it with `fuser {}`); sentinel holds it only for milliseconds, so that \
+                         process is stuck or not sentinel",
+                        LOCK_WAIT.as_secs(),
+                        path.display(),
+                        path.display()
+                    )));
+                }
+                Err(TryLockError::Error(e)) => return Err(io_error("cannot lock", &path, e)),
+            }
+        }
         // Closing the returned file releases the lock, also when a caller panics.
         Ok(file)
     }
@@ -104,11 +131,31 @@ impl StateFile {
         Ok(out)
     }
 
-    fn commit<T: Serialize>(&self, state: &T) -> Result<()> {
+    /// Where the state really lives: `NAME.json`, or the file it is a symlink to (a user may keep
+    /// the state elsewhere; replacing the link with a regular file would split it in two).
+    fn target(&self) -> Result<PathBuf> {
         let path = self.path();
-        let tmp = self
-            .dir
-            .join(format!("{}{}", self.tmp_prefix(), std::process::id()));
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to =
+                    fs::read_link(&path).map_err(|e| io_error("cannot read the link", &path, e))?;
+                Ok(if to.is_absolute() {
+                    to
+                } else {
+                    self.dir.join(to)
+                })
+            }
+            _ => Ok(path),
+        }
+    }
+
+    fn commit<T: Serialize>(&self, state: &T) -> Result<()> {
+        let path = self.target()?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| self.dir.clone(), Path::to_path_buf);
+        let tmp = dir.join(format!("{}{}", self.tmp_prefix(), std::process::id()));
         let mut bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Unexpected(format!("cannot serialize {}: {e}", path.display())))?;
         bytes.push(b'\n');
@@ -125,9 +172,9 @@ impl StateFile {
             let _ = fs::remove_file(&tmp);
             return Err(io_error("cannot replace", &path, e));
         }
-        File::open(&self.dir)
+        File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("cannot sync", &self.dir, e))
+            .map_err(|e| io_error("cannot sync", &dir, e))
     }
 
     /// Best effort: a file we cannot list or remove now is retried by the next writer.
@@ -176,6 +223,38 @@ mod tests {
         assert_eq!(m.get("a"), Some(&1));
         f.update(|m: &mut Map| m.insert("b".into(), 2)).unwrap();
         assert!(!dir.path().join("s.json.tmp.999999").exists());
+    }
+
+    #[test]
+    fn a_symlinked_state_file_stays_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let real = elsewhere.path().join("real.json");
+        fs::write(&real, b"{}").unwrap();
+        let f = StateFile::new(dir.path(), "s").unwrap();
+        std::os::unix::fs::symlink(&real, f.path()).unwrap();
+        f.update(|m: &mut Map| m.insert("a".into(), 1)).unwrap();
+        assert!(
+            fs::symlink_metadata(f.path())
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(fs::read_to_string(&real).unwrap().contains("\"a\": 1"));
+        assert_eq!(f.read::<Map>().unwrap().get("a"), Some(&1));
+    }
+
+    #[test]
+    fn a_stuck_lock_holder_is_reported_not_waited_for_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path(), "s").unwrap();
+        let held = File::create(dir.path().join("s.lock")).unwrap();
+        held.lock().unwrap();
+        let started = Instant::now();
+        let err = f.update(|m: &mut Map| m.insert("a".into(), 1)).unwrap_err();
+        assert!(started.elapsed() >= LOCK_WAIT);
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert_eq!(err.exit_code(), crate::error::ExitCode::Unavailable);
     }
 
     #[test]

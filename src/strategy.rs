@@ -1,4 +1,4 @@
-//! Claim strategies (SPEC §2): how long to keep trying and what an attempt may take over.
+//! Claim strategies: how long to keep trying and what an attempt may take over.
 //!
 //! Backend-neutral: the loop gets a closure that makes one attempt, so GitHub, local and server
 //! locks back off, give up and report conflicts the same way.
@@ -9,8 +9,10 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::backend::LockBackend;
 use crate::error::{Error, Result};
-use crate::lock::{Attempt, Grant, Holder, Takeover};
+use crate::lease;
+use crate::lock::{AcquireRequest, Attempt, Grant, Holder, Takeover};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,9 +70,54 @@ impl Policy {
         let exp = self
             .initial_backoff
             .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
-        exp.min(self.max_backoff)
-            .mul_f64(0.75 + fastrand::f64() * 0.5)
+        lease::jitter(exp.min(self.max_backoff), 0.25)
     }
+}
+
+impl Policy {
+    /// Refuses backoff settings that make no sense, before anything is claimed.
+    pub fn validate(self) -> Result<Policy> {
+        if self.max_backoff > MAX_BACKOFF {
+            return Err(Error::usage(
+                "--max-backoff must be at most 1h: a longer pause between retries looks like a hang",
+            ));
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err(Error::usage(format!(
+                "--initial-backoff ({}) must not exceed --max-backoff ({})",
+                crate::duration::display(self.initial_backoff),
+                crate::duration::display(self.max_backoff)
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// Longest pause between two attempts a user may ask for.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Claims `req.lock` on `backend` under `policy`: the one claim loop of `claim`, `run` and the
+/// work queue.
+pub async fn claim<B: LockBackend>(
+    backend: &B,
+    req: &AcquireRequest,
+    policy: &Policy,
+    waiting: impl FnMut(&Holder, Duration),
+) -> Result<Outcome> {
+    let what = backend.describe(&req.lock);
+    acquire(
+        policy,
+        &what,
+        |n| {
+            let attempt = AcquireRequest {
+                attempt: n,
+                ..req.clone()
+            };
+            async move { backend.try_acquire(&attempt).await }
+        },
+        waiting,
+    )
+    .await
 }
 
 /// What the claim loop did, for output and metrics.
@@ -120,13 +167,13 @@ fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
         "{what} is held by {} on {} (since {}, fencing token {})",
         h.worker_id,
         h.node_id,
-        h.claimed_at.format("%Y-%m-%d %H:%M:%SZ"),
+        lease::human(h.claimed_at),
         h.fencing_token
     );
     if h.stale {
         msg.push_str(&format!(
             "; its heartbeat is stale since {}: use --strategy steal-stale to take it over",
-            h.expires_at.format("%Y-%m-%d %H:%M:%SZ")
+            lease::human(h.expires_at)
         ));
     }
     if attempts > 1 {

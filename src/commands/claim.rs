@@ -1,52 +1,47 @@
 //! `sentinel claim LOCK`: acquire with a strategy, print the fencing token.
 
-use std::time::Duration;
-
 use serde_json::json;
 
+use crate::backend::LockBackend;
 use crate::cli::ClaimArgs;
 use crate::config::{Context, task_info};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::lease;
 use crate::lock::AcquireRequest;
 use crate::output::{Report, Spinner, holder_json};
 use crate::strategy::{self, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
-    if args.ttl < Duration::from_secs(1) {
-        return Err(Error::usage(
-            "--ttl must be at least 1s: a lease that ends at once protects nothing",
-        ));
-    }
-    let target = ctx.backend.target(&args.lock)?;
-    let what = ctx.backend.describe(&target);
-    let req = AcquireRequest {
-        claimant: ctx.claimant.clone(),
-        ttl: args.ttl,
-        takeover: args.strategy.takeover(),
-        task_info: task_info(&args.task)?,
-    };
+    let ttl = lease::validate_ttl(args.ttl)?;
     let policy = Policy {
         strategy: args.strategy,
         max_retries: args.max_retries,
         initial_backoff: args.initial_backoff,
         max_backoff: args.max_backoff,
+    }
+    .validate()?;
+    let lock = ctx.backend.parse_lock(&args.lock)?;
+    let what = ctx.backend.describe(&lock);
+    let req = AcquireRequest {
+        lock,
+        claimant: ctx.claimant.clone(),
+        ttl,
+        takeover: args.strategy.takeover(),
+        task_info: task_info(&args.task)?,
+        readopt: ctx.explicit_worker,
+        attempt: 0,
     };
     if args.strategy == Strategy::Force {
         tracing::warn!("--strategy force takes the lock even from a live holder");
     }
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
-    let outcome = strategy::acquire(
-        &policy,
-        &what,
-        |n| ctx.backend.try_acquire(&target, &req, n),
-        |h, pause| {
-            spinner.set_message(format!(
-                "{what} is held by {}; retrying in {:.1}s",
-                h.worker_id,
-                pause.as_secs_f64()
-            ))
-        },
-    )
+    let outcome = strategy::claim(&ctx.backend, &req, &policy, |h, pause| {
+        spinner.set_message(format!(
+            "{what} is held by {}; retrying in {:.1}s",
+            h.worker_id,
+            pause.as_secs_f64()
+        ))
+    })
     .await?;
     drop(spinner);
 

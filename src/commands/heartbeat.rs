@@ -2,10 +2,13 @@
 
 use serde_json::json;
 
+use crate::backend::LockBackend;
 use crate::cli::HeartbeatArgs;
 use crate::config::Context;
 use crate::error::{Error, Result};
-use crate::output::{Report, holder_json, time};
+use crate::lease;
+use crate::lock::RenewRequest;
+use crate::output::{Report, holder_json};
 
 pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     if !args.once {
@@ -13,9 +16,15 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
             "the long-running heartbeat sidecar is not available yet; use `heartbeat --once` (e.g. from a loop)",
         ));
     }
-    let target = ctx.backend.target(&args.lock)?;
-    let what = ctx.backend.describe(&target);
-    let h = ctx.backend.renew(&target, &ctx.claimant.worker_id).await?;
+    let lock = ctx.backend.parse_lock(&args.lock)?;
+    let what = ctx.backend.describe(&lock);
+    let h = ctx
+        .backend
+        .renew(&RenewRequest {
+            lock,
+            worker_id: ctx.claimant.worker_id.clone(),
+        })
+        .await?;
     Ok(Report::new(
         json!({
             "ok": true,
@@ -27,6 +36,6 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
             "expires_at": h.expires_at,
             "holder": holder_json(&h),
         }),
-        format!("Renewed {what} until {}", time(h.expires_at)),
+        format!("Renewed {what} until {}", lease::human(h.expires_at)),
     ))
 }

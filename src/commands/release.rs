@@ -2,16 +2,25 @@
 
 use serde_json::json;
 
+use crate::backend::LockBackend;
 use crate::cli::ReleaseArgs;
 use crate::config::Context;
 use crate::error::Result;
+use crate::lock::ReleaseRequest;
 use crate::output::{Report, holder_json};
 
 pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
-    let target = ctx.backend.target(&args.lock)?;
-    let what = ctx.backend.describe(&target);
+    let lock = ctx.backend.parse_lock(&args.lock)?;
+    let what = ctx.backend.describe(&lock);
     let worker = &ctx.claimant.worker_id;
-    let r = ctx.backend.release(&target, worker, args.force).await?;
+    let r = ctx
+        .backend
+        .release(&ReleaseRequest {
+            lock,
+            worker_id: worker.clone(),
+            force: args.force,
+        })
+        .await?;
     let human = match (&r.previous, r.was_held) {
         (Some(p), true) if &p.worker_id != worker => {
             format!("Force-released {what} (was held by {})", p.worker_id)

@@ -2,15 +2,16 @@
 
 use serde_json::json;
 
-use crate::backend::Status;
+use crate::backend::{LockBackend, Status};
 use crate::cli::StatusArgs;
 use crate::config::Context;
 use crate::error::Result;
+use crate::lock::ListRequest;
 use crate::output::{Report, holder_json, holder_lines, table};
 
 pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Report> {
     let Some(raw) = &args.lock else {
-        let rows = ctx.backend.list(args.since).await?;
+        let rows = ctx.backend.list(&ListRequest { since: args.since }).await?;
         let human = if rows.is_empty() {
             "No locks are held.".to_string()
         } else {
@@ -25,9 +26,9 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Report> {
             human,
         ));
     };
-    let target = ctx.backend.target(raw)?;
-    let what = ctx.backend.describe(&target);
-    let status = ctx.backend.status(&target).await?;
+    let lock = ctx.backend.parse_lock(raw)?;
+    let what = ctx.backend.describe(&lock);
+    let status = ctx.backend.status(&lock).await?;
     let mut human = match status.holder() {
         Some(h) => format!("{what}\n{}", holder_lines(h)),
         None => format!("{what} is free"),

@@ -1,7 +1,8 @@
 //! What this host remembers between short-lived sentinel processes about its GitHub locks.
 //!
 //! Knowing our own lock comment's id and body lets `heartbeat` renew in one request and `release`
-//! finish in two (SPEC §3.6) without listing the comments first. The cache is only a hint:
+//! finish in two (ARCHITECTURE.md, "Request budgets") without listing the comments first.
+//! The cache is only a hint:
 //! every write it drives is checked against GitHub's answer (404 = the lock is gone), and a missing
 //! entry just costs one read. It never holds a token — tokens are keyed by a SHA-256 fingerprint.
 

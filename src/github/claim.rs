@@ -76,13 +76,8 @@ impl GithubBackend {
 
     /// One acquisition attempt. `look_first` reads before writing (needed to take over, and on
     /// retries so a held lock costs a read instead of a comment written and deleted).
-    pub async fn try_acquire(
-        &self,
-        issue: u64,
-        req: &AcquireRequest,
-        look_first: bool,
-    ) -> Result<Attempt> {
-        self.claim_once(issue, req, look_first, 3).await
+    pub(super) async fn acquire_issue(&self, issue: u64, req: &AcquireRequest) -> Result<Attempt> {
+        self.claim_once(issue, req, req.attempt > 0, 3).await
     }
 
     async fn claim_once(
@@ -100,7 +95,7 @@ impl GithubBackend {
             let res = resolve(&state.records);
             if let Some(h) = res.holder() {
                 let stale = h.is_stale_at(state.now);
-                if &h.meta.worker_id == worker && !stale {
+                if req.readopt && &h.meta.worker_id == worker && !stale {
                     return self.adopt(issue, h, state.now).await;
                 }
                 let allowed = match req.takeover {
@@ -193,7 +188,7 @@ impl GithubBackend {
         };
         if h.id != my_id {
             self.discard(my_id).await;
-            if &h.meta.worker_id == worker && !h.is_stale_at(state.now) {
+            if req.readopt && &h.meta.worker_id == worker && !h.is_stale_at(state.now) {
                 return self.adopt(issue, h, state.now).await;
             }
             return Ok(Attempt::Held(Self::holder_of(h, state.now)));

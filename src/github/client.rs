@@ -23,6 +23,11 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
+/// A GitHub that accepts connections but never answers must not hold a worker for minutes: each
+/// request gets these deadlines, and a request that timed out is retried at most once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How hard to try before calling GitHub unavailable (exit 8) or rate limited (exit 7).
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -128,9 +133,9 @@ impl Client {
         let mut builder = Octocrab::builder()
             .base_uri(opts.api_url.as_str())
             .map_err(|e| Error::usage(format!("invalid --api-url {:?}: {e}", opts.api_url)))?
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .set_write_timeout(Some(Duration::from_secs(30)));
+            .set_connect_timeout(Some(CONNECT_TIMEOUT))
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .set_write_timeout(Some(READ_TIMEOUT));
         if let Some(token) = &opts.token {
             builder = builder.personal_token(token.expose().to_string());
         }
@@ -227,17 +232,23 @@ impl Client {
         body: Option<&B>,
     ) -> Result<Response> {
         let mut attempt = 0;
+        let mut timeouts = 0;
         loop {
             let result = self.send(method.clone(), path, body).await;
             let retryable = match &result {
                 Ok(resp) => resp.status.is_server_error(),
+                Err(Error::Unavailable(m)) if m.contains(TIMED_OUT) => {
+                    timeouts += 1;
+                    timeouts < 2
+                }
                 Err(_) => true,
             };
             if retryable && attempt < self.opts.retries {
                 attempt += 1;
                 let pause = self.opts.retry_backoff * 2u32.pow(attempt - 1);
-                tracing::warn!(%method, path, attempt, ?pause, "GitHub request failed; retrying");
-                tokio::time::sleep(jitter(pause)).await;
+                // One line at the end says what failed; the attempts are details for -v.
+                tracing::info!(%method, path, attempt, ?pause, "GitHub request failed; retrying");
+                tokio::time::sleep(crate::lease::jitter(pause, 0.25)).await;
                 continue;
             }
             let resp = match result {
@@ -344,11 +355,19 @@ impl Client {
             other => return Err(Error::Unexpected(format!("unsupported method {other}"))),
         };
         let raw = result.map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot reach GitHub at {}: {}",
-                self.opts.api_url,
-                brief(&e)
-            ))
+            if is_timeout(&e) {
+                Error::Unavailable(format!(
+                    "{TIMED_OUT} after {} s waiting for GitHub at {} ({method} {path}); check the network or --api-url",
+                    started.elapsed().as_secs(),
+                    self.opts.api_url,
+                ))
+            } else {
+                Error::Unavailable(format!(
+                    "cannot reach GitHub at {}: {}",
+                    self.opts.api_url,
+                    brief(&e)
+                ))
+            }
         })?;
         let (parts, body) = raw.into_parts();
         let bytes = body
@@ -402,11 +421,27 @@ impl Client {
     }
 }
 
+const TIMED_OUT: &str = "timed out";
+
+/// Whether a transport error is one of our deadlines running out (at any depth of its sources).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        let text = err.to_string().to_lowercase();
+        if text.contains("timed out") || text.contains("timeout") || text.contains("elapsed") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// octocrab errors carry backtraces in Display; keep messages to one line.
 fn brief(e: &dyn std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.75 + fastrand::f64() * 0.5)
 }

@@ -5,9 +5,12 @@
 //! `task_info`); the times inside are the writer's estimate of GitHub's clock and are shown to
 //! humans only — the protocol judges time by the comment's own `created_at` / `updated_at`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::lease;
 use crate::lock::TaskInfo;
 
 /// First line of every lock comment; lets readers skip ordinary comments cheaply.
@@ -71,7 +74,7 @@ pub enum Parsed {
 }
 
 fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    lease::rfc3339(t)
 }
 
 fn describe_task(t: &TaskInfo) -> Option<String> {
@@ -106,7 +109,10 @@ pub fn render(meta: &LockMeta) -> String {
                 "- claimed at {}\n- last heartbeat {} (this comment's edit time is authoritative)\n- expires {} unless renewed (lease {} s)\n",
                 ts(meta.claimed_at),
                 ts(meta.heartbeat_last),
-                ts(meta.heartbeat_last + chrono::Duration::seconds(meta.ttl_seconds as i64)),
+                ts(lease::expires_at(
+                    meta.heartbeat_last,
+                    Duration::from_secs(meta.ttl_seconds)
+                )),
                 meta.ttl_seconds
             ));
         }

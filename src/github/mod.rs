@@ -1,4 +1,4 @@
-//! GitHub backend: an issue is the unit of work and its lock (SPEC §3).
+//! GitHub backend: an issue is the unit of work and its lock.
 //!
 //! A claim writes a lock comment, waits for GitHub's lists to settle, re-reads the issue's comments
 //! and lets [`resolve`] decide who holds the lock. The assignment is cosmetic — bots cannot be
@@ -9,14 +9,14 @@
 //!
 //! Layout: [`comment`] (the comment format), [`resolve`] (the ownership rule), [`client`] (HTTP,
 //! retries, rate limits, GitHub's clock), `cache` (what this host remembers between processes),
-//! `claim`, `lease` and `status` (the operations). This file holds the backend's shared reads:
+//! `claim`, `keep` (heartbeat and release) and `status` (the operations). This file holds the backend's shared reads:
 //! trust, identity, and turning GitHub's answers into errors.
 
 mod cache;
 mod claim;
 pub mod client;
 pub mod comment;
-mod lease;
+mod keep;
 pub mod resolve;
 mod status;
 
@@ -31,8 +31,12 @@ use octocrab::models::AuthorAssociation;
 use octocrab::models::issues::{Comment, Issue};
 use serde::Serialize;
 
+use crate::backend::{LockBackend, Status, foreign};
 use crate::error::{Error, Result};
-use crate::lock::Holder;
+use crate::lease;
+use crate::lock::{
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, Released, RenewRequest,
+};
 use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
 use comment::Parsed;
@@ -51,13 +55,19 @@ impl FromStr for RepoName {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::usage(format!("invalid repository {s:?}: expected OWNER/REPO"));
         let (owner, name) = s.split_once('/').ok_or_else(bad)?;
-        let ok = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 100
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
-        if !ok(owner) || !ok(name) || name == "." || name == ".." {
+        // Owners (users, organizations) are letters, digits and hyphens; repositories may also
+        // have `_` and `.`, but are never `.` or `..` (they would walk the API path).
+        let owner_ok = !owner.is_empty()
+            && owner.len() <= 39
+            && owner.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let name_ok = !name.is_empty()
+            && name.len() <= 100
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && name != "."
+            && name != "..";
+        if !owner_ok || !name_ok {
             return Err(bad());
         }
         Ok(RepoName {
@@ -367,7 +377,7 @@ impl GithubBackend {
     }
 
     fn holder_of_own(own: &OwnLock, now: DateTime<Utc>) -> Holder {
-        let expires = own.updated_at + chrono::Duration::seconds(own.meta.ttl_seconds as i64);
+        let expires = lease::expires_at(own.updated_at, Duration::from_secs(own.meta.ttl_seconds));
         Holder {
             worker_id: own.meta.worker_id.clone(),
             node_id: own.meta.node_id.clone(),
@@ -404,6 +414,72 @@ impl GithubBackend {
     }
 }
 
+impl LockBackend for GithubBackend {
+    fn name(&self) -> &'static str {
+        "github"
+    }
+
+    /// `123` or `#123`: GitHub issue numbers are positive 32-bit integers.
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        parse_issue(raw).map(LockId::Issue)
+    }
+
+    fn describe(&self, lock: &LockId) -> String {
+        match lock {
+            LockId::Issue(n) => format!("{}#{n}", self.repo),
+            other => other.to_string(),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.acquire_issue(issue_of(&req.lock)?, req).await
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        self.release_issue(issue_of(&req.lock)?, &req.worker_id, req.force)
+            .await
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        self.renew_issue(issue_of(&req.lock)?, &req.worker_id).await
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        Ok(Status::Issue(self.issue_status(issue_of(lock)?).await?))
+    }
+
+    async fn list(&self, req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        Ok(self
+            .list_held(req.since)
+            .await?
+            .into_iter()
+            .map(|(n, h)| (format!("#{n}"), h))
+            .collect())
+    }
+}
+
+/// Parses an issue number as users write it: `123` or `#123`.
+pub fn parse_issue(raw: &str) -> Result<u64> {
+    let digits = raw.trim().strip_prefix('#').unwrap_or(raw.trim());
+    match digits.parse::<u64>() {
+        Ok(n)
+            if n > 0 && n <= u64::from(u32::MAX) && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Ok(n)
+        }
+        _ => Err(Error::usage(format!(
+            "invalid issue number {raw:?}: the github backend locks issues by number, e.g. 123"
+        ))),
+    }
+}
+
+fn issue_of(lock: &LockId) -> Result<u64> {
+    match lock {
+        LockId::Issue(n) => Ok(*n),
+        other => Err(foreign(other, "github")),
+    }
+}
+
 /// `https://api.github.com/repos/o/r/issues/7` -> `o/r#7` for messages.
 fn web_url(api: &str) -> String {
     match api.split_once("/repos/") {
@@ -420,8 +496,47 @@ mod tests {
     fn repo_names() {
         assert!("octo/hello-world".parse::<RepoName>().is_ok());
         assert!("octo/hello.world_2".parse::<RepoName>().is_ok());
-        for bad in ["octo", "/x", "x/", "a/b/c", "a b/c", "o/..", ""] {
+        for bad in [
+            "octo", "/x", "x/", "a/b/c", "a b/c", "o/..", "../x", "./x", "a.b/c", "",
+        ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issue_numbers() {
+        assert_eq!(parse_issue("123").unwrap(), 123);
+        assert_eq!(parse_issue("#7").unwrap(), 7);
+        assert_eq!(parse_issue(" 42 ").unwrap(), 42);
+        for bad in [
+            "",
+            "#",
+            "0",
+            "-1",
+            "+5",
+            "##5",
+            "1.5",
+            "4294967296",
+            "12a",
+            "９",
+        ] {
+            assert!(parse_issue(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_issue_argument_parses_or_is_refused(s in ".*") {
+            if let Ok(n) = parse_issue(&s) {
+                proptest::prop_assert!(n > 0 && n <= u64::from(u32::MAX));
+            }
+        }
+
+        #[test]
+        fn any_repo_argument_parses_or_is_refused(s in ".*") {
+            if let Ok(r) = s.parse::<RepoName>() {
+                proptest::prop_assert_eq!(r.to_string(), s);
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The ownership rule: given the trusted lock comments of one issue, who holds the lock.
 //!
 //! Every reader — claimers verifying their own write, `status`, `release` — runs this same pure
-//! function over the same comments, so they all name the same holder (SPEC §3.1). The comments are
+//! function over the same comments, so they all name the same holder (ARCHITECTURE.md, "Invariants"). The comments are
 //! replayed as a log in comment-id order (ids only grow), using GitHub's timestamps only:
 //!
 //! * A claim takes the lock when it is free at the claim's `created_at`: nothing granted yet, or the
@@ -21,9 +21,10 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use super::comment::{LockMeta, LockState};
+use crate::lease;
 
 /// A trusted, well-formed lock comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +37,8 @@ pub struct Record {
 }
 
 impl Record {
-    fn ttl(&self) -> Duration {
-        Duration::seconds(self.meta.ttl_seconds.min(i64::MAX as u64 / 2_000) as i64)
+    fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.meta.ttl_seconds)
     }
 
     fn released_at(&self) -> Option<DateTime<Utc>> {
@@ -46,7 +47,7 @@ impl Record {
 
     /// Expiry as of its last heartbeat (the comment's last edit).
     pub fn expires_at(&self) -> DateTime<Utc> {
-        self.updated_at + self.ttl()
+        lease::expires_at(self.updated_at, self.ttl())
     }
 
     pub fn is_stale_at(&self, now: DateTime<Utc>) -> bool {
@@ -120,7 +121,7 @@ fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>) -> bool {
         .is_some_and(|ht| ht.comment_id == t.comment_id);
     if victim_gone && h_after_victim && !h_is_rival_stealer {
         return t.force
-            || t.heartbeat + Duration::seconds(t.ttl_seconds.min(i64::MAX as u64 / 2_000) as i64)
+            || lease::expires_at(t.heartbeat, std::time::Duration::from_secs(t.ttl_seconds))
                 < r.created_at;
     }
     false

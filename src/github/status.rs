@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::DateTime;
 use http::StatusCode;
 use octocrab::models::issues::Comment;
 
@@ -10,6 +10,7 @@ use super::comment::{self, LockState, Parsed};
 use super::resolve::resolve;
 use super::{GithubBackend, IssueInfo, IssueStatus};
 use crate::error::{Error, Result};
+use crate::lease;
 use crate::lock::Holder;
 
 impl GithubBackend {
@@ -29,7 +30,7 @@ impl GithubBackend {
         })
     }
 
-    pub async fn status(&self, issue: u64) -> Result<IssueStatus> {
+    pub(super) async fn issue_status(&self, issue: u64) -> Result<IssueStatus> {
         self.ensure_login().await?;
         let info = self.issue_info(issue).await?;
         let state = self.read(issue).await?;
@@ -43,10 +44,10 @@ impl GithubBackend {
 
     /// Every issue holding a lock: recent lock comments repo-wide (live locks are edited at least
     /// once per TTL), then each candidate issue resolved in full.
-    pub async fn list(&self, window: Duration) -> Result<Vec<(u64, Holder)>> {
+    pub(super) async fn list_held(&self, window: Duration) -> Result<Vec<(u64, Holder)>> {
         self.ensure_login().await?;
-        let since = (Utc::now() - chrono::Duration::from_std(window).unwrap_or_default())
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // A window reaching before GitHub existed means "all of it".
+        let since = lease::rfc3339(lease::before(self.now(), window).max(DateTime::UNIX_EPOCH));
         let first = format!(
             "/repos/{}/{}/issues/comments?sort=updated&direction=desc&per_page=100&since={since}",
             self.repo.owner, self.repo.name

@@ -1,42 +1,54 @@
-//! Local backend: named locks on this host, safe across processes, with no set-up (SPEC §1).
+//! Local backend: named locks on this host, safe across processes, with no set-up.
 //!
-//! This module owns everything the local backend is made of:
+//! This module owns the host-local side of locking:
 //!
-//! - [`table`]: the lock table as a pure, deterministic state machine (leases, fencing tokens,
-//!   take-overs). It does no I/O and reads no clock, so the Raft coordinator reuses it unchanged as
-//!   its replicated state machine.
-//! - [`store`]: the table persisted in a data directory, every change an atomic, durable
-//!   read-modify-write under an OS file lock shared by all processes.
-//! - [`LocalBackend`]: what the commands call. Each call validates its input, reads the host clock
-//!   once, and applies exactly one [`table::Command`] in one store transaction, translating the
-//!   table's answer into the backend-neutral types of [`crate::lock`] and the CLI's errors.
+//! - [`store`]: the [`LockTable`](crate::table::LockTable) persisted in a data directory, every
+//!   change an atomic, durable read-modify-write under an OS file lock shared by all processes.
+//! - [`LocalBackend`]: the [`LockBackend`] over that store. Each call validates its input, reads
+//!   its [`Clock`] once inside the file lock, and applies exactly one [`Command`] in one store
+//!   transaction, translating the table's answer into the backend-neutral types of
+//!   [`crate::lock`] and the CLI's errors.
 //!
-//! The calls are synchronous (the file lock blocks until the current writer is done, which takes
-//! milliseconds); async callers may run them directly or through `spawn_blocking`.
+//! The store calls block (the file lock waits for the current writer, which takes milliseconds,
+//! and gives up after a deadline), so the async trait methods run them under `spawn_blocking`.
+//! The clock is injectable so that tests move time instead of sleeping.
 
 pub mod store;
-pub mod table;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::backend::{LockBackend, Status, foreign};
 use crate::error::{Error, Result};
-use crate::lock::{Attempt, Claimant, Grant, Holder, Released, Takeover, TaskInfo, validate_name};
+use crate::interrupt;
+use crate::lease::{self, Clock, SystemClock};
+use crate::lock::{
+    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest, Released,
+    RenewRequest, validate_label, validate_name,
+};
+use crate::table::{Command, LockRecord, LockTable, Response};
 
 pub use store::LocalStore;
-pub use table::{Command, LockRecord, LockTable, Response};
 
 /// The local backend over a store directory.
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     store: LocalStore,
+    clock: Arc<dyn Clock>,
 }
 
 impl LocalBackend {
-    /// Opens the backend on `dir`, creating the directory if needed.
+    /// Opens the backend on `dir`, creating the directory if needed; time is the host clock.
     pub fn open(dir: impl Into<PathBuf>) -> Result<LocalBackend> {
+        Self::with_clock(dir, Arc::new(SystemClock))
+    }
+
+    /// Opens the backend with a clock of the caller's choosing.
+    pub fn with_clock(dir: impl Into<PathBuf>, clock: Arc<dyn Clock>) -> Result<LocalBackend> {
         Ok(LocalBackend {
             store: LocalStore::open(dir)?,
+            clock,
         })
     }
 
@@ -45,29 +57,62 @@ impl LocalBackend {
     }
 
     /// One acquisition attempt: a grant (new, re-adopted or taken over), or the current holder.
-    pub fn try_acquire(
-        &self,
-        name: &str,
-        claimant: &Claimant,
-        ttl: Duration,
-        takeover: Takeover,
-        task_info: &TaskInfo,
-    ) -> Result<Attempt> {
+    ///
+    /// A process interrupted by SIGINT/SIGTERM must end up holding nothing or reporting its grant.
+    /// So the attempt registers, before it starts, an undo that takes the same file lock and
+    /// withdraws a new grant by its fencing token; and the transaction itself refuses to grant
+    /// once the interrupt is flagged. Whichever of the two gets the file lock first, no grant
+    /// outlives the interrupted process unreported.
+    pub fn acquire_blocking(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let name = name_of(&req.lock)?;
         validate_name(name)?;
-        validate_worker(&claimant.worker_id)?;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        validate_worker(&req.claimant.worker_id)?;
+        let ttl_ms = lease::millis(req.ttl);
         if ttl_ms == 0 {
             return Err(Error::usage("the lock timeout must be at least 1 ms"));
         }
         let cmd = Command::Acquire {
             name: name.to_string(),
-            worker_id: claimant.worker_id.clone(),
-            node_id: claimant.node_id.clone(),
+            worker_id: req.claimant.worker_id.clone(),
+            node_id: req.claimant.node_id.clone(),
             ttl_ms,
-            takeover,
-            task_info: task_info.clone(),
+            takeover: req.takeover,
+            task_info: req.task_info.clone(),
+            readopt: req.readopt,
         };
-        let (now, resp) = self.apply(&cmd)?;
+        let granted: Arc<Mutex<Option<u64>>> = Arc::default();
+        let undo = {
+            let store = self.store.clone();
+            let granted = granted.clone();
+            let name = name.to_string();
+            interrupt::on_interrupt(move || async move {
+                let token = *granted.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(token) = token {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.transact(|t| t.withdraw(&name, token))
+                    })
+                    .await;
+                }
+            })
+        };
+        let (now, resp) = self.store.transact(|table| {
+            if interrupt::is_interrupted() {
+                return Err(Error::Unexpected("interrupted".into()));
+            }
+            let now = self.clock.now_ms();
+            let resp = table.apply(&cmd, now);
+            if let Response::Granted {
+                record,
+                adopted: false,
+                ..
+            } = &resp
+            {
+                *granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(record.fencing_token);
+            }
+            Ok((now, resp))
+        })??;
+        // A grant stays undoable until the command has reported it.
+        undo.keep_until_reported();
         match resp {
             Response::Granted {
                 record,
@@ -85,7 +130,7 @@ impl LocalBackend {
 
     /// Releases `name`. Releasing a free lock succeeds (`was_held: false`); a lock held by another
     /// worker is a `NotOwner` error naming the holder, unless `force`.
-    pub fn release(&self, name: &str, worker_id: &str, force: bool) -> Result<Released> {
+    pub fn release_blocking(&self, name: &str, worker_id: &str, force: bool) -> Result<Released> {
         validate_name(name)?;
         validate_worker(worker_id)?;
         let cmd = Command::Release {
@@ -110,7 +155,7 @@ impl LocalBackend {
 
     /// Renews the lease of a lock `worker_id` holds. Every way of not holding it (held by another
     /// worker, expired, released) is a `NotOwner` error: the caller has lost the lock.
-    pub fn renew(&self, name: &str, worker_id: &str) -> Result<Holder> {
+    pub fn renew_blocking(&self, name: &str, worker_id: &str) -> Result<Holder> {
         validate_name(name)?;
         validate_worker(worker_id)?;
         let cmd = Command::Renew {
@@ -125,9 +170,10 @@ impl LocalBackend {
                 describe(&record, now)
             ))),
             Response::Expired { record } => Err(Error::NotOwner(format!(
-                "lock {name:?} expired: its last heartbeat ({}) is older than its timeout of {}; \
-                 another worker may take it over, so it cannot be renewed (claim it again)",
-                table::ms_to_datetime(record.heartbeat_ms).to_rfc3339(),
+                "lock {name:?} expired: its last heartbeat ({}) is older than its timeout of {}, \
+                 so another worker may take it over and it cannot be renewed; \
+                 claim it again with --strategy steal-stale",
+                lease::rfc3339(lease::from_unix_ms(record.heartbeat_ms)),
                 humanize_ms(record.ttl_ms),
             ))),
             Response::NotHeld => Err(Error::NotOwner(format!(
@@ -138,17 +184,17 @@ impl LocalBackend {
     }
 
     /// The holder of `name`, if any (stale locks included, flagged `stale`).
-    pub fn status(&self, name: &str) -> Result<Option<Holder>> {
+    pub fn status_blocking(&self, name: &str) -> Result<Option<Holder>> {
         validate_name(name)?;
         let table = self.store.read()?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(table.get(name).map(|r| r.to_holder(now)))
     }
 
     /// Every held lock (stale ones included), sorted by name.
-    pub fn list(&self) -> Result<Vec<(String, Holder)>> {
+    pub fn list_blocking(&self) -> Result<Vec<(String, Holder)>> {
         let table = self.store.read()?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(table
             .iter()
             .map(|(name, r)| (name.to_string(), r.to_holder(now)))
@@ -159,25 +205,75 @@ impl LocalBackend {
     /// successive transactions on this host see non-decreasing times (barring clock steps).
     fn apply(&self, cmd: &Command) -> Result<(u64, Response)> {
         self.store.transact(|table| {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             (now, table.apply(cmd, now))
         })
     }
+
+    /// Runs a store call off the async runtime's worker threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(LocalBackend) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(this))
+            .await
+            .map_err(|e| Error::Unexpected(format!("the local store task failed: {e}")))?
+    }
 }
 
-/// The host clock in Unix milliseconds (0 before 1970, saturating far in the future).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+impl LockBackend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        validate_name(raw)?;
+        Ok(LockId::Name(raw.to_string()))
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let req = req.clone();
+        self.blocking(move |b| b.acquire_blocking(&req)).await
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        let name = name_of(&req.lock)?.to_string();
+        let (worker, force) = (req.worker_id.clone(), req.force);
+        self.blocking(move |b| b.release_blocking(&name, &worker, force))
+            .await
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        let name = name_of(&req.lock)?.to_string();
+        let worker = req.worker_id.clone();
+        self.blocking(move |b| b.renew_blocking(&name, &worker))
+            .await
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        let name = name_of(lock)?.to_string();
+        self.blocking(move |b| {
+            let holder = b.status_blocking(&name)?;
+            Ok(Status::Named { name, holder })
+        })
+        .await
+    }
+
+    async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        self.blocking(|b| b.list_blocking()).await
+    }
+}
+
+fn name_of(lock: &LockId) -> Result<&str> {
+    match lock {
+        LockId::Name(n) => Ok(n),
+        other => Err(foreign(other, "local")),
+    }
 }
 
 fn validate_worker(worker_id: &str) -> Result<()> {
-    if worker_id.is_empty() {
-        return Err(Error::usage("worker id must not be empty"));
-    }
-    Ok(())
+    validate_label("worker id", worker_id)
 }
 
 fn describe(record: &LockRecord, now: u64) -> String {
@@ -186,7 +282,7 @@ fn describe(record: &LockRecord, now: u64) -> String {
         record.worker_id,
         record.node_id,
         record.fencing_token,
-        table::ms_to_datetime(record.heartbeat_ms).to_rfc3339(),
+        lease::rfc3339(lease::from_unix_ms(record.heartbeat_ms)),
         if LockTable::is_stale(record, now) {
             ", stale"
         } else {
@@ -196,11 +292,7 @@ fn describe(record: &LockRecord, now: u64) -> String {
 }
 
 fn humanize_ms(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
+    crate::duration::display(Duration::from_millis(ms))
 }
 
 fn unexpected(cmd: &Command, resp: &Response) -> Error {
@@ -213,6 +305,7 @@ fn unexpected(cmd: &Command, resp: &Response) -> Error {
 mod tests {
     use super::*;
     use crate::error::ExitCode;
+    use crate::lock::{Claimant, Takeover, TaskInfo};
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier, Mutex};
@@ -225,6 +318,25 @@ mod tests {
     }
 
     const MIN: Duration = Duration::from_secs(60);
+
+    fn acq(
+        b: &LocalBackend,
+        name: &str,
+        claimant: &Claimant,
+        ttl: Duration,
+        takeover: Takeover,
+        task_info: &TaskInfo,
+    ) -> Result<Attempt> {
+        b.acquire_blocking(&AcquireRequest {
+            lock: LockId::Name(name.into()),
+            claimant: claimant.clone(),
+            ttl,
+            takeover,
+            task_info: task_info.clone(),
+            readopt: true,
+            attempt: 0,
+        })
+    }
 
     fn grant(a: Attempt) -> Grant {
         match a {
@@ -247,15 +359,12 @@ mod tests {
     fn acquire_status_renew_release_cycle() {
         let tmp = tempfile::tempdir().unwrap();
         let b = LocalBackend::open(tmp.path()).unwrap();
-        assert_eq!(b.status("job").unwrap(), None);
+        assert_eq!(b.status_blocking("job").unwrap(), None);
         let info = TaskInfo {
             task_type: Some("bug-fix".into()),
             ..TaskInfo::default()
         };
-        let g = grant(
-            b.try_acquire("job", &claimant("w1"), MIN, Takeover::None, &info)
-                .unwrap(),
-        );
+        let g = grant(acq(&b, "job", &claimant("w1"), MIN, Takeover::None, &info).unwrap());
         assert!(!g.adopted && g.took_over.is_none());
         assert_eq!(g.holder.worker_id, "w1");
         assert_eq!(g.holder.node_id, "host-1");
@@ -266,43 +375,40 @@ mod tests {
             chrono::Duration::seconds(60)
         );
         assert!(!g.holder.stale);
-        assert_eq!(b.status("job").unwrap().unwrap().fencing_token, 1);
+        assert_eq!(b.status_blocking("job").unwrap().unwrap().fencing_token, 1);
 
         // Re-running the claim re-adopts.
-        let g2 = grant(
-            b.try_acquire("job", &claimant("w1"), MIN, Takeover::None, &info)
-                .unwrap(),
-        );
+        let g2 = grant(acq(&b, "job", &claimant("w1"), MIN, Takeover::None, &info).unwrap());
         assert!(g2.adopted);
         assert_eq!(g2.holder.fencing_token, 1);
 
         // Another worker is told who holds it.
-        match b
-            .try_acquire(
-                "job",
-                &claimant("w2"),
-                MIN,
-                Takeover::Stale,
-                &TaskInfo::default(),
-            )
-            .unwrap()
+        match acq(
+            &b,
+            "job",
+            &claimant("w2"),
+            MIN,
+            Takeover::Stale,
+            &TaskInfo::default(),
+        )
+        .unwrap()
         {
             Attempt::Held(h) => assert_eq!((h.worker_id.as_str(), h.stale), ("w1", false)),
             other => panic!("{other:?}"),
         }
 
-        let h = b.renew("job", "w1").unwrap();
+        let h = b.renew_blocking("job", "w1").unwrap();
         assert_eq!(h.fencing_token, 1);
         assert!(h.heartbeat_last >= g.holder.heartbeat_last);
 
-        let err = b.release("job", "w2", false).unwrap_err();
+        let err = b.release_blocking("job", "w2", false).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("\"w1\""), "{err}");
 
-        let r = b.release("job", "w1", false).unwrap();
+        let r = b.release_blocking("job", "w1", false).unwrap();
         assert!(r.was_held);
         assert_eq!(r.previous.unwrap().worker_id, "w1");
-        let r = b.release("job", "w1", false).unwrap();
+        let r = b.release_blocking("job", "w1", false).unwrap();
         assert_eq!(
             r,
             Released {
@@ -310,11 +416,12 @@ mod tests {
                 previous: None
             }
         );
-        assert_eq!(b.status("job").unwrap(), None);
+        assert_eq!(b.status_blocking("job").unwrap(), None);
 
         // The next grant gets a larger token.
         let g3 = grant(
-            b.try_acquire(
+            acq(
+                &b,
                 "job",
                 &claimant("w2"),
                 MIN,
@@ -330,12 +437,13 @@ mod tests {
     fn renew_errors_are_not_owner() {
         let tmp = tempfile::tempdir().unwrap();
         let b = LocalBackend::open(tmp.path()).unwrap();
-        let err = b.renew("job", "w1").unwrap_err();
+        let err = b.renew_blocking("job", "w1").unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("not held"), "{err}");
 
         grant(
-            b.try_acquire(
+            acq(
+                &b,
                 "job",
                 &claimant("w1"),
                 MIN,
@@ -344,31 +452,32 @@ mod tests {
             )
             .unwrap(),
         );
-        let err = b.renew("job", "w2").unwrap_err();
+        let err = b.renew_blocking("job", "w2").unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("\"w1\""), "{err}");
 
         age(&b, "job", 120_000);
-        assert!(b.status("job").unwrap().unwrap().stale);
-        let err = b.renew("job", "w1").unwrap_err();
+        assert!(b.status_blocking("job").unwrap().unwrap().stale);
+        let err = b.renew_blocking("job", "w1").unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("expired"), "{err}");
         // Still blocks a plain claim, flagged stale; steal-stale takes it with a new token.
-        match b
-            .try_acquire(
-                "job",
-                &claimant("w2"),
-                MIN,
-                Takeover::None,
-                &TaskInfo::default(),
-            )
-            .unwrap()
+        match acq(
+            &b,
+            "job",
+            &claimant("w2"),
+            MIN,
+            Takeover::None,
+            &TaskInfo::default(),
+        )
+        .unwrap()
         {
             Attempt::Held(h) => assert!(h.stale),
             other => panic!("{other:?}"),
         }
         let g = grant(
-            b.try_acquire(
+            acq(
+                &b,
                 "job",
                 &claimant("w2"),
                 MIN,
@@ -380,11 +489,12 @@ mod tests {
         assert_eq!(g.holder.fencing_token, 2);
         let old = g.took_over.unwrap();
         assert_eq!((old.worker_id.as_str(), old.stale), ("w1", true));
-        let err = b.renew("job", "w1").unwrap_err();
+        let err = b.renew_blocking("job", "w1").unwrap_err();
         assert!(err.to_string().contains("lost"), "{err}");
         // Forced take-over and forced release.
         let g = grant(
-            b.try_acquire(
+            acq(
+                &b,
                 "job",
                 &claimant("w3"),
                 MIN,
@@ -395,7 +505,7 @@ mod tests {
         );
         assert_eq!(g.holder.fencing_token, 3);
         assert_eq!(g.took_over.unwrap().worker_id, "w2");
-        assert!(b.release("job", "w1", true).unwrap().was_held);
+        assert!(b.release_blocking("job", "w1", true).unwrap().was_held);
     }
 
     #[test]
@@ -404,36 +514,57 @@ mod tests {
         let b = LocalBackend::open(tmp.path()).unwrap();
         let none = TaskInfo::default();
         for name in ["", "a\nb"] {
-            let e = b
-                .try_acquire(name, &claimant("w"), MIN, Takeover::None, &none)
-                .unwrap_err();
+            let e = acq(&b, name, &claimant("w"), MIN, Takeover::None, &none).unwrap_err();
             assert_eq!(e.exit_code(), ExitCode::Usage);
             assert_eq!(
-                b.release(name, "w", false).unwrap_err().exit_code(),
+                b.release_blocking(name, "w", false)
+                    .unwrap_err()
+                    .exit_code(),
                 ExitCode::Usage
             );
-            assert_eq!(b.renew(name, "w").unwrap_err().exit_code(), ExitCode::Usage);
-            assert_eq!(b.status(name).unwrap_err().exit_code(), ExitCode::Usage);
+            assert_eq!(
+                b.renew_blocking(name, "w").unwrap_err().exit_code(),
+                ExitCode::Usage
+            );
+            assert_eq!(
+                b.status_blocking(name).unwrap_err().exit_code(),
+                ExitCode::Usage
+            );
         }
         let long = "x".repeat(257);
-        assert_eq!(b.status(&long).unwrap_err().exit_code(), ExitCode::Usage);
-        let e = b
-            .try_acquire("a", &claimant(""), MIN, Takeover::None, &none)
-            .unwrap_err();
+        assert_eq!(
+            b.status_blocking(&long).unwrap_err().exit_code(),
+            ExitCode::Usage
+        );
+        let e = acq(&b, "a", &claimant(""), MIN, Takeover::None, &none).unwrap_err();
         assert_eq!(e.exit_code(), ExitCode::Usage);
-        let e = b
-            .try_acquire("a", &claimant("w"), Duration::ZERO, Takeover::None, &none)
-            .unwrap_err();
+        let e = acq(
+            &b,
+            "a",
+            &claimant("w"),
+            Duration::ZERO,
+            Takeover::None,
+            &none,
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code(), ExitCode::Usage);
         // Huge timeouts saturate instead of failing.
         grant(
-            b.try_acquire("a", &claimant("w"), Duration::MAX, Takeover::None, &none)
-                .unwrap(),
+            acq(
+                &b,
+                "a",
+                &claimant("w"),
+                Duration::MAX,
+                Takeover::None,
+                &none,
+            )
+            .unwrap(),
         );
-        assert!(!b.status("a").unwrap().unwrap().stale);
+        assert!(!b.status_blocking("a").unwrap().unwrap().stale);
         // Names are free text up to 256 printable characters.
         grant(
-            b.try_acquire(
+            acq(
+                &b,
                 "résumé build ✓/../x",
                 &claimant("w"),
                 MIN,
@@ -448,10 +579,11 @@ mod tests {
     fn list_is_sorted_by_name() {
         let tmp = tempfile::tempdir().unwrap();
         let b = LocalBackend::open(tmp.path()).unwrap();
-        assert!(b.list().unwrap().is_empty());
+        assert!(b.list_blocking().unwrap().is_empty());
         for (name, w) in [("charlie", "w1"), ("alpha", "w2"), ("bravo", "w3")] {
             grant(
-                b.try_acquire(
+                acq(
+                    &b,
                     name,
                     &claimant(w),
                     MIN,
@@ -461,7 +593,7 @@ mod tests {
                 .unwrap(),
             );
         }
-        let list = b.list().unwrap();
+        let list = b.list_blocking().unwrap();
         let names: Vec<_> = list.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["alpha", "bravo", "charlie"]);
         assert_eq!(list[0].1.worker_id, "w2");
@@ -480,7 +612,8 @@ mod tests {
                     // Each thread has its own store, as separate processes would.
                     let b = LocalBackend::open(dir).unwrap();
                     barrier.wait();
-                    b.try_acquire(
+                    acq(
+                        &b,
                         "the-one",
                         &claimant(&format!("worker-{i}")),
                         MIN,
@@ -510,7 +643,7 @@ mod tests {
         }
         let b = LocalBackend::open(tmp.path()).unwrap();
         assert_eq!(
-            b.status("the-one").unwrap().unwrap().worker_id,
+            b.status_blocking("the-one").unwrap().unwrap().worker_id,
             winner.worker_id
         );
         assert_eq!(b.store().read().unwrap().next_token(), 2);
@@ -536,15 +669,15 @@ mod tests {
                     barrier.wait();
                     for c in 0..CYCLES {
                         let n = (i + c) % NAMES.len();
-                        let attempt = b
-                            .try_acquire(
-                                NAMES[n],
-                                &claimant(&me),
-                                MIN,
-                                Takeover::None,
-                                &TaskInfo::default(),
-                            )
-                            .unwrap();
+                        let attempt = acq(
+                            &b,
+                            NAMES[n],
+                            &claimant(&me),
+                            MIN,
+                            Takeover::None,
+                            &TaskInfo::default(),
+                        )
+                        .unwrap();
                         if let Attempt::Granted(g) = attempt {
                             assert!(!g.adopted);
                             // Mutual exclusion: nobody else is inside this name.
@@ -552,7 +685,7 @@ mod tests {
                             tokens.lock().unwrap().push((n, g.holder.fencing_token));
                             std::thread::yield_now();
                             assert_eq!(inside[n].fetch_sub(1, Ordering::SeqCst), 1);
-                            let r = b.release(NAMES[n], &me, false).unwrap();
+                            let r = b.release_blocking(NAMES[n], &me, false).unwrap();
                             assert!(r.was_held, "our lock vanished");
                             assert_eq!(r.previous.unwrap().fencing_token, g.holder.fencing_token);
                         }

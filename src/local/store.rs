@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use super::table::LockTable;
 use crate::error::Result;
 use crate::statefile::{Persisted, StateFile};
+use crate::table::LockTable;
 
 #[cfg(test)]
 const TMP_PREFIX: &str = "locks.json.tmp.";
@@ -55,8 +55,8 @@ impl LocalStore {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::local::table::{Command, Response};
     use crate::lock::{Takeover, TaskInfo};
+    use crate::table::{Command, Response};
     use std::fs;
     use std::path::Path;
     use std::sync::mpsc;
@@ -70,6 +70,7 @@ mod tests {
             ttl_ms: 60_000,
             takeover: Takeover::None,
             task_info: TaskInfo::default(),
+            readopt: true,
         }
     }
 

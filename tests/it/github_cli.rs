@@ -1,4 +1,4 @@
-//! The GitHub backend through the real binary: protocol properties of SPEC §3 one by one.
+//! The GitHub backend through the real binary: the protocol properties of ARCHITECTURE.md one by one.
 
 use std::time::Duration;
 

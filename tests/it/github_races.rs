@@ -1,5 +1,5 @@
 //! Mutual exclusion under real concurrency: many `sentinel claim` processes against one issue,
-//! with GitHub's list lag switched on (SPEC §3.1).
+//! with GitHub's list lag switched on (ARCHITECTURE.md, "Invariants").
 
 use std::process::Stdio;
 use std::time::Duration;

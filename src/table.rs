@@ -10,9 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::lease::from_unix_ms;
 use crate::lock::{Holder, Takeover, TaskInfo};
 
 /// One held lock.
@@ -41,21 +41,13 @@ impl LockRecord {
             worker_id: self.worker_id.clone(),
             node_id: self.node_id.clone(),
             fencing_token: self.fencing_token,
-            claimed_at: ms_to_datetime(self.claimed_at_ms),
-            heartbeat_last: ms_to_datetime(self.heartbeat_ms),
-            expires_at: ms_to_datetime(self.expires_at_ms()),
+            claimed_at: from_unix_ms(self.claimed_at_ms),
+            heartbeat_last: from_unix_ms(self.heartbeat_ms),
+            expires_at: from_unix_ms(self.expires_at_ms()),
             stale: LockTable::is_stale(self, now_ms),
             task_info: self.task_info.clone(),
         }
     }
-}
-
-/// Unix milliseconds to a chrono time, clamped to chrono's range instead of failing.
-pub fn ms_to_datetime(ms: u64) -> DateTime<Utc> {
-    i64::try_from(ms)
-        .ok()
-        .and_then(DateTime::from_timestamp_millis)
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// A change to the table. Serializable so it can be a Raft log entry.
@@ -70,6 +62,9 @@ pub enum Command {
         takeover: Takeover,
         #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
         task_info: TaskInfo,
+        /// The worker may take up its own live lock again; without it, its own lock is `Held`.
+        #[serde(default)]
+        readopt: bool,
     },
     Release {
         name: String,
@@ -146,6 +141,7 @@ impl LockTable {
                 ttl_ms,
                 takeover,
                 task_info,
+                readopt,
             } => {
                 let fresh = |token: u64| LockRecord {
                     worker_id: worker_id.clone(),
@@ -167,7 +163,9 @@ impl LockTable {
                         }
                     }
                     Some(current)
-                        if current.worker_id == *worker_id && !Self::is_stale(current, now_ms) =>
+                        if *readopt
+                            && current.worker_id == *worker_id
+                            && !Self::is_stale(current, now_ms) =>
                     {
                         // Re-adopt our own live lock: same token, same claimed_at. An own lock
                         // whose lease ran out is treated like anyone's stale lock below: the
@@ -237,6 +235,16 @@ impl LockTable {
         }
     }
 
+    /// Removes the lock `name` if it still carries `token`: undoes a grant whose claimer was
+    /// interrupted before it could report it. True when something was removed.
+    pub fn withdraw(&mut self, name: &str, token: u64) -> bool {
+        if self.locks.get(name).map(|r| r.fencing_token) == Some(token) {
+            self.locks.remove(name);
+            return true;
+        }
+        false
+    }
+
     fn issue_token(&mut self) -> u64 {
         let token = self.next_token;
         self.next_token = self.next_token.saturating_add(1);
@@ -299,6 +307,8 @@ impl LockTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
     use std::collections::{BTreeMap, HashMap};
 
     const TTL: u64 = 1_000;
@@ -311,6 +321,7 @@ mod tests {
             ttl_ms: TTL,
             takeover,
             task_info: TaskInfo::default(),
+            readopt: true,
         }
     }
 
@@ -378,6 +389,7 @@ mod tests {
                 priority: Some("high".into()),
                 ..TaskInfo::default()
             },
+            readopt: true,
         };
         let (r2, adopted, took) = granted(t.apply(&cmd, 500));
         assert!(adopted);
@@ -572,6 +584,7 @@ mod tests {
             ttl_ms: u64::MAX,
             takeover: Takeover::None,
             task_info: TaskInfo::default(),
+            readopt: true,
         };
         granted(t.apply(&huge, u64::MAX));
         let r = t.get("a").unwrap().clone();
@@ -614,6 +627,7 @@ mod tests {
                 complexity: Some(5),
                 ..TaskInfo::default()
             },
+            readopt: true,
         };
         let now = 1_761_859_800_000; // 2025-10-30T21:30:00Z
         let (r, _, _) = granted(t.apply(&cmd, now));
@@ -666,61 +680,64 @@ mod tests {
         let json = serde_json::to_string(&acquire("a", "w", Takeover::Stale)).unwrap();
         assert_eq!(
             json,
-            r#"{"acquire":{"name":"a","worker_id":"w","node_id":"node-of-w","ttl_ms":1000,"takeover":"stale"}}"#
+            r#"{"acquire":{"name":"a","worker_id":"w","node_id":"node-of-w","ttl_ms":1000,"takeover":"stale","readopt":true}}"#
         );
     }
 
-    /// Tiny deterministic generator (Knuth's MMIX LCG), so the test needs no new dependency.
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            self.0 >> 33
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
+    /// One step of a generated log: (kind, name, worker, time step, raw number, takeover,
+    /// readopt, force).
+    type Step = (u8, usize, usize, u8, u64, u8, bool, bool);
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            (
+                0u8..10,
+                0usize..3,
+                0usize..4,
+                0u8..20,
+                any::<u64>(),
+                0u8..6,
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            1..400,
+        )
     }
 
-    fn random_log(seed: u64, steps: usize, allow_force: bool) -> Vec<(Command, u64)> {
+    /// Turns generated steps into a command log with times: mostly forward, sometimes a jump past
+    /// the TTL, sometimes backwards (another caller's clock, an NTP step).
+    fn log_of(steps: &[Step], allow_force: bool) -> Vec<(Command, u64)> {
         const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
         const WORKERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
-        let mut rng = Lcg(seed);
         let mut now: u64 = 1_000_000;
-        let mut log = Vec::with_capacity(steps);
-        for _ in 0..steps {
-            // Mostly forward, sometimes a big jump past the TTL, sometimes backwards.
-            now = match rng.below(20) {
-                0 => now.saturating_sub(rng.below(2 * TTL)),
-                1 => now + TTL + rng.below(TTL),
-                _ => now + rng.below(TTL / 4),
+        let mut log = Vec::with_capacity(steps.len());
+        for &(kind, name, worker, jump, n, takeover, readopt, force) in steps {
+            now = match jump {
+                0 => now.saturating_sub(n % (2 * TTL)),
+                1 => now + TTL + n % TTL,
+                _ => now + n % (TTL / 4),
             };
-            let name = NAMES[rng.below(NAMES.len() as u64) as usize];
-            let worker = WORKERS[rng.below(WORKERS.len() as u64) as usize];
-            let cmd = match rng.below(10) {
-                0..=3 => {
-                    let takeover = match rng.below(if allow_force { 6 } else { 5 }) {
+            let (name, worker) = (NAMES[name], WORKERS[worker]);
+            let cmd = match kind {
+                0..=3 => Command::Acquire {
+                    name: name.into(),
+                    worker_id: worker.into(),
+                    node_id: format!("n-{worker}"),
+                    ttl_ms: TTL / 2 + n % TTL,
+                    takeover: match takeover {
                         0..=2 => Takeover::None,
                         3 | 4 => Takeover::Stale,
-                        _ => Takeover::Any,
-                    };
-                    Command::Acquire {
-                        name: name.into(),
-                        worker_id: worker.into(),
-                        node_id: format!("n-{worker}"),
-                        ttl_ms: TTL / 2 + rng.below(TTL),
-                        takeover,
-                        task_info: TaskInfo::default(),
-                    }
-                }
+                        _ if allow_force => Takeover::Any,
+                        _ => Takeover::Stale,
+                    },
+                    task_info: TaskInfo::default(),
+                    readopt,
+                },
                 4..=6 => renew(name, worker),
                 _ => Command::Release {
                     name: name.into(),
                     worker_id: worker.into(),
-                    force: allow_force && rng.below(8) == 0,
+                    force: allow_force && force,
                 },
             };
             log.push((cmd, now));
@@ -773,10 +790,19 @@ mod tests {
                     }
                     beliefs.insert((worker_id.clone(), name.clone()), record.expires_at_ms());
                 }
-                (Response::Held { record, stale }, Command::Acquire { worker_id, .. }) => {
+                (
+                    Response::Held { record, stale },
+                    Command::Acquire {
+                        worker_id, readopt, ..
+                    },
+                ) => {
                     assert_eq!(t, before, "{}", ctx());
-                    // Our own lock only refuses us once its lease ran out.
-                    assert!(&record.worker_id != worker_id || *stale, "{}", ctx());
+                    // Our own lock only refuses a re-adopting claim once its lease ran out.
+                    assert!(
+                        !readopt || &record.worker_id != worker_id || *stale,
+                        "{}",
+                        ctx()
+                    );
                     assert_eq!(*stale, LockTable::is_stale(record, *now), "{}", ctx());
                 }
                 (Response::Released { record }, Command::Release { .. }) => {
@@ -845,19 +871,21 @@ mod tests {
         (t, responses)
     }
 
-    #[test]
-    fn random_command_sequences_keep_invariants_and_are_deterministic() {
-        for (seed, allow_force) in [(1, true), (42, true), (7, false), (2024, false)] {
-            let log = random_log(seed, 5_000, allow_force);
+    proptest! {
+        /// Any command log keeps the table's invariants (fencing tokens strictly increase per
+        /// name, without force never two live holders), and replaying it — round-tripped through
+        /// JSON, as a replicated log would be — gives the same table and the same responses.
+        #[test]
+        fn any_command_log_keeps_invariants_and_replays_identically(
+            steps in steps(),
+            allow_force in any::<bool>(),
+        ) {
+            let log = log_of(&steps, allow_force);
             let (table, responses) = run_checked(&log, !allow_force);
-            assert!(table.next_token() > 10, "the log should grant many times");
-            // serde round-trip is identical.
             let json = serde_json::to_string(&table).unwrap();
             let back: LockTable = serde_json::from_str(&json).unwrap();
-            assert_eq!(back, table);
-            assert_eq!(serde_json::to_string(&back).unwrap(), json);
-            // Replaying the same log (round-tripped through JSON, as a Raft log would be) gives
-            // the same table and the same responses.
+            prop_assert_eq!(&back, &table);
+            prop_assert_eq!(serde_json::to_string(&back).unwrap(), json);
             let log_json = serde_json::to_string(&log).unwrap();
             let replay_log: Vec<(Command, u64)> = serde_json::from_str(&log_json).unwrap();
             let mut replay = LockTable::default();
@@ -865,8 +893,35 @@ mod tests {
                 .iter()
                 .map(|(c, now)| replay.apply(c, *now))
                 .collect();
-            assert_eq!(replay, table);
-            assert_eq!(replay_responses, responses);
+            prop_assert_eq!(replay, table);
+            prop_assert_eq!(replay_responses, responses);
         }
+    }
+
+    #[test]
+    fn only_an_explicit_worker_re_adopts() {
+        let mut t = LockTable::default();
+        granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        let mut again = acquire("a", "w1", Takeover::None);
+        if let Command::Acquire { readopt, .. } = &mut again {
+            *readopt = false;
+        }
+        assert!(matches!(
+            t.apply(&again, 200),
+            Response::Held { stale: false, .. }
+        ));
+        let (_, adopted, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 300));
+        assert!(adopted);
+    }
+
+    #[test]
+    fn withdraw_removes_only_the_named_grant() {
+        let mut t = LockTable::default();
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        assert!(!t.withdraw("a", r.fencing_token + 1));
+        assert!(t.get("a").is_some());
+        assert!(t.withdraw("a", r.fencing_token));
+        assert!(t.get("a").is_none());
+        assert!(!t.withdraw("a", r.fencing_token));
     }
 }

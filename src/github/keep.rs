@@ -1,6 +1,8 @@
 //! Keeping and giving up a held issue lock: heartbeat (one PATCH of our own comment), release,
 //! and force-release of someone else's lock.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use octocrab::models::issues::Comment;
 use serde_json::json;
@@ -11,6 +13,7 @@ use super::client::Response;
 use super::comment::{self, LockMeta, LockState, Takeover};
 use super::resolve::resolve;
 use crate::error::{Error, Result};
+use crate::lease;
 use crate::lock::{Attempt, Holder, Released};
 
 impl GithubBackend {
@@ -31,8 +34,8 @@ impl GithubBackend {
         }
         let c: Comment = resp.json()?;
         let updated = c.updated_at.unwrap_or(c.created_at);
-        let ttl = chrono::Duration::seconds(own.meta.ttl_seconds as i64);
-        if updated - own.updated_at > ttl {
+        let ttl = Duration::from_secs(own.meta.ttl_seconds);
+        if updated > lease::expires_at(own.updated_at, ttl) {
             // The lease ran out before this renewal reached GitHub: the holder may not keep it.
             own.meta.state = LockState::Released;
             own.meta.released_at = Some(updated);
@@ -41,7 +44,7 @@ impl GithubBackend {
             self.cache.set_own_lock(&key, None)?;
             return Err(Error::NotOwner(format!(
                 "the lock on #{issue} expired at {} (GitHub time) before this heartbeat; it is released",
-                own.updated_at + ttl
+                lease::rfc3339(lease::expires_at(own.updated_at, ttl))
             )));
         }
         own.updated_at = updated;
@@ -53,7 +56,7 @@ impl GithubBackend {
     }
 
     /// `heartbeat --once`.
-    pub async fn renew(&self, issue: u64, worker_id: &str) -> Result<Holder> {
+    pub(super) async fn renew_issue(&self, issue: u64, worker_id: &str) -> Result<Holder> {
         if let Some(own) = self.cache.own_lock(&self.cache_key(issue, worker_id))? {
             return self.heartbeat_cached(issue, own).await;
         }
@@ -77,7 +80,12 @@ impl GithubBackend {
         }
     }
 
-    pub async fn release(&self, issue: u64, worker_id: &str, force: bool) -> Result<Released> {
+    pub(super) async fn release_issue(
+        &self,
+        issue: u64,
+        worker_id: &str,
+        force: bool,
+    ) -> Result<Released> {
         let key = self.cache_key(issue, worker_id);
         if let Some(own) = self.cache.own_lock(&key)? {
             return self.release_own(issue, own).await;
