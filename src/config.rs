@@ -102,6 +102,20 @@ fn settle() -> Result<Duration> {
     }
 }
 
+/// `SENTINEL_HTTP_TIMEOUT`: how long one GitHub response may take.
+fn http_timeout() -> Result<Duration> {
+    let Some(v) = env("SENTINEL_HTTP_TIMEOUT") else {
+        return Ok(crate::github::client::DEFAULT_TIMEOUT);
+    };
+    let d = crate::duration::parse(&v)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err(Error::usage(format!(
+            "invalid SENTINEL_HTTP_TIMEOUT {v:?}: use 100ms to 10m"
+        )));
+    }
+    Ok(d)
+}
+
 fn id(value: Option<String>, what: &str, default: impl FnOnce() -> String) -> Result<String> {
     let v = value.unwrap_or_else(default);
     validate_label(what, &v)?;
@@ -179,7 +193,10 @@ impl Context {
                 let api = given(Some(&g.api_url)).unwrap_or_else(|| DEFAULT_API_URL.to_string());
                 Backend::Github(Box::new(GithubBackend::new(GithubOptions {
                     repo,
-                    client: ClientOptions::new(&api_url(&api)?, token(g.token.as_ref())),
+                    client: ClientOptions {
+                        timeout: http_timeout()?,
+                        ..ClientOptions::new(&api_url(&api)?, token(g.token.as_ref()))
+                    },
                     data_dir,
                     trusted: g
                         .trusted

@@ -79,4 +79,18 @@ mod tests {
         assert_eq!(display(Duration::from_secs(300)), "5m");
         assert_eq!(display(Duration::from_millis(1500)), "1500ms");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused_without_panic(s in ".*") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn written_durations_read_back(h in 0u64..1000, m in 0u64..1000, sec in 0u64..1000, ms in 0u64..1000) {
+            let d = parse(&format!("{h}h{m}m{sec}s{ms}ms")).unwrap();
+            proptest::prop_assert_eq!(d, Duration::from_millis(((h * 60 + m) * 60 + sec) * 1000 + ms));
+            proptest::prop_assert_eq!(parse(&display(d)).unwrap().as_secs(), d.as_secs());
+        }
+    }
 }

@@ -76,18 +76,23 @@ pub async fn undo_all() {
     }
 }
 
-/// Resolves with the conventional exit code when SIGINT or SIGTERM arrives.
-pub async fn signalled() -> i32 {
+/// Installs the SIGINT/SIGTERM handlers now — before any work starts, so no signal can kill the
+/// process between a commit and its undo registration — and returns a future that resolves with
+/// the conventional exit code when one arrives. Must be called inside a tokio runtime.
+pub fn signalled() -> impl Future<Output = i32> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let streams = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => 130,
-        _ = term.recv() => 143,
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => 130,
+            _ = term.recv() => 143,
+        }
     }
 }
 

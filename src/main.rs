@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use sentinel::cli::Cli;
+use sentinel::cli::{Cli, Command};
 use sentinel::error::{Error, ExitCode};
 use sentinel::{interrupt, output};
 
@@ -62,6 +62,7 @@ fn main() {
     };
     init_logs(&cli);
     let json = cli.global.json;
+    let is_claim = matches!(cli.command, Command::Claim(_));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,12 +77,13 @@ fn main() {
     let result = runtime.block_on(async move {
         // The command runs as its own task so that a signal does not drop it (and with it the
         // undo registrations) before the undo actions have been taken.
+        let signal = interrupt::signalled();
         let mut command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
         tokio::select! {
             joined = &mut command => joined.unwrap_or_else(|e| {
                 Err(Error::Unexpected(format!("the command failed: {e}")))
             }),
-            code = interrupt::signalled() => {
+            code = signal => {
                 interrupt::flag();
                 interrupt::undo_all().await;
                 output::print_error(&Error::Interrupted(code), json);
@@ -96,6 +98,9 @@ fn main() {
         }
         Err(e) => {
             output::print_error(&e, json);
+            if is_claim {
+                output::claim_failed_output();
+            }
             std::process::exit(e.exit_code().code());
         }
     }

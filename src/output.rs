@@ -20,7 +20,7 @@ pub struct Report {
     pub human: String,
     /// `key=value` pairs for `$GITHUB_OUTPUT`.
     pub outputs: Vec<(String, String)>,
-    /// A line for `$GITHUB_STEP_SUMMARY`.
+    /// Markdown for `$GITHUB_STEP_SUMMARY` (a short table).
     pub summary: Option<String>,
 }
 
@@ -47,10 +47,27 @@ impl Report {
             .map(|(k, v)| format!("{k}={}\n", v.replace('\n', " ")))
             .collect();
         append_to_env_file("GITHUB_OUTPUT", &outputs);
-        if let Some(line) = &self.summary {
-            append_to_env_file("GITHUB_STEP_SUMMARY", &format!("{line}\n"));
+        if let Some(table) = &self.summary {
+            append_to_env_file("GITHUB_STEP_SUMMARY", &format!("{}\n\n", table.trim_end()));
         }
     }
+}
+
+/// A one-row markdown table for `$GITHUB_STEP_SUMMARY`; `|` in cells is escaped.
+pub fn summary_table(headers: &[&str], cells: &[String]) -> String {
+    let row = |items: Vec<String>| format!("| {} |\n", items.join(" | "));
+    let mut out = row(headers.iter().map(|h| h.to_string()).collect());
+    out.push_str(&row(headers.iter().map(|_| "---".to_string()).collect()));
+    out.push_str(&row(cells
+        .iter()
+        .map(|c| c.replace('|', "\\|").replace('\n', " "))
+        .collect()));
+    out
+}
+
+/// After a failed claim inside Actions, later steps can test `steps.<id>.outputs.acquired`.
+pub fn claim_failed_output() {
+    append_to_env_file("GITHUB_OUTPUT", "acquired=false\n");
 }
 
 /// Appends to the file an Actions runner names in `var` (`$GITHUB_OUTPUT`, `$GITHUB_STEP_SUMMARY`).

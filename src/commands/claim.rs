@@ -7,8 +7,8 @@ use crate::cli::ClaimArgs;
 use crate::config::{Context, task_info};
 use crate::error::Result;
 use crate::lease;
-use crate::lock::AcquireRequest;
-use crate::output::{Report, Spinner, holder_json};
+use crate::lock::{AcquireRequest, LockId};
+use crate::output::{Report, Spinner, holder_json, summary_table};
 use crate::strategy::{self, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
@@ -78,15 +78,30 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         }),
         human,
     );
-    report.summary = Some(format!(
-        "🔒 sentinel: {} {what} as `{}` (fencing token {})",
-        if g.adopted { "re-adopted" } else { "claimed" },
-        h.worker_id,
-        h.fencing_token
+    report.summary = Some(summary_table(
+        &["sentinel", "lock", "worker", "fencing token", "expires"],
+        &[
+            if g.adopted {
+                "🔒 re-adopted"
+            } else {
+                "🔒 claimed"
+            }
+            .to_string(),
+            what.clone(),
+            format!("`{}`", h.worker_id),
+            h.fencing_token.to_string(),
+            lease::human(h.expires_at),
+        ],
     ));
     report.outputs = vec![
-        ("fencing_token".into(), h.fencing_token.to_string()),
+        ("acquired".into(), "true".into()),
+        ("lock".into(), req.lock.bare()),
+        ("holder".into(), h.worker_id.clone()),
         ("worker_id".into(), h.worker_id.clone()),
+        ("fencing_token".into(), h.fencing_token.to_string()),
     ];
+    if let LockId::Issue(n) = req.lock {
+        report.outputs.push(("issue".into(), n.to_string()));
+    }
     Ok(report)
 }

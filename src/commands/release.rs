@@ -7,7 +7,7 @@ use crate::cli::ReleaseArgs;
 use crate::config::Context;
 use crate::error::Result;
 use crate::lock::ReleaseRequest;
-use crate::output::{Report, holder_json};
+use crate::output::{Report, holder_json, summary_table};
 
 pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
     let lock = ctx.backend.parse_lock(&args.lock)?;
@@ -40,6 +40,14 @@ pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
         }),
         human.clone(),
     );
-    report.summary = Some(format!("🔓 sentinel: {human}"));
+    report.summary = Some(summary_table(
+        &["sentinel", "lock", "worker", "was held"],
+        &[
+            "🔓 released".to_string(),
+            what.clone(),
+            format!("`{worker}`"),
+            r.was_held.to_string(),
+        ],
+    ));
     Ok(report)
 }

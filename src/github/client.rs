@@ -24,9 +24,10 @@ use crate::error::{Error, Result};
 use crate::secret::Secret;
 
 /// A GitHub that accepts connections but never answers must not hold a worker for minutes: each
-/// request gets these deadlines, and a request that timed out is retried at most once.
+/// request gets a deadline (`SENTINEL_HTTP_TIMEOUT`, this by default; connecting gets at most
+/// [`CONNECT_TIMEOUT`]), and a request that timed out is retried at most once.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How hard to try before calling GitHub unavailable (exit 8) or rate limited (exit 7).
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct ClientOptions {
     pub retry_backoff: Duration,
     /// Longest total time this process will sleep for rate limits before giving up.
     pub rate_limit_wait: Duration,
+    /// Deadline for one response.
+    pub timeout: Duration,
 }
 
 impl ClientOptions {
@@ -48,6 +51,7 @@ impl ClientOptions {
             retries: 3,
             retry_backoff: Duration::from_millis(500),
             rate_limit_wait: Duration::from_secs(120),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -133,9 +137,9 @@ impl Client {
         let mut builder = Octocrab::builder()
             .base_uri(opts.api_url.as_str())
             .map_err(|e| Error::usage(format!("invalid --api-url {:?}: {e}", opts.api_url)))?
-            .set_connect_timeout(Some(CONNECT_TIMEOUT))
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .set_write_timeout(Some(READ_TIMEOUT));
+            .set_connect_timeout(Some(CONNECT_TIMEOUT.min(opts.timeout)))
+            .set_read_timeout(Some(opts.timeout))
+            .set_write_timeout(Some(opts.timeout));
         if let Some(token) = &opts.token {
             builder = builder.personal_token(token.expose().to_string());
         }
@@ -160,7 +164,7 @@ impl Client {
         let clock = self.clock.lock().unwrap();
         clock
             .as_ref()
-            .map(|s| s.github + chrono::Duration::from_std(s.local.elapsed()).unwrap_or_default())
+            .map(|s| crate::lease::after(s.github, s.local.elapsed()))
     }
 
     /// GitHub's clock as of the last response (exact, from its `Date` header).

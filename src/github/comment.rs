@@ -144,11 +144,14 @@ pub fn render(meta: &LockMeta) -> String {
             t.ttl_seconds
         ));
     }
+    // A backtick inside a string (a task type, say) would end the fenced block early and make our
+    // own comment unreadable; JSON lets us spell it as an escape.
     let json = serde_json::to_string_pretty(&Envelope {
         sentinel: 1,
         lock: meta.clone(),
     })
-    .expect("lock metadata always serializes");
+    .expect("lock metadata always serializes")
+    .replace('`', "\\u0060");
     out.push_str(&format!(
         "\n<details><summary>lock metadata</summary>\n\n{JSON_OPEN}\n{json}\n{JSON_CLOSE}\n</details>\n"
     ));
@@ -240,5 +243,42 @@ mod tests {
         assert!(matches!(parse(&cut), Parsed::Malformed(_)));
         let empty = render(&meta()).replace("worker-local-1", " ");
         assert!(matches!(parse(&empty), Parsed::Malformed(_)));
+    }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex("(.|`|\n){0,40}").unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_parses_without_panic(body in ".*") {
+            let _ = parse(&body);
+            let _ = parse(&format!("{MARKER}\n```json\n{body}\n```"));
+        }
+
+        /// Whatever a worker puts in its ids and task info, its own comment reads back as written.
+        #[test]
+        fn any_lock_round_trips(
+            worker in text(), node in text(), task_type in proptest::option::of(text()),
+            priority in proptest::option::of(text()), ttl in proptest::num::u64::ANY,
+            secs in 0i64..4_000_000_000,
+        ) {
+            proptest::prop_assume!(!worker.trim().is_empty());
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            let m = LockMeta {
+                worker_id: worker,
+                node_id: node,
+                claimed_at: t,
+                heartbeat_last: t,
+                ttl_seconds: ttl,
+                state: LockState::Held,
+                nonce: "n".into(),
+                task_info: TaskInfo { task_type, priority, ..TaskInfo::default() },
+                takeover: None,
+                released_at: None,
+                released_by: None,
+            };
+            proptest::prop_assert_eq!(parse(&render(&m)), Parsed::Lock(Box::new(m)));
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{code, sentinel, sole_winner, stdout_json, text, wait_all};
+use crate::support::{age_local_lock, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 fn local(dir: &std::path::Path, worker: &str, args: &[&str]) -> std::process::Command {
     let mut cmd = sentinel(dir);
@@ -60,7 +60,7 @@ fn leases_strategies_and_fencing_tokens() {
     );
     assert_eq!(code(&run("b", &["release", "db-migrate"])), 4);
 
-    std::thread::sleep(Duration::from_millis(1200));
+    age_local_lock(d, "db-migrate", 1_200);
     // Stale now: plain claims still wait, the holder may not renew, steal-stale takes it.
     let out = run("b", &["claim", "db-migrate", "--strategy", "fail-fast"]);
     assert_eq!(code(&out), 3);
@@ -202,14 +202,20 @@ fn inside_actions_results_go_to_the_runner_files() {
     };
     assert_eq!(code(&run(&["claim", "deploy"])), 0);
     let written = std::fs::read_to_string(&output).unwrap();
+    for line in [
+        "acquired=true\n",
+        "lock=deploy\n",
+        "holder=job-1\n",
+        "fencing_token=1\n",
+        "worker_id=job-1\n",
+    ] {
+        assert!(written.contains(line), "{line} missing from {written}");
+    }
+    let table = std::fs::read_to_string(&summary).unwrap();
     assert!(
-        written.contains("fencing_token=1\n") && written.contains("worker_id=job-1\n"),
-        "{written}"
-    );
-    assert!(
-        std::fs::read_to_string(&summary)
-            .unwrap()
-            .contains("claimed deploy")
+        table.contains("| sentinel | lock | worker | fencing token | expires |")
+            && table.contains("| 🔒 claimed | deploy | `job-1` | 1 |"),
+        "{table}"
     );
     let failed = local(
         dir.path(),
@@ -217,9 +223,15 @@ fn inside_actions_results_go_to_the_runner_files() {
         &["--json", "claim", "deploy", "--strategy", "fail-fast"],
     )
     .env("GITHUB_ACTIONS", "true")
+    .env("GITHUB_OUTPUT", &output)
     .output()
     .unwrap();
     assert_eq!(code(&failed), 3);
+    assert!(
+        std::fs::read_to_string(&output)
+            .unwrap()
+            .ends_with("acquired=false\n")
+    );
     assert_eq!(stdout_json(&failed)["error"]["exit_code"], 3);
     assert!(
         String::from_utf8_lossy(&failed.stderr)

@@ -26,7 +26,9 @@ const SCRUB: &[&str] = &[
     "SENTINEL_DATA_DIR",
     "SENTINEL_TRUSTED_AUTHORS",
     "SENTINEL_SETTLE",
+    "SENTINEL_HTTP_TIMEOUT",
     "RUST_LOG",
+    "NO_COLOR",
 ];
 
 pub fn bin() -> PathBuf {
@@ -203,4 +205,14 @@ pub fn sole_winner(outs: &[Output]) -> usize {
         stderr()
     );
     winners[0]
+}
+
+/// Moves a local lock's last heartbeat `by_ms` into the past, as if time had passed: the local
+/// backend's tests age locks instead of sleeping through their TTL.
+pub fn age_local_lock(data_dir: &Path, name: &str, by_ms: u64) {
+    let path = data_dir.join("local").join("locks.json");
+    let mut table: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let hb = &mut table["locks"][name]["heartbeat_ms"];
+    *hb = (hb.as_u64().expect("the lock is held") - by_ms).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&table).unwrap()).unwrap();
 }
