@@ -20,6 +20,8 @@ pub struct Context {
     pub backend: Backend,
     pub claimant: Claimant,
     pub json: bool,
+    /// Where the metrics of this host's lock operations are counted.
+    pub data_dir: PathBuf,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -136,7 +138,7 @@ impl Context {
                 Backend::Github(Box::new(GithubBackend::new(GithubOptions {
                     repo,
                     client: ClientOptions::new(&g.api_url, token(g.token.as_ref())),
-                    data_dir,
+                    data_dir: data_dir.clone(),
                     trusted: g
                         .trusted
                         .iter()
@@ -158,6 +160,7 @@ impl Context {
             backend,
             claimant,
             json: g.json,
+            data_dir,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod duration;
 pub mod github;
 pub mod interrupt;
+pub mod metrics;
 pub mod output;
 pub mod secret;
 pub mod statefile;

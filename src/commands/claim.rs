@@ -8,6 +8,7 @@ use crate::cli::ClaimArgs;
 use crate::config::{Context, task_info};
 use crate::error::{Error, Result};
 use crate::lock::AcquireRequest;
+use crate::metrics;
 use crate::output::{Report, Spinner, holder_json};
 use crate::strategy::{self, Policy, Strategy};
 
@@ -35,10 +36,14 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         tracing::warn!("--strategy force takes the lock even from a live holder");
     }
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
+    let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
     let outcome = strategy::acquire(
         &policy,
         &what,
-        |n| ctx.backend.try_acquire(&target, &req, n),
+        |n| {
+            recorder.attempt(n);
+            ctx.backend.try_acquire(&target, &req, n)
+        },
         |h, pause| {
             spinner.set_message(format!(
                 "{what} is held by {}; retrying in {:.1}s",
@@ -47,7 +52,9 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
             ))
         },
     )
-    .await?;
+    .await;
+    recorder.finish(&outcome);
+    let outcome = outcome?;
     drop(spinner);
 
     let g = &outcome.grant;

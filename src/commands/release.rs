@@ -5,6 +5,7 @@ use serde_json::json;
 use crate::cli::ReleaseArgs;
 use crate::config::Context;
 use crate::error::Result;
+use crate::metrics;
 use crate::output::{Report, holder_json};
 
 pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
@@ -12,6 +13,7 @@ pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
     let what = ctx.backend.describe(&target);
     let worker = &ctx.claimant.worker_id;
     let r = ctx.backend.release(&target, worker, args.force).await?;
+    metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
     let human = match (&r.previous, r.was_held) {
         (Some(p), true) if &p.worker_id != worker => {
             format!("Force-released {what} (was held by {})", p.worker_id)
