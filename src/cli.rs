@@ -115,6 +115,8 @@ pub enum Command {
     Heartbeat(HeartbeatArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
+    /// Show the lock metrics counted on this host
+    Metrics(MetricsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +189,21 @@ pub struct HeartbeatArgs {
 pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsFormat {
+    /// A table for humans
+    Table,
+    /// Prometheus text exposition format, for node_exporter's textfile collector
+    Prometheus,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Output format; --json prints one JSON object instead
+    #[arg(long, value_enum, default_value = "table", conflicts_with = "json")]
+    pub format: MetricsFormat,
 }
 
 fn secret(s: &str) -> Result<Secret, String> {

@@ -6,4 +6,5 @@ mod github_cli;
 mod github_client;
 mod github_races;
 mod local_cli;
+mod metrics;
 mod support;
