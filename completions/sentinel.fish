@@ -146,6 +146,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l q
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l format -d 'Output format; --json prints one JSON object instead' -r -f -a "table\t'A table for humans'
 prometheus\t'Prometheus text exposition format, for node_exporter\'s textfile collector'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l since -d 'With --repo-wide: the window of lock activity to count' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
@@ -158,6 +159,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l worker-id 
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo-wide -d 'GitHub: count the whole repository\'s grants, releases and take-overs from its lock comments'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s q -l quiet -d 'Only errors on stderr'

@@ -204,6 +204,12 @@ pub struct MetricsArgs {
     /// Output format; --json prints one JSON object instead
     #[arg(long, value_enum, default_value = "table", conflicts_with = "json")]
     pub format: MetricsFormat,
+    /// GitHub: count the whole repository's grants, releases and take-overs from its lock comments
+    #[arg(long)]
+    pub repo_wide: bool,
+    /// With --repo-wide: the window of lock activity to count
+    #[arg(long, value_parser = duration::arg, default_value = "30d", requires = "repo_wide")]
+    pub since: Duration,
 }
 
 fn secret(s: &str) -> Result<Secret, String> {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::proto::{
-    Counter, LabelPair, Metric, MetricFamily, MetricType, Summary as PromSummary,
+    Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Summary as PromSummary,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,7 +27,9 @@ use tabled::builder::Builder;
 use tabled::settings::Style;
 
 use crate::error::{Error, Result};
+use crate::github::RepoHistory;
 use crate::lock::Released;
+use crate::output::time;
 use crate::statefile::{Persisted, StateFile};
 use crate::strategy::Outcome;
 
@@ -268,6 +270,102 @@ pub fn encode(families: &[MetricFamily]) -> Result<String> {
     prometheus::TextEncoder::new()
         .encode_to_string(&families)
         .map_err(|e| Error::Unexpected(format!("cannot write the Prometheus text: {e}")))
+}
+
+/// `metrics --repo-wide`: counts over a window that moves, hence Prometheus gauges, not counters.
+pub struct RepoMetrics<'a> {
+    pub repo: String,
+    pub window: Duration,
+    pub history: &'a RepoHistory,
+}
+
+impl RepoMetrics<'_> {
+    /// (JSON key, table label, Prometheus name, help, value)
+    fn rows(&self) -> [(&'static str, &'static str, &'static str, &'static str, u64); 5] {
+        let h = self.history;
+        [
+            (
+                "total_acquisitions",
+                "acquisitions",
+                "sentinel_repo_acquisitions",
+                "Grants whose lock comment was written or renewed in the window.",
+                h.acquisitions,
+            ),
+            (
+                "total_releases",
+                "releases",
+                "sentinel_repo_releases",
+                "Releases in the window.",
+                h.releases,
+            ),
+            (
+                "stale_locks_claimed",
+                "stale locks claimed",
+                "sentinel_repo_stale_locks_claimed",
+                "Take-overs of a lock whose lease had run out, in the window.",
+                h.stale_takeovers,
+            ),
+            (
+                "forced_takeovers",
+                "forced take-overs",
+                "sentinel_repo_forced_takeovers",
+                "Take-overs of a live lock (--strategy force), in the window.",
+                h.forced_takeovers,
+            ),
+            (
+                "issues",
+                "issues with lock activity",
+                "sentinel_repo_issues",
+                "Issues with lock activity in the window.",
+                h.issues,
+            ),
+        ]
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "repo": self.repo,
+            "since": self.history.since,
+            "window_seconds": self.window.as_secs(),
+        });
+        for (key, _, _, _, value) in self.rows() {
+            v[key] = json!(value);
+        }
+        v
+    }
+
+    pub fn table(&self) -> String {
+        let mut b = Builder::new();
+        b.push_record([
+            self.repo.clone(),
+            format!("since {}", time(self.history.since)),
+        ]);
+        for (_, label, _, _, value) in self.rows() {
+            b.push_record([label.to_string(), value.to_string()]);
+        }
+        b.build().with(Style::sharp()).to_string()
+    }
+
+    pub fn prometheus(&self) -> Result<String> {
+        let gauge = |name: &str, help: &str, value: f64| {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            let mut m = Metric::from_label(vec![label("repo", &self.repo)]);
+            m.set_gauge(g);
+            family(name, help, MetricType::GAUGE, vec![m])
+        };
+        let mut families: Vec<MetricFamily> = self
+            .rows()
+            .into_iter()
+            .map(|(_, _, name, help, value)| gauge(name, help, value as f64))
+            .collect();
+        families.push(gauge(
+            "sentinel_repo_window_seconds",
+            "Length of the window the sentinel_repo_* gauges count.",
+            self.window.as_secs_f64(),
+        ));
+        encode(&families)
+    }
 }
 
 /// The counters of a data directory.

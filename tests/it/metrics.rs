@@ -9,7 +9,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::support::{code, sentinel, stdout_json, text, wait_all};
+use crate::support::{Gh, REPO, code, sentinel, stdout_json, text, wait_all};
 
 fn local(dir: &Path, worker: &str, args: &[&str]) -> Command {
     let mut cmd = sentinel(dir);
@@ -207,4 +207,103 @@ fn the_exposition_checker_rejects_what_scrapers_reject() {
         let caught = std::panic::catch_unwind(|| parse_exposition(bad));
         assert!(caught.is_err(), "accepted {bad:?}");
     }
+}
+
+#[test]
+fn repo_wide_counts_grants_releases_and_take_overs_from_the_lock_comments() {
+    let gh = Gh::new();
+    let ok = |out: Output| assert_eq!(code(&out), 0, "{}", text(&out));
+    let issues: Vec<u64> = (0..4)
+        .map(|i| gh.emu.create_issue(REPO, &format!("task {i}")))
+        .collect();
+    let [released, stolen, forced, replaced] = [0, 1, 2, 3].map(|i| issues[i].to_string());
+
+    ok(gh.run(&gh.alice, "w1", &["claim", &released]));
+    ok(gh.run(&gh.alice, "w1", &["release", &released]));
+    ok(gh.run(&gh.alice, "w2", &["claim", &stolen, "--ttl", "60s"]));
+    ok(gh.run(&gh.alice, "w4", &["claim", &forced]));
+    // Two minutes on GitHub's clock: w2's lease has run out, w4's (5 min) has not.
+    gh.emu.advance_clock(chrono::Duration::seconds(120));
+    let steal = [
+        "claim",
+        &stolen,
+        "--strategy",
+        "steal-stale",
+        "--max-retries",
+        "0",
+    ];
+    ok(gh.run(&gh.bob, "w3", &steal));
+    ok(gh.run(&gh.bob, "w5", &["claim", &forced, "--strategy", "force"]));
+    // A claim that loses deletes its comment: no grant.
+    let lost = gh.run(
+        &gh.alice,
+        "w6",
+        &["claim", &forced, "--strategy", "fail-fast"],
+    );
+    assert_eq!(code(&lost), 3, "{}", text(&lost));
+    // A release from a machine that does not remember the lock replaces its comment.
+    ok(gh.run(&gh.alice, "w7", &["claim", &replaced]));
+    let elsewhere = tempfile::tempdir().unwrap();
+    ok(gh
+        .cmd_in(elsewhere.path(), &gh.alice, "w7", &["release", &replaced])
+        .output()
+        .unwrap());
+    // A lookalike from an outsider counts for nothing.
+    let body = gh.emu.comments(REPO, issues[0])[0].body.clone();
+    gh.emu.add_comment(REPO, issues[0], "mallory", &body);
+
+    let out = gh.run(&gh.bob, "observer", &["metrics", "--repo-wide", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v = stdout_json(&out);
+    assert_eq!(v["scope"], "repository");
+    assert_eq!(v["repo"], REPO);
+    for (key, want) in [
+        // w1, w2 (deleted by w3), w3, w4 (deleted by w5), w5, w7 (replaced by the notice)
+        ("total_acquisitions", 6),
+        // w1, and w7's from elsewhere
+        ("total_releases", 2),
+        ("stale_locks_claimed", 1),
+        ("forced_takeovers", 1),
+        ("issues", 4),
+    ] {
+        assert_eq!(v[key], want, "{key}: {v}");
+    }
+
+    let out = gh.run(
+        &gh.bob,
+        "observer",
+        &[
+            "metrics",
+            "--repo-wide",
+            "--format",
+            "prometheus",
+            "--since",
+            "1d",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let samples = parse_exposition(&String::from_utf8(out.stdout).unwrap());
+    let repo = format!("{{repo=\"{REPO}\"}}");
+    assert_eq!(samples[&format!("sentinel_repo_acquisitions{repo}")], 6.0);
+    assert_eq!(
+        samples[&format!("sentinel_repo_window_seconds{repo}")],
+        86400.0
+    );
+
+    // The same claims, counted on this host as they happened.
+    let local = metrics_json(gh.data.path(), &["--backend", "github"]);
+    assert_eq!(local["total_acquisitions"], 6, "{local}");
+    assert_eq!(local["total_conflicts"], 1, "{local}");
+    assert_eq!(local["stale_locks_claimed"], 1, "{local}");
+    assert_eq!(local["total_releases"], 1, "{local}");
+}
+
+#[test]
+fn repo_wide_needs_the_github_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), "o", &["metrics", "--repo-wide"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("github backend"), "{}", text(&out));
+    let out = run(dir.path(), "o", &["metrics", "--since", "1d"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
 }
