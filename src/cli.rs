@@ -44,7 +44,7 @@ pub struct GlobalArgs {
         value_name = "OWNER/REPO"
     )]
     pub repo: Option<String>,
-    /// GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed
+    /// GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed
     #[arg(
         long,
         env = "SENTINEL_TOKEN",

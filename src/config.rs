@@ -28,13 +28,22 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN.
-pub fn token(flag: Option<&Secret>) -> Option<Secret> {
-    flag.map(|t| t.expose().trim().to_string())
-        .filter(|t| !t.is_empty())
-        .or_else(|| env("GITHUB_TOKEN"))
-        .or_else(|| env("GH_TOKEN"))
-        .map(|t| Secret::new(t.trim()))
+/// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN, then
+/// the GitHub CLI's login to the API's host. Says where it came from, never what it is.
+pub fn token(flag: Option<&Secret>, api_url: &str) -> Option<Secret> {
+    let given = flag
+        .map(|t| t.expose().trim().to_string())
+        .filter(|t| !t.is_empty());
+    let (source, token) = [
+        ("--token or SENTINEL_TOKEN", given),
+        ("GITHUB_TOKEN", env("GITHUB_TOKEN")),
+        ("GH_TOKEN", env("GH_TOKEN")),
+    ]
+    .into_iter()
+    .find_map(|(source, t)| Some((source, Secret::new(t?.trim()))))
+    .or_else(|| Some(("`gh auth token`", crate::gh_cli::token(api_url)?)))?;
+    tracing::info!("GitHub token from {source}");
+    Some(token)
 }
 
 pub fn in_actions() -> bool {
@@ -137,7 +146,7 @@ impl Context {
                 }
                 Backend::Github(Box::new(GithubBackend::new(GithubOptions {
                     repo,
-                    client: ClientOptions::new(&g.api_url, token(g.token.as_ref())),
+                    client: ClientOptions::new(&g.api_url, token(g.token.as_ref(), &g.api_url)),
                     data_dir: data_dir.clone(),
                     trusted: g
                         .trusted

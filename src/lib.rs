@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod gh_cli;
 pub mod github;
 pub mod interrupt;
 pub mod metrics;

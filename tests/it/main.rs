@@ -2,6 +2,7 @@
 
 mod completions;
 mod fixtures;
+mod gh_auth;
 mod github_cli;
 mod github_client;
 mod github_races;
