@@ -115,7 +115,7 @@ pub enum Command {
     Heartbeat(HeartbeatArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
-    /// Show the lock metrics counted on this host
+    /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
     Metrics(MetricsArgs),
 }
 
