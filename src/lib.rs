@@ -15,6 +15,7 @@ pub mod duration;
 pub mod gh_cli;
 pub mod github;
 pub mod interrupt;
+pub mod manpage;
 pub mod metrics;
 pub mod output;
 pub mod secret;

@@ -7,5 +7,6 @@ mod github_cli;
 mod github_client;
 mod github_races;
 mod local_cli;
+mod manpages;
 mod metrics;
 mod support;
