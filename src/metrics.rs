@@ -11,7 +11,7 @@
 //! (attempts - 1) of every claim; a failed acquisition is a claim that ended in any error once it
 //! reached the backend (conflicts included); the average acquisition time is the total time of
 //! granted claims divided by the acquisitions; a stale lock claimed is a grant that took over a
-//! stale lock; a release is a release that freed a held lock.
+//! stale lock; releases count only releases that freed a held lock.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -244,14 +244,14 @@ impl Snapshot {
     }
 }
 
-pub fn label(name: &str, value: &str) -> LabelPair {
+fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_string());
     l.set_value(value.to_string());
     l
 }
 
-pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
     f.set_help(help.to_string());
@@ -261,7 +261,7 @@ pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) ->
 }
 
 /// Families without samples are left out: the format has no way to write them.
-pub fn encode(families: &[MetricFamily]) -> Result<String> {
+fn encode(families: &[MetricFamily]) -> Result<String> {
     let families: Vec<MetricFamily> = families
         .iter()
         .filter(|f| !f.get_metric().is_empty())
@@ -380,10 +380,6 @@ impl Metrics {
         })
     }
 
-    pub fn path(&self) -> std::path::PathBuf {
-        self.file.path()
-    }
-
     pub fn snapshot(&self) -> Result<Snapshot> {
         let data: MetricsData = self.file.read()?;
         Ok(Snapshot {
@@ -408,33 +404,45 @@ impl Metrics {
         stole_stale: bool,
     ) {
         self.record(backend, |c| {
-            c.acquisitions += 1;
-            c.retries += u64::from(attempts.saturating_sub(1));
-            c.stale_locks_claimed += u64::from(stole_stale);
-            c.acquisition_time_us = c
-                .acquisition_time_us
-                .saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+            c.add(&Counters {
+                acquisitions: 1,
+                retries: u64::from(attempts.saturating_sub(1)),
+                stale_locks_claimed: u64::from(stole_stale),
+                acquisition_time_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                ..Counters::default()
+            })
         })
     }
 
     /// A claim that gave up because the lock is held: a conflict and a failed acquisition.
     pub fn record_conflict(&self, backend: &str, attempts: u32) {
         self.record(backend, |c| {
-            c.conflicts += 1;
-            c.failed_acquisitions += 1;
-            c.retries += u64::from(attempts.saturating_sub(1));
+            c.add(&Counters {
+                conflicts: 1,
+                failed_acquisitions: 1,
+                retries: u64::from(attempts.saturating_sub(1)),
+                ..Counters::default()
+            })
         })
     }
 
     pub fn record_failed(&self, backend: &str, attempts: u32) {
         self.record(backend, |c| {
-            c.failed_acquisitions += 1;
-            c.retries += u64::from(attempts.saturating_sub(1));
+            c.add(&Counters {
+                failed_acquisitions: 1,
+                retries: u64::from(attempts.saturating_sub(1)),
+                ..Counters::default()
+            })
         })
     }
 
     pub fn record_released(&self, backend: &str) {
-        self.record(backend, |c| c.releases += 1)
+        self.record(backend, |c| {
+            c.add(&Counters {
+                releases: 1,
+                ..Counters::default()
+            })
+        })
     }
 }
 
@@ -574,6 +582,22 @@ mod tests {
     }
 
     #[test]
+    fn counters_saturate_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("metrics.json"),
+            format!(
+                "{{\"backends\": {{\"local\": {{\"releases\": {}}}}}}}",
+                u64::MAX
+            ),
+        )
+        .unwrap();
+        let m = Metrics::open(dir.path()).unwrap();
+        m.record_released("local");
+        assert_eq!(m.snapshot().unwrap().backends["local"].releases, u64::MAX);
+    }
+
+    #[test]
     fn the_average_is_the_granted_time_per_acquisition() {
         let c = Counters {
             acquisitions: 4,
@@ -607,11 +631,12 @@ mod tests {
     fn a_corrupt_file_never_fails_the_recording_call() {
         let dir = tempfile::tempdir().unwrap();
         let m = Metrics::open(dir.path()).unwrap();
-        std::fs::write(m.path(), b"{not json").unwrap();
+        let path = dir.path().join("metrics.json");
+        std::fs::write(&path, b"{not json").unwrap();
         m.record_released("local");
         let err = m.snapshot().unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
-        assert_eq!(std::fs::read(m.path()).unwrap(), b"{not json");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub async fn run(cli: &Cli) -> Result<Report> {
     if let Command::Completions(args) = &cli.command {
         return completions::run(args);
     }
-    // Counters are read from the data directory: no backend, token or network needed.
+    // This host's counters need no backend, token or network; only --repo-wide builds a backend.
     if let Command::Metrics(args) = &cli.command {
         return metrics::run(&cli.global, args).await;
     }
