@@ -22,7 +22,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
     $completions = @(switch ($command) {
         'sentinel' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -44,6 +44,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds a lock, or every held lock')
             [CompletionResult]::new('heartbeat', 'heartbeat', [CompletionResultType]::ParameterValue, 'Renew a held lock')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
+            [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -59,7 +60,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--task-type', '--task-type', [CompletionResultType]::ParameterName, 'task-type')
             [CompletionResult]::new('--priority', '--priority', [CompletionResultType]::ParameterName, 'priority')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -78,7 +79,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         }
         'sentinel;release' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -99,7 +100,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         'sentinel;status' {
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'GitHub: how far back to look for lock activity when listing every lock')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -118,7 +119,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         }
         'sentinel;heartbeat' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -138,7 +139,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         }
         'sentinel;completions' {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
@@ -155,12 +156,35 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'sentinel;metrics' {
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format; --json prints one JSON object instead')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'With --repo-wide: the window of lock activity to count')
+            [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
+            [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
+            [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
+            [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
+            [CompletionResult]::new('--trust', '--trust', [CompletionResultType]::ParameterName, 'GitHub logins whose lock comments are trusted besides owners, members and collaborators')
+            [CompletionResult]::new('--repo-wide', '--repo-wide', [CompletionResultType]::ParameterName, 'GitHub: count the whole repository''s grants, releases and take-overs from its lock comments')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'sentinel;help' {
             [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the local backend')
             [CompletionResult]::new('release', 'release', [CompletionResultType]::ParameterValue, 'Release a lock held by this worker')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds a lock, or every held lock')
             [CompletionResult]::new('heartbeat', 'heartbeat', [CompletionResultType]::ParameterValue, 'Renew a held lock')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
+            [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -177,6 +201,9 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help;completions' {
+            break
+        }
+        'sentinel;help;metrics' {
             break
         }
         'sentinel;help;help' {

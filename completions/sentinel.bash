@@ -28,6 +28,9 @@ _sentinel() {
             sentinel,help)
                 cmd="sentinel__subcmd__help"
                 ;;
+            sentinel,metrics)
+                cmd="sentinel__subcmd__metrics"
+                ;;
             sentinel,release)
                 cmd="sentinel__subcmd__release"
                 ;;
@@ -46,6 +49,9 @@ _sentinel() {
             sentinel__subcmd__help,help)
                 cmd="sentinel__subcmd__help__subcmd__help"
                 ;;
+            sentinel__subcmd__help,metrics)
+                cmd="sentinel__subcmd__help__subcmd__metrics"
+                ;;
             sentinel__subcmd__help,release)
                 cmd="sentinel__subcmd__help__subcmd__release"
                 ;;
@@ -59,7 +65,7 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat completions help"
+            opts="-v -q -h -V --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat completions metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -299,7 +305,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help)
-            opts="claim release status heartbeat completions help"
+            opts="claim release status heartbeat completions metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -368,6 +374,20 @@ _sentinel() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        sentinel__subcmd__help__subcmd__metrics)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         sentinel__subcmd__help__subcmd__release)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -389,6 +409,64 @@ _sentinel() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__metrics)
+            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "table prometheus" -- "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    return 0
+                    ;;
+                --worker-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -25,7 +25,7 @@ function __fish_sentinel_using_subcommand
 end
 
 complete -c sentinel -n "__fish_sentinel_needs_command" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
@@ -46,6 +46,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "release" -d 'Rele
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "status" -d 'Show who holds a lock, or every held lock'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
 fail-fast\t'Give up at once when the lock is held (exit 3)'
@@ -61,7 +62,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l estimate -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-type -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l priority -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
@@ -77,7 +78,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s v -l verbose
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
@@ -95,7 +96,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -s q -l quiet
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l since -d 'GitHub: how far back to look for lock activity when listing every lock' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
@@ -111,7 +112,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s v -l verbos
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
@@ -128,7 +129,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l ver
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
@@ -143,9 +144,30 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "heartbeat" -d 'Renew a held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l format -d 'Output format; --json prints one JSON object instead' -r -f -a "table\t'A table for humans'
+prometheus\t'Prometheus text exposition format, for node_exporter\'s textfile collector'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l since -d 'With --repo-wide: the window of lock activity to count' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo-wide -d 'GitHub: count the whole repository\'s grants, releases and take-overs from its lock comments'
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "heartbeat" -d 'Renew a held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -44,7 +44,7 @@ pub struct GlobalArgs {
         value_name = "OWNER/REPO"
     )]
     pub repo: Option<String>,
-    /// GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed
+    /// GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed
     #[arg(
         long,
         env = "SENTINEL_TOKEN",
@@ -115,6 +115,8 @@ pub enum Command {
     Heartbeat(HeartbeatArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
+    /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
+    Metrics(MetricsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +189,27 @@ pub struct HeartbeatArgs {
 pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsFormat {
+    /// A table for humans
+    Table,
+    /// Prometheus text exposition format, for node_exporter's textfile collector
+    Prometheus,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Output format; --json prints one JSON object instead
+    #[arg(long, value_enum, default_value = "table", conflicts_with = "json")]
+    pub format: MetricsFormat,
+    /// GitHub: count the whole repository's grants, releases and take-overs from its lock comments
+    #[arg(long)]
+    pub repo_wide: bool,
+    /// With --repo-wide: the window of lock activity to count
+    #[arg(long, value_parser = duration::arg, default_value = "30d", requires = "repo_wide")]
+    pub since: Duration,
 }
 
 fn secret(s: &str) -> Result<Secret, String> {

@@ -26,6 +26,8 @@ pub struct Context {
     /// its own live lock again; a default id is shared by every process a shell fans out.
     pub explicit_worker: bool,
     pub json: bool,
+    /// Where the metrics of this host's lock operations are counted.
+    pub data_dir: PathBuf,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -37,13 +39,22 @@ fn given(v: Option<&String>) -> Option<String> {
     v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN.
-pub fn token(flag: Option<&Secret>) -> Option<Secret> {
-    flag.map(|t| t.expose().trim().to_string())
-        .filter(|t| !t.is_empty())
-        .or_else(|| env("GITHUB_TOKEN"))
-        .or_else(|| env("GH_TOKEN"))
-        .map(|t| Secret::new(t.trim()))
+/// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN, then
+/// the GitHub CLI's login to the API's host. Says where it came from, never what it is.
+pub fn token(flag: Option<&Secret>, api_url: &str) -> Option<Secret> {
+    let given = flag
+        .map(|t| t.expose().trim().to_string())
+        .filter(|t| !t.is_empty());
+    let (source, token) = [
+        ("--token or SENTINEL_TOKEN", given),
+        ("GITHUB_TOKEN", env("GITHUB_TOKEN")),
+        ("GH_TOKEN", env("GH_TOKEN")),
+    ]
+    .into_iter()
+    .find_map(|(source, t)| Some((source, Secret::new(t?.trim()))))
+    .or_else(|| Some(("`gh auth token`", crate::gh_cli::token(api_url)?)))?;
+    tracing::info!("GitHub token from {source}");
+    Some(token)
 }
 
 pub fn in_actions() -> bool {
@@ -190,14 +201,16 @@ impl Context {
                         )
                     })?
                     .parse()?;
-                let api = given(Some(&g.api_url)).unwrap_or_else(|| DEFAULT_API_URL.to_string());
+                let api = api_url(
+                    &given(Some(&g.api_url)).unwrap_or_else(|| DEFAULT_API_URL.to_string()),
+                )?;
                 Backend::Github(Box::new(GithubBackend::new(GithubOptions {
                     repo,
                     client: ClientOptions {
                         timeout: http_timeout()?,
-                        ..ClientOptions::new(&api_url(&api)?, token(g.token.as_ref()))
+                        ..ClientOptions::new(&api, token(g.token.as_ref(), &api))
                     },
-                    data_dir,
+                    data_dir: data_dir.clone(),
                     trusted: g
                         .trusted
                         .iter()
@@ -220,6 +233,7 @@ impl Context {
             claimant,
             explicit_worker,
             json: g.json,
+            data_dir,
         })
     }
 }

@@ -8,6 +8,7 @@ use crate::config::{Context, task_info};
 use crate::error::Result;
 use crate::lease;
 use crate::lock::{AcquireRequest, LockId};
+use crate::metrics;
 use crate::output::{Report, Spinner, holder_json, summary_table};
 use crate::strategy::{self, Policy, Strategy};
 
@@ -35,14 +36,18 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         tracing::warn!("--strategy force takes the lock even from a live holder");
     }
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
+    let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
     let outcome = strategy::claim(&ctx.backend, &req, &policy, |h, pause| {
+        recorder.retrying();
         spinner.set_message(format!(
             "{what} is held by {}; retrying in {:.1}s",
             h.worker_id,
             pause.as_secs_f64()
         ))
     })
-    .await?;
+    .await;
+    recorder.finish(&outcome);
+    let outcome = outcome?;
     drop(spinner);
 
     let g = &outcome.grant;

@@ -4,6 +4,7 @@
 pub mod claim;
 pub mod completions;
 pub mod heartbeat;
+pub mod metrics;
 pub mod release;
 pub mod status;
 
@@ -16,12 +17,16 @@ pub async fn run(cli: &Cli) -> Result<Report> {
     if let Command::Completions(args) = &cli.command {
         return completions::run(args);
     }
+    // This host's counters need no backend, token or network; only --repo-wide builds a backend.
+    if let Command::Metrics(args) = &cli.command {
+        return metrics::run(&cli.global, args).await;
+    }
     let ctx = Context::from_args(&cli.global)?;
     match &cli.command {
         Command::Claim(a) => claim::run(&ctx, a).await,
         Command::Release(a) => release::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
-        Command::Completions(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Metrics(_) => unreachable!("handled above"),
     }
 }

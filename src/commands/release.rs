@@ -7,6 +7,7 @@ use crate::cli::ReleaseArgs;
 use crate::config::Context;
 use crate::error::Result;
 use crate::lock::ReleaseRequest;
+use crate::metrics;
 use crate::output::{Report, holder_json, summary_table};
 
 pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
@@ -21,6 +22,7 @@ pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
             force: args.force,
         })
         .await?;
+    metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
     let human = match (&r.previous, r.was_held) {
         (Some(p), true) if &p.worker_id != worker => {
             format!("Force-released {what} (was held by {})", p.worker_id)

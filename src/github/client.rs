@@ -281,7 +281,7 @@ impl Client {
             let hint = if self.opts.token.is_some() {
                 "check --token / SENTINEL_TOKEN / GITHUB_TOKEN / GH_TOKEN"
             } else {
-                "no token given: set --token, SENTINEL_TOKEN, GITHUB_TOKEN or GH_TOKEN"
+                "no token given: set --token, SENTINEL_TOKEN, GITHUB_TOKEN or GH_TOKEN, or log in with `gh auth login`"
             };
             return Err(Error::Auth(format!("GitHub: {} ({hint})", resp.message())));
         }

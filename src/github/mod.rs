@@ -16,6 +16,7 @@ mod cache;
 mod claim;
 pub mod client;
 pub mod comment;
+mod history;
 mod keep;
 pub mod resolve;
 mod status;
@@ -40,6 +41,7 @@ use crate::lock::{
 use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
 use comment::Parsed;
+pub use history::RepoHistory;
 use resolve::Record;
 
 /// `owner/repo`, validated the way GitHub names repositories.

@@ -2,15 +2,10 @@
 
 use std::time::Duration;
 
-use chrono::DateTime;
-use http::StatusCode;
-use octocrab::models::issues::Comment;
-
-use super::comment::{self, LockState, Parsed};
+use super::comment::LockState;
 use super::resolve::resolve;
 use super::{GithubBackend, IssueInfo, IssueStatus};
-use crate::error::{Error, Result};
-use crate::lease;
+use crate::error::Result;
 use crate::lock::Holder;
 
 impl GithubBackend {
@@ -45,32 +40,11 @@ impl GithubBackend {
     /// Every issue holding a lock: recent lock comments repo-wide (live locks are edited at least
     /// once per TTL), then each candidate issue resolved in full.
     pub(super) async fn list_held(&self, window: Duration) -> Result<Vec<(u64, Holder)>> {
-        self.ensure_login().await?;
-        // A window reaching before GitHub existed means "all of it".
-        let since = lease::rfc3339(lease::before(self.now(), window).max(DateTime::UNIX_EPOCH));
-        let first = format!(
-            "/repos/{}/{}/issues/comments?sort=updated&direction=desc&per_page=100&since={since}",
-            self.repo.owner, self.repo.name
-        );
-        let (comments, last) = self.client.get_all::<Comment>(&first).await?;
-        if !last.status.is_success() {
-            return Err(match last.status {
-                StatusCode::NOT_FOUND => Error::NotFound(format!(
-                    "repository {} not found (or not visible to this token)",
-                    self.repo
-                )),
-                _ => Error::Unexpected(format!(
-                    "GitHub answered {}: {}",
-                    last.status,
-                    last.message()
-                )),
-            });
-        }
-        let mut candidates: Vec<u64> = comments
+        let (_, found) = self.repo_lock_comments(window).await?;
+        let mut candidates: Vec<u64> = found
             .iter()
-            .filter(|c| self.is_trusted(c))
-            .filter(|c| matches!(comment::parse(c.body.as_deref().unwrap_or_default()), Parsed::Lock(m) if m.state == LockState::Held))
-            .filter_map(|c| c.issue_url.as_ref()?.path_segments()?.next_back()?.parse().ok())
+            .filter(|(_, r)| r.meta.state == LockState::Held)
+            .map(|(issue, _)| *issue)
             .collect();
         candidates.sort_unstable();
         candidates.dedup();

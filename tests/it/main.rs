@@ -2,9 +2,12 @@
 
 mod completions;
 mod fixtures;
+mod gh_auth;
 mod github_cli;
 mod github_client;
 mod github_races;
 mod local_cli;
+mod manpages;
+mod metrics;
 mod robustness;
 mod support;

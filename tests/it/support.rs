@@ -14,6 +14,9 @@ const SCRUB: &[&str] = &[
     "GITHUB_REPOSITORY",
     "GITHUB_TOKEN",
     "GH_TOKEN",
+    // What `gh auth token` prints for Enterprise hosts, such as the emulator's.
+    "GH_ENTERPRISE_TOKEN",
+    "GITHUB_ENTERPRISE_TOKEN",
     "GITHUB_API_URL",
     "GITHUB_ACTIONS",
     "GITHUB_OUTPUT",

@@ -1,0 +1,680 @@
+//! Lock-operation counters of this host, kept in `DATA_DIR/metrics.json` per backend name.
+//!
+//! Every `sentinel` run is a short-lived process, so counters cannot live in memory: each claim
+//! and release adds to a [`StateFile`], whose OS file lock serializes the read-modify-write of
+//! concurrent processes (no lost update) and whose atomic replace survives a kill at any point.
+//! Counting is a side effect that must never change the outcome of a lock operation, so the
+//! recording calls log a failure with a warning and carry on.
+//!
+//! Definitions: an acquisition is a granted claim (re-adoptions included); a conflict is a claim
+//! that ended with the lock held by someone else (exit 3); retries are the extra attempts
+//! (attempts - 1) of every claim; a failed acquisition is a claim that ended in any error once it
+//! reached the backend (conflicts included); the average acquisition time is the total time of
+//! granted claims divided by the acquisitions; a stale lock claimed is a grant that took over a
+//! stale lock; releases count only releases that freed a held lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus::proto::{
+    Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Summary as PromSummary,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use crate::error::{Error, Result};
+use crate::github::RepoHistory;
+use crate::lease;
+use crate::lock::Released;
+use crate::statefile::{Persisted, StateFile};
+use crate::strategy::Outcome;
+
+/// The counters of one backend. Fields missing from an older file read as zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub acquisitions: u64,
+    pub releases: u64,
+    pub conflicts: u64,
+    pub retries: u64,
+    pub failed_acquisitions: u64,
+    pub stale_locks_claimed: u64,
+    /// Total time of the granted claims, in microseconds: local claims take well under a
+    /// millisecond, which whole milliseconds would round to nothing.
+    pub acquisition_time_us: u64,
+}
+
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        self.acquisitions = self.acquisitions.saturating_add(o.acquisitions);
+        self.releases = self.releases.saturating_add(o.releases);
+        self.conflicts = self.conflicts.saturating_add(o.conflicts);
+        self.retries = self.retries.saturating_add(o.retries);
+        self.failed_acquisitions = self
+            .failed_acquisitions
+            .saturating_add(o.failed_acquisitions);
+        self.stale_locks_claimed = self
+            .stale_locks_claimed
+            .saturating_add(o.stale_locks_claimed);
+        self.acquisition_time_us = self
+            .acquisition_time_us
+            .saturating_add(o.acquisition_time_us);
+    }
+
+    pub fn average_acquisition_ms(&self) -> f64 {
+        if self.acquisitions == 0 {
+            return 0.0;
+        }
+        self.acquisition_time_us as f64 / self.acquisitions as f64 / 1000.0
+    }
+
+    /// The documented JSON keys of `sentinel metrics --json`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "total_acquisitions": self.acquisitions,
+            "total_releases": self.releases,
+            "total_conflicts": self.conflicts,
+            "total_retries": self.retries,
+            "average_acquisition_time_ms": self.average_acquisition_ms(),
+            "failed_acquisitions": self.failed_acquisitions,
+            "stale_locks_claimed": self.stale_locks_claimed,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MetricsData {
+    #[serde(default)]
+    backends: BTreeMap<String, Counters>,
+}
+
+impl Persisted for MetricsData {
+    const RESET_COST: &'static str = "the counters start again from zero";
+}
+
+/// Counters per backend name, as read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub backends: BTreeMap<String, Counters>,
+}
+
+impl Snapshot {
+    /// Only `backend`'s counters (zero if it never recorded anything).
+    pub fn only(&self, backend: &str) -> Snapshot {
+        Snapshot {
+            backends: BTreeMap::from([(
+                backend.to_string(),
+                self.backends.get(backend).copied().unwrap_or_default(),
+            )]),
+        }
+    }
+
+    pub fn total(&self) -> Counters {
+        let mut t = Counters::default();
+        for c in self.backends.values() {
+            t.add(c);
+        }
+        t
+    }
+
+    /// The totals at the top level and each backend under `by_backend`.
+    pub fn to_json(&self) -> Value {
+        let mut v = self.total().to_json();
+        v["by_backend"] = self
+            .backends
+            .iter()
+            .map(|(name, c)| (name.clone(), c.to_json()))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        v
+    }
+
+    /// One row per counter, one column per backend plus the total.
+    pub fn table(&self) -> String {
+        let mut columns: Vec<(&str, Counters)> = self
+            .backends
+            .iter()
+            .map(|(n, c)| (n.as_str(), *c))
+            .collect();
+        if columns.len() != 1 {
+            columns.push(("all", self.total()));
+        }
+        let mut b = Builder::new();
+        b.push_record(std::iter::once("METRIC").chain(columns.iter().map(|(n, _)| *n)));
+        let labels = [
+            "acquisitions",
+            "releases",
+            "conflicts",
+            "retries",
+            "failed acquisitions",
+            "stale locks claimed",
+            "average acquisition time",
+        ];
+        let cells: Vec<[String; 7]> = columns
+            .iter()
+            .map(|(_, c)| {
+                [
+                    c.acquisitions.to_string(),
+                    c.releases.to_string(),
+                    c.conflicts.to_string(),
+                    c.retries.to_string(),
+                    c.failed_acquisitions.to_string(),
+                    c.stale_locks_claimed.to_string(),
+                    format!("{:.1} ms", c.average_acquisition_ms()),
+                ]
+            })
+            .collect();
+        for (i, label) in labels.into_iter().enumerate() {
+            b.push_record(
+                std::iter::once(label.to_string()).chain(cells.iter().map(|c| c[i].clone())),
+            );
+        }
+        b.build().with(Style::sharp()).to_string()
+    }
+
+    /// Prometheus text exposition format (0.0.4), as node_exporter's textfile collector reads it:
+    /// every counter labelled with its backend.
+    pub fn prometheus(&self) -> Result<String> {
+        let samples = |set: &dyn Fn(&mut Metric, &Counters)| -> Vec<Metric> {
+            self.backends
+                .iter()
+                .map(|(b, c)| {
+                    let mut m = Metric::from_label(vec![label("backend", b)]);
+                    set(&mut m, c);
+                    m
+                })
+                .collect()
+        };
+        let counter = |name: &str, help: &str, value: fn(&Counters) -> u64| {
+            let metrics = samples(&|m, c| {
+                let mut v = Counter::default();
+                v.set_value(value(c) as f64);
+                m.set_counter(v);
+            });
+            family(name, help, MetricType::COUNTER, metrics)
+        };
+        let durations = samples(&|m, c| {
+            let mut s = PromSummary::default();
+            s.set_sample_count(c.acquisitions);
+            s.set_sample_sum(c.acquisition_time_us as f64 / 1e6);
+            m.set_summary(s);
+        });
+        encode(&[
+            counter(
+                "sentinel_acquisitions_total",
+                "Lock claims granted (re-adoptions included).",
+                |c| c.acquisitions,
+            ),
+            counter(
+                "sentinel_releases_total",
+                "Releases that freed a held lock (forced ones included).",
+                |c| c.releases,
+            ),
+            counter(
+                "sentinel_conflicts_total",
+                "Claims that ended with the lock held by another worker (exit 3).",
+                |c| c.conflicts,
+            ),
+            counter(
+                "sentinel_retries_total",
+                "Extra attempts of claims (attempts - 1 per claim).",
+                |c| c.retries,
+            ),
+            counter(
+                "sentinel_failed_acquisitions_total",
+                "Claims that ended in an error, conflicts included.",
+                |c| c.failed_acquisitions,
+            ),
+            counter(
+                "sentinel_stale_locks_claimed_total",
+                "Grants that took over a stale lock.",
+                |c| c.stale_locks_claimed,
+            ),
+            family(
+                "sentinel_acquisition_duration_seconds",
+                "Time from the start of a granted claim to its grant, retries included.",
+                MetricType::SUMMARY,
+                durations,
+            ),
+        ])
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+/// Families without samples are left out: the format has no way to write them.
+fn encode(families: &[MetricFamily]) -> Result<String> {
+    let families: Vec<MetricFamily> = families
+        .iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .cloned()
+        .collect();
+    prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .map_err(|e| Error::Unexpected(format!("cannot write the Prometheus text: {e}")))
+}
+
+/// `metrics --repo-wide`: counts over a window that moves, hence Prometheus gauges, not counters.
+pub struct RepoMetrics<'a> {
+    pub repo: String,
+    pub window: Duration,
+    pub history: &'a RepoHistory,
+}
+
+impl RepoMetrics<'_> {
+    /// (JSON key, table label, Prometheus name, help, value)
+    fn rows(&self) -> [(&'static str, &'static str, &'static str, &'static str, u64); 5] {
+        let h = self.history;
+        [
+            (
+                "total_acquisitions",
+                "acquisitions",
+                "sentinel_repo_acquisitions",
+                "Grants whose lock comment was written or renewed in the window.",
+                h.acquisitions,
+            ),
+            (
+                "total_releases",
+                "releases",
+                "sentinel_repo_releases",
+                "Releases in the window.",
+                h.releases,
+            ),
+            (
+                "stale_locks_claimed",
+                "stale locks claimed",
+                "sentinel_repo_stale_locks_claimed",
+                "Take-overs of a lock whose lease had run out, in the window.",
+                h.stale_takeovers,
+            ),
+            (
+                "forced_takeovers",
+                "forced take-overs",
+                "sentinel_repo_forced_takeovers",
+                "Take-overs of a live lock (--strategy force), in the window.",
+                h.forced_takeovers,
+            ),
+            (
+                "issues",
+                "issues with lock activity",
+                "sentinel_repo_issues",
+                "Issues with lock activity in the window.",
+                h.issues,
+            ),
+        ]
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "repo": self.repo,
+            "since": self.history.since,
+            "window_seconds": self.window.as_secs(),
+        });
+        for (key, _, _, _, value) in self.rows() {
+            v[key] = json!(value);
+        }
+        v
+    }
+
+    pub fn table(&self) -> String {
+        let mut b = Builder::new();
+        b.push_record([
+            self.repo.clone(),
+            format!("since {}", lease::human(self.history.since)),
+        ]);
+        for (_, label, _, _, value) in self.rows() {
+            b.push_record([label.to_string(), value.to_string()]);
+        }
+        b.build().with(Style::sharp()).to_string()
+    }
+
+    pub fn prometheus(&self) -> Result<String> {
+        let gauge = |name: &str, help: &str, value: f64| {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            let mut m = Metric::from_label(vec![label("repo", &self.repo)]);
+            m.set_gauge(g);
+            family(name, help, MetricType::GAUGE, vec![m])
+        };
+        let mut families: Vec<MetricFamily> = self
+            .rows()
+            .into_iter()
+            .map(|(_, _, name, help, value)| gauge(name, help, value as f64))
+            .collect();
+        families.push(gauge(
+            "sentinel_repo_window_seconds",
+            "Length of the window the sentinel_repo_* gauges count.",
+            self.window.as_secs_f64(),
+        ));
+        encode(&families)
+    }
+}
+
+/// The counters of a data directory.
+pub struct Metrics {
+    file: StateFile,
+}
+
+impl Metrics {
+    pub fn open(data_dir: &Path) -> Result<Metrics> {
+        Ok(Metrics {
+            file: StateFile::new(data_dir, "metrics")?,
+        })
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let data: MetricsData = self.file.read()?;
+        Ok(Snapshot {
+            backends: data.backends,
+        })
+    }
+
+    fn record(&self, backend: &str, f: impl FnOnce(&mut Counters)) {
+        let updated = self
+            .file
+            .update(|d: &mut MetricsData| f(d.backends.entry(backend.to_string()).or_default()));
+        if let Err(e) = updated {
+            tracing::warn!(error = %e, "could not update the metrics; the lock operation is unaffected");
+        }
+    }
+
+    pub fn record_acquired(
+        &self,
+        backend: &str,
+        elapsed: Duration,
+        attempts: u32,
+        stole_stale: bool,
+    ) {
+        self.record(backend, |c| {
+            c.add(&Counters {
+                acquisitions: 1,
+                retries: u64::from(attempts.saturating_sub(1)),
+                stale_locks_claimed: u64::from(stole_stale),
+                acquisition_time_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                ..Counters::default()
+            })
+        })
+    }
+
+    /// A claim that gave up because the lock is held: a conflict and a failed acquisition.
+    pub fn record_conflict(&self, backend: &str, attempts: u32) {
+        self.record(backend, |c| {
+            c.add(&Counters {
+                conflicts: 1,
+                failed_acquisitions: 1,
+                retries: u64::from(attempts.saturating_sub(1)),
+                ..Counters::default()
+            })
+        })
+    }
+
+    pub fn record_failed(&self, backend: &str, attempts: u32) {
+        self.record(backend, |c| {
+            c.add(&Counters {
+                failed_acquisitions: 1,
+                retries: u64::from(attempts.saturating_sub(1)),
+                ..Counters::default()
+            })
+        })
+    }
+
+    pub fn record_released(&self, backend: &str) {
+        self.record(backend, |c| {
+            c.add(&Counters {
+                releases: 1,
+                ..Counters::default()
+            })
+        })
+    }
+}
+
+/// Runs `f` on the data directory's metrics; a directory that cannot be opened is only logged.
+fn with_metrics(data_dir: &Path, f: impl FnOnce(&Metrics)) {
+    match Metrics::open(data_dir) {
+        Ok(m) => f(&m),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the metrics; the lock operation is unaffected")
+        }
+    }
+}
+
+/// Watches one claim: started before the strategy loop, told of every attempt, finished with the
+/// loop's result.
+pub struct ClaimRecorder<'a> {
+    data_dir: &'a Path,
+    backend: &'a str,
+    started: Instant,
+    attempts: AtomicU32,
+}
+
+impl<'a> ClaimRecorder<'a> {
+    pub fn start(data_dir: &'a Path, backend: &'a str) -> Self {
+        ClaimRecorder {
+            data_dir,
+            backend,
+            started: Instant::now(),
+            attempts: AtomicU32::new(1),
+        }
+    }
+
+    /// The claim loop is about to make another attempt (it calls its `waiting` hook first).
+    pub fn retrying(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn finish(&self, outcome: &Result<Outcome>) {
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        with_metrics(self.data_dir, |m| match outcome {
+            Ok(o) => m.record_acquired(
+                self.backend,
+                self.started.elapsed(),
+                o.attempts,
+                o.grant.took_over.as_ref().is_some_and(|h| h.stale),
+            ),
+            Err(Error::Conflict(_)) => m.record_conflict(self.backend, attempts),
+            Err(_) => m.record_failed(self.backend, attempts),
+        })
+    }
+}
+
+/// Counts a release that freed a held lock; releasing a free lock changes nothing.
+pub fn record_release(data_dir: &Path, backend: &str, released: &Released) {
+    if released.was_held {
+        with_metrics(data_dir, |m| m.record_released(backend))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::{Grant, Holder};
+    use chrono::Utc;
+
+    fn holder(stale: bool) -> Holder {
+        Holder {
+            worker_id: "w".into(),
+            node_id: "n".into(),
+            fencing_token: 1,
+            claimed_at: Utc::now(),
+            heartbeat_last: Utc::now(),
+            expires_at: Utc::now(),
+            stale,
+            task_info: Default::default(),
+        }
+    }
+
+    fn granted(attempts: u32, took_over: Option<Holder>) -> Result<Outcome> {
+        Ok(Outcome {
+            grant: Grant {
+                holder: holder(false),
+                adopted: false,
+                took_over,
+            },
+            attempts,
+        })
+    }
+
+    #[test]
+    fn claims_and_releases_add_up_per_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for outcome in [
+            granted(1, None),
+            granted(3, Some(holder(true))),
+            granted(1, Some(holder(false))),
+            Err(Error::Conflict("held".into())),
+            Err(Error::Unavailable("down".into())),
+        ] {
+            let r = ClaimRecorder::start(d, "local");
+            let tried = outcome.as_ref().map(|o| o.attempts).unwrap_or(4);
+            for _ in 1..tried {
+                r.retrying();
+            }
+            r.finish(&outcome);
+        }
+        ClaimRecorder::start(d, "github").finish(&granted(1, None));
+        let held = Released {
+            was_held: true,
+            previous: None,
+        };
+        record_release(d, "local", &held);
+        record_release(
+            d,
+            "local",
+            &Released {
+                was_held: false,
+                previous: None,
+            },
+        );
+
+        let s = Metrics::open(d).unwrap().snapshot().unwrap();
+        let local = s.backends["local"];
+        assert_eq!(local.acquisitions, 3);
+        assert_eq!(local.releases, 1);
+        assert_eq!(local.conflicts, 1);
+        assert_eq!(local.retries, 2 + 3 + 3);
+        assert_eq!(local.failed_acquisitions, 2);
+        assert_eq!(local.stale_locks_claimed, 1);
+        assert_eq!(s.backends["github"].acquisitions, 1);
+        assert_eq!(s.total().acquisitions, 4);
+        let v = s.to_json();
+        assert_eq!(v["total_acquisitions"], 4);
+        assert_eq!(v["by_backend"]["local"]["total_conflicts"], 1);
+        assert_eq!(s.only("server").total(), Counters::default());
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("metrics.json"),
+            format!(
+                "{{\"backends\": {{\"local\": {{\"releases\": {}}}}}}}",
+                u64::MAX
+            ),
+        )
+        .unwrap();
+        let m = Metrics::open(dir.path()).unwrap();
+        m.record_released("local");
+        assert_eq!(m.snapshot().unwrap().backends["local"].releases, u64::MAX);
+    }
+
+    #[test]
+    fn the_average_is_the_granted_time_per_acquisition() {
+        let c = Counters {
+            acquisitions: 4,
+            acquisition_time_us: 10_000,
+            failed_acquisitions: 9,
+            ..Counters::default()
+        };
+        assert_eq!(c.average_acquisition_ms(), 2.5);
+        assert_eq!(c.to_json()["average_acquisition_time_ms"], 2.5);
+        assert_eq!(Counters::default().average_acquisition_ms(), 0.0);
+    }
+
+    #[test]
+    fn concurrent_recorders_lose_no_update() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let m = Metrics::open(dir.path()).unwrap();
+                    for _ in 0..10 {
+                        m.record_released("local");
+                    }
+                });
+            }
+        });
+        let s = Metrics::open(dir.path()).unwrap().snapshot().unwrap();
+        assert_eq!(s.backends["local"].releases, 80);
+    }
+
+    #[test]
+    fn a_corrupt_file_never_fails_the_recording_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::open(dir.path()).unwrap();
+        let path = dir.path().join("metrics.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        m.record_released("local");
+        let err = m.snapshot().unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
+    }
+
+    #[test]
+    fn prometheus_text_has_help_type_and_labelled_samples() {
+        let mut s = Snapshot::default();
+        s.backends.insert(
+            "local".into(),
+            Counters {
+                acquisitions: 2,
+                acquisition_time_us: 1_500_000,
+                ..Counters::default()
+            },
+        );
+        s.backends.insert("we\"ird\\".into(), Counters::default());
+        let text = s.prometheus().unwrap();
+        assert!(text.contains("# TYPE sentinel_acquisitions_total counter\n"));
+        assert!(text.contains("# HELP sentinel_acquisitions_total "));
+        assert!(text.contains("sentinel_acquisitions_total{backend=\"local\"} 2\n"));
+        assert!(
+            text.contains("sentinel_acquisition_duration_seconds_sum{backend=\"local\"} 1.5\n")
+        );
+        assert!(
+            text.contains("sentinel_acquisition_duration_seconds_count{backend=\"local\"} 2\n")
+        );
+        assert!(text.contains("{backend=\"we\\\"ird\\\\\"}"), "{text}");
+        assert_eq!(Snapshot::default().prometheus().unwrap(), "");
+    }
+
+    #[test]
+    fn the_table_has_a_column_per_backend_and_the_total() {
+        let mut s = Snapshot::default();
+        s.backends.insert("local".into(), Counters::default());
+        s.backends.insert("github".into(), Counters::default());
+        let t = s.table();
+        assert!(
+            t.contains("github") && t.contains("local") && t.contains("all"),
+            "{t}"
+        );
+        assert!(!s.only("local").table().contains("all"));
+    }
+}
