@@ -237,34 +237,27 @@ fn an_unreachable_github_is_reported_once_without_colour() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = sentinel(dir.path())
-        .args([
-            "--repo",
-            REPO,
-            "--api-url",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .args(["status", "1"])
-        .env("SENTINEL_TOKEN", "t")
-        .output()
-        .unwrap();
+    let status = |verbosity: &[&str]| {
+        sentinel(dir.path())
+            .args(verbosity)
+            .args([
+                "--repo",
+                REPO,
+                "--api-url",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .args(["status", "1"])
+            .env("SENTINEL_TOKEN", "t")
+            .output()
+            .unwrap()
+    };
+    let out = status(&[]);
     assert_eq!(no_panic(&out), 8, "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr}");
     // At -v the retries are told, still without colour codes when stderr is not a terminal.
-    let verbose = sentinel(dir.path())
-        .args([
-            "-v",
-            "--repo",
-            REPO,
-            "--api-url",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .args(["status", "1"])
-        .env("SENTINEL_TOKEN", "t")
-        .output()
-        .unwrap();
+    let verbose = status(&["-v"]);
     let stderr = String::from_utf8_lossy(&verbose.stderr);
     assert!(stderr.contains("retrying"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr}");
