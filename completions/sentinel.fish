@@ -44,7 +44,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -s V -l version -d 'Prin
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "release" -d 'Release a lock held by this worker'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
@@ -110,6 +110,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l json -d 'Pr
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l interval -d 'Renew every this long [default: 30s, or a third of the lock\'s TTL if shorter]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, then GH_TOKEN); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
@@ -123,6 +124,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l once -d 'Renew once and exit (0 renewed, 4 lost)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l release-on-exit -d 'Release the lock when stopped by SIGINT or SIGTERM'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
@@ -146,6 +148,6 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s h -l h
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "release" -d 'Release a lock held by this worker'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "heartbeat" -d 'Renew a held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

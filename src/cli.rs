@@ -111,10 +111,23 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Show who holds a lock, or every held lock
     Status(StatusArgs),
-    /// Renew a held lock
+    /// Renew a held lock: once, or as a sidecar until stopped
     Heartbeat(HeartbeatArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
+}
+
+impl Command {
+    /// Whether the command handles SIGINT/SIGTERM itself. The others are raced against them by
+    /// `main`, which undoes half-made work and exits 130/143; a heartbeat sidecar instead stops
+    /// cleanly (exit 0).
+    pub fn owns_signals(&self) -> bool {
+        match self {
+            Command::Heartbeat(a) => !a.once,
+            Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
+            Command::Completions(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +194,12 @@ pub struct HeartbeatArgs {
     /// Renew once and exit (0 renewed, 4 lost)
     #[arg(long)]
     pub once: bool,
+    /// Renew every this long [default: 30s, or a third of the lock's TTL if shorter]
+    #[arg(long, value_parser = duration::arg, conflicts_with = "once")]
+    pub interval: Option<Duration>,
+    /// Release the lock when stopped by SIGINT or SIGTERM
+    #[arg(long, conflicts_with = "once")]
+    pub release_on_exit: bool,
 }
 
 #[derive(Debug, Args)]

@@ -62,6 +62,7 @@ fn main() {
     };
     init_logs(&cli);
     let json = cli.global.json;
+    let owns_signals = cli.command.owns_signals();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,10 +78,14 @@ fn main() {
         // The command runs as its own task so that a signal does not drop it (and with it the
         // undo registrations) before the undo actions have been taken.
         let mut command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
+        let failed =
+            |e: tokio::task::JoinError| Err(Error::Unexpected(format!("the command failed: {e}")));
+        // A heartbeat sidecar answers SIGINT/SIGTERM itself (it stops cleanly).
+        if owns_signals {
+            return command.await.unwrap_or_else(failed);
+        }
         tokio::select! {
-            joined = &mut command => joined.unwrap_or_else(|e| {
-                Err(Error::Unexpected(format!("the command failed: {e}")))
-            }),
+            joined = &mut command => joined.unwrap_or_else(failed),
             code = interrupt::signalled() => {
                 interrupt::flag();
                 interrupt::undo_all().await;

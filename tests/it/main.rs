@@ -5,5 +5,6 @@ mod fixtures;
 mod github_cli;
 mod github_client;
 mod github_races;
+mod heartbeat;
 mod local_cli;
 mod support;
