@@ -1,6 +1,7 @@
 //! The command-line contract (README, "Commands"): global options with their environment fallbacks, and one
 //! argument struct per subcommand. Parsing only; nothing here talks to a backend.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -113,6 +114,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Renew a held lock: once, or as a sidecar until stopped
     Heartbeat(HeartbeatArgs),
+    /// Claim a lock, run a command while renewing it, release it when the command ends
+    Run(RunArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }
@@ -120,10 +123,11 @@ pub enum Command {
 impl Command {
     /// Whether the command handles SIGINT/SIGTERM itself. The others are raced against them by
     /// `main`, which undoes half-made work and exits 130/143; a heartbeat sidecar instead stops
-    /// cleanly (exit 0).
+    /// cleanly (exit 0) and `run` passes them on to its command.
     pub fn owns_signals(&self) -> bool {
         match self {
             Command::Heartbeat(a) => !a.once,
+            Command::Run(_) => true,
             Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
             Command::Completions(_) => false,
         }
@@ -134,6 +138,13 @@ impl Command {
 pub struct ClaimArgs {
     /// Issue number (github backend) or lock name (local backend)
     pub lock: String,
+    #[command(flatten)]
+    pub claim: ClaimOptions,
+}
+
+/// How to claim: shared by `claim` and `run`.
+#[derive(Debug, Args)]
+pub struct ClaimOptions {
     /// What to do when the lock is held
     #[arg(long, value_enum, default_value = "retry")]
     pub strategy: Strategy,
@@ -200,6 +211,23 @@ pub struct HeartbeatArgs {
     /// Release the lock when stopped by SIGINT or SIGTERM
     #[arg(long, conflicts_with = "once")]
     pub release_on_exit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Issue number (github backend) or lock name (local backend)
+    pub lock: String,
+    #[command(flatten)]
+    pub claim: ClaimOptions,
+    /// Renew every this long [default: 30s, or a third of --ttl if shorter]
+    #[arg(long, value_parser = duration::arg)]
+    pub interval: Option<Duration>,
+    /// If the lock is lost: how long after SIGTERM the command gets before SIGKILL
+    #[arg(long, value_parser = duration::arg, default_value = "5s")]
+    pub kill_grace: Duration,
+    /// The command to run and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]

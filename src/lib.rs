@@ -8,6 +8,7 @@ pub mod lock;
 
 pub use error::{Error, ExitCode, Result};
 pub mod backend;
+pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -80,7 +80,8 @@ fn main() {
         let mut command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
         let failed =
             |e: tokio::task::JoinError| Err(Error::Unexpected(format!("the command failed: {e}")));
-        // A heartbeat sidecar answers SIGINT/SIGTERM itself (it stops cleanly).
+        // A heartbeat sidecar and `run` answer SIGINT/SIGTERM themselves (stop cleanly, pass
+        // them on to the command).
         if owns_signals {
             return command.await.unwrap_or_else(failed);
         }
@@ -98,6 +99,9 @@ fn main() {
         Ok(report) => {
             report.print(json);
             interrupt::reported();
+            if report.exit_code != 0 {
+                std::process::exit(report.exit_code);
+            }
         }
         Err(e) => {
             output::print_error(&e, json);

@@ -5,6 +5,7 @@ pub mod claim;
 pub mod completions;
 pub mod heartbeat;
 pub mod release;
+pub mod run;
 pub mod status;
 
 use crate::cli::{Cli, Command};
@@ -22,6 +23,7 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         Command::Release(a) => release::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
         Command::Completions(_) => unreachable!("handled above"),
     }
 }

@@ -7,4 +7,5 @@ mod github_client;
 mod github_races;
 mod heartbeat;
 mod local_cli;
+mod run;
 mod support;
