@@ -260,19 +260,39 @@ fn github_sidecar_exits_4_when_its_lease_expired_on_githubs_clock() {
     assert!(gh.held_lock_comments(issue).is_empty(), "marked released");
 }
 
+/// Whether the log has a successful edit after its `after`-th request.
+fn renewed_after(gh: &Gh, after: usize) -> bool {
+    gh.emu
+        .requests()
+        .iter()
+        .skip(after)
+        .any(|r| r.method == "PATCH" && r.status == 200)
+}
+
 #[test]
 fn github_sidecar_rides_out_5xx_and_a_secondary_limit_shorter_than_the_lease() {
     let gh = Gh::new();
     let issue = gh.emu.create_issue(REPO, "flaky");
-    let mut sidecar = github_sidecar(&gh, "w1", issue, "6s", &["--interval", "1s"]);
+    let mut sidecar = github_sidecar(&gh, "w1", issue, "12s", &["--interval", "1s"]);
+    // More 502s than one request's own retries (4 attempts): the sidecar must try again itself.
     gh.emu.inject(
         "PATCH",
         "/comments/",
         Fault::ErrorBeforeWrite { status: 502 },
-        2,
+        6,
     );
-    wait_for(5 * SECOND, "the 502s", || {
-        gh.emu.requests().iter().filter(|r| r.status == 502).count() == 2
+    let failed = |status: u16| {
+        gh.emu
+            .requests()
+            .iter()
+            .rposition(|r| r.status == status)
+            .map_or(0, |i| i + 1)
+    };
+    wait_for(15 * SECOND, "the 502s", || {
+        gh.emu.requests().iter().filter(|r| r.status == 502).count() == 6
+    });
+    wait_for(10 * SECOND, "a renewal after the 502s", || {
+        renewed_after(&gh, failed(502))
     });
     gh.emu.inject(
         "PATCH",
@@ -282,11 +302,10 @@ fn github_sidecar_rides_out_5xx_and_a_secondary_limit_shorter_than_the_lease() {
         },
         1,
     );
-    wait_for(5 * SECOND, "the secondary limit", || {
-        gh.emu.requests().iter().any(|r| r.status == 403)
+    wait_for(5 * SECOND, "the secondary limit", || failed(403) > 0);
+    wait_for(5 * SECOND, "a renewal after the secondary limit", || {
+        renewed_after(&gh, failed(403))
     });
-    // Past the TTL since the faults began: only renewals that got through keep it alive.
-    std::thread::sleep(6 * SECOND);
     assert!(sidecar.is_running());
     let st = stdout_json(&gh.run(&gh.bob, "obs", &["status", &issue.to_string(), "--json"]));
     assert_eq!(st["holder"]["worker_id"], "w1");
@@ -294,6 +313,32 @@ fn github_sidecar_rides_out_5xx_and_a_secondary_limit_shorter_than_the_lease() {
     sidecar.signal("TERM");
     let out = sidecar.exit_within(5 * SECOND);
     assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+#[test]
+fn github_sidecar_held_off_past_its_lease_by_the_rate_limit_lets_go_when_the_lease_ends() {
+    let gh = Gh::new();
+    // The claim spends 3 requests of 5 and the sidecar the rest, then every renewal is refused
+    // until the hourly window resets, long after the lease.
+    gh.emu.set_rate_limit(5);
+    let issue = gh.emu.create_issue(REPO, "starved");
+    let sidecar = github_sidecar(&gh, "w1", issue, "6s", &["--interval", "1s"]);
+    wait_for(10 * SECOND, "the rate limit", || {
+        gh.emu.requests().iter().any(|r| r.status == 403)
+    });
+    let limited = Instant::now();
+    let out = sidecar.exit_within(10 * SECOND);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("rate limit"), "{}", text(&out));
+    // It kept the lock while the lease lasted (the last renewal 2s before the 403, TTL 6s less
+    // a 1s margin), then let go instead of waiting an hour or giving up at once with exit 7.
+    let held = limited.elapsed();
+    assert!(held >= 2 * SECOND && held < 5 * SECOND, "{held:?}");
+    assert_eq!(
+        gh.emu.requests().iter().filter(|r| r.status == 403).count(),
+        1,
+        "no request inside the rate-limit window"
+    );
 }
 
 #[test]
