@@ -44,7 +44,8 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -s V -l version -d 'Prin
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "release" -d 'Release a lock held by this worker'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -111,6 +112,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l json -d 'Pr
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l interval -d 'Renew every this long [default: 30s, or a third of the lock\'s TTL if shorter]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
@@ -124,10 +126,42 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l once -d 'Renew once and exit (0 renewed, 4 lost)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l release-on-exit -d 'Release the lock when stopped by SIGINT or SIGTERM'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
+fail-fast\t'Give up at once when the lock is held (exit 3)'
+steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
+force\t'Take over unconditionally, even a live lock. Loud, for humans fixing a mess'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-retries -d 'Retries of the retry and steal-stale strategies' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-backoff -d 'Longest pause between retries' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-info -d 'Task info as JSON: {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l complexity -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l estimate -d 'Estimated duration, e.g. 45min' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-type -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l priority -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l interval -d 'Renew every this long [default: 30s, or a third of --ttl if shorter]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l kill-grace -d 'If the lock is lost: how long after SIGTERM the command gets before SIGKILL' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
@@ -164,10 +198,11 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l json -d 'P
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "heartbeat" -d 'Renew a held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat completions metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run completions metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

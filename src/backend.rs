@@ -7,6 +7,7 @@
 //! one module plus one arm per method here.
 
 use std::future::Future;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -37,8 +38,20 @@ impl Status {
     }
 }
 
+/// What renewing costs a backend that limits requests (GitHub), as its last answer told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Requests left in the current window; everything using the same identity spends them.
+    pub remaining: u64,
+    /// How long until the window starts afresh.
+    pub resets_in: Duration,
+    /// Renewals one identity may make in an hour whatever `remaining` says (GitHub's secondary
+    /// limit on content-generating requests), if the backend has such a cap.
+    pub writes_per_hour: Option<u64>,
+}
+
 /// A place where locks live. Every operation is one attempt: waiting and retrying belong to
-/// [`crate::strategy`], renewing on a schedule to the heartbeat loop.
+/// [`crate::strategy`], renewing on a schedule to [`crate::keepalive`].
 pub trait LockBackend: Send + Sync {
     /// `local`, `github`, …: the `backend` field of JSON output and the metrics label.
     fn name(&self) -> &'static str;
@@ -62,6 +75,12 @@ pub trait LockBackend: Send + Sync {
 
     /// Who holds one lock.
     fn status(&self, lock: &LockId) -> impl Future<Output = Result<Status>> + Send;
+
+    /// The request budget renewals draw on, for backends that have one; the keepalive spaces its
+    /// renewals out when it runs low.
+    fn renew_budget(&self) -> Option<Budget> {
+        None
+    }
 
     /// Every held lock (stale ones included), by display name.
     fn list(&self, req: &ListRequest)
@@ -128,6 +147,13 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.list(req).await,
             Backend::Github(b) => b.list(req).await,
+        }
+    }
+
+    fn renew_budget(&self) -> Option<Budget> {
+        match self {
+            Backend::Local(b) => b.renew_budget(),
+            Backend::Github(b) => b.renew_budget(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The command-line contract (README, "Commands"): global options with their environment fallbacks, and one
 //! argument struct per subcommand. Parsing only; nothing here talks to a backend.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,18 +112,41 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Show who holds a lock, or every held lock
     Status(StatusArgs),
-    /// Renew a held lock
+    /// Renew a held lock: once, or as a sidecar until stopped
     Heartbeat(HeartbeatArgs),
+    /// Claim a lock, run a command while renewing it, release it when the command ends
+    Run(RunArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
     Metrics(MetricsArgs),
 }
 
+impl Command {
+    /// Whether the command handles SIGINT/SIGTERM itself. The others are raced against them by
+    /// `main`, which undoes half-made work and exits 130/143; a heartbeat sidecar instead stops
+    /// cleanly (exit 0) and `run` passes them on to its command.
+    pub fn owns_signals(&self) -> bool {
+        match self {
+            Command::Heartbeat(a) => !a.once,
+            Command::Run(_) => true,
+            Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
+            Command::Completions(_) | Command::Metrics(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ClaimArgs {
     /// Issue number (github backend) or lock name (local backend)
     pub lock: String,
+    #[command(flatten)]
+    pub claim: ClaimOptions,
+}
+
+/// How to claim: shared by `claim` and `run`.
+#[derive(Debug, Args)]
+pub struct ClaimOptions {
     /// What to do when the lock is held
     #[arg(long, value_enum, default_value = "retry")]
     pub strategy: Strategy,
@@ -183,6 +207,29 @@ pub struct HeartbeatArgs {
     /// Renew once and exit (0 renewed, 4 lost)
     #[arg(long)]
     pub once: bool,
+    /// Renew every this long [default: 30s, or a third of the lock's TTL if shorter]
+    #[arg(long, value_parser = duration::arg, conflicts_with = "once")]
+    pub interval: Option<Duration>,
+    /// Release the lock when stopped by SIGINT or SIGTERM
+    #[arg(long, conflicts_with = "once")]
+    pub release_on_exit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Issue number (github backend) or lock name (local backend)
+    pub lock: String,
+    #[command(flatten)]
+    pub claim: ClaimOptions,
+    /// Renew every this long [default: 30s, or a third of --ttl if shorter]
+    #[arg(long, value_parser = duration::arg)]
+    pub interval: Option<Duration>,
+    /// If the lock is lost: how long after SIGTERM the command gets before SIGKILL
+    #[arg(long, value_parser = duration::arg, default_value = "5s")]
+    pub kill_grace: Duration,
+    /// The command to run and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]

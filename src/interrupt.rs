@@ -80,18 +80,66 @@ pub async fn undo_all() {
 /// process between a commit and its undo registration — and returns a future that resolves with
 /// the conventional exit code when one arrives. Must be called inside a tokio runtime.
 pub fn signalled() -> impl Future<Output = i32> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let streams = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
+    let signals = Signals::listen();
     async move {
-        let (Ok(mut int), Ok(mut term)) = streams else {
-            return std::future::pending().await;
-        };
+        match signals {
+            Ok(mut signals) => signals.recv().await.exit_code(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// A signal that asks the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Interrupt,
+    Terminate,
+}
+
+impl StopSignal {
+    /// The signal number (SIGINT 2, SIGTERM 15).
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Interrupt => 2,
+            StopSignal::Terminate => 15,
+        }
+    }
+
+    /// The conventional exit code of a process it stopped: 128 + the signal number.
+    pub fn exit_code(self) -> i32 {
+        128 + self.number()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+}
+
+/// SIGINT and SIGTERM as they arrive, for the commands that handle signals themselves instead of
+/// letting `main` undo and exit (`heartbeat` without `--once`, `run`). Listening starts at
+/// [`Signals::listen`]: from then on the signals no longer end the process by default.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn listen() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM. Cancel-safe: a signal is never lost between two calls.
+    pub async fn recv(&mut self) -> StopSignal {
         tokio::select! {
-            _ = int.recv() => 130,
-            _ = term.recv() => 143,
+            _ = self.int.recv() => StopSignal::Interrupt,
+            _ = self.term.recv() => StopSignal::Terminate,
         }
     }
 }

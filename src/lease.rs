@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -61,6 +62,27 @@ pub fn expires_at(heartbeat: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
 /// How long from `now` until `t` (zero if `t` has passed).
 pub fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
     (t - now).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// How long before a lease's nominal end its holder stops counting on it. The backend may have
+/// stamped a renewal up to a second before the request was sent (GitHub's timestamps are whole
+/// seconds); a tenth of the TTL more covers requests in flight and clocks that run at slightly
+/// different rates.
+pub fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_secs(1))
+}
+
+/// The last instant the holder of a lease renewed (or granted) by a request sent at `sent` may
+/// count on it. Measured on the monotonic clock from our own send time, so neither a wrong wall
+/// clock nor a slow answer can stretch it.
+pub fn holder_deadline(sent: Instant, ttl: Duration) -> Instant {
+    instant_after(sent, ttl.min(MAX_TTL).saturating_sub(safety_margin(ttl)))
+}
+
+/// `t + d` on the monotonic clock; `t` itself if that would overflow. Sooner is the safe side for
+/// every use: a renewal comes early, a lease counts as over early.
+pub fn instant_after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or(t)
 }
 
 /// Whole milliseconds, saturating.
@@ -166,6 +188,22 @@ mod tests {
         let t = from_unix_ms(1_761_859_800_000);
         assert_eq!(rfc3339(t), "2025-10-30T21:30:00Z");
         assert_eq!(human(t), "2025-10-30 21:30:00Z");
+    }
+
+    #[test]
+    fn a_holder_stops_counting_on_a_lease_before_it_ends() {
+        let t = Instant::now();
+        assert_eq!(
+            holder_deadline(t, Duration::from_secs(3)),
+            t + Duration::from_secs(2)
+        );
+        assert_eq!(
+            holder_deadline(t, Duration::from_secs(300)),
+            t + Duration::from_secs(270)
+        );
+        assert_eq!(holder_deadline(t, Duration::from_millis(500)), t);
+        assert!(holder_deadline(t, Duration::MAX) <= t + MAX_TTL);
+        assert_eq!(instant_after(t, Duration::MAX), t);
     }
 
     #[test]

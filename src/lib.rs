@@ -8,6 +8,7 @@ pub mod lock;
 
 pub use error::{Error, ExitCode, Result};
 pub mod backend;
+pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod gh_cli;
 pub mod github;
 pub mod interrupt;
+pub mod keepalive;
 pub mod lease;
 pub mod manpage;
 pub mod metrics;

@@ -63,6 +63,7 @@ fn main() {
     init_logs(&cli);
     let json = cli.global.json;
     let is_claim = matches!(cli.command, Command::Claim(_));
+    let owns_signals = cli.command.owns_signals();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,12 +78,18 @@ fn main() {
     let result = runtime.block_on(async move {
         // The command runs as its own task so that a signal does not drop it (and with it the
         // undo registrations) before the undo actions have been taken.
+        let failed =
+            |e: tokio::task::JoinError| Err(Error::Unexpected(format!("the command failed: {e}")));
+        // A heartbeat sidecar and `run` answer SIGINT/SIGTERM themselves (stop cleanly, pass
+        // them on to the command).
+        if owns_signals {
+            let command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
+            return command.await.unwrap_or_else(failed);
+        }
         let signal = interrupt::signalled();
         let mut command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
         tokio::select! {
-            joined = &mut command => joined.unwrap_or_else(|e| {
-                Err(Error::Unexpected(format!("the command failed: {e}")))
-            }),
+            joined = &mut command => joined.unwrap_or_else(failed),
             code = signal => {
                 interrupt::flag();
                 interrupt::undo_all().await;
@@ -95,6 +102,9 @@ fn main() {
         Ok(report) => {
             report.print(json);
             interrupt::reported();
+            if report.exit_code != 0 {
+                std::process::exit(report.exit_code);
+            }
         }
         Err(e) => {
             output::print_error(&e, json);

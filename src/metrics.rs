@@ -529,6 +529,7 @@ mod tests {
                 took_over,
             },
             attempts,
+            attempt_started: tokio::time::Instant::now(),
         })
     }
 

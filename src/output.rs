@@ -22,6 +22,8 @@ pub struct Report {
     pub outputs: Vec<(String, String)>,
     /// Markdown for `$GITHUB_STEP_SUMMARY` (a short table).
     pub summary: Option<String>,
+    /// The process's exit code once printed: 0, except for `run`, which passes on its command's.
+    pub exit_code: i32,
 }
 
 impl Report {
@@ -31,6 +33,7 @@ impl Report {
             human: human.into(),
             outputs: Vec::new(),
             summary: None,
+            exit_code: 0,
         }
     }
 
@@ -38,6 +41,9 @@ impl Report {
         let mut out = std::io::stdout().lock();
         let _ = if as_json {
             writeln!(out, "{}", self.json)
+        } else if self.human.trim_end().is_empty() {
+            // `run` leaves stdout to its command.
+            Ok(())
         } else {
             writeln!(out, "{}", self.human.trim_end())
         };
@@ -93,6 +99,12 @@ pub fn print_error(e: &Error, as_json: bool) {
     if as_json {
         print_json_error(e);
     }
+    print_error_line(&e.to_string());
+}
+
+/// The error line on stderr alone, for a failure the command reports itself (`run`'s command
+/// that could not start).
+pub fn print_error_line(message: &str) {
     // The runner reads workflow commands from stderr too, which keeps stdout to one JSON object.
     // Writes are allowed to fail (a closed pipe): the exit code still tells.
     let mut err = std::io::stderr().lock();
@@ -100,10 +112,10 @@ pub fn print_error(e: &Error, as_json: bool) {
         writeln!(
             err,
             "::error title=sentinel::{}",
-            e.to_string().replace('\n', " ")
+            message.replace('\n', " ")
         )
     } else {
-        writeln!(err, "sentinel: error: {e}")
+        writeln!(err, "sentinel: error: {message}")
     };
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::backend::LockBackend;
 use crate::error::{Error, Result};
@@ -125,6 +126,9 @@ pub async fn claim<B: LockBackend>(
 pub struct Outcome {
     pub grant: Grant,
     pub attempts: u32,
+    /// When the winning attempt began, on the monotonic clock. The backend stamped the lease
+    /// after this, so a holder that counts the lease from here never overestimates it.
+    pub attempt_started: Instant,
 }
 
 /// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
@@ -141,11 +145,13 @@ where
 {
     let total = policy.attempts();
     for n in 0..total {
+        let started = Instant::now();
         match attempt(n).await? {
             Attempt::Granted(grant) => {
                 return Ok(Outcome {
                     grant,
                     attempts: n + 1,
+                    attempt_started: started,
                 });
             }
             Attempt::Held(holder) => {

@@ -3,52 +3,19 @@
 use serde_json::json;
 
 use crate::backend::LockBackend;
-use crate::cli::ClaimArgs;
+use crate::cli::{ClaimArgs, ClaimOptions};
 use crate::config::{Context, task_info};
 use crate::error::Result;
 use crate::lease;
 use crate::lock::{AcquireRequest, LockId};
 use crate::metrics;
 use crate::output::{Report, Spinner, holder_json, summary_table};
-use crate::strategy::{self, Policy, Strategy};
+use crate::strategy::{self, Outcome, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
-    let ttl = lease::validate_ttl(args.ttl)?;
-    let policy = Policy {
-        strategy: args.strategy,
-        max_retries: args.max_retries,
-        initial_backoff: args.initial_backoff,
-        max_backoff: args.max_backoff,
-    }
-    .validate()?;
-    let lock = ctx.backend.parse_lock(&args.lock)?;
-    let what = ctx.backend.describe(&lock);
-    let req = AcquireRequest {
-        lock,
-        claimant: ctx.claimant.clone(),
-        ttl,
-        takeover: args.strategy.takeover(),
-        task_info: task_info(&args.task)?,
-        readopt: ctx.explicit_worker,
-        attempt: 0,
-    };
-    if args.strategy == Strategy::Force {
-        tracing::warn!("--strategy force takes the lock even from a live holder");
-    }
-    let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
-    let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
-    let outcome = strategy::claim(&ctx.backend, &req, &policy, |h, pause| {
-        recorder.retrying();
-        spinner.set_message(format!(
-            "{what} is held by {}; retrying in {:.1}s",
-            h.worker_id,
-            pause.as_secs_f64()
-        ))
-    })
-    .await;
-    recorder.finish(&outcome);
-    let outcome = outcome?;
-    drop(spinner);
+    let (req, policy) = request(ctx, &args.lock, &args.claim)?;
+    let what = ctx.backend.describe(&req.lock);
+    let outcome = acquire(ctx, &req, &policy).await?;
 
     let g = &outcome.grant;
     let h = &g.holder;
@@ -109,4 +76,56 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         report.outputs.push(("issue".into(), n.to_string()));
     }
     Ok(report)
+}
+
+/// The validated request and policy `claim` options describe, refused (exit 2) before anything is
+/// claimed.
+pub(crate) fn request(
+    ctx: &Context,
+    lock: &str,
+    opts: &ClaimOptions,
+) -> Result<(AcquireRequest, Policy)> {
+    let ttl = lease::validate_ttl(opts.ttl)?;
+    let policy = Policy {
+        strategy: opts.strategy,
+        max_retries: opts.max_retries,
+        initial_backoff: opts.initial_backoff,
+        max_backoff: opts.max_backoff,
+    }
+    .validate()?;
+    let req = AcquireRequest {
+        lock: ctx.backend.parse_lock(lock)?,
+        claimant: ctx.claimant.clone(),
+        ttl,
+        takeover: opts.strategy.takeover(),
+        task_info: task_info(&opts.task)?,
+        readopt: ctx.explicit_worker,
+        attempt: 0,
+    };
+    Ok((req, policy))
+}
+
+/// Runs the claim loop, with a spinner while it waits.
+pub(crate) async fn acquire(
+    ctx: &Context,
+    req: &AcquireRequest,
+    policy: &Policy,
+) -> Result<Outcome> {
+    if policy.strategy == Strategy::Force {
+        tracing::warn!("--strategy force takes the lock even from a live holder");
+    }
+    let what = ctx.backend.describe(&req.lock);
+    let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
+    let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
+    let outcome = strategy::claim(&ctx.backend, req, policy, |h, pause| {
+        recorder.retrying();
+        spinner.set_message(format!(
+            "{what} is held by {}; retrying in {:.1}s",
+            h.worker_id,
+            pause.as_secs_f64()
+        ))
+    })
+    .await;
+    recorder.finish(&outcome);
+    outcome
 }

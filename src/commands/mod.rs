@@ -6,6 +6,7 @@ pub mod completions;
 pub mod heartbeat;
 pub mod metrics;
 pub mod release;
+pub mod run;
 pub mod status;
 
 use crate::cli::{Cli, Command};
@@ -27,6 +28,7 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         Command::Release(a) => release::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
         Command::Completions(_) | Command::Metrics(_) => unreachable!("handled above"),
     }
 }

@@ -123,6 +123,13 @@ struct ClockSample {
     local: Instant,
 }
 
+/// The primary rate limit as a response reported it.
+#[derive(Clone, Copy)]
+struct RateSample {
+    remaining: u64,
+    reset: DateTime<Utc>,
+}
+
 pub struct Client {
     octo: Octocrab,
     opts: ClientOptions,
@@ -130,6 +137,7 @@ pub struct Client {
     /// path -> (ETag, body, Link header) of the last 200, to answer a 304 with.
     etags: Mutex<HashMap<String, Cached>>,
     rate_waited: Mutex<Duration>,
+    rate: Mutex<Option<RateSample>>,
 }
 
 impl Client {
@@ -152,6 +160,7 @@ impl Client {
             clock: Mutex::new(None),
             etags: Mutex::new(HashMap::new()),
             rate_waited: Mutex::new(Duration::ZERO),
+            rate: Mutex::new(None),
         })
     }
 
@@ -170,6 +179,14 @@ impl Client {
     /// GitHub's clock as of the last response (exact, from its `Date` header).
     pub fn last_date(&self) -> Option<DateTime<Utc>> {
         self.clock.lock().unwrap().as_ref().map(|s| s.github)
+    }
+
+    /// The primary rate limit as of the last response that reported it: requests left, and how
+    /// long (on GitHub's clock) until the window resets.
+    pub fn rate_remaining(&self) -> Option<(u64, Duration)> {
+        let sample = (*self.rate.lock().unwrap())?;
+        let now = self.github_now().unwrap_or_else(Utc::now);
+        Some((sample.remaining, crate::lease::until(now, sample.reset)))
     }
 
     /// GET with retries and a conditional request when this process has seen the URL before.
@@ -385,6 +402,7 @@ impl Client {
             body: bytes,
         };
         self.observe_date(&resp, started);
+        self.observe_rate(&resp);
         tracing::debug!(%method, path, status = resp.status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "github");
         if method == Method::GET {
             if resp.status == StatusCode::NOT_MODIFIED {
@@ -406,6 +424,19 @@ impl Client {
             }
         }
         Ok(resp)
+    }
+
+    fn observe_rate(&self, resp: &Response) {
+        let remaining = resp
+            .header("x-ratelimit-remaining")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let reset = resp
+            .header("x-ratelimit-reset")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .and_then(|s| DateTime::from_timestamp(s, 0));
+        if let (Some(remaining), Some(reset)) = (remaining, reset) {
+            *self.rate.lock().unwrap() = Some(RateSample { remaining, reset });
+        }
     }
 
     fn observe_date(&self, resp: &Response, sent: Instant) {

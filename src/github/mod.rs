@@ -32,7 +32,7 @@ use octocrab::models::AuthorAssociation;
 use octocrab::models::issues::{Comment, Issue};
 use serde::Serialize;
 
-use crate::backend::{LockBackend, Status, foreign};
+use crate::backend::{Budget, LockBackend, Status, foreign};
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::lock::{
@@ -143,6 +143,9 @@ pub struct GithubBackend {
 }
 
 const ACTIONS_BOT: &str = "github-actions[bot]";
+/// GitHub's secondary limit on content-generating requests (a comment edit is one) per identity
+/// and hour, whatever the primary budget says.
+pub const CONTENT_WRITES_PER_HOUR: u64 = 500;
 /// How many times a claimer re-reads when its own fresh comment is not listed yet.
 pub(crate) const VISIBILITY_READS: u32 = 6;
 
@@ -448,6 +451,15 @@ impl LockBackend for GithubBackend {
 
     async fn status(&self, lock: &LockId) -> Result<Status> {
         Ok(Status::Issue(self.issue_status(issue_of(lock)?).await?))
+    }
+
+    fn renew_budget(&self) -> Option<Budget> {
+        let (remaining, resets_in) = self.client.rate_remaining()?;
+        Some(Budget {
+            remaining,
+            resets_in,
+            writes_per_hour: Some(CONTENT_WRITES_PER_HOUR),
+        })
     }
 
     async fn list(&self, req: &ListRequest) -> Result<Vec<(String, Holder)>> {

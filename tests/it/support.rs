@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use github_emulator::{Emulator, Permission, UserKind};
 use serde_json::Value;
@@ -47,6 +48,22 @@ pub fn sentinel(data_dir: &Path) -> Command {
     cmd.env("SENTINEL_DATA_DIR", data_dir);
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// `sentinel --worker-id WORKER ARGS...` on the local backend in `data_dir`.
+pub fn local(data_dir: &Path, worker: &str, args: &[&str]) -> Command {
+    let mut cmd = sentinel(data_dir);
+    cmd.args(["--worker-id", worker]).args(args);
+    cmd
+}
+
+/// `status NAME --json` on the local backend.
+pub fn local_status(data_dir: &Path, name: &str) -> Value {
+    stdout_json(
+        &local(data_dir, "observer", &["status", name, "--json"])
+            .output()
+            .unwrap(),
+    )
 }
 
 /// An emulator with one repository (owned by acme-admin), two collaborators, an outsider and a bot.
@@ -218,4 +235,77 @@ pub fn age_local_lock(data_dir: &Path, name: &str, by_ms: u64) {
     let hb = &mut table["locks"][name]["heartbeat_ms"];
     *hb = (hb.as_u64().expect("the lock is held") - by_ms).into();
     std::fs::write(&path, serde_json::to_vec_pretty(&table).unwrap()).unwrap();
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A long-running process under test (a heartbeat sidecar, `run`), killed if the test ends
+/// before it exited so that a failing test leaves nothing behind.
+pub struct Running(Option<Child>);
+
+impl Running {
+    pub fn spawn(cmd: &mut Command) -> Running {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running(Some(child))
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("still owned")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child().try_wait().unwrap().is_none()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, …) with kill(1).
+    pub fn signal(&mut self, name: &str) {
+        let pid = self.child().id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to exit; fails the test (after killing it) past `limit`.
+    pub fn exit_within(mut self, limit: Duration) -> Output {
+        let start = Instant::now();
+        while self.is_running() {
+            if start.elapsed() > limit {
+                let mut child = self.0.take().expect("still owned");
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("still running after {limit:?}:\n{}", text(&out));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.0
+            .take()
+            .expect("still owned")
+            .wait_with_output()
+            .unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

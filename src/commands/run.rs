@@ -1,0 +1,164 @@
+//! `sentinel run LOCK [claim options] -- CMD ARGS…`: hold a lock exactly as long as a command runs.
+//!
+//! Claim, start the command with the lock in its environment, renew while it runs, release when it
+//! ends, exit with its exit code. Stdout belongs to the command: sentinel's own lines go to
+//! stderr, and with `--json` one JSON object follows the command's output.
+
+use std::pin::pin;
+
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::claim;
+use crate::backend::LockBackend;
+use crate::child;
+use crate::cli::RunArgs;
+use crate::config::Context;
+use crate::error::{Error, Result};
+use crate::interrupt::{self, Signals};
+use crate::keepalive::{self, Keepalive, Timing};
+use crate::lease;
+use crate::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
+use crate::output::{self, Report};
+use crate::strategy::Outcome;
+
+pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
+    let mut signals = Signals::listen()?;
+    // Settings that cannot keep the lock alive are refused before anything is claimed.
+    Timing::for_ttl(args.interval, lease::validate_ttl(args.claim.ttl)?)?;
+    let (outcome, lock) = {
+        let claimed = pin!(claim_lock(ctx, args));
+        tokio::select! {
+            claimed = claimed => claimed?,
+            signal = signals.recv() => {
+                // Like an interrupted `claim`: withdraw whatever is half made, exit 130/143.
+                interrupt::flag();
+                interrupt::undo_all().await;
+                return Err(Error::Interrupted(signal.exit_code()));
+            }
+        }
+    };
+    // From here on `run` releases the lock itself on every path: nothing is left to undo.
+    interrupt::reported();
+    let holder = outcome.grant.holder.clone();
+    let what = ctx.backend.describe(&lock);
+    let worker = ctx.claimant.worker_id.clone();
+    let release_req = ReleaseRequest {
+        lock: lock.clone(),
+        worker_id: worker.clone(),
+        force: false,
+    };
+    // The TTL the backend keeps can differ from --ttl (a re-adopted GitHub lock keeps its own).
+    let timing = match Timing::for_ttl(args.interval, keepalive::ttl_of(&holder)) {
+        Ok(t) => t,
+        Err(e) => {
+            release(ctx, &release_req, &holder).await?;
+            return Err(e);
+        }
+    };
+    let env = [
+        ("SENTINEL_LOCK_HELD", "1".to_string()),
+        ("SENTINEL_FENCING_TOKEN", holder.fencing_token.to_string()),
+        ("SENTINEL_LOCK", lock.bare()),
+        ("SENTINEL_WORKER_ID", worker.clone()),
+    ];
+    let facts = json!({
+        "ok": true,
+        "command": "run",
+        "backend": ctx.backend.name(),
+        "lock": what,
+        "worker_id": worker,
+        "fencing_token": holder.fencing_token,
+    });
+    let mut cmd = match child::spawn(&args.command, &env) {
+        Ok(c) => c,
+        Err(not_started) => {
+            output::print_error_line(&not_started.message);
+            let released = release(ctx, &release_req, &holder).await?;
+            let mut json = facts;
+            json["ok"] = json!(false);
+            json["released"] = json!(released);
+            json["error"] = json!({
+                "kind": "not_started",
+                "message": not_started.message,
+                "exit_code": not_started.code,
+            });
+            let mut report = Report::new(json, "");
+            report.exit_code = not_started.code;
+            return Ok(report);
+        }
+    };
+    tracing::info!(lock = %what, fencing_token = holder.fencing_token, "claimed; the command runs");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let renew = RenewRequest {
+        lock,
+        worker_id: worker,
+    };
+    let mut keep = pin!(
+        Keepalive::new(renew, holder.clone(), outcome.attempt_started, timing).run(
+            &ctx.backend,
+            async {
+                let _ = stopped.await;
+            }
+        )
+    );
+    let exit = loop {
+        tokio::select! {
+            exit = cmd.wait() => break exit,
+            ended = keep.as_mut() => {
+                let lost = match ended {
+                    Err(e) => e,
+                    Ok(_) => Error::Unexpected("renewing stopped on its own".into()),
+                };
+                tracing::warn!(lock = %what, "{lost}; stopping the command");
+                let exit = cmd.terminate(args.kill_grace).await?;
+                tracing::info!(code = exit.code, "the command stopped");
+                // Nothing to release: the lock is not ours any more.
+                return Err(lost);
+            }
+            signal = signals.recv() => cmd.forward(signal),
+        }
+    };
+    let _ = stop.send(());
+    // A renewal still in flight finishes first; if it found the lock gone, it is not ours to
+    // release.
+    let summary = keep.await?;
+    let exit = exit?;
+    let released = release(ctx, &release_req, &summary.holder).await?;
+    tracing::info!(code = exit.code, released, lock = %what, "the command exited");
+    let mut json = facts;
+    json["exit_code"] = json!(exit.code);
+    json["signal"] = json!(exit.signal);
+    json["renewals"] = json!(summary.renewals);
+    json["released"] = json!(released);
+    let mut report = Report::new(json, "");
+    report.exit_code = exit.code;
+    Ok(report)
+}
+
+/// The claim step: one call that yields the grant and the lock it is for, so that `run --next`
+/// can put the work-queue claim in its place.
+async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Outcome, LockId)> {
+    let (req, policy) = claim::request(ctx, &args.lock, &args.claim)?;
+    let outcome = claim::acquire(ctx, &req, &policy).await?;
+    Ok((outcome, req.lock))
+}
+
+/// Releases the lock once the command has ended. Finding it gone is losing it (exit 4); a
+/// backend that cannot be reached only leaves it to expire, so the command's exit code still
+/// stands.
+async fn release(ctx: &Context, req: &ReleaseRequest, last: &Holder) -> Result<bool> {
+    match ctx.backend.release(req).await {
+        Ok(r) => Ok(r.was_held),
+        Err(e @ Error::NotOwner(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                "could not release {}: {e}; it stays held until its lease runs out at {}",
+                ctx.backend.describe(&req.lock),
+                lease::human(last.expires_at)
+            );
+            Ok(false)
+        }
+    }
+}
