@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::github::{GithubBackend, IssueStatus};
 use crate::local::LocalBackend;
 use crate::lock::{
-    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, Released, RenewRequest,
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
+    Released, RenewRequest, StaleRelease,
 };
 
 /// What `status LOCK` reports.
@@ -66,6 +67,13 @@ pub trait LockBackend: Send + Sync {
     /// Every held lock (stale ones included), by display name.
     fn list(&self, req: &ListRequest)
     -> impl Future<Output = Result<Vec<(String, Holder)>>> + Send;
+
+    /// Releases the lock only if its holder is stale on the backend's clock, as one decision: a
+    /// holder that renews while the janitor looks keeps its lock.
+    fn release_stale(
+        &self,
+        req: &ReleaseStaleRequest,
+    ) -> impl Future<Output = Result<StaleRelease>> + Send;
 }
 
 /// The backend the CLI was configured with.
@@ -128,6 +136,13 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.list(req).await,
             Backend::Github(b) => b.list(req).await,
+        }
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        match self {
+            Backend::Local(b) => b.release_stale(req).await,
+            Backend::Github(b) => b.release_stale(req).await,
         }
     }
 }

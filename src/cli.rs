@@ -113,6 +113,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Renew a held lock
     Heartbeat(HeartbeatArgs),
+    /// Take over a stale lock, or release every stale lock (--all)
+    StealStale(StealStaleArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }
@@ -135,6 +137,33 @@ pub struct ClaimArgs {
     pub max_backoff: Duration,
     /// Lease: the lock is stale when its last heartbeat is older than this
     #[arg(long, value_parser = duration::arg, default_value = "5m")]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub task: TaskArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StealStaleArgs {
+    /// Issue number or lock name to take over if its holder is stale
+    #[arg(required_unless_present = "all")]
+    pub lock: Option<String>,
+    /// Release every stale lock instead (a janitor for a scheduled job); live locks are kept
+    #[arg(long, conflicts_with = "lock")]
+    pub all: bool,
+    /// With --all: list what would be released and change nothing
+    #[arg(long, requires = "all", conflicts_with = "lock")]
+    pub dry_run: bool,
+    /// With --all on GitHub: how far back to look for lock activity (older locks are not found)
+    #[arg(
+        long,
+        value_parser = duration::arg,
+        default_value = "30d",
+        requires = "all",
+        conflicts_with = "lock"
+    )]
+    pub since: Duration,
+    /// Lease of the lock taken over
+    #[arg(long, value_parser = duration::arg, default_value = "5m", conflicts_with = "all")]
     pub ttl: Duration,
     #[command(flatten)]
     pub task: TaskArgs,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod duration;
 pub mod github;
 pub mod interrupt;
+pub mod janitor;
 pub mod lease;
 pub mod output;
 pub mod secret;

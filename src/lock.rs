@@ -113,6 +113,29 @@ pub struct RenewRequest {
     pub worker_id: String,
 }
 
+/// Release a lock only if its holder's lease has run out: the janitor's release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseStaleRequest {
+    pub lock: LockId,
+    /// Who releases, for the record the backend leaves (the GitHub release notice).
+    pub janitor: Claimant,
+    /// The stale holder the caller saw (from `list`), which spares a backend that must read
+    /// first one read; its own verification still decides.
+    pub seen: Option<Holder>,
+}
+
+/// What a stale-lock release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleRelease {
+    /// The holder's lease had run out and the lock is free now; the former holder.
+    Released(Holder),
+    /// Someone holds the lock and it was not released: the holder is live (it renewed, or a
+    /// new worker took the lock over in the meantime), or it lost a race to another release.
+    Kept(Holder),
+    /// Nobody held the lock.
+    Free,
+}
+
 /// List every held lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListRequest {

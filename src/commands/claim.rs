@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::lease;
 use crate::lock::AcquireRequest;
 use crate::output::{Report, Spinner, holder_json};
-use crate::strategy::{self, Policy, Strategy};
+use crate::strategy::{self, Outcome, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     let ttl = lease::validate_ttl(args.ttl)?;
@@ -44,7 +44,11 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     })
     .await?;
     drop(spinner);
+    Ok(granted(ctx, "claim", &what, &outcome))
+}
 
+/// What every command that ends in a grant prints: `claim`, `steal-stale`.
+pub fn granted(ctx: &Context, command: &str, what: &str, outcome: &Outcome) -> Report {
     let g = &outcome.grant;
     let h = &g.holder;
     let mut human = format!(
@@ -58,13 +62,17 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
             "\nTook over from {} (fencing token {}, {})",
             prev.worker_id,
             prev.fencing_token,
-            if prev.stale { "stale" } else { "live: forced" }
+            if prev.stale {
+                format!("stale since {}", lease::human(prev.expires_at))
+            } else {
+                "live: forced".to_string()
+            }
         ));
     }
     let mut report = Report::new(
         json!({
             "ok": true,
-            "command": "claim",
+            "command": command,
             "backend": ctx.backend.name(),
             "lock": what,
             "worker_id": h.worker_id,
@@ -79,14 +87,18 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         human,
     );
     report.summary = Some(format!(
-        "🔒 sentinel: {} {what} as `{}` (fencing token {})",
+        "🔒 sentinel: {} {what} as `{}` (fencing token {}){}",
         if g.adopted { "re-adopted" } else { "claimed" },
         h.worker_id,
-        h.fencing_token
+        h.fencing_token,
+        g.took_over
+            .as_ref()
+            .map(|p| format!(", taking it over from `{}`", p.worker_id))
+            .unwrap_or_default()
     ));
     report.outputs = vec![
         ("fencing_token".into(), h.fencing_token.to_string()),
         ("worker_id".into(), h.worker_id.clone()),
     ];
-    Ok(report)
+    report
 }

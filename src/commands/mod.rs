@@ -6,6 +6,7 @@ pub mod completions;
 pub mod heartbeat;
 pub mod release;
 pub mod status;
+pub mod steal_stale;
 
 use crate::cli::{Cli, Command};
 use crate::config::Context;
@@ -22,6 +23,7 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         Command::Release(a) => release::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
+        Command::StealStale(a) => steal_stale::run(&ctx, a).await,
         Command::Completions(_) => unreachable!("handled above"),
     }
 }

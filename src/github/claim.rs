@@ -60,7 +60,7 @@ impl GithubBackend {
     /// Reads until our just-written comment is listed: only such a read is guaranteed to contain
     /// every comment written before ours (they were written earlier still, and `settle` exceeds
     /// GitHub's list lag).
-    async fn read_including(&self, issue: u64, id: u64) -> Result<Comments> {
+    pub(super) async fn read_including(&self, issue: u64, id: u64) -> Result<Comments> {
         for attempt in 0..VISIBILITY_READS {
             let state = self.read(issue).await?;
             if state.records.iter().any(|r| r.id == id) {

@@ -35,7 +35,8 @@ use crate::backend::{LockBackend, Status, foreign};
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, Released, RenewRequest,
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
+    Released, RenewRequest, StaleRelease,
 };
 use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
@@ -227,6 +228,22 @@ impl GithubBackend {
                 Error::Usage(format!("GitHub rejected the request for #{issue}: {msg}"))
             }
             s => Error::Unexpected(format!("GitHub answered {s} for #{issue}: {msg}")),
+        }
+    }
+
+    /// Turns an unsuccessful answer to a repository-wide listing into the documented error.
+    fn repo_error(&self, resp: &Response) -> Error {
+        match resp.status {
+            StatusCode::NOT_FOUND => Error::NotFound(format!(
+                "repository {} not found (or not visible to this token)",
+                self.repo
+            )),
+            StatusCode::GONE => Error::Usage(format!(
+                "issues are disabled in {}: {}",
+                self.repo,
+                resp.message()
+            )),
+            s => Error::Unexpected(format!("GitHub answered {s}: {}", resp.message())),
         }
     }
 
@@ -455,6 +472,10 @@ impl LockBackend for GithubBackend {
             .into_iter()
             .map(|(n, h)| (format!("#{n}"), h))
             .collect())
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        self.release_stale_issue(issue_of(&req.lock)?, req).await
     }
 }
 

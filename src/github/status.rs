@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use chrono::DateTime;
-use http::StatusCode;
 use octocrab::models::issues::Comment;
 
 use super::comment::{self, LockState, Parsed};
 use super::resolve::resolve;
 use super::{GithubBackend, IssueInfo, IssueStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lease;
 use crate::lock::Holder;
 
@@ -54,17 +53,7 @@ impl GithubBackend {
         );
         let (comments, last) = self.client.get_all::<Comment>(&first).await?;
         if !last.status.is_success() {
-            return Err(match last.status {
-                StatusCode::NOT_FOUND => Error::NotFound(format!(
-                    "repository {} not found (or not visible to this token)",
-                    self.repo
-                )),
-                _ => Error::Unexpected(format!(
-                    "GitHub answered {}: {}",
-                    last.status,
-                    last.message()
-                )),
-            });
+            return Err(self.repo_error(&last));
         }
         let mut candidates: Vec<u64> = comments
             .iter()

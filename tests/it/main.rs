@@ -6,4 +6,5 @@ mod github_cli;
 mod github_client;
 mod github_races;
 mod local_cli;
+mod steal_stale;
 mod support;
