@@ -122,7 +122,27 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ClaimArgs {
     /// Issue number (github backend) or lock name (local backend)
-    pub lock: String,
+    #[arg(required_unless_present = "next")]
+    pub lock: Option<String>,
+    /// Claim the oldest open issue with no lock (github backend); exit 3 when none is free
+    #[arg(long, conflicts_with_all = ["lock", "strategy", "max_retries", "initial_backoff", "max_backoff"])]
+    pub next: bool,
+    /// With --next: the issue must have this label (repeatable: all of them)
+    #[arg(
+        long = "label",
+        value_name = "LABEL",
+        requires = "next",
+        conflicts_with = "lock"
+    )]
+    pub labels: Vec<String>,
+    /// With --next: the issue must not have this label (repeatable: none of them)
+    #[arg(
+        long = "exclude-label",
+        value_name = "LABEL",
+        requires = "next",
+        conflicts_with = "lock"
+    )]
+    pub exclude_labels: Vec<String>,
     /// What to do when the lock is held
     #[arg(long, value_enum, default_value = "retry")]
     pub strategy: Strategy,

@@ -136,6 +136,19 @@ pub enum StaleRelease {
     Free,
 }
 
+/// Claim the next free issue of the work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextRequest {
+    /// The issue must have every one of these labels.
+    pub labels: Vec<String>,
+    /// The issue must have none of these labels.
+    pub exclude_labels: Vec<String>,
+    /// Never re-adopts: a worker that keeps its locks and asks again gets a new issue.
+    pub claimant: Claimant,
+    pub ttl: Duration,
+    pub task_info: TaskInfo,
+}
+
 /// List every held lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListRequest {

@@ -1,18 +1,22 @@
-//! `sentinel claim LOCK`: acquire with a strategy, print the fencing token.
+//! `sentinel claim LOCK`: acquire with a strategy, print the fencing token; `claim --next`: the
+//! work queue's next free issue.
 
 use serde_json::json;
 
 use crate::backend::LockBackend;
 use crate::cli::ClaimArgs;
 use crate::config::{Context, task_info};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::AcquireRequest;
+use crate::lock::{AcquireRequest, LockId, NextRequest};
 use crate::output::{Report, Spinner, holder_json};
 use crate::strategy::{self, Outcome, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     let ttl = lease::validate_ttl(args.ttl)?;
+    if args.next {
+        return next(ctx, args, ttl).await;
+    }
     let policy = Policy {
         strategy: args.strategy,
         max_retries: args.max_retries,
@@ -20,7 +24,11 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
         max_backoff: args.max_backoff,
     }
     .validate()?;
-    let lock = ctx.backend.parse_lock(&args.lock)?;
+    let raw = args
+        .lock
+        .as_deref()
+        .ok_or_else(|| Error::usage("claim needs a LOCK, or --next"))?;
+    let lock = ctx.backend.parse_lock(raw)?;
     let what = ctx.backend.describe(&lock);
     let req = AcquireRequest {
         lock,
@@ -47,7 +55,29 @@ pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     Ok(granted(ctx, "claim", &what, &outcome))
 }
 
-/// What every command that ends in a grant prints: `claim`, `steal-stale`.
+/// `claim --next`: prints only the issue number for humans, so scripts can capture it.
+async fn next(ctx: &Context, args: &ClaimArgs, ttl: std::time::Duration) -> Result<Report> {
+    let req = NextRequest {
+        labels: args.labels.clone(),
+        exclude_labels: args.exclude_labels.clone(),
+        claimant: ctx.claimant.clone(),
+        ttl,
+        task_info: task_info(&args.task)?,
+    };
+    let spinner = Spinner::new(ctx.json, "looking for a free issue");
+    let (lock, outcome) = ctx.backend.claim_next(&req).await?;
+    drop(spinner);
+    let what = ctx.backend.describe(&lock);
+    let mut report = granted(ctx, "claim", &what, &outcome);
+    if let LockId::Issue(n) = lock {
+        report.json["issue"] = json!(n);
+    }
+    report.human = lock.bare();
+    report.outputs.push(("issue".into(), lock.bare()));
+    Ok(report)
+}
+
+/// What every command that ends in a grant prints: `claim`, `claim --next`, `steal-stale`.
 pub fn granted(ctx: &Context, command: &str, what: &str, outcome: &Outcome) -> Report {
     let g = &outcome.grant;
     let h = &g.holder;

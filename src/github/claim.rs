@@ -80,7 +80,7 @@ impl GithubBackend {
         self.claim_once(issue, req, req.attempt > 0, 3).await
     }
 
-    async fn claim_once(
+    pub(super) async fn claim_once(
         &self,
         issue: u64,
         req: &AcquireRequest,

@@ -17,6 +17,7 @@ mod claim;
 pub mod client;
 pub mod comment;
 mod keep;
+mod queue;
 pub mod resolve;
 mod status;
 
@@ -35,9 +36,10 @@ use crate::backend::{LockBackend, Status, foreign};
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
-    Released, RenewRequest, StaleRelease,
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::strategy::Outcome;
 use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
 use comment::Parsed;
@@ -476,6 +478,10 @@ impl LockBackend for GithubBackend {
 
     async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
         self.release_stale_issue(issue_of(&req.lock)?, req).await
+    }
+
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+        self.claim_next_issue(req).await
     }
 }
 

@@ -6,5 +6,6 @@ mod github_cli;
 mod github_client;
 mod github_races;
 mod local_cli;
+mod queue;
 mod steal_stale;
 mod support;
