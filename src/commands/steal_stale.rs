@@ -71,15 +71,10 @@ async fn all(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
                 lease::human(h.expires_at)
             ),
             Action::Skipped => format!(
-                "Left {} alone: held by {} (last heartbeat {}){}",
+                "Left {} alone: it changed while the janitor worked (last seen held by {}, last heartbeat {})",
                 s.lock,
                 h.worker_id,
-                lease::human(h.heartbeat_last),
-                if h.stale {
-                    ", released or taken over by someone else first"
-                } else {
-                    ", renewed since it was listed"
-                }
+                lease::human(h.heartbeat_last)
             ),
         };
         lines.push(line);

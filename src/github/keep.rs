@@ -225,11 +225,9 @@ impl GithubBackend {
             .cloned()
             .collect();
         let before = resolve(&without);
-        let ended = before.holder().filter(|h| h.id == victim.comment_id);
-        let (true, Some(victim_record)) = (
-            resolve(&state.records).current.map(|r| r.id) == Some(notice_id),
-            ended,
-        ) else {
+        let won = resolve(&state.records).current.map(|r| r.id) == Some(notice_id);
+        let Some(victim_record) = before.holder().filter(|h| won && h.id == victim.comment_id)
+        else {
             // Renewed before the notice, released, or ended by someone else: not ours to free.
             self.discard(notice_id).await;
             return Ok(match before.holder() {

@@ -154,7 +154,10 @@ impl GithubBackend {
                         // wider, instead of racing them for the next issue in line.
                         tracing::info!(issue = c.number, holder = %h.worker_id, "issue taken; trying another");
                         lost += 1;
-                        let oldest = view.as_ref().map_or(c.created_at, |v| v.since);
+                        let oldest = match &view {
+                            Some(v) => v.since,
+                            None => candidates.first().map_or(c.created_at, |f| f.created_at),
+                        };
                         view = Some(self.lock_view(oldest, &req.claimant.worker_id).await?);
                     }
                     // Closed, deleted or transferred since it was listed: not part of the queue.
@@ -184,7 +187,7 @@ impl GithubBackend {
         Err(Error::Conflict(format!(
             "no free open issue in {}{which}: {} match, all locked (live or stale)",
             self.repo,
-            matching - gone
+            matching.saturating_sub(gone)
         )))
     }
 

@@ -249,6 +249,38 @@ fn the_janitor_releases_only_stale_issues_and_leaves_a_record() {
     );
 }
 
+#[test]
+fn the_janitor_goes_on_past_a_lock_it_cannot_release_then_fails() {
+    let gh = Gh::new();
+    let broken = gh.emu.create_issue(REPO, "GitHub keeps failing here");
+    let fine = gh.emu.create_issue(REPO, "fine");
+    claim(&gh, &gh.alice, "dead-1", broken, &["--ttl", "60s"]);
+    claim(&gh, &gh.alice, "dead-2", fine, &["--ttl", "60s"]);
+    gh.emu.advance_clock(chrono::Duration::seconds(120));
+    gh.emu.inject(
+        "POST",
+        &format!("/issues/{broken}/comments"),
+        github_emulator::Fault::ErrorBeforeWrite { status: 502 },
+        100,
+    );
+    let out = gh.run(&gh.bob, "janitor", &["steal-stale", "--all", "--json"]);
+    assert_eq!(code(&out), 8, "{}", text(&out));
+    let message = stdout_json(&out)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("released 1 stale lock(s), but could not release")
+            && message.contains(&format!("#{broken}: ")),
+        "{message}"
+    );
+    assert!(
+        gh.held_lock_comments(fine).is_empty(),
+        "the other lock was released"
+    );
+    assert_eq!(gh.held_lock_comments(broken).len(), 1);
+}
+
 /// The janitor's listing lags behind a renewal it could not yet see: the lock looks stale to it,
 /// but its holder renewed first. The holder must keep the lock.
 #[test]
