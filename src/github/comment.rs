@@ -249,7 +249,7 @@ mod tests {
         m.takeover = Some(Takeover {
             comment_id: 42,
             worker_id: "w-7".into(),
-            heartbeat: m.claimed_at - chrono::Duration::minutes(10),
+            heartbeat: lease::before(m.claimed_at, Duration::from_secs(600)),
             ttl_seconds: 300,
             force: false,
         });
