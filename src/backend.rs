@@ -15,8 +15,10 @@ use crate::error::{Error, Result};
 use crate::github::{GithubBackend, IssueStatus};
 use crate::local::LocalBackend;
 use crate::lock::{
-    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, Released, RenewRequest,
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::strategy::Outcome;
 
 /// What `status LOCK` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +87,29 @@ pub trait LockBackend: Send + Sync {
     /// Every held lock (stale ones included), by display name.
     fn list(&self, req: &ListRequest)
     -> impl Future<Output = Result<Vec<(String, Holder)>>> + Send;
+
+    /// Releases the lock only if its holder is stale on the backend's clock, as one decision: a
+    /// holder that renews while the janitor looks keeps its lock.
+    fn release_stale(
+        &self,
+        req: &ReleaseStaleRequest,
+    ) -> impl Future<Output = Result<StaleRelease>> + Send;
+
+    /// The work queue: claims the oldest free lock of the backend's backlog (GitHub: the oldest
+    /// open issue with the labels and no lock) and says which. [`Error::Conflict`] when none is
+    /// free; a backend without a backlog refuses with a usage error.
+    fn claim_next(
+        &self,
+        _req: &NextRequest,
+    ) -> impl Future<Output = Result<(LockId, Outcome)>> + Send {
+        let backend = self.name();
+        async move {
+            Err(Error::usage(format!(
+                "claim --next takes the next open issue of a GitHub repository; the {backend} \
+                 backend has no queue of work: name the lock (`sentinel claim NAME`)"
+            )))
+        }
+    }
 }
 
 /// The backend the CLI was configured with.
@@ -154,6 +179,20 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.renew_budget(),
             Backend::Github(b) => b.renew_budget(),
+        }
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        match self {
+            Backend::Local(b) => b.release_stale(req).await,
+            Backend::Github(b) => b.release_stale(req).await,
+        }
+    }
+
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+        match self {
+            Backend::Local(b) => b.claim_next(req).await,
+            Backend::Github(b) => b.claim_next(req).await,
         }
     }
 }

@@ -116,6 +116,8 @@ pub enum Command {
     Heartbeat(HeartbeatArgs),
     /// Claim a lock, run a command while renewing it, release it when the command ends
     Run(RunArgs),
+    /// Take over a stale lock, or release every stale lock (--all)
+    StealStale(StealStaleArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
@@ -131,6 +133,7 @@ impl Command {
             Command::Heartbeat(a) => !a.once,
             Command::Run(_) => true,
             Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
+            Command::StealStale(_) => false,
             Command::Completions(_) | Command::Metrics(_) => false,
         }
     }
@@ -138,10 +141,38 @@ impl Command {
 
 #[derive(Debug, Args)]
 pub struct ClaimArgs {
-    /// Issue number (github backend) or lock name (local backend)
-    pub lock: String,
+    #[command(flatten)]
+    pub target: ClaimTarget,
     #[command(flatten)]
     pub claim: ClaimOptions,
+}
+
+/// Which lock to claim: a named one, or the work queue's next free issue. Shared by `claim` and
+/// `run`.
+#[derive(Debug, Args)]
+pub struct ClaimTarget {
+    /// Issue number (github backend) or lock name (local backend)
+    #[arg(required_unless_present = "next")]
+    pub lock: Option<String>,
+    /// Claim the oldest open issue with no lock (github backend); exit 3 when none is free
+    #[arg(long, conflicts_with_all = ["lock", "strategy", "max_retries", "initial_backoff", "max_backoff"])]
+    pub next: bool,
+    /// With --next: the issue must have this label (repeatable: all of them)
+    #[arg(
+        long = "label",
+        value_name = "LABEL",
+        requires = "next",
+        conflicts_with = "lock"
+    )]
+    pub labels: Vec<String>,
+    /// With --next: the issue must not have this label (repeatable: none of them)
+    #[arg(
+        long = "exclude-label",
+        value_name = "LABEL",
+        requires = "next",
+        conflicts_with = "lock"
+    )]
+    pub exclude_labels: Vec<String>,
 }
 
 /// How to claim: shared by `claim` and `run`.
@@ -161,6 +192,33 @@ pub struct ClaimOptions {
     pub max_backoff: Duration,
     /// Lease: the lock is stale when its last heartbeat is older than this
     #[arg(long, value_parser = duration::arg, default_value = "5m")]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub task: TaskArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StealStaleArgs {
+    /// Issue number or lock name to take over if its holder is stale
+    #[arg(required_unless_present = "all")]
+    pub lock: Option<String>,
+    /// Release every stale lock instead (a janitor for a scheduled job); live locks are kept
+    #[arg(long, conflicts_with = "lock")]
+    pub all: bool,
+    /// With --all: list what would be released and change nothing
+    #[arg(long, requires = "all", conflicts_with = "lock")]
+    pub dry_run: bool,
+    /// With --all on GitHub: how far back to look for lock activity (older locks are not found)
+    #[arg(
+        long,
+        value_parser = duration::arg,
+        default_value = "30d",
+        requires = "all",
+        conflicts_with = "lock"
+    )]
+    pub since: Duration,
+    /// Lease of the lock taken over
+    #[arg(long, value_parser = duration::arg, default_value = "5m", conflicts_with = "all")]
     pub ttl: Duration,
     #[command(flatten)]
     pub task: TaskArgs,
@@ -217,8 +275,8 @@ pub struct HeartbeatArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Issue number (github backend) or lock name (local backend)
-    pub lock: String,
+    #[command(flatten)]
+    pub target: ClaimTarget,
     #[command(flatten)]
     pub claim: ClaimOptions,
     /// Renew every this long [default: 30s, or a third of --ttl if shorter]

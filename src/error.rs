@@ -95,6 +95,24 @@ impl Error {
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
     }
+
+    /// The same kind of error (same exit code) saying `message` instead.
+    pub fn with_message(self, message: String) -> Self {
+        match self {
+            Error::Usage(_) => Error::Usage(message),
+            Error::Conflict(_) => Error::Conflict(message),
+            Error::NotOwner(_) => Error::NotOwner(message),
+            Error::Auth(_) => Error::Auth(message),
+            Error::NotFound(_) => Error::NotFound(message),
+            Error::RateLimited { retry_after, .. } => Error::RateLimited {
+                message,
+                retry_after,
+            },
+            Error::Unavailable(_) => Error::Unavailable(message),
+            Error::Unexpected(_) => Error::Unexpected(message),
+            Error::Interrupted(code) => Error::Interrupted(code),
+        }
+    }
 }
 
 impl From<std::io::Error> for Error {

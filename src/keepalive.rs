@@ -323,7 +323,10 @@ mod tests {
     use chrono::Utc;
 
     use crate::backend::Status;
-    use crate::lock::{AcquireRequest, Attempt, ListRequest, LockId, ReleaseRequest, Released};
+    use crate::lock::{
+        AcquireRequest, Attempt, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
+        Released, StaleRelease,
+    };
 
     const TTL: Duration = Duration::from_secs(9);
 
@@ -388,6 +391,9 @@ mod tests {
         }
         async fn list(&self, _: &ListRequest) -> Result<Vec<(String, Holder)>> {
             Ok(Vec::new())
+        }
+        async fn release_stale(&self, _: &ReleaseStaleRequest) -> Result<StaleRelease> {
+            Err(Error::Unexpected("not scripted".into()))
         }
     }
 

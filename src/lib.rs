@@ -16,6 +16,7 @@ pub mod duration;
 pub mod gh_cli;
 pub mod github;
 pub mod interrupt;
+pub mod janitor;
 pub mod keepalive;
 pub mod lease;
 pub mod manpage;

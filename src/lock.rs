@@ -113,6 +113,42 @@ pub struct RenewRequest {
     pub worker_id: String,
 }
 
+/// Release a lock only if its holder's lease has run out: the janitor's release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseStaleRequest {
+    pub lock: LockId,
+    /// Who releases, for the record the backend leaves (the GitHub release notice).
+    pub janitor: Claimant,
+    /// The stale holder the caller saw (from `list`), which spares a backend that must read
+    /// first one read; its own verification still decides.
+    pub seen: Option<Holder>,
+}
+
+/// What a stale-lock release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleRelease {
+    /// The holder's lease had run out and the lock is free now; the former holder.
+    Released(Holder),
+    /// Someone holds the lock and it was not released: the holder is live (it renewed, or a
+    /// new worker took the lock over in the meantime), or it lost a race to another release.
+    Kept(Holder),
+    /// Nobody held the lock.
+    Free,
+}
+
+/// Claim the next free issue of the work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextRequest {
+    /// The issue must have every one of these labels.
+    pub labels: Vec<String>,
+    /// The issue must have none of these labels.
+    pub exclude_labels: Vec<String>,
+    /// Never re-adopts: a worker that keeps its locks and asks again gets a new issue.
+    pub claimant: Claimant,
+    pub ttl: Duration,
+    pub task_info: TaskInfo,
+}
+
 /// List every held lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListRequest {

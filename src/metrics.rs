@@ -480,7 +480,7 @@ impl<'a> ClaimRecorder<'a> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn finish(&self, outcome: &Result<Outcome>) {
+    pub fn finish(&self, outcome: std::result::Result<&Outcome, &Error>) {
         let attempts = self.attempts.load(Ordering::Relaxed);
         with_metrics(self.data_dir, |m| match outcome {
             Ok(o) => m.record_acquired(
@@ -549,9 +549,9 @@ mod tests {
             for _ in 1..tried {
                 r.retrying();
             }
-            r.finish(&outcome);
+            r.finish(outcome.as_ref());
         }
-        ClaimRecorder::start(d, "github").finish(&granted(1, None));
+        ClaimRecorder::start(d, "github").finish(granted(1, None).as_ref());
         let held = Released {
             was_held: true,
             previous: None,

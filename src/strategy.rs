@@ -176,9 +176,14 @@ fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
         lease::human(h.claimed_at),
         h.fencing_token
     );
-    if h.stale {
+    if h.stale && policy.strategy != Strategy::StealStale {
         msg.push_str(&format!(
             "; its heartbeat is stale since {}: use --strategy steal-stale to take it over",
+            lease::human(h.expires_at)
+        ));
+    } else if !h.stale {
+        msg.push_str(&format!(
+            "; it is live until {}",
             lease::human(h.expires_at)
         ));
     }

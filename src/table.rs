@@ -76,6 +76,12 @@ pub enum Command {
         name: String,
         worker_id: String,
     },
+    /// The janitor's release: frees the lock only if it is stale at the command's time, so a
+    /// holder that renewed since the janitor looked keeps it (the check and the release are one
+    /// step). Answers `Released` (`None` when free) or, for a live lock, `Held`.
+    ReleaseStale {
+        name: String,
+    },
 }
 
 impl Command {
@@ -84,7 +90,8 @@ impl Command {
         match self {
             Command::Acquire { name, .. }
             | Command::Release { name, .. }
-            | Command::Renew { name, .. } => name,
+            | Command::Renew { name, .. }
+            | Command::ReleaseStale { name } => name,
         }
     }
 }
@@ -100,7 +107,8 @@ pub enum Response {
         adopted: bool,
         took_over: Option<LockRecord>,
     },
-    /// Acquire refused: someone else holds it. `stale`: its heartbeat is older than its TTL.
+    /// Acquire (or stale release) refused: someone holds it. `stale`: its heartbeat is older
+    /// than its TTL.
     Held { record: LockRecord, stale: bool },
     /// Release done; `None` when the name was already free (idempotent release).
     Released { record: Option<LockRecord> },
@@ -232,6 +240,16 @@ impl LockTable {
                     }
                 }
             },
+            Command::ReleaseStale { name } => match self.locks.get(name.as_str()) {
+                None => Response::Released { record: None },
+                Some(current) if Self::is_stale(current, now_ms) => Response::Released {
+                    record: self.locks.remove(name.as_str()),
+                },
+                Some(current) => Response::Held {
+                    record: current.clone(),
+                    stale: false,
+                },
+            },
         }
     }
 
@@ -338,6 +356,10 @@ mod tests {
             name: name.into(),
             worker_id: worker.into(),
         }
+    }
+
+    fn release_stale(name: &str) -> Command {
+        Command::ReleaseStale { name: name.into() }
     }
 
     fn granted(resp: Response) -> (LockRecord, bool, Option<LockRecord>) {
@@ -538,6 +560,51 @@ mod tests {
     }
 
     #[test]
+    fn release_stale_frees_only_stale_locks() {
+        let mut t = LockTable::default();
+        assert_eq!(
+            t.apply(&release_stale("a"), 1),
+            Response::Released { record: None }
+        );
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        // Live up to and including heartbeat + ttl: untouched.
+        assert_eq!(
+            t.apply(&release_stale("a"), 100 + TTL),
+            Response::Held {
+                record: r.clone(),
+                stale: false
+            }
+        );
+        assert_eq!(t.get("a"), Some(&r));
+        // A renewal between the janitor's look and its release keeps the lock.
+        let Response::Renewed { record } = t.apply(&renew("a", "w1"), 100 + TTL) else {
+            panic!("renewal refused")
+        };
+        assert_eq!(
+            t.apply(&release_stale("a"), 100 + TTL + 1),
+            Response::Held {
+                record: record.clone(),
+                stale: false
+            }
+        );
+        // Stale: released, and its holder has lost it.
+        assert_eq!(
+            t.apply(&release_stale("a"), 100 + 2 * TTL + 1),
+            Response::Released {
+                record: Some(record)
+            }
+        );
+        assert!(t.is_empty());
+        assert_eq!(
+            t.apply(&renew("a", "w1"), 100 + 2 * TTL + 2),
+            Response::NotHeld
+        );
+        // The next grant still gets a larger token.
+        let (r2, _, _) = granted(t.apply(&acquire("a", "w2", Takeover::None), 100 + 2 * TTL + 3));
+        assert_eq!(r2.fencing_token, 2);
+    }
+
+    #[test]
     fn renew_rules() {
         let mut t = LockTable::default();
         assert_eq!(t.apply(&renew("a", "w1"), 1), Response::NotHeld);
@@ -669,6 +736,7 @@ mod tests {
             acquire("a", "w2", Takeover::Any),
             release("a", "w2", true),
             renew("a", "w1"),
+            release_stale("a"),
         ];
         for cmd in &cmds {
             let json = serde_json::to_string(cmd).unwrap();
@@ -691,7 +759,7 @@ mod tests {
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(
             (
-                0u8..10,
+                0u8..12,
                 0usize..3,
                 0usize..4,
                 0u8..20,
@@ -734,6 +802,7 @@ mod tests {
                     readopt,
                 },
                 4..=6 => renew(name, worker),
+                10 | 11 => release_stale(name),
                 _ => Command::Release {
                     name: name.into(),
                     worker_id: worker.into(),
@@ -811,6 +880,21 @@ mod tests {
                     if let Some(r) = record {
                         beliefs.remove(&(r.worker_id.clone(), name.clone()));
                     }
+                }
+                (Response::Released { record }, Command::ReleaseStale { .. }) => {
+                    assert_eq!(record.as_ref(), before.get(&name), "{}", ctx());
+                    assert_eq!(t.get(&name), None, "{}", ctx());
+                    if let Some(r) = record {
+                        // The janitor only frees a lock whose lease has run out.
+                        assert!(LockTable::is_stale(r, *now), "{}", ctx());
+                        let gone = beliefs.remove(&(r.worker_id.clone(), name.clone()));
+                        assert!(gone.is_none_or(|until| until < *now), "{}", ctx());
+                    }
+                }
+                (Response::Held { record, stale }, Command::ReleaseStale { .. }) => {
+                    assert_eq!(t, before, "{}", ctx());
+                    assert_eq!(Some(record), before.get(&name), "{}", ctx());
+                    assert!(!*stale && !LockTable::is_stale(record, *now), "{}", ctx());
                 }
                 (Response::NotOwner { record }, _) => {
                     assert_eq!(t, before, "{}", ctx());

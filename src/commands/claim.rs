@@ -1,81 +1,58 @@
-//! `sentinel claim LOCK`: acquire with a strategy, print the fencing token.
+//! `sentinel claim LOCK`: acquire with a strategy, print the fencing token; `claim --next`: the
+//! work queue's next free issue.
 
 use serde_json::json;
 
 use crate::backend::LockBackend;
-use crate::cli::{ClaimArgs, ClaimOptions};
+use crate::cli::{ClaimArgs, ClaimOptions, ClaimTarget};
 use crate::config::{Context, task_info};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{AcquireRequest, LockId};
+use crate::lock::{AcquireRequest, LockId, NextRequest};
 use crate::metrics;
 use crate::output::{Report, Spinner, holder_json, summary_table};
 use crate::strategy::{self, Outcome, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
-    let (req, policy) = request(ctx, &args.lock, &args.claim)?;
-    let what = ctx.backend.describe(&req.lock);
-    let outcome = acquire(ctx, &req, &policy).await?;
-
-    let g = &outcome.grant;
-    let h = &g.holder;
-    let mut human = format!(
-        "{} {what} as {} (fencing token {})",
-        if g.adopted { "Re-adopted" } else { "Claimed" },
-        h.worker_id,
-        h.fencing_token
-    );
-    if let Some(prev) = &g.took_over {
-        human.push_str(&format!(
-            "\nTook over from {} (fencing token {}, {})",
-            prev.worker_id,
-            prev.fencing_token,
-            if prev.stale { "stale" } else { "live: forced" }
-        ));
-    }
-    let mut report = Report::new(
-        json!({
-            "ok": true,
-            "command": "claim",
-            "backend": ctx.backend.name(),
-            "lock": what,
-            "worker_id": h.worker_id,
-            "node_id": h.node_id,
-            "fencing_token": h.fencing_token,
-            "adopted": g.adopted,
-            "attempts": outcome.attempts,
-            "expires_at": h.expires_at,
-            "holder": holder_json(h),
-            "took_over": g.took_over.as_ref().map(holder_json),
-        }),
-        human,
-    );
-    report.summary = Some(summary_table(
-        &["sentinel", "lock", "worker", "fencing token", "expires"],
-        &[
-            if g.adopted {
-                "🔒 re-adopted"
-            } else {
-                "🔒 claimed"
-            }
-            .to_string(),
-            what.clone(),
-            format!("`{}`", h.worker_id),
-            h.fencing_token.to_string(),
-            lease::human(h.expires_at),
-        ],
-    ));
-    report.outputs = vec![
-        ("acquired".into(), "true".into()),
-        ("lock".into(), req.lock.bare()),
-        ("holder".into(), h.worker_id.clone()),
-        ("worker_id".into(), h.worker_id.clone()),
-        ("fencing_token".into(), h.fencing_token.to_string()),
-    ];
-    if let LockId::Issue(n) = req.lock {
-        report.outputs.push(("issue".into(), n.to_string()));
+    let (lock, outcome) = claim_target(ctx, &args.target, &args.claim).await?;
+    let what = ctx.backend.describe(&lock);
+    let mut report = granted(ctx, "claim", &what, &lock, &outcome);
+    if args.target.next {
+        // Only the number, so that scripts can capture it: `issue=$(sentinel claim --next)`.
+        report.human = lock.bare();
     }
     Ok(report)
+}
+
+/// Claims what `target` names — a lock, or the work queue's next free issue — and says which.
+/// The one claim step of `claim` and `run`.
+pub(crate) async fn claim_target(
+    ctx: &Context,
+    target: &ClaimTarget,
+    opts: &ClaimOptions,
+) -> Result<(LockId, Outcome)> {
+    if target.next {
+        let req = NextRequest {
+            labels: target.labels.clone(),
+            exclude_labels: target.exclude_labels.clone(),
+            claimant: ctx.claimant.clone(),
+            ttl: lease::validate_ttl(opts.ttl)?,
+            task_info: task_info(&opts.task)?,
+        };
+        let spinner = Spinner::new(ctx.json, "looking for a free issue");
+        let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
+        let claimed = ctx.backend.claim_next(&req).await;
+        recorder.finish(claimed.as_ref().map(|(_, o)| o));
+        drop(spinner);
+        return claimed;
+    }
+    let raw = target
+        .lock
+        .as_deref()
+        .ok_or_else(|| Error::usage("claim needs a LOCK, or --next"))?;
+    let (req, policy) = request(ctx, raw, opts)?;
+    let outcome = acquire(ctx, &req, &policy).await?;
+    Ok((req.lock, outcome))
 }
 
 /// The validated request and policy `claim` options describe, refused (exit 2) before anything is
@@ -105,7 +82,7 @@ pub(crate) fn request(
     Ok((req, policy))
 }
 
-/// Runs the claim loop, with a spinner while it waits.
+/// Runs the claim loop, with a spinner while it waits, counting it in the metrics.
 pub(crate) async fn acquire(
     ctx: &Context,
     req: &AcquireRequest,
@@ -126,6 +103,81 @@ pub(crate) async fn acquire(
         ))
     })
     .await;
-    recorder.finish(&outcome);
+    recorder.finish(outcome.as_ref());
     outcome
+}
+
+/// What every command that ends in a grant prints: `claim`, `claim --next`, `steal-stale`, and
+/// `run` with `--json`.
+pub fn granted(
+    ctx: &Context,
+    command: &str,
+    what: &str,
+    lock: &LockId,
+    outcome: &Outcome,
+) -> Report {
+    let g = &outcome.grant;
+    let h = &g.holder;
+    let mut human = format!(
+        "{} {what} as {} (fencing token {})",
+        if g.adopted { "Re-adopted" } else { "Claimed" },
+        h.worker_id,
+        h.fencing_token
+    );
+    if let Some(prev) = &g.took_over {
+        human.push_str(&format!(
+            "\nTook over from {} (fencing token {}, {})",
+            prev.worker_id,
+            prev.fencing_token,
+            if prev.stale {
+                format!("stale since {}", lease::human(prev.expires_at))
+            } else {
+                "live: forced".to_string()
+            }
+        ));
+    }
+    let mut report = Report::new(
+        json!({
+            "ok": true,
+            "command": command,
+            "backend": ctx.backend.name(),
+            "lock": what,
+            "worker_id": h.worker_id,
+            "node_id": h.node_id,
+            "fencing_token": h.fencing_token,
+            "adopted": g.adopted,
+            "attempts": outcome.attempts,
+            "expires_at": h.expires_at,
+            "holder": holder_json(h),
+            "took_over": g.took_over.as_ref().map(holder_json),
+        }),
+        human,
+    );
+    let action = match (&g.took_over, g.adopted) {
+        (Some(_), _) => "🔒 took over",
+        (None, true) => "🔒 re-adopted",
+        (None, false) => "🔒 claimed",
+    };
+    report.summary = Some(summary_table(
+        &["sentinel", "lock", "worker", "fencing token", "expires"],
+        &[
+            action.to_string(),
+            what.to_string(),
+            format!("`{}`", h.worker_id),
+            h.fencing_token.to_string(),
+            lease::human(h.expires_at),
+        ],
+    ));
+    report.outputs = vec![
+        ("acquired".into(), "true".into()),
+        ("lock".into(), lock.bare()),
+        ("holder".into(), h.worker_id.clone()),
+        ("worker_id".into(), h.worker_id.clone()),
+        ("fencing_token".into(), h.fencing_token.to_string()),
+    ];
+    if let LockId::Issue(n) = lock {
+        report.json["issue"] = json!(n);
+        report.outputs.push(("issue".into(), n.to_string()));
+    }
+    report
 }

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod release;
 pub mod run;
 pub mod status;
+pub mod steal_stale;
 
 use crate::cli::{Cli, Command};
 use crate::config::Context;
@@ -29,6 +30,7 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
         Command::Run(a) => run::run(&ctx, a).await,
+        Command::StealStale(a) => steal_stale::run(&ctx, a).await,
         Command::Completions(_) | Command::Metrics(_) => unreachable!("handled above"),
     }
 }

@@ -140,9 +140,8 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
 /// The claim step: one call that yields the grant and the lock it is for, so that `run --next`
 /// can put the work-queue claim in its place.
 async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Outcome, LockId)> {
-    let (req, policy) = claim::request(ctx, &args.lock, &args.claim)?;
-    let outcome = claim::acquire(ctx, &req, &policy).await?;
-    Ok((outcome, req.lock))
+    let (lock, outcome) = claim::claim_target(ctx, &args.target, &args.claim).await?;
+    Ok((outcome, lock))
 }
 
 /// Releases the lock once the command has ended. Finding it gone is losing it (exit 4); a

@@ -60,7 +60,7 @@ impl GithubBackend {
     /// Reads until our just-written comment is listed: only such a read is guaranteed to contain
     /// every comment written before ours (they were written earlier still, and `settle` exceeds
     /// GitHub's list lag).
-    async fn read_including(&self, issue: u64, id: u64) -> Result<Comments> {
+    pub(super) async fn read_including(&self, issue: u64, id: u64) -> Result<Comments> {
         for attempt in 0..VISIBILITY_READS {
             let state = self.read(issue).await?;
             if state.records.iter().any(|r| r.id == id) {
@@ -80,7 +80,7 @@ impl GithubBackend {
         self.claim_once(issue, req, req.attempt > 0, 3).await
     }
 
-    async fn claim_once(
+    pub(super) async fn claim_once(
         &self,
         issue: u64,
         req: &AcquireRequest,

@@ -119,25 +119,34 @@ pub fn render(meta: &LockMeta) -> String {
         LockState::Released => {
             let at = meta.released_at.map(ts).unwrap_or_else(|| "-".into());
             let by = meta.released_by.as_deref().unwrap_or(&meta.worker_id);
-            out.push_str(&format!(
-                "🔓 **Released** by `{by}` at {at}. Held by `{}` on `{}` since {}.\n",
-                meta.worker_id,
-                meta.node_id,
-                ts(meta.claimed_at)
-            ));
+            match &meta.takeover {
+                Some(t) if !t.force => out.push_str(&format!(
+                    "🔓 `{by}` released stale lock of `{}` (last heartbeat {}) at {at}: its lease of {} s had run out.\n",
+                    t.worker_id,
+                    ts(t.heartbeat),
+                    t.ttl_seconds
+                )),
+                _ => out.push_str(&format!(
+                    "🔓 **Released** by `{by}` at {at}. Held by `{}` on `{}` since {}.\n",
+                    meta.worker_id,
+                    meta.node_id,
+                    ts(meta.claimed_at)
+                )),
+            }
         }
     }
     if let Some(t) = describe_task(&meta.task_info) {
         out.push_str(&format!("- task: {t}\n"));
     }
     if let Some(t) = &meta.takeover {
+        let what = match (meta.state, t.force) {
+            (LockState::Held, true) => "forcibly took over the lock",
+            (LockState::Held, false) => "took over the stale lock",
+            (LockState::Released, true) => "force-released the lock",
+            (LockState::Released, false) => "released the stale lock",
+        };
         out.push_str(&format!(
-            "- {} the lock of `{}` (comment {}, last heartbeat {}, lease {} s)\n",
-            if t.force {
-                "forcibly took over"
-            } else {
-                "took over the stale"
-            },
+            "- {what} of `{}` (comment {}, last heartbeat {}, lease {} s)\n",
             t.worker_id,
             t.comment_id,
             ts(t.heartbeat),
@@ -231,6 +240,31 @@ mod tests {
         ] {
             assert!(body.contains(key), "{key} missing");
         }
+    }
+
+    #[test]
+    fn a_stale_lock_release_reads_as_one() {
+        let mut m = meta();
+        m.worker_id = "janitor".into();
+        m.state = LockState::Released;
+        m.released_at = Some(m.claimed_at);
+        m.released_by = Some("janitor".into());
+        m.takeover = Some(Takeover {
+            comment_id: 42,
+            worker_id: "w-7".into(),
+            heartbeat: lease::before(m.claimed_at, Duration::from_secs(600)),
+            ttl_seconds: 300,
+            force: false,
+        });
+        let body = render(&m);
+        assert!(
+            body.contains(
+                "`janitor` released stale lock of `w-7` (last heartbeat 2025-10-30T21:20:00Z)"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("- released the stale lock of `w-7` (comment 42"));
+        assert_eq!(parse(&body), Parsed::Lock(Box::new(m)));
     }
 
     #[test]

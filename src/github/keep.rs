@@ -1,5 +1,5 @@
 //! Keeping and giving up a held issue lock: heartbeat (one PATCH of our own comment), release,
-//! and force-release of someone else's lock.
+//! force-release of someone else's lock, and the janitor's release of a stale one.
 
 use std::time::Duration;
 
@@ -11,10 +11,10 @@ use super::GithubBackend;
 use super::cache::OwnLock;
 use super::client::Response;
 use super::comment::{self, LockMeta, LockState, Takeover};
-use super::resolve::resolve;
+use super::resolve::{Record, resolve};
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{Attempt, Holder, Released};
+use crate::lock::{Attempt, Holder, ReleaseStaleRequest, Released, StaleRelease};
 
 impl GithubBackend {
     /// Renews our lock by rewriting our own comment: one request.
@@ -147,6 +147,117 @@ impl GithubBackend {
             was_held: true,
             previous: Some(Self::holder_of(h, state.now)),
         })
+    }
+
+    /// The janitor's release: a released take-over notice of the stale holder, verified like a
+    /// claim. `resolve` lets the notice win only if the holder was stale at the notice's
+    /// `created_at`, so a holder that renewed first keeps its lock and the notice is withdrawn.
+    pub(super) async fn release_stale_issue(
+        &self,
+        issue: u64,
+        req: &ReleaseStaleRequest,
+    ) -> Result<StaleRelease> {
+        self.ensure_login().await?;
+        let victim = match &req.seen {
+            Some(h) if !h.stale => return Ok(StaleRelease::Kept(h.clone())),
+            Some(h) => Takeover {
+                comment_id: h.fencing_token,
+                worker_id: h.worker_id.clone(),
+                heartbeat: h.heartbeat_last,
+                ttl_seconds: lease::until(h.heartbeat_last, h.expires_at).as_secs(),
+                force: false,
+            },
+            None => {
+                let state = self.read(issue).await?;
+                let res = resolve(&state.records);
+                match res.holder() {
+                    None => return Ok(StaleRelease::Free),
+                    Some(h) if !h.is_stale_at(state.now) => {
+                        return Ok(StaleRelease::Kept(Self::holder_of(h, state.now)));
+                    }
+                    Some(h) => Takeover {
+                        comment_id: h.id,
+                        worker_id: h.meta.worker_id.clone(),
+                        heartbeat: h.updated_at,
+                        ttl_seconds: h.meta.ttl_seconds,
+                        force: false,
+                    },
+                }
+            }
+        };
+        let now = self.now();
+        let janitor = &req.janitor;
+        let notice = LockMeta {
+            worker_id: janitor.worker_id.clone(),
+            node_id: janitor.node_id.clone(),
+            claimed_at: now,
+            heartbeat_last: now,
+            ttl_seconds: victim.ttl_seconds,
+            state: LockState::Released,
+            nonce: format!("{:016x}", fastrand::u64(..)),
+            task_info: Default::default(),
+            takeover: Some(victim.clone()),
+            released_at: Some(now),
+            released_by: Some(janitor.worker_id.clone()),
+        };
+        let posted = self.post_lock(issue, &notice).await?;
+        let notice_id = posted.id.into_inner();
+        let client = self.client.clone();
+        let path = self.comment_path(notice_id);
+        // Until the verdict is in, an interrupt withdraws the notice; once it has won, every
+        // reader already counts the lock as free and the notice must stay.
+        let undo = crate::interrupt::on_interrupt(move || async move {
+            let _ = client.delete::<()>(&path, None).await;
+        });
+        let state = match self.read_notice_back(issue, &posted).await {
+            Ok(state) => state,
+            Err(e) => {
+                self.discard(notice_id).await;
+                return Err(e);
+            }
+        };
+        // The notice must have ended the reign of exactly the holder it names: not freed a lock
+        // its holder had released meanwhile, nor followed another janitor's notice.
+        let without: Vec<Record> = state
+            .records
+            .iter()
+            .filter(|r| r.id != notice_id)
+            .cloned()
+            .collect();
+        let before = resolve(&without);
+        let won = resolve(&state.records).current.map(|r| r.id) == Some(notice_id);
+        let Some(victim_record) = before.holder().filter(|h| won && h.id == victim.comment_id)
+        else {
+            // Renewed before the notice, released, or ended by someone else: not ours to free.
+            self.discard(notice_id).await;
+            return Ok(match before.holder() {
+                Some(h) => StaleRelease::Kept(Self::holder_of(h, state.now)),
+                None => StaleRelease::Free,
+            });
+        };
+        drop(undo);
+        // The notice already decides for every reader; deleting the victim's comment makes its
+        // next heartbeat fail at once (404) instead of at its own expiry check.
+        if let Err(e) = self.delete_comment(victim.comment_id).await {
+            tracing::warn!(comment = victim.comment_id, error = %e, "released, but could not delete the stale lock comment");
+        }
+        // GitHub drops bot assignees, so only a user can have been assigned by the claim.
+        if !victim_record.author.ends_with("[bot]")
+            && let Err(e) = self.unassign(issue, &victim_record.author).await
+        {
+            tracing::warn!(error = %e, "could not remove the stale holder's assignment");
+        }
+        Ok(StaleRelease::Released(Self::holder_of(
+            victim_record,
+            state.now,
+        )))
+    }
+
+    /// Settles and reads the issue until our just-posted notice is listed.
+    async fn read_notice_back(&self, issue: u64, posted: &Comment) -> Result<super::Comments> {
+        self.learn_login(&posted.user.login)?;
+        tokio::time::sleep(self.settle).await;
+        self.read_including(issue, posted.id.into_inner()).await
     }
 
     async fn release_own(&self, issue: u64, mut own: OwnLock) -> Result<Released> {

@@ -18,6 +18,7 @@ pub mod client;
 pub mod comment;
 mod history;
 mod keep;
+mod queue;
 pub mod resolve;
 mod status;
 
@@ -36,8 +37,10 @@ use crate::backend::{Budget, LockBackend, Status, foreign};
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, Released, RenewRequest,
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::strategy::Outcome;
 use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
 use comment::Parsed;
@@ -232,6 +235,22 @@ impl GithubBackend {
                 Error::Usage(format!("GitHub rejected the request for #{issue}: {msg}"))
             }
             s => Error::Unexpected(format!("GitHub answered {s} for #{issue}: {msg}")),
+        }
+    }
+
+    /// Turns an unsuccessful answer to a repository-wide listing into the documented error.
+    fn repo_error(&self, resp: &Response) -> Error {
+        match resp.status {
+            StatusCode::NOT_FOUND => Error::NotFound(format!(
+                "repository {} not found (or not visible to this token)",
+                self.repo
+            )),
+            StatusCode::GONE => Error::Usage(format!(
+                "issues are disabled in {}: {}",
+                self.repo,
+                resp.message()
+            )),
+            s => Error::Unexpected(format!("GitHub answered {s}: {}", resp.message())),
         }
     }
 
@@ -469,6 +488,14 @@ impl LockBackend for GithubBackend {
             .into_iter()
             .map(|(n, h)| (format!("#{n}"), h))
             .collect())
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        self.release_stale_issue(issue_of(&req.lock)?, req).await
+    }
+
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+        self.claim_next_issue(req).await
     }
 }
 

@@ -15,6 +15,11 @@
 //!   with 404). When a take-over's victim is no longer there, the take-over's own record of the
 //!   victim decides, and it voids whatever non-take-over claims sat between victim and stealer:
 //!   those were losers of the victim's reign.
+//! * A victim's reign ends once: a later take-over aimed at a victim an earlier granted record
+//!   already took over (a rival stealer, a force-release) loses to whoever holds the lock now.
+//! * A released take-over notice (`release --force`, the stale-lock janitor) follows the same
+//!   rule as a take-over, then leaves the lock free: a stale-lock notice frees the lock only if
+//!   the holder was stale at the notice's `created_at`, so a holder that renewed first keeps it.
 //!
 //! Losing claims are deleted by their writers; a claimer that died before deleting its losing
 //! comment leaves a claim that can only win later if it was made while the lock was free.
@@ -78,13 +83,18 @@ pub fn resolve(records: &[Record]) -> Resolution<'_> {
 
     let mut current: Option<&Record> = None;
     let mut losers = Vec::new();
+    // Victims whose reign a granted take-over (or release notice) already ended.
+    let mut ended: HashSet<u64> = HashSet::new();
     for r in sorted {
         let takes = match current {
             None => true,
             Some(h) if h.released_at().is_some_and(|t| r.created_at > t) => true,
-            Some(h) => takes_over(r, h, &present),
+            Some(h) => takes_over(r, h, &present, &ended),
         };
         if takes {
+            if let Some(t) = &r.meta.takeover {
+                ended.insert(t.comment_id);
+            }
             current = Some(r);
         } else {
             losers.push(r.id);
@@ -94,10 +104,16 @@ pub fn resolve(records: &[Record]) -> Resolution<'_> {
 }
 
 /// Whether `r`, created while `h` held the lock, validly took it over.
-fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>) -> bool {
+fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>, ended: &HashSet<u64>) -> bool {
     let Some(t) = &r.meta.takeover else {
         return false;
     };
+    if t.comment_id != h.id && ended.contains(&t.comment_id) {
+        // Someone else already ended that victim's reign (a rival stealer, a force-release or a
+        // stale-lock release), so `h` is not one of its losers: it may be a claim that rightly
+        // won after that. A take-over aimed at an old holder never ousts a newer one.
+        return false;
+    }
     if t.comment_id == h.id {
         if t.force {
             return true;
@@ -110,16 +126,11 @@ fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>) -> bool {
         return lease::expires_at(heartbeat, h.ttl()) < r.created_at;
     }
     // The victim is gone (deleted by this very take-over) and `h` came after it: `h` was a claim
-    // made during the victim's reign, unless it is an earlier take-over of the same victim,
-    // which won the race.
+    // made during the victim's reign (an earlier take-over of the same victim, which won the
+    // race, was ruled out above).
     let victim_gone = !present.contains(&t.comment_id);
     let h_after_victim = h.id > t.comment_id;
-    let h_is_rival_stealer = h
-        .meta
-        .takeover
-        .as_ref()
-        .is_some_and(|ht| ht.comment_id == t.comment_id);
-    if victim_gone && h_after_victim && !h_is_rival_stealer {
+    if victim_gone && h_after_victim {
         return t.force
             || lease::expires_at(t.heartbeat, std::time::Duration::from_secs(t.ttl_seconds))
                 < r.created_at;
@@ -261,6 +272,62 @@ mod tests {
             recs[1].clone(),
         ];
         assert_eq!(holder_id(&with_victim), Some(5));
+    }
+
+    #[test]
+    fn a_take_over_of_an_ousted_holder_never_voids_its_successor() {
+        // Victim 1 was force-released (notice 2, victim deleted), worker c then claimed the free
+        // lock (3). A stale take-over of 1 written from an old read (4) must not void c's claim.
+        let mut notice = steal(rec(2, "admin", 400, 400, LockState::Released), 1, 390, true);
+        notice.meta.released_at = Some(t(400));
+        let recs = vec![
+            notice.clone(),
+            rec(3, "c", 402, 402, LockState::Held),
+            steal(rec(4, "s", 405, 405, LockState::Held), 1, 0, false),
+        ];
+        assert_eq!(holder_id(&recs), Some(3));
+        assert_eq!(resolve(&recs).losers, vec![4]);
+        // The same for a stale-lock release notice aimed at the ousted holder.
+        let recs = vec![
+            notice,
+            rec(3, "c", 402, 402, LockState::Held),
+            steal(
+                rec(4, "janitor", 405, 405, LockState::Released),
+                1,
+                0,
+                false,
+            ),
+        ];
+        assert_eq!(holder_id(&recs), Some(3));
+    }
+
+    #[test]
+    fn a_stale_release_notice_frees_only_a_stale_holder() {
+        let held = rec(1, "a", 0, 0, LockState::Held);
+        let notice = |created| {
+            steal(
+                rec(2, "janitor", created, created, LockState::Released),
+                1,
+                0,
+                false,
+            )
+        };
+        // Stale at the notice's creation: released, free for claims strictly after it.
+        let recs = vec![held.clone(), notice(400)];
+        let r = resolve(&recs);
+        assert_eq!(r.current.map(|c| c.id), Some(2));
+        assert_eq!(r.holder(), None);
+        let recs = vec![
+            held.clone(),
+            notice(400),
+            rec(3, "b", 401, 401, LockState::Held),
+        ];
+        assert_eq!(holder_id(&recs), Some(3));
+        // Renewed before the notice: the notice loses and the holder keeps its lock.
+        let renewed = rec(1, "a", 0, 350, LockState::Held);
+        let recs = vec![renewed, notice(400)];
+        assert_eq!(holder_id(&recs), Some(1));
+        assert_eq!(resolve(&recs).losers, vec![2]);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::lease::{self, Clock, SystemClock};
 use crate::lock::{
-    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest, Released,
-    RenewRequest, validate_label, validate_name,
+    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease, validate_label, validate_name,
 };
 use crate::table::{Command, LockRecord, LockTable, Response};
 
@@ -183,6 +183,21 @@ impl LocalBackend {
         }
     }
 
+    /// Releases `name` if, at the time read inside the file lock, its lease has run out.
+    pub fn release_stale_blocking(&self, name: &str) -> Result<StaleRelease> {
+        validate_name(name)?;
+        let cmd = Command::ReleaseStale {
+            name: name.to_string(),
+        };
+        let (now, resp) = self.apply(&cmd)?;
+        match resp {
+            Response::Released { record: Some(r) } => Ok(StaleRelease::Released(r.to_holder(now))),
+            Response::Released { record: None } => Ok(StaleRelease::Free),
+            Response::Held { record, .. } => Ok(StaleRelease::Kept(record.to_holder(now))),
+            other => Err(unexpected(&cmd, &other)),
+        }
+    }
+
     /// The holder of `name`, if any (stale locks included, flagged `stale`).
     pub fn status_blocking(&self, name: &str) -> Result<Option<Holder>> {
         validate_name(name)?;
@@ -262,6 +277,13 @@ impl LockBackend for LocalBackend {
 
     async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
         self.blocking(|b| b.list_blocking()).await
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        // The table decides on its own clock inside the file lock; what the caller saw is moot.
+        let name = name_of(&req.lock)?.to_string();
+        self.blocking(move |b| b.release_stale_blocking(&name))
+            .await
     }
 }
 
@@ -506,6 +528,28 @@ mod tests {
         assert_eq!(g.holder.fencing_token, 3);
         assert_eq!(g.took_over.unwrap().worker_id, "w2");
         assert!(b.release_blocking("job", "w1", true).unwrap().was_held);
+    }
+
+    #[test]
+    fn release_stale_spares_live_locks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = lease::ManualClock::at(1_000_000);
+        let b = LocalBackend::with_clock(tmp.path(), Arc::new(clock.clone())).unwrap();
+        assert_eq!(b.release_stale_blocking("job").unwrap(), StaleRelease::Free);
+        let none = TaskInfo::default();
+        grant(acq(&b, "job", &claimant("w1"), MIN, Takeover::None, &none).unwrap());
+        clock.advance(MIN);
+        match b.release_stale_blocking("job").unwrap() {
+            StaleRelease::Kept(h) => assert_eq!((h.worker_id.as_str(), h.stale), ("w1", false)),
+            other => panic!("{other:?}"),
+        }
+        clock.advance(Duration::from_millis(1));
+        match b.release_stale_blocking("job").unwrap() {
+            StaleRelease::Released(h) => assert!(h.stale && h.worker_id == "w1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.status_blocking("job").unwrap(), None);
+        assert!(b.renew_blocking("job", "w1").is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod heartbeat;
 mod local_cli;
 mod manpages;
 mod metrics;
+mod queue;
 mod robustness;
 mod run;
+mod steal_stale;
 mod support;

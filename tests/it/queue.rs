@@ -1,0 +1,225 @@
+//! The work queue `claim --next` through the real binary: which issue it takes, and many workers
+//! draining one backlog.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::support::{Gh, REPO, code, sentinel, stdout_json, text};
+
+/// `claim --next ARGS --json` by `worker`: the issue it claimed, or the exit code.
+fn next(gh: &Gh, token: &str, worker: &str, args: &[&str]) -> Result<u64, i32> {
+    let mut all = vec!["claim", "--next", "--json"];
+    all.extend_from_slice(args);
+    let out = gh.run(token, worker, &all);
+    match code(&out) {
+        0 => {
+            let v = stdout_json(&out);
+            assert_eq!(v["worker_id"], worker);
+            assert_eq!(v["lock"], format!("{REPO}#{}", v["issue"]));
+            Ok(v["issue"].as_u64().unwrap())
+        }
+        c => Err(c),
+    }
+}
+
+#[test]
+fn claim_next_takes_the_oldest_free_matching_issue() {
+    let gh = Gh::new();
+    let issue = |title: &str, labels: &[&str]| {
+        let n = gh.emu.create_issue(REPO, title);
+        if !labels.is_empty() {
+            gh.emu.add_labels(REPO, n, labels);
+        }
+        n
+    };
+    let closed = issue("closed", &["bug"]);
+    gh.emu.close_issue(REPO, closed);
+    let pr = gh.emu.create_pull_request(REPO, "a pull request");
+    gh.emu.add_labels(REPO, pr, &["bug"]);
+    let stale = issue("stale lock", &["bug"]);
+    let live = issue("live lock", &["bug"]);
+    let excluded = issue("won't fix", &["bug", "wontfix"]);
+    let only_ui = issue("ui only", &["ui"]);
+    let bug_ui = issue("bug and ui", &["bug", "ui"]);
+    let chatty = issue("bug with comments", &["bug"]);
+    gh.emu
+        .add_comment(REPO, chatty, "bob", "I can reproduce this");
+    let last = issue("last bug", &["Bug"]);
+
+    let claim = |worker: &str, n: u64, extra: &[&str]| {
+        let mut args = vec!["claim".to_string(), n.to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = gh.run(&gh.alice, worker, &args);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+    };
+    claim("sleepy", stale, &["--ttl", "60s"]);
+    gh.emu.advance_clock(chrono::Duration::seconds(120));
+    claim("busy", live, &[]);
+    // Nobody else is claiming right now: a worker on its own takes the oldest free issue.
+    gh.emu.advance_clock(chrono::Duration::seconds(30));
+    gh.emu.clear_requests();
+
+    let q = |args: &[&str]| next(&gh, &gh.bob, "q", args);
+    assert_eq!(
+        q(&["--label", "bug", "--exclude-label", "wontfix"]),
+        Ok(bug_ui),
+        "closed issue, pull request, stale and live locks and wontfix skipped"
+    );
+    // Every --label must be present, and labels match whatever their case.
+    assert_eq!(q(&["--label", "ui", "--label", "bug"]), Err(3));
+    assert_eq!(q(&["--label", "ui"]), Ok(only_ui));
+    let before = gh.count_requests();
+    assert_eq!(q(&["--label", "BUG"]), Ok(excluded));
+    let requests = gh.count_requests() - before;
+    assert!(requests <= 5, "{:#?}", gh.emu.requests());
+    // Human output is the issue number alone, for scripts.
+    let out = gh.run(&gh.bob, "q", &["claim", "--next", "--exclude-label", "ui"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        chatty.to_string()
+    );
+    assert_eq!(q(&[]), Ok(last));
+    // Every matching issue is locked now (the stale one too: a stale lock is not free).
+    let out = gh.run(&gh.bob, "q", &["claim", "--next", "--label", "bug"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("no free open issue"), "{}", text(&out));
+    assert_eq!(
+        gh.held_lock_comments(stale)
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect::<Vec<_>>(),
+        ["sleepy"]
+    );
+    // Skipped from the listing alone: neither written to nor even read.
+    for n in [closed, pr, stale, live] {
+        let path = format!("/repos/{REPO}/issues/{n}");
+        let touched: Vec<_> = gh
+            .emu
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == path || r.path.starts_with(&format!("{path}/")))
+            .collect();
+        assert!(touched.is_empty(), "#{n}: {touched:#?}");
+    }
+    // The claims are ordinary locks: heartbeat and release work as usual.
+    let n = bug_ui.to_string();
+    assert_eq!(code(&gh.run(&gh.bob, "q", &["heartbeat", &n, "--once"])), 0);
+    assert_eq!(code(&gh.run(&gh.bob, "q", &["release", &n])), 0);
+    assert_eq!(q(&["--label", "bug"]), Ok(bug_ui));
+}
+
+#[test]
+fn claim_next_is_a_usage_error_on_the_local_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sentinel(dir.path())
+        .args(["--worker-id", "w", "claim", "--next", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stdout_json(&out)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no queue of work")
+    );
+    for args in [
+        &["claim", "--next", "7"][..],
+        &["claim", "--next", "--strategy", "fail-fast"],
+        &["claim", "7", "--label", "bug"],
+    ] {
+        let out = sentinel(dir.path()).args(args).output().unwrap();
+        assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));
+    }
+}
+
+/// 8 worker processes under two tokens drain 40 issues while lists lag writes: each worker keeps
+/// claiming until none is free, keeping its locks. Every issue is claimed exactly once.
+#[test]
+fn eight_workers_drain_forty_issues_each_claimed_exactly_once() {
+    const ISSUES: usize = 40;
+    const WORKERS: usize = 8;
+    let gh = Gh::new();
+    let issues: BTreeSet<u64> = (0..ISSUES)
+        .map(|i| gh.emu.create_issue(REPO, &format!("task {i}")))
+        .collect();
+    gh.emu.set_read_lag(Duration::from_millis(250));
+    gh.emu.clear_requests();
+    let started = std::time::Instant::now();
+    let claimed: Vec<(String, Vec<u64>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|i| {
+                let gh = &gh;
+                s.spawn(move || {
+                    let worker = format!("worker-{i}");
+                    let token = if i % 2 == 0 { &gh.alice } else { &gh.bob };
+                    let data = tempfile::tempdir().unwrap();
+                    let mut mine = Vec::new();
+                    loop {
+                        let out = gh
+                            .cmd_in(data.path(), token, &worker, &["claim", "--next", "--json"])
+                            .output()
+                            .unwrap();
+                        match code(&out) {
+                            0 => mine.push(stdout_json(&out)["issue"].as_u64().unwrap()),
+                            3 => break,
+                            c => panic!("{worker}: exit {c}: {}", text(&out)),
+                        }
+                        assert!(mine.len() <= ISSUES, "{worker} claims forever");
+                    }
+                    (worker, mine)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+
+    let mut owner: BTreeMap<u64, String> = BTreeMap::new();
+    for (worker, mine) in &claimed {
+        for n in mine {
+            if let Some(first) = owner.insert(*n, worker.clone()) {
+                panic!("#{n} claimed by {first} and {worker}");
+            }
+        }
+    }
+    assert_eq!(owner.keys().copied().collect::<BTreeSet<_>>(), issues);
+    for (n, worker) in &owner {
+        let held: Vec<String> = gh
+            .held_lock_comments(*n)
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect();
+        assert_eq!(held, [worker.as_str()], "#{n}");
+    }
+    let requests = gh.emu.requests();
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &requests {
+        let kind = if r.path.ends_with("/issues") {
+            "list issues"
+        } else if r.path.ends_with("/issues/comments") {
+            "list lock comments"
+        } else if r.path.ends_with("/comments") {
+            "read or post an issue's comments"
+        } else if r.path.ends_with("/assignees") {
+            "assign"
+        } else if r.path.contains("/issues/comments/") {
+            "delete a losing comment"
+        } else {
+            "other"
+        };
+        *by_kind.entry(format!("{} {kind}", r.method)).or_default() += 1;
+    }
+    let per_issue = requests.len() as f64 / ISSUES as f64;
+    let claims: Vec<usize> = claimed.iter().map(|(_, m)| m.len()).collect();
+    println!(
+        "claim --next: {WORKERS} workers drained {ISSUES} issues in {elapsed:.1?} (claims per worker {claims:?}) \
+         with {} requests = {per_issue:.2} per claimed issue, the {WORKERS} final empty-queue runs included; {by_kind:#?}",
+        requests.len()
+    );
+    assert!(
+        per_issue <= 8.0,
+        "{per_issue:.2} requests per claimed issue"
+    );
+}
