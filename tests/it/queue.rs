@@ -223,3 +223,43 @@ fn eight_workers_drain_forty_issues_each_claimed_exactly_once() {
         "{per_issue:.2} requests per claimed issue"
     );
 }
+
+/// `run --next` claims like `claim --next`, hands the issue number to the command and releases it
+/// when the command ends.
+#[test]
+fn run_next_works_the_oldest_free_issue_and_releases_it() {
+    let gh = Gh::new();
+    let other = gh.emu.create_issue(REPO, "not queued");
+    let first = gh.emu.create_issue(REPO, "first");
+    let second = gh.emu.create_issue(REPO, "second");
+    gh.emu.add_labels(REPO, first, &["queue"]);
+    gh.emu.add_labels(REPO, second, &["queue"]);
+    let seen = gh.data.path().join("seen");
+    let script = format!("echo \"$SENTINEL_LOCK\" > {}; exit 5", seen.display());
+    let out = gh.run(
+        &gh.alice,
+        "runner-1",
+        &[
+            "run", "--next", "--label", "queue", "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(code(&out), 5, "the command's exit code: {}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        first.to_string()
+    );
+    for n in [other, first, second] {
+        assert!(gh.held_lock_comments(n).is_empty(), "#{n} is still held");
+    }
+    // An empty queue: the command never runs, exit 3.
+    std::fs::remove_file(&seen).unwrap();
+    let out = gh.run(
+        &gh.alice,
+        "runner-1",
+        &[
+            "run", "--next", "--label", "nothing", "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(!seen.exists());
+}
