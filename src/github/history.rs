@@ -11,14 +11,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use http::StatusCode;
 use octocrab::models::issues::Comment;
 use serde::Serialize;
 
 use super::GithubBackend;
 use super::comment::{self, LockMeta, LockState, Parsed};
 use super::resolve::Record;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lease;
 
 /// Lock activity of a repository within a window.
@@ -55,6 +54,16 @@ impl GithubBackend {
         self.ensure_login().await?;
         // A window reaching before GitHub existed means "all of it".
         let since = lease::before(self.now(), window).max(DateTime::UNIX_EPOCH);
+        Ok((since, self.repo_lock_comments_since(since).await?))
+    }
+
+    /// The trusted lock comments of the whole repository updated at or after `since`, each with
+    /// its issue number: the one repository-wide listing behind `status`, the janitor, the work
+    /// queue and `metrics --repo-wide`.
+    pub(super) async fn repo_lock_comments_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(u64, Record)>> {
         let first = format!(
             "/repos/{}/{}/issues/comments?sort=updated&direction=desc&per_page=100&since={}",
             self.repo.owner,
@@ -63,19 +72,9 @@ impl GithubBackend {
         );
         let (comments, last) = self.client.get_all::<Comment>(&first).await?;
         if !last.status.is_success() {
-            return Err(match last.status {
-                StatusCode::NOT_FOUND => Error::NotFound(format!(
-                    "repository {} not found (or not visible to this token)",
-                    self.repo
-                )),
-                _ => Error::Unexpected(format!(
-                    "GitHub answered {}: {}",
-                    last.status,
-                    last.message()
-                )),
-            });
+            return Err(self.repo_error(&last));
         }
-        let records = comments
+        Ok(comments
             .into_iter()
             .filter(|c| self.is_trusted(c))
             .filter_map(|c| {
@@ -99,8 +98,7 @@ impl GithubBackend {
                 };
                 Some((issue, record))
             })
-            .collect();
-        Ok((since, records))
+            .collect())
     }
 
     /// Grants, releases and take-overs of the whole repository within `window`.

@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use octocrab::models::IssueState;
-use octocrab::models::issues::{Comment, Issue};
+use octocrab::models::issues::Issue;
 
 use super::GithubBackend;
-use super::comment::{self, Parsed};
 use super::resolve::{Record, resolve};
 use crate::error::{Error, Result};
 use crate::lease;
@@ -205,41 +204,16 @@ impl GithubBackend {
     /// [`LISTING_WINDOW`] back), grouped by issue.
     async fn lock_view(&self, oldest: DateTime<Utc>, worker_id: &str) -> Result<LockView> {
         let since = oldest.max(lease::before(self.now(), LISTING_WINDOW));
-        let first = format!(
-            "/repos/{}/{}/issues/comments?since={}&per_page=100",
-            self.repo.owner,
-            self.repo.name,
-            lease::rfc3339(since)
-        );
-        let (comments, last) = self.client.get_all::<Comment>(&first).await?;
-        if !last.status.is_success() {
-            return Err(self.repo_error(&last));
-        }
+        let found = self.repo_lock_comments_since(since).await?;
         let now = self.client.last_date().unwrap_or_else(Utc::now);
         let recent = lease::before(now, RECENT);
         let mut by_issue: HashMap<u64, Vec<Record>> = HashMap::new();
         let mut claimers = HashSet::new();
-        for c in comments.iter().filter(|c| self.is_trusted(c)) {
-            let Parsed::Lock(meta) = comment::parse(c.body.as_deref().unwrap_or_default()) else {
-                continue;
-            };
-            let Some(issue) = c
-                .issue_url
-                .as_ref()
-                .and_then(|u| u.path_segments()?.next_back()?.parse().ok())
-            else {
-                continue;
-            };
-            if c.created_at >= recent && meta.worker_id != worker_id {
-                claimers.insert(meta.worker_id.clone());
+        for (issue, record) in found {
+            if record.created_at >= recent && record.meta.worker_id != worker_id {
+                claimers.insert(record.meta.worker_id.clone());
             }
-            by_issue.entry(issue).or_default().push(Record {
-                id: c.id.into_inner(),
-                author: c.user.login.clone(),
-                created_at: c.created_at,
-                updated_at: c.updated_at.unwrap_or(c.created_at),
-                meta: *meta,
-            });
+            by_issue.entry(issue).or_default().push(record);
         }
         Ok(LockView {
             since,
