@@ -367,16 +367,6 @@ mod tests {
         }
     }
 
-    /// Makes the lock `name` stale by rewriting its heartbeat in the store.
-    fn age(b: &LocalBackend, name: &str, by_ms: u64) {
-        let mut table = b.store().read().unwrap();
-        let mut json = serde_json::to_value(&table).unwrap();
-        let hb = &mut json["locks"][name]["heartbeat_ms"];
-        *hb = (hb.as_u64().unwrap() - by_ms).into();
-        table = serde_json::from_value(json).unwrap();
-        b.store().transact(|t| *t = table).unwrap();
-    }
-
     #[test]
     fn acquire_status_renew_release_cycle() {
         let tmp = tempfile::tempdir().unwrap();
@@ -458,7 +448,8 @@ mod tests {
     #[test]
     fn renew_errors_are_not_owner() {
         let tmp = tempfile::tempdir().unwrap();
-        let b = LocalBackend::open(tmp.path()).unwrap();
+        let clock = lease::ManualClock::at(1_000_000);
+        let b = LocalBackend::with_clock(tmp.path(), Arc::new(clock.clone())).unwrap();
         let err = b.renew_blocking("job", "w1").unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("not held"), "{err}");
@@ -478,7 +469,7 @@ mod tests {
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("\"w1\""), "{err}");
 
-        age(&b, "job", 120_000);
+        clock.advance(Duration::from_secs(120));
         assert!(b.status_blocking("job").unwrap().unwrap().stale);
         let err = b.renew_blocking("job", "w1").unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
