@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod coordinator;
 pub mod duration;
 pub mod gh_cli;
 pub mod github;
