@@ -7,6 +7,8 @@
 //!   applies the same Raft log to it and so holds the same locks, leases, wait queues and answers.
 //!   It never reads a clock: the leader stamps each command with its time, and the log index of
 //!   the entry that grants a lock is the lock's fencing token.
+//! - [`store`]: a node's durable storage for openraft: the log, vote and committed index in redb
+//!   with group commit, and the lock state with its snapshots.
 //!
 //! Consensus itself is not home-made: the log, votes and elections belong to openraft, and this
 //! module only supplies what openraft asks of an application (the state machine, its storage).
@@ -15,3 +17,21 @@
 //! it over arbitrary logs.
 
 pub mod state;
+pub mod store;
+
+/// A node's id in the cluster (`--id`).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The coordinator's choices for openraft: entries carry [`state::Proposal`]s, applying one
+    /// answers with its request's [`state::Outcome`] (none for ticks and Raft's own entries), and
+    /// nodes are known by the address of their HTTP listener.
+    pub TypeConfig:
+        D = state::Proposal,
+        R = Option<state::Outcome>,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
