@@ -6,6 +6,7 @@ pub mod completions;
 pub mod heartbeat;
 pub mod metrics;
 pub mod release;
+pub mod serve;
 pub mod status;
 
 use crate::cli::{Cli, Command};
@@ -21,12 +22,18 @@ pub async fn run(cli: &Cli) -> Result<Report> {
     if let Command::Metrics(args) = &cli.command {
         return metrics::run(&cli.global, args).await;
     }
+    // A coordinator node is no client: it needs no backend or worker identity.
+    if let Command::Serve(args) = &cli.command {
+        return serve::run(&cli.global, args).await;
+    }
     let ctx = Context::from_args(&cli.global)?;
     match &cli.command {
         Command::Claim(a) => claim::run(&ctx, a).await,
         Command::Release(a) => release::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
-        Command::Completions(_) | Command::Metrics(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -7,8 +7,12 @@
 //!   applies the same Raft log to it and so holds the same locks, leases, wait queues and answers.
 //!   It never reads a clock: the leader stamps each command with its time, and the log index of
 //!   the entry that grants a lock is the lock's fencing token.
-//! - [`store`]: a node's durable storage for openraft: the log, vote and committed index in redb
-//!   with group commit, and the lock state with its snapshots.
+//! - [`store`]: a node's durable storage for openraft: the log, vote and committed index in redb,
+//!   and the lock state with its snapshots.
+//! - [`network`]: Raft RPCs between nodes over HTTP, and the client that forwards requests to the
+//!   leader.
+//! - [`server`]: a running node (`sentinel serve`): Raft, cluster formation, the leader's ticks.
+//! - [`api`]: the HTTP JSON API clients use, and the endpoints peers call.
 //!
 //! Consensus itself is not home-made: the log, votes and elections belong to openraft, and this
 //! module only supplies what openraft asks of an application (the state machine, its storage).
@@ -16,6 +20,9 @@
 //! two nodes that apply the same entries must reach the same state — and lets property tests check
 //! it over arbitrary logs.
 
+pub mod api;
+pub mod network;
+pub mod server;
 pub mod state;
 pub mod store;
 

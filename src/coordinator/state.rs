@@ -163,7 +163,7 @@ pub enum Outcome {
     Refused {
         limit: Limit,
     },
-    /// The request id was first used for another request (another kind or another lock).
+    /// The request id was first used for another request (another kind, lock or holder).
     RequestIdReused,
 }
 
@@ -213,6 +213,7 @@ pub struct Slot {
 struct Remembered {
     kind: RequestKind,
     name: String,
+    holder: String,
     outcome: Outcome,
 }
 
@@ -253,44 +254,41 @@ impl LockState {
         self.advance(index, now, &mut settled);
         let outcome = match &proposal.command {
             Command::Tick => None,
-            Command::Acquire(a) => {
-                Some(
-                    self.request(&a.request_id, RequestKind::Acquire, &a.name, now, |s| {
-                        s.acquire(index, now, a)
-                    }),
-                )
-            }
-            Command::Release(r) => {
-                Some(
-                    self.request(&r.request_id, RequestKind::Release, &r.name, now, |s| {
-                        s.release(index, now, r, &mut settled)
-                    }),
-                )
-            }
-            Command::Renew(r) => {
-                Some(
-                    self.request(&r.request_id, RequestKind::Renew, &r.name, now, |s| {
-                        s.renew(now, r)
-                    }),
-                )
-            }
+            Command::Acquire(a) => Some(self.request(
+                &a.request_id,
+                (RequestKind::Acquire, &a.name, &a.holder),
+                now,
+                |s| s.acquire(index, now, a),
+            )),
+            Command::Release(r) => Some(self.request(
+                &r.request_id,
+                (RequestKind::Release, &r.name, &r.holder),
+                now,
+                |s| s.release(index, now, r, &mut settled),
+            )),
+            Command::Renew(r) => Some(self.request(
+                &r.request_id,
+                (RequestKind::Renew, &r.name, &r.holder),
+                now,
+                |s| s.renew(now, r),
+            )),
         };
         self.forget(now);
         Applied { outcome, settled }
     }
 
     /// Runs a request once: a request id the state remembers gets its answer, anything else is
-    /// executed and its answer remembered.
+    /// executed and its answer remembered. A remembered id used by another kind of request, on
+    /// another lock or by another holder is refused: it cannot be a retry.
     fn request(
         &mut self,
         id: &str,
-        kind: RequestKind,
-        name: &str,
+        (kind, name, holder): (RequestKind, &str, &str),
         now: u64,
         run: impl FnOnce(&mut Self) -> Outcome,
     ) -> Outcome {
         if let Some(r) = self.requests.get(id) {
-            return if r.kind == kind && r.name == name {
+            return if r.kind == kind && r.name == name && r.holder == holder {
                 r.outcome.clone()
             } else {
                 Outcome::RequestIdReused
@@ -305,6 +303,7 @@ impl LockState {
             Remembered {
                 kind,
                 name: name.to_string(),
+                holder: holder.to_string(),
                 outcome: outcome.clone(),
             },
         );
@@ -652,8 +651,9 @@ impl LockState {
                     Some(Remembered {
                         kind: RequestKind::Acquire,
                         name: n,
+                        holder,
                         outcome: Outcome::Queued { .. },
-                    }) if n == name => {}
+                    }) if n == name && *holder == w.holder => {}
                     _ => {
                         return Err(format!(
                             "waiting request {:?} is not remembered as queued for {name:?}",
@@ -951,6 +951,10 @@ mod tests {
         );
         assert_eq!(
             outcome(step(&mut s, 9, 70, acquire("r1", "b", "w1", TTL, 0))),
+            Outcome::RequestIdReused
+        );
+        assert_eq!(
+            outcome(step(&mut s, 9, 70, acquire("r1", "a", "w2", TTL, 0))),
             Outcome::RequestIdReused
         );
         assert!(s.get("b").is_none());

@@ -6,8 +6,9 @@
 //!   so replication and the state machine read without touching the disk; the snapshot policy
 //!   bounds how many there are. Writes go to one writer thread in the order they were made. It
 //!   commits everything queued since its last commit in one write transaction, with one fsync, and
-//!   then reports every batch in it as flushed: under many concurrent clients, many appends share
-//!   one fsync (group commit), while `append` itself returns at once as the trait asks.
+//!   then reports every batch in it as flushed, while `append` itself returns at once as the trait
+//!   asks. (openraft 0.9 awaits each append's flush before the next, so today a batch is one
+//!   append: a follower's AppendEntries, one client write on the leader.)
 //! - [`StateMachineStore`] ([`RaftStateMachine`]): the [`LockState`] in memory, applied from
 //!   committed entries, and its snapshots in `DIR/snapshot` (replaced atomically, fsynced). After
 //!   a restart the state is the last snapshot, and openraft applies the committed entries after
@@ -147,6 +148,11 @@ impl LogStore {
                 thread: Some(thread),
             }),
         })
+    }
+
+    /// The last committed log index this node knows of.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.mem().committed.map(|c| c.index)
     }
 
     fn mem(&self) -> MutexGuard<'_, LogMem> {
@@ -412,6 +418,8 @@ struct Shared {
     /// built in tasks of their own, so a slow build may finish after a newer snapshot was
     /// installed: it must not replace it.
     snapshot: Mutex<Option<LogId<NodeId>>>,
+    /// The last applied log index, for whoever waits for the state to change.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// The state machine half of the storage. Cloning is cheap and shares the state: the server
@@ -450,6 +458,9 @@ impl StateMachineStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 snapshot: Mutex::new(machine.last_applied),
+                applied: tokio::sync::watch::Sender::new(
+                    machine.last_applied.map_or(0, |l| l.index),
+                ),
                 machine: RwLock::new(machine),
             }),
         })
@@ -466,12 +477,23 @@ impl StateMachineStore {
             .unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Changes the state machine, then wakes whoever waits for a change.
     fn write<T>(&self, f: impl FnOnce(&mut Machine) -> T) -> T {
-        f(&mut self
+        let mut machine = self
             .shared
             .machine
             .write()
-            .unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_else(|e| e.into_inner());
+        let result = f(&mut machine);
+        let applied = machine.last_applied.map_or(0, |l| l.index);
+        drop(machine);
+        self.shared.applied.send_replace(applied);
+        result
+    }
+
+    /// A receiver that wakes up whenever entries have been applied (or a snapshot installed).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
     }
 
     /// Writes the snapshot file, unless it already holds a newer snapshot.

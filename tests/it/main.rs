@@ -10,4 +10,5 @@ mod local_cli;
 mod manpages;
 mod metrics;
 mod robustness;
+mod serve;
 mod support;
