@@ -168,6 +168,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help 
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This node\'s id in the cluster (1 or more)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the same token); never printed or logged' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r

@@ -133,6 +133,16 @@ pub struct ServeArgs {
     /// node included, with the same list on every node (the lowest id forms the cluster)
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     pub peers: Vec<String>,
+    /// Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the
+    /// same token); never printed or logged
+    #[arg(
+        long,
+        env = "SENTINEL_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret
+    )]
+    pub auth_token: Option<Secret>,
 }
 
 #[derive(Debug, Args)]

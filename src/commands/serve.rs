@@ -12,6 +12,7 @@ use crate::coordinator::NodeId;
 use crate::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
 use crate::error::{Error, Result};
 use crate::output::Report;
+use crate::secret::Secret;
 
 pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     let opts = options(global, args)?;
@@ -78,7 +79,23 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         listen,
         members,
         data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
+        auth_token: auth_token(args.auth_token.as_ref())?,
     })
+}
+
+/// The shared bearer token: set-but-empty counts as unset; it must fit in an HTTP header.
+fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
+    let Some(token) = given.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        // Never echo the token.
+        return Err(Error::usage(
+            "invalid --auth-token (SENTINEL_AUTH_TOKEN): use 1 to 1024 printable ASCII characters \
+             without spaces",
+        ));
+    }
+    Ok(Some(Secret::new(token)))
 }
 
 /// Parses `ID=HOST:PORT`.
@@ -130,6 +147,17 @@ mod tests {
             BTreeMap::from([(1, server::DEFAULT_LISTEN.to_string())])
         );
         assert!(o.data_dir.ends_with("coordinator"));
+        assert_eq!(o.auth_token, None);
+    }
+
+    #[test]
+    fn the_auth_token_is_checked_and_never_echoed() {
+        let o = opts(&["--auth-token", " s3cret "]).unwrap();
+        assert_eq!(o.auth_token.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(opts(&["--auth-token", ""]).unwrap().auth_token, None);
+        let e = opts(&["--auth-token", "has space-in-it"]).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Usage);
+        assert!(!e.to_string().contains("space-in-it"), "{e}");
     }
 
     #[test]

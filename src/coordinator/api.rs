@@ -13,7 +13,8 @@
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
 //!
 //! Every error is a JSON object `{"code": ..., "message": ...}` whose `code` is stable: 400
-//! `invalid_name`, `invalid_body`, `invalid_query`; 404 `unknown_route`; 405
+//! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
+//! `--auth-token` requires `Authorization: Bearer TOKEN` on every request); 404 `unknown_route`; 405
 //! `method_not_allowed`; 409 `lock_held`, `wait_timed_out`, `not_holder`, `request_id_reused`;
 //! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
 //! `unavailable`.
@@ -32,7 +33,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
-use http::header::CONTENT_TYPE;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
@@ -77,7 +78,34 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/status", any(cluster_status))
         .merge(raft)
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_token,
+        ))
         .with_state(node)
+}
+
+/// With a cluster token, every request (clients' and peers') must carry it.
+async fn require_token(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &node.auth {
+        Some(auth) if !auth.accepts(req.headers().get(AUTHORIZATION)) => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this node requires a bearer token: send Authorization: Bearer TOKEN",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// An error answer: a status and a JSON object with a stable `code`.
@@ -274,6 +302,9 @@ async fn forward(
         .header(FORWARDED, node.id.to_string());
     if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
         request = request.header(CONTENT_TYPE, ct);
+    }
+    if let Some(auth) = &node.auth {
+        request = request.header(AUTHORIZATION, auth.header.clone());
     }
     let request = request
         .body(Full::new(body))

@@ -12,8 +12,8 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{Request, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -107,11 +107,13 @@ pub async fn exchange(
 /// Builds openraft's network clients.
 pub struct Peers {
     client: HttpClient,
+    /// The `Authorization` header peers require, if the cluster has a token.
+    auth: Option<HeaderValue>,
 }
 
 impl Peers {
-    pub fn new(client: HttpClient) -> Peers {
-        Peers { client }
+    pub fn new(client: HttpClient, auth: Option<HeaderValue>) -> Peers {
+        Peers { client, auth }
     }
 }
 
@@ -123,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -132,6 +135,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     client: HttpClient,
+    auth: Option<HeaderValue>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -151,8 +155,12 @@ impl Peer {
     {
         let network = |e: String| RPCError::Network(NetworkError::new(&io::Error::other(e)));
         let body = serde_json::to_vec(req).map_err(|e| network(e.to_string()))?;
-        let request = Request::post(format!("http://{}{path}", self.addr))
-            .header(CONTENT_TYPE, "application/json")
+        let mut request = Request::post(format!("http://{}{path}", self.addr))
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| network(format!("invalid peer address {:?}: {e}", self.addr)))?;
         let (status, _, body) =

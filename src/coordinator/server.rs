@@ -24,6 +24,9 @@ use super::store::{self, LogStore, StateMachineStore};
 use super::{NodeId, TypeConfig, api};
 use crate::error::{Error, Result};
 use crate::lease::{Clock, SystemClock};
+use crate::secret::Secret;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
 
 /// Where `sentinel serve` listens without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7464";
@@ -53,6 +56,8 @@ pub struct ServeOptions {
     /// Every member of the cluster with the address peers reach it at; includes this node.
     pub members: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
+    /// The bearer token every client and peer request must carry, if any.
+    pub auth_token: Option<Secret>,
 }
 
 /// A running node, shared by the HTTP handlers and the ticker.
@@ -62,6 +67,46 @@ pub struct Node {
     pub log: LogStore,
     pub state: StateMachineStore,
     pub client: HttpClient,
+    pub auth: Option<Auth>,
+}
+
+/// The shared bearer token, kept as what is needed to check and to send it.
+pub struct Auth {
+    digest: [u8; 32],
+    /// `Bearer TOKEN`, marked sensitive so that no HTTP log shows it.
+    pub header: HeaderValue,
+}
+
+impl Auth {
+    pub fn new(token: &Secret) -> Result<Auth> {
+        let mut header =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                Error::usage("invalid --auth-token: it cannot be sent in an HTTP header")
+            })?;
+        header.set_sensitive(true);
+        Ok(Auth {
+            digest: Sha256::digest(token.expose().as_bytes()).into(),
+            header,
+        })
+    }
+
+    /// Whether an `Authorization` header carries the token. Both sides are hashed first and the
+    /// digests compared without stopping at the first difference, so the time taken says nothing
+    /// about the token.
+    pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(given) = authorization
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        digest
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
 }
 
 /// Why a proposal did not get an answer.
@@ -131,10 +176,11 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     let client = http_client();
+    let auth = opts.auth_token.as_ref().map(Auth::new).transpose()?;
     let raft = Raft::new(
         opts.id,
         Arc::new(config),
-        Peers::new(client.clone()),
+        Peers::new(client.clone(), auth.as_ref().map(|a| a.header.clone())),
         log.clone(),
         state.clone(),
     )
@@ -147,6 +193,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         log,
         state,
         client,
+        auth,
     });
     let addr = listener.local_addr()?;
     let ticker = tokio::spawn(tick(node.clone()));
@@ -224,5 +271,29 @@ async fn tick(node: Arc<Node>) {
             _ = tokio::time::sleep(pause) => {}
             changed = applied.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        let auth = Auth::new(&Secret::new("s3cret")).unwrap();
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(auth.accepts(Some(&h("Bearer s3cret"))));
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
+            assert!(!auth.accepts(Some(&h(wrong))), "{wrong}");
+        }
+        assert!(!auth.accepts(None));
+        assert!(auth.header.is_sensitive());
+        assert!(!format!("{:?}", auth.header).contains("s3cret"));
     }
 }

@@ -13,22 +13,34 @@ use serde_json::{Value, json};
 
 use crate::support::sentinel;
 
+/// The token of the three-node cluster; every request of these tests carries it (a node without
+/// a token ignores it).
+const TOKEN: &str = "t0p-s3cret-cluster-token";
+
 /// A `sentinel serve` process, killed when dropped.
 struct Node {
     id: u64,
     addr: String,
     peers: Vec<String>,
     data: PathBuf,
+    token: Option<&'static str>,
     child: Option<Child>,
 }
 
 impl Node {
-    fn start(id: u64, addr: &str, peers: &[String], data: &Path) -> Node {
+    fn start(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        token: Option<&'static str>,
+    ) -> Node {
         let mut node = Node {
             id,
             addr: addr.to_string(),
             peers: peers.to_vec(),
             data: data.to_path_buf(),
+            token,
             child: None,
         };
         node.restart();
@@ -48,6 +60,9 @@ impl Node {
         ]);
         for p in &self.peers {
             cmd.args(["--peer", p]);
+        }
+        if let Some(token) = self.token {
+            cmd.env("SENTINEL_AUTH_TOKEN", token);
         }
         let mut child = cmd
             .env("RUST_LOG", "sentinel=info")
@@ -100,17 +115,30 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-/// One HTTP/1.1 exchange: the status and the JSON body.
+/// One HTTP/1.1 exchange with the test token: the status and the JSON body.
 fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    exchange(addr, method, path, body, Some(TOKEN))
+}
+
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Result<(u16, Value), String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| e.to_string())?;
@@ -164,7 +192,7 @@ fn token(v: &Value) -> u64 {
 fn one_node_serves_locks_and_keeps_them_across_kill_9() {
     let data = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let mut node = Node::start(1, &addr, &[], data.path());
+    let mut node = Node::start(1, &addr, &[], data.path(), None);
     eventually(20, "a leader", || leader_of(&addr));
 
     let acquire =
@@ -438,7 +466,7 @@ fn three_nodes_elect_a_new_leader_after_kill_9_and_the_old_one_catches_up() {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
     let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path()))
+        .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Some(TOKEN)))
         .collect();
     let leader = eventually(30, "one leader known to every node", || {
         let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
@@ -447,6 +475,18 @@ fn three_nodes_elect_a_new_leader_after_kill_9_and_the_old_one_catches_up() {
     });
     let li = (leader - 1) as usize;
     let followers: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+
+    // The cluster formed with the token (peers send it); clients without it are turned away.
+    for addr in [&addrs[li], &addrs[followers[0]]] {
+        for token in [None, Some("wrong"), Some("t0p-s3cret-cluster-toke")] {
+            let (s, v) = exchange(addr, "GET", "/locks/x/status", None, token).unwrap();
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{token:?}"
+            );
+        }
+    }
 
     // A follower forwards the write to the leader; another follower reads it.
     let (s, v) = post(
@@ -509,4 +549,11 @@ fn three_nodes_elect_a_new_leader_after_kill_9_and_the_old_one_catches_up() {
         (200, Some("w2")),
         "{v}"
     );
+    for node in &nodes {
+        assert!(
+            !node.log().contains(TOKEN),
+            "node {} logged the token",
+            node.id
+        );
+    }
 }
