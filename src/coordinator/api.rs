@@ -11,6 +11,7 @@
 //! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
+//! | `GET /metrics` | | 200 this node's metrics, Prometheus text format |
 //!
 //! Every error is a JSON object `{"code": ..., "message": ...}` whose `code` is stable: 400
 //! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
@@ -76,6 +77,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/locks/{*rest}", any(locks))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
+        .route("/metrics", any(metrics))
         .merge(raft)
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
@@ -432,6 +434,7 @@ struct AcquireBody {
 }
 
 async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let b: AcquireBody = parse(body)?;
     label("holder", &b.holder)?;
     if let Some(n) = &b.node {
@@ -464,7 +467,7 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     });
     // Subscribe before proposing, so no settlement can slip between the two.
     let mut applied = node.state.subscribe();
-    let mut outcome = node.propose(command).await.map_err(propose_error)?;
+    let (mut outcome, index) = node.propose(command).await.map_err(propose_error)?;
     if matches!(outcome, Outcome::Queued { .. }) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms) + SETTLE_GRACE;
         loop {
@@ -488,6 +491,16 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
             }
         }
     }
+    // A grant made for this request (by its entry, or later from the queue) carries a token at
+    // least the entry's index; a remembered answer to a retry carries an older one.
+    if let Outcome::Granted {
+        lease,
+        adopted: false,
+    } = &outcome
+        && lease.fencing_token >= index
+    {
+        node.stats.acquired(started.elapsed());
+    }
     answer(node, &name, &id, outcome)
 }
 
@@ -510,7 +523,7 @@ async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
         holder: b.holder,
         token: b.token,
     });
-    let outcome = node.propose(command).await.map_err(propose_error)?;
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
     answer(node, &name, &id, outcome)
 }
 
@@ -524,7 +537,7 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
         holder: b.holder,
         token: b.token,
     });
-    let outcome = node.propose(command).await.map_err(propose_error)?;
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
     answer(node, &name, &id, outcome)
 }
 
@@ -709,6 +722,29 @@ async fn health(State(node): State<Arc<Node>>, method: Method) -> Response {
         )
         .with(body)
         .into_response()
+    }
+}
+
+/// This node's own metrics, in Prometheus text format (never forwarded: each node is scraped).
+async fn metrics(State(node): State<Arc<Node>>, method: Method) -> Response {
+    if method != Method::GET {
+        return method_not_allowed(&method, "/metrics", "GET").into_response();
+    }
+    match node.stats.render(node.state.read(|m| m.state.held())) {
+        Ok(text) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unavailable",
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 

@@ -13,6 +13,7 @@
 //!   leader.
 //! - [`server`]: a running node (`sentinel serve`): Raft, cluster formation, the leader's ticks.
 //! - [`api`]: the HTTP JSON API clients use, and the endpoints peers call.
+//! - [`stats`]: the node's Prometheus metrics.
 //!
 //! Consensus itself is not home-made: the log, votes and elections belong to openraft, and this
 //! module only supplies what openraft asks of an application (the state machine, its storage).
@@ -24,6 +25,7 @@ pub mod api;
 pub mod network;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod store;
 
 /// A node's id in the cluster (`--id`).

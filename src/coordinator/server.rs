@@ -20,6 +20,7 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 
 use super::network::{HttpClient, Peers, http_client};
 use super::state::{Command, Outcome, Proposal};
+use super::stats::Stats;
 use super::store::{self, LogStore, StateMachineStore};
 use super::{NodeId, TypeConfig, api};
 use crate::error::{Error, Result};
@@ -68,6 +69,7 @@ pub struct Node {
     pub state: StateMachineStore,
     pub client: HttpClient,
     pub auth: Option<Auth>,
+    pub stats: Stats,
 }
 
 /// The shared bearer token, kept as what is needed to check and to send it.
@@ -119,16 +121,24 @@ pub enum ProposeError {
 
 impl Node {
     /// Stamps `command` with this node's clock and replicates it; the state's answer once it is
-    /// committed and applied here.
-    pub async fn propose(&self, command: Command) -> std::result::Result<Outcome, ProposeError> {
+    /// committed and applied here, and the log index of its entry.
+    pub async fn propose(
+        &self,
+        command: Command,
+    ) -> std::result::Result<(Outcome, u64), ProposeError> {
         let proposal = Proposal {
             at_ms: SystemClock.now_ms(),
             command,
         };
+        let started = std::time::Instant::now();
         match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await {
-            Ok(Ok(written)) => written.data.ok_or_else(|| {
-                ProposeError::Unavailable("the state machine gave no answer".into())
-            }),
+            Ok(Ok(written)) => {
+                self.stats.committed(started.elapsed());
+                let index = written.log_id.index;
+                written.data.map(|o| (o, index)).ok_or_else(|| {
+                    ProposeError::Unavailable("the state machine gave no answer".into())
+                })
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(ProposeError::NotLeader(f.leader_id))
             }
@@ -177,6 +187,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     let client = http_client();
     let auth = opts.auth_token.as_ref().map(Auth::new).transpose()?;
+    let stats = Stats::new()?;
     let raft = Raft::new(
         opts.id,
         Arc::new(config),
@@ -194,9 +205,11 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         state,
         client,
         auth,
+        stats,
     });
     let addr = listener.local_addr()?;
     let ticker = tokio::spawn(tick(node.clone()));
+    let elections = tokio::spawn(count_elections(node.clone()));
     ready(addr);
     let mut metrics = node.raft.metrics();
     let stopped = async move {
@@ -217,6 +230,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),
     };
     ticker.abort();
+    elections.abort();
     let _ = node.raft.shutdown().await;
     result
 }
@@ -248,6 +262,25 @@ async fn form_cluster(
     raft.initialize(nodes)
         .await
         .map_err(|e| Error::Unexpected(format!("cannot form the cluster: {e}")))
+}
+
+/// Counts the elections this node sees end with a leader: each new term that has one.
+async fn count_elections(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut counted_term = None;
+    loop {
+        let (term, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader)
+        };
+        if leader.is_some() && counted_term != Some(term) {
+            counted_term = Some(term);
+            node.stats.elected();
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// On the leader, proposes a `Tick` whenever a lease or a wait of the state has ended, so that

@@ -127,6 +127,19 @@ fn exchange(
     body: Option<Value>,
     token: Option<&str>,
 ) -> Result<(u16, Value), String> {
+    let (status, body) = raw(addr, method, path, body, token)?;
+    let json = serde_json::from_str(&body).map_err(|e| format!("{e}: {body:?}"))?;
+    Ok((status, json))
+}
+
+/// One HTTP/1.1 exchange: the status and the body as text.
+fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
@@ -150,8 +163,7 @@ fn exchange(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("no status")?;
-    let json = serde_json::from_str(body).map_err(|e| format!("{e}: {body:?}"))?;
-    Ok((status, json))
+    Ok((status, body.to_string()))
 }
 
 fn get(addr: &str, path: &str) -> (u16, Value) {
@@ -436,6 +448,26 @@ fn one_node_serves_locks_and_keeps_them_across_kill_9() {
         names,
         ["build 42", "page-0", "page-1", "page-2", "page-3", "page-4"]
     );
+
+    // Metrics: seven new grants (the retry and the refusals are not grants), six held locks.
+    let (s, text) = raw(&addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(s, 200);
+    for line in [
+        "lock_acquisitions_total 7",
+        "lock_acquisition_duration_seconds_count 7",
+        "active_locks_gauge 6",
+        "leader_elections_total 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in:\n{text}"
+        );
+    }
+    let commits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("consensus_commit_latency_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(commits.is_some_and(|n| n >= 10), "{text}");
 
     // kill -9 loses no acknowledged write.
     node.kill();
