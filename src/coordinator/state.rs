@@ -9,6 +9,10 @@
 //! - **Time is the leader's.** Each proposal carries the leader's wall clock when it proposed it.
 //!   The state's clock is the largest stamp applied so far, so a new leader whose clock is behind
 //!   never moves time backwards.
+//! - **An election does not end leases early.** While no leader serves, holders cannot renew. So
+//!   the first command of a new leader (a newer Raft term) first extends every lease by the time
+//!   since the last command of the old leader, at most [`LEADER_CHANGE_GRACE_MS`]: the time the
+//!   election took, counted as if renewed.
 //! - **A lease ends at its TTL.** A lease renewed at `t` with TTL `d` is live up to and including
 //!   `t + d` (the rule of [`LockTable::is_stale`], shared with the local backend) and is gone
 //!   after it: the next waiter gets the lock. Before a command takes effect, every lease and every
@@ -45,6 +49,9 @@ pub const MAX_WAITERS: usize = 100_000;
 pub const REQUEST_WINDOW_MS: u64 = 60_000;
 /// Most settled answers remembered; the oldest are forgotten first.
 pub const REQUEST_MEMORY: usize = 100_000;
+/// Most a change of leader extends the leases by. An election takes well under a second; the
+/// time since the old leader's last command may also include quiet time, hence a bound.
+pub const LEADER_CHANGE_GRACE_MS: u64 = 2_000;
 
 /// The application payload of one Raft log entry: a command and the leader's time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +228,8 @@ struct Remembered {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     clock_ms: u64,
+    #[serde(default)]
+    term: u64,
     locks: BTreeMap<String, Slot>,
     requests: BTreeMap<String, Remembered>,
     /// Settled request ids in the order they were settled, with the time.
@@ -232,6 +241,8 @@ struct Stored {
 pub struct LockState {
     /// The largest leader stamp applied.
     clock_ms: u64,
+    /// The Raft term of the last command applied: a newer one is a new leader.
+    term: u64,
     /// Held locks only: a lock with waiters always has a holder, since a lock that falls free
     /// goes to the head of its queue at once.
     locks: BTreeMap<String, Slot>,
@@ -245,9 +256,17 @@ pub struct LockState {
 }
 
 impl LockState {
-    /// Applies the entry at log `index`. Deterministic and total: any proposal in any state gives
-    /// an answer, and the same entries applied in the same order give the same state.
-    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
+    /// Applies the entry at log `index`, written by the leader of `term`. Deterministic and total:
+    /// any proposal in any state gives an answer, and the same entries applied in the same order
+    /// give the same state.
+    pub fn apply(&mut self, index: u64, term: u64, proposal: &Proposal) -> Applied {
+        if term > self.term {
+            if self.term != 0 {
+                let gap = proposal.at_ms.saturating_sub(self.clock_ms);
+                self.extend_leases(gap.min(LEADER_CHANGE_GRACE_MS));
+            }
+            self.term = term;
+        }
         let now = self.clock_ms.max(proposal.at_ms);
         self.clock_ms = now;
         let mut settled = Vec::new();
@@ -430,6 +449,21 @@ impl LockState {
         }
     }
 
+    /// Moves every lease's last renewal `by` later (a new leader's grace).
+    fn extend_leases(&mut self, by: u64) {
+        if by == 0 {
+            return;
+        }
+        for slot in self.locks.values_mut() {
+            slot.lease.heartbeat_ms = slot.lease.heartbeat_ms.saturating_add(by);
+        }
+        self.expiries = self
+            .locks
+            .iter()
+            .map(|(name, slot)| (slot.lease.expires_at_ms(), name.clone()))
+            .collect();
+    }
+
     /// Ends every lease and wait that ended before `now`, in the order they ended. A wait that
     /// ends at the same instant as the lease it waits for ends first: the waiter had given up.
     fn advance(&mut self, index: u64, now: u64, settled: &mut Vec<Settled>) {
@@ -594,6 +628,7 @@ impl LockState {
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         serde_json::to_vec(&StoredRef {
             clock_ms: self.clock_ms,
+            term: self.term,
             locks: &self.locks,
             requests: &self.requests,
             settled: &self.settled,
@@ -606,6 +641,7 @@ impl LockState {
         let stored: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let mut state = LockState {
             clock_ms: stored.clock_ms,
+            term: stored.term,
             locks: stored.locks,
             expiries: BTreeSet::new(),
             deadlines: BTreeSet::new(),
@@ -700,6 +736,7 @@ impl LockState {
 #[derive(Serialize)]
 struct StoredRef<'a> {
     clock_ms: u64,
+    term: u64,
     locks: &'a BTreeMap<String, Slot>,
     requests: &'a BTreeMap<String, Remembered>,
     settled: &'a VecDeque<(u64, String)>,
@@ -746,7 +783,7 @@ mod tests {
 
     /// Applies `command` at log `index` and leader time `at_ms`, checking the invariants.
     fn step(s: &mut LockState, index: u64, at_ms: u64, command: Command) -> Applied {
-        let applied = s.apply(index, &Proposal { at_ms, command });
+        let applied = s.apply(index, 1, &Proposal { at_ms, command });
         assert_eq!(s.check(), Ok(()), "after entry {index}");
         applied
     }
@@ -919,6 +956,7 @@ mod tests {
         let mut expected = before;
         expected.apply(
             2,
+            1,
             &Proposal {
                 at_ms: 10,
                 command: Command::Tick,
@@ -1069,6 +1107,78 @@ mod tests {
     }
 
     #[test]
+    fn a_new_leader_extends_leases_by_the_election_within_the_grace() {
+        let mut s = LockState::default();
+        s.apply(
+            1,
+            1,
+            &Proposal {
+                at_ms: 1_000,
+                command: acquire("r1", "a", "w1", 500, 0),
+            },
+        );
+        s.apply(
+            2,
+            1,
+            &Proposal {
+                at_ms: 1_000,
+                command: acquire("r2", "b", "w1", 60_000, 0),
+            },
+        );
+        // The leader dies; a new one's first command comes 800 ms after the last: without the
+        // grace, lock "a" (live up to 1_500) would end at once.
+        let a = s.apply(
+            3,
+            2,
+            &Proposal {
+                at_ms: 1_800,
+                command: Command::Tick,
+            },
+        );
+        assert!(a.settled.is_empty());
+        assert_eq!(s.get("a").unwrap().lease.expires_at_ms(), 2_300);
+        assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_800);
+        assert_eq!(s.check(), Ok(()));
+        // The same term again extends nothing; a long quiet time extends by the grace only.
+        s.apply(
+            4,
+            2,
+            &Proposal {
+                at_ms: 2_000,
+                command: Command::Tick,
+            },
+        );
+        assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_800);
+        s.apply(
+            5,
+            3,
+            &Proposal {
+                at_ms: 30_000,
+                command: Command::Tick,
+            },
+        );
+        assert!(s.get("a").is_none());
+        assert_eq!(
+            s.get("b").unwrap().lease.expires_at_ms(),
+            61_800 + LEADER_CHANGE_GRACE_MS
+        );
+        // A new leader whose clock is behind extends nothing.
+        s.apply(
+            6,
+            4,
+            &Proposal {
+                at_ms: 10,
+                command: Command::Tick,
+            },
+        );
+        assert_eq!(
+            s.get("b").unwrap().lease.expires_at_ms(),
+            61_800 + LEADER_CHANGE_GRACE_MS
+        );
+        assert_eq!(LockState::from_json(&s.to_json().unwrap()).unwrap(), s);
+    }
+
+    #[test]
     fn time_never_goes_backwards() {
         let mut s = LockState::default();
         step(&mut s, 1, 5_000, acquire("r1", "a", "w1", TTL, 0));
@@ -1087,6 +1197,7 @@ mod tests {
         for i in 0..MAX_HELD_LOCKS {
             s.apply(
                 1 + i as u64,
+                1,
                 &Proposal {
                     at_ms: 0,
                     command: acquire(&format!("r{i}"), &format!("lock-{i}"), "w", TTL, 0),
@@ -1097,6 +1208,7 @@ mod tests {
         let before = s.clone();
         let refused = s.apply(
             u64::MAX,
+            1,
             &Proposal {
                 at_ms: 0,
                 command: acquire("over", "one-more", "w", TTL, 0),
@@ -1114,6 +1226,7 @@ mod tests {
         assert!(matches!(
             s.apply(
                 u64::MAX,
+                1,
                 &Proposal {
                     at_ms: 0,
                     command: acquire("w", "lock-0", "w2", TTL, 10)
@@ -1324,25 +1437,31 @@ mod tests {
 
     /// Runs generated steps as clients would: tokens come from the answers they got. Returns the
     /// log that was applied and every entry's result, checking the model after each entry.
-    fn run(steps: &[Step]) -> (LockState, Vec<(u64, Proposal)>, Vec<Applied>) {
+    fn run(steps: &[Step]) -> (LockState, Vec<(u64, u64, Proposal)>, Vec<Applied>) {
         const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
         const HOLDERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
         let mut s = LockState::default();
         let mut model = Model::default();
         let mut at: u64 = 1_000_000;
+        let (mut term, mut applied_term) = (1, 0);
         let mut log = Vec::new();
         let mut results = Vec::new();
         let mut sent: Vec<Command> = Vec::new();
         for (i, &(kind, name, holder, jump, n, wait, readopt, token)) in steps.iter().enumerate() {
             let index = 1 + i as u64;
             at = match jump {
-                // A leader whose clock is behind.
+                // A new leader whose clock is behind.
                 0 => at.saturating_sub(n % (2 * TTL)),
+                // A new leader after an election, short or long.
+                3 => at + n % (3 * LEADER_CHANGE_GRACE_MS),
                 1 => at + TTL + n % (2 * TTL),
                 // Long enough for answers to be forgotten: a late retry runs again.
                 2 => at + REQUEST_WINDOW_MS / 3 + n % TTL,
                 _ => at + n % (TTL / 4),
             };
+            if jump == 0 || jump == 3 {
+                term += 1;
+            }
             let (name, holder) = (NAMES[name], HOLDERS[holder]);
             let id = format!("r{index}");
             let token = match token {
@@ -1382,6 +1501,7 @@ mod tests {
                 let mut t = s.clone();
                 t.apply(
                     index,
+                    term,
                     &Proposal {
                         at_ms: at,
                         command: Command::Tick,
@@ -1389,7 +1509,16 @@ mod tests {
                 );
                 t
             });
-            let applied = s.apply(index, &proposal);
+            // A new leader extends every lease by the time since the old leader's last command,
+            // within the grace: so do the leases the clients hold.
+            if term > applied_term && applied_term != 0 {
+                let by = at.saturating_sub(s.clock_ms()).min(LEADER_CHANGE_GRACE_MS);
+                for belief in model.beliefs.values_mut() {
+                    belief.1 += by;
+                }
+            }
+            applied_term = term;
+            let applied = s.apply(index, term, &proposal);
             let ctx = format!("entry {index}: {proposal:?} -> {applied:?}");
             assert_eq!(s.check(), Ok(()), "{ctx}");
             for settled in &applied.settled {
@@ -1405,7 +1534,7 @@ mod tests {
             if !retry && !matches!(proposal.command, Command::Tick) {
                 sent.push(proposal.command.clone());
             }
-            log.push((index, proposal));
+            log.push((index, term, proposal));
             results.push(applied);
         }
         (s, log, results)
@@ -1424,20 +1553,22 @@ mod tests {
         ) {
             let (state, log, results) = run(&steps);
             let json = serde_json::to_vec(&log).unwrap();
-            let log: Vec<(u64, Proposal)> = serde_json::from_slice(&json).unwrap();
+            let log: Vec<(u64, u64, Proposal)> = serde_json::from_slice(&json).unwrap();
             let mut replay = LockState::default();
-            let replayed: Vec<Applied> = log.iter().map(|(i, p)| replay.apply(*i, p)).collect();
+            let replayed: Vec<Applied> =
+                log.iter().map(|(i, t, p)| replay.apply(*i, *t, p)).collect();
             prop_assert_eq!(&replay, &state);
             prop_assert_eq!(&replayed, &results);
 
             let cut = cut.index(log.len() + 1);
             let mut head = LockState::default();
-            for (i, p) in &log[..cut] {
-                head.apply(*i, p);
+            for (i, t, p) in &log[..cut] {
+                head.apply(*i, *t, p);
             }
             let mut resumed = LockState::from_json(&head.to_json().unwrap()).unwrap();
             prop_assert_eq!(&resumed, &head);
-            let tail: Vec<Applied> = log[cut..].iter().map(|(i, p)| resumed.apply(*i, p)).collect();
+            let tail: Vec<Applied> =
+                log[cut..].iter().map(|(i, t, p)| resumed.apply(*i, *t, p)).collect();
             prop_assert_eq!(&resumed, &state);
             prop_assert_eq!(&tail[..], &results[cut..]);
         }

@@ -589,7 +589,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     match entry.payload {
                         EntryPayload::Blank => None,
                         EntryPayload::Normal(proposal) => {
-                            m.state.apply(entry.log_id.index, &proposal).outcome
+                            m.state
+                                .apply(entry.log_id.index, entry.log_id.leader_id.term, &proposal)
+                                .outcome
                         }
                         EntryPayload::Membership(members) => {
                             m.membership = StoredMembership::new(Some(entry.log_id), members);
