@@ -49,6 +49,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "run" -d 'Claim a 
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
@@ -230,12 +231,33 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l json -d 'P
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This node\'s id in the cluster (1 or more)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the same token); never printed or logged' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

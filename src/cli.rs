@@ -122,6 +122,32 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
     Metrics(MetricsArgs),
+    /// Run a coordinator node: named locks replicated with Raft, served over HTTP
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for clients and peers
+    #[arg(long, default_value = crate::coordinator::server::DEFAULT_LISTEN, value_name = "HOST:PORT")]
+    pub listen: String,
+    /// This node's id in the cluster (1 or more)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub id: u64,
+    /// A member of the cluster and the address peers reach it at; repeat for each member, this
+    /// node included, with the same list on every node (the lowest id forms the cluster)
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the
+    /// same token); never printed or logged
+    #[arg(
+        long,
+        env = "SENTINEL_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret
+    )]
+    pub auth_token: Option<Secret>,
 }
 
 impl Command {
@@ -134,7 +160,7 @@ impl Command {
             Command::Run(_) => true,
             Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
             Command::StealStale(_) => false,
-            Command::Completions(_) | Command::Metrics(_) => false,
+            Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) => false,
         }
     }
 }

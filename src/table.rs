@@ -2,8 +2,9 @@
 //!
 //! No I/O, no clocks, no randomness: the caller passes the time in (`now_ms`, Unix milliseconds) and
 //! every change goes through [`LockTable::apply`]. The same command log applied to an empty table
-//! always yields the same table and the same responses, so this type is reused unchanged as the
-//! replicated state machine of the Raft coordinator. The local backend persists it as JSON.
+//! always yields the same table and the same responses. The local backend persists it as JSON.
+//! The coordinator's replicated state ([`crate::coordinator::state`]) keeps its leases as
+//! [`LockRecord`]s judged by [`LockTable::is_stale`], so both agree on when a lease has ended.
 //!
 //! Time may go backwards between calls (different callers' clocks, NTP steps): all arithmetic
 //! saturates and nothing panics.

@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod release;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod steal_stale;
 
@@ -23,6 +24,10 @@ pub async fn run(cli: &Cli) -> Result<Report> {
     if let Command::Metrics(args) = &cli.command {
         return metrics::run(&cli.global, args).await;
     }
+    // A coordinator node is no client: it needs no backend or worker identity.
+    if let Command::Serve(args) = &cli.command {
+        return serve::run(&cli.global, args).await;
+    }
     let ctx = Context::from_args(&cli.global)?;
     match &cli.command {
         Command::Claim(a) => claim::run(&ctx, a).await,
@@ -31,6 +36,8 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
         Command::Run(a) => run::run(&ctx, a).await,
         Command::StealStale(a) => steal_stale::run(&ctx, a).await,
-        Command::Completions(_) | Command::Metrics(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) => {
+            unreachable!("handled above")
+        }
     }
 }

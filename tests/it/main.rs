@@ -13,5 +13,6 @@ mod metrics;
 mod queue;
 mod robustness;
 mod run;
+mod serve;
 mod steal_stale;
 mod support;

@@ -1,0 +1,223 @@
+//! `sentinel serve`: runs a coordinator node until it is stopped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+
+use serde_json::json;
+
+use crate::cli::{GlobalArgs, ServeArgs};
+use crate::config;
+use crate::coordinator::NodeId;
+use crate::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
+use crate::error::{Error, Result};
+use crate::output::Report;
+use crate::secret::Secret;
+
+pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
+    let opts = options(global, args)?;
+    let (id, json) = (opts.id, global.json);
+    server::serve(opts, |addr| {
+        // The line a supervisor or a test waits for; a closed stdout must not stop the node.
+        let line = if json {
+            json!({"listening": format!("http://{addr}"), "id": id}).to_string()
+        } else {
+            format!("sentinel serve: node {id} listening on http://{addr}")
+        };
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    })
+    .await?;
+    Ok(Report::new(
+        json!({"ok": true, "command": "serve"}),
+        "stopped",
+    ))
+}
+
+/// Checks the options and builds the member list: the `--peer`s, and this node at its
+/// `--listen` address unless it is listed.
+pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
+    let listen: SocketAddr = args.listen.trim().parse().map_err(|_| {
+        Error::usage(format!(
+            "invalid --listen {:?}: expected HOST:PORT with an IP address, such as {}",
+            args.listen,
+            server::DEFAULT_LISTEN
+        ))
+    })?;
+    if args.id == 0 {
+        return Err(Error::usage("--id must be 1 or more"));
+    }
+    let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
+    for raw in &args.peers {
+        let (id, addr) = peer(raw)?;
+        if let Some(other) = members.insert(id, addr.clone())
+            && other != addr
+        {
+            return Err(Error::usage(format!(
+                "--peer lists node {id} twice, at {other} and at {addr}"
+            )));
+        }
+    }
+    if !members.contains_key(&args.id) {
+        if !members.is_empty() && listen.ip().is_unspecified() {
+            return Err(Error::usage(format!(
+                "this node listens on {listen}, which peers cannot connect to: \
+                 list it with --peer {}=HOST:PORT",
+                args.id
+            )));
+        }
+        members.insert(args.id, listen.to_string());
+    }
+    if members.len() > MAX_MEMBERS {
+        return Err(Error::usage(format!(
+            "a cluster has at most {MAX_MEMBERS} members, --peer lists {}",
+            members.len()
+        )));
+    }
+    Ok(ServeOptions {
+        id: args.id,
+        listen,
+        members,
+        data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
+        auth_token: auth_token(args.auth_token.as_ref())?,
+    })
+}
+
+/// The shared bearer token: set-but-empty counts as unset; it must fit in an HTTP header.
+fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
+    let Some(token) = given.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        // Never echo the token.
+        return Err(Error::usage(
+            "invalid --auth-token (SENTINEL_AUTH_TOKEN): use 1 to 1024 printable ASCII characters \
+             without spaces",
+        ));
+    }
+    Ok(Some(Secret::new(token)))
+}
+
+/// Parses `ID=HOST:PORT`.
+fn peer(raw: &str) -> Result<(NodeId, String)> {
+    let bad = |why: &str| {
+        Error::usage(format!(
+            "invalid --peer {raw:?}: {why}; expected ID=HOST:PORT, such as 2=10.0.0.2:7464"
+        ))
+    };
+    let (id, addr) = raw.trim().split_once('=').ok_or_else(|| bad("no ="))?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| bad("the id must be a number, 1 or more"))?;
+    let authority: http::uri::Authority = addr.trim().parse().map_err(|_| bad("not HOST:PORT"))?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(bad("not HOST:PORT"));
+    }
+    if authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(bad("the port must be 1 to 65535"));
+    }
+    Ok((id, authority.as_str().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn opts(args: &[&str]) -> Result<ServeOptions> {
+        let mut argv = vec!["sentinel", "--data-dir", "/tmp/x", "serve"];
+        argv.extend_from_slice(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        match &cli.command {
+            crate::cli::Command::Serve(a) => options(&cli.global, a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_lone_node_is_its_own_cluster() {
+        let o = opts(&[]).unwrap();
+        assert_eq!(o.id, 1);
+        assert_eq!(o.listen.to_string(), server::DEFAULT_LISTEN);
+        assert_eq!(
+            o.members,
+            BTreeMap::from([(1, server::DEFAULT_LISTEN.to_string())])
+        );
+        assert!(o.data_dir.ends_with("coordinator"));
+        assert_eq!(o.auth_token, None);
+    }
+
+    #[test]
+    fn the_auth_token_is_checked_and_never_echoed() {
+        let o = opts(&["--auth-token", " s3cret "]).unwrap();
+        assert_eq!(o.auth_token.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(opts(&["--auth-token", ""]).unwrap().auth_token, None);
+        let e = opts(&["--auth-token", "has space-in-it"]).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Usage);
+        assert!(!e.to_string().contains("space-in-it"), "{e}");
+    }
+
+    #[test]
+    fn members_come_from_the_peer_list() {
+        let o = opts(&[
+            "--id",
+            "2",
+            "--listen",
+            "0.0.0.0:9002",
+            "--peer",
+            "1=a.example:9001",
+            "--peer",
+            "2=b.example:9002",
+            "--peer",
+            "3=10.0.0.3:9003",
+            "--peer",
+            "1=a.example:9001",
+        ])
+        .unwrap();
+        assert_eq!(o.members.len(), 3);
+        assert_eq!(o.members[&2], "b.example:9002");
+        // Not listed: this node joins at its listen address.
+        let o = opts(&[
+            "--id",
+            "3",
+            "--listen",
+            "127.0.0.1:9003",
+            "--peer",
+            "1=127.0.0.1:9001",
+        ])
+        .unwrap();
+        assert_eq!(o.members[&3], "127.0.0.1:9003");
+    }
+
+    #[test]
+    fn bad_options_are_usage_errors() {
+        for (args, says) in [
+            (vec!["--listen", "localhost"], "invalid --listen"),
+            (vec!["--id", "0"], "--id"),
+            (vec!["--peer", "x"], "no ="),
+            (vec!["--peer", "0=h:1"], "the id"),
+            (vec!["--peer", "2=h"], "port"),
+            (vec!["--peer", "2=h:0"], "port"),
+            (vec!["--peer", "2=user@h:1"], "HOST:PORT"),
+            (vec!["--peer", "2=h:1", "--peer", "2=h:2"], "twice"),
+            (
+                vec!["--listen", "0.0.0.0:1", "--peer", "2=h:1"],
+                "cannot connect",
+            ),
+            (
+                vec![
+                    "--peer", "2=h:2", "--peer", "3=h:3", "--peer", "4=h:4", "--peer", "5=h:5",
+                    "--peer", "6=h:6",
+                ],
+                "at most 5",
+            ),
+        ] {
+            let e = opts(&args).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::ExitCode::Usage, "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The coordinator behind `sentinel serve`: named locks replicated with Raft across one to five
+//! nodes.
+//!
+//! This module owns everything a coordinator node computes and keeps:
+//!
+//! - [`state`]: the replicated lock state, a pure and deterministic state machine. Every node
+//!   applies the same Raft log to it and so holds the same locks, leases, wait queues and answers.
+//!   It never reads a clock: the leader stamps each command with its time, and the log index of
+//!   the entry that grants a lock is the lock's fencing token.
+//! - [`store`]: a node's durable storage for openraft: the log, vote and committed index in redb,
+//!   and the lock state with its snapshots.
+//! - [`network`]: Raft RPCs between nodes over HTTP, and the client that forwards requests to the
+//!   leader.
+//! - [`server`]: a running node (`sentinel serve`): Raft, cluster formation, the leader's ticks.
+//! - [`api`]: the HTTP JSON API clients use, and the endpoints peers call.
+//! - [`stats`]: the node's Prometheus metrics.
+//!
+//! Consensus itself is not home-made: the log, votes and elections belong to openraft, and this
+//! module only supplies what openraft asks of an application (the state machine, its storage).
+//! Keeping the state machine free of I/O, clocks and randomness is what makes replication sound —
+//! two nodes that apply the same entries must reach the same state — and lets property tests check
+//! it over arbitrary logs.
+
+pub mod api;
+pub mod network;
+pub mod server;
+pub mod state;
+pub mod stats;
+pub mod store;
+
+/// A node's id in the cluster (`--id`).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The coordinator's choices for openraft: entries carry [`state::Proposal`]s, applying one
+    /// answers with its request's [`state::Outcome`] (none for ticks and Raft's own entries), and
+    /// nodes are known by the address of their HTTP listener.
+    pub TypeConfig:
+        D = state::Proposal,
+        R = Option<state::Outcome>,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);

@@ -1,0 +1,332 @@
+//! A running coordinator node: its Raft instance, its storage, how a fresh cluster forms, and the
+//! leader's clock ticks.
+//!
+//! Cluster formation follows etcd's `--initial-cluster`: every node is started with the same list
+//! of members, and the node with the lowest id initializes the cluster with that list if its own
+//! storage is fresh. The others wait to be contacted by it. A node that already has a log ignores
+//! the list: the membership in its log wins.
+//!
+//! The leader stamps every command with its wall clock and proposes a `Tick` when the next lease
+//! or wait of the state ends, so waiters get their locks without a client asking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+
+use super::network::{HttpClient, Peers, http_client};
+use super::state::{Command, Outcome, Proposal};
+use super::stats::Stats;
+use super::store::{self, LogStore, StateMachineStore};
+use super::{NodeId, TypeConfig, api};
+use crate::error::{Error, Result};
+use crate::lease::{Clock, SystemClock};
+use crate::secret::Secret;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+
+/// Where `sentinel serve` listens without `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7464";
+/// Most members of a cluster.
+pub const MAX_MEMBERS: usize = 5;
+
+/// Raft timing. A leader sends heartbeats every 50 ms; a follower that hears none for 250–500 ms
+/// stands for election, so a dead leader is replaced well within a second.
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MIN_MS: u64 = 250;
+const ELECTION_MAX_MS: u64 = 500;
+/// A snapshot every this many entries; entries it covers beyond the last this many are purged.
+const SNAPSHOT_EVERY: u64 = 10_000;
+const LOG_KEPT: u64 = 1_000;
+/// How long a proposal may wait for a quorum before the client is told to retry.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ticks come at most this often, and without any lease ending, at least this rarely (to notice
+/// leadership changes).
+const TICK_GAP: Duration = Duration::from_millis(10);
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// What `sentinel serve` was asked to run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    /// Every member of the cluster with the address peers reach it at; includes this node.
+    pub members: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    /// The bearer token every client and peer request must carry, if any.
+    pub auth_token: Option<Secret>,
+}
+
+/// A running node, shared by the HTTP handlers and the ticker.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub log: LogStore,
+    pub state: StateMachineStore,
+    pub client: HttpClient,
+    pub auth: Option<Auth>,
+    pub stats: Stats,
+}
+
+/// The shared bearer token, kept as what is needed to check and to send it.
+pub struct Auth {
+    digest: [u8; 32],
+    /// `Bearer TOKEN`, marked sensitive so that no HTTP log shows it.
+    pub header: HeaderValue,
+}
+
+impl Auth {
+    pub fn new(token: &Secret) -> Result<Auth> {
+        let mut header =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                Error::usage("invalid --auth-token: it cannot be sent in an HTTP header")
+            })?;
+        header.set_sensitive(true);
+        Ok(Auth {
+            digest: Sha256::digest(token.expose().as_bytes()).into(),
+            header,
+        })
+    }
+
+    /// Whether an `Authorization` header carries the token. Both sides are hashed first and the
+    /// digests compared without stopping at the first difference, so the time taken says nothing
+    /// about the token.
+    pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(given) = authorization
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        digest
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+/// Why a proposal did not get an answer.
+pub enum ProposeError {
+    /// This node is not the leader (any more); the leader, if known.
+    NotLeader(Option<NodeId>),
+    /// No answer in time, or Raft stopped: the command may still take effect.
+    Unavailable(String),
+}
+
+impl Node {
+    /// Stamps `command` with this node's clock and replicates it; the state's answer once it is
+    /// committed and applied here, and the log index of its entry.
+    pub async fn propose(
+        &self,
+        command: Command,
+    ) -> std::result::Result<(Outcome, u64), ProposeError> {
+        let proposal = Proposal {
+            at_ms: SystemClock.now_ms(),
+            command,
+        };
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await {
+            Ok(Ok(written)) => {
+                self.stats.committed(started.elapsed());
+                let index = written.log_id.index;
+                written.data.map(|o| (o, index)).ok_or_else(|| {
+                    ProposeError::Unavailable("the state machine gave no answer".into())
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader(f.leader_id))
+            }
+            Ok(Err(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            Err(_) => Err(ProposeError::Unavailable(format!(
+                "no quorum confirmed the request within {PROPOSE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// The leader this node knows of, and its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+}
+
+/// Runs a node until its listener fails or Raft stops; `ready` is called with the bound address
+/// once it serves.
+pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let config = Config {
+        cluster_name: "sentinel".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: LOG_KEPT,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(|e| Error::Unexpected(format!("invalid Raft configuration: {e}")))?;
+    let (log, state) = store::open(&opts.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let client = http_client();
+    let auth = opts.auth_token.as_ref().map(Auth::new).transpose()?;
+    let stats = Stats::new()?;
+    let raft = Raft::new(
+        opts.id,
+        Arc::new(config),
+        Peers::new(client.clone(), auth.as_ref().map(|a| a.header.clone())),
+        log.clone(),
+        state.clone(),
+    )
+    .await
+    .map_err(|e| Error::Unexpected(format!("cannot start Raft: {e}")))?;
+    form_cluster(&raft, opts.id, &opts.members).await?;
+    let node = Arc::new(Node {
+        id: opts.id,
+        raft,
+        log,
+        state,
+        client,
+        auth,
+        stats,
+    });
+    let addr = listener.local_addr()?;
+    let ticker = tokio::spawn(tick(node.clone()));
+    let elections = tokio::spawn(count_elections(node.clone()));
+    ready(addr);
+    let mut metrics = node.raft.metrics();
+    let stopped = async move {
+        // Raft stops for good on a storage failure: then the node must not go on answering.
+        loop {
+            if let Err(e) = &metrics.borrow().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "Raft stopped".to_string();
+            }
+        }
+    };
+    let result = tokio::select! {
+        served = axum::serve(listener, api::router(node.clone())) => {
+            served.map_err(|e| Error::Unavailable(format!("the listener on {addr} failed: {e}")))
+        }
+        why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),
+    };
+    ticker.abort();
+    elections.abort();
+    let _ = node.raft.shutdown().await;
+    result
+}
+
+/// Initializes a fresh cluster from the member list, on the member with the lowest id only.
+async fn form_cluster(
+    raft: &Raft<TypeConfig>,
+    id: NodeId,
+    members: &BTreeMap<NodeId, String>,
+) -> Result<()> {
+    if members.keys().next() != Some(&id) {
+        return Ok(());
+    }
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Unexpected(format!("Raft stopped: {e}")))?;
+    if initialized {
+        return Ok(());
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> = members
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+        .collect();
+    tracing::info!(
+        "forming a cluster of {:?}",
+        nodes.keys().collect::<BTreeSet<_>>()
+    );
+    raft.initialize(nodes)
+        .await
+        .map_err(|e| Error::Unexpected(format!("cannot form the cluster: {e}")))
+}
+
+/// Counts the elections this node sees end with a leader: each new term that has one.
+async fn count_elections(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut counted_term = None;
+    loop {
+        let (term, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader)
+        };
+        if leader.is_some() && counted_term != Some(term) {
+            counted_term = Some(term);
+            node.stats.elected();
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// On the leader, proposes a `Tick` whenever a lease or a wait of the state has ended, so that
+/// waiters are handed their locks and answers settle without a client command.
+async fn tick(node: Arc<Node>) {
+    let mut applied = node.state.subscribe();
+    loop {
+        let next = node.state.read(|m| m.state.next_event_ms());
+        let now = SystemClock.now_ms();
+        let pause = match next {
+            Some(at) if at <= now && node.is_leader() => {
+                if let Err(ProposeError::Unavailable(e)) = node.propose(Command::Tick).await {
+                    tracing::debug!("tick not applied: {e}");
+                }
+                TICK_GAP
+            }
+            Some(at) if at > now => Duration::from_millis(at - now).clamp(TICK_GAP, IDLE_TICK),
+            _ => IDLE_TICK,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = applied.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        let auth = Auth::new(&Secret::new("s3cret")).unwrap();
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(auth.accepts(Some(&h("Bearer s3cret"))));
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
+            assert!(!auth.accepts(Some(&h(wrong))), "{wrong}");
+        }
+        assert!(!auth.accepts(None));
+        assert!(auth.header.is_sensitive());
+        assert!(!format!("{:?}", auth.header).contains("s3cret"));
+    }
+}

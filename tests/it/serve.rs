@@ -1,0 +1,591 @@
+//! `sentinel serve` as real processes on loopback: one node (the API, its errors, a restart
+//! after `kill -9`), then a three-node cluster that loses its leader to `kill -9`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::sentinel;
+
+/// The token of the three-node cluster; every request of these tests carries it (a node without
+/// a token ignores it).
+const TOKEN: &str = "t0p-s3cret-cluster-token";
+
+/// A `sentinel serve` process, killed when dropped.
+struct Node {
+    id: u64,
+    addr: String,
+    peers: Vec<String>,
+    data: PathBuf,
+    token: Option<&'static str>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        token: Option<&'static str>,
+    ) -> Node {
+        let mut node = Node {
+            id,
+            addr: addr.to_string(),
+            peers: peers.to_vec(),
+            data: data.to_path_buf(),
+            token,
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the process and waits for the line that says it listens.
+    fn restart(&mut self) {
+        let log = File::create(self.data.join(format!("node-{}.log", self.id))).unwrap();
+        let mut cmd = sentinel(&self.data);
+        cmd.args([
+            "serve",
+            "--id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr,
+        ]);
+        for p in &self.peers {
+            cmd.args(["--peer", p]);
+        }
+        if let Some(token) = self.token {
+            cmd.env("SENTINEL_AUTH_TOKEN", token);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "sentinel=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("node {} did not start: {}", self.id, self.log()));
+        assert!(
+            line.contains(&format!(
+                "node {} listening on http://{}",
+                self.id, self.addr
+            )),
+            "{line:?}: {}",
+            self.log()
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join(format!("node-{}.log", self.id))).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// One HTTP/1.1 exchange with the test token: the status and the JSON body.
+fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    exchange(addr, method, path, body, Some(TOKEN))
+}
+
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Result<(u16, Value), String> {
+    let (status, body) = raw(addr, method, path, body, token)?;
+    let json = serde_json::from_str(&body).map_err(|e| format!("{e}: {body:?}"))?;
+    Ok((status, json))
+}
+
+/// One HTTP/1.1 exchange: the status and the body as text.
+fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    Ok((status, body.to_string()))
+}
+
+fn get(addr: &str, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, None).unwrap()
+}
+
+fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
+    http(addr, "POST", path, Some(body)).unwrap()
+}
+
+/// Polls until `check` holds, for at most `secs` seconds.
+fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The leader a node reports on `/health`, once it knows one.
+fn leader_of(addr: &str) -> Option<u64> {
+    match http(addr, "GET", "/health", None) {
+        Ok((200, v)) => v["leader"].as_u64(),
+        _ => None,
+    }
+}
+
+fn token(v: &Value) -> u64 {
+    v["holder"]["fencing_token"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no token in {v}"))
+}
+
+#[test]
+fn one_node_serves_locks_and_keeps_them_across_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+
+    let acquire =
+        json!({"holder": "w1", "ttl_ms": 60_000, "request_id": "req-1", "node": "host-a"});
+    let (s, first) = post(&addr, "/locks/build%2042/acquire", acquire.clone());
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["lock"], "build 42");
+    assert_eq!(first["holder"]["worker_id"], "w1");
+    assert_eq!(first["holder"]["node_id"], "host-a");
+    let t1 = token(&first);
+    // A retry of the same request is answered, not granted again.
+    let (s, again) = post(&addr, "/locks/build%2042/acquire", acquire);
+    assert_eq!((s, token(&again)), (200, t1));
+
+    let (s, held) = post(
+        &addr,
+        "/locks/build%2042/acquire",
+        json!({"holder": "w2", "ttl_ms": 60_000}),
+    );
+    assert_eq!(
+        (s, held["code"].as_str()),
+        (409, Some("lock_held")),
+        "{held}"
+    );
+    assert_eq!(token(&held), t1);
+
+    // A waiter is held by the server and handed the lock on release, with a new token.
+    let waiter = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            post(
+                &addr,
+                "/locks/build%2042/acquire",
+                json!({"holder": "w2", "ttl_ms": 60_000, "wait_ms": 20_000}),
+            )
+        })
+    };
+    eventually(10, "the waiter in the queue", || {
+        let (_, s) = get(&addr, "/locks/build%2042/status");
+        (s["queue"].as_array()?.len() == 1).then_some(())
+    });
+    let (s, v) = post(
+        &addr,
+        "/locks/build%2042/release",
+        json!({"holder": "w1", "token": t1 + 1}),
+    );
+    assert_eq!((s, v["code"].as_str()), (409, Some("not_holder")), "{v}");
+    let (s, v) = post(
+        &addr,
+        "/locks/build%2042/renew",
+        json!({"holder": "w1", "token": t1}),
+    );
+    assert_eq!((s, v["renewed"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = post(
+        &addr,
+        "/locks/build%2042/release",
+        json!({"holder": "w1", "token": t1}),
+    );
+    assert_eq!((s, v["released"].as_bool()), (200, Some(true)), "{v}");
+    let (s, granted) = waiter.join().unwrap();
+    assert_eq!(s, 200, "{granted}");
+    assert_eq!(granted["holder"]["worker_id"], "w2");
+    let t2 = token(&granted);
+    assert!(t2 > t1);
+
+    // Bad input gets a 4xx with a stable code.
+    let long = "x".repeat(257);
+    for (method, path, body, status, code) in [
+        (
+            "POST",
+            "/locks//acquire".to_string(),
+            json!({"holder": "w", "ttl_ms": 1000}),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            format!("/locks/{long}/acquire"),
+            json!({"holder": "w", "ttl_ms": 1000}),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/locks/a%0Ab/acquire".to_string(),
+            json!({"holder": "w", "ttl_ms": 1000}),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!("not an object"),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!({"holder": "w"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!({"holder": "w", "ttl_ms": 0}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!({"holder": "", "ttl_ms": 1000}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!({"holder": "w", "ttl_ms": 1000, "extra": 1}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!({"holder": "w", "ttl_ms": 1000, "request_id": "a b"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/acquire".to_string(),
+            json!({"holder": "w", "ttl_ms": 1000, "wait_ms": 1u64 << 40}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/locks/a/release".to_string(),
+            json!({"holder": "w", "token": -1}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "GET",
+            "/locks/a/acquire".to_string(),
+            json!(null),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "DELETE",
+            "/locks".to_string(),
+            json!(null),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/locks/a/explode".to_string(),
+            json!(null),
+            404,
+            "unknown_route",
+        ),
+        (
+            "GET",
+            "/nowhere".to_string(),
+            json!(null),
+            404,
+            "unknown_route",
+        ),
+        (
+            "GET",
+            "/locks?limit=0".to_string(),
+            json!(null),
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/locks?limit=x".to_string(),
+            json!(null),
+            400,
+            "invalid_query",
+        ),
+        (
+            "POST",
+            "/locks/build%2042/acquire".to_string(),
+            json!({"holder": "w3", "ttl_ms": 1000, "request_id": "req-1"}),
+            409,
+            "request_id_reused",
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (s, v) = http(&addr, method, &path, body).unwrap();
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {v}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let (s, v) = http(
+        &addr,
+        "POST",
+        "/locks/a/acquire",
+        Some(json!({"holder": "x".repeat(70_000), "ttl_ms": 1000})),
+    )
+    .unwrap();
+    assert_eq!((s, v["code"].as_str()), (413, Some("body_too_large")));
+
+    // Pages of held locks.
+    for i in 0..5 {
+        let (s, _) = post(
+            &addr,
+            &format!("/locks/page-{i}/acquire"),
+            json!({"holder": "w", "ttl_ms": 60_000}),
+        );
+        assert_eq!(s, 200);
+    }
+    let mut names = Vec::new();
+    let mut path = "/locks?limit=2".to_string();
+    for _ in 0..10 {
+        let (s, page) = get(&addr, &path);
+        assert_eq!(s, 200, "{page}");
+        let locks = page["locks"].as_array().unwrap();
+        assert!(locks.len() <= 2);
+        names.extend(
+            locks
+                .iter()
+                .map(|l| l["lock"].as_str().unwrap().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(next) => path = format!("/locks?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        names,
+        ["build 42", "page-0", "page-1", "page-2", "page-3", "page-4"]
+    );
+
+    // Metrics: seven new grants (the retry and the refusals are not grants), six held locks.
+    let (s, text) = raw(&addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(s, 200);
+    for line in [
+        "lock_acquisitions_total 7",
+        "lock_acquisition_duration_seconds_count 7",
+        "active_locks_gauge 6",
+        "leader_elections_total 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in:\n{text}"
+        );
+    }
+    let commits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("consensus_commit_latency_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(commits.is_some_and(|n| n >= 10), "{text}");
+
+    // kill -9 loses no acknowledged write.
+    node.kill();
+    node.restart();
+    eventually(20, "a leader after the restart", || leader_of(&addr));
+    let (s, status) = get(&addr, "/locks/build%2042/status");
+    assert_eq!(s, 200, "{status}");
+    assert_eq!(status["holder"]["worker_id"], "w2");
+    assert_eq!(token(&status), t2);
+    let (_, page) = get(&addr, "/locks");
+    assert_eq!(page["locks"].as_array().unwrap().len(), 6);
+    // The answer to a request made before the crash is remembered too.
+    let (s, v) = post(
+        &addr,
+        "/locks/build%2042/acquire",
+        json!({"holder": "w1", "ttl_ms": 60_000, "request_id": "req-1"}),
+    );
+    assert_eq!((s, token(&v)), (200, t1));
+}
+
+#[test]
+fn three_nodes_elect_a_new_leader_after_kill_9_and_the_old_one_catches_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Some(TOKEN)))
+        .collect();
+    let leader = eventually(30, "one leader known to every node", || {
+        let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
+        let first = seen[0]?;
+        seen.iter().all(|l| *l == Some(first)).then_some(first)
+    });
+    let li = (leader - 1) as usize;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+
+    // The cluster formed with the token (peers send it); clients without it are turned away.
+    for addr in [&addrs[li], &addrs[followers[0]]] {
+        for token in [None, Some("wrong"), Some("t0p-s3cret-cluster-toke")] {
+            let (s, v) = exchange(addr, "GET", "/locks/x/status", None, token).unwrap();
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{token:?}"
+            );
+        }
+    }
+
+    // A follower forwards the write to the leader; another follower reads it.
+    let (s, v) = post(
+        &addrs[followers[0]],
+        "/locks/deploy/acquire",
+        json!({"holder": "w1", "ttl_ms": 60_000}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let t1 = token(&v);
+    let (s, v) = get(&addrs[followers[1]], "/locks/deploy/status");
+    assert_eq!((s, token(&v)), (200, t1), "{v}");
+    let (s, v) = get(&addrs[followers[1]], "/cluster/status");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["leader"], leader);
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    assert_eq!(v["followers"].as_array().unwrap().len(), 2);
+
+    // kill -9 the leader: a new one serves a write.
+    nodes[li].kill();
+    let killed = Instant::now();
+    let (new_leader, elapsed) = eventually(20, "a write after the failover", || {
+        followers.iter().find_map(|&i| {
+            let (s, _) = http(
+                &addrs[i],
+                "POST",
+                "/locks/after-failover/acquire",
+                Some(json!({"holder": "w2", "ttl_ms": 60_000, "request_id": "failover-1"})),
+            )
+            .ok()?;
+            (s == 200).then(|| (leader_of(&addrs[i]), killed.elapsed()))
+        })
+    });
+    eprintln!("a new leader served a write {elapsed:?} after kill -9 of the leader");
+    let new_leader = new_leader.unwrap();
+    assert_ne!(new_leader, leader);
+    let (s, v) = get(&addrs[followers[0]], "/locks/deploy/status");
+    assert_eq!(
+        (s, token(&v)),
+        (200, t1),
+        "no acknowledged grant is lost: {v}"
+    );
+
+    // The old leader comes back as a follower and catches up.
+    nodes[li].restart();
+    eventually(20, "the old leader following the new one", || {
+        (leader_of(&addrs[li]) == Some(new_leader)).then_some(())
+    });
+    eventually(20, "the old leader caught up", || {
+        let (_, v) = get(&addrs[li], "/cluster/status");
+        let lag = v["followers"]
+            .as_array()?
+            .iter()
+            .find(|f| f["id"] == leader)?["lag"]
+            .as_u64()?;
+        (lag == 0).then_some(())
+    });
+    let (s, v) = get(&addrs[li], "/locks/after-failover/status");
+    assert_eq!(
+        (s, v["holder"]["worker_id"].as_str()),
+        (200, Some("w2")),
+        "{v}"
+    );
+    for node in &nodes {
+        assert!(
+            !node.log().contains(TOKEN),
+            "node {} logged the token",
+            node.id
+        );
+    }
+}
