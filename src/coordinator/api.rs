@@ -514,29 +514,40 @@ struct TokenBody {
 }
 
 async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
-    let b: TokenBody = parse(body)?;
-    label("holder", &b.holder)?;
-    let id = request_id(b.request_id)?;
-    let command = Command::Release(Release {
-        request_id: id.clone(),
-        name: name.clone(),
-        holder: b.holder,
-        token: b.token,
-    });
-    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
-    answer(node, &name, &id, outcome)
+    by_token(node, name, body, |request_id, name, holder, token| {
+        Command::Release(Release {
+            request_id,
+            name,
+            holder,
+            token,
+        })
+    })
+    .await
 }
 
 async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    by_token(node, name, body, |request_id, name, holder, token| {
+        Command::Renew(Renew {
+            request_id,
+            name,
+            holder,
+            token,
+        })
+    })
+    .await
+}
+
+/// A holder's request about its own grant, named by its fencing token (release, renew).
+async fn by_token(
+    node: &Node,
+    name: String,
+    body: &[u8],
+    command: impl FnOnce(String, String, String, u64) -> Command,
+) -> Result<Response, ApiError> {
     let b: TokenBody = parse(body)?;
     label("holder", &b.holder)?;
     let id = request_id(b.request_id)?;
-    let command = Command::Renew(Renew {
-        request_id: id.clone(),
-        name: name.clone(),
-        holder: b.holder,
-        token: b.token,
-    });
+    let command = command(id.clone(), name.clone(), b.holder, b.token);
     let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
     answer(node, &name, &id, outcome)
 }
