@@ -14,6 +14,7 @@ use crate::github::{GithubBackend, GithubOptions, RepoName};
 use crate::local::LocalBackend;
 use crate::lock::{Claimant, TaskInfo, validate_label};
 use crate::secret::Secret;
+use crate::server_backend::{ServerBackend, server_urls};
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
@@ -173,6 +174,17 @@ pub fn api_url(raw: &str) -> Result<String> {
     Ok(trimmed.to_string())
 }
 
+/// The coordinator client from `--server` and `--auth-token` (also `sentinel cluster`'s).
+pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
+    let raw = given(g.server.as_ref()).ok_or_else(|| {
+        Error::usage(
+            "the server backend needs --server URL[,URL...] (or SENTINEL_SERVER): the sentinel serve nodes",
+        )
+    })?;
+    let token = crate::commands::serve::auth_token(g.auth_token.as_ref())?;
+    ServerBackend::new(server_urls(&raw)?, token.as_ref())
+}
+
 impl Context {
     pub fn from_args(g: &GlobalArgs) -> Result<Context> {
         let worker = given(g.worker_id.as_ref());
@@ -221,11 +233,7 @@ impl Context {
                     in_actions: in_actions(),
                 })?))
             }
-            BackendKind::Server => {
-                return Err(Error::usage(
-                    "the server backend (sentinel serve) is not available in this version; use --backend local or github",
-                ));
-            }
+            BackendKind::Server => Backend::Server(server_backend(g)?),
             BackendKind::Auto => unreachable!("resolved above"),
         };
         Ok(Context {

@@ -65,6 +65,18 @@ impl Policy {
         }
     }
 
+    /// The time the retry loop would spend pausing between its attempts (without jitter): how
+    /// long a server-side wait lasts instead.
+    pub fn wait_budget(&self) -> Duration {
+        (1..=self.max_retries)
+            .map(|n| {
+                self.initial_backoff
+                    .saturating_mul(2u32.saturating_pow(n - 1))
+                    .min(self.max_backoff)
+            })
+            .fold(Duration::ZERO, Duration::saturating_add)
+    }
+
     /// Pause before retry number `n` (1-based): doubling from the initial backoff, capped, with
     /// ±25% jitter so workers that collided once do not collide again in lockstep.
     pub fn backoff(&self, n: u32) -> Duration {
@@ -106,12 +118,25 @@ pub async fn claim<B: LockBackend>(
     waiting: impl FnMut(&Holder, Duration),
 ) -> Result<Outcome> {
     let what = backend.describe(&req.lock);
+    // A backend that queues waiters (the coordinator) waits out the whole retry budget in one
+    // attempt: it grants in arrival order the moment the lock is free, where polling would
+    // lose to whoever asks at the right instant.
+    let (policy, wait) = if backend.waits_server_side() && policy.strategy == Strategy::Retry {
+        let single = Policy {
+            max_retries: 0,
+            ..policy.clone()
+        };
+        (single, policy.wait_budget())
+    } else {
+        (policy.clone(), Duration::ZERO)
+    };
     acquire(
-        policy,
+        &policy,
         &what,
         |n| {
             let attempt = AcquireRequest {
                 attempt: n,
+                wait,
                 ..req.clone()
             };
             async move { backend.try_acquire(&attempt).await }
