@@ -68,13 +68,22 @@ impl Policy {
     /// The time the retry loop would spend pausing between its attempts (without jitter): how
     /// long a server-side wait lasts instead.
     pub fn wait_budget(&self) -> Duration {
-        (1..=self.max_retries)
-            .map(|n| {
-                self.initial_backoff
-                    .saturating_mul(2u32.saturating_pow(n - 1))
-                    .min(self.max_backoff)
-            })
-            .fold(Duration::ZERO, Duration::saturating_add)
+        let mut total = Duration::ZERO;
+        let mut pause = self.initial_backoff.min(self.max_backoff);
+        for n in 0..self.max_retries {
+            if pause.is_zero() {
+                // A zero pause doubles to zero: the rest adds nothing.
+                return total;
+            }
+            if pause >= self.max_backoff {
+                // Every remaining pause is the cap: no need to count them one by one.
+                let left = self.max_retries - n;
+                return total.saturating_add(self.max_backoff.saturating_mul(left));
+            }
+            total = total.saturating_add(pause);
+            pause = pause.saturating_mul(2).min(self.max_backoff);
+        }
+        total
     }
 
     /// Pause before retry number `n` (1-based): doubling from the initial backoff, capped, with
@@ -144,6 +153,13 @@ pub async fn claim<B: LockBackend>(
         waiting,
     )
     .await
+    .map_err(|e| match e {
+        Error::Conflict(msg) if !wait.is_zero() => Error::Conflict(format!(
+            "{msg}; gave up after waiting {} on the server",
+            crate::duration::display(wait)
+        )),
+        other => other,
+    })
 }
 
 /// What the claim loop did, for output and metrics.
@@ -245,6 +261,28 @@ mod tests {
             let d = p.backoff(n).as_secs_f64();
             assert!(d >= base * 0.75 && d <= base * 1.25, "retry {n}: {d}");
         }
+    }
+
+    #[test]
+    fn the_wait_budget_is_the_sum_of_the_backoffs() {
+        assert_eq!(Policy::default().wait_budget(), Duration::from_secs(31));
+        let huge = Policy {
+            max_retries: u32::MAX,
+            max_backoff: MAX_BACKOFF,
+            ..Policy::default()
+        };
+        assert!(huge.wait_budget() >= MAX_BACKOFF);
+        let none = Policy {
+            max_retries: 0,
+            ..Policy::default()
+        };
+        assert_eq!(none.wait_budget(), Duration::ZERO);
+        let zero = Policy {
+            max_retries: u32::MAX,
+            initial_backoff: Duration::ZERO,
+            ..Policy::default()
+        };
+        assert_eq!(zero.wait_budget(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -135,6 +135,64 @@ fn a_heartbeat_sidecar_and_run_keep_a_short_lease_alive() {
 }
 
 #[test]
+fn steal_stale_force_the_janitor_and_metrics_on_a_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_node, url) = one_node(tmp.path());
+    assert_eq!(
+        code(&run(
+            tmp.path(),
+            &url,
+            "w1",
+            &["claim", "job", "--ttl", "60s"]
+        )),
+        0
+    );
+    // Leases end on the server: a live holder is never stale, a free lock is simply claimed.
+    assert_eq!(
+        code(&run(tmp.path(), &url, "w2", &["steal-stale", "job"])),
+        3
+    );
+    assert_eq!(
+        code(&run(tmp.path(), &url, "w2", &["steal-stale", "free"])),
+        0
+    );
+    let out = run(tmp.path(), &url, "j", &["--json", "steal-stale", "--all"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("\"live\""), "{}", text(&out));
+
+    let out = run(
+        tmp.path(),
+        &url,
+        "w3",
+        &["--json", "claim", "job", "--strategy", "force"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        stdout_json(&out)["took_over"]["worker_id"],
+        "w1",
+        "{}",
+        text(&out)
+    );
+    let out = run(
+        tmp.path(),
+        &url,
+        "w4",
+        &["--json", "release", "job", "--force"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["previous"]["worker_id"], "w3");
+
+    let out = run(
+        tmp.path(),
+        &url,
+        "x",
+        &["--json", "metrics", "--backend", "server"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("server"), "{}", text(&out));
+}
+
+#[test]
 fn sixteen_fail_fast_claims_have_one_winner() {
     let tmp = tempfile::tempdir().unwrap();
     let (_node, url) = one_node(tmp.path());
@@ -191,7 +249,11 @@ fn retry_waits_on_the_server_and_exits_3_when_the_wait_runs_out() {
     );
     let took = started.elapsed();
     assert_eq!(code(&out), 3, "{}", text(&out));
-    assert!(text(&out).contains("held by w1"), "{}", text(&out));
+    assert!(
+        text(&out).contains("held by w1") && text(&out).contains("waiting 1500ms on the server"),
+        "{}",
+        text(&out)
+    );
     assert!(
         took >= Duration::from_millis(1400) && took < Duration::from_secs(10),
         "{took:?}"
