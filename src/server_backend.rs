@@ -57,19 +57,21 @@ pub const MAX_WAIT: Duration = Duration::from_millis(crate::coordinator::api::MA
 pub fn server_urls(raw: &str) -> Result<Vec<String>> {
     let mut urls = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let shown = if part.contains('@') {
-            "(not shown: it contains credentials)".to_string()
-        } else {
-            format!("{part:?}")
-        };
         let bad = |why: &str| {
             Error::usage(format!(
-                "invalid --server {shown}: {why}; expected e.g. http://127.0.0.1:7464 (several: comma-separated)"
+                "invalid --server {}: {why}; expected e.g. http://127.0.0.1:7464 (several: comma-separated)",
+                crate::config::shown_url(part)
             ))
         };
-        let url = crate::config::api_url(part)
-            .map_err(|e| bad(e.to_string().split_once(": ").map_or("", |(_, w)| w)))?;
-        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let (url, uri) = crate::config::http_url(part).map_err(|why| {
+            if why.starts_with("credentials") {
+                bad("credentials do not belong in the URL; pass the token with --auth-token or SENTINEL_AUTH_TOKEN")
+            } else if why.starts_with("the scheme") {
+                bad("the scheme must be http")
+            } else {
+                bad(why)
+            }
+        })?;
         if uri.scheme_str() != Some("http") {
             return Err(bad(
                 "sentinel serve speaks plain HTTP: use http://, on loopback or a private network",
