@@ -7,8 +7,8 @@
 //! - **Failover.** `--server` may list every node of a cluster. A request goes to the node that
 //!   answered last; a node that cannot be reached, does not answer within the request's deadline,
 //!   or answers 503 (no leader, leader changed) is skipped for the next one, for a bounded number
-//!   of rounds with a short pause between rounds. When every round fails the error is
-//!   [`Error::Unavailable`] (exit 8).
+//!   of rounds with a short pause between rounds, within one deadline per operation. When every
+//!   round fails the error is [`Error::Unavailable`] (exit 8).
 //! - **Safe retries.** Every write carries a request id generated once per operation and reused
 //!   by every retry of it, on any node: the coordinator remembers the answer to an id, so an
 //!   acquire retried after a failover is never granted twice.
@@ -44,6 +44,9 @@ const ROUND_PAUSE: Duration = Duration::from_millis(250);
 /// How long one request may take, beyond the server-side wait it asks for. A node without a
 /// leader answers 503 within a few seconds, so this only bounds a node that hangs.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one operation may take over all its retries, beyond its server-side wait: a request
+/// that timed out after a long wait is not waited out again on every node.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Locks per page of `GET /locks` (the coordinator's largest page).
 const PAGE: usize = 1_000;
 /// Most pages one listing reads: the coordinator holds at most 100,000 locks.
@@ -186,15 +189,24 @@ impl ServerBackend {
         wait: Duration,
     ) -> Result<Answer> {
         let n = self.servers.len();
-        let timeout = REQUEST_TIMEOUT + wait;
+        let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT + wait;
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let mut last = String::new();
         for round in 0..ROUNDS {
             if round > 0 {
-                tokio::time::sleep(ROUND_PAUSE * 2u32.pow(round - 1)).await;
+                let pause = ROUND_PAUSE * 2u32.pow(round - 1);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
             }
             let start = self.preferred.load(Ordering::Relaxed);
             for i in 0..n {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let timeout = (REQUEST_TIMEOUT + wait).min(left);
                 let idx = (start + i) % n;
                 let server = &self.servers[idx];
                 let mut request = http::Request::builder()
@@ -227,7 +239,7 @@ impl ServerBackend {
             }
         }
         Err(Error::Unavailable(format!(
-            "no sentinel server answered ({} given: {}; {ROUNDS} rounds): last error: {last}",
+            "no sentinel server answered ({} given: {}; up to {ROUNDS} rounds): last error: {last}",
             n,
             self.servers.join(", ")
         )))
