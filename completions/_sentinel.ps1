@@ -24,7 +24,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -48,6 +49,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
+            [CompletionResult]::new('cluster', 'cluster', [CompletionResultType]::ParameterValue, 'Inspect the coordinator cluster given with --server')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -67,7 +69,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -87,7 +90,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -108,7 +112,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -128,7 +133,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -163,7 +169,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -190,7 +197,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -211,7 +219,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -232,7 +241,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -252,11 +262,11 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on for clients and peers')
             [CompletionResult]::new('--id', '--id', [CompletionResultType]::ParameterName, 'This node''s id in the cluster (1 or more)')
             [CompletionResult]::new('--peer', '--peer', [CompletionResultType]::ParameterName, 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)')
-            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the same token); never printed or logged')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'URL of a `sentinel serve` coordinator')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
             [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
@@ -271,6 +281,59 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'sentinel;cluster' {
+            [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
+            [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
+            [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
+            [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
+            [CompletionResult]::new('--trust', '--trust', [CompletionResultType]::ParameterName, 'GitHub logins whose lock comments are trusted besides owners, members and collaborators')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show the leader, term, members, commit and applied index and each follower''s lag')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'sentinel;cluster;status' {
+            [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
+            [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
+            [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
+            [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
+            [CompletionResult]::new('--trust', '--trust', [CompletionResultType]::ParameterName, 'GitHub logins whose lock comments are trusted besides owners, members and collaborators')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'sentinel;cluster;help' {
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show the leader, term, members, commit and applied index and each follower''s lag')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'sentinel;cluster;help;status' {
+            break
+        }
+        'sentinel;cluster;help;help' {
+            break
+        }
         'sentinel;help' {
             [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the local backend')
             [CompletionResult]::new('release', 'release', [CompletionResultType]::ParameterValue, 'Release a lock held by this worker')
@@ -281,6 +344,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
+            [CompletionResult]::new('cluster', 'cluster', [CompletionResultType]::ParameterValue, 'Inspect the coordinator cluster given with --server')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -309,6 +373,13 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help;serve' {
+            break
+        }
+        'sentinel;help;cluster' {
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show the leader, term, members, commit and applied index and each follower''s lag')
+            break
+        }
+        'sentinel;help;cluster;status' {
             break
         }
         'sentinel;help;help' {

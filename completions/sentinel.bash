@@ -19,6 +19,9 @@ _sentinel() {
             sentinel,claim)
                 cmd="sentinel__subcmd__claim"
                 ;;
+            sentinel,cluster)
+                cmd="sentinel__subcmd__cluster"
+                ;;
             sentinel,completions)
                 cmd="sentinel__subcmd__completions"
                 ;;
@@ -46,8 +49,23 @@ _sentinel() {
             sentinel,steal-stale)
                 cmd="sentinel__subcmd__steal__subcmd__stale"
                 ;;
+            sentinel__subcmd__cluster,help)
+                cmd="sentinel__subcmd__cluster__subcmd__help"
+                ;;
+            sentinel__subcmd__cluster,status)
+                cmd="sentinel__subcmd__cluster__subcmd__status"
+                ;;
+            sentinel__subcmd__cluster__subcmd__help,help)
+                cmd="sentinel__subcmd__cluster__subcmd__help__subcmd__help"
+                ;;
+            sentinel__subcmd__cluster__subcmd__help,status)
+                cmd="sentinel__subcmd__cluster__subcmd__help__subcmd__status"
+                ;;
             sentinel__subcmd__help,claim)
                 cmd="sentinel__subcmd__help__subcmd__claim"
+                ;;
+            sentinel__subcmd__help,cluster)
+                cmd="sentinel__subcmd__help__subcmd__cluster"
                 ;;
             sentinel__subcmd__help,completions)
                 cmd="sentinel__subcmd__help__subcmd__completions"
@@ -76,6 +94,9 @@ _sentinel() {
             sentinel__subcmd__help,steal-stale)
                 cmd="sentinel__subcmd__help__subcmd__steal__subcmd__stale"
                 ;;
+            sentinel__subcmd__help__subcmd__cluster,status)
+                cmd="sentinel__subcmd__help__subcmd__cluster__subcmd__status"
+                ;;
             *)
                 ;;
         esac
@@ -83,7 +104,7 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve help"
+            opts="-v -q -h -V --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve cluster help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -102,6 +123,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -133,7 +158,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__claim)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,6 +228,160 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    return 0
+                    ;;
+                --worker-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__cluster)
+            opts="-v -q -h --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help status help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    return 0
+                    ;;
+                --worker-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__cluster__subcmd__help)
+            opts="status help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__cluster__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__cluster__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__cluster__subcmd__status)
+            opts="-v -q -h --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
                     COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
                     return 0
@@ -231,7 +410,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__completions)
-            opts="-v -q -h --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-v -q -h --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -250,6 +429,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -281,7 +464,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__heartbeat)
-            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -304,6 +487,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -335,7 +522,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help)
-            opts="claim release status heartbeat run steal-stale completions metrics serve help"
+            opts="claim release status heartbeat run steal-stale completions metrics serve cluster help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -351,6 +538,34 @@ _sentinel() {
         sentinel__subcmd__help__subcmd__claim)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__help__subcmd__cluster)
+            opts="status"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__help__subcmd__cluster__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -489,7 +704,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__metrics)
-            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -516,6 +731,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -547,7 +766,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__release)
-            opts="-v -q -h --force --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --force --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -566,6 +785,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -597,7 +820,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -675,6 +898,10 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
                     COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
                     return 0
@@ -703,7 +930,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__serve)
-            opts="-v -q -h --listen --id --peer --auth-token --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --listen --id --peer --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -721,10 +948,6 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --auth-token)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --repo)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -738,6 +961,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -769,7 +996,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__status)
-            opts="-v -q -h --since --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --since --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -792,6 +1019,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -823,7 +1054,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__steal__subcmd__stale)
-            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -870,6 +1101,10 @@ _sentinel() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= auth-token= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -27,7 +27,8 @@ end
 complete -c sentinel -n "__fish_sentinel_needs_command" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -50,6 +51,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "steal-stale" -d '
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
@@ -69,7 +71,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l priority -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -86,7 +89,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s h -l help -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -104,7 +108,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l since -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -121,7 +126,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l interval
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -156,7 +162,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l kill-grace -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -180,7 +187,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l priori
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -198,7 +206,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s h -l h
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -217,7 +226,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l since -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -234,11 +244,11 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help 
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This node\'s id in the cluster (1 or more)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the same token); never printed or logged' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -251,13 +261,53 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Pri
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''"
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the local backend'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from cluster" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'

@@ -18,6 +18,7 @@ use crate::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::server_backend::ServerBackend;
 use crate::strategy::Outcome;
 
 /// What `status LOCK` reports.
@@ -64,6 +65,13 @@ pub trait LockBackend: Send + Sync {
     /// Where the lock lives, for messages: `owner/repo#12`, or the lock name.
     fn describe(&self, lock: &LockId) -> String {
         lock.to_string()
+    }
+
+    /// Whether the backend queues waiters itself ([`AcquireRequest::wait`]): the strategy loop
+    /// then turns `--strategy retry` into one attempt that waits on the backend, first come
+    /// first served, instead of polling.
+    fn waits_server_side(&self) -> bool {
+        false
     }
 
     /// One acquisition attempt: a grant (new, re-adopted or taken over), or the current holder.
@@ -116,6 +124,7 @@ pub trait LockBackend: Send + Sync {
 pub enum Backend {
     Local(LocalBackend),
     Github(Box<GithubBackend>),
+    Server(ServerBackend),
 }
 
 impl LockBackend for Backend {
@@ -123,6 +132,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.name(),
             Backend::Github(b) => b.name(),
+            Backend::Server(b) => b.name(),
         }
     }
 
@@ -130,6 +140,15 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.parse_lock(raw),
             Backend::Github(b) => b.parse_lock(raw),
+            Backend::Server(b) => b.parse_lock(raw),
+        }
+    }
+
+    fn waits_server_side(&self) -> bool {
+        match self {
+            Backend::Local(b) => b.waits_server_side(),
+            Backend::Github(b) => b.waits_server_side(),
+            Backend::Server(b) => b.waits_server_side(),
         }
     }
 
@@ -137,6 +156,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.describe(lock),
             Backend::Github(b) => b.describe(lock),
+            Backend::Server(b) => b.describe(lock),
         }
     }
 
@@ -144,6 +164,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.try_acquire(req).await,
             Backend::Github(b) => b.try_acquire(req).await,
+            Backend::Server(b) => b.try_acquire(req).await,
         }
     }
 
@@ -151,6 +172,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.release(req).await,
             Backend::Github(b) => b.release(req).await,
+            Backend::Server(b) => b.release(req).await,
         }
     }
 
@@ -158,6 +180,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.renew(req).await,
             Backend::Github(b) => b.renew(req).await,
+            Backend::Server(b) => b.renew(req).await,
         }
     }
 
@@ -165,6 +188,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.status(lock).await,
             Backend::Github(b) => b.status(lock).await,
+            Backend::Server(b) => b.status(lock).await,
         }
     }
 
@@ -172,6 +196,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.list(req).await,
             Backend::Github(b) => b.list(req).await,
+            Backend::Server(b) => b.list(req).await,
         }
     }
 
@@ -179,6 +204,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.renew_budget(),
             Backend::Github(b) => b.renew_budget(),
+            Backend::Server(b) => b.renew_budget(),
         }
     }
 
@@ -186,6 +212,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.release_stale(req).await,
             Backend::Github(b) => b.release_stale(req).await,
+            Backend::Server(b) => b.release_stale(req).await,
         }
     }
 
@@ -193,6 +220,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.claim_next(req).await,
             Backend::Github(b) => b.claim_next(req).await,
+            Backend::Server(b) => b.claim_next(req).await,
         }
     }
 }

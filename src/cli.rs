@@ -63,9 +63,26 @@ pub struct GlobalArgs {
         default_value = "https://api.github.com"
     )]
     pub api_url: String,
-    /// URL of a `sentinel serve` coordinator
-    #[arg(long, env = "SENTINEL_SERVER", global = true, value_name = "URL")]
+    /// `sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over
+    /// between them
+    #[arg(
+        long,
+        env = "SENTINEL_SERVER",
+        global = true,
+        value_name = "URL[,URL...]"
+    )]
     pub server: Option<String>,
+    /// Bearer token of the sentinel server cluster: `serve` requires it on every client and peer
+    /// request (give every node the same one), the other commands send it; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_AUTH_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret
+    )]
+    pub auth_token: Option<Secret>,
     /// Which backend holds the locks
     #[arg(
         long,
@@ -124,6 +141,15 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// Run a coordinator node: named locks replicated with Raft, served over HTTP
     Serve(ServeArgs),
+    /// Inspect the coordinator cluster given with --server
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the leader, term, members, commit and applied index and each follower's lag
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -138,16 +164,6 @@ pub struct ServeArgs {
     /// node included, with the same list on every node (the lowest id forms the cluster)
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     pub peers: Vec<String>,
-    /// Require `Authorization: Bearer TOKEN` on every client and peer request (give every node the
-    /// same token); never printed or logged
-    #[arg(
-        long,
-        env = "SENTINEL_AUTH_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN",
-        value_parser = secret
-    )]
-    pub auth_token: Option<Secret>,
 }
 
 impl Command {
@@ -161,6 +177,7 @@ impl Command {
             Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
             Command::StealStale(_) => false,
             Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) => false,
+            Command::Cluster(_) => false,
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::github::{GithubBackend, GithubOptions, RepoName};
 use crate::local::LocalBackend;
 use crate::lock::{Claimant, TaskInfo, validate_label};
 use crate::secret::Secret;
+use crate::server_backend::{ServerBackend, server_urls};
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
@@ -133,44 +134,69 @@ fn id(value: Option<String>, what: &str, default: impl FnOnce() -> String) -> Re
     Ok(v)
 }
 
-/// Checks `--api-url`: an http(s) URL with a host and a valid port, and no credentials in it (they
-/// would end up in messages; the token has its own option). The message never repeats the URL
-/// when it carries credentials.
-pub fn api_url(raw: &str) -> Result<String> {
+/// Checks an http(s) URL: a host, a valid port, no credentials, no query string. Says why not in
+/// words that never repeat the URL (it may carry credentials).
+pub fn http_url(raw: &str) -> std::result::Result<(String, http::Uri), &'static str> {
     let trimmed = raw.trim().trim_end_matches('/');
-    let bad = |why: &str| {
-        let shown = if trimmed.contains('@') {
-            "(not shown: it contains credentials)".to_string()
-        } else {
-            format!("{trimmed:?}")
-        };
-        Error::usage(format!(
-            "invalid --api-url {shown}: {why}; expected e.g. https://api.github.com or https://HOST/api/v3"
-        ))
-    };
-    let uri: http::Uri = trimmed.parse().map_err(|_| bad("not a URL"))?;
+    let uri: http::Uri = trimmed.parse().map_err(|_| "not a URL")?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err(bad("the scheme must be http or https"));
+        return Err("the scheme must be http or https");
     }
-    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    let authority = uri.authority().ok_or("no host")?;
     if authority.as_str().contains('@') {
-        return Err(bad(
-            "credentials do not belong in the URL; pass the token with --token or SENTINEL_TOKEN",
-        ));
+        return Err("credentials do not belong in the URL");
     }
     if authority.host().is_empty() {
-        return Err(bad("no host"));
+        return Err("no host");
     }
     if let Some(port) = authority.as_str().rsplit_once(':').map(|(_, p)| p)
         && !authority.host().ends_with(']')
         && port.parse::<u16>().map_or(true, |p| p == 0)
     {
-        return Err(bad("the port must be a number from 1 to 65535"));
+        return Err("the port must be a number from 1 to 65535");
     }
     if uri.query().is_some() {
-        return Err(bad("no query string is allowed"));
+        return Err("no query string is allowed");
     }
-    Ok(trimmed.to_string())
+    Ok((trimmed.to_string(), uri))
+}
+
+/// What a message shows of a URL the user gave: nothing when it carries credentials.
+pub fn shown_url(raw: &str) -> String {
+    let trimmed = raw.trim().trim_end_matches('/');
+    if trimmed.contains('@') {
+        "(not shown: it contains credentials)".to_string()
+    } else {
+        format!("{trimmed:?}")
+    }
+}
+
+/// Checks `--api-url`: an http(s) URL with a host and a valid port, and no credentials in it (they
+/// would end up in messages; the token has its own option). The message never repeats the URL
+/// when it carries credentials.
+pub fn api_url(raw: &str) -> Result<String> {
+    http_url(raw).map(|(url, _)| url).map_err(|why| {
+        let hint = if why.starts_with("credentials") {
+            "; pass the token with --token or SENTINEL_TOKEN"
+        } else {
+            ""
+        };
+        Error::usage(format!(
+            "invalid --api-url {}: {why}{hint}; expected e.g. https://api.github.com or https://HOST/api/v3",
+            shown_url(raw)
+        ))
+    })
+}
+
+/// The coordinator client from `--server` and `--auth-token` (also `sentinel cluster`'s).
+pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
+    let raw = given(g.server.as_ref()).ok_or_else(|| {
+        Error::usage(
+            "the server backend needs --server URL[,URL...] (or SENTINEL_SERVER): the sentinel serve nodes",
+        )
+    })?;
+    let token = crate::commands::serve::auth_token(g.auth_token.as_ref())?;
+    ServerBackend::new(server_urls(&raw)?, token.as_ref())
 }
 
 impl Context {
@@ -221,11 +247,7 @@ impl Context {
                     in_actions: in_actions(),
                 })?))
             }
-            BackendKind::Server => {
-                return Err(Error::usage(
-                    "the server backend (sentinel serve) is not available in this version; use --backend local or github",
-                ));
-            }
+            BackendKind::Server => Backend::Server(server_backend(g)?),
             BackendKind::Auto => unreachable!("resolved above"),
         };
         Ok(Context {

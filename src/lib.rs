@@ -24,6 +24,7 @@ pub mod manpage;
 pub mod metrics;
 pub mod output;
 pub mod secret;
+pub mod server_backend;
 pub mod statefile;
 pub mod strategy;
 pub mod table;

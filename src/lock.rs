@@ -96,6 +96,9 @@ pub struct AcquireRequest {
     pub readopt: bool,
     /// 0 for the first attempt of a claim; later attempts may read before writing.
     pub attempt: u32,
+    /// How long a backend that queues waiters itself (the coordinator) may hold this attempt
+    /// until the lock is free; zero for the others, whose waiting is the strategy loop's.
+    pub wait: Duration,
 }
 
 /// Give up a lock: ours, or anyone's with `force`.

@@ -65,6 +65,27 @@ impl Policy {
         }
     }
 
+    /// The time the retry loop would spend pausing between its attempts (without jitter): how
+    /// long a server-side wait lasts instead.
+    pub fn wait_budget(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut pause = self.initial_backoff.min(self.max_backoff);
+        for n in 0..self.max_retries {
+            if pause.is_zero() {
+                // A zero pause doubles to zero: the rest adds nothing.
+                return total;
+            }
+            if pause >= self.max_backoff {
+                // Every remaining pause is the cap: no need to count them one by one.
+                let left = self.max_retries - n;
+                return total.saturating_add(self.max_backoff.saturating_mul(left));
+            }
+            total = total.saturating_add(pause);
+            pause = pause.saturating_mul(2).min(self.max_backoff);
+        }
+        total
+    }
+
     /// Pause before retry number `n` (1-based): doubling from the initial backoff, capped, with
     /// ±25% jitter so workers that collided once do not collide again in lockstep.
     pub fn backoff(&self, n: u32) -> Duration {
@@ -106,12 +127,25 @@ pub async fn claim<B: LockBackend>(
     waiting: impl FnMut(&Holder, Duration),
 ) -> Result<Outcome> {
     let what = backend.describe(&req.lock);
+    // A backend that queues waiters (the coordinator) waits out the whole retry budget in one
+    // attempt: it grants in arrival order the moment the lock is free, where polling would
+    // lose to whoever asks at the right instant.
+    let (policy, wait) = if backend.waits_server_side() && policy.strategy == Strategy::Retry {
+        let single = Policy {
+            max_retries: 0,
+            ..policy.clone()
+        };
+        (single, policy.wait_budget())
+    } else {
+        (policy.clone(), Duration::ZERO)
+    };
     acquire(
-        policy,
+        &policy,
         &what,
         |n| {
             let attempt = AcquireRequest {
                 attempt: n,
+                wait,
                 ..req.clone()
             };
             async move { backend.try_acquire(&attempt).await }
@@ -119,6 +153,13 @@ pub async fn claim<B: LockBackend>(
         waiting,
     )
     .await
+    .map_err(|e| match e {
+        Error::Conflict(msg) if !wait.is_zero() => Error::Conflict(format!(
+            "{msg}; gave up after waiting {} on the server",
+            crate::duration::display(wait)
+        )),
+        other => other,
+    })
 }
 
 /// What the claim loop did, for output and metrics.
@@ -220,6 +261,28 @@ mod tests {
             let d = p.backoff(n).as_secs_f64();
             assert!(d >= base * 0.75 && d <= base * 1.25, "retry {n}: {d}");
         }
+    }
+
+    #[test]
+    fn the_wait_budget_is_the_sum_of_the_backoffs() {
+        assert_eq!(Policy::default().wait_budget(), Duration::from_secs(31));
+        let huge = Policy {
+            max_retries: u32::MAX,
+            max_backoff: MAX_BACKOFF,
+            ..Policy::default()
+        };
+        assert!(huge.wait_budget() >= MAX_BACKOFF);
+        let none = Policy {
+            max_retries: 0,
+            ..Policy::default()
+        };
+        assert_eq!(none.wait_budget(), Duration::ZERO);
+        let zero = Policy {
+            max_retries: u32::MAX,
+            initial_backoff: Duration::ZERO,
+            ..Policy::default()
+        };
+        assert_eq!(zero.wait_budget(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

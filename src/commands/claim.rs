@@ -78,6 +78,7 @@ pub(crate) fn request(
         task_info: task_info(&opts.task)?,
         readopt: ctx.explicit_worker,
         attempt: 0,
+        wait: std::time::Duration::ZERO,
     };
     Ok((req, policy))
 }

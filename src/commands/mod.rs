@@ -2,6 +2,7 @@
 //! [`Report`](crate::output::Report); none parses input or speaks a protocol itself.
 
 pub mod claim;
+pub mod cluster_status;
 pub mod completions;
 pub mod heartbeat;
 pub mod metrics;
@@ -11,7 +12,7 @@ pub mod serve;
 pub mod status;
 pub mod steal_stale;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, ClusterCommand, Command};
 use crate::config::Context;
 use crate::error::Result;
 use crate::output::Report;
@@ -28,6 +29,10 @@ pub async fn run(cli: &Cli) -> Result<Report> {
     if let Command::Serve(args) = &cli.command {
         return serve::run(&cli.global, args).await;
     }
+    // Cluster inspection needs the servers, not a worker identity.
+    if let Command::Cluster(ClusterCommand::Status) = &cli.command {
+        return cluster_status::run(&cli.global).await;
+    }
     let ctx = Context::from_args(&cli.global)?;
     match &cli.command {
         Command::Claim(a) => claim::run(&ctx, a).await,
@@ -36,7 +41,7 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
         Command::Run(a) => run::run(&ctx, a).await,
         Command::StealStale(a) => steal_stale::run(&ctx, a).await,
-        Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) => {
+        Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) | Command::Cluster(_) => {
             unreachable!("handled above")
         }
     }

@@ -79,12 +79,12 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         listen,
         members,
         data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
-        auth_token: auth_token(args.auth_token.as_ref())?,
+        auth_token: auth_token(global.auth_token.as_ref())?,
     })
 }
 
 /// The shared bearer token: set-but-empty counts as unset; it must fit in an HTTP header.
-fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
+pub fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
     let Some(token) = given.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };

@@ -38,6 +38,7 @@ pub async fn run(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
         task_info: task,
         readopt: ctx.explicit_worker,
         attempt: 0,
+        wait: std::time::Duration::ZERO,
     };
     // One attempt: a live holder is an answer (exit 3), not something to wait for.
     let policy = Policy {

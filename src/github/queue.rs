@@ -146,6 +146,7 @@ impl GithubBackend {
                     task_info: req.task_info.clone(),
                     readopt: false,
                     attempt: 0,
+                    wait: Duration::ZERO,
                 };
                 match self.claim_once(c.number, &attempt, look_first, 3).await {
                     Ok(Attempt::Granted(grant)) => {

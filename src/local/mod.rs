@@ -357,6 +357,7 @@ mod tests {
             task_info: task_info.clone(),
             readopt: true,
             attempt: 0,
+            wait: Duration::ZERO,
         })
     }
 

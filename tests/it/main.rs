@@ -14,5 +14,6 @@ mod queue;
 mod robustness;
 mod run;
 mod serve;
+mod server_cli;
 mod steal_stale;
 mod support;

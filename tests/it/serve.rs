@@ -15,12 +15,12 @@ use crate::support::sentinel;
 
 /// The token of the three-node cluster; every request of these tests carries it (a node without
 /// a token ignores it).
-const TOKEN: &str = "t0p-s3cret-cluster-token";
+pub(crate) const TOKEN: &str = "t0p-s3cret-cluster-token";
 
-/// A `sentinel serve` process, killed when dropped.
-struct Node {
-    id: u64,
-    addr: String,
+/// A `sentinel serve` process, killed when dropped (also used by `server_cli`).
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) addr: String,
     peers: Vec<String>,
     data: PathBuf,
     token: Option<&'static str>,
@@ -28,7 +28,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(
+    pub(crate) fn start(
         id: u64,
         addr: &str,
         peers: &[String],
@@ -91,7 +91,7 @@ impl Node {
         );
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -110,7 +110,7 @@ impl Drop for Node {
 }
 
 /// A loopback address with a port that was free a moment ago.
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
@@ -175,7 +175,7 @@ fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
 }
 
 /// Polls until `check` holds, for at most `secs` seconds.
-fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = check() {
@@ -187,7 +187,7 @@ fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) ->
 }
 
 /// The leader a node reports on `/health`, once it knows one.
-fn leader_of(addr: &str) -> Option<u64> {
+pub(crate) fn leader_of(addr: &str) -> Option<u64> {
     match http(addr, "GET", "/health", None) {
         Ok((200, v)) => v["leader"].as_u64(),
         _ => None,
