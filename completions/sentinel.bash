@@ -77,7 +77,7 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics help"
+            opts="-v -q -h -V --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -99,8 +99,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -127,7 +131,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__claim)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -197,8 +201,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -225,7 +233,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__completions)
-            opts="-v -q -h --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-v -q -h --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -247,8 +255,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -275,7 +287,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__heartbeat)
-            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -301,8 +313,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -469,7 +485,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__metrics)
-            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -499,8 +515,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -527,7 +547,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__release)
-            opts="-v -q -h --force --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --force --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -549,8 +569,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -577,7 +601,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -655,8 +679,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -683,7 +711,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__status)
-            opts="-v -q -h --since --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --since --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -709,8 +737,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -737,7 +769,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__steal__subcmd__stale)
-            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --redis-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -787,8 +819,12 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)

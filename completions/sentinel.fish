@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= redis-url= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -28,10 +28,12 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l repo -d 'GitHub repos
 complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_needs_command" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -69,10 +71,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l repo -d 'Git
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -86,10 +90,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l repo -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -104,10 +110,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l repo -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -121,10 +129,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -156,10 +166,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHu
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -180,10 +192,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l repo -
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -198,10 +212,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l repo -
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -217,10 +233,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d 'URL of a `sentinel serve` coordinator' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F

@@ -18,6 +18,7 @@ use crate::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::redis_backend::RedisBackend;
 use crate::strategy::Outcome;
 
 /// What `status LOCK` reports.
@@ -116,6 +117,7 @@ pub trait LockBackend: Send + Sync {
 pub enum Backend {
     Local(LocalBackend),
     Github(Box<GithubBackend>),
+    Redis(RedisBackend),
 }
 
 impl LockBackend for Backend {
@@ -123,6 +125,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.name(),
             Backend::Github(b) => b.name(),
+            Backend::Redis(b) => b.name(),
         }
     }
 
@@ -130,6 +133,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.parse_lock(raw),
             Backend::Github(b) => b.parse_lock(raw),
+            Backend::Redis(b) => b.parse_lock(raw),
         }
     }
 
@@ -137,6 +141,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.describe(lock),
             Backend::Github(b) => b.describe(lock),
+            Backend::Redis(b) => b.describe(lock),
         }
     }
 
@@ -144,6 +149,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.try_acquire(req).await,
             Backend::Github(b) => b.try_acquire(req).await,
+            Backend::Redis(b) => b.try_acquire(req).await,
         }
     }
 
@@ -151,6 +157,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.release(req).await,
             Backend::Github(b) => b.release(req).await,
+            Backend::Redis(b) => b.release(req).await,
         }
     }
 
@@ -158,6 +165,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.renew(req).await,
             Backend::Github(b) => b.renew(req).await,
+            Backend::Redis(b) => b.renew(req).await,
         }
     }
 
@@ -165,6 +173,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.status(lock).await,
             Backend::Github(b) => b.status(lock).await,
+            Backend::Redis(b) => b.status(lock).await,
         }
     }
 
@@ -172,6 +181,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.list(req).await,
             Backend::Github(b) => b.list(req).await,
+            Backend::Redis(b) => b.list(req).await,
         }
     }
 
@@ -179,6 +189,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.renew_budget(),
             Backend::Github(b) => b.renew_budget(),
+            Backend::Redis(b) => b.renew_budget(),
         }
     }
 
@@ -186,6 +197,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.release_stale(req).await,
             Backend::Github(b) => b.release_stale(req).await,
+            Backend::Redis(b) => b.release_stale(req).await,
         }
     }
 
@@ -193,6 +205,7 @@ impl LockBackend for Backend {
         match self {
             Backend::Local(b) => b.claim_next(req).await,
             Backend::Github(b) => b.claim_next(req).await,
+            Backend::Redis(b) => b.claim_next(req).await,
         }
     }
 }

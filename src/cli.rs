@@ -33,6 +33,8 @@ pub enum BackendKind {
     Github,
     Local,
     Server,
+    /// named locks in Redis (--redis-url)
+    Redis,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +68,16 @@ pub struct GlobalArgs {
     /// URL of a `sentinel serve` coordinator
     #[arg(long, env = "SENTINEL_SERVER", global = true, value_name = "URL")]
     pub server: Option<String>,
+    /// Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_REDIS_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = secret
+    )]
+    pub redis_url: Option<Secret>,
     /// Which backend holds the locks
     #[arg(
         long,

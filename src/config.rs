@@ -13,6 +13,7 @@ use crate::github::client::ClientOptions;
 use crate::github::{GithubBackend, GithubOptions, RepoName};
 use crate::local::LocalBackend;
 use crate::lock::{Claimant, TaskInfo, validate_label};
+use crate::redis_backend::RedisBackend;
 use crate::secret::Secret;
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
@@ -221,9 +222,22 @@ impl Context {
                     in_actions: in_actions(),
                 })?))
             }
+            BackendKind::Redis => {
+                let url = g
+                    .redis_url
+                    .as_ref()
+                    .map(|u| u.expose().trim())
+                    .filter(|u| !u.is_empty());
+                let url = url.ok_or_else(|| {
+                    Error::usage(
+                        "the redis backend needs --redis-url redis://HOST[:PORT] (or SENTINEL_REDIS_URL)",
+                    )
+                })?;
+                Backend::Redis(RedisBackend::new(url)?)
+            }
             BackendKind::Server => {
                 return Err(Error::usage(
-                    "the server backend (sentinel serve) is not available in this version; use --backend local or github",
+                    "the server backend (sentinel serve) is not available in this version; use --backend local, github or redis",
                 ));
             }
             BackendKind::Auto => unreachable!("resolved above"),

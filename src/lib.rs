@@ -22,6 +22,7 @@ pub mod lease;
 pub mod manpage;
 pub mod metrics;
 pub mod output;
+pub mod redis_backend;
 pub mod secret;
 pub mod statefile;
 pub mod strategy;

@@ -55,9 +55,15 @@ impl GithubBackend {
         ))
     }
 
-    /// `heartbeat --once`.
-    pub(super) async fn renew_issue(&self, issue: u64, worker_id: &str) -> Result<Holder> {
+    /// `heartbeat --once`; with a fencing token, only the grant whose lock comment has that id.
+    pub(super) async fn renew_issue(
+        &self,
+        issue: u64,
+        worker_id: &str,
+        token: Option<u64>,
+    ) -> Result<Holder> {
         if let Some(own) = self.cache.own_lock(&self.cache_key(issue, worker_id))? {
+            not_this_grant(issue, token, own.comment_id)?;
             return self.heartbeat_cached(issue, own).await;
         }
         self.ensure_login().await?;
@@ -65,6 +71,7 @@ impl GithubBackend {
         let res = resolve(&state.records);
         match res.holder() {
             Some(h) if h.meta.worker_id == worker_id => {
+                not_this_grant(issue, token, h.id)?;
                 match self.adopt(issue, h, state.now).await? {
                     Attempt::Granted(g) => Ok(g.holder),
                     Attempt::Held(h) => Ok(h),
@@ -85,9 +92,11 @@ impl GithubBackend {
         issue: u64,
         worker_id: &str,
         force: bool,
+        token: Option<u64>,
     ) -> Result<Released> {
         let key = self.cache_key(issue, worker_id);
         if let Some(own) = self.cache.own_lock(&key)? {
+            not_this_grant(issue, token, own.comment_id)?;
             return self.release_own(issue, own).await;
         }
         self.ensure_login().await?;
@@ -100,6 +109,9 @@ impl GithubBackend {
             });
         };
         let ours = h.meta.worker_id == worker_id;
+        if ours {
+            not_this_grant(issue, token, h.id)?;
+        }
         if !ours && !force {
             return Err(Error::NotOwner(format!(
                 "#{issue} is held by {} (since {}), not by {worker_id}; use --force to release it anyway",
@@ -305,5 +317,17 @@ impl GithubBackend {
             tracing::warn!(status = %resp.status, "could not remove the assignment");
         }
         Ok(())
+    }
+}
+
+/// A caller that names its grant by fencing token (the lock comment's id) holds nothing when the
+/// worker's current lock comment is another: that grant ended and a newer one took its place.
+fn not_this_grant(issue: u64, token: Option<u64>, current: u64) -> Result<()> {
+    match token {
+        Some(t) if t != current => Err(Error::NotOwner(format!(
+            "the grant of #{issue} with fencing token {t} is over: the lock is held under \
+             fencing token {current} now"
+        ))),
+        _ => Ok(()),
     }
 }
