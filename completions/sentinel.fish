@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= redis-url= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= redis-url= database-url= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -29,11 +29,13 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub toke
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_needs_command" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -72,11 +74,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -91,11 +95,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -111,11 +117,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -130,11 +138,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -167,11 +177,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitH
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -193,11 +205,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -213,11 +227,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -234,11 +250,13 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d 'URL of a `sentinel serve` coordinator' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
-redis\t'named locks in Redis (--redis-url)'"
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F

@@ -18,6 +18,7 @@ use crate::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::postgres_backend::PostgresBackend;
 use crate::redis_backend::RedisBackend;
 use crate::strategy::Outcome;
 
@@ -118,6 +119,7 @@ pub enum Backend {
     Local(LocalBackend),
     Github(Box<GithubBackend>),
     Redis(RedisBackend),
+    Postgres(PostgresBackend),
 }
 
 impl LockBackend for Backend {
@@ -126,6 +128,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.name(),
             Backend::Github(b) => b.name(),
             Backend::Redis(b) => b.name(),
+            Backend::Postgres(b) => b.name(),
         }
     }
 
@@ -134,6 +137,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.parse_lock(raw),
             Backend::Github(b) => b.parse_lock(raw),
             Backend::Redis(b) => b.parse_lock(raw),
+            Backend::Postgres(b) => b.parse_lock(raw),
         }
     }
 
@@ -142,6 +146,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.describe(lock),
             Backend::Github(b) => b.describe(lock),
             Backend::Redis(b) => b.describe(lock),
+            Backend::Postgres(b) => b.describe(lock),
         }
     }
 
@@ -150,6 +155,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.try_acquire(req).await,
             Backend::Github(b) => b.try_acquire(req).await,
             Backend::Redis(b) => b.try_acquire(req).await,
+            Backend::Postgres(b) => b.try_acquire(req).await,
         }
     }
 
@@ -158,6 +164,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.release(req).await,
             Backend::Github(b) => b.release(req).await,
             Backend::Redis(b) => b.release(req).await,
+            Backend::Postgres(b) => b.release(req).await,
         }
     }
 
@@ -166,6 +173,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.renew(req).await,
             Backend::Github(b) => b.renew(req).await,
             Backend::Redis(b) => b.renew(req).await,
+            Backend::Postgres(b) => b.renew(req).await,
         }
     }
 
@@ -174,6 +182,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.status(lock).await,
             Backend::Github(b) => b.status(lock).await,
             Backend::Redis(b) => b.status(lock).await,
+            Backend::Postgres(b) => b.status(lock).await,
         }
     }
 
@@ -182,6 +191,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.list(req).await,
             Backend::Github(b) => b.list(req).await,
             Backend::Redis(b) => b.list(req).await,
+            Backend::Postgres(b) => b.list(req).await,
         }
     }
 
@@ -190,6 +200,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.renew_budget(),
             Backend::Github(b) => b.renew_budget(),
             Backend::Redis(b) => b.renew_budget(),
+            Backend::Postgres(b) => b.renew_budget(),
         }
     }
 
@@ -198,6 +209,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.release_stale(req).await,
             Backend::Github(b) => b.release_stale(req).await,
             Backend::Redis(b) => b.release_stale(req).await,
+            Backend::Postgres(b) => b.release_stale(req).await,
         }
     }
 
@@ -206,6 +218,7 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.claim_next(req).await,
             Backend::Github(b) => b.claim_next(req).await,
             Backend::Redis(b) => b.claim_next(req).await,
+            Backend::Postgres(b) => b.claim_next(req).await,
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum BackendKind {
     Server,
     /// named locks in Redis (--redis-url)
     Redis,
+    /// named locks in PostgreSQL (--database-url)
+    Postgres,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +80,16 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub redis_url: Option<Secret>,
+    /// Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = secret
+    )]
+    pub database_url: Option<Secret>,
     /// Which backend holds the locks
     #[arg(
         long,

@@ -13,6 +13,7 @@ use crate::github::client::ClientOptions;
 use crate::github::{GithubBackend, GithubOptions, RepoName};
 use crate::local::LocalBackend;
 use crate::lock::{Claimant, TaskInfo, validate_label};
+use crate::postgres_backend::PostgresBackend;
 use crate::redis_backend::RedisBackend;
 use crate::secret::Secret;
 
@@ -235,9 +236,22 @@ impl Context {
                 })?;
                 Backend::Redis(RedisBackend::new(url)?)
             }
+            BackendKind::Postgres => {
+                let url = g
+                    .database_url
+                    .as_ref()
+                    .map(|u| u.expose().trim())
+                    .filter(|u| !u.is_empty());
+                let url = url.ok_or_else(|| {
+                    Error::usage(
+                        "the postgres backend needs --database-url postgres://USER@HOST/DB (or SENTINEL_DATABASE_URL)",
+                    )
+                })?;
+                Backend::Postgres(PostgresBackend::new(url)?)
+            }
             BackendKind::Server => {
                 return Err(Error::usage(
-                    "the server backend (sentinel serve) is not available in this version; use --backend local, github or redis",
+                    "the server backend (sentinel serve) is not available in this version; use --backend local, github, redis or postgres",
                 ));
             }
             BackendKind::Auto => unreachable!("resolved above"),

@@ -22,6 +22,7 @@ pub mod lease;
 pub mod manpage;
 pub mod metrics;
 pub mod output;
+pub mod postgres_backend;
 pub mod redis_backend;
 pub mod secret;
 pub mod statefile;

@@ -17,15 +17,17 @@ use sentinel::lock::{
     AcquireRequest, Attempt, Claimant, Grant, Holder, LockId, ReleaseRequest, RenewRequest,
     Takeover,
 };
+use sentinel::postgres_backend::PostgresBackend;
 use sentinel::redis_backend::RedisBackend;
 
-use crate::servers::Redis;
+use crate::servers::{Postgres, Redis};
 use crate::support::{Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Local,
     Redis,
+    Postgres,
 }
 
 /// A backend under test, with whatever server it needs.
@@ -33,6 +35,7 @@ pub struct Subject {
     kind: Kind,
     data: tempfile::TempDir,
     redis: Option<Redis>,
+    postgres: Option<Postgres>,
 }
 
 impl Subject {
@@ -51,12 +54,17 @@ impl Subject {
         let redis = match kind {
             Kind::Redis if persistent => Some(Redis::start_persistent()?),
             Kind::Redis => Some(Redis::start()?),
-            Kind::Local => None,
+            _ => None,
+        };
+        let postgres = match kind {
+            Kind::Postgres => Some(Postgres::start()?),
+            _ => None,
         };
         Some(Subject {
             kind,
             data: tempfile::tempdir().unwrap(),
             redis,
+            postgres,
         })
     }
 
@@ -69,6 +77,12 @@ impl Subject {
                 "redis".into(),
                 "--redis-url".into(),
                 self.redis.as_ref().unwrap().url(),
+            ],
+            Kind::Postgres => vec![
+                "--backend".into(),
+                "postgres".into(),
+                "--database-url".into(),
+                self.postgres.as_ref().unwrap().url(),
             ],
         }
     }
@@ -91,6 +105,9 @@ impl Subject {
             Kind::Redis => {
                 Backend::Redis(RedisBackend::new(&self.redis.as_ref().unwrap().url()).unwrap())
             }
+            Kind::Postgres => Backend::Postgres(
+                PostgresBackend::new(&self.postgres.as_ref().unwrap().url()).unwrap(),
+            ),
         }
     }
 
@@ -102,6 +119,7 @@ impl Subject {
     fn restart(&mut self) {
         match self.kind {
             Kind::Redis => self.redis.as_mut().unwrap().restart(),
+            Kind::Postgres => self.postgres.as_mut().unwrap().restart(),
             Kind::Local => unreachable!("the local backend has no server"),
         }
     }
@@ -510,10 +528,18 @@ macro_rules! conformance {
 
 conformance!(local, Kind::Local);
 conformance!(redis, Kind::Redis);
+conformance!(postgres, Kind::Postgres);
 
 #[test]
 fn redis_restarts_under_a_held_lock() {
     if let Some(mut s) = Subject::persistent(Kind::Redis) {
+        server_restart(&mut s);
+    }
+}
+
+#[test]
+fn postgres_restarts_under_a_held_lock() {
+    if let Some(mut s) = Subject::persistent(Kind::Postgres) {
         server_restart(&mut s);
     }
 }

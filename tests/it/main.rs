@@ -11,6 +11,7 @@ mod heartbeat;
 mod local_cli;
 mod manpages;
 mod metrics;
+mod postgres_cli;
 mod queue;
 mod redis_cli;
 mod robustness;
