@@ -1,8 +1,9 @@
-//! One conformance suite, run against every backend that keeps named locks: the same promises,
-//! checked the same way, in process (the library's `LockBackend`) and through the real binary.
+//! One conformance suite, run against every backend: the same promises, checked the same way, in
+//! process (the library's `LockBackend`) and through the real binary.
 //!
-//! What differs between backends is said once, in [`Subject`]: how to reach it, and what becomes of
-//! a lease that runs out (stale until taken over on the lock table; gone on Redis).
+//! What differs between backends is said once, in [`Subject`]: how to reach it, what a lock is
+//! called (GitHub locks are issues), and what becomes of a lease that runs out (stale until taken
+//! over on GitHub and the lock table; gone on Redis).
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use sentinel::backend::{Backend, LockBackend};
 use sentinel::error::ExitCode;
+use sentinel::github::client::ClientOptions;
+use sentinel::github::{GithubBackend, GithubOptions};
 use sentinel::local::LocalBackend;
 use sentinel::lock::{
     AcquireRequest, Attempt, Claimant, Grant, Holder, LockId, ReleaseRequest, RenewRequest,
@@ -19,16 +22,21 @@ use sentinel::lock::{
 };
 use sentinel::postgres_backend::PostgresBackend;
 use sentinel::redis_backend::RedisBackend;
+use sentinel::secret::Secret;
 
 use crate::servers::{Postgres, Redis};
-use crate::support::{Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
+use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Local,
+    Github,
     Redis,
     Postgres,
 }
+
+/// The locks the scenarios use; on GitHub each is an issue.
+const LOCKS: [&str; 5] = ["the-one", "cycle-a", "cycle-b", "job", "build"];
 
 /// A backend under test, with whatever server it needs.
 pub struct Subject {
@@ -36,6 +44,9 @@ pub struct Subject {
     data: tempfile::TempDir,
     redis: Option<Redis>,
     postgres: Option<Postgres>,
+    github: Option<Gh>,
+    /// GitHub: the issue standing for each lock of [`LOCKS`].
+    issues: BTreeMap<&'static str, u64>,
 }
 
 impl Subject {
@@ -60,30 +71,68 @@ impl Subject {
             Kind::Postgres => Some(Postgres::start()?),
             _ => None,
         };
+        let github = (kind == Kind::Github).then(Gh::new);
+        let issues = match &github {
+            Some(gh) => LOCKS
+                .iter()
+                .map(|name| (*name, gh.emu.create_issue(REPO, name)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         Some(Subject {
             kind,
             data: tempfile::tempdir().unwrap(),
             redis,
             postgres,
+            github,
+            issues,
         })
+    }
+
+    /// What the binary calls the lock `name`.
+    fn lock(&self, name: &str) -> String {
+        match self.issues.get(name) {
+            Some(n) => n.to_string(),
+            None => name.to_string(),
+        }
+    }
+
+    /// What the library calls the lock `name`.
+    fn id(&self, name: &str) -> LockId {
+        match self.issues.get(name) {
+            Some(n) => LockId::Issue(*n),
+            None => LockId::Name(name.to_string()),
+        }
     }
 
     /// The global options that select this backend.
     fn args(&self) -> Vec<String> {
+        let mut args = vec!["--backend".to_string(), self.name().to_string()];
         match self.kind {
-            Kind::Local => vec!["--backend".into(), "local".into()],
-            Kind::Redis => vec![
-                "--backend".into(),
-                "redis".into(),
-                "--redis-url".into(),
-                self.redis.as_ref().unwrap().url(),
-            ],
-            Kind::Postgres => vec![
-                "--backend".into(),
-                "postgres".into(),
-                "--database-url".into(),
-                self.postgres.as_ref().unwrap().url(),
-            ],
+            Kind::Local => {}
+            Kind::Github => {
+                let url = self.github.as_ref().unwrap().emu.url();
+                args.extend(["--repo".into(), REPO.into(), "--api-url".into(), url]);
+            }
+            Kind::Redis => {
+                args.extend(["--redis-url".into(), self.redis.as_ref().unwrap().url()]);
+            }
+            Kind::Postgres => {
+                args.extend([
+                    "--database-url".into(),
+                    self.postgres.as_ref().unwrap().url(),
+                ]);
+            }
+        }
+        args
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Local => "local",
+            Kind::Github => "github",
+            Kind::Redis => "redis",
+            Kind::Postgres => "postgres",
         }
     }
 
@@ -93,14 +142,33 @@ impl Subject {
         cmd.args(self.args())
             .args(["--worker-id", worker])
             .args(args);
+        if let Some(gh) = &self.github {
+            // Fast but safe: the settle pause must exceed the emulator's read lag.
+            cmd.env("SENTINEL_TOKEN", &gh.alice)
+                .env("SENTINEL_SETTLE", "400ms");
+        }
         cmd
     }
 
-    /// The backend in this process, as a library user holds it.
-    pub fn backend(&self) -> Backend {
+    /// The backend in this process, as a library user holds it (inside a runtime: the GitHub
+    /// client needs one to be built).
+    pub fn backend(&self, rt: &tokio::runtime::Runtime) -> Backend {
+        let _inside = rt.enter();
         match self.kind {
             Kind::Local => {
                 Backend::Local(LocalBackend::open(self.data.path().join("local")).unwrap())
+            }
+            Kind::Github => {
+                let gh = self.github.as_ref().unwrap();
+                let backend = GithubBackend::new(GithubOptions {
+                    repo: REPO.parse().unwrap(),
+                    client: ClientOptions::new(&gh.emu.url(), Some(Secret::new(gh.alice.clone()))),
+                    data_dir: self.data.path().to_path_buf(),
+                    trusted: Vec::new(),
+                    settle: Duration::from_millis(400),
+                    in_actions: false,
+                });
+                Backend::Github(Box::new(backend.unwrap()))
             }
             Kind::Redis => {
                 Backend::Redis(RedisBackend::new(&self.redis.as_ref().unwrap().url()).unwrap())
@@ -108,6 +176,15 @@ impl Subject {
             Kind::Postgres => Backend::Postgres(
                 PostgresBackend::new(&self.postgres.as_ref().unwrap().url()).unwrap(),
             ),
+        }
+    }
+
+    /// How coarse the backend's clock is: GitHub's timestamps are whole seconds, so a lease is
+    /// only seen to have run out up to a second after it did.
+    fn resolution(&self) -> Duration {
+        match self.kind {
+            Kind::Github => Duration::from_secs(1),
+            _ => Duration::ZERO,
         }
     }
 
@@ -120,7 +197,7 @@ impl Subject {
         match self.kind {
             Kind::Redis => self.redis.as_mut().unwrap().restart(),
             Kind::Postgres => self.postgres.as_mut().unwrap().restart(),
-            Kind::Local => unreachable!("the local backend has no server"),
+            Kind::Local | Kind::Github => unreachable!("no server of the test's own to restart"),
         }
     }
 }
@@ -133,9 +210,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn acquire(name: &str, worker: &str, ttl: Duration, takeover: Takeover) -> AcquireRequest {
+fn acquire(lock: &LockId, worker: &str, ttl: Duration, takeover: Takeover) -> AcquireRequest {
     AcquireRequest {
-        lock: LockId::Name(name.into()),
+        lock: lock.clone(),
         claimant: Claimant {
             worker_id: worker.into(),
             node_id: "node-1".into(),
@@ -148,18 +225,18 @@ fn acquire(name: &str, worker: &str, ttl: Duration, takeover: Takeover) -> Acqui
     }
 }
 
-fn release(name: &str, worker: &str, token: Option<u64>) -> ReleaseRequest {
+fn release(lock: &LockId, worker: &str, token: Option<u64>) -> ReleaseRequest {
     ReleaseRequest {
-        lock: LockId::Name(name.into()),
+        lock: lock.clone(),
         worker_id: worker.into(),
         force: false,
         fencing_token: token,
     }
 }
 
-fn renew(name: &str, worker: &str, token: Option<u64>) -> RenewRequest {
+fn renew(lock: &LockId, worker: &str, token: Option<u64>) -> RenewRequest {
     RenewRequest {
-        lock: LockId::Name(name.into()),
+        lock: lock.clone(),
         worker_id: worker.into(),
         fencing_token: token,
     }
@@ -172,11 +249,8 @@ fn granted(a: Attempt) -> Grant {
     }
 }
 
-fn holder_of(b: &Backend, name: &str, rt: &tokio::runtime::Runtime) -> Option<Holder> {
-    rt.block_on(b.status(&LockId::Name(name.into())))
-        .unwrap()
-        .holder()
-        .cloned()
+fn holder_of(b: &Backend, lock: &LockId, rt: &tokio::runtime::Runtime) -> Option<Holder> {
+    rt.block_on(b.status(lock)).unwrap().holder().cloned()
 }
 
 /// 16 tasks at once on one name: exactly one grant, and every loser names the winner. Then 16
@@ -184,16 +258,17 @@ fn holder_of(b: &Backend, name: &str, rt: &tokio::runtime::Runtime) -> Option<Ho
 /// fencing tokens strictly increase in the order of the grants.
 pub fn sixteen_tasks(s: &Subject) {
     let rt = runtime();
-    let b = Arc::new(s.backend());
+    let b = Arc::new(s.backend(&rt));
     let ttl = Duration::from_secs(30);
+    let the_one = s.id("the-one");
     let attempts: Vec<Attempt> = rt.block_on(async {
         let barrier = Arc::new(tokio::sync::Barrier::new(16));
         let tasks: Vec<_> = (0..16)
             .map(|i| {
-                let (b, barrier) = (b.clone(), barrier.clone());
+                let (b, barrier, lock) = (b.clone(), barrier.clone(), the_one.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    let req = acquire("the-one", &format!("task-{i}"), ttl, Takeover::None);
+                    let req = acquire(&lock, &format!("task-{i}"), ttl, Takeover::None);
                     b.try_acquire(&req).await.unwrap()
                 })
             })
@@ -222,31 +297,31 @@ pub fn sixteen_tasks(s: &Subject) {
         }
     }
 
-    const NAMES: [&str; 2] = ["cycle-a", "cycle-b"];
+    let names: Arc<[LockId; 2]> = Arc::new([s.id("cycle-a"), s.id("cycle-b")]);
     let inside: Arc<Vec<AtomicUsize>> =
-        Arc::new(NAMES.iter().map(|_| AtomicUsize::new(0)).collect());
+        Arc::new(names.iter().map(|_| AtomicUsize::new(0)).collect());
     let grants: Vec<(usize, u64)> = rt.block_on(async {
         let tasks: Vec<_> = (0..16)
             .map(|i| {
-                let (b, inside) = (b.clone(), inside.clone());
+                let (b, inside, names) = (b.clone(), inside.clone(), names.clone());
                 tokio::spawn(async move {
                     let me = format!("cycler-{i}");
                     let mut mine = Vec::new();
                     for c in 0..8 {
-                        let n = (i + c) % NAMES.len();
-                        let req = acquire(NAMES[n], &me, ttl, Takeover::None);
+                        let n = (i + c) % names.len();
+                        let req = acquire(&names[n], &me, ttl, Takeover::None);
                         if let Attempt::Granted(g) = b.try_acquire(&req).await.unwrap() {
                             assert_eq!(
                                 inside[n].fetch_add(1, Ordering::SeqCst),
                                 0,
                                 "two holders of {}",
-                                NAMES[n]
+                                names[n]
                             );
                             mine.push((n, g.holder.fencing_token, std::time::Instant::now()));
                             tokio::task::yield_now().await;
                             assert_eq!(inside[n].fetch_sub(1, Ordering::SeqCst), 1);
                             let token = Some(g.holder.fencing_token);
-                            let r = b.release(&release(NAMES[n], &me, token)).await.unwrap();
+                            let r = b.release(&release(&names[n], &me, token)).await.unwrap();
                             assert!(r.was_held, "our lock vanished");
                         }
                     }
@@ -261,7 +336,7 @@ pub fn sixteen_tasks(s: &Subject) {
         all.sort_by_key(|(_, _, at)| *at);
         all.into_iter().map(|(n, t, _)| (n, t)).collect()
     });
-    assert!(grants.len() >= NAMES.len(), "{grants:?}");
+    assert!(grants.len() >= names.len(), "{grants:?}");
     let mut per_name: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     for (n, t) in grants {
         per_name.entry(n).or_default().push(t);
@@ -277,11 +352,12 @@ pub fn sixteen_tasks(s: &Subject) {
 
 /// 16 processes of the real binary claim one name at once: exactly one exits 0, the others 3.
 pub fn sixteen_processes(s: &Subject) {
+    let build = s.lock("build");
     let children: Vec<_> = (0..16)
         .map(|i| {
             s.cli(
                 &format!("w{i}"),
-                &["claim", "build", "--strategy", "fail-fast", "--json"],
+                &["claim", &build, "--strategy", "fail-fast", "--json"],
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -291,42 +367,43 @@ pub fn sixteen_processes(s: &Subject) {
         .collect();
     let winner = sole_winner(&wait_all(children));
     let st = stdout_json(
-        &s.cli("observer", &["status", "build", "--json"])
+        &s.cli("observer", &["status", &build, "--json"])
             .output()
             .unwrap(),
     );
     assert_eq!(st["holder"]["worker_id"], format!("w{winner}"));
-    assert_eq!(st["backend"], s.args()[1]);
+    assert_eq!(st["backend"], s.name());
 }
 
 /// Renewals keep a lease past its TTL; a lease left alone runs out; a grant that ended cannot
 /// renew or release the grant after it, even under the same worker id; tokens keep growing.
 pub fn leases(s: &Subject) {
     let rt = runtime();
-    let b = s.backend();
+    let b = s.backend(&rt);
+    let job = s.id("job");
     let ttl = Duration::from_secs(2);
     let first = granted(
-        rt.block_on(b.try_acquire(&acquire("job", "w1", ttl, Takeover::None)))
+        rt.block_on(b.try_acquire(&acquire(&job, "w1", ttl, Takeover::None)))
             .unwrap(),
     );
     let t1 = first.holder.fencing_token;
     // Three renewals 0.8 s apart carry the lease well past its first end.
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(800));
-        let h = rt.block_on(b.renew(&renew("job", "w1", Some(t1)))).unwrap();
+        let h = rt.block_on(b.renew(&renew(&job, "w1", Some(t1)))).unwrap();
         assert_eq!(h.fencing_token, t1);
         assert_eq!(
             h.expires_at - h.heartbeat_last,
             chrono::Duration::seconds(2)
         );
     }
-    let held = holder_of(&b, "job", &rt).expect("still held after 2.4 s thanks to renewals");
+    let held = holder_of(&b, &job, &rt).expect("still held after 2.4 s thanks to renewals");
     assert_eq!((held.worker_id.as_str(), held.stale), ("w1", false));
     assert!(held.expires_at > first.holder.expires_at);
 
     // Left alone, the lease runs out.
-    std::thread::sleep(ttl + Duration::from_millis(300));
-    match holder_of(&b, "job", &rt) {
+    std::thread::sleep(ttl + s.resolution() + Duration::from_millis(300));
+    match holder_of(&b, &job, &rt) {
         None => assert!(
             s.expired_is_free(),
             "{:?}: the expired lock vanished",
@@ -334,19 +411,15 @@ pub fn leases(s: &Subject) {
         ),
         Some(h) => assert!(!s.expired_is_free() && h.stale, "{:?}: {h:?}", s.kind),
     }
-    let e = rt
-        .block_on(b.renew(&renew("job", "w1", Some(t1))))
-        .unwrap_err();
-    assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
-    // A plain claim by another worker: free on Redis, stale (held) on the lock table.
+    // A plain claim by another worker: free on Redis, stale (held) elsewhere.
     let plain = rt
-        .block_on(b.try_acquire(&acquire("job", "w2", ttl * 5, Takeover::None)))
+        .block_on(b.try_acquire(&acquire(&job, "w2", ttl * 5, Takeover::None)))
         .unwrap();
     let second = match plain {
         Attempt::Granted(g) => {
             assert!(s.expired_is_free());
             // Hand it back so that the same worker as before can be granted it again below.
-            rt.block_on(b.release(&release("job", "w2", Some(g.holder.fencing_token))))
+            rt.block_on(b.release(&release(&job, "w2", Some(g.holder.fencing_token))))
                 .unwrap();
             g.holder.fencing_token
         }
@@ -355,36 +428,42 @@ pub fn leases(s: &Subject) {
             t1
         }
     };
+    // The holder whose lease ran out cannot renew it (on GitHub its late renewal even releases
+    // it).
+    let e = rt
+        .block_on(b.renew(&renew(&job, "w1", Some(t1))))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
     // The same worker is granted the lock again: a new grant, a larger token.
     let again = granted(
-        rt.block_on(b.try_acquire(&acquire("job", "w1", ttl * 5, Takeover::Stale)))
+        rt.block_on(b.try_acquire(&acquire(&job, "w1", ttl * 5, Takeover::Stale)))
             .unwrap(),
     );
     let t2 = again.holder.fencing_token;
     assert!(t2 > second && second >= t1, "{t1} {second} {t2}");
     // The grant that ended can neither renew nor release the new one.
     let e = rt
-        .block_on(b.renew(&renew("job", "w1", Some(t1))))
+        .block_on(b.renew(&renew(&job, "w1", Some(t1))))
         .unwrap_err();
     assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
     let e = rt
-        .block_on(b.release(&release("job", "w1", Some(t1))))
+        .block_on(b.release(&release(&job, "w1", Some(t1))))
         .unwrap_err();
     assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
     // Nor can another worker.
     let e = rt
-        .block_on(b.release(&release("job", "w2", None)))
+        .block_on(b.release(&release(&job, "w2", None)))
         .unwrap_err();
     assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
-    assert_eq!(holder_of(&b, "job", &rt).unwrap().fencing_token, t2);
-    rt.block_on(b.renew(&renew("job", "w1", Some(t2)))).unwrap();
+    assert_eq!(holder_of(&b, &job, &rt).unwrap().fencing_token, t2);
+    rt.block_on(b.renew(&renew(&job, "w1", Some(t2)))).unwrap();
     let r = rt
-        .block_on(b.release(&release("job", "w1", Some(t2))))
+        .block_on(b.release(&release(&job, "w1", Some(t2))))
         .unwrap();
     assert!(r.was_held);
-    assert_eq!(holder_of(&b, "job", &rt), None);
+    assert_eq!(holder_of(&b, &job, &rt), None);
     let third = granted(
-        rt.block_on(b.try_acquire(&acquire("job", "w3", ttl, Takeover::None)))
+        rt.block_on(b.try_acquire(&acquire(&job, "w3", ttl, Takeover::None)))
             .unwrap(),
     );
     assert!(third.holder.fencing_token > t2);
@@ -393,21 +472,22 @@ pub fn leases(s: &Subject) {
 /// A holder killed outright (SIGKILL: no release) keeps its lock until its lease runs out, and
 /// not longer: then another worker takes it with a larger token.
 pub fn killed_holder(s: &Subject) {
+    let job = s.lock("job");
     let claim = stdout_json(
-        &s.cli("doomed", &["claim", "job", "--ttl", "3s", "--json"])
+        &s.cli("doomed", &["claim", &job, "--ttl", "3s", "--json"])
             .output()
             .unwrap(),
     );
     let t1 = claim["fencing_token"].as_u64().unwrap();
     let mut sidecar =
-        Running::spawn(&mut s.cli("doomed", &["heartbeat", "job", "--interval", "1s"]));
+        Running::spawn(&mut s.cli("doomed", &["heartbeat", &job, "--interval", "1s"]));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(sidecar.is_running());
     let killed = Instant::now();
     sidecar.signal("KILL");
     let _ = sidecar.exit_within(Duration::from_secs(5));
     let out = s
-        .cli("next", &["claim", "job", "--strategy", "fail-fast"])
+        .cli("next", &["claim", &job, "--strategy", "fail-fast"])
         .output()
         .unwrap();
     assert_eq!(
@@ -422,7 +502,7 @@ pub fn killed_holder(s: &Subject) {
                 "next",
                 &[
                     "claim",
-                    "job",
+                    &job,
                     "--strategy",
                     "steal-stale",
                     "--ttl",
@@ -444,7 +524,7 @@ pub fn killed_holder(s: &Subject) {
     };
     assert!(taken["fencing_token"].as_u64().unwrap() > t1);
     let out = s
-        .cli("doomed", &["heartbeat", "job", "--once"])
+        .cli("doomed", &["heartbeat", &job, "--once"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 4, "{}", text(&out));
@@ -453,11 +533,13 @@ pub fn killed_holder(s: &Subject) {
 /// The server restarts under a held lock: the lock, its token and the fencing counter survive,
 /// and a client that was connected before carries on after reconnecting.
 pub fn server_restart(s: &mut Subject) {
+    let job_arg = s.lock("job");
     let rt = runtime();
-    let b = s.backend();
+    let b = s.backend(&rt);
+    let job = s.id("job");
     let g = granted(
         rt.block_on(b.try_acquire(&acquire(
-            "job",
+            &job,
             "w1",
             Duration::from_secs(60),
             Takeover::None,
@@ -467,26 +549,30 @@ pub fn server_restart(s: &mut Subject) {
     let t1 = g.holder.fencing_token;
     s.restart();
     let st = stdout_json(
-        &s.cli("observer", &["status", "job", "--json"])
+        &s.cli("observer", &["status", &job_arg, "--json"])
             .output()
             .unwrap(),
     );
     assert_eq!(st["holder"]["worker_id"], "w1");
     assert_eq!(st["holder"]["fencing_token"], t1);
     // The connection from before the restart is gone; the client reconnects by itself.
-    let h = rt.block_on(b.renew(&renew("job", "w1", Some(t1)))).unwrap();
+    let h = rt.block_on(b.renew(&renew(&job, "w1", Some(t1)))).unwrap();
     assert_eq!(h.fencing_token, t1);
     let out = s
-        .cli("w2", &["claim", "job", "--strategy", "fail-fast"])
+        .cli("w2", &["claim", &job_arg, "--strategy", "fail-fast"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(
-        rt.block_on(b.release(&release("job", "w1", Some(t1))))
+        rt.block_on(b.release(&release(&job, "w1", Some(t1))))
             .unwrap()
             .was_held
     );
-    let next = stdout_json(&s.cli("w2", &["claim", "job", "--json"]).output().unwrap());
+    let next = stdout_json(
+        &s.cli("w2", &["claim", &job_arg, "--json"])
+            .output()
+            .unwrap(),
+    );
     assert!(next["fencing_token"].as_u64().unwrap() > t1, "{next}");
 }
 
@@ -527,6 +613,7 @@ macro_rules! conformance {
 }
 
 conformance!(local, Kind::Local);
+conformance!(github, Kind::Github);
 conformance!(redis, Kind::Redis);
 conformance!(postgres, Kind::Postgres);
 
