@@ -402,6 +402,7 @@ mod tests {
             lock: LockId::Name("job".into()),
             worker_id: "w".into(),
             fencing_token: None,
+            ttl: None,
         };
         let timing = Timing::for_ttl(Some(Duration::from_secs(interval)), TTL).unwrap();
         Keepalive::new(req, holder(), Instant::now(), timing)

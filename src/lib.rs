@@ -12,6 +12,7 @@ pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod distributed;
 pub mod duration;
 pub mod gh_cli;
 pub mod github;

@@ -118,6 +118,9 @@ pub struct RenewRequest {
     /// The grant being kept, when the caller knows it: a lock granted again since (a new fencing
     /// token) is lost to this caller even under the same worker id.
     pub fencing_token: Option<u64>,
+    /// A new lease length, counted from this renewal (extending or shortening the lock); `None`
+    /// keeps the lock's TTL.
+    pub ttl: Option<Duration>,
 }
 
 /// Release a lock only if its holder's lease has run out: the janitor's release.

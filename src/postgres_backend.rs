@@ -569,7 +569,12 @@ impl LockBackend for PostgresBackend {
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
-        let cmd = Command::renew(name_of(&req.lock)?, &req.worker_id, req.fencing_token)?;
+        let cmd = Command::renew(
+            name_of(&req.lock)?,
+            &req.worker_id,
+            req.fencing_token,
+            req.ttl,
+        )?;
         let (now, resp) = self.apply("a renewal", &cmd, "", |_| Ok(())).await?;
         table::renewed(&cmd, resp, now)
     }

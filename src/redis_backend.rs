@@ -102,7 +102,8 @@ const IS_GRANT: &str = "local function is_grant(cur)
 end
 ";
 
-/// KEYS: lock. ARGV: worker, token or ''. Answers {renewed|gone|other, lease or '', now}.
+/// KEYS: lock. ARGV: worker, token or '', new TTL ms or ''. Answers {renewed|gone|other, lease or
+/// '', now}.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{IS_GRANT}
@@ -111,6 +112,7 @@ if not raw then return {{'gone', '', now}} end
 local cur = cjson.decode(raw)
 if not is_grant(cur) then return {{'other', raw, now}} end
 cur.heartbeat_ms = now
+if ARGV[3] ~= '' then cur.ttl_ms = tonumber(ARGV[3]) end
 local v = cjson.encode(cur)
 redis.call('SET', KEYS[1], v, 'XX', 'PX', cur.ttl_ms)
 return {{'renewed', v, now}}"
@@ -531,11 +533,17 @@ impl LockBackend for RedisBackend {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
         validate_label("worker id", &req.worker_id)?;
+        let ttl = match req.ttl.map(lease::millis) {
+            Some(0) => return Err(Error::usage("the lock timeout must be at least 1 ms")),
+            Some(ms) => ms.to_string(),
+            None => String::new(),
+        };
         let key = self.lock_key(name);
         let mut inv = RENEW.prepare_invoke();
         inv.key(&key)
             .arg(&req.worker_id)
-            .arg(token_arg(req.fencing_token));
+            .arg(token_arg(req.fencing_token))
+            .arg(ttl);
         let (kind, raw, _now): (String, String, i64) = self
             .call("a renewal", |mut conn| {
                 let inv = &inv;

@@ -86,6 +86,9 @@ pub enum Command {
         /// Only the grant with this fencing token.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fencing_token: Option<u64>,
+        /// The lease's new length from now on; `None` keeps it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// The janitor's release: frees the lock only if it is stale at the command's time, so a
     /// holder that renewed since the janitor looked keeps it (the check and the release are one
@@ -241,6 +244,7 @@ impl LockTable {
                 name,
                 worker_id,
                 fencing_token,
+                ttl_ms,
             } => match self.locks.get_mut(name.as_str()) {
                 None => Response::NotHeld,
                 Some(current) if !Self::is_grant(current, worker_id, *fencing_token) => {
@@ -253,6 +257,9 @@ impl LockTable {
                 },
                 Some(current) => {
                     current.heartbeat_ms = now_ms;
+                    if let Some(ttl) = ttl_ms {
+                        current.ttl_ms = *ttl;
+                    }
                     Response::Renewed {
                         record: current.clone(),
                     }
@@ -396,13 +403,23 @@ impl Command {
         })
     }
 
-    pub fn renew(name: &str, worker_id: &str, fencing_token: Option<u64>) -> Result<Command> {
+    pub fn renew(
+        name: &str,
+        worker_id: &str,
+        fencing_token: Option<u64>,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Command> {
         validate_name(name)?;
         validate_label("worker id", worker_id)?;
+        let ttl_ms = ttl.map(lease::millis);
+        if ttl_ms == Some(0) {
+            return Err(Error::usage("the lock timeout must be at least 1 ms"));
+        }
         Ok(Command::Renew {
             name: name.to_string(),
             worker_id: worker_id.to_string(),
             fencing_token,
+            ttl_ms,
         })
     }
 }
@@ -551,6 +568,7 @@ mod tests {
             name: name.into(),
             worker_id: worker.into(),
             fencing_token: None,
+            ttl_ms: None,
         }
     }
 
@@ -606,6 +624,7 @@ mod tests {
                     name: "a".into(),
                     worker_id: "w1".into(),
                     fencing_token: Some(token),
+                    ttl_ms: None,
                 }
             } else {
                 Command::Release {
@@ -631,6 +650,26 @@ mod tests {
             t.apply(&by_token(2, false), now),
             Response::Released { record: Some(r) } if r.fencing_token == 2
         ));
+    }
+
+    #[test]
+    fn a_renewal_can_change_the_lease_length() {
+        let mut t = LockTable::default();
+        granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        let longer = Command::Renew {
+            name: "a".into(),
+            worker_id: "w1".into(),
+            fencing_token: Some(1),
+            ttl_ms: Some(5 * TTL),
+        };
+        match t.apply(&longer, 600) {
+            Response::Renewed { record } => {
+                assert_eq!((record.heartbeat_ms, record.ttl_ms), (600, 5 * TTL));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still live long after the old TTL would have run out.
+        assert!(!LockTable::is_stale(t.get("a").unwrap(), 600 + 4 * TTL));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
         lock,
         worker_id: ctx.claimant.worker_id.clone(),
         fencing_token: None,
+        ttl: None,
     };
     // The first renewal proves the lock is ours and tells its TTL, which the interval must fit.
     let sent = Instant::now();
@@ -105,6 +106,7 @@ async fn once(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
             lock,
             worker_id: ctx.claimant.worker_id.clone(),
             fencing_token: None,
+            ttl: None,
         })
         .await?;
     Ok(Report::new(

@@ -96,6 +96,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
         lock,
         worker_id: worker,
         fencing_token: Some(holder.fencing_token),
+        ttl: None,
     };
     let mut keep = pin!(
         Keepalive::new(renew, holder.clone(), outcome.attempt_started, timing).run(

@@ -14,13 +14,24 @@ use super::comment::{self, LockMeta, LockState, Takeover};
 use super::resolve::{Record, resolve};
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{Attempt, Holder, ReleaseStaleRequest, Released, StaleRelease};
+use crate::lock::{Attempt, Holder, ReleaseStaleRequest, Released, RenewRequest, StaleRelease};
 
 impl GithubBackend {
     /// Renews our lock by rewriting our own comment: one request.
-    pub(super) async fn heartbeat_cached(&self, issue: u64, mut own: OwnLock) -> Result<Holder> {
+    pub(super) async fn heartbeat_cached(
+        &self,
+        issue: u64,
+        mut own: OwnLock,
+        new_ttl: Option<Duration>,
+    ) -> Result<Holder> {
         let key = self.cache_key(issue, &own.meta.worker_id);
+        // The lease this renewal must arrive within is the one being renewed.
+        let ttl = Duration::from_secs(own.meta.ttl_seconds);
         own.meta.heartbeat_last = self.now();
+        if let Some(new_ttl) = new_ttl {
+            // Whole seconds on GitHub, rounded up so that a lease is never shorter than asked.
+            own.meta.ttl_seconds = new_ttl.as_secs_f64().ceil().max(1.0) as u64;
+        }
         let resp = self.write_own(&own).await?;
         if resp.status == StatusCode::NOT_FOUND {
             self.cache.set_own_lock(&key, None)?;
@@ -34,7 +45,6 @@ impl GithubBackend {
         }
         let c: Comment = resp.json()?;
         let updated = c.updated_at.unwrap_or(c.created_at);
-        let ttl = Duration::from_secs(own.meta.ttl_seconds);
         if updated > lease::expires_at(own.updated_at, ttl) {
             // The lease ran out before this renewal reached GitHub: the holder may not keep it.
             own.meta.state = LockState::Released;
@@ -55,16 +65,13 @@ impl GithubBackend {
         ))
     }
 
-    /// `heartbeat --once`; with a fencing token, only the grant whose lock comment has that id.
-    pub(super) async fn renew_issue(
-        &self,
-        issue: u64,
-        worker_id: &str,
-        token: Option<u64>,
-    ) -> Result<Holder> {
+    /// `heartbeat --once`; with a fencing token, only the grant whose lock comment has that id;
+    /// with a TTL, the lease's new length.
+    pub(super) async fn renew_issue(&self, issue: u64, req: &RenewRequest) -> Result<Holder> {
+        let (worker_id, token) = (req.worker_id.as_str(), req.fencing_token);
         if let Some(own) = self.cache.own_lock(&self.cache_key(issue, worker_id))? {
             not_this_grant(issue, token, own.comment_id)?;
-            return self.heartbeat_cached(issue, own).await;
+            return self.heartbeat_cached(issue, own, req.ttl).await;
         }
         self.ensure_login().await?;
         let state = self.read(issue).await?;
@@ -72,7 +79,7 @@ impl GithubBackend {
         match res.holder() {
             Some(h) if h.meta.worker_id == worker_id => {
                 not_this_grant(issue, token, h.id)?;
-                match self.adopt(issue, h, state.now).await? {
+                match self.adopt(issue, h, state.now, req.ttl).await? {
                     Attempt::Granted(g) => Ok(g.holder),
                     Attempt::Held(h) => Ok(h),
                 }

@@ -466,8 +466,7 @@ impl LockBackend for GithubBackend {
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
-        self.renew_issue(issue_of(&req.lock)?, &req.worker_id, req.fencing_token)
-            .await
+        self.renew_issue(issue_of(&req.lock)?, req).await
     }
 
     async fn status(&self, lock: &LockId) -> Result<Status> {

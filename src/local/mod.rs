@@ -124,8 +124,9 @@ impl LocalBackend {
         name: &str,
         worker_id: &str,
         fencing_token: Option<u64>,
+        ttl: Option<std::time::Duration>,
     ) -> Result<Holder> {
-        let cmd = Command::renew(name, worker_id, fencing_token)?;
+        let cmd = Command::renew(name, worker_id, fencing_token, ttl)?;
         let (now, resp) = self.apply(&cmd)?;
         table::renewed(&cmd, resp, now)
     }
@@ -203,8 +204,8 @@ impl LockBackend for LocalBackend {
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
         let name = name_of(&req.lock)?.to_string();
-        let (worker, token) = (req.worker_id.clone(), req.fencing_token);
-        self.blocking(move |b| b.renew_blocking(&name, &worker, token))
+        let (worker, token, ttl) = (req.worker_id.clone(), req.fencing_token, req.ttl);
+        self.blocking(move |b| b.renew_blocking(&name, &worker, token, ttl))
             .await
     }
 
@@ -334,7 +335,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
-        let h = b.renew_blocking("job", "w1", None).unwrap();
+        let h = b.renew_blocking("job", "w1", None, None).unwrap();
         assert_eq!(h.fencing_token, 1);
         assert!(h.heartbeat_last >= g.holder.heartbeat_last);
 
@@ -374,7 +375,7 @@ mod tests {
     fn renew_errors_are_not_owner() {
         let tmp = tempfile::tempdir().unwrap();
         let b = LocalBackend::open(tmp.path()).unwrap();
-        let err = b.renew_blocking("job", "w1", None).unwrap_err();
+        let err = b.renew_blocking("job", "w1", None, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("not held"), "{err}");
 
@@ -389,13 +390,13 @@ mod tests {
             )
             .unwrap(),
         );
-        let err = b.renew_blocking("job", "w2", None).unwrap_err();
+        let err = b.renew_blocking("job", "w2", None, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("\"w1\""), "{err}");
 
         age(&b, "job", 120_000);
         assert!(b.status_blocking("job").unwrap().unwrap().stale);
-        let err = b.renew_blocking("job", "w1", None).unwrap_err();
+        let err = b.renew_blocking("job", "w1", None, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("expired"), "{err}");
         // Still blocks a plain claim, flagged stale; steal-stale takes it with a new token.
@@ -426,7 +427,7 @@ mod tests {
         assert_eq!(g.holder.fencing_token, 2);
         let old = g.took_over.unwrap();
         assert_eq!((old.worker_id.as_str(), old.stale), ("w1", true));
-        let err = b.renew_blocking("job", "w1", None).unwrap_err();
+        let err = b.renew_blocking("job", "w1", None, None).unwrap_err();
         assert!(err.to_string().contains("lost"), "{err}");
         // Forced take-over and forced release.
         let g = grant(
@@ -468,7 +469,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(b.status_blocking("job").unwrap(), None);
-        assert!(b.renew_blocking("job", "w1", None).is_err());
+        assert!(b.renew_blocking("job", "w1", None, None).is_err());
     }
 
     #[test]
@@ -486,7 +487,9 @@ mod tests {
                 ExitCode::Usage
             );
             assert_eq!(
-                b.renew_blocking(name, "w", None).unwrap_err().exit_code(),
+                b.renew_blocking(name, "w", None, None)
+                    .unwrap_err()
+                    .exit_code(),
                 ExitCode::Usage
             );
             assert_eq!(

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sentinel::backend::{Backend, LockBackend};
+use sentinel::distributed::{
+    DistributedLock, LeaderElection, LockClient, RetryConfig, acquire_all,
+};
 use sentinel::error::ExitCode;
 use sentinel::github::client::ClientOptions;
 use sentinel::github::{GithubBackend, GithubOptions};
@@ -94,6 +97,15 @@ impl Subject {
         match self.issues.get(name) {
             Some(n) => n.to_string(),
             None => name.to_string(),
+        }
+    }
+
+    /// The lock name a guard's `resource()` stands for (GitHub describes issues as
+    /// `owner/repo#N`), in the binary's spelling.
+    fn lock_of(&self, resource: &str) -> String {
+        match resource.rsplit_once('#') {
+            Some((_, n)) if self.kind == Kind::Github => n.to_string(),
+            _ => resource.to_string(),
         }
     }
 
@@ -239,6 +251,7 @@ fn renew(lock: &LockId, worker: &str, token: Option<u64>) -> RenewRequest {
         lock: lock.clone(),
         worker_id: worker.into(),
         fencing_token: token,
+        ttl: None,
     }
 }
 
@@ -576,6 +589,111 @@ pub fn server_restart(s: &mut Subject) {
     assert!(next["fencing_token"].as_u64().unwrap() > t1, "{next}");
 }
 
+/// The library API on the backend: a guard kept alive past its TTL, extended, told when it is
+/// lost, released on drop (but never a newer holder's lock); `acquire_all` taking locks in order
+/// and giving them back when one fails; one leader at a time.
+pub fn guards(s: &Subject) {
+    let rt = runtime();
+    let client = |worker: &str| {
+        LockClient::new(s.backend(&rt), worker)
+            .unwrap()
+            .with_retry(RetryConfig::no_retry())
+            .unwrap()
+    };
+    let (a, b) = (client("a"), client("b"));
+    let (job, build) = (s.lock("job"), s.lock("build"));
+    let ttl = Duration::from_secs(3);
+    rt.block_on(async {
+        let mut guard = a.acquire(&job, ttl).await.unwrap();
+        let t1 = guard.fencing_token();
+        let mut lost = guard.keep_alive(Duration::from_secs(1)).unwrap();
+        tokio::time::sleep(ttl + Duration::from_millis(800)).await;
+        assert!(!lost.is_lost());
+        assert!(
+            b.try_acquire(&job, ttl).await.unwrap().is_none(),
+            "kept alive past its TTL"
+        );
+        assert!(b.is_locked(&job).await.unwrap());
+        assert_eq!(b.lock_info(&job).await.unwrap().unwrap().worker_id, "a");
+        a.extend(&mut guard, Duration::from_secs(6)).await.unwrap();
+        let h = guard.holder();
+        assert_eq!(
+            h.expires_at - h.heartbeat_last,
+            chrono::Duration::seconds(6)
+        );
+        assert!(guard.time_remaining() > Duration::from_secs(4));
+
+        // Another worker forces the lock away: the keep-alive notices within a renewal.
+        let stolen = granted(
+            b.backend()
+                .try_acquire(&acquire(&s.id("job"), "b", ttl * 10, Takeover::Any))
+                .await
+                .unwrap(),
+        );
+        assert!(stolen.holder.fencing_token > t1);
+        let why = tokio::time::timeout(Duration::from_secs(10), lost.wait())
+            .await
+            .expect("the loss is noticed")
+            .expect("lost, not released");
+        assert!(lost.is_lost(), "{why}");
+        // Dropping the lost guard releases nothing: its token is not the lock's any more.
+        drop(guard);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let holder = b.lock_info(&job).await.unwrap().unwrap();
+        assert_eq!(
+            (holder.worker_id.as_str(), holder.fencing_token),
+            ("b", stolen.holder.fencing_token)
+        );
+
+        // A dropped guard releases its lock in the background.
+        drop(a.acquire(&build, ttl).await.unwrap());
+        let started = Instant::now();
+        while b.is_locked(&build).await.unwrap() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the drop never released"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // acquire_all: in a global order, and all or nothing. "job" is held by b: a gets
+        // nothing, and gives back what it took before reaching it.
+        let (one, two) = (s.lock("cycle-a"), s.lock("cycle-b"));
+        let e = acquire_all(&a, &[&two, &job, &one, &two], ttl)
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), ExitCode::Conflict, "{e}");
+        for r in [&one, &two] {
+            assert!(!b.is_locked(r).await.unwrap(), "{r} was given back");
+        }
+        let all = acquire_all(&a, &[&two, &one, &two], ttl).await.unwrap();
+        let mut names: Vec<&str> = vec![&one, &two];
+        names.sort_unstable();
+        let taken: Vec<String> = all.iter().map(|g| s.lock_of(g.resource())).collect();
+        assert_eq!(taken, names);
+        for g in all {
+            assert!(g.release().await.unwrap());
+        }
+
+        // One leader at a time; stepping down hands over with a larger token.
+        let the_one = s.lock("the-one");
+        let ea = LeaderElection::new(client("a"), the_one.clone(), ttl);
+        let eb = LeaderElection::new(client("b"), the_one.clone(), ttl);
+        let leader = ea.try_lead().await.unwrap().expect("nobody led");
+        assert!(eb.try_lead().await.unwrap().is_none());
+        assert_eq!(eb.leader().await.unwrap().unwrap().worker_id, "a");
+        let term = leader.fencing_token();
+        assert!(leader.step_down().await.unwrap());
+        let next = eb
+            .try_lead()
+            .await
+            .unwrap()
+            .expect("free after stepping down");
+        assert!(next.fencing_token() > term && !next.is_lost());
+        assert!(next.step_down().await.unwrap());
+    });
+}
+
 macro_rules! conformance {
     ($module:ident, $kind:expr) => {
         mod $module {
@@ -599,6 +717,13 @@ macro_rules! conformance {
             fn leases_renew_expire_and_fence() {
                 if let Some(s) = Subject::new($kind) {
                     leases(&s);
+                }
+            }
+
+            #[test]
+            fn guards_keep_alive_extend_release_and_elect() {
+                if let Some(s) = Subject::new($kind) {
+                    guards(&s);
                 }
             }
 
