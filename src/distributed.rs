@@ -31,6 +31,8 @@
 //! nobody past its TTL on any backend; releases and renewals name the grant by its fencing token,
 //! so a guard whose lease ran out can never release or renew the grant that followed it.
 
+#![warn(missing_docs)]
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,10 +189,12 @@ impl<B: LockBackend + 'static> LockClient<B> {
         Ok(self)
     }
 
+    /// The backend, for what the trait does not cover (a forced take-over, a listing).
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
+    /// The worker id this client holds locks as.
     pub fn worker_id(&self) -> &str {
         &self.claimant.worker_id
     }

@@ -23,9 +23,13 @@ fn find(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Prints why a test does not run; CI installs the servers, so there it never prints.
+/// Says why a test does not run; CI installs the servers, so there it never does. Written to
+/// stderr directly, past the test harness's capture of `println!`, so that it shows.
 pub fn skip(what: &str) {
-    println!("SKIPPED: {what} is not installed (apt-get install redis-server postgresql)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {what} is not installed (apt-get install redis-server postgresql)"
+    );
 }
 
 /// A port nobody listens on right now. Another process may take it before the server does; the
