@@ -104,7 +104,7 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve cluster help"
+            opts="-v -q -h -V --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve cluster help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -130,8 +130,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -158,7 +166,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__claim)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -232,8 +240,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -260,7 +276,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__cluster)
-            opts="-v -q -h --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help status help"
+            opts="-v -q -h --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -286,8 +302,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -356,7 +380,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__cluster__subcmd__status)
-            opts="-v -q -h --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -382,8 +406,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -410,7 +442,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__completions)
-            opts="-v -q -h --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-v -q -h --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -436,8 +468,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -464,7 +504,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__heartbeat)
-            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -494,8 +534,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -704,7 +752,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__metrics)
-            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -738,8 +786,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -766,7 +822,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__release)
-            opts="-v -q -h --force --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --force --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -792,8 +848,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -820,7 +884,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -902,8 +966,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -930,7 +1002,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__serve)
-            opts="-v -q -h --listen --id --peer --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --listen --id --peer --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -968,8 +1040,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -996,7 +1076,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__status)
-            opts="-v -q -h --since --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --since --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1026,8 +1106,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)
@@ -1054,7 +1142,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__steal__subcmd__stale)
-            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --redis-url --database-url --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1108,8 +1196,16 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
-                    COMPREPLY=($(compgen -W "auto github local server" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres" -- "${cur}"))
                     return 0
                     ;;
                 --worker-id)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= auth-token= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= auth-token= redis-url= database-url= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -29,10 +29,14 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub toke
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_needs_command" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -73,10 +77,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -91,10 +99,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -110,10 +122,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -128,10 +144,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -164,10 +184,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitH
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -189,10 +213,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -208,10 +236,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -228,10 +260,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -249,10 +285,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l token -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -266,10 +306,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fis
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -285,10 +329,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_se
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
-server\t''"
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F

@@ -18,6 +18,8 @@ use crate::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
+use crate::postgres_backend::PostgresBackend;
+use crate::redis_backend::RedisBackend;
 use crate::server_backend::ServerBackend;
 use crate::strategy::Outcome;
 
@@ -125,6 +127,8 @@ pub enum Backend {
     Local(LocalBackend),
     Github(Box<GithubBackend>),
     Server(ServerBackend),
+    Redis(RedisBackend),
+    Postgres(PostgresBackend),
 }
 
 impl LockBackend for Backend {
@@ -133,6 +137,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.name(),
             Backend::Github(b) => b.name(),
             Backend::Server(b) => b.name(),
+            Backend::Redis(b) => b.name(),
+            Backend::Postgres(b) => b.name(),
         }
     }
 
@@ -141,6 +147,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.parse_lock(raw),
             Backend::Github(b) => b.parse_lock(raw),
             Backend::Server(b) => b.parse_lock(raw),
+            Backend::Redis(b) => b.parse_lock(raw),
+            Backend::Postgres(b) => b.parse_lock(raw),
         }
     }
 
@@ -149,6 +157,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.waits_server_side(),
             Backend::Github(b) => b.waits_server_side(),
             Backend::Server(b) => b.waits_server_side(),
+            Backend::Redis(b) => b.waits_server_side(),
+            Backend::Postgres(b) => b.waits_server_side(),
         }
     }
 
@@ -157,6 +167,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.describe(lock),
             Backend::Github(b) => b.describe(lock),
             Backend::Server(b) => b.describe(lock),
+            Backend::Redis(b) => b.describe(lock),
+            Backend::Postgres(b) => b.describe(lock),
         }
     }
 
@@ -165,6 +177,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.try_acquire(req).await,
             Backend::Github(b) => b.try_acquire(req).await,
             Backend::Server(b) => b.try_acquire(req).await,
+            Backend::Redis(b) => b.try_acquire(req).await,
+            Backend::Postgres(b) => b.try_acquire(req).await,
         }
     }
 
@@ -173,6 +187,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.release(req).await,
             Backend::Github(b) => b.release(req).await,
             Backend::Server(b) => b.release(req).await,
+            Backend::Redis(b) => b.release(req).await,
+            Backend::Postgres(b) => b.release(req).await,
         }
     }
 
@@ -181,6 +197,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.renew(req).await,
             Backend::Github(b) => b.renew(req).await,
             Backend::Server(b) => b.renew(req).await,
+            Backend::Redis(b) => b.renew(req).await,
+            Backend::Postgres(b) => b.renew(req).await,
         }
     }
 
@@ -189,6 +207,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.status(lock).await,
             Backend::Github(b) => b.status(lock).await,
             Backend::Server(b) => b.status(lock).await,
+            Backend::Redis(b) => b.status(lock).await,
+            Backend::Postgres(b) => b.status(lock).await,
         }
     }
 
@@ -197,6 +217,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.list(req).await,
             Backend::Github(b) => b.list(req).await,
             Backend::Server(b) => b.list(req).await,
+            Backend::Redis(b) => b.list(req).await,
+            Backend::Postgres(b) => b.list(req).await,
         }
     }
 
@@ -205,6 +227,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.renew_budget(),
             Backend::Github(b) => b.renew_budget(),
             Backend::Server(b) => b.renew_budget(),
+            Backend::Redis(b) => b.renew_budget(),
+            Backend::Postgres(b) => b.renew_budget(),
         }
     }
 
@@ -213,6 +237,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.release_stale(req).await,
             Backend::Github(b) => b.release_stale(req).await,
             Backend::Server(b) => b.release_stale(req).await,
+            Backend::Redis(b) => b.release_stale(req).await,
+            Backend::Postgres(b) => b.release_stale(req).await,
         }
     }
 
@@ -221,6 +247,8 @@ impl LockBackend for Backend {
             Backend::Local(b) => b.claim_next(req).await,
             Backend::Github(b) => b.claim_next(req).await,
             Backend::Server(b) => b.claim_next(req).await,
+            Backend::Redis(b) => b.claim_next(req).await,
+            Backend::Postgres(b) => b.claim_next(req).await,
         }
     }
 }

@@ -33,6 +33,10 @@ pub enum BackendKind {
     Github,
     Local,
     Server,
+    /// named locks in Redis (--redis-url)
+    Redis,
+    /// named locks in PostgreSQL (--database-url)
+    Postgres,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +87,26 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub auth_token: Option<Secret>,
+    /// Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_REDIS_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = secret
+    )]
+    pub redis_url: Option<Secret>,
+    /// Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = secret
+    )]
+    pub database_url: Option<Secret>,
     /// Which backend holds the locks
     #[arg(
         long,

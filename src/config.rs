@@ -13,6 +13,8 @@ use crate::github::client::ClientOptions;
 use crate::github::{GithubBackend, GithubOptions, RepoName};
 use crate::local::LocalBackend;
 use crate::lock::{Claimant, TaskInfo, validate_label};
+use crate::postgres_backend::PostgresBackend;
+use crate::redis_backend::RedisBackend;
 use crate::secret::Secret;
 use crate::server_backend::{ServerBackend, server_urls};
 
@@ -248,6 +250,32 @@ impl Context {
                 })?))
             }
             BackendKind::Server => Backend::Server(server_backend(g)?),
+            BackendKind::Redis => {
+                let url = g
+                    .redis_url
+                    .as_ref()
+                    .map(|u| u.expose().trim())
+                    .filter(|u| !u.is_empty());
+                let url = url.ok_or_else(|| {
+                    Error::usage(
+                        "the redis backend needs --redis-url redis://HOST[:PORT] (or SENTINEL_REDIS_URL)",
+                    )
+                })?;
+                Backend::Redis(RedisBackend::new(url)?)
+            }
+            BackendKind::Postgres => {
+                let url = g
+                    .database_url
+                    .as_ref()
+                    .map(|u| u.expose().trim())
+                    .filter(|u| !u.is_empty());
+                let url = url.ok_or_else(|| {
+                    Error::usage(
+                        "the postgres backend needs --database-url postgres://USER@HOST/DB (or SENTINEL_DATABASE_URL)",
+                    )
+                })?;
+                Backend::Postgres(PostgresBackend::new(url)?)
+            }
             BackendKind::Auto => unreachable!("resolved above"),
         };
         Ok(Context {

@@ -401,6 +401,8 @@ mod tests {
         let req = RenewRequest {
             lock: LockId::Name("job".into()),
             worker_id: "w".into(),
+            fencing_token: None,
+            ttl: None,
         };
         let timing = Timing::for_ttl(Some(Duration::from_secs(interval)), TTL).unwrap();
         Keepalive::new(req, holder(), Instant::now(), timing)

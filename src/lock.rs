@@ -107,6 +107,10 @@ pub struct ReleaseRequest {
     pub lock: LockId,
     pub worker_id: String,
     pub force: bool,
+    /// The grant being given up, when the caller knows it: the release then applies only while
+    /// the lock still carries this fencing token, so a holder whose lease ran out cannot release
+    /// the grant that followed it, even one made under the same worker id. Ignored with `force`.
+    pub fencing_token: Option<u64>,
 }
 
 /// Renew our lease (a heartbeat).
@@ -114,6 +118,12 @@ pub struct ReleaseRequest {
 pub struct RenewRequest {
     pub lock: LockId,
     pub worker_id: String,
+    /// The grant being kept, when the caller knows it: a lock granted again since (a new fencing
+    /// token) is lost to this caller even under the same worker id.
+    pub fencing_token: Option<u64>,
+    /// A new lease length, counted from this renewal (extending or shortening the lock); `None`
+    /// keeps the lock's TTL.
+    pub ttl: Option<Duration>,
 }
 
 /// Release a lock only if its holder's lease has run out: the janitor's release.

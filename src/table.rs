@@ -13,8 +13,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lease::from_unix_ms;
-use crate::lock::{Holder, Takeover, TaskInfo};
+use crate::error::{Error, Result};
+use crate::lease::{self, from_unix_ms};
+use crate::lock::{
+    AcquireRequest, Attempt, Grant, Holder, Released, StaleRelease, Takeover, TaskInfo,
+    validate_label, validate_name,
+};
 
 /// One held lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,17 +76,25 @@ pub enum Command {
         worker_id: String,
         #[serde(default)]
         force: bool,
+        /// Only the grant with this fencing token (unless `force`): a worker whose lease ran out
+        /// and who was granted the lock again must not have its new grant released by the old.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fencing_token: Option<u64>,
     },
     Renew {
         name: String,
         worker_id: String,
+        /// Only the grant with this fencing token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fencing_token: Option<u64>,
+        /// The lease's new length from now on; `None` keeps it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// The janitor's release: frees the lock only if it is stale at the command's time, so a
     /// holder that renewed since the janitor looked keeps it (the check and the release are one
     /// step). Answers `Released` (`None` when free) or, for a live lock, `Held`.
-    ReleaseStale {
-        name: String,
-    },
+    ReleaseStale { name: String },
 }
 
 impl Command {
@@ -217,25 +229,38 @@ impl LockTable {
                 name,
                 worker_id,
                 force,
+                fencing_token,
             } => match self.locks.get(name.as_str()) {
                 None => Response::Released { record: None },
-                Some(current) if current.worker_id == *worker_id || *force => Response::Released {
-                    record: self.locks.remove(name.as_str()),
-                },
+                Some(current) if *force || Self::is_grant(current, worker_id, *fencing_token) => {
+                    Response::Released {
+                        record: self.locks.remove(name.as_str()),
+                    }
+                }
                 Some(current) => Response::NotOwner {
                     record: current.clone(),
                 },
             },
-            Command::Renew { name, worker_id } => match self.locks.get_mut(name.as_str()) {
+            Command::Renew {
+                name,
+                worker_id,
+                fencing_token,
+                ttl_ms,
+            } => match self.locks.get_mut(name.as_str()) {
                 None => Response::NotHeld,
-                Some(current) if current.worker_id != *worker_id => Response::NotOwner {
-                    record: current.clone(),
-                },
+                Some(current) if !Self::is_grant(current, worker_id, *fencing_token) => {
+                    Response::NotOwner {
+                        record: current.clone(),
+                    }
+                }
                 Some(current) if Self::is_stale(current, now_ms) => Response::Expired {
                     record: current.clone(),
                 },
                 Some(current) => {
                     current.heartbeat_ms = now_ms;
+                    if let Some(ttl) = ttl_ms {
+                        current.ttl_ms = *ttl;
+                    }
                     Response::Renewed {
                         record: current.clone(),
                     }
@@ -264,10 +289,25 @@ impl LockTable {
         false
     }
 
+    /// Whether `record` is the grant a worker names: its worker id, and its fencing token if the
+    /// worker gave one.
+    fn is_grant(record: &LockRecord, worker_id: &str, fencing_token: Option<u64>) -> bool {
+        record.worker_id == worker_id && fencing_token.is_none_or(|t| t == record.fencing_token)
+    }
+
     fn issue_token(&mut self) -> u64 {
         let token = self.next_token;
         self.next_token = self.next_token.saturating_add(1);
         token
+    }
+
+    /// A table holding at most the one lock `name`, whose next grant gets `next_token`: how a
+    /// store that keeps each lock in its own row (PostgreSQL) runs one command on that row.
+    pub fn one(next_token: u64, name: &str, record: Option<LockRecord>) -> LockTable {
+        LockTable {
+            next_token,
+            locks: record.map(|r| (name.to_string(), r)).into_iter().collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&LockRecord> {
@@ -323,6 +363,177 @@ impl LockTable {
     }
 }
 
+// Requests in, answers out: the backend-neutral side of the table, shared by every store that
+// keeps it (the local file, PostgreSQL rows), so that they validate the same way and answer with
+// the same errors.
+
+impl Command {
+    /// The table command for one acquisition attempt on the lock `name`.
+    pub fn acquire(name: &str, req: &AcquireRequest) -> Result<Command> {
+        validate_name(name)?;
+        validate_label("worker id", &req.claimant.worker_id)?;
+        validate_label("node id", &req.claimant.node_id)?;
+        let ttl_ms = lease::millis(req.ttl);
+        if ttl_ms == 0 {
+            return Err(Error::usage("the lock timeout must be at least 1 ms"));
+        }
+        Ok(Command::Acquire {
+            name: name.to_string(),
+            worker_id: req.claimant.worker_id.clone(),
+            node_id: req.claimant.node_id.clone(),
+            ttl_ms,
+            takeover: req.takeover,
+            task_info: req.task_info.clone(),
+            readopt: req.readopt,
+        })
+    }
+
+    pub fn release(
+        name: &str,
+        worker_id: &str,
+        force: bool,
+        fencing_token: Option<u64>,
+    ) -> Result<Command> {
+        validate_name(name)?;
+        validate_label("worker id", worker_id)?;
+        Ok(Command::Release {
+            name: name.to_string(),
+            worker_id: worker_id.to_string(),
+            force,
+            fencing_token,
+        })
+    }
+
+    pub fn renew(
+        name: &str,
+        worker_id: &str,
+        fencing_token: Option<u64>,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Command> {
+        validate_name(name)?;
+        validate_label("worker id", worker_id)?;
+        let ttl_ms = ttl.map(lease::millis);
+        if ttl_ms == Some(0) {
+            return Err(Error::usage("the lock timeout must be at least 1 ms"));
+        }
+        Ok(Command::Renew {
+            name: name.to_string(),
+            worker_id: worker_id.to_string(),
+            fencing_token,
+            ttl_ms,
+        })
+    }
+}
+
+/// What an `Acquire` answer means: a grant or the holder.
+pub fn attempt(cmd: &Command, resp: Response, now: u64) -> Result<Attempt> {
+    match resp {
+        Response::Granted {
+            record,
+            adopted,
+            took_over,
+        } => Ok(Attempt::Granted(Grant {
+            holder: record.to_holder(now),
+            adopted,
+            took_over: took_over.map(|r| r.to_holder(now)),
+        })),
+        Response::Held { record, .. } => Ok(Attempt::Held(record.to_holder(now))),
+        other => Err(unexpected(cmd, &other)),
+    }
+}
+
+/// What a `Release` answer means; someone else's lock is a `NotOwner` error naming its holder.
+pub fn released(cmd: &Command, resp: Response, now: u64) -> Result<Released> {
+    match resp {
+        Response::Released { record } => Ok(Released {
+            was_held: record.is_some(),
+            previous: record.map(|r| r.to_holder(now)),
+        }),
+        Response::NotOwner { record } => Err(Error::NotOwner(format!(
+            "lock {:?} is held by {}, not by {}; force the release to free it anyway",
+            cmd.name(),
+            describe(&record, now),
+            claimer(cmd)
+        ))),
+        other => Err(unexpected(cmd, &other)),
+    }
+}
+
+/// What a `Renew` answer means: every way of not holding the lock is a `NotOwner` error.
+pub fn renewed(cmd: &Command, resp: Response, now: u64) -> Result<Holder> {
+    let name = cmd.name();
+    match resp {
+        Response::Renewed { record } => Ok(record.to_holder(now)),
+        Response::NotOwner { record } => Err(Error::NotOwner(format!(
+            "lock {name:?} was lost: it is now held by {}",
+            describe(&record, now)
+        ))),
+        Response::Expired { record } => Err(Error::NotOwner(format!(
+            "lock {name:?} expired: its last heartbeat ({}) is older than its timeout of {}, \
+             so another worker may take it over and it cannot be renewed; \
+             claim it again with --strategy steal-stale",
+            lease::rfc3339(from_unix_ms(record.heartbeat_ms)),
+            crate::duration::display(std::time::Duration::from_millis(record.ttl_ms)),
+        ))),
+        Response::NotHeld => Err(Error::NotOwner(format!(
+            "lock {name:?} is not held by anyone (released, or never claimed)"
+        ))),
+        other => Err(unexpected(cmd, &other)),
+    }
+}
+
+/// What a `ReleaseStale` answer means.
+pub fn stale_release(cmd: &Command, resp: Response, now: u64) -> Result<StaleRelease> {
+    match resp {
+        Response::Released { record: Some(r) } => Ok(StaleRelease::Released(r.to_holder(now))),
+        Response::Released { record: None } => Ok(StaleRelease::Free),
+        Response::Held { record, .. } => Ok(StaleRelease::Kept(record.to_holder(now))),
+        other => Err(unexpected(cmd, &other)),
+    }
+}
+
+/// Who a release or renewal speaks for, in messages.
+fn claimer(cmd: &Command) -> String {
+    match cmd {
+        Command::Release {
+            worker_id,
+            fencing_token: Some(t),
+            ..
+        }
+        | Command::Renew {
+            worker_id,
+            fencing_token: Some(t),
+            ..
+        } => format!("worker {worker_id:?} with fencing token {t}"),
+        Command::Release { worker_id, .. } | Command::Renew { worker_id, .. } => {
+            format!("worker {worker_id:?}")
+        }
+        Command::Acquire { worker_id, .. } => format!("worker {worker_id:?}"),
+        Command::ReleaseStale { .. } => "the janitor".to_string(),
+    }
+}
+
+fn describe(record: &LockRecord, now: u64) -> String {
+    format!(
+        "worker {:?} on node {:?} (fencing token {}, last heartbeat {}{})",
+        record.worker_id,
+        record.node_id,
+        record.fencing_token,
+        lease::rfc3339(from_unix_ms(record.heartbeat_ms)),
+        if LockTable::is_stale(record, now) {
+            ", stale"
+        } else {
+            ""
+        }
+    )
+}
+
+fn unexpected(cmd: &Command, resp: &Response) -> Error {
+    Error::Unexpected(format!(
+        "internal error: the lock table answered {resp:?} to {cmd:?}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +560,7 @@ mod tests {
             name: name.into(),
             worker_id: worker.into(),
             force,
+            fencing_token: None,
         }
     }
 
@@ -356,6 +568,8 @@ mod tests {
         Command::Renew {
             name: name.into(),
             worker_id: worker.into(),
+            fencing_token: None,
+            ttl_ms: None,
         }
     }
 
@@ -395,6 +609,81 @@ mod tests {
         assert_eq!(t.get("a"), Some(&r));
         let (r2, _, _) = granted(t.apply(&acquire("b", "w1", Takeover::None), 100));
         assert_eq!(r2.fencing_token, 2);
+    }
+
+    #[test]
+    fn a_stale_grant_cannot_release_or_renew_the_next_one_of_the_same_worker() {
+        let mut t = LockTable::default();
+        let (old, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        // The lease runs out and the same worker takes the lock over: a new grant, token 2.
+        let (new, _, took) = granted(t.apply(&acquire("a", "w1", Takeover::Stale), 100 + 2 * TTL));
+        assert_eq!((old.fencing_token, new.fencing_token), (1, 2));
+        assert!(took.is_some());
+        let by_token = |token, renewing: bool| {
+            if renewing {
+                Command::Renew {
+                    name: "a".into(),
+                    worker_id: "w1".into(),
+                    fencing_token: Some(token),
+                    ttl_ms: None,
+                }
+            } else {
+                Command::Release {
+                    name: "a".into(),
+                    worker_id: "w1".into(),
+                    force: false,
+                    fencing_token: Some(token),
+                }
+            }
+        };
+        let now = 100 + 2 * TTL + 1;
+        for renewing in [true, false] {
+            assert!(matches!(
+                t.apply(&by_token(1, renewing), now),
+                Response::NotOwner { record } if record.fencing_token == 2
+            ));
+        }
+        assert!(matches!(
+            t.apply(&by_token(2, true), now),
+            Response::Renewed { .. }
+        ));
+        assert!(matches!(
+            t.apply(&by_token(2, false), now),
+            Response::Released { record: Some(r) } if r.fencing_token == 2
+        ));
+    }
+
+    #[test]
+    fn a_renewal_can_change_the_lease_length() {
+        let mut t = LockTable::default();
+        granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        let longer = Command::Renew {
+            name: "a".into(),
+            worker_id: "w1".into(),
+            fencing_token: Some(1),
+            ttl_ms: Some(5 * TTL),
+        };
+        match t.apply(&longer, 600) {
+            Response::Renewed { record } => {
+                assert_eq!((record.heartbeat_ms, record.ttl_ms), (600, 5 * TTL));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still live long after the old TTL would have run out.
+        assert!(!LockTable::is_stale(t.get("a").unwrap(), 600 + 4 * TTL));
+    }
+
+    #[test]
+    fn one_lock_tables_issue_the_given_token() {
+        let mut t = LockTable::one(41, "a", None);
+        let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
+        assert_eq!(r.fencing_token, 41);
+        let mut t = LockTable::one(42, "a", Some(r.clone()));
+        assert!(matches!(
+            t.apply(&acquire("a", "w2", Takeover::None), 100),
+            Response::Held { .. }
+        ));
+        assert_eq!(t.get("a"), Some(&r));
     }
 
     #[test]
@@ -808,6 +1097,7 @@ mod tests {
                     name: name.into(),
                     worker_id: worker.into(),
                     force: allow_force && force,
+                    fencing_token: None,
                 },
             };
             log.push((cmd, now));

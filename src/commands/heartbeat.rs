@@ -30,6 +30,8 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     let req = RenewRequest {
         lock,
         worker_id: ctx.claimant.worker_id.clone(),
+        fencing_token: None,
+        ttl: None,
     };
     // The first renewal proves the lock is ours and tells its TTL, which the interval must fit.
     let sent = Instant::now();
@@ -56,6 +58,7 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
                 lock: req.lock,
                 worker_id: req.worker_id,
                 force: false,
+                fencing_token: Some(summary.holder.fencing_token),
             })
             .await?;
         Some(r.was_held)
@@ -102,6 +105,8 @@ async fn once(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
         .renew(&RenewRequest {
             lock,
             worker_id: ctx.claimant.worker_id.clone(),
+            fencing_token: None,
+            ttl: None,
         })
         .await?;
     Ok(Report::new(

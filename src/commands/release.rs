@@ -20,6 +20,7 @@ pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
             lock,
             worker_id: worker.clone(),
             force: args.force,
+            fencing_token: None,
         })
         .await?;
     metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);

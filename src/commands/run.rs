@@ -47,6 +47,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
         lock: lock.clone(),
         worker_id: worker.clone(),
         force: false,
+        fencing_token: Some(holder.fencing_token),
     };
     // The TTL the backend keeps can differ from --ttl (a re-adopted GitHub lock keeps its own).
     let timing = match Timing::for_ttl(args.interval, keepalive::ttl_of(&holder)) {
@@ -94,6 +95,8 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let renew = RenewRequest {
         lock,
         worker_id: worker,
+        fencing_token: Some(holder.fencing_token),
+        ttl: None,
     };
     let mut keep = pin!(
         Keepalive::new(renew, holder.clone(), outcome.attempt_started, timing).run(

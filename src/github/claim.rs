@@ -96,7 +96,7 @@ impl GithubBackend {
             if let Some(h) = res.holder() {
                 let stale = h.is_stale_at(state.now);
                 if req.readopt && &h.meta.worker_id == worker && !stale {
-                    return self.adopt(issue, h, state.now).await;
+                    return self.adopt(issue, h, state.now, None).await;
                 }
                 let allowed = match req.takeover {
                     Mode::Any => true,
@@ -189,7 +189,7 @@ impl GithubBackend {
         if h.id != my_id {
             self.discard(my_id).await;
             if req.readopt && &h.meta.worker_id == worker && !h.is_stale_at(state.now) {
-                return self.adopt(issue, h, state.now).await;
+                return self.adopt(issue, h, state.now, None).await;
             }
             return Ok(Attempt::Held(Self::holder_of(h, state.now)));
         }
@@ -259,6 +259,7 @@ impl GithubBackend {
         issue: u64,
         h: &Record,
         now: DateTime<Utc>,
+        new_ttl: Option<Duration>,
     ) -> Result<Attempt> {
         if h.is_stale_at(now) {
             return Err(Error::NotOwner(format!(
@@ -277,7 +278,7 @@ impl GithubBackend {
                 .own_lock(&self.cache_key(issue, &h.meta.worker_id))?
                 .and_then(|o| o.assigned),
         };
-        let holder = self.heartbeat_cached(issue, own).await?;
+        let holder = self.heartbeat_cached(issue, own, new_ttl).await?;
         Ok(Attempt::Granted(Grant {
             holder,
             adopted: true,

@@ -14,13 +14,24 @@ use super::comment::{self, LockMeta, LockState, Takeover};
 use super::resolve::{Record, resolve};
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{Attempt, Holder, ReleaseStaleRequest, Released, StaleRelease};
+use crate::lock::{Attempt, Holder, ReleaseStaleRequest, Released, RenewRequest, StaleRelease};
 
 impl GithubBackend {
     /// Renews our lock by rewriting our own comment: one request.
-    pub(super) async fn heartbeat_cached(&self, issue: u64, mut own: OwnLock) -> Result<Holder> {
+    pub(super) async fn heartbeat_cached(
+        &self,
+        issue: u64,
+        mut own: OwnLock,
+        new_ttl: Option<Duration>,
+    ) -> Result<Holder> {
         let key = self.cache_key(issue, &own.meta.worker_id);
+        // The lease this renewal must arrive within is the one being renewed.
+        let ttl = Duration::from_secs(own.meta.ttl_seconds);
         own.meta.heartbeat_last = self.now();
+        if let Some(new_ttl) = new_ttl {
+            // Whole seconds on GitHub, rounded up so that a lease is never shorter than asked.
+            own.meta.ttl_seconds = new_ttl.as_secs_f64().ceil().max(1.0) as u64;
+        }
         let resp = self.write_own(&own).await?;
         if resp.status == StatusCode::NOT_FOUND {
             self.cache.set_own_lock(&key, None)?;
@@ -34,7 +45,6 @@ impl GithubBackend {
         }
         let c: Comment = resp.json()?;
         let updated = c.updated_at.unwrap_or(c.created_at);
-        let ttl = Duration::from_secs(own.meta.ttl_seconds);
         if updated > lease::expires_at(own.updated_at, ttl) {
             // The lease ran out before this renewal reached GitHub: the holder may not keep it.
             own.meta.state = LockState::Released;
@@ -55,17 +65,21 @@ impl GithubBackend {
         ))
     }
 
-    /// `heartbeat --once`.
-    pub(super) async fn renew_issue(&self, issue: u64, worker_id: &str) -> Result<Holder> {
+    /// `heartbeat --once`; with a fencing token, only the grant whose lock comment has that id;
+    /// with a TTL, the lease's new length.
+    pub(super) async fn renew_issue(&self, issue: u64, req: &RenewRequest) -> Result<Holder> {
+        let (worker_id, token) = (req.worker_id.as_str(), req.fencing_token);
         if let Some(own) = self.cache.own_lock(&self.cache_key(issue, worker_id))? {
-            return self.heartbeat_cached(issue, own).await;
+            not_this_grant(issue, token, own.comment_id)?;
+            return self.heartbeat_cached(issue, own, req.ttl).await;
         }
         self.ensure_login().await?;
         let state = self.read(issue).await?;
         let res = resolve(&state.records);
         match res.holder() {
             Some(h) if h.meta.worker_id == worker_id => {
-                match self.adopt(issue, h, state.now).await? {
+                not_this_grant(issue, token, h.id)?;
+                match self.adopt(issue, h, state.now, req.ttl).await? {
                     Attempt::Granted(g) => Ok(g.holder),
                     Attempt::Held(h) => Ok(h),
                 }
@@ -85,9 +99,11 @@ impl GithubBackend {
         issue: u64,
         worker_id: &str,
         force: bool,
+        token: Option<u64>,
     ) -> Result<Released> {
         let key = self.cache_key(issue, worker_id);
         if let Some(own) = self.cache.own_lock(&key)? {
+            not_this_grant(issue, token, own.comment_id)?;
             return self.release_own(issue, own).await;
         }
         self.ensure_login().await?;
@@ -100,6 +116,9 @@ impl GithubBackend {
             });
         };
         let ours = h.meta.worker_id == worker_id;
+        if ours {
+            not_this_grant(issue, token, h.id)?;
+        }
         if !ours && !force {
             return Err(Error::NotOwner(format!(
                 "#{issue} is held by {} (since {}), not by {worker_id}; use --force to release it anyway",
@@ -305,5 +324,17 @@ impl GithubBackend {
             tracing::warn!(status = %resp.status, "could not remove the assignment");
         }
         Ok(())
+    }
+}
+
+/// A caller that names its grant by fencing token (the lock comment's id) holds nothing when the
+/// worker's current lock comment is another: that grant ended and a newer one took its place.
+fn not_this_grant(issue: u64, token: Option<u64>, current: u64) -> Result<()> {
+    match token {
+        Some(t) if t != current => Err(Error::NotOwner(format!(
+            "the grant of #{issue} with fencing token {t} is over: the lock is held under \
+             fencing token {current} now"
+        ))),
+        _ => Ok(()),
     }
 }

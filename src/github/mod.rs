@@ -460,12 +460,13 @@ impl LockBackend for GithubBackend {
     }
 
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
-        self.release_issue(issue_of(&req.lock)?, &req.worker_id, req.force)
+        let token = if req.force { None } else { req.fencing_token };
+        self.release_issue(issue_of(&req.lock)?, &req.worker_id, req.force, token)
             .await
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
-        self.renew_issue(issue_of(&req.lock)?, &req.worker_id).await
+        self.renew_issue(issue_of(&req.lock)?, req).await
     }
 
     async fn status(&self, lock: &LockId) -> Result<Status> {

@@ -17,17 +17,16 @@ pub mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::backend::{LockBackend, Status, foreign};
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::lease::{self, Clock, SystemClock};
+use crate::lease::{Clock, SystemClock};
 use crate::lock::{
-    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
-    ReleaseStaleRequest, Released, RenewRequest, StaleRelease, validate_label, validate_name,
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
+    Released, RenewRequest, StaleRelease, validate_name,
 };
-use crate::table::{Command, LockRecord, LockTable, Response};
+use crate::table::{self, Command, Response};
 
 pub use store::LocalStore;
 
@@ -65,21 +64,7 @@ impl LocalBackend {
     /// outlives the interrupted process unreported.
     pub fn acquire_blocking(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        validate_name(name)?;
-        validate_worker(&req.claimant.worker_id)?;
-        let ttl_ms = lease::millis(req.ttl);
-        if ttl_ms == 0 {
-            return Err(Error::usage("the lock timeout must be at least 1 ms"));
-        }
-        let cmd = Command::Acquire {
-            name: name.to_string(),
-            worker_id: req.claimant.worker_id.clone(),
-            node_id: req.claimant.node_id.clone(),
-            ttl_ms,
-            takeover: req.takeover,
-            task_info: req.task_info.clone(),
-            readopt: req.readopt,
-        };
+        let cmd = Command::acquire(name, req)?;
         let granted: Arc<Mutex<Option<u64>>> = Arc::default();
         let undo = {
             let store = self.store.clone();
@@ -113,74 +98,37 @@ impl LocalBackend {
         })??;
         // A grant stays undoable until the command has reported it.
         undo.keep_until_reported();
-        match resp {
-            Response::Granted {
-                record,
-                adopted,
-                took_over,
-            } => Ok(Attempt::Granted(Grant {
-                holder: record.to_holder(now),
-                adopted,
-                took_over: took_over.map(|r| r.to_holder(now)),
-            })),
-            Response::Held { record, .. } => Ok(Attempt::Held(record.to_holder(now))),
-            other => Err(unexpected(&cmd, &other)),
-        }
+        table::attempt(&cmd, resp, now)
     }
 
     /// Releases `name`. Releasing a free lock succeeds (`was_held: false`); a lock held by another
-    /// worker is a `NotOwner` error naming the holder, unless `force`.
-    pub fn release_blocking(&self, name: &str, worker_id: &str, force: bool) -> Result<Released> {
-        validate_name(name)?;
-        validate_worker(worker_id)?;
-        let cmd = Command::Release {
-            name: name.to_string(),
-            worker_id: worker_id.to_string(),
-            force,
-        };
+    /// worker (or under another fencing token than a given one) is a `NotOwner` error naming the
+    /// holder, unless `force`.
+    pub fn release_blocking(
+        &self,
+        name: &str,
+        worker_id: &str,
+        force: bool,
+        fencing_token: Option<u64>,
+    ) -> Result<Released> {
+        let cmd = Command::release(name, worker_id, force, fencing_token)?;
         let (now, resp) = self.apply(&cmd)?;
-        match resp {
-            Response::Released { record } => Ok(Released {
-                was_held: record.is_some(),
-                previous: record.map(|r| r.to_holder(now)),
-            }),
-            Response::NotOwner { record } => Err(Error::NotOwner(format!(
-                "lock {name:?} is held by {}, not by worker {worker_id:?}; \
-                 force the release to free it anyway",
-                describe(&record, now)
-            ))),
-            other => Err(unexpected(&cmd, &other)),
-        }
+        table::released(&cmd, resp, now)
     }
 
     /// Renews the lease of a lock `worker_id` holds. Every way of not holding it (held by another
-    /// worker, expired, released) is a `NotOwner` error: the caller has lost the lock.
-    pub fn renew_blocking(&self, name: &str, worker_id: &str) -> Result<Holder> {
-        validate_name(name)?;
-        validate_worker(worker_id)?;
-        let cmd = Command::Renew {
-            name: name.to_string(),
-            worker_id: worker_id.to_string(),
-        };
+    /// worker, expired, released, granted again under a new token) is a `NotOwner` error: the
+    /// caller has lost the lock.
+    pub fn renew_blocking(
+        &self,
+        name: &str,
+        worker_id: &str,
+        fencing_token: Option<u64>,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Holder> {
+        let cmd = Command::renew(name, worker_id, fencing_token, ttl)?;
         let (now, resp) = self.apply(&cmd)?;
-        match resp {
-            Response::Renewed { record } => Ok(record.to_holder(now)),
-            Response::NotOwner { record } => Err(Error::NotOwner(format!(
-                "lock {name:?} was lost: it is now held by {}",
-                describe(&record, now)
-            ))),
-            Response::Expired { record } => Err(Error::NotOwner(format!(
-                "lock {name:?} expired: its last heartbeat ({}) is older than its timeout of {}, \
-                 so another worker may take it over and it cannot be renewed; \
-                 claim it again with --strategy steal-stale",
-                lease::rfc3339(lease::from_unix_ms(record.heartbeat_ms)),
-                humanize_ms(record.ttl_ms),
-            ))),
-            Response::NotHeld => Err(Error::NotOwner(format!(
-                "lock {name:?} is not held by anyone (released, or never claimed)"
-            ))),
-            other => Err(unexpected(&cmd, &other)),
-        }
+        table::renewed(&cmd, resp, now)
     }
 
     /// Releases `name` if, at the time read inside the file lock, its lease has run out.
@@ -190,12 +138,7 @@ impl LocalBackend {
             name: name.to_string(),
         };
         let (now, resp) = self.apply(&cmd)?;
-        match resp {
-            Response::Released { record: Some(r) } => Ok(StaleRelease::Released(r.to_holder(now))),
-            Response::Released { record: None } => Ok(StaleRelease::Free),
-            Response::Held { record, .. } => Ok(StaleRelease::Kept(record.to_holder(now))),
-            other => Err(unexpected(&cmd, &other)),
-        }
+        table::stale_release(&cmd, resp, now)
     }
 
     /// The holder of `name`, if any (stale locks included, flagged `stale`).
@@ -254,15 +197,15 @@ impl LockBackend for LocalBackend {
 
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
         let name = name_of(&req.lock)?.to_string();
-        let (worker, force) = (req.worker_id.clone(), req.force);
-        self.blocking(move |b| b.release_blocking(&name, &worker, force))
+        let (worker, force, token) = (req.worker_id.clone(), req.force, req.fencing_token);
+        self.blocking(move |b| b.release_blocking(&name, &worker, force, token))
             .await
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
         let name = name_of(&req.lock)?.to_string();
-        let worker = req.worker_id.clone();
-        self.blocking(move |b| b.renew_blocking(&name, &worker))
+        let (worker, token, ttl) = (req.worker_id.clone(), req.fencing_token, req.ttl);
+        self.blocking(move |b| b.renew_blocking(&name, &worker, token, ttl))
             .await
     }
 
@@ -294,43 +237,16 @@ fn name_of(lock: &LockId) -> Result<&str> {
     }
 }
 
-fn validate_worker(worker_id: &str) -> Result<()> {
-    validate_label("worker id", worker_id)
-}
-
-fn describe(record: &LockRecord, now: u64) -> String {
-    format!(
-        "worker {:?} on node {:?} (fencing token {}, last heartbeat {}{})",
-        record.worker_id,
-        record.node_id,
-        record.fencing_token,
-        lease::rfc3339(lease::from_unix_ms(record.heartbeat_ms)),
-        if LockTable::is_stale(record, now) {
-            ", stale"
-        } else {
-            ""
-        }
-    )
-}
-
-fn humanize_ms(ms: u64) -> String {
-    crate::duration::display(Duration::from_millis(ms))
-}
-
-fn unexpected(cmd: &Command, resp: &Response) -> Error {
-    Error::Unexpected(format!(
-        "internal error: the lock table answered {resp:?} to {cmd:?}"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ExitCode;
-    use crate::lock::{Claimant, Takeover, TaskInfo};
+    use crate::lease;
+    use crate::lock::{Claimant, Grant, Takeover, TaskInfo};
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier, Mutex};
+    use std::time::Duration;
 
     fn claimant(w: &str) -> Claimant {
         Claimant {
@@ -410,18 +326,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
-        let h = b.renew_blocking("job", "w1").unwrap();
+        let h = b.renew_blocking("job", "w1", None, None).unwrap();
         assert_eq!(h.fencing_token, 1);
         assert!(h.heartbeat_last >= g.holder.heartbeat_last);
 
-        let err = b.release_blocking("job", "w2", false).unwrap_err();
+        let err = b.release_blocking("job", "w2", false, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("\"w1\""), "{err}");
 
-        let r = b.release_blocking("job", "w1", false).unwrap();
+        let r = b.release_blocking("job", "w1", false, None).unwrap();
         assert!(r.was_held);
         assert_eq!(r.previous.unwrap().worker_id, "w1");
-        let r = b.release_blocking("job", "w1", false).unwrap();
+        let r = b.release_blocking("job", "w1", false, None).unwrap();
         assert_eq!(
             r,
             Released {
@@ -451,7 +367,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let clock = lease::ManualClock::at(1_000_000);
         let b = LocalBackend::with_clock(tmp.path(), Arc::new(clock.clone())).unwrap();
-        let err = b.renew_blocking("job", "w1").unwrap_err();
+        let err = b.renew_blocking("job", "w1", None, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("not held"), "{err}");
 
@@ -466,13 +382,13 @@ mod tests {
             )
             .unwrap(),
         );
-        let err = b.renew_blocking("job", "w2").unwrap_err();
+        let err = b.renew_blocking("job", "w2", None, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("\"w1\""), "{err}");
 
         clock.advance(Duration::from_secs(120));
         assert!(b.status_blocking("job").unwrap().unwrap().stale);
-        let err = b.renew_blocking("job", "w1").unwrap_err();
+        let err = b.renew_blocking("job", "w1", None, None).unwrap_err();
         assert_eq!(err.exit_code(), ExitCode::NotOwner);
         assert!(err.to_string().contains("expired"), "{err}");
         // Still blocks a plain claim, flagged stale; steal-stale takes it with a new token.
@@ -503,7 +419,7 @@ mod tests {
         assert_eq!(g.holder.fencing_token, 2);
         let old = g.took_over.unwrap();
         assert_eq!((old.worker_id.as_str(), old.stale), ("w1", true));
-        let err = b.renew_blocking("job", "w1").unwrap_err();
+        let err = b.renew_blocking("job", "w1", None, None).unwrap_err();
         assert!(err.to_string().contains("lost"), "{err}");
         // Forced take-over and forced release.
         let g = grant(
@@ -519,7 +435,11 @@ mod tests {
         );
         assert_eq!(g.holder.fencing_token, 3);
         assert_eq!(g.took_over.unwrap().worker_id, "w2");
-        assert!(b.release_blocking("job", "w1", true).unwrap().was_held);
+        assert!(
+            b.release_blocking("job", "w1", true, None)
+                .unwrap()
+                .was_held
+        );
     }
 
     #[test]
@@ -541,7 +461,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(b.status_blocking("job").unwrap(), None);
-        assert!(b.renew_blocking("job", "w1").is_err());
+        assert!(b.renew_blocking("job", "w1", None, None).is_err());
     }
 
     #[test]
@@ -553,13 +473,15 @@ mod tests {
             let e = acq(&b, name, &claimant("w"), MIN, Takeover::None, &none).unwrap_err();
             assert_eq!(e.exit_code(), ExitCode::Usage);
             assert_eq!(
-                b.release_blocking(name, "w", false)
+                b.release_blocking(name, "w", false, None)
                     .unwrap_err()
                     .exit_code(),
                 ExitCode::Usage
             );
             assert_eq!(
-                b.renew_blocking(name, "w").unwrap_err().exit_code(),
+                b.renew_blocking(name, "w", None, None)
+                    .unwrap_err()
+                    .exit_code(),
                 ExitCode::Usage
             );
             assert_eq!(
@@ -721,7 +643,7 @@ mod tests {
                             tokens.lock().unwrap().push((n, g.holder.fencing_token));
                             std::thread::yield_now();
                             assert_eq!(inside[n].fetch_sub(1, Ordering::SeqCst), 1);
-                            let r = b.release_blocking(NAMES[n], &me, false).unwrap();
+                            let r = b.release_blocking(NAMES[n], &me, false, None).unwrap();
                             assert!(r.was_held, "our lock vanished");
                             assert_eq!(r.previous.unwrap().fencing_token, g.holder.fencing_token);
                         }

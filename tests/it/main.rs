@@ -1,6 +1,7 @@
 //! Integration tests: the real `sentinel` binary and library against the project's GitHub emulator.
 
 mod completions;
+mod conformance;
 mod fixtures;
 mod gh_auth;
 mod github_cli;
@@ -10,10 +11,13 @@ mod heartbeat;
 mod local_cli;
 mod manpages;
 mod metrics;
+mod postgres_cli;
 mod queue;
+mod redis_cli;
 mod robustness;
 mod run;
 mod serve;
 mod server_cli;
+mod servers;
 mod steal_stale;
 mod support;

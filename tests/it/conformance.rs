@@ -1,0 +1,758 @@
+//! One conformance suite, run against every backend: the same promises, checked the same way, in
+//! process (the library's `LockBackend`) and through the real binary.
+//!
+//! What differs between backends is said once, in [`Subject`]: how to reach it, what a lock is
+//! called (GitHub locks are issues), and what becomes of a lease that runs out (stale until taken
+//! over on GitHub and the lock table; gone on Redis).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sentinel::backend::{Backend, LockBackend};
+use sentinel::distributed::{
+    DistributedLock, LeaderElection, LockClient, RetryConfig, acquire_all,
+};
+use sentinel::error::ExitCode;
+use sentinel::github::client::ClientOptions;
+use sentinel::github::{GithubBackend, GithubOptions};
+use sentinel::local::LocalBackend;
+use sentinel::lock::{
+    AcquireRequest, Attempt, Claimant, Grant, Holder, LockId, ReleaseRequest, RenewRequest,
+    Takeover,
+};
+use sentinel::postgres_backend::PostgresBackend;
+use sentinel::redis_backend::RedisBackend;
+use sentinel::secret::Secret;
+
+use crate::servers::{Postgres, Redis};
+use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Local,
+    Github,
+    Redis,
+    Postgres,
+}
+
+/// The locks the scenarios use; on GitHub each is an issue.
+const LOCKS: [&str; 5] = ["the-one", "cycle-a", "cycle-b", "job", "build"];
+
+/// A backend under test, with whatever server it needs.
+pub struct Subject {
+    kind: Kind,
+    data: tempfile::TempDir,
+    redis: Option<Redis>,
+    postgres: Option<Postgres>,
+    github: Option<Gh>,
+    /// GitHub: the issue standing for each lock of [`LOCKS`].
+    issues: BTreeMap<&'static str, u64>,
+}
+
+impl Subject {
+    /// The backend, started; `None` (the test is skipped, with a printed line) when its server is
+    /// not installed.
+    pub fn new(kind: Kind) -> Option<Subject> {
+        Self::build(kind, false)
+    }
+
+    /// The same, with a server that keeps its data across a restart.
+    pub fn persistent(kind: Kind) -> Option<Subject> {
+        Self::build(kind, true)
+    }
+
+    fn build(kind: Kind, persistent: bool) -> Option<Subject> {
+        let redis = match kind {
+            Kind::Redis if persistent => Some(Redis::start_persistent()?),
+            Kind::Redis => Some(Redis::start()?),
+            _ => None,
+        };
+        let postgres = match kind {
+            Kind::Postgres => Some(Postgres::start()?),
+            _ => None,
+        };
+        let github = (kind == Kind::Github).then(Gh::new);
+        let issues = match &github {
+            Some(gh) => LOCKS
+                .iter()
+                .map(|name| (*name, gh.emu.create_issue(REPO, name)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        Some(Subject {
+            kind,
+            data: tempfile::tempdir().unwrap(),
+            redis,
+            postgres,
+            github,
+            issues,
+        })
+    }
+
+    /// What the binary calls the lock `name`.
+    fn lock(&self, name: &str) -> String {
+        match self.issues.get(name) {
+            Some(n) => n.to_string(),
+            None => name.to_string(),
+        }
+    }
+
+    /// The lock name a guard's `resource()` stands for (GitHub describes issues as
+    /// `owner/repo#N`), in the binary's spelling.
+    fn lock_of(&self, resource: &str) -> String {
+        match resource.rsplit_once('#') {
+            Some((_, n)) if self.kind == Kind::Github => n.to_string(),
+            _ => resource.to_string(),
+        }
+    }
+
+    /// What the library calls the lock `name`.
+    fn id(&self, name: &str) -> LockId {
+        match self.issues.get(name) {
+            Some(n) => LockId::Issue(*n),
+            None => LockId::Name(name.to_string()),
+        }
+    }
+
+    /// The global options that select this backend.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--backend".to_string(), self.name().to_string()];
+        match self.kind {
+            Kind::Local => {}
+            Kind::Github => {
+                let url = self.github.as_ref().unwrap().emu.url();
+                args.extend(["--repo".into(), REPO.into(), "--api-url".into(), url]);
+            }
+            Kind::Redis => {
+                args.extend(["--redis-url".into(), self.redis.as_ref().unwrap().url()]);
+            }
+            Kind::Postgres => {
+                args.extend([
+                    "--database-url".into(),
+                    self.postgres.as_ref().unwrap().url(),
+                ]);
+            }
+        }
+        args
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Local => "local",
+            Kind::Github => "github",
+            Kind::Redis => "redis",
+            Kind::Postgres => "postgres",
+        }
+    }
+
+    /// `sentinel --backend … --worker-id WORKER ARGS…`
+    pub fn cli(&self, worker: &str, args: &[&str]) -> Command {
+        let mut cmd = sentinel(self.data.path());
+        cmd.args(self.args())
+            .args(["--worker-id", worker])
+            .args(args);
+        if let Some(gh) = &self.github {
+            // Fast but safe: the settle pause must exceed the emulator's read lag.
+            cmd.env("SENTINEL_TOKEN", &gh.alice)
+                .env("SENTINEL_SETTLE", "400ms");
+        }
+        cmd
+    }
+
+    /// The backend in this process, as a library user holds it (inside a runtime: the GitHub
+    /// client needs one to be built).
+    pub fn backend(&self, rt: &tokio::runtime::Runtime) -> Backend {
+        let _inside = rt.enter();
+        match self.kind {
+            Kind::Local => {
+                Backend::Local(LocalBackend::open(self.data.path().join("local")).unwrap())
+            }
+            Kind::Github => {
+                let gh = self.github.as_ref().unwrap();
+                let backend = GithubBackend::new(GithubOptions {
+                    repo: REPO.parse().unwrap(),
+                    client: ClientOptions::new(&gh.emu.url(), Some(Secret::new(gh.alice.clone()))),
+                    data_dir: self.data.path().to_path_buf(),
+                    trusted: Vec::new(),
+                    settle: Duration::from_millis(400),
+                    in_actions: false,
+                });
+                Backend::Github(Box::new(backend.unwrap()))
+            }
+            Kind::Redis => {
+                Backend::Redis(RedisBackend::new(&self.redis.as_ref().unwrap().url()).unwrap())
+            }
+            Kind::Postgres => Backend::Postgres(
+                PostgresBackend::new(&self.postgres.as_ref().unwrap().url()).unwrap(),
+            ),
+        }
+    }
+
+    /// How coarse the backend's clock is: GitHub's timestamps are whole seconds, so a lease is
+    /// only seen to have run out up to a second after it did.
+    fn resolution(&self) -> Duration {
+        match self.kind {
+            Kind::Github => Duration::from_secs(1),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Whether a lease that ran out is simply gone (Redis), rather than stale until taken over.
+    fn expired_is_free(&self) -> bool {
+        self.kind == Kind::Redis
+    }
+
+    fn restart(&mut self) {
+        match self.kind {
+            Kind::Redis => self.redis.as_mut().unwrap().restart(),
+            Kind::Postgres => self.postgres.as_mut().unwrap().restart(),
+            Kind::Local | Kind::Github => unreachable!("no server of the test's own to restart"),
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn acquire(lock: &LockId, worker: &str, ttl: Duration, takeover: Takeover) -> AcquireRequest {
+    AcquireRequest {
+        lock: lock.clone(),
+        claimant: Claimant {
+            worker_id: worker.into(),
+            node_id: "node-1".into(),
+        },
+        ttl,
+        takeover,
+        task_info: Default::default(),
+        readopt: false,
+        attempt: 0,
+        wait: Duration::ZERO,
+    }
+}
+
+fn release(lock: &LockId, worker: &str, token: Option<u64>) -> ReleaseRequest {
+    ReleaseRequest {
+        lock: lock.clone(),
+        worker_id: worker.into(),
+        force: false,
+        fencing_token: token,
+    }
+}
+
+fn renew(lock: &LockId, worker: &str, token: Option<u64>) -> RenewRequest {
+    RenewRequest {
+        lock: lock.clone(),
+        worker_id: worker.into(),
+        fencing_token: token,
+        ttl: None,
+    }
+}
+
+fn granted(a: Attempt) -> Grant {
+    match a {
+        Attempt::Granted(g) => g,
+        Attempt::Held(h) => panic!("expected a grant, held by {h:?}"),
+    }
+}
+
+fn holder_of(b: &Backend, lock: &LockId, rt: &tokio::runtime::Runtime) -> Option<Holder> {
+    rt.block_on(b.status(lock)).unwrap().holder().cloned()
+}
+
+/// 16 tasks at once on one name: exactly one grant, and every loser names the winner. Then 16
+/// tasks cycling claim and release on two names: never two inside one name, and per name the
+/// fencing tokens strictly increase in the order of the grants.
+pub fn sixteen_tasks(s: &Subject) {
+    let rt = runtime();
+    let b = Arc::new(s.backend(&rt));
+    let ttl = Duration::from_secs(30);
+    let the_one = s.id("the-one");
+    let attempts: Vec<Attempt> = rt.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (b, barrier, lock) = (b.clone(), barrier.clone(), the_one.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let req = acquire(&lock, &format!("task-{i}"), ttl, Takeover::None);
+                    b.try_acquire(&req).await.unwrap()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let winners: Vec<&Grant> = attempts
+        .iter()
+        .filter_map(|a| match a {
+            Attempt::Granted(g) => Some(g),
+            Attempt::Held(_) => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{:?}: {attempts:?}", s.kind);
+    let winner = &winners[0].holder;
+    for a in &attempts {
+        if let Attempt::Held(h) = a {
+            assert_eq!(
+                (&h.worker_id, h.fencing_token),
+                (&winner.worker_id, winner.fencing_token)
+            );
+        }
+    }
+
+    let names: Arc<[LockId; 2]> = Arc::new([s.id("cycle-a"), s.id("cycle-b")]);
+    let inside: Arc<Vec<AtomicUsize>> =
+        Arc::new(names.iter().map(|_| AtomicUsize::new(0)).collect());
+    let grants: Vec<(usize, u64)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (b, inside, names) = (b.clone(), inside.clone(), names.clone());
+                tokio::spawn(async move {
+                    let me = format!("cycler-{i}");
+                    let mut mine = Vec::new();
+                    for c in 0..8 {
+                        let n = (i + c) % names.len();
+                        let req = acquire(&names[n], &me, ttl, Takeover::None);
+                        if let Attempt::Granted(g) = b.try_acquire(&req).await.unwrap() {
+                            assert_eq!(
+                                inside[n].fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "two holders of {}",
+                                names[n]
+                            );
+                            mine.push((n, g.holder.fencing_token, std::time::Instant::now()));
+                            tokio::task::yield_now().await;
+                            assert_eq!(inside[n].fetch_sub(1, Ordering::SeqCst), 1);
+                            let token = Some(g.holder.fencing_token);
+                            let r = b.release(&release(&names[n], &me, token)).await.unwrap();
+                            assert!(r.was_held, "our lock vanished");
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_by_key(|(_, _, at)| *at);
+        all.into_iter().map(|(n, t, _)| (n, t)).collect()
+    });
+    assert!(grants.len() >= names.len(), "{grants:?}");
+    let mut per_name: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for (n, t) in grants {
+        per_name.entry(n).or_default().push(t);
+    }
+    for tokens in per_name.values() {
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "{:?}: {tokens:?}",
+            s.kind
+        );
+    }
+}
+
+/// 16 processes of the real binary claim one name at once: exactly one exits 0, the others 3.
+pub fn sixteen_processes(s: &Subject) {
+    let build = s.lock("build");
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            s.cli(
+                &format!("w{i}"),
+                &["claim", &build, "--strategy", "fail-fast", "--json"],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let winner = sole_winner(&wait_all(children));
+    let st = stdout_json(
+        &s.cli("observer", &["status", &build, "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(st["holder"]["worker_id"], format!("w{winner}"));
+    assert_eq!(st["backend"], s.name());
+}
+
+/// Renewals keep a lease past its TTL; a lease left alone runs out; a grant that ended cannot
+/// renew or release the grant after it, even under the same worker id; tokens keep growing.
+pub fn leases(s: &Subject) {
+    let rt = runtime();
+    let b = s.backend(&rt);
+    let job = s.id("job");
+    let ttl = Duration::from_secs(2);
+    let first = granted(
+        rt.block_on(b.try_acquire(&acquire(&job, "w1", ttl, Takeover::None)))
+            .unwrap(),
+    );
+    let t1 = first.holder.fencing_token;
+    // Three renewals 0.8 s apart carry the lease well past its first end.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(800));
+        let h = rt.block_on(b.renew(&renew(&job, "w1", Some(t1)))).unwrap();
+        assert_eq!(h.fencing_token, t1);
+        assert_eq!(
+            h.expires_at - h.heartbeat_last,
+            chrono::Duration::seconds(2)
+        );
+    }
+    let held = holder_of(&b, &job, &rt).expect("still held after 2.4 s thanks to renewals");
+    assert_eq!((held.worker_id.as_str(), held.stale), ("w1", false));
+    assert!(held.expires_at > first.holder.expires_at);
+
+    // Left alone, the lease runs out.
+    std::thread::sleep(ttl + s.resolution() + Duration::from_millis(300));
+    match holder_of(&b, &job, &rt) {
+        None => assert!(
+            s.expired_is_free(),
+            "{:?}: the expired lock vanished",
+            s.kind
+        ),
+        Some(h) => assert!(!s.expired_is_free() && h.stale, "{:?}: {h:?}", s.kind),
+    }
+    // A plain claim by another worker: free on Redis, stale (held) elsewhere.
+    let plain = rt
+        .block_on(b.try_acquire(&acquire(&job, "w2", ttl * 5, Takeover::None)))
+        .unwrap();
+    let second = match plain {
+        Attempt::Granted(g) => {
+            assert!(s.expired_is_free());
+            // Hand it back so that the same worker as before can be granted it again below.
+            rt.block_on(b.release(&release(&job, "w2", Some(g.holder.fencing_token))))
+                .unwrap();
+            g.holder.fencing_token
+        }
+        Attempt::Held(h) => {
+            assert!(h.stale && !s.expired_is_free());
+            t1
+        }
+    };
+    // The holder whose lease ran out cannot renew it (on GitHub its late renewal even releases
+    // it).
+    let e = rt
+        .block_on(b.renew(&renew(&job, "w1", Some(t1))))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
+    // The same worker is granted the lock again: a new grant, a larger token.
+    let again = granted(
+        rt.block_on(b.try_acquire(&acquire(&job, "w1", ttl * 5, Takeover::Stale)))
+            .unwrap(),
+    );
+    let t2 = again.holder.fencing_token;
+    assert!(t2 > second && second >= t1, "{t1} {second} {t2}");
+    // The grant that ended can neither renew nor release the new one.
+    let e = rt
+        .block_on(b.renew(&renew(&job, "w1", Some(t1))))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
+    let e = rt
+        .block_on(b.release(&release(&job, "w1", Some(t1))))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
+    // Nor can another worker.
+    let e = rt
+        .block_on(b.release(&release(&job, "w2", None)))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::NotOwner, "{e}");
+    assert_eq!(holder_of(&b, &job, &rt).unwrap().fencing_token, t2);
+    rt.block_on(b.renew(&renew(&job, "w1", Some(t2)))).unwrap();
+    let r = rt
+        .block_on(b.release(&release(&job, "w1", Some(t2))))
+        .unwrap();
+    assert!(r.was_held);
+    assert_eq!(holder_of(&b, &job, &rt), None);
+    let third = granted(
+        rt.block_on(b.try_acquire(&acquire(&job, "w3", ttl, Takeover::None)))
+            .unwrap(),
+    );
+    assert!(third.holder.fencing_token > t2);
+}
+
+/// A holder killed outright (SIGKILL: no release) keeps its lock until its lease runs out, and
+/// not longer: then another worker takes it with a larger token.
+pub fn killed_holder(s: &Subject) {
+    let job = s.lock("job");
+    let claim = stdout_json(
+        &s.cli("doomed", &["claim", &job, "--ttl", "3s", "--json"])
+            .output()
+            .unwrap(),
+    );
+    let t1 = claim["fencing_token"].as_u64().unwrap();
+    let mut sidecar =
+        Running::spawn(&mut s.cli("doomed", &["heartbeat", &job, "--interval", "1s"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(sidecar.is_running());
+    let killed = Instant::now();
+    sidecar.signal("KILL");
+    let _ = sidecar.exit_within(Duration::from_secs(5));
+    let out = s
+        .cli("next", &["claim", &job, "--strategy", "fail-fast"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        3,
+        "still held right after the kill: {}",
+        text(&out)
+    );
+    let taken = loop {
+        let out = s
+            .cli(
+                "next",
+                &[
+                    "claim",
+                    &job,
+                    "--strategy",
+                    "steal-stale",
+                    "--ttl",
+                    "30s",
+                    "--json",
+                ],
+            )
+            .output()
+            .unwrap();
+        if code(&out) == 0 {
+            break stdout_json(&out);
+        }
+        assert_eq!(code(&out), 3, "{}", text(&out));
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "the lock never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(taken["fencing_token"].as_u64().unwrap() > t1);
+    let out = s
+        .cli("doomed", &["heartbeat", &job, "--once"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4, "{}", text(&out));
+}
+
+/// The server restarts under a held lock: the lock, its token and the fencing counter survive,
+/// and a client that was connected before carries on after reconnecting.
+pub fn server_restart(s: &mut Subject) {
+    let job_arg = s.lock("job");
+    let rt = runtime();
+    let b = s.backend(&rt);
+    let job = s.id("job");
+    let g = granted(
+        rt.block_on(b.try_acquire(&acquire(
+            &job,
+            "w1",
+            Duration::from_secs(60),
+            Takeover::None,
+        )))
+        .unwrap(),
+    );
+    let t1 = g.holder.fencing_token;
+    s.restart();
+    let st = stdout_json(
+        &s.cli("observer", &["status", &job_arg, "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(st["holder"]["worker_id"], "w1");
+    assert_eq!(st["holder"]["fencing_token"], t1);
+    // The connection from before the restart is gone; the client reconnects by itself.
+    let h = rt.block_on(b.renew(&renew(&job, "w1", Some(t1)))).unwrap();
+    assert_eq!(h.fencing_token, t1);
+    let out = s
+        .cli("w2", &["claim", &job_arg, "--strategy", "fail-fast"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        rt.block_on(b.release(&release(&job, "w1", Some(t1))))
+            .unwrap()
+            .was_held
+    );
+    let next = stdout_json(
+        &s.cli("w2", &["claim", &job_arg, "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert!(next["fencing_token"].as_u64().unwrap() > t1, "{next}");
+}
+
+/// The library API on the backend: a guard kept alive past its TTL, extended, told when it is
+/// lost, released on drop (but never a newer holder's lock); `acquire_all` taking locks in order
+/// and giving them back when one fails; one leader at a time.
+pub fn guards(s: &Subject) {
+    let rt = runtime();
+    let client = |worker: &str| {
+        LockClient::new(s.backend(&rt), worker)
+            .unwrap()
+            .with_retry(RetryConfig::no_retry())
+            .unwrap()
+    };
+    let (a, b) = (client("a"), client("b"));
+    let (job, build) = (s.lock("job"), s.lock("build"));
+    let ttl = Duration::from_secs(3);
+    rt.block_on(async {
+        let mut guard = a.acquire(&job, ttl).await.unwrap();
+        let t1 = guard.fencing_token();
+        let mut lost = guard.keep_alive(Duration::from_secs(1)).unwrap();
+        tokio::time::sleep(ttl + Duration::from_millis(800)).await;
+        assert!(!lost.is_lost());
+        assert!(
+            b.try_acquire(&job, ttl).await.unwrap().is_none(),
+            "kept alive past its TTL"
+        );
+        assert!(b.is_locked(&job).await.unwrap());
+        assert_eq!(b.lock_info(&job).await.unwrap().unwrap().worker_id, "a");
+        a.extend(&mut guard, Duration::from_secs(6)).await.unwrap();
+        let h = guard.holder();
+        assert_eq!(
+            h.expires_at - h.heartbeat_last,
+            chrono::Duration::seconds(6)
+        );
+        assert!(guard.time_remaining() > Duration::from_secs(4));
+
+        // Another worker forces the lock away: the keep-alive notices within a renewal.
+        let stolen = granted(
+            b.backend()
+                .try_acquire(&acquire(&s.id("job"), "b", ttl * 10, Takeover::Any))
+                .await
+                .unwrap(),
+        );
+        assert!(stolen.holder.fencing_token > t1);
+        let why = tokio::time::timeout(Duration::from_secs(10), lost.wait())
+            .await
+            .expect("the loss is noticed")
+            .expect("lost, not released");
+        assert!(lost.is_lost(), "{why}");
+        // Dropping the lost guard releases nothing: its token is not the lock's any more.
+        drop(guard);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let holder = b.lock_info(&job).await.unwrap().unwrap();
+        assert_eq!(
+            (holder.worker_id.as_str(), holder.fencing_token),
+            ("b", stolen.holder.fencing_token)
+        );
+
+        // A dropped guard releases its lock in the background.
+        drop(a.acquire(&build, ttl).await.unwrap());
+        let started = Instant::now();
+        while b.is_locked(&build).await.unwrap() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the drop never released"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // acquire_all: in a global order, and all or nothing. "job" is held by b: a gets
+        // nothing, and gives back what it took before reaching it.
+        let (one, two) = (s.lock("cycle-a"), s.lock("cycle-b"));
+        let e = acquire_all(&a, &[&two, &job, &one, &two], ttl)
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), ExitCode::Conflict, "{e}");
+        for r in [&one, &two] {
+            assert!(!b.is_locked(r).await.unwrap(), "{r} was given back");
+        }
+        let all = acquire_all(&a, &[&two, &one, &two], ttl).await.unwrap();
+        let mut names: Vec<&str> = vec![&one, &two];
+        names.sort_unstable();
+        let taken: Vec<String> = all.iter().map(|g| s.lock_of(g.resource())).collect();
+        assert_eq!(taken, names);
+        for g in all {
+            assert!(g.release().await.unwrap());
+        }
+
+        // One leader at a time; stepping down hands over with a larger token.
+        let the_one = s.lock("the-one");
+        let ea = LeaderElection::new(client("a"), the_one.clone(), ttl);
+        let eb = LeaderElection::new(client("b"), the_one.clone(), ttl);
+        let leader = ea.try_lead().await.unwrap().expect("nobody led");
+        assert!(eb.try_lead().await.unwrap().is_none());
+        assert_eq!(eb.leader().await.unwrap().unwrap().worker_id, "a");
+        let term = leader.fencing_token();
+        assert!(leader.step_down().await.unwrap());
+        let next = eb
+            .try_lead()
+            .await
+            .unwrap()
+            .expect("free after stepping down");
+        assert!(next.fencing_token() > term && !next.is_lost());
+        assert!(next.step_down().await.unwrap());
+    });
+}
+
+macro_rules! conformance {
+    ($module:ident, $kind:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn sixteen_tasks_exclude_each_other() {
+                if let Some(s) = Subject::new($kind) {
+                    sixteen_tasks(&s);
+                }
+            }
+
+            #[test]
+            fn sixteen_processes_exclude_each_other() {
+                if let Some(s) = Subject::new($kind) {
+                    sixteen_processes(&s);
+                }
+            }
+
+            #[test]
+            fn leases_renew_expire_and_fence() {
+                if let Some(s) = Subject::new($kind) {
+                    leases(&s);
+                }
+            }
+
+            #[test]
+            fn guards_keep_alive_extend_release_and_elect() {
+                if let Some(s) = Subject::new($kind) {
+                    guards(&s);
+                }
+            }
+
+            #[test]
+            fn a_killed_holders_lock_expires() {
+                if let Some(s) = Subject::new($kind) {
+                    killed_holder(&s);
+                }
+            }
+        }
+    };
+}
+
+conformance!(local, Kind::Local);
+conformance!(github, Kind::Github);
+conformance!(redis, Kind::Redis);
+conformance!(postgres, Kind::Postgres);
+
+#[test]
+fn redis_restarts_under_a_held_lock() {
+    if let Some(mut s) = Subject::persistent(Kind::Redis) {
+        server_restart(&mut s);
+    }
+}
+
+#[test]
+fn postgres_restarts_under_a_held_lock() {
+    if let Some(mut s) = Subject::persistent(Kind::Postgres) {
+        server_restart(&mut s);
+    }
+}

@@ -1,0 +1,349 @@
+//! Real Redis and PostgreSQL servers for the tests: each started on a free loopback port in a
+//! temporary directory, waited for within a bound, stopped when dropped. A test whose server
+//! binaries are missing is skipped with a printed line (`.ci/run` installs them, so CI never
+//! skips).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::chown;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// The first executable called `name` on PATH or in one of `extra` directories.
+fn find(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Says why a test does not run; CI installs the servers, so there it never does. Written to
+/// stderr directly, past the test harness's capture of `println!`, so that it shows.
+pub fn skip(what: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {what} is not installed (apt-get install redis-server postgresql)"
+    );
+}
+
+/// A port nobody listens on right now. Another process may take it before the server does; the
+/// start loops then try another.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `ready` while `child` runs; false if the child exited or the limit passed.
+fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < START_LIMIT {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// Stops a server process: `signal` (its clean shutdown), then SIGKILL after a bound.
+fn stop(child: &mut Child, signal: &str) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `redis-server` of its own.
+pub struct Redis {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// A server without persistence (`--save '' --appendonly no`); `None` if Redis is missing.
+    pub fn start() -> Option<Redis> {
+        Self::launch(false)
+    }
+
+    /// A server that writes every change to its append-only file before answering, so locks
+    /// and fencing counters survive [`Redis::restart`].
+    pub fn start_persistent() -> Option<Redis> {
+        Self::launch(true)
+    }
+
+    fn launch(persistent: bool) -> Option<Redis> {
+        let Some(bin) = find("redis-server", &[]) else {
+            skip("redis-server");
+            return None;
+        };
+        let mut r = Redis {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            port: 0,
+            persistent,
+            child: None,
+        };
+        for _ in 0..5 {
+            r.port = free_port();
+            if r.spawn() {
+                return Some(r);
+            }
+        }
+        panic!("redis-server did not start; log:\n{}", r.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir", &dir])
+            .args(["--save", "", "--logfile", "redis.log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let up = wait_ready(&mut child, || ping(&addr));
+        if !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        self.child = Some(child);
+        true
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM: Redis flushes its append-only file) and starts it again on the
+    /// same port and directory.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, "TERM");
+        }
+        assert!(
+            self.spawn(),
+            "redis-server did not restart:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            stop(child, "TERM");
+        }
+    }
+}
+
+/// Whether a Redis server answers PING at `addr`.
+fn ping(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A PostgreSQL cluster of its own: `initdb` into a temporary directory, `postgres` on a loopback
+/// port with no Unix socket. PostgreSQL refuses to run as root, so under root both run as
+/// `nobody`, which owns the directory.
+pub struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The directory with `initdb`, `postgres` and `pg_isready`: on PATH, or Debian's versioned
+/// directory (the newest).
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versioned.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versioned.reverse();
+    // A link on PATH (e.g. /usr/local/bin/initdb) leads to the directory with the others.
+    let initdb = std::fs::canonicalize(find("initdb", &versioned)?).ok()?;
+    let dir = initdb.parent()?.to_path_buf();
+    (dir.join("postgres").is_file() && dir.join("pg_isready").is_file()).then_some(dir)
+}
+
+/// The uid and gid of `nobody`, from /etc/passwd.
+fn nobody() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .expect("a nobody user");
+    let fields: Vec<&str> = line.split(':').collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `cmd` as the unprivileged user when we are root.
+fn unprivileged(mut cmd: Command) -> Command {
+    if is_root() {
+        let (uid, gid) = nobody();
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+impl Postgres {
+    /// A fresh cluster, started; `None` if PostgreSQL is missing.
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = postgres_bin() else {
+            skip("PostgreSQL (initdb, postgres)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let (uid, gid) = nobody();
+            chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let out = unprivileged(Command::new(bin.join("initdb")))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "sentinel", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            bin,
+            dir,
+            port: 0,
+            child: None,
+        };
+        for _ in 0..5 {
+            pg.port = free_port();
+            if pg.spawn() {
+                return Some(pg);
+            }
+        }
+        panic!("postgres did not start; log:\n{}", pg.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("postgres.log"))
+            .unwrap();
+        if is_root() {
+            let (uid, gid) = nobody();
+            chown(self.dir.path().join("postgres.log"), Some(uid), Some(gid)).unwrap();
+        }
+        let mut child = unprivileged(Command::new(self.bin.join("postgres")))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "unix_socket_directories="])
+            .args(["-c", "fsync=off", "-c", "max_connections=60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let isready = self.bin.join("pg_isready");
+        let port = self.port.to_string();
+        let up = wait_ready(&mut child, || {
+            Command::new(&isready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port, "-U", "sentinel"])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !up {
+            stop(&mut child, "INT");
+            return false;
+        }
+        self.child = Some(child);
+        true
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://sentinel@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A fast shutdown (SIGINT: connections are closed, committed data kept), then a start on the
+    /// same port and data directory.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, "INT");
+        }
+        assert!(self.spawn(), "postgres did not restart:\n{}", self.log());
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            stop(child, "INT");
+        }
+    }
+}
