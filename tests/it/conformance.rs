@@ -762,6 +762,43 @@ pub fn interrupted_claims(s: &Subject) {
     );
 }
 
+/// `run` holds the lock exactly as long as its command, renewing it past its TTL, and exits with
+/// the command's code; the counters of this host name the backend.
+pub fn run_command(s: &Subject) {
+    let job = s.lock("job");
+    let ttl = format!("{}s", 3 + 2 * s.resolution().as_secs());
+    let script = "echo token=$SENTINEL_FENCING_TOKEN; sleep 4; exit 7";
+    let out = s
+        .cli(
+            "runner",
+            &[
+                "run",
+                &job,
+                "--ttl",
+                &ttl,
+                "--interval",
+                "1s",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 7, "{}", text(&out));
+    assert!(text(&out).contains("token="), "{}", text(&out));
+    let st = stdout_json(
+        &s.cli("observer", &["status", &job, "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(st["held"], false, "released when the command ended: {st}");
+    let m = stdout_json(&s.cli("observer", &["metrics", "--json"]).output().unwrap());
+    assert_eq!(m["by_backend"][s.name()]["total_acquisitions"], 1, "{m}");
+    assert_eq!(m["by_backend"][s.name()]["total_releases"], 1, "{m}");
+}
+
 macro_rules! conformance {
     ($module:ident, $kind:expr) => {
         mod $module {
@@ -792,6 +829,13 @@ macro_rules! conformance {
             fn guards_keep_alive_extend_release_and_elect() {
                 if let Some(s) = Subject::new($kind) {
                     guards(&s);
+                }
+            }
+
+            #[test]
+            fn run_holds_the_lock_while_its_command_runs() {
+                if let Some(s) = Subject::new($kind) {
+                    run_command(&s);
                 }
             }
 
