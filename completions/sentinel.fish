@@ -29,8 +29,8 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub toke
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -77,8 +77,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -99,8 +99,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -122,8 +122,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -144,8 +144,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -184,8 +184,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitH
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -213,8 +213,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -236,8 +236,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -260,8 +260,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -285,8 +285,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l token -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -306,8 +306,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fis
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
@@ -329,8 +329,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_se
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l redis-url -d 'Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l database-url -d 'Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''

@@ -87,7 +87,7 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub auth_token: Option<Secret>,
-    /// Redis server of the redis backend: redis://[:PASSWORD@]HOST[:PORT][/DB]; never printed
+    /// Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed
     #[arg(
         long,
         env = "SENTINEL_REDIS_URL",
@@ -97,7 +97,7 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub redis_url: Option<Secret>,
-    /// Database of the postgres backend: postgres://USER[:PASSWORD]@HOST[:PORT]/DB; never printed
+    /// Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed
     #[arg(
         long,
         env = "SENTINEL_DATABASE_URL",

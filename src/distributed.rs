@@ -239,10 +239,14 @@ impl<B: LockBackend + 'static> DistributedLock for LockClient<B> {
     async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Option<LockGuard<B>>> {
         let req = self.request(resource, ttl)?;
         let sent = Instant::now();
-        Ok(match self.backend.try_acquire(&req).await? {
-            Attempt::Granted(g) => Some(self.guard(req.lock, g.holder, sent)),
-            Attempt::Held(_) => None,
-        })
+        match self.backend.try_acquire(&req).await {
+            Ok(Attempt::Granted(g)) => Ok(Some(self.guard(req.lock, g.holder, sent))),
+            Ok(Attempt::Held(_)) => Ok(None),
+            // A contended attempt that could not be ordered (GitHub: a claim in the same second
+            // as a release) did not get the lock either.
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn release(&self, guard: LockGuard<B>) -> Result<bool> {

@@ -315,7 +315,7 @@ impl PostgresBackend {
         loop {
             attempt += 1;
             let outcome = tokio::time::timeout_at(deadline, async {
-                let client = self.inner.pool.get().await.map_err(|e| match e {
+                let mut client = self.inner.pool.get().await.map_err(|e| match e {
                     PoolError::Backend(e) => self.failure(what, &e),
                     PoolError::Timeout(_) => Failure::Transient("no connection in time".into()),
                     other => Failure::Final(Error::Unexpected(format!(
@@ -323,7 +323,7 @@ impl PostgresBackend {
                         self.inner.target
                     ))),
                 })?;
-                self.ensure_schema(&client).await?;
+                self.ensure_schema(&mut client).await?;
                 op(client).await
             })
             .await;
@@ -354,18 +354,19 @@ impl PostgresBackend {
     /// Creates the table and sequence on first use in this process.
     async fn ensure_schema(
         &self,
-        client: &deadpool_postgres::Object,
+        client: &mut deadpool_postgres::Object,
     ) -> std::result::Result<(), Failure> {
         self.inner
             .schema
             .get_or_try_init(|| async {
-                let sql = format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {SCHEMA} COMMIT;"
-                );
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| self.failure("creating the table sentinel_locks", &e))
+                let what = "creating the table sentinel_locks";
+                let err = |e: tokio_postgres::Error| self.failure(what, &e);
+                // A transaction object, so that a failure rolls back instead of leaving the
+                // pooled connection inside an aborted transaction.
+                let tx = client.transaction().await.map_err(err)?;
+                let sql = format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {SCHEMA}");
+                tx.batch_execute(&sql).await.map_err(err)?;
+                tx.commit().await.map_err(err)
             })
             .await?;
         Ok(())

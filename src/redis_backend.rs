@@ -425,7 +425,8 @@ impl LockBackend for RedisBackend {
     ///
     /// An interrupted claim must hold nothing or report its grant: the attempt registers an undo
     /// that deletes the lease if it carries this attempt's nonce, and sends nothing once the
-    /// interrupt is flagged.
+    /// interrupt is flagged. The undo waits for an attempt in flight to finish (the process keeps
+    /// running its command while `main` undoes), so that the withdrawal comes after the grant.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
@@ -439,9 +440,21 @@ impl LockBackend for RedisBackend {
             .map_err(|e| Error::Unexpected(format!("cannot encode the task info: {e}")))?;
         let (key, counter) = (self.lock_key(name), self.token_key(name));
         let nonce = format!("{:016x}", fastrand::u64(..));
+        let in_flight = Arc::new(tokio::sync::Mutex::new(()));
+        let sending = in_flight.clone().lock_owned().await;
         let undo = {
             let (this, key, nonce) = (self.clone(), key.clone(), nonce.clone());
-            interrupt::on_interrupt(move || async move { this.withdraw(&key, &nonce).await })
+            interrupt::on_interrupt(move || async move {
+                let withdraw = async {
+                    let _sent = in_flight.lock().await;
+                    this.withdraw(&key, &nonce).await;
+                };
+                if tokio::time::timeout(OP_DEADLINE, withdraw).await.is_err() {
+                    tracing::warn!(
+                        "an interrupted claim did not finish; its grant, if any, expires with its lease"
+                    );
+                }
+            })
         };
         if interrupt::is_interrupted() {
             return Err(Error::Unexpected("interrupted".into()));
@@ -467,6 +480,7 @@ impl LockBackend for RedisBackend {
                 async move { inv.invoke_async(&mut conn).await }
             })
             .await?;
+        drop(sending);
         let holder = self.lease(&raw)?.holder();
         match kind.as_str() {
             "granted" => {

@@ -14,6 +14,7 @@ use crate::interrupt::Signals;
 use crate::keepalive::{self, Keepalive, Timing};
 use crate::lease;
 use crate::lock::{ReleaseRequest, RenewRequest};
+use crate::metrics;
 use crate::output::{Report, holder_json};
 
 pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
@@ -61,6 +62,7 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
                 fencing_token: Some(summary.holder.fencing_token),
             })
             .await?;
+        metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
         Some(r.was_held)
     } else {
         None

@@ -19,6 +19,7 @@ use crate::interrupt::{self, Signals};
 use crate::keepalive::{self, Keepalive, Timing};
 use crate::lease;
 use crate::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
+use crate::metrics;
 use crate::output::{self, Report};
 use crate::strategy::Outcome;
 
@@ -152,7 +153,10 @@ async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Outcome, LockId)> 
 /// stands.
 async fn release(ctx: &Context, req: &ReleaseRequest, last: &Holder) -> Result<bool> {
     match ctx.backend.release(req).await {
-        Ok(r) => Ok(r.was_held),
+        Ok(r) => {
+            metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
+            Ok(r.was_held)
+        }
         Err(e @ Error::NotOwner(_)) => Err(e),
         Err(e) => {
             tracing::warn!(

@@ -28,19 +28,21 @@ fn bad_urls_are_usage_errors_and_passwords_are_never_printed() {
         assert_eq!(code(&out), 2, "{url}: {}", text(&out));
         assert!(!text(&out).contains("hunter2"), "{}", text(&out));
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // On 127.0.0.2, where none of the tests' servers listen (they bind 127.0.0.1), the port
+    // stays closed even if another test's server picks the same number meanwhile.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("postgres://u:hunter2@127.0.0.1:{port}/db");
+    let url = format!("postgres://u:hunter2@127.0.0.2:{port}/db");
     let started = Instant::now();
     for args in [["-vv", "claim", "x"], ["--json", "status", "x"]] {
         let out = pg(data.path(), &url, "w", &args);
         assert_eq!(code(&out), 8, "{}", text(&out));
         assert!(!text(&out).contains("hunter2"), "{}", text(&out));
         assert!(
-            text(&out).contains(&format!("postgres at 127.0.0.1:{port}/db")),
+            text(&out).contains(&format!("postgres at 127.0.0.2:{port}/db")),
             "{}",
             text(&out)
         );

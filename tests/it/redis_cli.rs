@@ -28,12 +28,14 @@ fn bad_urls_are_usage_errors_and_passwords_are_never_printed() {
         assert!(!text(&out).contains("hunter2"), "{}", text(&out));
     }
     // Nothing listens on this port: exit 8 after the retries, within the deadline.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // On 127.0.0.2, where none of the tests' servers listen (they bind 127.0.0.1), the port
+    // stays closed even if another test's server picks the same number meanwhile.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("redis://:hunter2@127.0.0.1:{port}");
+    let url = format!("redis://:hunter2@127.0.0.2:{port}");
     let started = Instant::now();
     for json in [false, true] {
         let mut args = vec!["-vv", "claim", "x"];
@@ -44,7 +46,7 @@ fn bad_urls_are_usage_errors_and_passwords_are_never_printed() {
         assert_eq!(code(&out), 8, "{}", text(&out));
         assert!(!text(&out).contains("hunter2"), "{}", text(&out));
         assert!(
-            text(&out).contains(&format!("redis at 127.0.0.1:{port}")),
+            text(&out).contains(&format!("redis at 127.0.0.2:{port}")),
             "{}",
             text(&out)
         );
