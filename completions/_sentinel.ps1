@@ -42,7 +42,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the local backend')
+            [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the other backends')
             [CompletionResult]::new('release', 'release', [CompletionResultType]::ParameterValue, 'Release a lock held by this worker')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds a lock, or every held lock')
             [CompletionResult]::new('heartbeat', 'heartbeat', [CompletionResultType]::ParameterValue, 'Renew a held lock: once, or as a sidecar until stopped')
@@ -359,7 +359,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help' {
-            [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the local backend')
+            [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the other backends')
             [CompletionResult]::new('release', 'release', [CompletionResultType]::ParameterValue, 'Release a lock held by this worker')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds a lock, or every held lock')
             [CompletionResult]::new('heartbeat', 'heartbeat', [CompletionResultType]::ParameterValue, 'Renew a held lock: once, or as a sidecar until stopped')

@@ -15,7 +15,7 @@ use crate::strategy::Strategy;
 #[command(
     name = "sentinel",
     version,
-    about = "Distributed task locks on GitHub issues, on this host, or on a sentinel server",
+    about = "Distributed task locks on GitHub issues, on this host, in Redis or PostgreSQL",
     after_help = "Exit codes: 0 ok, 1 unexpected, 2 usage, 3 conflict, 4 not owner / lost, \
                   5 auth, 6 not found, 7 rate limited, 8 backend unavailable."
 )]
@@ -147,7 +147,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Claim a lock: a GitHub issue number, or a name on the local backend
+    /// Claim a lock: a GitHub issue number, or a name on the other backends
     Claim(ClaimArgs),
     /// Release a lock held by this worker
     Release(ReleaseArgs),
@@ -218,7 +218,7 @@ pub struct ClaimArgs {
 /// `run`.
 #[derive(Debug, Args)]
 pub struct ClaimTarget {
-    /// Issue number (github backend) or lock name (local backend)
+    /// Issue number (github backend) or lock name (other backends)
     #[arg(required_unless_present = "next")]
     pub lock: Option<String>,
     /// Claim the oldest open issue with no lock (github backend); exit 3 when none is free

@@ -232,7 +232,29 @@ impl<B: LockBackend + 'static> DistributedLock for LockClient<B> {
     async fn acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard<B>> {
         let req = self.request(resource, ttl)?;
         let policy = self.retry.policy()?;
-        let outcome = strategy::claim(&*self.backend, &req, &policy, |_, _| {}).await?;
+        let backend = &*self.backend;
+        let what = backend.describe(&req.lock);
+        let attempt = |n: u32| {
+            let attempt = AcquireRequest {
+                attempt: n,
+                ..req.clone()
+            };
+            async move {
+                match backend.try_acquire(&attempt).await {
+                    // A contended attempt that could not be ordered (GitHub: a claim in the same
+                    // second as a release) is waited for like a held lock, when there is a holder
+                    // to wait for.
+                    Err(Error::Conflict(why)) => {
+                        match backend.status(&attempt.lock).await?.holder() {
+                            Some(holder) => Ok(Attempt::Held(holder.clone())),
+                            None => Err(Error::Conflict(why)),
+                        }
+                    }
+                    other => other,
+                }
+            }
+        };
+        let outcome = strategy::acquire(&policy, &what, attempt, |_, _| {}).await?;
         Ok(self.guard(req.lock, outcome.grant.holder, outcome.attempt_started))
     }
 

@@ -1,6 +1,9 @@
-//! sentinel: distributed task locks on GitHub issues, on the local host, or on a Raft coordinator.
+//! sentinel: distributed task locks on GitHub issues, on the local host, in Redis or PostgreSQL,
+//! or (planned) on a Raft coordinator.
 //!
-//! The library holds everything; `src/commands/` only parses, calls in here and renders.
+//! Rust services start at [`distributed`]: the `DistributedLock` API with guards, keep-alive,
+//! leader election and `acquire_all`, over any backend. The library holds everything;
+//! `src/commands/` only parses, calls in here and renders.
 
 pub mod error;
 pub mod local;

@@ -214,6 +214,15 @@ impl Subject {
     }
 }
 
+/// Held by the scenarios that start many processes or tasks at once, so that the four backends'
+/// bursts come one after another instead of together: on two cores they would otherwise starve
+/// the other tests' timing-sensitive races.
+static BURST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn burst() -> std::sync::MutexGuard<'static, ()> {
+    BURST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -283,6 +292,7 @@ fn holder_of(b: &Backend, lock: &LockId, rt: &tokio::runtime::Runtime) -> Option
 /// tasks cycling claim and release on two names: never two inside one name, and per name the
 /// fencing tokens strictly increase in the order of the grants.
 pub fn sixteen_tasks(s: &Subject) {
+    let _burst = burst();
     let rt = runtime();
     let b = Arc::new(s.backend(&rt));
     let ttl = Duration::from_secs(30);
@@ -378,6 +388,7 @@ pub fn sixteen_tasks(s: &Subject) {
 
 /// 16 processes of the real binary claim one name at once: exactly one exits 0, the others 3.
 pub fn sixteen_processes(s: &Subject) {
+    let _burst = burst();
     let build = s.lock("build");
     let children: Vec<_> = (0..16)
         .map(|i| {
@@ -666,6 +677,32 @@ pub fn guards(s: &Subject) {
             ("b", stolen.holder.fencing_token)
         );
 
+        // Four clients acquire one lock at once, waiting as the default RetryConfig says: each
+        // gets it in turn, never two at a time.
+        let inside = Arc::new(AtomicUsize::new(0));
+        let contenders: Vec<_> = (0..4)
+            .map(|i| {
+                let locks = LockClient::new(s.backend(&rt), format!("waiter-{i}")).unwrap();
+                let (inside, build) = (inside.clone(), build.clone());
+                tokio::spawn(async move {
+                    let guard = locks.acquire(&build, ttl).await.unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    let token = guard.fencing_token();
+                    assert!(guard.release().await.unwrap());
+                    token
+                })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for c in contenders {
+            tokens.push(c.await.unwrap());
+        }
+        tokens.sort_unstable();
+        tokens.dedup();
+        assert_eq!(tokens.len(), 4, "one grant each: {tokens:?}");
+
         // A dropped guard releases its lock in the background.
         drop(a.acquire(&build, ttl).await.unwrap());
         let started = Instant::now();
@@ -723,6 +760,7 @@ pub fn guards(s: &Subject) {
 /// SIGINT or SIGTERM at any moment of a claim: afterwards the lock is free, or the claimer
 /// reported its grant (exit 0). The claim withdraws a grant it could not report.
 pub fn interrupted_claims(s: &Subject) {
+    let _burst = burst();
     let job = s.lock("job");
     let mut interrupted = 0;
     for round in 0..40u64 {
