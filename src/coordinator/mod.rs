@@ -5,8 +5,8 @@
 //!
 //! - [`state`]: the replicated lock state, a pure and deterministic state machine. Every node
 //!   applies the same Raft log to it and so holds the same locks, leases, wait queues and answers.
-//!   It never reads a clock: the leader stamps each command with its time, and the log index of
-//!   the entry that grants a lock is the lock's fencing token.
+//!   It never reads a clock: the leader stamps each command with its time, and the position in
+//!   the log of the command that grants a lock is the lock's fencing token.
 //! - [`store`]: a node's durable storage for openraft: the log, vote and committed index in redb,
 //!   and the lock state with its snapshots.
 //! - [`network`]: Raft RPCs between nodes over HTTP, and the client that forwards requests to the
@@ -32,12 +32,12 @@ pub mod store;
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// The coordinator's choices for openraft: entries carry [`state::Proposal`]s, applying one
-    /// answers with its request's [`state::Outcome`] (none for ticks and Raft's own entries), and
-    /// nodes are known by the address of their HTTP listener.
+    /// The coordinator's choices for openraft: entries carry a [`state::Batch`] of commands,
+    /// applying one answers with each command's [`state::Outcome`] (none for ticks; no answers
+    /// for Raft's own entries), and nodes are known by the address of their HTTP listener.
     pub TypeConfig:
-        D = state::Proposal,
-        R = Option<state::Outcome>,
+        D = state::Batch,
+        R = Vec<Option<state::Outcome>>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

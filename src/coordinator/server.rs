@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot};
 
 use super::network::{HttpClient, Peers, http_client};
-use super::state::{Command, Outcome, Proposal};
+use super::state::{Batch, Command, MAX_BATCH, Outcome, Proposal, position};
 use super::stats::Stats;
 use super::store::{self, LogStore, StateMachineStore};
 use super::{NodeId, TypeConfig, api};
@@ -42,6 +43,8 @@ const ELECTION_MAX_MS: u64 = 500;
 /// A snapshot every this many entries; entries it covers beyond the last this many are purged.
 const SNAPSHOT_EVERY: u64 = 10_000;
 const LOG_KEPT: u64 = 1_000;
+/// Commands that may wait for the writer before proposers wait to queue more (back-pressure).
+const QUEUED_PROPOSALS: usize = 4 * MAX_BATCH;
 /// How long a proposal may wait for a quorum before the client is told to retry.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ticks come at most this often, and without any lease ending, at least this rarely (to notice
@@ -70,6 +73,14 @@ pub struct Node {
     pub client: HttpClient,
     pub auth: Option<Auth>,
     pub stats: Stats,
+    /// The queue of commands waiting to be packed into the next log entry.
+    proposals: mpsc::Sender<Pending>,
+}
+
+/// A command waiting for its entry, and who waits for its answer.
+struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<std::result::Result<(Outcome, u64), ProposeError>>,
 }
 
 /// The shared bearer token, kept as what is needed to check and to send it.
@@ -112,6 +123,7 @@ impl Auth {
 }
 
 /// Why a proposal did not get an answer.
+#[derive(Clone)]
 pub enum ProposeError {
     /// This node is not the leader (any more); the leader, if known.
     NotLeader(Option<NodeId>),
@@ -121,7 +133,8 @@ pub enum ProposeError {
 
 impl Node {
     /// Stamps `command` with this node's clock and replicates it; the state's answer once it is
-    /// committed and applied here, and the log index of its entry.
+    /// committed and applied here, and the command's position in the log (the fencing token a
+    /// grant by it carries).
     pub async fn propose(
         &self,
         command: Command,
@@ -130,23 +143,13 @@ impl Node {
             at_ms: SystemClock.now_ms(),
             command,
         };
-        let started = std::time::Instant::now();
-        match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await {
-            Ok(Ok(written)) => {
-                self.stats.committed(started.elapsed());
-                let index = written.log_id.index;
-                written.data.map(|o| (o, index)).ok_or_else(|| {
-                    ProposeError::Unavailable("the state machine gave no answer".into())
-                })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ProposeError::NotLeader(f.leader_id))
-            }
-            Ok(Err(e)) => Err(ProposeError::Unavailable(e.to_string())),
-            Err(_) => Err(ProposeError::Unavailable(format!(
-                "no quorum confirmed the request within {PROPOSE_TIMEOUT:?}"
-            ))),
-        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopping = || ProposeError::Unavailable("the node is stopping".into());
+        self.proposals
+            .send(Pending { proposal, reply })
+            .await
+            .map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
     }
 
     /// The leader this node knows of, and its address.
@@ -198,6 +201,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
     .await
     .map_err(|e| Error::Unexpected(format!("cannot start Raft: {e}")))?;
     form_cluster(&raft, opts.id, &opts.members).await?;
+    let (proposals, pending) = mpsc::channel(QUEUED_PROPOSALS);
     let node = Arc::new(Node {
         id: opts.id,
         raft,
@@ -206,8 +210,10 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         client,
         auth,
         stats,
+        proposals,
     });
     let addr = listener.local_addr()?;
+    let writer = tokio::spawn(write_batches(node.clone(), pending));
     let ticker = tokio::spawn(tick(node.clone()));
     let elections = tokio::spawn(count_elections(node.clone()));
     ready(addr);
@@ -231,6 +237,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
     };
     ticker.abort();
     elections.abort();
+    writer.abort();
     let _ = node.raft.shutdown().await;
     result
 }
@@ -262,6 +269,64 @@ async fn form_cluster(
     raft.initialize(nodes)
         .await
         .map_err(|e| Error::Unexpected(format!("cannot form the cluster: {e}")))
+}
+
+/// Group commit: packs the commands proposed while the previous entry was being written into one
+/// entry, and answers each of them when it is applied.
+///
+/// openraft 0.9 appends and flushes one client write at a time, so one entry per command would
+/// cost every command its own fsync and its own replication round. With one entry in flight, the
+/// commands that arrive during its write wait for the next one and share its fsync: under load the
+/// batches grow by themselves, and a lone command is written at once.
+async fn write_batches(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+            batch.drain(..).map(|p| (p.proposal, p.reply)).unzip();
+        let started = std::time::Instant::now();
+        let written =
+            tokio::time::timeout(PROPOSE_TIMEOUT, node.raft.client_write(Batch(proposals))).await;
+        let answers = match written {
+            Ok(Ok(written)) => {
+                node.stats.committed(started.elapsed(), replies.len());
+                let index = written.log_id.index;
+                let mut outcomes = written.data.into_iter();
+                replies
+                    .into_iter()
+                    .enumerate()
+                    .map(|(place, reply)| {
+                        let answer = outcomes
+                            .next()
+                            .flatten()
+                            .map(|o| (o, position(index, place)));
+                        let answer = answer.ok_or_else(|| {
+                            ProposeError::Unavailable("the state machine gave no answer".into())
+                        });
+                        (reply, answer)
+                    })
+                    .collect::<Vec<_>>()
+            }
+            Ok(Err(e)) => {
+                let e = match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        ProposeError::NotLeader(f.leader_id)
+                    }
+                    e => ProposeError::Unavailable(e.to_string()),
+                };
+                replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
+            }
+            Err(_) => {
+                let e = ProposeError::Unavailable(format!(
+                    "no quorum confirmed the request within {PROPOSE_TIMEOUT:?}"
+                ));
+                replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
+            }
+        };
+        for (reply, answer) in answers {
+            // A client that went away no longer waits for its answer; the command stands.
+            let _ = reply.send(answer);
+        }
+    }
 }
 
 /// Counts the elections this node sees end with a leader: each new term that has one.

@@ -22,8 +22,12 @@
 //!   the lock's queue; the head of the queue gets the lock when it is released or its lease ends,
 //!   unless its own wait ran out first. The wait is held by the state, not by a client polling, so
 //!   it survives a change of leader.
-//! - **The fencing token of a grant is the log index of the entry that made it.** Log indexes
-//!   only grow, so tokens strictly increase per lock across grants, releases and leader changes.
+//! - **The fencing token of a grant is its position in the log.** The leader packs the commands
+//!   that arrive while it writes into one entry (group commit: one fsync and one replication round
+//!   for many requests), so a position is the entry's log index times [`POSITIONS_PER_ENTRY`]
+//!   plus the command's place in the entry ([`position`]). Log indexes only grow, so tokens
+//!   strictly increase per lock across grants, releases and leader changes, even when one entry
+//!   grants, releases and grants the same lock again.
 //! - **Requests carry client-chosen ids.** A command whose request id the state still remembers is
 //!   not executed again: it gets the request's answer (for a waiter, `Queued` until its wait is
 //!   settled, then the final answer). A client that retries after a timeout or a leader change is
@@ -53,7 +57,27 @@ pub const REQUEST_MEMORY: usize = 100_000;
 /// time since the old leader's last command may also include quiet time, hence a bound.
 pub const LEADER_CHANGE_GRACE_MS: u64 = 2_000;
 
-/// The application payload of one Raft log entry: a command and the leader's time.
+/// Most commands in one log entry; a position's place in its entry stays below
+/// [`POSITIONS_PER_ENTRY`].
+pub const MAX_BATCH: usize = 256;
+/// How many positions (fencing tokens) each log index spans.
+pub const POSITIONS_PER_ENTRY: u64 = 1_000;
+
+/// The position of the `place`-th command of the entry at log `index`: the fencing token a grant
+/// by that command gets.
+pub fn position(index: u64, place: usize) -> u64 {
+    index
+        .saturating_mul(POSITIONS_PER_ENTRY)
+        .saturating_add(place as u64)
+}
+
+/// The application payload of one Raft log entry: the commands the leader packed into it, in the
+/// order they are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Batch(pub Vec<Proposal>);
+
+/// One command and the leader's time when it was proposed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The leader's wall clock when it proposed the command, in Unix milliseconds.
@@ -256,10 +280,24 @@ pub struct LockState {
 }
 
 impl LockState {
-    /// Applies the entry at log `index`, written by the leader of `term`. Deterministic and total:
-    /// any proposal in any state gives an answer, and the same entries applied in the same order
-    /// give the same state.
-    pub fn apply(&mut self, index: u64, term: u64, proposal: &Proposal) -> Applied {
+    /// Applies the entry at log `index`, written by the leader of `term`: what each of its commands
+    /// did, in order. Deterministic and total: any batch in any state gives an answer to each of
+    /// its first [`POSITIONS_PER_ENTRY`] commands (a leader packs at most [`MAX_BATCH`]; the rest
+    /// of a longer one is ignored), and the same entries applied in the same order give the same
+    /// state.
+    pub fn apply(&mut self, index: u64, term: u64, batch: &Batch) -> Vec<Applied> {
+        let first = position(index, 0);
+        batch
+            .0
+            .iter()
+            .take(POSITIONS_PER_ENTRY as usize)
+            .enumerate()
+            .map(|(place, proposal)| self.apply_one(position(index, place), first, term, proposal))
+            .collect()
+    }
+
+    /// Applies the command at log position `at`, in the entry whose first position is `first`.
+    fn apply_one(&mut self, at: u64, first: u64, term: u64, proposal: &Proposal) -> Applied {
         if term > self.term {
             if self.term != 0 {
                 let gap = proposal.at_ms.saturating_sub(self.clock_ms);
@@ -270,20 +308,20 @@ impl LockState {
         let now = self.clock_ms.max(proposal.at_ms);
         self.clock_ms = now;
         let mut settled = Vec::new();
-        self.advance(index, now, &mut settled);
+        self.advance(at, now, &mut settled);
         let outcome = match &proposal.command {
             Command::Tick => None,
             Command::Acquire(a) => Some(self.request(
                 &a.request_id,
                 (RequestKind::Acquire, &a.name, &a.holder),
                 now,
-                |s| s.acquire(index, now, a),
+                |s| s.acquire(at, now, a),
             )),
             Command::Release(r) => Some(self.request(
                 &r.request_id,
                 (RequestKind::Release, &r.name, &r.holder),
                 now,
-                |s| s.release(index, now, r, &mut settled),
+                |s| s.release((at, first), now, r, &mut settled),
             )),
             Command::Renew(r) => Some(self.request(
                 &r.request_id,
@@ -329,7 +367,7 @@ impl LockState {
         outcome
     }
 
-    fn acquire(&mut self, index: u64, now: u64, a: &Acquire) -> Outcome {
+    fn acquire(&mut self, at: u64, now: u64, a: &Acquire) -> Outcome {
         let waiting = self.deadlines.len();
         let held = self.locks.len();
         match self.locks.get_mut(&a.name) {
@@ -342,7 +380,7 @@ impl LockState {
                 let lease = LockRecord {
                     worker_id: a.holder.clone(),
                     node_id: a.node.clone(),
-                    fencing_token: index,
+                    fencing_token: at,
                     claimed_at_ms: now,
                     heartbeat_ms: now,
                     ttl_ms: a.ttl_ms,
@@ -405,23 +443,24 @@ impl LockState {
 
     fn release(
         &mut self,
-        index: u64,
+        (at, first): (u64, u64),
         now: u64,
         r: &Release,
         settled: &mut Vec<Settled>,
     ) -> Outcome {
         match self.locks.get(&r.name) {
-            // A lease granted by this very entry (token == index) cannot be named by a command
-            // proposed before it; refusing it also keeps the next grant's token above it.
+            // A lease granted by this very entry (token >= its first position) cannot be named by
+            // a command proposed before it; refusing it also keeps the next grant's token above
+            // it.
             Some(slot)
                 if slot.lease.worker_id == r.holder
                     && slot.lease.fencing_token == r.token
-                    && r.token < index =>
+                    && r.token < first =>
             {
                 let lease = slot.lease.clone();
                 self.expiries
                     .remove(&(lease.expires_at_ms(), r.name.clone()));
-                self.hand_over(&r.name, index, now, settled);
+                self.hand_over(&r.name, at, now, settled);
                 Outcome::Released { lease }
             }
             other => Outcome::NotHolder {
@@ -508,7 +547,8 @@ impl LockState {
     }
 
     /// The lease of `name` has ended (released or expired; its expiry is already unindexed): the
-    /// head of the queue gets a new lease with the entry's index as token, or the lock is free.
+    /// head of the queue gets a new lease with the command's position as token, or the lock is
+    /// free.
     fn hand_over(&mut self, name: &str, index: u64, now: u64, settled: &mut Vec<Settled>) {
         let Some(slot) = self.locks.get_mut(name) else {
             return;
@@ -781,9 +821,21 @@ mod tests {
         })
     }
 
+    /// The token a grant by the first command of the entry at `index` gets.
+    fn t(index: u64) -> u64 {
+        position(index, 0)
+    }
+
+    /// Applies an entry of the one proposal `p` at log `index`.
+    fn one(s: &mut LockState, index: u64, term: u64, p: &Proposal) -> Applied {
+        let mut applied = s.apply(index, term, &Batch(vec![p.clone()]));
+        assert_eq!(applied.len(), 1);
+        applied.remove(0)
+    }
+
     /// Applies `command` at log `index` and leader time `at_ms`, checking the invariants.
     fn step(s: &mut LockState, index: u64, at_ms: u64, command: Command) -> Applied {
-        let applied = s.apply(index, 1, &Proposal { at_ms, command });
+        let applied = one(s, index, 1, &Proposal { at_ms, command });
         assert_eq!(s.check(), Ok(()), "after entry {index}");
         applied
     }
@@ -800,7 +852,7 @@ mod tests {
     }
 
     #[test]
-    fn a_free_lock_is_granted_with_the_entry_index_as_token() {
+    fn a_free_lock_is_granted_with_the_commands_position_as_token() {
         let mut s = LockState::default();
         let lease = granted(outcome(step(
             &mut s,
@@ -808,7 +860,7 @@ mod tests {
             1_000,
             acquire("r1", "a", "w1", TTL, 0),
         )));
-        assert_eq!(lease.fencing_token, 7);
+        assert_eq!(lease.fencing_token, t(7));
         assert_eq!((lease.claimed_at_ms, lease.heartbeat_ms), (1_000, 1_000));
         assert_eq!(lease.expires_at_ms(), 2_000);
         assert_eq!(
@@ -826,6 +878,40 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn one_entry_of_many_commands_gives_each_grant_its_own_token() {
+        let mut s = LockState::default();
+        step(&mut s, 1, 0, acquire("r1", "a", "w1", TTL, 0));
+        let p = |command| Proposal { at_ms: 10, command };
+        // Release of w1, a grant to w2 and a waiter w3, then w2 (who cannot know its token yet)
+        // and w3 again: all in entry 2.
+        let applied = s.apply(
+            2,
+            1,
+            &Batch(vec![
+                p(release("r2", "a", "w1", t(1))),
+                p(acquire("r3", "a", "w2", TTL, 0)),
+                p(acquire("r4", "a", "w3", TTL, 5_000)),
+                p(release("r5", "a", "w2", position(2, 1))),
+                p(acquire("r6", "b", "w3", TTL, 0)),
+            ]),
+        );
+        assert_eq!(s.check(), Ok(()));
+        let outcomes: Vec<Outcome> = applied.into_iter().map(outcome).collect();
+        assert!(matches!(outcomes[0], Outcome::Released { .. }));
+        assert_eq!(granted(outcomes[1].clone()).fencing_token, position(2, 1));
+        assert_eq!(outcomes[2], Outcome::Queued { position: 1 });
+        assert!(matches!(outcomes[3], Outcome::NotHolder { .. }));
+        assert_eq!(granted(outcomes[4].clone()).fencing_token, position(2, 4));
+        // The waiter is handed the lock by entry 3 with a larger token than w2's.
+        let a = step(&mut s, 3, 20, release("r7", "a", "w2", position(2, 1)));
+        assert_eq!(granted(a.settled[0].outcome.clone()).fencing_token, t(3));
+        // An entry longer than the positions an index spans answers only the first ones.
+        let long = Batch(vec![p(Command::Tick); POSITIONS_PER_ENTRY as usize + 5]);
+        assert_eq!(s.apply(4, 1, &long).len(), POSITIONS_PER_ENTRY as usize);
+        assert!(MAX_BATCH < POSITIONS_PER_ENTRY as usize);
     }
 
     #[test]
@@ -851,15 +937,18 @@ mod tests {
         assert_eq!(a.settled.len(), 1);
         assert_eq!(a.settled[0].request_id, "r2");
         let second = granted(a.settled[0].outcome.clone());
-        assert_eq!((second.worker_id.as_str(), second.fencing_token), ("w2", 4));
+        assert_eq!(
+            (second.worker_id.as_str(), second.fencing_token),
+            ("w2", t(4))
+        );
         assert_eq!(second.heartbeat_ms, 30);
         // The waiter's request now answers with its grant.
         assert_eq!(s.answer("r2"), Some(&a.settled[0].outcome));
-        let a = step(&mut s, 5, 40, release("r5", "a", "w2", 4));
-        assert_eq!(granted(a.settled[0].outcome.clone()).fencing_token, 5);
+        let a = step(&mut s, 5, 40, release("r5", "a", "w2", t(4)));
+        assert_eq!(granted(a.settled[0].outcome.clone()).fencing_token, t(5));
         assert_eq!(s.get("a").unwrap().lease.worker_id, "w3");
         assert_eq!(s.waiting(), 0);
-        step(&mut s, 6, 50, release("r6", "a", "w3", 5));
+        step(&mut s, 6, 50, release("r6", "a", "w3", t(5)));
         assert_eq!(s.held(), 0);
         assert_eq!(s.next_event_ms(), None);
     }
@@ -878,7 +967,7 @@ mod tests {
         // At 1_500 the lease is still live: a renewal works and nobody is handed the lock...
         let mut live = s.clone();
         assert!(matches!(
-            outcome(step(&mut live, 3, 1_500, renew("r3", "a", "w1", 1))),
+            outcome(step(&mut live, 3, 1_500, renew("r3", "a", "w1", t(1)))),
             Outcome::Renewed { .. }
         ));
         let a = step(&mut s, 3, 1_500, Command::Tick);
@@ -888,15 +977,18 @@ mod tests {
         let a = step(&mut s, 4, 1_501, Command::Tick);
         assert_eq!(a.outcome, None);
         let lease = granted(a.settled[0].outcome.clone());
-        assert_eq!((lease.worker_id.as_str(), lease.fencing_token), ("w2", 4));
+        assert_eq!(
+            (lease.worker_id.as_str(), lease.fencing_token),
+            ("w2", t(4))
+        );
         assert_eq!(lease.heartbeat_ms, 1_501);
         // The former holder can neither renew nor release it.
         assert!(matches!(
-            outcome(step(&mut s, 5, 1_502, renew("r5", "a", "w1", 1))),
+            outcome(step(&mut s, 5, 1_502, renew("r5", "a", "w1", t(1)))),
             Outcome::NotHolder { holder: Some(h) } if h.worker_id == "w2"
         ));
         assert!(matches!(
-            outcome(step(&mut s, 6, 1_502, release("r6", "a", "w1", 1))),
+            outcome(step(&mut s, 6, 1_502, release("r6", "a", "w1", t(1)))),
             Outcome::NotHolder { .. }
         ));
     }
@@ -916,7 +1008,7 @@ mod tests {
         assert!(matches!(a.settled[0].outcome, Outcome::TimedOut { .. }));
         assert_eq!(a.settled[1].request_id, "r3");
         let lease = granted(a.settled[1].outcome.clone());
-        assert_eq!((lease.heartbeat_ms, lease.fencing_token), (3_000, 4));
+        assert_eq!((lease.heartbeat_ms, lease.fencing_token), (3_000, t(4)));
     }
 
     #[test]
@@ -954,7 +1046,8 @@ mod tests {
             first
         );
         let mut expected = before;
-        expected.apply(
+        one(
+            &mut expected,
             2,
             1,
             &Proposal {
@@ -970,7 +1063,7 @@ mod tests {
             Outcome::Queued { position: 1 }
         );
         assert_eq!(s.waiting(), 1);
-        let grant = step(&mut s, 5, 40, release("r3", "a", "w1", 1)).settled[0]
+        let grant = step(&mut s, 5, 40, release("r3", "a", "w1", t(1))).settled[0]
             .outcome
             .clone();
         assert_eq!(
@@ -979,7 +1072,7 @@ mod tests {
         );
         // A release retried after the lock changed hands still says released.
         assert!(matches!(
-            outcome(step(&mut s, 7, 60, release("r3", "a", "w1", 1))),
+            outcome(step(&mut s, 7, 60, release("r3", "a", "w1", t(1)))),
             Outcome::Released { .. }
         ));
         // The same id for another request is refused and not remembered for it.
@@ -1022,7 +1115,7 @@ mod tests {
     fn release_and_renew_need_the_holder_and_its_token() {
         let mut s = LockState::default();
         step(&mut s, 3, 0, acquire("r1", "a", "w1", TTL, 0));
-        for (id, holder, token) in [("r2", "w2", 3), ("r3", "w1", 2), ("r4", "w1", 4)] {
+        for (id, holder, token) in [("r2", "w2", t(3)), ("r3", "w1", t(2)), ("r4", "w1", t(4))] {
             assert!(matches!(
                 outcome(step(&mut s, 4, 10, release(id, "a", holder, token))),
                 Outcome::NotHolder { holder: Some(_) }
@@ -1038,15 +1131,15 @@ mod tests {
             ));
         }
         assert_eq!(
-            outcome(step(&mut s, 5, 10, release("r5", "b", "w1", 3))),
+            outcome(step(&mut s, 5, 10, release("r5", "b", "w1", t(3)))),
             Outcome::NotHolder { holder: None }
         );
-        let renewed = outcome(step(&mut s, 6, 600, renew("r6", "a", "w1", 3)));
+        let renewed = outcome(step(&mut s, 6, 600, renew("r6", "a", "w1", t(3))));
         assert!(
             matches!(renewed, Outcome::Renewed { lease } if lease.heartbeat_ms == 600 && lease.expires_at_ms() == 1_600)
         );
         assert!(matches!(
-            outcome(step(&mut s, 7, 1_600, release("r7", "a", "w1", 3))),
+            outcome(step(&mut s, 7, 1_600, release("r7", "a", "w1", t(3)))),
             Outcome::Released { .. }
         ));
         assert_eq!(s.held(), 0);
@@ -1055,15 +1148,15 @@ mod tests {
     #[test]
     fn a_grant_cannot_be_released_by_the_entry_that_made_it() {
         // The waiter w2 is granted by entry 9 (the lease of w1 ended). A release in that same
-        // entry naming token 9 was proposed before the grant existed: refused, so the next
-        // waiter can never be granted token 9 as well.
+        // entry naming that grant's token was proposed before the grant existed: refused, so the
+        // next waiter can never be granted the same token as well.
         let mut s = LockState::default();
         step(&mut s, 1, 0, acquire("r1", "a", "w1", 10, 0));
         step(&mut s, 2, 0, acquire("r2", "a", "w2", TTL, 5_000));
         step(&mut s, 3, 0, acquire("r3", "a", "w3", TTL, 5_000));
-        let a = step(&mut s, 9, 100, release("r4", "a", "w2", 9));
+        let a = step(&mut s, 9, 100, release("r4", "a", "w2", t(9)));
         assert!(matches!(a.outcome, Some(Outcome::NotHolder { .. })));
-        assert_eq!(granted(a.settled[0].outcome.clone()).fencing_token, 9);
+        assert_eq!(granted(a.settled[0].outcome.clone()).fencing_token, t(9));
         assert_eq!(s.get("a").unwrap().lease.worker_id, "w2");
     }
 
@@ -1087,7 +1180,7 @@ mod tests {
         match outcome(step(&mut s, 2, 500, Command::Acquire(again.clone()))) {
             Outcome::Granted { lease, adopted } => {
                 assert!(adopted);
-                assert_eq!(lease.fencing_token, 1);
+                assert_eq!(lease.fencing_token, t(1));
                 assert_eq!(
                     (lease.claimed_at_ms, lease.heartbeat_ms, lease.ttl_ms),
                     (0, 500, 5_000)
@@ -1109,7 +1202,8 @@ mod tests {
     #[test]
     fn a_new_leader_extends_leases_by_the_election_within_the_grace() {
         let mut s = LockState::default();
-        s.apply(
+        one(
+            &mut s,
             1,
             1,
             &Proposal {
@@ -1117,7 +1211,8 @@ mod tests {
                 command: acquire("r1", "a", "w1", 500, 0),
             },
         );
-        s.apply(
+        one(
+            &mut s,
             2,
             1,
             &Proposal {
@@ -1127,7 +1222,8 @@ mod tests {
         );
         // The leader dies; a new one's first command comes 800 ms after the last: without the
         // grace, lock "a" (live up to 1_500) would end at once.
-        let a = s.apply(
+        let a = one(
+            &mut s,
             3,
             2,
             &Proposal {
@@ -1140,7 +1236,8 @@ mod tests {
         assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_800);
         assert_eq!(s.check(), Ok(()));
         // The same term again extends nothing; a long quiet time extends by the grace only.
-        s.apply(
+        one(
+            &mut s,
             4,
             2,
             &Proposal {
@@ -1149,7 +1246,8 @@ mod tests {
             },
         );
         assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_800);
-        s.apply(
+        one(
+            &mut s,
             5,
             3,
             &Proposal {
@@ -1163,7 +1261,8 @@ mod tests {
             61_800 + LEADER_CHANGE_GRACE_MS
         );
         // A new leader whose clock is behind extends nothing.
-        s.apply(
+        one(
+            &mut s,
             6,
             4,
             &Proposal {
@@ -1183,7 +1282,7 @@ mod tests {
         let mut s = LockState::default();
         step(&mut s, 1, 5_000, acquire("r1", "a", "w1", TTL, 0));
         // A new leader whose clock is behind: its stamps count as the state's time.
-        let lease = match outcome(step(&mut s, 2, 10, renew("r2", "a", "w1", 1))) {
+        let lease = match outcome(step(&mut s, 2, 10, renew("r2", "a", "w1", t(1)))) {
             Outcome::Renewed { lease } => lease,
             other => panic!("{other:?}"),
         };
@@ -1195,7 +1294,8 @@ mod tests {
     fn limits_refuse_without_changing_anything() {
         let mut s = LockState::default();
         for i in 0..MAX_HELD_LOCKS {
-            s.apply(
+            one(
+                &mut s,
                 1 + i as u64,
                 1,
                 &Proposal {
@@ -1206,7 +1306,8 @@ mod tests {
         }
         assert_eq!(s.held(), MAX_HELD_LOCKS);
         let before = s.clone();
-        let refused = s.apply(
+        let refused = one(
+            &mut s,
             u64::MAX,
             1,
             &Proposal {
@@ -1224,7 +1325,8 @@ mod tests {
         assert!(s.get("one-more").is_none());
         // Held locks can still be waited for.
         assert!(matches!(
-            s.apply(
+            one(
+                &mut s,
                 u64::MAX,
                 1,
                 &Proposal {
@@ -1273,6 +1375,9 @@ mod tests {
             r#"{"at_ms":1761859800000,"command":{"op":"acquire","request_id":"r1","name":"build-42","holder":"w1","node":"node-of-w1","ttl_ms":30000,"wait_ms":5000,"readopt":false}}"#
         );
         assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
+        // An entry is the list of its proposals.
+        let batch = serde_json::to_string(&Batch(vec![p.clone(), p.clone()])).unwrap();
+        assert_eq!(batch, format!("[{json},{json}]"));
         let tick = r#"{"at_ms":5,"command":{"op":"tick"}}"#;
         assert_eq!(
             serde_json::from_str::<Proposal>(tick).unwrap().command,
@@ -1280,8 +1385,9 @@ mod tests {
         );
     }
 
-    /// One generated step: (kind, name, holder, time step, raw number, wait, readopt, token choice).
-    type Step = (u8, usize, usize, u8, u64, u8, bool, u8);
+    /// One generated step: (kind, name, holder, time step, raw number, wait, readopt, token
+    /// choice, whether it joins the previous step's entry).
+    type Step = (u8, usize, usize, u8, u64, u8, bool, u8, bool);
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(
@@ -1294,6 +1400,7 @@ mod tests {
                 0u8..4,
                 any::<bool>(),
                 0u8..8,
+                any::<bool>(),
             ),
             1..200,
         )
@@ -1311,14 +1418,14 @@ mod tests {
     }
 
     impl Model {
-        fn grant(&mut self, index: u64, name: &str, lease: &LockRecord, adopted: bool, ctx: &str) {
+        fn grant(&mut self, at: u64, name: &str, lease: &LockRecord, adopted: bool, ctx: &str) {
             if !adopted {
                 assert_eq!(
-                    lease.fencing_token, index,
-                    "token is the entry index: {ctx}"
+                    lease.fencing_token, at,
+                    "token is the command's position: {ctx}"
                 );
-                let last = self.tokens.insert(name.to_string(), index).unwrap_or(0);
-                assert!(index > last, "tokens strictly increase per lock: {ctx}");
+                let last = self.tokens.insert(name.to_string(), at).unwrap_or(0);
+                assert!(at > last, "tokens strictly increase per lock: {ctx}");
             }
             self.believe(name, lease);
         }
@@ -1435,11 +1542,16 @@ mod tests {
         }
     }
 
-    /// Runs generated steps as clients would: tokens come from the answers they got. Returns the
-    /// log that was applied and every entry's result, checking the model after each entry.
-    fn run(steps: &[Step]) -> (LockState, Vec<(u64, u64, Proposal)>, Vec<Applied>) {
+    /// Entries as applied: (index, term, batch).
+    type Log = Vec<(u64, u64, Batch)>;
+
+    /// Runs generated steps as clients would, packing runs of steps into entries as a leader
+    /// does: the tokens a client names come from the answers it got before the entry. Returns the
+    /// log that was applied and every entry's results, checking the model after each entry.
+    fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
         const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
         const HOLDERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
+        const MOST_PER_ENTRY: usize = 6;
         let mut s = LockState::default();
         let mut model = Model::default();
         let mut at: u64 = 1_000_000;
@@ -1447,94 +1559,135 @@ mod tests {
         let mut log = Vec::new();
         let mut results = Vec::new();
         let mut sent: Vec<Command> = Vec::new();
-        for (i, &(kind, name, holder, jump, n, wait, readopt, token)) in steps.iter().enumerate() {
-            let index = 1 + i as u64;
-            at = match jump {
-                // A new leader whose clock is behind.
-                0 => at.saturating_sub(n % (2 * TTL)),
-                // A new leader after an election, short or long.
-                3 => at + n % (3 * LEADER_CHANGE_GRACE_MS),
-                1 => at + TTL + n % (2 * TTL),
-                // Long enough for answers to be forgotten: a late retry runs again.
-                2 => at + REQUEST_WINDOW_MS / 3 + n % TTL,
-                _ => at + n % (TTL / 4),
-            };
-            if jump == 0 || jump == 3 {
-                term += 1;
+        let mut rest = steps;
+        let mut index = 0;
+        while !rest.is_empty() {
+            index += 1;
+            // A step that changes the term starts an entry: one entry, one leader.
+            let len = 1 + rest[1..]
+                .iter()
+                .take(MOST_PER_ENTRY - 1)
+                .take_while(|step| step.8 && step.3 != 0 && step.3 != 3)
+                .count();
+            let (entry, after) = rest.split_at(len);
+            rest = after;
+            let mut batch = Vec::new();
+            let mut retries = Vec::new();
+            for (place, &(kind, name, holder, jump, n, wait, readopt, token, _)) in
+                entry.iter().enumerate()
+            {
+                let first = position(index, 0);
+                at = match jump {
+                    // A new leader whose clock is behind.
+                    0 => at.saturating_sub(n % (2 * TTL)),
+                    // A new leader after an election, short or long.
+                    3 => at + n % (3 * LEADER_CHANGE_GRACE_MS),
+                    1 => at + TTL + n % (2 * TTL),
+                    // Long enough for answers to be forgotten: a late retry runs again.
+                    2 => at + REQUEST_WINDOW_MS / 3 + n % TTL,
+                    _ => at + n % (TTL / 4),
+                };
+                if jump == 0 || jump == 3 {
+                    term += 1;
+                }
+                let (name, holder) = (NAMES[name], HOLDERS[holder]);
+                let id = format!("r{index}-{place}");
+                let token = match token {
+                    0..=4 => model
+                        .beliefs
+                        .get(&(holder.to_string(), name.to_string()))
+                        .map_or(n % first, |b| b.0),
+                    // A token of this very entry, which no client can know yet.
+                    5 => first + n % (place as u64 + 1),
+                    _ => n % (first + 1),
+                };
+                let command = match kind {
+                    0..=3 => Command::Acquire(Acquire {
+                        request_id: id,
+                        name: name.into(),
+                        holder: holder.into(),
+                        node: format!("n-{holder}"),
+                        ttl_ms: TTL / 2 + n % TTL,
+                        wait_ms: [0, 0, TTL / 2, 3 * TTL][wait as usize],
+                        readopt,
+                        task_info: TaskInfo::default(),
+                    }),
+                    4 | 5 => renew(&id, name, holder, token),
+                    6 | 7 => release(&id, name, holder, token),
+                    8 => Command::Tick,
+                    _ if sent.is_empty() => Command::Tick,
+                    _ => sent[(n % sent.len() as u64) as usize].clone(),
+                };
+                retries.push(kind >= 9 && !sent.is_empty());
+                batch.push(Proposal { at_ms: at, command });
             }
-            let (name, holder) = (NAMES[name], HOLDERS[holder]);
-            let id = format!("r{index}");
-            let token = match token {
-                0..=4 => model
-                    .beliefs
-                    .get(&(holder.to_string(), name.to_string()))
-                    .map_or(n % index, |b| b.0),
-                5 => index,
-                _ => n % (index + 1),
-            };
-            let command = match kind {
-                0..=3 => Command::Acquire(Acquire {
-                    request_id: id,
-                    name: name.into(),
-                    holder: holder.into(),
-                    node: format!("n-{holder}"),
-                    ttl_ms: TTL / 2 + n % TTL,
-                    wait_ms: [0, 0, TTL / 2, 3 * TTL][wait as usize],
-                    readopt,
-                    task_info: TaskInfo::default(),
-                }),
-                4 | 5 => renew(&id, name, holder, token),
-                6 | 7 => release(&id, name, holder, token),
-                8 => Command::Tick,
-                _ if sent.is_empty() => Command::Tick,
-                _ => sent[(n % sent.len() as u64) as usize].clone(),
-            };
-            let retry = kind >= 9 && !sent.is_empty();
-            let remembered = match &command {
-                Command::Acquire(Acquire { request_id, .. })
-                | Command::Release(Release { request_id, .. })
-                | Command::Renew(Renew { request_id, .. }) => s.answer(request_id).is_some(),
-                Command::Tick => false,
-            };
-            let proposal = Proposal { at_ms: at, command };
-            let twin = (retry && remembered).then(|| {
-                let mut t = s.clone();
-                t.apply(
-                    index,
-                    term,
-                    &Proposal {
-                        at_ms: at,
+            // Whether each command is a retry the state remembers when it comes to it: what the
+            // commands before it in the entry left.
+            let remembered: Vec<bool> = (0..batch.len())
+                .map(|place| {
+                    let id = match &batch[place].command {
+                        Command::Acquire(Acquire { request_id, .. })
+                        | Command::Release(Release { request_id, .. })
+                        | Command::Renew(Renew { request_id, .. }) => request_id,
+                        Command::Tick => return false,
+                    };
+                    let mut before = s.clone();
+                    before.apply(index, term, &Batch(batch[..place].to_vec()));
+                    retries[place] && before.answer(id).is_some()
+                })
+                .collect();
+            // A lone retry of a remembered request is not executed again: nothing but time
+            // moves.
+            let twin = match &batch[..] {
+                [p] if remembered[0] => {
+                    let mut t = s.clone();
+                    let tick = Proposal {
+                        at_ms: p.at_ms,
                         command: Command::Tick,
-                    },
-                );
-                t
-            });
+                    };
+                    one(&mut t, index, term, &tick);
+                    Some(t)
+                }
+                _ => None,
+            };
             // A new leader extends every lease by the time since the old leader's last command,
             // within the grace: so do the leases the clients hold.
             if term > applied_term && applied_term != 0 {
-                let by = at.saturating_sub(s.clock_ms()).min(LEADER_CHANGE_GRACE_MS);
+                let by = batch[0]
+                    .at_ms
+                    .saturating_sub(s.clock_ms())
+                    .min(LEADER_CHANGE_GRACE_MS);
                 for belief in model.beliefs.values_mut() {
                     belief.1 += by;
                 }
             }
             applied_term = term;
-            let applied = s.apply(index, term, &proposal);
-            let ctx = format!("entry {index}: {proposal:?} -> {applied:?}");
+            let batch = Batch(batch);
+            let applied = s.apply(index, term, &batch);
+            let ctx = format!("entry {index}: {batch:?} -> {applied:?}");
             assert_eq!(s.check(), Ok(()), "{ctx}");
-            for settled in &applied.settled {
-                model.settle(index, settled, &ctx);
+            assert_eq!(applied.len(), batch.0.len(), "{ctx}");
+            for (place, (proposal, a)) in batch.0.iter().zip(&applied).enumerate() {
+                let at = position(index, place);
+                for settled in &a.settled {
+                    model.settle(at, settled, &ctx);
+                }
+                if !remembered[place]
+                    && let Some(o) = &a.outcome
+                {
+                    model.answer(at, &proposal.command, o, &ctx);
+                }
             }
             if let Some(twin) = twin {
-                // A remembered request is not executed again: nothing but time moves.
                 assert_eq!(s, twin, "{ctx}");
-            } else if let Some(o) = &applied.outcome {
-                model.answer(index, &proposal.command, o, &ctx);
             }
             model.check(&s, &ctx);
-            if !retry && !matches!(proposal.command, Command::Tick) {
-                sent.push(proposal.command.clone());
+            for (proposal, retry) in batch.0.iter().zip(&retries) {
+                if !retry && !matches!(proposal.command, Command::Tick) {
+                    sent.push(proposal.command.clone());
+                }
             }
-            log.push((index, term, proposal));
+            log.push((index, term, batch));
             results.push(applied);
         }
         (s, log, results)
@@ -1553,22 +1706,22 @@ mod tests {
         ) {
             let (state, log, results) = run(&steps);
             let json = serde_json::to_vec(&log).unwrap();
-            let log: Vec<(u64, u64, Proposal)> = serde_json::from_slice(&json).unwrap();
+            let log: Log = serde_json::from_slice(&json).unwrap();
             let mut replay = LockState::default();
-            let replayed: Vec<Applied> =
-                log.iter().map(|(i, t, p)| replay.apply(*i, *t, p)).collect();
+            let replayed: Vec<Vec<Applied>> =
+                log.iter().map(|(i, t, b)| replay.apply(*i, *t, b)).collect();
             prop_assert_eq!(&replay, &state);
             prop_assert_eq!(&replayed, &results);
 
             let cut = cut.index(log.len() + 1);
             let mut head = LockState::default();
-            for (i, t, p) in &log[..cut] {
-                head.apply(*i, *t, p);
+            for (i, t, b) in &log[..cut] {
+                head.apply(*i, *t, b);
             }
             let mut resumed = LockState::from_json(&head.to_json().unwrap()).unwrap();
             prop_assert_eq!(&resumed, &head);
-            let tail: Vec<Applied> =
-                log[cut..].iter().map(|(i, t, p)| resumed.apply(*i, *t, p)).collect();
+            let tail: Vec<Vec<Applied>> =
+                log[cut..].iter().map(|(i, t, b)| resumed.apply(*i, *t, b)).collect();
             prop_assert_eq!(&resumed, &state);
             prop_assert_eq!(&tail[..], &results[cut..]);
         }

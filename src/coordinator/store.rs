@@ -7,8 +7,10 @@
 //!   bounds how many there are. Writes go to one writer thread in the order they were made. It
 //!   commits everything queued since its last commit in one write transaction, with one fsync, and
 //!   then reports every batch in it as flushed, while `append` itself returns at once as the trait
-//!   asks. (openraft 0.9 awaits each append's flush before the next, so today a batch is one
-//!   append: a follower's AppendEntries, one client write on the leader.)
+//!   asks. (openraft 0.9 awaits each append's flush before the next, so a transaction holds one
+//!   append: a follower's AppendEntries, or one entry on the leader. Group commit on the leader
+//!   therefore packs many commands into one entry before openraft sees them; see
+//!   [`super::server`].)
 //! - [`StateMachineStore`] ([`RaftStateMachine`]): the [`LockState`] in memory, applied from
 //!   committed entries, and its snapshots in `DIR/snapshot` (replaced atomically, fsynced). After
 //!   a restart the state is the last snapshot, and openraft applies the committed entries after
@@ -576,7 +578,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(self.read(|m| (m.last_applied, m.membership.clone())))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Option<Outcome>>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<Option<Outcome>>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -587,15 +589,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map(|entry| {
                     m.last_applied = Some(entry.log_id);
                     match entry.payload {
-                        EntryPayload::Blank => None,
-                        EntryPayload::Normal(proposal) => {
-                            m.state
-                                .apply(entry.log_id.index, entry.log_id.leader_id.term, &proposal)
-                                .outcome
-                        }
+                        EntryPayload::Blank => Vec::new(),
+                        EntryPayload::Normal(batch) => m
+                            .state
+                            .apply(entry.log_id.index, entry.log_id.leader_id.term, &batch)
+                            .into_iter()
+                            .map(|applied| applied.outcome)
+                            .collect(),
                         EntryPayload::Membership(members) => {
                             m.membership = StoredMembership::new(Some(entry.log_id), members);
-                            None
+                            Vec::new()
                         }
                     }
                 })
@@ -662,7 +665,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::state::{Acquire, Command, Proposal};
+    use crate::coordinator::state::{Acquire, Batch, Command, Proposal, position};
     use crate::lock::TaskInfo;
     use openraft::storage::RaftLogStorageExt;
     use openraft::testing::{StoreBuilder, Suite};
@@ -709,7 +712,7 @@ mod tests {
     fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(acquire(index, &format!("lock-{index}"))),
+            payload: EntryPayload::Normal(Batch(vec![acquire(index, &format!("lock-{index}"))])),
         }
     }
 
@@ -783,9 +786,9 @@ mod tests {
             });
             let answers = sm.apply(entries).await.unwrap();
             assert_eq!(answers.len(), 21);
-            assert!(answers[0].is_none() && answers[20].is_none());
+            assert!(answers[0].is_empty() && answers[20].is_empty());
             assert!(
-                matches!(&answers[1], Some(Outcome::Granted { lease, .. }) if lease.fencing_token == 2)
+                matches!(&answers[1][..], [Some(Outcome::Granted { lease, .. })] if lease.fencing_token == position(2, 0))
             );
             let snap = sm
                 .get_snapshot_builder()

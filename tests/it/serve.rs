@@ -589,3 +589,64 @@ fn three_nodes_elect_a_new_leader_after_kill_9_and_the_old_one_catches_up() {
         );
     }
 }
+
+/// A metric's value in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[test]
+fn concurrent_requests_share_log_entries() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+    let (_, text) = raw(&addr, "GET", "/metrics", None, None).unwrap();
+    let (entries_before, commands_before) = (
+        metric(&text, "consensus_commands_per_entry_count"),
+        metric(&text, "consensus_commands_per_entry_sum"),
+    );
+
+    const CLIENTS: usize = 64;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (addr, barrier) = (addr.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let (s, v) = post(
+                    &addr,
+                    &format!("/locks/lock-{}/acquire", i % 8),
+                    json!({"holder": format!("w{i}"), "ttl_ms": 60_000, "wait_ms": 30_000}),
+                );
+                assert_eq!(s, 200, "{v}");
+                let t = token(&v);
+                let (s, v) = post(
+                    &addr,
+                    &format!("/locks/lock-{}/release", i % 8),
+                    json!({"holder": format!("w{i}"), "token": t}),
+                );
+                assert_eq!(s, 200, "{v}");
+                (i % 8, t)
+            })
+        })
+        .collect();
+    let mut tokens: Vec<(usize, u64)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    // Eight clients took turns on each lock: eight distinct tokens per lock.
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), CLIENTS, "{tokens:?}");
+
+    let (_, text) = raw(&addr, "GET", "/metrics", None, None).unwrap();
+    let entries = metric(&text, "consensus_commands_per_entry_count") - entries_before;
+    let commands = metric(&text, "consensus_commands_per_entry_sum") - commands_before;
+    // 64 acquires and 64 releases, plus ticks; one entry each would be at least 128 entries.
+    assert!(commands >= 2.0 * CLIENTS as f64, "{commands} commands");
+    println!("{commands} commands in {entries} entries");
+    assert!(
+        entries <= commands / 2.0,
+        "{commands} commands took {entries} entries: no group commit"
+    );
+}
