@@ -16,7 +16,8 @@
 //! Every error is a JSON object `{"code": ..., "message": ...}` whose `code` is stable: 400
 //! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
 //! `--auth-token` requires `Authorization: Bearer TOKEN` on every request); 404 `unknown_route`; 405
-//! `method_not_allowed`; 409 `lock_held`, `wait_timed_out`, `not_holder`, `request_id_reused`;
+//! `method_not_allowed`; 408 `body_timeout` (the body took more than 10 s); 409 `lock_held`,
+//! `wait_timed_out`, `not_holder`, `request_id_reused`;
 //! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
 //! `unavailable`.
 //!
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -52,6 +53,8 @@ use crate::table::{LockRecord, LockTable};
 const MAX_BODY: usize = 64 << 10;
 /// Largest body of a Raft RPC (a batch of entries, a snapshot chunk).
 const MAX_RAFT_BODY: usize = 64 << 20;
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest server-side wait for a lock.
 pub const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
 /// Longest request id.
@@ -70,8 +73,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let raft = Router::new()
         .route(APPEND_PATH, post(raft_append))
         .route(VOTE_PATH, post(raft_vote))
-        .route(SNAPSHOT_PATH, post(raft_snapshot))
-        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY));
+        .route(SNAPSHOT_PATH, post(raft_snapshot));
     Router::new()
         .route("/locks", any(list))
         .route("/locks/{*rest}", any(locks))
@@ -171,15 +173,21 @@ fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ApiError {
     )
 }
 
-/// Reads a client request's body, at most [`MAX_BODY`] bytes.
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        error(
+/// Reads a request's body: at most `limit` bytes, within [`BODY_TIMEOUT`].
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the request body is larger than {MAX_BODY} bytes"),
-        )
-    })
+            format!("the request body is larger than {limit} bytes"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -242,7 +250,7 @@ where
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body).await {
+    let body = match read_body(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -768,7 +776,7 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
         && !req.headers().contains_key(FORWARDED);
     if forwardable {
         let (parts, body) = req.into_parts();
-        let body = match read_body(body).await {
+        let body = match read_body(body, MAX_BODY).await {
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };
@@ -809,14 +817,17 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
 }
 
 /// Runs a Raft RPC from a peer: the body is openraft's request, the answer openraft's result.
-async fn raft_rpc<Req, Resp, E, Fut>(body: Bytes, run: impl FnOnce(Req) -> Fut) -> Response
+async fn raft_rpc<Req, Resp, E, Fut>(body: Body, run: impl FnOnce(Req) -> Fut) -> Response
 where
     Req: DeserializeOwned,
     Resp: serde::Serialize,
     E: serde::Serialize,
     Fut: std::future::Future<Output = Result<Resp, E>>,
 {
-    let req: Req = match parse(&body) {
+    let req: Req = match read_body(body, MAX_RAFT_BODY)
+        .await
+        .and_then(|body| parse(&body))
+    {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -836,7 +847,7 @@ where
     }
 }
 
-async fn raft_append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn raft_append(State(node): State<Arc<Node>>, body: Body) -> Response {
     raft_rpc(
         body,
         |req| async move { node.raft.append_entries(req).await },
@@ -844,11 +855,11 @@ async fn raft_append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     .await
 }
 
-async fn raft_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn raft_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
     raft_rpc(body, |req| async move { node.raft.vote(req).await }).await
 }
 
-async fn raft_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn raft_snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
     raft_rpc(
         body,
         |req| async move { node.raft.install_snapshot(req).await },

@@ -13,6 +13,8 @@
 //!   leader.
 //! - [`server`]: a running node (`sentinel serve`): Raft, cluster formation, the leader's ticks.
 //! - [`api`]: the HTTP JSON API clients use, and the endpoints peers call.
+//! - [`listener`]: accepting connections, with the deadlines and the cap that keep a hostile
+//!   client from tying up a node.
 //! - [`stats`]: the node's Prometheus metrics.
 //!
 //! Consensus itself is not home-made: the log, votes and elections belong to openraft, and this
@@ -22,6 +24,7 @@
 //! it over arbitrary logs.
 
 pub mod api;
+pub mod listener;
 pub mod network;
 pub mod server;
 pub mod state;

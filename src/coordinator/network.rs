@@ -46,12 +46,16 @@ const MAX_ANSWER_BYTES: usize = 16 << 20;
 /// The HTTP client of a node: pooled keep-alive connections to its peers.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// How long an idle connection is kept for reuse: less than a node keeps it open
+/// ([`super::listener::HEADER_TIMEOUT`]), so a reused connection is not one the node is closing.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 pub fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(POOL_IDLE)
         .build(connector)
 }
 

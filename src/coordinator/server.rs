@@ -23,7 +23,7 @@ use super::network::{HttpClient, Peers, http_client};
 use super::state::{Batch, Command, MAX_BATCH, Outcome, Proposal, position};
 use super::stats::Stats;
 use super::store::{self, LogStore, StateMachineStore};
-use super::{NodeId, TypeConfig, api};
+use super::{NodeId, TypeConfig, api, listener};
 use crate::error::{Error, Result};
 use crate::lease::{Clock, SystemClock};
 use crate::secret::Secret;
@@ -230,8 +230,8 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         }
     };
     let result = tokio::select! {
-        served = axum::serve(listener, api::router(node.clone())) => {
-            served.map_err(|e| Error::Unavailable(format!("the listener on {addr} failed: {e}")))
+        e = listener::serve(listener, api::router(node.clone())) => {
+            Err(Error::Unavailable(format!("the listener on {addr} failed: {e}")))
         }
         why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),
     };

@@ -650,3 +650,54 @@ fn concurrent_requests_share_log_entries() {
         "{commands} commands took {entries} entries: no group commit"
     );
 }
+
+#[test]
+fn stalled_clients_are_cut_off_and_others_are_served() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+    let connect = || {
+        let s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    let started = Instant::now();
+    // Half a request head, then nothing.
+    let mut head = connect();
+    write!(head, "POST /locks/a/acquire HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A whole head, then 10 of the 200 bytes of body it announced.
+    let mut body = connect();
+    write!(
+        body,
+        "POST /locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{{\"holder\":"
+    )
+    .unwrap();
+    // An idle connection, a hundred of them: none keeps others from being served.
+    let idle: Vec<TcpStream> = (0..100).map(|_| connect()).collect();
+    let (s, v) = post(
+        &addr,
+        "/locks/b/acquire",
+        json!({"holder": "w1", "ttl_ms": 60_000}),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    let mut answer = String::new();
+    let _ = body.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("\"code\":\"body_timeout\""), "{answer:?}");
+    let mut rest = Vec::new();
+    // Closed by the node (end of stream or reset), not timed out on our side.
+    let closed = head.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok()
+            || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{closed:?} {rest:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(25),
+        "{took:?}"
+    );
+    drop(idle);
+}
