@@ -406,26 +406,31 @@ impl Cluster {
         leader
     }
 
-    /// Acquires a lock of its own through the nodes of `among` in turn until one serves the write;
-    /// how long after `since` that was, and which node answered.
+    /// Waits until a node of `among` says it leads, and has it serve a write (an acquire of a
+    /// lock of its own) without forwarding; the time from `since` to that write's answer, and
+    /// the node's index.
     fn probe_write(&self, among: &[usize], name: &str, since: Instant) -> (Duration, usize) {
         let body = json!({"holder": "probe", "ttl_ms": TTL_MS, "request_id": name});
         let path = format!("/locks/{name}/acquire");
-        let mut turn = 0;
-        eventually(30, &format!("a write ({name}) served"), || {
-            let i = among[turn % among.len()];
-            turn += 1;
-            match call(
-                &self.addrs[i],
-                "POST",
-                &path,
-                Some(&body),
-                Duration::from_millis(500),
-            ) {
-                Ok((200, _)) => Some((since.elapsed(), i)),
-                _ => None,
+        let deadline = since + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let leader = among
+                .iter()
+                .copied()
+                .find(|&i| self.own_view(i).is_some_and(|v| v["state"] == "leader"));
+            if let Some(i) = leader {
+                // A retry (after a 503) carries the same request id: one grant at most.
+                let timeout = Duration::from_secs(5);
+                if let Ok((200, _)) = call(&self.addrs[i], "POST", &path, Some(&body), timeout) {
+                    return (since.elapsed(), i);
+                }
             }
-        })
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "no write ({name}) was served within 30 s by a leader among nodes {among:?}\n{}",
+            self.logs()
+        );
     }
 
     /// The last lines of every node's log (openraft's elections and votes included), to explain
@@ -471,7 +476,12 @@ struct Phases {
 impl Phases {
     fn begin(&mut self, label: impl Into<String>) {
         let label = label.into();
-        eprintln!("[{:>6.2?}] phase: {label}", self.start.elapsed());
+        // The wall clock too, to find the moment in the nodes' logs.
+        eprintln!(
+            "[{:>6.2?}] {} phase: {label}",
+            self.start.elapsed(),
+            chrono::Utc::now().format("%H:%M:%S%.3fZ")
+        );
         self.list.push((label, self.start.elapsed()));
     }
 
