@@ -361,7 +361,8 @@ impl Cluster {
         }
     }
 
-    /// A node's own view (`GET /cluster/status` without forwarding to the leader).
+    /// A node's own view (`GET /cluster/status` without forwarding to the leader), if it answers
+    /// within 2 s.
     fn own_view(&self, i: usize) -> Option<Value> {
         let auth = bearer();
         let (status, text) = exchange_within(
@@ -373,9 +374,11 @@ impl Cluster {
             Duration::from_secs(2),
         )
         .ok()?;
-        (status == 200)
-            .then(|| serde_json::from_str(&text).ok())
-            .flatten()
+        let v: Value = serde_json::from_str(&text).ok()?;
+        // The node's own view, not the leader's relayed: else a catch-up check would pass as
+        // soon as the leader had applied.
+        assert_eq!(v["id"], i + 1, "GET /cluster/status was forwarded: {v}");
+        (status == 200).then_some(v)
     }
 
     /// The index of the leader every node of `among` names, once they agree on one.
