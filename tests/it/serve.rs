@@ -1,14 +1,15 @@
 //! `sentinel serve` as real processes on loopback: one node (the API, its errors, a restart
 //! after `kill -9`), then a three-node cluster that loses its leader to `kill -9`.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal, kill_process};
 use serde_json::{Value, json};
 
 use crate::support::sentinel;
@@ -17,13 +18,15 @@ use crate::support::sentinel;
 /// a token ignores it).
 pub(crate) const TOKEN: &str = "t0p-s3cret-cluster-token";
 
-/// A `sentinel serve` process, killed when dropped (also used by `server_cli`).
+/// A `sentinel serve` process, killed when dropped (also used by `server_cli` and `cluster`).
 pub(crate) struct Node {
     pub(crate) id: u64,
     pub(crate) addr: String,
     peers: Vec<String>,
     data: PathBuf,
     token: Option<&'static str>,
+    /// `RUST_LOG` of the process.
+    log_filter: &'static str,
     child: Option<Child>,
 }
 
@@ -35,21 +38,39 @@ impl Node {
         data: &Path,
         token: Option<&'static str>,
     ) -> Node {
+        Node::start_logging(id, addr, peers, data, token, "sentinel=info")
+    }
+
+    /// [`Node::start`] with the process's `RUST_LOG`.
+    pub(crate) fn start_logging(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        token: Option<&'static str>,
+        log_filter: &'static str,
+    ) -> Node {
         let mut node = Node {
             id,
             addr: addr.to_string(),
             peers: peers.to_vec(),
             data: data.to_path_buf(),
             token,
+            log_filter,
             child: None,
         };
         node.restart();
         node
     }
 
-    /// Starts the process and waits for the line that says it listens.
-    fn restart(&mut self) {
-        let log = File::create(self.data.join(format!("node-{}.log", self.id))).unwrap();
+    /// Starts the process and waits for the line that says it listens. The log of an earlier run
+    /// of the node is kept: a restart appends to it.
+    pub(crate) fn restart(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join(format!("node-{}.log", self.id)))
+            .unwrap();
         let mut cmd = sentinel(&self.data);
         cmd.args([
             "serve",
@@ -65,7 +86,7 @@ impl Node {
             cmd.env("SENTINEL_AUTH_TOKEN", token);
         }
         let mut child = cmd
-            .env("RUST_LOG", "sentinel=info")
+            .env("RUST_LOG", self.log_filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -98,7 +119,14 @@ impl Node {
         }
     }
 
-    fn log(&self) -> String {
+    /// Sends `signal` to the running process: `Signal::STOP` freezes it (the kernel still accepts
+    /// TCP connections for it, nothing answers them), `Signal::CONT` lets it go on.
+    pub(crate) fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("the node runs");
+        kill_process(Pid::from_child(child), signal).unwrap();
+    }
+
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.data.join(format!("node-{}.log", self.id))).unwrap_or_default()
     }
 }
@@ -140,23 +168,71 @@ fn raw(
     body: Option<Value>,
     token: Option<&str>,
 ) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    exchange_within(
+        addr,
+        method,
+        path,
+        body.as_ref(),
+        &headers,
+        Duration::from_secs(40),
+    )
+}
+
+/// The start of the error of an exchange that got no complete answer in time.
+pub(crate) const NO_ANSWER: &str = "no answer within";
+
+/// One HTTP/1.1 exchange that ends by `timeout` whatever the peer does (a stopped process
+/// accepts the connection and never answers): the status and the body as text.
+pub(crate) fn exchange_within(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let deadline = Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let no_answer = || format!("{NO_ANSWER} {timeout:?}");
+    let mut s =
+        TcpStream::connect_timeout(&addr.parse().unwrap(), timeout.min(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left().max(Duration::from_millis(1))))
+        .unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    .map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => no_answer(),
+        _ => e.to_string(),
+    })?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = left();
+        if left.is_zero() {
+            return Err(no_answer());
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let answer = String::from_utf8(answer).map_err(|e| e.to_string())?;
     let (head, body) = answer.split_once("\r\n\r\n").ok_or("no header end")?;
     let status = head
         .split_whitespace()

@@ -355,11 +355,15 @@ fn a_three_node_cluster_shows_its_status_and_survives_its_leader() {
     let leader = eventually(30, "a leader", || leader_of(&addrs[0]));
     let client = tmp.path().join("client");
 
+    // Right after the election the leader's first entry may not be committed yet: no commit
+    // index, no follower matched.
     let status = eventually(30, "every follower replicating", || {
         let out = run(&client, &servers, "x", &["--json", "cluster", "status"]);
         let v: Value = stdout_json(&out);
         let c = &v["cluster"];
-        (c["followers"].as_array().map(Vec::len) == Some(2)).then(|| c.clone())
+        let followers = c["followers"].as_array()?;
+        let matched = followers.iter().all(|f| f["matched_index"].is_u64());
+        (followers.len() == 2 && matched && c["commit_index"].is_u64()).then(|| c.clone())
     });
     assert_eq!(status["leader"].as_u64(), Some(leader), "{status}");
     assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
