@@ -319,7 +319,23 @@ async fn forward(
     let request = request
         .body(Full::new(body))
         .map_err(|e| unavailable(format!("cannot forward to the leader at {addr:?}: {e}")))?;
-    match network::exchange(&node.client, request, timeout).await {
+    // A leader that stopped answering (frozen, cut off) is replaced within a second; the client
+    // should not wait out the whole timeout for it, so the answer is 503 as soon as this node
+    // no longer follows that leader. The request may have taken effect: a retry with the same
+    // request id gets its answer.
+    let mut metrics = node.raft.metrics();
+    let deposed = async move {
+        while metrics.borrow_and_update().current_leader == Some(leader) {
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let answer = tokio::select! {
+        answer = network::exchange(&node.client, request, timeout) => answer,
+        () = deposed => return Err(not_leader(node.leader().map(|l| l.0))),
+    };
+    match answer {
         Ok((status, headers, body)) => {
             let mut response = (status, body).into_response();
             if let Some(ct) = headers.get(CONTENT_TYPE) {
