@@ -69,6 +69,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long after a waiter's deadline its answer may take to settle (a leader change).
 const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
+/// Every route of a node: the client API, the Raft RPCs, and the token check in front of both.
 pub fn router(node: Arc<Node>) -> Router {
     let raft = Router::new()
         .route(APPEND_PATH, post(raft_append))

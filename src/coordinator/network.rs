@@ -32,9 +32,11 @@ use serde::de::DeserializeOwned;
 
 use super::{NodeId, TypeConfig};
 
-/// The paths of openraft's RPCs.
+/// The path of openraft's AppendEntries RPC.
 pub const APPEND_PATH: &str = "/raft/append";
+/// The path of openraft's Vote RPC.
 pub const VOTE_PATH: &str = "/raft/vote";
+/// The path of openraft's InstallSnapshot RPC.
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
 /// How long to wait for a TCP connection to a peer.
@@ -50,6 +52,8 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// ([`super::listener::HEADER_TIMEOUT`]), so a reused connection is not one the node is closing.
 const POOL_IDLE: Duration = Duration::from_secs(5);
 
+/// A pooled HTTP/1 client with a connect deadline and `TCP_NODELAY`; each exchange sets its own
+/// deadline for the answer.
 pub fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -116,6 +120,7 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// Clients over `client`'s pool, sending `auth` on every RPC.
     pub fn new(client: HttpClient, auth: Option<HeaderValue>) -> Peers {
         Peers { client, auth }
     }

@@ -58,10 +58,13 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// What `sentinel serve` was asked to run.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// This node's id (`--id`).
     pub id: NodeId,
+    /// Where to listen for clients and peers (`--listen`).
     pub listen: SocketAddr,
     /// Every member of the cluster with the address peers reach it at; includes this node.
     pub members: BTreeMap<NodeId, String>,
+    /// Where the log, vote and snapshots live (`--data-dir`).
     pub data_dir: PathBuf,
     /// The bearer token every client and peer request must carry, if any.
     pub auth_token: Option<Secret>,
@@ -69,12 +72,19 @@ pub struct ServeOptions {
 
 /// A running node, shared by the HTTP handlers and the ticker.
 pub struct Node {
+    /// This node's id.
     pub id: NodeId,
+    /// The node's Raft instance.
     pub raft: Raft<TypeConfig>,
+    /// The node's log (read for `/cluster/status`).
     pub log: LogStore,
+    /// The lock state as applied on this node.
     pub state: StateMachineStore,
+    /// Pooled connections to the peers, for forwarding.
     pub client: HttpClient,
+    /// The cluster's bearer token, if it has one.
     pub auth: Option<Auth>,
+    /// What `/metrics` shows.
     pub stats: Stats,
     /// The queue of commands waiting to be packed into the next log entry.
     proposals: mpsc::Sender<Pending>,
@@ -94,6 +104,7 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// Keeps `token`'s digest and its header; a usage error if it cannot be a header value.
     pub fn new(token: &Secret) -> Result<Auth> {
         let mut header =
             HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
@@ -168,6 +179,7 @@ impl Node {
         Some((leader, addr))
     }
 
+    /// Whether this node leads now (as far as it knows).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }

@@ -82,6 +82,7 @@ pub struct Batch(pub Vec<Proposal>);
 pub struct Proposal {
     /// The leader's wall clock when it proposed the command, in Unix milliseconds.
     pub at_ms: u64,
+    /// What to do.
     pub command: Command,
 }
 
@@ -89,8 +90,11 @@ pub struct Proposal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
+    /// Take a lock, or wait for it.
     Acquire(Acquire),
+    /// Give a lock back.
     Release(Release),
+    /// Extend a lease.
     Renew(Renew),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`LockState::next_event_ms`] comes, so waiters get their locks promptly.
@@ -100,13 +104,16 @@ pub enum Command {
 /// Take a lock, or join its queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acquire {
+    /// The client's id for this request: a retry with the same id gets the first answer.
     pub request_id: String,
+    /// The lock's name.
     pub name: String,
     /// Who will hold the lock: the worker id.
     pub holder: String,
     /// Where the holder runs, for people reading the status.
     #[serde(default)]
     pub node: String,
+    /// How long the lease lasts from its grant or last renewal, in milliseconds.
     pub ttl_ms: u64,
     /// How long to wait in the queue if the lock is held; 0 answers `Held` at once.
     #[serde(default)]
@@ -116,6 +123,7 @@ pub struct Acquire {
     /// not turn into shared ownership.
     #[serde(default)]
     pub readopt: bool,
+    /// What the holder works on, shown in the status.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
 }
@@ -123,18 +131,27 @@ pub struct Acquire {
 /// Give a lock back; only the lease's holder with the lease's token may.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
+    /// The client's id for this request (see [`Acquire::request_id`]).
     pub request_id: String,
+    /// The lock's name.
     pub name: String,
+    /// The worker id the lease was granted to.
     pub holder: String,
+    /// The lease's fencing token: a holder of an older lease of the same lock cannot release a
+    /// newer one.
     pub token: u64,
 }
 
 /// Extend a lease by its TTL from now; only the lease's holder with the lease's token may.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Renew {
+    /// The client's id for this request (see [`Acquire::request_id`]).
     pub request_id: String,
+    /// The lock's name.
     pub name: String,
+    /// The worker id the lease was granted to.
     pub holder: String,
+    /// The lease's fencing token.
     pub token: u64,
 }
 
@@ -142,8 +159,11 @@ pub struct Renew {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
+    /// [`Command::Acquire`].
     Acquire,
+    /// [`Command::Release`].
     Release,
+    /// [`Command::Renew`].
     Renew,
 }
 
@@ -163,35 +183,46 @@ pub enum Limit {
 pub enum Outcome {
     /// The requester holds the lock: a new lease, or (`adopted`) its own lease taken up again.
     Granted {
+        /// The requester's lease.
         lease: LockRecord,
+        /// The requester's own live lease taken up again (same token) rather than a new grant.
         adopted: bool,
     },
     /// Acquire without waiting: someone else holds the lock.
     Held {
+        /// The lease that holds it.
         holder: LockRecord,
     },
     /// Acquire with waiting: in the queue at `position` (1 is next). The request is settled later,
     /// as `Granted` or `TimedOut`.
     Queued {
+        /// Place in the lock's queue; 1 is next.
         position: usize,
     },
     /// The wait ran out before the lock was handed over; `holder` held it then.
     TimedOut {
+        /// The lease that held the lock when the wait ended.
         holder: LockRecord,
     },
+    /// The lease was given back; the next waiter, if any, holds the lock now.
     Released {
+        /// The lease as it was when released.
         lease: LockRecord,
     },
+    /// The lease runs its TTL again from the command's time.
     Renewed {
+        /// The renewed lease.
         lease: LockRecord,
     },
     /// Release or renew of a lease the requester does not hold (someone else's, another token,
     /// expired, released); `holder` is the lock's current lease, if any.
     NotHolder {
+        /// The lock's current lease, if it is held.
         holder: Option<LockRecord>,
     },
     /// A limit of the coordinator refused the request; nothing changed.
     Refused {
+        /// Which limit.
         limit: Limit,
     },
     /// The request id was first used for another request (another kind, lock or holder).
@@ -201,32 +232,39 @@ pub enum Outcome {
 /// A waiting request that got its final answer while another command was applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settled {
+    /// The waiting request's id.
     pub request_id: String,
+    /// The lock it waited for.
     pub name: String,
     /// `Granted` or `TimedOut`.
     pub outcome: Outcome,
 }
 
-/// What applying one entry did.
+/// What applying one command did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Applied {
-    /// The answer to the entry's request; `None` for a [`Command::Tick`].
+    /// The answer to the command's request; `None` for a [`Command::Tick`].
     pub outcome: Option<Outcome>,
-    /// Waiting requests settled by this entry, in the order they were settled.
+    /// Waiting requests settled by this command, in the order they were settled.
     pub settled: Vec<Settled>,
 }
 
 /// An acquire waiting for a held lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiter {
+    /// The waiting request's id.
     pub request_id: String,
+    /// The worker id that will hold the lock.
     pub holder: String,
+    /// Where the holder runs.
     pub node: String,
+    /// The TTL of the lease it will be granted, in milliseconds.
     pub ttl_ms: u64,
     /// When it joined the queue (leader time).
     pub since_ms: u64,
     /// The last instant it still waits: `since_ms + wait_ms`.
     pub until_ms: u64,
+    /// What the holder will work on.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
 }
@@ -234,7 +272,9 @@ pub struct Waiter {
 /// One held lock: its lease and the acquires waiting for it, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
+    /// The live lease.
     pub lease: LockRecord,
+    /// The acquires waiting for the lock, in arrival order.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub queue: VecDeque<Waiter>,
 }

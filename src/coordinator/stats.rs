@@ -19,6 +19,7 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Regist
 
 use crate::error::{Error, Result};
 
+/// A node's metrics, in its own Prometheus registry.
 pub struct Stats {
     registry: Registry,
     acquisitions: IntCounter,
@@ -30,6 +31,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The metrics, registered and at zero.
     pub fn new() -> Result<Stats> {
         let fail = |e: prometheus::Error| Error::Unexpected(format!("cannot set up metrics: {e}"));
         // 0.5 ms to about 8 s for commits; 1 ms to about 4.4 min for acquisitions, which may wait.
@@ -90,6 +92,7 @@ impl Stats {
         Ok(stats)
     }
 
+    /// A new grant was answered, `took` after its acquire arrived.
     pub fn acquired(&self, took: Duration) {
         self.acquisitions.inc();
         self.acquisition_seconds.observe(took.as_secs_f64());
@@ -101,6 +104,7 @@ impl Stats {
         self.batch_sizes.observe(commands as f64);
     }
 
+    /// An election ended with a leader.
     pub fn elected(&self) {
         self.elections.inc();
     }

@@ -408,8 +408,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// The lock state and what openraft needs to know about it.
 #[derive(Debug, Default)]
 pub struct Machine {
+    /// The locks.
     pub state: LockState,
+    /// The last entry applied to the state.
     pub last_applied: Option<LogId<NodeId>>,
+    /// The last membership applied (the cluster's members).
     pub membership: StoredMembership<NodeId, BasicNode>,
 }
 
