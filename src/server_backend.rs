@@ -13,7 +13,9 @@
 //!   by every retry of it, on any node: the coordinator remembers the answer to an id, so an
 //!   acquire retried after a failover is never granted twice.
 //! - **Fencing tokens.** The coordinator checks a release or renewal against the holder and its
-//!   fencing token; the CLI's `release` and `heartbeat` know only the worker id, so they read the
+//!   fencing token. A caller that names its grant by its token (a library guard, `run`) sends
+//!   that token, so a grant that ended can never release or renew a later one, even one of the
+//!   same worker id. The CLI's `release` and `heartbeat` know only the worker id, so they read the
 //!   token from `GET /locks/{name}/status` first. A lock re-granted between that read and the
 //!   write has a new token, and the write is refused (`not_holder`): never a stale release.
 
@@ -285,12 +287,18 @@ impl ServerBackend {
 
     /// Releases `holder`'s lease on `name`, checked against its token.
     async fn release_lease(&self, name: &str, holder: &Holder) -> Result<Answer> {
+        self.by_token("release", name, &holder.worker_id, holder.fencing_token)
+            .await
+    }
+
+    /// `POST /locks/{name}/{action}` for the grant of `worker` with `token` (release, renew).
+    async fn by_token(&self, action: &str, name: &str, worker: &str, token: u64) -> Result<Answer> {
         self.call(
             Method::POST,
-            &format!("/locks/{}/release", encode(name)),
+            &format!("/locks/{}/{action}", encode(name)),
             Some(&json!({
-                "holder": holder.worker_id,
-                "token": holder.fencing_token,
+                "holder": worker,
+                "token": token,
                 "request_id": request_id(),
             })),
             Duration::ZERO,
@@ -353,6 +361,28 @@ impl ServerBackend {
     }
 }
 
+/// The lease in the answer to a release or renewal.
+#[derive(Deserialize)]
+struct Done {
+    holder: Holder,
+}
+
+fn not_held(name: &str) -> Error {
+    Error::NotOwner(format!(
+        "{name} is not held (released, or its lease ended on the server)"
+    ))
+}
+
+/// A release or renewal of the grant `worker` held with `token`, refused: `h` holds the lock now
+/// (another worker, or a later grant of the same worker).
+fn not_ours(name: &str, h: &Holder, worker: &str, token: u64) -> Error {
+    Error::NotOwner(format!(
+        "{name} is held by {} on {} with fencing token {}, not by {worker} with fencing token \
+         {token}: that grant ended",
+        h.worker_id, h.node_id, h.fencing_token
+    ))
+}
+
 fn name_of(lock: &LockId) -> Result<&str> {
     match lock {
         LockId::Name(n) => Ok(n),
@@ -398,11 +428,33 @@ impl LockBackend for ServerBackend {
         }
     }
 
-    /// Reads the holder's token, then releases with it. `--force` releases whoever holds the
-    /// lock with that holder's own name and token: the coordinator has no override, and a
+    /// Releases the grant the request names by its token; without one (the CLI's `release`),
+    /// reads the holder's token first, then releases with it. `--force` releases whoever holds
+    /// the lock with that holder's own name and token: the coordinator has no override, and a
     /// holder that renewed or re-acquired meanwhile has a new token and keeps its lock.
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
         let name = name_of(&req.lock)?;
+        if let (Some(token), false) = (req.fencing_token, req.force) {
+            let answer = self
+                .by_token("release", name, &req.worker_id, token)
+                .await?;
+            return match answer.status {
+                StatusCode::OK => Ok(Released {
+                    was_held: true,
+                    previous: Some(answer.parse::<Done>("release")?.holder),
+                }),
+                StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                    match answer.error().holder {
+                        None => Ok(Released {
+                            was_held: false,
+                            previous: None,
+                        }),
+                        Some(h) => Err(not_ours(name, &h, &req.worker_id, token)),
+                    }
+                }
+                _ => Err(self.fail(&answer)),
+            };
+        }
         let Some(holder) = self.holder(name).await? else {
             return Ok(Released {
                 was_held: false,
@@ -417,16 +469,10 @@ impl LockBackend for ServerBackend {
         }
         let answer = self.release_lease(name, &holder).await?;
         match answer.status {
-            StatusCode::OK => {
-                #[derive(Deserialize)]
-                struct Done {
-                    holder: Holder,
-                }
-                Ok(Released {
-                    was_held: true,
-                    previous: Some(answer.parse::<Done>("release")?.holder),
-                })
-            }
+            StatusCode::OK => Ok(Released {
+                was_held: true,
+                previous: Some(answer.parse::<Done>("release")?.holder),
+            }),
             StatusCode::CONFLICT if answer.error().code == "not_holder" => {
                 match answer.error().holder {
                     // The lease ended between the read and the release.
@@ -444,42 +490,34 @@ impl LockBackend for ServerBackend {
         }
     }
 
+    /// Renews the grant the request names by its token; without one (the CLI's `heartbeat`),
+    /// the grant the worker holds now, read from the status first.
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
         let name = name_of(&req.lock)?;
-        let holder = match self.holder(name).await? {
-            Some(h) if h.worker_id == req.worker_id => h,
-            Some(h) => {
-                return Err(Error::NotOwner(format!(
-                    "{name} is held by {} on {}, not by {}",
-                    h.worker_id, h.node_id, req.worker_id
-                )));
-            }
-            None => {
-                return Err(Error::NotOwner(format!(
-                    "{name} is not held (released, or its lease ended on the server)"
-                )));
-            }
+        let token = match req.fencing_token {
+            Some(token) => token,
+            None => match self.holder(name).await? {
+                Some(h) if h.worker_id == req.worker_id => h.fencing_token,
+                Some(h) => {
+                    return Err(Error::NotOwner(format!(
+                        "{name} is held by {} on {}, not by {}",
+                        h.worker_id, h.node_id, req.worker_id
+                    )));
+                }
+                None => return Err(not_held(name)),
+            },
         };
-        let answer = self
-            .call(
-                Method::POST,
-                &format!("/locks/{}/renew", encode(name)),
-                Some(&json!({
-                    "holder": holder.worker_id,
-                    "token": holder.fencing_token,
-                    "request_id": request_id(),
-                })),
-                Duration::ZERO,
-            )
-            .await?;
-        if answer.status != StatusCode::OK {
-            return Err(self.fail(&answer));
+        let answer = self.by_token("renew", name, &req.worker_id, token).await?;
+        match answer.status {
+            StatusCode::OK => Ok(answer.parse::<Done>("renew")?.holder),
+            StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                Err(match answer.error().holder {
+                    None => not_held(name),
+                    Some(h) => not_ours(name, &h, &req.worker_id, token),
+                })
+            }
+            _ => Err(self.fail(&answer)),
         }
-        #[derive(Deserialize)]
-        struct Done {
-            holder: Holder,
-        }
-        Ok(answer.parse::<Done>("renew")?.holder)
     }
 
     async fn status(&self, lock: &LockId) -> Result<Status> {
