@@ -32,9 +32,10 @@ use serde_json::{Value, json};
 use crate::backend::{LockBackend, Status, foreign};
 use crate::coordinator::network::{self, Failure, HttpClient};
 use crate::error::{Error, Result};
+use crate::keepalive;
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    AcquireRequest, Attempt, Claimant, Grant, Holder, ListRequest, LockId, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
 };
 use crate::secret::Secret;
@@ -317,6 +318,41 @@ impl ServerBackend {
         Ok(answer.body)
     }
 
+    /// Gives the live grant `held` a lease of `ttl` from now: an acquire that re-adopts it, with
+    /// its own node and task. Anything but that very grant taken up again is a lost lock; a
+    /// fresh grant (the lease ended just before) is given back at once.
+    async fn set_ttl(&self, name: &str, held: &Holder, ttl: Duration) -> Result<Holder> {
+        let readopt = AcquireRequest {
+            lock: LockId::Name(name.to_string()),
+            claimant: Claimant {
+                worker_id: held.worker_id.clone(),
+                node_id: held.node_id.clone(),
+            },
+            ttl,
+            takeover: Takeover::None,
+            task_info: held.task_info.clone(),
+            readopt: true,
+            attempt: 0,
+            wait: Duration::ZERO,
+        };
+        match self.acquire_once(&readopt, name).await? {
+            Attempt::Granted(g) if g.adopted && g.holder.fencing_token == held.fencing_token => {
+                Ok(g.holder)
+            }
+            Attempt::Granted(g) => {
+                if !g.adopted {
+                    let _ = self.release_lease(name, &g.holder).await;
+                }
+                Err(Error::NotOwner(format!(
+                    "{name}: the lease with fencing token {} ended before its new length could \
+                     be set",
+                    held.fencing_token
+                )))
+            }
+            Attempt::Held(h) => Err(not_ours(name, &h, &held.worker_id, held.fencing_token)),
+        }
+    }
+
     async fn acquire_once(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
         let wait = req.wait.min(MAX_WAIT);
         let answer = self
@@ -492,6 +528,11 @@ impl LockBackend for ServerBackend {
 
     /// Renews the grant the request names by its token; without one (the CLI's `heartbeat`),
     /// the grant the worker holds now, read from the status first.
+    ///
+    /// A renewal keeps the lease's length: the coordinator's renew has none to give. A new
+    /// length ([`RenewRequest::ttl`], `LockGuard::extend`) is set after the renewal by the
+    /// holder re-adopting its own live lease with it, which keeps the token, and is checked to
+    /// have re-adopted that very grant.
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
         let name = name_of(&req.lock)?;
         let token = match req.fencing_token {
@@ -509,7 +550,17 @@ impl LockBackend for ServerBackend {
         };
         let answer = self.by_token("renew", name, &req.worker_id, token).await?;
         match answer.status {
-            StatusCode::OK => Ok(answer.parse::<Done>("renew")?.holder),
+            StatusCode::OK => {
+                let renewed = answer.parse::<Done>("renew")?.holder;
+                match req.ttl {
+                    Some(ttl)
+                        if lease::millis(ttl) != lease::millis(keepalive::ttl_of(&renewed)) =>
+                    {
+                        self.set_ttl(name, &renewed, ttl).await
+                    }
+                    _ => Ok(renewed),
+                }
+            }
             StatusCode::CONFLICT if answer.error().code == "not_holder" => {
                 Err(match answer.error().holder {
                     None => not_held(name),
