@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use crate::backend::{LockBackend, Status, foreign};
 use crate::coordinator::network::{self, Failure, HttpClient};
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::keepalive;
 use crate::lease;
 use crate::lock::{
@@ -50,6 +51,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one operation may take over all its retries, beyond its server-side wait: a request
 /// that timed out after a long wait is not waited out again on every node.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long withdrawing an interrupted claim may take before the process exits anyway.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Locks per page of `GET /locks` (the coordinator's largest page).
 const PAGE: usize = 1_000;
 /// Most pages one listing reads: the coordinator holds at most 100,000 locks.
@@ -335,7 +338,7 @@ impl ServerBackend {
             attempt: 0,
             wait: Duration::ZERO,
         };
-        match self.acquire_once(&readopt, name).await? {
+        match self.acquire_once(&readopt, name, &request_id()).await? {
             Attempt::Granted(g) if g.adopted && g.holder.fencing_token == held.fencing_token => {
                 Ok(g.holder)
             }
@@ -353,7 +356,57 @@ impl ServerBackend {
         }
     }
 
-    async fn acquire_once(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
+    /// One acquire that an interrupted process withdraws: it must end up holding nothing or
+    /// reporting its grant. Before anything is sent, an undo is registered that sends the same
+    /// request id again and releases what it was granted. The coordinator executes an id once,
+    /// so the undo's request and the attempt's, whichever arrives first, make at most one grant,
+    /// and the undo learns it either way; nothing is sent once the interrupt is flagged.
+    async fn claim(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
+        let id = request_id();
+        let undo = {
+            let (this, name, id) = (self.detached(), name.to_string(), id.clone());
+            let replay = AcquireRequest {
+                wait: Duration::ZERO,
+                ..req.clone()
+            };
+            interrupt::on_interrupt(move || async move {
+                let withdraw = async {
+                    if let Ok(Attempt::Granted(g)) = this.acquire_once(&replay, &name, &id).await
+                        && !g.adopted
+                    {
+                        let _ = this.release_lease(&name, &g.holder).await;
+                    }
+                };
+                if tokio::time::timeout(UNDO_TIMEOUT, withdraw).await.is_err() {
+                    tracing::warn!(
+                        "an interrupted claim could not be withdrawn; its grant, if any, expires with its lease"
+                    );
+                }
+            })
+        };
+        if interrupt::is_interrupted() {
+            return Err(Error::Unexpected("interrupted".into()));
+        }
+        let attempt = self.acquire_once(req, name, &id).await?;
+        if matches!(&attempt, Attempt::Granted(g) if !g.adopted) {
+            // A grant stays undoable until the command has reported it.
+            undo.keep_until_reported();
+        }
+        Ok(attempt)
+    }
+
+    /// A client of the same servers, for an undo that outlives the borrow.
+    fn detached(&self) -> ServerBackend {
+        ServerBackend {
+            servers: self.servers.clone(),
+            auth: self.auth.clone(),
+            client: self.client.clone(),
+            preferred: AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// One acquire under the request id `id`.
+    async fn acquire_once(&self, req: &AcquireRequest, name: &str, id: &str) -> Result<Attempt> {
         let wait = req.wait.min(MAX_WAIT);
         let answer = self
             .call(
@@ -364,7 +417,7 @@ impl ServerBackend {
                     "node": req.claimant.node_id,
                     "ttl_ms": lease::millis(req.ttl),
                     "wait_ms": lease::millis(wait),
-                    "request_id": request_id(),
+                    "request_id": id,
                     "readopt": req.readopt,
                     "task_info": req.task_info,
                 })),
@@ -446,13 +499,13 @@ impl LockBackend for ServerBackend {
     /// and acquires once more.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        match self.acquire_once(req, name).await? {
+        match self.claim(req, name).await? {
             Attempt::Held(h) if req.takeover == Takeover::Any => {
                 let answer = self.release_lease(name, &h).await?;
                 if answer.status != StatusCode::OK && answer.error().code != "not_holder" {
                     return Err(self.fail(&answer));
                 }
-                Ok(match self.acquire_once(req, name).await? {
+                Ok(match self.claim(req, name).await? {
                     Attempt::Granted(g) => Attempt::Granted(Grant {
                         took_over: Some(h),
                         ..g
