@@ -48,7 +48,7 @@ impl Node {
     }
 
     /// Starts the process and waits for the line that says it listens.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let log = File::create(self.data.join(format!("node-{}.log", self.id))).unwrap();
         let mut cmd = sentinel(&self.data);
         cmd.args([
@@ -89,6 +89,11 @@ impl Node {
             "{line:?}: {}",
             self.log()
         );
+    }
+
+    /// Whether the process was started and not killed since.
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub(crate) fn kill(&mut self) {
