@@ -53,6 +53,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long withdrawing an interrupted claim may take before the process exits anyway.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for a claim that waits on the server: the replay of a wait still queued is only
+/// answered after the coordinator's settle grace (5 s), and learns nothing the undo could act on.
+const UNDO_QUEUED_TIMEOUT: Duration = Duration::from_secs(1);
 /// Locks per page of `GET /locks` (the coordinator's largest page).
 const PAGE: usize = 1_000;
 /// Most pages one listing reads: the coordinator holds at most 100,000 locks.
@@ -361,8 +364,17 @@ impl ServerBackend {
     /// request id again and releases what it was granted. The coordinator executes an id once,
     /// so the undo's request and the attempt's, whichever arrives first, make at most one grant,
     /// and the undo learns it either way; nothing is sent once the interrupt is flagged.
+    ///
+    /// An attempt still waiting in the server's queue cannot be withdrawn (the coordinator has no
+    /// request for it): the undo gives up after [`UNDO_QUEUED_TIMEOUT`], and a grant the wait
+    /// gets later ends with its lease.
     async fn claim(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
         let id = request_id();
+        let limit = if req.wait.is_zero() {
+            UNDO_TIMEOUT
+        } else {
+            UNDO_QUEUED_TIMEOUT
+        };
         let undo = {
             let (this, name, id) = (self.detached(), name.to_string(), id.clone());
             let replay = AcquireRequest {
@@ -377,9 +389,9 @@ impl ServerBackend {
                         let _ = this.release_lease(&name, &g.holder).await;
                     }
                 };
-                if tokio::time::timeout(UNDO_TIMEOUT, withdraw).await.is_err() {
+                if tokio::time::timeout(limit, withdraw).await.is_err() {
                     tracing::warn!(
-                        "an interrupted claim could not be withdrawn; its grant, if any, expires with its lease"
+                        "an interrupted claim could not be withdrawn (it may still wait on the server); its grant, if any, ends with its lease"
                     );
                 }
             })
