@@ -981,8 +981,11 @@ pub fn interrupted_claims(s: &Subject) {
 /// the command's code; the counters of this host name the backend.
 pub fn run_command(s: &Subject) {
     let job = s.lock("job");
-    let ttl = format!("{}s", 3 + 2 * s.resolution().as_secs());
-    let script = "echo token=$SENTINEL_FENCING_TOKEN; sleep 4; exit 7";
+    // A renewal has the lease less the safety margin (1 s) and the interval (1 s) to get
+    // through: with 3 s, one renewal stalled a second on a loaded machine lost the lock (local,
+    // Redis and the coordinator at once). The command outlasts the lease.
+    let ttl = format!("{}s", 4 + 2 * s.resolution().as_secs());
+    let script = "echo token=$SENTINEL_FENCING_TOKEN; sleep 5; exit 7";
     let out = s
         .cli(
             "runner",
