@@ -2,7 +2,8 @@
 //!
 //! [`DistributedLock`] is what a service holds: acquire a resource for a while, try without
 //! waiting, release, extend, look. [`LockClient`] implements it over any [`LockBackend`] (local,
-//! GitHub, Redis, PostgreSQL, or the CLI's [`Backend`](crate::backend::Backend) dispatcher), with
+//! GitHub, Redis, PostgreSQL, the `sentinel serve` coordinator, or the CLI's
+//! [`Backend`](crate::backend::Backend) dispatcher), with
 //! one worker identity and one [`RetryConfig`]. A grant is a [`LockGuard`]: it carries the fencing
 //! token to hand to the resource it protects, releases the lock when dropped (in the background,
 //! never blocking the runtime), and can keep the lease alive by itself, with a [`LostLock`] signal

@@ -1,5 +1,5 @@
 //! sentinel: distributed task locks on GitHub issues, on the local host, in Redis or PostgreSQL,
-//! or (planned) on a Raft coordinator.
+//! or on its own Raft-replicated coordinator (`sentinel serve`).
 //!
 //! Rust services start at [`distributed`]: the `DistributedLock` API with guards, keep-alive,
 //! leader election and `acquire_all`, over any backend. The library holds everything;

@@ -13,7 +13,9 @@
 //!   by every retry of it, on any node: the coordinator remembers the answer to an id, so an
 //!   acquire retried after a failover is never granted twice.
 //! - **Fencing tokens.** The coordinator checks a release or renewal against the holder and its
-//!   fencing token; the CLI's `release` and `heartbeat` know only the worker id, so they read the
+//!   fencing token. A caller that names its grant by its token (a library guard, `run`) sends
+//!   that token, so a grant that ended can never release or renew a later one, even one of the
+//!   same worker id. The CLI's `release` and `heartbeat` know only the worker id, so they read the
 //!   token from `GET /locks/{name}/status` first. A lock re-granted between that read and the
 //!   write has a new token, and the write is refused (`not_holder`): never a stale release.
 
@@ -30,9 +32,11 @@ use serde_json::{Value, json};
 use crate::backend::{LockBackend, Status, foreign};
 use crate::coordinator::network::{self, Failure, HttpClient};
 use crate::error::{Error, Result};
+use crate::interrupt;
+use crate::keepalive;
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    AcquireRequest, Attempt, Claimant, Grant, Holder, ListRequest, LockId, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
 };
 use crate::secret::Secret;
@@ -47,6 +51,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one operation may take over all its retries, beyond its server-side wait: a request
 /// that timed out after a long wait is not waited out again on every node.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long withdrawing an interrupted claim may take before the process exits anyway.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for a claim that waits on the server: the replay of a wait still queued is only
+/// answered after the coordinator's settle grace (5 s), and learns nothing the undo could act on.
+const UNDO_QUEUED_TIMEOUT: Duration = Duration::from_secs(1);
 /// Locks per page of `GET /locks` (the coordinator's largest page).
 const PAGE: usize = 1_000;
 /// Most pages one listing reads: the coordinator holds at most 100,000 locks.
@@ -285,12 +294,18 @@ impl ServerBackend {
 
     /// Releases `holder`'s lease on `name`, checked against its token.
     async fn release_lease(&self, name: &str, holder: &Holder) -> Result<Answer> {
+        self.by_token("release", name, &holder.worker_id, holder.fencing_token)
+            .await
+    }
+
+    /// `POST /locks/{name}/{action}` for the grant of `worker` with `token` (release, renew).
+    async fn by_token(&self, action: &str, name: &str, worker: &str, token: u64) -> Result<Answer> {
         self.call(
             Method::POST,
-            &format!("/locks/{}/release", encode(name)),
+            &format!("/locks/{}/{action}", encode(name)),
             Some(&json!({
-                "holder": holder.worker_id,
-                "token": holder.fencing_token,
+                "holder": worker,
+                "token": token,
                 "request_id": request_id(),
             })),
             Duration::ZERO,
@@ -309,7 +324,101 @@ impl ServerBackend {
         Ok(answer.body)
     }
 
-    async fn acquire_once(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
+    /// Gives the live grant `held` a lease of `ttl` from now: an acquire that re-adopts it, with
+    /// its own node and task. Anything but that very grant taken up again is a lost lock; a
+    /// fresh grant (the lease ended just before) is given back at once.
+    async fn set_ttl(&self, name: &str, held: &Holder, ttl: Duration) -> Result<Holder> {
+        let readopt = AcquireRequest {
+            lock: LockId::Name(name.to_string()),
+            claimant: Claimant {
+                worker_id: held.worker_id.clone(),
+                node_id: held.node_id.clone(),
+            },
+            ttl,
+            takeover: Takeover::None,
+            task_info: held.task_info.clone(),
+            readopt: true,
+            attempt: 0,
+            wait: Duration::ZERO,
+        };
+        match self.acquire_once(&readopt, name, &request_id()).await? {
+            Attempt::Granted(g) if g.adopted && g.holder.fencing_token == held.fencing_token => {
+                Ok(g.holder)
+            }
+            Attempt::Granted(g) => {
+                if !g.adopted {
+                    let _ = self.release_lease(name, &g.holder).await;
+                }
+                Err(Error::NotOwner(format!(
+                    "{name}: the lease with fencing token {} ended before its new length could \
+                     be set",
+                    held.fencing_token
+                )))
+            }
+            Attempt::Held(h) => Err(not_ours(name, &h, &held.worker_id, held.fencing_token)),
+        }
+    }
+
+    /// One acquire that an interrupted process withdraws: it must end up holding nothing or
+    /// reporting its grant. Before anything is sent, an undo is registered that sends the same
+    /// request id again and releases what it was granted. The coordinator executes an id once,
+    /// so the undo's request and the attempt's, whichever arrives first, make at most one grant,
+    /// and the undo learns it either way; nothing is sent once the interrupt is flagged.
+    ///
+    /// An attempt still waiting in the server's queue cannot be withdrawn (the coordinator has no
+    /// request for it): the undo gives up after [`UNDO_QUEUED_TIMEOUT`], and a grant the wait
+    /// gets later ends with its lease.
+    async fn claim(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
+        let id = request_id();
+        let limit = if req.wait.is_zero() {
+            UNDO_TIMEOUT
+        } else {
+            UNDO_QUEUED_TIMEOUT
+        };
+        let undo = {
+            let (this, name, id) = (self.detached(), name.to_string(), id.clone());
+            let replay = AcquireRequest {
+                wait: Duration::ZERO,
+                ..req.clone()
+            };
+            interrupt::on_interrupt(move || async move {
+                let withdraw = async {
+                    if let Ok(Attempt::Granted(g)) = this.acquire_once(&replay, &name, &id).await
+                        && !g.adopted
+                    {
+                        let _ = this.release_lease(&name, &g.holder).await;
+                    }
+                };
+                if tokio::time::timeout(limit, withdraw).await.is_err() {
+                    tracing::warn!(
+                        "an interrupted claim could not be withdrawn (it may still wait on the server); its grant, if any, ends with its lease"
+                    );
+                }
+            })
+        };
+        if interrupt::is_interrupted() {
+            return Err(Error::Unexpected("interrupted".into()));
+        }
+        let attempt = self.acquire_once(req, name, &id).await?;
+        if matches!(&attempt, Attempt::Granted(g) if !g.adopted) {
+            // A grant stays undoable until the command has reported it.
+            undo.keep_until_reported();
+        }
+        Ok(attempt)
+    }
+
+    /// A client of the same servers, for an undo that outlives the borrow.
+    fn detached(&self) -> ServerBackend {
+        ServerBackend {
+            servers: self.servers.clone(),
+            auth: self.auth.clone(),
+            client: self.client.clone(),
+            preferred: AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// One acquire under the request id `id`.
+    async fn acquire_once(&self, req: &AcquireRequest, name: &str, id: &str) -> Result<Attempt> {
         let wait = req.wait.min(MAX_WAIT);
         let answer = self
             .call(
@@ -320,7 +429,7 @@ impl ServerBackend {
                     "node": req.claimant.node_id,
                     "ttl_ms": lease::millis(req.ttl),
                     "wait_ms": lease::millis(wait),
-                    "request_id": request_id(),
+                    "request_id": id,
                     "readopt": req.readopt,
                     "task_info": req.task_info,
                 })),
@@ -353,6 +462,28 @@ impl ServerBackend {
     }
 }
 
+/// The lease in the answer to a release or renewal.
+#[derive(Deserialize)]
+struct Done {
+    holder: Holder,
+}
+
+fn not_held(name: &str) -> Error {
+    Error::NotOwner(format!(
+        "{name} is not held (released, or its lease ended on the server)"
+    ))
+}
+
+/// A release or renewal of the grant `worker` held with `token`, refused: `h` holds the lock now
+/// (another worker, or a later grant of the same worker).
+fn not_ours(name: &str, h: &Holder, worker: &str, token: u64) -> Error {
+    Error::NotOwner(format!(
+        "{name} is held by {} on {} with fencing token {}, not by {worker} with fencing token \
+         {token}: that grant ended",
+        h.worker_id, h.node_id, h.fencing_token
+    ))
+}
+
 fn name_of(lock: &LockId) -> Result<&str> {
     match lock {
         LockId::Name(n) => Ok(n),
@@ -380,13 +511,13 @@ impl LockBackend for ServerBackend {
     /// and acquires once more.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        match self.acquire_once(req, name).await? {
+        match self.claim(req, name).await? {
             Attempt::Held(h) if req.takeover == Takeover::Any => {
                 let answer = self.release_lease(name, &h).await?;
                 if answer.status != StatusCode::OK && answer.error().code != "not_holder" {
                     return Err(self.fail(&answer));
                 }
-                Ok(match self.acquire_once(req, name).await? {
+                Ok(match self.claim(req, name).await? {
                     Attempt::Granted(g) => Attempt::Granted(Grant {
                         took_over: Some(h),
                         ..g
@@ -398,11 +529,33 @@ impl LockBackend for ServerBackend {
         }
     }
 
-    /// Reads the holder's token, then releases with it. `--force` releases whoever holds the
-    /// lock with that holder's own name and token: the coordinator has no override, and a
+    /// Releases the grant the request names by its token; without one (the CLI's `release`),
+    /// reads the holder's token first, then releases with it. `--force` releases whoever holds
+    /// the lock with that holder's own name and token: the coordinator has no override, and a
     /// holder that renewed or re-acquired meanwhile has a new token and keeps its lock.
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
         let name = name_of(&req.lock)?;
+        if let (Some(token), false) = (req.fencing_token, req.force) {
+            let answer = self
+                .by_token("release", name, &req.worker_id, token)
+                .await?;
+            return match answer.status {
+                StatusCode::OK => Ok(Released {
+                    was_held: true,
+                    previous: Some(answer.parse::<Done>("release")?.holder),
+                }),
+                StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                    match answer.error().holder {
+                        None => Ok(Released {
+                            was_held: false,
+                            previous: None,
+                        }),
+                        Some(h) => Err(not_ours(name, &h, &req.worker_id, token)),
+                    }
+                }
+                _ => Err(self.fail(&answer)),
+            };
+        }
         let Some(holder) = self.holder(name).await? else {
             return Ok(Released {
                 was_held: false,
@@ -417,16 +570,10 @@ impl LockBackend for ServerBackend {
         }
         let answer = self.release_lease(name, &holder).await?;
         match answer.status {
-            StatusCode::OK => {
-                #[derive(Deserialize)]
-                struct Done {
-                    holder: Holder,
-                }
-                Ok(Released {
-                    was_held: true,
-                    previous: Some(answer.parse::<Done>("release")?.holder),
-                })
-            }
+            StatusCode::OK => Ok(Released {
+                was_held: true,
+                previous: Some(answer.parse::<Done>("release")?.holder),
+            }),
             StatusCode::CONFLICT if answer.error().code == "not_holder" => {
                 match answer.error().holder {
                     // The lease ended between the read and the release.
@@ -444,42 +591,49 @@ impl LockBackend for ServerBackend {
         }
     }
 
+    /// Renews the grant the request names by its token; without one (the CLI's `heartbeat`),
+    /// the grant the worker holds now, read from the status first.
+    ///
+    /// A renewal keeps the lease's length: the coordinator's renew has none to give. A new
+    /// length ([`RenewRequest::ttl`], `LockGuard::extend`) is set after the renewal by the
+    /// holder re-adopting its own live lease with it, which keeps the token, and is checked to
+    /// have re-adopted that very grant.
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
         let name = name_of(&req.lock)?;
-        let holder = match self.holder(name).await? {
-            Some(h) if h.worker_id == req.worker_id => h,
-            Some(h) => {
-                return Err(Error::NotOwner(format!(
-                    "{name} is held by {} on {}, not by {}",
-                    h.worker_id, h.node_id, req.worker_id
-                )));
-            }
-            None => {
-                return Err(Error::NotOwner(format!(
-                    "{name} is not held (released, or its lease ended on the server)"
-                )));
-            }
+        let token = match req.fencing_token {
+            Some(token) => token,
+            None => match self.holder(name).await? {
+                Some(h) if h.worker_id == req.worker_id => h.fencing_token,
+                Some(h) => {
+                    return Err(Error::NotOwner(format!(
+                        "{name} is held by {} on {}, not by {}",
+                        h.worker_id, h.node_id, req.worker_id
+                    )));
+                }
+                None => return Err(not_held(name)),
+            },
         };
-        let answer = self
-            .call(
-                Method::POST,
-                &format!("/locks/{}/renew", encode(name)),
-                Some(&json!({
-                    "holder": holder.worker_id,
-                    "token": holder.fencing_token,
-                    "request_id": request_id(),
-                })),
-                Duration::ZERO,
-            )
-            .await?;
-        if answer.status != StatusCode::OK {
-            return Err(self.fail(&answer));
+        let answer = self.by_token("renew", name, &req.worker_id, token).await?;
+        match answer.status {
+            StatusCode::OK => {
+                let renewed = answer.parse::<Done>("renew")?.holder;
+                match req.ttl {
+                    Some(ttl)
+                        if lease::millis(ttl) != lease::millis(keepalive::ttl_of(&renewed)) =>
+                    {
+                        self.set_ttl(name, &renewed, ttl).await
+                    }
+                    _ => Ok(renewed),
+                }
+            }
+            StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                Err(match answer.error().holder {
+                    None => not_held(name),
+                    Some(h) => not_ours(name, &h, &req.worker_id, token),
+                })
+            }
+            _ => Err(self.fail(&answer)),
         }
-        #[derive(Deserialize)]
-        struct Done {
-            holder: Holder,
-        }
-        Ok(answer.parse::<Done>("renew")?.holder)
     }
 
     async fn status(&self, lock: &LockId) -> Result<Status> {

@@ -3,7 +3,12 @@
 //!
 //! What differs between backends is said once, in [`Subject`]: how to reach it, what a lock is
 //! called (GitHub locks are issues), and what becomes of a lease that runs out (stale until taken
-//! over on GitHub and the lock table; gone on Redis).
+//! over on GitHub and the lock table; gone on Redis and the coordinator, which ends a lease at its
+//! TTL and hands the lock to the next waiter).
+//!
+//! The coordinator is real `sentinel serve` processes with the cluster token: one node per test
+//! for every scenario (and its restart after `kill -9`), and a three-node cluster for mutual
+//! exclusion and for a leader killed under a held lock.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -12,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sentinel::backend::{Backend, LockBackend};
+use sentinel::coordinator::state::LEADER_CHANGE_GRACE_MS;
 use sentinel::distributed::{
     DistributedLock, LeaderElection, LockClient, RetryConfig, acquire_all,
 };
@@ -26,7 +32,9 @@ use sentinel::lock::{
 use sentinel::postgres_backend::PostgresBackend;
 use sentinel::redis_backend::RedisBackend;
 use sentinel::secret::Secret;
+use sentinel::server_backend::{ServerBackend, server_urls};
 
+use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
 use crate::servers::{Postgres, Redis};
 use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
@@ -36,6 +44,79 @@ pub enum Kind {
     Github,
     Redis,
     Postgres,
+    /// One `sentinel serve` node.
+    Server,
+    /// Three `sentinel serve` nodes, every client given all three.
+    Cluster,
+}
+
+/// `sentinel serve` processes on loopback, with the cluster token.
+pub struct Coordinator {
+    nodes: Vec<Node>,
+    addrs: Vec<String>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Coordinator {
+    fn start(n: usize) -> Coordinator {
+        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
+        let peers: Vec<String> = match n {
+            1 => Vec::new(),
+            _ => addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{}={a}", i + 1))
+                .collect(),
+        };
+        let nodes = (0..n)
+            .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Some(TOKEN)))
+            .collect();
+        let c = Coordinator {
+            nodes,
+            addrs,
+            _dirs: dirs,
+        };
+        c.leader();
+        c
+    }
+
+    /// `--server`: every node.
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self.addrs.iter().map(|a| format!("http://{a}")).collect();
+        urls.join(",")
+    }
+
+    /// The index of the leader, once every running node knows the same running one.
+    fn leader(&self) -> usize {
+        let id = eventually(30, "one leader known to every node", || {
+            let seen: Vec<Option<u64>> = self
+                .nodes
+                .iter()
+                .zip(&self.addrs)
+                .filter(|(n, _)| n.is_running())
+                .map(|(_, a)| leader_of(a))
+                .collect();
+            let first = seen.first().copied().flatten()?;
+            let running = self
+                .nodes
+                .get((first as usize).checked_sub(1)?)?
+                .is_running();
+            (running && seen.iter().all(|l| *l == Some(first))).then_some(first)
+        });
+        (id - 1) as usize
+    }
+
+    /// `kill -9` of node `i`.
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Node `i` started again on its data directory; returns once a leader serves.
+    fn start_again(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.leader();
+    }
 }
 
 /// The locks the scenarios use; on GitHub each is an issue.
@@ -48,6 +129,7 @@ pub struct Subject {
     redis: Option<Redis>,
     postgres: Option<Postgres>,
     github: Option<Gh>,
+    coordinator: Option<Coordinator>,
     /// GitHub: the issue standing for each lock of [`LOCKS`].
     issues: BTreeMap<&'static str, u64>,
 }
@@ -75,6 +157,12 @@ impl Subject {
             _ => None,
         };
         let github = (kind == Kind::Github).then(Gh::new);
+        // The coordinator keeps its data on disk whether or not the test restarts it.
+        let coordinator = match kind {
+            Kind::Server => Some(Coordinator::start(1)),
+            Kind::Cluster => Some(Coordinator::start(3)),
+            _ => None,
+        };
         let issues = match &github {
             Some(gh) => LOCKS
                 .iter()
@@ -88,6 +176,7 @@ impl Subject {
             redis,
             postgres,
             github,
+            coordinator,
             issues,
         })
     }
@@ -135,6 +224,9 @@ impl Subject {
                     self.postgres.as_ref().unwrap().url(),
                 ]);
             }
+            Kind::Server | Kind::Cluster => {
+                args.extend(["--server".into(), self.coordinator().urls()]);
+            }
         }
         args
     }
@@ -145,7 +237,12 @@ impl Subject {
             Kind::Github => "github",
             Kind::Redis => "redis",
             Kind::Postgres => "postgres",
+            Kind::Server | Kind::Cluster => "server",
         }
+    }
+
+    fn coordinator(&self) -> &Coordinator {
+        self.coordinator.as_ref().unwrap()
     }
 
     /// `sentinel --backend … --worker-id WORKER ARGS…`
@@ -158,6 +255,9 @@ impl Subject {
             // Fast but safe: the settle pause must exceed the emulator's read lag.
             cmd.env("SENTINEL_TOKEN", &gh.alice)
                 .env("SENTINEL_SETTLE", "400ms");
+        }
+        if self.coordinator.is_some() {
+            cmd.env("SENTINEL_AUTH_TOKEN", TOKEN);
         }
         cmd
     }
@@ -188,6 +288,13 @@ impl Subject {
             Kind::Postgres => Backend::Postgres(
                 PostgresBackend::new(&self.postgres.as_ref().unwrap().url()).unwrap(),
             ),
+            Kind::Server | Kind::Cluster => Backend::Server(
+                ServerBackend::new(
+                    server_urls(&self.coordinator().urls()).unwrap(),
+                    Some(&Secret::new(TOKEN.to_string())),
+                )
+                .unwrap(),
+            ),
         }
     }
 
@@ -200,15 +307,23 @@ impl Subject {
         }
     }
 
-    /// Whether a lease that ran out is simply gone (Redis), rather than stale until taken over.
+    /// Whether a lease that ran out is simply gone (Redis, the coordinator), rather than stale
+    /// until taken over.
     fn expired_is_free(&self) -> bool {
-        self.kind == Kind::Redis
+        matches!(self.kind, Kind::Redis | Kind::Server | Kind::Cluster)
     }
 
+    /// `kill -9` of the server (the coordinator's leader) and a start on the same data.
     fn restart(&mut self) {
         match self.kind {
             Kind::Redis => self.redis.as_mut().unwrap().restart(),
             Kind::Postgres => self.postgres.as_mut().unwrap().restart(),
+            Kind::Server | Kind::Cluster => {
+                let c = self.coordinator.as_mut().unwrap();
+                let leader = c.leader();
+                c.kill(leader);
+                c.start_again(leader);
+            }
             Kind::Local | Kind::Github => unreachable!("no server of the test's own to restart"),
         }
     }
@@ -419,15 +534,16 @@ pub fn leases(s: &Subject) {
     let b = s.backend(&rt);
     let job = s.id("job");
     // GitHub's claims take longer than the others' (a settle pause, several requests): its leases
-    // get room for a slow claim on a loaded machine.
-    let ttl = Duration::from_secs(2) + 2 * s.resolution();
+    // get room for a slow claim on a loaded machine. 2 s were too few for everyone: a renewal
+    // stalled 1.2 s behind its 0.8 s pause found the local lease expired in a full cargo test.
+    let ttl = Duration::from_secs(3) + 2 * s.resolution();
     let first = granted(
         rt.block_on(b.try_acquire(&acquire(&job, "w1", ttl, Takeover::None)))
             .unwrap(),
     );
     let t1 = first.holder.fencing_token;
-    // Three renewals 0.8 s apart carry the lease past its first end (but GitHub's longer one).
-    for _ in 0..3 {
+    // Four renewals 0.8 s apart carry the lease past its first end (but GitHub's longer one).
+    for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(800));
         let h = rt.block_on(b.renew(&renew(&job, "w1", Some(t1)))).unwrap();
         assert_eq!(h.fencing_token, t1);
@@ -436,7 +552,7 @@ pub fn leases(s: &Subject) {
             chrono::Duration::from_std(ttl).unwrap()
         );
     }
-    let held = holder_of(&b, &job, &rt).expect("still held after 2.4 s");
+    let held = holder_of(&b, &job, &rt).expect("still held after 3.2 s");
     assert_eq!((held.worker_id.as_str(), held.stale), ("w1", false));
     assert!(held.expires_at > first.holder.expires_at);
 
@@ -450,7 +566,7 @@ pub fn leases(s: &Subject) {
         ),
         Some(h) => assert!(!s.expired_is_free() && h.stale, "{:?}: {h:?}", s.kind),
     }
-    // A plain claim by another worker: free on Redis, stale (held) elsewhere.
+    // A plain claim by another worker: free on Redis and the coordinator, stale (held) elsewhere.
     let plain = rt
         .block_on(b.try_acquire(&acquire(&job, "w2", ttl * 5, Takeover::None)))
         .unwrap();
@@ -616,6 +732,66 @@ pub fn server_restart(s: &mut Subject) {
             .unwrap(),
     );
     assert!(next["fencing_token"].as_u64().unwrap() > t1, "{next}");
+}
+
+/// The leader of a cluster is killed (`kill -9`) under a lock a guard keeps alive: the new leader
+/// has the same holder with the same token, the guard's renewals get through it while nobody else
+/// gets the lock, the old leader comes back on its data, and the next grant has a larger token.
+pub fn leader_killed(s: &mut Subject) {
+    let rt = runtime();
+    let client = |worker: &str| {
+        LockClient::new(s.backend(&rt), worker)
+            .unwrap()
+            .with_retry(RetryConfig::no_retry())
+            .unwrap()
+    };
+    let (a, b) = (client("a"), client("b"));
+    let job = s.lock("job");
+    // Room for an election and the client's failover between nodes on a loaded machine.
+    let ttl = Duration::from_secs(8);
+    let (guard, lost) = rt.block_on(async {
+        let mut guard = a.acquire(&job, ttl).await.unwrap();
+        let lost = guard.keep_alive(Duration::from_secs(1)).unwrap();
+        (guard, lost)
+    });
+    let t1 = guard.fencing_token();
+    let c = s.coordinator.as_mut().unwrap();
+    let old = c.leader();
+    c.kill(old);
+    let killed = chrono::Utc::now();
+    assert_ne!(c.leader(), old, "a new leader");
+    let st = stdout_json(
+        &s.cli("observer", &["status", &job, "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(st["holder"]["worker_id"], "a", "{st}");
+    assert_eq!(st["holder"]["fencing_token"], t1, "{st}");
+    // A new leader moves every lease's last renewal on by the election's length (at most the
+    // grace): a last renewal later than that was the guard's, through the new leader.
+    let grace = chrono::Duration::milliseconds(LEADER_CHANGE_GRACE_MS as i64);
+    let renewed = eventually(ttl.as_secs(), "a renewal through the new leader", || {
+        let h = rt.block_on(a.lock_info(&job)).ok()??;
+        (h.heartbeat_last > killed + grace).then_some(h)
+    });
+    assert_eq!(
+        (renewed.worker_id.as_str(), renewed.fencing_token),
+        ("a", t1)
+    );
+    assert!(!lost.is_lost(), "the guard lost its lock in the failover");
+    assert!(rt.block_on(b.try_acquire(&job, ttl)).unwrap().is_none());
+    let c = s.coordinator.as_mut().unwrap();
+    c.start_again(old);
+    rt.block_on(async {
+        assert!(guard.release().await.unwrap());
+        let next = b.try_acquire(&job, ttl).await.unwrap().expect("free");
+        assert!(
+            next.fencing_token() > t1,
+            "{} after {t1}",
+            next.fencing_token()
+        );
+        assert!(next.release().await.unwrap());
+    });
 }
 
 /// The library API on the backend: a guard kept alive past its TTL, extended, told when it is
@@ -806,8 +982,11 @@ pub fn interrupted_claims(s: &Subject) {
 /// the command's code; the counters of this host name the backend.
 pub fn run_command(s: &Subject) {
     let job = s.lock("job");
-    let ttl = format!("{}s", 3 + 2 * s.resolution().as_secs());
-    let script = "echo token=$SENTINEL_FENCING_TOKEN; sleep 4; exit 7";
+    // A renewal has the lease less the safety margin (1 s) and the interval (1 s) to get
+    // through: with 3 s, one renewal stalled a second on a loaded machine lost the lock (local,
+    // Redis and the coordinator at once). The command outlasts the lease.
+    let ttl = format!("{}s", 4 + 2 * s.resolution().as_secs());
+    let script = "echo token=$SENTINEL_FENCING_TOKEN; sleep 5; exit 7";
     let out = s
         .cli(
             "runner",
@@ -893,6 +1072,7 @@ conformance!(local, Kind::Local);
 conformance!(github, Kind::Github);
 conformance!(redis, Kind::Redis);
 conformance!(postgres, Kind::Postgres);
+conformance!(server, Kind::Server);
 
 #[test]
 fn redis_restarts_under_a_held_lock() {
@@ -918,6 +1098,47 @@ fn redis_interrupted_claims_hold_nothing_or_report_it() {
 #[test]
 fn postgres_interrupted_claims_hold_nothing_or_report_it() {
     if let Some(s) = Subject::new(Kind::Postgres) {
+        interrupted_claims(&s);
+    }
+}
+
+/// A three-node cluster, every client given all three nodes: mutual exclusion, and a leader
+/// killed under a held lock.
+mod cluster {
+    use super::*;
+
+    #[test]
+    fn sixteen_tasks_exclude_each_other() {
+        if let Some(s) = Subject::new(Kind::Cluster) {
+            sixteen_tasks(&s);
+        }
+    }
+
+    #[test]
+    fn sixteen_processes_exclude_each_other() {
+        if let Some(s) = Subject::new(Kind::Cluster) {
+            sixteen_processes(&s);
+        }
+    }
+
+    #[test]
+    fn a_killed_leaders_lock_stays_held_and_renewed() {
+        if let Some(mut s) = Subject::new(Kind::Cluster) {
+            leader_killed(&mut s);
+        }
+    }
+}
+
+#[test]
+fn server_restarts_under_a_held_lock() {
+    if let Some(mut s) = Subject::new(Kind::Server) {
+        server_restart(&mut s);
+    }
+}
+
+#[test]
+fn server_interrupted_claims_hold_nothing_or_report_it() {
+    if let Some(s) = Subject::new(Kind::Server) {
         interrupted_claims(&s);
     }
 }

@@ -112,6 +112,11 @@ impl Node {
         );
     }
 
+    /// Whether the process was started and not killed since.
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

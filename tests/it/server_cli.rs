@@ -283,6 +283,33 @@ fn retry_waits_on_the_server_and_exits_3_when_the_wait_runs_out() {
         "{:?}",
         released.elapsed()
     );
+
+    // A claim interrupted while it waits on the server exits promptly: its undo cannot withdraw
+    // a queued wait, and does not sit out the server's 5 s settle grace trying.
+    let mut waiter = Running::spawn(&mut cli(
+        tmp.path(),
+        &url,
+        "w3",
+        &[
+            "claim",
+            "held",
+            "--max-retries",
+            "1",
+            "--initial-backoff",
+            "15s",
+        ],
+    ));
+    std::thread::sleep(Duration::from_millis(700));
+    waiter.signal("INT");
+    let interrupted = Instant::now();
+    let out = waiter.exit_within(Duration::from_secs(20));
+    assert_eq!(code(&out), 130, "{}", text(&out));
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(3),
+        "{:?}: {}",
+        interrupted.elapsed(),
+        text(&out)
+    );
 }
 
 #[test]
