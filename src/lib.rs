@@ -1,36 +1,80 @@
 //! sentinel: distributed task locks on GitHub issues, on the local host, in Redis or PostgreSQL,
-//! or (planned) on a Raft coordinator.
+//! or on sentinel's own Raft coordinator (`sentinel serve`).
 //!
-//! Rust services start at [`distributed`]: the `DistributedLock` API with guards, keep-alive,
-//! leader election and `acquire_all`, over any backend. The library holds everything;
-//! `src/commands/` only parses, calls in here and renders.
+//! A Rust service starts at [`distributed`]: [`DistributedLock`](distributed::DistributedLock)
+//! with guards that carry fencing tokens, keep-alive with a lost-lock signal, leader election and
+//! [`acquire_all`](distributed::acquire_all), over any [`LockBackend`](backend::LockBackend).
+//! Pick the backend where the locks should live:
+//!
+//! - [`local::LocalBackend`]: locks on this host, shared by its processes through a data
+//!   directory; no set-up.
+//! - [`redis_backend::RedisBackend`] and [`postgres_backend::PostgresBackend`]: locks in a Redis
+//!   server or a PostgreSQL database you already run.
+//! - [`server_backend::ServerBackend`]: a client of a `sentinel serve` cluster, the replicated
+//!   coordinator in [`coordinator`].
+//! - [`github::GithubBackend`]: an issue is both the unit of work and its lock.
+//!
+//! [`backend::Backend`] dispatches over all of them. Every fallible call returns [`Result`]; an
+//! [`Error`] maps to the CLI's [`ExitCode`]. [`lock`] holds the backend-neutral request and answer
+//! types, [`lease`] the TTL arithmetic and clocks.
+//!
+//! The `sentinel` binary is a thin shell over this crate: `cli` parses, `commands` calls in here
+//! and [`output`] renders. `cli`, `commands` and `manpage` are the binary's internals, not API,
+//! and are hidden from these docs.
 
+#![warn(missing_docs)]
+
+#[allow(missing_docs)] // not yet documented
 pub mod error;
+#[allow(missing_docs)] // not yet documented
 pub mod local;
+#[allow(missing_docs)] // not yet documented
 pub mod lock;
 
 pub use error::{Error, ExitCode, Result};
+#[allow(missing_docs)] // not yet documented
 pub mod backend;
+#[allow(missing_docs)] // not yet documented
 pub mod child;
+// The binary's argument parser, not API.
+#[doc(hidden)]
 pub mod cli;
+// The binary's subcommands, not API.
+#[doc(hidden)]
 pub mod commands;
+#[allow(missing_docs)] // not yet documented
 pub mod config;
+#[allow(missing_docs)] // documented separately
 pub mod coordinator;
 pub mod distributed;
+#[allow(missing_docs)] // not yet documented
 pub mod duration;
 pub mod gh_cli;
+#[allow(missing_docs)] // not yet documented
 pub mod github;
+#[allow(missing_docs)] // not yet documented
 pub mod interrupt;
+#[allow(missing_docs)] // not yet documented
 pub mod janitor;
+#[allow(missing_docs)] // not yet documented
 pub mod keepalive;
+#[allow(missing_docs)] // not yet documented
 pub mod lease;
+// Generates the binary's man pages, not API.
+#[doc(hidden)]
 pub mod manpage;
+#[allow(missing_docs)] // not yet documented
 pub mod metrics;
+#[allow(missing_docs)] // not yet documented
 pub mod output;
 pub mod postgres_backend;
 pub mod redis_backend;
+#[allow(missing_docs)] // not yet documented
 pub mod secret;
 pub mod server_backend;
+#[allow(missing_docs)] // not yet documented
 pub mod statefile;
+#[allow(missing_docs)] // not yet documented
 pub mod strategy;
+#[allow(missing_docs)] // not yet documented
 pub mod table;
