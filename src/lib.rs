@@ -24,9 +24,7 @@
 
 #![warn(missing_docs)]
 
-#[allow(missing_docs)] // not yet documented
 pub mod error;
-#[allow(missing_docs)] // not yet documented
 pub mod local;
 #[allow(missing_docs)] // not yet documented
 pub mod lock;
@@ -34,7 +32,6 @@ pub mod lock;
 pub use error::{Error, ExitCode, Result};
 #[allow(missing_docs)] // not yet documented
 pub mod backend;
-#[allow(missing_docs)] // not yet documented
 pub mod child;
 // The binary's argument parser, not API.
 #[doc(hidden)]
@@ -47,18 +44,13 @@ pub mod config;
 #[allow(missing_docs)] // documented separately
 pub mod coordinator;
 pub mod distributed;
-#[allow(missing_docs)] // not yet documented
 pub mod duration;
 pub mod gh_cli;
 #[allow(missing_docs)] // not yet documented
 pub mod github;
-#[allow(missing_docs)] // not yet documented
 pub mod interrupt;
-#[allow(missing_docs)] // not yet documented
 pub mod janitor;
-#[allow(missing_docs)] // not yet documented
 pub mod keepalive;
-#[allow(missing_docs)] // not yet documented
 pub mod lease;
 // Generates the binary's man pages, not API.
 #[doc(hidden)]
@@ -69,10 +61,8 @@ pub mod metrics;
 pub mod output;
 pub mod postgres_backend;
 pub mod redis_backend;
-#[allow(missing_docs)] // not yet documented
 pub mod secret;
 pub mod server_backend;
-#[allow(missing_docs)] // not yet documented
 pub mod statefile;
 #[allow(missing_docs)] // not yet documented
 pub mod strategy;
