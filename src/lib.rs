@@ -26,11 +26,9 @@
 
 pub mod error;
 pub mod local;
-#[allow(missing_docs)] // not yet documented
 pub mod lock;
 
 pub use error::{Error, ExitCode, Result};
-#[allow(missing_docs)] // not yet documented
 pub mod backend;
 pub mod child;
 // The binary's argument parser, not API.
@@ -39,7 +37,6 @@ pub mod cli;
 // The binary's subcommands, not API.
 #[doc(hidden)]
 pub mod commands;
-#[allow(missing_docs)] // not yet documented
 pub mod config;
 #[allow(missing_docs)] // documented separately
 pub mod coordinator;
@@ -57,14 +54,12 @@ pub mod lease;
 pub mod manpage;
 #[allow(missing_docs)] // not yet documented
 pub mod metrics;
-#[allow(missing_docs)] // not yet documented
 pub mod output;
 pub mod postgres_backend;
 pub mod redis_backend;
 pub mod secret;
 pub mod server_backend;
 pub mod statefile;
-#[allow(missing_docs)] // not yet documented
 pub mod strategy;
 #[allow(missing_docs)] // not yet documented
 pub mod table;
