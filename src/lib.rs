@@ -52,7 +52,6 @@ pub mod lease;
 // Generates the binary's man pages, not API.
 #[doc(hidden)]
 pub mod manpage;
-#[allow(missing_docs)] // not yet documented
 pub mod metrics;
 pub mod output;
 pub mod postgres_backend;
@@ -61,5 +60,4 @@ pub mod secret;
 pub mod server_backend;
 pub mod statefile;
 pub mod strategy;
-#[allow(missing_docs)] // not yet documented
 pub mod table;
