@@ -43,7 +43,6 @@ pub mod coordinator;
 pub mod distributed;
 pub mod duration;
 pub mod gh_cli;
-#[allow(missing_docs)] // not yet documented
 pub mod github;
 pub mod interrupt;
 pub mod janitor;
