@@ -123,7 +123,7 @@ pub struct ReleaseRequest {
     /// The lock, as the backend parsed it.
     pub lock: LockId,
     /// Who releases: must be the holder, or the release fails with
-    /// [`Error::NotOwner`](crate::error::Error::NotOwner) (unless `force`).
+    /// [`Error::NotOwner`] (unless `force`).
     pub worker_id: String,
     /// Release whoever holds the lock.
     pub force: bool,
