@@ -27,7 +27,8 @@ use crate::strategy::Outcome;
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Status {
-    /// A GitHub issue: its state and labels as well as the lock.
+    /// A GitHub issue: the issue (title, state, assignees) as well as the lock, and the lock-like
+    /// comments that do not count.
     Issue(IssueStatus),
     /// A named lock (local, server, Redis, PostgreSQL).
     Named {

@@ -218,7 +218,7 @@ pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
 
 impl Context {
     /// Chooses and builds the backend (`--backend auto`: server if `--server` is given, else
-    /// GitHub if `--repo` is, else local) and the claimant, validating every value first.
+    /// GitHub if `--repo` is, else local) and the claimant, validating each value before use.
     ///
     /// # Errors
     ///

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub enum ExitCode {
     /// The command did what it was asked (acquired, released, renewed, status shown).
     Success = 0,
-    /// A bug or an environment sentinel cannot work in ([`Error::Unexpected`]).
+    /// Any failure without a code of its own ([`Error::Unexpected`]).
     Unexpected = 1,
     /// Invalid input ([`Error::Usage`]).
     Usage = 2,
@@ -40,9 +40,9 @@ impl ExitCode {
     }
 }
 
-/// Every failure of the library, one variant per exit code. The message is for people and is built
-/// without tokens or URL credentials; decide what to do by the variant (or [`Error::kind`],
-/// [`Error::exit_code`]), never by the text.
+/// Every failure of the library; each variant has its [`ExitCode`]. The message is for people and
+/// is built without tokens or URL credentials; decide what to do by the variant (or
+/// [`Error::kind`], [`Error::exit_code`]), never by the text.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input: an issue number, repo, duration, lock name or JSON that cannot be used.
