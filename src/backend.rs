@@ -27,14 +27,21 @@ use crate::strategy::Outcome;
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Status {
+    /// A GitHub issue: the issue (title, state, assignees) as well as the lock, and the lock-like
+    /// comments that do not count.
     Issue(IssueStatus),
+    /// A named lock (local, server, Redis, PostgreSQL).
     Named {
+        /// The lock's name as given.
         name: String,
+        /// The holder, `None` when the lock is free. A stale holder is reported (marked stale)
+        /// by the backends that keep expired leases; in Redis an expired lease is gone.
         holder: Option<Holder>,
     },
 }
 
 impl Status {
+    /// The holder whichever backend answered; `None` when the lock is free.
     pub fn holder(&self) -> Option<&Holder> {
         match self {
             Status::Issue(s) => s.holder.as_ref(),
@@ -122,12 +129,18 @@ pub trait LockBackend: Send + Sync {
     }
 }
 
-/// The backend the CLI was configured with.
+/// The backend the CLI was configured with: one [`LockBackend`] chosen at run time, forwarding
+/// every call to it.
 pub enum Backend {
+    /// Locks on this host ([`LocalBackend`]).
     Local(LocalBackend),
+    /// Locks on GitHub issues ([`GithubBackend`]), boxed to keep the enum small.
     Github(Box<GithubBackend>),
+    /// A `sentinel serve` cluster ([`ServerBackend`]).
     Server(ServerBackend),
+    /// Named locks in Redis ([`RedisBackend`]).
     Redis(RedisBackend),
+    /// Named locks in PostgreSQL ([`PostgresBackend`]).
     Postgres(PostgresBackend),
 }
 

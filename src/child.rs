@@ -48,7 +48,10 @@ impl From<std::process::ExitStatus> for Exit {
 /// found but not executable.
 #[derive(Debug)]
 pub struct NotStarted {
+    /// 127 when there is no command or the program was not found, 126 when it could not be
+    /// executed (permissions, not an executable).
     pub code: i32,
+    /// Says which program and why, for the user.
     pub message: String,
 }
 

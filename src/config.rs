@@ -20,14 +20,20 @@ use crate::server_backend::{ServerBackend, server_urls};
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
+/// GitHub's REST API, the `--api-url` default; GitHub Enterprise Server is `https://HOST/api/v3`.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
+/// What a lock command runs with, built from the global options and the environment by
+/// [`Context::from_args`].
 pub struct Context {
+    /// The backend the options chose, ready to use (connections are made on first use).
     pub backend: Backend,
+    /// Who claims: the worker id and node id, validated.
     pub claimant: Claimant,
     /// The worker id was chosen by the user (flag or environment), so a claim by it may take up
     /// its own live lock again; a default id is shared by every process a shell fans out.
     pub explicit_worker: bool,
+    /// `--json`: print one JSON object instead of text.
     pub json: bool,
     /// Where the metrics of this host's lock operations are counted.
     pub data_dir: PathBuf,
@@ -60,6 +66,7 @@ pub fn token(flag: Option<&Secret>, api_url: &str) -> Option<Secret> {
     Some(token)
 }
 
+/// Whether this process runs as a GitHub Actions step (`GITHUB_ACTIONS=true`).
 pub fn in_actions() -> bool {
     env("GITHUB_ACTIONS").as_deref() == Some("true")
 }
@@ -89,6 +96,8 @@ pub fn default_worker_id() -> String {
     )
 }
 
+/// This host's name with control characters removed (lossy if it is not UTF-8): the default
+/// node id.
 pub fn hostname() -> String {
     gethostname::gethostname()
         .to_string_lossy()
@@ -98,6 +107,12 @@ pub fn hostname() -> String {
         .collect()
 }
 
+/// `--data-dir` / `SENTINEL_DATA_DIR` if given and non-empty, else the platform's data directory
+/// for sentinel (`~/.local/share/sentinel` on Linux). Not created here.
+///
+/// # Errors
+///
+/// [`Error::Usage`] when no flag is given and there is no home directory to derive one from.
 pub fn data_dir(flag: Option<&PathBuf>) -> Result<PathBuf> {
     if let Some(d) = flag.filter(|d| !d.as_os_str().is_empty()) {
         return Ok(d.clone());
@@ -202,6 +217,13 @@ pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
 }
 
 impl Context {
+    /// Chooses and builds the backend (`--backend auto`: server if `--server` is given, else
+    /// GitHub if `--repo` is, else local) and the claimant, validating each value before use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for a missing or invalid option (repository, URL, id, timeout); errors
+    /// of opening the backend (the local store's directory, a malformed Redis or database URL).
     pub fn from_args(g: &GlobalArgs) -> Result<Context> {
         let worker = given(g.worker_id.as_ref());
         let explicit_worker = worker.is_some();

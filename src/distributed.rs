@@ -32,8 +32,6 @@
 //! nobody past its TTL on any backend; releases and renewals name the grant by its fencing token,
 //! so a guard whose lease ran out can never release or renew the grant that followed it.
 
-#![warn(missing_docs)]
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,14 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Parses a duration: whole numbers each followed by a unit (`ms`, `s`/`sec`/`secs`,
+/// `m`/`min`/`mins`, `h`, `d`), summed; a bare number is seconds. Surrounding whitespace is
+/// ignored.
+///
+/// # Errors
+///
+/// [`Error::Usage`] for anything else (no number, an unknown unit, a fraction, a negative value) and
+/// for a total that overflows [`Duration`]. Callers bound the result themselves (TTL, backoff).
 pub fn parse(s: &str) -> Result<Duration> {
     let t = s.trim();
     let bad = || {

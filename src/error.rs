@@ -9,14 +9,23 @@ use std::time::Duration;
 /// Exit codes of the CLI contract. Scripts depend on these numbers: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
+    /// The command did what it was asked (acquired, released, renewed, status shown).
     Success = 0,
+    /// Any failure without a code of its own ([`Error::Unexpected`]).
     Unexpected = 1,
+    /// Invalid input ([`Error::Usage`]).
     Usage = 2,
+    /// The lock is held by someone else ([`Error::Conflict`]).
     Conflict = 3,
+    /// Not the holder, or the lock was lost ([`Error::NotOwner`]).
     NotOwner = 4,
+    /// Authentication or permission denied ([`Error::Auth`]).
     Auth = 5,
+    /// What the command names does not exist ([`Error::NotFound`]).
     NotFound = 6,
+    /// Rate limited past the wait budget ([`Error::RateLimited`]).
     RateLimited = 7,
+    /// The backend could not be reached after retries ([`Error::Unavailable`]).
     Unavailable = 8,
     /// Stopped by SIGINT (128 + 2).
     Interrupted = 130,
@@ -25,11 +34,15 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// The number the process exits with.
     pub fn code(self) -> i32 {
         self as i32
     }
 }
 
+/// Every failure of the library; each variant has its [`ExitCode`]. The message is for people and
+/// is built without tokens or URL credentials; decide what to do by the variant (or
+/// [`Error::kind`], [`Error::exit_code`]), never by the text.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input: an issue number, repo, duration, lock name or JSON that cannot be used.
@@ -41,19 +54,27 @@ pub enum Error {
     /// The caller does not hold the lock (never did, or lost it: stolen, released, expired).
     #[error("{0}")]
     NotOwner(String),
+    /// The backend refused the credentials or the permission: a bad or missing token, a wrong
+    /// Redis or PostgreSQL password, a GitHub issue the token may not write to. Retrying does not
+    /// help.
     #[error("{0}")]
     Auth(String),
+    /// What was named does not exist: a repository or issue (deleted, transferred), a database.
     #[error("{0}")]
     NotFound(String),
     /// The rate limit would not reset within the wait budget.
     #[error("{message}")]
     RateLimited {
+        /// What the backend said, and how long the wait would have been.
         message: String,
+        /// How long the backend asked to wait before the next request, when it said.
         retry_after: Option<Duration>,
     },
     /// Network errors and 5xx that outlived our retries.
     #[error("{0}")]
     Unavailable(String),
+    /// Anything else: local I/O errors, a corrupt state file, an error or answer of the backend
+    /// that fits no other variant. Usually not worth retrying.
     #[error("{0}")]
     Unexpected(String),
     /// A signal stopped the command; carries the exit code (130 SIGINT, 143 SIGTERM).
@@ -62,6 +83,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// The CLI's exit code for this error; `Interrupted(143)` is SIGTERM, any other code SIGINT.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
@@ -92,6 +114,7 @@ impl Error {
         }
     }
 
+    /// Shorthand for [`Error::Usage`].
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
     }
@@ -121,4 +144,5 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// The library's result type; the error defaults to [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -92,7 +92,9 @@ pub fn signalled() -> impl Future<Output = i32> {
 /// A signal that asks the process to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopSignal {
+    /// SIGINT (Ctrl-C).
     Interrupt,
+    /// SIGTERM (`kill`, a service manager, a CI runner cancelling a job).
     Terminate,
 }
 
@@ -110,6 +112,7 @@ impl StopSignal {
         128 + self.number()
     }
 
+    /// The conventional name, `SIGINT` or `SIGTERM`, for messages.
     pub fn name(self) -> &'static str {
         match self {
             StopSignal::Interrupt => "SIGINT",
@@ -127,6 +130,12 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Starts listening for SIGINT and SIGTERM. Their default action (ending the process) stays
+    /// replaced for the rest of the process's life, even after `Signals` is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused to install a handler. Panics outside a tokio runtime.
     pub fn listen() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {

@@ -27,10 +27,12 @@ pub enum Action {
     Skipped,
 }
 
+/// One held lock the janitor found, and what it did with it.
 #[derive(Debug, Clone)]
 pub struct Swept {
     /// The lock's display name (`#12`, `build-42`).
     pub lock: String,
+    /// Released, left alone as live, or skipped because it changed after the listing.
     pub action: Action,
     /// The holder the action is about: the released one, or the one that keeps the lock.
     pub holder: Holder,
@@ -39,7 +41,10 @@ pub struct Swept {
 /// The janitor's run: every held lock found, and the locks it could not deal with.
 #[derive(Debug)]
 pub struct Sweep {
+    /// Every held lock listed, in the backend's listing order, except those in `failures`.
     pub locks: Vec<Swept>,
+    /// Stale locks whose release failed: the lock's display name and the error. The sweep went
+    /// on with the other locks.
     pub failures: Vec<(String, Error)>,
 }
 

@@ -87,6 +87,7 @@ impl Timing {
         })
     }
 
+    /// The pause between two renewals (before any stretching for a request budget).
     pub fn interval(&self) -> Duration {
         self.interval
     }

@@ -125,6 +125,8 @@ pub fn jitter(d: Duration, spread: f64) -> Duration {
 /// A source of Unix-millisecond time. The local backend reads one so tests can move time instead
 /// of sleeping; the lock table itself never reads a clock, it is handed the time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now, in milliseconds since the Unix epoch. May go backwards between calls (NTP steps);
+    /// users of the time must not assume otherwise.
     fn now_ms(&self) -> u64;
 }
 
@@ -146,10 +148,12 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicU64>);
 
 impl ManualClock {
+    /// A clock standing at `ms` (Unix milliseconds). Clones share the time: moving one moves all.
     pub fn at(ms: u64) -> ManualClock {
         ManualClock(Arc::new(AtomicU64::new(ms)))
     }
 
+    /// Moves the time forward by `d` (whole milliseconds), saturating at `u64::MAX`.
     pub fn advance(&self, d: Duration) {
         let ms = millis(d);
         let _ = self
@@ -159,6 +163,7 @@ impl ManualClock {
             });
     }
 
+    /// Sets the time to `ms` (Unix milliseconds), backwards too, to simulate a clock step.
     pub fn set(&self, ms: u64) {
         self.0.store(ms, Ordering::SeqCst);
     }

@@ -1,8 +1,8 @@
 //! Backend-neutral vocabulary of the lock protocol: who claims, what a grant is, how a holder looks,
 //! and the request types every [`LockBackend`](crate::backend::LockBackend) operation takes.
 //!
-//! The GitHub, local and (later) server backends all speak these types, so the strategy loop and the
-//! commands never care which backend answered.
+//! Every backend (GitHub, local, server, Redis, PostgreSQL) speaks these types, so the strategy
+//! loop and the commands never care which backend answered.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -45,18 +45,24 @@ impl LockId {
 
 /// Optional description of the work, carried in the lock metadata for humans and schedulers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Sentinel stores and shows these fields but never interprets them.
 pub struct TaskInfo {
+    /// A size estimate on the team's own scale (`5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complexity: Option<u32>,
+    /// Expected time, free text (`45min`); not a lease, the TTL is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_duration: Option<String>,
+    /// Kind of work, free text (`bug-fix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_type: Option<String>,
+    /// Free text (`high`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
 }
 
 impl TaskInfo {
+    /// No field set: nothing to store or show.
     pub fn is_empty(&self) -> bool {
         self == &TaskInfo::default()
     }
@@ -66,7 +72,11 @@ impl TaskInfo {
 /// shared tokens run many workers under one login (see ARCHITECTURE.md, "Invariants").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claimant {
+    /// Owns the lock: releases and renewals must name the same id. Distinct per concurrent
+    /// worker ([`validate_label`] rules).
     pub worker_id: String,
+    /// The machine the worker runs on (the host name by default). Informational: shown to
+    /// people, never compared for ownership.
     pub node_id: String,
 }
 
@@ -85,10 +95,16 @@ pub enum Takeover {
 /// One acquisition attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcquireRequest {
+    /// The lock, as the backend parsed it.
     pub lock: LockId,
+    /// Who will hold it.
     pub claimant: Claimant,
+    /// The lease: the lock goes stale this long after the last heartbeat. Check user input with
+    /// [`lease::validate_ttl`](crate::lease::validate_ttl).
     pub ttl: Duration,
+    /// Which current holder the attempt may take the lock from.
     pub takeover: Takeover,
+    /// Stored with the grant for people and schedulers.
     pub task_info: TaskInfo,
     /// The claimant may take up its own live lock again (same fencing token). Only a worker id the
     /// user chose says "this is the same worker"; a default id is shared by every process a shell
@@ -104,8 +120,12 @@ pub struct AcquireRequest {
 /// Give up a lock: ours, or anyone's with `force`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseRequest {
+    /// The lock, as the backend parsed it.
     pub lock: LockId,
+    /// Who releases: must be the holder, or the release fails with
+    /// [`Error::NotOwner`] (unless `force`).
     pub worker_id: String,
+    /// Release whoever holds the lock.
     pub force: bool,
     /// The grant being given up, when the caller knows it: the release then applies only while
     /// the lock still carries this fencing token, so a holder whose lease ran out cannot release
@@ -116,7 +136,9 @@ pub struct ReleaseRequest {
 /// Renew our lease (a heartbeat).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewRequest {
+    /// The lock, as the backend parsed it.
     pub lock: LockId,
+    /// Who renews: must be the holder.
     pub worker_id: String,
     /// The grant being kept, when the caller knows it: a lock granted again since (a new fencing
     /// token) is lost to this caller even under the same worker id.
@@ -129,6 +151,7 @@ pub struct RenewRequest {
 /// Release a lock only if its holder's lease has run out: the janitor's release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseStaleRequest {
+    /// The lock, as the backend parsed it.
     pub lock: LockId,
     /// Who releases, for the record the backend leaves (the GitHub release notice).
     pub janitor: Claimant,
@@ -158,7 +181,9 @@ pub struct NextRequest {
     pub exclude_labels: Vec<String>,
     /// Never re-adopts: a worker that keeps its locks and asks again gets a new issue.
     pub claimant: Claimant,
+    /// The lease of the grant, as in [`AcquireRequest::ttl`].
     pub ttl: Duration,
+    /// Stored with the grant.
     pub task_info: TaskInfo,
 }
 
@@ -172,14 +197,24 @@ pub struct ListRequest {
 /// A lock as every reader sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
+    /// The owner ([`Claimant::worker_id`]).
     pub worker_id: String,
+    /// Where the owner runs ([`Claimant::node_id`]).
     pub node_id: String,
+    /// Names this grant: every later grant of the same lock (a new claim, a take-over) gets a
+    /// larger one; a re-adoption and renewals keep it. Hand it to the resource the lock protects
+    /// so it can refuse writes from an older grant.
     pub fencing_token: u64,
+    /// When this grant was made, on the backend's clock; kept across renewals and re-adoption.
     pub claimed_at: DateTime<Utc>,
+    /// The last renewal (or the grant), on the backend's clock.
     pub heartbeat_last: DateTime<Utc>,
+    /// `heartbeat_last` + TTL: from then on the lock is stale. A holder should count on less
+    /// (see [`lease`](crate::lease)): the backend's clock and the network add skew.
     pub expires_at: DateTime<Utc>,
     /// Heartbeat older than the TTL, judged on the backend's clock.
     pub stale: bool,
+    /// What the holder said about its work when it claimed.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
 }
@@ -187,6 +222,7 @@ pub struct Holder {
 /// A successful acquisition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The claimant as the lock's holder now, with the grant's fencing token and lease.
     pub holder: Holder,
     /// The claimant already held this lock and took it up again (same fencing token).
     pub adopted: bool,
@@ -198,7 +234,9 @@ pub struct Grant {
 /// Result of a single acquisition attempt; the strategy loop decides what to do with `Held`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
+    /// The claimant holds the lock now.
     Granted(Grant),
+    /// Someone else holds it and this attempt could not take it over.
     Held(Holder),
 }
 
@@ -207,6 +245,7 @@ pub enum Attempt {
 pub struct Released {
     /// False when the lock was already free (release is idempotent).
     pub was_held: bool,
+    /// The holder the release ended (`None` when the lock was free).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Holder>,
 }

@@ -37,11 +37,17 @@ use crate::strategy::Outcome;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
+    /// Granted claims, re-adoptions included.
     pub acquisitions: u64,
+    /// Releases that freed a held lock (forced ones included); releasing a free lock is not one.
     pub releases: u64,
+    /// Claims that ended with the lock held by someone else (exit 3).
     pub conflicts: u64,
+    /// Extra attempts of every claim, granted or not (attempts − 1 per claim).
     pub retries: u64,
+    /// Claims that ended in an error, conflicts included.
     pub failed_acquisitions: u64,
+    /// Grants that took over a stale lock.
     pub stale_locks_claimed: u64,
     /// Total time of the granted claims, in microseconds: local claims take well under a
     /// millisecond, which whole milliseconds would round to nothing.
@@ -65,6 +71,8 @@ impl Counters {
             .saturating_add(o.acquisition_time_us);
     }
 
+    /// Mean time of a granted claim, in milliseconds (retries and their pauses included); 0 when
+    /// there was none.
     pub fn average_acquisition_ms(&self) -> f64 {
         if self.acquisitions == 0 {
             return 0.0;
@@ -99,6 +107,8 @@ impl Persisted for MetricsData {
 /// Counters per backend name, as read at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Keyed by [`LockBackend::name`](crate::backend::LockBackend::name); only backends that
+    /// recorded something appear.
     pub backends: BTreeMap<String, Counters>,
 }
 
@@ -113,6 +123,7 @@ impl Snapshot {
         }
     }
 
+    /// The sum over every backend (saturating).
     pub fn total(&self) -> Counters {
         let mut t = Counters::default();
         for c in self.backends.values() {
@@ -274,8 +285,11 @@ fn encode(families: &[MetricFamily]) -> Result<String> {
 
 /// `metrics --repo-wide`: counts over a window that moves, hence Prometheus gauges, not counters.
 pub struct RepoMetrics<'a> {
+    /// `owner/repo`, the `repo` label of every gauge.
     pub repo: String,
+    /// How far back the history was read (`--since`).
     pub window: Duration,
+    /// The lock activity found in the repository's comments over the window.
     pub history: &'a RepoHistory,
 }
 
@@ -322,6 +336,7 @@ impl RepoMetrics<'_> {
         ]
     }
 
+    /// The counts, the repository, the window's start (`since`) and length (`window_seconds`).
     pub fn to_json(&self) -> Value {
         let mut v = json!({
             "repo": self.repo,
@@ -334,6 +349,7 @@ impl RepoMetrics<'_> {
         v
     }
 
+    /// Two columns: the repository and window start, then one row per count.
     pub fn table(&self) -> String {
         let mut b = Builder::new();
         b.push_record([
@@ -346,6 +362,11 @@ impl RepoMetrics<'_> {
         b.build().with(Style::sharp()).to_string()
     }
 
+    /// Prometheus text format: every count a gauge labelled `repo`, plus the window's length.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unexpected`] if the encoder fails (it should not).
     pub fn prometheus(&self) -> Result<String> {
         let gauge = |name: &str, help: &str, value: f64| {
             let mut g = Gauge::default();
@@ -374,12 +395,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The counters in `data_dir/metrics.json`; creates `data_dir`, not the file.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be created.
     pub fn open(data_dir: &Path) -> Result<Metrics> {
         Ok(Metrics {
             file: StateFile::new(data_dir, "metrics")?,
         })
     }
 
+    /// Every backend's counters, read under the file's shared lock; all zero if nothing was
+    /// recorded yet.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be locked or read, or does not parse (reported, never reset).
     pub fn snapshot(&self) -> Result<Snapshot> {
         let data: MetricsData = self.file.read()?;
         Ok(Snapshot {
@@ -396,6 +428,8 @@ impl Metrics {
         }
     }
 
+    /// A granted claim: one acquisition taking `elapsed`, `attempts − 1` retries, and a stale
+    /// lock claimed if it took one over. Failures to record are logged, never returned.
     pub fn record_acquired(
         &self,
         backend: &str,
@@ -426,6 +460,7 @@ impl Metrics {
         })
     }
 
+    /// A claim that ended in an error other than a conflict: a failed acquisition.
     pub fn record_failed(&self, backend: &str, attempts: u32) {
         self.record(backend, |c| {
             c.add(&Counters {
@@ -436,6 +471,7 @@ impl Metrics {
         })
     }
 
+    /// A release that freed a held lock.
     pub fn record_released(&self, backend: &str) {
         self.record(backend, |c| {
             c.add(&Counters {
@@ -466,6 +502,7 @@ pub struct ClaimRecorder<'a> {
 }
 
 impl<'a> ClaimRecorder<'a> {
+    /// Starts the claim's clock; counts one attempt so far.
     pub fn start(data_dir: &'a Path, backend: &'a str) -> Self {
         ClaimRecorder {
             data_dir,
@@ -480,6 +517,8 @@ impl<'a> ClaimRecorder<'a> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the claim's result in `data_dir`'s metrics: a grant with the time since
+    /// [`ClaimRecorder::start`], a conflict, or a failure. Never fails; problems are logged.
     pub fn finish(&self, outcome: std::result::Result<&Outcome, &Error>) {
         let attempts = self.attempts.load(Ordering::Relaxed);
         with_metrics(self.data_dir, |m| match outcome {

@@ -16,7 +16,9 @@ use crate::lock::Holder;
 
 /// What a command produced: both renderings, chosen by `--json` at print time.
 pub struct Report {
+    /// The `--json` rendering: one object, printed on one line.
     pub json: Value,
+    /// The text rendering; trailing whitespace is trimmed, and an empty one prints nothing.
     pub human: String,
     /// `key=value` pairs for `$GITHUB_OUTPUT`.
     pub outputs: Vec<(String, String)>,
@@ -27,6 +29,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report with exit code 0 and no Actions outputs or summary.
     pub fn new(json: Value, human: impl Into<String>) -> Self {
         Report {
             json,
@@ -37,6 +40,9 @@ impl Report {
         }
     }
 
+    /// Prints the JSON or the text on stdout, and inside Actions appends the outputs and the
+    /// summary to `$GITHUB_OUTPUT` and `$GITHUB_STEP_SUMMARY`. Write errors are ignored (a
+    /// closed pipe must not turn a done lock operation into a failure).
     pub fn print(&self, as_json: bool) {
         let mut out = std::io::stdout().lock();
         let _ = if as_json {
@@ -133,6 +139,7 @@ pub fn print_json_error(e: &Error) {
     let _ = writeln!(std::io::stdout().lock(), "{v}");
 }
 
+/// The holder as JSON, the same fields as its serde form (`null` should it fail to serialize).
 pub fn holder_json(h: &Holder) -> Value {
     serde_json::to_value(h).unwrap_or(Value::Null)
 }
@@ -185,6 +192,7 @@ struct Row {
     token: u64,
 }
 
+/// A table of held locks (display name and holder), one row each, for `status` without a lock.
 pub fn table(rows: &[(String, Holder)]) -> String {
     let rows: Vec<Row> = rows
         .iter()
@@ -205,6 +213,8 @@ pub fn table(rows: &[(String, Holder)]) -> String {
 pub struct Spinner(Option<ProgressBar>);
 
 impl Spinner {
+    /// Starts spinning with `message`, unless `as_json` or stderr is not a terminal (then it is
+    /// inert). Cleared from the terminal when dropped.
     pub fn new(as_json: bool, message: &str) -> Spinner {
         if as_json || !std::io::stderr().is_terminal() {
             return Spinner(None);
@@ -216,6 +226,7 @@ impl Spinner {
         Spinner(Some(pb))
     }
 
+    /// Replaces the text next to the spinner.
     pub fn set_message(&self, msg: String) {
         if let Some(pb) = &self.0 {
             pb.set_message(msg);

@@ -26,8 +26,6 @@
 //! records the nonce of the attempt that granted it, and a retried attempt that finds its own
 //! nonce takes the grant it already made.
 
-#![warn(missing_docs)]
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

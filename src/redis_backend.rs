@@ -21,8 +21,6 @@
 //! a nonce stored in the lease, and a retried attempt that finds its own nonce takes the grant it
 //! already made.
 
-#![warn(missing_docs)]
-
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;

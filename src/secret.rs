@@ -2,10 +2,13 @@
 
 use std::fmt;
 
+/// A token, password or URL with credentials. Only [`Secret::expose`] gives the value back, so
+/// logging or formatting one by accident shows `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value` as given; no trimming or validation.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }

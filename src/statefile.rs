@@ -30,6 +30,8 @@ pub trait Persisted: Serialize + DeserializeOwned + Default + PartialEq + Clone 
     const RESET_COST: &'static str = "what it recorded is then forgotten";
 }
 
+/// `NAME.json` in a directory, with its `NAME.lock`: the handle is only a path, so clones (and
+/// other processes opening the same path) share one file and serialize on its lock.
 #[derive(Debug, Clone)]
 pub struct StateFile {
     dir: PathBuf,
@@ -47,6 +49,7 @@ impl StateFile {
         })
     }
 
+    /// `dir/NAME.json`, for messages; read and write it only through this type.
     pub fn path(&self) -> PathBuf {
         self.dir.join(format!("{}.json", self.name))
     }

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::lease;
 use crate::lock::{AcquireRequest, Attempt, Grant, Holder, Takeover};
 
+/// What a claim does when the lock is held (`--strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
@@ -29,6 +30,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// Which holders an attempt under this strategy may take the lock from.
     pub fn takeover(self) -> Takeover {
         match self {
             Strategy::Retry | Strategy::FailFast => Takeover::None,
@@ -38,11 +40,18 @@ impl Strategy {
     }
 }
 
+/// How a claim keeps trying: the strategy and its backoff. The default is `retry` with 5
+/// retries, pauses from 1 s doubling to 16 s. Check user-given values with [`Policy::validate`].
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// What to do when the lock is held.
     pub strategy: Strategy,
+    /// Attempts after the first, for `retry` and `steal-stale`; `fail-fast` and `force` make
+    /// one attempt whatever this says.
     pub max_retries: u32,
+    /// The pause before the first retry; later pauses double (±25% jitter).
     pub initial_backoff: Duration,
+    /// The longest pause between attempts (at most [`MAX_BACKOFF`]).
     pub max_backoff: Duration,
 }
 
@@ -165,7 +174,9 @@ pub async fn claim<B: LockBackend>(
 /// What the claim loop did, for output and metrics.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The lease granted.
     pub grant: Grant,
+    /// Attempts made, the successful one included (1 when the first was granted).
     pub attempts: u32,
     /// When the winning attempt began, on the monotonic clock. The backend stamped the lease
     /// after this, so a holder that counts the lease from here never overestimates it.

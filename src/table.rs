@@ -23,13 +23,19 @@ use crate::lock::{
 /// One held lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
+    /// The holder; releases and renewals must name it.
     pub worker_id: String,
+    /// Where the holder runs; informational.
     pub node_id: String,
     /// Table-wide increasing counter: strictly increases per name across grants and take-overs.
     pub fencing_token: u64,
+    /// When this grant was made (Unix ms); kept by renewals and re-adoption.
     pub claimed_at_ms: u64,
+    /// The last renewal or the grant (Unix ms); the lease counts from here.
     pub heartbeat_ms: u64,
+    /// The lease length in ms (at least 1): stale once `now > heartbeat_ms + ttl_ms`.
     pub ttl_ms: u64,
+    /// What the holder said about its work.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
 }
@@ -59,21 +65,33 @@ impl LockRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
+    /// One acquisition attempt (build it with [`Command::acquire`], which validates). Answers
+    /// `Granted` or `Held`.
     Acquire {
+        /// The lock.
         name: String,
+        /// The claimant, holder if granted.
         worker_id: String,
+        /// Where the claimant runs.
         node_id: String,
+        /// The lease, in ms (at least 1).
         ttl_ms: u64,
+        /// Which holder the attempt may replace.
         takeover: Takeover,
+        /// Stored with the grant.
         #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
         task_info: TaskInfo,
         /// The worker may take up its own live lock again; without it, its own lock is `Held`.
         #[serde(default)]
         readopt: bool,
     },
+    /// Gives up a lock ([`Command::release`]). Answers `Released` or `NotOwner`.
     Release {
+        /// The lock.
         name: String,
+        /// Who releases: must be the holder unless `force`.
         worker_id: String,
+        /// Release whoever holds it.
         #[serde(default)]
         force: bool,
         /// Only the grant with this fencing token (unless `force`): a worker whose lease ran out
@@ -81,8 +99,12 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fencing_token: Option<u64>,
     },
+    /// Renews a lease at the command's time ([`Command::renew`]). Answers `Renewed`,
+    /// `NotOwner`, `Expired` or `NotHeld`.
     Renew {
+        /// The lock.
         name: String,
+        /// Who renews: must be the holder.
         worker_id: String,
         /// Only the grant with this fencing token.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,7 +116,10 @@ pub enum Command {
     /// The janitor's release: frees the lock only if it is stale at the command's time, so a
     /// holder that renewed since the janitor looked keeps it (the check and the release are one
     /// step). Answers `Released` (`None` when free) or, for a live lock, `Held`.
-    ReleaseStale { name: String },
+    ReleaseStale {
+        /// The lock.
+        name: String,
+    },
 }
 
 impl Command {
@@ -113,24 +138,42 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    /// Acquire succeeded. `adopted`: the worker already held it (same token). `took_over`: the
-    /// record that was replaced by a stale or forced take-over.
+    /// Acquire succeeded.
     Granted {
+        /// The lock as the claimant now holds it.
         record: LockRecord,
+        /// The worker already held it and took it up again (same token).
         adopted: bool,
+        /// The record a stale or forced take-over replaced.
         took_over: Option<LockRecord>,
     },
-    /// Acquire (or stale release) refused: someone holds it. `stale`: its heartbeat is older
-    /// than its TTL.
-    Held { record: LockRecord, stale: bool },
-    /// Release done; `None` when the name was already free (idempotent release).
-    Released { record: Option<LockRecord> },
+    /// Acquire (or stale release) refused: someone holds it.
+    Held {
+        /// The current holder, unchanged.
+        record: LockRecord,
+        /// Its heartbeat is older than its TTL.
+        stale: bool,
+    },
+    /// Release done (idempotent release).
+    Released {
+        /// The record removed; `None` when the name was already free.
+        record: Option<LockRecord>,
+    },
     /// Release or renew by a worker that is not the holder; the table is unchanged.
-    NotOwner { record: LockRecord },
+    NotOwner {
+        /// The actual holder.
+        record: LockRecord,
+    },
     /// Renew done: the heartbeat is now.
-    Renewed { record: LockRecord },
+    Renewed {
+        /// The lock with its new heartbeat (and TTL, if one was given).
+        record: LockRecord,
+    },
     /// Renew of an own lock whose TTL ran out: the holder may not keep it (record left as it is).
-    Expired { record: LockRecord },
+    Expired {
+        /// The lapsed record.
+        record: LockRecord,
+    },
     /// Renew of a free name.
     NotHeld,
 }
@@ -310,6 +353,7 @@ impl LockTable {
         }
     }
 
+    /// The lock `name`, stale or not; `None` when free.
     pub fn get(&self, name: &str) -> Option<&LockRecord> {
         self.locks.get(name)
     }
@@ -319,10 +363,12 @@ impl LockTable {
         self.locks.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Locks in the table, stale ones included.
     pub fn len(&self) -> usize {
         self.locks.len()
     }
 
+    /// No lock in the table, not even a stale one.
     pub fn is_empty(&self) -> bool {
         self.locks.is_empty()
     }
@@ -388,6 +434,7 @@ impl Command {
         })
     }
 
+    /// The table command for a release, with the name and worker id validated.
     pub fn release(
         name: &str,
         worker_id: &str,
@@ -404,6 +451,8 @@ impl Command {
         })
     }
 
+    /// The table command for a renewal, with the name and worker id validated; `ttl`, if given,
+    /// must be at least 1 ms.
     pub fn renew(
         name: &str,
         worker_id: &str,

@@ -25,17 +25,21 @@ use crate::secret::Secret;
 
 /// A GitHub that accepts connections but never answers must not hold a worker for minutes: each
 /// request gets a deadline (`SENTINEL_HTTP_TIMEOUT`, this by default; connecting gets at most
-/// [`CONNECT_TIMEOUT`]), and a request that timed out is retried at most once.
+/// 10 s of it), and a request that timed out is retried at most once.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard to try before calling GitHub unavailable (exit 8) or rate limited (exit 7).
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// The REST API root without a trailing `/` (`https://api.github.com`, or
+    /// `https://HOST/api/v3` for GitHub Enterprise Server).
     pub api_url: String,
+    /// Sent with every request; `None` makes anonymous requests (reads of public repositories).
     pub token: Option<Secret>,
     /// Extra attempts for idempotent requests after a 5xx or network error.
     pub retries: u32,
+    /// The pause before the first such retry; it doubles for each later one (±25% jitter).
     pub retry_backoff: Duration,
     /// Longest total time this process will sleep for rate limits before giving up.
     pub rate_limit_wait: Duration,
@@ -44,6 +48,8 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// Defaults for `api_url`: 3 retries from 500 ms, a 120 s rate-limit wait budget and
+    /// [`DEFAULT_TIMEOUT`]. A trailing `/` is dropped; the URL is checked by [`Client::new`].
     pub fn new(api_url: &str, token: Option<Secret>) -> Self {
         ClientOptions {
             api_url: api_url.trim_end_matches('/').to_string(),
@@ -59,12 +65,20 @@ impl ClientOptions {
 /// A response of any status; callers decide what 404, 410 or 301 mean for them.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status; a 304 to a conditional GET comes back as the cached 200.
     pub status: StatusCode,
+    /// The response headers.
     pub headers: HeaderMap,
+    /// The whole body.
     pub body: Bytes,
 }
 
 impl Response {
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unexpected`] when the body is not the expected JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|e| {
             Error::Unexpected(format!("GitHub sent a response sentinel cannot read: {e}"))
@@ -106,6 +120,7 @@ impl Response {
 /// Outcome of a request that must not be blindly repeated.
 #[derive(Debug)]
 pub enum Sent {
+    /// GitHub answered (any status but 5xx); the request was applied or refused as it says.
     Done(Response),
     /// The request may or may not have been applied (5xx or a broken connection).
     Unknown(Error),
@@ -130,6 +145,8 @@ struct RateSample {
     reset: DateTime<Utc>,
 }
 
+/// One process's connection to the GitHub API, with its ETag cache, its estimate of GitHub's
+/// clock and its rate-limit state. Share it (it is `Sync`) rather than making several.
 pub struct Client {
     octo: Octocrab,
     opts: ClientOptions,
@@ -141,6 +158,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// Builds the client; nothing is sent yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for an API URL octocrab cannot use; [`Error::Unexpected`] if the HTTP
+    /// stack cannot be set up.
     pub fn new(opts: ClientOptions) -> Result<Client> {
         let mut builder = Octocrab::builder()
             .base_uri(opts.api_url.as_str())
@@ -164,6 +187,7 @@ impl Client {
         })
     }
 
+    /// The API root requests go to, as in [`ClientOptions::api_url`].
     pub fn api_url(&self) -> &str {
         &self.opts.api_url
     }
@@ -211,10 +235,12 @@ impl Client {
         }
     }
 
+    /// PATCH with retries: a PATCH that replaces a whole body may safely be sent again.
     pub async fn patch<B: Serialize>(&self, path: &str, body: &B) -> Result<Response> {
         self.idempotent(Method::PATCH, path, Some(body)).await
     }
 
+    /// DELETE with retries, with an optional JSON body (removing assignees takes one).
     pub async fn delete<B: Serialize>(&self, path: &str, body: Option<&B>) -> Result<Response> {
         self.idempotent(Method::DELETE, path, body).await
     }

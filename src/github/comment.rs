@@ -18,10 +18,13 @@ pub const MARKER: &str = "<!-- sentinel:lock -->";
 const JSON_OPEN: &str = "```json";
 const JSON_CLOSE: &str = "```";
 
+/// Whether a lock comment still claims the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockState {
+    /// A claim; whether it holds the lock is [`resolve`](super::resolve)'s decision.
     Held,
+    /// Given up, at the comment's `updated_at` (its last edit).
     Released,
 }
 
@@ -29,30 +32,48 @@ pub enum LockState {
 /// take-over was allowed even after the victim's comment is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Takeover {
+    /// The victim's lock comment.
     pub comment_id: u64,
+    /// The victim's worker id.
     pub worker_id: String,
     /// The victim's `updated_at` as the stealer saw it.
     pub heartbeat: DateTime<Utc>,
+    /// The victim's lease, in seconds.
     pub ttl_seconds: u64,
+    /// Taken whatever the victim's lease (`--strategy force`, `release --force`); false: allowed
+    /// only because the victim was stale.
     pub force: bool,
 }
 
+/// The JSON `lock` object of a lock comment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockMeta {
+    /// The claimant and owner.
     pub worker_id: String,
+    /// Where the claimant runs; informational.
     pub node_id: String,
+    /// When the claim was written, by the writer's estimate of GitHub's clock; for people only.
     pub claimed_at: DateTime<Utc>,
+    /// The last heartbeat by the same estimate; for people only (the comment's `updated_at`
+    /// counts).
     pub heartbeat_last: DateTime<Utc>,
+    /// The lease, in whole seconds (at least 1).
     pub ttl_seconds: u64,
+    /// Held or released.
     pub state: LockState,
     /// Random id of this claim attempt: finds our own comment again after a lost response.
     pub nonce: String,
+    /// What the claimant said about its work.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
+    /// Set when this claim (or release notice) took the lock from another holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takeover: Option<Takeover>,
+    /// When it was released, by the writer's clock estimate; for people only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<DateTime<Utc>>,
+    /// Who released it: the holder's worker id, `WORKER (forced)`, the janitor's worker id, or
+    /// `WORKER (expired)` for a lease that ran out before its heartbeat arrived. Absent while held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_by: Option<String>,
 }
@@ -68,6 +89,7 @@ struct Envelope {
 pub enum Parsed {
     /// Not a sentinel comment at all.
     Other,
+    /// A well-formed lock comment.
     Lock(Box<LockMeta>),
     /// Carries the marker but the JSON is missing or broken (hand-edited): ignored, reported.
     Malformed(String),

@@ -23,9 +23,11 @@ use crate::lease;
 /// Lock activity of a repository within a window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RepoHistory {
+    /// The window's start, on GitHub's clock; it ends now.
     pub since: DateTime<Utc>,
     /// Grants whose lock comment was written or renewed in the window.
     pub acquisitions: u64,
+    /// Lock comments in the window marked released (by the holder, a force or the janitor).
     pub releases: u64,
     /// Take-overs of a lock whose lease had run out (`steal-stale`).
     pub stale_takeovers: u64,

@@ -50,7 +50,10 @@ use resolve::Record;
 /// `owner/repo`, validated the way GitHub names repositories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoName {
+    /// The user or organization: ASCII letters, digits and `-`, at most 39 characters.
     pub owner: String,
+    /// The repository: ASCII letters, digits, `-`, `_` and `.`, at most 100 characters, never
+    /// `.` or `..`.
     pub name: String,
 }
 
@@ -88,9 +91,14 @@ impl std::fmt::Display for RepoName {
     }
 }
 
+/// What [`GithubBackend::new`] needs.
 pub struct GithubOptions {
+    /// The repository whose issues are the locks.
     pub repo: RepoName,
+    /// The API endpoint, token, timeouts and retry budget.
     pub client: ClientOptions,
+    /// Where this host's cache of its own lock comments lives (see the module doc); never holds
+    /// a token.
     pub data_dir: PathBuf,
     /// Logins whose lock comments count besides OWNER/MEMBER/COLLABORATOR and ourselves.
     pub trusted: Vec<String>,
@@ -103,25 +111,39 @@ pub struct GithubOptions {
 /// A comment that looks like a lock but does not count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ignored {
+    /// The comment's id.
     pub comment_id: u64,
+    /// The comment author's login.
     pub author: String,
+    /// Why it does not count (an untrusted author, a malformed lock), for people.
     pub reason: String,
 }
 
+/// The issue as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IssueInfo {
+    /// The issue number (`#12`).
     pub number: u64,
+    /// The issue title.
     pub title: String,
+    /// `open` or `closed`; a closed issue cannot be claimed.
     pub state: String,
+    /// GitHub's conversation lock: only collaborators may comment, so others cannot claim.
     pub locked: bool,
+    /// The issue's web page.
     pub html_url: String,
+    /// Logins assigned. Cosmetic: the lock comment, not the assignment, says who holds it.
     pub assignees: Vec<String>,
 }
 
+/// What `status` reports for one issue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IssueStatus {
+    /// The issue itself.
     pub issue: IssueInfo,
+    /// The holder by [`resolve`]'s rule, stale ones included; `None` when free.
     pub holder: Option<Holder>,
+    /// Comments that look like locks but do not count.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<Ignored>,
 }
@@ -133,6 +155,7 @@ pub(crate) struct Comments {
     now: DateTime<Utc>,
 }
 
+/// The [`LockBackend`] on a repository's issues: lock ids are issue numbers.
 pub struct GithubBackend {
     client: Arc<Client>,
     repo: RepoName,
@@ -153,6 +176,12 @@ pub const CONTENT_WRITES_PER_HOUR: u64 = 500;
 pub(crate) const VISIBILITY_READS: u32 = 6;
 
 impl GithubBackend {
+    /// Sets the backend up without contacting GitHub.
+    ///
+    /// # Errors
+    ///
+    /// The HTTP client cannot be built (an invalid API URL), or the cache in `data_dir` cannot be
+    /// created.
     pub fn new(opts: GithubOptions) -> Result<GithubBackend> {
         let fingerprint = opts
             .client
@@ -171,6 +200,7 @@ impl GithubBackend {
         })
     }
 
+    /// The repository whose issues are the locks.
     pub fn repo(&self) -> &RepoName {
         &self.repo
     }

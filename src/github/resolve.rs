@@ -34,10 +34,15 @@ use crate::lease;
 /// A trusted, well-formed lock comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The comment id: the order of the log, and the grant's fencing token.
     pub id: u64,
+    /// The comment author's login (trusted by the time it is a record).
     pub author: String,
+    /// GitHub's time of the claim.
     pub created_at: DateTime<Utc>,
+    /// GitHub's time of the last edit: the last heartbeat, or the release.
     pub updated_at: DateTime<Utc>,
+    /// The comment's JSON.
     pub meta: LockMeta,
 }
 
@@ -55,11 +60,13 @@ impl Record {
         lease::expires_at(self.updated_at, self.ttl())
     }
 
+    /// Whether the lease had run out at `now` (strictly after [`Record::expires_at`]).
     pub fn is_stale_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at() < now
     }
 }
 
+/// Who holds the lock after replaying an issue's records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution<'a> {
     /// The last granted claim; `None` if no claim was ever granted.

@@ -51,6 +51,8 @@ impl LocalBackend {
         })
     }
 
+    /// The store underneath, for reading the table directly (tests, diagnostics). Changes made
+    /// through it bypass the backend's validation.
     pub fn store(&self) -> &LocalStore {
         &self.store
     }
