@@ -29,6 +29,16 @@ use crate::secret::Secret;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest pause between two attempts of one request.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(60);
+
+/// The pause before retry number `attempt` (from 1): doubling from `base`, saturating and capped
+/// at [`MAX_RETRY_PAUSE`], since a library caller may ask for any number of retries.
+fn retry_pause(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(MAX_RETRY_PAUSE)
+}
+
 /// How hard to try before calling GitHub unavailable (exit 8) or rate limited (exit 7).
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -292,7 +302,7 @@ impl Client {
             };
             if retryable && attempt < self.opts.retries {
                 attempt += 1;
-                let pause = self.opts.retry_backoff * 2u32.pow(attempt - 1);
+                let pause = retry_pause(self.opts.retry_backoff, attempt);
                 // One line at the end says what failed; the attempts are details for -v.
                 tracing::info!(%method, path, attempt, ?pause, "GitHub request failed; retrying");
                 tokio::time::sleep(crate::lease::jitter(pause, 0.25)).await;
@@ -505,4 +515,20 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// octocrab errors carry backtraces in Display; keep messages to one line.
 fn brief(e: &dyn std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_double_and_never_overflow() {
+        let base = Duration::from_millis(500);
+        assert_eq!(retry_pause(base, 1), base);
+        assert_eq!(retry_pause(base, 3), Duration::from_secs(2));
+        for attempt in [40, 64, u32::MAX] {
+            assert_eq!(retry_pause(base, attempt), MAX_RETRY_PAUSE);
+        }
+        assert_eq!(retry_pause(Duration::MAX, 2), MAX_RETRY_PAUSE);
+    }
 }
