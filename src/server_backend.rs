@@ -33,10 +33,9 @@ use crate::backend::{LockBackend, Status, foreign};
 use crate::coordinator::network::{self, Failure, HttpClient};
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::keepalive;
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Claimant, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
 };
 use crate::secret::Secret;
@@ -300,14 +299,18 @@ impl ServerBackend {
 
     /// `POST /locks/{name}/{action}` for the grant of `worker` with `token` (release, renew).
     async fn by_token(&self, action: &str, name: &str, worker: &str, token: u64) -> Result<Answer> {
+        self.by_token_with(action, name, json!({"holder": worker, "token": token}))
+            .await
+    }
+
+    /// A release or renewal with `body` (holder, token and any more fields) and a fresh request
+    /// id.
+    async fn by_token_with(&self, action: &str, name: &str, mut body: Value) -> Result<Answer> {
+        body["request_id"] = json!(request_id());
         self.call(
             Method::POST,
             &format!("/locks/{}/{action}", encode(name)),
-            Some(&json!({
-                "holder": worker,
-                "token": token,
-                "request_id": request_id(),
-            })),
+            Some(&body),
             Duration::ZERO,
         )
         .await
@@ -322,41 +325,6 @@ impl ServerBackend {
             return Err(self.fail(&answer));
         }
         Ok(answer.body)
-    }
-
-    /// Gives the live grant `held` a lease of `ttl` from now: an acquire that re-adopts it, with
-    /// its own node and task. Anything but that very grant taken up again is a lost lock; a
-    /// fresh grant (the lease ended just before) is given back at once.
-    async fn set_ttl(&self, name: &str, held: &Holder, ttl: Duration) -> Result<Holder> {
-        let readopt = AcquireRequest {
-            lock: LockId::Name(name.to_string()),
-            claimant: Claimant {
-                worker_id: held.worker_id.clone(),
-                node_id: held.node_id.clone(),
-            },
-            ttl,
-            takeover: Takeover::None,
-            task_info: held.task_info.clone(),
-            readopt: true,
-            attempt: 0,
-            wait: Duration::ZERO,
-        };
-        match self.acquire_once(&readopt, name, &request_id()).await? {
-            Attempt::Granted(g) if g.adopted && g.holder.fencing_token == held.fencing_token => {
-                Ok(g.holder)
-            }
-            Attempt::Granted(g) => {
-                if !g.adopted {
-                    let _ = self.release_lease(name, &g.holder).await;
-                }
-                Err(Error::NotOwner(format!(
-                    "{name}: the lease with fencing token {} ended before its new length could \
-                     be set",
-                    held.fencing_token
-                )))
-            }
-            Attempt::Held(h) => Err(not_ours(name, &h, &held.worker_id, held.fencing_token)),
-        }
     }
 
     /// One acquire that an interrupted process withdraws: it must end up holding nothing or
@@ -613,19 +581,13 @@ impl LockBackend for ServerBackend {
                 None => return Err(not_held(name)),
             },
         };
-        let answer = self.by_token("renew", name, &req.worker_id, token).await?;
+        let mut body = json!({"holder": req.worker_id, "token": token});
+        if let Some(ttl) = req.ttl {
+            body["ttl_ms"] = json!(lease::millis(ttl));
+        }
+        let answer = self.by_token_with("renew", name, body).await?;
         match answer.status {
-            StatusCode::OK => {
-                let renewed = answer.parse::<Done>("renew")?.holder;
-                match req.ttl {
-                    Some(ttl)
-                        if lease::millis(ttl) != lease::millis(keepalive::ttl_of(&renewed)) =>
-                    {
-                        self.set_ttl(name, &renewed, ttl).await
-                    }
-                    _ => Ok(renewed),
-                }
-            }
+            StatusCode::OK => Ok(answer.parse::<Done>("renew")?.holder),
             StatusCode::CONFLICT if answer.error().code == "not_holder" => {
                 Err(match answer.error().holder {
                     None => not_held(name),

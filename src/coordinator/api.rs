@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `POST /locks/{name}/acquire` | `holder`, `ttl_ms`, optional `wait_ms`, `node`, `request_id`, `readopt`, `task_info` | 200 the lease; 409 `lock_held` / `wait_timed_out` |
 //! | `POST /locks/{name}/release` | `holder`, `token`, optional `request_id` | 200 the released lease; 409 `not_holder` |
-//! | `POST /locks/{name}/renew` | `holder`, `token`, optional `request_id` | 200 the renewed lease; 409 `not_holder` |
+//! | `POST /locks/{name}/renew` | `holder`, `token`, optional `request_id`, `ttl_ms` (a new TTL) | 200 the renewed lease; 409 `not_holder` |
 //! | `GET /locks/{name}/status` | | 200 holder (or none) and wait queue |
 //! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
@@ -465,13 +465,7 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     if let Some(n) = &b.node {
         label("node", n)?;
     }
-    let (min, max) = (lease::millis(lease::MIN_TTL), lease::millis(lease::MAX_TTL));
-    if !(min..=max).contains(&b.ttl_ms) {
-        return Err(invalid(
-            "ttl_ms",
-            format!("use {min} to {max} milliseconds"),
-        ));
-    }
+    checked_ttl(b.ttl_ms)?;
     if b.wait_ms > MAX_WAIT_MS {
         return Err(invalid(
             "wait_ms",
@@ -539,37 +533,74 @@ struct TokenBody {
 }
 
 async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
-    by_token(node, name, body, |request_id, name, holder, token| {
-        Command::Release(Release {
-            request_id,
-            name,
-            holder,
-            token,
-        })
-    })
+    by_token(
+        node,
+        name,
+        parse(body)?,
+        |request_id, name, holder, token| {
+            Command::Release(Release {
+                request_id,
+                name,
+                holder,
+                token,
+            })
+        },
+    )
     .await
 }
 
+/// A renewal may also give the lease a new TTL.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    holder: String,
+    token: u64,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
 async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
-    by_token(node, name, body, |request_id, name, holder, token| {
+    let b: RenewBody = parse(body)?;
+    let ttl_ms = b.ttl_ms.map(checked_ttl).transpose()?;
+    let grant = TokenBody {
+        holder: b.holder,
+        token: b.token,
+        request_id: b.request_id,
+    };
+    let command = |request_id, name, holder, token| {
         Command::Renew(Renew {
             request_id,
             name,
             holder,
             token,
+            ttl_ms,
         })
-    })
-    .await
+    };
+    by_token(node, name, grant, command).await
+}
+
+/// A lease's TTL in milliseconds, within the bounds every backend keeps.
+fn checked_ttl(ms: u64) -> Result<u64, ApiError> {
+    let (min, max) = (lease::millis(lease::MIN_TTL), lease::millis(lease::MAX_TTL));
+    if (min..=max).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(invalid(
+            "ttl_ms",
+            format!("use {min} to {max} milliseconds"),
+        ))
+    }
 }
 
 /// A holder's request about its own grant, named by its fencing token (release, renew).
 async fn by_token(
     node: &Node,
     name: String,
-    body: &[u8],
+    b: TokenBody,
     command: impl FnOnce(String, String, String, u64) -> Command,
 ) -> Result<Response, ApiError> {
-    let b: TokenBody = parse(body)?;
     label("holder", &b.holder)?;
     let id = request_id(b.request_id)?;
     let command = command(id.clone(), name.clone(), b.holder, b.token);

@@ -153,6 +153,9 @@ pub struct Renew {
     pub holder: String,
     /// The lease's fencing token.
     pub token: u64,
+    /// A new TTL for the lease, in milliseconds, from this renewal on; `None` keeps its TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// Which kind of request a request id was first used for.
@@ -516,6 +519,9 @@ impl LockState {
             {
                 let old = slot.lease.expires_at_ms();
                 slot.lease.heartbeat_ms = now;
+                if let Some(ttl) = r.ttl_ms {
+                    slot.lease.ttl_ms = ttl;
+                }
                 let lease = slot.lease.clone();
                 self.expiries.remove(&(old, r.name.clone()));
                 self.expiries
@@ -858,6 +864,7 @@ mod tests {
             name: name.into(),
             holder: holder.into(),
             token,
+            ttl_ms: None,
         })
     }
 
@@ -1539,6 +1546,9 @@ mod tests {
                         (&r.holder, r.token),
                         "{ctx}"
                     );
+                    if let Some(ttl) = r.ttl_ms {
+                        assert_eq!(lease.ttl_ms, ttl, "{ctx}");
+                    }
                     self.believe(&r.name, lease);
                 }
                 (Command::Release(_) | Command::Renew(_), Outcome::NotHolder { .. }) => {}
@@ -1652,7 +1662,14 @@ mod tests {
                         readopt,
                         task_info: TaskInfo::default(),
                     }),
-                    4 | 5 => renew(&id, name, holder, token),
+                    4 => renew(&id, name, holder, token),
+                    5 => Command::Renew(Renew {
+                        ttl_ms: Some(TTL / 2 + n % TTL),
+                        ..match renew(&id, name, holder, token) {
+                            Command::Renew(r) => r,
+                            _ => unreachable!(),
+                        }
+                    }),
                     6 | 7 => release(&id, name, holder, token),
                     8 => Command::Tick,
                     _ if sent.is_empty() => Command::Tick,
