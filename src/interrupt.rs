@@ -6,6 +6,10 @@
 //! A grant stays at risk until the command has printed it: its registration is kept past the
 //! grant ([`Registration::keep_until_reported`]) and dropped by `main` after printing
 //! ([`reported`]). So an interrupted claim either holds nothing or has told its caller.
+//!
+//! Only a process that handles the signals (the binary, through [`signalled`]) runs the undo
+//! actions; in any other process — a service using the library — nothing is registered, since
+//! nobody would run the actions and every grant would leave one behind.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,6 +22,7 @@ type Undo = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>
 static PENDING: Mutex<BTreeMap<u64, Undo>> = Mutex::new(BTreeMap::new());
 static NEXT: AtomicU64 = AtomicU64::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// Keeps an undo action registered until dropped.
 pub struct Registration(Option<u64>);
@@ -58,9 +63,22 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    if !ARMED.load(Ordering::SeqCst) {
+        return Registration(None);
+    }
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     pending().insert(id, Box::new(move || Box::pin(undo())));
     Registration(Some(id))
+}
+
+/// How many undo actions are registered now.
+pub fn registered() -> usize {
+    pending().len()
+}
+
+/// From now on, undo actions are registered: this process will run them when interrupted.
+pub fn arm() {
+    ARMED.store(true, Ordering::SeqCst);
 }
 
 /// Marks the process as interrupted: from now on, work checking [`is_interrupted`] commits nothing.
@@ -80,6 +98,7 @@ pub async fn undo_all() {
 /// process between a commit and its undo registration — and returns a future that resolves with
 /// the conventional exit code when one arrives. Must be called inside a tokio runtime.
 pub fn signalled() -> impl Future<Output = i32> {
+    arm();
     let signals = Signals::listen();
     async move {
         match signals {
@@ -160,6 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_live_registrations_run() {
+        arm();
         let ran = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicBool::new(false));
         let r = ran.clone();

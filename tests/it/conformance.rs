@@ -931,6 +931,9 @@ pub fn guards(s: &Subject) {
         assert!(!next.is_lost());
         assert!(next.step_down().await.unwrap());
     });
+    // A service has no signal handler to run undo actions: its grants leave none behind (this
+    // process never arms them; the binary does).
+    assert_eq!(sentinel::interrupt::registered(), 0);
 }
 
 /// SIGINT or SIGTERM at any moment of a claim: afterwards the lock is free, or the claimer
