@@ -44,8 +44,10 @@ const HEARTBEAT_MS: u64 = 50;
 const ELECTION_MIN_MS: u64 = 120;
 const ELECTION_MAX_MS: u64 = 200;
 /// A snapshot every this many entries; entries it covers beyond the last this many are purged.
-const SNAPSHOT_EVERY: u64 = 10_000;
-const LOG_KEPT: u64 = 1_000;
+/// The log is kept in memory, and under load an entry carries dozens of commands: snapshots come
+/// often enough to bound that memory to a few thousand commands' worth.
+const SNAPSHOT_EVERY: u64 = 1_000;
+const LOG_KEPT: u64 = 200;
 /// Commands that may wait for the writer before proposers wait to queue more (back-pressure).
 const QUEUED_PROPOSALS: usize = 4 * MAX_BATCH;
 /// How long a proposal may wait for a quorum before the client is told to retry.
