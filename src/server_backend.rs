@@ -52,9 +52,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long withdrawing an interrupted claim may take before the process exits anyway.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(5);
-/// The same for a claim that waits on the server: the replay of a wait still queued is only
-/// answered after the coordinator's settle grace (5 s), and learns nothing the undo could act on.
-const UNDO_QUEUED_TIMEOUT: Duration = Duration::from_secs(1);
 /// Locks per page of `GET /locks` (the coordinator's largest page).
 const PAGE: usize = 1_000;
 /// Most pages one listing reads: the coordinator holds at most 100,000 locks.
@@ -303,8 +300,8 @@ impl ServerBackend {
             .await
     }
 
-    /// A release or renewal with `body` (holder, token and any more fields) and a fresh request
-    /// id.
+    /// A release, renewal or withdrawal with `body` (its fields but the request id) and a fresh
+    /// request id.
     async fn by_token_with(&self, action: &str, name: &str, mut body: Value) -> Result<Answer> {
         body["request_id"] = json!(request_id());
         self.call(
@@ -328,39 +325,23 @@ impl ServerBackend {
     }
 
     /// One acquire that an interrupted process withdraws: it must end up holding nothing or
-    /// reporting its grant. Before anything is sent, an undo is registered that sends the same
-    /// request id again and releases what it was granted. The coordinator executes an id once,
-    /// so the undo's request and the attempt's, whichever arrives first, make at most one grant,
-    /// and the undo learns it either way; nothing is sent once the interrupt is flagged.
-    ///
-    /// An attempt still waiting in the server's queue cannot be withdrawn (the coordinator has no
-    /// request for it): the undo gives up after [`UNDO_QUEUED_TIMEOUT`], and a grant the wait
-    /// gets later ends with its lease.
+    /// reporting its grant. Before anything is sent, an undo is registered that asks the
+    /// coordinator to withdraw the acquire by its request id: a waiting acquire leaves the queue,
+    /// a grant is released, and an acquire that has not arrived yet will never be executed.
+    /// Nothing is sent once the interrupt is flagged.
     async fn claim(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
         let id = request_id();
-        let limit = if req.wait.is_zero() {
-            UNDO_TIMEOUT
-        } else {
-            UNDO_QUEUED_TIMEOUT
-        };
         let undo = {
             let (this, name, id) = (self.detached(), name.to_string(), id.clone());
-            let replay = AcquireRequest {
-                wait: Duration::ZERO,
-                ..req.clone()
-            };
+            let holder = req.claimant.worker_id.clone();
             interrupt::on_interrupt(move || async move {
-                let withdraw = async {
-                    if let Ok(Attempt::Granted(g)) = this.acquire_once(&replay, &name, &id).await
-                        && !g.adopted
-                    {
-                        let _ = this.release_lease(&name, &g.holder).await;
-                    }
-                };
-                if tokio::time::timeout(limit, withdraw).await.is_err() {
-                    tracing::warn!(
-                        "an interrupted claim could not be withdrawn (it may still wait on the server); its grant, if any, ends with its lease"
-                    );
+                let body = json!({"holder": holder, "acquire_request_id": id});
+                let withdraw = this.by_token_with("withdraw", &name, body);
+                match tokio::time::timeout(UNDO_TIMEOUT, withdraw).await {
+                    Ok(Ok(answer)) if answer.status == StatusCode::OK => {}
+                    _ => tracing::warn!(
+                        "an interrupted claim could not be withdrawn; its grant, if any, ends with its lease"
+                    ),
                 }
             })
         };

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `POST /locks/{name}/acquire` | `holder`, `ttl_ms`, optional `wait_ms`, `node`, `request_id`, `readopt`, `task_info` | 200 the lease; 409 `lock_held` / `wait_timed_out` |
 //! | `POST /locks/{name}/release` | `holder`, `token`, optional `request_id` | 200 the released lease; 409 `not_holder` |
+//! | `POST /locks/{name}/withdraw` | `holder`, `acquire_request_id`, optional `request_id` | 200 `withdrawn`, and the lease it `released` if the acquire had been granted |
 //! | `POST /locks/{name}/renew` | `holder`, `token`, optional `request_id`, `ttl_ms` (a new TTL) | 200 the renewed lease; 409 `not_holder` |
 //! | `GET /locks/{name}/status` | | 200 holder (or none) and wait queue |
 //! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
@@ -17,7 +18,8 @@
 //! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
 //! `--auth-token` requires `Authorization: Bearer TOKEN` on every request); 404 `unknown_route`; 405
 //! `method_not_allowed`; 408 `body_timeout` (the body took more than 10 s); 409 `lock_held`,
-//! `wait_timed_out`, `not_holder`, `request_id_reused`;
+//! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
+//! it back);
 //! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
 //! `unavailable`.
 //!
@@ -44,7 +46,7 @@ use serde_json::{Value, json};
 
 use super::network::{self, APPEND_PATH, Failure, SNAPSHOT_PATH, VOTE_PATH};
 use super::server::{Node, PROPOSE_TIMEOUT, ProposeError};
-use super::state::{Acquire, Command, Limit, Outcome, Release, Renew, Slot};
+use super::state::{Acquire, Command, Limit, Outcome, Release, Renew, Slot, Withdraw};
 use crate::lease::{self, Clock, SystemClock};
 use crate::lock::{TaskInfo, validate_label, validate_name};
 use crate::table::{LockRecord, LockTable};
@@ -409,7 +411,7 @@ async fn locks(
             )
         })?;
         let allowed = match action {
-            "acquire" | "release" | "renew" => Method::POST,
+            "acquire" | "release" | "renew" | "withdraw" => Method::POST,
             "status" => Method::GET,
             _ => {
                 return Err(error(
@@ -435,6 +437,7 @@ async fn locks(
             "acquire" => acquire(&node, name, &body).await,
             "release" => release(&node, name, &body).await,
             "renew" => renew(&node, name, &body).await,
+            "withdraw" => withdraw(&node, name, &body).await,
             _ => status(&node, &name).await,
         }
     })
@@ -510,6 +513,13 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
             }
         }
     }
+    if let Outcome::Withdrawn { .. } = outcome {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "withdrawn",
+            format!("acquire request {id} was withdrawn by its client"),
+        ));
+    }
     // A grant made for this request (by its entry, or later from the queue) carries a token at
     // least the entry's index; a remembered answer to a retry carries an older one.
     if let Outcome::Granted {
@@ -579,6 +589,32 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
         })
     };
     by_token(node, name, grant, command).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WithdrawBody {
+    holder: String,
+    acquire_request_id: String,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+/// Takes back an acquire (by its request id) that its client gave up on: out of the queue, its
+/// grant released, or never executed if it has not arrived.
+async fn withdraw(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    let b: WithdrawBody = parse(body)?;
+    label("holder", &b.holder)?;
+    let acquire_id = request_id(Some(b.acquire_request_id))?;
+    let id = request_id(b.request_id)?;
+    let command = Command::Withdraw(Withdraw {
+        request_id: id.clone(),
+        name: name.clone(),
+        holder: b.holder,
+        acquire_id,
+    });
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
+    answer(node, &name, &id, outcome)
 }
 
 /// A lease's TTL in milliseconds, within the bounds every backend keeps.
@@ -671,6 +707,10 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Outcome) -> Result<Respons
             ),
         }),
         Outcome::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
+        Outcome::Withdrawn { lease } => Ok(ok(json!({
+            "lock": name, "request_id": id, "withdrawn": true,
+            "released": lease.map(|l| holder_json(&l, now)),
+        }))),
     }
 }
 

@@ -96,6 +96,8 @@ pub enum Command {
     Release(Release),
     /// Extend a lease.
     Renew(Renew),
+    /// Take back an acquire, whatever became of it.
+    Withdraw(Withdraw),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
@@ -158,6 +160,21 @@ pub struct Renew {
     pub ttl_ms: Option<u64>,
 }
 
+/// Take back an acquire the client gave up on (an interrupted claim): a waiting acquire leaves
+/// the queue, a lease it was granted is released, and one that has not arrived yet is never
+/// executed. Only the acquire's holder may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdraw {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The lock's name.
+    pub name: String,
+    /// The acquire's holder.
+    pub holder: String,
+    /// The request id of the acquire to take back.
+    pub acquire_id: String,
+}
+
 /// Which kind of request a request id was first used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,6 +185,8 @@ pub enum RequestKind {
     Release,
     /// [`Command::Renew`].
     Renew,
+    /// [`Command::Withdraw`].
+    Withdraw,
 }
 
 /// What a limit refused.
@@ -230,6 +249,12 @@ pub enum Outcome {
     },
     /// The request id was first used for another request (another kind, lock or holder).
     RequestIdReused,
+    /// The answer to a [`Command::Withdraw`], and to the acquire it took back: that acquire
+    /// holds nothing now; `lease` is the lease it had been granted and that was released.
+    Withdrawn {
+        /// The released lease, if the acquire had been granted one that was still live.
+        lease: Option<LockRecord>,
+    },
 }
 
 /// A waiting request that got its final answer while another command was applied.
@@ -371,6 +396,12 @@ impl LockState {
                 (RequestKind::Renew, &r.name, &r.holder),
                 now,
                 |s| s.renew(now, r),
+            )),
+            Command::Withdraw(w) => Some(self.request(
+                &w.request_id,
+                (RequestKind::Withdraw, &w.name, &w.holder),
+                now,
+                |s| s.withdraw(at, now, w, &mut settled),
             )),
         };
         self.forget(now);
@@ -531,6 +562,64 @@ impl LockState {
             other => Outcome::NotHolder {
                 holder: other.map(|s| s.lease.clone()),
             },
+        }
+    }
+
+    fn withdraw(&mut self, at: u64, now: u64, w: &Withdraw, settled: &mut Vec<Settled>) -> Outcome {
+        let withdrawn = |lease| Outcome::Withdrawn { lease };
+        let Some(acquire) = self.requests.get(&w.acquire_id) else {
+            // Not arrived (or long forgotten): remembered as withdrawn, so that the acquire, if
+            // it still comes, is answered so and never executed.
+            self.requests.insert(
+                w.acquire_id.clone(),
+                Remembered {
+                    kind: RequestKind::Acquire,
+                    name: w.name.clone(),
+                    holder: w.holder.clone(),
+                    outcome: withdrawn(None),
+                },
+            );
+            self.settled.push_back((now, w.acquire_id.clone()));
+            return withdrawn(None);
+        };
+        if acquire.kind != RequestKind::Acquire
+            || acquire.name != w.name
+            || acquire.holder != w.holder
+        {
+            return Outcome::RequestIdReused;
+        }
+        match acquire.outcome.clone() {
+            Outcome::Queued { .. } => {
+                if let Some(slot) = self.locks.get_mut(&w.name)
+                    && let Some(i) = slot.queue.iter().position(|q| q.request_id == w.acquire_id)
+                    && let Some(waiter) = slot.queue.remove(i)
+                {
+                    self.deadlines
+                        .remove(&(waiter.until_ms, w.name.clone(), w.acquire_id.clone()));
+                }
+                self.settle(now, &w.name, w.acquire_id.clone(), withdrawn(None), settled);
+                withdrawn(None)
+            }
+            // A re-adoption took up a lease the holder had before: not the acquire's to give back.
+            Outcome::Granted {
+                lease,
+                adopted: false,
+            } if self.locks.get(&w.name).is_some_and(|slot| {
+                slot.lease.worker_id == lease.worker_id
+                    && slot.lease.fencing_token == lease.fencing_token
+            }) =>
+            {
+                let live = self.locks[&w.name].lease.clone();
+                self.expiries
+                    .remove(&(live.expires_at_ms(), w.name.clone()));
+                self.hand_over(&w.name, at, now, settled);
+                // A late retry of the acquire must not believe it holds the lock.
+                if let Some(r) = self.requests.get_mut(&w.acquire_id) {
+                    r.outcome = withdrawn(Some(live.clone()));
+                }
+                withdrawn(Some(live))
+            }
+            _ => withdrawn(None),
         }
     }
 
@@ -959,6 +1048,59 @@ mod tests {
         let long = Batch(vec![p(Command::Tick); POSITIONS_PER_ENTRY as usize + 5]);
         assert_eq!(s.apply(4, 1, &long).len(), POSITIONS_PER_ENTRY as usize);
         assert!(MAX_BATCH < POSITIONS_PER_ENTRY as usize);
+    }
+
+    fn withdraw(id: &str, name: &str, holder: &str, acquire_id: &str) -> Command {
+        Command::Withdraw(Withdraw {
+            request_id: id.into(),
+            name: name.into(),
+            holder: holder.into(),
+            acquire_id: acquire_id.into(),
+        })
+    }
+
+    #[test]
+    fn a_withdrawn_acquire_leaves_the_queue_gives_back_its_grant_or_never_runs() {
+        let mut s = LockState::default();
+        let first = granted(outcome(step(
+            &mut s,
+            1,
+            0,
+            acquire("r1", "a", "w1", TTL, 0),
+        )));
+        step(&mut s, 2, 0, acquire("r2", "a", "w2", TTL, 5_000));
+        step(&mut s, 3, 0, acquire("r3", "a", "w3", TTL, 5_000));
+        // A waiter gives up: out of the queue, its request answered as withdrawn.
+        let a = step(&mut s, 4, 10, withdraw("w1x", "a", "w2", "r2"));
+        assert_eq!(a.outcome, Some(Outcome::Withdrawn { lease: None }));
+        assert_eq!(a.settled[0].request_id, "r2");
+        assert_eq!(s.answer("r2"), Some(&Outcome::Withdrawn { lease: None }));
+        assert_eq!(s.waiting(), 1);
+        // Only the acquire's own holder may take it back.
+        let a = step(&mut s, 5, 10, withdraw("w2x", "a", "w3", "r1"));
+        assert_eq!(a.outcome, Some(Outcome::RequestIdReused));
+        // The holder gives up after its grant: released, and the next waiter gets the lock.
+        let a = step(&mut s, 6, 20, withdraw("w3x", "a", "w1", "r1"));
+        assert_eq!(
+            a.outcome,
+            Some(Outcome::Withdrawn {
+                lease: Some(first.clone())
+            })
+        );
+        let next = granted(a.settled[0].outcome.clone());
+        assert_eq!((next.worker_id.as_str(), next.fencing_token), ("w3", t(6)));
+        // A retry of the taken-back acquire does not believe it holds the lock.
+        assert!(matches!(
+            outcome(step(&mut s, 7, 30, acquire("r1", "a", "w1", TTL, 0))),
+            Outcome::Withdrawn { lease: Some(_) }
+        ));
+        // Taken back before it arrived: the acquire is never executed.
+        step(&mut s, 8, 40, withdraw("w4x", "b", "w1", "r9"));
+        assert_eq!(
+            outcome(step(&mut s, 9, 50, acquire("r9", "b", "w1", TTL, 0))),
+            Outcome::Withdrawn { lease: None }
+        );
+        assert!(s.get("b").is_none());
     }
 
     #[test]
@@ -1439,7 +1581,7 @@ mod tests {
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(
             (
-                0u8..12,
+                0u8..13,
                 0usize..3,
                 0usize..4,
                 0u8..30,
@@ -1503,7 +1645,7 @@ mod tests {
                     );
                     self.grant(index, &s.name, lease, *adopted, ctx);
                 }
-                Outcome::TimedOut { .. } => {
+                Outcome::TimedOut { .. } | Outcome::Withdrawn { lease: None } => {
                     let before = queue.len();
                     queue.retain(|id| id != &s.request_id);
                     assert_eq!(queue.len() + 1, before, "{ctx}");
@@ -1552,6 +1694,15 @@ mod tests {
                     self.believe(&r.name, lease);
                 }
                 (Command::Release(_) | Command::Renew(_), Outcome::NotHolder { .. }) => {}
+                (Command::Withdraw(w), Outcome::Withdrawn { lease }) => {
+                    if let Some(lease) = lease {
+                        assert_eq!(lease.worker_id, w.holder, "{ctx}");
+                        self.forget(&w.name, lease);
+                    }
+                }
+                // An acquire taken back before it arrived.
+                (Command::Acquire(_), Outcome::Withdrawn { lease: None }) => {}
+                (Command::Withdraw(_), Outcome::RequestIdReused) => {}
                 (_, Outcome::Refused { .. }) => {}
                 _ => panic!("answer does not fit the command: {ctx}"),
             }
@@ -1672,25 +1823,51 @@ mod tests {
                     }),
                     6 | 7 => release(&id, name, holder, token),
                     8 => Command::Tick,
+                    // Take back an earlier acquire (its holder's, mostly), or one still to come.
+                    12 => {
+                        let acquires: Vec<&Acquire> = sent
+                            .iter()
+                            .filter_map(|c| match c {
+                                Command::Acquire(a) => Some(a),
+                                _ => None,
+                            })
+                            .collect();
+                        let (acquire_id, holder) = match acquires.len() as u64 {
+                            0 => (format!("r{}-0", index + 1), holder.to_string()),
+                            k => {
+                                let a = acquires[(n % k) as usize];
+                                let holder = if wait == 0 { holder } else { &a.holder };
+                                (a.request_id.clone(), holder.to_string())
+                            }
+                        };
+                        Command::Withdraw(Withdraw {
+                            request_id: id,
+                            name: name.into(),
+                            holder,
+                            acquire_id,
+                        })
+                    }
                     _ if sent.is_empty() => Command::Tick,
                     _ => sent[(n % sent.len() as u64) as usize].clone(),
                 };
                 retries.push(kind >= 9 && !sent.is_empty());
                 batch.push(Proposal { at_ms: at, command });
             }
-            // Whether each command is a retry the state remembers when it comes to it: what the
-            // commands before it in the entry left.
+            // Whether the state remembers each command's request id when it comes to it (after
+            // the commands before it in the entry).
             let remembered: Vec<bool> = (0..batch.len())
                 .map(|place| {
                     let id = match &batch[place].command {
                         Command::Acquire(Acquire { request_id, .. })
                         | Command::Release(Release { request_id, .. })
-                        | Command::Renew(Renew { request_id, .. }) => request_id,
+                        | Command::Renew(Renew { request_id, .. })
+                        | Command::Withdraw(Withdraw { request_id, .. }) => request_id,
                         Command::Tick => return false,
                     };
                     let mut before = s.clone();
                     before.apply(index, term, &Batch(batch[..place].to_vec()));
-                    retries[place] && before.answer(id).is_some()
+                    // A retry, or an acquire taken back before it came.
+                    before.answer(id).is_some()
                 })
                 .collect();
             // A lone retry of a remembered request is not executed again: nothing but time

@@ -284,8 +284,7 @@ fn retry_waits_on_the_server_and_exits_3_when_the_wait_runs_out() {
         released.elapsed()
     );
 
-    // A claim interrupted while it waits on the server exits promptly: its undo cannot withdraw
-    // a queued wait, and does not sit out the server's 5 s settle grace trying.
+    // A claim interrupted while it waits on the server exits promptly and takes its wait back.
     let mut waiter = Running::spawn(&mut cli(
         tmp.path(),
         &url,
@@ -310,6 +309,10 @@ fn retry_waits_on_the_server_and_exits_3_when_the_wait_runs_out() {
         interrupted.elapsed(),
         text(&out)
     );
+    // When the lock falls free, the interrupted claim is not handed it: nobody holds it.
+    assert_eq!(code(&run(tmp.path(), &url, "w2", &["release", "held"])), 0);
+    let out = run(tmp.path(), &url, "w9", &["--json", "status", "held"]);
+    assert_eq!(stdout_json(&out)["held"], false, "{}", text(&out));
 }
 
 #[test]
