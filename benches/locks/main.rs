@@ -199,7 +199,12 @@ impl Run {
             .collect()
     }
 
-    async fn sentinel_http(&self, url: impl Fn(u64) -> String) -> Measured {
+    /// A row of clients of sentinel's HTTP API, client `i` sending to `url(i)`.
+    async fn sentinel_row(
+        &self,
+        cluster: &Sentinel,
+        url: impl Fn(u64) -> String,
+    ) -> Result<(Measured, Option<String>), RowError> {
         let clients = (0..self.clients)
             .map(|i| SentinelHttp {
                 http: Http::new(REQUEST_TIMEOUT),
@@ -207,7 +212,10 @@ impl Run {
                 holder: format!("bench-{i}"),
             })
             .collect();
-        load::run(clients, self.load).await
+        let setup = Http::new(REQUEST_TIMEOUT);
+        let term = cluster.term(&setup).await?;
+        let measured = load::run(clients, self.load).await;
+        Ok((measured, server_side(&setup, cluster, term).await))
     }
 
     /// The row's numbers, and for sentinel rows where the server's time went.
@@ -217,23 +225,18 @@ impl Run {
             Part::Sentinel1 => {
                 let node = Sentinel::start(&self.sentinel, 1, &setup).await?;
                 let url = node.nodes[0].url.clone();
-                let measured = self.sentinel_http(|_| url.clone()).await;
-                Ok((measured, commit_latency(&setup, &url).await))
+                self.sentinel_row(&node, |_| url.clone()).await
             }
             Part::Sentinel3Leader => {
                 let cluster = Sentinel::start(&self.sentinel, 3, &setup).await?;
                 let url = cluster.leader_url(&setup).await?;
-                let measured = self.sentinel_http(|_| url.clone()).await;
-                Ok((measured, commit_latency(&setup, &url).await))
+                self.sentinel_row(&cluster, |_| url.clone()).await
             }
             Part::Sentinel3Spread => {
                 let cluster = Sentinel::start(&self.sentinel, 3, &setup).await?;
                 let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
-                let measured = self
-                    .sentinel_http(|i| urls[i as usize % urls.len()].clone())
-                    .await;
-                let leader = cluster.leader_url(&setup).await?;
-                Ok((measured, commit_latency(&setup, &leader).await))
+                self.sentinel_row(&cluster, |i| urls[i as usize % urls.len()].clone())
+                    .await
             }
             Part::Etcd => {
                 let bin = need(find("etcd", &[]), "etcd", "etcd-server")?;
@@ -262,8 +265,9 @@ impl Run {
                 let node = Sentinel::start(&self.sentinel, 1, &setup).await?;
                 let url = &node.nodes[0].url;
                 let clients = self.library(|| ServerBackend::new(server_urls(url)?, None))?;
+                let term = node.term(&setup).await?;
                 let measured = load::run(clients, self.load).await;
-                Ok((measured, commit_latency(&setup, url).await))
+                Ok((measured, server_side(&setup, &node, term).await))
             }
             Part::LibRedis => {
                 let bin = need(find("redis-server", &[]), "redis-server", "redis-server")?;
@@ -287,25 +291,40 @@ impl Run {
     }
 }
 
-/// The mean time from proposing a command to its answer on the leader, over the row (warm-up
-/// included), from its metrics: how much of a sentinel row's latency is the commit itself.
-async fn commit_latency(http: &Http, leader: &str) -> Option<String> {
-    let (status, text) = http.get(&format!("{leader}/metrics")).await.ok()?;
-    let text = text.as_str().filter(|_| status == 200)?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    let sum = value("consensus_commit_latency_seconds_sum ")?;
-    let count = value("consensus_commit_latency_seconds_count ")?;
-    (count > 0.0).then(|| {
-        format!(
-            "the leader's commits (proposal to answer) took {:.2} ms on average over {count} \
-             commits, warm-up included",
-            sum / count * 1000.0
-        )
-    })
+/// What the cluster says about a row that started in `term`: the leader's mean time from
+/// proposing a command to its answer (from its metrics, warm-up included), which is how much of
+/// the latency the commit itself is; and elections during the row, which stall every client.
+async fn server_side(http: &Http, cluster: &Sentinel, term: u64) -> Option<String> {
+    let mut said = Vec::new();
+    if let Ok(leader) = cluster.leader_url(http).await
+        && let Ok((200, text)) = http.get(&format!("{leader}/metrics")).await
+        && let Some(text) = text.as_str()
+    {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        if let (Some(sum), Some(count)) = (
+            value("consensus_commit_latency_seconds_sum "),
+            value("consensus_commit_latency_seconds_count "),
+        ) && count > 0.0
+        {
+            said.push(format!(
+                "the leader's commits (proposal to answer) took {:.2} ms on average over {count} \
+                 commits, warm-up included",
+                sum / count * 1000.0
+            ));
+        }
+    }
+    if let Ok(now) = cluster.term(http).await
+        && now != term
+    {
+        said.push(format!(
+            "the cluster held elections during the row (term {term} → {now})"
+        ));
+    }
+    (!said.is_empty()).then(|| said.join("; "))
 }
 
 /// A line of the table.

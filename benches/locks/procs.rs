@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -309,18 +310,31 @@ impl Sentinel {
 
     /// The leader's id, as `GET /cluster/status` of any node that answers says.
     pub async fn leader(&self, http: &Http) -> Result<u64> {
+        let status = self.status(http).await?;
+        status["leader"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no leader is known: {status}"))
+    }
+
+    /// The Raft term: it grows with every election.
+    pub async fn term(&self, http: &Http) -> Result<u64> {
+        let status = self.status(http).await?;
+        status["term"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no term in {status}"))
+    }
+
+    /// `GET /cluster/status` of the first node that answers.
+    async fn status(&self, http: &Http) -> Result<Value> {
         let mut last = String::from("no node answered");
         for node in &self.nodes {
             match http.get(&format!("{}/cluster/status", node.url)).await {
-                Ok((200, body)) => match body["leader"].as_u64() {
-                    Some(id) => return Ok(id),
-                    None => last = format!("node {} knows no leader: {body}", node.id),
-                },
+                Ok((200, body)) => return Ok(body),
                 Ok((status, body)) => last = format!("node {}: {status} {body}", node.id),
                 Err(e) => last = e,
             }
         }
-        Err(anyhow!("cannot find the leader: {last}"))
+        Err(anyhow!("GET /cluster/status: {last}"))
     }
 }
 
