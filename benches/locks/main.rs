@@ -477,7 +477,10 @@ async fn run(args: Args) -> Result<bool> {
                     notes.push(format!("{}: {server}", part.label()));
                 }
                 if let Some(e) = &m.first_error {
-                    notes.push(format!("{}: first error: {e}", part.label()));
+                    notes.push(format!(
+                        "{}: first error (warm-up included): {e}",
+                        part.label()
+                    ));
                 }
                 lines.push(Line::measured(part, &m));
             }
