@@ -546,9 +546,10 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, membership) =
-            self.read(|m| (m.state.to_json(), m.last_applied, m.membership.clone()));
-        let data = data.map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
+        // A copy under the lock, encoded outside it: encoding 100,000 locks takes long enough
+        // to stall every apply (and so every answer) if done while holding it.
+        let (state, last_applied, membership) =
+            self.read(|m| (m.state.clone(), m.last_applied, m.membership.clone()));
         let meta = SnapshotMeta {
             snapshot_id: format!(
                 "{}-{:016x}",
@@ -560,6 +561,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let this = self.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
+            let data = state.to_json().map_err(io::Error::other)?;
             this.save_snapshot(&meta, &data).map(|()| (meta, data))
         })
         .await
