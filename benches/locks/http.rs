@@ -1,34 +1,29 @@
 //! A small JSON-over-HTTP client for the sentinel and etcd rows, the start-up checks and the
 //! failover probe: one keep-alive connection pool per benchmark client, like separate processes.
+//! It is the coordinator's own pooled client and exchange (connect deadline, `TCP_NODELAY`, a
+//! deadline for the whole answer), with JSON on top.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, header::CONTENT_TYPE};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
+use sentinel::coordinator::network::{self, HttpClient};
 use serde_json::Value;
 
 /// The status and the body: JSON when it parses, else the text as a JSON string (for messages).
 pub type Answer = (u16, Value);
 
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     timeout: Duration,
 }
 
 impl Http {
     /// A client whose requests give up after `timeout`, so a hung server cannot hang the run.
     pub fn new(timeout: Duration) -> Http {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        // Small requests on a kept-alive connection: without it, Nagle's algorithm and delayed
-        // ACKs add tens of milliseconds to some answers.
-        connector.set_nodelay(true);
         Http {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: network::http_client(),
             timeout,
         }
     }
@@ -49,25 +44,11 @@ impl Http {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| format!("{url}: {e}"))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            let status = response.status().as_u16();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: reading the answer: {e}"))?
-                .to_bytes();
-            let body = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            Ok((status, body))
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        let (status, _, bytes) = network::exchange(&self.client, request, self.timeout)
             .await
-            .map_err(|_| format!("{url}: no answer within {:?}", self.timeout))?
+            .map_err(|e| e.to_string())?;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status.as_u16(), body))
     }
 }

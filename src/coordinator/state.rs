@@ -426,19 +426,28 @@ impl LockState {
             };
         }
         let outcome = run(self);
+        self.remember(id, (kind, name, holder), now, outcome.clone());
+        outcome
+    }
+
+    /// Remembers the answer to request `id`; a settled one joins the answers forgotten in turn.
+    fn remember(
+        &mut self,
+        id: &str,
+        (kind, name, holder): (RequestKind, &str, &str),
+        now: u64,
+        outcome: Outcome,
+    ) {
         if !matches!(outcome, Outcome::Queued { .. }) {
             self.settled.push_back((now, id.to_string()));
         }
-        self.requests.insert(
-            id.to_string(),
-            Remembered {
-                kind,
-                name: name.to_string(),
-                holder: holder.to_string(),
-                outcome: outcome.clone(),
-            },
-        );
-        outcome
+        let remembered = Remembered {
+            kind,
+            name: name.to_string(),
+            holder: holder.to_string(),
+            outcome,
+        };
+        self.requests.insert(id.to_string(), remembered);
     }
 
     fn acquire(&mut self, at: u64, now: u64, a: &Acquire) -> Outcome {
@@ -532,9 +541,7 @@ impl LockState {
                     && r.token < first =>
             {
                 let lease = slot.lease.clone();
-                self.expiries
-                    .remove(&(lease.expires_at_ms(), r.name.clone()));
-                self.hand_over(&r.name, at, now, settled);
+                self.end_held(&lease, &r.name, at, now, settled);
                 Outcome::Released { lease }
             }
             other => Outcome::NotHolder {
@@ -570,16 +577,8 @@ impl LockState {
         let Some(acquire) = self.requests.get(&w.acquire_id) else {
             // Not arrived (or long forgotten): remembered as withdrawn, so that the acquire, if
             // it still comes, is answered so and never executed.
-            self.requests.insert(
-                w.acquire_id.clone(),
-                Remembered {
-                    kind: RequestKind::Acquire,
-                    name: w.name.clone(),
-                    holder: w.holder.clone(),
-                    outcome: withdrawn(None),
-                },
-            );
-            self.settled.push_back((now, w.acquire_id.clone()));
+            let acquire = (RequestKind::Acquire, w.name.as_str(), w.holder.as_str());
+            self.remember(&w.acquire_id, acquire, now, withdrawn(None));
             return withdrawn(None);
         };
         if acquire.kind != RequestKind::Acquire
@@ -610,9 +609,7 @@ impl LockState {
             }) =>
             {
                 let live = self.locks[&w.name].lease.clone();
-                self.expiries
-                    .remove(&(live.expires_at_ms(), w.name.clone()));
-                self.hand_over(&w.name, at, now, settled);
+                self.end_held(&live, &w.name, at, now, settled);
                 // A late retry of the acquire must not believe it holds the lock.
                 if let Some(r) = self.requests.get_mut(&w.acquire_id) {
                     r.outcome = withdrawn(Some(live.clone()));
@@ -621,6 +618,21 @@ impl LockState {
             }
             _ => withdrawn(None),
         }
+    }
+
+    /// Ends the live lease `lease` of `name` before its time (given back): the next waiter gets
+    /// the lock at position `at`.
+    fn end_held(
+        &mut self,
+        lease: &LockRecord,
+        name: &str,
+        at: u64,
+        now: u64,
+        settled: &mut Vec<Settled>,
+    ) {
+        self.expiries
+            .remove(&(lease.expires_at_ms(), name.to_string()));
+        self.hand_over(name, at, now, settled);
     }
 
     /// Moves every lease's last renewal `by` later (a new leader's grace).

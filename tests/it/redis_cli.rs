@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::servers::Redis;
-use crate::support::{code, sentinel, stdout_json, text};
+use crate::support::{closed_port, code, sentinel, stdout_json, text};
 
 fn redis(data: &std::path::Path, url: &str, worker: &str, args: &[&str]) -> std::process::Output {
     sentinel(data)
@@ -28,13 +28,7 @@ fn bad_urls_are_usage_errors_and_passwords_are_never_printed() {
         assert!(!text(&out).contains("hunter2"), "{}", text(&out));
     }
     // Nothing listens on this port: exit 8 after the retries, within the deadline.
-    // On 127.0.0.2, where none of the tests' servers listen (they bind 127.0.0.1), the port
-    // stays closed even if another test's server picks the same number meanwhile.
-    let port = std::net::TcpListener::bind("127.0.0.2:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let url = format!("redis://:hunter2@127.0.0.2:{port}");
     let started = Instant::now();
     for json in [false, true] {

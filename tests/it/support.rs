@@ -36,6 +36,16 @@ const SCRUB: &[&str] = &[
     "NO_COLOR",
 ];
 
+/// A port on 127.0.0.2 that nothing listens on: the tests' servers bind 127.0.0.1, so it stays
+/// closed even if another test's server picks the same number meanwhile.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sentinel"))
 }
