@@ -15,8 +15,8 @@ use std::time::Duration;
 use sentinel::backend::Backend;
 use sentinel::distributed::{DistributedLock, LockClient, acquire_all};
 use sentinel::local::LocalBackend;
-use sentinel::postgres_backend::PostgresBackend;
-use sentinel::redis_backend::RedisBackend;
+use sentinel::postgres::PostgresBackend;
+use sentinel::redis::RedisBackend;
 
 #[tokio::main]
 async fn main() -> sentinel::Result<()> {

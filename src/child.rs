@@ -15,9 +15,9 @@ use std::time::Duration;
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, kill_process_group};
 
-use crate::duration;
-use crate::error::{Error, Result};
-use crate::interrupt::StopSignal;
+use sentinel::duration;
+use sentinel::error::{Error, Result};
+use sentinel::interrupt::StopSignal;
 
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::duration;
-use crate::secret::Secret;
-use crate::strategy::Strategy;
+use sentinel::duration;
+use sentinel::secret::Secret;
+use sentinel::strategy::Strategy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -179,7 +179,7 @@ pub enum ClusterCommand {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on for clients and peers
-    #[arg(long, default_value = crate::coordinator::server::DEFAULT_LISTEN, value_name = "HOST:PORT")]
+    #[arg(long, default_value = sentinel::coordinator::server::DEFAULT_LISTEN, value_name = "HOST:PORT")]
     pub listen: String,
     /// This node's id in the cluster (1 or more)
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -242,12 +242,37 @@ pub struct ClaimTarget {
     pub exclude_labels: Vec<String>,
 }
 
+/// `--strategy`'s values: the core's [`Strategy`] as clap parses it (the core does not depend on
+/// clap), with the help text each value shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Wait and retry with exponential backoff while the lock is held (default).
+    Retry,
+    /// Give up at once when the lock is held (exit 3).
+    FailFast,
+    /// Take over a lock whose heartbeat is older than its TTL; otherwise retry.
+    StealStale,
+    /// Take over unconditionally, even a live lock. Loud, for humans fixing a mess.
+    Force,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(arg: StrategyArg) -> Strategy {
+        match arg {
+            StrategyArg::Retry => Strategy::Retry,
+            StrategyArg::FailFast => Strategy::FailFast,
+            StrategyArg::StealStale => Strategy::StealStale,
+            StrategyArg::Force => Strategy::Force,
+        }
+    }
+}
+
 /// How to claim: shared by `claim` and `run`.
 #[derive(Debug, Args)]
 pub struct ClaimOptions {
     /// What to do when the lock is held
     #[arg(long, value_enum, default_value = "retry")]
-    pub strategy: Strategy,
+    pub strategy: StrategyArg,
     /// Retries of the retry and steal-stale strategies
     #[arg(long, default_value_t = 5)]
     pub max_retries: u32,

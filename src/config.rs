@@ -6,17 +6,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::Backend;
 use crate::cli::{BackendKind, GlobalArgs, TaskArgs};
-use crate::error::{Error, Result};
-use crate::github::client::ClientOptions;
-use crate::github::{GithubBackend, GithubOptions, RepoName};
-use crate::local::LocalBackend;
-use crate::lock::{Claimant, TaskInfo, validate_label};
-use crate::postgres_backend::PostgresBackend;
-use crate::redis_backend::RedisBackend;
-use crate::secret::Secret;
-use crate::server_backend::{ServerBackend, server_urls};
+use sentinel::backend::Backend;
+use sentinel::endpoint::{http_url, shown_url};
+use sentinel::error::{Error, Result};
+use sentinel::github::client::ClientOptions;
+use sentinel::github::{GithubBackend, GithubOptions, RepoName};
+use sentinel::local::LocalBackend;
+use sentinel::lock::hostname;
+use sentinel::lock::{Claimant, TaskInfo, validate_label};
+use sentinel::postgres::PostgresBackend;
+use sentinel::redis::RedisBackend;
+use sentinel::secret::Secret;
+use sentinel::server::{ServerBackend, server_urls};
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
@@ -96,17 +98,6 @@ pub fn default_worker_id() -> String {
     )
 }
 
-/// This host's name with control characters removed (lossy if it is not UTF-8): the default
-/// node id.
-pub fn hostname() -> String {
-    gethostname::gethostname()
-        .to_string_lossy()
-        .into_owned()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect()
-}
-
 /// `--data-dir` / `SENTINEL_DATA_DIR` if given and non-empty, else the platform's data directory
 /// for sentinel (`~/.local/share/sentinel` on Linux). Not created here.
 ///
@@ -126,7 +117,7 @@ pub fn data_dir(flag: Option<&PathBuf>) -> Result<PathBuf> {
 
 fn settle() -> Result<Duration> {
     match env("SENTINEL_SETTLE") {
-        Some(v) => crate::duration::parse(&v),
+        Some(v) => sentinel::duration::parse(&v),
         None => Ok(DEFAULT_SETTLE),
     }
 }
@@ -134,9 +125,9 @@ fn settle() -> Result<Duration> {
 /// `SENTINEL_HTTP_TIMEOUT`: how long one GitHub response may take.
 fn http_timeout() -> Result<Duration> {
     let Some(v) = env("SENTINEL_HTTP_TIMEOUT") else {
-        return Ok(crate::github::client::DEFAULT_TIMEOUT);
+        return Ok(sentinel::github::client::DEFAULT_TIMEOUT);
     };
-    let d = crate::duration::parse(&v)?;
+    let d = sentinel::duration::parse(&v)?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
         return Err(Error::usage(format!(
             "invalid SENTINEL_HTTP_TIMEOUT {v:?}: use 100ms to 10m"
@@ -149,43 +140,6 @@ fn id(value: Option<String>, what: &str, default: impl FnOnce() -> String) -> Re
     let v = value.unwrap_or_else(default);
     validate_label(what, &v)?;
     Ok(v)
-}
-
-/// Checks an http(s) URL: a host, a valid port, no credentials, no query string. Says why not in
-/// words that never repeat the URL (it may carry credentials).
-pub fn http_url(raw: &str) -> std::result::Result<(String, http::Uri), &'static str> {
-    let trimmed = raw.trim().trim_end_matches('/');
-    let uri: http::Uri = trimmed.parse().map_err(|_| "not a URL")?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err("the scheme must be http or https");
-    }
-    let authority = uri.authority().ok_or("no host")?;
-    if authority.as_str().contains('@') {
-        return Err("credentials do not belong in the URL");
-    }
-    if authority.host().is_empty() {
-        return Err("no host");
-    }
-    if let Some(port) = authority.as_str().rsplit_once(':').map(|(_, p)| p)
-        && !authority.host().ends_with(']')
-        && port.parse::<u16>().map_or(true, |p| p == 0)
-    {
-        return Err("the port must be a number from 1 to 65535");
-    }
-    if uri.query().is_some() {
-        return Err("no query string is allowed");
-    }
-    Ok((trimmed.to_string(), uri))
-}
-
-/// What a message shows of a URL the user gave: nothing when it carries credentials.
-pub fn shown_url(raw: &str) -> String {
-    let trimmed = raw.trim().trim_end_matches('/');
-    if trimmed.contains('@') {
-        "(not shown: it contains credentials)".to_string()
-    } else {
-        format!("{trimmed:?}")
-    }
 }
 
 /// Checks `--api-url`: an http(s) URL with a host and a valid port, and no credentials in it (they
@@ -205,6 +159,21 @@ pub fn api_url(raw: &str) -> Result<String> {
     })
 }
 
+/// The shared bearer token: set-but-empty counts as unset; it must fit in an HTTP header.
+pub fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
+    let Some(token) = given.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        // Never echo the token.
+        return Err(Error::usage(
+            "invalid --auth-token (SENTINEL_AUTH_TOKEN): use 1 to 1024 printable ASCII characters \
+             without spaces",
+        ));
+    }
+    Ok(Some(Secret::new(token)))
+}
+
 /// The coordinator client from `--server` and `--auth-token` (also `sentinel cluster`'s).
 pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
     let raw = given(g.server.as_ref()).ok_or_else(|| {
@@ -212,7 +181,7 @@ pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
             "the server backend needs --server URL[,URL...] (or SENTINEL_SERVER): the sentinel serve nodes",
         )
     })?;
-    let token = crate::commands::serve::auth_token(g.auth_token.as_ref())?;
+    let token = auth_token(g.auth_token.as_ref())?;
     ServerBackend::new(server_urls(&raw)?, token.as_ref())
 }
 

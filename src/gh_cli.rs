@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-use crate::secret::Secret;
+use sentinel::secret::Secret;
 
 /// Longer than `gh` takes to read its config or a keyring, short enough not to stall a claim.
 pub const DEADLINE: Duration = Duration::from_secs(5);

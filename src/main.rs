@@ -5,9 +5,10 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use sentinel::cli::{Cli, Command};
 use sentinel::error::{Error, ExitCode};
-use sentinel::{interrupt, output};
+use sentinel::interrupt;
+use sentinel_cli::cli::{Cli, Command};
+use sentinel_cli::output;
 
 fn init_logs(cli: &Cli) {
     // Other crates' logs (the HTTP stack's retries and connection errors) only at -vv: sentinel
@@ -83,11 +84,11 @@ fn main() {
         // A heartbeat sidecar and `run` answer SIGINT/SIGTERM themselves (stop cleanly, pass
         // them on to the command).
         if owns_signals {
-            let command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
+            let command = tokio::spawn(async move { sentinel_cli::commands::run(&cli).await });
             return command.await.unwrap_or_else(failed);
         }
         let signal = interrupt::signalled();
-        let mut command = tokio::spawn(async move { sentinel::commands::run(&cli).await });
+        let mut command = tokio::spawn(async move { sentinel_cli::commands::run(&cli).await });
         tokio::select! {
             joined = &mut command => joined.unwrap_or_else(failed),
             code = signal => {

@@ -26,12 +26,12 @@ use serde_json::{Value, json};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::error::{Error, Result};
-use crate::github::RepoHistory;
-use crate::lease;
-use crate::lock::Released;
-use crate::statefile::{Persisted, StateFile};
-use crate::strategy::Outcome;
+use sentinel::error::{Error, Result};
+use sentinel::github::RepoHistory;
+use sentinel::lease;
+use sentinel::lock::Released;
+use sentinel::statefile::{Persisted, StateFile};
+use sentinel::strategy::Outcome;
 
 /// The counters of one backend. Fields missing from an older file read as zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +107,7 @@ impl Persisted for MetricsData {
 /// Counters per backend name, as read at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Keyed by [`LockBackend::name`](crate::backend::LockBackend::name); only backends that
+    /// Keyed by [`LockBackend::name`](sentinel::backend::LockBackend::name); only backends that
     /// recorded something appear.
     pub backends: BTreeMap<String, Counters>,
 }
@@ -544,8 +544,8 @@ pub fn record_release(data_dir: &Path, backend: &str, released: &Released) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::{Grant, Holder};
     use chrono::Utc;
+    use sentinel::lock::{Grant, Holder};
 
     fn holder(stale: bool) -> Holder {
         Holder {

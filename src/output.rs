@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::error::Error;
-use crate::lease;
-use crate::lock::Holder;
+use sentinel::error::Error;
+use sentinel::lease;
+use sentinel::lock::Holder;
 
 /// What a command produced: both renderings, chosen by `--json` at print time.
 pub struct Report {

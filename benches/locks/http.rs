@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, header::CONTENT_TYPE};
 use http_body_util::Full;
-use sentinel::coordinator::network::{self, HttpClient};
+use sentinel::proto::http::{self as network, HttpClient};
 use serde_json::Value;
 
 /// The status and the body: JSON when it parses, else the text as a JSON string (for messages).

@@ -22,9 +22,9 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, ValueEnum};
 use sentinel::backend::LockBackend;
 use sentinel::distributed::LockClient;
-use sentinel::postgres_backend::PostgresBackend;
-use sentinel::redis_backend::RedisBackend;
-use sentinel::server_backend::{ServerBackend, server_urls};
+use sentinel::postgres::PostgresBackend;
+use sentinel::redis::RedisBackend;
+use sentinel::server::{ServerBackend, server_urls};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 

@@ -3,15 +3,15 @@
 
 use serde_json::json;
 
-use crate::backend::LockBackend;
 use crate::cli::{ClaimArgs, ClaimOptions, ClaimTarget};
 use crate::config::{Context, task_info};
-use crate::error::{Error, Result};
-use crate::lease;
-use crate::lock::{AcquireRequest, LockId, NextRequest};
 use crate::metrics;
 use crate::output::{Report, Spinner, holder_json, summary_table};
-use crate::strategy::{self, Outcome, Policy, Strategy};
+use sentinel::backend::LockBackend;
+use sentinel::error::{Error, Result};
+use sentinel::lease;
+use sentinel::lock::{AcquireRequest, LockId, NextRequest};
+use sentinel::strategy::{self, Outcome, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     let (lock, outcome) = claim_target(ctx, &args.target, &args.claim).await?;
@@ -64,7 +64,7 @@ pub(crate) fn request(
 ) -> Result<(AcquireRequest, Policy)> {
     let ttl = lease::validate_ttl(opts.ttl)?;
     let policy = Policy {
-        strategy: opts.strategy,
+        strategy: opts.strategy.into(),
         max_retries: opts.max_retries,
         initial_backoff: opts.initial_backoff,
         max_backoff: opts.max_backoff,
@@ -74,7 +74,7 @@ pub(crate) fn request(
         lock: ctx.backend.parse_lock(lock)?,
         claimant: ctx.claimant.clone(),
         ttl,
-        takeover: opts.strategy.takeover(),
+        takeover: Strategy::from(opts.strategy).takeover(),
         task_info: task_info(&opts.task)?,
         readopt: ctx.explicit_worker,
         attempt: 0,

@@ -8,8 +8,8 @@ use tabled::settings::Style;
 
 use crate::cli::GlobalArgs;
 use crate::config;
-use crate::error::{Error, Result};
 use crate::output::Report;
+use sentinel::error::{Error, Result};
 
 pub async fn run(global: &GlobalArgs) -> Result<Report> {
     let server = config::server_backend(global)?;

@@ -4,8 +4,8 @@ use clap::CommandFactory;
 use serde_json::json;
 
 use crate::cli::{Cli, CompletionsArgs};
-use crate::error::Result;
 use crate::output::Report;
+use sentinel::error::Result;
 
 pub fn script(shell: clap_complete::Shell) -> String {
     let mut buf = Vec::new();

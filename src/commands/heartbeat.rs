@@ -6,16 +6,16 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::backend::LockBackend;
 use crate::cli::HeartbeatArgs;
 use crate::config::Context;
-use crate::error::Result;
-use crate::interrupt::Signals;
-use crate::keepalive::{self, Keepalive, Timing};
-use crate::lease;
-use crate::lock::{ReleaseRequest, RenewRequest};
 use crate::metrics;
 use crate::output::{Report, holder_json};
+use sentinel::backend::LockBackend;
+use sentinel::error::Result;
+use sentinel::interrupt::Signals;
+use sentinel::keepalive::{self, Keepalive, Timing};
+use sentinel::lease;
+use sentinel::lock::{ReleaseRequest, RenewRequest};
 
 pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     if args.once {

@@ -4,12 +4,12 @@
 use clap::ValueEnum;
 use serde_json::json;
 
-use crate::backend::Backend;
 use crate::cli::{BackendKind, GlobalArgs, MetricsArgs, MetricsFormat};
 use crate::config::{self, Context};
-use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RepoMetrics};
 use crate::output::Report;
+use sentinel::backend::Backend;
+use sentinel::error::{Error, Result};
 
 pub async fn run(g: &GlobalArgs, args: &MetricsArgs) -> Result<Report> {
     if args.repo_wide {

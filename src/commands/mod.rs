@@ -14,8 +14,8 @@ pub mod steal_stale;
 
 use crate::cli::{Cli, ClusterCommand, Command};
 use crate::config::Context;
-use crate::error::Result;
 use crate::output::Report;
+use sentinel::error::Result;
 
 pub async fn run(cli: &Cli) -> Result<Report> {
     if let Command::Completions(args) = &cli.command {

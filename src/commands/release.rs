@@ -2,13 +2,13 @@
 
 use serde_json::json;
 
-use crate::backend::LockBackend;
 use crate::cli::ReleaseArgs;
 use crate::config::Context;
-use crate::error::Result;
-use crate::lock::ReleaseRequest;
 use crate::metrics;
 use crate::output::{Report, holder_json, summary_table};
+use sentinel::backend::LockBackend;
+use sentinel::error::Result;
+use sentinel::lock::ReleaseRequest;
 
 pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
     let lock = ctx.backend.parse_lock(&args.lock)?;

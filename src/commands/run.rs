@@ -10,18 +10,18 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::claim;
-use crate::backend::LockBackend;
 use crate::child;
 use crate::cli::RunArgs;
 use crate::config::Context;
-use crate::error::{Error, Result};
-use crate::interrupt::{self, Signals};
-use crate::keepalive::{self, Keepalive, Timing};
-use crate::lease;
-use crate::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
 use crate::metrics;
 use crate::output::{self, Report};
-use crate::strategy::Outcome;
+use sentinel::backend::LockBackend;
+use sentinel::error::{Error, Result};
+use sentinel::interrupt::{self, Signals};
+use sentinel::keepalive::{self, Keepalive, Timing};
+use sentinel::lease;
+use sentinel::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
+use sentinel::strategy::Outcome;
 
 pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let mut signals = Signals::listen()?;

@@ -8,11 +8,10 @@ use serde_json::json;
 
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config;
-use crate::coordinator::NodeId;
-use crate::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
-use crate::error::{Error, Result};
 use crate::output::Report;
-use crate::secret::Secret;
+use sentinel::coordinator::NodeId;
+use sentinel::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
+use sentinel::error::{Error, Result};
 
 pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     let opts = options(global, args)?;
@@ -79,23 +78,8 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         listen,
         members,
         data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
-        auth_token: auth_token(global.auth_token.as_ref())?,
+        auth_token: config::auth_token(global.auth_token.as_ref())?,
     })
-}
-
-/// The shared bearer token: set-but-empty counts as unset; it must fit in an HTTP header.
-pub fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
-    let Some(token) = given.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) else {
-        return Ok(None);
-    };
-    if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        // Never echo the token.
-        return Err(Error::usage(
-            "invalid --auth-token (SENTINEL_AUTH_TOKEN): use 1 to 1024 printable ASCII characters \
-             without spaces",
-        ));
-    }
-    Ok(Some(Secret::new(token)))
 }
 
 /// Parses `ID=HOST:PORT`.
@@ -126,6 +110,7 @@ fn peer(raw: &str) -> Result<(NodeId, String)> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use sentinel::secret::Secret;
 
     fn opts(args: &[&str]) -> Result<ServeOptions> {
         let mut argv = vec!["sentinel", "--data-dir", "/tmp/x", "serve"];
@@ -156,7 +141,7 @@ mod tests {
         assert_eq!(o.auth_token.as_ref().map(Secret::expose), Some("s3cret"));
         assert_eq!(opts(&["--auth-token", ""]).unwrap().auth_token, None);
         let e = opts(&["--auth-token", "has space-in-it"]).unwrap_err();
-        assert_eq!(e.exit_code(), crate::error::ExitCode::Usage);
+        assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage);
         assert!(!e.to_string().contains("space-in-it"), "{e}");
     }
 
@@ -216,7 +201,7 @@ mod tests {
             ),
         ] {
             let e = opts(&args).unwrap_err();
-            assert_eq!(e.exit_code(), crate::error::ExitCode::Usage, "{args:?}");
+            assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage, "{args:?}");
             assert!(e.to_string().contains(says), "{args:?}: {e}");
         }
     }

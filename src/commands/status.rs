@@ -2,12 +2,12 @@
 
 use serde_json::json;
 
-use crate::backend::{LockBackend, Status};
 use crate::cli::StatusArgs;
 use crate::config::Context;
-use crate::error::Result;
-use crate::lock::ListRequest;
 use crate::output::{Report, holder_json, holder_lines, table};
+use sentinel::backend::{LockBackend, Status};
+use sentinel::error::Result;
+use sentinel::lock::ListRequest;
 
 pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Report> {
     let Some(raw) = &args.lock else {

@@ -3,16 +3,16 @@
 
 use serde_json::json;
 
-use crate::backend::LockBackend;
 use crate::cli::StealStaleArgs;
 use crate::commands::claim::{acquire, granted};
 use crate::config::{Context, task_info};
-use crate::error::{Error, Result};
-use crate::janitor::{self, Action};
-use crate::lease;
-use crate::lock::{AcquireRequest, Takeover};
 use crate::output::{Report, holder_json};
-use crate::strategy::{Policy, Strategy};
+use sentinel::backend::LockBackend;
+use sentinel::error::{Error, Result};
+use sentinel::janitor::{self, Action};
+use sentinel::lease;
+use sentinel::lock::{AcquireRequest, Takeover};
+use sentinel::strategy::{Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
     let task = task_info(&args.task)?;

@@ -17,7 +17,7 @@ fn committed_completion_scripts_match_the_cli() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("completions");
     let bless = std::env::var_os("SENTINEL_BLESS").is_some();
     for (shell, file) in SHELLS {
-        let fresh = sentinel::commands::completions::script(shell);
+        let fresh = sentinel_cli::commands::completions::script(shell);
         let path = dir.join(file);
         if bless {
             std::fs::write(&path, &fresh).unwrap();
@@ -42,6 +42,6 @@ fn the_binary_prints_the_same_scripts() {
     let printed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         printed.trim_end(),
-        sentinel::commands::completions::script(Shell::Bash).trim_end()
+        sentinel_cli::commands::completions::script(Shell::Bash).trim_end()
     );
 }

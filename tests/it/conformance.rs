@@ -29,10 +29,10 @@ use sentinel::lock::{
     AcquireRequest, Attempt, Claimant, Grant, Holder, LockId, ReleaseRequest, RenewRequest,
     Takeover,
 };
-use sentinel::postgres_backend::PostgresBackend;
-use sentinel::redis_backend::RedisBackend;
+use sentinel::postgres::PostgresBackend;
+use sentinel::redis::RedisBackend;
 use sentinel::secret::Secret;
-use sentinel::server_backend::{ServerBackend, server_urls};
+use sentinel::server::{ServerBackend, server_urls};
 
 use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
 use crate::servers::{Postgres, Redis};

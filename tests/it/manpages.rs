@@ -28,11 +28,11 @@ fn committed_manpages_match_the_cli() {
             std::fs::remove_file(dir.join(name)).unwrap();
         }
         std::fs::create_dir_all(&dir).unwrap();
-        sentinel::manpage::generate_to(&dir).unwrap();
+        sentinel_cli::manpage::generate_to(&dir).unwrap();
         return;
     }
     let fresh_dir = tempfile::tempdir().unwrap();
-    sentinel::manpage::generate_to(fresh_dir.path()).unwrap();
+    sentinel_cli::manpage::generate_to(fresh_dir.path()).unwrap();
     let fresh = pages(fresh_dir.path());
     let committed = pages(&dir);
     assert_eq!(
@@ -51,7 +51,7 @@ fn committed_manpages_match_the_cli() {
 #[test]
 fn every_subcommand_has_a_page_that_documents_its_options() {
     let dir = tempfile::tempdir().unwrap();
-    sentinel::manpage::generate_to(dir.path()).unwrap();
+    sentinel_cli::manpage::generate_to(dir.path()).unwrap();
     let pages = pages(dir.path());
     for cmd in [
         "claim",

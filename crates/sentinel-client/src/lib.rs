@@ -1,0 +1,678 @@
+//! The server backend: the CLI as an HTTP JSON client of `sentinel serve` (README, "The
+//! coordinator"), so `claim`, `release`, `heartbeat`, `run` and the janitor work on a replicated
+//! coordinator exactly as they do on this host or on GitHub.
+//!
+//! It owns three things the coordinator's API leaves to its clients:
+//!
+//! - **Failover.** `--server` may list every node of a cluster. A request goes to the node that
+//!   answered last; a node that cannot be reached, does not answer within the request's deadline,
+//!   or answers 503 (no leader, leader changed) is skipped for the next one, for a bounded number
+//!   of rounds with a short pause between rounds, within one deadline per operation. When every
+//!   round fails the error is [`Error::Unavailable`] (exit 8).
+//! - **Safe retries.** Every write carries a request id generated once per operation and reused
+//!   by every retry of it, on any node: the coordinator remembers the answer to an id, so an
+//!   acquire retried after a failover is never granted twice.
+//! - **Fencing tokens.** The coordinator checks a release or renewal against the holder and its
+//!   fencing token. A caller that names its grant by its token (a library guard, `run`) sends
+//!   that token, so a grant that ended can never release or renew a later one, even one of the
+//!   same worker id. The CLI's `release` and `heartbeat` know only the worker id, so they read the
+//!   token from `GET /locks/{name}/status` first. A lock re-granted between that read and the
+//!   write has a new token, and the write is refused (`not_holder`): never a stale release.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::error::{Error, Result};
+use sentinel_core::interrupt;
+use sentinel_core::lease;
+use sentinel_core::lock::{
+    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
+};
+use sentinel_core::secret::Secret;
+use sentinel_proto::http::{self as network, Failure, HttpClient};
+
+/// Rounds over every given server before giving up.
+const ROUNDS: u32 = 4;
+/// Pause after a round in which no server answered; doubles each round.
+const ROUND_PAUSE: Duration = Duration::from_millis(250);
+/// How long one request may take, beyond the server-side wait it asks for. A node without a
+/// leader answers 503 within a few seconds, so this only bounds a node that hangs.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one operation may take over all its retries, beyond its server-side wait: a request
+/// that timed out after a long wait is not waited out again on every node.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long withdrawing an interrupted claim may take before the process exits anyway.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Locks per page of `GET /locks` (the coordinator's largest page).
+const PAGE: usize = 1_000;
+/// Most pages one listing reads: the coordinator holds at most 100,000 locks.
+const MAX_PAGES: usize = 200;
+/// Longest server-side wait the coordinator accepts, as `wait_ms`.
+pub const MAX_WAIT: Duration = Duration::from_millis(sentinel_proto::MAX_WAIT_MS);
+
+/// Checks `--server` / `SENTINEL_SERVER`: one or more comma-separated `http://HOST:PORT` URLs.
+/// The coordinator speaks plain HTTP, so `https` is refused rather than failing on every request;
+/// a URL with credentials is never repeated in the message.
+pub fn server_urls(raw: &str) -> Result<Vec<String>> {
+    let mut urls = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |why: &str| {
+            Error::usage(format!(
+                "invalid --server {}: {why}; expected e.g. http://127.0.0.1:7464 (several: comma-separated)",
+                sentinel_core::endpoint::shown_url(part)
+            ))
+        };
+        let (url, uri) = sentinel_core::endpoint::http_url(part).map_err(|why| {
+            if why.starts_with("credentials") {
+                bad("credentials do not belong in the URL; pass the token with --auth-token or SENTINEL_AUTH_TOKEN")
+            } else if why.starts_with("the scheme") {
+                bad("the scheme must be http")
+            } else {
+                bad(why)
+            }
+        })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(
+                "sentinel serve speaks plain HTTP: use http://, on loopback or a private network",
+            ));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(bad("no path is allowed"));
+        }
+        if uri.port_u16().is_none() {
+            return Err(bad("give the port"));
+        }
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    if urls.is_empty() {
+        return Err(Error::usage(
+            "invalid --server: no URL given; expected e.g. http://127.0.0.1:7464",
+        ));
+    }
+    if urls.len() > 16 {
+        return Err(Error::usage("invalid --server: at most 16 URLs"));
+    }
+    Ok(urls)
+}
+
+/// Percent-encodes a lock name as one path segment: everything but unreserved characters.
+fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The error object every coordinator error carries.
+#[derive(Deserialize, Default)]
+struct ApiError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    holder: Option<Holder>,
+}
+
+/// An answer of the coordinator: the status and the JSON body.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Answer {
+    fn error(&self) -> ApiError {
+        serde_json::from_value(self.body.clone()).unwrap_or_default()
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T> {
+        serde_json::from_value(self.body.clone()).map_err(|e| {
+            Error::Unexpected(format!(
+                "the sentinel server's answer to {what} is not understood: {e}"
+            ))
+        })
+    }
+}
+
+/// A client of one coordinator cluster.
+pub struct ServerBackend {
+    servers: Vec<String>,
+    auth: Option<HeaderValue>,
+    client: HttpClient,
+    /// The server that answered last: the leader, or a node that reaches it.
+    preferred: AtomicUsize,
+}
+
+impl ServerBackend {
+    /// `servers` as [`server_urls`] returned them.
+    pub fn new(servers: Vec<String>, token: Option<&Secret>) -> Result<ServerBackend> {
+        let auth = match token.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) {
+            Some(t) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    Error::usage("invalid --auth-token: use printable ASCII characters")
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(ServerBackend {
+            servers,
+            auth,
+            client: network::http_client(),
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// One request, failing over between the servers. `wait` is the server-side wait the
+    /// request asks for, added to its deadline.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        wait: Duration,
+    ) -> Result<Answer> {
+        let n = self.servers.len();
+        let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT + wait;
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let mut last = String::new();
+        for round in 0..ROUNDS {
+            if round > 0 {
+                let pause = ROUND_PAUSE * 2u32.pow(round - 1);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            let start = self.preferred.load(Ordering::Relaxed);
+            for i in 0..n {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let timeout = (REQUEST_TIMEOUT + wait).min(left);
+                let idx = (start + i) % n;
+                let server = &self.servers[idx];
+                let mut request = http::Request::builder()
+                    .method(method.clone())
+                    .uri(format!("{server}{path}"))
+                    .header(CONTENT_TYPE, "application/json");
+                if let Some(auth) = &self.auth {
+                    request = request.header(AUTHORIZATION, auth.clone());
+                }
+                let request = request
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| Error::Unexpected(format!("cannot build a request: {e}")))?;
+                match network::exchange(&self.client, request, timeout).await {
+                    Ok((status, _, bytes)) => {
+                        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                        if status == StatusCode::SERVICE_UNAVAILABLE {
+                            let e: ApiError = serde_json::from_value(body).unwrap_or_default();
+                            tracing::info!(server = %server, code = %e.code, "server unavailable; trying the next");
+                            last = format!("{server}: {} ({})", e.message, e.code);
+                            continue;
+                        }
+                        self.preferred.store(idx, Ordering::Relaxed);
+                        return Ok(Answer { status, body });
+                    }
+                    Err(f @ (Failure::Unreachable(_) | Failure::Lost(_))) => {
+                        tracing::info!(server = %server, "{f}; trying the next");
+                        last = f.to_string();
+                    }
+                }
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "no sentinel server answered ({} given: {}; up to {ROUNDS} rounds): last error: {last}",
+            n,
+            self.servers.join(", ")
+        )))
+    }
+
+    /// The CLI's error for a coordinator error that is not part of the operation's answer.
+    fn fail(&self, answer: &Answer) -> Error {
+        let e = answer.error();
+        let msg = format!("sentinel server: {} ({})", e.message, e.code);
+        match answer.status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Auth(format!(
+                "{msg}; pass the cluster's token with --auth-token or SENTINEL_AUTH_TOKEN"
+            )),
+            StatusCode::BAD_REQUEST
+            | StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::PAYLOAD_TOO_LARGE => Error::Usage(msg),
+            StatusCode::CONFLICT if e.code == "not_holder" => Error::NotOwner(msg),
+            StatusCode::TOO_MANY_REQUESTS => Error::Unavailable(msg),
+            _ => Error::Unexpected(format!("{msg} (HTTP {})", answer.status.as_u16())),
+        }
+    }
+
+    /// The current holder of `name`, as the leader sees it (an ended lease is free).
+    async fn holder(&self, name: &str) -> Result<Option<Holder>> {
+        let answer = self
+            .call(
+                Method::GET,
+                &format!("/locks/{}/status", encode(name)),
+                None,
+                Duration::ZERO,
+            )
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(self.fail(&answer));
+        }
+        #[derive(Deserialize)]
+        struct LockStatus {
+            holder: Option<Holder>,
+        }
+        Ok(answer.parse::<LockStatus>("status")?.holder)
+    }
+
+    /// Releases `holder`'s lease on `name`, checked against its token.
+    async fn release_lease(&self, name: &str, holder: &Holder) -> Result<Answer> {
+        self.by_token("release", name, &holder.worker_id, holder.fencing_token)
+            .await
+    }
+
+    /// `POST /locks/{name}/{action}` for the grant of `worker` with `token` (release, renew).
+    async fn by_token(&self, action: &str, name: &str, worker: &str, token: u64) -> Result<Answer> {
+        self.by_token_with(action, name, json!({"holder": worker, "token": token}))
+            .await
+    }
+
+    /// A release, renewal or withdrawal with `body` (its fields but the request id) and a fresh
+    /// request id.
+    async fn by_token_with(&self, action: &str, name: &str, mut body: Value) -> Result<Answer> {
+        body["request_id"] = json!(request_id());
+        self.call(
+            Method::POST,
+            &format!("/locks/{}/{action}", encode(name)),
+            Some(&body),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `GET /cluster/status` of the cluster: the leader's view when a leader is known.
+    pub async fn cluster_status(&self) -> Result<Value> {
+        let answer = self
+            .call(Method::GET, "/cluster/status", None, Duration::ZERO)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(self.fail(&answer));
+        }
+        Ok(answer.body)
+    }
+
+    /// One acquire that an interrupted process withdraws: it must end up holding nothing or
+    /// reporting its grant. Before anything is sent, an undo is registered that asks the
+    /// coordinator to withdraw the acquire by its request id: a waiting acquire leaves the queue,
+    /// a grant is released, and an acquire that has not arrived yet will never be executed.
+    /// Nothing is sent once the interrupt is flagged.
+    async fn claim(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
+        let id = request_id();
+        let undo = {
+            let (this, name, id) = (self.detached(), name.to_string(), id.clone());
+            let holder = req.claimant.worker_id.clone();
+            interrupt::on_interrupt(move || async move {
+                let body = json!({"holder": holder, "acquire_request_id": id});
+                let withdraw = this.by_token_with("withdraw", &name, body);
+                match tokio::time::timeout(UNDO_TIMEOUT, withdraw).await {
+                    Ok(Ok(answer)) if answer.status == StatusCode::OK => {}
+                    _ => tracing::warn!(
+                        "an interrupted claim could not be withdrawn; its grant, if any, ends with its lease"
+                    ),
+                }
+            })
+        };
+        if interrupt::is_interrupted() {
+            return Err(Error::Unexpected("interrupted".into()));
+        }
+        let attempt = self.acquire_once(req, name, &id).await?;
+        if matches!(&attempt, Attempt::Granted(g) if !g.adopted) {
+            // A grant stays undoable until the command has reported it.
+            undo.keep_until_reported();
+        }
+        Ok(attempt)
+    }
+
+    /// A client of the same servers, for an undo that outlives the borrow.
+    fn detached(&self) -> ServerBackend {
+        ServerBackend {
+            servers: self.servers.clone(),
+            auth: self.auth.clone(),
+            client: self.client.clone(),
+            preferred: AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// One acquire under the request id `id`.
+    async fn acquire_once(&self, req: &AcquireRequest, name: &str, id: &str) -> Result<Attempt> {
+        let wait = req.wait.min(MAX_WAIT);
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("/locks/{}/acquire", encode(name)),
+                Some(&json!({
+                    "holder": req.claimant.worker_id,
+                    "node": req.claimant.node_id,
+                    "ttl_ms": lease::millis(req.ttl),
+                    "wait_ms": lease::millis(wait),
+                    "request_id": id,
+                    "readopt": req.readopt,
+                    "task_info": req.task_info,
+                })),
+                wait,
+            )
+            .await?;
+        #[derive(Deserialize)]
+        struct Granted {
+            holder: Holder,
+            adopted: bool,
+        }
+        match answer.status {
+            StatusCode::OK => {
+                let g: Granted = answer.parse("acquire")?;
+                Ok(Attempt::Granted(Grant {
+                    holder: g.holder,
+                    adopted: g.adopted,
+                    took_over: None,
+                }))
+            }
+            StatusCode::CONFLICT => {
+                let e = answer.error();
+                match (e.code.as_str(), e.holder) {
+                    ("lock_held" | "wait_timed_out", Some(h)) => Ok(Attempt::Held(h)),
+                    _ => Err(self.fail(&answer)),
+                }
+            }
+            _ => Err(self.fail(&answer)),
+        }
+    }
+}
+
+/// The lease in the answer to a release or renewal.
+#[derive(Deserialize)]
+struct Done {
+    holder: Holder,
+}
+
+fn not_held(name: &str) -> Error {
+    Error::NotOwner(format!(
+        "{name} is not held (released, or its lease ended on the server)"
+    ))
+}
+
+/// A release or renewal of the grant `worker` held with `token`, refused: `h` holds the lock now
+/// (another worker, or a later grant of the same worker).
+fn not_ours(name: &str, h: &Holder, worker: &str, token: u64) -> Error {
+    Error::NotOwner(format!(
+        "{name} is held by {} on {} with fencing token {}, not by {worker} with fencing token \
+         {token}: that grant ended",
+        h.worker_id, h.node_id, h.fencing_token
+    ))
+}
+
+fn name_of(lock: &LockId) -> Result<&str> {
+    match lock {
+        LockId::Name(n) => Ok(n),
+        other => Err(foreign(other, "server")),
+    }
+}
+
+impl LockBackend for ServerBackend {
+    fn name(&self) -> &'static str {
+        "server"
+    }
+
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        validate_name(raw)?;
+        Ok(LockId::Name(raw.to_string()))
+    }
+
+    fn waits_server_side(&self) -> bool {
+        true
+    }
+
+    /// One acquire, retried on other servers under one request id. Leases end on the server at
+    /// their TTL, so a stale lock is already free and `steal-stale` asks for nothing more;
+    /// `--strategy force` releases the live holder (with its token, as `release --force` does)
+    /// and acquires once more.
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let name = name_of(&req.lock)?;
+        match self.claim(req, name).await? {
+            Attempt::Held(h) if req.takeover == Takeover::Any => {
+                let answer = self.release_lease(name, &h).await?;
+                if answer.status != StatusCode::OK && answer.error().code != "not_holder" {
+                    return Err(self.fail(&answer));
+                }
+                Ok(match self.claim(req, name).await? {
+                    Attempt::Granted(g) => Attempt::Granted(Grant {
+                        took_over: Some(h),
+                        ..g
+                    }),
+                    held => held,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Releases the grant the request names by its token; without one (the CLI's `release`),
+    /// reads the holder's token first, then releases with it. `--force` releases whoever holds
+    /// the lock with that holder's own name and token: the coordinator has no override, and a
+    /// holder that renewed or re-acquired meanwhile has a new token and keeps its lock.
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        let name = name_of(&req.lock)?;
+        if let (Some(token), false) = (req.fencing_token, req.force) {
+            let answer = self
+                .by_token("release", name, &req.worker_id, token)
+                .await?;
+            return match answer.status {
+                StatusCode::OK => Ok(Released {
+                    was_held: true,
+                    previous: Some(answer.parse::<Done>("release")?.holder),
+                }),
+                StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                    match answer.error().holder {
+                        None => Ok(Released {
+                            was_held: false,
+                            previous: None,
+                        }),
+                        Some(h) => Err(not_ours(name, &h, &req.worker_id, token)),
+                    }
+                }
+                _ => Err(self.fail(&answer)),
+            };
+        }
+        let Some(holder) = self.holder(name).await? else {
+            return Ok(Released {
+                was_held: false,
+                previous: None,
+            });
+        };
+        if holder.worker_id != req.worker_id && !req.force {
+            return Err(Error::NotOwner(format!(
+                "{name} is held by {} on {}, not by {}; use --force to release it anyway",
+                holder.worker_id, holder.node_id, req.worker_id
+            )));
+        }
+        let answer = self.release_lease(name, &holder).await?;
+        match answer.status {
+            StatusCode::OK => Ok(Released {
+                was_held: true,
+                previous: Some(answer.parse::<Done>("release")?.holder),
+            }),
+            StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                match answer.error().holder {
+                    // The lease ended between the read and the release.
+                    None => Ok(Released {
+                        was_held: false,
+                        previous: None,
+                    }),
+                    Some(h) => Err(Error::NotOwner(format!(
+                        "{name} was taken over by {} (fencing token {}) while releasing",
+                        h.worker_id, h.fencing_token
+                    ))),
+                }
+            }
+            _ => Err(self.fail(&answer)),
+        }
+    }
+
+    /// Renews the grant the request names by its token; without one (the CLI's `heartbeat`),
+    /// the grant the worker holds now, read from the status first.
+    ///
+    /// A renewal keeps the lease's length: the coordinator's renew has none to give. A new
+    /// length ([`RenewRequest::ttl`], `LockGuard::extend`) is set after the renewal by the
+    /// holder re-adopting its own live lease with it, which keeps the token, and is checked to
+    /// have re-adopted that very grant.
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        let name = name_of(&req.lock)?;
+        let token = match req.fencing_token {
+            Some(token) => token,
+            None => match self.holder(name).await? {
+                Some(h) if h.worker_id == req.worker_id => h.fencing_token,
+                Some(h) => {
+                    return Err(Error::NotOwner(format!(
+                        "{name} is held by {} on {}, not by {}",
+                        h.worker_id, h.node_id, req.worker_id
+                    )));
+                }
+                None => return Err(not_held(name)),
+            },
+        };
+        let mut body = json!({"holder": req.worker_id, "token": token});
+        if let Some(ttl) = req.ttl {
+            body["ttl_ms"] = json!(lease::millis(ttl));
+        }
+        let answer = self.by_token_with("renew", name, body).await?;
+        match answer.status {
+            StatusCode::OK => Ok(answer.parse::<Done>("renew")?.holder),
+            StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                Err(match answer.error().holder {
+                    None => not_held(name),
+                    Some(h) => not_ours(name, &h, &req.worker_id, token),
+                })
+            }
+            _ => Err(self.fail(&answer)),
+        }
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        let name = name_of(lock)?;
+        Ok(Status::Named {
+            name: name.to_string(),
+            holder: self.holder(name).await?,
+        })
+    }
+
+    async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        #[derive(Deserialize)]
+        struct Entry {
+            lock: String,
+            holder: Option<Holder>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            locks: Vec<Entry>,
+            next: Option<String>,
+        }
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let path = match &after {
+                Some(a) => format!("/locks?limit={PAGE}&after={}", encode(a)),
+                None => format!("/locks?limit={PAGE}"),
+            };
+            let answer = self.call(Method::GET, &path, None, Duration::ZERO).await?;
+            if answer.status != StatusCode::OK {
+                return Err(self.fail(&answer));
+            }
+            let page: Page = answer.parse("list")?;
+            all.extend(
+                page.locks
+                    .into_iter()
+                    .filter_map(|e| Some((e.lock, e.holder?))),
+            );
+            match page.next {
+                Some(n) if Some(&n) != after.as_ref() => after = Some(n),
+                _ => return Ok(all),
+            }
+        }
+        Err(Error::Unexpected(format!(
+            "the sentinel server's lock list did not end after {MAX_PAGES} pages"
+        )))
+    }
+
+    /// The coordinator ends a lease itself when its TTL runs out and gives the lock to the next
+    /// waiter, so no held lock is ever stale: the janitor finds each lock live (kept) or free.
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        let name = name_of(&req.lock)?;
+        Ok(match self.holder(name).await? {
+            Some(h) => StaleRelease::Kept(h),
+            None => StaleRelease::Free,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn server_urls_are_checked() {
+        assert_eq!(
+            server_urls("http://127.0.0.1:7464/, http://10.0.0.2:7420").unwrap(),
+            vec!["http://127.0.0.1:7464", "http://10.0.0.2:7420"]
+        );
+        for bad in [
+            "",
+            ",",
+            "https://127.0.0.1:7420",
+            "127.0.0.1:7420",
+            "http://h",
+            "http://h:0",
+            "http://h:1/x",
+            "ftp://h:1",
+        ] {
+            assert!(server_urls(bad).is_err(), "{bad}");
+        }
+        let e = server_urls("http://u:hunter2@h:1").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn names_are_one_path_segment() {
+        assert_eq!(encode("build-42"), "build-42");
+        assert_eq!(encode("a/b c?✓"), "a%2Fb%20c%3F%E2%9C%93");
+    }
+
+    proptest! {
+        #[test]
+        fn server_urls_never_panic(s in ".*") {
+            let _ = server_urls(&s);
+        }
+    }
+}

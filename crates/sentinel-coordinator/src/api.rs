@@ -1,0 +1,956 @@
+//! The HTTP JSON API of a node, and the Raft RPC endpoints peers call.
+//!
+//! Client routes:
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /locks/{name}/acquire` | `holder`, `ttl_ms`, optional `wait_ms`, `node`, `request_id`, `readopt`, `task_info` | 200 the lease; 409 `lock_held` / `wait_timed_out` |
+//! | `POST /locks/{name}/release` | `holder`, `token`, optional `request_id` | 200 the released lease; 409 `not_holder` |
+//! | `POST /locks/{name}/withdraw` | `holder`, `acquire_request_id`, optional `request_id` | 200 `withdrawn`, and the lease it `released` if the acquire had been granted |
+//! | `POST /locks/{name}/renew` | `holder`, `token`, optional `request_id`, `ttl_ms` (a new TTL) | 200 the renewed lease; 409 `not_holder` |
+//! | `GET /locks/{name}/status` | | 200 holder (or none) and wait queue |
+//! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
+//! | `GET /health` | | 200 when the node knows a leader, else 503 |
+//! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
+//! | `GET /metrics` | | 200 this node's metrics, Prometheus text format |
+//!
+//! Every error is a JSON object `{"code": ..., "message": ...}` whose `code` is stable: 400
+//! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
+//! `--auth-token` requires `Authorization: Bearer TOKEN` on every request); 404 `unknown_route`; 405
+//! `method_not_allowed`; 408 `body_timeout` (the body took more than 10 s); 409 `lock_held`,
+//! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
+//! it back);
+//! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
+//! `unavailable`.
+//!
+//! Any node accepts any request. Lock requests and reads of the lock table are served by the
+//! leader: a follower forwards them (once: a forwarded request that meets a node that is not the
+//! leader is answered 503, never forwarded again) and relays the answer. Writes carry a request id
+//! (generated when the client gives none, and echoed), so a client that gets a 503 or loses the
+//! connection retries with the same id and can never be granted twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use super::server::{Node, PROPOSE_TIMEOUT, ProposeError};
+use super::state::{Acquire, Command, Limit, Outcome, Release, Renew, Slot, Withdraw};
+use sentinel_core::lease::{self, Clock, SystemClock};
+use sentinel_core::lock::{TaskInfo, validate_label, validate_name};
+use sentinel_core::table::{LockRecord, LockTable};
+use sentinel_proto::MAX_WAIT_MS;
+use sentinel_proto::http::{self as network, Failure};
+
+/// Largest body of a client request.
+const MAX_BODY: usize = 64 << 10;
+/// Largest body of a Raft RPC (a batch of entries, a snapshot chunk).
+const MAX_RAFT_BODY: usize = 64 << 20;
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request id.
+const MAX_REQUEST_ID: usize = 128;
+/// Locks per page of `GET /locks`.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1_000;
+/// The header a follower puts on a request it forwards to the leader.
+const FORWARDED: &str = "x-sentinel-forwarded";
+/// How long a node without a leader waits for an election before answering 503.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long after a waiter's deadline its answer may take to settle (a leader change).
+const SETTLE_GRACE: Duration = Duration::from_secs(5);
+
+/// Every route of a node: the client API, the Raft RPCs, and the token check in front of both.
+pub fn router(node: Arc<Node>) -> Router {
+    let raft = Router::new()
+        .route(APPEND_PATH, post(raft_append))
+        .route(VOTE_PATH, post(raft_vote))
+        .route(SNAPSHOT_PATH, post(raft_snapshot));
+    Router::new()
+        .route("/locks", any(list))
+        .route("/locks/{*rest}", any(locks))
+        .route("/health", any(health))
+        .route("/cluster/status", any(cluster_status))
+        .route("/metrics", any(metrics))
+        .merge(raft)
+        .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_token,
+        ))
+        .with_state(node)
+}
+
+/// With a cluster token, every request (clients' and peers') must carry it.
+async fn require_token(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &node.auth {
+        Some(auth) if !auth.accepts(req.headers().get(AUTHORIZATION)) => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this node requires a bearer token: send Authorization: Bearer TOKEN",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// An error answer: a status and a JSON object with a stable `code`.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Value,
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+        extra: Value::Null,
+    }
+}
+
+impl ApiError {
+    fn with(mut self, extra: Value) -> ApiError {
+        self.extra = extra;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let (Value::Object(b), Value::Object(extra)) = (&mut body, self.extra) {
+            b.extend(extra);
+        }
+        (self.status, json_body(&body)).into_response()
+    }
+}
+
+fn json_body(v: &Value) -> ([(http::HeaderName, HeaderValue); 1], String) {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        v.to_string(),
+    )
+}
+
+fn ok(v: Value) -> Response {
+    (StatusCode::OK, json_body(&v)).into_response()
+}
+
+async fn unknown_route(method: Method, uri: http::Uri) -> ApiError {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!("no route {method} {}", uri.path()),
+    )
+}
+
+fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ApiError {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}; use {allowed}"),
+    )
+}
+
+/// Reads a request's body: at most `limit` bytes, within [`BODY_TIMEOUT`].
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the body is not a valid JSON request: {e}"),
+        )
+    })
+}
+
+fn invalid(what: &str, why: impl std::fmt::Display) -> ApiError {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        format!("invalid {what}: {why}"),
+    )
+}
+
+/// A label (holder, node) a person will read and compare.
+fn label(what: &str, s: &str) -> Result<(), ApiError> {
+    validate_label(what, s)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))
+}
+
+/// The client's request id, or a fresh random one.
+fn request_id(given: Option<String>) -> Result<String, ApiError> {
+    let Some(id) = given else {
+        return Ok(format!(
+            "{:016x}{:016x}",
+            fastrand::u64(..),
+            fastrand::u64(..)
+        ));
+    };
+    if id.is_empty() || id.len() > MAX_REQUEST_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "request_id",
+            format!("use 1 to {MAX_REQUEST_ID} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(id)
+}
+
+/// The leader's time, never behind the state's own clock.
+fn now(node: &Node) -> u64 {
+    SystemClock
+        .now_ms()
+        .max(node.state.read(|m| m.state.clock_ms()))
+}
+
+fn holder_json(record: &LockRecord, now: u64) -> Value {
+    serde_json::to_value(record.to_holder(now)).unwrap_or(Value::Null)
+}
+
+/// Serves a client request on the leader, or forwards it there.
+async fn on_leader<F, Fut>(node: Arc<Node>, req: Request, serve: F) -> Response
+where
+    F: FnOnce(Arc<Node>, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    if !node.is_leader() {
+        return forward(&node, parts, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    match serve(node, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Relays a request to the leader and its answer back.
+async fn forward(
+    node: &Node,
+    parts: http::request::Parts,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if parts.headers.contains_key(FORWARDED) {
+        return Err(not_leader(node.leader().map(|l| l.0)));
+    }
+    let leader = match node.leader() {
+        Some(l) => Some(l),
+        None => {
+            let _ = node
+                .raft
+                .wait(Some(LEADER_WAIT))
+                .metrics(|m| m.current_leader.is_some(), "a leader")
+                .await;
+            node.leader()
+        }
+    };
+    let Some((leader, addr)) = leader else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            format!(
+                "the cluster has no leader (no quorum of nodes reachable within {LEADER_WAIT:?}); retry"
+            ),
+        ));
+    };
+    if leader == node.id {
+        // Became the leader meanwhile; the client retries and meets the leader.
+        return Err(not_leader(Some(leader)));
+    }
+    // A waiting acquire is held by the leader for up to its wait.
+    let wait = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("wait_ms").and_then(Value::as_u64))
+        .unwrap_or(0)
+        .min(MAX_WAIT_MS);
+    let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("http://{addr}{path}"))
+        .header(FORWARDED, node.id.to_string());
+    if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
+        request = request.header(CONTENT_TYPE, ct);
+    }
+    if let Some(auth) = &node.auth {
+        request = request.header(AUTHORIZATION, auth.header.clone());
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|e| unavailable(format!("cannot forward to the leader at {addr:?}: {e}")))?;
+    // A leader that stopped answering (frozen, cut off) is replaced within a second; the client
+    // should not wait out the whole timeout for it, so the answer is 503 as soon as this node
+    // no longer follows that leader. The request may have taken effect: a retry with the same
+    // request id gets its answer.
+    let mut metrics = node.raft.metrics();
+    let deposed = async move {
+        while metrics.borrow_and_update().current_leader == Some(leader) {
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let answer = tokio::select! {
+        answer = network::exchange(&node.client, request, timeout) => answer,
+        () = deposed => return Err(not_leader(node.leader().map(|l| l.0))),
+    };
+    match answer {
+        Ok((status, headers, body)) => {
+            let mut response = (status, body).into_response();
+            if let Some(ct) = headers.get(CONTENT_TYPE) {
+                response.headers_mut().insert(CONTENT_TYPE, ct.clone());
+            }
+            Ok(response)
+        }
+        Err(Failure::Unreachable(e)) | Err(Failure::Lost(e)) => Err(unavailable(format!(
+            "the leader (node {leader}) did not answer: {e}"
+        ))),
+    }
+}
+
+fn not_leader(leader: Option<u64>) -> ApiError {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the leader changed while the request was under way; retry with the same request_id",
+    )
+    .with(json!({"leader": leader}))
+}
+
+fn unavailable(why: String) -> ApiError {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{why}; the request may still take effect: retry with the same request_id"),
+    )
+}
+
+fn propose_error(e: ProposeError) -> ApiError {
+    match e {
+        ProposeError::NotLeader(leader) => not_leader(leader),
+        ProposeError::Unavailable(why) => unavailable(why),
+    }
+}
+
+/// Makes sure this node still leads (a quorum confirms it), so a read sees every write
+/// acknowledged before it.
+async fn linearizable(node: &Node) -> Result<(), ApiError> {
+    match tokio::time::timeout(PROPOSE_TIMEOUT, node.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unavailable(format!("this node cannot serve reads: {e}"))),
+        Err(_) => Err(unavailable(format!(
+            "no quorum confirmed the leader within {PROPOSE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn locks(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    req: Request,
+) -> Response {
+    let method = req.method().clone();
+    let route = req.uri().path().to_string();
+    let checked = (|| {
+        let Path(rest) = path.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                format!("invalid lock name: {e}"),
+            )
+        })?;
+        let (name, action) = rest.rsplit_once('/').ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "unknown_route",
+                format!("no route {method} {route}"),
+            )
+        })?;
+        let allowed = match action {
+            "acquire" | "release" | "renew" | "withdraw" => Method::POST,
+            "status" => Method::GET,
+            _ => {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_route",
+                    format!("no route {method} {route}"),
+                ));
+            }
+        };
+        if method != allowed {
+            return Err(method_not_allowed(&method, &route, allowed.as_str()));
+        }
+        validate_name(name)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
+        Ok((name.to_string(), action.to_string()))
+    })();
+    let (name, action) = match checked {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    on_leader(node, req, move |node, body| async move {
+        match action.as_str() {
+            "acquire" => acquire(&node, name, &body).await,
+            "release" => release(&node, name, &body).await,
+            "renew" => renew(&node, name, &body).await,
+            "withdraw" => withdraw(&node, name, &body).await,
+            _ => status(&node, &name).await,
+        }
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    holder: String,
+    ttl_ms: u64,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    readopt: bool,
+    #[serde(default)]
+    task_info: TaskInfo,
+}
+
+async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let b: AcquireBody = parse(body)?;
+    label("holder", &b.holder)?;
+    if let Some(n) = &b.node {
+        label("node", n)?;
+    }
+    checked_ttl(b.ttl_ms)?;
+    if b.wait_ms > MAX_WAIT_MS {
+        return Err(invalid(
+            "wait_ms",
+            format!("use 0 to {MAX_WAIT_MS} milliseconds"),
+        ));
+    }
+    let id = request_id(b.request_id)?;
+    let wait_ms = b.wait_ms;
+    let command = Command::Acquire(Acquire {
+        request_id: id.clone(),
+        name: name.clone(),
+        holder: b.holder,
+        node: b.node.unwrap_or_default(),
+        ttl_ms: b.ttl_ms,
+        wait_ms,
+        readopt: b.readopt,
+        task_info: b.task_info,
+    });
+    // Subscribe before proposing, so no settlement can slip between the two.
+    let mut applied = node.state.subscribe();
+    let (mut outcome, index) = node.propose(command).await.map_err(propose_error)?;
+    if matches!(outcome, Outcome::Queued { .. }) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms) + SETTLE_GRACE;
+        loop {
+            match node.state.read(|m| m.state.answer(&id).cloned()) {
+                Some(Outcome::Queued { .. }) => {}
+                Some(settled) => {
+                    outcome = settled;
+                    break;
+                }
+                None => {
+                    return Err(unavailable(format!("the answer to request {id} was lost")));
+                }
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(unavailable(format!(
+                        "the wait of request {id} did not settle in time"
+                    )));
+                }
+            }
+        }
+    }
+    if let Outcome::Withdrawn { .. } = outcome {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "withdrawn",
+            format!("acquire request {id} was withdrawn by its client"),
+        ));
+    }
+    // A grant made for this request (by its entry, or later from the queue) carries a token at
+    // least the entry's index; a remembered answer to a retry carries an older one.
+    if let Outcome::Granted {
+        lease,
+        adopted: false,
+    } = &outcome
+        && lease.fencing_token >= index
+    {
+        node.stats.acquired(started.elapsed());
+    }
+    answer(node, &name, &id, outcome)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    holder: String,
+    token: u64,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    by_token(
+        node,
+        name,
+        parse(body)?,
+        |request_id, name, holder, token| {
+            Command::Release(Release {
+                request_id,
+                name,
+                holder,
+                token,
+            })
+        },
+    )
+    .await
+}
+
+/// A renewal may also give the lease a new TTL.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    holder: String,
+    token: u64,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    let b: RenewBody = parse(body)?;
+    let ttl_ms = b.ttl_ms.map(checked_ttl).transpose()?;
+    let grant = TokenBody {
+        holder: b.holder,
+        token: b.token,
+        request_id: b.request_id,
+    };
+    let command = |request_id, name, holder, token| {
+        Command::Renew(Renew {
+            request_id,
+            name,
+            holder,
+            token,
+            ttl_ms,
+        })
+    };
+    by_token(node, name, grant, command).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WithdrawBody {
+    holder: String,
+    acquire_request_id: String,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+/// Takes back an acquire (by its request id) that its client gave up on: out of the queue, its
+/// grant released, or never executed if it has not arrived.
+async fn withdraw(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    let b: WithdrawBody = parse(body)?;
+    label("holder", &b.holder)?;
+    let acquire_id = request_id(Some(b.acquire_request_id))?;
+    let id = request_id(b.request_id)?;
+    let command = Command::Withdraw(Withdraw {
+        request_id: id.clone(),
+        name: name.clone(),
+        holder: b.holder,
+        acquire_id,
+    });
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
+    answer(node, &name, &id, outcome)
+}
+
+/// A lease's TTL in milliseconds, within the bounds every backend keeps.
+fn checked_ttl(ms: u64) -> Result<u64, ApiError> {
+    let (min, max) = (lease::millis(lease::MIN_TTL), lease::millis(lease::MAX_TTL));
+    if (min..=max).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(invalid(
+            "ttl_ms",
+            format!("use {min} to {max} milliseconds"),
+        ))
+    }
+}
+
+/// A holder's request about its own grant, named by its fencing token (release, renew).
+async fn by_token(
+    node: &Node,
+    name: String,
+    b: TokenBody,
+    command: impl FnOnce(String, String, String, u64) -> Command,
+) -> Result<Response, ApiError> {
+    label("holder", &b.holder)?;
+    let id = request_id(b.request_id)?;
+    let command = command(id.clone(), name.clone(), b.holder, b.token);
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
+    answer(node, &name, &id, outcome)
+}
+
+/// The HTTP answer to a request's outcome.
+fn answer(node: &Node, name: &str, id: &str, outcome: Outcome) -> Result<Response, ApiError> {
+    let now = now(node);
+    let conflict = StatusCode::CONFLICT;
+    match outcome {
+        Outcome::Granted { lease, adopted } => Ok(ok(json!({
+            "lock": name, "request_id": id, "acquired": true, "adopted": adopted,
+            "holder": holder_json(&lease, now),
+        }))),
+        Outcome::Released { lease } => Ok(ok(json!({
+            "lock": name, "request_id": id, "released": true, "holder": holder_json(&lease, now),
+        }))),
+        Outcome::Renewed { lease } => Ok(ok(json!({
+            "lock": name, "request_id": id, "renewed": true, "holder": holder_json(&lease, now),
+        }))),
+        Outcome::Held { holder } => Err(error(
+            conflict,
+            "lock_held",
+            format!("lock {name:?} is held by {:?}", holder.worker_id),
+        )
+        .with(json!({"lock": name, "request_id": id, "holder": holder_json(&holder, now)}))),
+        Outcome::TimedOut { holder } => Err(error(
+            conflict,
+            "wait_timed_out",
+            format!("lock {name:?} was still held by {:?} when the wait ran out", holder.worker_id),
+        )
+        .with(json!({"lock": name, "request_id": id, "holder": holder_json(&holder, now)}))),
+        Outcome::NotHolder { holder } => Err(error(
+            conflict,
+            "not_holder",
+            match &holder {
+                Some(h) => format!(
+                    "lock {name:?} is held by {:?} with fencing token {}, not by this holder and token",
+                    h.worker_id, h.fencing_token
+                ),
+                None => format!("lock {name:?} is not held (released, or its lease ended)"),
+            },
+        )
+        .with(json!({"lock": name, "request_id": id, "holder": holder.map(|h| holder_json(&h, now))}))),
+        Outcome::RequestIdReused => Err(error(
+            conflict,
+            "request_id_reused",
+            format!("request id {id:?} was already used for another request"),
+        )),
+        Outcome::Refused { limit } => Err(match limit {
+            Limit::HeldLocks => error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_locks",
+                format!(
+                    "{} locks are held, the most the coordinator holds",
+                    super::state::MAX_HELD_LOCKS
+                ),
+            ),
+            Limit::Waiters => error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_waiters",
+                format!(
+                    "{} acquires are waiting, the most the coordinator queues",
+                    super::state::MAX_WAITERS
+                ),
+            ),
+        }),
+        Outcome::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
+        Outcome::Withdrawn { lease } => Ok(ok(json!({
+            "lock": name, "request_id": id, "withdrawn": true,
+            "released": lease.map(|l| holder_json(&l, now)),
+        }))),
+    }
+}
+
+/// A lock as reads show it, judged at `now`: a lease that has ended is shown free even before
+/// the state has ended it.
+fn lock_json(name: &str, slot: Option<&Slot>, now: u64) -> Value {
+    let live = slot.filter(|s| !LockTable::is_stale(&s.lease, now));
+    let queue: Vec<Value> = live
+        .map(|s| {
+            s.queue
+                .iter()
+                .map(|w| {
+                    json!({
+                        "holder": w.holder, "node": w.node,
+                        "since": lease::rfc3339(lease::from_unix_ms(w.since_ms)),
+                        "until": lease::rfc3339(lease::from_unix_ms(w.until_ms)),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "lock": name,
+        "held": live.is_some(),
+        "holder": live.map(|s| holder_json(&s.lease, now)),
+        "queue": queue,
+    })
+}
+
+async fn status(node: &Node, name: &str) -> Result<Response, ApiError> {
+    linearizable(node).await?;
+    let now = now(node);
+    Ok(ok(node
+        .state
+        .read(|m| lock_json(name, m.state.get(name), now))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    if req.method() != Method::GET {
+        return method_not_allowed(req.method(), "/locks", "GET").into_response();
+    }
+    let checked = query
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+        .and_then(|Query(q)| {
+            let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+            if !(1..=MAX_PAGE).contains(&limit) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("limit must be 1 to {MAX_PAGE}"),
+                ));
+            }
+            Ok((q.after, limit))
+        });
+    let (after, limit) = match checked {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    on_leader(node, req, move |node, _| async move {
+        linearizable(&node).await?;
+        let now = now(&node);
+        let (locks, next) = node.state.read(|m| {
+            let mut live = m
+                .state
+                .iter_after(after.as_deref())
+                .filter(|(_, s)| !LockTable::is_stale(&s.lease, now));
+            let page: Vec<Value> = live
+                .by_ref()
+                .take(limit)
+                .map(|(name, slot)| lock_json(name, Some(slot), now))
+                .collect();
+            let more = live.next().is_some();
+            let next = more
+                .then(|| {
+                    page.last()
+                        .and_then(|l| l["lock"].as_str().map(String::from))
+                })
+                .flatten();
+            (page, next)
+        });
+        Ok(ok(json!({"locks": locks, "next": next})))
+    })
+    .await
+}
+
+async fn health(State(node): State<Arc<Node>>, method: Method) -> Response {
+    if method != Method::GET {
+        return method_not_allowed(&method, "/health", "GET").into_response();
+    }
+    let metrics = node.raft.metrics().borrow().clone();
+    let body = json!({
+        "ok": metrics.current_leader.is_some(),
+        "id": node.id,
+        "state": format!("{:?}", metrics.state).to_lowercase(),
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+    });
+    if metrics.current_leader.is_some() {
+        ok(body)
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "this node knows no leader: the cluster is electing one, or too few nodes are up",
+        )
+        .with(body)
+        .into_response()
+    }
+}
+
+/// This node's own metrics, in Prometheus text format (never forwarded: each node is scraped).
+async fn metrics(State(node): State<Arc<Node>>, method: Method) -> Response {
+    if method != Method::GET {
+        return method_not_allowed(&method, "/metrics", "GET").into_response();
+    }
+    match node.stats.render(node.state.read(|m| m.state.held())) {
+        Ok(text) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unavailable",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response {
+    if req.method() != Method::GET {
+        return method_not_allowed(req.method(), "/cluster/status", "GET").into_response();
+    }
+    // Only the leader knows the followers' progress; without a leader, this node's own view.
+    let forwardable = node.leader().is_some_and(|(leader, _)| leader != node.id)
+        && !req.headers().contains_key(FORWARDED);
+    if forwardable {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        if let Ok(r) = forward(&node, parts, body).await {
+            return r;
+        }
+    }
+    let metrics = node.raft.metrics().borrow().clone();
+    let last = metrics.last_log_index;
+    let members: Vec<Value> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| json!({"id": id, "addr": n.addr}))
+        .collect();
+    let followers: Vec<Value> = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != node.id)
+        .map(|(id, matched)| {
+            let matched = matched.map(|l| l.index);
+            let lag = last.unwrap_or(0).saturating_sub(matched.unwrap_or(0));
+            json!({"id": id, "matched_index": matched, "lag": lag})
+        })
+        .collect();
+    ok(json!({
+        "id": node.id,
+        "state": format!("{:?}", metrics.state).to_lowercase(),
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "members": members,
+        "last_log_index": last,
+        "commit_index": node.log.committed_index(),
+        "applied_index": metrics.last_applied.map(|l| l.index),
+        "followers": followers,
+    }))
+}
+
+/// Runs a Raft RPC from a peer: the body is openraft's request, the answer openraft's result.
+async fn raft_rpc<Req, Resp, E, Fut>(body: Body, run: impl FnOnce(Req) -> Fut) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: serde::Serialize,
+    E: serde::Serialize,
+    Fut: std::future::Future<Output = Result<Resp, E>>,
+{
+    let req: Req = match read_body(body, MAX_RAFT_BODY)
+        .await
+        .and_then(|body| parse(&body))
+    {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let result = run(req).await;
+    match serde_json::to_string(&result) {
+        Ok(s) => (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            s,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unavailable",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+async fn raft_append(State(node): State<Arc<Node>>, body: Body) -> Response {
+    raft_rpc(
+        body,
+        |req| async move { node.raft.append_entries(req).await },
+    )
+    .await
+}
+
+async fn raft_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
+    raft_rpc(body, |req| async move { node.raft.vote(req).await }).await
+}
+
+async fn raft_snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
+    raft_rpc(
+        body,
+        |req| async move { node.raft.install_snapshot(req).await },
+    )
+    .await
+}

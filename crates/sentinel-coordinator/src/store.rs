@@ -1,0 +1,849 @@
+//! A coordinator node's durable storage, in the two halves openraft asks for (its storage-v2
+//! traits):
+//!
+//! - [`LogStore`] ([`RaftLogStorage`]): the Raft log, the vote and the committed log id, in one
+//!   redb database, `DIR/raft.redb`. Every entry that has not been purged is also kept in memory,
+//!   so replication and the state machine read without touching the disk; the snapshot policy
+//!   bounds how many there are. Writes go to one writer thread in the order they were made. It
+//!   commits everything queued since its last commit in one write transaction, with one fsync, and
+//!   then reports every batch in it as flushed, while `append` itself returns at once as the trait
+//!   asks. (openraft 0.9 awaits each append's flush before the next, so a transaction holds one
+//!   append: a follower's AppendEntries, or one entry on the leader. Group commit on the leader
+//!   therefore packs many commands into one entry before openraft sees them; see
+//!   [`super::server`].)
+//! - [`StateMachineStore`] ([`RaftStateMachine`]): the [`LockState`] in memory, applied from
+//!   committed entries, and its snapshots in `DIR/snapshot` (replaced atomically, fsynced). After
+//!   a restart the state is the last snapshot, and openraft applies the committed entries after
+//!   it again from the log; snapshots let openraft purge the log they cover (log compaction) and
+//!   bring a follower that fell behind the purged log up to date.
+//!
+//! A write that fails leaves the log in an unknown state on disk, so the writer refuses every
+//! write after it: openraft then stops the node instead of building on a damaged log.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File};
+use std::io::{self, Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::state::{LockState, Outcome};
+use super::{NodeId, TypeConfig};
+use sentinel_core::error::{Error, Result};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+
+/// The database file in a node's data directory.
+pub const LOG_FILE: &str = "raft.redb";
+/// The snapshot file: one line of JSON metadata, then the state as JSON.
+pub const SNAPSHOT_FILE: &str = "snapshot";
+/// Most writes committed in one transaction: bounds the memory of one batch.
+const MAX_BATCH: usize = 4_096;
+/// redb's page cache: the log is read only at start-up, so a small cache suffices.
+const CACHE_BYTES: usize = 16 << 20;
+
+type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// Opens (creating if needed) the storage of the node whose data directory is `dir`.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore)> {
+    fs::create_dir_all(dir).map_err(|e| {
+        Error::Unexpected(format!(
+            "cannot create the data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok((LogStore::open(dir)?, StateMachineStore::open(dir)?))
+}
+
+/// What the log looks like, in memory.
+struct LogMem {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+/// One change to the database, in the order the log store made it.
+enum Change {
+    Append(Vec<(u64, Vec<u8>)>),
+    /// Delete entries from this index on.
+    Truncate(u64),
+    /// Delete entries up to and including this log id, and remember it.
+    Purge(u64, Vec<u8>),
+    Meta(&'static str, Vec<u8>),
+}
+
+/// Who learns that a write is durable.
+enum Done {
+    Nobody,
+    Flushed(LogFlushed<TypeConfig>),
+    Waiting(tokio::sync::oneshot::Sender<std::result::Result<(), String>>),
+}
+
+struct Job {
+    change: Change,
+    done: Done,
+}
+
+/// The Raft log, vote and committed log id. Cloning is cheap and shares the log: a clone is the
+/// log reader replication uses.
+#[derive(Clone)]
+pub struct LogStore {
+    mem: Arc<Mutex<LogMem>>,
+    writer: Arc<Writer>,
+}
+
+/// The queue to the writer thread. When the last log store is dropped, the thread commits what is
+/// queued and ends, and the drop waits for it: the database is closed when the store is gone, so
+/// the same process (a test, a restart) can open it again.
+struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl LogStore {
+    fn open(dir: &Path) -> Result<LogStore> {
+        let path = dir.join(LOG_FILE);
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| {
+                Error::Unexpected(format!(
+                    "cannot open the Raft log {} (is another `sentinel serve` using this data \
+                     directory?): {e}",
+                    path.display()
+                ))
+            })?;
+        let mem = load(&db).map_err(|e| {
+            Error::Unexpected(format!("cannot read the Raft log {}: {e}", path.display()))
+        })?;
+        let (tx, jobs) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(db, jobs))?;
+        Ok(LogStore {
+            mem: Arc::new(Mutex::new(mem)),
+            writer: Arc::new(Writer {
+                jobs: Some(tx),
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// The last committed log index this node knows of.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.mem().committed.map(|c| c.index)
+    }
+
+    fn mem(&self) -> MutexGuard<'_, LogMem> {
+        // A panic while holding the lock cannot leave the map half-changed (every change is a
+        // single call), so a poisoned lock is still consistent.
+        self.mem.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, change: Change, done: Done) -> std::result::Result<(), String> {
+        let sent = self
+            .writer
+            .jobs
+            .as_ref()
+            .map(|jobs| jobs.send(Job { change, done }));
+        sent.and_then(|r| r.ok())
+            .ok_or_else(|| "the log writer has stopped".to_string())
+    }
+
+    /// Sends a write and waits until it is durable.
+    async fn write_and_wait(&self, change: Change) -> std::result::Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(change, Done::Waiting(tx))?;
+        rx.await
+            .map_err(|_| "the log writer has stopped".to_string())?
+    }
+}
+
+fn load(db: &Database) -> std::result::Result<LogMem, String> {
+    // Create the tables on first use, so that reading them never fails for a new database.
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.open_table(LOG).map_err(|e| e.to_string())?;
+    txn.open_table(META).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    let vote = read_meta(&meta, VOTE)?;
+    let committed = read_meta::<Option<LogId<NodeId>>>(&meta, COMMITTED)?.flatten();
+    let last_purged: Option<LogId<NodeId>> = read_meta(&meta, PURGED)?;
+    let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+    let mut entries = BTreeMap::new();
+    for row in log.range::<u64>(..).map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        let entry: Entry<TypeConfig> = serde_json::from_slice(v.value())
+            .map_err(|e| format!("log entry {}: {e}", k.value()))?;
+        if entry.log_id.index != k.value() {
+            return Err(format!(
+                "log entry {} carries index {}",
+                k.value(),
+                entry.log_id.index
+            ));
+        }
+        entries.insert(k.value(), entry);
+    }
+    // The log must be one run of consecutive indexes right after the purged part.
+    let mut expected = last_purged.map(|l| l.index + 1);
+    for &index in entries.keys() {
+        if expected.is_some_and(|e| e != index) {
+            return Err(format!("the log has a hole before entry {index}"));
+        }
+        expected = Some(index + 1);
+    }
+    Ok(LogMem {
+        entries,
+        last_purged,
+        vote,
+        committed,
+    })
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(
+    meta: &redb::ReadOnlyTable<&str, &[u8]>,
+    key: &str,
+) -> std::result::Result<Option<T>, String> {
+    let Some(bytes) = meta.get(key).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(bytes.value())
+        .map(Some)
+        .map_err(|e| format!("{key}: {e}"))
+}
+
+/// The writer thread: commits what is queued in batches, in order, until every sender is gone.
+fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
+    let mut failed: Option<String> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = match &failed {
+            Some(e) => Err(e.clone()),
+            None => commit(&db, &batch),
+        };
+        if let Err(e) = &result {
+            tracing::error!("the Raft log cannot be written: {e}");
+            failed = Some(format!("an earlier write of the Raft log failed: {e}"));
+        }
+        for job in batch {
+            match job.done {
+                Done::Nobody => {}
+                Done::Flushed(cb) => cb.log_io_completed(result.clone().map_err(io::Error::other)),
+                Done::Waiting(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Commits a batch of writes in one transaction (one fsync).
+fn commit(db: &Database, batch: &[Job]) -> std::result::Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        for job in batch {
+            match &job.change {
+                Change::Append(entries) => {
+                    for (index, bytes) in entries {
+                        log.insert(index, bytes.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                Change::Truncate(from) => {
+                    log.retain_in(*from.., |_, _| false)
+                        .map_err(|e| e.to_string())?;
+                }
+                Change::Purge(upto, id) => {
+                    log.retain_in(..=*upto, |_, _| false)
+                        .map_err(|e| e.to_string())?;
+                    meta.insert(PURGED, id.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                Change::Meta(key, bytes) => {
+                    meta.insert(*key, bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> std::result::Result<Vec<u8>, String> {
+    serde_json::to_vec(v).map_err(|e| e.to_string())
+}
+
+/// A failed log write as openraft wants it.
+fn write_error(e: String) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::error(e)).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        Ok(self
+            .mem()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let mem = self.mem();
+        let last = mem.entries.values().next_back().map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: mem.last_purged,
+            last_log_id: last.or(mem.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.write_and_wait(Change::Meta(VOTE, encode(vote).map_err(write_error)?))
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::error(e)))?;
+        self.mem().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        Ok(self.mem().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Not waited for: a committed log id that is lost in a crash is learnt again from the
+        // leader, and everything it covers is in the log anyway.
+        let bytes = encode(&committed).map_err(write_error)?;
+        self.send(Change::Meta(COMMITTED, bytes), Done::Nobody)
+            .map_err(write_error)?;
+        self.mem().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.mem().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Encode everything before changing the log in memory, so a failure changes nothing.
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let rows = entries
+            .iter()
+            .map(|e| Ok((e.log_id.index, encode(e)?)))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(write_error)?;
+        self.mem()
+            .entries
+            .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        self.send(Change::Append(rows), Done::Flushed(callback))
+            .map_err(write_error)
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.mem().entries.split_off(&log_id.index);
+        self.send(Change::Truncate(log_id.index), Done::Nobody)
+            .map_err(write_error)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        {
+            let mut mem = self.mem();
+            let kept = mem.entries.split_off(&(log_id.index + 1));
+            mem.entries = kept;
+            mem.last_purged = Some(log_id);
+        }
+        let bytes = encode(&log_id).map_err(write_error)?;
+        self.send(Change::Purge(log_id.index, bytes), Done::Nobody)
+            .map_err(write_error)
+    }
+}
+
+/// The lock state and what openraft needs to know about it.
+#[derive(Debug, Default)]
+pub struct Machine {
+    /// The locks.
+    pub state: LockState,
+    /// The last entry applied to the state.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The last membership applied (the cluster's members).
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    machine: RwLock<Machine>,
+    /// Held while the snapshot file is written; the last log id the file covers. Snapshots are
+    /// built in tasks of their own, so a slow build may finish after a newer snapshot was
+    /// installed: it must not replace it.
+    snapshot: Mutex<Option<LogId<NodeId>>>,
+    /// The last applied log index, for whoever waits for the state to change.
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+/// The state machine half of the storage. Cloning is cheap and shares the state: the server
+/// reads locks through a clone, and a clone builds snapshots.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+impl StateMachineStore {
+    fn open(dir: &Path) -> Result<StateMachineStore> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let machine = match fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, data) = split_snapshot(&bytes).map_err(|e| {
+                    Error::Unexpected(format!("the snapshot {} is damaged: {e}", path.display()))
+                })?;
+                let state = LockState::from_json(data).map_err(|e| {
+                    Error::Unexpected(format!("the snapshot {} is damaged: {e}", path.display()))
+                })?;
+                Machine {
+                    state,
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Machine::default(),
+            Err(e) => {
+                return Err(Error::Unexpected(format!(
+                    "cannot read the snapshot {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(StateMachineStore {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                snapshot: Mutex::new(machine.last_applied),
+                applied: tokio::sync::watch::Sender::new(
+                    machine.last_applied.map_or(0, |l| l.index),
+                ),
+                machine: RwLock::new(machine),
+            }),
+        })
+    }
+
+    /// Reads the state machine (shared with applying: keep it short).
+    pub fn read<T>(&self, f: impl FnOnce(&Machine) -> T) -> T {
+        // `apply` changes the state in single steps that cannot panic halfway through a change
+        // of the maps, so a poisoned lock still holds a consistent state.
+        f(&self
+            .shared
+            .machine
+            .read()
+            .unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Changes the state machine, then wakes whoever waits for a change.
+    fn write<T>(&self, f: impl FnOnce(&mut Machine) -> T) -> T {
+        let mut machine = self
+            .shared
+            .machine
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let result = f(&mut machine);
+        let applied = machine.last_applied.map_or(0, |l| l.index);
+        drop(machine);
+        self.shared.applied.send_replace(applied);
+        result
+    }
+
+    /// A receiver that wakes up whenever entries have been applied (or a snapshot installed).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Writes the snapshot file, unless it already holds a newer snapshot.
+    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> io::Result<()> {
+        let mut covered = self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *covered > meta.last_log_id {
+            return Ok(());
+        }
+        let mut bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(data);
+        write_atomically(&self.shared.dir, SNAPSHOT_FILE, &bytes)?;
+        *covered = meta.last_log_id;
+        Ok(())
+    }
+}
+
+/// Splits a snapshot file into its metadata and its state's bytes.
+fn split_snapshot(
+    bytes: &[u8],
+) -> std::result::Result<(SnapshotMeta<NodeId, BasicNode>, &[u8]), String> {
+    let split = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no metadata line")?;
+    let meta = serde_json::from_slice(&bytes[..split]).map_err(|e| e.to_string())?;
+    Ok((meta, &bytes[split + 1..]))
+}
+
+/// Replaces `dir/name` so that a crash at any point leaves the old or the new file: write a
+/// temporary file, fsync it, rename it over the old one, fsync the directory.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        // A copy under the lock, encoded outside it: encoding 100,000 locks takes long enough
+        // to stall every apply (and so every answer) if done while holding it.
+        let (state, last_applied, membership) =
+            self.read(|m| (m.state.clone(), m.last_applied, m.membership.clone()));
+        let meta = SnapshotMeta {
+            snapshot_id: format!(
+                "{}-{:016x}",
+                last_applied.map_or(0, |l| l.index),
+                fastrand::u64(..)
+            ),
+            last_log_id: last_applied,
+            last_membership: membership,
+        };
+        let this = self.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let data = state.to_json().map_err(io::Error::other)?;
+            this.save_snapshot(&meta, &data).map(|()| (meta, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        Ok(self.read(|m| (m.last_applied, m.membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<Option<Outcome>>>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        Ok(self.write(|m| {
+            entries
+                .into_iter()
+                .map(|entry| {
+                    m.last_applied = Some(entry.log_id);
+                    match entry.payload {
+                        EntryPayload::Blank => Vec::new(),
+                        EntryPayload::Normal(batch) => m
+                            .state
+                            .apply(entry.log_id.index, entry.log_id.leader_id.term, &batch)
+                            .into_iter()
+                            .map(|applied| applied.outcome)
+                            .collect(),
+                        EntryPayload::Membership(members) => {
+                            m.membership = StoredMembership::new(Some(entry.log_id), members);
+                            Vec::new()
+                        }
+                    }
+                })
+                .collect()
+        }))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let state = LockState::from_json(&data).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e))
+        })?;
+        let this = self.clone();
+        let saved = meta.clone();
+        tokio::task::spawn_blocking(move || this.save_snapshot(&saved, &data))
+            .await
+            .map_err(|e| {
+                StorageIOError::write_snapshot(Some(meta.signature()), AnyError::error(e))
+            })?
+            .map_err(|e| {
+                StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
+            })?;
+        self.write(|m| {
+            m.state = state;
+            m.last_applied = meta.last_log_id;
+            m.membership = meta.last_membership.clone();
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        // The metadata comes from the file, not from memory: a snapshot saved meanwhile replaces
+        // the file as a whole, so metadata and data always belong together.
+        let path = self.shared.dir.join(SNAPSHOT_FILE);
+        let read = tokio::task::spawn_blocking(move || fs::read(path))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
+        };
+        let (meta, data) = split_snapshot(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Acquire, Batch, Command, Proposal, position};
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, Membership};
+    use sentinel_core::lock::TaskInfo;
+    use std::collections::BTreeSet;
+    use tempfile::TempDir;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+        async fn build(&self) -> StorageResult<(TempDir, LogStore, StateMachineStore)> {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, sm) = open(dir.path()).unwrap();
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own checks of what its storage traits require.
+    #[test]
+    fn passes_openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn acquire(index: u64, name: &str) -> Proposal {
+        Proposal {
+            at_ms: 1_000 + index,
+            command: Command::Acquire(Acquire {
+                request_id: format!("r{index}"),
+                name: name.into(),
+                holder: "w1".into(),
+                node: "n1".into(),
+                ttl_ms: 60_000,
+                wait_ms: 0,
+                readopt: false,
+                task_info: TaskInfo::default(),
+            }),
+        }
+    }
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(Batch(vec![acquire(index, &format!("lock-{index}"))])),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reopened_log_has_every_appended_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = BTreeMap::new();
+        {
+            let (mut log, _) = open(dir.path()).unwrap();
+            let mut next = 1;
+            for size in [1, 7, 64, 3, 200, 1, 300] {
+                let batch: Vec<_> = (next..next + size).map(|i| entry(1, i)).collect();
+                next += size;
+                log.blocking_append(batch).await.unwrap();
+            }
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+            log.purge(log_id(1, 100)).await.unwrap();
+            // A new leader replaces the tail of the log.
+            log.truncate(log_id(1, 450)).await.unwrap();
+            log.blocking_append((450..460).map(|i| entry(2, i)))
+                .await
+                .unwrap();
+            log.save_committed(Some(log_id(2, 455))).await.unwrap();
+            let all = log.try_get_log_entries(0..).await.unwrap();
+            for e in all {
+                expected.insert(e.log_id.index, e);
+            }
+        }
+        assert_eq!(expected.len(), 359);
+        let (mut log, _) = open(dir.path()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 100)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 459)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 455)));
+        let read: BTreeMap<u64, Entry<TypeConfig>> = log
+            .try_get_log_entries(0..)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.log_id.index, e))
+            .collect();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_node_process_cannot_share_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path()).unwrap();
+        let e = open(dir.path()).err().expect("the database is locked");
+        assert!(e.to_string().contains("another `sentinel serve`"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_state_comes_back_from_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
+        let (state, applied) = {
+            let (_, mut sm) = open(dir.path()).unwrap();
+            let mut entries = vec![Entry {
+                log_id: log_id(1, 1),
+                payload: EntryPayload::Membership(members.clone()),
+            }];
+            entries.extend((2..=20).map(|i| entry(1, i)));
+            entries.push(Entry {
+                log_id: log_id(1, 21),
+                payload: EntryPayload::Blank,
+            });
+            let answers = sm.apply(entries).await.unwrap();
+            assert_eq!(answers.len(), 21);
+            assert!(answers[0].is_empty() && answers[20].is_empty());
+            assert!(
+                matches!(&answers[1][..], [Some(Outcome::Granted { lease, .. })] if lease.fencing_token == position(2, 0))
+            );
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            assert_eq!(snap.meta.last_log_id, Some(log_id(1, 21)));
+            (
+                sm.read(|m| m.state.clone()),
+                sm.applied_state().await.unwrap(),
+            )
+        };
+        assert_eq!(state.held(), 19);
+        let (_, mut sm) = open(dir.path()).unwrap();
+        assert_eq!(sm.read(|m| m.state.clone()), state);
+        assert_eq!(sm.applied_state().await.unwrap(), applied);
+        assert_eq!(applied.1.membership(), &members);
+
+        // A follower installs it and holds the same state.
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (_, mut follower) = open(other.path()).unwrap();
+        follower
+            .install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(follower.read(|m| m.state.clone()), state);
+        assert_eq!(follower.applied_state().await.unwrap(), applied);
+
+        // A snapshot built before but saved after a newer one does not replace it.
+        let mut older = current.meta.clone();
+        older.last_log_id = Some(log_id(1, 5));
+        follower.save_snapshot(&older, b"{}").unwrap();
+        let kept = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(kept.meta, current.meta);
+    }
+
+    #[tokio::test]
+    async fn damaged_files_are_reported_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{\"no\": \"newline\"}").unwrap();
+        let e = open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("damaged"), "{e}");
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{}\n{}").unwrap();
+        assert!(open(dir.path()).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOG_FILE), b"not a database").unwrap();
+        let e = open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("Raft log"), "{e}");
+    }
+}

@@ -1,0 +1,340 @@
+//! Claim strategies: how long to keep trying and what an attempt may take over.
+//!
+//! Backend-neutral: the loop gets a closure that makes one attempt, so GitHub, local and server
+//! locks back off, give up and report conflicts the same way.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::backend::LockBackend;
+use crate::error::{Error, Result};
+use crate::lease;
+use crate::lock::{AcquireRequest, Attempt, Grant, Holder, Takeover};
+
+/// What a claim does when the lock is held (`--strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Wait and retry with exponential backoff while the lock is held (default).
+    Retry,
+    /// Give up at once when the lock is held (exit 3).
+    FailFast,
+    /// Take over a lock whose heartbeat is older than its TTL; otherwise retry.
+    StealStale,
+    /// Take over unconditionally, even a live lock. Loud, for humans fixing a mess.
+    Force,
+}
+
+impl Strategy {
+    /// Which holders an attempt under this strategy may take the lock from.
+    pub fn takeover(self) -> Takeover {
+        match self {
+            Strategy::Retry | Strategy::FailFast => Takeover::None,
+            Strategy::StealStale => Takeover::Stale,
+            Strategy::Force => Takeover::Any,
+        }
+    }
+}
+
+/// How a claim keeps trying: the strategy and its backoff. The default is `retry` with 5
+/// retries, pauses from 1 s doubling to 16 s. Check user-given values with [`Policy::validate`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// What to do when the lock is held.
+    pub strategy: Strategy,
+    /// Attempts after the first, for `retry` and `steal-stale`; `fail-fast` and `force` make
+    /// one attempt whatever this says.
+    pub max_retries: u32,
+    /// The pause before the first retry; later pauses double (±25% jitter).
+    pub initial_backoff: Duration,
+    /// The longest pause between attempts (at most [`MAX_BACKOFF`]).
+    pub max_backoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            strategy: Strategy::Retry,
+            max_retries: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(16),
+        }
+    }
+}
+
+impl Policy {
+    fn attempts(&self) -> u32 {
+        match self.strategy {
+            Strategy::Retry | Strategy::StealStale => self.max_retries.saturating_add(1),
+            Strategy::FailFast | Strategy::Force => 1,
+        }
+    }
+
+    /// The time the retry loop would spend pausing between its attempts (without jitter): how
+    /// long a server-side wait lasts instead.
+    pub fn wait_budget(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut pause = self.initial_backoff.min(self.max_backoff);
+        for n in 0..self.max_retries {
+            if pause.is_zero() {
+                // A zero pause doubles to zero: the rest adds nothing.
+                return total;
+            }
+            if pause >= self.max_backoff {
+                // Every remaining pause is the cap: no need to count them one by one.
+                let left = self.max_retries - n;
+                return total.saturating_add(self.max_backoff.saturating_mul(left));
+            }
+            total = total.saturating_add(pause);
+            pause = pause.saturating_mul(2).min(self.max_backoff);
+        }
+        total
+    }
+
+    /// Pause before retry number `n` (1-based): doubling from the initial backoff, capped, with
+    /// ±25% jitter so workers that collided once do not collide again in lockstep.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
+        lease::jitter(exp.min(self.max_backoff), 0.25)
+    }
+}
+
+impl Policy {
+    /// Refuses backoff settings that make no sense, before anything is claimed.
+    pub fn validate(self) -> Result<Policy> {
+        if self.max_backoff > MAX_BACKOFF {
+            return Err(Error::usage(
+                "--max-backoff must be at most 1h: a longer pause between retries looks like a hang",
+            ));
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err(Error::usage(format!(
+                "--initial-backoff ({}) must not exceed --max-backoff ({})",
+                crate::duration::display(self.initial_backoff),
+                crate::duration::display(self.max_backoff)
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// Longest pause between two attempts a user may ask for.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Claims `req.lock` on `backend` under `policy`: the one claim loop of `claim`, `run` and the
+/// work queue.
+pub async fn claim<B: LockBackend>(
+    backend: &B,
+    req: &AcquireRequest,
+    policy: &Policy,
+    waiting: impl FnMut(&Holder, Duration),
+) -> Result<Outcome> {
+    let what = backend.describe(&req.lock);
+    // A backend that queues waiters (the coordinator) waits out the whole retry budget in one
+    // attempt: it grants in arrival order the moment the lock is free, where polling would
+    // lose to whoever asks at the right instant.
+    let (policy, wait) = if backend.waits_server_side() && policy.strategy == Strategy::Retry {
+        let single = Policy {
+            max_retries: 0,
+            ..policy.clone()
+        };
+        (single, policy.wait_budget())
+    } else {
+        (policy.clone(), Duration::ZERO)
+    };
+    acquire(
+        &policy,
+        &what,
+        |n| {
+            let attempt = AcquireRequest {
+                attempt: n,
+                wait,
+                ..req.clone()
+            };
+            async move { backend.try_acquire(&attempt).await }
+        },
+        waiting,
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Conflict(msg) if !wait.is_zero() => Error::Conflict(format!(
+            "{msg}; gave up after waiting {} on the server",
+            crate::duration::display(wait)
+        )),
+        other => other,
+    })
+}
+
+/// What the claim loop did, for output and metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The lease granted.
+    pub grant: Grant,
+    /// Attempts made, the successful one included (1 when the first was granted).
+    pub attempts: u32,
+    /// When the winning attempt began, on the monotonic clock. The backend stamped the lease
+    /// after this, so a holder that counts the lease from here never overestimates it.
+    pub attempt_started: Instant,
+}
+
+/// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
+/// number; `waiting` is told before each pause (for a spinner).
+pub async fn acquire<F, Fut>(
+    policy: &Policy,
+    what: &str,
+    mut attempt: F,
+    mut waiting: impl FnMut(&Holder, Duration),
+) -> Result<Outcome>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    let total = policy.attempts();
+    for n in 0..total {
+        let started = Instant::now();
+        match attempt(n).await? {
+            Attempt::Granted(grant) => {
+                return Ok(Outcome {
+                    grant,
+                    attempts: n + 1,
+                    attempt_started: started,
+                });
+            }
+            Attempt::Held(holder) => {
+                if n + 1 == total {
+                    return Err(conflict(what, &holder, policy, total));
+                }
+                let pause = policy.backoff(n + 1);
+                tracing::info!(holder = %holder.worker_id, pause_ms = pause.as_millis() as u64, "lock held; retrying");
+                waiting(&holder, pause);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
+    let mut msg = format!(
+        "{what} is held by {} on {} (since {}, fencing token {})",
+        h.worker_id,
+        h.node_id,
+        lease::human(h.claimed_at),
+        h.fencing_token
+    );
+    if h.stale && policy.strategy != Strategy::StealStale {
+        msg.push_str(&format!(
+            "; its heartbeat is stale since {}: use --strategy steal-stale to take it over",
+            lease::human(h.expires_at)
+        ));
+    } else if !h.stale {
+        msg.push_str(&format!(
+            "; it is live until {}",
+            lease::human(h.expires_at)
+        ));
+    }
+    if attempts > 1 {
+        msg.push_str(&format!("; gave up after {attempts} attempts"));
+    } else if policy.strategy == Strategy::FailFast {
+        msg.push_str(" (fail-fast)");
+    }
+    Error::Conflict(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn holder() -> Holder {
+        Holder {
+            worker_id: "w".into(),
+            node_id: "n".into(),
+            fencing_token: 7,
+            claimed_at: Utc::now(),
+            heartbeat_last: Utc::now(),
+            expires_at: Utc::now(),
+            stale: false,
+            task_info: Default::default(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = Policy::default();
+        for (n, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (9, 16.0)] {
+            let d = p.backoff(n).as_secs_f64();
+            assert!(d >= base * 0.75 && d <= base * 1.25, "retry {n}: {d}");
+        }
+    }
+
+    #[test]
+    fn the_wait_budget_is_the_sum_of_the_backoffs() {
+        assert_eq!(Policy::default().wait_budget(), Duration::from_secs(31));
+        let huge = Policy {
+            max_retries: u32::MAX,
+            max_backoff: MAX_BACKOFF,
+            ..Policy::default()
+        };
+        assert!(huge.wait_budget() >= MAX_BACKOFF);
+        let none = Policy {
+            max_retries: 0,
+            ..Policy::default()
+        };
+        assert_eq!(none.wait_budget(), Duration::ZERO);
+        let zero = Policy {
+            max_retries: u32::MAX,
+            initial_backoff: Duration::ZERO,
+            ..Policy::default()
+        };
+        assert_eq!(zero.wait_budget(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_gives_up_with_a_conflict_after_max_retries() {
+        let p = Policy {
+            max_retries: 3,
+            ..Policy::default()
+        };
+        let mut calls = 0;
+        let err = acquire(
+            &p,
+            "#1",
+            |_| {
+                calls += 1;
+                async { Ok(Attempt::Held(holder())) }
+            },
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 4);
+        assert!(matches!(err, Error::Conflict(ref m) if m.contains("gave up after 4 attempts")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_tries_once() {
+        let p = Policy {
+            strategy: Strategy::FailFast,
+            ..Policy::default()
+        };
+        let mut calls = 0;
+        let r = acquire(
+            &p,
+            "#1",
+            |_| {
+                calls += 1;
+                async { Ok(Attempt::Held(holder())) }
+            },
+            |_, _| {},
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
+}

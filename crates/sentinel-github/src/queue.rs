@@ -1,0 +1,274 @@
+//! The work queue: `claim --next` claims the oldest open issue that has the wanted labels and no
+//! lock, so many workers can drain one backlog without a list of their own.
+//!
+//! Cost: one page of open issues (oldest first, labels filtered by GitHub), one repository-wide
+//! listing of the lock comments on those issues instead of a read per issue (skipped when no
+//! candidate has a comment at all), then an ordinary claim — three requests when it wins. Issues
+//! the listing shows locked, live or stale, are skipped without a write: a stale lock is not free.
+//! Lists lag writes by up to a second, so the listing is only a hint; every claim is verified.
+//!
+//! Workers arriving together would all race for the same oldest issue, and all but one would pay
+//! a comment written and deleted. So a worker that sees other workers' claims from the last few
+//! seconds picks at random among the first few free issues, about twice as many as there are
+//! claimers about; a worker that loses a race lists the lock comments again and spreads twice as
+//! wide. A worker alone takes the oldest free issue.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use octocrab::models::IssueState;
+use octocrab::models::issues::Issue;
+
+use super::GithubBackend;
+use super::resolve::{Record, resolve};
+use sentinel_core::error::{Error, Result};
+use sentinel_core::lease;
+use sentinel_core::lock::{AcquireRequest, Attempt, LockId, NextRequest, Takeover};
+use sentinel_core::strategy::Outcome;
+
+/// Lock comments are looked up at most this far back in one listing; locks on older issues whose
+/// comments were not edited since are found by reading the issue before claiming it.
+const LISTING_WINDOW: Duration = Duration::from_secs(86_400);
+/// Claims by other workers younger than this mean they are claiming right now.
+const RECENT: Duration = Duration::from_secs(10);
+/// The most free issues a worker spreads over.
+const MAX_SPREAD: usize = 16;
+
+/// An open issue that matches the labels.
+struct Candidate {
+    number: u64,
+    created_at: DateTime<Utc>,
+    comments: u32,
+}
+
+/// The trusted lock comments updated since `since`, by issue.
+struct LockView {
+    since: DateTime<Utc>,
+    by_issue: HashMap<u64, Vec<Record>>,
+    /// Other workers whose claims are younger than [`RECENT`].
+    claiming: usize,
+}
+
+impl LockView {
+    /// Every comment of an issue created at or after `since` is in the view.
+    fn covers(&self, c: &Candidate) -> bool {
+        c.created_at >= self.since
+    }
+
+    /// Held, live or stale, as far as the view shows.
+    fn looks_held(&self, issue: u64) -> bool {
+        self.by_issue
+            .get(&issue)
+            .is_some_and(|records| resolve(records).holder().is_some())
+    }
+}
+
+impl GithubBackend {
+    /// Claims the oldest free open issue matching `req`, walking the issues page by page.
+    pub(super) async fn claim_next_issue(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+        let wanted = labels(&req.labels, "--label")?;
+        let unwanted = labels(&req.exclude_labels, "--exclude-label")?;
+        self.ensure_login().await?;
+        // Labels with a comma cannot be named in GitHub's comma-separated filter; every label
+        // is checked again below anyway.
+        let filter: Vec<String> = wanted
+            .iter()
+            .filter(|l| !l.contains(','))
+            .map(|l| encode(l))
+            .collect();
+        let mut url = format!(
+            "/repos/{}/{}/issues?state=open&sort=created&direction=asc&per_page=100",
+            self.repo.owner, self.repo.name
+        );
+        if !filter.is_empty() {
+            url.push_str(&format!("&labels={}", filter.join(",")));
+        }
+        let mut view: Option<LockView> = None;
+        let mut tried: HashSet<u64> = HashSet::new();
+        let (mut matching, mut gone, mut attempts, mut lost) = (0usize, 0usize, 0u32, 0u32);
+        loop {
+            let resp = self.client.get(&url).await?;
+            if !resp.status.is_success() {
+                return Err(self.repo_error(&resp));
+            }
+            let candidates: Vec<Candidate> = resp
+                .json::<Vec<Issue>>()?
+                .into_iter()
+                .filter(|i| i.pull_request.is_none() && !matches!(i.state, IssueState::Closed))
+                .filter(|i| {
+                    let has = |l: &String| i.labels.iter().any(|x| x.name.eq_ignore_ascii_case(l));
+                    wanted.iter().all(has) && !unwanted.iter().any(has)
+                })
+                .map(|i| Candidate {
+                    number: i.number,
+                    created_at: i.created_at,
+                    comments: i.comments,
+                })
+                .collect();
+            matching += candidates.len();
+            // Issues are oldest first: the first one with comments bounds the whole listing.
+            if view.is_none()
+                && let Some(first) = candidates.iter().find(|c| c.comments > 0)
+            {
+                view = Some(
+                    self.lock_view(first.created_at, &req.claimant.worker_id)
+                        .await?,
+                );
+            }
+            loop {
+                let free: Vec<&Candidate> = candidates
+                    .iter()
+                    .filter(|c| !tried.contains(&c.number))
+                    .filter(|c| !view.as_ref().is_some_and(|v| v.looks_held(c.number)))
+                    .collect();
+                if free.is_empty() {
+                    break;
+                }
+                let claiming = view.as_ref().map_or(0, |v| v.claiming);
+                let spread = (1 + 2 * claiming)
+                    .saturating_mul(1 << lost.min(4))
+                    .min(MAX_SPREAD);
+                let c = free[fastrand::usize(..spread.min(free.len()))];
+                tried.insert(c.number);
+                // Read first where the listing cannot vouch for the issue (old issues): a held
+                // issue then costs a read, not a comment written and deleted.
+                let look_first = c.comments > 0 && !view.as_ref().is_some_and(|v| v.covers(c));
+                attempts += 1;
+                // The lease is stamped after this instant: a holder counting from it never
+                // overestimates its lease.
+                let attempt_started = tokio::time::Instant::now();
+                let attempt = AcquireRequest {
+                    lock: LockId::Issue(c.number),
+                    claimant: req.claimant.clone(),
+                    ttl: req.ttl,
+                    takeover: Takeover::None,
+                    task_info: req.task_info.clone(),
+                    readopt: false,
+                    attempt: 0,
+                    wait: Duration::ZERO,
+                };
+                match self.claim_once(c.number, &attempt, look_first, 3).await {
+                    Ok(Attempt::Granted(grant)) => {
+                        return Ok((
+                            LockId::Issue(c.number),
+                            Outcome {
+                                grant,
+                                attempts,
+                                attempt_started,
+                            },
+                        ));
+                    }
+                    Ok(Attempt::Held(h)) => {
+                        // Others are claiming right now: look again at what they hold, and spread
+                        // wider, instead of racing them for the next issue in line.
+                        tracing::info!(issue = c.number, holder = %h.worker_id, "issue taken; trying another");
+                        lost += 1;
+                        let oldest = match &view {
+                            Some(v) => v.since,
+                            None => candidates.first().map_or(c.created_at, |f| f.created_at),
+                        };
+                        view = Some(self.lock_view(oldest, &req.claimant.worker_id).await?);
+                    }
+                    // Closed, deleted or transferred since it was listed: not part of the queue.
+                    Err(e @ (Error::Usage(_) | Error::NotFound(_))) => {
+                        tracing::info!(issue = c.number, error = %e, "issue left the queue; trying another");
+                        gone += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match resp.next_page() {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        let mut which = String::new();
+        if !wanted.is_empty() {
+            which.push_str(&format!(" labelled {}", wanted.join(", ")));
+        }
+        if !unwanted.is_empty() {
+            which.push_str(&format!(
+                "{} not labelled {}",
+                if wanted.is_empty() { "" } else { " and" },
+                unwanted.join(", ")
+            ));
+        }
+        Err(Error::Conflict(format!(
+            "no free open issue in {}{which}: {} match, all locked (live or stale)",
+            self.repo,
+            matching.saturating_sub(gone)
+        )))
+    }
+
+    /// The repository's trusted lock comments updated since `oldest` (at most
+    /// [`LISTING_WINDOW`] back), grouped by issue.
+    async fn lock_view(&self, oldest: DateTime<Utc>, worker_id: &str) -> Result<LockView> {
+        let since = oldest.max(lease::before(self.now(), LISTING_WINDOW));
+        let found = self.repo_lock_comments_since(since).await?;
+        let now = self.client.last_date().unwrap_or_else(Utc::now);
+        let recent = lease::before(now, RECENT);
+        let mut by_issue: HashMap<u64, Vec<Record>> = HashMap::new();
+        let mut claimers = HashSet::new();
+        for (issue, record) in found {
+            if record.created_at >= recent && record.meta.worker_id != worker_id {
+                claimers.insert(record.meta.worker_id.clone());
+            }
+            by_issue.entry(issue).or_default().push(record);
+        }
+        Ok(LockView {
+            since,
+            by_issue,
+            claiming: claimers.len(),
+        })
+    }
+}
+
+/// Trims and checks label arguments.
+fn labels(raw: &[String], option: &str) -> Result<Vec<String>> {
+    raw.iter()
+        .map(|l| {
+            let l = l.trim();
+            if l.is_empty() || l.chars().any(char::is_control) {
+                return Err(Error::usage(format!(
+                    "invalid {option} {l:?}: a label name is visible text"
+                )));
+            }
+            Ok(l.to_string())
+        })
+        .collect()
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_encoded_for_the_query() {
+        assert_eq!(encode("good first issue"), "good%20first%20issue");
+        assert_eq!(encode("area/ui"), "area%2Fui");
+        assert_eq!(encode("prio:high✓"), "prio%3Ahigh%E2%9C%93");
+    }
+
+    #[test]
+    fn label_arguments_are_checked() {
+        let ok = labels(&[" bug ".into(), "a,b".into()], "--label").unwrap();
+        assert_eq!(ok, ["bug", "a,b"]);
+        for bad in ["", "  ", "a\nb"] {
+            assert!(labels(&[bad.into()], "--label").is_err(), "{bad:?}");
+        }
+    }
+}

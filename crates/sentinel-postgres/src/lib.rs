@@ -1,0 +1,675 @@
+//! PostgreSQL backend: named locks as rows of a table in a database you already run.
+//!
+//! This module owns everything sentinel does with PostgreSQL: the URL (checked before anything
+//! connects, never echoed when it carries a password), a small connection pool, the schema
+//! (created on first use, idempotently), and the one transaction every change is.
+//!
+//! The semantics are the lock table's ([`sentinel_core::table`]), not re-implemented: each operation
+//! reads the lock's row into a one-lock [`LockTable`], applies the same [`Command`] the local
+//! backend applies, and writes the row back, all in one transaction that first takes a
+//! transaction-scoped advisory lock on the name. So a stale lock stays until taken over or
+//! released by the janitor, re-adoption and take-overs behave as locally, and the messages are
+//! the same. Two things come from the database instead of the host:
+//!
+//! - **Time**: `clock_timestamp()`, read after the advisory lock is held (`now()` would be the
+//!   transaction's start, before the wait), so every process judges leases by one clock.
+//! - **Fencing tokens**: the sequence `sentinel_fencing_tokens`, drawn under the name's lock, so
+//!   tokens strictly increase per name (with gaps: an attempt that is refused uses one up too).
+//!
+//! Why a table and not session advisory locks (`pg_try_advisory_lock`): a session lock has no
+//! TTL (a hung holder keeps it as long as its connection lives, a pooled connection keeps it
+//! after its user is gone), no fencing token, and no holder anyone else can read; ARCHITECTURE.md
+//! says more.
+//!
+//! Each operation is retried through connection failures within a deadline, then reported as
+//! unavailable (exit 8). A grant whose commit was not confirmed is not granted twice: the row
+//! records the nonce of the attempt that granted it, and a retried attempt that finds its own
+//! nonce takes the grant it already made.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row, Transaction};
+
+use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::error::{Error, Result};
+use sentinel_core::interrupt;
+use sentinel_core::lease;
+use sentinel_core::lock::{
+    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
+    Released, RenewRequest, StaleRelease, validate_name,
+};
+use sentinel_core::table::{self, Command, LockRecord, LockTable, Response};
+
+/// How long one operation may take, retries included, before the database counts as unreachable.
+const OP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts of one operation through transient failures.
+const ATTEMPTS: u32 = 4;
+/// Connections per process: one command needs one; the library's concurrent tasks a few.
+const POOL_SIZE: usize = 4;
+/// The advisory-lock class of sentinel's per-name locks ("SENT"), so that they do not collide
+/// with an application's own single-key advisory locks.
+const LOCK_CLASS: i32 = 0x5345_4e54;
+
+/// The schema, created once per process under the class's lock: concurrent `CREATE … IF NOT
+/// EXISTS` can otherwise fail on the catalog's unique indexes.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sentinel_locks (
+    name text PRIMARY KEY,
+    worker_id text NOT NULL,
+    node_id text NOT NULL,
+    fencing_token bigint NOT NULL,
+    claimed_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    ttl_ms bigint NOT NULL CHECK (ttl_ms > 0),
+    task_info jsonb NOT NULL DEFAULT '{}',
+    grant_nonce text NOT NULL DEFAULT ''
+);
+CREATE SEQUENCE IF NOT EXISTS sentinel_fencing_tokens;
+";
+
+/// The columns of a lock row, times as Unix milliseconds.
+const COLUMNS: &str = "worker_id, node_id, fencing_token,
+    (extract(epoch FROM claimed_at) * 1000)::bigint AS claimed_ms,
+    (extract(epoch FROM heartbeat_at) * 1000)::bigint AS heartbeat_ms,
+    ttl_ms, task_info::text AS task_info, grant_nonce";
+
+/// The database's clock in Unix milliseconds.
+const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// A stored value as a table value: never negative, so the conversion cannot fail.
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A table value as a stored value, saturating (a TTL of `Duration::MAX` becomes `i64::MAX` ms).
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A lock row, from `offset` on, as the table's record and the nonce of the attempt that granted
+/// it.
+fn record(row: &Row, offset: usize) -> Result<(LockRecord, String)> {
+    let get_i64 = |i: usize| -> Result<i64> { row.try_get(offset + i).map_err(unreadable) };
+    let get_str = |i: usize| -> Result<String> { row.try_get(offset + i).map_err(unreadable) };
+    let task_info = serde_json::from_str(&get_str(6)?).unwrap_or_default();
+    Ok((
+        LockRecord {
+            worker_id: get_str(0)?,
+            node_id: get_str(1)?,
+            fencing_token: unsigned(get_i64(2)?),
+            claimed_at_ms: unsigned(get_i64(3)?),
+            heartbeat_ms: unsigned(get_i64(4)?),
+            ttl_ms: unsigned(get_i64(5)?),
+            task_info,
+        },
+        get_str(7)?,
+    ))
+}
+
+fn unreadable(e: tokio_postgres::Error) -> Error {
+    Error::Unexpected(format!(
+        "the table sentinel_locks does not look like sentinel's ({e}); was it changed by hand?"
+    ))
+}
+
+/// Checks a PostgreSQL URL and builds the driver's configuration, without connecting. A URL with
+/// credentials is never repeated in the message.
+fn config(raw: &str) -> Result<tokio_postgres::Config> {
+    let raw = raw.trim();
+    let bad = |why: &str| {
+        let shown = if raw.contains('@') || raw.contains("password") {
+            "(not shown: it may contain credentials)".to_string()
+        } else {
+            format!("{raw:?}")
+        };
+        Error::usage(format!(
+            "invalid --database-url {shown}: {why}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ))
+    };
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err(bad("the scheme must be postgres:// or postgresql://"));
+    }
+    let mut config: tokio_postgres::Config =
+        raw.parse().map_err(|_| bad("not a valid connection URL"))?;
+    if config.get_hosts().is_empty() {
+        return Err(bad("no host"));
+    }
+    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+        return Err(bad(
+            "TLS (sslmode=require) is not built into sentinel; reach the database through a TLS tunnel",
+        ));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // A waiting lock or a client that stalls inside a transaction must not hold everyone up:
+    // the per-name lock is given up after 5 s (and retried), a transaction idle for 10 s ends.
+    let options = format!(
+        "{} -c lock_timeout=5000 -c idle_in_transaction_session_timeout=10000",
+        config.get_options().unwrap_or_default()
+    );
+    config.options(options.trim());
+    config.application_name("sentinel");
+    Ok(config)
+}
+
+/// The PostgreSQL backend. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    schema: OnceCell<()>,
+    /// `postgres at HOST:PORT/DB`, for messages: never the URL, which may carry a password.
+    target: String,
+    /// Redacted from every message that passes on the driver's own words.
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("target", &self.inner.target)
+            .finish()
+    }
+}
+
+/// How one attempt of an operation failed.
+enum Failure {
+    /// Worth another attempt: the connection, a server restarting, a lock wait given up.
+    Transient(String),
+    /// The answer, to pass on.
+    Final(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Final(e)
+    }
+}
+
+impl PostgresBackend {
+    /// The backend for `url`. Connects on first use; creates the table and sequence then if they
+    /// do not exist.
+    pub fn new(url: &str) -> Result<PostgresBackend> {
+        let config = config(url)?;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => String::new(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let target = format!(
+            "postgres at {host}:{port}/{}",
+            config
+                .get_dbname()
+                .or(config.get_user())
+                .unwrap_or("postgres")
+        );
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .filter(|p| !p.is_empty());
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(OP_DEADLINE))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Unexpected(format!("cannot set up the connection pool: {e}")))?;
+        Ok(PostgresBackend {
+            inner: Arc::new(Inner {
+                pool,
+                schema: OnceCell::new(),
+                target,
+                password,
+            }),
+        })
+    }
+
+    /// The driver's own message with the password blanked out, should it ever quote it.
+    fn redact(&self, text: &str) -> String {
+        match &self.inner.password {
+            Some(p) => text.replace(p.as_str(), "***"),
+            None => text.to_string(),
+        }
+    }
+
+    fn failure(&self, what: &str, e: &tokio_postgres::Error) -> Failure {
+        let text = self.redact(&e.to_string());
+        let Some(code) = e.code() else {
+            // No SQL state: the connection itself (refused, closed, timed out).
+            return Failure::Transient(text);
+        };
+        if [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ]
+        .contains(code)
+        {
+            return Failure::Final(Error::Auth(format!(
+                "{} refused the credentials or permissions ({what}): {text}; check the user and \
+                 password in --database-url and that the user may create and write the table \
+                 sentinel_locks",
+                self.inner.target
+            )));
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return Failure::Final(Error::NotFound(format!(
+                "{}: {text}; create the database or name another in --database-url",
+                self.inner.target
+            )));
+        }
+        if [
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        ]
+        .contains(code)
+            || code.code().starts_with("08")
+        {
+            return Failure::Transient(text);
+        }
+        Failure::Final(Error::Unexpected(format!(
+            "{} failed {what}: {text}",
+            self.inner.target
+        )))
+    }
+
+    /// Runs `op` with a pooled connection, retrying transient failures with short jittered
+    /// pauses within [`OP_DEADLINE`].
+    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        let deadline = lease::instant_after(Instant::now(), OP_DEADLINE);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = tokio::time::timeout_at(deadline, async {
+                let mut client = self.inner.pool.get().await.map_err(|e| match e {
+                    PoolError::Backend(e) => self.failure(what, &e),
+                    PoolError::Timeout(_) => Failure::Transient("no connection in time".into()),
+                    other => Failure::Final(Error::Unexpected(format!(
+                        "{}: the connection pool failed: {other}",
+                        self.inner.target
+                    ))),
+                })?;
+                self.ensure_schema(&mut client).await?;
+                op(client).await
+            })
+            .await;
+            let why = match outcome {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(Failure::Final(e))) => return Err(e),
+                Ok(Err(Failure::Transient(why))) => why,
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "{} did not answer {what} within {}",
+                        self.inner.target,
+                        sentinel_core::duration::display(OP_DEADLINE)
+                    )));
+                }
+            };
+            let pause = lease::jitter(Duration::from_millis(100) * 2u32.pow(attempt), 0.25);
+            if attempt >= ATTEMPTS || Instant::now() + pause >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{} is unavailable ({what}, {attempt} attempts): {why}",
+                    self.inner.target
+                )));
+            }
+            tracing::info!(error = %why, "postgres {what} failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Creates the table and sequence on first use in this process.
+    async fn ensure_schema(
+        &self,
+        client: &mut deadpool_postgres::Object,
+    ) -> std::result::Result<(), Failure> {
+        self.inner
+            .schema
+            .get_or_try_init(|| async {
+                let what = "creating the table sentinel_locks";
+                let err = |e: tokio_postgres::Error| self.failure(what, &e);
+                // A transaction object, so that a failure rolls back instead of leaving the
+                // pooled connection inside an aborted transaction.
+                let tx = client.transaction().await.map_err(err)?;
+                let sql = format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {SCHEMA}");
+                tx.batch_execute(&sql).await.map_err(err)?;
+                tx.commit().await.map_err(err)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Applies `cmd` to the lock `name` in one transaction: the name's advisory lock, its row, the
+    /// database's clock (and a fresh fencing token for an acquisition), the table's decision,
+    /// the row written back. `commit` sees the answer and may refuse to commit it.
+    async fn apply(
+        &self,
+        what: &str,
+        cmd: &Command,
+        nonce: &str,
+        commit: impl Fn(&Response) -> Result<()>,
+    ) -> Result<(u64, Response)> {
+        let name = cmd.name();
+        let acquiring = matches!(cmd, Command::Acquire { .. });
+        self.call(what, |mut client| {
+            let commit = &commit;
+            async move {
+                let err = |e: tokio_postgres::Error| self.failure(what, &e);
+                let tx = client.transaction().await.map_err(err)?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[&LOCK_CLASS, &name],
+                )
+                .await
+                .map_err(err)?;
+                let row = tx
+                    .query_opt(
+                        &format!("SELECT {COLUMNS} FROM sentinel_locks WHERE name = $1"),
+                        &[&name],
+                    )
+                    .await
+                    .map_err(err)?;
+                let before = row.as_ref().map(|r| record(r, 0)).transpose()?;
+                let clock = if acquiring {
+                    format!("SELECT {NOW_MS}, nextval('sentinel_fencing_tokens')")
+                } else {
+                    format!("SELECT {NOW_MS}, 0::bigint")
+                };
+                let clock = tx.query_one(&clock, &[]).await.map_err(err)?;
+                let now = unsigned(clock.get(0));
+                if let (true, Some((record, granted_by))) = (acquiring, &before)
+                    && !nonce.is_empty()
+                    && granted_by == nonce
+                {
+                    // This very attempt granted the lock before its commit was confirmed.
+                    let resp = Response::Granted {
+                        record: record.clone(),
+                        adopted: false,
+                        took_over: None,
+                    };
+                    tx.commit().await.map_err(err)?;
+                    return Ok((now, resp));
+                }
+                let (old, old_nonce) = match before {
+                    Some((r, n)) => (Some(r), n),
+                    None => (None, String::new()),
+                };
+                let mut lock = LockTable::one(unsigned(clock.get(1)), name, old.clone());
+                let resp = lock.apply(cmd, now);
+                let after = lock.get(name);
+                if after != old.as_ref() {
+                    let fresh = matches!(resp, Response::Granted { adopted: false, .. });
+                    let nonce = if fresh { nonce } else { old_nonce.as_str() };
+                    write(&tx, name, after, nonce).await.map_err(err)?;
+                }
+                commit(&resp)?;
+                tx.commit().await.map_err(err)?;
+                Ok((now, resp))
+            }
+        })
+        .await
+    }
+
+    /// Deletes the lock the attempt with `nonce` granted, if it still stands; under the name's
+    /// lock, so it waits for that attempt's transaction. One try: it runs while the process is
+    /// being stopped.
+    async fn withdraw(&self, name: &str, nonce: &str) {
+        let attempt = async {
+            let mut client = self.inner.pool.get().await.ok()?;
+            let tx = client.transaction().await.ok()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&LOCK_CLASS, &name],
+            )
+            .await
+            .ok()?;
+            tx.execute(
+                "DELETE FROM sentinel_locks WHERE name = $1 AND grant_nonce = $2",
+                &[&name, &nonce],
+            )
+            .await
+            .ok()?;
+            tx.commit().await.ok()
+        };
+        if tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            tracing::warn!(
+                "could not withdraw an interrupted grant of {name:?}; it stays until its lease runs out"
+            );
+        }
+    }
+}
+
+/// Writes the lock's row as the table left it: deleted, or inserted or replaced.
+async fn write(
+    tx: &Transaction<'_>,
+    name: &str,
+    record: Option<&LockRecord>,
+    nonce: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let Some(r) = record else {
+        tx.execute("DELETE FROM sentinel_locks WHERE name = $1", &[&name])
+            .await?;
+        return Ok(());
+    };
+    let task_info = serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
+    tx.execute(
+        "INSERT INTO sentinel_locks (name, worker_id, node_id, fencing_token, claimed_at,
+             heartbeat_at, ttl_ms, task_info, grant_nonce)
+         VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0),
+             to_timestamp($6::bigint / 1000.0), $7, $8::text::jsonb, $9)
+         ON CONFLICT (name) DO UPDATE SET worker_id = EXCLUDED.worker_id,
+             node_id = EXCLUDED.node_id, fencing_token = EXCLUDED.fencing_token,
+             claimed_at = EXCLUDED.claimed_at, heartbeat_at = EXCLUDED.heartbeat_at,
+             ttl_ms = EXCLUDED.ttl_ms, task_info = EXCLUDED.task_info,
+             grant_nonce = EXCLUDED.grant_nonce",
+        &[
+            &name,
+            &r.worker_id,
+            &r.node_id,
+            &signed(r.fencing_token),
+            &signed(r.claimed_at_ms),
+            &signed(r.heartbeat_ms),
+            &signed(r.ttl_ms).max(1),
+            &task_info,
+            &nonce,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+fn name_of(lock: &LockId) -> Result<&str> {
+    match lock {
+        LockId::Name(n) => Ok(n),
+        other => Err(foreign(other, "postgres")),
+    }
+}
+
+impl LockBackend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        validate_name(raw)?;
+        Ok(LockId::Name(raw.to_string()))
+    }
+
+    /// One attempt, as one transaction. An interrupted claim must hold nothing or report its
+    /// grant: the attempt registers an undo that deletes the row if this attempt's nonce granted
+    /// it (waiting for the transaction under the name's lock), and the transaction does not
+    /// commit a grant once the interrupt is flagged.
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let name = name_of(&req.lock)?;
+        let cmd = Command::acquire(name, req)?;
+        let nonce = format!("{:016x}", fastrand::u64(..));
+        let undo = {
+            let (this, name, nonce) = (self.clone(), name.to_string(), nonce.clone());
+            interrupt::on_interrupt(move || async move { this.withdraw(&name, &nonce).await })
+        };
+        let (now, resp) = self
+            .apply("a claim", &cmd, &nonce, |_| {
+                if interrupt::is_interrupted() {
+                    return Err(Error::Unexpected("interrupted".into()));
+                }
+                Ok(())
+            })
+            .await?;
+        if matches!(resp, Response::Granted { adopted: false, .. }) {
+            // A grant stays undoable until the command has reported it.
+            undo.keep_until_reported();
+        }
+        table::attempt(&cmd, resp, now)
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        let cmd = Command::release(
+            name_of(&req.lock)?,
+            &req.worker_id,
+            req.force,
+            req.fencing_token,
+        )?;
+        let (now, resp) = self.apply("a release", &cmd, "", |_| Ok(())).await?;
+        table::released(&cmd, resp, now)
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        let cmd = Command::renew(
+            name_of(&req.lock)?,
+            &req.worker_id,
+            req.fencing_token,
+            req.ttl,
+        )?;
+        let (now, resp) = self.apply("a renewal", &cmd, "", |_| Ok(())).await?;
+        table::renewed(&cmd, resp, now)
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        let name = name_of(lock)?;
+        validate_name(name)?;
+        let holder = self
+            .call("a status read", |client| async move {
+                let row = client
+                    .query_one(
+                        &format!(
+                            "SELECT {NOW_MS}, l.* FROM (SELECT 1) AS one LEFT JOIN
+                             (SELECT {COLUMNS} FROM sentinel_locks WHERE name = $1) AS l ON true"
+                        ),
+                        &[&name],
+                    )
+                    .await
+                    .map_err(|e| self.failure("a status read", &e))?;
+                let now = unsigned(row.get(0));
+                let held: Option<String> = row.try_get(1).map_err(unreadable)?;
+                Ok(match held {
+                    Some(_) => Some(record(&row, 1)?.0.to_holder(now)),
+                    None => None,
+                })
+            })
+            .await?;
+        Ok(Status::Named {
+            name: name.to_string(),
+            holder,
+        })
+    }
+
+    async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        self.call("a listing", |client| async move {
+            let rows = client
+                .query(
+                    &format!("SELECT {NOW_MS}, name, {COLUMNS} FROM sentinel_locks ORDER BY name"),
+                    &[],
+                )
+                .await
+                .map_err(|e| self.failure("a listing", &e))?;
+            let mut held = Vec::with_capacity(rows.len());
+            for row in rows {
+                let now = unsigned(row.get(0));
+                let name: String = row.try_get(1).map_err(unreadable)?;
+                held.push((name, record(&row, 2)?.0.to_holder(now)));
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    /// The janitor's release, decided inside the transaction on the database's clock.
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        let name = name_of(&req.lock)?;
+        validate_name(name)?;
+        let cmd = Command::ReleaseStale {
+            name: name.to_string(),
+        };
+        let (now, resp) = self
+            .apply("a stale-lock release", &cmd, "", |_| Ok(()))
+            .await?;
+        table::stale_release(&cmd, resp, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_core::error::ExitCode;
+
+    #[test]
+    fn urls_are_checked_without_echoing_credentials() {
+        for ok in [
+            "postgres://sentinel@127.0.0.1:5432/locks",
+            "postgresql://u:secret@db.example/app?connect_timeout=5",
+        ] {
+            assert!(PostgresBackend::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "localhost:5432",
+            "mysql://u:hunter2@h/db",
+            "postgres://u:hunter2@h/db?sslmode=require",
+            "postgres://u:hunter2@h:99999/db",
+        ] {
+            let e = PostgresBackend::new(bad).unwrap_err();
+            assert_eq!(e.exit_code(), ExitCode::Usage, "{bad}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let b = PostgresBackend::new("postgres://u:hunter2@db.example:6543/app").unwrap();
+        assert_eq!(b.inner.target, "postgres at db.example:6543/app");
+        assert!(!format!("{b:?}").contains("hunter2"));
+        assert_eq!(b.redact("password hunter2 refused"), "password *** refused");
+    }
+}

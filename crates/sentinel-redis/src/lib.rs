@@ -1,0 +1,714 @@
+//! Redis backend: named locks in one Redis server (a single primary), for teams that already run
+//! Redis and would rather lock there than run another service.
+//!
+//! This module owns everything sentinel does with Redis: the URL (checked once, never echoed, its
+//! password never printed), the connection (one `redis` connection manager, connected on first
+//! use, reconnecting after a restart), the key layout, and four Lua scripts that make every
+//! change one atomic step on the server:
+//!
+//! - `sentinel:lock:NAME` holds the lease as JSON, written with `SET … NX PX ttl`: Redis expires
+//!   it by itself when the lease runs out.
+//! - `sentinel:token:NAME` is the fencing counter, `INCR`ed by the same script that grants, so
+//!   tokens strictly increase per name. It never expires (a counter that expired would restart).
+//!
+//! Lease semantics are Redis's, not the lock table's: a lease that runs out is *gone*, not stale.
+//! So a plain claim takes an expired lock, `steal-stale` acts like a plain claim, the janitor finds
+//! nothing stale to release, and `status` never shows a stale holder. Time is Redis's own clock
+//! (`TIME` inside the scripts), never the client's.
+//!
+//! Each operation is retried through connection errors within a deadline, then reported as
+//! unavailable (exit 8). A grant whose answer was lost is not granted twice: every attempt carries
+//! a nonce stored in the lease, and a retried attempt that finds its own nonce takes the grant it
+//! already made.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::error::{Error, Result};
+use sentinel_core::interrupt;
+use sentinel_core::lease;
+use sentinel_core::lock::{
+    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, TaskInfo, validate_label,
+    validate_name,
+};
+
+/// How long one operation may take, retries included, before the server counts as unreachable.
+const OP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may wait for its answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of one operation through transient failures.
+const ATTEMPTS: u32 = 4;
+/// Keys per `SCAN` step.
+const SCAN_COUNT: usize = 200;
+/// The key prefix the CLI uses.
+pub const DEFAULT_PREFIX: &str = "sentinel:";
+
+/// Redis's clock in milliseconds, read inside a script.
+const NOW: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS: lock, counter. ARGV: worker, node, ttl ms, takeover (none|stale|any), readopt (0|1),
+/// task info JSON, nonce. Answers {kind, lease, now, previous lease or ''}.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}
+local ttl = tonumber(ARGV[3])
+local raw = redis.call('GET', KEYS[1])
+local function grant(previous)
+  local token = redis.call('INCR', KEYS[2])
+  local v = cjson.encode({{worker_id = ARGV[1], node_id = ARGV[2], fencing_token = token,
+    claimed_ms = now, heartbeat_ms = now, ttl_ms = ttl, task_info = cjson.decode(ARGV[6]),
+    nonce = ARGV[7]}})
+  if previous == '' then
+    redis.call('SET', KEYS[1], v, 'NX', 'PX', ttl)
+  else
+    redis.call('SET', KEYS[1], v, 'PX', ttl)
+  end
+  return {{'granted', v, now, previous}}
+end
+if not raw then return grant('') end
+local cur = cjson.decode(raw)
+-- A retry of this very attempt whose answer was lost: the grant is already ours.
+if cur.nonce == ARGV[7] then return {{'granted', raw, now, ''}} end
+if ARGV[5] == '1' and cur.worker_id == ARGV[1] then
+  cur.node_id = ARGV[2]
+  cur.heartbeat_ms = now
+  cur.ttl_ms = ttl
+  cur.task_info = cjson.decode(ARGV[6])
+  local v = cjson.encode(cur)
+  redis.call('SET', KEYS[1], v, 'PX', ttl)
+  return {{'adopted', v, now, ''}}
+end
+if ARGV[4] == 'any' then return grant(raw) end
+return {{'held', raw, now, ''}}"
+    ))
+});
+
+/// Whether the lease in `cur` is the grant ARGV[1] (worker) and ARGV[2] (token or '') name.
+const IS_GRANT: &str = "local function is_grant(cur)
+  return cur.worker_id == ARGV[1] and (ARGV[2] == '' or cur.fencing_token == tonumber(ARGV[2]))
+end
+";
+
+/// KEYS: lock. ARGV: worker, token or '', new TTL ms or ''. Answers {renewed|gone|other, lease or
+/// '', now}.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{IS_GRANT}
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {{'gone', '', now}} end
+local cur = cjson.decode(raw)
+if not is_grant(cur) then return {{'other', raw, now}} end
+cur.heartbeat_ms = now
+if ARGV[3] ~= '' then cur.ttl_ms = tonumber(ARGV[3]) end
+local v = cjson.encode(cur)
+redis.call('SET', KEYS[1], v, 'XX', 'PX', cur.ttl_ms)
+return {{'renewed', v, now}}"
+    ))
+});
+
+/// KEYS: lock. ARGV: worker, token or '', force (0|1). Answers {released|free|other, lease or '',
+/// now}.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{IS_GRANT}
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {{'free', '', now}} end
+local cur = cjson.decode(raw)
+if ARGV[3] ~= '1' and not is_grant(cur) then return {{'other', raw, now}} end
+redis.call('DEL', KEYS[1])
+return {{'released', raw, now}}"
+    ))
+});
+
+/// KEYS: lock. ARGV: nonce. Deletes the lease only if the attempt with this nonce granted it: the
+/// undo of a claim interrupted before it could report its grant.
+static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw).nonce == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+    )
+});
+
+/// A lease as the scripts store it.
+#[derive(Debug, Deserialize)]
+struct Lease {
+    worker_id: String,
+    node_id: String,
+    fencing_token: u64,
+    claimed_ms: u64,
+    heartbeat_ms: u64,
+    ttl_ms: u64,
+    #[serde(default)]
+    task_info: TaskInfo,
+}
+
+impl Lease {
+    fn holder(&self) -> Holder {
+        Holder {
+            worker_id: self.worker_id.clone(),
+            node_id: self.node_id.clone(),
+            fencing_token: self.fencing_token,
+            claimed_at: lease::from_unix_ms(self.claimed_ms),
+            heartbeat_last: lease::from_unix_ms(self.heartbeat_ms),
+            expires_at: lease::from_unix_ms(self.heartbeat_ms.saturating_add(self.ttl_ms)),
+            // Redis deletes a lease the moment it runs out: whatever it still has is live.
+            stale: false,
+            task_info: self.task_info.clone(),
+        }
+    }
+}
+
+/// Checks a Redis URL and builds the client, without connecting. A URL with credentials is never
+/// repeated in the message.
+fn client(raw: &str) -> Result<redis::Client> {
+    let raw = raw.trim();
+    let bad = |why: &str| {
+        let shown = if raw.contains('@') {
+            "(not shown: it contains credentials)".to_string()
+        } else {
+            format!("{raw:?}")
+        };
+        Error::usage(format!(
+            "invalid --redis-url {shown}: {why}; expected redis://[:PASSWORD@]HOST[:PORT][/DB] \
+             or unix:///PATH/TO/SOCKET"
+        ))
+    };
+    let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix") => {}
+        Some("rediss" | "valkeys") => {
+            return Err(bad(
+                "TLS (rediss://) is not built into sentinel; reach the server through a TLS tunnel",
+            ));
+        }
+        _ => return Err(bad("the scheme must be redis:// or unix://")),
+    }
+    redis::Client::open(raw).map_err(|_| bad("not a valid Redis URL"))
+}
+
+/// The Redis backend. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    prefix: String,
+    /// `redis at HOST:PORT`, for messages: never the URL, which may carry a password.
+    target: String,
+    /// Redacted from every message that passes on the client's own words.
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("target", &self.inner.target)
+            .field("prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// The backend for `url` with the keys under [`DEFAULT_PREFIX`]. Connects on first use.
+    pub fn new(url: &str) -> Result<RedisBackend> {
+        Self::with_prefix(url, DEFAULT_PREFIX)
+    }
+
+    /// The backend for `url` with every key under `prefix` (tests, or several independent lock
+    /// spaces in one server). The prefix is 1 to 64 characters without glob characters, which
+    /// would make the listing's `SCAN MATCH` pattern match other keys.
+    pub fn with_prefix(url: &str, prefix: &str) -> Result<RedisBackend> {
+        if prefix.is_empty()
+            || prefix.chars().count() > 64
+            || prefix
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || "*?[]\\".contains(c))
+        {
+            return Err(Error::usage(format!(
+                "invalid Redis key prefix {prefix:?}: use 1 to 64 visible characters other than * ? [ ] \\"
+            )));
+        }
+        let client = client(url)?;
+        let info = client.get_connection_info();
+        let target = format!("redis at {}", info.addr());
+        let password = info
+            .redis_settings()
+            .password()
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                prefix: prefix.to_string(),
+                target,
+                password,
+            }),
+        })
+    }
+
+    fn lock_key(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.inner.prefix)
+    }
+
+    fn token_key(&self, name: &str) -> String {
+        format!("{}token:{name}", self.inner.prefix)
+    }
+
+    async fn connection(&self) -> std::result::Result<ConnectionManager, RedisError> {
+        let conn = self
+            .inner
+            .conn
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_with_config(self.inner.client.clone(), config)
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Runs `op` on the connection, retrying transient failures (a dropped connection, a server
+    /// restarting or loading its data) with short jittered pauses within [`OP_DEADLINE`].
+    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = std::result::Result<T, RedisError>>,
+    {
+        let deadline = lease::instant_after(Instant::now(), OP_DEADLINE);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = tokio::time::timeout_at(deadline, async {
+                let conn = self.connection().await?;
+                op(conn).await
+            })
+            .await;
+            let err = match outcome {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "{} did not answer {what} within {}",
+                        self.inner.target,
+                        sentinel_core::duration::display(OP_DEADLINE)
+                    )));
+                }
+            };
+            if !transient(&err) {
+                return Err(self.error(what, &err));
+            }
+            let pause = lease::jitter(Duration::from_millis(100) * 2u32.pow(attempt), 0.25);
+            if attempt >= ATTEMPTS || Instant::now() + pause >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{} is unavailable ({what}, {attempt} attempts): {}",
+                    self.inner.target,
+                    self.redact(&err.to_string())
+                )));
+            }
+            tracing::info!(error = %self.redact(&err.to_string()), "redis {what} failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn error(&self, what: &str, e: &RedisError) -> Error {
+        let text = self.redact(&e.to_string());
+        if e.kind() == ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        {
+            return Error::Auth(format!(
+                "{} refused the credentials or permissions ({what}): {text}; check the password \
+                 and user in --redis-url",
+                self.inner.target
+            ));
+        }
+        Error::Unexpected(format!("{} failed {what}: {text}", self.inner.target))
+    }
+
+    /// The client's own message with the password blanked out, should it ever quote it.
+    fn redact(&self, text: &str) -> String {
+        match &self.inner.password {
+            Some(p) => text.replace(p.as_str(), "***"),
+            None => text.to_string(),
+        }
+    }
+
+    fn lease(&self, raw: &str) -> Result<Lease> {
+        serde_json::from_str(raw).map_err(|e| {
+            Error::Unexpected(format!(
+                "{} holds a lock value sentinel did not write ({e}); is another program using \
+                 keys under {:?}?",
+                self.inner.target, self.inner.prefix
+            ))
+        })
+    }
+
+    /// Deletes the lease the attempt with `nonce` granted, if it still stands: one try, briefly,
+    /// since it runs while the process is being stopped.
+    async fn withdraw(&self, key: &str, nonce: &str) {
+        let mut inv = WITHDRAW.prepare_invoke();
+        inv.key(key).arg(nonce);
+        let attempt = async {
+            let mut conn = self.connection().await?;
+            inv.invoke_async::<i64>(&mut conn).await
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            tracing::warn!(error = %self.redact(&e.to_string()), "could not withdraw an interrupted grant; it expires with its lease");
+        }
+    }
+}
+
+/// Failures worth another attempt: the connection, not the request.
+fn transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::ReadOnly
+            )
+        )
+}
+
+fn name_of(lock: &LockId) -> Result<&str> {
+    match lock {
+        LockId::Name(n) => Ok(n),
+        other => Err(foreign(other, "redis")),
+    }
+}
+
+/// A fencing token as a script argument: '' for "whatever grant the worker holds".
+fn token_arg(token: Option<u64>) -> String {
+    token.map(|t| t.to_string()).unwrap_or_default()
+}
+
+impl LockBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        validate_name(raw)?;
+        Ok(LockId::Name(raw.to_string()))
+    }
+
+    /// One attempt, as one script: grant (`SET NX PX` and `INCR` of the counter), re-adopt, force
+    /// a take-over, or report the holder.
+    ///
+    /// An interrupted claim must hold nothing or report its grant: the attempt registers an undo
+    /// that deletes the lease if it carries this attempt's nonce, and sends nothing once the
+    /// interrupt is flagged. The undo waits for an attempt in flight to finish (the process keeps
+    /// running its command while `main` undoes), so that the withdrawal comes after the grant.
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let name = name_of(&req.lock)?;
+        validate_name(name)?;
+        validate_label("worker id", &req.claimant.worker_id)?;
+        validate_label("node id", &req.claimant.node_id)?;
+        let ttl_ms = lease::millis(req.ttl);
+        if ttl_ms == 0 {
+            return Err(Error::usage("the lock timeout must be at least 1 ms"));
+        }
+        let task_info = serde_json::to_string(&req.task_info)
+            .map_err(|e| Error::Unexpected(format!("cannot encode the task info: {e}")))?;
+        let (key, counter) = (self.lock_key(name), self.token_key(name));
+        let nonce = format!("{:016x}", fastrand::u64(..));
+        let in_flight = Arc::new(tokio::sync::Mutex::new(()));
+        let sending = in_flight.clone().lock_owned().await;
+        let undo = {
+            let (this, key, nonce) = (self.clone(), key.clone(), nonce.clone());
+            interrupt::on_interrupt(move || async move {
+                let withdraw = async {
+                    let _sent = in_flight.lock().await;
+                    this.withdraw(&key, &nonce).await;
+                };
+                if tokio::time::timeout(OP_DEADLINE, withdraw).await.is_err() {
+                    tracing::warn!(
+                        "an interrupted claim did not finish; its grant, if any, expires with its lease"
+                    );
+                }
+            })
+        };
+        if interrupt::is_interrupted() {
+            return Err(Error::Unexpected("interrupted".into()));
+        }
+        let takeover = match req.takeover {
+            Takeover::None => "none",
+            Takeover::Stale => "stale",
+            Takeover::Any => "any",
+        };
+        let mut inv = ACQUIRE.prepare_invoke();
+        inv.key(&key)
+            .key(&counter)
+            .arg(&req.claimant.worker_id)
+            .arg(&req.claimant.node_id)
+            .arg(ttl_ms)
+            .arg(takeover)
+            .arg(if req.readopt { "1" } else { "0" })
+            .arg(&task_info)
+            .arg(&nonce);
+        let (kind, raw, _now, previous): (String, String, i64, String) = self
+            .call("a claim", |mut conn| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut conn).await }
+            })
+            .await?;
+        drop(sending);
+        let holder = self.lease(&raw)?.holder();
+        match kind.as_str() {
+            "granted" => {
+                // A grant stays undoable until the command has reported it.
+                undo.keep_until_reported();
+                let took_over = if previous.is_empty() {
+                    None
+                } else {
+                    Some(self.lease(&previous)?.holder())
+                };
+                Ok(Attempt::Granted(Grant {
+                    holder,
+                    adopted: false,
+                    took_over,
+                }))
+            }
+            "adopted" => Ok(Attempt::Granted(Grant {
+                holder,
+                adopted: true,
+                took_over: None,
+            })),
+            _ => Ok(Attempt::Held(holder)),
+        }
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        let name = name_of(&req.lock)?;
+        validate_name(name)?;
+        validate_label("worker id", &req.worker_id)?;
+        let key = self.lock_key(name);
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(&key)
+            .arg(&req.worker_id)
+            .arg(token_arg(req.fencing_token))
+            .arg(if req.force { "1" } else { "0" });
+        let (kind, raw, _now): (String, String, i64) = self
+            .call("a release", |mut conn| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match kind.as_str() {
+            "free" => Ok(Released {
+                was_held: false,
+                previous: None,
+            }),
+            "released" => Ok(Released {
+                was_held: true,
+                previous: Some(self.lease(&raw)?.holder()),
+            }),
+            _ => {
+                let h = self.lease(&raw)?.holder();
+                Err(Error::NotOwner(format!(
+                    "lock {name:?} is held by worker {:?} on node {:?} (fencing token {}), not by \
+                     {}; force the release to free it anyway",
+                    h.worker_id,
+                    h.node_id,
+                    h.fencing_token,
+                    claimer(&req.worker_id, req.fencing_token)
+                )))
+            }
+        }
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        let name = name_of(&req.lock)?;
+        validate_name(name)?;
+        validate_label("worker id", &req.worker_id)?;
+        let ttl = match req.ttl.map(lease::millis) {
+            Some(0) => return Err(Error::usage("the lock timeout must be at least 1 ms")),
+            Some(ms) => ms.to_string(),
+            None => String::new(),
+        };
+        let key = self.lock_key(name);
+        let mut inv = RENEW.prepare_invoke();
+        inv.key(&key)
+            .arg(&req.worker_id)
+            .arg(token_arg(req.fencing_token))
+            .arg(ttl);
+        let (kind, raw, _now): (String, String, i64) = self
+            .call("a renewal", |mut conn| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match kind.as_str() {
+            "renewed" => Ok(self.lease(&raw)?.holder()),
+            "gone" => Err(Error::NotOwner(format!(
+                "lock {name:?} is not held by anyone: its lease ran out (Redis deleted it) or it \
+                 was released; claim it again"
+            ))),
+            _ => {
+                let h = self.lease(&raw)?.holder();
+                Err(Error::NotOwner(format!(
+                    "lock {name:?} was lost: it is now held by worker {:?} on node {:?} (fencing \
+                     token {})",
+                    h.worker_id, h.node_id, h.fencing_token
+                )))
+            }
+        }
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        let name = name_of(lock)?;
+        validate_name(name)?;
+        let key = self.lock_key(name);
+        let raw: Option<String> = self
+            .call("a status read", |mut conn| {
+                let key = &key;
+                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
+        let holder = raw.map(|r| self.lease(&r)).transpose()?.map(|l| l.holder());
+        Ok(Status::Named {
+            name: name.to_string(),
+            holder,
+        })
+    }
+
+    /// Every held lock: `SCAN` over the lock keys (never `KEYS`, which blocks the server), then the
+    /// leases still there when read. Sorted by name.
+    async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        let lock_prefix = self.lock_key("");
+        let pattern = format!("{lock_prefix}*");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .call("a listing", |mut conn| {
+                    let pattern = &pattern;
+                    async move {
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(SCAN_COUNT)
+                            .query_async(&mut conn)
+                            .await
+                    }
+                })
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key more than once.
+        keys.sort();
+        keys.dedup();
+        let mut held = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(SCAN_COUNT) {
+            let values: Vec<Option<String>> = self
+                .call("a listing", |mut conn| async move {
+                    redis::cmd("MGET").arg(chunk).query_async(&mut conn).await
+                })
+                .await?;
+            for (key, value) in chunk.iter().zip(values) {
+                // Gone since the scan: released or expired meanwhile.
+                let Some(value) = value else { continue };
+                let name = key.strip_prefix(&lock_prefix).unwrap_or(key);
+                held.push((name.to_string(), self.lease(&value)?.holder()));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Redis deletes a lease when it runs out, so no lock is ever stale here: a lock still listed
+    /// is live and kept, a missing one is free. Nothing is ever released by the janitor.
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        match self.status(&req.lock).await?.holder() {
+            Some(h) => Ok(StaleRelease::Kept(h.clone())),
+            None => Ok(StaleRelease::Free),
+        }
+    }
+}
+
+/// Who a release speaks for, in messages.
+fn claimer(worker_id: &str, token: Option<u64>) -> String {
+    match token {
+        Some(t) => format!("worker {worker_id:?} with fencing token {t}"),
+        None => format!("worker {worker_id:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_without_echoing_credentials() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://:secret@localhost/2",
+            "unix:///run/redis.sock",
+        ] {
+            assert!(RedisBackend::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:6379",
+            "http://localhost",
+            "rediss://:hunter2@localhost",
+            "redis://:hunter2@",
+        ] {
+            let e = RedisBackend::new(bad).unwrap_err();
+            assert_eq!(
+                e.exit_code(),
+                sentinel_core::error::ExitCode::Usage,
+                "{bad}"
+            );
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let b = RedisBackend::new("redis://user:hunter2@db.example:6380/1").unwrap();
+        assert_eq!(b.inner.target, "redis at db.example:6380");
+        assert!(!format!("{b:?}").contains("hunter2"));
+        assert_eq!(b.redact("auth hunter2 failed"), "auth *** failed");
+    }
+
+    #[test]
+    fn prefixes_cannot_widen_the_listing() {
+        for bad in ["", "a*", "x?", "[ab]", "a b", "a\\"] {
+            assert!(
+                RedisBackend::with_prefix("redis://h", bad).is_err(),
+                "{bad}"
+            );
+        }
+        let b = RedisBackend::with_prefix("redis://h", "test-1:").unwrap();
+        assert_eq!(b.lock_key("job 1"), "test-1:lock:job 1");
+        assert_eq!(b.token_key("job 1"), "test-1:token:job 1");
+    }
+}
