@@ -64,8 +64,8 @@ impl LockRecord {
 /// A change to the table. Serializable so it can be a Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Command {
-    /// One acquisition attempt (build it with [`Command::acquire`], which validates). Answers
+pub enum Op {
+    /// One acquisition attempt (build it with [`Op::acquire`], which validates). Answers
     /// `Granted` or `Held`.
     Acquire {
         /// The lock.
@@ -85,7 +85,7 @@ pub enum Command {
         #[serde(default)]
         readopt: bool,
     },
-    /// Gives up a lock ([`Command::release`]). Answers `Released` or `NotOwner`.
+    /// Gives up a lock ([`Op::release`]). Answers `Released` or `NotOwner`.
     Release {
         /// The lock.
         name: String,
@@ -99,7 +99,7 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fencing_token: Option<u64>,
     },
-    /// Renews a lease at the command's time ([`Command::renew`]). Answers `Renewed`,
+    /// Renews a lease at the command's time ([`Op::renew`]). Answers `Renewed`,
     /// `NotOwner`, `Expired` or `NotHeld`.
     Renew {
         /// The lock.
@@ -122,19 +122,19 @@ pub enum Command {
     },
 }
 
-impl Command {
+impl Op {
     /// The lock name the command is about.
     pub fn name(&self) -> &str {
         match self {
-            Command::Acquire { name, .. }
-            | Command::Release { name, .. }
-            | Command::Renew { name, .. }
-            | Command::ReleaseStale { name } => name,
+            Op::Acquire { name, .. }
+            | Op::Release { name, .. }
+            | Op::Renew { name, .. }
+            | Op::ReleaseStale { name } => name,
         }
     }
 }
 
-/// The outcome of one [`Command`].
+/// The outcome of one [`Op`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -196,9 +196,9 @@ impl Default for LockTable {
 
 impl LockTable {
     /// Applies one command at time `now_ms` and says what happened. Deterministic and total.
-    pub fn apply(&mut self, cmd: &Command, now_ms: u64) -> Response {
+    pub fn apply(&mut self, cmd: &Op, now_ms: u64) -> Response {
         match cmd {
-            Command::Acquire {
+            Op::Acquire {
                 name,
                 worker_id,
                 node_id,
@@ -207,68 +207,19 @@ impl LockTable {
                 task_info,
                 readopt,
             } => {
-                let fresh = |token: u64| LockRecord {
+                // The token is only drawn if the lock is granted afresh.
+                let fresh = LockRecord {
                     worker_id: worker_id.clone(),
                     node_id: node_id.clone(),
-                    fencing_token: token,
+                    fencing_token: 0,
                     claimed_at_ms: now_ms,
                     heartbeat_ms: now_ms,
                     ttl_ms: *ttl_ms,
                     task_info: task_info.clone(),
                 };
-                match self.locks.get_mut(name.as_str()) {
-                    None => {
-                        let record = fresh(self.issue_token());
-                        self.locks.insert(name.clone(), record.clone());
-                        Response::Granted {
-                            record,
-                            adopted: false,
-                            took_over: None,
-                        }
-                    }
-                    Some(current)
-                        if *readopt
-                            && current.worker_id == *worker_id
-                            && !Self::is_stale(current, now_ms) =>
-                    {
-                        // Re-adopt our own live lock: same token, same claimed_at. An own lock
-                        // whose lease ran out is treated like anyone's stale lock below: the
-                        // worker lost it and must take it over (new token) to have it again.
-                        current.node_id = node_id.clone();
-                        current.heartbeat_ms = now_ms;
-                        current.ttl_ms = *ttl_ms;
-                        current.task_info = task_info.clone();
-                        Response::Granted {
-                            record: current.clone(),
-                            adopted: true,
-                            took_over: None,
-                        }
-                    }
-                    Some(current) => {
-                        let stale = Self::is_stale(current, now_ms);
-                        let take = match takeover {
-                            Takeover::None => false,
-                            Takeover::Stale => stale,
-                            Takeover::Any => true,
-                        };
-                        if !take {
-                            return Response::Held {
-                                record: current.clone(),
-                                stale,
-                            };
-                        }
-                        let old = current.clone();
-                        let record = fresh(self.issue_token());
-                        self.locks.insert(name.clone(), record.clone());
-                        Response::Granted {
-                            record,
-                            adopted: false,
-                            took_over: Some(old),
-                        }
-                    }
-                }
+                self.acquire(name, fresh, *takeover, *readopt, now_ms)
             }
-            Command::Release {
+            Op::Release {
                 name,
                 worker_id,
                 force,
@@ -284,32 +235,13 @@ impl LockTable {
                     record: current.clone(),
                 },
             },
-            Command::Renew {
+            Op::Renew {
                 name,
                 worker_id,
                 fencing_token,
                 ttl_ms,
-            } => match self.locks.get_mut(name.as_str()) {
-                None => Response::NotHeld,
-                Some(current) if !Self::is_grant(current, worker_id, *fencing_token) => {
-                    Response::NotOwner {
-                        record: current.clone(),
-                    }
-                }
-                Some(current) if Self::is_stale(current, now_ms) => Response::Expired {
-                    record: current.clone(),
-                },
-                Some(current) => {
-                    current.heartbeat_ms = now_ms;
-                    if let Some(ttl) = ttl_ms {
-                        current.ttl_ms = *ttl;
-                    }
-                    Response::Renewed {
-                        record: current.clone(),
-                    }
-                }
-            },
-            Command::ReleaseStale { name } => match self.locks.get(name.as_str()) {
+            } => self.renew(name, worker_id, *fencing_token, *ttl_ms, now_ms),
+            Op::ReleaseStale { name } => match self.locks.get(name.as_str()) {
                 None => Response::Released { record: None },
                 Some(current) if Self::is_stale(current, now_ms) => Response::Released {
                     record: self.locks.remove(name.as_str()),
@@ -319,6 +251,91 @@ impl LockTable {
                     stale: false,
                 },
             },
+        }
+    }
+
+    /// An acquire: a free name is granted `fresh` with a new token; a held one is re-adopted,
+    /// taken over or refused.
+    fn acquire(
+        &mut self,
+        name: &str,
+        mut fresh: LockRecord,
+        takeover: Takeover,
+        readopt: bool,
+        now_ms: u64,
+    ) -> Response {
+        let took_over = match self.locks.get_mut(name) {
+            None => None,
+            Some(current)
+                if readopt
+                    && current.worker_id == fresh.worker_id
+                    && !Self::is_stale(current, now_ms) =>
+            {
+                // Re-adopt our own live lock: same token, same claimed_at. An own lock whose
+                // lease ran out is treated like anyone's stale lock below: the worker lost it
+                // and must take it over (new token) to have it again.
+                current.node_id = fresh.node_id;
+                current.heartbeat_ms = now_ms;
+                current.ttl_ms = fresh.ttl_ms;
+                current.task_info = fresh.task_info;
+                return Response::Granted {
+                    record: current.clone(),
+                    adopted: true,
+                    took_over: None,
+                };
+            }
+            Some(current) => {
+                let stale = Self::is_stale(current, now_ms);
+                let take = match takeover {
+                    Takeover::None => false,
+                    Takeover::Stale => stale,
+                    Takeover::Any => true,
+                };
+                if !take {
+                    return Response::Held {
+                        record: current.clone(),
+                        stale,
+                    };
+                }
+                Some(current.clone())
+            }
+        };
+        fresh.fencing_token = self.issue_token();
+        self.locks.insert(name.to_string(), fresh.clone());
+        Response::Granted {
+            record: fresh,
+            adopted: false,
+            took_over,
+        }
+    }
+
+    /// A renewal by the holder of grant `token`: a new heartbeat (and TTL, if given), unless the
+    /// lease already ran out.
+    fn renew(
+        &mut self,
+        name: &str,
+        worker_id: &str,
+        token: Option<u64>,
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Response {
+        match self.locks.get_mut(name) {
+            None => Response::NotHeld,
+            Some(current) if !Self::is_grant(current, worker_id, token) => Response::NotOwner {
+                record: current.clone(),
+            },
+            Some(current) if Self::is_stale(current, now_ms) => Response::Expired {
+                record: current.clone(),
+            },
+            Some(current) => {
+                current.heartbeat_ms = now_ms;
+                if let Some(ttl) = ttl_ms {
+                    current.ttl_ms = ttl;
+                }
+                Response::Renewed {
+                    record: current.clone(),
+                }
+            }
         }
     }
 
@@ -413,9 +430,9 @@ impl LockTable {
 // keeps it (the local file, PostgreSQL rows), so that they validate the same way and answer with
 // the same errors.
 
-impl Command {
+impl Op {
     /// The table command for one acquisition attempt on the lock `name`.
-    pub fn acquire(name: &str, req: &AcquireRequest) -> Result<Command> {
+    pub fn acquire(name: &str, req: &AcquireRequest) -> Result<Op> {
         validate_name(name)?;
         validate_label("worker id", &req.claimant.worker_id)?;
         validate_label("node id", &req.claimant.node_id)?;
@@ -423,7 +440,7 @@ impl Command {
         if ttl_ms == 0 {
             return Err(Error::usage("the lock timeout must be at least 1 ms"));
         }
-        Ok(Command::Acquire {
+        Ok(Op::Acquire {
             name: name.to_string(),
             worker_id: req.claimant.worker_id.clone(),
             node_id: req.claimant.node_id.clone(),
@@ -440,10 +457,10 @@ impl Command {
         worker_id: &str,
         force: bool,
         fencing_token: Option<u64>,
-    ) -> Result<Command> {
+    ) -> Result<Op> {
         validate_name(name)?;
         validate_label("worker id", worker_id)?;
-        Ok(Command::Release {
+        Ok(Op::Release {
             name: name.to_string(),
             worker_id: worker_id.to_string(),
             force,
@@ -458,14 +475,14 @@ impl Command {
         worker_id: &str,
         fencing_token: Option<u64>,
         ttl: Option<std::time::Duration>,
-    ) -> Result<Command> {
+    ) -> Result<Op> {
         validate_name(name)?;
         validate_label("worker id", worker_id)?;
         let ttl_ms = ttl.map(lease::millis);
         if ttl_ms == Some(0) {
             return Err(Error::usage("the lock timeout must be at least 1 ms"));
         }
-        Ok(Command::Renew {
+        Ok(Op::Renew {
             name: name.to_string(),
             worker_id: worker_id.to_string(),
             fencing_token,
@@ -475,7 +492,7 @@ impl Command {
 }
 
 /// What an `Acquire` answer means: a grant or the holder.
-pub fn attempt(cmd: &Command, resp: Response, now: u64) -> Result<Attempt> {
+pub fn attempt(cmd: &Op, resp: Response, now: u64) -> Result<Attempt> {
     match resp {
         Response::Granted {
             record,
@@ -492,7 +509,7 @@ pub fn attempt(cmd: &Command, resp: Response, now: u64) -> Result<Attempt> {
 }
 
 /// What a `Release` answer means; someone else's lock is a `NotOwner` error naming its holder.
-pub fn released(cmd: &Command, resp: Response, now: u64) -> Result<Released> {
+pub fn released(cmd: &Op, resp: Response, now: u64) -> Result<Released> {
     match resp {
         Response::Released { record } => Ok(Released {
             was_held: record.is_some(),
@@ -509,7 +526,7 @@ pub fn released(cmd: &Command, resp: Response, now: u64) -> Result<Released> {
 }
 
 /// What a `Renew` answer means: every way of not holding the lock is a `NotOwner` error.
-pub fn renewed(cmd: &Command, resp: Response, now: u64) -> Result<Holder> {
+pub fn renewed(cmd: &Op, resp: Response, now: u64) -> Result<Holder> {
     let name = cmd.name();
     match resp {
         Response::Renewed { record } => Ok(record.to_holder(now)),
@@ -532,7 +549,7 @@ pub fn renewed(cmd: &Command, resp: Response, now: u64) -> Result<Holder> {
 }
 
 /// What a `ReleaseStale` answer means.
-pub fn stale_release(cmd: &Command, resp: Response, now: u64) -> Result<StaleRelease> {
+pub fn stale_release(cmd: &Op, resp: Response, now: u64) -> Result<StaleRelease> {
     match resp {
         Response::Released { record: Some(r) } => Ok(StaleRelease::Released(r.to_holder(now))),
         Response::Released { record: None } => Ok(StaleRelease::Free),
@@ -542,23 +559,23 @@ pub fn stale_release(cmd: &Command, resp: Response, now: u64) -> Result<StaleRel
 }
 
 /// Who a release or renewal speaks for, in messages.
-fn claimer(cmd: &Command) -> String {
+fn claimer(cmd: &Op) -> String {
     match cmd {
-        Command::Release {
+        Op::Release {
             worker_id,
             fencing_token: Some(t),
             ..
         }
-        | Command::Renew {
+        | Op::Renew {
             worker_id,
             fencing_token: Some(t),
             ..
         } => format!("worker {worker_id:?} with fencing token {t}"),
-        Command::Release { worker_id, .. } | Command::Renew { worker_id, .. } => {
+        Op::Release { worker_id, .. } | Op::Renew { worker_id, .. } => {
             format!("worker {worker_id:?}")
         }
-        Command::Acquire { worker_id, .. } => format!("worker {worker_id:?}"),
-        Command::ReleaseStale { .. } => "the janitor".to_string(),
+        Op::Acquire { worker_id, .. } => format!("worker {worker_id:?}"),
+        Op::ReleaseStale { .. } => "the janitor".to_string(),
     }
 }
 
@@ -577,7 +594,7 @@ fn describe(record: &LockRecord, now: u64) -> String {
     )
 }
 
-fn unexpected(cmd: &Command, resp: &Response) -> Error {
+fn unexpected(cmd: &Op, resp: &Response) -> Error {
     Error::Unexpected(format!(
         "internal error: the lock table answered {resp:?} to {cmd:?}"
     ))
@@ -602,8 +619,8 @@ mod tests {
 
     const TTL: u64 = 1_000;
 
-    fn acquire(name: &str, worker: &str, takeover: Takeover) -> Command {
-        Command::Acquire {
+    fn acquire(name: &str, worker: &str, takeover: Takeover) -> Op {
+        Op::Acquire {
             name: name.into(),
             worker_id: worker.into(),
             node_id: format!("node-of-{worker}"),
@@ -614,8 +631,8 @@ mod tests {
         }
     }
 
-    fn release(name: &str, worker: &str, force: bool) -> Command {
-        Command::Release {
+    fn release(name: &str, worker: &str, force: bool) -> Op {
+        Op::Release {
             name: name.into(),
             worker_id: worker.into(),
             force,
@@ -623,8 +640,8 @@ mod tests {
         }
     }
 
-    fn renew(name: &str, worker: &str) -> Command {
-        Command::Renew {
+    fn renew(name: &str, worker: &str) -> Op {
+        Op::Renew {
             name: name.into(),
             worker_id: worker.into(),
             fencing_token: None,
@@ -632,8 +649,8 @@ mod tests {
         }
     }
 
-    fn release_stale(name: &str) -> Command {
-        Command::ReleaseStale { name: name.into() }
+    fn release_stale(name: &str) -> Op {
+        Op::ReleaseStale { name: name.into() }
     }
 
     fn granted(resp: Response) -> (LockRecord, bool, Option<LockRecord>) {
@@ -680,14 +697,14 @@ mod tests {
         assert!(took.is_some());
         let by_token = |token, renewing: bool| {
             if renewing {
-                Command::Renew {
+                Op::Renew {
                     name: "a".into(),
                     worker_id: "w1".into(),
                     fencing_token: Some(token),
                     ttl_ms: None,
                 }
             } else {
-                Command::Release {
+                Op::Release {
                     name: "a".into(),
                     worker_id: "w1".into(),
                     force: false,
@@ -716,7 +733,7 @@ mod tests {
     fn a_renewal_can_change_the_lease_length() {
         let mut t = LockTable::default();
         granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
-        let longer = Command::Renew {
+        let longer = Op::Renew {
             name: "a".into(),
             worker_id: "w1".into(),
             fencing_token: Some(1),
@@ -750,7 +767,7 @@ mod tests {
         let mut t = LockTable::default();
         let (r, _, _) = granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
         // Live: same token, fresh heartbeat, claimed_at kept, ttl and task info updated.
-        let cmd = Command::Acquire {
+        let cmd = Op::Acquire {
             name: "a".into(),
             worker_id: "w1".into(),
             node_id: "other-node".into(),
@@ -993,7 +1010,7 @@ mod tests {
     #[test]
     fn time_going_backwards_or_extreme_never_panics() {
         let mut t = LockTable::default();
-        let huge = Command::Acquire {
+        let huge = Op::Acquire {
             name: "a".into(),
             worker_id: "w1".into(),
             node_id: "n".into(),
@@ -1033,7 +1050,7 @@ mod tests {
     #[test]
     fn holder_view() {
         let mut t = LockTable::default();
-        let cmd = Command::Acquire {
+        let cmd = Op::Acquire {
             name: "a".into(),
             worker_id: "w1".into(),
             node_id: "n1".into(),
@@ -1089,7 +1106,7 @@ mod tests {
         ];
         for cmd in &cmds {
             let json = serde_json::to_string(cmd).unwrap();
-            assert_eq!(&serde_json::from_str::<Command>(&json).unwrap(), cmd);
+            assert_eq!(&serde_json::from_str::<Op>(&json).unwrap(), cmd);
             let resp = t.apply(cmd, 10);
             let json = serde_json::to_string(&resp).unwrap();
             assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), resp);
@@ -1123,7 +1140,7 @@ mod tests {
 
     /// Turns generated steps into a command log with times: mostly forward, sometimes a jump past
     /// the TTL, sometimes backwards (another caller's clock, an NTP step).
-    fn log_of(steps: &[Step], allow_force: bool) -> Vec<(Command, u64)> {
+    fn log_of(steps: &[Step], allow_force: bool) -> Vec<(Op, u64)> {
         const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
         const WORKERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
         let mut now: u64 = 1_000_000;
@@ -1136,7 +1153,7 @@ mod tests {
             };
             let (name, worker) = (NAMES[name], WORKERS[worker]);
             let cmd = match kind {
-                0..=3 => Command::Acquire {
+                0..=3 => Op::Acquire {
                     name: name.into(),
                     worker_id: worker.into(),
                     node_id: format!("n-{worker}"),
@@ -1152,7 +1169,7 @@ mod tests {
                 },
                 4..=6 => renew(name, worker),
                 10 | 11 => release_stale(name),
-                _ => Command::Release {
+                _ => Op::Release {
                     name: name.into(),
                     worker_id: worker.into(),
                     force: allow_force && force,
@@ -1165,7 +1182,7 @@ mod tests {
     }
 
     /// Applies a log and checks the table's invariants after every step.
-    fn run_checked(log: &[(Command, u64)], check_leases: bool) -> (LockTable, Vec<Response>) {
+    fn run_checked(log: &[(Op, u64)], check_leases: bool) -> (LockTable, Vec<Response>) {
         let mut t = LockTable::default();
         let mut responses = Vec::with_capacity(log.len());
         let mut last_grant_token: HashMap<String, u64> = HashMap::new();
@@ -1183,7 +1200,7 @@ mod tests {
                         adopted,
                         took_over,
                     },
-                    Command::Acquire { worker_id, .. },
+                    Op::Acquire { worker_id, .. },
                 ) => {
                     assert_eq!(t.get(&name), Some(record), "{}", ctx());
                     assert_eq!(&record.worker_id, worker_id, "{}", ctx());
@@ -1211,7 +1228,7 @@ mod tests {
                 }
                 (
                     Response::Held { record, stale },
-                    Command::Acquire {
+                    Op::Acquire {
                         worker_id, readopt, ..
                     },
                 ) => {
@@ -1224,14 +1241,14 @@ mod tests {
                     );
                     assert_eq!(*stale, LockTable::is_stale(record, *now), "{}", ctx());
                 }
-                (Response::Released { record }, Command::Release { .. }) => {
+                (Response::Released { record }, Op::Release { .. }) => {
                     assert_eq!(record.as_ref(), before.get(&name), "{}", ctx());
                     assert_eq!(t.get(&name), None, "{}", ctx());
                     if let Some(r) = record {
                         beliefs.remove(&(r.worker_id.clone(), name.clone()));
                     }
                 }
-                (Response::Released { record }, Command::ReleaseStale { .. }) => {
+                (Response::Released { record }, Op::ReleaseStale { .. }) => {
                     assert_eq!(record.as_ref(), before.get(&name), "{}", ctx());
                     assert_eq!(t.get(&name), None, "{}", ctx());
                     if let Some(r) = record {
@@ -1241,7 +1258,7 @@ mod tests {
                         assert!(gone.is_none_or(|until| until < *now), "{}", ctx());
                     }
                 }
-                (Response::Held { record, stale }, Command::ReleaseStale { .. }) => {
+                (Response::Held { record, stale }, Op::ReleaseStale { .. }) => {
                     assert_eq!(t, before, "{}", ctx());
                     assert_eq!(Some(record), before.get(&name), "{}", ctx());
                     assert!(!*stale && !LockTable::is_stale(record, *now), "{}", ctx());
@@ -1250,7 +1267,7 @@ mod tests {
                     assert_eq!(t, before, "{}", ctx());
                     assert_eq!(Some(record), before.get(&name), "{}", ctx());
                 }
-                (Response::Renewed { record }, Command::Renew { worker_id, .. }) => {
+                (Response::Renewed { record }, Op::Renew { worker_id, .. }) => {
                     assert_eq!(t.get(&name), Some(record), "{}", ctx());
                     assert_eq!(record.heartbeat_ms, *now, "{}", ctx());
                     assert_eq!(&record.worker_id, worker_id, "{}", ctx());
@@ -1263,12 +1280,12 @@ mod tests {
                     assert_eq!(old.fencing_token, record.fencing_token, "{}", ctx());
                     beliefs.insert((worker_id.clone(), name.clone()), record.expires_at_ms());
                 }
-                (Response::Expired { record }, Command::Renew { worker_id, .. }) => {
+                (Response::Expired { record }, Op::Renew { worker_id, .. }) => {
                     assert_eq!(t, before, "{}", ctx());
                     assert!(LockTable::is_stale(record, *now), "{}", ctx());
                     beliefs.remove(&(worker_id.clone(), name.clone()));
                 }
-                (Response::NotHeld, Command::Renew { .. }) => {
+                (Response::NotHeld, Op::Renew { .. }) => {
                     assert_eq!(t, before, "{}", ctx());
                     assert_eq!(before.get(&name), None, "{}", ctx());
                 }
@@ -1321,7 +1338,7 @@ mod tests {
             prop_assert_eq!(&back, &table);
             prop_assert_eq!(serde_json::to_string(&back).unwrap(), json);
             let log_json = serde_json::to_string(&log).unwrap();
-            let replay_log: Vec<(Command, u64)> = serde_json::from_str(&log_json).unwrap();
+            let replay_log: Vec<(Op, u64)> = serde_json::from_str(&log_json).unwrap();
             let mut replay = LockTable::default();
             let replay_responses: Vec<Response> = replay_log
                 .iter()
@@ -1337,7 +1354,7 @@ mod tests {
         let mut t = LockTable::default();
         granted(t.apply(&acquire("a", "w1", Takeover::None), 100));
         let mut again = acquire("a", "w1", Takeover::None);
-        if let Command::Acquire { readopt, .. } = &mut again {
+        if let Op::Acquire { readopt, .. } = &mut again {
             *readopt = false;
         }
         assert!(matches!(

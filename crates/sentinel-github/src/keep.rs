@@ -15,7 +15,7 @@ use super::resolve::{Record, resolve};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lease;
 use sentinel_core::lock::{
-    Attempt, Holder, ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
+    Attempt, Claimant, Holder, ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
 
 impl GithubBackend {
@@ -179,48 +179,11 @@ impl GithubBackend {
         req: &ReleaseStaleRequest,
     ) -> Result<StaleRelease> {
         self.ensure_login().await?;
-        let victim = match &req.seen {
-            Some(h) if !h.stale => return Ok(StaleRelease::Kept(h.clone())),
-            Some(h) => Takeover {
-                comment_id: h.fencing_token,
-                worker_id: h.worker_id.clone(),
-                heartbeat: h.heartbeat_last,
-                ttl_seconds: lease::until(h.heartbeat_last, h.expires_at).as_secs(),
-                force: false,
-            },
-            None => {
-                let state = self.read(issue).await?;
-                let res = resolve(&state.records);
-                match res.holder() {
-                    None => return Ok(StaleRelease::Free),
-                    Some(h) if !h.is_stale_at(state.now) => {
-                        return Ok(StaleRelease::Kept(Self::holder_of(h, state.now)));
-                    }
-                    Some(h) => Takeover {
-                        comment_id: h.id,
-                        worker_id: h.meta.worker_id.clone(),
-                        heartbeat: h.updated_at,
-                        ttl_seconds: h.meta.ttl_seconds,
-                        force: false,
-                    },
-                }
-            }
+        let victim = match self.stale_victim(issue, req).await? {
+            Ok(victim) => victim,
+            Err(verdict) => return Ok(verdict),
         };
-        let now = self.now();
-        let janitor = &req.janitor;
-        let notice = LockMeta {
-            worker_id: janitor.worker_id.clone(),
-            node_id: janitor.node_id.clone(),
-            claimed_at: now,
-            heartbeat_last: now,
-            ttl_seconds: victim.ttl_seconds,
-            state: LockState::Released,
-            nonce: format!("{:016x}", fastrand::u64(..)),
-            task_info: Default::default(),
-            takeover: Some(victim.clone()),
-            released_at: Some(now),
-            released_by: Some(janitor.worker_id.clone()),
-        };
+        let notice = self.stale_notice(&req.janitor, &victim);
         let posted = self.post_lock(issue, &notice).await?;
         let notice_id = posted.id.into_inner();
         let client = self.client.clone();
@@ -272,6 +235,60 @@ impl GithubBackend {
             victim_record,
             state.now,
         )))
+    }
+
+    /// The holder a janitor's notice would end: the one the janitor saw, or the issue's current
+    /// one; `Err` is the verdict when there is nothing stale to release.
+    async fn stale_victim(
+        &self,
+        issue: u64,
+        req: &ReleaseStaleRequest,
+    ) -> Result<std::result::Result<Takeover, StaleRelease>> {
+        if let Some(h) = &req.seen {
+            if !h.stale {
+                return Ok(Err(StaleRelease::Kept(h.clone())));
+            }
+            return Ok(Ok(Takeover {
+                comment_id: h.fencing_token,
+                worker_id: h.worker_id.clone(),
+                heartbeat: h.heartbeat_last,
+                ttl_seconds: lease::until(h.heartbeat_last, h.expires_at).as_secs(),
+                force: false,
+            }));
+        }
+        let state = self.read(issue).await?;
+        let res = resolve(&state.records);
+        Ok(match res.holder() {
+            None => Err(StaleRelease::Free),
+            Some(h) if !h.is_stale_at(state.now) => {
+                Err(StaleRelease::Kept(Self::holder_of(h, state.now)))
+            }
+            Some(h) => Ok(Takeover {
+                comment_id: h.id,
+                worker_id: h.meta.worker_id.clone(),
+                heartbeat: h.updated_at,
+                ttl_seconds: h.meta.ttl_seconds,
+                force: false,
+            }),
+        })
+    }
+
+    /// The released take-over notice that ends `victim`'s lease, signed by the janitor.
+    fn stale_notice(&self, janitor: &Claimant, victim: &Takeover) -> LockMeta {
+        let now = self.now();
+        LockMeta {
+            worker_id: janitor.worker_id.clone(),
+            node_id: janitor.node_id.clone(),
+            claimed_at: now,
+            heartbeat_last: now,
+            ttl_seconds: victim.ttl_seconds,
+            state: LockState::Released,
+            nonce: format!("{:016x}", fastrand::u64(..)),
+            task_info: Default::default(),
+            takeover: Some(victim.clone()),
+            released_at: Some(now),
+            released_by: Some(janitor.worker_id.clone()),
+        }
     }
 
     /// Settles and reads the issue until our just-posted notice is listed.

@@ -42,6 +42,24 @@ struct Candidate {
     comments: u32,
 }
 
+/// The open issues (not pull requests) of one page that have every wanted label and no unwanted
+/// one, in the listing's order.
+fn matching(issues: Vec<Issue>, wanted: &[String], unwanted: &[String]) -> Vec<Candidate> {
+    issues
+        .into_iter()
+        .filter(|i| i.pull_request.is_none() && !matches!(i.state, IssueState::Closed))
+        .filter(|i| {
+            let has = |l: &String| i.labels.iter().any(|x| x.name.eq_ignore_ascii_case(l));
+            wanted.iter().all(has) && !unwanted.iter().any(has)
+        })
+        .map(|i| Candidate {
+            number: i.number,
+            created_at: i.created_at,
+            comments: i.comments,
+        })
+        .collect()
+}
+
 /// The trusted lock comments updated since `since`, by issue.
 struct LockView {
     since: DateTime<Utc>,
@@ -64,14 +82,68 @@ impl LockView {
     }
 }
 
+/// Where one `claim --next` stands while it walks the listing: what it has seen of the others'
+/// locks, what it has tried, and the counts its final message and its spreading need.
+struct Walk<'a> {
+    req: &'a NextRequest,
+    view: Option<LockView>,
+    tried: HashSet<u64>,
+    /// Issues that matched the labels, over every page.
+    matching: usize,
+    /// Issues closed, deleted or transferred since they were listed.
+    gone: usize,
+    attempts: u32,
+    /// Races lost to other workers: each doubles the spread.
+    lost: u32,
+}
+
 impl GithubBackend {
     /// Claims the oldest free open issue matching `req`, walking the issues page by page.
     pub(super) async fn claim_next_issue(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
         let wanted = labels(&req.labels, "--label")?;
         let unwanted = labels(&req.exclude_labels, "--exclude-label")?;
         self.ensure_login().await?;
+        let mut url = self.queue_url(&wanted);
+        let mut walk = Walk {
+            req,
+            view: None,
+            tried: HashSet::new(),
+            matching: 0,
+            gone: 0,
+            attempts: 0,
+            lost: 0,
+        };
+        loop {
+            let resp = self.client.get(&url).await?;
+            if !resp.status.is_success() {
+                return Err(self.repo_error(&resp));
+            }
+            let candidates = matching(resp.json::<Vec<Issue>>()?, &wanted, &unwanted);
+            walk.matching += candidates.len();
+            // Issues are oldest first: the first one with comments bounds the whole listing.
+            if walk.view.is_none()
+                && let Some(first) = candidates.iter().find(|c| c.comments > 0)
+            {
+                walk.view = Some(
+                    self.lock_view(first.created_at, &req.claimant.worker_id)
+                        .await?,
+                );
+            }
+            if let Some(claimed) = self.claim_from_page(&mut walk, &candidates).await? {
+                return Ok(claimed);
+            }
+            match resp.next_page() {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        Err(self.queue_empty(&walk, &wanted, &unwanted))
+    }
+
+    /// The first page of open issues, oldest first, filtered by GitHub on the wanted labels.
+    fn queue_url(&self, wanted: &[String]) -> String {
         // Labels with a comma cannot be named in GitHub's comma-separated filter; every label
-        // is checked again below anyway.
+        // is checked again on each issue anyway.
         let filter: Vec<String> = wanted
             .iter()
             .filter(|l| !l.contains(','))
@@ -84,105 +156,79 @@ impl GithubBackend {
         if !filter.is_empty() {
             url.push_str(&format!("&labels={}", filter.join(",")));
         }
-        let mut view: Option<LockView> = None;
-        let mut tried: HashSet<u64> = HashSet::new();
-        let (mut matching, mut gone, mut attempts, mut lost) = (0usize, 0usize, 0u32, 0u32);
+        url
+    }
+
+    /// Tries the free issues of one page until one is claimed (`Some`) or none is left untried.
+    async fn claim_from_page(
+        &self,
+        walk: &mut Walk<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Option<(LockId, Outcome)>> {
         loop {
-            let resp = self.client.get(&url).await?;
-            if !resp.status.is_success() {
-                return Err(self.repo_error(&resp));
-            }
-            let candidates: Vec<Candidate> = resp
-                .json::<Vec<Issue>>()?
-                .into_iter()
-                .filter(|i| i.pull_request.is_none() && !matches!(i.state, IssueState::Closed))
-                .filter(|i| {
-                    let has = |l: &String| i.labels.iter().any(|x| x.name.eq_ignore_ascii_case(l));
-                    wanted.iter().all(has) && !unwanted.iter().any(has)
-                })
-                .map(|i| Candidate {
-                    number: i.number,
-                    created_at: i.created_at,
-                    comments: i.comments,
-                })
+            let free: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| !walk.tried.contains(&c.number))
+                .filter(|c| !walk.view.as_ref().is_some_and(|v| v.looks_held(c.number)))
                 .collect();
-            matching += candidates.len();
-            // Issues are oldest first: the first one with comments bounds the whole listing.
-            if view.is_none()
-                && let Some(first) = candidates.iter().find(|c| c.comments > 0)
-            {
-                view = Some(
-                    self.lock_view(first.created_at, &req.claimant.worker_id)
-                        .await?,
-                );
+            if free.is_empty() {
+                return Ok(None);
             }
-            loop {
-                let free: Vec<&Candidate> = candidates
-                    .iter()
-                    .filter(|c| !tried.contains(&c.number))
-                    .filter(|c| !view.as_ref().is_some_and(|v| v.looks_held(c.number)))
-                    .collect();
-                if free.is_empty() {
-                    break;
+            let claiming = walk.view.as_ref().map_or(0, |v| v.claiming);
+            let spread = (1 + 2 * claiming)
+                .saturating_mul(1 << walk.lost.min(4))
+                .min(MAX_SPREAD);
+            let c = free[fastrand::usize(..spread.min(free.len()))];
+            walk.tried.insert(c.number);
+            // Read first where the listing cannot vouch for the issue (old issues): a held issue
+            // then costs a read, not a comment written and deleted.
+            let look_first = c.comments > 0 && !walk.view.as_ref().is_some_and(|v| v.covers(c));
+            walk.attempts += 1;
+            // The lease is stamped after this instant: a holder counting from it never
+            // overestimates its lease.
+            let attempt_started = tokio::time::Instant::now();
+            let attempt = AcquireRequest {
+                lock: LockId::Issue(c.number),
+                claimant: walk.req.claimant.clone(),
+                ttl: walk.req.ttl,
+                takeover: Takeover::None,
+                task_info: walk.req.task_info.clone(),
+                readopt: false,
+                attempt: 0,
+                wait: Duration::ZERO,
+            };
+            match self.claim_once(c.number, &attempt, look_first, 3).await {
+                Ok(Attempt::Granted(grant)) => {
+                    let outcome = Outcome {
+                        grant,
+                        attempts: walk.attempts,
+                        attempt_started,
+                    };
+                    return Ok(Some((LockId::Issue(c.number), outcome)));
                 }
-                let claiming = view.as_ref().map_or(0, |v| v.claiming);
-                let spread = (1 + 2 * claiming)
-                    .saturating_mul(1 << lost.min(4))
-                    .min(MAX_SPREAD);
-                let c = free[fastrand::usize(..spread.min(free.len()))];
-                tried.insert(c.number);
-                // Read first where the listing cannot vouch for the issue (old issues): a held
-                // issue then costs a read, not a comment written and deleted.
-                let look_first = c.comments > 0 && !view.as_ref().is_some_and(|v| v.covers(c));
-                attempts += 1;
-                // The lease is stamped after this instant: a holder counting from it never
-                // overestimates its lease.
-                let attempt_started = tokio::time::Instant::now();
-                let attempt = AcquireRequest {
-                    lock: LockId::Issue(c.number),
-                    claimant: req.claimant.clone(),
-                    ttl: req.ttl,
-                    takeover: Takeover::None,
-                    task_info: req.task_info.clone(),
-                    readopt: false,
-                    attempt: 0,
-                    wait: Duration::ZERO,
-                };
-                match self.claim_once(c.number, &attempt, look_first, 3).await {
-                    Ok(Attempt::Granted(grant)) => {
-                        return Ok((
-                            LockId::Issue(c.number),
-                            Outcome {
-                                grant,
-                                attempts,
-                                attempt_started,
-                            },
-                        ));
-                    }
-                    Ok(Attempt::Held(h)) => {
-                        // Others are claiming right now: look again at what they hold, and spread
-                        // wider, instead of racing them for the next issue in line.
-                        tracing::info!(issue = c.number, holder = %h.worker_id, "issue taken; trying another");
-                        lost += 1;
-                        let oldest = match &view {
-                            Some(v) => v.since,
-                            None => candidates.first().map_or(c.created_at, |f| f.created_at),
-                        };
-                        view = Some(self.lock_view(oldest, &req.claimant.worker_id).await?);
-                    }
-                    // Closed, deleted or transferred since it was listed: not part of the queue.
-                    Err(e @ (Error::Usage(_) | Error::NotFound(_))) => {
-                        tracing::info!(issue = c.number, error = %e, "issue left the queue; trying another");
-                        gone += 1;
-                    }
-                    Err(e) => return Err(e),
+                Ok(Attempt::Held(h)) => {
+                    // Others are claiming right now: look again at what they hold, and spread
+                    // wider, instead of racing them for the next issue in line.
+                    tracing::info!(issue = c.number, holder = %h.worker_id, "issue taken; trying another");
+                    walk.lost += 1;
+                    let oldest = match &walk.view {
+                        Some(v) => v.since,
+                        None => candidates.first().map_or(c.created_at, |f| f.created_at),
+                    };
+                    walk.view = Some(self.lock_view(oldest, &walk.req.claimant.worker_id).await?);
                 }
-            }
-            match resp.next_page() {
-                Some(next) => url = next,
-                None => break,
+                // Closed, deleted or transferred since it was listed: not part of the queue.
+                Err(e @ (Error::Usage(_) | Error::NotFound(_))) => {
+                    tracing::info!(issue = c.number, error = %e, "issue left the queue; trying another");
+                    walk.gone += 1;
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The conflict (exit 3) of a walk that found every matching issue locked.
+    fn queue_empty(&self, walk: &Walk<'_>, wanted: &[String], unwanted: &[String]) -> Error {
         let mut which = String::new();
         if !wanted.is_empty() {
             which.push_str(&format!(" labelled {}", wanted.join(", ")));
@@ -194,11 +240,11 @@ impl GithubBackend {
                 unwanted.join(", ")
             ));
         }
-        Err(Error::Conflict(format!(
+        Error::Conflict(format!(
             "no free open issue in {}{which}: {} match, all locked (live or stale)",
             self.repo,
-            matching.saturating_sub(gone)
-        )))
+            walk.matching.saturating_sub(walk.gone)
+        ))
     }
 
     /// The repository's trusted lock comments updated since `oldest` (at most

@@ -5,7 +5,7 @@
 //! - [`store`]: the [`LockTable`](sentinel_core::table::LockTable) persisted in a data directory, every
 //!   change an atomic, durable read-modify-write under an OS file lock shared by all processes.
 //! - [`LocalBackend`]: the [`LockBackend`] over that store. Each call validates its input, reads
-//!   its [`Clock`] once inside the file lock, and applies exactly one [`Command`] in one store
+//!   its [`Clock`] once inside the file lock, and applies exactly one [`Op`] in one store
 //!   transaction, translating the table's answer into the backend-neutral types of
 //!   [`sentinel_core::lock`] and the CLI's errors.
 //!
@@ -26,7 +26,7 @@ use sentinel_core::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
     Released, RenewRequest, StaleRelease, validate_name,
 };
-use sentinel_core::table::{self, Command, Response};
+use sentinel_core::table::{self, Op, Response};
 
 pub use store::LocalStore;
 
@@ -66,7 +66,7 @@ impl LocalBackend {
     /// outlives the interrupted process unreported.
     pub fn acquire_blocking(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        let cmd = Command::acquire(name, req)?;
+        let cmd = Op::acquire(name, req)?;
         let granted: Arc<Mutex<Option<u64>>> = Arc::default();
         let undo = {
             let store = self.store.clone();
@@ -113,7 +113,7 @@ impl LocalBackend {
         force: bool,
         fencing_token: Option<u64>,
     ) -> Result<Released> {
-        let cmd = Command::release(name, worker_id, force, fencing_token)?;
+        let cmd = Op::release(name, worker_id, force, fencing_token)?;
         let (now, resp) = self.apply(&cmd)?;
         table::released(&cmd, resp, now)
     }
@@ -128,7 +128,7 @@ impl LocalBackend {
         fencing_token: Option<u64>,
         ttl: Option<std::time::Duration>,
     ) -> Result<Holder> {
-        let cmd = Command::renew(name, worker_id, fencing_token, ttl)?;
+        let cmd = Op::renew(name, worker_id, fencing_token, ttl)?;
         let (now, resp) = self.apply(&cmd)?;
         table::renewed(&cmd, resp, now)
     }
@@ -136,7 +136,7 @@ impl LocalBackend {
     /// Releases `name` if, at the time read inside the file lock, its lease has run out.
     pub fn release_stale_blocking(&self, name: &str) -> Result<StaleRelease> {
         validate_name(name)?;
-        let cmd = Command::ReleaseStale {
+        let cmd = Op::ReleaseStale {
             name: name.to_string(),
         };
         let (now, resp) = self.apply(&cmd)?;
@@ -163,7 +163,7 @@ impl LocalBackend {
 
     /// Applies one command in one transaction; the time is read once, inside the lock, so
     /// successive transactions on this host see non-decreasing times (barring clock steps).
-    fn apply(&self, cmd: &Command) -> Result<(u64, Response)> {
+    fn apply(&self, cmd: &Op) -> Result<(u64, Response)> {
         self.store.transact(|table| {
             let now = self.clock.now_ms();
             (now, table.apply(cmd, now))

@@ -48,14 +48,14 @@ mod tests {
     use super::*;
     use sentinel_core::error::Error;
     use sentinel_core::lock::{Takeover, TaskInfo};
-    use sentinel_core::table::{Command, Response};
+    use sentinel_core::table::{Op, Response};
     use std::fs;
     use std::path::Path;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    fn acquire(name: &str, worker: &str) -> Command {
-        Command::Acquire {
+    fn acquire(name: &str, worker: &str) -> Op {
+        Op::Acquire {
             name: name.into(),
             worker_id: worker.into(),
             node_id: "n".into(),
@@ -230,7 +230,7 @@ mod tests {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "local::store::tests::child_holds_the_lock_until_killed",
+                "store::tests::child_holds_the_lock_until_killed",
                 "--ignored",
                 "--test-threads=1",
             ])

@@ -5,7 +5,7 @@
 //! (created on first use, idempotently), and the one transaction every change is.
 //!
 //! The semantics are the lock table's ([`sentinel_core::table`]), not re-implemented: each operation
-//! reads the lock's row into a one-lock [`LockTable`], applies the same [`Command`] the local
+//! reads the lock's row into a one-lock [`LockTable`], applies the same [`Op`] the local
 //! backend applies, and writes the row back, all in one transaction that first takes a
 //! transaction-scoped advisory lock on the name. So a stale lock stays until taken over or
 //! released by the janitor, re-adoption and take-overs behave as locally, and the messages are
@@ -45,7 +45,7 @@ use sentinel_core::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
     Released, RenewRequest, StaleRelease, validate_name,
 };
-use sentinel_core::table::{self, Command, LockRecord, LockTable, Response};
+use sentinel_core::table::{self, LockRecord, LockTable, Op, Response};
 
 /// How long one operation may take, retries included, before the database counts as unreachable.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
@@ -376,12 +376,12 @@ impl PostgresBackend {
     async fn apply(
         &self,
         what: &str,
-        cmd: &Command,
+        cmd: &Op,
         nonce: &str,
         commit: impl Fn(&Response) -> Result<()>,
     ) -> Result<(u64, Response)> {
         let name = cmd.name();
-        let acquiring = matches!(cmd, Command::Acquire { .. });
+        let acquiring = matches!(cmd, Op::Acquire { .. });
         self.call(what, |mut client| {
             let commit = &commit;
             async move {
@@ -537,7 +537,7 @@ impl LockBackend for PostgresBackend {
     /// commit a grant once the interrupt is flagged.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        let cmd = Command::acquire(name, req)?;
+        let cmd = Op::acquire(name, req)?;
         let nonce = format!("{:016x}", fastrand::u64(..));
         let undo = {
             let (this, name, nonce) = (self.clone(), name.to_string(), nonce.clone());
@@ -559,7 +559,7 @@ impl LockBackend for PostgresBackend {
     }
 
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
-        let cmd = Command::release(
+        let cmd = Op::release(
             name_of(&req.lock)?,
             &req.worker_id,
             req.force,
@@ -570,7 +570,7 @@ impl LockBackend for PostgresBackend {
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
-        let cmd = Command::renew(
+        let cmd = Op::renew(
             name_of(&req.lock)?,
             &req.worker_id,
             req.fencing_token,
@@ -633,7 +633,7 @@ impl LockBackend for PostgresBackend {
     async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
-        let cmd = Command::ReleaseStale {
+        let cmd = Op::ReleaseStale {
             name: name.to_string(),
         };
         let (now, resp) = self
