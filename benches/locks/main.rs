@@ -1,6 +1,6 @@
 //! `cargo bench --bench locks`: sentinel against etcd and Redis on the same machine in one run,
 //! plus sentinel's library API on its Redis and PostgreSQL backends, a leader failover and the
-//! memory of 100,000 held locks (README, "Benchmarks").
+//! memory of 100,000 held locks (docs/benchmarks.md).
 //!
 //! Every row starts its own servers on 127.0.0.1 (free ports, temporary directories) and stops
 //! them before the next row, so rows never share a machine with each other's servers. A row

@@ -1,5 +1,4 @@
-//! The server backend: the CLI as an HTTP JSON client of `sentinel serve` (README, "The
-//! coordinator"), so `claim`, `release`, `heartbeat`, `run` and the janitor work on a replicated
+//! The server backend: the CLI as an HTTP JSON client of `sentinel serve` (docs/cluster.md), so `claim`, `release`, `heartbeat`, `run` and the janitor work on a replicated
 //! coordinator exactly as they do on this host or on GitHub.
 //!
 //! It owns three things the coordinator's API leaves to its clients:

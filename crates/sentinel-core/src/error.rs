@@ -1,5 +1,5 @@
 //! The one error type of the library and its mapping to the CLI's documented exit codes (README,
-//! "Exit codes").
+//! "Exit codes"; docs/commands.md has the details).
 //!
 //! Every failure a user can cause or meet is a variant here, so `main` turns any of them into the
 //! right exit code in one place, the way cargo's `CliError` does.
