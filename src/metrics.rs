@@ -29,9 +29,9 @@ use tabled::settings::Style;
 use sentinel::error::{Error, Result};
 use sentinel::github::RepoHistory;
 use sentinel::lease;
+use sentinel::lock::Claimed;
 use sentinel::lock::Released;
 use sentinel::statefile::{Persisted, StateFile};
-use sentinel::strategy::Outcome;
 
 /// The counters of one backend. Fields missing from an older file read as zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -519,7 +519,7 @@ impl<'a> ClaimRecorder<'a> {
 
     /// Records the claim's result in `data_dir`'s metrics: a grant with the time since
     /// [`ClaimRecorder::start`], a conflict, or a failure. Never fails; problems are logged.
-    pub fn finish(&self, outcome: std::result::Result<&Outcome, &Error>) {
+    pub fn finish(&self, outcome: std::result::Result<&Claimed, &Error>) {
         let attempts = self.attempts.load(Ordering::Relaxed);
         with_metrics(self.data_dir, |m| match outcome {
             Ok(o) => m.record_acquired(
@@ -560,8 +560,8 @@ mod tests {
         }
     }
 
-    fn granted(attempts: u32, took_over: Option<Holder>) -> Result<Outcome> {
-        Ok(Outcome {
+    fn granted(attempts: u32, took_over: Option<Holder>) -> Result<Claimed> {
+        Ok(Claimed {
             grant: Grant {
                 holder: holder(false),
                 adopted: false,

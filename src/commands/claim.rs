@@ -10,8 +10,9 @@ use crate::output::{Report, Spinner, holder_json, summary_table};
 use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
 use sentinel::lease;
+use sentinel::lock::Claimed;
 use sentinel::lock::{AcquireRequest, LockId, NextRequest};
-use sentinel::strategy::{self, Outcome, Policy, Strategy};
+use sentinel::strategy::{self, Policy, Strategy};
 
 pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     let (lock, outcome) = claim_target(ctx, &args.target, &args.claim).await?;
@@ -30,7 +31,7 @@ pub(crate) async fn claim_target(
     ctx: &Context,
     target: &ClaimTarget,
     opts: &ClaimOptions,
-) -> Result<(LockId, Outcome)> {
+) -> Result<(LockId, Claimed)> {
     if target.next {
         let req = NextRequest {
             labels: target.labels.clone(),
@@ -88,7 +89,7 @@ pub(crate) async fn acquire(
     ctx: &Context,
     req: &AcquireRequest,
     policy: &Policy,
-) -> Result<Outcome> {
+) -> Result<Claimed> {
     if policy.strategy == Strategy::Force {
         tracing::warn!("--strategy force takes the lock even from a live holder");
     }
@@ -115,7 +116,7 @@ pub fn granted(
     command: &str,
     what: &str,
     lock: &LockId,
-    outcome: &Outcome,
+    outcome: &Claimed,
 ) -> Report {
     let g = &outcome.grant;
     let h = &g.holder;

@@ -20,8 +20,8 @@ use sentinel::error::{Error, Result};
 use sentinel::interrupt::{self, Signals};
 use sentinel::keepalive::{self, Keepalive, Timing};
 use sentinel::lease;
+use sentinel::lock::Claimed;
 use sentinel::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
-use sentinel::strategy::Outcome;
 
 pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let mut signals = Signals::listen()?;
@@ -143,7 +143,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
 
 /// The claim step: one call that yields the grant and the lock it is for, so that `run --next`
 /// can put the work-queue claim in its place.
-async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Outcome, LockId)> {
+async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Claimed, LockId)> {
     let (lock, outcome) = claim::claim_target(ctx, &args.target, &args.claim).await?;
     Ok((outcome, lock))
 }

@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::lock::Claimed;
 use crate::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
-use crate::strategy::Outcome;
 
 /// A comment that looks like a lock but does not count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,7 +154,7 @@ pub trait LockBackend: Send + Sync {
     fn claim_next(
         &self,
         _req: &NextRequest,
-    ) -> impl Future<Output = Result<(LockId, Outcome)>> + Send {
+    ) -> impl Future<Output = Result<(LockId, Claimed)>> + Send {
         let backend = self.name();
         async move {
             Err(Error::usage(format!(

@@ -161,7 +161,7 @@ enum Beat {
 impl Keepalive {
     /// Keeps the lock `req` names, held as `holder` says since a request sent at `sent`: the
     /// renewal that returned it, or the winning claim attempt
-    /// ([`Outcome::attempt_started`](crate::strategy::Outcome::attempt_started)).
+    /// ([`Claimed::attempt_started`](crate::lock::Claimed::attempt_started)).
     pub fn new(req: RenewRequest, holder: Holder, sent: Instant, timing: Timing) -> Keepalive {
         Keepalive {
             req,

@@ -310,6 +310,19 @@ pub fn validate_name(name: &str) -> Result<()> {
     validate_label("lock name", name)
 }
 
+/// What a claim got: the grant, and how (the strategy loop's attempts, or the work queue's),
+/// for output and metrics.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The lease granted.
+    pub grant: Grant,
+    /// Attempts made, the successful one included (1 when the first was granted).
+    pub attempts: u32,
+    /// When the winning attempt began, on the monotonic clock. The backend stamped the lease
+    /// after this, so a holder that counts the lease from here never overestimates it.
+    pub attempt_started: tokio::time::Instant,
+}
+
 /// This host's name with control characters removed (lossy if it is not UTF-8): the default
 /// node id.
 pub fn hostname() -> String {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::backend::LockBackend;
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{AcquireRequest, Attempt, Grant, Holder, Takeover};
+use crate::lock::{AcquireRequest, Attempt, Claimed, Holder, Takeover};
 
 /// What a claim does when the lock is held (`--strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,7 +133,7 @@ pub async fn claim<B: LockBackend>(
     req: &AcquireRequest,
     policy: &Policy,
     waiting: impl FnMut(&Holder, Duration),
-) -> Result<Outcome> {
+) -> Result<Claimed> {
     let what = backend.describe(&req.lock);
     // A backend that queues waiters (the coordinator) waits out the whole retry budget in one
     // attempt: it grants in arrival order the moment the lock is free, where polling would
@@ -170,18 +170,6 @@ pub async fn claim<B: LockBackend>(
     })
 }
 
-/// What the claim loop did, for output and metrics.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The lease granted.
-    pub grant: Grant,
-    /// Attempts made, the successful one included (1 when the first was granted).
-    pub attempts: u32,
-    /// When the winning attempt began, on the monotonic clock. The backend stamped the lease
-    /// after this, so a holder that counts the lease from here never overestimates it.
-    pub attempt_started: Instant,
-}
-
 /// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
 /// number; `waiting` is told before each pause (for a spinner).
 pub async fn acquire<F, Fut>(
@@ -189,7 +177,7 @@ pub async fn acquire<F, Fut>(
     what: &str,
     mut attempt: F,
     mut waiting: impl FnMut(&Holder, Duration),
-) -> Result<Outcome>
+) -> Result<Claimed>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<Attempt>>,
@@ -199,7 +187,7 @@ where
         let started = Instant::now();
         match attempt(n).await? {
             Attempt::Granted(grant) => {
-                return Ok(Outcome {
+                return Ok(Claimed {
                     grant,
                     attempts: n + 1,
                     attempt_started: started,

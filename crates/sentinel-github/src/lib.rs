@@ -41,11 +41,11 @@ use sentinel_core::backend::{Budget, LockBackend, Status, foreign};
 pub use sentinel_core::backend::{Ignored, IssueInfo, IssueStatus};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lease;
+use sentinel_core::lock::Claimed;
 use sentinel_core::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
-use sentinel_core::strategy::Outcome;
 
 /// `owner/repo`, validated the way GitHub names repositories.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,7 +485,7 @@ impl LockBackend for GithubBackend {
         self.release_stale_issue(issue_of(&req.lock)?, req).await
     }
 
-    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         self.claim_next_issue(req).await
     }
 }

@@ -24,8 +24,8 @@ use super::GithubBackend;
 use super::resolve::{Record, resolve};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lease;
+use sentinel_core::lock::Claimed;
 use sentinel_core::lock::{AcquireRequest, Attempt, LockId, NextRequest, Takeover};
-use sentinel_core::strategy::Outcome;
 
 /// Lock comments are looked up at most this far back in one listing; locks on older issues whose
 /// comments were not edited since are found by reading the issue before claiming it.
@@ -99,7 +99,7 @@ struct Walk<'a> {
 
 impl GithubBackend {
     /// Claims the oldest free open issue matching `req`, walking the issues page by page.
-    pub(super) async fn claim_next_issue(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+    pub(super) async fn claim_next_issue(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         let wanted = labels(&req.labels, "--label")?;
         let unwanted = labels(&req.exclude_labels, "--exclude-label")?;
         self.ensure_login().await?;
@@ -164,7 +164,7 @@ impl GithubBackend {
         &self,
         walk: &mut Walk<'_>,
         candidates: &[Candidate],
-    ) -> Result<Option<(LockId, Outcome)>> {
+    ) -> Result<Option<(LockId, Claimed)>> {
         loop {
             let free: Vec<&Candidate> = candidates
                 .iter()
@@ -199,7 +199,7 @@ impl GithubBackend {
             };
             match self.claim_once(c.number, &attempt, look_first, 3).await {
                 Ok(Attempt::Granted(grant)) => {
-                    let outcome = Outcome {
+                    let outcome = Claimed {
                         grant,
                         attempts: walk.attempts,
                         attempt_started,

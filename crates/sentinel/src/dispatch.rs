@@ -7,11 +7,11 @@
 
 use sentinel_core::backend::{Budget, LockBackend, Status};
 use sentinel_core::error::Result;
+use sentinel_core::lock::Claimed;
 use sentinel_core::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
 };
-use sentinel_core::strategy::Outcome;
 
 /// One [`LockBackend`] chosen at run time, forwarding every call to it.
 pub enum Backend {
@@ -96,7 +96,7 @@ impl LockBackend for Backend {
         each!(self, b => b.release_stale(req).await)
     }
 
-    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Outcome)> {
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         each!(self, b => b.claim_next(req).await)
     }
 }
