@@ -25,8 +25,8 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use sentinel_core::backend::{LockBackend, Status, foreign};
 use sentinel_core::error::{Error, Result};
@@ -37,6 +37,10 @@ use sentinel_core::lock::{
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
 };
 use sentinel_core::secret::Secret;
+use sentinel_proto::api::{
+    AcquireBody, ErrorBody, LeaseAnswer, LockPage, LockStatus, ReleaseBody, RenewBody,
+    WithdrawBody, code,
+};
 use sentinel_proto::http::{self as network, Failure, HttpClient};
 
 /// Rounds over every given server before giving up.
@@ -118,19 +122,15 @@ fn encode(name: &str) -> String {
     out
 }
 
-fn request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// A request's JSON body.
+fn json(body: &impl Serialize) -> Result<Bytes> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| Error::Unexpected(format!("cannot encode a request: {e}")))
 }
 
-/// The error object every coordinator error carries.
-#[derive(Deserialize, Default)]
-struct ApiError {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    holder: Option<Holder>,
+fn request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 /// An answer of the coordinator: the status and the JSON body.
@@ -140,7 +140,7 @@ struct Answer {
 }
 
 impl Answer {
-    fn error(&self) -> ApiError {
+    fn error(&self) -> ErrorBody {
         serde_json::from_value(self.body.clone()).unwrap_or_default()
     }
 
@@ -189,12 +189,12 @@ impl ServerBackend {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Bytes>,
         wait: Duration,
     ) -> Result<Answer> {
         let n = self.servers.len();
         let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT + wait;
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let body = body.unwrap_or_default();
         let mut last = String::new();
         for round in 0..ROUNDS {
             if round > 0 {
@@ -227,7 +227,7 @@ impl ServerBackend {
                     Ok((status, _, bytes)) => {
                         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                         if status == StatusCode::SERVICE_UNAVAILABLE {
-                            let e: ApiError = serde_json::from_value(body).unwrap_or_default();
+                            let e: ErrorBody = serde_json::from_value(body).unwrap_or_default();
                             tracing::info!(server = %server, code = %e.code, "server unavailable; trying the next");
                             last = format!("{server}: {} ({})", e.message, e.code);
                             continue;
@@ -261,7 +261,7 @@ impl ServerBackend {
             | StatusCode::NOT_FOUND
             | StatusCode::METHOD_NOT_ALLOWED
             | StatusCode::PAYLOAD_TOO_LARGE => Error::Usage(msg),
-            StatusCode::CONFLICT if e.code == "not_holder" => Error::NotOwner(msg),
+            StatusCode::CONFLICT if e.code == code::NOT_HOLDER => Error::NotOwner(msg),
             StatusCode::TOO_MANY_REQUESTS => Error::Unavailable(msg),
             _ => Error::Unexpected(format!("{msg} (HTTP {})", answer.status.as_u16())),
         }
@@ -280,10 +280,6 @@ impl ServerBackend {
         if answer.status != StatusCode::OK {
             return Err(self.fail(&answer));
         }
-        #[derive(Deserialize)]
-        struct LockStatus {
-            holder: Option<Holder>,
-        }
         Ok(answer.parse::<LockStatus>("status")?.holder)
     }
 
@@ -295,18 +291,20 @@ impl ServerBackend {
 
     /// `POST /locks/{name}/{action}` for the grant of `worker` with `token` (release, renew).
     async fn by_token(&self, action: &str, name: &str, worker: &str, token: u64) -> Result<Answer> {
-        self.by_token_with(action, name, json!({"holder": worker, "token": token}))
-            .await
+        let body = ReleaseBody {
+            holder: worker.to_string(),
+            token,
+            request_id: Some(request_id()),
+        };
+        self.post(action, name, &body).await
     }
 
-    /// A release, renewal or withdrawal with `body` (its fields but the request id) and a fresh
-    /// request id.
-    async fn by_token_with(&self, action: &str, name: &str, mut body: Value) -> Result<Answer> {
-        body["request_id"] = json!(request_id());
+    /// `POST /locks/{name}/{action}` with `body`.
+    async fn post(&self, action: &str, name: &str, body: &impl Serialize) -> Result<Answer> {
         self.call(
             Method::POST,
             &format!("/locks/{}/{action}", encode(name)),
-            Some(&body),
+            Some(json(body)?),
             Duration::ZERO,
         )
         .await
@@ -334,8 +332,12 @@ impl ServerBackend {
             let (this, name, id) = (self.detached(), name.to_string(), id.clone());
             let holder = req.claimant.worker_id.clone();
             interrupt::on_interrupt(move || async move {
-                let body = json!({"holder": holder, "acquire_request_id": id});
-                let withdraw = this.by_token_with("withdraw", &name, body);
+                let body = WithdrawBody {
+                    holder,
+                    acquire_request_id: id,
+                    request_id: Some(request_id()),
+                };
+                let withdraw = this.post("withdraw", &name, &body);
                 match tokio::time::timeout(UNDO_TIMEOUT, withdraw).await {
                     Ok(Ok(answer)) if answer.status == StatusCode::OK => {}
                     _ => tracing::warn!(
@@ -368,30 +370,26 @@ impl ServerBackend {
     /// One acquire under the request id `id`.
     async fn acquire_once(&self, req: &AcquireRequest, name: &str, id: &str) -> Result<Attempt> {
         let wait = req.wait.min(MAX_WAIT);
+        let body = AcquireBody {
+            holder: req.claimant.worker_id.clone(),
+            node: Some(req.claimant.node_id.clone()),
+            ttl_ms: lease::millis(req.ttl),
+            wait_ms: lease::millis(wait),
+            request_id: Some(id.to_string()),
+            readopt: req.readopt,
+            task_info: req.task_info.clone(),
+        };
         let answer = self
             .call(
                 Method::POST,
                 &format!("/locks/{}/acquire", encode(name)),
-                Some(&json!({
-                    "holder": req.claimant.worker_id,
-                    "node": req.claimant.node_id,
-                    "ttl_ms": lease::millis(req.ttl),
-                    "wait_ms": lease::millis(wait),
-                    "request_id": id,
-                    "readopt": req.readopt,
-                    "task_info": req.task_info,
-                })),
+                Some(json(&body)?),
                 wait,
             )
             .await?;
-        #[derive(Deserialize)]
-        struct Granted {
-            holder: Holder,
-            adopted: bool,
-        }
         match answer.status {
             StatusCode::OK => {
-                let g: Granted = answer.parse("acquire")?;
+                let g: LeaseAnswer = answer.parse("acquire")?;
                 Ok(Attempt::Granted(Grant {
                     holder: g.holder,
                     adopted: g.adopted,
@@ -401,19 +399,13 @@ impl ServerBackend {
             StatusCode::CONFLICT => {
                 let e = answer.error();
                 match (e.code.as_str(), e.holder) {
-                    ("lock_held" | "wait_timed_out", Some(h)) => Ok(Attempt::Held(h)),
+                    (code::LOCK_HELD | code::WAIT_TIMED_OUT, Some(h)) => Ok(Attempt::Held(h)),
                     _ => Err(self.fail(&answer)),
                 }
             }
             _ => Err(self.fail(&answer)),
         }
     }
-}
-
-/// The lease in the answer to a release or renewal.
-#[derive(Deserialize)]
-struct Done {
-    holder: Holder,
 }
 
 fn not_held(name: &str) -> Error {
@@ -462,7 +454,7 @@ impl LockBackend for ServerBackend {
         match self.claim(req, name).await? {
             Attempt::Held(h) if req.takeover == Takeover::Any => {
                 let answer = self.release_lease(name, &h).await?;
-                if answer.status != StatusCode::OK && answer.error().code != "not_holder" {
+                if answer.status != StatusCode::OK && answer.error().code != code::NOT_HOLDER {
                     return Err(self.fail(&answer));
                 }
                 Ok(match self.claim(req, name).await? {
@@ -490,9 +482,9 @@ impl LockBackend for ServerBackend {
             return match answer.status {
                 StatusCode::OK => Ok(Released {
                     was_held: true,
-                    previous: Some(answer.parse::<Done>("release")?.holder),
+                    previous: Some(answer.parse::<LeaseAnswer>("release")?.holder),
                 }),
-                StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+                StatusCode::CONFLICT if answer.error().code == code::NOT_HOLDER => {
                     match answer.error().holder {
                         None => Ok(Released {
                             was_held: false,
@@ -520,9 +512,9 @@ impl LockBackend for ServerBackend {
         match answer.status {
             StatusCode::OK => Ok(Released {
                 was_held: true,
-                previous: Some(answer.parse::<Done>("release")?.holder),
+                previous: Some(answer.parse::<LeaseAnswer>("release")?.holder),
             }),
-            StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+            StatusCode::CONFLICT if answer.error().code == code::NOT_HOLDER => {
                 match answer.error().holder {
                     // The lease ended between the read and the release.
                     None => Ok(Released {
@@ -561,14 +553,16 @@ impl LockBackend for ServerBackend {
                 None => return Err(not_held(name)),
             },
         };
-        let mut body = json!({"holder": req.worker_id, "token": token});
-        if let Some(ttl) = req.ttl {
-            body["ttl_ms"] = json!(lease::millis(ttl));
-        }
-        let answer = self.by_token_with("renew", name, body).await?;
+        let body = RenewBody {
+            holder: req.worker_id.clone(),
+            token,
+            request_id: Some(request_id()),
+            ttl_ms: req.ttl.map(lease::millis),
+        };
+        let answer = self.post("renew", name, &body).await?;
         match answer.status {
-            StatusCode::OK => Ok(answer.parse::<Done>("renew")?.holder),
-            StatusCode::CONFLICT if answer.error().code == "not_holder" => {
+            StatusCode::OK => Ok(answer.parse::<LeaseAnswer>("renew")?.holder),
+            StatusCode::CONFLICT if answer.error().code == code::NOT_HOLDER => {
                 Err(match answer.error().holder {
                     None => not_held(name),
                     Some(h) => not_ours(name, &h, &req.worker_id, token),
@@ -587,16 +581,6 @@ impl LockBackend for ServerBackend {
     }
 
     async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
-        #[derive(Deserialize)]
-        struct Entry {
-            lock: String,
-            holder: Option<Holder>,
-        }
-        #[derive(Deserialize)]
-        struct Page {
-            locks: Vec<Entry>,
-            next: Option<String>,
-        }
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -608,7 +592,7 @@ impl LockBackend for ServerBackend {
             if answer.status != StatusCode::OK {
                 return Err(self.fail(&answer));
             }
-            let page: Page = answer.parse("list")?;
+            let page: LockPage = answer.parse("list")?;
             all.extend(
                 page.locks
                     .into_iter()

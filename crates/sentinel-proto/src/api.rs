@@ -1,0 +1,147 @@
+//! The coordinator's requests and answers, one type each, used by the coordinator to parse and
+//! answer and by the server backend to ask and understand: a field renamed on one side and not
+//! the other fails to compile instead of failing in production. docs/http-api.md describes the
+//! same shapes for people.
+//!
+//! Requests refuse unknown fields, so a typo in a client is an `invalid_body` error and not a
+//! silently ignored option. Answers accept unknown fields, so a newer coordinator can add some.
+
+use serde::{Deserialize, Serialize};
+
+use sentinel_core::lock::{Holder, TaskInfo};
+
+/// `POST /locks/{name}/acquire`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireBody {
+    /// The worker that wants the lock.
+    pub holder: String,
+    /// The lease's length.
+    pub ttl_ms: u64,
+    /// How long to wait in the lock's queue if it is held (0: answer at once).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Where the worker runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The client's id for this request: a retry under the same id is never executed twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The holder takes its own live lease up again (same token) instead of being refused.
+    #[serde(default)]
+    pub readopt: bool,
+    /// What the holder says about its work.
+    #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
+    pub task_info: TaskInfo,
+}
+
+/// `POST /locks/{name}/release`: the grant named by its holder and token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    /// The holder of the grant.
+    pub holder: String,
+    /// The grant's fencing token.
+    pub token: u64,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /locks/{name}/renew`: the grant named by its holder and token, optionally with a new
+/// lease length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    /// The holder of the grant.
+    pub holder: String,
+    /// The grant's fencing token.
+    pub token: u64,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The lease's new length from now on; none keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// `POST /locks/{name}/withdraw`: takes back an acquire its client gave up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawBody {
+    /// The worker that sent the acquire.
+    pub holder: String,
+    /// The request id of the acquire to take back.
+    pub acquire_request_id: String,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The answer to an acquire, release or renewal that succeeded (200): the lease as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    /// The lock's name.
+    pub lock: String,
+    /// The request's id (the client's, or one the coordinator chose).
+    pub request_id: String,
+    /// The lease granted, released or renewed.
+    pub holder: Holder,
+    /// An acquire re-adopted the holder's own live lease (same token).
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+/// Every error answer: a stable `code` (the constants of [`code`]), a message for people, and
+/// what the code's meaning adds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable: clients match on it.
+    #[serde(default)]
+    pub code: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// The holder that made the request fail (`lock_held`, `wait_timed_out`, `not_holder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+}
+
+/// `GET /locks/{name}`: the holder, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LockStatus {
+    /// The live lease; `None` when the lock is free.
+    pub holder: Option<Holder>,
+}
+
+/// One lock of `GET /locks`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LockEntry {
+    /// The lock's name.
+    pub lock: String,
+    /// Its live lease.
+    pub holder: Option<Holder>,
+}
+
+/// A page of `GET /locks?limit=N&after=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LockPage {
+    /// The locks of this page, by name.
+    pub locks: Vec<LockEntry>,
+    /// The `after` of the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+/// The stable error codes clients act on.
+pub mod code {
+    /// The lock is held by someone else (409).
+    pub const LOCK_HELD: &str = "lock_held";
+    /// The acquire waited in the queue until its `wait_ms` ran out (409).
+    pub const WAIT_TIMED_OUT: &str = "wait_timed_out";
+    /// The release or renewal names a grant that is not the current one (409).
+    pub const NOT_HOLDER: &str = "not_holder";
+    /// The acquire was withdrawn by its client (409).
+    pub const WITHDRAWN: &str = "withdrawn";
+    /// No leader is known: the cluster is electing one or has lost its majority (503).
+    pub const NO_LEADER: &str = "no_leader";
+}
