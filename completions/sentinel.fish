@@ -67,11 +67,11 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-retries 
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-backoff -d 'Longest pause between retries' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-info -d 'Task info as JSON: {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l complexity -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l estimate -d 'Estimated duration, e.g. 45min' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-type -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l priority -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-info -d 'Task info recorded with the lock, as JSON or @FILE (a file holding the JSON): {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l complexity -d 'Task complexity, e.g. 5 (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l estimate -d 'Estimated duration, e.g. 45min (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-type -d 'Task type, e.g. bug-fix (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l priority -d 'Task priority, e.g. high (wins over --task-info\'s)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
@@ -172,11 +172,11 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-retries -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-backoff -d 'Longest pause between retries' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-info -d 'Task info as JSON: {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l complexity -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l estimate -d 'Estimated duration, e.g. 45min' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-type -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l priority -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-info -d 'Task info recorded with the lock, as JSON or @FILE (a file holding the JSON): {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l complexity -d 'Task complexity, e.g. 5 (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l estimate -d 'Estimated duration, e.g. 45min (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-type -d 'Task type, e.g. bug-fix (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l priority -d 'Task priority, e.g. high (wins over --task-info\'s)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l interval -d 'Renew every this long [default: 30s, or a third of --ttl if shorter]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l kill-grace -d 'If the lock is lost: how long after SIGTERM the command gets before SIGKILL' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
@@ -203,11 +203,11 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s q -l quiet -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l since -d 'With --all on GitHub: how far back to look for lock activity (older locks are not found)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l ttl -d 'Lease of the lock taken over' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l task-info -d 'Task info as JSON: {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l complexity -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l estimate -d 'Estimated duration, e.g. 45min' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l task-type -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l priority -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l task-info -d 'Task info recorded with the lock, as JSON or @FILE (a file holding the JSON): {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l complexity -d 'Task complexity, e.g. 5 (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l estimate -d 'Estimated duration, e.g. 45min (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l task-type -d 'Task type, e.g. bug-fix (wins over --task-info\'s)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l priority -d 'Task priority, e.g. high (wins over --task-info\'s)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
@@ -231,27 +231,10 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l json -
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
-github\t''
-local\t''
-server\t''
-redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
-complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l format -d 'Output format; --json prints one JSON object instead' -r -f -a "table\t'A table for humans'
 prometheus\t'Prometheus text exposition format, for node_exporter\'s textfile collector'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l since -d 'With --repo-wide: the window of lock activity to count' -r
@@ -280,71 +263,26 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help 
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This node\'s id in the cluster (1 or more)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
-github\t''
-local\t''
-server\t''
-redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s q -l quiet -d 'Only errors on stderr'
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
-github\t''
-local\t''
-server\t''
-redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s q -l quiet -d 'Only errors on stderr'
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
-github\t''
-local\t''
-server\t''
-redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only errors on stderr'
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'

@@ -1,11 +1,16 @@
-//! The command-line contract (README, "Commands"): global options with their environment fallbacks, and one
-//! argument struct per subcommand. Parsing only; nothing here talks to a backend.
+//! The command-line contract (README, "Commands"): global options with their environment fallbacks,
+//! which of them each subcommand takes ([`inherited`]), and one argument struct per subcommand.
+//! Parsing only; nothing here talks to a backend.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{
+    ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
 
 use sentinel::duration;
 use sentinel::secret::Secret;
@@ -17,7 +22,8 @@ use sentinel::strategy::Strategy;
     version,
     about = "Distributed task locks on GitHub issues, on this host, in Redis or PostgreSQL",
     after_help = "Exit codes: 0 ok, 1 unexpected, 2 usage, 3 conflict, 4 not owner / lost, \
-                  5 auth, 6 not found, 7 rate limited, 8 backend unavailable."
+                  5 auth, 6 not found, 7 rate limited, 8 backend unavailable.",
+    mut_subcommands = show_inherited_options
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -39,49 +45,34 @@ pub enum BackendKind {
     Postgres,
 }
 
+/// The global options, as given before the subcommand (`sentinel --worker-id demo claim x`) or,
+/// for those it takes ([`inherited`]), after it; clap merges the two places (the later wins).
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// GitHub repository OWNER/REPO whose issues are the locks
-    #[arg(
-        long,
-        env = "GITHUB_REPOSITORY",
-        global = true,
-        value_name = "OWNER/REPO"
-    )]
+    #[arg(long, env = "GITHUB_REPOSITORY", value_name = "OWNER/REPO")]
     pub repo: Option<String>,
     /// GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed
     #[arg(
         long,
         env = "SENTINEL_TOKEN",
-        global = true,
         hide_env_values = true,
         value_name = "TOKEN",
         value_parser = secret
     )]
     pub token: Option<Secret>,
     /// GitHub API URL (GitHub Enterprise: https://HOST/api/v3)
-    #[arg(
-        long,
-        env = "GITHUB_API_URL",
-        global = true,
-        default_value = "https://api.github.com"
-    )]
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub api_url: String,
     /// `sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over
     /// between them
-    #[arg(
-        long,
-        env = "SENTINEL_SERVER",
-        global = true,
-        value_name = "URL[,URL...]"
-    )]
+    #[arg(long, env = "SENTINEL_SERVER", value_name = "URL[,URL...]")]
     pub server: Option<String>,
     /// Bearer token of the sentinel server cluster: `serve` requires it on every client and peer
     /// request (give every node the same one), the other commands send it; never printed
     #[arg(
         long,
         env = "SENTINEL_AUTH_TOKEN",
-        global = true,
         hide_env_values = true,
         value_name = "TOKEN",
         value_parser = secret
@@ -91,7 +82,6 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "SENTINEL_REDIS_URL",
-        global = true,
         hide_env_values = true,
         value_name = "URL",
         value_parser = secret
@@ -101,48 +91,195 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "SENTINEL_DATABASE_URL",
-        global = true,
         hide_env_values = true,
         value_name = "URL",
         value_parser = secret
     )]
     pub database_url: Option<Secret>,
     /// Which backend holds the locks
-    #[arg(
-        long,
-        env = "SENTINEL_BACKEND",
-        global = true,
-        value_enum,
-        default_value = "auto"
-    )]
+    #[arg(long, env = "SENTINEL_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendKind,
     /// Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]
-    #[arg(long, env = "SENTINEL_WORKER_ID", global = true, value_name = "ID")]
+    #[arg(long, env = "SENTINEL_WORKER_ID", value_name = "ID")]
     pub worker_id: Option<String>,
     /// Which machine the worker runs on [default: host name]
-    #[arg(long, env = "SENTINEL_NODE_ID", global = true, value_name = "ID")]
+    #[arg(long, env = "SENTINEL_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
     /// Where local locks and caches live [default: the user's data directory]
-    #[arg(long, env = "SENTINEL_DATA_DIR", global = true, value_name = "DIR")]
+    #[arg(long, env = "SENTINEL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// GitHub logins whose lock comments are trusted besides owners, members and collaborators
     #[arg(
         long = "trust",
         env = "SENTINEL_TRUSTED_AUTHORS",
-        global = true,
         value_delimiter = ',',
         value_name = "LOGIN"
     )]
     pub trusted: Vec<String>,
     /// Print exactly one JSON object on stdout
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
     /// More logs on stderr (-v info, -vv debug); RUST_LOG overrides
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+/// The heading under which a subcommand's help lists the global options it takes, after its own.
+pub const INHERITED_HEADING: &str = "Inherited options";
+
+/// The global options of the commands that take or inspect locks: they build a backend and a
+/// worker identity from them (`config::Context`). `metrics` takes the same: `--backend` picks
+/// the counters shown and `--repo-wide` builds the same backend (README: "take the same
+/// options"), and scripts pass one set of options to all of these commands.
+const LOCK_CLIENT: &[&str] = &[
+    "repo",
+    "token",
+    "api_url",
+    "server",
+    "auth_token",
+    "redis_url",
+    "database_url",
+    "backend",
+    "worker_id",
+    "node_id",
+    "data_dir",
+    "trusted",
+    "json",
+    "verbose",
+    "quiet",
+];
+
+/// Which global options (by their ids in [`GlobalArgs`]) each subcommand takes, by its path.
+///
+/// Its help lists them under [`INHERITED_HEADING`] after its own options, and they are accepted
+/// before the subcommand (`sentinel --json status`) as well as after it; where both are given,
+/// the later wins. Any other global option given on the command line is refused, exit 2
+/// ([`try_parse_from`]); one set in the environment is ignored, since the command does not read it.
+pub fn inherited(command: &str) -> &'static [&'static str] {
+    match command {
+        "claim" | "release" | "status" | "heartbeat" | "run" | "steal-stale" | "metrics" => {
+            LOCK_CLIENT
+        }
+        // A coordinator node: its log under the data directory, the token it requires.
+        "serve" => &["data_dir", "auth_token", "json", "verbose", "quiet"],
+        // A client of the nodes given with --server; options between `cluster` and `status` are
+        // status's.
+        "cluster" | "cluster status" => &["server", "auth_token", "json", "verbose", "quiet"],
+        // Prints the script (as JSON with --json); logs like every command.
+        "completions" => &["json", "verbose", "quiet"],
+        _ => &[],
+    }
+}
+
+/// Gives each subcommand (`Cli`'s `mut_subcommands`) the global options it takes.
+fn show_inherited_options(sub: clap::Command) -> clap::Command {
+    with_global_options(sub, "", true)
+}
+
+/// Adds to `command` and its subcommands copies of the global options: with `inherited`, those it
+/// takes, shown under [`INHERITED_HEADING`]; without, the others, hidden.
+///
+/// The shown copies are `global` in the subcommand, so that clap merges a value given there with
+/// one given before the subcommand (the later wins) into the top level's [`GlobalArgs`].
+fn with_global_options(command: clap::Command, parent: &str, inherited: bool) -> clap::Command {
+    let path = format!("{parent} {}", command.get_name())
+        .trim()
+        .to_string();
+    let takes = self::inherited(&path);
+    let globals = GlobalArgs::augment_args(clap::Command::new("sentinel"));
+    let copies: Vec<clap::Arg> = globals
+        .get_arguments()
+        .filter(|a| takes.contains(&a.get_id().as_str()) == inherited)
+        .map(|a| match inherited {
+            true => a.clone().global(true).help_heading(INHERITED_HEADING),
+            false => a.clone().hide(true),
+        })
+        .collect();
+    command
+        .args(copies)
+        .mut_subcommands(|sub| with_global_options(sub, &path, inherited))
+}
+
+/// Parses the command line like [`Parser::try_parse_from`] and refuses a global option given on
+/// it, before or after the subcommand, that the subcommand does not take ([`inherited`]).
+///
+/// # Errors
+///
+/// clap's errors, and for such an option one that names it, the command and those that take it
+/// (both exit 2 in `main`).
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // Each subcommand also accepts, hidden, the global options it does not take, so that one
+    // given after it is refused here in the same words as one given before it.
+    let mut cmd = Cli::command().mut_subcommands(|sub| with_global_options(sub, "", false));
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    if let Some((option, path)) = inapplicable(&matches) {
+        let takers = leaves(&cmd, "")
+            .into_iter()
+            .filter(|p| inherited(p).contains(&option.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let long = GlobalArgs::augment_args(clap::Command::new("sentinel"))
+            .get_arguments()
+            .find(|a| a.get_id() == option.as_str())
+            .and_then(|a| a.get_long().map(str::to_string))
+            .unwrap_or(option);
+        let mut leaf = &mut cmd;
+        for name in path.split(' ') {
+            leaf = leaf
+                .find_subcommand_mut(name)
+                .expect("the parsed subcommand");
+        }
+        return Err(leaf.error(
+            ErrorKind::ArgumentConflict,
+            format!("--{long} does not apply to `sentinel {path}`; it is taken by: {takers}"),
+        ));
+    }
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// The first global option (its id) given on the command line that the parsed subcommand does
+/// not take, and that subcommand's path.
+fn inapplicable(matches: &ArgMatches) -> Option<(String, String)> {
+    let mut levels = vec![matches];
+    let mut path = Vec::new();
+    while let Some((name, sub)) = levels[levels.len() - 1].subcommand() {
+        path.push(name);
+        levels.push(sub);
+    }
+    let path = path.join(" ");
+    let takes = inherited(&path);
+    let globals = GlobalArgs::augment_args(clap::Command::new("sentinel"));
+    let option = globals
+        .get_arguments()
+        .map(|a| a.get_id().as_str())
+        .find(|id| {
+            !takes.contains(id)
+                && levels
+                    .iter()
+                    .any(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+        })?;
+    Some((option.to_string(), path))
+}
+
+/// The paths of the subcommands that have none (`claim`, …, `cluster status`).
+fn leaves(cmd: &clap::Command, parent: &str) -> Vec<String> {
+    cmd.get_subcommands()
+        .filter(|sub| sub.get_name() != "help")
+        .flat_map(|sub| {
+            let path = format!("{parent} {}", sub.get_name()).trim().to_string();
+            match sub.has_subcommands() {
+                true => leaves(sub, &path),
+                false => vec![path],
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,16 +455,20 @@ pub struct StealStaleArgs {
 
 #[derive(Debug, Args)]
 pub struct TaskArgs {
-    /// Task info as JSON: {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}
-    #[arg(long, value_name = "JSON")]
+    /// Task info recorded with the lock, as JSON or @FILE (a file holding the JSON):
+    /// {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}
+    #[arg(long, value_name = "JSON|@FILE")]
     pub task_info: Option<String>,
-    #[arg(long)]
+    /// Task complexity, e.g. 5 (wins over --task-info's)
+    #[arg(long, value_name = "N")]
     pub complexity: Option<u32>,
-    /// Estimated duration, e.g. 45min
+    /// Estimated duration, e.g. 45min (wins over --task-info's)
     #[arg(long)]
     pub estimate: Option<String>,
+    /// Task type, e.g. bug-fix (wins over --task-info's)
     #[arg(long)]
     pub task_type: Option<String>,
+    /// Task priority, e.g. high (wins over --task-info's)
     #[arg(long)]
     pub priority: Option<String>,
 }
@@ -384,6 +525,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
+    /// The shell to complete for
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }

@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use sentinel::error::{Error, ExitCode};
@@ -41,7 +40,7 @@ fn json_requested() -> bool {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match sentinel_cli::cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             if !e.use_stderr() {

@@ -109,13 +109,12 @@ fn peer(raw: &str) -> Result<(NodeId, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use sentinel::secret::Secret;
 
     fn opts(args: &[&str]) -> Result<ServeOptions> {
         let mut argv = vec!["sentinel", "--data-dir", "/tmp/x", "serve"];
         argv.extend_from_slice(args);
-        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let cli = crate::cli::try_parse_from(argv).unwrap();
         match &cli.command {
             crate::cli::Command::Serve(a) => options(&cli.global, a),
             _ => unreachable!(),

@@ -9,6 +9,7 @@ mod github_cli;
 mod github_client;
 mod github_races;
 mod heartbeat;
+mod help;
 mod local_cli;
 mod manpages;
 mod metrics;
