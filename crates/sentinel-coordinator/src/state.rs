@@ -1586,6 +1586,117 @@ mod tests {
         );
     }
 
+    /// Compares `actual` with the file `testdata/NAME` beside this crate, or writes it when
+    /// `SENTINEL_BLESS` is set.
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        if std::env::var_os("SENTINEL_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (SENTINEL_BLESS=1 writes it)", path.display()));
+        assert_eq!(
+            actual,
+            expected,
+            "{} changed: entries in logs, snapshots on disk and answers to clients must keep reading back",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn entries_snapshots_and_answers_keep_their_encoding() {
+        // Every command, every answer and every stored field, through one history. The files are
+        // what logs and snapshots already on disk hold: a change to them breaks a running cluster.
+        let info = TaskInfo {
+            complexity: Some(3),
+            estimated_duration: Some("45min".into()),
+            task_type: Some("bug-fix".into()),
+            priority: Some("high".into()),
+        };
+        let mut with_info = acquire("r1", "a", "w1", TTL, 0);
+        if let Command::Acquire(a) = &mut with_info {
+            a.task_info = info.clone();
+        }
+        let mut waiting = acquire("r2", "a", "w2", TTL, 5_000);
+        if let Command::Acquire(a) = &mut waiting {
+            a.task_info = info;
+            a.readopt = true;
+        }
+        let mut renew_ttl = renew("r5", "a", "w1", t(1));
+        if let Command::Renew(r) = &mut renew_ttl {
+            r.ttl_ms = Some(2 * TTL);
+        }
+        let entries: Vec<(u64, Vec<Command>)> = vec![
+            (1_000, vec![with_info]),
+            (
+                1_100,
+                vec![
+                    waiting,
+                    acquire("r3", "a", "w3", TTL, 100),
+                    acquire("r4", "a", "w4", TTL, 0),
+                    renew_ttl,
+                    release("r6", "a", "w9", t(1)),
+                    release("r1", "a", "w1", t(1)),
+                    acquire("r7", "b", "w1", TTL, 0),
+                ],
+            ),
+            (1_300, vec![Command::Tick]),
+            (1_400, vec![withdraw("r8", "b", "w1", "r7")]),
+            (1_500, vec![withdraw("r9", "c", "w5", "r10")]),
+            (1_600, vec![acquire("r10", "c", "w5", TTL, 0)]),
+            (1_700, vec![release("r11", "a", "w1", t(1))]),
+        ];
+        let mut s = LockState::default();
+        let mut log = String::new();
+        let mut answers = String::new();
+        for (i, (at_ms, commands)) in entries.into_iter().enumerate() {
+            let index = i as u64 + 1;
+            let batch = Batch(
+                commands
+                    .into_iter()
+                    .map(|command| Proposal { at_ms, command })
+                    .collect(),
+            );
+            log += &serde_json::to_string(&batch).unwrap();
+            log.push('\n');
+            let applied = s.apply(index, 1, &batch);
+            assert_eq!(s.check(), Ok(()));
+            let outcomes: Vec<Option<Outcome>> =
+                applied.iter().map(|a| a.outcome.clone()).collect();
+            answers += &serde_json::to_string(&outcomes).unwrap();
+            answers.push('\n');
+            for settled in applied.iter().flat_map(|a| &a.settled) {
+                answers += &serde_json::to_string(settled).unwrap();
+                answers.push('\n');
+            }
+            if index == 2 {
+                let snapshot = String::from_utf8(s.to_json().unwrap()).unwrap();
+                assert_eq!(LockState::from_json(snapshot.as_bytes()).unwrap(), s);
+                golden("snapshot.json", &(snapshot + "\n"));
+            }
+        }
+        for o in [
+            Outcome::Refused {
+                limit: Limit::HeldLocks,
+            },
+            Outcome::Refused {
+                limit: Limit::Waiters,
+            },
+        ] {
+            answers += &serde_json::to_string(&o).unwrap();
+            answers.push('\n');
+        }
+        golden("log.jsonl", &log);
+        golden("answers.jsonl", &answers);
+        for line in log.lines() {
+            let batch: Batch = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&batch).unwrap(), line);
+        }
+    }
+
     /// One generated step: (kind, name, holder, time step, raw number, wait, readopt, token
     /// choice, whether it joins the previous step's entry).
     type Step = (u8, usize, usize, u8, u64, u8, bool, u8, bool);
