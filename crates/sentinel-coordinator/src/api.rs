@@ -46,7 +46,7 @@ use serde_json::{Value, json};
 
 use super::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use super::server::{Node, PROPOSE_TIMEOUT, ProposeError};
-use super::state::{Acquire, Command, Limit, Outcome, Release, Renew, Slot, Withdraw};
+use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
 use sentinel_core::lease::{self, Clock, SystemClock};
 use sentinel_core::lock::{TaskInfo, validate_label, validate_name};
 use sentinel_core::table::{LockRecord, LockTable};
@@ -490,11 +490,11 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     // Subscribe before proposing, so no settlement can slip between the two.
     let mut applied = node.state.subscribe();
     let (mut outcome, index) = node.propose(command).await.map_err(propose_error)?;
-    if matches!(outcome, Outcome::Queued { .. }) {
+    if matches!(outcome, Answer::Queued { .. }) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms) + SETTLE_GRACE;
         loop {
             match node.state.read(|m| m.state.answer(&id).cloned()) {
-                Some(Outcome::Queued { .. }) => {}
+                Some(Answer::Queued { .. }) => {}
                 Some(settled) => {
                     outcome = settled;
                     break;
@@ -513,7 +513,7 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
             }
         }
     }
-    if let Outcome::Withdrawn { .. } = outcome {
+    if let Answer::Withdrawn { .. } = outcome {
         return Err(error(
             StatusCode::CONFLICT,
             "withdrawn",
@@ -522,7 +522,7 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     }
     // A grant made for this request (by its entry, or later from the queue) carries a token at
     // least the entry's index; a remembered answer to a retry carries an older one.
-    if let Outcome::Granted {
+    if let Answer::Granted {
         lease,
         adopted: false,
     } = &outcome
@@ -645,33 +645,33 @@ async fn by_token(
 }
 
 /// The HTTP answer to a request's outcome.
-fn answer(node: &Node, name: &str, id: &str, outcome: Outcome) -> Result<Response, ApiError> {
+fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response, ApiError> {
     let now = now(node);
     let conflict = StatusCode::CONFLICT;
     match outcome {
-        Outcome::Granted { lease, adopted } => Ok(ok(json!({
+        Answer::Granted { lease, adopted } => Ok(ok(json!({
             "lock": name, "request_id": id, "acquired": true, "adopted": adopted,
             "holder": holder_json(&lease, now),
         }))),
-        Outcome::Released { lease } => Ok(ok(json!({
+        Answer::Released { lease } => Ok(ok(json!({
             "lock": name, "request_id": id, "released": true, "holder": holder_json(&lease, now),
         }))),
-        Outcome::Renewed { lease } => Ok(ok(json!({
+        Answer::Renewed { lease } => Ok(ok(json!({
             "lock": name, "request_id": id, "renewed": true, "holder": holder_json(&lease, now),
         }))),
-        Outcome::Held { holder } => Err(error(
+        Answer::Held { holder } => Err(error(
             conflict,
             "lock_held",
             format!("lock {name:?} is held by {:?}", holder.worker_id),
         )
         .with(json!({"lock": name, "request_id": id, "holder": holder_json(&holder, now)}))),
-        Outcome::TimedOut { holder } => Err(error(
+        Answer::TimedOut { holder } => Err(error(
             conflict,
             "wait_timed_out",
             format!("lock {name:?} was still held by {:?} when the wait ran out", holder.worker_id),
         )
         .with(json!({"lock": name, "request_id": id, "holder": holder_json(&holder, now)}))),
-        Outcome::NotHolder { holder } => Err(error(
+        Answer::NotHolder { holder } => Err(error(
             conflict,
             "not_holder",
             match &holder {
@@ -683,12 +683,12 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Outcome) -> Result<Respons
             },
         )
         .with(json!({"lock": name, "request_id": id, "holder": holder.map(|h| holder_json(&h, now))}))),
-        Outcome::RequestIdReused => Err(error(
+        Answer::RequestIdReused => Err(error(
             conflict,
             "request_id_reused",
             format!("request id {id:?} was already used for another request"),
         )),
-        Outcome::Refused { limit } => Err(match limit {
+        Answer::Refused { limit } => Err(match limit {
             Limit::HeldLocks => error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_locks",
@@ -706,8 +706,8 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Outcome) -> Result<Respons
                 ),
             ),
         }),
-        Outcome::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
-        Outcome::Withdrawn { lease } => Ok(ok(json!({
+        Answer::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
+        Answer::Withdrawn { lease } => Ok(ok(json!({
             "lock": name, "request_id": id, "withdrawn": true,
             "released": lease.map(|l| holder_json(&l, now)),
         }))),

@@ -36,11 +36,11 @@ pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// The coordinator's choices for openraft: entries carry a [`state::Batch`] of commands,
-    /// applying one answers with each command's [`state::Outcome`] (none for ticks; no answers
+    /// applying one answers with each command's [`state::Answer`] (none for ticks; no answers
     /// for Raft's own entries), and nodes are known by the address of their HTTP listener.
     pub TypeConfig:
         D = state::Batch,
-        R = Vec<Option<state::Outcome>>,
+        R = Vec<Option<state::Answer>>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

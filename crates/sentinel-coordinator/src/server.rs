@@ -20,7 +20,7 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use super::network::Peers;
-use super::state::{Batch, Command, MAX_BATCH, Outcome, Proposal, position};
+use super::state::{Answer, Batch, Command, MAX_BATCH, Proposal, position};
 use super::stats::Stats;
 use super::store::{self, LogStore, StateMachineStore};
 use super::{NodeId, TypeConfig, api, listener};
@@ -99,7 +99,7 @@ pub struct Node {
 /// A command waiting for its entry, and who waits for its answer.
 struct Pending {
     proposal: Proposal,
-    reply: oneshot::Sender<std::result::Result<(Outcome, u64), ProposeError>>,
+    reply: oneshot::Sender<std::result::Result<(Answer, u64), ProposeError>>,
 }
 
 /// The shared bearer token, kept as what is needed to check and to send it.
@@ -158,7 +158,7 @@ impl Node {
     pub async fn propose(
         &self,
         command: Command,
-    ) -> std::result::Result<(Outcome, u64), ProposeError> {
+    ) -> std::result::Result<(Answer, u64), ProposeError> {
         let proposal = Proposal {
             at_ms: SystemClock.now_ms(),
             command,

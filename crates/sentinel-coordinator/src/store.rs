@@ -36,7 +36,7 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::state::{LockState, Outcome};
+use super::state::{Answer, LockState};
 use super::{NodeId, TypeConfig};
 use sentinel_core::error::{Error, Result};
 
@@ -51,7 +51,7 @@ pub const LOG_FILE: &str = "raft.redb";
 /// The snapshot file: one line of JSON metadata, then the state as JSON.
 pub const SNAPSHOT_FILE: &str = "snapshot";
 /// Most writes committed in one transaction: bounds the memory of one batch.
-const MAX_BATCH: usize = 4_096;
+const MAX_WRITES_PER_COMMIT: usize = 4_096;
 /// redb's page cache: the log is read only at start-up, so a small cache suffices.
 const CACHE_BYTES: usize = 16 << 20;
 
@@ -242,7 +242,7 @@ fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
     let mut failed: Option<String> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_WRITES_PER_COMMIT {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
@@ -583,7 +583,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(self.read(|m| (m.last_applied, m.membership.clone())))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<Option<Outcome>>>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<Option<Answer>>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -599,7 +599,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             .state
                             .apply(entry.log_id.index, entry.log_id.leader_id.term, &batch)
                             .into_iter()
-                            .map(|applied| applied.outcome)
+                            .map(|applied| applied.answer)
                             .collect(),
                         EntryPayload::Membership(members) => {
                             m.membership = StoredMembership::new(Some(entry.log_id), members);
@@ -793,7 +793,7 @@ mod tests {
             assert_eq!(answers.len(), 21);
             assert!(answers[0].is_empty() && answers[20].is_empty());
             assert!(
-                matches!(&answers[1][..], [Some(Outcome::Granted { lease, .. })] if lease.fencing_token == position(2, 0))
+                matches!(&answers[1][..], [Some(Answer::Granted { lease, .. })] if lease.fencing_token == position(2, 0))
             );
             let snap = sm
                 .get_snapshot_builder()

@@ -1,0 +1,97 @@
+//! What the state answers: to each request, and to the waiting requests a command settled.
+//!
+//! Answers are part of the stored formats too: a remembered answer is in every snapshot, so that a
+//! retry after a restart or a change of leader gets the answer its first try got.
+
+use serde::{Deserialize, Serialize};
+
+use sentinel_core::table::LockRecord;
+
+/// What a limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// [`super::MAX_HELD_LOCKS`] locks are held.
+    HeldLocks,
+    /// [`super::MAX_WAITERS`] acquires are waiting.
+    Waiters,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Answer {
+    /// The requester holds the lock: a new lease, or (`adopted`) its own lease taken up again.
+    Granted {
+        /// The requester's lease.
+        lease: LockRecord,
+        /// The requester's own live lease taken up again (same token) rather than a new grant.
+        adopted: bool,
+    },
+    /// Acquire without waiting: someone else holds the lock.
+    Held {
+        /// The lease that holds it.
+        holder: LockRecord,
+    },
+    /// Acquire with waiting: in the queue at `position` (1 is next). The request is settled later,
+    /// as `Granted` or `TimedOut`.
+    Queued {
+        /// Place in the lock's queue; 1 is next.
+        position: usize,
+    },
+    /// The wait ran out before the lock was handed over; `holder` held it then.
+    TimedOut {
+        /// The lease that held the lock when the wait ended.
+        holder: LockRecord,
+    },
+    /// The lease was given back; the next waiter, if any, holds the lock now.
+    Released {
+        /// The lease as it was when released.
+        lease: LockRecord,
+    },
+    /// The lease runs its TTL again from the command's time.
+    Renewed {
+        /// The renewed lease.
+        lease: LockRecord,
+    },
+    /// Release or renew of a lease the requester does not hold (someone else's, another token,
+    /// expired, released); `holder` is the lock's current lease, if any.
+    NotHolder {
+        /// The lock's current lease, if it is held.
+        holder: Option<LockRecord>,
+    },
+    /// A limit of the coordinator refused the request; nothing changed.
+    Refused {
+        /// Which limit.
+        limit: Limit,
+    },
+    /// The request id was first used for another request (another kind, lock or holder).
+    RequestIdReused,
+    /// The answer to a [`super::Command::Withdraw`], and to the acquire it took back: that acquire
+    /// holds nothing now; `lease` is the lease it had been granted and that was released.
+    Withdrawn {
+        /// The released lease, if the acquire had been granted one that was still live.
+        lease: Option<LockRecord>,
+    },
+}
+
+/// A waiting request that got its final answer while another command was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    /// The waiting request's id.
+    pub request_id: String,
+    /// The lock it waited for.
+    pub name: String,
+    /// `Granted` or `TimedOut`.
+    #[serde(rename = "outcome")]
+    pub answer: Answer,
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// The answer to the command's request; `None` for a [`super::Command::Tick`].
+    pub answer: Option<Answer>,
+    /// Waiting requests settled by this command, in the order they were settled.
+    pub settled: Vec<Settled>,
+}

@@ -1,0 +1,129 @@
+//! What a Raft log entry holds: the commands a leader proposes, stamped with its clock, and the
+//! position of each in the log, which is the fencing token a grant by it gets.
+//!
+//! These types are the log's encoding. Entries already written must keep reading back on every
+//! node and after every upgrade, so a change here is a change of a stored format (the golden
+//! files in `testdata/` pin it).
+
+use serde::{Deserialize, Serialize};
+
+use sentinel_core::lock::TaskInfo;
+
+/// Most commands in one log entry; a position's place in its entry stays below
+/// [`POSITIONS_PER_ENTRY`].
+pub const MAX_BATCH: usize = 256;
+
+/// How many positions (fencing tokens) each log index spans.
+pub const POSITIONS_PER_ENTRY: u64 = 1_000;
+
+/// The position of the `place`-th command of the entry at log `index`: the fencing token a grant
+/// by that command gets.
+pub fn position(index: u64, place: usize) -> u64 {
+    index
+        .saturating_mul(POSITIONS_PER_ENTRY)
+        .saturating_add(place as u64)
+}
+
+/// The application payload of one Raft log entry: the commands the leader packed into it, in the
+/// order they are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Batch(pub Vec<Proposal>);
+
+/// One command and the leader's time when it was proposed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The leader's wall clock when it proposed the command, in Unix milliseconds.
+    pub at_ms: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A change to the lock state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Take a lock, or wait for it.
+    Acquire(Acquire),
+    /// Give a lock back.
+    Release(Release),
+    /// Extend a lease.
+    Renew(Renew),
+    /// Take back an acquire, whatever became of it.
+    Withdraw(Withdraw),
+    /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
+    /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
+    Tick,
+}
+
+/// Take a lock, or join its queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquire {
+    /// The client's id for this request: a retry with the same id gets the first answer.
+    pub request_id: String,
+    /// The lock's name.
+    pub name: String,
+    /// Who will hold the lock: the worker id.
+    pub holder: String,
+    /// Where the holder runs, for people reading the status.
+    #[serde(default)]
+    pub node: String,
+    /// How long the lease lasts from its grant or last renewal, in milliseconds.
+    pub ttl_ms: u64,
+    /// How long to wait in the queue if the lock is held; 0 answers `Held` at once.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// The holder may take up its own live lease again (same token, renewed). Without it, a
+    /// holder acquiring its own lock is treated like anyone else: a shared default worker id must
+    /// not turn into shared ownership.
+    #[serde(default)]
+    pub readopt: bool,
+    /// What the holder works on, shown in the status.
+    #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
+    pub task_info: TaskInfo,
+}
+
+/// Give a lock back; only the lease's holder with the lease's token may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The lock's name.
+    pub name: String,
+    /// The worker id the lease was granted to.
+    pub holder: String,
+    /// The lease's fencing token: a holder of an older lease of the same lock cannot release a
+    /// newer one.
+    pub token: u64,
+}
+
+/// Extend a lease by its TTL from now; only the lease's holder with the lease's token may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renew {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The lock's name.
+    pub name: String,
+    /// The worker id the lease was granted to.
+    pub holder: String,
+    /// The lease's fencing token.
+    pub token: u64,
+    /// A new TTL for the lease, in milliseconds, from this renewal on; `None` keeps its TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// Take back an acquire the client gave up on (an interrupted claim): a waiting acquire leaves
+/// the queue, a lease it was granted is released, and one that has not arrived yet is never
+/// executed. Only the acquire's holder may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdraw {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The lock's name.
+    pub name: String,
+    /// The acquire's holder.
+    pub holder: String,
+    /// The request id of the acquire to take back.
+    pub acquire_id: String,
+}

@@ -1,0 +1,142 @@
+//! The replicated lock state: named leases with FIFO wait queues, applied from the Raft log.
+//!
+//! [`LockState::apply`] is the whole protocol: it takes one log entry (its index and a
+//! [`Proposal`]) and returns what happened. No I/O, no clock, no randomness, so every node that
+//! applies the same log holds the same state and gives the same answers.
+//!
+//! Semantics (etcd and Consul leases rather than the local backend's "stale until stolen"):
+//!
+//! - **Time is the leader's.** Each proposal carries the leader's wall clock when it proposed it.
+//!   The state's clock is the largest stamp applied so far, so a new leader whose clock is behind
+//!   never moves time backwards.
+//! - **An election does not end leases early.** While no leader serves, holders cannot renew. So
+//!   the first command of a new leader (a newer Raft term) first extends every lease by the time
+//!   since the last command of the old leader, at most [`LEADER_CHANGE_GRACE_MS`]: the time the
+//!   election took, counted as if renewed.
+//! - **A lease ends at its TTL.** A lease renewed at `t` with TTL `d` is live up to and including
+//!   `t + d` (the rule of [`sentinel_core::table::LockTable::is_stale`], shared with the local backend) and is gone
+//!   after it: the next waiter gets the lock. Before a command takes effect, every lease and every
+//!   wait that ended by the command's time ends, in the order they ended, so the answer does not
+//!   depend on how often the leader proposes [`Command::Tick`].
+//! - **Waiters are served in arrival order.** An acquire with `wait_ms > 0` on a held lock joins
+//!   the lock's queue; the head of the queue gets the lock when it is released or its lease ends,
+//!   unless its own wait ran out first. The wait is held by the state, not by a client polling, so
+//!   it survives a change of leader.
+//! - **The fencing token of a grant is its position in the log.** The leader packs the commands
+//!   that arrive while it writes into one entry (group commit: one fsync and one replication round
+//!   for many requests), so a position is the entry's log index times [`POSITIONS_PER_ENTRY`]
+//!   plus the command's place in the entry ([`position`]). Log indexes only grow, so tokens
+//!   strictly increase per lock across grants, releases and leader changes, even when one entry
+//!   grants, releases and grants the same lock again.
+//! - **Requests carry client-chosen ids.** A command whose request id the state still remembers is
+//!   not executed again: it gets the request's answer (for a waiter, `Queued` until its wait is
+//!   settled, then the final answer). A client that retries after a timeout or a leader change is
+//!   therefore never granted a lock twice. Answers are remembered for [`REQUEST_WINDOW_MS`] of
+//!   leader time, and at most [`REQUEST_MEMORY`] of them.
+//!
+//! Every lock is one [`Slot`]: a lease and its queue. Commands are an internally tagged enum, so
+//! semaphores, read-write locks and elections can arrive as new commands and new slot kinds
+//! without changing the encoding of the entries already in a log.
+//!
+//! The code follows the concerns: [`log`] (what an entry holds, positions), [`answer`] (what
+//! the state answers), [`locks`] (leases and queues), [`time`] (the clock and what ends with it),
+//! [`requests`] (each request executed once), [`snapshot`] and [`invariants`].
+
+mod answer;
+mod invariants;
+mod locks;
+mod log;
+mod requests;
+mod snapshot;
+mod time;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub use answer::{Answer, Applied, Limit, Settled};
+pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
+pub use log::{
+    Acquire, Batch, Command, MAX_BATCH, POSITIONS_PER_ENTRY, Proposal, Release, Renew, Withdraw,
+    position,
+};
+pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
+pub use time::LEADER_CHANGE_GRACE_MS;
+
+use requests::Remembered;
+
+/// Every lock of the coordinator. See the module documentation for the semantics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LockState {
+    /// The largest leader stamp applied.
+    clock_ms: u64,
+    /// The Raft term of the last command applied: a newer one is a new leader.
+    term: u64,
+    /// Held locks only: a lock with waiters always has a holder, since a lock that falls free
+    /// goes to the head of its queue at once.
+    locks: BTreeMap<String, Slot>,
+    /// `(expires_at_ms, name)` of every lease, to end them in order without a scan.
+    expiries: BTreeSet<(u64, String)>,
+    /// `(until_ms, name, request_id)` of every waiter.
+    deadlines: BTreeSet<(u64, String, String)>,
+    requests: BTreeMap<String, Remembered>,
+    /// Settled requests, oldest first: `(settled at, request id)`.
+    settled: VecDeque<(u64, String)>,
+}
+
+impl LockState {
+    /// Applies the entry at log `index`, written by the leader of `term`: what each of its commands
+    /// did, in order. Deterministic and total: any batch in any state gives an answer to each of
+    /// its first [`POSITIONS_PER_ENTRY`] commands (a leader packs at most [`MAX_BATCH`]; the rest
+    /// of a longer one is ignored), and the same entries applied in the same order give the same
+    /// state.
+    pub fn apply(&mut self, index: u64, term: u64, batch: &Batch) -> Vec<Applied> {
+        let first = position(index, 0);
+        batch
+            .0
+            .iter()
+            .take(POSITIONS_PER_ENTRY as usize)
+            .enumerate()
+            .map(|(place, proposal)| self.apply_one(position(index, place), first, term, proposal))
+            .collect()
+    }
+
+    /// Applies the command at log position `at`, in the entry whose first position is `first`.
+    fn apply_one(&mut self, at: u64, first: u64, term: u64, proposal: &Proposal) -> Applied {
+        let now = self.observe(term, proposal.at_ms);
+        let mut settled = Vec::new();
+        self.advance(at, now, &mut settled);
+        let answer = match &proposal.command {
+            Command::Tick => None,
+            Command::Acquire(a) => Some(self.request(
+                &a.request_id,
+                (RequestKind::Acquire, &a.name, &a.holder),
+                now,
+                |s| s.acquire(at, now, a),
+            )),
+            Command::Release(r) => Some(self.request(
+                &r.request_id,
+                (RequestKind::Release, &r.name, &r.holder),
+                now,
+                |s| s.release((at, first), now, r, &mut settled),
+            )),
+            Command::Renew(r) => Some(self.request(
+                &r.request_id,
+                (RequestKind::Renew, &r.name, &r.holder),
+                now,
+                |s| s.renew(now, r),
+            )),
+            Command::Withdraw(w) => Some(self.request(
+                &w.request_id,
+                (RequestKind::Withdraw, &w.name, &w.holder),
+                now,
+                |s| s.withdraw(at, now, w, &mut settled),
+            )),
+        };
+        self.forget(now);
+        Applied { answer, settled }
+    }
+}

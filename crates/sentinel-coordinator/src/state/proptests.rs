@@ -1,0 +1,399 @@
+//! Model-based property test of the lock state: arbitrary histories of clients, leaders and
+//! retries, checked against what the clients were told, and the log replayed and resumed from
+//! snapshots.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::tests::{TTL, one, release, renew};
+use super::*;
+use sentinel_core::lock::TaskInfo;
+use sentinel_core::table::{LockRecord, LockTable};
+
+/// One generated step: (kind, name, holder, time step, raw number, wait, readopt, token
+/// choice, whether it joins the previous step's entry).
+type Step = (u8, usize, usize, u8, u64, u8, bool, u8, bool);
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (
+            0u8..13,
+            0usize..3,
+            0usize..4,
+            0u8..30,
+            any::<u64>(),
+            0u8..4,
+            any::<bool>(),
+            0u8..8,
+            any::<bool>(),
+        ),
+        1..200,
+    )
+}
+
+/// What the clients have been told, checked against the state after every entry.
+#[derive(Default)]
+struct Model {
+    /// (holder, name) -> (token, last live instant) of the lease the holder was told it has.
+    beliefs: HashMap<(String, String), (u64, u64)>,
+    /// Last token granted per name.
+    tokens: HashMap<String, u64>,
+    /// Request ids waiting per name, in arrival order.
+    queues: HashMap<String, VecDeque<String>>,
+}
+
+impl Model {
+    fn grant(&mut self, at: u64, name: &str, lease: &LockRecord, adopted: bool, ctx: &str) {
+        if !adopted {
+            assert_eq!(
+                lease.fencing_token, at,
+                "token is the command's position: {ctx}"
+            );
+            let last = self.tokens.insert(name.to_string(), at).unwrap_or(0);
+            assert!(at > last, "tokens strictly increase per lock: {ctx}");
+        }
+        self.believe(name, lease);
+    }
+
+    fn believe(&mut self, name: &str, lease: &LockRecord) {
+        self.beliefs.insert(
+            (lease.worker_id.clone(), name.to_string()),
+            (lease.fencing_token, lease.expires_at_ms()),
+        );
+    }
+
+    fn forget(&mut self, name: &str, lease: &LockRecord) {
+        let key = (lease.worker_id.clone(), name.to_string());
+        if self.beliefs.get(&key).map(|b| b.0) == Some(lease.fencing_token) {
+            self.beliefs.remove(&key);
+        }
+    }
+
+    /// The waiting request `id` was settled.
+    fn settle(&mut self, index: u64, s: &Settled, ctx: &str) {
+        let queue = self.queues.entry(s.name.clone()).or_default();
+        match &s.answer {
+            Answer::Granted { lease, adopted } => {
+                assert_eq!(
+                    queue.pop_front().as_ref(),
+                    Some(&s.request_id),
+                    "FIFO: {ctx}"
+                );
+                self.grant(index, &s.name, lease, *adopted, ctx);
+            }
+            Answer::TimedOut { .. } | Answer::Withdrawn { lease: None } => {
+                let before = queue.len();
+                queue.retain(|id| id != &s.request_id);
+                assert_eq!(queue.len() + 1, before, "{ctx}");
+            }
+            other => panic!("settled as {other:?}: {ctx}"),
+        }
+    }
+
+    /// The answer to a request that was executed (not a remembered retry).
+    fn answer(&mut self, index: u64, cmd: &Command, o: &Answer, ctx: &str) {
+        match (cmd, o) {
+            (Command::Acquire(a), Answer::Granted { lease, adopted }) => {
+                assert_eq!(lease.worker_id, a.holder, "{ctx}");
+                if !adopted {
+                    let queue = self.queues.entry(a.name.clone()).or_default();
+                    assert!(queue.is_empty(), "granted past waiters: {ctx}");
+                }
+                self.grant(index, &a.name, lease, *adopted, ctx);
+            }
+            (Command::Acquire(a), Answer::Queued { position }) => {
+                let queue = self.queues.entry(a.name.clone()).or_default();
+                queue.push_back(a.request_id.clone());
+                assert_eq!(*position, queue.len(), "{ctx}");
+            }
+            (Command::Acquire(a), Answer::Held { holder }) => {
+                assert!(a.wait_ms == 0, "{ctx}");
+                assert!(!(a.readopt && holder.worker_id == a.holder), "{ctx}");
+            }
+            (Command::Release(r), Answer::Released { lease }) => {
+                assert_eq!(
+                    (&lease.worker_id, lease.fencing_token),
+                    (&r.holder, r.token),
+                    "{ctx}"
+                );
+                self.forget(&r.name, lease);
+            }
+            (Command::Renew(r), Answer::Renewed { lease }) => {
+                assert_eq!(
+                    (&lease.worker_id, lease.fencing_token),
+                    (&r.holder, r.token),
+                    "{ctx}"
+                );
+                if let Some(ttl) = r.ttl_ms {
+                    assert_eq!(lease.ttl_ms, ttl, "{ctx}");
+                }
+                self.believe(&r.name, lease);
+            }
+            (Command::Release(_) | Command::Renew(_), Answer::NotHolder { .. }) => {}
+            (Command::Withdraw(w), Answer::Withdrawn { lease }) => {
+                if let Some(lease) = lease {
+                    assert_eq!(lease.worker_id, w.holder, "{ctx}");
+                    self.forget(&w.name, lease);
+                }
+            }
+            // An acquire taken back before it arrived.
+            (Command::Acquire(_), Answer::Withdrawn { lease: None }) => {}
+            (Command::Withdraw(_), Answer::RequestIdReused) => {}
+            (_, Answer::Refused { .. }) => {}
+            _ => panic!("answer does not fit the command: {ctx}"),
+        }
+    }
+
+    /// Every lease a client was told it holds, and is still live at `now`, is exactly the
+    /// lease the state holds, and the other way round: no lease ends before its TTL or
+    /// outlives it, and no two clients ever hold one lock.
+    fn check(&mut self, s: &LockState, ctx: &str) {
+        let now = s.clock_ms();
+        self.beliefs.retain(|_, (_, until)| *until >= now);
+        for ((holder, name), (token, until)) in &self.beliefs {
+            let lease = &s
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} ended early: {ctx}"))
+                .lease;
+            assert_eq!(
+                (&lease.worker_id, lease.fencing_token, lease.expires_at_ms()),
+                (holder, *token, *until),
+                "{ctx}"
+            );
+        }
+        for (name, slot) in s.iter_after(None) {
+            let key = (slot.lease.worker_id.clone(), name.to_string());
+            assert!(
+                self.beliefs.contains_key(&key),
+                "a lease nobody was told of: {ctx}"
+            );
+            assert!(!LockTable::is_stale(&slot.lease, now), "{ctx}");
+            let ids: Vec<&String> = slot.queue.iter().map(|w| &w.request_id).collect();
+            let model: Vec<&String> = self
+                .queues
+                .get(name)
+                .map(|q| q.iter().collect())
+                .unwrap_or_default();
+            assert_eq!(ids, model, "queue order: {ctx}");
+        }
+    }
+}
+
+/// Entries as applied: (index, term, batch).
+type Log = Vec<(u64, u64, Batch)>;
+
+/// Runs generated steps as clients would, packing runs of steps into entries as a leader
+/// does: the tokens a client names come from the answers it got before the entry. Returns the
+/// log that was applied and every entry's results, checking the model after each entry.
+fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
+    const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
+    const HOLDERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
+    const MOST_PER_ENTRY: usize = 6;
+    let mut s = LockState::default();
+    let mut model = Model::default();
+    let mut at: u64 = 1_000_000;
+    let (mut term, mut applied_term) = (1, 0);
+    let mut log = Vec::new();
+    let mut results = Vec::new();
+    let mut sent: Vec<Command> = Vec::new();
+    let mut rest = steps;
+    let mut index = 0;
+    while !rest.is_empty() {
+        index += 1;
+        // A step that changes the term starts an entry: one entry, one leader.
+        let len = 1 + rest[1..]
+            .iter()
+            .take(MOST_PER_ENTRY - 1)
+            .take_while(|step| step.8 && step.3 != 0 && step.3 != 3)
+            .count();
+        let (entry, after) = rest.split_at(len);
+        rest = after;
+        let mut batch = Vec::new();
+        let mut retries = Vec::new();
+        for (place, &(kind, name, holder, jump, n, wait, readopt, token, _)) in
+            entry.iter().enumerate()
+        {
+            let first = position(index, 0);
+            at = match jump {
+                // A new leader whose clock is behind.
+                0 => at.saturating_sub(n % (2 * TTL)),
+                // A new leader after an election, short or long.
+                3 => at + n % (3 * LEADER_CHANGE_GRACE_MS),
+                1 => at + TTL + n % (2 * TTL),
+                // Long enough for answers to be forgotten: a late retry runs again.
+                2 => at + REQUEST_WINDOW_MS / 3 + n % TTL,
+                _ => at + n % (TTL / 4),
+            };
+            if jump == 0 || jump == 3 {
+                term += 1;
+            }
+            let (name, holder) = (NAMES[name], HOLDERS[holder]);
+            let id = format!("r{index}-{place}");
+            let token = match token {
+                0..=4 => model
+                    .beliefs
+                    .get(&(holder.to_string(), name.to_string()))
+                    .map_or(n % first, |b| b.0),
+                // A token of this very entry, which no client can know yet.
+                5 => first + n % (place as u64 + 1),
+                _ => n % (first + 1),
+            };
+            let command = match kind {
+                0..=3 => Command::Acquire(Acquire {
+                    request_id: id,
+                    name: name.into(),
+                    holder: holder.into(),
+                    node: format!("n-{holder}"),
+                    ttl_ms: TTL / 2 + n % TTL,
+                    wait_ms: [0, 0, TTL / 2, 3 * TTL][wait as usize],
+                    readopt,
+                    task_info: TaskInfo::default(),
+                }),
+                4 => renew(&id, name, holder, token),
+                5 => Command::Renew(Renew {
+                    ttl_ms: Some(TTL / 2 + n % TTL),
+                    ..match renew(&id, name, holder, token) {
+                        Command::Renew(r) => r,
+                        _ => unreachable!(),
+                    }
+                }),
+                6 | 7 => release(&id, name, holder, token),
+                8 => Command::Tick,
+                // Take back an earlier acquire (its holder's, mostly), or one still to come.
+                12 => {
+                    let acquires: Vec<&Acquire> = sent
+                        .iter()
+                        .filter_map(|c| match c {
+                            Command::Acquire(a) => Some(a),
+                            _ => None,
+                        })
+                        .collect();
+                    let (acquire_id, holder) = match acquires.len() as u64 {
+                        0 => (format!("r{}-0", index + 1), holder.to_string()),
+                        k => {
+                            let a = acquires[(n % k) as usize];
+                            let holder = if wait == 0 { holder } else { &a.holder };
+                            (a.request_id.clone(), holder.to_string())
+                        }
+                    };
+                    Command::Withdraw(Withdraw {
+                        request_id: id,
+                        name: name.into(),
+                        holder,
+                        acquire_id,
+                    })
+                }
+                _ if sent.is_empty() => Command::Tick,
+                _ => sent[(n % sent.len() as u64) as usize].clone(),
+            };
+            retries.push(kind >= 9 && !sent.is_empty());
+            batch.push(Proposal { at_ms: at, command });
+        }
+        // Whether the state remembers each command's request id when it comes to it (after
+        // the commands before it in the entry).
+        let remembered: Vec<bool> = (0..batch.len())
+            .map(|place| {
+                let id = match &batch[place].command {
+                    Command::Acquire(Acquire { request_id, .. })
+                    | Command::Release(Release { request_id, .. })
+                    | Command::Renew(Renew { request_id, .. })
+                    | Command::Withdraw(Withdraw { request_id, .. }) => request_id,
+                    Command::Tick => return false,
+                };
+                let mut before = s.clone();
+                before.apply(index, term, &Batch(batch[..place].to_vec()));
+                // A retry, or an acquire taken back before it came.
+                before.answer(id).is_some()
+            })
+            .collect();
+        // A lone retry of a remembered request is not executed again: nothing but time
+        // moves.
+        let twin = match &batch[..] {
+            [p] if remembered[0] => {
+                let mut t = s.clone();
+                let tick = Proposal {
+                    at_ms: p.at_ms,
+                    command: Command::Tick,
+                };
+                one(&mut t, index, term, &tick);
+                Some(t)
+            }
+            _ => None,
+        };
+        // A new leader extends every lease by the time since the old leader's last command,
+        // within the grace: so do the leases the clients hold.
+        if term > applied_term && applied_term != 0 {
+            let by = batch[0]
+                .at_ms
+                .saturating_sub(s.clock_ms())
+                .min(LEADER_CHANGE_GRACE_MS);
+            for belief in model.beliefs.values_mut() {
+                belief.1 += by;
+            }
+        }
+        applied_term = term;
+        let batch = Batch(batch);
+        let applied = s.apply(index, term, &batch);
+        let ctx = format!("entry {index}: {batch:?} -> {applied:?}");
+        assert_eq!(s.check(), Ok(()), "{ctx}");
+        assert_eq!(applied.len(), batch.0.len(), "{ctx}");
+        for (place, (proposal, a)) in batch.0.iter().zip(&applied).enumerate() {
+            let at = position(index, place);
+            for settled in &a.settled {
+                model.settle(at, settled, &ctx);
+            }
+            if !remembered[place]
+                && let Some(o) = &a.answer
+            {
+                model.answer(at, &proposal.command, o, &ctx);
+            }
+        }
+        if let Some(twin) = twin {
+            assert_eq!(s, twin, "{ctx}");
+        }
+        model.check(&s, &ctx);
+        for (proposal, retry) in batch.0.iter().zip(&retries) {
+            if !retry && !matches!(proposal.command, Command::Tick) {
+                sent.push(proposal.command.clone());
+            }
+        }
+        log.push((index, term, batch));
+        results.push(applied);
+    }
+    (s, log, results)
+}
+
+proptest! {
+    /// Any run of clients keeps the promises: never two holders of a lock, tokens strictly
+    /// increasing per lock, waiters served in arrival order, leases ending exactly at their
+    /// TTL, retries answered without a second grant. And the log it produced, replayed (as
+    /// JSON, as a follower reads it) or resumed from a snapshot taken anywhere, gives the
+    /// same state and the same answers.
+    #[test]
+    fn clients_get_what_was_promised_and_the_log_replays_identically(
+        steps in steps(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (state, log, results) = run(&steps);
+        let json = serde_json::to_vec(&log).unwrap();
+        let log: Log = serde_json::from_slice(&json).unwrap();
+        let mut replay = LockState::default();
+        let replayed: Vec<Vec<Applied>> =
+            log.iter().map(|(i, t, b)| replay.apply(*i, *t, b)).collect();
+        prop_assert_eq!(&replay, &state);
+        prop_assert_eq!(&replayed, &results);
+
+        let cut = cut.index(log.len() + 1);
+        let mut head = LockState::default();
+        for (i, t, b) in &log[..cut] {
+            head.apply(*i, *t, b);
+        }
+        let mut resumed = LockState::from_json(&head.to_json().unwrap()).unwrap();
+        prop_assert_eq!(&resumed, &head);
+        let tail: Vec<Vec<Applied>> =
+            log[cut..].iter().map(|(i, t, b)| resumed.apply(*i, *t, b)).collect();
+        prop_assert_eq!(&resumed, &state);
+        prop_assert_eq!(&tail[..], &results[cut..]);
+    }
+}

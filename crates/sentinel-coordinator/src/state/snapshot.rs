@@ -1,0 +1,75 @@
+//! Snapshots: the lock state as JSON, written by a node and read back from disk or from another
+//! node.
+//!
+//! Only the state itself is stored; the indexes (lease expiries, wait deadlines) are rebuilt on
+//! loading, and a loaded state must pass the invariants before it is used: a snapshot is data
+//! from outside, which may be corrupt.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::requests::Remembered;
+use super::{LockState, Slot};
+
+/// The lock state as a snapshot stores it: the indexes are derived on loading.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    clock_ms: u64,
+    #[serde(default)]
+    term: u64,
+    locks: BTreeMap<String, Slot>,
+    requests: BTreeMap<String, Remembered>,
+    /// Settled request ids in the order they were settled, with the time.
+    settled: VecDeque<(u64, String)>,
+}
+
+/// [`Stored`] by reference, so writing a snapshot does not copy the state.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    clock_ms: u64,
+    term: u64,
+    locks: &'a BTreeMap<String, Slot>,
+    requests: &'a BTreeMap<String, Remembered>,
+    settled: &'a VecDeque<(u64, String)>,
+}
+
+impl LockState {
+    /// The state as JSON, for a snapshot.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&StoredRef {
+            clock_ms: self.clock_ms,
+            term: self.term,
+            locks: &self.locks,
+            requests: &self.requests,
+            settled: &self.settled,
+        })
+    }
+
+    /// Reads a snapshot written by [`Self::to_json`], rebuilding the indexes and refusing a state
+    /// that breaks an invariant (a snapshot is data from disk or from another node).
+    pub fn from_json(bytes: &[u8]) -> Result<LockState, String> {
+        let stored: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let mut state = LockState {
+            clock_ms: stored.clock_ms,
+            term: stored.term,
+            locks: stored.locks,
+            expiries: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            requests: stored.requests,
+            settled: stored.settled,
+        };
+        for (name, slot) in &state.locks {
+            state
+                .expiries
+                .insert((slot.lease.expires_at_ms(), name.clone()));
+            for w in &slot.queue {
+                state
+                    .deadlines
+                    .insert((w.until_ms, name.clone(), w.request_id.clone()));
+            }
+        }
+        state.check()?;
+        Ok(state)
+    }
+}
