@@ -172,6 +172,31 @@ impl LockState {
         }
     }
 
+    /// Takes the acquire that the new withdrawal `w` names out of its lock's queue, if it waits
+    /// there, and settles it as withdrawn. A retried withdrawal, or one that names no waiting
+    /// acquire of its lock and holder, changes nothing here.
+    pub(super) fn leave_queue(&mut self, now: u64, w: &Withdraw, settled: &mut Vec<Settled>) {
+        let waiting = !self.requests.contains_key(&w.request_id)
+            && self.requests.get(&w.acquire_id).is_some_and(|r| {
+                r.kind == RequestKind::Acquire
+                    && r.name == w.name
+                    && r.holder == w.holder
+                    && matches!(r.answer, Answer::Queued { .. })
+            });
+        if !waiting {
+            return;
+        }
+        if let Some(slot) = self.locks.get_mut(&w.name)
+            && let Some(i) = slot.queue.iter().position(|q| q.request_id == w.acquire_id)
+            && let Some(waiter) = slot.queue.remove(i)
+        {
+            self.deadlines
+                .remove(&(waiter.until_ms, w.name.clone(), w.acquire_id.clone()));
+        }
+        let withdrawn = Answer::Withdrawn { lease: None };
+        self.settle(now, &w.name, w.acquire_id.clone(), withdrawn, settled);
+    }
+
     pub(super) fn withdraw(
         &mut self,
         at: u64,
@@ -193,18 +218,9 @@ impl LockState {
         {
             return Answer::RequestIdReused;
         }
+        // A waiting acquire has already left its queue (`leave_queue`) and is answered as
+        // withdrawn.
         match acquire.answer.clone() {
-            Answer::Queued { .. } => {
-                if let Some(slot) = self.locks.get_mut(&w.name)
-                    && let Some(i) = slot.queue.iter().position(|q| q.request_id == w.acquire_id)
-                    && let Some(waiter) = slot.queue.remove(i)
-                {
-                    self.deadlines
-                        .remove(&(waiter.until_ms, w.name.clone(), w.acquire_id.clone()));
-                }
-                self.settle(now, &w.name, w.acquire_id.clone(), withdrawn(None), settled);
-                withdrawn(None)
-            }
             // A re-adoption took up a lease the holder had before: not the acquire's to give back.
             Answer::Granted {
                 lease,

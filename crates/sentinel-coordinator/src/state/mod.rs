@@ -108,6 +108,12 @@ impl LockState {
     fn apply_one(&mut self, at: u64, first: u64, term: u64, proposal: &Proposal) -> Applied {
         let now = self.observe(term, proposal.at_ms);
         let mut settled = Vec::new();
+        if let Command::Withdraw(w) = &proposal.command {
+            // A waiter taken back leaves its queue before the leases that ended are handed on.
+            // Were the lock handed to it first, taking that grant back would hand the lock on at
+            // this same position: two grants with one fencing token.
+            self.leave_queue(now, w, &mut settled);
+        }
         self.advance(at, now, &mut settled);
         let answer = match &proposal.command {
             Command::Tick => None,

@@ -186,6 +186,33 @@ fn a_withdrawn_acquire_leaves_the_queue_gives_back_its_grant_or_never_runs() {
 }
 
 #[test]
+fn a_waiter_withdrawn_as_its_lock_falls_free_is_never_granted_so_no_token_is_granted_twice() {
+    // w1's lease ends at 100; w2 and w3 wait. The command that withdraws w2 at 200 is also the
+    // first to see w1's lease ended. Were the lock handed to w2 before the withdrawal took it
+    // back, w2 and then w3 would both be granted the lock at this command's position.
+    let mut s = LockState::default();
+    step(&mut s, 1, 0, acquire("r1", "g", "w1", 100, 0));
+    step(&mut s, 2, 10, acquire("r2", "g", "w2", TTL, 5_000));
+    step(&mut s, 3, 20, acquire("r3", "g", "w3", TTL, 5_000));
+    let a = step(&mut s, 4, 200, withdraw("w2x", "g", "w2", "r2"));
+    assert_eq!(a.answer, Some(Answer::Withdrawn { lease: None }));
+    let grants: Vec<(String, u64)> = a
+        .settled
+        .iter()
+        .filter_map(|x| match &x.answer {
+            Answer::Granted { lease, .. } => Some((lease.worker_id.clone(), lease.fencing_token)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants, vec![("w3".to_string(), t(4))]);
+    assert_eq!(s.answer("r2"), Some(&Answer::Withdrawn { lease: None }));
+    assert_eq!(
+        s.get("g").map(|slot| slot.lease.worker_id.as_str()),
+        Some("w3")
+    );
+}
+
+#[test]
 fn waiters_get_the_lock_in_arrival_order_with_new_tokens() {
     let mut s = LockState::default();
     let first = granted(answer(step(&mut s, 1, 0, acquire("r1", "a", "w1", TTL, 0))));
