@@ -45,12 +45,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
-use super::server::{Node, PROPOSE_TIMEOUT, ProposeError};
+use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
 use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
 use sentinel_core::lease::{self, Clock, SystemClock};
-use sentinel_core::lock::{TaskInfo, validate_label, validate_name};
+use sentinel_core::lock::{validate_label, validate_name};
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
+use sentinel_proto::api::{AcquireBody, ReleaseBody, RenewBody, WithdrawBody};
 use sentinel_proto::http::{self as network, Failure};
 
 /// Largest body of a client request.
@@ -277,30 +278,7 @@ async fn forward(
     if parts.headers.contains_key(FORWARDED) {
         return Err(not_leader(node.leader().map(|l| l.0)));
     }
-    let leader = match node.leader() {
-        Some(l) => Some(l),
-        None => {
-            let _ = node
-                .raft
-                .wait(Some(LEADER_WAIT))
-                .metrics(|m| m.current_leader.is_some(), "a leader")
-                .await;
-            node.leader()
-        }
-    };
-    let Some((leader, addr)) = leader else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
-            format!(
-                "the cluster has no leader (no quorum of nodes reachable within {LEADER_WAIT:?}); retry"
-            ),
-        ));
-    };
-    if leader == node.id {
-        // Became the leader meanwhile; the client retries and meets the leader.
-        return Err(not_leader(Some(leader)));
-    }
+    let (leader, addr) = leader_to_forward_to(node).await?;
     // A waiting acquire is held by the leader for up to its wait.
     let wait = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -308,20 +286,7 @@ async fn forward(
         .unwrap_or(0)
         .min(MAX_WAIT_MS);
     let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(format!("http://{addr}{path}"))
-        .header(FORWARDED, node.id.to_string());
-    if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
-        request = request.header(CONTENT_TYPE, ct);
-    }
-    if let Some(auth) = &node.auth {
-        request = request.header(AUTHORIZATION, auth.header.clone());
-    }
-    let request = request
-        .body(Full::new(body))
-        .map_err(|e| unavailable(format!("cannot forward to the leader at {addr:?}: {e}")))?;
+    let request = request_to_leader(node, &parts, body, &addr)?;
     // A leader that stopped answering (frozen, cut off) is replaced within a second; the client
     // should not wait out the whole timeout for it, so the answer is 503 as soon as this node
     // no longer follows that leader. The request may have taken effect: a retry with the same
@@ -350,6 +315,57 @@ async fn forward(
             "the leader (node {leader}) did not answer: {e}"
         ))),
     }
+}
+
+/// The leader to forward to, waiting up to [`LEADER_WAIT`] for one to be elected; an error when
+/// there is none, or when this node became the leader meanwhile (the client's retry meets it).
+async fn leader_to_forward_to(node: &Node) -> Result<(u64, String), ApiError> {
+    let leader = match node.leader() {
+        Some(l) => Some(l),
+        None => {
+            let _ = node
+                .raft
+                .wait(Some(LEADER_WAIT))
+                .metrics(|m| m.current_leader.is_some(), "a leader")
+                .await;
+            node.leader()
+        }
+    };
+    match leader {
+        None => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            format!(
+                "the cluster has no leader (no quorum of nodes reachable within {LEADER_WAIT:?}); retry"
+            ),
+        )),
+        Some((leader, _)) if leader == node.id => Err(not_leader(Some(leader))),
+        Some(leader) => Ok(leader),
+    }
+}
+
+/// The client's request as sent on to the leader at `addr`: marked as forwarded (so it is never
+/// forwarded again), with the cluster's token instead of the client's.
+fn request_to_leader(
+    node: &Node,
+    parts: &http::request::Parts,
+    body: Bytes,
+    addr: &str,
+) -> Result<http::Request<Full<Bytes>>, ApiError> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("http://{addr}{path}"))
+        .header(FORWARDED, node.id.to_string());
+    if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
+        request = request.header(CONTENT_TYPE, ct);
+    }
+    if let Some(auth) = &node.auth {
+        request = request.header(AUTHORIZATION, auth.header.clone());
+    }
+    request
+        .body(Full::new(body))
+        .map_err(|e| unavailable(format!("cannot forward to the leader at {addr:?}: {e}")))
 }
 
 fn not_leader(leader: Option<u64>) -> ApiError {
@@ -444,23 +460,6 @@ async fn locks(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcquireBody {
-    holder: String,
-    ttl_ms: u64,
-    #[serde(default)]
-    wait_ms: u64,
-    #[serde(default)]
-    node: Option<String>,
-    #[serde(default)]
-    request_id: Option<String>,
-    #[serde(default)]
-    readopt: bool,
-    #[serde(default)]
-    task_info: TaskInfo,
-}
-
 async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let b: AcquireBody = parse(body)?;
@@ -533,15 +532,6 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     answer(node, &name, &id, outcome)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    holder: String,
-    token: u64,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
 async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
     by_token(
         node,
@@ -559,22 +549,10 @@ async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     .await
 }
 
-/// A renewal may also give the lease a new TTL.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    holder: String,
-    token: u64,
-    #[serde(default)]
-    request_id: Option<String>,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-}
-
 async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
     let b: RenewBody = parse(body)?;
     let ttl_ms = b.ttl_ms.map(checked_ttl).transpose()?;
-    let grant = TokenBody {
+    let grant = ReleaseBody {
         holder: b.holder,
         token: b.token,
         request_id: b.request_id,
@@ -589,15 +567,6 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
         })
     };
     by_token(node, name, grant, command).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WithdrawBody {
-    holder: String,
-    acquire_request_id: String,
-    #[serde(default)]
-    request_id: Option<String>,
 }
 
 /// Takes back an acquire (by its request id) that its client gave up on: out of the queue, its
@@ -634,7 +603,7 @@ fn checked_ttl(ms: u64) -> Result<u64, ApiError> {
 async fn by_token(
     node: &Node,
     name: String,
-    b: TokenBody,
+    b: ReleaseBody,
     command: impl FnOnce(String, String, String, u64) -> Command,
 ) -> Result<Response, ApiError> {
     label("holder", &b.holder)?;

@@ -11,7 +11,9 @@
 //!   and the lock state with its snapshots.
 //! - [`network`]: Raft RPCs between nodes over HTTP, and the client that forwards requests to the
 //!   leader.
-//! - [`server`]: a running node (`sentinel serve`): Raft, cluster formation, the leader's ticks.
+//! - [`node`]: a running node's parts: Raft, the proposal queue that packs commands into entries
+//!   (group commit), the leader's ticks.
+//! - [`server`]: `sentinel serve`: wires a node up, forms a fresh cluster, serves the API.
 //! - [`api`]: the HTTP JSON API clients use, and the endpoints peers call.
 //! - [`listener`]: accepting connections, with the deadlines and the cap that keep a hostile
 //!   client from tying up a node.
@@ -26,6 +28,7 @@
 pub mod api;
 pub mod listener;
 pub mod network;
+pub mod node;
 pub mod server;
 pub mod state;
 pub mod stats;

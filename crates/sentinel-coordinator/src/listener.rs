@@ -30,7 +30,7 @@ pub const MAX_CONNECTIONS: usize = 4_096;
 const RESERVED_FILES: u64 = 64;
 
 /// Serves `app` on `listener` until accepting fails for good.
-pub async fn serve(listener: TcpListener, app: Router) -> io::Error {
+pub async fn serve_connections(listener: TcpListener, app: Router) -> io::Error {
     let slots = Arc::new(Semaphore::new(connection_cap()));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {

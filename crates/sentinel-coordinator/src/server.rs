@@ -6,30 +6,24 @@
 //! storage is fresh. The others wait to be contacted by it. A node that already has a log ignores
 //! the list: the membership in its log wins.
 //!
-//! The leader stamps every command with its wall clock and proposes a `Tick` when the next lease
-//! or wait of the state ends, so waiters get their locks without a client asking.
+//! Wiring only: the node's parts and what they do once running are [`super::node`]'s, the HTTP
+//! API is [`super::api`]'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 use super::network::Peers;
-use super::state::{Answer, Batch, Command, MAX_BATCH, Proposal, position};
+use super::node::{Auth, Node, Started};
 use super::stats::Stats;
-use super::store::{self, LogStore, StateMachineStore};
+use super::store;
 use super::{NodeId, TypeConfig, api, listener};
-use http::HeaderValue;
 use sentinel_core::error::{Error, Result};
-use sentinel_core::lease::{Clock, SystemClock};
 use sentinel_core::secret::Secret;
-use sentinel_proto::http::{HttpClient, http_client};
-use sha2::{Digest, Sha256};
+use sentinel_proto::http::http_client;
 
 /// Where `sentinel serve` listens without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7464";
@@ -52,14 +46,6 @@ const ELECTION_MAX_MS: u64 = 200;
 /// about 130,000 commands in memory.
 const SNAPSHOT_EVERY: u64 = 5_000;
 const LOG_KEPT: u64 = 500;
-/// Commands that may wait for the writer before proposers wait to queue more (back-pressure).
-const QUEUED_PROPOSALS: usize = 4 * MAX_BATCH;
-/// How long a proposal may wait for a quorum before the client is told to retry.
-pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ticks come at most this often, and without any lease ending, at least this rarely (to notice
-/// leadership changes).
-const TICK_GAP: Duration = Duration::from_millis(10);
-const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// What `sentinel serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -74,121 +60,6 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// The bearer token every client and peer request must carry, if any.
     pub auth_token: Option<Secret>,
-}
-
-/// A running node, shared by the HTTP handlers and the ticker.
-pub struct Node {
-    /// This node's id.
-    pub id: NodeId,
-    /// The node's Raft instance.
-    pub raft: Raft<TypeConfig>,
-    /// The node's log (read for `/cluster/status`).
-    pub log: LogStore,
-    /// The lock state as applied on this node.
-    pub state: StateMachineStore,
-    /// Pooled connections to the peers, for forwarding.
-    pub client: HttpClient,
-    /// The cluster's bearer token, if it has one.
-    pub auth: Option<Auth>,
-    /// What `/metrics` shows.
-    pub stats: Stats,
-    /// The queue of commands waiting to be packed into the next log entry.
-    proposals: mpsc::Sender<Pending>,
-}
-
-/// A command waiting for its entry, and who waits for its answer.
-struct Pending {
-    proposal: Proposal,
-    reply: oneshot::Sender<std::result::Result<(Answer, u64), ProposeError>>,
-}
-
-/// The shared bearer token, kept as what is needed to check and to send it.
-pub struct Auth {
-    digest: [u8; 32],
-    /// `Bearer TOKEN`, marked sensitive so that no HTTP log shows it.
-    pub header: HeaderValue,
-}
-
-impl Auth {
-    /// Keeps `token`'s digest and its header; a usage error if it cannot be a header value.
-    pub fn new(token: &Secret) -> Result<Auth> {
-        let mut header =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                Error::usage("invalid --auth-token: it cannot be sent in an HTTP header")
-            })?;
-        header.set_sensitive(true);
-        Ok(Auth {
-            digest: Sha256::digest(token.expose().as_bytes()).into(),
-            header,
-        })
-    }
-
-    /// Whether an `Authorization` header carries the token. Both sides are hashed first and the
-    /// digests compared without stopping at the first difference, so the time taken says nothing
-    /// about the token.
-    pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(given) = authorization
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-        digest
-            .iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
-    }
-}
-
-/// Why a proposal did not get an answer.
-#[derive(Clone)]
-pub enum ProposeError {
-    /// This node is not the leader (any more); the leader, if known.
-    NotLeader(Option<NodeId>),
-    /// No answer in time, or Raft stopped: the command may still take effect.
-    Unavailable(String),
-}
-
-impl Node {
-    /// Stamps `command` with this node's clock and replicates it; the state's answer once it is
-    /// committed and applied here, and the command's position in the log (the fencing token a
-    /// grant by it carries).
-    pub async fn propose(
-        &self,
-        command: Command,
-    ) -> std::result::Result<(Answer, u64), ProposeError> {
-        let proposal = Proposal {
-            at_ms: SystemClock.now_ms(),
-            command,
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let stopping = || ProposeError::Unavailable("the node is stopping".into());
-        self.proposals
-            .send(Pending { proposal, reply })
-            .await
-            .map_err(|_| stopping())?;
-        answer.await.map_err(|_| stopping())?
-    }
-
-    /// The leader this node knows of, and its address.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .addr
-            .clone();
-        Some((leader, addr))
-    }
-
-    /// Whether this node leads now (as far as it knows).
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
-    }
 }
 
 /// Runs a node until its listener fails or Raft stops; `ready` is called with the bound address
@@ -222,8 +93,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
     .await
     .map_err(|e| Error::Unexpected(format!("cannot start Raft: {e}")))?;
     form_cluster(&raft, opts.id, &opts.members).await?;
-    let (proposals, pending) = mpsc::channel(QUEUED_PROPOSALS);
-    let node = Arc::new(Node {
+    let (node, _background) = Node::start(Started {
         id: opts.id,
         raft,
         log,
@@ -231,12 +101,8 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         client,
         auth,
         stats,
-        proposals,
     });
     let addr = listener.local_addr()?;
-    let writer = tokio::spawn(write_batches(node.clone(), pending));
-    let ticker = tokio::spawn(tick(node.clone()));
-    let elections = tokio::spawn(count_elections(node.clone()));
     ready(addr);
     let mut metrics = node.raft.metrics();
     let stopped = async move {
@@ -251,14 +117,11 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         }
     };
     let result = tokio::select! {
-        e = listener::serve(listener, api::router(node.clone())) => {
+        e = listener::serve_connections(listener, api::router(node.clone())) => {
             Err(Error::Unavailable(format!("the listener on {addr} failed: {e}")))
         }
         why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),
     };
-    ticker.abort();
-    elections.abort();
-    writer.abort();
     let _ = node.raft.shutdown().await;
     result
 }
@@ -290,129 +153,4 @@ async fn form_cluster(
     raft.initialize(nodes)
         .await
         .map_err(|e| Error::Unexpected(format!("cannot form the cluster: {e}")))
-}
-
-/// Group commit: packs the commands proposed while the previous entry was being written into one
-/// entry, and answers each of them when it is applied.
-///
-/// openraft 0.9 appends and flushes one client write at a time, so one entry per command would
-/// cost every command its own fsync and its own replication round. With one entry in flight, the
-/// commands that arrive during its write wait for the next one and share its fsync: under load the
-/// batches grow by themselves, and a lone command is written at once.
-async fn write_batches(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (proposals, replies): (Vec<Proposal>, Vec<_>) =
-            batch.drain(..).map(|p| (p.proposal, p.reply)).unzip();
-        let started = std::time::Instant::now();
-        let written =
-            tokio::time::timeout(PROPOSE_TIMEOUT, node.raft.client_write(Batch(proposals))).await;
-        let answers = match written {
-            Ok(Ok(written)) => {
-                node.stats.committed(started.elapsed(), replies.len());
-                let index = written.log_id.index;
-                let mut outcomes = written.data.into_iter();
-                replies
-                    .into_iter()
-                    .enumerate()
-                    .map(|(place, reply)| {
-                        let answer = outcomes
-                            .next()
-                            .flatten()
-                            .map(|o| (o, position(index, place)));
-                        let answer = answer.ok_or_else(|| {
-                            ProposeError::Unavailable("the state machine gave no answer".into())
-                        });
-                        (reply, answer)
-                    })
-                    .collect::<Vec<_>>()
-            }
-            Ok(Err(e)) => {
-                let e = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                        ProposeError::NotLeader(f.leader_id)
-                    }
-                    e => ProposeError::Unavailable(e.to_string()),
-                };
-                replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
-            }
-            Err(_) => {
-                let e = ProposeError::Unavailable(format!(
-                    "no quorum confirmed the request within {PROPOSE_TIMEOUT:?}"
-                ));
-                replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
-            }
-        };
-        for (reply, answer) in answers {
-            // A client that went away no longer waits for its answer; the command stands.
-            let _ = reply.send(answer);
-        }
-    }
-}
-
-/// Counts the elections this node sees end with a leader: each new term that has one.
-async fn count_elections(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    let mut counted_term = None;
-    loop {
-        let (term, leader) = {
-            let m = metrics.borrow_and_update();
-            (m.current_term, m.current_leader)
-        };
-        if leader.is_some() && counted_term != Some(term) {
-            counted_term = Some(term);
-            node.stats.elected();
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// On the leader, proposes a `Tick` whenever a lease or a wait of the state has ended, so that
-/// waiters are handed their locks and answers settle without a client command.
-async fn tick(node: Arc<Node>) {
-    let mut applied = node.state.subscribe();
-    loop {
-        let next = node.state.read(|m| m.state.next_event_ms());
-        let now = SystemClock.now_ms();
-        let pause = match next {
-            Some(at) if at <= now && node.is_leader() => {
-                if let Err(ProposeError::Unavailable(e)) = node.propose(Command::Tick).await {
-                    tracing::debug!("tick not applied: {e}");
-                }
-                TICK_GAP
-            }
-            Some(at) if at > now => Duration::from_millis(at - now).clamp(TICK_GAP, IDLE_TICK),
-            _ => IDLE_TICK,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            changed = applied.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_exact_bearer_token_is_accepted() {
-        let auth = Auth::new(&Secret::new("s3cret")).unwrap();
-        let h = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert!(auth.accepts(Some(&h("Bearer s3cret"))));
-        for wrong in [
-            "Bearer s3cre",
-            "Bearer s3cret2",
-            "Basic s3cret",
-            "s3cret",
-            "Bearer ",
-        ] {
-            assert!(!auth.accepts(Some(&h(wrong))), "{wrong}");
-        }
-        assert!(!auth.accepts(None));
-        assert!(auth.header.is_sensitive());
-        assert!(!format!("{:?}", auth.header).contains("s3cret"));
-    }
 }
