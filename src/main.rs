@@ -83,11 +83,11 @@ fn main() {
         // A heartbeat sidecar and `run` answer SIGINT/SIGTERM themselves (stop cleanly, pass
         // them on to the command).
         if owns_signals {
-            let command = tokio::spawn(async move { sentinel_cli::commands::run(&cli).await });
+            let command = tokio::spawn(async move { sentinel_cli::commands::execute(&cli).await });
             return command.await.unwrap_or_else(failed);
         }
         let signal = interrupt::signalled();
-        let mut command = tokio::spawn(async move { sentinel_cli::commands::run(&cli).await });
+        let mut command = tokio::spawn(async move { sentinel_cli::commands::execute(&cli).await });
         tokio::select! {
             joined = &mut command => joined.unwrap_or_else(failed),
             code = signal => {

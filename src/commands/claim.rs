@@ -14,7 +14,7 @@ use sentinel::lock::Claimed;
 use sentinel::lock::{AcquireRequest, LockId, NextRequest};
 use sentinel::strategy::{self, Policy, Strategy};
 
-pub async fn run(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
+pub async fn exec(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     let (lock, outcome) = claim_target(ctx, &args.target, &args.claim).await?;
     let what = ctx.backend.describe(&lock);
     let mut report = granted(ctx, "claim", &what, &lock, &outcome);

@@ -11,7 +11,7 @@ use crate::config;
 use crate::output::Report;
 use sentinel::error::{Error, Result};
 
-pub async fn run(global: &GlobalArgs) -> Result<Report> {
+pub async fn exec(global: &GlobalArgs) -> Result<Report> {
     let server = config::server_backend(global)?;
     let status = server.cluster_status().await?;
     if !status.is_object() {

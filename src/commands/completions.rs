@@ -13,7 +13,7 @@ pub fn script(shell: clap_complete::Shell) -> String {
     String::from_utf8(buf).expect("completion scripts are UTF-8")
 }
 
-pub fn run(args: &CompletionsArgs) -> Result<Report> {
+pub fn exec(args: &CompletionsArgs) -> Result<Report> {
     let text = script(args.shell);
     Ok(Report::new(
         json!({"ok": true, "command": "completions", "shell": args.shell.to_string(), "script": text}),

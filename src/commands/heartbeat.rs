@@ -17,7 +17,7 @@ use sentinel::keepalive::{self, Keepalive, Timing};
 use sentinel::lease;
 use sentinel::lock::{ReleaseRequest, RenewRequest};
 
-pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
+pub async fn exec(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     if args.once {
         return once(ctx, args).await;
     }
@@ -53,17 +53,7 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
         }
     };
     let released = if args.release_on_exit {
-        let r = ctx
-            .backend
-            .release(&ReleaseRequest {
-                lock: req.lock,
-                worker_id: req.worker_id,
-                force: false,
-                fencing_token: Some(summary.holder.fencing_token),
-            })
-            .await?;
-        metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
-        Some(r.was_held)
+        Some(release(ctx, req, summary.holder.fencing_token).await?)
     } else {
         None
     };
@@ -99,6 +89,22 @@ pub async fn run(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     ))
 }
 
+/// Releases the lock the sidecar kept (`--release-on-exit`): whether it was still held.
+async fn release(ctx: &Context, req: RenewRequest, fencing_token: u64) -> Result<bool> {
+    let r = ctx
+        .backend
+        .release(&ReleaseRequest {
+            lock: req.lock,
+            worker_id: req.worker_id,
+            force: false,
+            fencing_token: Some(fencing_token),
+        })
+        .await?;
+    metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
+    Ok(r.was_held)
+}
+
+/// `--once`: one renewal, its result.
 async fn once(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     let lock = ctx.backend.parse_lock(&args.lock)?;
     let what = ctx.backend.describe(&lock);

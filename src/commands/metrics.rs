@@ -11,7 +11,7 @@ use crate::output::Report;
 use sentinel::backend::Backend;
 use sentinel::error::{Error, Result};
 
-pub async fn run(g: &GlobalArgs, args: &MetricsArgs) -> Result<Report> {
+pub async fn exec(g: &GlobalArgs, args: &MetricsArgs) -> Result<Report> {
     if args.repo_wide {
         return repo_wide(g, args).await;
     }

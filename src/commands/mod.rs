@@ -1,5 +1,6 @@
 //! One module per subcommand. Each takes its parsed arguments, calls the library and returns a
-//! [`Report`](crate::output::Report); none parses input or speaks a protocol itself.
+//! [`Report`](crate::output::Report); none parses input or speaks a protocol itself. Each entry
+//! point is `exec`, as in cargo; [`execute`] picks one.
 
 pub mod claim;
 pub mod cluster_status;
@@ -17,30 +18,31 @@ use crate::config::Context;
 use crate::output::Report;
 use sentinel::error::Result;
 
-pub async fn run(cli: &Cli) -> Result<Report> {
+/// Runs the parsed command line: each subcommand's `exec`, with the context it needs.
+pub async fn execute(cli: &Cli) -> Result<Report> {
     if let Command::Completions(args) = &cli.command {
-        return completions::run(args);
+        return completions::exec(args);
     }
     // This host's counters need no backend, token or network; only --repo-wide builds a backend.
     if let Command::Metrics(args) = &cli.command {
-        return metrics::run(&cli.global, args).await;
+        return metrics::exec(&cli.global, args).await;
     }
     // A coordinator node is no client: it needs no backend or worker identity.
     if let Command::Serve(args) = &cli.command {
-        return serve::run(&cli.global, args).await;
+        return serve::exec(&cli.global, args).await;
     }
     // Cluster inspection needs the servers, not a worker identity.
     if let Command::Cluster(ClusterCommand::Status) = &cli.command {
-        return cluster_status::run(&cli.global).await;
+        return cluster_status::exec(&cli.global).await;
     }
     let ctx = Context::from_args(&cli.global)?;
     match &cli.command {
-        Command::Claim(a) => claim::run(&ctx, a).await,
-        Command::Release(a) => release::run(&ctx, a).await,
-        Command::Status(a) => status::run(&ctx, a).await,
-        Command::Heartbeat(a) => heartbeat::run(&ctx, a).await,
-        Command::Run(a) => run::run(&ctx, a).await,
-        Command::StealStale(a) => steal_stale::run(&ctx, a).await,
+        Command::Claim(a) => claim::exec(&ctx, a).await,
+        Command::Release(a) => release::exec(&ctx, a).await,
+        Command::Status(a) => status::exec(&ctx, a).await,
+        Command::Heartbeat(a) => heartbeat::exec(&ctx, a).await,
+        Command::Run(a) => run::exec(&ctx, a).await,
+        Command::StealStale(a) => steal_stale::exec(&ctx, a).await,
         Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) | Command::Cluster(_) => {
             unreachable!("handled above")
         }

@@ -10,7 +10,7 @@ use sentinel::backend::LockBackend;
 use sentinel::error::Result;
 use sentinel::lock::ReleaseRequest;
 
-pub async fn run(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
+pub async fn exec(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
     let lock = ctx.backend.parse_lock(&args.lock)?;
     let what = ctx.backend.describe(&lock);
     let worker = &ctx.claimant.worker_id;

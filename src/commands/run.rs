@@ -23,25 +23,14 @@ use sentinel::lease;
 use sentinel::lock::Claimed;
 use sentinel::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
 
-pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
+pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let mut signals = Signals::listen()?;
     // Settings that cannot keep the lock alive are refused before anything is claimed.
     Timing::for_ttl(args.interval, lease::validate_ttl(args.claim.ttl)?)?;
-    let (outcome, lock) = {
-        let claimed = pin!(claim_lock(ctx, args));
-        tokio::select! {
-            claimed = claimed => claimed?,
-            signal = signals.recv() => {
-                // Like an interrupted `claim`: withdraw whatever is half made, exit 130/143.
-                interrupt::flag();
-                interrupt::undo_all().await;
-                return Err(Error::Interrupted(signal.exit_code()));
-            }
-        }
-    };
+    let (claimed, lock) = claim_unless_interrupted(ctx, args, &mut signals).await?;
     // From here on `run` releases the lock itself on every path: nothing is left to undo.
     interrupt::reported();
-    let holder = outcome.grant.holder.clone();
+    let holder = claimed.grant.holder.clone();
     let what = ctx.backend.describe(&lock);
     let worker = ctx.claimant.worker_id.clone();
     let release_req = ReleaseRequest {
@@ -64,7 +53,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
         ("SENTINEL_LOCK", lock.bare()),
         ("SENTINEL_WORKER_ID", worker.clone()),
     ];
-    let facts = json!({
+    let mut json = json!({
         "ok": true,
         "command": "run",
         "backend": ctx.backend.name(),
@@ -72,12 +61,11 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
         "worker_id": worker,
         "fencing_token": holder.fencing_token,
     });
-    let mut cmd = match child::spawn(&args.command, &env) {
+    let cmd = match child::spawn(&args.command, &env) {
         Ok(c) => c,
         Err(not_started) => {
             output::print_error_line(&not_started.message);
             let released = release(ctx, &release_req, &holder).await?;
-            let mut json = facts;
             json["ok"] = json!(false);
             json["released"] = json!(released);
             json["error"] = json!({
@@ -91,22 +79,58 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
         }
     };
     tracing::info!(lock = %what, fencing_token = holder.fencing_token, "claimed; the command runs");
-
-    let (stop, stopped) = oneshot::channel::<()>();
     let renew = RenewRequest {
         lock,
         worker_id: worker,
         fencing_token: Some(holder.fencing_token),
         ttl: None,
     };
-    let mut keep = pin!(
-        Keepalive::new(renew, holder.clone(), outcome.attempt_started, timing).run(
-            &ctx.backend,
-            async {
-                let _ = stopped.await;
-            }
-        )
-    );
+    let keep = Keepalive::new(renew, holder, claimed.attempt_started, timing);
+    let (exit, summary) = supervise(ctx, args, &what, cmd, keep, &mut signals).await?;
+    let released = release(ctx, &release_req, &summary.holder).await?;
+    tracing::info!(code = exit.code, released, lock = %what, "the command exited");
+    json["exit_code"] = json!(exit.code);
+    json["signal"] = json!(exit.signal);
+    json["renewals"] = json!(summary.renewals);
+    json["released"] = json!(released);
+    let mut report = Report::new(json, "");
+    report.exit_code = exit.code;
+    Ok(report)
+}
+
+/// Claims the lock; a signal during the claim withdraws whatever is half made and ends `run`
+/// like an interrupted `claim` (exit 130/143).
+async fn claim_unless_interrupted(
+    ctx: &Context,
+    args: &RunArgs,
+    signals: &mut Signals,
+) -> Result<(Claimed, LockId)> {
+    let claimed = pin!(claim_lock(ctx, args));
+    tokio::select! {
+        claimed = claimed => claimed,
+        signal = signals.recv() => {
+            interrupt::flag();
+            interrupt::undo_all().await;
+            Err(Error::Interrupted(signal.exit_code()))
+        }
+    }
+}
+
+/// Runs the command while `keep` renews the lock, forwarding signals to it, until it exits: its
+/// exit and what the renewals ended with. A lease lost meanwhile stops the command (after
+/// `--kill-grace`) and is the error: nothing is left to release.
+async fn supervise(
+    ctx: &Context,
+    args: &RunArgs,
+    what: &str,
+    mut cmd: child::Child,
+    keep: Keepalive,
+    signals: &mut Signals,
+) -> Result<(child::Exit, keepalive::Summary)> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut keep = pin!(keep.run(&ctx.backend, async {
+        let _ = stopped.await;
+    }));
     let exit = loop {
         tokio::select! {
             exit = cmd.wait() => break exit,
@@ -118,7 +142,6 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
                 tracing::warn!(lock = %what, "{lost}; stopping the command");
                 let exit = cmd.terminate(args.kill_grace).await?;
                 tracing::info!(code = exit.code, "the command stopped");
-                // Nothing to release: the lock is not ours any more.
                 return Err(lost);
             }
             signal = signals.recv() => cmd.forward(signal),
@@ -128,17 +151,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<Report> {
     // A renewal still in flight finishes first; if it found the lock gone, it is not ours to
     // release.
     let summary = keep.await?;
-    let exit = exit?;
-    let released = release(ctx, &release_req, &summary.holder).await?;
-    tracing::info!(code = exit.code, released, lock = %what, "the command exited");
-    let mut json = facts;
-    json["exit_code"] = json!(exit.code);
-    json["signal"] = json!(exit.signal);
-    json["renewals"] = json!(summary.renewals);
-    json["released"] = json!(released);
-    let mut report = Report::new(json, "");
-    report.exit_code = exit.code;
-    Ok(report)
+    Ok((exit?, summary))
 }
 
 /// The claim step: one call that yields the grant and the lock it is for, so that `run --next`

@@ -13,7 +13,7 @@ use sentinel::coordinator::NodeId;
 use sentinel::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
 use sentinel::error::{Error, Result};
 
-pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
+pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     let opts = options(global, args)?;
     let (id, json) = (opts.id, global.json);
     server::serve(opts, |addr| {

@@ -9,7 +9,7 @@ use sentinel::backend::{LockBackend, Status};
 use sentinel::error::Result;
 use sentinel::lock::ListRequest;
 
-pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Report> {
+pub async fn exec(ctx: &Context, args: &StatusArgs) -> Result<Report> {
     let Some(raw) = &args.lock else {
         let rows = ctx.backend.list(&ListRequest { since: args.since }).await?;
         let human = if rows.is_empty() {

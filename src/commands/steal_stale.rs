@@ -14,7 +14,7 @@ use sentinel::lease;
 use sentinel::lock::{AcquireRequest, Takeover};
 use sentinel::strategy::{Policy, Strategy};
 
-pub async fn run(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
+pub async fn exec(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
     let task = task_info(&args.task)?;
     if args.all {
         if !task.is_empty() {
