@@ -14,7 +14,7 @@ use sentinel::github::client::ClientOptions;
 use sentinel::github::{GithubBackend, GithubOptions, RepoName};
 use sentinel::local::LocalBackend;
 use sentinel::lock::hostname;
-use sentinel::lock::{Claimant, TaskInfo, validate_label};
+use sentinel::lock::{Claimant, MAX_TASK_INFO_BYTES, TaskInfo, validate_label};
 use sentinel::postgres::PostgresBackend;
 use sentinel::redis::RedisBackend;
 use sentinel::secret::Secret;
@@ -344,6 +344,12 @@ pub fn task_info(t: &TaskArgs) -> Result<TaskInfo> {
             )));
         }
     }
+    if info.json_len() > MAX_TASK_INFO_BYTES {
+        return Err(Error::usage(format!(
+            "invalid task info: at most {MAX_TASK_INFO_BYTES} bytes as JSON, {} given",
+            info.json_len()
+        )));
+    }
     Ok(info)
 }
 
@@ -381,6 +387,11 @@ mod tests {
         let from_file = task_info(&args(&format!("@{}", tmp.path().display()))).unwrap();
         assert_eq!(from_file.task_type.as_deref(), Some("bug-fix"));
         assert!(task_info(&args("@/nonexistent/x.json")).is_err());
+        // Each field within its 1,024 characters, but four-byte ones: too large as a whole.
+        let wide = "\u{1F512}".repeat(1000);
+        let big = format!(r#"{{"task_type":"{wide}","priority":"{wide}"}}"#);
+        let e = task_info(&args(&big)).unwrap_err();
+        assert!(e.to_string().contains("at most 4096 bytes"), "{e}");
     }
 
     #[test]

@@ -48,7 +48,7 @@ use super::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
 use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
 use sentinel_core::lease::{self, Clock, SystemClock};
-use sentinel_core::lock::{validate_label, validate_name};
+use sentinel_core::lock::{MAX_TASK_INFO_BYTES, validate_label, validate_name};
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
 use sentinel_proto::api::{AcquireBody, ReleaseBody, RenewBody, WithdrawBody};
@@ -194,7 +194,16 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
+/// A request body: one JSON object. serde would also fill a struct from a JSON array of its
+/// fields in order, which no client means to send.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -412,11 +421,13 @@ async fn locks(
     let method = req.method().clone();
     let route = req.uri().path().to_string();
     let checked = (|| {
-        let Path(rest) = path.map_err(|e| {
+        // The only way a catch-all path fails to extract is bytes that are not UTF-8 once
+        // percent-decoded; axum's own message names its parameter, not the lock.
+        let Path(rest) = path.map_err(|_| {
             error(
                 StatusCode::BAD_REQUEST,
                 "invalid_name",
-                format!("invalid lock name: {e}"),
+                "invalid lock name: it is not UTF-8 once percent-decoded",
             )
         })?;
         let (name, action) = rest.rsplit_once('/').ok_or_else(|| {
@@ -450,7 +461,7 @@ async fn locks(
     };
     on_leader(node, req, move |node, body| async move {
         match action.as_str() {
-            "acquire" => acquire(&node, name, &body).await,
+            "acquire" => acquire(node, name, &body).await,
             "release" => release(&node, name, &body).await,
             "renew" => renew(&node, name, &body).await,
             "withdraw" => withdraw(&node, name, &body).await,
@@ -460,7 +471,7 @@ async fn locks(
     .await
 }
 
-async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+async fn acquire(node: Arc<Node>, name: String, body: &[u8]) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let b: AcquireBody = parse(body)?;
     label("holder", &b.holder)?;
@@ -468,6 +479,16 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
         label("node", n)?;
     }
     checked_ttl(b.ttl_ms)?;
+    if b.task_info.json_len() > MAX_TASK_INFO_BYTES {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "task_info_too_large",
+            format!(
+                "task_info takes {} bytes as JSON; at most {MAX_TASK_INFO_BYTES}",
+                b.task_info.json_len()
+            ),
+        ));
+    }
     if b.wait_ms > MAX_WAIT_MS {
         return Err(invalid(
             "wait_ms",
@@ -476,7 +497,7 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     }
     let id = request_id(b.request_id)?;
     let wait_ms = b.wait_ms;
-    let command = Command::Acquire(Acquire {
+    let acquire = Acquire {
         request_id: id.clone(),
         name: name.clone(),
         holder: b.holder,
@@ -485,33 +506,13 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
         wait_ms,
         readopt: b.readopt,
         task_info: b.task_info,
-    });
-    // Subscribe before proposing, so no settlement can slip between the two.
-    let mut applied = node.state.subscribe();
-    let (mut outcome, index) = node.propose(command).await.map_err(propose_error)?;
-    if matches!(outcome, Answer::Queued { .. }) {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms) + SETTLE_GRACE;
-        loop {
-            match node.state.read(|m| m.state.answer(&id).cloned()) {
-                Some(Answer::Queued { .. }) => {}
-                Some(settled) => {
-                    outcome = settled;
-                    break;
-                }
-                None => {
-                    return Err(unavailable(format!("the answer to request {id} was lost")));
-                }
-            }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    return Err(unavailable(format!(
-                        "the wait of request {id} did not settle in time"
-                    )));
-                }
-            }
-        }
-    }
+    };
+    let abandoned = Abandoned::arm(&node, &acquire);
+    let settled = settle(&node, Command::Acquire(acquire), &id, wait_ms).await;
+    // An answer, even an error, reaches the client, which retries under the same request id:
+    // only a client that is gone has its acquire taken back.
+    abandoned.answered();
+    let (outcome, index) = settled?;
     if let Answer::Withdrawn { .. } = outcome {
         return Err(error(
             StatusCode::CONFLICT,
@@ -529,7 +530,95 @@ async fn acquire(node: &Node, name: String, body: &[u8]) -> Result<Response, Api
     {
         node.stats.acquired(started.elapsed());
     }
-    answer(node, &name, &id, outcome)
+    answer(&node, &name, &id, outcome)
+}
+
+/// Proposes an acquire and, if it joins the lock's queue, waits for its final answer: the answer
+/// and the position of the acquire's entry.
+async fn settle(
+    node: &Node,
+    command: Command,
+    id: &str,
+    wait_ms: u64,
+) -> Result<(Answer, u64), ApiError> {
+    // Subscribe before proposing, so no settlement can slip between the two.
+    let mut applied = node.state.subscribe();
+    let (outcome, index) = node.propose(command).await.map_err(propose_error)?;
+    if !matches!(outcome, Answer::Queued { .. }) {
+        return Ok((outcome, index));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms) + SETTLE_GRACE;
+    loop {
+        match node.state.read(|m| m.state.answer(id).cloned()) {
+            Some(Answer::Queued { .. }) => {}
+            Some(settled) => return Ok((settled, index)),
+            None => {
+                return Err(unavailable(format!("the answer to request {id} was lost")));
+            }
+        }
+        match tokio::time::timeout_at(deadline, applied.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(unavailable(format!(
+                    "the wait of request {id} did not settle in time"
+                )));
+            }
+        }
+    }
+}
+
+/// An acquire whose client may have gone: if its handler is dropped before it answers, the
+/// acquire is withdrawn. hyper drops a handler when its client's connection closes; without this,
+/// a lock handed to a waiter that is gone would sit with it for a whole TTL, and a queue of gone
+/// waiters would hold the lock for many. The withdrawal is a command like any other: applied once,
+/// whatever became of the acquire (queued, granted, or not arrived yet).
+struct Abandoned {
+    node: Arc<Node>,
+    withdraw: Option<Withdraw>,
+}
+
+impl Abandoned {
+    /// Armed for `acquire`, before it is proposed: a client may leave while it is.
+    fn arm(node: &Arc<Node>, acquire: &Acquire) -> Abandoned {
+        let withdraw = Withdraw {
+            request_id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            name: acquire.name.clone(),
+            holder: acquire.holder.clone(),
+            acquire_id: acquire.request_id.clone(),
+        };
+        Abandoned {
+            node: node.clone(),
+            withdraw: Some(withdraw),
+        }
+    }
+
+    /// The client is given the answer: nothing to take back.
+    fn answered(mut self) {
+        self.withdraw = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let (Some(withdraw), Ok(runtime)) =
+            (self.withdraw.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let node = self.node.clone();
+        runtime.spawn(async move {
+            let (name, id) = (withdraw.name.clone(), withdraw.acquire_id.clone());
+            match node.propose(Command::Withdraw(withdraw)).await {
+                Ok(_) => tracing::debug!("withdrew acquire {id} of {name:?}: its client left"),
+                Err(ProposeError::NotLeader(_)) | Err(ProposeError::Unavailable(_)) => {
+                    tracing::warn!(
+                        "could not withdraw acquire {id} of {name:?}, whose client left: it may \
+                         be granted and held until its lease ends"
+                    )
+                }
+            }
+        });
+    }
 }
 
 async fn release(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {

@@ -61,10 +61,19 @@ pub struct TaskInfo {
     pub priority: Option<String>,
 }
 
+/// Most bytes a task info may take as JSON. It travels with every lock and every status answer
+/// (a page of 1,000 locks, a snapshot of 100,000), so one client must not make it large.
+pub const MAX_TASK_INFO_BYTES: usize = 4096;
+
 impl TaskInfo {
     /// No field set: nothing to store or show.
     pub fn is_empty(&self) -> bool {
         self == &TaskInfo::default()
+    }
+
+    /// Its size as JSON, in bytes: what [`MAX_TASK_INFO_BYTES`] bounds.
+    pub fn json_len(&self) -> usize {
+        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
     }
 }
 

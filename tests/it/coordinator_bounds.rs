@@ -1,0 +1,102 @@
+//! What one client can cost a coordinator node, through a real `sentinel serve`: a waiter whose
+//! connection closes is taken back instead of being handed the lock, and bodies that are too
+//! large or of the wrong shape are refused with stable codes.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::serve::{Node, eventually, exchange_within, free_addr, leader_of};
+
+/// One request to `addr` without a token: the status and the JSON body.
+fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let (status, text) =
+        exchange_within(addr, method, path, body, &[], Duration::from_secs(20)).unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    (status, json)
+}
+
+#[test]
+fn a_waiter_whose_client_left_is_not_handed_the_lock() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+    let acquire = json!({"holder": "w1", "ttl_ms": 60_000});
+    let (s, held) = call(&addr, "POST", "/locks/g/acquire", Some(&acquire));
+    assert_eq!(s, 200, "{held}");
+    let token = held["holder"]["fencing_token"].as_u64().unwrap();
+
+    // w2 waits for the lock, then its client goes away without reading an answer.
+    let body = json!({"holder": "w2", "ttl_ms": 60_000, "wait_ms": 30_000}).to_string();
+    let mut gone = TcpStream::connect(&addr).unwrap();
+    write!(
+        gone,
+        "POST /locks/g/acquire HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    eventually(10, "w2 in the queue", || {
+        let (_, status) = call(&addr, "GET", "/locks/g/status", None);
+        (status["queue"].as_array()?.len() == 1).then_some(())
+    });
+    drop(gone);
+    eventually(10, "w2 out of the queue", || {
+        let (_, status) = call(&addr, "GET", "/locks/g/status", None);
+        status["queue"].as_array()?.is_empty().then_some(())
+    });
+
+    let release = json!({"holder": "w1", "token": token});
+    let (s, released) = call(&addr, "POST", "/locks/g/release", Some(&release));
+    assert_eq!(s, 200, "{released}");
+    let (_, status) = call(&addr, "GET", "/locks/g/status", None);
+    assert_eq!(
+        status["held"], false,
+        "the lock went to a client that left: {status}"
+    );
+}
+
+#[test]
+fn bodies_of_the_wrong_shape_or_size_are_refused_with_stable_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+
+    // serde would take an array of the fields in order for the struct.
+    let (s, e) = call(
+        &addr,
+        "POST",
+        "/locks/a/acquire",
+        Some(&json!(["w1", 60_000])),
+    );
+    assert_eq!((s, e["code"].as_str()), (400, Some("invalid_body")), "{e}");
+
+    let big = "x".repeat(1000);
+    let acquire = json!({"holder": "w1", "ttl_ms": 60_000, "task_info": {
+        "task_type": big, "priority": big, "estimated_duration": big, "complexity": 5,
+    }});
+    let (s, e) = call(&addr, "POST", "/locks/a/acquire", Some(&acquire));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (200, None),
+        "3 KB of task info is fine: {e}"
+    );
+    let acquire = json!({"holder": "w1", "ttl_ms": 60_000, "task_info": {
+        "task_type": big.repeat(2), "priority": big.repeat(2), "estimated_duration": big,
+    }});
+    let (s, e) = call(&addr, "POST", "/locks/b/acquire", Some(&acquire));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (413, Some("task_info_too_large")),
+        "{}",
+        e["message"]
+    );
+
+    let (s, e) = call(&addr, "GET", "/locks/%FF/status", None);
+    assert_eq!((s, e["code"].as_str()), (400, Some("invalid_name")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("not UTF-8"), "{e}");
+}
