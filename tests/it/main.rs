@@ -3,6 +3,7 @@
 mod cluster;
 mod completions;
 mod conformance;
+mod etcd_cli;
 mod fixtures;
 mod gh_auth;
 mod github_cli;

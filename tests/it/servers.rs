@@ -1,4 +1,4 @@
-//! Real Redis and PostgreSQL servers for the tests: each started on a free loopback port in a
+//! Real Redis, PostgreSQL and etcd servers for the tests: each started on a free loopback port in a
 //! temporary directory, waited for within a bound, stopped when dropped. A test whose server
 //! binaries are missing is skipped with a printed line (`.ci/run` installs them, so CI never
 //! skips).
@@ -28,7 +28,7 @@ fn find(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
 pub fn skip(what: &str) {
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED: {what} is not installed (apt-get install redis-server postgresql)"
+        "SKIPPED: {what} is not installed (apt-get install redis-server postgresql etcd-server)"
     );
 }
 
@@ -346,4 +346,120 @@ impl Drop for Postgres {
             stop(child, "INT");
         }
     }
+}
+
+/// A one-member etcd cluster of its own (Debian's `etcd-server`): client and peer URLs on free
+/// loopback ports, data in a temporary directory. A short heartbeat and election timeout make
+/// etcd's shortest lease one second, so a 1 s lease really ends after about a second.
+pub struct Etcd {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// A fresh member, started; `None` if etcd is missing.
+    pub fn start() -> Option<Etcd> {
+        let Some(bin) = find("etcd", &[]) else {
+            skip("etcd (etcd-server)");
+            return None;
+        };
+        let mut e = Etcd {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            client: 0,
+            peer: 0,
+            child: None,
+        };
+        for _ in 0..5 {
+            e.client = free_port();
+            e.peer = free_port();
+            if e.client != e.peer && e.spawn() {
+                return Some(e);
+            }
+            // A failed start may have left a member directory for other ports.
+            let _ = std::fs::remove_dir_all(e.dir.path().join("data"));
+        }
+        panic!("etcd did not start; log:\n{}", e.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> bool {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let mut cmd = Command::new(&self.bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", self.client);
+        let up = wait_ready(&mut child, || healthy(&addr));
+        if !up {
+            stop(&mut child, "KILL");
+            return false;
+        }
+        self.child = Some(child);
+        true
+    }
+
+    /// The client URL, for `--etcd-endpoints`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// `kill -9`, then a start on the same ports and data directory.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, "KILL");
+        }
+        assert!(self.spawn(), "etcd did not restart:\n{}", self.log());
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            stop(child, "TERM");
+        }
+    }
+}
+
+/// Whether etcd at `addr` says it is healthy (it has a leader and serves requests).
+fn healthy(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") && answer.contains(r#""health":"true""#)
 }
