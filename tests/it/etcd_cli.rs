@@ -1,8 +1,17 @@
 //! The etcd backend through the binary, against a real etcd member: claims, races, fencing
-//! tokens, lease expiry, refused renewals, failover between endpoints and its errors.
+//! tokens, lease expiry, refused renewals, failover between endpoints and its errors; and through
+//! the library, a claim whose answer is lost on the way back and a listing of many pages.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use sentinel::LockBackend;
+use sentinel::etcd::EtcdBackend;
+use sentinel::lock::{AcquireRequest, Attempt, Claimant, ListRequest, LockId, Takeover};
 
 use crate::servers::Etcd;
 use crate::support::{closed_port, code, sentinel, sole_winner, stdout_json, text, wait_all};
@@ -289,4 +298,209 @@ fn an_unreachable_cluster_is_exit_8_and_bad_endpoints_are_usage_errors() {
         assert!(text(&out).contains(says), "{endpoints}: {}", text(&out));
         assert!(!text(&out).contains("hunter2"), "{}", text(&out));
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn claim_req(name: &str, worker: &str) -> AcquireRequest {
+    AcquireRequest {
+        lock: LockId::Name(name.into()),
+        claimant: Claimant {
+            worker_id: worker.into(),
+            node_id: "node".into(),
+        },
+        ttl: Duration::from_secs(60),
+        takeover: Takeover::None,
+        task_info: Default::default(),
+        readopt: false,
+        attempt: 0,
+        wait: Duration::ZERO,
+    }
+}
+
+/// An HTTP proxy in front of etcd that passes every exchange through (one connection each), but
+/// swallows the answers to the first `drop` transactions: etcd applies them, the client hears
+/// nothing and must retry.
+struct LossyProxy {
+    addr: String,
+    /// Transactions seen, the swallowed ones included.
+    txns: Arc<AtomicUsize>,
+}
+
+impl LossyProxy {
+    fn start(upstream: String, drop: usize) -> LossyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let txns = Arc::new(AtomicUsize::new(0));
+        let count = txns.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let (upstream, count) = (upstream.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::serve(client, &upstream, &count, drop);
+                });
+            }
+        });
+        LossyProxy { addr, txns }
+    }
+
+    /// One request: its head and body read, sent on with `Connection: close`, the whole answer
+    /// read and passed back with `Connection: close` (or swallowed).
+    fn serve(
+        mut client: TcpStream,
+        upstream: &str,
+        count: &AtomicUsize,
+        drop: usize,
+    ) -> std::io::Result<()> {
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = client.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            request.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while request.len() < head_end + length {
+            let n = client.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let is_txn = head.starts_with("post /v3/kv/txn ");
+        let mut forwarded = request[..head_end - 2].to_vec();
+        forwarded.extend_from_slice(b"Connection: close\r\n\r\n");
+        forwarded.extend_from_slice(&request[head_end..]);
+        let mut etcd = TcpStream::connect(upstream)?;
+        etcd.write_all(&forwarded)?;
+        let mut answer = Vec::new();
+        etcd.read_to_end(&mut answer)?;
+        if is_txn && count.fetch_add(1, Ordering::SeqCst) < drop {
+            // Applied by etcd, never heard of by the client.
+            return Ok(());
+        }
+        let line_end = answer.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        client.write_all(&answer[..line_end])?;
+        client.write_all(b"Connection: close\r\n")?;
+        client.write_all(&answer[line_end..])
+    }
+}
+
+#[test]
+fn a_claim_whose_answer_was_lost_is_granted_once() {
+    let Some(server) = Etcd::start() else { return };
+    let upstream = server.url().trim_start_matches("http://").to_string();
+    let proxy = LossyProxy::start(upstream, 1);
+    let rt = runtime();
+    let lossy = EtcdBackend::new(&format!("http://{}", proxy.addr)).unwrap();
+    let direct = EtcdBackend::new(&server.url()).unwrap();
+    let started = Instant::now();
+    let attempt = rt
+        .block_on(lossy.try_acquire(&claim_req("job", "a")))
+        .unwrap();
+    eprintln!(
+        "a claim whose first answer was lost took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        proxy.txns.load(Ordering::SeqCst) >= 2,
+        "the answer was not lost"
+    );
+    let Attempt::Granted(grant) = attempt else {
+        panic!("the retried claim did not recognise its own grant: {attempt:?}")
+    };
+    assert!(!grant.adopted);
+    let status = rt
+        .block_on(direct.status(&LockId::Name("job".into())))
+        .unwrap();
+    let holder = status.holder().expect("held");
+    assert_eq!(
+        (holder.worker_id.as_str(), holder.fencing_token),
+        ("a", grant.holder.fencing_token)
+    );
+    // Granted once: anyone else is told a holds it.
+    match rt
+        .block_on(direct.try_acquire(&claim_req("job", "b")))
+        .unwrap()
+    {
+        Attempt::Held(h) => assert_eq!(h.fencing_token, grant.holder.fencing_token),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn listings_page_through_every_lock_in_order() {
+    let Some(server) = Etcd::start() else { return };
+    let rt = runtime();
+    let b = EtcdBackend::new(&server.url()).unwrap();
+    // More than two pages of 200.
+    let names: Vec<String> = (0..450).map(|i| format!("lock-{i:04}")).collect();
+    rt.block_on(async {
+        for chunk in names.chunks(50) {
+            let claims: Vec<_> = chunk
+                .iter()
+                .map(|n| {
+                    let (b, req) = (b.clone(), claim_req(n, "lister"));
+                    tokio::spawn(async move { b.try_acquire(&req).await })
+                })
+                .collect();
+            for c in claims {
+                assert!(matches!(c.await.unwrap().unwrap(), Attempt::Granted(_)));
+            }
+        }
+    });
+    let started = Instant::now();
+    let listed = rt
+        .block_on(b.list(&ListRequest {
+            since: Duration::from_secs(3600),
+        }))
+        .unwrap();
+    eprintln!("listing 450 etcd locks took {:?}", started.elapsed());
+    let listed: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(listed, names);
+    // A value sentinel did not write is reported, not taken for a lock.
+    let key = base64_key(b"sentinel/locks/foreign");
+    let body = format!(r#"{{"key":"{key}","value":"aGVsbG8="}}"#);
+    let data = tempfile::tempdir().unwrap();
+    assert!(put_raw(&server.url(), &body));
+    let out = etcd(data.path(), &server.url(), "x", &["status", "foreign"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("did not write"), "{}", text(&out));
+}
+
+fn base64_key(raw: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// `POST /v3/kv/put` with `body`, past sentinel.
+fn put_raw(url: &str, body: &str) -> bool {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST /v3/kv/put HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer.starts_with("HTTP/1.1 200")
 }
