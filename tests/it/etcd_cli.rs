@@ -325,16 +325,16 @@ fn claim_req(name: &str, worker: &str) -> AcquireRequest {
 }
 
 /// An HTTP proxy in front of etcd that passes every exchange through (one connection each), but
-/// swallows the answers to the first `drop` transactions: etcd applies them, the client hears
-/// nothing and must retry.
+/// swallows the answers to the first `drop` transactions (etcd applies them, the client hears
+/// nothing and must retry) and holds every transaction's answer back for `delay`.
 struct LossyProxy {
     addr: String,
-    /// Transactions seen, the swallowed ones included.
+    /// Transactions answered by etcd, the swallowed ones included.
     txns: Arc<AtomicUsize>,
 }
 
 impl LossyProxy {
-    fn start(upstream: String, drop: usize) -> LossyProxy {
+    fn start(upstream: String, drop: usize, delay: Duration) -> LossyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let txns = Arc::new(AtomicUsize::new(0));
@@ -344,7 +344,7 @@ impl LossyProxy {
                 let Ok(client) = client else { return };
                 let (upstream, count) = (upstream.clone(), count.clone());
                 std::thread::spawn(move || {
-                    let _ = Self::serve(client, &upstream, &count, drop);
+                    let _ = Self::serve(client, &upstream, &count, drop, delay);
                 });
             }
         });
@@ -358,6 +358,7 @@ impl LossyProxy {
         upstream: &str,
         count: &AtomicUsize,
         drop: usize,
+        delay: Duration,
     ) -> std::io::Result<()> {
         client.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut request = Vec::new();
@@ -396,6 +397,9 @@ impl LossyProxy {
             // Applied by etcd, never heard of by the client.
             return Ok(());
         }
+        if is_txn {
+            std::thread::sleep(delay);
+        }
         let line_end = answer.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
         client.write_all(&answer[..line_end])?;
         client.write_all(b"Connection: close\r\n")?;
@@ -407,7 +411,7 @@ impl LossyProxy {
 fn a_claim_whose_answer_was_lost_is_granted_once() {
     let Some(server) = Etcd::start() else { return };
     let upstream = server.url().trim_start_matches("http://").to_string();
-    let proxy = LossyProxy::start(upstream, 1);
+    let proxy = LossyProxy::start(upstream, 1, Duration::ZERO);
     let rt = runtime();
     let lossy = EtcdBackend::new(&format!("http://{}", proxy.addr)).unwrap();
     let direct = EtcdBackend::new(&server.url()).unwrap();
@@ -442,6 +446,55 @@ fn a_claim_whose_answer_was_lost_is_granted_once() {
     {
         Attempt::Held(h) => assert_eq!(h.fencing_token, grant.holder.fencing_token),
         other => panic!("{other:?}"),
+    }
+}
+
+/// A claim interrupted (SIGINT, SIGTERM) after etcd applied its transaction but before the answer
+/// came back: the interrupted process withdraws the grant (revokes its lease) before it exits.
+#[test]
+fn a_claim_interrupted_with_its_grant_in_flight_holds_nothing() {
+    let Some(server) = Etcd::start() else { return };
+    let upstream = server.url().trim_start_matches("http://").to_string();
+    let proxy = LossyProxy::start(upstream, 0, Duration::from_millis(700));
+    let data = tempfile::tempdir().unwrap();
+    let via_proxy = format!("http://{}", proxy.addr);
+    for (round, signal) in ["-INT", "-TERM"].into_iter().enumerate() {
+        let child = etcd_cmd(data.path(), &via_proxy, "w", &["claim", "job"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // etcd has applied the claim; its answer is held back by the proxy.
+        let started = Instant::now();
+        while proxy.txns.load(Ordering::SeqCst) <= round {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no claim reached etcd"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let held = stdout_json(&etcd(
+            data.path(),
+            &server.url(),
+            "x",
+            &["status", "job", "--json"],
+        ));
+        assert_eq!(held["holder"]["worker_id"], "w", "{held}");
+        let _ = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        assert!(matches!(code(&out), 130 | 143), "{}", text(&out));
+        let st = stdout_json(&etcd(
+            data.path(),
+            &server.url(),
+            "x",
+            &["status", "job", "--json"],
+        ));
+        assert_eq!(
+            st["held"], false,
+            "an interrupted claim left its grant: {st}"
+        );
     }
 }
 
