@@ -313,9 +313,15 @@ impl Gateway {
     }
 
     /// etcd's refusal as the error of the operation: credentials and permissions are `Auth`,
+    /// "not now" (in a keep-alive stream, which [`Gateway::post`] cannot retry) `Unavailable`,
     /// the rest unexpected.
     pub fn fail(&self, what: &str, r: &Refusal) -> Error {
         match r.code {
+            c if transient(c) => Error::Unavailable(format!(
+                "{} cannot serve {what} now: {} (code {c})",
+                self.target(),
+                r.text()
+            )),
             7 | 16 => Error::Auth(format!(
                 "{} refused {what}: {}; sentinel's etcd backend does not log in (yet): use a \
                  cluster without authentication",

@@ -259,7 +259,12 @@ impl EtcdBackend {
         }
         let granted = u64::try_from(t.granted_ttl).unwrap_or(0) * 1000;
         let left = u64::try_from(t.ttl).unwrap_or(0) * 1000;
-        let renewed = now.saturating_sub(granted.saturating_sub(left));
+        // etcd truncates the time left to whole seconds, so this is up to a second early; a
+        // lease cannot have been renewed before its claim, though (with clocks in step both are
+        // lower bounds, so the expiry shown is never later than etcd's).
+        let renewed = now
+            .saturating_sub(granted.saturating_sub(left))
+            .max(r.claimed_ms);
         Ok(Some(Self::holder(kv, &r, renewed, granted)))
     }
 
