@@ -1,10 +1,11 @@
 //! etcd backend: named locks in an etcd v3 cluster, for teams that already run etcd (often for
 //! Kubernetes or their own services) and would rather lock there than run another service.
 //!
-//! It speaks etcd's JSON gateway over plain HTTP ([`gateway`]) rather than gRPC: the gateway is
-//! part of every etcd v3 server, and the backend stays as light as the others (hyper-util, which
-//! the workspace already has, instead of a gRPC stack). This module owns the key layout, the
-//! lease per grant and the transactions that make every change one guarded step on etcd:
+//! It speaks etcd's JSON gateway over plain HTTP (its `gateway` module) rather than gRPC: the
+//! gateway is part of every etcd v3 server, and the backend stays as light as the others
+//! (hyper-util, which the workspace already has, instead of a gRPC stack). This module owns the
+//! key layout, the lease per grant and the transactions that make every change one guarded step
+//! on etcd:
 //!
 //! - `sentinel/locks/NAME` (the prefix is [`DEFAULT_PREFIX`] unless `with_prefix` sets another)
 //!   holds the grant as JSON: worker and node id, TTL, when it was claimed (the claimer's clock,
@@ -32,10 +33,14 @@
 //! key if the claim's put did land. The same revocation is the undo of an interrupted claim.
 //!
 //! Limits: a value is at most [`MAX_VALUE_BYTES`], an answer at most
-//! [`gateway::MAX_ANSWER_BYTES`]; a listing reads [`PAGE`] keys per request, at most
+//! [`MAX_ANSWER_BYTES`]; a listing reads [`PAGE`] keys per request, at most
 //! [`MAX_PAGES`] pages.
 
-pub mod gateway;
+#![warn(missing_docs)]
+
+mod gateway;
+
+pub use gateway::{MAX_ANSWER_BYTES, MAX_ENDPOINTS, OP_DEADLINE, REQUEST_TIMEOUT, ROUNDS};
 
 use std::sync::Arc;
 use std::time::Duration;
