@@ -532,7 +532,7 @@ fn listings_page_through_every_lock_in_order() {
     let key = base64_key(b"sentinel/locks/foreign");
     let body = format!(r#"{{"key":"{key}","value":"aGVsbG8="}}"#);
     let data = tempfile::tempdir().unwrap();
-    assert!(put_raw(&server.url(), &body));
+    assert!(post_raw(&server.url(), "/v3/kv/put", &body));
     let out = etcd(data.path(), &server.url(), "x", &["status", "foreign"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(text(&out).contains("did not write"), "{}", text(&out));
@@ -543,12 +543,12 @@ fn base64_key(raw: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
-/// `POST /v3/kv/put` with `body`, past sentinel.
-fn put_raw(url: &str, body: &str) -> bool {
+/// `POST PATH` with `body` to etcd, past sentinel; whether it answered 200.
+fn post_raw(url: &str, path: &str, body: &str) -> bool {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
     let request = format!(
-        "POST /v3/kv/put HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -556,4 +556,28 @@ fn put_raw(url: &str, body: &str) -> bool {
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     answer.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn a_cluster_that_requires_authentication_is_exit_5() {
+    let Some(server) = Etcd::start() else { return };
+    let url = server.url();
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"hunter2"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        assert!(post_raw(&url, path, body), "{path}");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let out = etcd(data.path(), &url, "w", &["claim", "job"]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert!(
+        text(&out).contains("requires authentication"),
+        "{}",
+        text(&out)
+    );
 }

@@ -312,11 +312,19 @@ impl Gateway {
         })
     }
 
-    /// etcd's refusal as the error of the operation: credentials and permissions are `Auth`,
+    /// etcd's refusal as the error of the operation: authentication and permissions are `Auth`,
     /// "not now" (in a keep-alive stream, which [`Gateway::post`] cannot retry) `Unavailable`,
     /// the rest unexpected.
     pub fn fail(&self, what: &str, r: &Refusal) -> Error {
+        // A cluster with authentication refuses an anonymous request as invalid (code 3).
+        let anonymous = r.text().contains("user name is empty");
         match r.code {
+            _ if anonymous => Error::Auth(format!(
+                "{} requires authentication ({what}: {}); sentinel's etcd backend does not log \
+                 in (yet): use a cluster without authentication",
+                self.target(),
+                r.text()
+            )),
             c if transient(c) => Error::Unavailable(format!(
                 "{} cannot serve {what} now: {} (code {c})",
                 self.target(),
