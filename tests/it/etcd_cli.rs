@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sentinel::LockBackend;
+use sentinel::distributed::{DistributedLock, LockClient, RetryConfig};
 use sentinel::etcd::EtcdBackend;
 use sentinel::lock::{AcquireRequest, Attempt, Claimant, ListRequest, LockId, Takeover};
 
-use crate::servers::Etcd;
+use crate::servers::{Etcd, EtcdCluster};
 use crate::support::{closed_port, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 fn etcd_cmd(
@@ -580,4 +581,65 @@ fn a_cluster_that_requires_authentication_is_exit_5() {
         "{}",
         text(&out)
     );
+}
+
+/// A three-member cluster, every client given all three, the leader first: the leader is killed
+/// (`kill -9`) under a lock a guard keeps alive. The lock stays held with the same token past its TTL (the guard's
+/// renewals get through the new leader), nobody else gets it, and the next grant has a larger
+/// token.
+#[test]
+fn a_killed_leader_keeps_the_lock_held_and_renewed() {
+    let Some(mut cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let old = cluster.leader().expect("a leader");
+    // The clients talk to the leader first: its death is a failover for them too.
+    let urls = cluster.urls(old);
+    let rt = runtime();
+    let client = |worker: &str| {
+        LockClient::new(EtcdBackend::new(&urls).unwrap(), worker)
+            .unwrap()
+            .with_retry(RetryConfig::no_retry())
+            .unwrap()
+    };
+    let (a, b) = (client("a"), client("b"));
+    let ttl = Duration::from_secs(4);
+    let (guard, lost) = rt.block_on(async {
+        let mut guard = a.acquire("job", ttl).await.unwrap();
+        let lost = guard.keep_alive(Duration::from_secs(1)).unwrap();
+        (guard, lost)
+    });
+    let t1 = guard.fencing_token();
+    cluster.kill(old);
+    let killed = Instant::now();
+    let new = loop {
+        if let Some(l) = cluster.leader() {
+            break l;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(20), "no new leader");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(new, old);
+    eprintln!(
+        "etcd elected a new leader {:?} after the kill",
+        killed.elapsed()
+    );
+    // Past the lease's TTL: only renewals through the new leader can have kept it.
+    std::thread::sleep(ttl + Duration::from_secs(1));
+    let data = tempfile::tempdir().unwrap();
+    let st = stdout_json(&etcd(data.path(), &urls, "x", &["status", "job", "--json"]));
+    assert_eq!(st["holder"]["worker_id"], "a", "{st}");
+    assert_eq!(st["holder"]["fencing_token"], t1, "{st}");
+    assert!(!lost.is_lost(), "the guard lost its lock in the failover");
+    rt.block_on(async {
+        assert!(b.try_acquire("job", ttl).await.unwrap().is_none());
+        assert!(guard.release().await.unwrap());
+        let next = b.try_acquire("job", ttl).await.unwrap().expect("free");
+        assert!(
+            next.fencing_token() > t1,
+            "{} after {t1}",
+            next.fencing_token()
+        );
+        assert!(next.release().await.unwrap());
+    });
 }

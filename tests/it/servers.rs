@@ -463,3 +463,159 @@ fn healthy(addr: &str) -> bool {
     let _ = s.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200") && answer.contains(r#""health":"true""#)
 }
+
+/// An etcd cluster of `n` members of its own on loopback, each with its own ports and data
+/// directory, formed with `--initial-cluster`; members can be killed (`kill -9`).
+pub struct EtcdCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    /// (client port, peer port) per member.
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+impl EtcdCluster {
+    /// `n` members, started, with a leader; `None` if etcd is missing.
+    pub fn start(n: usize) -> Option<EtcdCluster> {
+        let Some(bin) = find("etcd", &[]) else {
+            skip("etcd (etcd-server)");
+            return None;
+        };
+        for _ in 0..5 {
+            let mut ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let mut all: Vec<u16> = ports.iter().flat_map(|(c, p)| [*c, *p]).collect();
+            all.sort_unstable();
+            all.dedup();
+            if all.len() != 2 * n {
+                continue;
+            }
+            let mut c = EtcdCluster {
+                bin: bin.clone(),
+                dir: tempfile::tempdir().unwrap(),
+                ports: std::mem::take(&mut ports),
+                children: Vec::new(),
+            };
+            if c.spawn_all() {
+                return Some(c);
+            }
+        }
+        panic!("an etcd cluster of {n} did not start");
+    }
+
+    fn spawn_all(&mut self) -> bool {
+        let members: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let initial = members.join(",");
+        for (i, (client, peer)) in self.ports.clone().into_iter().enumerate() {
+            let client = format!("http://127.0.0.1:{client}");
+            let peer = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(self.dir.path().join(format!("m{i}.log"))).unwrap();
+            let child = Command::new(&self.bin)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(self.dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            self.children.push(Some(child));
+        }
+        let start = Instant::now();
+        while start.elapsed() < START_LIMIT {
+            if self
+                .children
+                .iter_mut()
+                .any(|c| c.as_mut().unwrap().try_wait().unwrap().is_some())
+            {
+                break;
+            }
+            if self.leader().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for child in self.children.iter_mut().flatten() {
+            stop(child, "KILL");
+        }
+        self.children.clear();
+        false
+    }
+
+    /// Every member's client URL, comma-separated, for `--etcd-endpoints`, member `first`'s
+    /// first (clients start with the first endpoint).
+    pub fn urls(&self, first: usize) -> String {
+        let mut order: Vec<usize> = (0..self.ports.len()).collect();
+        order.retain(|&i| i != first);
+        order.insert(0, first);
+        let urls: Vec<String> = order
+            .iter()
+            .map(|&i| format!("http://127.0.0.1:{}", self.ports[i].0))
+            .collect();
+        urls.join(",")
+    }
+
+    /// The index of the member every running member names as leader, once all agree.
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<usize> = (0..self.ports.len())
+            .filter(|&i| self.children.get(i).is_some_and(Option::is_some))
+            .collect();
+        let seen: Vec<(u64, u64)> = running
+            .iter()
+            .map(|&i| status(&format!("127.0.0.1:{}", self.ports[i].0)))
+            .collect::<Option<_>>()?;
+        let leader = seen.first()?.1;
+        if seen.iter().any(|(_, l)| *l != leader) {
+            return None;
+        }
+        running
+            .iter()
+            .zip(&seen)
+            .find(|(_, (member, _))| *member == leader)
+            .map(|(i, _)| *i)
+    }
+
+    /// `kill -9` of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            stop(&mut child, "KILL");
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            stop(child, "TERM");
+        }
+    }
+}
+
+/// A member's id and the leader it knows, from `POST /v3/maintenance/status`.
+fn status(addr: &str) -> Option<(u64, u64)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!(
+        "POST /v3/maintenance/status HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\
+         Connection: close\r\n\r\n{{}}"
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let body = answer.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    let id = |v: &serde_json::Value| v.as_str()?.parse::<u64>().ok();
+    let member = id(&v["header"]["member_id"])?;
+    let leader = id(&v["leader"]).filter(|l| *l != 0)?;
+    Some((member, leader))
+}
