@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= auth-token= redis-url= database-url= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= auth-token= redis-url= database-url= etcd-endpoints= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -31,12 +31,14 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel 
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_needs_command" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -79,12 +81,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -101,12 +105,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -124,12 +130,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -146,12 +154,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -186,12 +196,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`se
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -215,12 +227,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
@@ -245,12 +259,14 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
-postgres\t'named locks in PostgreSQL (--database-url)'"
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F

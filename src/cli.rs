@@ -20,7 +20,7 @@ use sentinel::strategy::Strategy;
 #[command(
     name = "sentinel",
     version,
-    about = "Distributed task locks on GitHub issues, on this host, in Redis or PostgreSQL",
+    about = "Distributed task locks on GitHub issues, on this host, in Redis, PostgreSQL or etcd",
     after_help = "Exit codes: 0 ok, 1 unexpected, 2 usage, 3 conflict, 4 not owner / lost, \
                   5 auth, 6 not found, 7 rate limited, 8 backend unavailable.",
     mut_subcommands = show_inherited_options
@@ -43,6 +43,8 @@ pub enum BackendKind {
     Redis,
     /// named locks in PostgreSQL (--database-url)
     Postgres,
+    /// named locks in etcd (--etcd-endpoints)
+    Etcd,
 }
 
 /// The global options, as given before the subcommand (`sentinel --worker-id demo claim x`) or,
@@ -96,6 +98,10 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub database_url: Option<Secret>,
+    /// Client URLs of the etcd cluster of the etcd backend, comma-separated
+    /// (http://HOST:2379,...); requests fail over between them
+    #[arg(long, env = "SENTINEL_ETCD_ENDPOINTS", value_name = "URL[,URL...]")]
+    pub etcd_endpoints: Option<String>,
     /// Which backend holds the locks
     #[arg(long, env = "SENTINEL_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendKind,
@@ -142,6 +148,7 @@ const LOCK_CLIENT: &[&str] = &[
     "auth_token",
     "redis_url",
     "database_url",
+    "etcd_endpoints",
     "backend",
     "worker_id",
     "node_id",

@@ -10,6 +10,7 @@ use crate::cli::{BackendKind, GlobalArgs, TaskArgs};
 use sentinel::backend::Backend;
 use sentinel::endpoint::{http_url, shown_url};
 use sentinel::error::{Error, Result};
+use sentinel::etcd::EtcdBackend;
 use sentinel::github::client::ClientOptions;
 use sentinel::github::{GithubBackend, GithubOptions, RepoName};
 use sentinel::local::LocalBackend;
@@ -192,7 +193,8 @@ impl Context {
     /// # Errors
     ///
     /// [`Error::Usage`] for a missing or invalid option (repository, URL, id, timeout); errors
-    /// of opening the backend (the local store's directory, a malformed Redis or database URL).
+    /// of opening the backend (the local store's directory, a malformed Redis or database URL or
+    /// etcd endpoint).
     pub fn from_args(g: &GlobalArgs) -> Result<Context> {
         let worker = given(g.worker_id.as_ref());
         let explicit_worker = worker.is_some();
@@ -266,6 +268,14 @@ impl Context {
                     )
                 })?;
                 Backend::Postgres(PostgresBackend::new(url)?)
+            }
+            BackendKind::Etcd => {
+                let endpoints = given(g.etcd_endpoints.as_ref()).ok_or_else(|| {
+                    Error::usage(
+                        "the etcd backend needs --etcd-endpoints http://HOST:2379[,...] (or SENTINEL_ETCD_ENDPOINTS)",
+                    )
+                })?;
+                Backend::Etcd(EtcdBackend::new(&endpoints)?)
             }
             BackendKind::Auto => unreachable!("resolved above"),
         };

@@ -3,8 +3,8 @@
 //!
 //! What differs between backends is said once, in [`Subject`]: how to reach it, what a lock is
 //! called (GitHub locks are issues), and what becomes of a lease that runs out (stale until taken
-//! over on GitHub and the lock table; gone on Redis and the coordinator, which ends a lease at its
-//! TTL and hands the lock to the next waiter).
+//! over on GitHub and the lock table; gone on Redis, etcd and the coordinator, which ends a lease
+//! at its TTL and hands the lock to the next waiter).
 //!
 //! The coordinator is real `sentinel serve` processes with the cluster token: one node per test
 //! for every scenario (and its restart after `kill -9`), and a three-node cluster for mutual
@@ -22,6 +22,7 @@ use sentinel::distributed::{
     DistributedLock, LeaderElection, LockClient, RetryConfig, acquire_all,
 };
 use sentinel::error::ExitCode;
+use sentinel::etcd::EtcdBackend;
 use sentinel::github::client::ClientOptions;
 use sentinel::github::{GithubBackend, GithubOptions};
 use sentinel::local::LocalBackend;
@@ -35,7 +36,7 @@ use sentinel::secret::Secret;
 use sentinel::server::{ServerBackend, server_urls};
 
 use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
-use crate::servers::{Postgres, Redis};
+use crate::servers::{Etcd, Postgres, Redis};
 use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum Kind {
     Github,
     Redis,
     Postgres,
+    /// One etcd member.
+    Etcd,
     /// One `sentinel serve` node.
     Server,
     /// Three `sentinel serve` nodes, every client given all three.
@@ -128,6 +131,7 @@ pub struct Subject {
     data: tempfile::TempDir,
     redis: Option<Redis>,
     postgres: Option<Postgres>,
+    etcd: Option<Etcd>,
     github: Option<Gh>,
     coordinator: Option<Coordinator>,
     /// GitHub: the issue standing for each lock of [`LOCKS`].
@@ -156,6 +160,11 @@ impl Subject {
             Kind::Postgres => Some(Postgres::start()?),
             _ => None,
         };
+        // etcd keeps its data on disk whether or not the test restarts it.
+        let etcd = match kind {
+            Kind::Etcd => Some(Etcd::start()?),
+            _ => None,
+        };
         let github = (kind == Kind::Github).then(Gh::new);
         // The coordinator keeps its data on disk whether or not the test restarts it.
         let coordinator = match kind {
@@ -175,6 +184,7 @@ impl Subject {
             data: tempfile::tempdir().unwrap(),
             redis,
             postgres,
+            etcd,
             github,
             coordinator,
             issues,
@@ -224,6 +234,9 @@ impl Subject {
                     self.postgres.as_ref().unwrap().url(),
                 ]);
             }
+            Kind::Etcd => {
+                args.extend(["--etcd-endpoints".into(), self.etcd.as_ref().unwrap().url()]);
+            }
             Kind::Server | Kind::Cluster => {
                 args.extend(["--server".into(), self.coordinator().urls()]);
             }
@@ -237,6 +250,7 @@ impl Subject {
             Kind::Github => "github",
             Kind::Redis => "redis",
             Kind::Postgres => "postgres",
+            Kind::Etcd => "etcd",
             Kind::Server | Kind::Cluster => "server",
         }
     }
@@ -288,6 +302,9 @@ impl Subject {
             Kind::Postgres => Backend::Postgres(
                 PostgresBackend::new(&self.postgres.as_ref().unwrap().url()).unwrap(),
             ),
+            Kind::Etcd => {
+                Backend::Etcd(EtcdBackend::new(&self.etcd.as_ref().unwrap().url()).unwrap())
+            }
             Kind::Server | Kind::Cluster => Backend::Server(
                 ServerBackend::new(
                     server_urls(&self.coordinator().urls()).unwrap(),
@@ -299,18 +316,22 @@ impl Subject {
     }
 
     /// How coarse the backend's clock is: GitHub's timestamps are whole seconds, so a lease is
-    /// only seen to have run out up to a second after it did.
+    /// only seen to have run out up to a second after it did; etcd's lease TTLs are whole seconds
+    /// and its leader looks for expired leases every half second.
     fn resolution(&self) -> Duration {
         match self.kind {
-            Kind::Github => Duration::from_secs(1),
+            Kind::Github | Kind::Etcd => Duration::from_secs(1),
             _ => Duration::ZERO,
         }
     }
 
-    /// Whether a lease that ran out is simply gone (Redis, the coordinator), rather than stale
-    /// until taken over.
+    /// Whether a lease that ran out is simply gone (Redis, etcd, the coordinator), rather than
+    /// stale until taken over.
     fn expired_is_free(&self) -> bool {
-        matches!(self.kind, Kind::Redis | Kind::Server | Kind::Cluster)
+        matches!(
+            self.kind,
+            Kind::Redis | Kind::Etcd | Kind::Server | Kind::Cluster
+        )
     }
 
     /// `kill -9` of the server (the coordinator's leader) and a start on the same data.
@@ -318,6 +339,7 @@ impl Subject {
         match self.kind {
             Kind::Redis => self.redis.as_mut().unwrap().restart(),
             Kind::Postgres => self.postgres.as_mut().unwrap().restart(),
+            Kind::Etcd => self.etcd.as_mut().unwrap().restart(),
             Kind::Server | Kind::Cluster => {
                 let c = self.coordinator.as_mut().unwrap();
                 let leader = c.leader();
@@ -329,7 +351,7 @@ impl Subject {
     }
 }
 
-/// Held by the scenarios that start many processes or tasks at once, so that the four backends'
+/// Held by the scenarios that start many processes or tasks at once, so that the backends'
 /// bursts come one after another instead of together: on two cores they would otherwise starve
 /// the other tests' timing-sensitive races.
 static BURST: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -1075,6 +1097,7 @@ conformance!(local, Kind::Local);
 conformance!(github, Kind::Github);
 conformance!(redis, Kind::Redis);
 conformance!(postgres, Kind::Postgres);
+conformance!(etcd, Kind::Etcd);
 conformance!(server, Kind::Server);
 
 #[test]
@@ -1092,6 +1115,13 @@ fn postgres_restarts_under_a_held_lock() {
 }
 
 #[test]
+fn etcd_restarts_under_a_held_lock() {
+    if let Some(mut s) = Subject::persistent(Kind::Etcd) {
+        server_restart(&mut s);
+    }
+}
+
+#[test]
 fn redis_interrupted_claims_hold_nothing_or_report_it() {
     if let Some(s) = Subject::new(Kind::Redis) {
         interrupted_claims(&s);
@@ -1101,6 +1131,13 @@ fn redis_interrupted_claims_hold_nothing_or_report_it() {
 #[test]
 fn postgres_interrupted_claims_hold_nothing_or_report_it() {
     if let Some(s) = Subject::new(Kind::Postgres) {
+        interrupted_claims(&s);
+    }
+}
+
+#[test]
+fn etcd_interrupted_claims_hold_nothing_or_report_it() {
+    if let Some(s) = Subject::new(Kind::Etcd) {
         interrupted_claims(&s);
     }
 }

@@ -87,7 +87,9 @@ fn every_subcommand_has_a_row_of_real_global_options() {
     }
     assert!(!inherited("serve").contains(&"repo"));
     assert!(!inherited("completions").contains(&"redis_url"));
+    assert!(!inherited("serve").contains(&"etcd_endpoints"));
     assert!(inherited("claim").contains(&"worker_id"));
+    assert!(inherited("status").contains(&"etcd_endpoints"));
 }
 
 /// `COMMAND --help`'s text, checked to have exited 0.
@@ -112,6 +114,7 @@ fn serve_help_shows_its_own_options_then_only_the_global_ones_it_uses() {
         "--repo",
         "--redis-url",
         "--database-url",
+        "--etcd-endpoints",
         "--trust",
         "--backend",
         "--worker-id",

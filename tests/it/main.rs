@@ -4,6 +4,7 @@ mod cluster;
 mod completions;
 mod conformance;
 mod coordinator_bounds;
+mod etcd_cli;
 mod fixtures;
 mod gh_auth;
 mod github_cli;

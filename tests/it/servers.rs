@@ -1,4 +1,4 @@
-//! Real Redis and PostgreSQL servers for the tests: each started on a free loopback port in a
+//! Real Redis, PostgreSQL and etcd servers for the tests: each started on a free loopback port in a
 //! temporary directory, waited for within a bound, stopped when dropped. A test whose server
 //! binaries are missing is skipped with a printed line (`.ci/run` installs them, so CI never
 //! skips).
@@ -28,7 +28,7 @@ fn find(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
 pub fn skip(what: &str) {
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED: {what} is not installed (apt-get install redis-server postgresql)"
+        "SKIPPED: {what} is not installed (apt-get install redis-server postgresql etcd-server)"
     );
 }
 
@@ -346,4 +346,276 @@ impl Drop for Postgres {
             stop(child, "INT");
         }
     }
+}
+
+/// A one-member etcd cluster of its own (Debian's `etcd-server`): client and peer URLs on free
+/// loopback ports, data in a temporary directory. A short heartbeat and election timeout make
+/// etcd's shortest lease one second, so a 1 s lease really ends after about a second.
+pub struct Etcd {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// A fresh member, started; `None` if etcd is missing.
+    pub fn start() -> Option<Etcd> {
+        let Some(bin) = find("etcd", &[]) else {
+            skip("etcd (etcd-server)");
+            return None;
+        };
+        let mut e = Etcd {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            client: 0,
+            peer: 0,
+            child: None,
+        };
+        for _ in 0..5 {
+            e.client = free_port();
+            e.peer = free_port();
+            if e.client != e.peer && e.spawn() {
+                return Some(e);
+            }
+            // A failed start may have left a member directory for other ports.
+            let _ = std::fs::remove_dir_all(e.dir.path().join("data"));
+        }
+        panic!("etcd did not start; log:\n{}", e.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> bool {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let mut cmd = Command::new(&self.bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", self.client);
+        let up = wait_ready(&mut child, || healthy(&addr));
+        if !up {
+            stop(&mut child, "KILL");
+            return false;
+        }
+        self.child = Some(child);
+        true
+    }
+
+    /// The client URL, for `--etcd-endpoints`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// `kill -9`, then a start on the same ports and data directory.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, "KILL");
+        }
+        assert!(self.spawn(), "etcd did not restart:\n{}", self.log());
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            stop(child, "TERM");
+        }
+    }
+}
+
+/// Whether etcd at `addr` says it is healthy (it has a leader and serves requests).
+fn healthy(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") && answer.contains(r#""health":"true""#)
+}
+
+/// An etcd cluster of `n` members of its own on loopback, each with its own ports and data
+/// directory, formed with `--initial-cluster`; members can be killed (`kill -9`).
+pub struct EtcdCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    /// (client port, peer port) per member.
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+impl EtcdCluster {
+    /// `n` members, started, with a leader; `None` if etcd is missing.
+    pub fn start(n: usize) -> Option<EtcdCluster> {
+        let Some(bin) = find("etcd", &[]) else {
+            skip("etcd (etcd-server)");
+            return None;
+        };
+        for _ in 0..5 {
+            let mut ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let mut all: Vec<u16> = ports.iter().flat_map(|(c, p)| [*c, *p]).collect();
+            all.sort_unstable();
+            all.dedup();
+            if all.len() != 2 * n {
+                continue;
+            }
+            let mut c = EtcdCluster {
+                bin: bin.clone(),
+                dir: tempfile::tempdir().unwrap(),
+                ports: std::mem::take(&mut ports),
+                children: Vec::new(),
+            };
+            if c.spawn_all() {
+                return Some(c);
+            }
+        }
+        panic!("an etcd cluster of {n} did not start");
+    }
+
+    fn spawn_all(&mut self) -> bool {
+        let members: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let initial = members.join(",");
+        for (i, (client, peer)) in self.ports.clone().into_iter().enumerate() {
+            let client = format!("http://127.0.0.1:{client}");
+            let peer = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(self.dir.path().join(format!("m{i}.log"))).unwrap();
+            let child = Command::new(&self.bin)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(self.dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            self.children.push(Some(child));
+        }
+        let start = Instant::now();
+        while start.elapsed() < START_LIMIT {
+            if self
+                .children
+                .iter_mut()
+                .any(|c| c.as_mut().unwrap().try_wait().unwrap().is_some())
+            {
+                break;
+            }
+            if self.leader().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for child in self.children.iter_mut().flatten() {
+            stop(child, "KILL");
+        }
+        self.children.clear();
+        false
+    }
+
+    /// Every member's client URL, comma-separated, for `--etcd-endpoints`, member `first`'s
+    /// first (clients start with the first endpoint).
+    pub fn urls(&self, first: usize) -> String {
+        let mut order: Vec<usize> = (0..self.ports.len()).collect();
+        order.retain(|&i| i != first);
+        order.insert(0, first);
+        let urls: Vec<String> = order
+            .iter()
+            .map(|&i| format!("http://127.0.0.1:{}", self.ports[i].0))
+            .collect();
+        urls.join(",")
+    }
+
+    /// The index of the member every running member names as leader, once all agree.
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<usize> = (0..self.ports.len())
+            .filter(|&i| self.children.get(i).is_some_and(Option::is_some))
+            .collect();
+        let seen: Vec<(u64, u64)> = running
+            .iter()
+            .map(|&i| status(&format!("127.0.0.1:{}", self.ports[i].0)))
+            .collect::<Option<_>>()?;
+        let leader = seen.first()?.1;
+        if seen.iter().any(|(_, l)| *l != leader) {
+            return None;
+        }
+        running
+            .iter()
+            .zip(&seen)
+            .find(|(_, (member, _))| *member == leader)
+            .map(|(i, _)| *i)
+    }
+
+    /// `kill -9` of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            stop(&mut child, "KILL");
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            stop(child, "TERM");
+        }
+    }
+}
+
+/// A member's id and the leader it knows, from `POST /v3/maintenance/status`.
+fn status(addr: &str) -> Option<(u64, u64)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!(
+        "POST /v3/maintenance/status HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\
+         Connection: close\r\n\r\n{{}}"
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let body = answer.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    let id = |v: &serde_json::Value| v.as_str()?.parse::<u64>().ok();
+    let member = id(&v["header"]["member_id"])?;
+    let leader = id(&v["leader"]).filter(|l| *l != 0)?;
+    Some((member, leader))
 }

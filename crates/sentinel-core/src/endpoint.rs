@@ -1,4 +1,4 @@
-//! User-given URLs (a coordinator's nodes, GitHub's API), checked before any
+//! User-given URLs (a coordinator's nodes, GitHub's API, etcd's endpoints), checked before any
 //! request is made, in messages that never repeat credentials a URL may carry.
 
 /// Checks an http(s) URL: a host, a valid port, no credentials, no query string. Says why not in

@@ -31,6 +31,9 @@ pub enum Backend {
     /// Named locks in PostgreSQL ([`PostgresBackend`](crate::postgres::PostgresBackend)).
     #[cfg(feature = "postgres")]
     Postgres(crate::postgres::PostgresBackend),
+    /// Named locks in etcd ([`EtcdBackend`](crate::etcd::EtcdBackend)).
+    #[cfg(feature = "etcd")]
+    Etcd(crate::etcd::EtcdBackend),
 }
 
 /// Evaluates `$e` with `$b` bound to whichever backend `$self` holds.
@@ -47,6 +50,8 @@ macro_rules! each {
             Backend::Redis($b) => $e,
             #[cfg(feature = "postgres")]
             Backend::Postgres($b) => $e,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd($b) => $e,
         }
     };
 }

@@ -12,8 +12,9 @@
 //!
 //! - `local` (default): [`local::LocalBackend`], locks on this host, shared by its processes
 //!   through a data directory; no set-up.
-//! - `redis`, `postgres`: [`redis::RedisBackend`] and [`postgres::PostgresBackend`], locks in a
-//!   Redis server or a PostgreSQL database you already run.
+//! - `redis`, `postgres`, `etcd`: [`redis::RedisBackend`], [`postgres::PostgresBackend`] and
+//!   [`etcd::EtcdBackend`], locks in a Redis server, a PostgreSQL database or an etcd cluster you
+//!   already run.
 //! - `server`: [`server::ServerBackend`], a client of a `sentinel serve` cluster.
 //! - `coordinator`: [`coordinator`], the replicated coordinator itself, to embed a node.
 //! - `github`: [`github::GithubBackend`], an issue is both the unit of work and its lock.
@@ -60,7 +61,8 @@ pub mod backend {
         feature = "github",
         feature = "server",
         feature = "redis",
-        feature = "postgres"
+        feature = "postgres",
+        feature = "etcd"
     ))]
     pub use crate::dispatch::Backend;
 }
@@ -70,7 +72,8 @@ pub mod backend {
     feature = "github",
     feature = "server",
     feature = "redis",
-    feature = "postgres"
+    feature = "postgres",
+    feature = "etcd"
 ))]
 mod dispatch;
 
@@ -78,6 +81,8 @@ mod dispatch;
 pub use sentinel_client as server;
 #[cfg(feature = "coordinator")]
 pub use sentinel_coordinator as coordinator;
+#[cfg(feature = "etcd")]
+pub use sentinel_etcd as etcd;
 #[cfg(feature = "github")]
 pub use sentinel_github as github;
 #[cfg(feature = "local")]
