@@ -3,7 +3,7 @@
 //! options" documents them. Every value from the command line or the environment is validated
 //! here, before anything touches a backend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{BackendKind, GlobalArgs, TaskArgs};
@@ -211,74 +211,7 @@ impl Context {
             k => k,
         };
         let data_dir = data_dir(g.data_dir.as_ref())?;
-        let backend = match kind {
-            BackendKind::Local => Backend::Local(LocalBackend::open(data_dir.join("local"))?),
-            BackendKind::Github => {
-                let repo: RepoName = repo
-                    .as_deref()
-                    .ok_or_else(|| {
-                        Error::usage(
-                            "the github backend needs --repo OWNER/REPO (or GITHUB_REPOSITORY)",
-                        )
-                    })?
-                    .parse()?;
-                let api = api_url(
-                    &given(Some(&g.api_url)).unwrap_or_else(|| DEFAULT_API_URL.to_string()),
-                )?;
-                Backend::Github(Box::new(GithubBackend::new(GithubOptions {
-                    repo,
-                    client: ClientOptions {
-                        timeout: http_timeout()?,
-                        ..ClientOptions::new(&api, token(g.token.as_ref(), &api))
-                    },
-                    data_dir: data_dir.clone(),
-                    trusted: g
-                        .trusted
-                        .iter()
-                        .map(|t| t.trim().to_string())
-                        .filter(|t| !t.is_empty())
-                        .collect(),
-                    settle: settle()?,
-                    in_actions: in_actions(),
-                })?))
-            }
-            BackendKind::Server => Backend::Server(server_backend(g)?),
-            BackendKind::Redis => {
-                let url = g
-                    .redis_url
-                    .as_ref()
-                    .map(|u| u.expose().trim())
-                    .filter(|u| !u.is_empty());
-                let url = url.ok_or_else(|| {
-                    Error::usage(
-                        "the redis backend needs --redis-url redis://HOST[:PORT] (or SENTINEL_REDIS_URL)",
-                    )
-                })?;
-                Backend::Redis(RedisBackend::new(url)?)
-            }
-            BackendKind::Postgres => {
-                let url = g
-                    .database_url
-                    .as_ref()
-                    .map(|u| u.expose().trim())
-                    .filter(|u| !u.is_empty());
-                let url = url.ok_or_else(|| {
-                    Error::usage(
-                        "the postgres backend needs --database-url postgres://USER@HOST/DB (or SENTINEL_DATABASE_URL)",
-                    )
-                })?;
-                Backend::Postgres(PostgresBackend::new(url)?)
-            }
-            BackendKind::Etcd => {
-                let endpoints = given(g.etcd_endpoints.as_ref()).ok_or_else(|| {
-                    Error::usage(
-                        "the etcd backend needs --etcd-endpoints http://HOST:2379[,...] (or SENTINEL_ETCD_ENDPOINTS)",
-                    )
-                })?;
-                Backend::Etcd(EtcdBackend::new(&endpoints)?)
-            }
-            BackendKind::Auto => unreachable!("resolved above"),
-        };
+        let backend = open_backend(g, kind, repo, &data_dir)?;
         Ok(Context {
             backend,
             claimant,
@@ -287,6 +220,77 @@ impl Context {
             data_dir,
         })
     }
+}
+
+/// The backend of `kind` (resolved: never `Auto`), from the options it needs.
+fn open_backend(
+    g: &GlobalArgs,
+    kind: BackendKind,
+    repo: Option<String>,
+    data_dir: &Path,
+) -> Result<Backend> {
+    Ok(match kind {
+        BackendKind::Local => Backend::Local(LocalBackend::open(data_dir.join("local"))?),
+        BackendKind::Github => Backend::Github(Box::new(github_backend(g, repo, data_dir)?)),
+        BackendKind::Server => Backend::Server(server_backend(g)?),
+        BackendKind::Redis => {
+            let url = secret_url(g.redis_url.as_ref()).ok_or_else(|| {
+                Error::usage(
+                    "the redis backend needs --redis-url redis://HOST[:PORT] (or SENTINEL_REDIS_URL)",
+                )
+            })?;
+            Backend::Redis(RedisBackend::new(url)?)
+        }
+        BackendKind::Postgres => {
+            let url = secret_url(g.database_url.as_ref()).ok_or_else(|| {
+                Error::usage(
+                    "the postgres backend needs --database-url postgres://USER@HOST/DB (or SENTINEL_DATABASE_URL)",
+                )
+            })?;
+            Backend::Postgres(PostgresBackend::new(url)?)
+        }
+        BackendKind::Etcd => {
+            let endpoints = given(g.etcd_endpoints.as_ref()).ok_or_else(|| {
+                Error::usage(
+                    "the etcd backend needs --etcd-endpoints http://HOST:2379[,...] (or SENTINEL_ETCD_ENDPOINTS)",
+                )
+            })?;
+            Backend::Etcd(EtcdBackend::new(&endpoints)?)
+        }
+        BackendKind::Auto => unreachable!("resolved by the caller"),
+    })
+}
+
+/// A URL that may carry a password, trimmed; `None` when not set or empty.
+fn secret_url(url: Option<&Secret>) -> Option<&str> {
+    url.map(|u| u.expose().trim()).filter(|u| !u.is_empty())
+}
+
+/// The GitHub backend of `--repo` on `--api-url`.
+fn github_backend(g: &GlobalArgs, repo: Option<String>, data_dir: &Path) -> Result<GithubBackend> {
+    let repo: RepoName = repo
+        .as_deref()
+        .ok_or_else(|| {
+            Error::usage("the github backend needs --repo OWNER/REPO (or GITHUB_REPOSITORY)")
+        })?
+        .parse()?;
+    let api = api_url(&given(Some(&g.api_url)).unwrap_or_else(|| DEFAULT_API_URL.to_string()))?;
+    GithubBackend::new(GithubOptions {
+        repo,
+        client: ClientOptions {
+            timeout: http_timeout()?,
+            ..ClientOptions::new(&api, token(g.token.as_ref(), &api))
+        },
+        data_dir: data_dir.to_path_buf(),
+        trusted: g
+            .trusted
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        settle: settle()?,
+        in_actions: in_actions(),
+    })
 }
 
 /// The fields `--task-info` accepts. Strict on purpose: a typo such as `"priorty"` is an error
