@@ -91,6 +91,36 @@ struct Record {
     nonce: String,
 }
 
+impl Record {
+    /// The record of a claim of `name` by `req` on a lease of `secs`, checked: names and labels
+    /// valid, and small enough to write.
+    fn for_claim(req: &AcquireRequest, name: &str, secs: i64) -> Result<Record> {
+        validate_name(name)?;
+        validate_label("worker id", &req.claimant.worker_id)?;
+        validate_label("node id", &req.claimant.node_id)?;
+        if req.ttl.is_zero() {
+            return Err(Error::usage("the lock timeout must be at least 1 ms"));
+        }
+        let record = Record {
+            worker_id: req.claimant.worker_id.clone(),
+            node_id: req.claimant.node_id.clone(),
+            ttl_ms: u64::try_from(secs).unwrap_or(0) * 1000,
+            claimed_ms: now_ms(),
+            task_info: req.task_info.clone(),
+            nonce: format!("{:016x}", fastrand::u64(..)),
+        };
+        let size = serde_json::to_vec(&record).map(|v| v.len()).unwrap_or(0);
+        if size > MAX_VALUE_BYTES {
+            return Err(Error::usage(format!(
+                "the lock's record would take {size} bytes, more than the {} KiB sentinel writes \
+                 to etcd: shorten the task info",
+                MAX_VALUE_BYTES >> 10
+            )));
+        }
+        Ok(record)
+    }
+}
+
 /// The etcd backend. Cheap to clone: clones share the HTTP connections.
 #[derive(Clone)]
 pub struct EtcdBackend {
@@ -140,6 +170,24 @@ fn claimer(worker_id: &str, token: Option<u64>) -> String {
         Some(t) => format!("worker {worker_id:?} with fencing token {t}"),
         None => format!("worker {worker_id:?}"),
     }
+}
+
+/// A renewal of `name` found no key: nobody holds the lock.
+fn gone(name: &str) -> Error {
+    Error::NotOwner(format!(
+        "lock {name:?} is not held by anyone: its lease ran out (etcd deleted the key with it) or \
+         it was released; claim it again"
+    ))
+}
+
+/// A renewal of `name` found another grant, `kv` with record `r`.
+fn lost(name: &str, r: &Record, kv: &KeyValue) -> Error {
+    Error::NotOwner(format!(
+        "lock {name:?} was lost: it is now held by worker {:?} on node {:?} (fencing token {})",
+        r.worker_id,
+        r.node_id,
+        token_of(kv)
+    ))
 }
 
 /// The key's grant names this worker (and this token, if given).
@@ -419,61 +467,21 @@ impl EtcdBackend {
             }
             if req.readopt && current.worker_id == req.claimant.worker_id {
                 // Our own live lock: take it up again on the new lease, same key, same token.
-                let adopted = Record {
-                    claimed_ms: current.claimed_ms,
-                    ..record.clone()
+                let Some(now) = self.readopt(key, &kv, &current, record, lease_id).await? else {
+                    continue;
                 };
-                let value = b64(&serde_json::to_vec(&adopted).expect("a record encodes"));
-                let t = self
-                    .txn(
-                        "a re-adoption",
-                        json!({
-                            "compare": unchanged(key, &kv),
-                            "success": [
-                                {"request_put": {"key": key, "value": value, "lease": lease_id.to_string()}},
-                                range,
-                            ],
-                            "failure": [],
-                        }),
-                    )
-                    .await?;
-                let mine = match t.kv() {
-                    Some(now) if t.succeeded => Some(now.clone()),
-                    // A lost answer: the put landed if the key is on our lease now.
-                    _ => self.read(key).await?.filter(|now| now.lease == lease_id),
+                let holder = Self::holder(&now, &self.record(&now)?, sent, ttl_ms);
+                let grant = Grant {
+                    holder,
+                    adopted: true,
+                    took_over: None,
                 };
-                if let Some(now) = mine {
-                    if kv.lease != lease_id {
-                        self.revoke_quietly(kv.lease).await;
-                    }
-                    let r = self.record(&now)?;
-                    return Ok((
-                        Attempt::Granted(Grant {
-                            holder: Self::holder(&now, &r, sent, ttl_ms),
-                            adopted: true,
-                            took_over: None,
-                        }),
-                        true,
-                    ));
-                }
-                continue;
+                return Ok((Attempt::Granted(grant), true));
             }
             if req.takeover == Takeover::Any {
                 // Delete the holder's key exactly as read, then claim like anyone else.
-                let victim = Self::recorded(&kv, &current);
-                let t = self
-                    .txn(
-                        "a take-over",
-                        json!({
-                            "compare": unchanged(key, &kv),
-                            "success": [{"request_delete_range": {"key": key}}],
-                            "failure": [],
-                        }),
-                    )
-                    .await?;
-                if t.succeeded {
-                    self.revoke_quietly(kv.lease).await;
-                    took_over = Some(victim);
+                if self.take_over(key, &kv).await? {
+                    took_over = Some(Self::recorded(&kv, &current));
                 }
                 continue;
             }
@@ -484,7 +492,12 @@ impl EtcdBackend {
             };
             return Ok((Attempt::Held(holder), false));
         }
-        // Contended past every round: the latest holder seen.
+        self.contended(key).await
+    }
+
+    /// A claim contended past every round: the latest holder seen, or a conflict if the lock is
+    /// free again.
+    async fn contended(&self, key: &str) -> Result<(Attempt, bool)> {
         let last = match self.read(key).await? {
             Some(kv) => self.live_holder(&kv).await?,
             None => None,
@@ -494,6 +507,171 @@ impl EtcdBackend {
             None => Err(Error::Conflict(format!(
                 "the lock changed hands {MAX_ROUNDS} times during one claim; try again"
             ))),
+        }
+    }
+
+    /// What an interrupted claim does: once the claim's request in flight (`in_flight`) is
+    /// answered, it revokes the lease `granted` names, which withdraws the key put on it.
+    fn undo_on_interrupt(
+        &self,
+        in_flight: Arc<tokio::sync::Mutex<()>>,
+        granted: Arc<std::sync::Mutex<Option<i64>>>,
+    ) -> interrupt::Registration {
+        let this = self.clone();
+        interrupt::on_interrupt(move || async move {
+            let withdraw = async {
+                let _sent = in_flight.lock().await;
+                let id = *granted.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(id) = id {
+                    this.revoke_quietly(id).await;
+                }
+            };
+            if tokio::time::timeout(gateway::OP_DEADLINE, withdraw)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "an interrupted claim did not finish; its grant, if any, expires with its lease"
+                );
+            }
+        })
+    }
+
+    /// Moves our own live grant `kv` (its record `current`) onto the claim's new lease, keeping
+    /// its key and so its token: the key as it is now, or `None` if it changed meanwhile.
+    async fn readopt(
+        &self,
+        key: &str,
+        kv: &KeyValue,
+        current: &Record,
+        record: &Record,
+        lease_id: i64,
+    ) -> Result<Option<KeyValue>> {
+        let adopted = Record {
+            claimed_ms: current.claimed_ms,
+            ..record.clone()
+        };
+        let value = b64(&serde_json::to_vec(&adopted).expect("a record encodes"));
+        let t = self
+            .txn(
+                "a re-adoption",
+                json!({
+                    "compare": unchanged(key, kv),
+                    "success": [
+                        {"request_put": {"key": key, "value": value, "lease": lease_id.to_string()}},
+                        {"request_range": {"key": key}},
+                    ],
+                    "failure": [],
+                }),
+            )
+            .await?;
+        let mine = match t.kv() {
+            Some(now) if t.succeeded => Some(now.clone()),
+            // A lost answer: the put landed if the key is on our lease now.
+            _ => self.read(key).await?.filter(|now| now.lease == lease_id),
+        };
+        if mine.is_some() && kv.lease != lease_id {
+            self.revoke_quietly(kv.lease).await;
+        }
+        Ok(mine)
+    }
+
+    /// Deletes the holder's key `kv` exactly as read and revokes its lease: whether it was
+    /// deleted (not changed meanwhile).
+    async fn take_over(&self, key: &str, kv: &KeyValue) -> Result<bool> {
+        let t = self
+            .txn(
+                "a take-over",
+                json!({
+                    "compare": unchanged(key, kv),
+                    "success": [{"request_delete_range": {"key": key}}],
+                    "failure": [],
+                }),
+            )
+            .await?;
+        if t.succeeded {
+            self.revoke_quietly(kv.lease).await;
+        }
+        Ok(t.succeeded)
+    }
+
+    /// Renews the grant `kv` of `name` on its own lease: keeps the lease alive, then checks the
+    /// key is still on it (released and claimed again in between, it is another grant's).
+    async fn keep_grant_alive(&self, name: &str, key: &str, kv: &KeyValue) -> Result<Holder> {
+        let sent = now_ms();
+        let Some(ttl) = self.keep_alive(kv.lease).await? else {
+            return Err(gone(name));
+        };
+        match self.read(key).await? {
+            Some(now) if now.create_revision == kv.create_revision && now.lease == kv.lease => {
+                let r = self.record(&now)?;
+                let ttl_ms = u64::try_from(ttl).unwrap_or(0) * 1000;
+                Ok(Self::holder(&now, &r, sent, ttl_ms))
+            }
+            Some(now) => Err(lost(name, &self.record(&now)?, &now)),
+            None => Err(gone(name)),
+        }
+    }
+
+    /// Renews the grant `kv` of `name` (its record `r`) with a new TTL: a new lease, the key
+    /// moved to it as read, the old lease revoked.
+    async fn move_to_new_lease(
+        &self,
+        req: &RenewRequest,
+        name: &str,
+        key: &str,
+        kv: &KeyValue,
+        r: Record,
+        ttl: Duration,
+    ) -> Result<Holder> {
+        let (lease_id, secs) = self.grant(lease_secs(ttl)).await?;
+        let moved = Record {
+            ttl_ms: u64::try_from(secs).unwrap_or(0) * 1000,
+            ..r
+        };
+        let value = b64(&serde_json::to_vec(&moved).expect("a record encodes"));
+        let sent = now_ms();
+        let outcome = self
+            .txn(
+                "a renewal",
+                json!({
+                    "compare": unchanged(key, kv),
+                    "success": [
+                        {"request_put": {"key": key, "value": value, "lease": lease_id.to_string()}},
+                        {"request_range": {"key": key}},
+                    ],
+                    "failure": [{"request_range": {"key": key}}],
+                }),
+            )
+            .await;
+        let t = match outcome {
+            Ok(t) => t,
+            Err(e) => {
+                self.revoke_quietly(lease_id).await;
+                return Err(e);
+            }
+        };
+        match t.kv() {
+            // Moved now, or by an earlier sending whose answer was lost.
+            Some(now) if t.succeeded || now.lease == lease_id => {
+                self.revoke_quietly(kv.lease).await;
+                Ok(Self::holder(now, &moved, sent, moved.ttl_ms))
+            }
+            Some(now) => {
+                self.revoke_quietly(lease_id).await;
+                let r = self.record(now)?;
+                if is_grant(now, &r, &req.worker_id, Some(token_of(kv))) {
+                    Err(Error::Unavailable(format!(
+                        "lock {name:?} changed while its lease was being replaced; try again"
+                    )))
+                } else {
+                    Err(lost(name, &r, now))
+                }
+            }
+            None => {
+                self.revoke_quietly(lease_id).await;
+                Err(gone(name))
+            }
         }
     }
 }
@@ -520,30 +698,9 @@ impl LockBackend for EtcdBackend {
     /// put. A re-adoption is not undone: the lock was the worker's before the command.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        validate_name(name)?;
-        validate_label("worker id", &req.claimant.worker_id)?;
-        validate_label("node id", &req.claimant.node_id)?;
-        if req.ttl.is_zero() {
-            return Err(Error::usage("the lock timeout must be at least 1 ms"));
-        }
         let key = self.key(name);
         let secs = lease_secs(req.ttl);
-        let mut record = Record {
-            worker_id: req.claimant.worker_id.clone(),
-            node_id: req.claimant.node_id.clone(),
-            ttl_ms: u64::try_from(secs).unwrap_or(0) * 1000,
-            claimed_ms: now_ms(),
-            task_info: req.task_info.clone(),
-            nonce: format!("{:016x}", fastrand::u64(..)),
-        };
-        let size = serde_json::to_vec(&record).map(|v| v.len()).unwrap_or(0);
-        if size > MAX_VALUE_BYTES {
-            return Err(Error::usage(format!(
-                "the lock's record would take {size} bytes, more than the {} KiB sentinel writes \
-                 to etcd: shorten the task info",
-                MAX_VALUE_BYTES >> 10
-            )));
-        }
+        let mut record = Record::for_claim(req, name, secs)?;
         // Later attempts of a waiting claim read first: a held lock costs no lease.
         if req.attempt > 0
             && req.takeover != Takeover::Any
@@ -560,26 +717,7 @@ impl LockBackend for EtcdBackend {
         let in_flight = Arc::new(tokio::sync::Mutex::new(()));
         let granted: Arc<std::sync::Mutex<Option<i64>>> = Arc::default();
         let sending = in_flight.clone().lock_owned().await;
-        let undo = {
-            let (this, granted) = (self.clone(), granted.clone());
-            interrupt::on_interrupt(move || async move {
-                let withdraw = async {
-                    let _sent = in_flight.lock().await;
-                    let id = *granted.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(id) = id {
-                        this.revoke_quietly(id).await;
-                    }
-                };
-                if tokio::time::timeout(gateway::OP_DEADLINE, withdraw)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        "an interrupted claim did not finish; its grant, if any, expires with its lease"
-                    );
-                }
-            })
-        };
+        let undo = self.undo_on_interrupt(in_flight, granted.clone());
         if interrupt::is_interrupted() {
             return Err(Error::Unexpected("interrupted".into()));
         }
@@ -686,96 +824,16 @@ impl LockBackend for EtcdBackend {
             return Err(Error::usage("the lock timeout must be at least 1 ms"));
         }
         let key = self.key(name);
-        let gone = || {
-            Error::NotOwner(format!(
-                "lock {name:?} is not held by anyone: its lease ran out (etcd deleted the key \
-                 with it) or it was released; claim it again"
-            ))
-        };
-        let lost = |r: &Record, kv: &KeyValue| {
-            Error::NotOwner(format!(
-                "lock {name:?} was lost: it is now held by worker {:?} on node {:?} (fencing \
-                 token {})",
-                r.worker_id,
-                r.node_id,
-                token_of(kv)
-            ))
-        };
         let Some(kv) = self.read(&key).await? else {
-            return Err(gone());
+            return Err(gone(name));
         };
         let r = self.record(&kv)?;
         if !is_grant(&kv, &r, &req.worker_id, req.fencing_token) {
-            return Err(lost(&r, &kv));
+            return Err(lost(name, &r, &kv));
         }
-        let Some(ttl) = req.ttl else {
-            let sent = now_ms();
-            let Some(ttl) = self.keep_alive(kv.lease).await? else {
-                return Err(gone());
-            };
-            // The lease lives; is the key still on it? Released and claimed again in between, it
-            // is another grant's.
-            return match self.read(&key).await? {
-                Some(now) if now.create_revision == kv.create_revision && now.lease == kv.lease => {
-                    let r = self.record(&now)?;
-                    let ttl_ms = u64::try_from(ttl).unwrap_or(0) * 1000;
-                    Ok(Self::holder(&now, &r, sent, ttl_ms))
-                }
-                Some(now) => Err(lost(&self.record(&now)?, &now)),
-                None => Err(gone()),
-            };
-        };
-        // A new TTL: a new lease, the key moved to it as read, the old lease revoked.
-        let (lease_id, secs) = self.grant(lease_secs(ttl)).await?;
-        let moved = Record {
-            ttl_ms: u64::try_from(secs).unwrap_or(0) * 1000,
-            ..r
-        };
-        let value = b64(&serde_json::to_vec(&moved).expect("a record encodes"));
-        let sent = now_ms();
-        let outcome = self
-            .txn(
-                "a renewal",
-                json!({
-                    "compare": unchanged(&key, &kv),
-                    "success": [
-                        {"request_put": {"key": key, "value": value, "lease": lease_id.to_string()}},
-                        {"request_range": {"key": key}},
-                    ],
-                    "failure": [{"request_range": {"key": key}}],
-                }),
-            )
-            .await;
-        let t = match outcome {
-            Ok(t) => t,
-            Err(e) => {
-                self.revoke_quietly(lease_id).await;
-                return Err(e);
-            }
-        };
-        match t.kv() {
-            // Moved now, or by an earlier sending whose answer was lost.
-            Some(now) if t.succeeded || now.lease == lease_id => {
-                self.revoke_quietly(kv.lease).await;
-                Ok(Self::holder(now, &moved, sent, moved.ttl_ms))
-            }
-            other => {
-                self.revoke_quietly(lease_id).await;
-                match other {
-                    Some(now) => {
-                        let r = self.record(now)?;
-                        if is_grant(now, &r, &req.worker_id, Some(token_of(&kv))) {
-                            Err(Error::Unavailable(format!(
-                                "lock {name:?} changed while its lease was being replaced; try \
-                                 again"
-                            )))
-                        } else {
-                            Err(lost(&r, now))
-                        }
-                    }
-                    None => Err(gone()),
-                }
-            }
+        match req.ttl {
+            None => self.keep_grant_alive(name, &key, &kv).await,
+            Some(ttl) => self.move_to_new_lease(req, name, &key, &kv, r, ttl).await,
         }
     }
 
