@@ -100,3 +100,44 @@ fn bodies_of_the_wrong_shape_or_size_are_refused_with_stable_codes() {
     assert_eq!((s, e["code"].as_str()), (400, Some("invalid_name")), "{e}");
     assert!(e["message"].as_str().unwrap().contains("not UTF-8"), "{e}");
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+    let info = "x".repeat(3_500);
+    for i in 0..300 {
+        let acquire = json!({"holder": "w1", "ttl_ms": 600_000, "task_info": {"task_type": info}});
+        let (s, e) = call(
+            &addr,
+            "POST",
+            &format!("/locks/l{i:03}/acquire"),
+            Some(&acquire),
+        );
+        assert_eq!(s, 200, "{}", e["message"]);
+    }
+    // 30 pages of about 1 MB asked for on one connection, none read: more than the socket
+    // buffers hold, so the node's writes stall.
+    const PAGES: usize = 30;
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    let ask = format!("GET /locks?limit=1000 HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(PAGES);
+    stalled.write_all(ask.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(13));
+    // The node answers others meanwhile.
+    assert_eq!(call(&addr, "GET", "/health", None).0, 200);
+    // Reading now: a node without a write deadline would still be waiting to send the rest.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answers = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stalled, &mut answers);
+    let pages = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        pages < PAGES,
+        "all {pages} answers were delivered after 13 s of not reading"
+    );
+}

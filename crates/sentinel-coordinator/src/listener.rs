@@ -8,6 +8,9 @@
 //! - **Connection cap.** At most [`MAX_CONNECTIONS`] connections are served at once (fewer if the
 //!   process may open fewer files); further ones wait in the kernel's backlog instead of failing
 //!   the node with "too many open files".
+//! - **Write deadline.** An answer whose bytes the client stops taking for [`WRITE_TIMEOUT`]
+//!   (a client that never reads, with the socket buffers full) ends the connection, which would
+//!   otherwise hold its slot for ever.
 //! - **No Nagle delay.** Answers are small and latency matters: `TCP_NODELAY` on every socket.
 
 use std::io;
@@ -20,10 +23,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 
 /// How long a client may take to send a request head (and how long a keep-alive connection may
 /// stay idle).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write of an answer may wait for the client to take bytes.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 4_096;
 /// File descriptors kept free for the log, snapshots and connections to peers.
@@ -48,6 +54,9 @@ pub async fn serve_connections(listener: TcpListener, app: Router) -> io::Error 
             Err(e) => return e,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let stream = Box::pin(stream);
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let served = http1::Builder::new()
