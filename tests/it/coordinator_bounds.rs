@@ -141,3 +141,41 @@ fn a_client_that_never_reads_its_answers_is_cut_off() {
         "all {pages} answers were delivered after 13 s of not reading"
     );
 }
+
+#[test]
+fn a_page_of_locks_stays_small_enough_to_relay() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    eventually(20, "a leader", || leader_of(&addr));
+    // 1,100 locks with 4 KB of task info and long labels each: 1,000 of them take 4.6 MB.
+    let info = "x".repeat(4_000);
+    let (holder, node) = ("w".repeat(200), "n".repeat(200));
+    for i in 0..1_100 {
+        let acquire = json!({"holder": holder, "node": node, "ttl_ms": 600_000,
+            "task_info": {"task_type": info}});
+        let (s, e) = call(
+            &addr,
+            "POST",
+            &format!("/locks/l{i:04}/acquire"),
+            Some(&acquire),
+        );
+        assert_eq!(s, 200, "{}", e["message"]);
+    }
+    let (mut seen, mut after, mut pages) = (0, String::new(), 0);
+    loop {
+        let (s, page) = call(&addr, "GET", &format!("/locks?limit=1000{after}"), None);
+        assert_eq!(s, 200, "{}", page["message"]);
+        // At most 4 MiB and the lock that crossed it.
+        let bytes = page.to_string().len();
+        assert!(bytes <= (4 << 20) + (8 << 10), "a page of {bytes} bytes");
+        seen += page["locks"].as_array().unwrap().len();
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 1_100);
+    assert!(pages >= 2);
+}

@@ -65,6 +65,13 @@ const MAX_REQUEST_ID: usize = 128;
 /// Locks per page of `GET /locks`.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1_000;
+/// A page of `GET /locks` ends after the lock that takes it past this many bytes, so that a
+/// follower can relay it: a lock shows at most [`MAX_QUEUE_SHOWN`] waiters and 4 KiB of task
+/// info, far below the relay's cap less this.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+const _: () = assert!(MAX_PAGE_BYTES * 2 < sentinel_proto::http::MAX_ANSWER_BYTES);
+/// Most waiters a lock's status lists (`waiting` counts them all).
+const MAX_QUEUE_SHOWN: usize = 100;
 /// The header a follower puts on a request it forwards to the leader.
 const FORWARDED: &str = "x-sentinel-forwarded";
 /// How long a node without a leader waits for an election before answering 503.
@@ -780,6 +787,7 @@ fn lock_json(name: &str, slot: Option<&Slot>, now: u64) -> Value {
         .map(|s| {
             s.queue
                 .iter()
+                .take(MAX_QUEUE_SHOWN)
                 .map(|w| {
                     json!({
                         "holder": w.holder, "node": w.node,
@@ -795,6 +803,7 @@ fn lock_json(name: &str, slot: Option<&Slot>, now: u64) -> Value {
         "held": live.is_some(),
         "holder": live.map(|s| holder_json(&s.lease, now)),
         "queue": queue,
+        "waiting": live.map_or(0, |s| s.queue.len()),
     })
 }
 
@@ -846,11 +855,16 @@ async fn list(
                 .state
                 .iter_after(after.as_deref())
                 .filter(|(_, s)| !LockTable::is_stale(&s.lease, now));
-            let page: Vec<Value> = live
-                .by_ref()
-                .take(limit)
-                .map(|(name, slot)| lock_json(name, Some(slot), now))
-                .collect();
+            let mut page: Vec<Value> = Vec::new();
+            let mut bytes = 0;
+            for (name, slot) in live.by_ref() {
+                let lock = lock_json(name, Some(slot), now);
+                bytes += lock.to_string().len();
+                page.push(lock);
+                if page.len() == limit || bytes >= MAX_PAGE_BYTES {
+                    break;
+                }
+            }
             let more = live.next().is_some();
             let next = more
                 .then(|| {

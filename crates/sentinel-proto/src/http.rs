@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most bytes of an answer read from a peer: a snapshot chunk's answer is small, a forwarded
 /// client answer at most a page of locks.
-const MAX_ANSWER_BYTES: usize = 16 << 20;
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// The HTTP client of a node: pooled keep-alive connections to its peers.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
