@@ -408,6 +408,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_lease_clock_starts_from_the_state_once_the_terms_first_entry_is_applied() {
+        let clock = LeaseClock::default();
+        // Leading term 3 before its first entry is applied: no clock yet.
+        assert_eq!(clock.now(3, Some(2), 50_000), None);
+        // Applied: the base is the state's time, whatever the wall clock says.
+        let start = clock.now(3, Some(3), 50_000).unwrap();
+        assert!((50_000..50_050).contains(&start), "{start}");
+        std::thread::sleep(Duration::from_millis(30));
+        let later = clock.now(3, Some(3), 50_000).unwrap();
+        assert!(
+            later >= start + 30 && later < start + 1_000,
+            "{start} {later}"
+        );
+        // Never behind the state's time.
+        assert_eq!(clock.now(3, Some(3), 90_000), Some(90_000));
+        // A later term starts again from the state's time then.
+        let next = clock.now(5, Some(5), 60_000).unwrap();
+        assert!((60_000..60_050).contains(&next), "{next}");
+        // An empty state (time 0) starts from the wall clock.
+        let fresh = LeaseClock::default().now(1, Some(1), 0).unwrap();
+        assert!(fresh.abs_diff(SystemClock.now_ms()) < 1_000, "{fresh}");
+    }
+
+    #[test]
     fn only_the_exact_bearer_token_is_accepted() {
         let auth = Auth::new(&Secret::new("s3cret")).unwrap();
         let h = |s: &str| HeaderValue::from_str(s).unwrap();
