@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sentinel::backend::{Backend, LockBackend};
-use sentinel::coordinator::state::LEADER_CHANGE_GRACE_MS;
 use sentinel::distributed::{
     DistributedLock, LeaderElection, LockClient, RetryConfig, acquire_all,
 };
@@ -780,7 +779,6 @@ pub fn leader_killed(s: &mut Subject) {
     let c = s.coordinator.as_mut().unwrap();
     let old = c.leader();
     c.kill(old);
-    let killed = chrono::Utc::now();
     assert_ne!(c.leader(), old, "a new leader");
     let st = stdout_json(
         &s.cli("observer", &["status", &job, "--json"])
@@ -789,13 +787,22 @@ pub fn leader_killed(s: &mut Subject) {
     );
     assert_eq!(st["holder"]["worker_id"], "a", "{st}");
     assert_eq!(st["holder"]["fencing_token"], t1, "{st}");
-    // A new leader moves every lease's last renewal on by the election's length (at most the
-    // grace): a last renewal later than that was the guard's, through the new leader.
-    let grace = chrono::Duration::milliseconds(LEADER_CHANGE_GRACE_MS as i64);
-    let renewed = eventually(ttl.as_secs(), "a renewal through the new leader", || {
-        let h = rt.block_on(a.lock_info(&job)).ok()??;
-        (h.heartbeat_last > killed + grace).then_some(h)
-    });
+    // A new leader starts every lease afresh at its first command (the last renewal moves on
+    // once); a second move of the last renewal was the guard's, through the new leader.
+    let first = st["holder"]["heartbeat_last"].as_str().unwrap();
+    let mut seen = vec![chrono::DateTime::parse_from_rfc3339(first).unwrap()];
+    let renewed = eventually(
+        2 * ttl.as_secs(),
+        "a renewal through the new leader",
+        || {
+            let h = rt.block_on(a.lock_info(&job)).ok()??;
+            let last = h.heartbeat_last.fixed_offset();
+            if !seen.contains(&last) {
+                seen.push(last);
+            }
+            (seen.len() >= 3).then_some(h)
+        },
+    );
     assert_eq!(
         (renewed.worker_id.as_str(), renewed.fencing_token),
         ("a", t1)

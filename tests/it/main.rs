@@ -1,5 +1,6 @@
 //! Integration tests: the real `sentinel` binary and library against the project's GitHub emulator.
 
+mod clock_skew;
 mod cluster;
 mod completions;
 mod conformance;

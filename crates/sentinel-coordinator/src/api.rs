@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 use super::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
 use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
-use sentinel_core::lease::{self, Clock, SystemClock};
+use sentinel_core::lease;
 use sentinel_core::lock::{MAX_TASK_INFO_BYTES, validate_label, validate_name};
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
@@ -252,11 +252,10 @@ fn request_id(given: Option<String>) -> Result<String, ApiError> {
     Ok(id)
 }
 
-/// The leader's time, never behind the state's own clock.
+/// The time leases are judged by: the node's lease clock ([`Node::lease_now`]), not its wall
+/// clock.
 fn now(node: &Node) -> u64 {
-    SystemClock
-        .now_ms()
-        .max(node.state.read(|m| m.state.clock_ms()))
+    node.lease_now()
 }
 
 fn holder_json(record: &LockRecord, now: u64) -> Value {

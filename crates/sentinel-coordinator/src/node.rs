@@ -1,14 +1,16 @@
 //! A running node: its Raft instance and storage, the queue that packs proposed commands into log
 //! entries (group commit), and the leader's clock ticks. The HTTP API serves from it.
 //!
-//! The leader stamps every command with its wall clock and proposes a `Tick` when the next lease
-//! or wait of the state ends, so waiters get their locks without a client asking.
+//! The leader stamps every entry with its lease clock ([`LeaseClock`]) and proposes a `Tick` when
+//! the next lease or wait of the state ends, so waiters get their locks without a client asking.
+//! The lease clock is the state's time when the leader's term began plus the time the leader's
+//! monotonic clock measured since: no node's wall clock, ahead or behind, moves the leases.
 //!
 //! This module knows neither the HTTP API nor how a node is wired up: the layers run one way,
 //! state ← store ← node ← api ← server.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use openraft::error::{ClientWriteError, RaftError};
@@ -53,6 +55,50 @@ pub struct Node {
     pub stats: Stats,
     /// The queue of commands waiting to be packed into the next log entry.
     proposals: mpsc::Sender<Pending>,
+    /// The lease clock of this node's term as leader.
+    lease_clock: LeaseClock,
+}
+
+/// A leader's clock for the leases: the state's time when its term began (`base_ms`, as applied
+/// once the term's first entry is, so every entry of older terms is in it) plus the time its
+/// monotonic clock measured since (`started`). It never jumps with the wall clock, and it starts
+/// where the last leader's stamps left off, so a leader whose wall clock is wrong cannot move the
+/// state's time by it. Only the very first leader of an empty state starts from its wall clock.
+#[derive(Default)]
+struct LeaseClock(Mutex<Option<TermClock>>);
+
+#[derive(Clone, Copy)]
+struct TermClock {
+    term: u64,
+    base_ms: u64,
+    started: Instant,
+}
+
+impl LeaseClock {
+    /// The lease clock now, if this node leads `term` and the term's first entry is applied
+    /// (`applied_term` is the term of the last entry applied, `clock_ms` the state's time).
+    fn now(&self, term: u64, applied_term: Option<u64>, clock_ms: u64) -> Option<u64> {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let clock = match *current {
+            Some(c) if c.term == term => c,
+            _ if applied_term == Some(term) => {
+                let c = TermClock {
+                    term,
+                    base_ms: if clock_ms == 0 {
+                        SystemClock.now_ms()
+                    } else {
+                        clock_ms
+                    },
+                    started: Instant::now(),
+                };
+                *current = Some(c);
+                c
+            }
+            _ => return None,
+        };
+        let elapsed = u64::try_from(clock.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Some(clock_ms.max(clock.base_ms.saturating_add(elapsed)))
+    }
 }
 
 /// A command waiting for its entry, and who waits for its answer.
@@ -111,17 +157,14 @@ pub enum ProposeError {
 }
 
 impl Node {
-    /// Stamps `command` with this node's clock and replicates it; the state's answer once it is
-    /// committed and applied here, and the command's position in the log (the fencing token a
-    /// grant by it carries).
+    /// Replicates `command` (the writer stamps its entry with the lease clock); the state's
+    /// answer once it is committed and applied here, and the command's position in the log (the
+    /// fencing token a grant by it carries).
     pub async fn propose(
         &self,
         command: Command,
     ) -> std::result::Result<(Answer, u64), ProposeError> {
-        let proposal = Proposal {
-            at_ms: SystemClock.now_ms(),
-            command,
-        };
+        let proposal = Proposal { at_ms: 0, command };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let stopping = || ProposeError::Unavailable("the node is stopping".into());
         self.proposals
@@ -147,6 +190,47 @@ impl Node {
     /// Whether this node leads now (as far as it knows).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The time by which leases are judged here, in ms: on the leader, its lease clock
+    /// ([`LeaseClock`]); elsewhere, and on a leader whose term's first entry is not applied yet,
+    /// the state's time as applied on this node. Never behind the state's time.
+    pub fn lease_now(&self) -> u64 {
+        self.leading_now()
+            .unwrap_or_else(|| self.state.read(|m| m.state.clock_ms()))
+    }
+
+    /// The lease clock now, if this node leads and its term's clock has started.
+    fn leading_now(&self) -> Option<u64> {
+        let (leading, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if !leading {
+            return None;
+        }
+        let (applied_term, clock_ms) = self
+            .state
+            .read(|m| (m.last_applied.map(|l| l.leader_id.term), m.state.clock_ms()));
+        self.lease_clock.now(term, applied_term, clock_ms)
+    }
+
+    /// The stamp of the next entry: the lease clock. A new leader waits (at most
+    /// [`PROPOSE_TIMEOUT`]) for its term's first entry to be applied, which starts its clock; a
+    /// node that does not lead stamps the state's time (Raft refuses its write anyway), and so
+    /// does a leader whose first entry did not apply in time: no stamp is ever a jump.
+    async fn stamp(&self) -> u64 {
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            if let Some(now) = self.leading_now() {
+                return now;
+            }
+            if !self.is_leader() || Instant::now() >= deadline {
+                return self.state.read(|m| m.state.clock_ms());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -203,6 +287,7 @@ impl Node {
             auth,
             stats,
             proposals,
+            lease_clock: LeaseClock::default(),
         });
         let background = Background(vec![
             tokio::spawn(write_batches(node.clone(), pending)),
@@ -223,9 +308,13 @@ impl Node {
 async fn write_batches(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+        let (mut proposals, replies): (Vec<Proposal>, Vec<_>) =
             batch.drain(..).map(|p| (p.proposal, p.reply)).unzip();
-        let started = std::time::Instant::now();
+        let at_ms = node.stamp().await;
+        for p in &mut proposals {
+            p.at_ms = at_ms;
+        }
+        let started = Instant::now();
         let written =
             tokio::time::timeout(PROPOSE_TIMEOUT, node.raft.client_write(Batch(proposals))).await;
         let answers = match written {
@@ -296,7 +385,7 @@ async fn tick(node: Arc<Node>) {
     let mut applied = node.state.subscribe();
     loop {
         let next = node.state.read(|m| m.state.next_event_ms());
-        let now = SystemClock.now_ms();
+        let now = node.lease_now();
         let pause = match next {
             Some(at) if at <= now && node.is_leader() => {
                 if let Err(ProposeError::Unavailable(e)) = node.propose(Command::Tick).await {
@@ -317,6 +406,30 @@ async fn tick(node: Arc<Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_clock_starts_from_the_state_once_the_terms_first_entry_is_applied() {
+        let clock = LeaseClock::default();
+        // Leading term 3 before its first entry is applied: no clock yet.
+        assert_eq!(clock.now(3, Some(2), 50_000), None);
+        // Applied: the base is the state's time, whatever the wall clock says.
+        let start = clock.now(3, Some(3), 50_000).unwrap();
+        assert!((50_000..50_050).contains(&start), "{start}");
+        std::thread::sleep(Duration::from_millis(30));
+        let later = clock.now(3, Some(3), 50_000).unwrap();
+        assert!(
+            later >= start + 30 && later < start + 1_000,
+            "{start} {later}"
+        );
+        // Never behind the state's time.
+        assert_eq!(clock.now(3, Some(3), 90_000), Some(90_000));
+        // A later term starts again from the state's time then.
+        let next = clock.now(5, Some(5), 60_000).unwrap();
+        assert!((60_000..60_050).contains(&next), "{next}");
+        // An empty state (time 0) starts from the wall clock.
+        let fresh = LeaseClock::default().now(1, Some(1), 0).unwrap();
+        assert!(fresh.abs_diff(SystemClock.now_ms()) < 1_000, "{fresh}");
+    }
 
     #[test]
     fn only_the_exact_bearer_token_is_accepted() {

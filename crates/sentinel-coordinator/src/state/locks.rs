@@ -32,7 +32,8 @@ pub struct Waiter {
     pub ttl_ms: u64,
     /// When it joined the queue (leader time).
     pub since_ms: u64,
-    /// The last instant it still waits: `since_ms + wait_ms`.
+    /// The last instant it still waits: `since_ms + wait_ms`, moved on by as much as the lease
+    /// it waits for when a new leader starts that lease afresh.
     pub until_ms: u64,
     /// What the holder will work on.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]

@@ -6,13 +6,17 @@
 //!
 //! Semantics (etcd and Consul leases rather than the local backend's "stale until stolen"):
 //!
-//! - **Time is the leader's.** Each proposal carries the leader's wall clock when it proposed it.
-//!   The state's clock is the largest stamp applied so far, so a new leader whose clock is behind
-//!   never moves time backwards.
-//! - **An election does not end leases early.** While no leader serves, holders cannot renew. So
-//!   the first command of a new leader (a newer Raft term) first extends every lease by the time
-//!   since the last command of the old leader, at most [`LEADER_CHANGE_GRACE_MS`]: the time the
-//!   election took, counted as if renewed.
+//! - **Time is the leader's lease clock, never its wall clock.** Each proposal carries the time of
+//!   the leader's lease clock when it wrote it: the state's time when the leader's term began
+//!   plus the time its monotonic clock measured since (for the very first leader of an empty
+//!   state, its wall clock). The state's clock is the largest stamp applied, so it never runs
+//!   backwards, and it moves only by time a leader measured: not while no leader serves, and
+//!   never by a jump of a leader's wall clock. It starts from a wall clock and then runs behind
+//!   real time by the time the cluster spent without a leader.
+//! - **A change of leader never ends a lease early.** While no leader serves, holders cannot
+//!   renew. So the first command of a new leader (a newer Raft term) starts every lease's
+//!   countdown afresh, as etcd does: the lease's last renewal becomes that command's time. Every
+//!   wait is moved on by as much as the lease it waits for.
 //! - **A lease ends at its TTL.** A lease renewed at `t` with TTL `d` is live up to and including
 //!   `t + d` (the rule of [`sentinel_core::table::LockTable::is_stale`], shared with the local backend) and is gone
 //!   after it: the next waiter gets the lock. Before a command takes effect, every lease and every
@@ -64,14 +68,13 @@ pub use log::{
     position,
 };
 pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
-pub use time::LEADER_CHANGE_GRACE_MS;
 
 use requests::Remembered;
 
 /// Every lock of the coordinator. See the module documentation for the semantics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LockState {
-    /// The largest leader stamp applied.
+    /// The largest leader stamp applied: the leader's lease clock, in ms since the Unix epoch.
     clock_ms: u64,
     /// The Raft term of the last command applied: a newer one is a new leader.
     term: u64,

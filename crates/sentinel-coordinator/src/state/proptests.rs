@@ -35,8 +35,9 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 /// What the clients have been told, checked against the state after every entry.
 #[derive(Default)]
 struct Model {
-    /// (holder, name) -> (token, last live instant) of the lease the holder was told it has.
-    beliefs: HashMap<(String, String), (u64, u64)>,
+    /// (holder, name) -> (token, last live instant, TTL) of the lease the holder was told it
+    /// has.
+    beliefs: HashMap<(String, String), (u64, u64, u64)>,
     /// Last token granted per name.
     tokens: HashMap<String, u64>,
     /// Request ids waiting per name, in arrival order.
@@ -59,7 +60,7 @@ impl Model {
     fn believe(&mut self, name: &str, lease: &LockRecord) {
         self.beliefs.insert(
             (lease.worker_id.clone(), name.to_string()),
-            (lease.fencing_token, lease.expires_at_ms()),
+            (lease.fencing_token, lease.expires_at_ms(), lease.ttl_ms),
         );
     }
 
@@ -150,8 +151,8 @@ impl Model {
     /// outlives it, and no two clients ever hold one lock.
     fn check(&mut self, s: &LockState, ctx: &str) {
         let now = s.clock_ms();
-        self.beliefs.retain(|_, (_, until)| *until >= now);
-        for ((holder, name), (token, until)) in &self.beliefs {
+        self.beliefs.retain(|_, (_, until, _)| *until >= now);
+        for ((holder, name), (token, until, _)) in &self.beliefs {
             let lease = &s
                 .get(name)
                 .unwrap_or_else(|| panic!("{name} ended early: {ctx}"))
@@ -219,7 +220,7 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
                 // A new leader whose clock is behind.
                 0 => at.saturating_sub(n % (2 * TTL)),
                 // A new leader after an election, short or long.
-                3 => at + n % (3 * LEADER_CHANGE_GRACE_MS),
+                3 => at + n % (3 * TTL),
                 1 => at + TTL + n % (2 * TTL),
                 // Long enough for answers to be forgotten: a late retry runs again.
                 2 => at + REQUEST_WINDOW_MS / 3 + n % TTL,
@@ -321,15 +322,12 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
             }
             _ => None,
         };
-        // A new leader extends every lease by the time since the old leader's last command,
-        // within the grace: so do the leases the clients hold.
+        // A new leader starts every lease afresh at its first command: the leases the clients
+        // hold last their full TTL from then.
         if term > applied_term && applied_term != 0 {
-            let by = batch[0]
-                .at_ms
-                .saturating_sub(s.clock_ms())
-                .min(LEADER_CHANGE_GRACE_MS);
+            let now = batch[0].at_ms.max(s.clock_ms());
             for belief in model.beliefs.values_mut() {
-                belief.1 += by;
+                belief.1 = belief.1.max(now + belief.2);
             }
         }
         applied_term = term;

@@ -492,81 +492,48 @@ fn re_adoption_renews_the_own_lease_with_the_same_token() {
     ));
 }
 
+/// Applies `command` at log `index`, in `term`, at leader time `at_ms`, checking the invariants.
+fn in_term(s: &mut LockState, index: u64, term: u64, at_ms: u64, command: Command) -> Applied {
+    let applied = one(s, index, term, &Proposal { at_ms, command });
+    assert_eq!(s.check(), Ok(()), "after entry {index}");
+    applied
+}
+
 #[test]
-fn a_new_leader_extends_leases_by_the_election_within_the_grace() {
+fn a_new_leader_starts_every_lease_afresh_and_moves_waits_with_them() {
     let mut s = LockState::default();
-    one(
-        &mut s,
-        1,
-        1,
-        &Proposal {
-            at_ms: 1_000,
-            command: acquire("r1", "a", "w1", 500, 0),
-        },
-    );
-    one(
-        &mut s,
-        2,
-        1,
-        &Proposal {
-            at_ms: 1_000,
-            command: acquire("r2", "b", "w1", 60_000, 0),
-        },
-    );
-    // The leader dies; a new one's first command comes 800 ms after the last: without the
-    // grace, lock "a" (live up to 1_500) would end at once.
-    let a = one(
-        &mut s,
-        3,
-        2,
-        &Proposal {
-            at_ms: 1_800,
-            command: Command::Tick,
-        },
-    );
+    in_term(&mut s, 1, 1, 1_000, acquire("r1", "a", "w1", 500, 0));
+    in_term(&mut s, 2, 1, 1_000, acquire("r2", "b", "w1", 60_000, 0));
+    // w2 waits for "a" until 1_600: it would get it at 1_501.
+    let queued = in_term(&mut s, 3, 1, 1_100, acquire("r3", "a", "w2", 500, 500));
+    assert_eq!(answer(queued), Answer::Queued { position: 1 });
+    // The leader dies; a new one's first command comes 300 ms (of its lease clock) after the
+    // last: every lease counts its TTL again from there, and the wait moves on with its lease.
+    let a = in_term(&mut s, 4, 2, 1_400, Command::Tick);
     assert!(a.settled.is_empty());
-    assert_eq!(s.get("a").unwrap().lease.expires_at_ms(), 2_300);
-    assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_800);
-    assert_eq!(s.check(), Ok(()));
-    // The same term again extends nothing; a long quiet time extends by the grace only.
-    one(
-        &mut s,
-        4,
-        2,
-        &Proposal {
-            at_ms: 2_000,
-            command: Command::Tick,
-        },
+    assert_eq!(s.get("a").unwrap().lease.heartbeat_ms, 1_400);
+    assert_eq!(s.get("a").unwrap().lease.expires_at_ms(), 1_900);
+    assert_eq!(s.get("a").unwrap().lease.claimed_at_ms, 1_000);
+    assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_400);
+    assert_eq!(s.get("a").unwrap().queue[0].until_ms, 2_000);
+    // The same term again starts nothing afresh: at 1_901 "a" ends and goes to the waiter.
+    let a = in_term(&mut s, 5, 2, 1_901, Command::Tick);
+    assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_400);
+    assert_eq!(a.settled.len(), 1);
+    assert!(
+        matches!(&a.settled[0].answer, Answer::Granted { lease, .. } if lease.worker_id == "w2")
     );
-    assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 61_800);
-    one(
-        &mut s,
-        5,
-        3,
-        &Proposal {
-            at_ms: 30_000,
-            command: Command::Tick,
-        },
-    );
-    assert!(s.get("a").is_none());
-    assert_eq!(
-        s.get("b").unwrap().lease.expires_at_ms(),
-        61_800 + LEADER_CHANGE_GRACE_MS
-    );
-    // A new leader whose clock is behind extends nothing.
-    one(
-        &mut s,
-        6,
-        4,
-        &Proposal {
-            at_ms: 10,
-            command: Command::Tick,
-        },
-    );
-    assert_eq!(
-        s.get("b").unwrap().lease.expires_at_ms(),
-        61_800 + LEADER_CHANGE_GRACE_MS
-    );
+    assert_eq!(s.get("a").unwrap().lease.expires_at_ms(), 2_401);
+    // A lease that a long quiet time would have ended before the new leader's first command
+    // is live again from it: the new leader's first command comes before any end is judged.
+    in_term(&mut s, 6, 3, 30_000, Command::Tick);
+    assert_eq!(s.get("a").unwrap().lease.expires_at_ms(), 30_500);
+    assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 90_000);
+    // A stamp behind the state's time (a new leader whose clock is behind) counts as the
+    // state's time: the leases start afresh from there, no earlier.
+    in_term(&mut s, 7, 4, 10, Command::Tick);
+    assert_eq!(s.clock_ms(), 30_000);
+    assert_eq!(s.get("b").unwrap().lease.expires_at_ms(), 90_000);
     assert_eq!(LockState::from_json(&s.to_json().unwrap()).unwrap(), s);
 }
 

@@ -1,30 +1,29 @@
-//! Time in the state: the leader's clock, the grace a change of leader gives the leases, and the
-//! leases and waits that end, in the order they ended, before a command takes effect.
+//! Time in the state: the leader's lease clock, the fresh start a change of leader gives every
+//! lease, and the leases and waits that end, in the order they ended, before a command takes
+//! effect.
 //!
 //! The state never reads a clock. Its time is the largest leader stamp applied, so it never runs
-//! backwards when a new leader's clock is behind, and what ends is decided by that time alone, not
-//! by how often the leader happens to propose a tick.
+//! backwards, and what ends is decided by that time alone, not by how often the leader happens to
+//! propose a tick. A leader stamps commands with its lease clock: the state's time when its term
+//! began plus the time its monotonic clock measured since (see `node.rs`), so time only runs while
+//! a leader serves, and no node's wall clock moves it.
 
 use super::{Answer, LockState, Settled};
 
-/// Most a change of leader extends the leases by. An election takes well under a second; the
-/// time since the old leader's last command may also include quiet time, hence a bound.
-pub const LEADER_CHANGE_GRACE_MS: u64 = 2_000;
-
 impl LockState {
     /// Takes in the leader's term and stamp of the next command and returns the state's time for
-    /// it: the largest stamp so far. The first command of a newer term extends every lease by the
-    /// time since the old leader's last command, within [`LEADER_CHANGE_GRACE_MS`].
+    /// it: the largest stamp so far. The first command of a newer term starts every lease's
+    /// countdown afresh ([`Self::new_leader`]).
     pub(super) fn observe(&mut self, term: u64, at_ms: u64) -> u64 {
+        let now = self.clock_ms.max(at_ms);
         if term > self.term {
             if self.term != 0 {
-                let gap = at_ms.saturating_sub(self.clock_ms);
-                self.extend_leases(gap.min(LEADER_CHANGE_GRACE_MS));
+                self.new_leader(now);
             }
             self.term = term;
         }
-        self.clock_ms = self.clock_ms.max(at_ms);
-        self.clock_ms
+        self.clock_ms = now;
+        now
     }
 
     /// The state's time: the largest leader stamp applied.
@@ -32,18 +31,34 @@ impl LockState {
         self.clock_ms
     }
 
-    /// Moves every lease's last renewal `by` later (a new leader's grace).
-    fn extend_leases(&mut self, by: u64) {
-        if by == 0 {
-            return;
-        }
+    /// The first command of a new leader, at `now`: as etcd does, every lease counts its TTL
+    /// afresh from it (its last renewal is `now`: holders could not renew while no leader served,
+    /// nor before they found the new one), and every wait is moved on by as much as the lease it
+    /// waits for, so that a waiter that would have got the lock before its wait ran out still
+    /// does. Nothing ends earlier than it would have: every lease is live at the state's time
+    /// (ended ones were ended by the command before), so none gets shorter.
+    fn new_leader(&mut self, now: u64) {
         for slot in self.locks.values_mut() {
-            slot.lease.heartbeat_ms = slot.lease.heartbeat_ms.saturating_add(by);
+            let before = slot.lease.expires_at_ms();
+            slot.lease.heartbeat_ms = slot.lease.heartbeat_ms.max(now);
+            let later = slot.lease.expires_at_ms().saturating_sub(before);
+            for w in &mut slot.queue {
+                w.until_ms = w.until_ms.saturating_add(later);
+            }
         }
         self.expiries = self
             .locks
             .iter()
             .map(|(name, slot)| (slot.lease.expires_at_ms(), name.clone()))
+            .collect();
+        self.deadlines = self
+            .locks
+            .iter()
+            .flat_map(|(name, slot)| {
+                slot.queue
+                    .iter()
+                    .map(move |w| (w.until_ms, name.clone(), w.request_id.clone()))
+            })
             .collect();
     }
 
