@@ -234,24 +234,6 @@ impl Node {
     }
 }
 
-/// What a node is made of, opened and connected by [`super::server`].
-pub struct Started {
-    /// This node's id.
-    pub id: NodeId,
-    /// The node's Raft instance.
-    pub raft: Raft<TypeConfig>,
-    /// The node's log.
-    pub log: LogStore,
-    /// The lock state as applied on this node.
-    pub state: StateMachineStore,
-    /// Pooled connections to the peers.
-    pub client: HttpClient,
-    /// The cluster's bearer token, if it has one.
-    pub auth: Option<Auth>,
-    /// What `/metrics` shows.
-    pub stats: Stats,
-}
-
 /// The node's background tasks (the writer, the ticker, the election counter); dropping it stops
 /// them.
 pub struct Background(Vec<JoinHandle<()>>);
@@ -265,19 +247,18 @@ impl Drop for Background {
 }
 
 impl Node {
-    /// Starts a node from its parts: its proposal queue and background tasks run until the
-    /// returned [`Background`] is dropped.
-    pub fn start(parts: Started) -> (Arc<Node>, Background) {
+    /// Starts a node from its parts, opened and connected by [`super::server`]: its proposal
+    /// queue and background tasks run until the returned [`Background`] is dropped.
+    pub fn start(
+        id: NodeId,
+        raft: Raft<TypeConfig>,
+        log: LogStore,
+        state: StateMachineStore,
+        client: HttpClient,
+        auth: Option<Auth>,
+        stats: Stats,
+    ) -> (Arc<Node>, Background) {
         let (proposals, pending) = mpsc::channel(QUEUED_PROPOSALS);
-        let Started {
-            id,
-            raft,
-            log,
-            state,
-            client,
-            auth,
-            stats,
-        } = parts;
         let node = Arc::new(Node {
             id,
             raft,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 use super::network::Peers;
-use super::node::{Auth, Node, Started};
+use super::node::{Auth, Node};
 use super::stats::Stats;
 use super::store;
 use super::{NodeId, TypeConfig, api, listener};
@@ -93,15 +93,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
     .await
     .map_err(|e| Error::Unexpected(format!("cannot start Raft: {e}")))?;
     form_cluster(&raft, opts.id, &opts.members).await?;
-    let (node, _background) = Node::start(Started {
-        id: opts.id,
-        raft,
-        log,
-        state,
-        client,
-        auth,
-        stats,
-    });
+    let (node, _background) = Node::start(opts.id, raft, log, state, client, auth, stats);
     let addr = listener.local_addr()?;
     ready(addr);
     let mut metrics = node.raft.metrics();
