@@ -96,6 +96,18 @@ fn bodies_of_the_wrong_shape_or_size_are_refused_with_stable_codes() {
         e["message"]
     );
 
+    // A request id used again with other values is no retry.
+    let first = json!({"holder": "w1", "ttl_ms": 60_000, "request_id": "req-7"});
+    assert_eq!(call(&addr, "POST", "/locks/c/acquire", Some(&first)).0, 200);
+    assert_eq!(call(&addr, "POST", "/locks/c/acquire", Some(&first)).0, 200);
+    let other = json!({"holder": "w1", "ttl_ms": 30_000, "request_id": "req-7"});
+    let (s, e) = call(&addr, "POST", "/locks/c/acquire", Some(&other));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (409, Some("request_id_reused")),
+        "{e}"
+    );
+
     let (s, e) = call(&addr, "GET", "/locks/%FF/status", None);
     assert_eq!((s, e["code"].as_str()), (400, Some("invalid_name")), "{e}");
     assert!(e["message"].as_str().unwrap().contains("not UTF-8"), "{e}");

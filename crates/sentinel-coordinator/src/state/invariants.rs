@@ -36,6 +36,7 @@ impl LockState {
                         name: n,
                         holder,
                         answer: Answer::Queued { .. },
+                        ..
                     }) if n == name && *holder == w.holder => {}
                     _ => {
                         return Err(format!(

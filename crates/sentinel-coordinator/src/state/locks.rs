@@ -210,7 +210,7 @@ impl LockState {
             // Not arrived (or long forgotten): remembered as withdrawn, so that the acquire, if
             // it still comes, is answered so and never executed.
             let acquire = (RequestKind::Acquire, w.name.as_str(), w.holder.as_str());
-            self.remember(&w.acquire_id, acquire, now, withdrawn(None));
+            self.remember(&w.acquire_id, acquire, None, now, withdrawn(None));
             return withdrawn(None);
         };
         if acquire.kind != RequestKind::Acquire

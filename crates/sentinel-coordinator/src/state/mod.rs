@@ -123,24 +123,28 @@ impl LockState {
             Command::Acquire(a) => Some(self.request(
                 &a.request_id,
                 (RequestKind::Acquire, &a.name, &a.holder),
+                &proposal.command,
                 now,
                 |s| s.acquire(at, now, a),
             )),
             Command::Release(r) => Some(self.request(
                 &r.request_id,
                 (RequestKind::Release, &r.name, &r.holder),
+                &proposal.command,
                 now,
                 |s| s.release((at, first), now, r, &mut settled),
             )),
             Command::Renew(r) => Some(self.request(
                 &r.request_id,
                 (RequestKind::Renew, &r.name, &r.holder),
+                &proposal.command,
                 now,
                 |s| s.renew(now, r),
             )),
             Command::Withdraw(w) => Some(self.request(
                 &w.request_id,
                 (RequestKind::Withdraw, &w.name, &w.holder),
+                &proposal.command,
                 now,
                 |s| s.withdraw(at, now, w, &mut settled),
             )),

@@ -6,8 +6,9 @@
 //! answer is `Queued` until the wait is settled.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use super::{Answer, LockState, Settled};
+use super::{Answer, Command, LockState, Settled};
 
 /// How long (leader time) a settled answer is remembered for retries of its request.
 pub const REQUEST_WINDOW_MS: u64 = 60_000;
@@ -35,30 +36,53 @@ pub(super) struct Remembered {
     pub(super) kind: RequestKind,
     pub(super) name: String,
     pub(super) holder: String,
+    /// What the request asked, hashed ([`digest`]); a retry must ask the same. `None` for an
+    /// acquire taken back before it arrived (any body of it is answered as withdrawn), and in
+    /// snapshots written before digests were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) digest: Option<String>,
     #[serde(rename = "outcome")]
     pub(super) answer: Answer,
 }
 
+/// What a request asked, without its request id: the first 16 bytes of the SHA-256 of the
+/// command as JSON, in hex. A request id used again for a different body is not a retry.
+fn digest(command: &Command) -> String {
+    let mut fields = serde_json::to_value(command).unwrap_or_default();
+    if let Some(fields) = fields.as_object_mut() {
+        fields.remove("request_id");
+    }
+    let hash = Sha256::digest(fields.to_string().as_bytes());
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl LockState {
-    /// Runs a request once: a request id the state remembers gets its answer, anything else is
-    /// executed and its answer remembered. A remembered id used by another kind of request, on
-    /// another lock or by another holder is refused: it cannot be a retry.
+    /// Runs request `command` once: a request id the state remembers gets its answer, anything
+    /// else is executed and its answer remembered. A remembered id used by another kind of
+    /// request, on another lock, by another holder or with other values is refused: it cannot be
+    /// a retry.
     pub(super) fn request(
         &mut self,
         id: &str,
         (kind, name, holder): (RequestKind, &str, &str),
+        command: &Command,
         now: u64,
         run: impl FnOnce(&mut Self) -> Answer,
     ) -> Answer {
+        let digest = digest(command);
         if let Some(r) = self.requests.get(id) {
-            return if r.kind == kind && r.name == name && r.holder == holder {
+            let same = r.kind == kind
+                && r.name == name
+                && r.holder == holder
+                && r.digest.as_ref().is_none_or(|d| *d == digest);
+            return if same {
                 r.answer.clone()
             } else {
                 Answer::RequestIdReused
             };
         }
         let answer = run(self);
-        self.remember(id, (kind, name, holder), now, answer.clone());
+        self.remember(id, (kind, name, holder), Some(digest), now, answer.clone());
         answer
     }
 
@@ -67,6 +91,7 @@ impl LockState {
         &mut self,
         id: &str,
         (kind, name, holder): (RequestKind, &str, &str),
+        digest: Option<String>,
         now: u64,
         answer: Answer,
     ) {
@@ -77,6 +102,7 @@ impl LockState {
             kind,
             name: name.to_string(),
             holder: holder.to_string(),
+            digest,
             answer,
         };
         self.requests.insert(id.to_string(), remembered);
