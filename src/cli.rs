@@ -325,6 +325,20 @@ pub struct ServeArgs {
     /// node included, with the same list on every node (the lowest id forms the cluster)
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     pub peers: Vec<String>,
+    /// Token the cluster's nodes authenticate each other's Raft messages with: required with
+    /// other --peers, the same on every node, not the --auth-token; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_PEER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret
+    )]
+    pub peer_token: Option<Secret>,
+    /// Read the peer token from FILE (one trailing newline is ignored), so that it is on no
+    /// command line
+    #[arg(long, value_name = "FILE")]
+    pub peer_token_file: Option<PathBuf>,
 }
 
 impl Command {

@@ -1,0 +1,287 @@
+//! Peers are peers: the Raft routes of `sentinel serve` take the peer token only, refuse what
+//! would panic openraft, and a misconfigured peer token is one clear warning, not a flood.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::serve::{Node, PEER_TOKEN, TOKEN, eventually, exchange_within, free_addr, leader_of};
+use crate::support::{Running, code, sentinel, text};
+
+const PEER: &str = "x-sentinel-peer-token";
+
+/// One POST of `body` to `path` with `headers`: the status and the JSON answer.
+fn post(addr: &str, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let (status, text) = exchange_within(
+        addr,
+        "POST",
+        path,
+        Some(body),
+        headers,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+/// A node's `/health`: its state, leader and term.
+fn health(addr: &str) -> Value {
+    let auth = format!("Bearer {TOKEN}");
+    let (status, text) = exchange_within(
+        addr,
+        "GET",
+        "/health",
+        None,
+        &[("Authorization", &auth)],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn peers_of(addrs: &[String]) -> Vec<String> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect()
+}
+
+/// An AppendEntries that names `leader` with `term`, and the entries given.
+fn append(term: u64, leader: u64, prev: Value, entries: Value) -> Value {
+    json!({
+        "vote": {"leader_id": {"term": term, "node_id": leader}, "committed": true},
+        "prev_log_id": prev,
+        "entries": entries,
+        "leader_commit": null,
+    })
+}
+
+#[test]
+fn raft_routes_take_only_the_peer_token_and_refuse_what_would_panic_openraft() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peers = peers_of(&addrs);
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Some(TOKEN)))
+        .collect();
+    let leader = eventually(20, "a leader", || {
+        let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
+        let first = seen[0]?;
+        seen.iter().all(|l| *l == Some(first)).then_some(first)
+    });
+    let before = health(&addrs[0]);
+    let f = (0..3).find(|&i| i as u64 + 1 != leader).unwrap();
+    let follower = &addrs[f];
+
+    // The forged append that made openraft panic: a term of u64::MAX.
+    let forged = append(u64::MAX, leader, Value::Null, json!([]));
+    let client = format!("Bearer {TOKEN}");
+    for (headers, status, code) in [
+        (vec![], 401, "unauthorized"),
+        (vec![("Authorization", client.as_str())], 403, "forbidden"),
+        (vec![(PEER, "wrong-peer-token")], 401, "unauthorized"),
+        (vec![(PEER, PEER_TOKEN)], 400, "invalid_body"),
+    ] {
+        let (s, v) = post(follower, "/raft/append", &forged, &headers);
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "{headers:?}: {v}"
+        );
+    }
+    let with_peer = [(PEER, PEER_TOKEN)];
+    let (s, v) = post(
+        follower,
+        "/raft/vote",
+        &json!({
+            "vote": {"leader_id": {"term": u64::MAX, "node_id": leader}, "committed": false},
+            "last_log_id": null,
+        }),
+        &with_peer,
+    );
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_body")), "{v}");
+    // From a node outside the membership: refused, whatever it asks.
+    let (s, v) = post(
+        follower,
+        "/raft/vote",
+        &json!({
+            "vote": {"leader_id": {"term": 1000, "node_id": 9}, "committed": false},
+            "last_log_id": null,
+        }),
+        &with_peer,
+    );
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    let (s, v) = post(
+        follower,
+        "/raft/append",
+        &append(1000, 9, Value::Null, json!([])),
+        &with_peer,
+    );
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    // Entries that are not consecutive after prev_log_id.
+    let gap = append(
+        1,
+        leader,
+        json!({"leader_id": {"term": 1, "node_id": leader}, "index": 3}),
+        json!([{"log_id": {"leader_id": {"term": 1, "node_id": leader}, "index": 5}, "payload": "Blank"}]),
+    );
+    let (s, v) = post(follower, "/raft/append", &gap, &with_peer);
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_body")), "{v}");
+    // A snapshot chunk far beyond what was received.
+    let chunk = json!({
+        "vote": {"leader_id": {"term": 1, "node_id": leader}, "committed": true},
+        "meta": {
+            "last_log_id": {"leader_id": {"term": 1, "node_id": leader}, "index": 1},
+            "last_membership": {
+                "log_id": {"leader_id": {"term": 1, "node_id": leader}, "index": 0},
+                "membership": {"configs": [[1, 2, 3]], "nodes": {
+                    "1": {"addr": addrs[0]}, "2": {"addr": addrs[1]}, "3": {"addr": addrs[2]},
+                }},
+            },
+            "snapshot_id": "forged",
+        },
+        "offset": 1u64 << 40,
+        "data": [1, 2, 3],
+        "done": false,
+    });
+    let (s, v) = post(follower, "/raft/snapshot", &chunk, &with_peer);
+    assert!(s == 400 || v.get("Err").is_some(), "{s} {v}");
+
+    // Nothing reached openraft: every node is healthy, with the same leader and term.
+    std::thread::sleep(Duration::from_secs(1));
+    for addr in &addrs {
+        let h = health(addr);
+        assert_eq!(h["leader"], leader, "{h}");
+        assert_eq!(h["term"], before["term"], "{h}");
+    }
+    // Nor was anything persisted: the follower restarts and rejoins.
+    nodes[f].kill();
+    nodes[f].restart();
+    eventually(20, "the restarted follower knowing the leader", || {
+        (leader_of(follower) == Some(leader)).then_some(())
+    });
+    for n in &nodes {
+        assert!(!n.log().contains("panicked"), "{}", n.log());
+    }
+}
+
+#[test]
+fn a_single_node_serves_no_raft_routes() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), None);
+    for path in ["/raft/append", "/raft/vote", "/raft/snapshot"] {
+        let (s, v) = post(&addr, path, &json!({}), &[(PEER, PEER_TOKEN)]);
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (404, Some("unknown_route")),
+            "{path}: {v}"
+        );
+    }
+}
+
+#[test]
+fn misconfigured_peers_are_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let (a, b) = (free_addr(), free_addr());
+    let serve = |args: &[&str], peer_token: Option<&str>| {
+        let mut cmd = sentinel(data.path());
+        cmd.args(["serve", "--listen", &a]).args(args);
+        if let Some(t) = peer_token {
+            cmd.env("SENTINEL_PEER_TOKEN", t);
+        }
+        Running::spawn(&mut cmd).exit_within(Duration::from_secs(20))
+    };
+    let two = ["--peer", &format!("1={a}"), "--peer", &format!("2={b}")].map(String::from);
+    let two: Vec<&str> = two.iter().map(String::as_str).collect();
+    // Peers without a peer token.
+    let out = serve(&[&["--id", "1"], &two[..]].concat(), None);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("needs the cluster's peer token"),
+        "{}",
+        text(&out)
+    );
+    // An --id not in the --peer list.
+    let out = serve(&[&["--id", "3"], &two[..]].concat(), Some(PEER_TOKEN));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("--id 3 is not in the --peer list"),
+        "{}",
+        text(&out)
+    );
+    // The client token as the peer token.
+    let out = serve(
+        &[&["--id", "1", "--auth-token", "same-token"], &two[..]].concat(),
+        Some("same-token"),
+    );
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("must differ"), "{}", text(&out));
+    assert!(!text(&out).contains("same-token"), "{}", text(&out));
+}
+
+/// Lines of a log that are warnings about the peer token.
+fn token_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("peer token"))
+        .collect()
+}
+
+#[test]
+fn a_wrong_peer_token_is_one_warning_on_each_side_not_a_flood() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..2).map(|_| free_addr()).collect();
+    let peers = peers_of(&addrs);
+    // At -vv's filter: openraft at info, sentinel at debug.
+    let filter = "sentinel=debug,info";
+    let started = Instant::now();
+    let nodes = [
+        Node::start_with(
+            1,
+            &addrs[0],
+            &peers,
+            dirs[0].path(),
+            None,
+            PEER_TOKEN,
+            filter,
+        ),
+        Node::start_with(
+            2,
+            &addrs[1],
+            &peers,
+            dirs[1].path(),
+            None,
+            "another-peer-token",
+            filter,
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
+    let logs: Vec<String> = nodes.iter().map(Node::log).collect();
+    let lines: usize = logs.iter().map(|l| l.lines().count()).sum();
+    eprintln!("{lines} log lines in 5 s from two nodes with different peer tokens");
+    // Node 1 forms the cluster and stands for election; node 2 refuses its votes. (Node 2,
+    // never joined, has no membership and sends nothing.)
+    let refusing = |log: &str, peer: u64| {
+        token_warnings(log)
+            .iter()
+            .filter(|l| l.contains(&format!("peer {peer} sent a wrong peer token")))
+            .count()
+    };
+    let refused = |log: &str, peer: u64| {
+        token_warnings(log)
+            .iter()
+            .filter(|l| l.contains(&format!("peer {peer} at")) && l.contains("refused"))
+            .count()
+    };
+    assert_eq!(refusing(&logs[1], 1), 1, "{}", logs[1]);
+    assert_eq!(refused(&logs[0], 2), 1, "{}", logs[0]);
+    assert_eq!(token_warnings(&logs[0]).len(), 1, "{}", logs[0]);
+    assert_eq!(token_warnings(&logs[1]).len(), 1, "{}", logs[1]);
+    for log in &logs {
+        assert!(!log.contains(PEER_TOKEN) && !log.contains("another-peer-token"));
+    }
+    assert!(lines < 2_000, "{lines} log lines in 5 s");
+}
