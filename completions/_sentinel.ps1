@@ -268,6 +268,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on for clients and peers')
             [CompletionResult]::new('--id', '--id', [CompletionResultType]::ParameterName, 'This node''s id in the cluster (1 or more)')
             [CompletionResult]::new('--peer', '--peer', [CompletionResultType]::ParameterName, 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)')
+            [CompletionResult]::new('--peer-token', '--peer-token', [CompletionResultType]::ParameterName, 'Token the cluster''s nodes authenticate each other''s Raft messages with: required with other --peers, the same on every node, not the --auth-token; never printed')
+            [CompletionResult]::new('--peer-token-file', '--peer-token-file', [CompletionResultType]::ParameterName, 'Read the peer token from FILE (one trailing newline is ignored), so that it is on no command line')
             [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')

@@ -263,6 +263,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help 
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This node\'s id in the cluster (1 or more)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer-token -d 'Token the cluster\'s nodes authenticate each other\'s Raft messages with: required with other --peers, the same on every node, not the --auth-token; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer-token-file -d 'Read the peer token from FILE (one trailing newline is ignored), so that it is on no command line' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client and peer request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Print exactly one JSON object on stdout'
