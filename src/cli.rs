@@ -68,8 +68,8 @@ pub struct GlobalArgs {
     /// between them
     #[arg(long, env = "SENTINEL_SERVER", value_name = "URL[,URL...]")]
     pub server: Option<String>,
-    /// Bearer token of the sentinel server cluster: `serve` requires it on every client and peer
-    /// request (give every node the same one), the other commands send it; never printed
+    /// Bearer token of the sentinel server cluster: `serve` requires it on every client request
+    /// (give every node the same one), the other commands send it; never printed
     #[arg(
         long,
         env = "SENTINEL_AUTH_TOKEN",
@@ -326,7 +326,7 @@ pub struct ServeArgs {
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     pub peers: Vec<String>,
     /// Token the cluster's nodes authenticate each other's Raft messages with: required with
-    /// other --peers, the same on every node, not the --auth-token; never printed
+    /// other --peers, the same on every node, unlike the client token; never printed
     #[arg(
         long,
         env = "SENTINEL_PEER_TOKEN",
