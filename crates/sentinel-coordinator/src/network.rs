@@ -161,11 +161,13 @@ impl Peer {
             let why = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
-                .unwrap_or_default();
+                .unwrap_or_else(|| {
+                    "give every node the same --peer-token and the same member list".into()
+                });
             if self.refused.allow(self.target) {
                 tracing::warn!(
-                    "peer {} at {} refused this node's Raft RPCs ({status}): {why}; give every \
-                     node the same --peer-token and the same member list",
+                    "peer {} at {} refused this node's Raft RPCs ({status}): {why} (said at most \
+                     once per {WARN_EVERY:?})",
                     self.target,
                     self.addr
                 );
