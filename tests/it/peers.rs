@@ -308,3 +308,108 @@ fn a_wrong_peer_token_is_one_warning_on_each_side_not_a_flood() {
     // The others still serve.
     assert_eq!(leader_of(&addrs[leader as usize - 1]), Some(leader));
 }
+
+/// A node's own `/cluster/status` (not forwarded to the leader).
+fn own_status(addr: &str) -> Option<Value> {
+    let auth = format!("Bearer {TOKEN}");
+    let (status, text) = exchange_within(
+        addr,
+        "GET",
+        "/cluster/status",
+        None,
+        &[("Authorization", &auth), ("x-sentinel-forwarded", "test")],
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    (status == 200).then(|| serde_json::from_str(&text).ok())?
+}
+
+/// Snapshots travel in chunks that the receiving node assembles and checks itself before
+/// openraft installs them: a follower that missed more than the log keeps catches up by one.
+///
+/// Ignored: on this branch's base too, a debug build on a busy machine does not get a snapshot
+/// across (openraft's per-chunk deadline, about 200 ms, is shorter than sending a 3 MiB chunk as
+/// a JSON array of numbers and parsing it: "InstallSnapshot RPC timed out", and elections churn
+/// meanwhile). Run it with `--ignored` once that is fixed.
+#[test]
+#[ignore = "snapshot transfer times out in debug builds, on the base branch too"]
+fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peers = peers_of(&addrs);
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::start_logging(
+                i as u64 + 1,
+                &addrs[i],
+                &peers,
+                dirs[i].path(),
+                Some(TOKEN),
+                "sentinel=info,openraft=info",
+            )
+        })
+        .collect();
+    let leader = eventually(20, "a leader", || {
+        let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
+        let first = seen[0]?;
+        seen.iter().all(|l| *l == Some(first)).then_some(first)
+    });
+    let l = leader as usize - 1;
+    let f = (0..3).find(|&i| i != l).unwrap();
+    nodes[f].kill();
+    // One request at a time, so one entry each: past a snapshot (every 5,000 entries) and the
+    // 500 entries kept after it.
+    let auth = format!("Bearer {TOKEN}");
+    for i in 0..5_700 {
+        let body = json!({"holder": "w", "ttl_ms": 3_600_000, "request_id": format!("r{i}")});
+        let (s, text) = exchange_within(
+            &addrs[l],
+            "POST",
+            &format!("/locks/s{i}/acquire"),
+            Some(&body),
+            &[("Authorization", &auth)],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(s, 200, "{text}");
+    }
+    let target = eventually(30, "the leader's snapshot", || {
+        let v = own_status(&addrs[l])?;
+        dirs[l]
+            .path()
+            .join("coordinator/snapshot")
+            .exists()
+            .then(|| v["applied_index"].as_u64())?
+    });
+    nodes[f].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while own_status(&addrs[f])
+        .and_then(|v| v["applied_index"].as_u64())
+        .is_none_or(|applied| applied < target)
+    {
+        if Instant::now() > deadline {
+            let tail = |n: &Node| {
+                let log = n.log();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("napshot") || l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            };
+            panic!(
+                "the follower did not catch up to {target}\n--- leader ---\n{}\n--- follower ---\n{}",
+                tail(&nodes[l]),
+                tail(&nodes[f])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        dirs[f].path().join("coordinator/snapshot").exists(),
+        "the follower caught up without a snapshot: {}",
+        nodes[f].log()
+    );
+    for n in &nodes {
+        assert!(!n.log().contains("panicked"), "{}", n.log());
+    }
+}

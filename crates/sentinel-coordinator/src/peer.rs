@@ -517,8 +517,23 @@ async fn snapshot(State(peers): State<Arc<Peers>>, body: Body) -> Response {
         }
         Err(e) => return answer(&SnapshotResult::Err(RaftError::APIError(e))),
     };
-    // A snapshot openraft would fail to install stops the node: check it first.
-    if let Err(e) = LockState::from_json(&data) {
+    // A snapshot openraft would fail to install stops the node: check it first (off the
+    // runtime's threads: a large state takes a while to parse).
+    let (checked, data) =
+        match tokio::task::spawn_blocking(move || (LockState::from_json(&data).map(|_| ()), data))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unavailable",
+                    e.to_string(),
+                )
+                .into_response();
+            }
+        };
+    if let Err(e) = checked {
         return invalid(format!("the snapshot is not a valid lock state: {e}")).into_response();
     }
     let snapshot = Snapshot {
