@@ -413,3 +413,29 @@ fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
         assert!(!n.log().contains("panicked"), "{}", n.log());
     }
 }
+
+#[test]
+fn a_cluster_member_restarted_without_the_peer_token_refuses_to_start() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..2).map(|_| free_addr()).collect();
+    let peers = peers_of(&addrs);
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), None))
+        .collect();
+    eventually(20, "a leader", || {
+        let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
+        let first = seen[0]?;
+        seen.iter().all(|l| *l == Some(first)).then_some(first)
+    });
+    nodes[1].kill();
+    // Its log names node 1 as a member: without --peer it still needs the peer token.
+    let mut cmd = sentinel(dirs[1].path());
+    cmd.args(["serve", "--id", "2", "--listen", &addrs[1]]);
+    let out = Running::spawn(&mut cmd).exit_within(Duration::from_secs(20));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("log has other members"),
+        "{}",
+        text(&out)
+    );
+}
