@@ -70,8 +70,8 @@ pub struct GlobalArgs {
     /// between them
     #[arg(long, env = "SENTINEL_SERVER", value_name = "URL[,URL...]")]
     pub server: Option<String>,
-    /// Bearer token of the sentinel server cluster: `serve` requires it on every client and peer
-    /// request (give every node the same one), the other commands send it; never printed
+    /// Bearer token of the sentinel server cluster: `serve` requires it on every client request
+    /// (give every node the same one), the other commands send it; never printed
     #[arg(
         long,
         env = "SENTINEL_AUTH_TOKEN",
@@ -332,6 +332,20 @@ pub struct ServeArgs {
     /// node included, with the same list on every node (the lowest id forms the cluster)
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     pub peers: Vec<String>,
+    /// Token the cluster's nodes authenticate each other's Raft messages with: required with
+    /// other --peers, the same on every node, unlike the client token; never printed
+    #[arg(
+        long,
+        env = "SENTINEL_PEER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret
+    )]
+    pub peer_token: Option<Secret>,
+    /// Read the peer token from FILE (one trailing newline is ignored), so that it is on no
+    /// command line
+    #[arg(long, value_name = "FILE")]
+    pub peer_token_file: Option<PathBuf>,
 }
 
 impl Command {

@@ -269,6 +269,9 @@ impl Sentinel {
             for p in &peers {
                 cmd.args(["--peer", p]);
             }
+            if size > 1 {
+                cmd.env("SENTINEL_PEER_TOKEN", "sentinel-bench-peer-token");
+            }
             let log = dir.path().join(format!("node-{id}.log"));
             let proc = Proc::spawn(format!("sentinel serve node {id}"), &mut cmd, log, None)?;
             nodes.push(Node {

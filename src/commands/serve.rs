@@ -12,6 +12,7 @@ use crate::output::Report;
 use sentinel::coordinator::NodeId;
 use sentinel::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
 use sentinel::error::{Error, Result};
+use sentinel::secret::Secret;
 
 pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     let opts = options(global, args)?;
@@ -33,8 +34,8 @@ pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     ))
 }
 
-/// Checks the options and builds the member list: the `--peer`s, and this node at its
-/// `--listen` address unless it is listed.
+/// Checks the options and builds the member list: the `--peer`s (this node among them), or
+/// without any, this node alone at its `--listen` address.
 pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
     let listen: SocketAddr = args.listen.trim().parse().map_err(|_| {
         Error::usage(format!(
@@ -57,14 +58,20 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
             )));
         }
     }
-    if !members.contains_key(&args.id) {
-        if !members.is_empty() && listen.ip().is_unspecified() {
-            return Err(Error::usage(format!(
-                "this node listens on {listen}, which peers cannot connect to: \
-                 list it with --peer {}=HOST:PORT",
-                args.id
-            )));
-        }
+    if !members.is_empty() && !members.contains_key(&args.id) {
+        // A mistyped --id would make a node that no member ever contacts.
+        return Err(Error::usage(format!(
+            "--id {} is not in the --peer list ({}): list this node too, with the same list \
+             on every node",
+            args.id,
+            members
+                .keys()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if members.is_empty() {
         members.insert(args.id, listen.to_string());
     }
     if members.len() > MAX_MEMBERS {
@@ -73,13 +80,71 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
             members.len()
         )));
     }
+    let auth_token = config::auth_token(global.auth_token.as_ref())?;
+    let peer_token = peer_token(args)?;
+    if members.len() > 1 && peer_token.is_none() {
+        return Err(Error::usage(
+            "a node with other --peers needs the cluster's peer token: --peer-token-file FILE, \
+             SENTINEL_PEER_TOKEN or --peer-token TOKEN, the same on every node",
+        ));
+    }
+    if let (Some(p), Some(a)) = (&peer_token, &auth_token)
+        && p.expose() == a.expose()
+    {
+        return Err(Error::usage(
+            "the peer token must differ from --auth-token: every client has the client token",
+        ));
+    }
     Ok(ServeOptions {
         id: args.id,
         listen,
         members,
         data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
-        auth_token: config::auth_token(global.auth_token.as_ref())?,
+        auth_token,
+        peer_token,
     })
+}
+
+/// The peer token from `--peer-token` (`SENTINEL_PEER_TOKEN`) or `--peer-token-file`, checked;
+/// never echoed.
+fn peer_token(args: &ServeArgs) -> Result<Option<Secret>> {
+    let token = match (&args.peer_token, &args.peer_token_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::usage(
+                "give the peer token once: --peer-token (SENTINEL_PEER_TOKEN) or \
+                 --peer-token-file",
+            ));
+        }
+        (Some(t), None) => t.expose().to_string(),
+        (None, Some(file)) => {
+            let mut text = std::fs::read_to_string(file).map_err(|e| {
+                Error::usage(format!(
+                    "cannot read --peer-token-file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            text
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        return Err(Error::usage(
+            "the peer token (--peer-token, SENTINEL_PEER_TOKEN or --peer-token-file) is empty",
+        ));
+    }
+    if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::usage(
+            "invalid peer token (--peer-token, SENTINEL_PEER_TOKEN or --peer-token-file): use 1 \
+             to 1024 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(Some(Secret::new(token)))
 }
 
 /// Parses `ID=HOST:PORT`.
@@ -151,6 +216,8 @@ mod tests {
             "2",
             "--listen",
             "0.0.0.0:9002",
+            "--peer-token",
+            "p33r",
             "--peer",
             "1=a.example:9001",
             "--peer",
@@ -163,17 +230,75 @@ mod tests {
         .unwrap();
         assert_eq!(o.members.len(), 3);
         assert_eq!(o.members[&2], "b.example:9002");
-        // Not listed: this node joins at its listen address.
-        let o = opts(&[
+        assert_eq!(o.peer_token.as_ref().map(Secret::expose), Some("p33r"));
+        // Listed alone, a node needs no peer token.
+        let o = opts(&["--id", "3", "--peer", "3=127.0.0.1:9003"]).unwrap();
+        assert_eq!(o.members.len(), 1);
+        assert_eq!(o.peer_token, None);
+    }
+
+    #[test]
+    fn a_node_missing_from_its_peer_list_refuses_to_start() {
+        let e = opts(&[
             "--id",
             "3",
             "--listen",
             "127.0.0.1:9003",
+            "--peer-token",
+            "p33r",
             "--peer",
             "1=127.0.0.1:9001",
+            "--peer",
+            "2=127.0.0.1:9002",
         ])
-        .unwrap();
-        assert_eq!(o.members[&3], "127.0.0.1:9003");
+        .unwrap_err();
+        assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage);
+        assert!(
+            e.to_string()
+                .contains("--id 3 is not in the --peer list (1, 2)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_peer_token_is_required_with_peers_checked_and_never_echoed() {
+        let two = ["--peer", "1=h:1", "--peer", "2=h:2"];
+        let with = |extra: &[&str]| {
+            let mut a = two.to_vec();
+            a.extend_from_slice(extra);
+            opts(&a)
+        };
+        for (extra, says) in [
+            (vec![], "needs the cluster's peer token"),
+            (vec!["--peer-token", ""], "is empty"),
+            (vec!["--peer-token", "has space-in-it"], "printable ASCII"),
+            (
+                vec!["--peer-token", "same-s3cret", "--auth-token", "same-s3cret"],
+                "must differ from --auth-token",
+            ),
+            (
+                vec!["--peer-token", "p33r", "--peer-token-file", "/nonexistent"],
+                "once",
+            ),
+            (
+                vec!["--peer-token-file", "/nonexistent/peer"],
+                "cannot read",
+            ),
+        ] {
+            let e = with(&extra).unwrap_err();
+            assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage, "{extra:?}");
+            assert!(e.to_string().contains(says), "{extra:?}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+            assert!(!e.to_string().contains("space-in-it"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peer-token");
+        std::fs::write(&file, "fr0m-f1le\n").unwrap();
+        let o = with(&["--peer-token-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(o.peer_token.as_ref().map(Secret::expose), Some("fr0m-f1le"));
+        std::fs::write(&file, "\n").unwrap();
+        let e = with(&["--peer-token-file", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("is empty"), "{e}");
     }
 
     #[test]
@@ -189,12 +314,12 @@ mod tests {
             (vec!["--peer", "2=h:1", "--peer", "2=h:2"], "twice"),
             (
                 vec!["--listen", "0.0.0.0:1", "--peer", "2=h:1"],
-                "cannot connect",
+                "not in the --peer list",
             ),
             (
                 vec![
-                    "--peer", "2=h:2", "--peer", "3=h:3", "--peer", "4=h:4", "--peer", "5=h:5",
-                    "--peer", "6=h:6",
+                    "--peer", "1=h:1", "--peer", "2=h:2", "--peer", "3=h:3", "--peer", "4=h:4",
+                    "--peer", "5=h:5", "--peer", "6=h:6",
                 ],
                 "at most 5",
             ),

@@ -16,6 +16,7 @@ mod help;
 mod local_cli;
 mod manpages;
 mod metrics;
+mod peers;
 mod postgres_cli;
 mod queue;
 mod redis_cli;

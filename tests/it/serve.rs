@@ -17,6 +17,8 @@ use crate::support::sentinel;
 /// The token of the three-node cluster; every request of these tests carries it (a node without
 /// a token ignores it).
 pub(crate) const TOKEN: &str = "t0p-s3cret-cluster-token";
+/// The peer token of the test clusters: every node started with other peers gets it.
+pub(crate) const PEER_TOKEN: &str = "p33r-s3cret-raft-token";
 
 /// A `sentinel serve` process, killed when dropped (also used by `server_cli` and `cluster`).
 pub(crate) struct Node {
@@ -25,6 +27,8 @@ pub(crate) struct Node {
     peers: Vec<String>,
     data: PathBuf,
     token: Option<&'static str>,
+    /// The peer token, given when the node has other peers.
+    peer_token: &'static str,
     /// `RUST_LOG` of the process.
     log_filter: &'static str,
     child: Option<Child>,
@@ -50,12 +54,26 @@ impl Node {
         token: Option<&'static str>,
         log_filter: &'static str,
     ) -> Node {
+        Node::start_with(id, addr, peers, data, token, PEER_TOKEN, log_filter)
+    }
+
+    /// [`Node::start_logging`] with a peer token of its own.
+    pub(crate) fn start_with(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        token: Option<&'static str>,
+        peer_token: &'static str,
+        log_filter: &'static str,
+    ) -> Node {
         let mut node = Node {
             id,
             addr: addr.to_string(),
             peers: peers.to_vec(),
             data: data.to_path_buf(),
             token,
+            peer_token,
             log_filter,
             child: None,
         };
@@ -84,6 +102,9 @@ impl Node {
         }
         if let Some(token) = self.token {
             cmd.env("SENTINEL_AUTH_TOKEN", token);
+        }
+        if self.peers.len() > 1 {
+            cmd.env("SENTINEL_PEER_TOKEN", self.peer_token);
         }
         let mut child = cmd
             .env("RUST_LOG", self.log_filter)

@@ -1,4 +1,4 @@
-//! The HTTP JSON API of a node, and the Raft RPC endpoints peers call.
+//! The HTTP JSON API of a node; the Raft RPC endpoints peers call are [`super::peer`]'s.
 //!
 //! Client routes:
 //!
@@ -16,7 +16,8 @@
 //!
 //! Every error is a JSON object `{"code": ..., "message": ...}` whose `code` is stable: 400
 //! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
-//! `--auth-token` requires `Authorization: Bearer TOKEN` on every request); 404 `unknown_route`; 405
+//! `--auth-token` requires `Authorization: Bearer TOKEN` on every client request); 404
+//! `unknown_route`; 405
 //! `method_not_allowed`; 408 `body_timeout` (the body took more than 10 s); 409 `lock_held`,
 //! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
 //! it back);
@@ -36,7 +37,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::any;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
@@ -44,7 +45,6 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
 use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
 use sentinel_core::lease;
@@ -56,8 +56,6 @@ use sentinel_proto::http::{self as network, Failure};
 
 /// Largest body of a client request.
 const MAX_BODY: usize = 64 << 10;
-/// Largest body of a Raft RPC (a batch of entries, a snapshot chunk).
-const MAX_RAFT_BODY: usize = 64 << 20;
 /// How long a request's body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request id.
@@ -79,28 +77,25 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long after a waiter's deadline its answer may take to settle (a leader change).
 const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
-/// Every route of a node: the client API, the Raft RPCs, and the token check in front of both.
+/// Every route of a node: the client API behind the client token check, and the Raft RPCs
+/// ([`super::peer`], behind the peer token's).
 pub fn router(node: Arc<Node>) -> Router {
-    let raft = Router::new()
-        .route(APPEND_PATH, post(raft_append))
-        .route(VOTE_PATH, post(raft_vote))
-        .route(SNAPSHOT_PATH, post(raft_snapshot));
     Router::new()
         .route("/locks", any(list))
         .route("/locks/{*rest}", any(locks))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
         .route("/metrics", any(metrics))
-        .merge(raft)
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             require_token,
         ))
+        .merge(super::peer::router(node.clone()))
         .with_state(node)
 }
 
-/// With a cluster token, every request (clients' and peers') must carry it.
+/// With a cluster token, every client request must carry it (peers carry the peer token).
 async fn require_token(
     State(node): State<Arc<Node>>,
     req: Request,
@@ -973,55 +968,4 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
         "applied_index": metrics.last_applied.map(|l| l.index),
         "followers": followers,
     }))
-}
-
-/// Runs a Raft RPC from a peer: the body is openraft's request, the answer openraft's result.
-async fn raft_rpc<Req, Resp, E, Fut>(body: Body, run: impl FnOnce(Req) -> Fut) -> Response
-where
-    Req: DeserializeOwned,
-    Resp: serde::Serialize,
-    E: serde::Serialize,
-    Fut: std::future::Future<Output = Result<Resp, E>>,
-{
-    let req: Req = match read_body(body, MAX_RAFT_BODY)
-        .await
-        .and_then(|body| parse(&body))
-    {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = run(req).await;
-    match serde_json::to_string(&result) {
-        Ok(s) => (
-            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            s,
-        )
-            .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "unavailable",
-            e.to_string(),
-        )
-        .into_response(),
-    }
-}
-
-async fn raft_append(State(node): State<Arc<Node>>, body: Body) -> Response {
-    raft_rpc(
-        body,
-        |req| async move { node.raft.append_entries(req).await },
-    )
-    .await
-}
-
-async fn raft_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
-    raft_rpc(body, |req| async move { node.raft.vote(req).await }).await
-}
-
-async fn raft_snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
-    raft_rpc(
-        body,
-        |req| async move { node.raft.install_snapshot(req).await },
-    )
-    .await
 }

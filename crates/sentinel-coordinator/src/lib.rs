@@ -14,7 +14,9 @@
 //! - [`node`]: a running node's parts: Raft, the proposal queue that packs commands into entries
 //!   (group commit), the leader's ticks.
 //! - [`server`]: `sentinel serve`: wires a node up, forms a fresh cluster, serves the API.
-//! - [`api`]: the HTTP JSON API clients use, and the endpoints peers call.
+//! - [`api`]: the HTTP JSON API clients use.
+//! - [`peer`]: the Raft RPC endpoints peers call, open to the peer token only, and the checks
+//!   that keep what openraft would panic on from reaching it.
 //! - [`listener`]: accepting connections, with the deadlines and the cap that keep a hostile
 //!   client from tying up a node.
 //! - [`stats`]: the node's Prometheus metrics.
@@ -29,6 +31,7 @@ pub mod api;
 pub mod listener;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub mod server;
 pub mod state;
 pub mod stats;

@@ -8,11 +8,13 @@
 //! delays nothing for longer than that; an unreachable peer is reported as such, and openraft
 //! backs off before trying it again.
 
+use std::collections::HashMap;
 use std::io;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use openraft::BasicNode;
@@ -38,17 +40,58 @@ pub const VOTE_PATH: &str = "/raft/vote";
 /// The path of openraft's InstallSnapshot RPC.
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
+/// The header that carries the peer token on Raft RPCs.
+pub const PEER_TOKEN_HEADER: &str = "x-sentinel-peer-token";
+/// The header in which a node names itself on its Raft RPCs, so that a refusal can say which
+/// peer has the wrong token (trusted for nothing else).
+pub const PEER_ID_HEADER: &str = "x-sentinel-peer-id";
+/// How often at most one warning about the same peer is logged.
+pub const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Lets one warning per key through every [`WARN_EVERY`], so that a misconfigured peer retrying
+/// many times a second is reported once and not in a flood (shared by clones).
+#[derive(Clone, Default)]
+pub struct Throttle(Arc<Mutex<HashMap<u64, Instant>>>);
+
+impl Throttle {
+    /// Whether a warning about `key` may be logged now (and if so, the next only after
+    /// [`WARN_EVERY`]).
+    pub fn allow(&self, key: u64) -> bool {
+        let now = Instant::now();
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get(&key) {
+            Some(at) if now.duration_since(*at) < WARN_EVERY => false,
+            _ => {
+                // Keys are node ids; a flood of made-up ones must not grow the map for ever.
+                if last.len() >= 64 {
+                    last.retain(|_, at| now.duration_since(*at) < WARN_EVERY);
+                }
+                last.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
 /// Builds openraft's network clients.
 pub struct Peers {
     client: HttpClient,
-    /// The `Authorization` header peers require, if the cluster has a token.
-    auth: Option<HeaderValue>,
+    /// This node's id, named on every RPC ([`PEER_ID_HEADER`]).
+    id: NodeId,
+    /// The peer token's header value ([`PEER_TOKEN_HEADER`]), if the node has one.
+    token: Option<HeaderValue>,
+    refused: Throttle,
 }
 
 impl Peers {
-    /// Clients over `client`'s pool, sending `auth` on every RPC.
-    pub fn new(client: HttpClient, auth: Option<HeaderValue>) -> Peers {
-        Peers { client, auth }
+    /// Clients over `client`'s pool for node `id`, sending `token` on every RPC.
+    pub fn new(client: HttpClient, id: NodeId, token: Option<HeaderValue>) -> Peers {
+        Peers {
+            client,
+            id,
+            token,
+            refused: Throttle::default(),
+        }
     }
 }
 
@@ -60,7 +103,9 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
-            auth: self.auth.clone(),
+            id: self.id,
+            token: self.token.clone(),
+            refused: self.refused.clone(),
         }
     }
 }
@@ -70,7 +115,9 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     client: HttpClient,
-    auth: Option<HeaderValue>,
+    id: NodeId,
+    token: Option<HeaderValue>,
+    refused: Throttle,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -91,9 +138,10 @@ impl Peer {
         let network = |e: String| RPCError::Network(NetworkError::new(&io::Error::other(e)));
         let body = serde_json::to_vec(req).map_err(|e| network(e.to_string()))?;
         let mut request = Request::post(format!("http://{}{path}", self.addr))
-            .header(CONTENT_TYPE, "application/json");
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
+            .header(CONTENT_TYPE, "application/json")
+            .header(PEER_ID_HEADER, self.id.to_string());
+        if let Some(token) = &self.token {
+            request = request.header(PEER_TOKEN_HEADER, token.clone());
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
@@ -107,6 +155,27 @@ impl Peer {
                     }
                     Failure::Lost(e) => network(e),
                 })?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // A misconfiguration, not a network failure: said once in a while, and reported to
+            // openraft as unreachable so that it backs off instead of retrying at once.
+            let why = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+                .unwrap_or_else(|| {
+                    "give every node the same --peer-token and the same member list".into()
+                });
+            if self.refused.allow(self.target) {
+                tracing::warn!(
+                    "peer {} at {} refused this node's Raft RPCs ({status}): {why} (said at most \
+                     once per {WARN_EVERY:?})",
+                    self.target,
+                    self.addr
+                );
+            }
+            return Err(RPCError::Unreachable(Unreachable::new(&io::Error::other(
+                format!("node {} refused {path} with {status}", self.target),
+            ))));
+        }
         if status != StatusCode::OK {
             return Err(network(format!(
                 "node {} answered {path} with {status}: {}",

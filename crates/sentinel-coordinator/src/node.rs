@@ -51,6 +51,10 @@ pub struct Node {
     pub client: HttpClient,
     /// The cluster's bearer token, if it has one.
     pub auth: Option<Auth>,
+    /// The token peers authenticate with; without it the node serves no Raft RPCs.
+    pub peer: Option<PeerAuth>,
+    /// The members this node was started with (`--peer`), trusted until its log has a membership.
+    pub initial_members: Vec<NodeId>,
     /// What `/metrics` shows.
     pub stats: Stats,
     /// The queue of commands waiting to be packed into the next log entry.
@@ -138,12 +142,49 @@ impl Auth {
         else {
             return false;
         };
-        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-        digest
-            .iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+        same_digest(given.trim(), &self.digest)
+    }
+}
+
+/// Whether `given` hashes to `digest`: the digests are compared without stopping at the first
+/// difference, so the time taken says nothing about the token.
+fn same_digest(given: &str, digest: &[u8; 32]) -> bool {
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    given
+        .iter()
+        .zip(digest.iter())
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+/// The token the nodes of a cluster authenticate each other's Raft RPCs with, kept as
+/// [`Auth`] keeps the client token: its digest and a sensitive header value.
+pub struct PeerAuth {
+    digest: [u8; 32],
+    /// The token as the value of the peer token header (`network::PEER_TOKEN_HEADER`), marked
+    /// sensitive.
+    pub header: HeaderValue,
+}
+
+impl PeerAuth {
+    /// Keeps `token`'s digest and its header; a usage error if it cannot be a header value.
+    pub fn new(token: &Secret) -> Result<PeerAuth> {
+        let mut header = HeaderValue::from_str(token.expose()).map_err(|_| {
+            Error::usage("invalid --peer-token: it cannot be sent in an HTTP header")
+        })?;
+        header.set_sensitive(true);
+        Ok(PeerAuth {
+            digest: Sha256::digest(token.expose().as_bytes()).into(),
+            header,
+        })
+    }
+
+    /// Whether a peer token header's value is the peer token (compared as [`Auth::accepts`]
+    /// does).
+    pub fn accepts(&self, given: Option<&HeaderValue>) -> bool {
+        given
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|given| same_digest(given, &self.digest))
     }
 }
 
@@ -234,6 +275,28 @@ impl Node {
     }
 }
 
+/// What a node is made of, opened and connected by [`super::server`].
+pub struct Started {
+    /// This node's id.
+    pub id: NodeId,
+    /// The node's Raft instance.
+    pub raft: Raft<TypeConfig>,
+    /// The node's log.
+    pub log: LogStore,
+    /// The lock state as applied on this node.
+    pub state: StateMachineStore,
+    /// Pooled connections to the peers.
+    pub client: HttpClient,
+    /// The cluster's bearer token, if it has one.
+    pub auth: Option<Auth>,
+    /// The peer token, if the node has one.
+    pub peer: Option<PeerAuth>,
+    /// The members this node was started with.
+    pub initial_members: Vec<NodeId>,
+    /// What `/metrics` shows.
+    pub stats: Stats,
+}
+
 /// The node's background tasks (the writer, the ticker, the election counter); dropping it stops
 /// them.
 pub struct Background(Vec<JoinHandle<()>>);
@@ -249,16 +312,19 @@ impl Drop for Background {
 impl Node {
     /// Starts a node from its parts, opened and connected by [`super::server`]: its proposal
     /// queue and background tasks run until the returned [`Background`] is dropped.
-    pub fn start(
-        id: NodeId,
-        raft: Raft<TypeConfig>,
-        log: LogStore,
-        state: StateMachineStore,
-        client: HttpClient,
-        auth: Option<Auth>,
-        stats: Stats,
-    ) -> (Arc<Node>, Background) {
+    pub fn start(parts: Started) -> (Arc<Node>, Background) {
         let (proposals, pending) = mpsc::channel(QUEUED_PROPOSALS);
+        let Started {
+            id,
+            raft,
+            log,
+            state,
+            client,
+            auth,
+            peer,
+            initial_members,
+            stats,
+        } = parts;
         let node = Arc::new(Node {
             id,
             raft,
@@ -266,6 +332,8 @@ impl Node {
             state,
             client,
             auth,
+            peer,
+            initial_members,
             stats,
             proposals,
             lease_clock: LeaseClock::default(),
@@ -429,5 +497,18 @@ mod tests {
         assert!(!auth.accepts(None));
         assert!(auth.header.is_sensitive());
         assert!(!format!("{:?}", auth.header).contains("s3cret"));
+    }
+
+    #[test]
+    fn only_the_exact_peer_token_is_accepted() {
+        let peer = PeerAuth::new(&Secret::new("p33r")).unwrap();
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(peer.accepts(Some(&h("p33r"))));
+        for wrong in ["Bearer p33r", "p33", "p33r2", " p33r", ""] {
+            assert!(!peer.accepts(Some(&h(wrong))), "{wrong}");
+        }
+        assert!(!peer.accepts(None));
+        assert!(peer.header.is_sensitive());
+        assert!(!format!("{:?}", peer.header).contains("p33r"));
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 use super::network::Peers;
-use super::node::{Auth, Node};
+use super::node::{Auth, Node, PeerAuth, Started};
 use super::stats::Stats;
 use super::store;
 use super::{NodeId, TypeConfig, api, listener};
@@ -58,8 +58,11 @@ pub struct ServeOptions {
     pub members: BTreeMap<NodeId, String>,
     /// Where the log, vote and snapshots live (`--data-dir`).
     pub data_dir: PathBuf,
-    /// The bearer token every client and peer request must carry, if any.
+    /// The bearer token every client request must carry, if any.
     pub auth_token: Option<Secret>,
+    /// The token peers' Raft RPCs carry (`--peer-token`); without it the node serves no Raft
+    /// RPCs, so it must have one whenever the cluster has other members.
+    pub peer_token: Option<Secret>,
 }
 
 /// Runs a node until its listener fails or Raft stops; `ready` is called with the bound address
@@ -82,18 +85,53 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     let client = http_client();
     let auth = opts.auth_token.as_ref().map(Auth::new).transpose()?;
+    let peer = opts.peer_token.as_ref().map(PeerAuth::new).transpose()?;
     let stats = Stats::new()?;
     let raft = Raft::new(
         opts.id,
         Arc::new(config),
-        Peers::new(client.clone(), auth.as_ref().map(|a| a.header.clone())),
+        Peers::new(
+            client.clone(),
+            opts.id,
+            peer.as_ref().map(|p| p.header.clone()),
+        ),
         log.clone(),
         state.clone(),
     )
     .await
     .map_err(|e| Error::Unexpected(format!("cannot start Raft: {e}")))?;
     form_cluster(&raft, opts.id, &opts.members).await?;
-    let (node, _background) = Node::start(opts.id, raft, log, state, client, auth, stats);
+    if peer.is_none() {
+        // The log's membership wins over --peer: a node of a cluster restarted without its
+        // peers listed still needs the token to talk to them.
+        let others: Vec<NodeId> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != opts.id)
+            .collect();
+        if !others.is_empty() {
+            let _ = raft.shutdown().await;
+            return Err(Error::usage(format!(
+                "this node's log has other members ({others:?}): give it the cluster's \
+                 --peer-token (or SENTINEL_PEER_TOKEN, --peer-token-file)"
+            )));
+        }
+    }
+    let (node, _background) = Node::start(Started {
+        id: opts.id,
+        raft,
+        log,
+        state,
+        client,
+        auth,
+        peer,
+        initial_members: opts.members.keys().copied().collect(),
+        stats,
+    });
     let addr = listener.local_addr()?;
     ready(addr);
     let mut metrics = node.raft.metrics();
