@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::serve::{TOKEN, eventually, exchange_within, free_addr, leader_of};
+use crate::serve::{PEER_TOKEN, TOKEN, eventually, exchange_within, free_addr, leader_of};
 use crate::support::sentinel;
 
 /// How far the skewed node's wall clock runs ahead.
@@ -94,6 +94,7 @@ impl Member {
         }
         let mut child = cmd
             .env("SENTINEL_AUTH_TOKEN", TOKEN)
+            .env("SENTINEL_PEER_TOKEN", PEER_TOKEN)
             .env("RUST_LOG", "sentinel=info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())

@@ -585,7 +585,7 @@ fn one_node_serves_locks_and_keeps_them_across_kill_9() {
     let (s, v) = post(
         &addr,
         "/locks/build%2042/acquire",
-        json!({"holder": "w1", "ttl_ms": 60_000, "request_id": "req-1"}),
+        json!({"holder": "w1", "ttl_ms": 60_000, "request_id": "req-1", "node": "host-a"}),
     );
     assert_eq!((s, token(&v)), (200, t1));
 }
