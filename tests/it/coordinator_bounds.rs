@@ -191,3 +191,26 @@ fn a_page_of_locks_stays_small_enough_to_relay() {
     assert_eq!(seen, 1_100);
     assert!(pages >= 2);
 }
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), Some(crate::serve::TOKEN));
+    let lower = format!("bearer {}", crate::serve::TOKEN);
+    let health = || {
+        let headers = [("Authorization", lower.as_str())];
+        exchange_within(
+            &addr,
+            "GET",
+            "/health",
+            None,
+            &headers,
+            Duration::from_secs(5),
+        )
+        .ok()
+        .map(|(status, _)| status)
+    };
+    eventually(20, "an answer", || health().filter(|s| *s != 503));
+    assert_eq!(health(), Some(200));
+}

@@ -136,13 +136,14 @@ impl Auth {
     /// digests compared without stopping at the first difference, so the time taken says nothing
     /// about the token.
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(given) = authorization
+        // The scheme is case-insensitive (RFC 9110, section 11.1): `bearer` is `Bearer`.
+        let Some((scheme, given)) = authorization
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.split_once(' '))
         else {
             return false;
         };
-        same_digest(given.trim(), &self.digest)
+        scheme.eq_ignore_ascii_case("bearer") && same_digest(given.trim(), &self.digest)
     }
 }
 
@@ -485,6 +486,8 @@ mod tests {
         let auth = Auth::new(&Secret::new("s3cret")).unwrap();
         let h = |s: &str| HeaderValue::from_str(s).unwrap();
         assert!(auth.accepts(Some(&h("Bearer s3cret"))));
+        assert!(auth.accepts(Some(&h("bearer s3cret"))));
+        assert!(auth.accepts(Some(&h("BEARER s3cret"))));
         for wrong in [
             "Bearer s3cre",
             "Bearer s3cret2",
