@@ -350,15 +350,16 @@ pub struct ServeArgs {
 
 impl Command {
     /// Whether the command handles SIGINT/SIGTERM itself. The others are raced against them by
-    /// `main`, which undoes half-made work and exits 130/143; a heartbeat sidecar instead stops
-    /// cleanly (exit 0) and `run` passes them on to its command.
+    /// `main`, which undoes half-made work and exits 130/143; a heartbeat sidecar and `serve`
+    /// instead stop cleanly (exit 0) and `run` passes them on to its command.
     pub fn owns_signals(&self) -> bool {
         match self {
             Command::Heartbeat(a) => !a.once,
             Command::Run(_) => true,
             Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
             Command::StealStale(_) => false,
-            Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) => false,
+            Command::Serve(_) => true,
+            Command::Completions(_) | Command::Metrics(_) => false,
             Command::Cluster(_) => false,
         }
     }

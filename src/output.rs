@@ -40,12 +40,20 @@ impl Report {
         }
     }
 
-    /// Prints the JSON or the text on stdout, and inside Actions appends the outputs and the
+    /// A report that prints nothing: the command has said all it had to say while it ran
+    /// (`serve`, whose one JSON object announces where it listens).
+    pub fn silent() -> Self {
+        Report::new(Value::Null, "")
+    }
+
+    /// Prints the JSON or the text on stdout (nothing for a [`Report::silent`]), and inside Actions appends the outputs and the
     /// summary to `$GITHUB_OUTPUT` and `$GITHUB_STEP_SUMMARY`. Write errors are ignored (a
     /// closed pipe must not turn a done lock operation into a failure).
     pub fn print(&self, as_json: bool) {
         let mut out = std::io::stdout().lock();
-        let _ = if as_json {
+        let _ = if as_json && self.json.is_null() {
+            Ok(())
+        } else if as_json {
             writeln!(out, "{}", self.json)
         } else if self.human.trim_end().is_empty() {
             // `run` leaves stdout to its command.

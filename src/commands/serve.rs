@@ -3,35 +3,63 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config;
-use crate::output::Report;
+use crate::output::{self, Report};
 use sentinel::coordinator::NodeId;
 use sentinel::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
 use sentinel::error::{Error, Result};
+use sentinel::interrupt::Signals;
 use sentinel::secret::Secret;
 
 pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     let opts = options(global, args)?;
     let (id, json) = (opts.id, global.json);
-    server::serve(opts, |addr| {
-        // The line a supervisor or a test waits for; a closed stdout must not stop the node.
-        let line = if json {
-            json!({"listening": format!("http://{addr}"), "id": id}).to_string()
-        } else {
-            format!("sentinel serve: node {id} listening on http://{addr}")
-        };
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-    })
-    .await?;
-    Ok(Report::new(
-        json!({"ok": true, "command": "serve"}),
-        "stopped",
-    ))
+    // SIGINT and SIGTERM are a daemon's normal stop: Raft shuts down, and the exit is 0.
+    let mut signals = Signals::listen()?;
+    let (signalled, stopped_by) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        let _ = signalled.send(signals.recv().await);
+    };
+    let listening = AtomicBool::new(false);
+    let served = server::serve(
+        opts,
+        |addr| {
+            // The line a supervisor or a test waits for, and with --json the one JSON object
+            // this command prints; a closed stdout must not stop the node.
+            let line = if json {
+                json!({"listening": format!("http://{addr}"), "id": id}).to_string()
+            } else {
+                format!("sentinel serve: node {id} listening on http://{addr}")
+            };
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            listening.store(true, Ordering::SeqCst);
+        },
+        stop,
+    )
+    .await;
+    let printed = listening.load(Ordering::SeqCst);
+    match served {
+        // Stopped by a signal.
+        Ok(()) => {
+            let signal = stopped_by.await.map(|s| s.name()).unwrap_or("a signal");
+            tracing::info!("node {id} stopped by {signal}");
+            Ok(Report::silent())
+        }
+        // After its JSON object, an error goes to stderr only: one object in the node's life.
+        Err(e) if printed && json => {
+            output::print_error(&e, false);
+            let mut report = Report::silent();
+            report.exit_code = e.exit_code().code();
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Checks the options and builds the member list: the `--peer`s (this node among them), or

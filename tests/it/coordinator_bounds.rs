@@ -214,3 +214,45 @@ fn the_bearer_scheme_is_case_insensitive() {
     eventually(20, "an answer", || health().filter(|s| *s != 503));
     assert_eq!(health(), Some(200));
 }
+
+#[test]
+fn serve_stopped_by_a_signal_exits_0_after_one_json_object() {
+    use rustix::process::{Pid, Signal, kill_process};
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    for signal in [Signal::TERM, Signal::INT] {
+        let data = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let mut node = crate::support::sentinel(data.path())
+            .args(["--json", "serve", "--listen", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(node.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let announced: Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(announced["listening"], format!("http://{addr}"));
+        eventually(20, "a leader", || leader_of(&addr));
+        kill_process(Pid::from_child(&node), signal).unwrap();
+        let status = wait_exit(&mut node, Duration::from_secs(20));
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        assert_eq!((status, rest.as_str()), (Some(0), ""), "{signal:?}");
+    }
+}
+
+/// The exit code of `child` once it exits, within `limit` (killed and `None` after it).
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}

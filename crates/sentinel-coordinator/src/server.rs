@@ -65,9 +65,13 @@ pub struct ServeOptions {
     pub peer_token: Option<Secret>,
 }
 
-/// Runs a node until its listener fails or Raft stops; `ready` is called with the bound address
-/// once it serves.
-pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+/// Runs a node until `stop` completes (then `Ok`, after Raft has shut down), its listener fails
+/// or Raft stops; `ready` is called with the bound address once it serves.
+pub async fn serve(
+    opts: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
     let config = Config {
         cluster_name: "sentinel".into(),
         heartbeat_interval: HEARTBEAT_MS,
@@ -151,6 +155,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result
             Err(Error::Unavailable(format!("the listener on {addr} failed: {e}")))
         }
         why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),
+        () = stop => Ok(()),
     };
     let _ = node.raft.shutdown().await;
     result
