@@ -3,6 +3,7 @@
 mod cluster;
 mod completions;
 mod conformance;
+mod coordinator_data;
 mod fixtures;
 mod gh_auth;
 mod github_cli;
