@@ -73,7 +73,14 @@ fn refused(data: &Path, id: u64) -> Output {
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the node neither served nor exited within 30 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     if line.contains("listening") {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();

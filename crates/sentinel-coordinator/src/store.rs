@@ -862,19 +862,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The metadata comes from the file, not from memory: a snapshot saved meanwhile replaces
         // the file as a whole, so metadata and data always belong together.
         let path = self.shared.dir.join(SNAPSHOT_FILE);
-        let read = tokio::task::spawn_blocking(move || fs::read(path))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
-        };
-        let (meta, data, _) = split_snapshot(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        Ok(Some(Snapshot {
+        // Read and checked (a SHA-256 over what may be tens of MB) off the async workers.
+        let read = tokio::task::spawn_blocking(move || {
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let (meta, data, _) = split_snapshot(&bytes)
+                .map_err(|e| format!("the snapshot {} is damaged: {e}", path.display()))?;
+            Ok(Some((meta, data.to_vec())))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?
+        .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        Ok(read.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }
