@@ -125,11 +125,11 @@ fn a_deleted_log_is_refused_and_a_restored_backup_serves_the_locks() {
     let tokens = run_and_kill(data.path(), client.path(), &["a", "b", "c"]);
     copy_dir(data.path(), backup.path());
     let dir = coordinator(data.path());
-    assert!(dir.join("node.json").exists());
 
     std::fs::remove_file(dir.join("raft.redb")).unwrap();
     let out = refused(data.path(), 1);
     assert_refused(&out, 1, "raft.redb) is missing or empty");
+    assert!(dir.join("node.json").exists());
 
     // The documented recovery: restore the whole directory from the backup.
     std::fs::remove_dir_all(&dir).unwrap();
