@@ -605,7 +605,11 @@ impl StateMachineStore {
         };
         let machine = match fs::read(&path) {
             Ok(bytes) => {
-                let (meta, data, checked) = split_snapshot(&bytes).map_err(damaged)?;
+                let SnapshotFile {
+                    meta,
+                    data,
+                    checked,
+                } = split_snapshot(&bytes).map_err(damaged)?;
                 if !checked {
                     tracing::warn!(
                         "the snapshot {} has no checksum (written by an older version): loaded \
@@ -716,11 +720,17 @@ struct SnapshotChecksum {
     sha256: Option<String>,
 }
 
-/// Splits a snapshot file into its metadata and its state's bytes, checking the checksum; the
-/// flag says whether there was one.
-fn split_snapshot(
-    bytes: &[u8],
-) -> std::result::Result<(SnapshotMeta<NodeId, BasicNode>, &[u8], bool), String> {
+/// A snapshot file, split.
+struct SnapshotFile<'a> {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    /// The state's bytes.
+    data: &'a [u8],
+    /// Whether the file had a checksum (it matched).
+    checked: bool,
+}
+
+/// Splits a snapshot file into its metadata and its state's bytes, checking the checksum.
+fn split_snapshot(bytes: &[u8]) -> std::result::Result<SnapshotFile<'_>, String> {
     let split = bytes
         .iter()
         .position(|&b| b == b'\n')
@@ -737,7 +747,11 @@ fn split_snapshot(
             ));
         }
     }
-    Ok((meta, data, header.sha256.is_some()))
+    Ok(SnapshotFile {
+        meta,
+        data,
+        checked: header.sha256.is_some(),
+    })
 }
 
 /// Replaces `dir/name` so that a crash at any point leaves the old or the new file: write a
@@ -869,9 +883,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e.to_string()),
             };
-            let (meta, data, _) = split_snapshot(&bytes)
+            let file = split_snapshot(&bytes)
                 .map_err(|e| format!("the snapshot {} is damaged: {e}", path.display()))?;
-            Ok(Some((meta, data.to_vec())))
+            Ok(Some((file.meta, file.data.to_vec())))
         })
         .await
         .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?
