@@ -230,3 +230,58 @@ fn a_changed_snapshot_or_a_log_lost_behind_it_is_refused() {
         "raft.redb) is missing or empty",
     );
 }
+
+/// The documented recovery in a cluster: the node whose directory is moved away starts fresh and
+/// catches up from the others, even node 1, which forms clusters; every member records the same
+/// cluster id.
+#[test]
+fn a_node_with_a_fresh_directory_rejoins_and_every_member_records_one_cluster() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), None))
+        .collect();
+    eventually(30, "a leader known to every node", || {
+        let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
+        let first = seen[0]?;
+        seen.iter().all(|l| *l == Some(first)).then_some(first)
+    });
+    let client = tempfile::tempdir().unwrap();
+    let token = claim(client.path(), &nodes[1], "kept");
+
+    nodes[0].kill();
+    let dir = coordinator(dirs[0].path());
+    std::fs::rename(&dir, dirs[0].path().join("coordinator.broken")).unwrap();
+    nodes[0].restart();
+    // Node 1's own state (its metrics count the locks it holds) has the lock again.
+    eventually(30, "node 1 caught up", || {
+        let (s, text) = exchange_within(
+            &addrs[0],
+            "GET",
+            "/metrics",
+            None,
+            &[],
+            Duration::from_secs(5),
+        )
+        .ok()?;
+        (s == 200 && text.lines().any(|l| l == "active_locks_gauge 1")).then_some(())
+    });
+    let ids: Vec<Value> = dirs
+        .iter()
+        .map(|d| {
+            let bytes = std::fs::read(coordinator(d.path()).join("node.json")).unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()["cluster_id"].clone()
+        })
+        .collect();
+    assert!(ids[0].is_string(), "{ids:?}");
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    // The cluster is one: node 1 serves the lock taken while it was away, and takes writes.
+    let s = status(client.path(), &nodes[0], "kept");
+    assert_eq!(s["holder"]["fencing_token"].as_u64(), Some(token), "{s}");
+    assert!(claim(client.path(), &nodes[0], "after-rejoin") > token);
+}
