@@ -25,6 +25,8 @@
 //! [`check`] is pure: the store gathers what it found on disk in [`Found`], and every refusal is
 //! decided here.
 
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -97,7 +99,19 @@ pub fn read(dir: &Path) -> Result<Option<Identity>> {
 /// Writes `DIR/node.json` atomically.
 pub fn write(dir: &Path, identity: &Identity) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(identity).map_err(std::io::Error::other)?;
-    super::store::write_atomically(dir, IDENTITY_FILE, &bytes)
+    write_atomically(dir, IDENTITY_FILE, &bytes)
+}
+
+/// Replaces `dir/name` so that a crash at any point leaves the old or the new file: write a
+/// temporary file, fsync it, rename it over the old one, fsync the directory.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// What the store found in a data directory, for [`check`].

@@ -29,8 +29,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{self, File};
-use std::io::{self, Cursor, Write};
+use std::fs;
+use std::io::{self, Cursor};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -44,7 +44,7 @@ use openraft::{
 use redb::{Database, ReadableDatabase, TableDefinition};
 use sha2::{Digest, Sha256};
 
-use super::identity::{self, Found, Recorder};
+use super::identity::{self, Found, Recorder, write_atomically};
 use super::state::{Answer, LockState};
 use super::{NodeId, TypeConfig};
 use sentinel_core::error::{Error, Result};
@@ -752,18 +752,6 @@ fn split_snapshot(bytes: &[u8]) -> std::result::Result<SnapshotFile<'_>, String>
         data,
         checked: header.sha256.is_some(),
     })
-}
-
-/// Replaces `dir/name` so that a crash at any point leaves the old or the new file: write a
-/// temporary file, fsync it, rename it over the old one, fsync the directory.
-pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
