@@ -5,6 +5,7 @@ mod cluster;
 mod completions;
 mod conformance;
 mod coordinator_bounds;
+mod coordinator_data;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;

@@ -9,6 +9,8 @@
 //!   the log of the command that grants a lock is the lock's fencing token.
 //! - [`store`]: a node's durable storage for openraft: the log, vote and committed index in redb,
 //!   and the lock state with its snapshots.
+//! - [`identity`]: whose a data directory is (`node.json`), and the checks that refuse to start a
+//!   node on data that does not add up.
 //! - [`network`]: Raft RPCs between nodes over HTTP, and the client that forwards requests to the
 //!   leader.
 //! - [`node`]: a running node's parts: Raft, the proposal queue that packs commands into entries
@@ -28,6 +30,7 @@
 //! it over arbitrary logs.
 
 pub mod api;
+pub mod identity;
 pub mod listener;
 pub mod network;
 pub mod node;

@@ -83,7 +83,7 @@ pub async fn serve(
     }
     .validate()
     .map_err(|e| Error::Unexpected(format!("invalid Raft configuration: {e}")))?;
-    let (log, state) = store::open(&opts.data_dir)?;
+    let (log, state) = store::open(&opts.data_dir, opts.id)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;

@@ -19,11 +19,18 @@
 //!
 //! A write that fails leaves the log in an unknown state on disk, so the writer refuses every
 //! write after it: openraft then stops the node instead of building on a damaged log.
+//!
+//! Nothing is trusted at start-up: [`open`] refuses (with what is wrong and how to recover) a
+//! data directory whose parts do not add up, as [`super::identity::check`] decides: a log that
+//! is missing, emptied or older than the snapshot or than the high-water mark in `node.json`, a
+//! directory of another node or cluster. A snapshot carries the SHA-256 of its state and is
+//! refused when it does not match; a damaged `raft.redb` (redb may panic on one) is an error,
+//! never a panic.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{self, File};
-use std::io::{self, Cursor, Write};
+use std::fs;
+use std::io::{self, Cursor};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -35,7 +42,9 @@ use openraft::{
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
+use sha2::{Digest, Sha256};
 
+use super::identity::{self, Found, Recorder, write_atomically};
 use super::state::{Answer, LockState};
 use super::{NodeId, TypeConfig};
 use sentinel_core::error::{Error, Result};
@@ -57,15 +66,92 @@ const CACHE_BYTES: usize = 16 << 20;
 
 type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// Opens (creating if needed) the storage of the node whose data directory is `dir`.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore)> {
+/// Opens (creating if needed) the storage of node `id` whose data directory is `dir`, once the
+/// directory's parts add up ([`identity::check`]).
+pub fn open(dir: &Path, id: NodeId) -> Result<(LogStore, StateMachineStore)> {
     fs::create_dir_all(dir).map_err(|e| {
         Error::Unexpected(format!(
             "cannot create the data directory {}: {e}",
             dir.display()
         ))
     })?;
-    Ok((LogStore::open(dir)?, StateMachineStore::open(dir)?))
+    let recorded = identity::read(dir)?;
+    let recorder = Arc::new(Recorder::new(dir, id, recorded.clone()));
+    let log = LogStore::open(dir, recorder.clone())?;
+    let machine = StateMachineStore::open(dir, recorder.clone())?;
+    let (log_last, purged, log_members, committed) = {
+        let mem = log.mem();
+        let last = mem.entries.keys().next_back().copied();
+        let purged = mem.last_purged.map(|l| l.index);
+        let members = mem.entries.values().rev().find_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        });
+        (
+            last.max(purged),
+            purged,
+            members,
+            mem.committed.map(|c| c.index),
+        )
+    };
+    let snapshot = machine.shared.snapshot_found.clone();
+    let found = Found {
+        recorded,
+        log_last,
+        purged,
+        log_cluster: log_members.as_ref().map(identity::cluster_id),
+        snapshot: snapshot.as_ref().map(|(index, _)| *index),
+        snapshot_cluster: snapshot
+            .as_ref()
+            .and_then(|(_, m)| m.as_ref().map(identity::cluster_id)),
+    };
+    identity::check(dir, id, &found)?;
+    // A directory written before node.json existed, or by a node stopped before it was written,
+    // gets it now.
+    if let Some(m) = log_members
+        .as_ref()
+        .or(snapshot.as_ref().and_then(|(_, m)| m.as_ref()))
+    {
+        recorder.learn(m);
+    }
+    if let Some(c) = committed {
+        recorder.committed(c);
+    }
+    recorder.after_commit(log_last, true).map_err(|e| {
+        Error::Unexpected(format!(
+            "cannot write {}: {e}",
+            dir.join(identity::IDENTITY_FILE).display()
+        ))
+    })?;
+    Ok((log, machine))
+}
+
+/// Runs `f`, turning a panic into an error: redb asserts on some damaged files (a truncated
+/// `raft.redb`) instead of returning an error. The panic's message is not printed.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no reason given".into());
+        format!("the file is damaged (redb failed: {why})")
+    })
 }
 
 /// What the log looks like, in memory.
@@ -104,6 +190,7 @@ struct Job {
 pub struct LogStore {
     mem: Arc<Mutex<LogMem>>,
     writer: Arc<Writer>,
+    recorder: Arc<Recorder>,
 }
 
 /// The queue to the writer thread. When the last log store is dropped, the thread commits what is
@@ -124,31 +211,55 @@ impl Drop for Writer {
 }
 
 impl LogStore {
-    fn open(dir: &Path) -> Result<LogStore> {
+    fn open(dir: &Path, recorder: Arc<Recorder>) -> Result<LogStore> {
         let path = dir.join(LOG_FILE);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| {
-                Error::Unexpected(format!(
+        let damaged = |e: String| {
+            Error::Unexpected(format!(
+                "cannot read the Raft log {}: {e}. To recover: stop the node, move {} away, and \
+                 start the node again so that it catches up from the other members, or restore a \
+                 backup of the whole directory (see \"Data directory\" in docs/cluster.md).",
+                path.display(),
+                dir.display()
+            ))
+        };
+        let db = match guarded(|| {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        }) {
+            Err(e) => return Err(damaged(e)),
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(Error::Unexpected(format!(
                     "cannot open the Raft log {} (is another `sentinel serve` using this data \
-                     directory?): {e}",
-                    path.display()
-                ))
-            })?;
-        let mem = load(&db).map_err(|e| {
-            Error::Unexpected(format!("cannot read the Raft log {}: {e}", path.display()))
-        })?;
+                     directory?): {}",
+                    path.display(),
+                    redb::DatabaseError::DatabaseAlreadyOpen
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(damaged(format!("the file is damaged or unreadable ({e})")));
+            }
+            Ok(Ok(db)) => db,
+        };
+        let mem = guarded(|| load(&db)).and_then(|r| r).map_err(damaged)?;
+        let durable_last = mem
+            .entries
+            .keys()
+            .next_back()
+            .copied()
+            .max(mem.last_purged.map(|l| l.index));
         let (tx, jobs) = mpsc::channel();
+        let self_recorder = recorder.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(db, jobs))?;
+            .spawn(move || write_loop(db, jobs, recorder, durable_last))?;
         Ok(LogStore {
             mem: Arc::new(Mutex::new(mem)),
             writer: Arc::new(Writer {
                 jobs: Some(tx),
                 thread: Some(thread),
             }),
+            recorder: self_recorder,
         })
     }
 
@@ -238,7 +349,13 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 }
 
 /// The writer thread: commits what is queued in batches, in order, until every sender is gone.
-fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
+/// After each commit it lets `recorder` update `node.json` with where the log now ends.
+fn write_loop(
+    db: Database,
+    jobs: mpsc::Receiver<Job>,
+    recorder: Arc<Recorder>,
+    mut durable_last: Option<u64>,
+) {
     let mut failed: Option<String> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -250,11 +367,21 @@ fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
         }
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => commit(&db, &batch),
+            None => guarded(|| commit(&db, &batch)).and_then(|r| r),
         };
-        if let Err(e) = &result {
-            tracing::error!("the Raft log cannot be written: {e}");
-            failed = Some(format!("an earlier write of the Raft log failed: {e}"));
+        match &result {
+            Err(e) => {
+                tracing::error!("the Raft log cannot be written: {e}");
+                failed = Some(format!("an earlier write of the Raft log failed: {e}"));
+            }
+            Ok(()) => {
+                durable_last = batch
+                    .iter()
+                    .fold(durable_last, |last, job| ends_at(last, &job.change));
+                if let Err(e) = recorder.after_commit(durable_last, false) {
+                    tracing::warn!("cannot record the node's identity in node.json: {e}");
+                }
+            }
         }
         for job in batch {
             match job.done {
@@ -265,6 +392,24 @@ fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
                 }
             }
         }
+    }
+    if failed.is_none()
+        && let Err(e) = recorder.after_commit(durable_last, true)
+    {
+        tracing::warn!("cannot record the node's identity in node.json: {e}");
+    }
+}
+
+/// Where the log ends after `change`, if it ended at `last` before.
+fn ends_at(last: Option<u64>, change: &Change) -> Option<u64> {
+    match change {
+        Change::Append(rows) => rows.iter().map(|(i, _)| *i).max().max(last),
+        Change::Truncate(from) => match from.checked_sub(1) {
+            Some(before) => last.map(|l| l.min(before)),
+            None => None,
+        },
+        Change::Purge(upto, _) => last.max(Some(*upto)),
+        Change::Meta(..) => last,
     }
 }
 
@@ -359,6 +504,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&committed).map_err(write_error)?;
         self.send(Change::Meta(COMMITTED, bytes), Done::Nobody)
             .map_err(write_error)?;
+        if let Some(c) = committed {
+            self.recorder.committed(c.index);
+        }
         self.mem().committed = committed;
         Ok(())
     }
@@ -374,6 +522,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // Encode everything before changing the log in memory, so a failure changes nothing.
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.recorder.learn(m);
+            }
+        }
         let rows = entries
             .iter()
             .map(|e| Ok((e.log_id.index, encode(e)?)))
@@ -418,6 +571,9 @@ pub struct Machine {
 
 struct Shared {
     dir: PathBuf,
+    recorder: Arc<Recorder>,
+    /// The snapshot found at start-up: the last index it covers and its membership.
+    snapshot_found: Option<(u64, Option<openraft::Membership<NodeId, BasicNode>>)>,
     machine: RwLock<Machine>,
     /// Held while the snapshot file is written; the last log id the file covers. Snapshots are
     /// built in tasks of their own, so a slow build may finish after a newer snapshot was
@@ -435,16 +591,33 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    fn open(dir: &Path) -> Result<StateMachineStore> {
+    fn open(dir: &Path, recorder: Arc<Recorder>) -> Result<StateMachineStore> {
         let path = dir.join(SNAPSHOT_FILE);
+        let damaged = |e: String| {
+            Error::Unexpected(format!(
+                "the snapshot {} is damaged: {e}. It is never loaded. To recover: stop the node, \
+                 move {} away, and start the node again so that it catches up from the other \
+                 members, or restore a backup of the whole directory (see \"Data directory\" in \
+                 docs/cluster.md).",
+                path.display(),
+                dir.display()
+            ))
+        };
         let machine = match fs::read(&path) {
             Ok(bytes) => {
-                let (meta, data) = split_snapshot(&bytes).map_err(|e| {
-                    Error::Unexpected(format!("the snapshot {} is damaged: {e}", path.display()))
-                })?;
-                let state = LockState::from_json(data).map_err(|e| {
-                    Error::Unexpected(format!("the snapshot {} is damaged: {e}", path.display()))
-                })?;
+                let SnapshotFile {
+                    meta,
+                    data,
+                    checked,
+                } = split_snapshot(&bytes).map_err(damaged)?;
+                if !checked {
+                    tracing::warn!(
+                        "the snapshot {} has no checksum (written by an older version): loaded \
+                         unchecked; the next snapshot will carry one",
+                        path.display()
+                    );
+                }
+                let state = LockState::from_json(data).map_err(damaged)?;
                 Machine {
                     state,
                     last_applied: meta.last_log_id,
@@ -459,9 +632,21 @@ impl StateMachineStore {
                 )));
             }
         };
+        let snapshot_found = path.exists().then(|| {
+            (
+                machine.last_applied.map_or(0, |l| l.index),
+                machine
+                    .membership
+                    .log_id()
+                    .is_some()
+                    .then(|| machine.membership.membership().clone()),
+            )
+        });
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
+                recorder,
+                snapshot_found,
                 snapshot: Mutex::new(machine.last_applied),
                 applied: tokio::sync::watch::Sender::new(
                     machine.last_applied.map_or(0, |l| l.index),
@@ -511,7 +696,11 @@ impl StateMachineStore {
         if *covered > meta.last_log_id {
             return Ok(());
         }
-        let mut bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        let mut header = serde_json::to_value(meta).map_err(io::Error::other)?;
+        if let Some(fields) = header.as_object_mut() {
+            fields.insert(CHECKSUM.into(), identity::hex(&Sha256::digest(data)).into());
+        }
+        let mut bytes = serde_json::to_vec(&header).map_err(io::Error::other)?;
         bytes.push(b'\n');
         bytes.extend_from_slice(data);
         write_atomically(&self.shared.dir, SNAPSHOT_FILE, &bytes)?;
@@ -520,28 +709,49 @@ impl StateMachineStore {
     }
 }
 
-/// Splits a snapshot file into its metadata and its state's bytes.
-fn split_snapshot(
-    bytes: &[u8],
-) -> std::result::Result<(SnapshotMeta<NodeId, BasicNode>, &[u8]), String> {
+/// The field of a snapshot file's first line, next to openraft's metadata, that holds the SHA-256
+/// of the state's bytes that follow (in hex; absent in files of older versions).
+const CHECKSUM: &str = "sha256";
+
+/// A snapshot file's first line as far as the checksum goes (openraft's metadata is read apart:
+/// `serde(flatten)` cannot read its maps keyed by node id).
+#[derive(serde::Deserialize)]
+struct SnapshotChecksum {
+    sha256: Option<String>,
+}
+
+/// A snapshot file, split.
+struct SnapshotFile<'a> {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    /// The state's bytes.
+    data: &'a [u8],
+    /// Whether the file had a checksum (it matched).
+    checked: bool,
+}
+
+/// Splits a snapshot file into its metadata and its state's bytes, checking the checksum.
+fn split_snapshot(bytes: &[u8]) -> std::result::Result<SnapshotFile<'_>, String> {
     let split = bytes
         .iter()
         .position(|&b| b == b'\n')
         .ok_or("no metadata line")?;
     let meta = serde_json::from_slice(&bytes[..split]).map_err(|e| e.to_string())?;
-    Ok((meta, &bytes[split + 1..]))
-}
-
-/// Replaces `dir/name` so that a crash at any point leaves the old or the new file: write a
-/// temporary file, fsync it, rename it over the old one, fsync the directory.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    let header: SnapshotChecksum =
+        serde_json::from_slice(&bytes[..split]).map_err(|e| e.to_string())?;
+    let data = &bytes[split + 1..];
+    if let Some(expected) = &header.sha256 {
+        let actual = identity::hex(&Sha256::digest(data));
+        if actual != *expected {
+            return Err(format!(
+                "its checksum does not match (SHA-256 {actual}, recorded {expected})"
+            ));
+        }
+    }
+    Ok(SnapshotFile {
+        meta,
+        data,
+        checked: header.sha256.is_some(),
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -602,6 +812,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             .map(|applied| applied.answer)
                             .collect(),
                         EntryPayload::Membership(members) => {
+                            self.shared.recorder.learn(&members);
                             m.membership = StoredMembership::new(Some(entry.log_id), members);
                             Vec::new()
                         }
@@ -638,6 +849,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| {
                 StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
             })?;
+        self.shared
+            .recorder
+            .learn(meta.last_membership.membership());
         self.write(|m| {
             m.state = state;
             m.last_applied = meta.last_log_id;
@@ -650,19 +864,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The metadata comes from the file, not from memory: a snapshot saved meanwhile replaces
         // the file as a whole, so metadata and data always belong together.
         let path = self.shared.dir.join(SNAPSHOT_FILE);
-        let read = tokio::task::spawn_blocking(move || fs::read(path))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
-        };
-        let (meta, data) = split_snapshot(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        Ok(Some(Snapshot {
+        // Read and checked (a SHA-256 over what may be tens of MB) off the async workers.
+        let read = tokio::task::spawn_blocking(move || {
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let file = split_snapshot(&bytes)
+                .map_err(|e| format!("the snapshot {} is damaged: {e}", path.display()))?;
+            Ok(Some((file.meta, file.data.to_vec())))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?
+        .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        Ok(read.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }
@@ -683,7 +901,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
         async fn build(&self) -> StorageResult<(TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().unwrap();
-            let (log, sm) = open(dir.path()).unwrap();
+            let (log, sm) = open(dir.path(), 1).unwrap();
             Ok((dir, log, sm))
         }
     }
@@ -726,7 +944,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut expected = BTreeMap::new();
         {
-            let (mut log, _) = open(dir.path()).unwrap();
+            let (mut log, mut sm) = open(dir.path(), 1).unwrap();
             let mut next = 1;
             for size in [1, 7, 64, 3, 200, 1, 300] {
                 let batch: Vec<_> = (next..next + size).map(|i| entry(1, i)).collect();
@@ -734,6 +952,15 @@ mod tests {
                 log.blocking_append(batch).await.unwrap();
             }
             log.save_vote(&Vote::new(2, 1)).await.unwrap();
+            // openraft purges only what a snapshot covers.
+            sm.apply(log.try_get_log_entries(..=100).await.unwrap())
+                .await
+                .unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
             log.purge(log_id(1, 100)).await.unwrap();
             // A new leader replaces the tail of the log.
             log.truncate(log_id(1, 450)).await.unwrap();
@@ -747,7 +974,7 @@ mod tests {
             }
         }
         assert_eq!(expected.len(), 359);
-        let (mut log, _) = open(dir.path()).unwrap();
+        let (mut log, _) = open(dir.path(), 1).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 100)));
         assert_eq!(state.last_log_id, Some(log_id(2, 459)));
@@ -769,8 +996,8 @@ mod tests {
     #[tokio::test]
     async fn a_second_node_process_cannot_share_the_data_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = open(dir.path()).unwrap();
-        let e = open(dir.path()).err().expect("the database is locked");
+        let _first = open(dir.path(), 1).unwrap();
+        let e = open(dir.path(), 1).err().expect("the database is locked");
         assert!(e.to_string().contains("another `sentinel serve`"), "{e}");
     }
 
@@ -779,7 +1006,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let members = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
         let (state, applied) = {
-            let (_, mut sm) = open(dir.path()).unwrap();
+            let (mut log, mut sm) = open(dir.path(), 1).unwrap();
             let mut entries = vec![Entry {
                 log_id: log_id(1, 1),
                 payload: EntryPayload::Membership(members.clone()),
@@ -789,6 +1016,7 @@ mod tests {
                 log_id: log_id(1, 21),
                 payload: EntryPayload::Blank,
             });
+            log.blocking_append(entries.clone()).await.unwrap();
             let answers = sm.apply(entries).await.unwrap();
             assert_eq!(answers.len(), 21);
             assert!(answers[0].is_empty() && answers[20].is_empty());
@@ -808,7 +1036,7 @@ mod tests {
             )
         };
         assert_eq!(state.held(), 19);
-        let (_, mut sm) = open(dir.path()).unwrap();
+        let (_, mut sm) = open(dir.path(), 1).unwrap();
         assert_eq!(sm.read(|m| m.state.clone()), state);
         assert_eq!(sm.applied_state().await.unwrap(), applied);
         assert_eq!(applied.1.membership(), &members);
@@ -816,7 +1044,7 @@ mod tests {
         // A follower installs it and holds the same state.
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         let other = tempfile::tempdir().unwrap();
-        let (_, mut follower) = open(other.path()).unwrap();
+        let (_, mut follower) = open(other.path(), 1).unwrap();
         follower
             .install_snapshot(&current.meta, current.snapshot)
             .await
@@ -836,14 +1064,182 @@ mod tests {
     async fn damaged_files_are_reported_not_reset() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{\"no\": \"newline\"}").unwrap();
-        let e = open(dir.path()).err().unwrap().to_string();
+        let e = open(dir.path(), 1).err().unwrap().to_string();
         assert!(e.contains("damaged"), "{e}");
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{}\n{}").unwrap();
-        assert!(open(dir.path()).is_err());
+        assert!(open(dir.path(), 1).is_err());
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LOG_FILE), b"not a database").unwrap();
-        let e = open(dir.path()).err().unwrap().to_string();
+        let e = open(dir.path(), 1).err().unwrap().to_string();
         assert!(e.contains("Raft log"), "{e}");
+    }
+
+    /// A node's directory as a run leaves it: a log of `n` entries (membership first), committed
+    /// and applied, a snapshot of the first `snap` entries, `node.json`.
+    async fn filled(dir: &Path, n: u64, snap: u64) {
+        let (mut log, mut sm) = open(dir, 1).unwrap();
+        let members = Membership::new(
+            vec![BTreeSet::from([1])],
+            BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]),
+        );
+        let mut entries = vec![Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Membership(members),
+        }];
+        entries.extend((2..=n).map(|i| entry(1, i)));
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.save_committed(Some(log_id(1, n))).await.unwrap();
+        let (first, rest) = entries.split_at(snap as usize);
+        sm.apply(first.to_vec()).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.apply(rest.to_vec()).await.unwrap();
+    }
+
+    fn refusal(dir: &Path, id: NodeId) -> Error {
+        open(dir, id).err().expect("refused")
+    }
+
+    #[tokio::test]
+    async fn a_directory_records_whose_it_is_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 30, 20).await;
+        let rec = identity::read(dir.path()).unwrap().unwrap();
+        assert_eq!(rec.node_id, 1);
+        assert_eq!(rec.committed, 30);
+        assert_eq!(rec.cluster_id.len(), 32);
+        let snapshot = std::fs::read_to_string(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        assert!(
+            snapshot.lines().next().unwrap().contains("\"sha256\":\""),
+            "{snapshot}"
+        );
+        let (mut log, sm) = open(dir.path(), 1).unwrap();
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 30))
+        );
+        assert_eq!(sm.read(|m| m.last_applied), Some(log_id(1, 20)));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_emptied_log_is_refused() {
+        for how in ["deleted", "emptied"] {
+            let dir = tempfile::tempdir().unwrap();
+            filled(dir.path(), 30, 20).await;
+            let path = dir.path().join(LOG_FILE);
+            match how {
+                "deleted" => std::fs::remove_file(&path).unwrap(),
+                _ => std::fs::write(&path, b"").unwrap(),
+            }
+            let e = refusal(dir.path(), 1);
+            assert_eq!(e.exit_code(), sentinel_core::error::ExitCode::Unexpected);
+            let e = e.to_string();
+            assert!(e.contains("raft.redb) is missing or empty"), "{how}: {e}");
+            assert!(e.contains("To recover"), "{e}");
+            // And again: the refusal changed nothing.
+            assert!(
+                refusal(dir.path(), 1)
+                    .to_string()
+                    .contains("missing or empty")
+            );
+        }
+        // Without node.json (a directory of an older version), the snapshot still tells.
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 30, 20).await;
+        std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join(identity::IDENTITY_FILE)).unwrap();
+        assert!(
+            refusal(dir.path(), 1)
+                .to_string()
+                .contains("missing or empty")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_log_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 30, 20).await;
+        let path = dir.path().join(LOG_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        for len in [bytes.len() / 2, 4096, 100, 10] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            let e = refusal(dir.path(), 1).to_string();
+            eprintln!("{len} bytes of {}: {e}", bytes.len());
+            assert!(e.contains("cannot read the Raft log"), "{len}: {e}");
+            assert!(e.contains("damaged"), "{len}: {e}");
+        }
+        // Bytes flipped all over the file: an error or (where redb does not notice) a log that
+        // does not add up, never a panic.
+        for at in (0..bytes.len()).step_by(bytes.len() / 16) {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0xff;
+            std::fs::write(&path, &flipped).unwrap();
+            let _ = open(dir.path(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_older_than_the_snapshot_or_the_mark_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = tempfile::tempdir().unwrap();
+        filled(old.path(), 10, 10).await;
+        filled(dir.path(), 30, 20).await;
+        // raft.redb from an older copy of the same node.
+        std::fs::copy(old.path().join(LOG_FILE), dir.path().join(LOG_FILE)).unwrap();
+        let e = refusal(dir.path(), 1).to_string();
+        assert!(e.contains("older than the snapshot"), "{e}");
+        // The snapshot of that older copy too: only node.json's mark tells.
+        std::fs::copy(
+            old.path().join(SNAPSHOT_FILE),
+            dir.path().join(SNAPSHOT_FILE),
+        )
+        .unwrap();
+        let e = refusal(dir.path(), 1).to_string();
+        assert!(e.contains("had committed entries up to index 30"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn another_node_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 30, 20).await;
+        let e = refusal(dir.path(), 2);
+        assert_eq!(e.exit_code(), sentinel_core::error::ExitCode::Usage);
+        assert!(
+            e.to_string().contains("belongs to node 1, not to node 2"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_snapshot_is_refused_and_an_unchecked_one_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 30, 20).await;
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let (head, state) = text.split_once('\n').unwrap();
+        // One letter of a lock's name changed: valid JSON, a valid state, a wrong checksum.
+        let changed = format!("{head}\n{}", state.replacen("lock-2", "lock-X", 1));
+        std::fs::write(&path, &changed).unwrap();
+        let e = refusal(dir.path(), 1).to_string();
+        assert!(e.contains("checksum does not match"), "{e}");
+        assert!(e.contains("never loaded"), "{e}");
+        // Served to a follower neither.
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let (_, mut sm) = open(dir.path(), 1).unwrap();
+            std::fs::write(&path, &changed).unwrap();
+            assert!(sm.get_current_snapshot().await.is_err());
+        }
+        // A snapshot of an older version has no checksum: loaded, with a warning.
+        let mut header: serde_json::Value = serde_json::from_str(head).unwrap();
+        header.as_object_mut().unwrap().remove("sha256");
+        std::fs::write(&path, format!("{header}\n{state}")).unwrap();
+        let (_, sm) = open(dir.path(), 1).unwrap();
+        assert_eq!(sm.read(|m| m.state.held()), 19);
     }
 }
