@@ -313,6 +313,9 @@ fn client(shared: Arc<Shared>, c: usize) {
             (409, Some("lock_held" | "wait_timed_out")) => {
                 std::thread::sleep(Duration::from_millis(rng.u64(5..30)));
             }
+            // A node withdraws an acquire whose connection closed before its answer (a timed-out
+            // try of this very request): it holds nothing, and the next attempt has a new id.
+            (409, Some("withdrawn")) => {}
             _ => {
                 shared.note(
                     c,

@@ -122,6 +122,10 @@ fn encode(name: &str) -> String {
     out
 }
 
+/// How many times a claim sends a new acquire after the server withdrew the last one because
+/// its connection was lost.
+const WITHDRAWN_RETRIES: usize = 3;
+
 /// A request's JSON body.
 fn json(body: &impl Serialize) -> Result<Bytes> {
     serde_json::to_vec(body)
@@ -326,7 +330,27 @@ impl ServerBackend {
     /// coordinator to withdraw the acquire by its request id: a waiting acquire leaves the queue,
     /// a grant is released, and an acquire that has not arrived yet will never be executed.
     /// Nothing is sent once the interrupt is flagged.
+    ///
+    /// A node withdraws an acquire whose connection closed before its answer (a client that
+    /// left). When that happens to a connection this client lost and then retried, the answer is
+    /// `withdrawn`: the first acquire holds nothing, and a new one (a new request id) is sent.
     async fn claim(&self, req: &AcquireRequest, name: &str) -> Result<Attempt> {
+        for _ in 0..WITHDRAWN_RETRIES {
+            if let Some(attempt) = self.claim_once(req, name).await? {
+                return Ok(attempt);
+            }
+            tracing::info!(
+                "the server withdrew an acquire whose connection was lost; acquiring anew"
+            );
+        }
+        Err(Error::Unavailable(format!(
+            "{WITHDRAWN_RETRIES} acquires of {name} were withdrawn by the server after their \
+             connections were lost; try again"
+        )))
+    }
+
+    /// [`Self::claim`] under one request id; `None` if the server withdrew it.
+    async fn claim_once(&self, req: &AcquireRequest, name: &str) -> Result<Option<Attempt>> {
         let id = request_id();
         let undo = {
             let (this, name, id) = (self.detached(), name.to_string(), id.clone());
@@ -350,7 +374,7 @@ impl ServerBackend {
             return Err(Error::Unexpected("interrupted".into()));
         }
         let attempt = self.acquire_once(req, name, &id).await?;
-        if matches!(&attempt, Attempt::Granted(g) if !g.adopted) {
+        if matches!(&attempt, Some(Attempt::Granted(g)) if !g.adopted) {
             // A grant stays undoable until the command has reported it.
             undo.keep_until_reported();
         }
@@ -367,8 +391,13 @@ impl ServerBackend {
         }
     }
 
-    /// One acquire under the request id `id`.
-    async fn acquire_once(&self, req: &AcquireRequest, name: &str, id: &str) -> Result<Attempt> {
+    /// One acquire under the request id `id`; `None` if the server withdrew it.
+    async fn acquire_once(
+        &self,
+        req: &AcquireRequest,
+        name: &str,
+        id: &str,
+    ) -> Result<Option<Attempt>> {
         let wait = req.wait.min(MAX_WAIT);
         let body = AcquireBody {
             holder: req.claimant.worker_id.clone(),
@@ -390,16 +419,17 @@ impl ServerBackend {
         match answer.status {
             StatusCode::OK => {
                 let g: LeaseAnswer = answer.parse("acquire")?;
-                Ok(Attempt::Granted(Grant {
+                Ok(Some(Attempt::Granted(Grant {
                     holder: g.holder,
                     adopted: g.adopted,
                     took_over: None,
-                }))
+                })))
             }
             StatusCode::CONFLICT => {
                 let e = answer.error();
                 match (e.code.as_str(), e.holder) {
-                    (code::LOCK_HELD | code::WAIT_TIMED_OUT, Some(h)) => Ok(Attempt::Held(h)),
+                    (code::LOCK_HELD | code::WAIT_TIMED_OUT, Some(h)) => Ok(Some(Attempt::Held(h))),
+                    (code::WITHDRAWN, _) => Ok(None),
                     _ => Err(self.fail(&answer)),
                 }
             }
