@@ -193,7 +193,7 @@ fn a_page_of_locks_stays_small_enough_to_relay() {
 }
 
 #[test]
-fn the_bearer_scheme_is_case_insensitive() {
+fn the_bearer_scheme_is_case_insensitive_and_probes_need_no_token() {
     let data = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let _node = Node::start(1, &addr, &[], data.path(), Some(crate::serve::TOKEN));
@@ -213,6 +213,11 @@ fn the_bearer_scheme_is_case_insensitive() {
     };
     eventually(20, "an answer", || health().filter(|s| *s != 503));
     assert_eq!(health(), Some(200));
+    // A probe carries no token: it learns whether the node serves, and nothing more.
+    let (s, body) = call(&addr, "GET", "/health", None);
+    assert_eq!((s, body), (200, json!({"ok": true})));
+    let (s, e) = call(&addr, "GET", "/locks", None);
+    assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
 }
 
 #[test]

@@ -95,7 +95,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// With a cluster token, every client request must carry it (peers carry the peer token).
+/// With a cluster token, every client request must carry it (peers carry the peer token), but
+/// for `/health`: health probes carry no token, so without one they get whether the node serves
+/// (`{"ok":…}` and the status) and nothing about the cluster.
 async fn require_token(
     State(node): State<Arc<Node>>,
     req: Request,
@@ -103,6 +105,11 @@ async fn require_token(
 ) -> Response {
     match &node.auth {
         Some(auth) if !auth.accepts(req.headers().get(AUTHORIZATION)) => {
+            if req.uri().path() == "/health" {
+                let status = next.run(req).await.status();
+                let serves = json!({"ok": status == StatusCode::OK});
+                return (status, json_body(&serves)).into_response();
+            }
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
