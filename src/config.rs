@@ -358,10 +358,10 @@ pub fn task_info(t: &TaskArgs) -> Result<TaskInfo> {
             )));
         }
     }
-    if info.json_len() > MAX_TASK_INFO_BYTES {
+    let len = info.json_len();
+    if len > MAX_TASK_INFO_BYTES {
         return Err(Error::usage(format!(
-            "invalid task info: at most {MAX_TASK_INFO_BYTES} bytes as JSON, {} given",
-            info.json_len()
+            "invalid task info: at most {MAX_TASK_INFO_BYTES} bytes as JSON, {len} given"
         )));
     }
     Ok(info)

@@ -6,16 +6,14 @@
 //! Both ways libfaketime can run are covered: with the monotonic clock shifted too (its default)
 //! and with the monotonic clock left alone (`FAKETIME_DONT_FAKE_MONOTONIC=1`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::serve::{PEER_TOKEN, TOKEN, eventually, exchange_within, free_addr, leader_of};
-use crate::support::sentinel;
+use crate::serve::{Node, TOKEN, eventually, exchange_within, free_addr, leader_of};
 
 /// How far the skewed node's wall clock runs ahead.
 const SKEW: &str = "+1h";
@@ -45,98 +43,6 @@ fn faketime_env(lib: &Path, real_monotonic: bool) -> Vec<(String, String)> {
     env
 }
 
-/// A `sentinel serve` process with extra environment, killed when dropped.
-struct Member {
-    id: u64,
-    addr: String,
-    peers: Vec<String>,
-    data: PathBuf,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn start(
-        id: u64,
-        addr: &str,
-        peers: &[String],
-        data: &Path,
-        env: Vec<(String, String)>,
-    ) -> Self {
-        let mut m = Member {
-            id,
-            addr: addr.to_string(),
-            peers: peers.to_vec(),
-            data: data.to_path_buf(),
-            env,
-            child: None,
-        };
-        m.restart();
-        m
-    }
-
-    fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data.join(format!("node-{}.log", self.id)))
-            .unwrap();
-        let mut cmd = sentinel(&self.data);
-        cmd.args([
-            "serve",
-            "--id",
-            &self.id.to_string(),
-            "--listen",
-            &self.addr,
-        ]);
-        for p in &self.peers {
-            cmd.args(["--peer", p]);
-        }
-        let mut child = cmd
-            .env("SENTINEL_AUTH_TOKEN", TOKEN)
-            .env("SENTINEL_PEER_TOKEN", PEER_TOKEN)
-            .env("RUST_LOG", "sentinel=info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        self.child = Some(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("node {} did not start: {}", self.id, self.log()));
-        assert!(line.contains("listening on"), "{line:?}: {}", self.log());
-    }
-
-    fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.join(format!("node-{}.log", self.id))).unwrap_or_default()
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn call(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
     let auth = format!("Bearer {TOKEN}");
     let (status, text) = exchange_within(
@@ -152,21 +58,21 @@ fn call(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u1
 }
 
 /// The leader every running node agrees on, once they do.
-fn agreed_leader(nodes: &[Member]) -> Option<u64> {
+fn agreed_leader(nodes: &[Node]) -> Option<u64> {
     let seen: Vec<Option<u64>> = nodes
         .iter()
-        .filter(|n| n.running())
+        .filter(|n| n.is_running())
         .map(|n| leader_of(&n.addr))
         .collect();
     let first = seen.first().copied().flatten()?;
-    let leads = nodes.iter().any(|n| n.running() && n.id == first);
+    let leads = nodes.iter().any(|n| n.is_running() && n.id == first);
     (leads && seen.iter().all(|l| *l == Some(first))).then_some(first)
 }
 
 /// An acquire through any running node (a follower forwards it), retried under the same request
 /// id until a node answers it: 200 granted or 409 held.
 fn acquire(
-    nodes: &[Member],
+    nodes: &[Node],
     name: &str,
     holder: &str,
     ttl_ms: u64,
@@ -174,7 +80,7 @@ fn acquire(
 ) -> (u16, Value) {
     let body = json!({"holder": holder, "ttl_ms": ttl_ms, "request_id": request_id});
     eventually(30, &format!("an answer to {request_id}"), || {
-        nodes.iter().filter(|n| n.running()).find_map(|n| {
+        nodes.iter().filter(|n| n.is_running()).find_map(|n| {
             let (s, v) = call(
                 &n.addr,
                 "POST",
@@ -204,7 +110,7 @@ fn off_now(v: &Value, field: &str) -> chrono::Duration {
 }
 
 /// Kills the leader and starts it again until node `id` leads, a quorum running.
-fn make_leader(nodes: &mut [Member], id: u64) -> usize {
+fn make_leader(nodes: &mut [Node], id: u64) -> usize {
     for round in 1..=20 {
         let leader = eventually(30, "a leader every node knows", || agreed_leader(nodes));
         if leader == id {
@@ -245,18 +151,28 @@ fn skewed_leader(lib: &Path, real_monotonic: bool) {
         .collect();
     // The cluster starts under true clocks (the state's clock starts from the first leader's
     // wall clock); node 3, an hour ahead, joins it.
-    let mut nodes: Vec<Member> = (0..2)
-        .map(|i| Member::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Vec::new()))
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            Node::start_env(
+                i as u64 + 1,
+                &addrs[i],
+                &peers,
+                dirs[i].path(),
+                Some(TOKEN),
+                Vec::new(),
+            )
+        })
         .collect();
     eventually(30, "a leader", || agreed_leader(&nodes));
     let (s, v) = acquire(&nodes, "before", "alice", 600_000, "alice-1");
     assert_eq!(s, 200, "{v}");
     let alice = v["holder"]["fencing_token"].clone();
-    nodes.push(Member::start(
+    nodes.push(Node::start_env(
         3,
         &addrs[2],
         &peers,
         dirs[2].path(),
+        Some(TOKEN),
         faketime_env(lib, real_monotonic),
     ));
     let rounds = make_leader(&mut nodes, 3);
@@ -314,7 +230,7 @@ fn skewed_leader(lib: &Path, real_monotonic: bool) {
 
 /// Erin takes `name` for 1 s; frank is refused at once and granted once it ended (within 10 s):
 /// how long after erin's grant frank got it.
-fn short_lease(nodes: &[Member], name: &str, variant: &str) -> Duration {
+fn short_lease(nodes: &[Node], name: &str, variant: &str) -> Duration {
     let (s, v) = acquire(nodes, name, "erin", 1_000, &format!("{name}-erin"));
     assert_eq!(s, 200, "{variant}: {v}");
     let granted = Instant::now();

@@ -31,6 +31,8 @@ pub(crate) struct Node {
     peer_token: &'static str,
     /// `RUST_LOG` of the process.
     log_filter: &'static str,
+    /// More environment for the process (libfaketime's, say).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -75,6 +77,31 @@ impl Node {
             token,
             peer_token,
             log_filter,
+            env: Vec::new(),
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// [`Node::start`] with more environment for the process.
+    pub(crate) fn start_env(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        token: Option<&'static str>,
+        env: Vec<(String, String)>,
+    ) -> Node {
+        let mut node = Node {
+            id,
+            addr: addr.to_string(),
+            peers: peers.to_vec(),
+            data: data.to_path_buf(),
+            token,
+            peer_token: PEER_TOKEN,
+            log_filter: "sentinel=info",
+            env,
             child: None,
         };
         node.restart();
@@ -108,6 +135,7 @@ impl Node {
         }
         let mut child = cmd
             .env("RUST_LOG", self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

@@ -236,14 +236,15 @@ fn label(what: &str, s: &str) -> Result<(), ApiError> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))
 }
 
+/// A random request id, for a request whose client gave none.
+fn fresh_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
 /// The client's request id, or a fresh random one.
 fn request_id(given: Option<String>) -> Result<String, ApiError> {
     let Some(id) = given else {
-        return Ok(format!(
-            "{:016x}{:016x}",
-            fastrand::u64(..),
-            fastrand::u64(..)
-        ));
+        return Ok(fresh_request_id());
     };
     if id.is_empty() || id.len() > MAX_REQUEST_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid(
@@ -487,14 +488,12 @@ async fn acquire(node: Arc<Node>, name: String, body: &[u8]) -> Result<Response,
         label("node", n)?;
     }
     checked_ttl(b.ttl_ms)?;
-    if b.task_info.json_len() > MAX_TASK_INFO_BYTES {
+    let task_info_len = b.task_info.json_len();
+    if task_info_len > MAX_TASK_INFO_BYTES {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "task_info_too_large",
-            format!(
-                "task_info takes {} bytes as JSON; at most {MAX_TASK_INFO_BYTES}",
-                b.task_info.json_len()
-            ),
+            format!("task_info takes {task_info_len} bytes as JSON; at most {MAX_TASK_INFO_BYTES}"),
         ));
     }
     if b.wait_ms > MAX_WAIT_MS {
@@ -589,7 +588,7 @@ impl Abandoned {
     /// Armed for `acquire`, before it is proposed: a client may leave while it is.
     fn arm(node: &Arc<Node>, acquire: &Acquire) -> Abandoned {
         let withdraw = Withdraw {
-            request_id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            request_id: fresh_request_id(),
             name: acquire.name.clone(),
             holder: acquire.holder.clone(),
             acquire_id: acquire.request_id.clone(),
