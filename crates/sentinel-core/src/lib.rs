@@ -8,7 +8,8 @@
 //!   (renewing on a schedule), [`janitor`] (stale locks), [`distributed`] (the library API);
 //! - shared helpers for backends: [`table`] (a pure lock table with leases), [`statefile`]
 //!   (crash-safe JSON state on disk), [`interrupt`] (undoing a claim a signal cut short),
-//!   [`endpoint`] (user-given URLs, checked without echoing credentials).
+//!   [`endpoint`] (user-given URLs, checked without echoing credentials), [`tls`] (what a client
+//!   trusts and presents over TLS).
 //!
 //! Dependency rule: this crate depends on no other crate of the workspace and on no backend's
 //! client library; backends depend on it, never on each other.
@@ -29,6 +30,7 @@ pub mod secret;
 pub mod statefile;
 pub mod strategy;
 pub mod table;
+pub mod tls;
 
 pub use backend::LockBackend;
 pub use error::{Error, ExitCode, Result};
