@@ -71,6 +71,10 @@ struct Args {
     /// Locks held for the memory measurement (a node holds at most 100,000)
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     memory_locks: u64,
+    /// Bytes of task info (as JSON) each lock of the memory measurement carries (at most 4096,
+    /// the coordinator's limit)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4096))]
+    memory_task_info: u64,
     /// Run the benchmark. `cargo bench` passes it; without it (`cargo test --benches`, which
     /// builds benchmarks as a check) the binary only says how to run it
     #[arg(long)]
@@ -506,7 +510,13 @@ async fn run(args: Args) -> Result<bool> {
         ok &= report_failover(&run.sentinel, args.failover_runs).await;
     }
     if selected(Part::Memory) && !args.skip_memory {
-        ok &= report_memory(&run.sentinel, args.clients, args.memory_locks).await;
+        ok &= report_memory(
+            &run.sentinel,
+            args.clients,
+            args.memory_locks,
+            args.memory_task_info,
+        )
+        .await;
     }
     println!("load average at the end: {}", load_average());
     Ok(ok)
@@ -563,13 +573,14 @@ fn median_and_runs(mut times: Vec<Duration>) -> String {
     )
 }
 
-async fn report_memory(bin: &Path, clients: u64, locks: u64) -> bool {
-    eprintln!("running memory: {locks} locks…");
-    match memory::run(bin, clients, locks).await {
+async fn report_memory(bin: &Path, clients: u64, locks: u64, task_info: u64) -> bool {
+    eprintln!("running memory: {locks} locks with {task_info} bytes of task info…");
+    match memory::run(bin, clients, locks, task_info).await {
         Ok(m) => {
             println!(
-                "memory (1 node): idle RSS {}; holding {} locks RSS {} (peak {}), data directory \
-                 {}; acquired by {clients} clients in {:.1} s\n",
+                "memory (1 node): idle RSS {}; holding {} locks with {task_info} bytes of task \
+                 info RSS {} (peak {}), data directory {}; acquired by {clients} clients in \
+                 {:.1} s\n",
                 mib(m.idle_rss),
                 thousands(m.locks),
                 mib(m.held_rss),

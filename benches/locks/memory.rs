@@ -1,5 +1,6 @@
 //! Memory: a fresh single node's resident set idle, then holding `locks` locks with a lease far
-//! longer than the measurement, acquired by concurrent clients.
+//! longer than the measurement, acquired by concurrent clients, each lock with `task_info` bytes
+//! of task info (as JSON), so that the cost of the largest a client may send is measured too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub struct Memory {
     pub acquire_time: Duration,
 }
 
-pub async fn run(bin: &Path, clients: u64, locks: u64) -> Result<Memory> {
+pub async fn run(bin: &Path, clients: u64, locks: u64, task_info: u64) -> Result<Memory> {
     let http = Http::new(Duration::from_secs(10));
     let node = Sentinel::start(bin, 1, &http).await?;
     let pid = node.nodes[0]
@@ -39,7 +40,10 @@ pub async fn run(bin: &Path, clients: u64, locks: u64) -> Result<Memory> {
         let url = node.nodes[0].url.clone();
         tasks.push(tokio::spawn(async move {
             let http = Http::new(Duration::from_secs(10));
-            let body = json!({"holder": format!("bench-{client}"), "ttl_ms": 3_600_000});
+            let mut body = json!({"holder": format!("bench-{client}"), "ttl_ms": 3_600_000});
+            if task_info > 0 {
+                body["task_info"] = task_info_of(task_info);
+            }
             for n in (client..locks).step_by(clients as usize) {
                 match http
                     .post(&format!("{url}/locks/held-{n}/acquire"), &body)
@@ -75,6 +79,13 @@ pub async fn run(bin: &Path, clients: u64, locks: u64) -> Result<Memory> {
         disk: disk_usage(node.data_dir()),
         acquire_time,
     })
+}
+
+/// A task info that takes `bytes` bytes as JSON: `{"task_type":"xx…"}` (at least the 15 bytes
+/// of an empty one).
+fn task_info_of(bytes: u64) -> serde_json::Value {
+    let text = usize::try_from(bytes.saturating_sub(15)).unwrap_or(0);
+    json!({"task_type": "x".repeat(text)})
 }
 
 /// The node's own count of held locks, from its metrics.

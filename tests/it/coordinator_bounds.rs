@@ -261,3 +261,57 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     let _ = child.wait();
     None
 }
+
+/// Requests that wait hold their connections for up to ten minutes; they may take only three
+/// quarters of the connections a node serves, so that `/health`, peers and short requests still
+/// get in. Beyond that a waiting request is answered 503 `busy` at once.
+#[test]
+fn waiting_requests_leave_room_for_health_checks() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    // 64 files kept for the node itself: 96 connections, of which 72 may wait.
+    let _node = Node::start_limited(&addr, data.path(), 160);
+    eventually(20, "a leader", || leader_of(&addr));
+    let acquire = json!({"holder": "holder", "ttl_ms": 60_000});
+    let (s, held) = call(&addr, "POST", "/locks/busy/acquire", Some(&acquire));
+    assert_eq!(s, 200, "{held}");
+
+    // More waiters than the node serves connections, none of them ever answered.
+    let mut waiters = Vec::new();
+    for i in 0..110 {
+        let body = json!({"holder": format!("w{i}"), "ttl_ms": 60_000, "wait_ms": 120_000});
+        let body = body.to_string();
+        let mut c = TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "POST /locks/busy/acquire HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+             application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        waiters.push(c);
+    }
+    let queued = eventually(20, "the waiters in the queue", || {
+        let (_, status) = call(&addr, "GET", "/locks/busy/status", None);
+        let n = status["waiting"].as_u64()?;
+        (n >= 72).then_some(n)
+    });
+    assert_eq!(queued, 72, "only three quarters of 96 connections may wait");
+    let (s, health) = call(&addr, "GET", "/health", None);
+    assert_eq!(s, 200, "{health}");
+    // The waiters beyond the cap were told at once (the last as soon as the first told closed
+    // their connections).
+    let busy = waiters
+        .iter_mut()
+        .filter_map(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = std::io::Read::read(c, &mut buf).ok()?;
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            text.starts_with("HTTP/1.1 503").then_some(text)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(busy.len(), 110 - 72, "{busy:?}");
+    assert!(busy.iter().all(|t| t.contains("\"busy\"")), "{busy:?}");
+}

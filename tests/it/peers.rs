@@ -327,12 +327,7 @@ fn own_status(addr: &str) -> Option<Value> {
 /// Snapshots travel in chunks that the receiving node assembles and checks itself before
 /// openraft installs them: a follower that missed more than the log keeps catches up by one.
 ///
-/// Ignored: on this branch's base too, a debug build on a busy machine does not get a snapshot
-/// across (openraft's per-chunk deadline, about 200 ms, is shorter than sending a 3 MiB chunk as
-/// a JSON array of numbers and parsing it: "InstallSnapshot RPC timed out", and elections churn
-/// meanwhile). Run it with `--ignored` once that is fixed.
 #[test]
-#[ignore = "snapshot transfer times out in debug builds, on the base branch too"]
 fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();

@@ -4,12 +4,13 @@
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::{Pid, Resource, Rlimit, Signal, kill_process, setrlimit};
 use serde_json::{Value, json};
 
 use crate::support::sentinel;
@@ -33,6 +34,8 @@ pub(crate) struct Node {
     log_filter: &'static str,
     /// More environment for the process (libfaketime's, say).
     env: Vec<(String, String)>,
+    /// The process's limit on open files, if lower than the test's.
+    files: Option<u64>,
     child: Option<Child>,
 }
 
@@ -78,6 +81,7 @@ impl Node {
             peer_token,
             log_filter,
             env: Vec::new(),
+            files: None,
             child: None,
         };
         node.restart();
@@ -102,6 +106,26 @@ impl Node {
             peer_token: PEER_TOKEN,
             log_filter: "sentinel=info",
             env,
+            files: None,
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// A lone node (no token) that may open at most `files` files, so that it serves fewer
+    /// connections.
+    pub(crate) fn start_limited(addr: &str, data: &Path, files: u64) -> Node {
+        let mut node = Node {
+            id: 1,
+            addr: addr.to_string(),
+            peers: Vec::new(),
+            data: data.to_path_buf(),
+            token: None,
+            peer_token: PEER_TOKEN,
+            log_filter: "sentinel=info",
+            env: Vec::new(),
+            files: Some(files),
             child: None,
         };
         node.restart();
@@ -132,6 +156,18 @@ impl Node {
         }
         if self.peers.len() > 1 {
             cmd.env("SENTINEL_PEER_TOKEN", self.peer_token);
+        }
+        if let Some(files) = self.files {
+            let limit = Rlimit {
+                current: Some(files),
+                maximum: Some(files),
+            };
+            // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    setrlimit(Resource::Nofile, limit).map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = cmd
             .env("RUST_LOG", self.log_filter)

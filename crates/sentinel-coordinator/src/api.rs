@@ -22,7 +22,8 @@
 //! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
 //! it back);
 //! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
-//! `unavailable`.
+//! `unavailable`, `busy` (a request that asks to wait, when waiting requests already hold as many
+//! connections as the node gives them: three quarters of its cap).
 //!
 //! Any node accepts any request. Lock requests and reads of the lock table are served by the
 //! leader: a follower forwards them (once: a forwarded request that meets a node that is not the
@@ -38,12 +39,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
 use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
@@ -276,6 +278,11 @@ where
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    // Held until the answer is given, here or by the leader.
+    let _slot = match wait_slot(&node, &body) {
+        Ok(slot) => slot,
+        Err(busy) => return busy.into_response(),
+    };
     if !node.is_leader() {
         return forward(&node, parts, body)
             .await
@@ -284,6 +291,46 @@ where
     match serve(node, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// The server-side wait a request body asks for (`wait_ms`, capped), or 0.
+fn wait_ms(body: &[u8]) -> u64 {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("wait_ms").and_then(Value::as_u64))
+        .unwrap_or(0)
+        .min(MAX_WAIT_MS)
+}
+
+/// A permit of [`Node::waits`] for a request that asks to wait, or [`Busy`] when they are all
+/// taken: the client tries another node or comes back later, instead of its connection waiting
+/// unserved in the kernel's backlog behind the waiters.
+fn wait_slot(node: &Node, body: &[u8]) -> Result<Option<OwnedSemaphorePermit>, Busy> {
+    if wait_ms(body) == 0 {
+        return Ok(None);
+    }
+    node.waits
+        .clone()
+        .try_acquire_owned()
+        .map(Some)
+        .map_err(|_| Busy)
+}
+
+/// 503 `busy`, closing the connection, whose slot would otherwise stay taken while it idles.
+struct Busy;
+
+impl IntoResponse for Busy {
+    fn into_response(self) -> Response {
+        let mut busy = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "this node serves as many waiting requests as it can; retry later or on another node",
+        )
+        .into_response();
+        busy.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        busy
     }
 }
 
@@ -298,12 +345,7 @@ async fn forward(
     }
     let (leader, addr) = leader_to_forward_to(node).await?;
     // A waiting acquire is held by the leader for up to its wait.
-    let wait = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("wait_ms").and_then(Value::as_u64))
-        .unwrap_or(0)
-        .min(MAX_WAIT_MS);
-    let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait);
+    let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait_ms(&body));
     let request = request_to_leader(node, &parts, body, &addr)?;
     // A leader that stopped answering (frozen, cut off) is replaced within a second; the client
     // should not wait out the whole timeout for it, so the answer is 503 as soon as this node

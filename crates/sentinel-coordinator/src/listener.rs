@@ -7,7 +7,8 @@
 //!   connections for 5 s). Bodies have their own deadline where they are read (`api::read_body`).
 //! - **Connection cap.** At most [`MAX_CONNECTIONS`] connections are served at once (fewer if the
 //!   process may open fewer files); further ones wait in the kernel's backlog instead of failing
-//!   the node with "too many open files".
+//!   the node with "too many open files". Requests that wait take only part of them
+//!   ([`super::node::Node::waits`]), so the rest stay free for `/health`, peers and short requests.
 //! - **Write deadline.** An answer whose bytes the client stops taking for [`WRITE_TIMEOUT`]
 //!   (a client that never reads, with the socket buffers full) ends the connection, which would
 //!   otherwise hold its slot for ever.
@@ -73,7 +74,7 @@ pub async fn serve_connections(listener: TcpListener, app: Router) -> io::Error 
 }
 
 /// [`MAX_CONNECTIONS`], or fewer if the process may not open that many files.
-fn connection_cap() -> usize {
+pub fn connection_cap() -> usize {
     let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);

@@ -16,9 +16,10 @@ use http::HeaderValue;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::listener;
 use super::state::{Answer, Batch, Command, MAX_BATCH, Proposal, position};
 use super::stats::Stats;
 use super::store::{LogStore, StateMachineStore};
@@ -57,6 +58,10 @@ pub struct Node {
     pub initial_members: Vec<NodeId>,
     /// What `/metrics` shows.
     pub stats: Stats,
+    /// Permits for client requests that wait (an acquire with `wait_ms`): each holds a
+    /// connection for up to ten minutes, so they may take only part of the connections a node
+    /// serves, and `/health`, peers' RPCs and short requests always find one.
+    pub waits: Arc<Semaphore>,
     /// The queue of commands waiting to be packed into the next log entry.
     proposals: mpsc::Sender<Pending>,
     /// The lease clock of this node's term as leader.
@@ -336,6 +341,7 @@ impl Node {
             peer,
             initial_members,
             stats,
+            waits: Arc::new(Semaphore::new(listener::connection_cap() * 3 / 4)),
             proposals,
             lease_clock: LeaseClock::default(),
         });

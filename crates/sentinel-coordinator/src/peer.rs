@@ -511,9 +511,27 @@ async fn snapshot(State(peers): State<Arc<Peers>>, body: Body) -> Response {
     let data = match continue_snapshot(&mut receiving, &req) {
         Ok(Some(data)) => data,
         Ok(None) => {
-            return answer(&SnapshotResult::Ok(InstallSnapshotResponse {
-                vote: my_vote,
-            }));
+            // openraft sees only the last chunk, so the chunks before it must also do what a
+            // heartbeat does: show the follower that its leader lives. Otherwise a transfer
+            // longer than the election timeout makes the follower stand for election, which
+            // deposes the leader and starts the transfer again, for ever. An AppendEntries with
+            // no entries and no previous entry changes no log; it only accepts the leader's vote.
+            let alive = raft
+                .append_entries(AppendEntriesRequest {
+                    vote: req.vote,
+                    prev_log_id: None,
+                    entries: Vec::new(),
+                    leader_commit: None,
+                })
+                .await;
+            let vote = match alive {
+                Ok(_) => raft.metrics().borrow().vote,
+                Err(RaftError::Fatal(e)) => {
+                    return answer(&SnapshotResult::Err(RaftError::Fatal(e)));
+                }
+                Err(RaftError::APIError(never)) => match never {},
+            };
+            return answer(&SnapshotResult::Ok(InstallSnapshotResponse { vote }));
         }
         Err(e) => return answer(&SnapshotResult::Err(RaftError::APIError(e))),
     };

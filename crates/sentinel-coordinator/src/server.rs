@@ -46,6 +46,13 @@ const ELECTION_MAX_MS: u64 = 200;
 /// about 130,000 commands in memory.
 const SNAPSHOT_EVERY: u64 = 5_000;
 const LOG_KEPT: u64 = 500;
+/// A snapshot travels to a follower in chunks of this size, each within [`SNAPSHOT_CHUNK_MS`].
+/// openraft's defaults (3 MiB within 200 ms) do not fit this transport: a chunk is a JSON array
+/// of numbers (about 3.5 bytes a byte) that the follower parses and checks, and the last one is
+/// also installed (decoding the whole state) before it is answered. A debug build on a busy
+/// machine missed the deadline every time, so a follower behind the purged log never caught up.
+const SNAPSHOT_CHUNK: u64 = 512 << 10;
+const SNAPSHOT_CHUNK_MS: u64 = 10_000;
 
 /// What `sentinel serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -79,6 +86,8 @@ pub async fn serve(
         election_timeout_max: ELECTION_MAX_MS,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: LOG_KEPT,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
+        install_snapshot_timeout: SNAPSHOT_CHUNK_MS,
         ..Config::default()
     }
     .validate()
