@@ -898,7 +898,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__serve)
-            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --auth-token --data-dir --json --verbose --quiet --help"
+            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --snapshot-every --auth-token --data-dir --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -921,6 +921,10 @@ _sentinel() {
                     return 0
                     ;;
                 --peer-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --snapshot-every)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -346,6 +346,17 @@ pub struct ServeArgs {
     /// command line
     #[arg(long, value_name = "FILE")]
     pub peer_token_file: Option<PathBuf>,
+    /// Snapshot the lock state every N log entries (and keep up to N entries after it), as
+    /// etcd's --snapshot-count: fewer keep less log in memory and replay less at start, more
+    /// write the (up to tens of MB) snapshot less often
+    #[arg(
+        long,
+        env = "SENTINEL_SNAPSHOT_EVERY",
+        default_value_t = sentinel::coordinator::server::DEFAULT_SNAPSHOT_EVERY,
+        value_parser = clap::value_parser!(u64).range(100..=10_000_000),
+        value_name = "N"
+    )]
+    pub snapshot_every: u64,
 }
 
 impl Command {

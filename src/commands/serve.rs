@@ -130,6 +130,7 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
         auth_token,
         peer_token,
+        snapshot_every: args.snapshot_every,
     })
 }
 

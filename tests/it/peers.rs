@@ -332,15 +332,24 @@ fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);
+    let env = || {
+        vec![
+            ("SENTINEL_SNAPSHOT_EVERY".to_string(), "100".to_string()),
+            (
+                "RUST_LOG".to_string(),
+                "sentinel=info,openraft=info".to_string(),
+            ),
+        ]
+    };
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| {
-            Node::start_logging(
+            Node::start_env(
                 i as u64 + 1,
                 &addrs[i],
                 &peers,
                 dirs[i].path(),
                 Some(TOKEN),
-                "sentinel=info,openraft=info",
+                env(),
             )
         })
         .collect();
@@ -352,11 +361,18 @@ fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
     let l = leader as usize - 1;
     let f = (0..3).find(|&i| i != l).unwrap();
     nodes[f].kill();
-    // One request at a time, so one entry each: past a snapshot (every 5,000 entries) and the
-    // 500 entries kept after it.
+    // One request at a time, so one entry each: past several snapshots (every 100 entries) and
+    // the 100 entries kept after each. Each lock carries the most task info a client may send,
+    // so that the snapshot takes many chunks and longer to send than an election timeout.
     let auth = format!("Bearer {TOKEN}");
-    for i in 0..5_700 {
-        let body = json!({"holder": "w", "ttl_ms": 3_600_000, "request_id": format!("r{i}")});
+    let task_type = "x".repeat(4_000);
+    for i in 0..400 {
+        let body = json!({
+            "holder": "w",
+            "ttl_ms": 3_600_000,
+            "request_id": format!("r{i}"),
+            "task_info": {"task_type": task_type},
+        });
         let (s, text) = exchange_within(
             &addrs[l],
             "POST",

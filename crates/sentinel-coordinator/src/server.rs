@@ -38,13 +38,15 @@ pub const MAX_MEMBERS: usize = 5;
 const HEARTBEAT_MS: u64 = 50;
 const ELECTION_MIN_MS: u64 = 120;
 const ELECTION_MAX_MS: u64 = 200;
-/// A snapshot every this many entries; entries it covers beyond the last this many are purged.
-/// Two costs pull apart: the log is kept in memory (under load an entry carries dozens of
-/// commands), and a snapshot of a full state (100,000 locks and as many remembered answers) is
-/// tens of MB to encode and fsync, which stalls the log's own fsync. Every 1,000 entries made the
-/// benchmark's p99 50 ms (15 ms without snapshots); every 5,000 makes it 18 ms, with at most
-/// about 130,000 commands in memory.
-const SNAPSHOT_EVERY: u64 = 5_000;
+/// A snapshot every this many entries by default (`--snapshot-every`); entries it covers beyond
+/// the last [`LOG_KEPT`] are purged. Two costs pull apart: the log is kept in memory (under load
+/// an entry carries dozens of commands), and a snapshot of a full state (100,000 locks and as
+/// many remembered answers) is tens of MB to encode and fsync, which stalls the log's own fsync.
+/// Every 1,000 entries made the benchmark's p99 50 ms (15 ms without snapshots); every 5,000
+/// makes it 18 ms, with at most about 130,000 commands in memory.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 5_000;
+/// Entries kept after a snapshot (at most as many as between snapshots), so that a follower a
+/// little behind catches up from the log rather than by a snapshot.
 const LOG_KEPT: u64 = 500;
 /// A snapshot travels to a follower in chunks of this size, each within [`SNAPSHOT_CHUNK_MS`].
 /// openraft's defaults (3 MiB within 200 ms) do not fit this transport: a chunk is a JSON array
@@ -70,6 +72,8 @@ pub struct ServeOptions {
     /// The token peers' Raft RPCs carry (`--peer-token`); without it the node serves no Raft
     /// RPCs, so it must have one whenever the cluster has other members.
     pub peer_token: Option<Secret>,
+    /// Log entries between snapshots (`--snapshot-every`).
+    pub snapshot_every: u64,
 }
 
 /// Runs a node until `stop` completes (then `Ok`, after Raft has shut down), its listener fails
@@ -84,8 +88,8 @@ pub async fn serve(
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_MIN_MS,
         election_timeout_max: ELECTION_MAX_MS,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: LOG_KEPT,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+        max_in_snapshot_log_to_keep: LOG_KEPT.min(opts.snapshot_every),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK,
         install_snapshot_timeout: SNAPSHOT_CHUNK_MS,
         ..Config::default()
