@@ -35,6 +35,8 @@ use crate::serve::{PEER_TOKEN, TOKEN};
 use crate::support::sentinel;
 
 const PEER: &str = "x-sentinel-peer-token";
+/// How far ahead of a node's term the forged RPCs' terms are, at the least.
+const FORGED_TERMS_AHEAD: u64 = 5;
 /// The node under libfaketime (node 3).
 const SKEWED: usize = 2;
 
@@ -94,14 +96,15 @@ fn forge(cluster: &Cluster, i: usize, rng: &mut fastrand::Rng) -> usize {
     let (term, leader) = term_and_leader(cluster, i);
     let term = term.as_u64().unwrap_or(1);
     let leader = leader.as_u64().unwrap_or(1);
+    let ahead = term + FORGED_TERMS_AHEAD;
     // A leader's append that would overwrite the log, a vote that would depose the leader, and
     // a snapshot that would replace the state: each from a real member, in a later term.
     let append = json!({
-        "vote": {"leader_id": {"term": term + 5, "node_id": leader}, "committed": true},
+        "vote": {"leader_id": {"term": ahead, "node_id": leader}, "committed": true},
         "prev_log_id": null,
-        "entries": [{"log_id": {"leader_id": {"term": term + 5, "node_id": leader}, "index": 1},
+        "entries": [{"log_id": {"leader_id": {"term": ahead, "node_id": leader}, "index": 1},
                      "payload": "Blank"}],
-        "leader_commit": {"leader_id": {"term": term + 5, "node_id": leader}, "index": 1},
+        "leader_commit": {"leader_id": {"term": ahead, "node_id": leader}, "index": 1},
     })
     .to_string();
     let vote = json!({
@@ -110,7 +113,7 @@ fn forge(cluster: &Cluster, i: usize, rng: &mut fastrand::Rng) -> usize {
     })
     .to_string();
     let snapshot = json!({
-        "vote": {"leader_id": {"term": term + 5, "node_id": leader}, "committed": true},
+        "vote": {"leader_id": {"term": ahead, "node_id": leader}, "committed": true},
         "meta": {"last_log_id": null, "last_membership": {"log_id": null,
                  "membership": {"configs": [], "nodes": {}}}, "snapshot_id": "forged"},
         "offset": 0, "data": [], "done": true,
@@ -264,14 +267,18 @@ fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs
     let refused: usize = all.iter().map(|&i| forge(&cluster, i, &mut rng)).sum();
     std::thread::sleep(RECOVERY);
     let after: Vec<_> = all.iter().map(|&i| term_and_leader(&cluster, i)).collect();
-    assert_eq!(
-        before,
-        after,
-        "forged RPCs moved a term or a leader\n{}",
-        cluster.logs()
-    );
+    // The forged terms are 5 and 100 ahead: a node that took one would show it. An election of
+    // its own (a starved CPU can cause one) moves a term by one or two, and is no failure.
+    for (b, a) in before.iter().zip(&after) {
+        let (b, a) = (b.0.as_u64().unwrap_or(0), a.0.as_u64().unwrap_or(0));
+        assert!(
+            a < b + FORGED_TERMS_AHEAD,
+            "forged RPCs moved a term: {before:?} -> {after:?}\n{}",
+            cluster.logs()
+        );
+    }
     load.report.push(format!(
-        "{refused} forged or fuzzed Raft RPCs refused; terms and leader unchanged: {after:?}"
+        "{refused} forged or fuzzed Raft RPCs refused; terms and leaders {before:?} -> {after:?}"
     ));
 
     // 2. Every peer link slow: 10 ms each way is served; past an AppendEntries round trip of
