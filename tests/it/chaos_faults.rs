@@ -8,8 +8,9 @@
 //!
 //! 1. forged and fuzzed Raft RPCs to every node, without the peer token, with a wrong one and
 //!    with the client token: all refused, no term or leader changes;
-//! 2. every peer link delayed by 10 ms each way (served), then by 30 ms (writes stop: openraft
-//!    gives an AppendEntries the heartbeat interval, 50 ms, as its deadline), then healed;
+//! 2. every peer link delayed by 10 ms each way (served), then by 30 ms (writes trickle or
+//!    stop: openraft gives an AppendEntries the heartbeat interval, 50 ms, as its deadline),
+//!    then healed;
 //! 3. a lossy link: one follower's links dropped in bursts of 250 ms;
 //! 4. the leader partitioned from both followers (a blackhole both ways): the majority elects a
 //!    leader that serves, the old leader grants nothing, and steps down once healed;
@@ -282,8 +283,8 @@ fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs
     ));
 
     // 2. Every peer link slow: 10 ms each way is served; past an AppendEntries round trip of
-    // 50 ms (openraft's deadline for one is the heartbeat interval) nothing replicates, and writes
-    // stop until the links are fast again.
+    // 50 ms (openraft's deadline for one is the heartbeat interval) replication mostly times
+    // out, and writes trickle or stop until the links are fast again.
     load.phases.begin("peer links delayed 10 ms each way");
     for p in &cluster.proxies {
         p.set(None, Dir::Both, Fault::Delay(Duration::from_millis(10)));
