@@ -23,7 +23,7 @@ const SKEW_SECS: i64 = 3_600;
 const NEAR: chrono::Duration = chrono::Duration::seconds(60);
 
 /// Debian's libfaketime (`apt-get install faketime`), under `/usr/lib/<multiarch>/faketime/`.
-fn libfaketime() -> Option<PathBuf> {
+pub(crate) fn libfaketime() -> Option<PathBuf> {
     std::fs::read_dir("/usr/lib")
         .ok()?
         .flatten()

@@ -8,6 +8,9 @@
 //! was sent never overlaps another grant's of the same name), that the fencing tokens of a name
 //! increase in grant order, and that no acknowledged grant was lost (every release found the
 //! grant still there). Tokens are opaque: only their order per name is checked.
+//!
+//! The cluster, the clients and the checker are shared with `chaos_faults`, which runs the same
+//! load through network, clock, peer-RPC and disk faults.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +21,14 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 
+use crate::proxy::{Proxy, sentinel_sender};
 use crate::serve::{NO_ANSWER, Node, TOKEN, eventually, exchange_within, free_addr};
 
 /// The names the clients fight over.
 const NAMES: [&str; 3] = ["chaos-a", "chaos-b", "chaos-c"];
 const CLIENTS: usize = 6;
 /// So long that no lease can end during the test: a lock is free again only by its release.
-const TTL_MS: u64 = 600_000;
+pub(crate) const TTL_MS: u64 = 600_000;
 /// The server-side wait of the odd-numbered clients (the others fail fast on a held lock).
 const WAIT_MS: u64 = 1_000;
 /// How long a client waits for one answer beyond the server-side wait; then it asks another
@@ -36,7 +40,7 @@ const REQUEST_BUDGET: Duration = Duration::from_secs(45);
 const MIN_GRANTS_PER_PHASE: usize = 5;
 /// How long each fault phase goes on after the cluster healed: clients whose requests met the
 /// fault are back (their deadlines have passed), so a phase without grants means a stall.
-const RECOVERY: Duration = Duration::from_secs(1);
+pub(crate) const RECOVERY: Duration = Duration::from_secs(1);
 /// The header a node puts on a request it forwards; on `GET /cluster/status` it makes a follower
 /// answer with its own view instead of the leader's.
 const FORWARDED: &str = "x-sentinel-forwarded";
@@ -194,7 +198,7 @@ fn bearer() -> String {
 }
 
 /// One exchange with a node within `timeout`: the status and the JSON answer.
-fn call(
+pub(crate) fn call(
     addr: &str,
     method: &str,
     path: &str,
@@ -328,45 +332,85 @@ fn client(shared: Arc<Shared>, c: usize) {
     }
 }
 
+/// How a [`Cluster`] is started.
+#[derive(Default)]
+pub(crate) struct Setup {
+    /// Where its node logs are kept, under [`kept_logs`].
+    pub(crate) name: &'static str,
+    /// Whether the nodes reach each other through a [`Proxy`] per node (see [`Cluster::proxies`]).
+    pub(crate) proxies: bool,
+    /// More environment for node `i + 1`'s process (libfaketime's, say).
+    pub(crate) env: Vec<Vec<(String, String)>>,
+}
+
 /// Three `sentinel serve` processes on loopback, all killed when dropped.
-struct Cluster {
-    nodes: Vec<Node>,
-    addrs: Vec<String>,
-    // After `nodes`, so that the processes are gone before their directories.
-    _dirs: Vec<tempfile::TempDir>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
+    /// Where clients reach the nodes: their listeners, never through a proxy.
+    pub(crate) addrs: Vec<String>,
+    /// With [`Setup::proxies`], the way to node `i + 1` for its peers: every node's `--peer`
+    /// list names these addresses, so they are the members' addresses in the log and every
+    /// Raft RPC and forwarded request to node `i + 1` passes here, sorted into lanes by the
+    /// sending node's id ([`sentinel_sender`]).
+    pub(crate) proxies: Vec<Proxy>,
+    /// Every node's `--peer` list.
+    pub(crate) peers: Vec<String>,
+    name: &'static str,
+    // After `nodes` and `proxies`, so that the processes are gone before their directories.
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
+        Cluster::start_with(Setup {
+            name: "cluster-chaos",
+            ..Setup::default()
+        })
+    }
+
+    pub(crate) fn start_with(setup: Setup) -> Cluster {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-        let peers: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+        let proxies: Vec<Proxy> = if setup.proxies {
+            addrs
+                .iter()
+                .map(|a| Proxy::start_sorted(a, sentinel_sender))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let peers: Vec<String> = (0..3)
+            .map(|i| {
+                let a = proxies.get(i).map_or(addrs[i].as_str(), |p| p.addr());
+                format!("{}={a}", i + 1)
+            })
             .collect();
         let nodes = (0..3)
             .map(|i| {
-                Node::start_logging(
-                    i as u64 + 1,
-                    &addrs[i],
-                    &peers,
-                    dirs[i].path(),
-                    Some(TOKEN),
-                    "sentinel=info,openraft=info",
-                )
+                let mut env = vec![("RUST_LOG".into(), "sentinel=info,openraft=info".into())];
+                env.extend(setup.env.get(i).cloned().unwrap_or_default());
+                let id = i as u64 + 1;
+                Node::start_env(id, &addrs[i], &peers, dirs[i].path(), Some(TOKEN), env)
             })
             .collect();
         Cluster {
             nodes,
             addrs,
-            _dirs: dirs,
+            proxies,
+            peers,
+            name: setup.name,
+            dirs,
         }
+    }
+
+    /// Node `i`'s `--data-dir`.
+    pub(crate) fn data(&self, i: usize) -> &Path {
+        self.dirs[i].path()
     }
 
     /// A node's own view (`GET /cluster/status` without forwarding to the leader), if it answers
     /// within 2 s.
-    fn own_view(&self, i: usize) -> Option<Value> {
+    pub(crate) fn own_view(&self, i: usize) -> Option<Value> {
         let auth = bearer();
         let (status, text) = exchange_within(
             &self.addrs[i],
@@ -385,7 +429,7 @@ impl Cluster {
     }
 
     /// The index of the leader every node of `among` names, once they agree on one.
-    fn agreed_leader(&self, among: &[usize], secs: u64) -> usize {
+    pub(crate) fn agreed_leader(&self, among: &[usize], secs: u64) -> usize {
         eventually(secs, "the nodes agreeing on a leader", || {
             let seen: Vec<Option<u64>> = among
                 .iter()
@@ -400,7 +444,7 @@ impl Cluster {
 
     /// Waits until node `i` follows the leader the others name and has applied everything the
     /// leader had applied when the wait began; the leader's index.
-    fn caught_up(&self, i: usize, secs: u64) -> usize {
+    pub(crate) fn caught_up(&self, i: usize, secs: u64) -> usize {
         let leader = self.agreed_leader(&[0, 1, 2], secs);
         let target = eventually(secs, "the leader's applied index", || {
             self.own_view(leader)?["applied_index"].as_u64()
@@ -415,7 +459,12 @@ impl Cluster {
     /// Waits until a node of `among` says it leads, and has it serve a write (an acquire of a
     /// lock of its own) without forwarding; the time from `since` to that write's answer, and
     /// the node's index.
-    fn probe_write(&self, among: &[usize], name: &str, since: Instant) -> (Duration, usize) {
+    pub(crate) fn probe_write(
+        &self,
+        among: &[usize],
+        name: &str,
+        since: Instant,
+    ) -> (Duration, usize) {
         let body = json!({"holder": "probe", "ttl_ms": TTL_MS, "request_id": name});
         let path = format!("/locks/{name}/acquire");
         let deadline = since + Duration::from_secs(30);
@@ -441,7 +490,7 @@ impl Cluster {
 
     /// The last lines of every node's log (openraft's elections and votes included), to explain
     /// a failure; the whole logs are kept in [`kept_logs`].
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.nodes
             .iter()
             .map(|n| {
@@ -451,13 +500,14 @@ impl Cluster {
                 format!("--- node {} (last 30 lines) ---\n{tail}\n", n.id)
             })
             .collect::<String>()
-            + &format!("whole logs: {}", kept_logs().display())
+            + &format!("whole logs: {}", kept_logs(self.name).display())
     }
 }
 
-/// Where the node logs of the last run are kept (the data directories are removed).
-fn kept_logs() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-chaos")
+/// Where the node logs of the last run of test `name` are kept (the data directories are
+/// removed).
+fn kept_logs(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
 
 impl Drop for Cluster {
@@ -465,7 +515,7 @@ impl Drop for Cluster {
         for node in &mut self.nodes {
             node.kill();
         }
-        let dir = kept_logs();
+        let dir = kept_logs(self.name);
         let _ = std::fs::create_dir_all(&dir);
         for node in &self.nodes {
             let _ = std::fs::write(dir.join(format!("node-{}.log", node.id)), node.log());
@@ -474,13 +524,15 @@ impl Drop for Cluster {
 }
 
 /// The phases of the test: a label and when it began, since the test's start.
-struct Phases {
+pub(crate) struct Phases {
     start: Instant,
     list: Vec<(String, Duration)>,
+    /// Phases whose fault is expected to stop every write: not counted as a stall.
+    unavailable: Vec<String>,
 }
 
 impl Phases {
-    fn begin(&mut self, label: impl Into<String>) {
+    pub(crate) fn begin(&mut self, label: impl Into<String>) {
         let label = label.into();
         // The wall clock too, to find the moment in the nodes' logs.
         eprintln!(
@@ -489,6 +541,14 @@ impl Phases {
             chrono::Utc::now().format("%H:%M:%S%.3fZ")
         );
         self.list.push((label, self.start.elapsed()));
+    }
+
+    /// [`Phases::begin`] of a phase whose fault is expected to stop every write (the history
+    /// must still be safe).
+    pub(crate) fn begin_unavailable(&mut self, label: impl Into<String>) {
+        let label = label.into();
+        self.unavailable.push(label.clone());
+        self.begin(label);
     }
 
     /// The phases with their ends (the next one's beginning, or `end`).
@@ -504,33 +564,190 @@ impl Phases {
     }
 }
 
+/// The clients hammering the names, and what the test records of its phases.
+pub(crate) struct Load {
+    shared: Arc<Shared>,
+    clients: Vec<JoinHandle<()>>,
+    pub(crate) phases: Phases,
+    /// Lines for the summary: what each fault did, how long recovery took.
+    pub(crate) report: Vec<String>,
+    _abort: AbortOnDrop,
+}
+
+impl Load {
+    /// Starts the clients against the nodes of `cluster`; instants count from `started`.
+    pub(crate) fn start(cluster: &Cluster, started: Instant) -> Load {
+        let shared = Arc::new(Shared {
+            addrs: cluster.addrs.clone(),
+            start: started,
+            stop: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            grants: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
+        });
+        let clients = (0..CLIENTS)
+            .map(|c| {
+                let shared = shared.clone();
+                std::thread::spawn(move || client(shared, c))
+            })
+            .collect();
+        Load {
+            _abort: AbortOnDrop(shared.clone()),
+            shared,
+            clients,
+            phases: Phases {
+                start: started,
+                list: Vec::new(),
+                unavailable: Vec::new(),
+            },
+            report: Vec::new(),
+        }
+    }
+
+    /// A last phase without faults, then stops the clients and fails the test if the history
+    /// breaks a guarantee (two holders, tokens out of order, a lost grant), if a client met an
+    /// answer the protocol does not allow or a request no node settled, or if a phase had too
+    /// few grants (a stall); prints what each phase saw.
+    pub(crate) fn finish(mut self, cluster: &Cluster) {
+        let started = self.shared.start;
+        let all = [0, 1, 2];
+        let shared = self.shared.clone();
+        let phases = &mut self.phases;
+        let report = &mut self.report;
+        let clients = std::mem::take(&mut self.clients);
+        phases.begin("healed");
+        std::thread::sleep(Duration::from_secs(2));
+        shared.stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.join().expect("a client panicked");
+        }
+        let end = started.elapsed();
+
+        // Every node applied everything; every name is free again.
+        let leader = cluster.agreed_leader(&all, 20);
+        for i in all {
+            cluster.caught_up(i, 20);
+        }
+        for name in NAMES {
+            let (s, v) = call(
+                &cluster.addrs[leader],
+                "GET",
+                &format!("/locks/{name}/status"),
+                None,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            assert_eq!((s, &v["held"]), (200, &json!(false)), "{name}: {v}");
+        }
+
+        let grants = shared.grants.lock().unwrap().clone();
+        let notes = shared.notes.lock().unwrap().clone();
+        eprintln!(
+            "cluster chaos: {} grants of {} names to {CLIENTS} clients in {end:.1?}",
+            grants.len(),
+            NAMES.len()
+        );
+        let mut starved = Vec::new();
+        for (label, from, to) in phases.spans(end) {
+            let mut times: Vec<Duration> = grants
+                .iter()
+                .map(|g| g.granted)
+                .filter(|t| (from..to).contains(t))
+                .collect();
+            times.sort();
+            let gap = std::iter::once(from)
+                .chain(times.iter().copied())
+                .chain(std::iter::once(to))
+                .collect::<Vec<_>>()
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default();
+            let in_phase: Vec<&Note> = notes
+                .iter()
+                .filter(|n| (from..to).contains(&n.at))
+                .collect();
+            let count = |node: usize, f: fn(&NoteKind) -> bool| {
+                in_phase
+                    .iter()
+                    .filter(|n| n.node == node && f(&n.kind))
+                    .count()
+            };
+            let per_node: Vec<String> = all
+                .iter()
+                .map(|&i| {
+                    format!(
+                        "node {}: {} timeouts, {} refused, {} 503",
+                        i + 1,
+                        count(i, |k| matches!(k, NoteKind::Timeout(_))),
+                        count(i, |k| *k == NoteKind::Refused),
+                        count(i, |k| matches!(k, NoteKind::Unavailable(_))),
+                    )
+                })
+                .collect();
+            eprintln!(
+                "  {label} [{from:.1?}..{to:.1?}]: {} grants, longest without a grant {gap:.1?}; {}",
+                times.len(),
+                per_node.join("; ")
+            );
+            for n in in_phase
+                .iter()
+                .filter(|n| matches!(n.kind, NoteKind::Timeout(_)))
+                .take(8)
+            {
+                eprintln!(
+                    "    [{:.2?}] client {} got no answer from node {}: {:?}",
+                    n.at,
+                    n.client,
+                    n.node + 1,
+                    n.kind
+                );
+            }
+            if times.len() < MIN_GRANTS_PER_PHASE && !phases.unavailable.iter().any(|u| u == label)
+            {
+                starved.push(format!("{label}: {} grants", times.len()));
+            }
+        }
+        let term = cluster.own_view(leader).map(|v| v["term"].clone());
+        report.push(format!(
+            "final term {} (node {} leads); node logs kept in {}",
+            term.unwrap_or_default(),
+            leader + 1,
+            kept_logs(cluster.name).display()
+        ));
+        for line in report.iter() {
+            eprintln!("  {line}");
+        }
+
+        let violations = check_history(&grants);
+        assert!(
+            violations.is_empty(),
+            "{} violations:\n{}\n{}",
+            violations.len(),
+            violations.join("\n"),
+            cluster.logs()
+        );
+        let bugs: Vec<&Note> = notes
+            .iter()
+            .filter(|n| matches!(n.kind, NoteKind::Unexpected(_) | NoteKind::Unresolved(_)))
+            .collect();
+        assert!(bugs.is_empty(), "{bugs:#?}\n{}", cluster.logs());
+        assert!(
+            starved.is_empty(),
+            "too few grants (at least {MIN_GRANTS_PER_PHASE} per phase): {starved:?}\n{}",
+            cluster.logs()
+        );
+    }
+}
+
 #[test]
 fn three_nodes_keep_locks_exclusive_under_load_through_sigstop_and_kill_9() {
     let started = Instant::now();
     let mut cluster = Cluster::start();
     let all = [0, 1, 2];
     cluster.agreed_leader(&all, 30);
-
-    let shared = Arc::new(Shared {
-        addrs: cluster.addrs.clone(),
-        start: started,
-        stop: AtomicBool::new(false),
-        abort: AtomicBool::new(false),
-        grants: Mutex::new(Vec::new()),
-        notes: Mutex::new(Vec::new()),
-    });
-    let _abort = AbortOnDrop(shared.clone());
-    let clients: Vec<JoinHandle<()>> = (0..CLIENTS)
-        .map(|c| {
-            let shared = shared.clone();
-            std::thread::spawn(move || client(shared, c))
-        })
-        .collect();
-    let mut phases = Phases {
-        start: started,
-        list: Vec::new(),
-    };
-    let mut report = Vec::new();
+    let mut load = Load::start(&cluster, started);
+    let (phases, report) = (&mut load.phases, &mut load.report);
     let others = |i: usize| -> Vec<usize> { all.iter().copied().filter(|&j| j != i).collect() };
 
     phases.begin("steady");
@@ -609,127 +826,7 @@ fn three_nodes_keep_locks_exclusive_under_load_through_sigstop_and_kill_9() {
     ));
     std::thread::sleep(RECOVERY);
 
-    phases.begin("healed");
-    std::thread::sleep(Duration::from_secs(2));
-    shared.stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().expect("a client panicked");
-    }
-    let end = started.elapsed();
-
-    // Every node applied everything; every name is free again.
-    let leader = cluster.agreed_leader(&all, 20);
-    for i in all {
-        cluster.caught_up(i, 20);
-    }
-    for name in NAMES {
-        let (s, v) = call(
-            &cluster.addrs[leader],
-            "GET",
-            &format!("/locks/{name}/status"),
-            None,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!((s, &v["held"]), (200, &json!(false)), "{name}: {v}");
-    }
-
-    let grants = shared.grants.lock().unwrap().clone();
-    let notes = shared.notes.lock().unwrap().clone();
-    eprintln!(
-        "cluster chaos: {} grants of {} names to {CLIENTS} clients in {end:.1?}",
-        grants.len(),
-        NAMES.len()
-    );
-    let mut starved = Vec::new();
-    for (label, from, to) in phases.spans(end) {
-        let mut times: Vec<Duration> = grants
-            .iter()
-            .map(|g| g.granted)
-            .filter(|t| (from..to).contains(t))
-            .collect();
-        times.sort();
-        let gap = std::iter::once(from)
-            .chain(times.iter().copied())
-            .chain(std::iter::once(to))
-            .collect::<Vec<_>>()
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default();
-        let in_phase: Vec<&Note> = notes
-            .iter()
-            .filter(|n| (from..to).contains(&n.at))
-            .collect();
-        let count = |node: usize, f: fn(&NoteKind) -> bool| {
-            in_phase
-                .iter()
-                .filter(|n| n.node == node && f(&n.kind))
-                .count()
-        };
-        let per_node: Vec<String> = all
-            .iter()
-            .map(|&i| {
-                format!(
-                    "node {}: {} timeouts, {} refused, {} 503",
-                    i + 1,
-                    count(i, |k| matches!(k, NoteKind::Timeout(_))),
-                    count(i, |k| *k == NoteKind::Refused),
-                    count(i, |k| matches!(k, NoteKind::Unavailable(_))),
-                )
-            })
-            .collect();
-        eprintln!(
-            "  {label} [{from:.1?}..{to:.1?}]: {} grants, longest without a grant {gap:.1?}; {}",
-            times.len(),
-            per_node.join("; ")
-        );
-        for n in in_phase
-            .iter()
-            .filter(|n| matches!(n.kind, NoteKind::Timeout(_)))
-            .take(8)
-        {
-            eprintln!(
-                "    [{:.2?}] client {} got no answer from node {}: {:?}",
-                n.at,
-                n.client,
-                n.node + 1,
-                n.kind
-            );
-        }
-        if times.len() < MIN_GRANTS_PER_PHASE {
-            starved.push(format!("{label}: {} grants", times.len()));
-        }
-    }
-    let term = cluster.own_view(leader).map(|v| v["term"].clone());
-    report.push(format!(
-        "final term {} (node {} leads); node logs kept in {}",
-        term.unwrap_or_default(),
-        leader + 1,
-        kept_logs().display()
-    ));
-    for line in &report {
-        eprintln!("  {line}");
-    }
-
-    let violations = check_history(&grants);
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}\n{}",
-        violations.len(),
-        violations.join("\n"),
-        cluster.logs()
-    );
-    let bugs: Vec<&Note> = notes
-        .iter()
-        .filter(|n| matches!(n.kind, NoteKind::Unexpected(_) | NoteKind::Unresolved(_)))
-        .collect();
-    assert!(bugs.is_empty(), "{bugs:#?}\n{}", cluster.logs());
-    assert!(
-        starved.is_empty(),
-        "too few grants (at least {MIN_GRANTS_PER_PHASE} per phase): {starved:?}\n{}",
-        cluster.logs()
-    );
+    load.finish(&cluster);
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Integration tests: the real `sentinel` binary and library against the project's GitHub emulator.
 
+mod chaos_faults;
 mod clock_skew;
 mod cluster;
 mod completions;
@@ -19,6 +20,7 @@ mod manpages;
 mod metrics;
 mod peers;
 mod postgres_cli;
+mod proxy;
 mod queue;
 mod redis_cli;
 mod robustness;
