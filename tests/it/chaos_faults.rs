@@ -19,9 +19,8 @@
 //!    killed with `kill -9`, and the next leader serves;
 //! 6. a follower's Raft log lost: the node refuses to start; with the log back it catches up.
 //!
-//! A second test (ignored: it shows a bug) runs the documented recoveries of a lost data
-//! directory under the same load: a follower rejoining with a fresh directory, and one restored
-//! from a copy taken earlier.
+//! A second test runs the documented recoveries of a lost data directory under the same load: a
+//! follower rejoining with a fresh directory, and one restored from a copy taken earlier.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -435,8 +434,7 @@ fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs
     std::thread::sleep(RECOVERY);
 
     // 6. A follower's Raft log lost (moved aside): the node refuses to start, and once the log
-    // is back it catches up. (The documented recovery, a fresh directory, is in the ignored test
-    // below: the leader panics on it.)
+    // is back it catches up. (The documented recovery, a fresh directory, is the test below.)
     let l = cluster.agreed_leader(&all, 20);
     let f = (l + 1) % 3;
     load.phases
@@ -473,14 +471,9 @@ fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs
 /// The documented recoveries of a member whose data directory is lost or damaged, under load:
 /// a follower's directory moved away (it rejoins with a fresh one), then a follower's whole
 /// directory restored from a copy taken earlier. The cluster must keep serving with every node
-/// up, and the checker must pass. It passes with openraft's `loosen-follower-log-revert`
-/// feature on in the workspace's `Cargo.toml` (the leader then starts over with such a follower
-/// instead of asserting): the fix, for the coordinator's owners to decide.
+/// up, and the checker must pass. Without openraft's `loosen-follower-log-revert` feature the
+/// leader asserted that a follower's log never goes back, and its process exited.
 #[test]
-#[ignore = "bug: the leader panics (openraft 0.9's debug assertion \"follower log reversion is \
-            not allowed without `--features loosen-follower-log-revert`\") when a follower it \
-            had replicated to comes back with a fresh or restored data directory; its process \
-            exits (\"the node stopped: Raft stopped\")"]
 fn a_follower_rejoining_with_a_fresh_or_restored_directory_keeps_every_node_up() {
     let started = Instant::now();
     let mut cluster = Cluster::start_with(Setup {
