@@ -189,6 +189,40 @@ fn a_redis_that_may_evict_locks_is_refused() {
     }
 }
 
+#[test]
+fn a_full_redis_refuses_claims_with_exit_8() {
+    let Some(server) = Redis::start_with(&["--maxmemory", "4mb"]) else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let out = redis(data.path(), &url, "a", &["claim", "held", "--ttl", "10m"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // noeviction (the default): writes are refused once maxmemory is reached, nothing dropped.
+    let mut conn = raw(&server);
+    let filler = vec![b'x'; 4096];
+    for i in 0.. {
+        assert!(i < 10_000, "Redis never refused a write");
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("fill:{i}"))
+            .arg(&filler)
+            .query(&mut conn);
+        if set.is_err() {
+            break;
+        }
+    }
+    let out = redis(data.path(), &url, "b", &["claim", "other"]);
+    assert_eq!(code(&out), 8, "{}", text(&out));
+    assert!(text(&out).contains("out of memory"), "{}", text(&out));
+    let st = stdout_json(&redis(
+        data.path(),
+        &url,
+        "x",
+        &["status", "held", "--json"],
+    ));
+    assert_eq!(st["holder"]["worker_id"], "a", "{st}");
+}
+
 /// Whether the fencing counter of `name` exists, found with `SCAN`, which (unlike a read of the
 /// key) does not count as a use that would keep it from eviction.
 fn counter_exists(conn: &mut redis::Connection, name: &str) -> bool {

@@ -519,6 +519,14 @@ impl RedisBackend {
                 self.inner.target
             ));
         }
+        if e.code() == Some("OOM") {
+            // `noeviction` at `maxmemory`: Redis refuses writes rather than drop keys.
+            return Error::Unavailable(format!(
+                "{} is out of memory and refuses writes ({what}): {text}; raise its maxmemory or \
+                 free memory (nothing held was lost)",
+                self.inner.target
+            ));
+        }
         Error::Unexpected(format!("{} failed {what}: {text}", self.inner.target))
     }
 
