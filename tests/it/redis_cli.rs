@@ -306,6 +306,15 @@ fn an_evicted_fencing_counter_never_issues_a_token_again() {
     }
     let next = grant(&rt, &b, &acquire(&job, "b", Takeover::Any));
     assert!(next > 3, "token {next} issued again after 3");
+    // The binary works there too, and says at debug level why it could not check the policy.
+    let data = tempfile::tempdir().unwrap();
+    let out = redis(data.path(), &server.url(), "b", &["-vv", "status", "job"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("maxmemory-policy is unknown"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A TCP proxy in front of Redis that loses one answer: the first command whose bytes contain
