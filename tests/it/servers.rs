@@ -82,22 +82,59 @@ pub struct Redis {
     dir: tempfile::TempDir,
     port: u16,
     persistent: bool,
+    /// More configuration, as `redis-server` command-line options.
+    extra: Vec<String>,
+    /// Whether the port speaks TLS only (`--tls-port`, the plain port off).
+    tls: bool,
     child: Option<Child>,
+}
+
+/// The files of a TLS Redis: its certificate and key, and the authority its clients' certificates
+/// must come from.
+pub struct RedisTls<'a> {
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    pub ca: &'a std::path::Path,
+    /// `--tls-auth-clients yes`: a client must present a certificate signed by `ca`.
+    pub client_certs: bool,
 }
 
 impl Redis {
     /// A server without persistence (`--save '' --appendonly no`); `None` if Redis is missing.
     pub fn start() -> Option<Redis> {
-        Self::launch(false)
+        Self::launch(false, &[], false)
     }
 
     /// A server that writes every change to its append-only file before answering, so locks
     /// and fencing counters survive [`Redis::restart`].
     pub fn start_persistent() -> Option<Redis> {
-        Self::launch(true)
+        Self::launch(true, &[], false)
     }
 
-    fn launch(persistent: bool) -> Option<Redis> {
+    /// A server without persistence and with more configuration, such as `["--maxmemory",
+    /// "4mb"]` or `["--rename-command", "CONFIG", ""]`.
+    pub fn start_with(extra: &[&str]) -> Option<Redis> {
+        Self::launch(false, extra, false)
+    }
+
+    /// A server that speaks TLS only; [`Redis::url`] is then `rediss://`.
+    pub fn start_tls(tls: &RedisTls) -> Option<Redis> {
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let extra = [
+            "--tls-cert-file".to_string(),
+            path(tls.cert),
+            "--tls-key-file".to_string(),
+            path(tls.key),
+            "--tls-ca-cert-file".to_string(),
+            path(tls.ca),
+            "--tls-auth-clients".to_string(),
+            if tls.client_certs { "yes" } else { "no" }.to_string(),
+        ];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::launch(false, &extra, true)
+    }
+
+    fn launch(persistent: bool, extra: &[&str], tls: bool) -> Option<Redis> {
         let Some(bin) = find("redis-server", &[]) else {
             skip("redis-server");
             return None;
@@ -107,6 +144,8 @@ impl Redis {
             dir: tempfile::tempdir().unwrap(),
             port: 0,
             persistent,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
             child: None,
         };
         for _ in 0..5 {
@@ -126,8 +165,14 @@ impl Redis {
         let port = self.port.to_string();
         let dir = self.dir.path().to_str().unwrap().to_string();
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir", &dir])
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.args(["--bind", "127.0.0.1", "--dir", &dir])
             .args(["--save", "", "--logfile", "redis.log"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -138,7 +183,15 @@ impl Redis {
         }
         let mut child = cmd.spawn().unwrap();
         let addr = format!("127.0.0.1:{port}");
-        let up = wait_ready(&mut child, || ping(&addr));
+        // A TLS port is ready once it accepts connections: a plain PING cannot tell more.
+        let tls = self.tls;
+        let up = wait_ready(&mut child, || {
+            if tls {
+                TcpStream::connect(&addr).is_ok()
+            } else {
+                ping(&addr)
+            }
+        });
         if !up {
             let _ = child.kill();
             let _ = child.wait();
@@ -148,8 +201,13 @@ impl Redis {
         true
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops the server (SIGTERM: Redis flushes its append-only file) and starts it again on the

@@ -10,6 +10,18 @@
 //!   it by itself when the lease runs out.
 //! - `sentinel:token:NAME` is the fencing counter, `INCR`ed by the same script that grants, so
 //!   tokens strictly increase per name. It never expires (a counter that expired would restart).
+//! - `sentinel:released:NONCE` is a release's receipt, kept for [`RECEIPT_TTL`]: a release
+//!   retried after its answer was lost finds it and reports what it freed.
+//!
+//! A Redis that evicts keys under memory pressure could drop a live lease or a counter and grant
+//! a lock twice, so the first command of a backend reads `maxmemory-policy` (`CONFIG GET`, else
+//! `INFO memory`) and refuses anything but `noeviction`. Where both are refused (managed Redis),
+//! the counter's high-water mark guards the tokens instead: a grant never issues a token at or
+//! below the lease it replaces, and renewals and releases lift a counter that fell below the
+//! token they carry back up.
+//!
+//! `rediss://` URLs speak TLS through rustls with sentinel's crypto provider (ring), trusting the
+//! system's roots or the `--ca-cert` file, and presenting a client certificate if given one.
 //!
 //! Lease semantics are Redis's, not the lock table's: a lease that runs out is *gone*, not stale.
 //! So a plain claim takes an expired lock, `steal-stale` acts like a plain claim, the janitor finds
@@ -19,7 +31,8 @@
 //! Each operation is retried through connection errors within a deadline, then reported as
 //! unavailable (exit 8). A grant whose answer was lost is not granted twice: every attempt carries
 //! a nonce stored in the lease, and a retried attempt that finds its own nonce takes the grant it
-//! already made.
+//! already made. A release whose answer was lost is reported exactly the same way: its retry
+//! carries the same nonce and finds the receipt the first run left.
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -40,6 +53,7 @@ use sentinel_core::lock::{
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, TaskInfo, validate_label,
     validate_name,
 };
+use sentinel_core::tls::ClientTls;
 
 /// How long one operation may take, retries included, before the server counts as unreachable.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
@@ -53,10 +67,23 @@ const ATTEMPTS: u32 = 4;
 const SCAN_COUNT: usize = 200;
 /// The key prefix the CLI uses.
 pub const DEFAULT_PREFIX: &str = "sentinel:";
+/// How long a release's receipt stays: well past [`OP_DEADLINE`], within which its retries run,
+/// and short enough that receipts never pile up.
+const RECEIPT_TTL: Duration = Duration::from_secs(60);
+/// The only `maxmemory-policy` that never evicts a lease or a fencing counter: the `volatile-*`
+/// policies evict keys with a TTL, which every lease has.
+const SAFE_POLICY: &str = "noeviction";
 
 /// Redis's clock in milliseconds, read inside a script.
 const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// Raises the counter `c` to `token` if it fell below (evicted, or a restart without
+/// persistence): the high-water mark a lease or a holder still knows. `token` may be nil.
+const LIFT: &str = "local function lift(c, token)
+  if token and token > (tonumber(redis.call('GET', c)) or 0) then redis.call('SET', c, token) end
+end
 ";
 
 /// KEYS: lock, counter. ARGV: worker, node, ttl ms, takeover (none|stale|any), readopt (0|1),
@@ -66,8 +93,14 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         "{NOW}
 local ttl = tonumber(ARGV[3])
 local raw = redis.call('GET', KEYS[1])
-local function grant(previous)
+-- floor: the token of the lease this grant replaces, which the new one must exceed even if the
+-- counter was lost.
+local function grant(previous, floor)
   local token = redis.call('INCR', KEYS[2])
+  if token <= floor then
+    token = floor + 1
+    redis.call('SET', KEYS[2], token)
+  end
   local v = cjson.encode({{worker_id = ARGV[1], node_id = ARGV[2], fencing_token = token,
     claimed_ms = now, heartbeat_ms = now, ttl_ms = ttl, task_info = cjson.decode(ARGV[6]),
     nonce = ARGV[7]}})
@@ -78,7 +111,7 @@ local function grant(previous)
   end
   return {{'granted', v, now, previous}}
 end
-if not raw then return grant('') end
+if not raw then return grant('', 0) end
 local cur = cjson.decode(raw)
 -- A retry of this very attempt whose answer was lost: the grant is already ours.
 if cur.nonce == ARGV[7] then return {{'granted', raw, now, ''}} end
@@ -91,7 +124,7 @@ if ARGV[5] == '1' and cur.worker_id == ARGV[1] then
   redis.call('SET', KEYS[1], v, 'PX', ttl)
   return {{'adopted', v, now, ''}}
 end
-if ARGV[4] == 'any' then return grant(raw) end
+if ARGV[4] == 'any' then return grant(raw, cur.fencing_token) end
 return {{'held', raw, now, ''}}"
     ))
 });
@@ -102,14 +135,16 @@ const IS_GRANT: &str = "local function is_grant(cur)
 end
 ";
 
-/// KEYS: lock. ARGV: worker, token or '', new TTL ms or ''. Answers {renewed|gone|other, lease or
-/// '', now}.
+/// KEYS: lock, counter. ARGV: worker, token or '', new TTL ms or ''. Answers {renewed|gone|other,
+/// lease or '', now}.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NOW}{IS_GRANT}
+        "{NOW}{IS_GRANT}{LIFT}
+lift(KEYS[2], tonumber(ARGV[2]))
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {{'gone', '', now}} end
 local cur = cjson.decode(raw)
+lift(KEYS[2], cur.fencing_token)
 if not is_grant(cur) then return {{'other', raw, now}} end
 cur.heartbeat_ms = now
 if ARGV[3] ~= '' then cur.ttl_ms = tonumber(ARGV[3]) end
@@ -119,16 +154,24 @@ return {{'renewed', v, now}}"
     ))
 });
 
-/// KEYS: lock. ARGV: worker, token or '', force (0|1). Answers {released|free|other, lease or '',
-/// now}.
+/// KEYS: lock, counter, this release's receipt. ARGV: worker, token or '', force (0|1), receipt
+/// TTL ms. Answers {released|free|other, lease or '', now}.
+///
+/// A release that finds its own receipt is the retry of one whose answer was lost: it answers
+/// what the first run freed, even if the lock has been claimed again since.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NOW}{IS_GRANT}
+        "{NOW}{IS_GRANT}{LIFT}
+local done = redis.call('GET', KEYS[3])
+if done then return {{'released', done, now}} end
+lift(KEYS[2], tonumber(ARGV[2]))
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {{'free', '', now}} end
 local cur = cjson.decode(raw)
 if ARGV[3] ~= '1' and not is_grant(cur) then return {{'other', raw, now}} end
+lift(KEYS[2], cur.fencing_token)
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], raw, 'PX', ARGV[4])
 return {{'released', raw, now}}"
     ))
 });
@@ -172,9 +215,10 @@ impl Lease {
     }
 }
 
-/// Checks a Redis URL and builds the client, without connecting. A URL with credentials is never
-/// repeated in the message.
-fn client(raw: &str) -> Result<redis::Client> {
+/// Checks a Redis URL and builds the client, without connecting: TLS for `rediss://`, with the
+/// certificates `tls` names (read and checked here, so that a bad file is a usage error now rather
+/// than a failed handshake later). A URL with credentials is never repeated in the message.
+fn client(raw: &str, tls: &ClientTls) -> Result<redis::Client> {
     let raw = raw.trim();
     let bad = |why: &str| {
         let shown = if raw.contains('@') {
@@ -183,21 +227,57 @@ fn client(raw: &str) -> Result<redis::Client> {
             format!("{raw:?}")
         };
         Error::usage(format!(
-            "invalid --redis-url {shown}: {why}; expected redis://[:PASSWORD@]HOST[:PORT][/DB] \
-             or unix:///PATH/TO/SOCKET"
+            "invalid --redis-url {shown}: {why}; expected redis://[:PASSWORD@]HOST[:PORT][/DB], \
+             rediss://… for TLS, or unix:///PATH/TO/SOCKET"
         ))
     };
     let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some("redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix") => {}
-        Some("rediss" | "valkeys") => {
+    let secure = match scheme.as_deref() {
+        Some("redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix") => false,
+        Some("rediss" | "valkeys") => true,
+        _ => return Err(bad("the scheme must be redis://, rediss:// or unix://")),
+    };
+    if !secure {
+        if *tls != ClientTls::default() {
+            // Certificates given for a plain connection mean TLS was expected: sending the
+            // password in the clear instead would be the worst way to find out.
             return Err(bad(
-                "TLS (rediss://) is not built into sentinel; reach the server through a TLS tunnel",
+                "--ca-cert, --client-cert and --client-key need TLS: use rediss://",
             ));
         }
-        _ => return Err(bad("the scheme must be redis:// or unix://")),
+        return redis::Client::open(raw).map_err(|_| bad("not a valid Redis URL"));
     }
-    redis::Client::open(raw).map_err(|_| bad("not a valid Redis URL"))
+    // `#insecure` is the client library's switch for skipping certificate checks.
+    if raw.contains('#') {
+        return Err(bad(
+            "a URL fragment (such as #insecure) is not accepted: certificates are always checked",
+        ));
+    }
+    // Checks every file (and that the system has roots when no CA is given).
+    tls.config()?;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))
+    };
+    let client_tls = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert: tls.ca_cert.as_deref().map(read).transpose()?,
+    };
+    // The client library builds its TLS configuration with the process's default provider:
+    // make that ours (ring) unless the process already chose one.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::CryptoProvider::install_default(
+            sentinel_core::tls::provider().as_ref().clone(),
+        );
+    }
+    redis::Client::build_with_tls(raw, certificates).map_err(|_| bad("not a valid Redis URL"))
 }
 
 /// The Redis backend. Cheap to clone: clones share the connection.
@@ -209,6 +289,9 @@ pub struct RedisBackend {
 struct Inner {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
+    /// Set once the server's eviction policy was found safe (or could not be read): checked once
+    /// per backend, not per command.
+    evictions_checked: OnceCell<()>,
     prefix: String,
     /// `redis at HOST:PORT`, for messages: never the URL, which may carry a password.
     target: String,
@@ -235,6 +318,13 @@ impl RedisBackend {
     /// spaces in one server). The prefix is 1 to 64 characters without glob characters, which
     /// would make the listing's `SCAN MATCH` pattern match other keys.
     pub fn with_prefix(url: &str, prefix: &str) -> Result<RedisBackend> {
+        Self::with_options(url, prefix, &ClientTls::default())
+    }
+
+    /// The backend for `url` with every key under `prefix`, and for a `rediss://` URL the
+    /// certificate authorities to trust (the system's without one) and the client certificate to
+    /// present. Certificates with a plain `redis://` URL are a usage error.
+    pub fn with_options(url: &str, prefix: &str, tls: &ClientTls) -> Result<RedisBackend> {
         if prefix.is_empty()
             || prefix.chars().count() > 64
             || prefix
@@ -245,7 +335,7 @@ impl RedisBackend {
                 "invalid Redis key prefix {prefix:?}: use 1 to 64 visible characters other than * ? [ ] \\"
             )));
         }
-        let client = client(url)?;
+        let client = client(url, tls)?;
         let info = client.get_connection_info();
         let target = format!("redis at {}", info.addr());
         let password = info
@@ -257,6 +347,7 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 client,
                 conn: OnceCell::new(),
+                evictions_checked: OnceCell::new(),
                 prefix: prefix.to_string(),
                 target,
                 password,
@@ -270,6 +361,10 @@ impl RedisBackend {
 
     fn token_key(&self, name: &str) -> String {
         format!("{}token:{name}", self.inner.prefix)
+    }
+
+    fn receipt_key(&self, nonce: &str) -> String {
+        format!("{}released:{nonce}", self.inner.prefix)
     }
 
     async fn connection(&self) -> std::result::Result<ConnectionManager, RedisError> {
@@ -289,9 +384,82 @@ impl RedisBackend {
         Ok(conn.clone())
     }
 
+    /// Runs `op` on a server whose eviction policy was checked ([`RedisBackend::check_evictions`]).
+    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = std::result::Result<T, RedisError>>,
+    {
+        self.inner
+            .evictions_checked
+            .get_or_try_init(|| self.check_evictions())
+            .await?;
+        self.call_unchecked(what, op).await
+    }
+
+    /// Refuses a server that may evict sentinel's keys: only `noeviction` keeps every lease and
+    /// counter. The policy comes from `CONFIG GET`, or `INFO memory` where `CONFIG` is renamed or
+    /// not permitted (managed Redis); where both are refused, it cannot be known, and the
+    /// counters' high-water marks are the remaining guard.
+    async fn check_evictions(&self) -> Result<()> {
+        let policy = self
+            .call_unchecked("a check of maxmemory-policy", |mut conn| async move {
+                let config: std::result::Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut conn)
+                    .await;
+                let config_refused = match config {
+                    Ok(pair) => return Ok(Ok(pair.get(1).cloned())),
+                    Err(e) if transient(&e) => return Err(e),
+                    Err(e) => e,
+                };
+                match redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async::<String>(&mut conn)
+                    .await
+                {
+                    Ok(info) => Ok(Ok(info.lines().find_map(|l| {
+                        l.strip_prefix("maxmemory_policy:")
+                            .map(|p| p.trim().to_string())
+                    }))),
+                    Err(e) if transient(&e) => Err(e),
+                    Err(info_refused) => Ok(Err((config_refused, info_refused))),
+                }
+            })
+            .await?;
+        match policy {
+            Ok(Some(p)) if p.eq_ignore_ascii_case(SAFE_POLICY) => Ok(()),
+            Ok(Some(p)) => Err(Error::Unavailable(format!(
+                "{} may evict keys under memory pressure (maxmemory-policy {p}): it could drop a \
+                 held lock or its fencing counter and grant the lock twice; set \
+                 maxmemory-policy {SAFE_POLICY} (see docs/redis.md)",
+                self.inner.target
+            ))),
+            Ok(None) => {
+                tracing::debug!(
+                    "{} did not report its maxmemory-policy; relying on the fencing counters' \
+                     high-water marks",
+                    self.inner.target
+                );
+                Ok(())
+            }
+            Err((config, info)) => {
+                tracing::debug!(
+                    config = %self.redact(&config.to_string()),
+                    info = %self.redact(&info.to_string()),
+                    "{} refused CONFIG GET and INFO, so its maxmemory-policy is unknown; relying \
+                     on the fencing counters' high-water marks",
+                    self.inner.target
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Runs `op` on the connection, retrying transient failures (a dropped connection, a server
     /// restarting or loading its data) with short jittered pauses within [`OP_DEADLINE`].
-    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    async fn call_unchecked<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = std::result::Result<T, RedisError>>,
@@ -334,12 +502,28 @@ impl RedisBackend {
 
     fn error(&self, what: &str, e: &RedisError) -> Error {
         let text = self.redact(&e.to_string());
+        if let Some(tls) = tls_failure(e) {
+            return Error::Auth(format!(
+                "{} failed the TLS handshake ({what}): {tls}; check that --ca-cert (or \
+                 SENTINEL_CA_CERT) holds the authority that signed the server's certificate, and \
+                 the client certificate if the server requires one",
+                self.inner.target
+            ));
+        }
         if e.kind() == ErrorKind::AuthenticationFailed
             || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
         {
             return Error::Auth(format!(
                 "{} refused the credentials or permissions ({what}): {text}; check the password \
                  and user in --redis-url",
+                self.inner.target
+            ));
+        }
+        if e.code() == Some("OOM") {
+            // `noeviction` at `maxmemory`: Redis refuses writes rather than drop keys.
+            return Error::Unavailable(format!(
+                "{} is out of memory and refuses writes ({what}): {text}; raise its maxmemory or \
+                 free memory (nothing held was lost)",
                 self.inner.target
             ));
         }
@@ -379,21 +563,48 @@ impl RedisBackend {
     }
 }
 
+/// The TLS error behind a failed connection, if that is what it was: the server's certificate
+/// is not trusted, or it refused ours. Another attempt would fail the same way.
+fn tls_failure(e: &RedisError) -> Option<String> {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(mut err) = source {
+        // The client library passes its I/O errors on inside an `Arc`.
+        if let Some(shared) = err.downcast_ref::<Shared>() {
+            err = shared.as_ref();
+        }
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        // An I/O error's own `source` skips the error it wraps.
+        if let Some(t) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(t.to_string());
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Failures worth another attempt: the connection, not the request.
 fn transient(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                redis::ServerErrorKind::BusyLoading
-                    | redis::ServerErrorKind::TryAgain
-                    | redis::ServerErrorKind::MasterDown
-                    | redis::ServerErrorKind::ReadOnly
-            )
-        )
+    tls_failure(e).is_none()
+        && (e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    redis::ServerErrorKind::BusyLoading
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::MasterDown
+                        | redis::ServerErrorKind::ReadOnly
+                )
+            ))
 }
 
 fn name_of(lock: &LockId) -> Result<&str> {
@@ -508,12 +719,16 @@ impl LockBackend for RedisBackend {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
         validate_label("worker id", &req.worker_id)?;
-        let key = self.lock_key(name);
+        // One nonce for every attempt of this release, so that a retry finds the receipt.
+        let receipt = self.receipt_key(&format!("{:016x}", fastrand::u64(..)));
         let mut inv = RELEASE.prepare_invoke();
-        inv.key(&key)
+        inv.key(self.lock_key(name))
+            .key(self.token_key(name))
+            .key(&receipt)
             .arg(&req.worker_id)
             .arg(token_arg(req.fencing_token))
-            .arg(if req.force { "1" } else { "0" });
+            .arg(if req.force { "1" } else { "0" })
+            .arg(lease::millis(RECEIPT_TTL));
         let (kind, raw, _now): (String, String, i64) = self
             .call("a release", |mut conn| {
                 let inv = &inv;
@@ -552,9 +767,9 @@ impl LockBackend for RedisBackend {
             Some(ms) => ms.to_string(),
             None => String::new(),
         };
-        let key = self.lock_key(name);
         let mut inv = RENEW.prepare_invoke();
-        inv.key(&key)
+        inv.key(self.lock_key(name))
+            .key(self.token_key(name))
             .arg(&req.worker_id)
             .arg(token_arg(req.fencing_token))
             .arg(ttl);
@@ -572,9 +787,21 @@ impl LockBackend for RedisBackend {
             ))),
             _ => {
                 let h = self.lease(&raw)?.holder();
+                // A later holder with a token not above ours: Redis lost the counter (and our
+                // lease) to eviction or a restart without persistence. The script raised the
+                // counter back above our token, so later grants fence us off again.
+                let regressed = match req.fencing_token {
+                    Some(ours) if h.fencing_token <= ours => format!(
+                        "; Redis lost this lock's fencing counter (eviction, or a restart without \
+                         persistence), so it issued token {} again after {ours}: the counter is \
+                         raised back",
+                        h.fencing_token
+                    ),
+                    _ => String::new(),
+                };
                 Err(Error::NotOwner(format!(
                     "lock {name:?} was lost: it is now held by worker {:?} on node {:?} (fencing \
-                     token {})",
+                     token {}){regressed}",
                     h.worker_id, h.node_id, h.fencing_token
                 )))
             }
@@ -682,7 +909,7 @@ mod tests {
             "",
             "127.0.0.1:6379",
             "http://localhost",
-            "rediss://:hunter2@localhost",
+            "rediss://:hunter2@localhost/#insecure",
             "redis://:hunter2@",
         ] {
             let e = RedisBackend::new(bad).unwrap_err();
@@ -693,6 +920,18 @@ mod tests {
             );
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+        // Certificates for a plain connection: TLS was expected.
+        let tls = ClientTls {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..ClientTls::default()
+        };
+        let e = RedisBackend::with_options("redis://:hunter2@h", DEFAULT_PREFIX, &tls).unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // A missing CA file is a usage error naming it, before any connection.
+        let e = RedisBackend::with_options("rediss://h", DEFAULT_PREFIX, &tls).unwrap_err();
+        assert_eq!(e.exit_code(), sentinel_core::error::ExitCode::Usage);
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
         let b = RedisBackend::new("redis://user:hunter2@db.example:6380/1").unwrap();
         assert_eq!(b.inner.target, "redis at db.example:6380");
         assert!(!format!("{b:?}").contains("hunter2"));
