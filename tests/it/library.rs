@@ -74,9 +74,17 @@ fn cancelled_acquisitions_leave_no_lock(kind: Kind) {
         return;
     };
     let rt = current_thread();
+    // The next acquisition waits (well under the TTL) for the release of a grant that came after
+    // its caller stopped waiting: on a slow backend (GitHub) the lock may look free right after
+    // the cut and be granted to the abandoned attempt a moment later.
+    let patient = RetryConfig {
+        max_attempts: 60,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+    };
     let locks = LockClient::new(s.backend(&rt), "canceller")
         .unwrap()
-        .with_retry(RetryConfig::no_retry())
+        .with_retry(patient)
         .unwrap();
     let observer = LockClient::new(s.backend(&rt), "observer").unwrap();
     let job = s.lock("job");
@@ -105,6 +113,13 @@ fn cancelled_acquisitions_leave_no_lock(kind: Kind) {
                 }
             }
         }
+        // The last abandoned attempt, too, ends released.
+        tokio::time::sleep(2 * took).await;
+        assert!(flush_releases(Duration::from_secs(20)).await);
+        assert!(
+            until_free(&observer, &job, Duration::from_secs(15)).await,
+            "{kind:?}: the last abandoned attempt left the lock held"
+        );
         assert!(cleaned > 0, "{kind:?}: no cut came after a grant ({finished} finished)");
     });
 }
@@ -117,6 +132,16 @@ fn cancelled_acquisitions_leave_no_lock_on_redis() {
 #[test]
 fn cancelled_acquisitions_leave_no_lock_on_github() {
     cancelled_acquisitions_leave_no_lock(Kind::Github);
+}
+
+#[test]
+fn cancelled_acquisitions_leave_no_lock_on_postgres() {
+    cancelled_acquisitions_leave_no_lock(Kind::Postgres);
+}
+
+#[test]
+fn cancelled_acquisitions_leave_no_lock_on_etcd() {
+    cancelled_acquisitions_leave_no_lock(Kind::Etcd);
 }
 
 #[test]
