@@ -13,7 +13,7 @@
 //! its own and hands its grant over as a guard, so an `acquire` future dropped at any point (a
 //! timeout, a `select!`) leaves no lock behind: a guard nobody received is dropped, and a dropped
 //! guard is released — by its fencing token, so exactly that grant — on the release thread
-//! ([`releaser`], [`flush_releases`]), wherever it was dropped.
+//! (the `releaser` module; [`flush_releases`] waits for it), wherever it was dropped.
 //!
 //! The `sentinel` crate's documentation opens with an example over the local backend.
 //!
