@@ -149,16 +149,30 @@ fn cancelled_acquisitions_leave_no_lock_on_the_coordinator() {
     cancelled_acquisitions_leave_no_lock(Kind::Server);
 }
 
-/// A guard dropped as a current-thread `main` returns, and one dropped after its runtime is gone,
-/// are released: another client sees the lock free right after the process waits for its
-/// releases.
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A guard dropped as `main` returns (on a current-thread and on a multi-thread runtime), and one
+/// dropped after its runtime is gone, are released: another client sees the lock free right
+/// after the process waits for its releases.
 fn dropped_guards_are_released(kind: Kind) {
     let Some(s) = Subject::new(kind) else {
         return;
     };
+    for main in [current_thread(), multi_thread(), multi_thread()] {
+        drop_as_main_returns(kind, &s, main);
+    }
+}
+
+fn drop_as_main_returns(kind: Kind, s: &Subject, main: tokio::runtime::Runtime) {
+    let kind = format!("{kind:?} on {:?}", main.handle().runtime_flavor());
     let job = s.lock("job");
     let build = s.lock("build");
-    let main = current_thread();
     let locks = LockClient::new(s.backend(&main), "main").unwrap();
     let kept = main.block_on(async {
         let mut guard = locks.acquire(&job, TTL).await.unwrap();
@@ -173,11 +187,11 @@ fn dropped_guards_are_released(kind: Kind) {
     let after = current_thread();
     let observer = LockClient::new(s.backend(&after), "observer").unwrap();
     after.block_on(async {
-        assert!(flush_releases(Duration::from_secs(20)).await, "{kind:?}");
+        assert!(flush_releases(Duration::from_secs(20)).await, "{kind}");
         for lock in [&job, &build] {
             assert!(
                 !observer.is_locked(lock).await.unwrap(),
-                "{kind:?}: {lock} is still held after its guard was dropped"
+                "{kind}: {lock} is still held after its guard was dropped"
             );
         }
     });
