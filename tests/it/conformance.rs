@@ -191,7 +191,7 @@ impl Subject {
     }
 
     /// What the binary calls the lock `name`.
-    fn lock(&self, name: &str) -> String {
+    pub fn lock(&self, name: &str) -> String {
         match self.issues.get(name) {
             Some(n) => n.to_string(),
             None => name.to_string(),

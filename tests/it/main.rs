@@ -15,6 +15,7 @@ mod github_client;
 mod github_races;
 mod heartbeat;
 mod help;
+mod library;
 mod local_cli;
 mod manpages;
 mod metrics;

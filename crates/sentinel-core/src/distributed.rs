@@ -3,18 +3,29 @@
 //! [`DistributedLock`] is what a service holds: acquire a resource for a while, try without
 //! waiting, release, extend, look. [`LockClient`] implements it over any [`LockBackend`] (local,
 //! GitHub, Redis, PostgreSQL, etcd, the `sentinel serve` coordinator, or the facade's run-time
-//! `Backend` dispatcher), with
-//! one worker identity and one [`RetryConfig`]. A grant is a [`LockGuard`]: it carries the fencing
-//! token to hand to the resource it protects, releases the lock when dropped (in the background,
-//! never blocking the runtime), and can keep the lease alive by itself, with a [`LostLock`] signal
-//! telling the critical section when the lock was lost. [`LeaderElection`] and [`acquire_all`] are
-//! built on the trait alone.
+//! `Backend` dispatcher), with one worker identity and one [`RetryConfig`]; [`DynDistributedLock`]
+//! is the same API as a trait object. A grant is a [`LockGuard`]: it carries the fencing token to
+//! hand to the resource it protects, and can keep the lease alive by itself, with a [`LostLock`]
+//! signal telling the critical section when it can no longer vouch for the lock.
+//! [`LeaderElection`] and [`acquire_all`] are built on the trait alone.
+//!
+//! No phantom holders: a grant always has an owner. Each acquisition attempt runs as a task of
+//! its own and hands its grant over as a guard, so an `acquire` future dropped at any point (a
+//! timeout, a `select!`) leaves no lock behind: a guard nobody received is dropped, and a dropped
+//! guard is released — by its fencing token, so exactly that grant — on the release thread
+//! (the `releaser` module; [`flush_releases`] waits for it), wherever it was dropped.
 //!
 //! The `sentinel` crate's documentation opens with an example over the local backend.
 //!
 //! Acquisitions take over a lock whose lease ran out (`steal-stale`), so a crashed holder blocks
 //! nobody past its TTL on any backend; releases and renewals name the grant by its fencing token,
 //! so a guard whose lease ran out can never release or renew the grant that followed it.
+
+mod dynamic;
+mod releaser;
+
+pub use dynamic::{DynBackend, DynDistributedLock, DynLockGuard};
+pub use releaser::flush_releases;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,14 +46,19 @@ use crate::lock::{
 };
 use crate::strategy::{self, Policy, Strategy};
 
+/// Most attempts a [`RetryConfig`] may make: even at the shortest pause, hours of trying.
+pub const MAX_ATTEMPTS: u32 = 10_000;
+/// The shortest first pause of a [`RetryConfig`] that retries: less would hammer the backend.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+
 /// How [`DistributedLock::acquire`] waits for a held lock: up to `max_attempts` attempts, the
 /// pauses between them doubling from `initial_backoff` up to `max_backoff`, each scaled by a
 /// random factor in ±25% so that waiters that collided once do not collide again in lockstep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryConfig {
-    /// Attempts in all, the first included (at least 1).
+    /// Attempts in all, the first included (1 to [`MAX_ATTEMPTS`]).
     pub max_attempts: u32,
-    /// The first pause.
+    /// The first pause (at least [`MIN_BACKOFF`] when there is more than one attempt).
     pub initial_backoff: Duration,
     /// The longest pause (at most an hour).
     pub max_backoff: Duration,
@@ -77,24 +93,49 @@ impl RetryConfig {
         }
     }
 
-    /// The claim policy this configuration stands for, refused if it makes no sense.
+    /// The claim policy this configuration stands for, refused (in the library's words, not the
+    /// CLI's flags) if it makes no sense or would retry without pausing.
     fn policy(&self) -> Result<Policy> {
-        if self.max_attempts == 0 {
-            return Err(Error::usage("RetryConfig::max_attempts must be at least 1"));
+        let refuse = |why: String| Err(Error::usage(format!("RetryConfig: {why}")));
+        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS {
+            return refuse(format!(
+                "max_attempts must be 1 to {MAX_ATTEMPTS}, not {}",
+                self.max_attempts
+            ));
         }
-        Policy {
+        if self.max_attempts > 1 && self.initial_backoff < MIN_BACKOFF {
+            return refuse(format!(
+                "initial_backoff must be at least {}ms when retrying: without a pause, attempts \
+                 spin against the backend",
+                MIN_BACKOFF.as_millis()
+            ));
+        }
+        if self.max_backoff > strategy::MAX_BACKOFF {
+            return refuse("max_backoff must be at most 1h".into());
+        }
+        if self.initial_backoff > self.max_backoff {
+            return refuse(format!(
+                "initial_backoff ({}) must not exceed max_backoff ({})",
+                crate::duration::display(self.initial_backoff),
+                crate::duration::display(self.max_backoff)
+            ));
+        }
+        Ok(Policy {
             strategy: Strategy::StealStale,
             max_retries: self.max_attempts - 1,
             initial_backoff: self.initial_backoff,
             max_backoff: self.max_backoff,
-        }
-        .validate()
+        })
     }
 }
 
 /// Distributed locks as a service sees them. Every method is bounded in time: waiting follows the
 /// [`RetryConfig`], and each backend gives up on an unreachable server after its deadline
-/// ([`Error::Unavailable`]).
+/// ([`Error::Unavailable`]). `acquire` and `try_acquire` are cancel-safe: a future dropped before
+/// it resolved holds nothing afterwards (a grant it was too late to hand over is released).
+///
+/// Not dyn-compatible (its futures are unboxed); [`DynDistributedLock`] is, and every
+/// implementation of this trait is one.
 pub trait DistributedLock: Send + Sync {
     /// The backend the guards release on.
     type Backend: LockBackend + 'static;
@@ -138,6 +179,12 @@ pub struct LockClient<B> {
     backend: Arc<B>,
     claimant: Claimant,
     retry: RetryConfig,
+}
+
+/// How one attempt ended: the lock is ours (as a guard already), or someone else's.
+enum Outcome<B: LockBackend + 'static> {
+    Granted(LockGuard<B>),
+    Held(Holder),
 }
 
 impl<B: LockBackend + 'static> LockClient<B> {
@@ -195,16 +242,52 @@ impl<B: LockBackend + 'static> LockClient<B> {
         })
     }
 
-    fn guard(&self, lock: LockId, holder: Holder, sent: Instant) -> LockGuard<B> {
-        LockGuard {
-            backend: self.backend.clone(),
-            resource: self.backend.describe(&lock),
-            lock,
-            holder,
-            sent,
-            released: false,
-            keeper: None,
-            lost: Arc::new(watch::channel(None).0),
+    /// One attempt, run as a task of its own on the caller's runtime and handing its grant over
+    /// as a guard. A caller that stops waiting (a dropped future) therefore never cuts a request
+    /// short whose grant it would not learn of: the task finishes it, and a guard nobody is left
+    /// to receive — refused by the channel, or left in it — is dropped, which releases exactly
+    /// that grant.
+    fn attempt(&self, req: AcquireRequest) -> impl Future<Output = Result<Outcome<B>>> + Send {
+        let backend = self.backend.clone();
+        let spawned = tokio::runtime::Handle::try_current().map(|runtime| {
+            let (handover, received) = oneshot::channel();
+            runtime.spawn(async move {
+                let sent = Instant::now();
+                let outcome = match backend.try_acquire(&req).await {
+                    Ok(Attempt::Granted(grant)) => Ok(Outcome::Granted(LockGuard::new(
+                        backend,
+                        req.lock,
+                        grant.holder,
+                        sent,
+                    ))),
+                    Ok(Attempt::Held(holder)) => Ok(Outcome::Held(holder)),
+                    // A contended attempt that could not be ordered (GitHub: a claim in the same
+                    // second as a release) is waited for like a held lock, when there is a
+                    // holder to wait for.
+                    Err(Error::Conflict(why)) => match backend.status(&req.lock).await {
+                        Ok(status) => match status.holder() {
+                            Some(holder) => Ok(Outcome::Held(holder.clone())),
+                            None => Err(Error::Conflict(why)),
+                        },
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                let _ = handover.send(outcome);
+            });
+            received
+        });
+        async move {
+            match spawned {
+                Ok(received) => received.await.unwrap_or_else(|_| {
+                    Err(Error::Unavailable(
+                        "the acquisition was cut short: its Tokio runtime is shutting down".into(),
+                    ))
+                }),
+                Err(_) => Err(Error::usage(
+                    "DistributedLock::acquire must be called inside a Tokio runtime",
+                )),
+            }
         }
     }
 }
@@ -215,40 +298,34 @@ impl<B: LockBackend + 'static> DistributedLock for LockClient<B> {
     async fn acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard<B>> {
         let req = self.request(resource, ttl)?;
         let policy = self.retry.policy()?;
-        let backend = &*self.backend;
-        let what = backend.describe(&req.lock);
-        let attempt = |n: u32| {
+        let attempts = self.retry.max_attempts;
+        let mut n = 0;
+        loop {
             let attempt = AcquireRequest {
                 attempt: n,
                 ..req.clone()
             };
-            async move {
-                match backend.try_acquire(&attempt).await {
-                    // A contended attempt that could not be ordered (GitHub: a claim in the same
-                    // second as a release) is waited for like a held lock, when there is a holder
-                    // to wait for.
-                    Err(Error::Conflict(why)) => {
-                        match backend.status(&attempt.lock).await?.holder() {
-                            Some(holder) => Ok(Attempt::Held(holder.clone())),
-                            None => Err(Error::Conflict(why)),
-                        }
-                    }
-                    other => other,
-                }
+            let holder = match self.attempt(attempt).await? {
+                Outcome::Granted(guard) => return Ok(guard),
+                Outcome::Held(holder) => holder,
+            };
+            n += 1;
+            if n == attempts {
+                let what = self.backend.describe(&req.lock);
+                return Err(strategy::conflict(&what, &holder, &policy, attempts));
             }
-        };
-        let outcome = strategy::acquire(&policy, &what, attempt, |_, _| {}).await?;
-        Ok(self.guard(req.lock, outcome.grant.holder, outcome.attempt_started))
+            let pause = policy.backoff(n);
+            tracing::info!(holder = %holder.worker_id, pause_ms = pause.as_millis() as u64, "lock held; retrying");
+            tokio::time::sleep(pause).await;
+        }
     }
 
     async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Option<LockGuard<B>>> {
         let req = self.request(resource, ttl)?;
-        let sent = Instant::now();
-        match self.backend.try_acquire(&req).await {
-            Ok(Attempt::Granted(g)) => Ok(Some(self.guard(req.lock, g.holder, sent))),
-            Ok(Attempt::Held(_)) => Ok(None),
-            // A contended attempt that could not be ordered (GitHub: a claim in the same second
-            // as a release) did not get the lock either.
+        match self.attempt(req).await {
+            Ok(Outcome::Granted(guard)) => Ok(Some(guard)),
+            Ok(Outcome::Held(_)) => Ok(None),
+            // A contended attempt that could not be ordered did not get the lock either.
             Err(Error::Conflict(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -282,18 +359,44 @@ struct Keeper {
     interval: Duration,
 }
 
-impl Keeper {
-    /// Stops renewing; a renewal in flight is finished first, so that a release sent afterwards
-    /// cannot be overtaken by it.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+/// The loss signal's state: `Some(why)` once the guard can no longer vouch for its lock.
+type Lost = Arc<watch::Sender<Option<String>>>;
+
+/// Fires the loss signal with `why`, unless it already fired (the first reason stays).
+fn lose(lost: &Lost, why: String) {
+    lost.send_if_modified(|state| {
+        if state.is_some() {
+            return false;
+        }
+        *state = Some(why);
+        true
+    });
+}
+
+/// Fires the loss signal if dropped armed: an [`LockGuard::extend`] cut short while a shorter
+/// lease was on its way leaves the guard unsure of its lease.
+struct UnsureUnlessDone(Option<Lost>);
+
+impl Drop for UnsureUnlessDone {
+    fn drop(&mut self) {
+        if let Some(lost) = self.0.take() {
+            lose(
+                &lost,
+                "an extend to a shorter lease was cut short: the lease may end sooner than this \
+                 guard can tell"
+                    .into(),
+            );
+        }
     }
 }
 
-/// A held lock. Dropping it releases the lock in the background (best effort: on the runtime the
-/// guard is dropped in, never blocking it; outside a runtime the lease simply runs out); call
-/// [`LockGuard::release`] to know the outcome.
+/// A held lock.
+///
+/// Dropping it releases the lock in the background, on sentinel's release thread (see
+/// [`flush_releases`]), wherever it is dropped — inside a runtime or not — and by its fencing
+/// token, so never a later grant; a release that fails is logged at `warn` and the lease runs
+/// out. Call [`LockGuard::release`] to know the outcome: a process that ends right after
+/// dropping a guard may end before the release is sent.
 pub struct LockGuard<B: LockBackend + 'static> {
     backend: Arc<B>,
     lock: LockId,
@@ -303,9 +406,9 @@ pub struct LockGuard<B: LockBackend + 'static> {
     sent: Instant,
     released: bool,
     keeper: Option<Keeper>,
-    /// Set once the keep-alive finds the lock lost; one channel for the guard's lifetime, so a
-    /// [`LostLock`] stays valid when [`LockGuard::extend`] restarts the schedule.
-    lost: Arc<watch::Sender<Option<String>>>,
+    /// Set once the guard can no longer vouch for its lock; one channel for the guard's
+    /// lifetime, so a [`LostLock`] stays valid when [`LockGuard::extend`] restarts the schedule.
+    lost: Lost,
 }
 
 impl<B: LockBackend + 'static> std::fmt::Debug for LockGuard<B> {
@@ -319,6 +422,36 @@ impl<B: LockBackend + 'static> std::fmt::Debug for LockGuard<B> {
 }
 
 impl<B: LockBackend + 'static> LockGuard<B> {
+    fn new(backend: Arc<B>, lock: LockId, holder: Holder, sent: Instant) -> LockGuard<B> {
+        LockGuard {
+            resource: backend.describe(&lock),
+            backend,
+            lock,
+            holder,
+            sent,
+            released: false,
+            keeper: None,
+            lost: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// The same guard over [`DynBackend`], the guard type of [`DynDistributedLock`]; the
+    /// keep-alive, the loss signal and the release duty move with it.
+    pub fn erase(mut self) -> DynLockGuard {
+        // This shell hands the grant over and must not release it when dropped.
+        self.released = true;
+        LockGuard {
+            backend: Arc::new(DynBackend::from_arc(self.backend.clone())),
+            lock: self.lock.clone(),
+            resource: std::mem::take(&mut self.resource),
+            holder: self.holder.clone(),
+            sent: self.sent,
+            released: false,
+            keeper: self.keeper.take(),
+            lost: self.lost.clone(),
+        }
+    }
+
     /// The fencing token of this grant: pass it to the resource the lock protects, which should
     /// refuse writes carrying a smaller token than it has seen.
     pub fn fencing_token(&self) -> u64 {
@@ -343,11 +476,19 @@ impl<B: LockBackend + 'static> LockGuard<B> {
 
     /// How much longer this process may count on the lease, measured on the monotonic clock from
     /// the request that granted or extended it, less a safety margin for clock rates and requests
-    /// in flight. Zero once that is over. Background renewals are not counted: with
-    /// [`LockGuard::keep_alive`], watch [`LostLock`] instead.
+    /// in flight. Zero once that is over, or once the guard was found lost. Background renewals
+    /// are not counted: with [`LockGuard::keep_alive`], watch [`LostLock`] instead.
     pub fn time_remaining(&self) -> Duration {
+        if self.is_lost() {
+            return Duration::ZERO;
+        }
         lease::holder_deadline(self.sent, keepalive::ttl_of(&self.holder))
             .saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the guard can no longer vouch for its lock (what [`LostLock`] signals).
+    pub fn is_lost(&self) -> bool {
+        self.lost.borrow().is_some()
     }
 
     fn renew_request(&self, ttl: Option<Duration>) -> RenewRequest {
@@ -359,22 +500,49 @@ impl<B: LockBackend + 'static> LockGuard<B> {
         }
     }
 
-    /// Renews the lease in the background every `interval` (at most a third of the TTL, at least
-    /// 1 s) until the guard is released or dropped. The returned [`LostLock`] fires when a renewal
-    /// finds the lock taken over or gone, or when no renewal got through before the lease ran
-    /// out: from then on the critical section must stop.
+    /// Renews the lease in the background every `interval` (at least 1 s and at most a third of
+    /// the TTL) until the guard is released or dropped. The returned [`LostLock`] fires whenever
+    /// the guard can no longer vouch for its lock: a renewal found it taken over or gone, no
+    /// renewal got through before the lease ran out, the lease had already run out when this was
+    /// called, or an [`LockGuard::extend`] found it lost. From then on the critical section must
+    /// stop; the signal never clears.
     ///
     /// Must be called inside a Tokio runtime. Calling it again replaces the previous schedule;
     /// every [`LostLock`] of the guard stays valid.
     pub fn keep_alive(&mut self, interval: Duration) -> Result<LostLock> {
-        let timing = Timing::for_ttl(Some(interval), keepalive::ttl_of(&self.holder))?;
+        let timing = Timing::for_lease(
+            "LockGuard::keep_alive",
+            interval,
+            keepalive::ttl_of(&self.holder),
+        )?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::usage("LockGuard::keep_alive must be called inside a Tokio runtime")
         })?;
+        self.start_keeper(&runtime, timing);
+        Ok(LostLock(self.lost.subscribe()))
+    }
+
+    /// Replaces the keep-alive with one on `timing`, from the grant or renewal the guard holds.
+    /// Synchronous, so that no caller can be cancelled between stopping one schedule and
+    /// starting the next.
+    fn start_keeper(&mut self, runtime: &tokio::runtime::Handle, timing: Timing) {
         if let Some(old) = self.keeper.take() {
             // Stopped without waiting for an in-flight renewal, which is harmless here: the
             // new schedule renews the same grant.
             let _ = old.stop.send(());
+        }
+        if self.is_lost() {
+            return;
+        }
+        if self.time_remaining().is_zero() {
+            lose(
+                &self.lost,
+                format!(
+                    "the lease on {} had run out before it was kept alive",
+                    self.resource
+                ),
+            );
+            return;
         }
         let (stop, stopped) = oneshot::channel::<()>();
         let lost = self.lost.clone();
@@ -390,46 +558,91 @@ impl<B: LockBackend + 'static> LockGuard<B> {
                 let _ = stopped.await;
             };
             if let Err(e) = keep.run(&*backend, stop).await {
-                lost.send_replace(Some(e.to_string()));
+                lose(&lost, e.to_string());
             }
         });
         self.keeper = Some(Keeper {
             stop,
             task,
-            interval,
+            interval: timing.interval(),
         });
-        Ok(LostLock(self.lost.subscribe()))
     }
 
     /// Renews the lease now with a new length `ttl` (1 s to 365 d), counted from now.
-    /// [`Error::NotOwner`] when the lock was lost. A running [`LockGuard::keep_alive`] goes on
-    /// with the new length.
+    /// [`Error::NotOwner`] when the lock was lost (and the loss signal fires). A running
+    /// [`LockGuard::keep_alive`] goes on with the new length, at its interval or a third of the
+    /// new TTL if that is shorter; a TTL too short to keep alive (under 3 s) is refused before
+    /// anything is renewed. If a shorter lease may have been applied but the answer did not come
+    /// (an error, or this future dropped), the guard counts itself lost.
     pub async fn extend(&mut self, ttl: Duration) -> Result<()> {
         let ttl = lease::validate_ttl(ttl)?;
+        if let Some(why) = self.lost.borrow().clone() {
+            return Err(Error::NotOwner(format!(
+                "the lock on {} was lost: {why}",
+                self.resource
+            )));
+        }
+        let resumed = match &self.keeper {
+            Some(keeper) => Some(Timing::for_lease(
+                "LockGuard::extend while keep_alive runs",
+                keeper.interval.min(ttl / 3).max(keepalive::MIN_INTERVAL),
+                ttl,
+            )?),
+            None => None,
+        };
+        let shorter = ttl < keepalive::ttl_of(&self.holder);
+        let mut unsure = UnsureUnlessDone(shorter.then(|| self.lost.clone()));
         let sent = Instant::now();
-        let holder = self.backend.renew(&self.renew_request(Some(ttl))).await?;
+        let renewed = self.backend.renew(&self.renew_request(Some(ttl))).await;
+        let holder = match renewed {
+            Ok(holder) => holder,
+            Err(e @ Error::NotOwner(_)) => {
+                lose(&self.lost, e.to_string());
+                unsure.0 = None;
+                return Err(e);
+            }
+            // The renewal may or may not have been applied: only a shorter lease makes that
+            // matter, and `unsure` fires then.
+            Err(e @ (Error::Unavailable(_) | Error::Unexpected(_))) => return Err(e),
+            Err(e) => {
+                unsure.0 = None;
+                return Err(e);
+            }
+        };
+        unsure.0 = None;
         self.holder = holder;
         self.sent = sent;
-        if let Some(keeper) = self.keeper.take() {
-            let interval = keeper.interval;
-            keeper.stop().await;
-            // The same interval may not fit a shorter lease: then a third of it. Its signal is
-            // the one the caller already holds.
-            let fitting = interval.min(ttl / 3).max(keepalive::MIN_INTERVAL);
-            self.keep_alive(fitting)?;
+        if let Some(timing) = resumed {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => self.start_keeper(&runtime, timing),
+                Err(_) => lose(
+                    &self.lost,
+                    "the keep-alive could not be restarted outside a Tokio runtime".into(),
+                ),
+            }
+        }
+        if let Some(why) = self.lost.borrow().clone() {
+            return Err(Error::NotOwner(format!(
+                "the lock on {} was lost: {why}",
+                self.resource
+            )));
         }
         Ok(())
     }
 
     /// Releases the lock: `true` if this grant still held it, `false` if its lease had run out and
-    /// nobody held it. [`Error::NotOwner`] when another grant holds it now.
+    /// nobody held it. [`Error::NotOwner`] when another grant holds it now. If this future is
+    /// dropped before it resolves, the release goes on in the background as for a dropped guard.
     pub async fn release(mut self) -> Result<bool> {
         if let Some(keeper) = self.keeper.take() {
-            keeper.stop().await;
+            // A renewal in flight is finished first, so that the release cannot be overtaken by
+            // it.
+            let _ = keeper.stop.send(());
+            let _ = keeper.task.await;
         }
+        let released = self.backend.release(&release_request(&self)).await;
         self.released = true;
-        let r = self.backend.release(&release_request(&self)).await?;
-        Ok(r.was_held)
+        Ok(released?.was_held)
     }
 }
 
@@ -447,22 +660,27 @@ impl<B: LockBackend + 'static> Drop for LockGuard<B> {
         if self.released {
             return;
         }
-        let keeper = self.keeper.take();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(
-                lock = %self.resource,
-                "guard dropped outside a runtime: the lock stays until its lease runs out"
-            );
-            return;
-        };
+        let keeper = self.keeper.take().map(|keeper| {
+            // Renewals stop now, even if the release waits its turn.
+            let _ = keeper.stop.send(());
+            keeper.task
+        });
         let (backend, req) = (self.backend.clone(), release_request(self));
-        let resource = std::mem::take(&mut self.resource);
-        runtime.spawn(async move {
-            if let Some(keeper) = keeper {
-                keeper.stop().await;
+        let what = std::mem::take(&mut self.resource);
+        let token = req.fencing_token;
+        releaser::submit(what.clone(), async move {
+            if let Some(task) = keeper {
+                // Its last renewal is finished first, so that it cannot overtake the release.
+                let _ = task.await;
             }
-            if let Err(e) = backend.release(&req).await {
-                tracing::warn!(lock = %resource, error = %e, "releasing a dropped guard failed; the lock stays until its lease runs out");
+            match backend.release(&req).await {
+                Ok(_) => tracing::debug!(lock = %what, token, "released a dropped guard"),
+                Err(e @ Error::NotOwner(_)) => {
+                    tracing::info!(lock = %what, error = %e, "a dropped guard's lock was already lost")
+                }
+                Err(e) => {
+                    tracing::warn!(lock = %what, error = %e, "releasing a dropped guard failed; the lock stays until its lease runs out")
+                }
             }
         });
     }
@@ -540,7 +758,7 @@ impl<L: DistributedLock> LeaderElection<L> {
     /// Becomes the leader if nobody leads (or the leader's lease ran out); `None` otherwise.
     pub async fn try_lead(&self) -> Result<Option<Leadership<L::Backend>>> {
         let interval = self.ttl / 3;
-        keepalive::check_interval(interval)?;
+        Timing::for_lease("LeaderElection", interval, self.ttl)?;
         let Some(mut guard) = self.locks.try_acquire(&self.resource, self.ttl).await? else {
             return Ok(None);
         };
@@ -590,6 +808,14 @@ impl<B: LockBackend + 'static> Leadership<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use proptest::prelude::{Just, ProptestConfig, prop, prop_assert, prop_oneof, proptest};
+    use proptest::strategy::Strategy as _;
+
+    use crate::backend::Status;
+    use crate::lock::{ListRequest, ReleaseStaleRequest, Released, StaleRelease};
+    use crate::table::{self, LockTable, Op};
 
     #[test]
     fn retry_presets() {
@@ -604,15 +830,318 @@ mod tests {
             let p = r.policy().unwrap();
             assert_eq!(p.max_retries + 1, r.max_attempts);
         }
-        let zero = RetryConfig {
-            max_attempts: 0,
-            ..RetryConfig::default()
+    }
+
+    #[test]
+    fn retry_configs_that_spin_or_never_end_are_refused_in_the_librarys_words() {
+        let ms = Duration::from_millis;
+        let base = RetryConfig::default();
+        for (bad, words) in [
+            (
+                RetryConfig {
+                    max_attempts: 0,
+                    ..base
+                },
+                "max_attempts must be 1 to 10000",
+            ),
+            (
+                RetryConfig {
+                    max_attempts: u32::MAX,
+                    ..base
+                },
+                "max_attempts must be 1 to 10000",
+            ),
+            (
+                RetryConfig {
+                    max_attempts: 5,
+                    initial_backoff: Duration::ZERO,
+                    max_backoff: Duration::ZERO,
+                },
+                "initial_backoff must be at least 10ms",
+            ),
+            (
+                RetryConfig {
+                    initial_backoff: ms(9),
+                    ..base
+                },
+                "initial_backoff must be at least 10ms",
+            ),
+            (
+                RetryConfig {
+                    initial_backoff: Duration::from_secs(10),
+                    ..base
+                },
+                "must not exceed max_backoff",
+            ),
+            (
+                RetryConfig {
+                    max_backoff: Duration::from_secs(7200),
+                    ..base
+                },
+                "max_backoff must be at most 1h",
+            ),
+        ] {
+            let e = bad.policy().unwrap_err();
+            assert!(matches!(e, Error::Usage(_)), "{bad:?}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(words) && text.starts_with("RetryConfig: "),
+                "{text}"
+            );
+            assert!(!text.contains("--"), "names a CLI flag: {text}");
+        }
+        // One attempt never pauses, so it needs no backoff; the bounds themselves are allowed.
+        let once = RetryConfig {
+            max_attempts: 1,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
         };
-        assert!(zero.policy().is_err());
-        let backwards = RetryConfig {
-            initial_backoff: Duration::from_secs(10),
-            ..RetryConfig::default()
+        assert!(once.policy().is_ok());
+        let most = RetryConfig {
+            max_attempts: MAX_ATTEMPTS,
+            initial_backoff: MIN_BACKOFF,
+            ..base
         };
-        assert!(backwards.policy().is_err());
+        assert!(most.policy().is_ok());
+    }
+
+    /// The workspace's pure lock table as a backend, on Tokio's clock (paused in these tests) so
+    /// that leases, renewals and the guard's deadlines all follow one clock. Every answer comes
+    /// `LATENCY` after the table applied the request, so a caller that stops waiting does so after
+    /// its request took effect.
+    struct TableBackend {
+        table: Mutex<LockTable>,
+        epoch: Instant,
+    }
+
+    const LATENCY: Duration = Duration::from_millis(50);
+
+    impl TableBackend {
+        fn new() -> TableBackend {
+            TableBackend {
+                table: Mutex::default(),
+                epoch: Instant::now(),
+            }
+        }
+
+        fn now_ms(&self) -> u64 {
+            1_700_000_000_000 + lease::millis(Instant::now() - self.epoch)
+        }
+
+        async fn apply<T>(
+            &self,
+            op: Op,
+            read: impl FnOnce(&Op, table::Response, u64) -> Result<T>,
+        ) -> Result<T> {
+            let now = self.now_ms();
+            let resp = self.table.lock().unwrap().apply(&op, now);
+            tokio::time::sleep(LATENCY).await;
+            read(&op, resp, now)
+        }
+
+        /// The live holder's fencing token, if the lock is held and not stale.
+        fn live_token(&self, name: &str) -> Option<u64> {
+            let now = self.now_ms();
+            let table = self.table.lock().unwrap();
+            table
+                .get(name)
+                .filter(|r| !LockTable::is_stale(r, now))
+                .map(|r| r.fencing_token)
+        }
+    }
+
+    fn name(lock: &LockId) -> &str {
+        match lock {
+            LockId::Name(n) => n,
+            LockId::Issue(_) => unreachable!("the table backend parses names only"),
+        }
+    }
+
+    impl LockBackend for TableBackend {
+        fn name(&self) -> &'static str {
+            "table"
+        }
+        fn parse_lock(&self, raw: &str) -> Result<LockId> {
+            Ok(LockId::Name(raw.into()))
+        }
+        async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+            self.apply(Op::acquire(name(&req.lock), req)?, table::attempt)
+                .await
+        }
+        async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+            let op = Op::release(
+                name(&req.lock),
+                &req.worker_id,
+                req.force,
+                req.fencing_token,
+            )?;
+            self.apply(op, table::released).await
+        }
+        async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+            let op = Op::renew(name(&req.lock), &req.worker_id, req.fencing_token, req.ttl)?;
+            self.apply(op, table::renewed).await
+        }
+        async fn status(&self, lock: &LockId) -> Result<Status> {
+            let now = self.now_ms();
+            let holder = self
+                .table
+                .lock()
+                .unwrap()
+                .get(name(lock))
+                .map(|r| r.to_holder(now));
+            Ok(Status::Named {
+                name: name(lock).into(),
+                holder,
+            })
+        }
+        async fn list(&self, _: &ListRequest) -> Result<Vec<(String, Holder)>> {
+            Ok(vec![])
+        }
+        async fn release_stale(&self, _: &ReleaseStaleRequest) -> Result<StaleRelease> {
+            Err(Error::Unexpected("the table backend has no janitor".into()))
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// `extend` to this many seconds.
+        Extend(u64),
+        /// `extend` to this many seconds, dropped after this many ms (its renewal applied).
+        CutShortExtend(u64, u64),
+        /// `keep_alive` every this many seconds.
+        KeepAlive(u64),
+        /// Time passes, in ms.
+        Wait(u64),
+        /// Another worker tries to take the lock over (it can once the lease ran out).
+        Steal,
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            prop_oneof![
+                // Short leases half the time: the ones a keep-alive cannot follow.
+                prop_oneof![1u64..=4, 1u64..=40].prop_map(Step::Extend),
+                (prop_oneof![1u64..=4, 1u64..=40], 0u64..=60)
+                    .prop_map(|(t, ms)| Step::CutShortExtend(t, ms)),
+                prop_oneof![1u64..=2, 1u64..=8].prop_map(Step::KeepAlive),
+                (0u64..=15_000).prop_map(Step::Wait),
+                Just(Step::Steal),
+            ],
+            1..10,
+        )
+    }
+
+    /// Lets the keep-alive act on whatever the last step changed.
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn run_steps(ttl: u64, steps: Vec<Step>) -> std::result::Result<(), String> {
+        let backend = Arc::new(TableBackend::new());
+        let locks = LockClient {
+            backend: backend.clone(),
+            claimant: Claimant {
+                worker_id: "holder".into(),
+                node_id: "n".into(),
+            },
+            retry: RetryConfig::no_retry(),
+        };
+        let thief = LockClient {
+            backend: backend.clone(),
+            claimant: Claimant {
+                worker_id: "thief".into(),
+                node_id: "n".into(),
+            },
+            retry: RetryConfig::no_retry(),
+        };
+        let mut guard = locks
+            .try_acquire("job", Duration::from_secs(ttl))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the first acquisition is granted")?;
+        let token = guard.fencing_token();
+        let mut signal: Option<LostLock> = None;
+        let mut stolen = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            match *step {
+                Step::Extend(secs) => {
+                    let _ = guard.extend(Duration::from_secs(secs)).await;
+                }
+                Step::CutShortExtend(secs, ms) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(ms),
+                        guard.extend(Duration::from_secs(secs)),
+                    )
+                    .await;
+                }
+                Step::KeepAlive(secs) => {
+                    if let Ok(lost) = guard.keep_alive(Duration::from_secs(secs)) {
+                        signal = Some(lost);
+                    }
+                }
+                Step::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Step::Steal => {
+                    if let Ok(Some(g)) = thief.try_acquire("job", Duration::from_secs(60)).await {
+                        stolen.push(g);
+                    }
+                }
+            }
+            settle().await;
+            // The guard vouches for its lock while it is not lost and either a keep-alive was
+            // asked for or its own lease lasts: then the lock must be its grant, live.
+            let lost = guard.is_lost();
+            if let Some(s) = &signal
+                && s.is_lost() != lost
+            {
+                return Err(format!("after step {i}: the signal and the guard disagree"));
+            }
+            let vouches = !lost && (signal.is_some() || !guard.time_remaining().is_zero());
+            if vouches && backend.live_token("job") != Some(token) {
+                return Err(format!(
+                    "after step {i} ({step:?}): the guard vouches for its lock, but the table's \
+                     live holder is {:?}",
+                    backend.live_token("job")
+                ));
+            }
+        }
+        let _ = guard.release().await;
+        for g in stolen {
+            let _ = g.release().await;
+        }
+        Ok(())
+    }
+
+    fn paused() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #[test]
+        fn a_guard_that_cannot_vouch_for_its_lock_says_so(ttl in 3u64..=30, steps in steps()) {
+            let outcome = paused().block_on(run_steps(ttl, steps));
+            prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+        }
+    }
+
+    #[test]
+    fn extending_to_a_lease_too_short_to_keep_alive_is_refused_before_renewing() {
+        // Issue 13's case: extend(2s) under keep_alive(10s) used to renew, then fail to restart
+        // the keep-alive, and the lease ran out unsignalled.
+        paused().block_on(async {
+            let steps = vec![
+                Step::KeepAlive(10),
+                Step::Extend(2),
+                Step::Wait(15_000),
+                Step::Steal,
+            ];
+            run_steps(30, steps).await.unwrap();
+        });
     }
 }

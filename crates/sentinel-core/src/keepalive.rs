@@ -51,39 +51,84 @@ pub struct Timing {
     retry: Duration,
 }
 
+/// Why a schedule does not fit a lease, in numbers; each caller words it for its own audience
+/// (the CLI names its flags, the library its methods).
+enum Unfit {
+    LeaseTooShort,
+    IntervalTooShort(Duration),
+    IntervalTooLong(Duration),
+}
+
 impl Timing {
-    /// The schedule for a lease of `ttl`: `interval` if given, else [`DEFAULT_INTERVAL`] or a
-    /// third of the TTL if that is shorter.
-    ///
     /// The rule: renewals at least [`MIN_INTERVAL`] apart and at least three per lease
     /// (interval ≤ TTL/3). The holder counts on a lease for TTL less a safety margin of
     /// max(1s, TTL/10), which is at least 2 × interval under this rule, so a renewal that fails
     /// leaves a whole interval to retry in. Retries come every interval/4 (at most 5s, ±25%
     /// jitter), always well inside an interval.
-    pub fn for_ttl(interval: Option<Duration>, ttl: Duration) -> Result<Timing> {
+    fn fit(interval: Option<Duration>, ttl: Duration) -> std::result::Result<Timing, Unfit> {
         let longest = ttl / 3;
         if longest < MIN_INTERVAL {
-            return Err(Error::usage(format!(
+            return Err(Unfit::LeaseTooShort);
+        }
+        let interval = interval.unwrap_or(DEFAULT_INTERVAL.min(longest));
+        if interval < MIN_INTERVAL {
+            return Err(Unfit::IntervalTooShort(interval));
+        }
+        if interval > longest {
+            return Err(Unfit::IntervalTooLong(interval));
+        }
+        Ok(Timing {
+            interval,
+            retry: (interval / 4).min(MAX_RETRY),
+        })
+    }
+
+    /// The schedule for a lease of `ttl`: `interval` if given, else [`DEFAULT_INTERVAL`] or a
+    /// third of the TTL if that is shorter; refused in the words of the CLI's flags.
+    pub fn for_ttl(interval: Option<Duration>, ttl: Duration) -> Result<Timing> {
+        Self::fit(interval, ttl).map_err(|unfit| match unfit {
+            Unfit::LeaseTooShort => Error::usage(format!(
                 "a lease of {} is too short to keep alive: renewals at least {} apart and three \
                  per lease need a TTL of at least 3s; claim with a longer --ttl",
                 duration::display(ttl),
                 duration::display(MIN_INTERVAL)
-            )));
-        }
-        let interval = check_interval(interval.unwrap_or(DEFAULT_INTERVAL.min(longest)))?;
-        if interval > longest {
-            return Err(Error::usage(format!(
+            )),
+            Unfit::IntervalTooShort(_) => interval_too_short(),
+            Unfit::IntervalTooLong(interval) => Error::usage(format!(
                 "--interval {} is too long for a lease of {}: renew at least three times per \
                  lease (--interval at most {}) so that a failed renewal can be retried before \
                  the lease runs out; lower --interval or claim with a longer --ttl",
                 duration::display(interval),
                 duration::display(ttl),
-                duration::display(longest)
-            )));
-        }
-        Ok(Timing {
-            interval,
-            retry: (interval / 4).min(MAX_RETRY),
+                duration::display(ttl / 3)
+            )),
+        })
+    }
+
+    /// The same rule for a library caller (`what` names the call, `LockGuard::keep_alive`),
+    /// refused in the library's words: a service's user never typed a flag.
+    pub fn for_lease(what: &str, interval: Duration, ttl: Duration) -> Result<Timing> {
+        Self::fit(Some(interval), ttl).map_err(|unfit| {
+            Error::usage(match unfit {
+                Unfit::LeaseTooShort => format!(
+                    "{what}: a lease of {} is too short to keep alive: renewals at least {} \
+                     apart and three per lease need a TTL of at least 3s",
+                    duration::display(ttl),
+                    duration::display(MIN_INTERVAL)
+                ),
+                Unfit::IntervalTooShort(interval) => format!(
+                    "{what}: the interval {} is too short: renewals at least {} apart",
+                    duration::display(interval),
+                    duration::display(MIN_INTERVAL)
+                ),
+                Unfit::IntervalTooLong(interval) => format!(
+                    "{what}: the interval {} is too long for a lease of {}: at most {}, three \
+                     renewals per lease, so that a failed one can be retried in time",
+                    duration::display(interval),
+                    duration::display(ttl),
+                    duration::display(ttl / 3)
+                ),
+            })
         })
     }
 
@@ -93,15 +138,19 @@ impl Timing {
     }
 }
 
+fn interval_too_short() -> Error {
+    Error::usage(format!(
+        "--interval must be at least {}: renewing more often only spends the backend's \
+         request budget",
+        duration::display(MIN_INTERVAL)
+    ))
+}
+
 /// The part of the rule that needs no lease, so a bad `--interval` is refused before anything is
 /// claimed or renewed.
 pub fn check_interval(interval: Duration) -> Result<Duration> {
     if interval < MIN_INTERVAL {
-        return Err(Error::usage(format!(
-            "--interval must be at least {}: renewing more often only spends the backend's \
-             request budget",
-            duration::display(MIN_INTERVAL)
-        )));
+        return Err(interval_too_short());
     }
     Ok(interval)
 }

@@ -207,7 +207,9 @@ where
     unreachable!("the loop returns on its last attempt")
 }
 
-fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
+/// The conflict a claim that gave up reports: who holds the lock, until when, after how many
+/// attempts.
+pub(crate) fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
     let mut msg = format!(
         "{what} is held by {} on {} (since {}, fencing token {})",
         h.worker_id,

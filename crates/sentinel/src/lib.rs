@@ -7,8 +7,12 @@
 //!
 //! A Rust service starts at [`distributed`]: [`DistributedLock`](distributed::DistributedLock)
 //! with guards that carry fencing tokens, keep-alive with a lost-lock signal, leader election and
-//! [`acquire_all`](distributed::acquire_all), over any [`LockBackend`]. Pick the backend where the
-//! locks should live:
+//! [`acquire_all`](distributed::acquire_all), over any [`LockBackend`];
+//! [`DynDistributedLock`](distributed::DynDistributedLock) is the same as a trait object. An
+//! `acquire` dropped before it resolved holds nothing, and a dropped guard is released in the
+//! background: a process that ends right after dropping one waits with
+//! [`flush_releases`](distributed::flush_releases), or releases with `guard.release().await`.
+//! Pick the backend where the locks should live:
 //!
 //! - `local` (default): [`local::LocalBackend`], locks on this host, shared by its processes
 //!   through a data directory; no set-up.
