@@ -33,6 +33,8 @@ pub(crate) struct Node {
     log_filter: &'static str,
     /// More environment for the process (libfaketime's, say).
     env: Vec<(String, String)>,
+    /// More `serve` options (`--acl FILE`, say); a restart takes them as they are then.
+    pub(crate) args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -78,6 +80,7 @@ impl Node {
             peer_token,
             log_filter,
             env: Vec::new(),
+            args: Vec::new(),
             child: None,
         };
         node.restart();
@@ -102,6 +105,7 @@ impl Node {
             peer_token: PEER_TOKEN,
             log_filter: "sentinel=info",
             env,
+            args: Vec::new(),
             child: None,
         };
         node.restart();
@@ -127,6 +131,7 @@ impl Node {
         for p in &self.peers {
             cmd.args(["--peer", p]);
         }
+        cmd.args(&self.args);
         if let Some(token) = self.token {
             cmd.env("SENTINEL_AUTH_TOKEN", token);
         }
@@ -159,6 +164,30 @@ impl Node {
             "{line:?}: {}",
             self.log()
         );
+    }
+
+    /// [`Node::start_env`] with more `serve` options, and no token but what they give.
+    pub(crate) fn start_args(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        args: &[String],
+    ) -> Node {
+        let mut node = Node {
+            id,
+            addr: addr.to_string(),
+            peers: peers.to_vec(),
+            data: data.to_path_buf(),
+            token: None,
+            peer_token: PEER_TOKEN,
+            log_filter: "sentinel=info",
+            env: Vec::new(),
+            args: args.to_vec(),
+            child: None,
+        };
+        node.restart();
+        node
     }
 
     /// Whether the process was started and not killed since.
