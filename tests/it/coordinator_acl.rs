@@ -550,3 +550,54 @@ fn the_acl_holds_through_a_follower_which_cannot_widen_it() {
     );
     assert_eq!(listed(&follower, CI), ["ci/a", "ci/b"]);
 }
+
+#[test]
+fn a_waiter_whose_client_left_is_audited_on_a_node_without_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let audit = dir.join("audit.log");
+    let addr = free_addr();
+    let _node = Node::start_args(1, &addr, &[], dir, &["--audit-log".into(), s(&audit)]);
+    eventually(20, "a leader", || {
+        (call(&addr, "GET", "/health", None, None).0 == 200).then_some(())
+    });
+    let body = json!({"holder": "w1", "ttl_ms": 60_000});
+    assert_eq!(
+        call(&addr, "POST", "/locks/g/acquire", Some(&body), None).0,
+        200
+    );
+
+    // w2 waits for the lock, then its client goes away without reading an answer.
+    let body = json!({"holder": "w2", "ttl_ms": 60_000, "wait_ms": 30_000}).to_string();
+    let mut gone = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut gone,
+        format!(
+            "POST /locks/g/acquire HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let waiting = || call(&addr, "GET", "/locks/g/status", None, None).1["waiting"].as_u64();
+    eventually(10, "w2 in the queue", || {
+        (waiting() == Some(1)).then_some(())
+    });
+    drop(gone);
+    eventually(10, "w2 out of the queue", || {
+        (waiting() == Some(0)).then_some(())
+    });
+
+    let lines = eventually(10, "the line of w2's acquire", || {
+        let lines = audit_lines(&audit);
+        (lines.len() == 2).then_some(lines)
+    });
+    assert_eq!(lines[0]["result"], "granted", "{lines:#?}");
+    assert_eq!(lines[1]["result"], "client_left", "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["token"].is_null() && l["lock"] == "g")
+    );
+}
