@@ -80,6 +80,10 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub auth_token: Option<Secret>,
+    /// Read the bearer token of the sentinel server cluster from FILE (one trailing newline is
+    /// ignored), so that it is on no command line; instead of --auth-token
+    #[arg(long, env = "SENTINEL_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
     /// Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed
     #[arg(
         long,
@@ -146,6 +150,7 @@ const LOCK_CLIENT: &[&str] = &[
     "api_url",
     "server",
     "auth_token",
+    "auth_token_file",
     "redis_url",
     "database_url",
     "etcd_endpoints",
@@ -171,10 +176,24 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             LOCK_CLIENT
         }
         // A coordinator node: its log under the data directory, the token it requires.
-        "serve" => &["data_dir", "auth_token", "json", "verbose", "quiet"],
+        "serve" => &[
+            "data_dir",
+            "auth_token",
+            "auth_token_file",
+            "json",
+            "verbose",
+            "quiet",
+        ],
         // A client of the nodes given with --server; options between `cluster` and `status` are
         // status's.
-        "cluster" | "cluster status" => &["server", "auth_token", "json", "verbose", "quiet"],
+        "cluster" | "cluster status" => &[
+            "server",
+            "auth_token",
+            "auth_token_file",
+            "json",
+            "verbose",
+            "quiet",
+        ],
         // Prints the script (as JSON with --json); logs like every command.
         "completions" => &["json", "verbose", "quiet"],
         _ => &[],
@@ -357,6 +376,19 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub snapshot_every: u64,
+    /// Client tokens and the lock-name prefixes each may act on, as JSON:
+    /// {"tokens":[{"name":"ci","token":"…" or "sha256":"…","prefixes":["ci/"]}]}; the client
+    /// token, if also given, is one more, named "default", allowed every lock
+    #[arg(long, value_name = "FILE")]
+    pub acl: Option<PathBuf>,
+    /// Append one JSON line per write a client asks of this node (time, token name, client
+    /// address, operation, lock, result, fencing token) to FILE; writes are refused while it
+    /// cannot be written
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Serve GET /metrics without a client token (it shows no lock names)
+    #[arg(long)]
+    pub public_metrics: bool,
 }
 
 impl Command {

@@ -160,29 +160,75 @@ pub fn api_url(raw: &str) -> Result<String> {
     })
 }
 
-/// The shared bearer token: set-but-empty counts as unset; it must fit in an HTTP header.
-pub fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
-    let Some(token) = given.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) else {
-        return Ok(None);
+/// The client token of the coordinator: `--auth-token` (`SENTINEL_AUTH_TOKEN`), where
+/// set-but-empty counts as unset, or `--auth-token-file` (`SENTINEL_AUTH_TOKEN_FILE`); it must fit
+/// in an HTTP header. Never echoed.
+pub fn auth_token(g: &GlobalArgs) -> Result<Option<Secret>> {
+    let flag = g
+        .auth_token
+        .as_ref()
+        .map(|t| t.expose().trim())
+        .filter(|t| !t.is_empty());
+    let file = g
+        .auth_token_file
+        .as_ref()
+        .filter(|f| !f.as_os_str().is_empty());
+    let (token, what) = match (flag, file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::usage(
+                "give the client token once: --auth-token (SENTINEL_AUTH_TOKEN) or \
+                 --auth-token-file (SENTINEL_AUTH_TOKEN_FILE)",
+            ));
+        }
+        (Some(t), None) => (t.to_string(), "--auth-token (SENTINEL_AUTH_TOKEN)"),
+        (None, Some(f)) => (
+            token_file("--auth-token-file", f)?,
+            "--auth-token-file (SENTINEL_AUTH_TOKEN_FILE)",
+        ),
+        (None, None) => return Ok(None),
     };
+    if token.is_empty() {
+        return Err(Error::usage(format!("the client token of {what} is empty")));
+    }
     if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        // Never echo the token.
-        return Err(Error::usage(
-            "invalid --auth-token (SENTINEL_AUTH_TOKEN): use 1 to 1024 printable ASCII characters \
-             without spaces",
-        ));
+        return Err(Error::usage(format!(
+            "invalid {what}: use 1 to 1024 printable ASCII characters without spaces"
+        )));
     }
     Ok(Some(Secret::new(token)))
 }
 
-/// The coordinator client from `--server` and `--auth-token` (also `sentinel cluster`'s).
+/// The secret in a token file (`--auth-token-file`, `--peer-token-file`): its text less one
+/// trailing newline. A file others may read is taken, with a warning: the token is theirs too.
+pub fn token_file(option: &str, file: &Path) -> Result<String> {
+    let mut text = std::fs::read_to_string(file)
+        .map_err(|e| Error::usage(format!("cannot read {option} {}: {e}", file.display())))?;
+    if let Ok(meta) = std::fs::metadata(file) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "{option} {} can be read by other users: chmod 600 it",
+                file.display()
+            );
+        }
+    }
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// The coordinator client from `--server` and the client token (also `sentinel cluster`'s).
 pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
     let raw = given(g.server.as_ref()).ok_or_else(|| {
         Error::usage(
             "the server backend needs --server URL[,URL...] (or SENTINEL_SERVER): the sentinel serve nodes",
         )
     })?;
-    let token = auth_token(g.auth_token.as_ref())?;
+    let token = auth_token(g)?;
     ServerBackend::new(server_urls(&raw)?, token.as_ref())
 }
 

@@ -11,6 +11,7 @@ use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config;
 use crate::output::{self, Report};
 use sentinel::coordinator::NodeId;
+use sentinel::coordinator::acl::Acl;
 use sentinel::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
 use sentinel::error::{Error, Result};
 use sentinel::interrupt::Signals;
@@ -108,7 +109,7 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
             members.len()
         )));
     }
-    let auth_token = config::auth_token(global.auth_token.as_ref())?;
+    let auth_token = config::auth_token(global)?;
     let peer_token = peer_token(args)?;
     if members.len() > 1 && peer_token.is_none() {
         return Err(Error::usage(
@@ -116,11 +117,13 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
              SENTINEL_PEER_TOKEN or --peer-token TOKEN, the same on every node",
         ));
     }
-    if let (Some(p), Some(a)) = (&peer_token, &auth_token)
-        && p.expose() == a.expose()
+    let acl = Acl::from_options(auth_token.as_ref(), args.acl.as_deref())?;
+    if let (Some(p), Some(acl)) = (&peer_token, &acl)
+        && acl.holds(p)
     {
         return Err(Error::usage(
-            "the peer token must differ from --auth-token: every client has the client token",
+            "the peer token must differ from --auth-token and from every --acl token: clients \
+             hold those",
         ));
     }
     Ok(ServeOptions {
@@ -128,7 +131,9 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         listen,
         members,
         data_dir: config::data_dir(global.data_dir.as_ref())?.join("coordinator"),
-        auth_token,
+        acl,
+        audit_log: args.audit_log.clone(),
+        public_metrics: args.public_metrics,
         peer_token,
         snapshot_every: args.snapshot_every,
     })
@@ -145,21 +150,7 @@ fn peer_token(args: &ServeArgs) -> Result<Option<Secret>> {
             ));
         }
         (Some(t), None) => t.expose().to_string(),
-        (None, Some(file)) => {
-            let mut text = std::fs::read_to_string(file).map_err(|e| {
-                Error::usage(format!(
-                    "cannot read --peer-token-file {}: {e}",
-                    file.display()
-                ))
-            })?;
-            if text.ends_with('\n') {
-                text.pop();
-                if text.ends_with('\r') {
-                    text.pop();
-                }
-            }
-            text
-        }
+        (None, Some(file)) => config::token_file("--peer-token-file", file)?,
         (None, None) => return Ok(None),
     };
     if token.is_empty() {
@@ -225,14 +216,14 @@ mod tests {
             BTreeMap::from([(1, server::DEFAULT_LISTEN.to_string())])
         );
         assert!(o.data_dir.ends_with("coordinator"));
-        assert_eq!(o.auth_token, None);
+        assert!(o.acl.is_none() && o.audit_log.is_none() && !o.public_metrics);
     }
 
     #[test]
     fn the_auth_token_is_checked_and_never_echoed() {
         let o = opts(&["--auth-token", " s3cret "]).unwrap();
-        assert_eq!(o.auth_token.as_ref().map(Secret::expose), Some("s3cret"));
-        assert_eq!(opts(&["--auth-token", ""]).unwrap().auth_token, None);
+        assert!(o.acl.unwrap().holds(&Secret::new("s3cret")));
+        assert!(opts(&["--auth-token", ""]).unwrap().acl.is_none());
         let e = opts(&["--auth-token", "has space-in-it"]).unwrap_err();
         assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage);
         assert!(!e.to_string().contains("space-in-it"), "{e}");
@@ -303,7 +294,7 @@ mod tests {
             (vec!["--peer-token", "has space-in-it"], "printable ASCII"),
             (
                 vec!["--peer-token", "same-s3cret", "--auth-token", "same-s3cret"],
-                "must differ from --auth-token",
+                "must differ from --auth-token and from every --acl token",
             ),
             (
                 vec!["--peer-token", "p33r", "--peer-token-file", "/nonexistent"],

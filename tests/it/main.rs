@@ -5,6 +5,7 @@ mod clock_skew;
 mod cluster;
 mod completions;
 mod conformance;
+mod coordinator_acl;
 mod coordinator_bounds;
 mod coordinator_data;
 mod etcd_cli;

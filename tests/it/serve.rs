@@ -36,6 +36,8 @@ pub(crate) struct Node {
     env: Vec<(String, String)>,
     /// The process's limit on open files, if lower than the test's.
     files: Option<u64>,
+    /// More `serve` options (`--acl FILE`, say); a restart takes them as they are then.
+    pub(crate) args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -82,6 +84,7 @@ impl Node {
             log_filter,
             env: Vec::new(),
             files: None,
+            args: Vec::new(),
             child: None,
         };
         node.restart();
@@ -107,6 +110,7 @@ impl Node {
             log_filter: "sentinel=info",
             env,
             files: None,
+            args: Vec::new(),
             child: None,
         };
         node.restart();
@@ -126,6 +130,7 @@ impl Node {
             log_filter: "sentinel=info",
             env: Vec::new(),
             files: Some(files),
+            args: Vec::new(),
             child: None,
         };
         node.restart();
@@ -151,6 +156,7 @@ impl Node {
         for p in &self.peers {
             cmd.args(["--peer", p]);
         }
+        cmd.args(&self.args);
         if let Some(token) = self.token {
             cmd.env("SENTINEL_AUTH_TOKEN", token);
         }
@@ -195,6 +201,30 @@ impl Node {
             "{line:?}: {}",
             self.log()
         );
+    }
+
+    /// [`Node::start_env`] with more `serve` options, and no token but what they give.
+    pub(crate) fn start_args(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        args: &[String],
+    ) -> Node {
+        let mut node = Node {
+            id,
+            addr: addr.to_string(),
+            peers: peers.to_vec(),
+            data: data.to_path_buf(),
+            token: None,
+            peer_token: PEER_TOKEN,
+            log_filter: "sentinel=info",
+            env: Vec::new(),
+            args: args.to_vec(),
+            child: None,
+        };
+        node.restart();
+        node
     }
 
     /// Whether the process was started and not killed since.

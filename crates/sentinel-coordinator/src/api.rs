@@ -16,37 +16,48 @@
 //!
 //! Every error is a JSON object `{"code": ..., "message": ...}` whose `code` is stable: 400
 //! `invalid_name`, `invalid_body`, `invalid_query`; 401 `unauthorized` (a node started with
-//! `--auth-token` requires `Authorization: Bearer TOKEN` on every client request); 404
+//! `--auth-token` or `--acl` requires `Authorization: Bearer TOKEN` on every client request);
+//! 403 `forbidden` (the token may not act on that lock, [`super::acl`]); 404
 //! `unknown_route`; 405
 //! `method_not_allowed`; 408 `body_timeout` (the body took more than 10 s); 409 `lock_held`,
 //! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
 //! it back);
 //! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
 //! `unavailable`, `busy` (a request that asks to wait, when waiting requests already hold as many
-//! connections as the node gives them: three quarters of its cap).
+//! connections as the node gives them: three quarters of its cap),
+//! `audit_unavailable` (the audit log cannot be written, [`super::audit`]).
 //!
 //! Any node accepts any request. Lock requests and reads of the lock table are served by the
 //! leader: a follower forwards them (once: a forwarded request that meets a node that is not the
 //! leader is answered 503, never forwarded again) and relays the answer. Writes carry a request id
 //! (generated when the client gives none, and echoed), so a client that gets a 503 or loses the
 //! connection retries with the same id and can never be granted twice.
+//!
+//! A token acts only on the locks its prefixes allow: the node the client contacted checks, and
+//! so does the leader a follower forwards to (see [`request_to_leader`]); a listing shows only
+//! the locks the token may act on. The contacted node writes the audit line of each write.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::acl::Grantee;
+use super::audit::Entry;
+use super::network::PEER_TOKEN_HEADER;
 use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
 use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
 use sentinel_core::lease;
@@ -97,21 +108,45 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// With a cluster token, every client request must carry it (peers carry the peer token), but
-/// for `/health`: health probes carry no token, so without one they get whether the node serves
-/// (`{"ok":…}` and the status) and nothing about the cluster.
+/// Who sent a request, as [`require_token`] found: the token's entry, or `None` on a node that
+/// takes any client. Every client route reads it, so a route the check did not run for fails
+/// (axum answers 500 for a missing extension) rather than serving anyone.
+#[derive(Clone)]
+struct Caller(Option<Arc<Grantee>>);
+
+impl Caller {
+    fn may(&self, lock: &str) -> bool {
+        self.0.as_ref().is_none_or(|g| g.may(lock))
+    }
+}
+
+/// With client tokens, every client request must carry one of them (peers carry the peer token),
+/// but for `/health`: health probes carry no token, so without one they get whether the node
+/// serves (`{"ok":…}` and the status) and nothing about the cluster; and `/metrics` with
+/// `--public-metrics`.
 async fn require_token(
     State(node): State<Arc<Node>>,
-    req: Request,
+    mut req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match &node.auth {
-        Some(auth) if !auth.accepts(req.headers().get(AUTHORIZATION)) => {
-            if req.uri().path() == "/health" {
-                let status = next.run(req).await.status();
-                let serves = json!({"ok": status == StatusCode::OK});
-                return (status, json_body(&serves)).into_response();
-            }
+    let caller = match &node.acl {
+        None => Some(Caller(None)),
+        Some(acl) => acl
+            .check(req.headers().get(AUTHORIZATION))
+            .map(|g| Caller(Some(g))),
+    };
+    if let Some(caller) = caller {
+        req.extensions_mut().insert(caller);
+        return next.run(req).await;
+    }
+    match req.uri().path() {
+        "/health" => {
+            let status = next.run(req).await.status();
+            let serves = json!({"ok": status == StatusCode::OK});
+            (status, json_body(&serves)).into_response()
+        }
+        "/metrics" if node.public_metrics => next.run(req).await,
+        _ => {
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -123,7 +158,86 @@ async fn require_token(
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
-        _ => next.run(req).await,
+    }
+}
+
+fn forbidden(caller: &Caller, lock: &str) -> ApiError {
+    let (name, scope) = caller
+        .0
+        .as_ref()
+        .map_or_else(Default::default, |g| (g.name.clone(), g.scope()));
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("token {name:?} may act on {scope}, not on lock {lock:?}"),
+    )
+}
+
+/// Whether this node writes the audit line of a write: the node the client contacted does. A
+/// follower that forwards a write writes its line itself and marks the forward with the peer
+/// token, which only the cluster's nodes hold, so the leader writes none for it. A client that
+/// sends the forwarded header itself has no peer token: its write is recorded where it lands.
+fn audited_here(node: &Node, headers: &HeaderMap) -> bool {
+    let forward_of_a_node = headers.contains_key(FORWARDED)
+        && node
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.accepts(headers.get(PEER_TOKEN_HEADER)));
+    node.audit.is_some() && !forward_of_a_node
+}
+
+/// The audit line of a write under way. Written with the answer's outcome by [`Audited::finish`];
+/// dropped before that (the client left while its acquire waited, and it is withdrawn), it is
+/// written with the result `client_left`.
+struct Audited {
+    node: Arc<Node>,
+    entry: Option<Entry>,
+}
+
+impl Audited {
+    /// Records the outcome of `response` (read from its JSON body) and passes it on.
+    async fn finish(mut self, response: Response) -> Response {
+        let (Some(entry), Some(log)) = (self.entry.take(), &self.node.audit) else {
+            return response;
+        };
+        let (parts, body) = response.into_parts();
+        // Every answer of these routes is a small JSON body held in memory (built here or
+        // relayed from the leader, whose answers are capped).
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (result, fencing) = if parts.status == StatusCode::OK {
+            let result = match entry.op.as_str() {
+                "acquire" => "granted",
+                "release" => "released",
+                "renew" => "renewed",
+                _ => "withdrawn",
+            };
+            let lease = if v["released"].is_object() {
+                &v["released"]
+            } else {
+                &v["holder"]
+            };
+            (result.to_string(), lease["fencing_token"].as_u64())
+        } else {
+            // A stable code, as the leader gave it (bounded: it is one of this module's).
+            let code = v["code"]
+                .as_str()
+                .filter(|c| c.len() <= 32 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                .map_or_else(|| format!("http_{}", parts.status.as_u16()), String::from);
+            (code, None)
+        };
+        log.record(&entry, &result, v["request_id"].as_str(), fencing);
+        Response::from_parts(parts, Body::from(bytes))
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        if let (Some(entry), Some(log)) = (self.entry.take(), &self.node.audit) {
+            log.record(&entry, "client_left", None, None);
+        }
     }
 }
 
@@ -405,7 +519,13 @@ async fn leader_to_forward_to(node: &Node) -> Result<(u64, String), ApiError> {
 }
 
 /// The client's request as sent on to the leader at `addr`: marked as forwarded (so it is never
-/// forwarded again), with the cluster's token instead of the client's.
+/// forwarded again), with the client's own token and this node's peer token.
+///
+/// The leader checks the client's token and its prefixes again, against the same tokens (every
+/// node is given the same `--acl`): what a token may do is decided on the node the client
+/// contacted and again on the leader, so neither a follower nor a client sending a made-up
+/// forward can widen it. The peer token, which only nodes hold, tells the leader that this node
+/// writes the request's audit line.
 fn request_to_leader(
     node: &Node,
     parts: &http::request::Parts,
@@ -420,8 +540,13 @@ fn request_to_leader(
     if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
         request = request.header(CONTENT_TYPE, ct);
     }
-    if let Some(auth) = &node.auth {
-        request = request.header(AUTHORIZATION, auth.header.clone());
+    if let Some(auth) = parts.headers.get(AUTHORIZATION) {
+        let mut auth = auth.clone();
+        auth.set_sensitive(true);
+        request = request.header(AUTHORIZATION, auth);
+    }
+    if let Some(peer) = &node.peer {
+        request = request.header(PEER_TOKEN_HEADER, peer.header.clone());
     }
     request
         .body(Full::new(body))
@@ -466,6 +591,7 @@ async fn linearizable(node: &Node) -> Result<(), ApiError> {
 
 async fn locks(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     req: Request,
 ) -> Response {
@@ -510,7 +636,32 @@ async fn locks(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    on_leader(node, req, move |node, body| async move {
+    let audited = Audited {
+        node: node.clone(),
+        entry: (action != "status" && audited_here(&node, req.headers())).then(|| Entry {
+            token: caller.0.as_ref().map(|g| g.name.clone()),
+            remote: req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            op: action.clone(),
+            lock: name.clone(),
+        }),
+    };
+    if !caller.may(&name) {
+        return audited
+            .finish(forbidden(&caller, &name).into_response())
+            .await;
+    }
+    if let (Some(log), Some(_)) = (&node.audit, &audited.entry)
+        && let Err(why) = log.ready()
+    {
+        // Refused before anything was done: nothing to record, and the log would not take it.
+        let mut refused = audited;
+        refused.entry = None;
+        return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why).into_response();
+    }
+    let response = on_leader(node, req, move |node, body| async move {
         match action.as_str() {
             "acquire" => acquire(node, name, &body).await,
             "release" => release(&node, name, &body).await,
@@ -519,7 +670,8 @@ async fn locks(
             _ => status(&node, &name).await,
         }
     })
-    .await
+    .await;
+    audited.finish(response).await
 }
 
 async fn acquire(node: Arc<Node>, name: String, body: &[u8]) -> Result<Response, ApiError> {
@@ -866,6 +1018,7 @@ struct ListQuery {
 
 async fn list(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> Response {
@@ -896,7 +1049,7 @@ async fn list(
             let mut live = m
                 .state
                 .iter_after(after.as_deref())
-                .filter(|(_, s)| !LockTable::is_stale(&s.lease, now));
+                .filter(|(name, s)| caller.may(name) && !LockTable::is_stale(&s.lease, now));
             let mut page: Vec<Value> = Vec::new();
             let mut bytes = 0;
             for (name, slot) in live.by_ref() {

@@ -17,6 +17,8 @@
 //!   (group commit), the leader's ticks.
 //! - [`server`]: `sentinel serve`: wires a node up, forms a fresh cluster, serves the API.
 //! - [`api`]: the HTTP JSON API clients use.
+//! - [`acl`]: the client tokens a node accepts and the locks each may act on (`--acl`).
+//! - [`audit`]: the audit log of the writes clients ask for (`--audit-log`).
 //! - [`peer`]: the Raft RPC endpoints peers call, open to the peer token only, and the checks
 //!   that keep what openraft would panic on from reaching it.
 //! - [`listener`]: accepting connections, with the deadlines and the cap that keep a hostile
@@ -29,7 +31,9 @@
 //! two nodes that apply the same entries must reach the same state — and lets property tests check
 //! it over arbitrary logs.
 
+pub mod acl;
 pub mod api;
+pub mod audit;
 pub mod identity;
 pub mod listener;
 pub mod network;

@@ -18,7 +18,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -43,8 +44,8 @@ pub async fn serve_connections(listener: TcpListener, app: Router) -> io::Error 
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return io::Error::other("the connection limit was closed");
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
             // Out of descriptors or a connection reset before it was accepted: the listener
             // itself is fine, so wait a little and go on.
             Err(e) if is_transient(&e) => {
@@ -58,7 +59,9 @@ pub async fn serve_connections(listener: TcpListener, app: Router) -> io::Error 
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let stream = Box::pin(stream);
-        let service = TowerToHyperService::new(app.clone());
+        // The client's address, for the audit log (`api`).
+        let app = app.clone().layer(Extension(ConnectInfo(remote)));
+        let service = TowerToHyperService::new(app);
         tokio::spawn(async move {
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())

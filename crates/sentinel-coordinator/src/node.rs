@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::acl::{Acl, same};
+use super::audit::AuditLog;
 use super::listener;
 use super::state::{Answer, Batch, Command, MAX_BATCH, Proposal, position};
 use super::stats::Stats;
@@ -50,8 +52,12 @@ pub struct Node {
     pub state: StateMachineStore,
     /// Pooled connections to the peers, for forwarding.
     pub client: HttpClient,
-    /// The cluster's bearer token, if it has one.
-    pub auth: Option<Auth>,
+    /// The client tokens and the locks each may act on; `None`: any client, on any lock.
+    pub acl: Option<Acl>,
+    /// Where this node records the writes its clients ask for (`--audit-log`).
+    pub audit: Option<AuditLog>,
+    /// Whether `/metrics` answers without a client token (`--public-metrics`).
+    pub public_metrics: bool,
     /// The token peers authenticate with; without it the node serves no Raft RPCs.
     pub peer: Option<PeerAuth>,
     /// The members this node was started with (`--peer`), trusted until its log has a membership.
@@ -116,55 +122,8 @@ struct Pending {
     reply: oneshot::Sender<std::result::Result<(Answer, u64), ProposeError>>,
 }
 
-/// The shared bearer token, kept as what is needed to check and to send it.
-pub struct Auth {
-    digest: [u8; 32],
-    /// `Bearer TOKEN`, marked sensitive so that no HTTP log shows it.
-    pub header: HeaderValue,
-}
-
-impl Auth {
-    /// Keeps `token`'s digest and its header; a usage error if it cannot be a header value.
-    pub fn new(token: &Secret) -> Result<Auth> {
-        let mut header =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                Error::usage("invalid --auth-token: it cannot be sent in an HTTP header")
-            })?;
-        header.set_sensitive(true);
-        Ok(Auth {
-            digest: Sha256::digest(token.expose().as_bytes()).into(),
-            header,
-        })
-    }
-
-    /// Whether an `Authorization` header carries the token. Both sides are hashed first and the
-    /// digests compared without stopping at the first difference, so the time taken says nothing
-    /// about the token.
-    pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
-        // The scheme is case-insensitive (RFC 9110, section 11.1): `bearer` is `Bearer`.
-        let Some((scheme, given)) = authorization
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.split_once(' '))
-        else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case("bearer") && same_digest(given.trim(), &self.digest)
-    }
-}
-
-/// Whether `given` hashes to `digest`: the digests are compared without stopping at the first
-/// difference, so the time taken says nothing about the token.
-fn same_digest(given: &str, digest: &[u8; 32]) -> bool {
-    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    given
-        .iter()
-        .zip(digest.iter())
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
-}
-
-/// The token the nodes of a cluster authenticate each other's Raft RPCs with, kept as
-/// [`Auth`] keeps the client token: its digest and a sensitive header value.
+/// The token the nodes of a cluster authenticate each other's Raft RPCs with, kept as its digest
+/// (compared as [`Acl::check`] compares client tokens) and a sensitive header value.
 pub struct PeerAuth {
     digest: [u8; 32],
     /// The token as the value of the peer token header (`network::PEER_TOKEN_HEADER`), marked
@@ -185,12 +144,11 @@ impl PeerAuth {
         })
     }
 
-    /// Whether a peer token header's value is the peer token (compared as [`Auth::accepts`]
-    /// does).
+    /// Whether a peer token header's value is the peer token.
     pub fn accepts(&self, given: Option<&HeaderValue>) -> bool {
         given
             .and_then(|h| h.to_str().ok())
-            .is_some_and(|given| same_digest(given, &self.digest))
+            .is_some_and(|given| same(&Sha256::digest(given.as_bytes()).into(), &self.digest))
     }
 }
 
@@ -293,8 +251,12 @@ pub struct Started {
     pub state: StateMachineStore,
     /// Pooled connections to the peers.
     pub client: HttpClient,
-    /// The cluster's bearer token, if it has one.
-    pub auth: Option<Auth>,
+    /// The client tokens and the locks each may act on; `None`: any client, on any lock.
+    pub acl: Option<Acl>,
+    /// Where this node records the writes its clients ask for (`--audit-log`).
+    pub audit: Option<AuditLog>,
+    /// Whether `/metrics` answers without a client token (`--public-metrics`).
+    pub public_metrics: bool,
     /// The peer token, if the node has one.
     pub peer: Option<PeerAuth>,
     /// The members this node was started with.
@@ -326,7 +288,9 @@ impl Node {
             log,
             state,
             client,
-            auth,
+            acl,
+            audit,
+            public_metrics,
             peer,
             initial_members,
             stats,
@@ -337,7 +301,9 @@ impl Node {
             log,
             state,
             client,
-            auth,
+            acl,
+            audit,
+            public_metrics,
             peer,
             initial_members,
             stats,
@@ -485,27 +451,6 @@ mod tests {
         // An empty state (time 0) starts from the wall clock.
         let fresh = LeaseClock::default().now(1, Some(1), 0).unwrap();
         assert!(fresh.abs_diff(SystemClock.now_ms()) < 1_000, "{fresh}");
-    }
-
-    #[test]
-    fn only_the_exact_bearer_token_is_accepted() {
-        let auth = Auth::new(&Secret::new("s3cret")).unwrap();
-        let h = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert!(auth.accepts(Some(&h("Bearer s3cret"))));
-        assert!(auth.accepts(Some(&h("bearer s3cret"))));
-        assert!(auth.accepts(Some(&h("BEARER s3cret"))));
-        for wrong in [
-            "Bearer s3cre",
-            "Bearer s3cret2",
-            "Basic s3cret",
-            "s3cret",
-            "Bearer ",
-        ] {
-            assert!(!auth.accepts(Some(&h(wrong))), "{wrong}");
-        }
-        assert!(!auth.accepts(None));
-        assert!(auth.header.is_sensitive());
-        assert!(!format!("{:?}", auth.header).contains("s3cret"));
     }
 
     #[test]

@@ -16,8 +16,10 @@ use std::sync::Arc;
 
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
+use super::acl::Acl;
+use super::audit::AuditLog;
 use super::network::Peers;
-use super::node::{Auth, Node, PeerAuth, Started};
+use super::node::{Node, PeerAuth, Started};
 use super::stats::Stats;
 use super::store;
 use super::{NodeId, TypeConfig, api, listener};
@@ -67,8 +69,13 @@ pub struct ServeOptions {
     pub members: BTreeMap<NodeId, String>,
     /// Where the log, vote and snapshots live (`--data-dir`).
     pub data_dir: PathBuf,
-    /// The bearer token every client request must carry, if any.
-    pub auth_token: Option<Secret>,
+    /// The client tokens and the locks each may act on (`--auth-token`, `--acl`); without any,
+    /// the node takes any client.
+    pub acl: Option<Acl>,
+    /// Where to record the writes clients ask of this node (`--audit-log`).
+    pub audit_log: Option<PathBuf>,
+    /// Whether `/metrics` answers without a client token (`--public-metrics`).
+    pub public_metrics: bool,
     /// The token peers' Raft RPCs carry (`--peer-token`); without it the node serves no Raft
     /// RPCs, so it must have one whenever the cluster has other members.
     pub peer_token: Option<Secret>,
@@ -96,12 +103,12 @@ pub async fn serve(
     }
     .validate()
     .map_err(|e| Error::Unexpected(format!("invalid Raft configuration: {e}")))?;
+    let audit = opts.audit_log.as_deref().map(AuditLog::open).transpose()?;
     let (log, state) = store::open(&opts.data_dir, opts.id)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     let client = http_client();
-    let auth = opts.auth_token.as_ref().map(Auth::new).transpose()?;
     let peer = opts.peer_token.as_ref().map(PeerAuth::new).transpose()?;
     let stats = Stats::new()?;
     let raft = Raft::new(
@@ -144,7 +151,9 @@ pub async fn serve(
         log,
         state,
         client,
-        auth,
+        acl: opts.acl,
+        audit,
+        public_metrics: opts.public_metrics,
         peer,
         initial_members: opts.members.keys().copied().collect(),
         stats,
