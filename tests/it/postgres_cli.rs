@@ -281,6 +281,13 @@ fn errors_carry_the_servers_words_and_an_older_table_is_migrated_or_explained() 
         assert!(text(&out).contains(part), "{part}: {}", text(&out));
     }
     assert!(!text(&out).contains("pw@"), "{}", text(&out));
+    // A login refused without an SQLSTATE is not retried as if the network were down.
+    let started = Instant::now();
+    let no_password = format!("postgres://stranger@127.0.0.1:{}/postgres", server.port());
+    let out = pg(data.path(), &no_password, "s", &["claim", "y"]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert!(text(&out).contains("password missing"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     let named = format!("{}?application_name=nightly-compaction", server.url());
     let out = pg(data.path(), &named, "w", &["claim", "z"]);

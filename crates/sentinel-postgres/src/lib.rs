@@ -335,7 +335,9 @@ impl PostgresBackend {
         }
         // The driver's own kinds have no public name; their text is fixed.
         let kind = e.to_string();
-        if kind == "authentication error" {
+        // "invalid configuration" at connect time is a login the URL cannot make (no password
+        // for a server that asks for one, channel binding the server does not offer).
+        if kind == "authentication error" || kind == "invalid configuration" {
             return Failure::Final(Error::Auth(format!(
                 "{target} refused the login ({what}): {text}; check the user and password in \
                  --database-url"
