@@ -332,6 +332,7 @@ fn sslmodes_mean_what_they_mean_to_libpq() {
     let port = server.port();
     let at =
         |host: &str, query: &str| format!("postgres://sentinel@{host}:{port}/postgres?{query}");
+    let (ca_file, other_ca_file) = (ca.clone(), other_ca.clone());
     let (ca, other_ca) = (ca.display().to_string(), other_ca.display().to_string());
     let ok = [
         at(
@@ -396,4 +397,25 @@ fn sslmodes_mean_what_they_mean_to_libpq() {
         &["claim", "x"],
     );
     assert_eq!(code(&out), 2, "{}", text(&out));
+
+    // The library's global CA (what --ca-cert builds) where the URL names none.
+    use sentinel::LockBackend;
+    use sentinel::postgres::PostgresBackend;
+    use sentinel::tls::ClientTls;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lock = sentinel::lock::LockId::Name("ok-0".into());
+    let trusting = |ca: &std::path::Path| ClientTls {
+        ca_cert: Some(ca.to_path_buf()),
+        ..ClientTls::default()
+    };
+    let full = at("127.0.0.1", "sslmode=verify-full");
+    let b = PostgresBackend::with_tls(&full, &trusting(&ca_file)).unwrap();
+    let status = rt.block_on(b.status(&lock)).unwrap();
+    assert_eq!(status.holder().unwrap().worker_id, "w");
+    let b = PostgresBackend::with_tls(&full, &trusting(&other_ca_file)).unwrap();
+    let e = rt.block_on(b.status(&lock)).unwrap_err();
+    assert!(matches!(e, sentinel::Error::Auth(_)), "{e}");
 }
