@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::chown;
+use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -247,12 +247,16 @@ fn ping(addr: &str) -> bool {
 
 /// A PostgreSQL cluster of its own: `initdb` into a temporary directory, `postgres` on a loopback
 /// port with no Unix socket. PostgreSQL refuses to run as root, so under root both run as
-/// `nobody`, which owns the directory.
+/// `nobody`, which owns the directory. The superuser is `sentinel`, trusted without a password;
+/// other roles the tests make log in with a password.
 pub struct Postgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// TLS on (the certificate and key are in the data directory), and only TLS connections
+    /// accepted.
+    tls: bool,
 }
 
 /// The directory with `initdb`, `postgres` and `pg_isready`: on PATH, or Debian's versioned
@@ -306,6 +310,16 @@ fn unprivileged(mut cmd: Command) -> Command {
 impl Postgres {
     /// A fresh cluster, started; `None` if PostgreSQL is missing.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(None)
+    }
+
+    /// A fresh cluster serving TLS with this PEM certificate (chain) and key, and refusing
+    /// connections without TLS (`hostssl` only).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<Postgres> {
+        Postgres::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<Postgres> {
         let Some(bin) = postgres_bin() else {
             skip("PostgreSQL (initdb, postgres)");
             return None;
@@ -327,11 +341,31 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let data = dir.path().join("data");
+        // Passwords for the roles the tests make; the superuser stays trusted.
+        let mut hba = String::from("local all all trust\n");
+        let host = if tls.is_some() { "hostssl" } else { "host" };
+        hba += &format!("{host} all sentinel 127.0.0.1/32 trust\n");
+        hba += &format!("{host} all all 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        if let Some((cert, key)) = tls {
+            // PostgreSQL refuses a key others may read, and must own it.
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if is_root() {
+                    let (uid, gid) = nobody();
+                    chown(&path, Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
         let mut pg = Postgres {
             bin,
             dir,
             port: 0,
             child: None,
+            tls: tls.is_some(),
         };
         for _ in 0..5 {
             pg.port = free_port();
@@ -342,7 +376,8 @@ impl Postgres {
         panic!("postgres did not start; log:\n{}", pg.log());
     }
 
-    fn log(&self) -> String {
+    /// The server's log; it logs each connection with its application_name.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
@@ -363,6 +398,8 @@ impl Postgres {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "fsync=off", "-c", "max_connections=60"])
+            .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])
+            .args(["-c", "log_connections=on"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -386,6 +423,29 @@ impl Postgres {
 
     pub fn url(&self) -> String {
         format!("postgres://sentinel@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs SQL as the superuser with `psql` (stopping at the first error); its output, one row a
+    /// line, columns separated by `|`.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "sentinel", "-d", "postgres", "-c", sql])
+            .env("PGSSLMODE", if self.tls { "require" } else { "disable" })
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// A fast shutdown (SIGINT: connections are closed, committed data kept), then a start on the

@@ -1,8 +1,9 @@
 //! PostgreSQL backend: named locks as rows of a table in a database you already run.
 //!
-//! This module owns everything sentinel does with PostgreSQL: the URL (checked before anything
-//! connects, never echoed when it carries a password), a small connection pool, the schema
-//! (created on first use, idempotently), and the one transaction every change is.
+//! This crate owns everything sentinel does with PostgreSQL: the URL ([`settings`]: checked before
+//! anything connects, never echoed when it carries a password), TLS with libpq's `sslmode`
+//! ([`tls`]), a small connection pool, the table and sequence ([`layout`]: named with their
+//! schema, created only if missing), and the one transaction every change is.
 //!
 //! The semantics are the lock table's ([`sentinel_core::table`]), not re-implemented: each operation
 //! reads the lock's row into a one-lock [`LockTable`], applies the same [`Op`] the local
@@ -13,8 +14,11 @@
 //!
 //! - **Time**: `clock_timestamp()`, read after the advisory lock is held (`now()` would be the
 //!   transaction's start, before the wait), so every process judges leases by one clock.
-//! - **Fencing tokens**: the sequence `sentinel_fencing_tokens`, drawn under the name's lock, so
-//!   tokens strictly increase per name (with gaps: an attempt that is refused uses one up too).
+//! - **Fencing tokens**: the sequence `sentinel_fencing_tokens`, drawn under the name's lock, but
+//!   never below the greatest token in the table + 1: a sequence that restarted (a restore, a
+//!   promoted logical replica, `ALTER SEQUENCE … RESTART`) is moved past it instead of handing
+//!   out a token a held or stale lock already carries. So tokens strictly increase per name
+//!   (with gaps: an attempt that is refused uses one up too).
 //!
 //! Why a table and not session advisory locks (`pg_try_advisory_lock`): a session lock has no
 //! TTL (a hung holder keeps it as long as its connection lives, a pooled connection keeps it
@@ -22,7 +26,7 @@
 //! says more.
 //!
 //! Each operation is retried through connection failures within a deadline, then reported as
-//! unavailable (exit 8). A grant whose commit was not confirmed is not granted twice: the row
+//! unavailable (exit 8); every other error passes on the server's message and SQLSTATE. A grant whose commit was not confirmed is not granted twice: the row
 //! records the nonce of the attempt that granted it, and a retried attempt that finds its own
 //! nonce takes the grant it already made.
 
@@ -33,7 +37,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
@@ -46,35 +50,25 @@ use sentinel_core::lock::{
     Released, RenewRequest, StaleRelease, validate_name,
 };
 use sentinel_core::table::{self, LockRecord, LockTable, Op, Response};
+use sentinel_core::tls::ClientTls;
+
+mod layout;
+mod settings;
+mod tls;
+
+use layout::Names;
+use settings::CONNECT_TIMEOUT;
 
 /// How long one operation may take, retries included, before the database counts as unreachable.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts of one operation through transient failures.
 const ATTEMPTS: u32 = 4;
 /// Connections per process: one command needs one; the library's concurrent tasks a few.
 const POOL_SIZE: usize = 4;
 /// The advisory-lock class of sentinel's per-name locks ("SENT"), so that they do not collide
-/// with an application's own single-key advisory locks.
+/// with an application's own single-key advisory locks. Key 0 of the class serializes what is
+/// not one name's: creating and changing the table, moving the sequence past the table.
 const LOCK_CLASS: i32 = 0x5345_4e54;
-
-/// The schema, created once per process under the class's lock: concurrent `CREATE … IF NOT
-/// EXISTS` can otherwise fail on the catalog's unique indexes.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sentinel_locks (
-    name text PRIMARY KEY,
-    worker_id text NOT NULL,
-    node_id text NOT NULL,
-    fencing_token bigint NOT NULL,
-    claimed_at timestamptz NOT NULL,
-    heartbeat_at timestamptz NOT NULL,
-    ttl_ms bigint NOT NULL CHECK (ttl_ms > 0),
-    task_info jsonb NOT NULL DEFAULT '{}',
-    grant_nonce text NOT NULL DEFAULT ''
-);
-CREATE SEQUENCE IF NOT EXISTS sentinel_fencing_tokens;
-";
 
 /// The columns of a lock row, times as Unix milliseconds.
 const COLUMNS: &str = "worker_id, node_id, fencing_token,
@@ -117,49 +111,50 @@ fn record(row: &Row, offset: usize) -> Result<(LockRecord, String)> {
 
 fn unreadable(e: tokio_postgres::Error) -> Error {
     Error::Unexpected(format!(
-        "the table sentinel_locks does not look like sentinel's ({e}); was it changed by hand?"
+        "the table sentinel_locks does not look like sentinel's ({}); was it changed by hand?",
+        describe(&e)
     ))
 }
 
-/// Checks a PostgreSQL URL and builds the driver's configuration, without connecting. A URL with
-/// credentials is never repeated in the message.
-fn config(raw: &str) -> Result<tokio_postgres::Config> {
-    let raw = raw.trim();
-    let bad = |why: &str| {
-        let shown = if raw.contains('@') || raw.contains("password") {
-            "(not shown: it may contain credentials)".to_string()
-        } else {
-            format!("{raw:?}")
-        };
-        Error::usage(format!(
-            "invalid --database-url {shown}: {why}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-        ))
-    };
-    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-        return Err(bad("the scheme must be postgres:// or postgresql://"));
+/// The driver's error with its cause: the server's message and SQLSTATE, or the chain of causes
+/// (the driver's own text is a bare "db error" or "error connecting to server").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(hint) = db.hint() {
+            text += &format!("; hint: {hint}");
+        }
+        return text;
     }
-    let mut config: tokio_postgres::Config =
-        raw.parse().map_err(|_| bad("not a valid connection URL"))?;
-    if config.get_hosts().is_empty() {
-        return Err(bad("no host"));
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
     }
-    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-        return Err(bad(
-            "TLS (sslmode=require) is not built into sentinel; reach the database through a TLS tunnel",
-        ));
+    text
+}
+
+/// Whether the error is about TLS itself (a certificate refused, a server without TLS under
+/// `sslmode=require`), as opposed to a connection lost during the handshake.
+fn tls_refused(e: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map_or(c, |i| i as &(dyn std::error::Error + 'static));
+        if inner.is::<rustls::Error>() || inner.to_string() == "server does not support TLS" {
+            return true;
+        }
+        cause = c.source();
     }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    // A waiting lock or a client that stalls inside a transaction must not hold everyone up:
-    // the per-name lock is given up after 5 s (and retried), a transaction idle for 10 s ends.
-    let options = format!(
-        "{} -c lock_timeout=5000 -c idle_in_transaction_session_timeout=10000",
-        config.get_options().unwrap_or_default()
-    );
-    config.options(options.trim());
-    config.application_name("sentinel");
-    Ok(config)
+    false
 }
 
 /// The PostgreSQL backend. Cheap to clone: clones share the pool.
@@ -170,6 +165,8 @@ pub struct PostgresBackend {
 
 struct Inner {
     pool: Pool,
+    names: Names,
+    /// Set once the table and sequence are known to exist in this layout.
     schema: OnceCell<()>,
     /// `postgres at HOST:PORT/DB`, for messages: never the URL, which may carry a password.
     target: String,
@@ -200,10 +197,30 @@ impl From<Error> for Failure {
 }
 
 impl PostgresBackend {
-    /// The backend for `url`. Connects on first use; creates the table and sequence then if they
-    /// do not exist.
+    /// The backend for `url`, with the URL's own TLS settings. Connects on first use; creates the
+    /// table and sequence then if they do not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for a URL that cannot be used, or a TLS file named in it that cannot be
+    /// read.
     pub fn new(url: &str) -> Result<PostgresBackend> {
-        let config = config(url)?;
+        PostgresBackend::with_tls(url, &ClientTls::default())
+    }
+
+    /// The backend for `url`, with `tls` (`--ca-cert`, `--client-cert`, `--client-key`) where the
+    /// URL has no `sslrootcert`, `sslcert` or `sslkey`; the URL's `sslmode` says whether TLS is
+    /// used and what of the server's certificate is checked.
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresBackend::new`].
+    pub fn with_tls(url: &str, tls: &ClientTls) -> Result<PostgresBackend> {
+        let settings::Settings {
+            config,
+            schema,
+            tls,
+        } = settings::parse(url, tls)?;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(p)) => p.display().to_string(),
@@ -221,13 +238,13 @@ impl PostgresBackend {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .filter(|p| !p.is_empty());
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls::connector(&tls)? {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(OP_DEADLINE))
@@ -239,6 +256,7 @@ impl PostgresBackend {
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 pool,
+                names: Names::new(&schema),
                 schema: OnceCell::new(),
                 target,
                 password,
@@ -255,10 +273,9 @@ impl PostgresBackend {
     }
 
     fn failure(&self, what: &str, e: &tokio_postgres::Error) -> Failure {
-        let text = self.redact(&e.to_string());
+        let text = self.redact(&describe(e));
         let Some(code) = e.code() else {
-            // No SQL state: the connection itself (refused, closed, timed out).
-            return Failure::Transient(text);
+            return self.failure_without_state(what, e, text);
         };
         if [
             SqlState::INVALID_PASSWORD,
@@ -269,9 +286,9 @@ impl PostgresBackend {
         {
             return Failure::Final(Error::Auth(format!(
                 "{} refused the credentials or permissions ({what}): {text}; check the user and \
-                 password in --database-url and that the user may create and write the table \
-                 sentinel_locks",
-                self.inner.target
+                 password in --database-url and the user's grants on {} and {} (docs/postgres.md \
+                 lists them)",
+                self.inner.target, self.inner.names.table, self.inner.names.sequence
             )));
         }
         if *code == SqlState::INVALID_CATALOG_NAME {
@@ -299,6 +316,45 @@ impl PostgresBackend {
             "{} failed {what}: {text}",
             self.inner.target
         )))
+    }
+
+    /// An error the server did not give an SQLSTATE to: the connection (refused, closed, timed out:
+    /// worth another attempt), or TLS, the login, or a value sentinel could not read (not).
+    fn failure_without_state(
+        &self,
+        what: &str,
+        e: &tokio_postgres::Error,
+        text: String,
+    ) -> Failure {
+        let target = &self.inner.target;
+        if tls_refused(e) {
+            return Failure::Final(Error::Auth(format!(
+                "{target}: TLS failed ({what}): {text}; check sslmode and sslrootcert in \
+                 --database-url (or --ca-cert) and that the certificate names the host"
+            )));
+        }
+        // The driver's own kinds have no public name; their text is fixed.
+        let kind = e.to_string();
+        // "invalid configuration" at connect time is a login the URL cannot make (no password
+        // for a server that asks for one, channel binding the server does not offer).
+        if kind == "authentication error" || kind == "invalid configuration" {
+            return Failure::Final(Error::Auth(format!(
+                "{target} refused the login ({what}): {text}; check the user and password in \
+                 --database-url"
+            )));
+        }
+        if [
+            "error connecting to server",
+            "error communicating with the server",
+            "error performing TLS handshake",
+            "connection closed",
+            "timeout waiting for server",
+        ]
+        .contains(&kind.as_str())
+        {
+            return Failure::Transient(text);
+        }
+        Failure::Final(Error::Unexpected(format!("{target} failed {what}: {text}")))
     }
 
     /// Runs `op` with a pooled connection, retrying transient failures with short jittered
@@ -349,25 +405,95 @@ impl PostgresBackend {
         }
     }
 
-    /// Creates the table and sequence on first use in this process.
+    /// Makes sure, once per process, that the table and sequence exist in this layout: creates
+    /// only what is missing (so a role that may only use them works), changes an older table when
+    /// the role may, and otherwise says what to run.
     async fn ensure_schema(
         &self,
         client: &mut deadpool_postgres::Object,
     ) -> std::result::Result<(), Failure> {
+        let names = &self.inner.names;
         self.inner
             .schema
             .get_or_try_init(|| async {
-                let what = "creating the table sentinel_locks";
+                let what = "checking the table sentinel_locks";
                 let err = |e: tokio_postgres::Error| self.failure(what, &e);
-                // A transaction object, so that a failure rolls back instead of leaving the
-                // pooled connection inside an aborted transaction.
-                let tx = client.transaction().await.map_err(err)?;
-                let sql = format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {SCHEMA}");
-                tx.batch_execute(&sql).await.map_err(err)?;
-                tx.commit().await.map_err(err)
+                let found = client
+                    .query_one(
+                        layout::EXISTING,
+                        &[&names.schema, &names.table, &names.sequence],
+                    )
+                    .await
+                    .map_err(err)?;
+                let (schema, table, sequence): (bool, bool, bool) =
+                    (found.get(0), found.get(1), found.get(2));
+                if !(schema && table && sequence) {
+                    let what = "creating the table sentinel_locks";
+                    let err = |e: tokio_postgres::Error| self.failure(what, &e);
+                    // Under the class's lock: concurrent `CREATE … IF NOT EXISTS` can otherwise
+                    // fail on the catalog's unique indexes. A transaction object, so that a
+                    // failure rolls back instead of leaving the pooled connection inside an
+                    // aborted transaction.
+                    let tx = client.transaction().await.map_err(err)?;
+                    let sql = format!(
+                        "SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {}",
+                        names.create(schema, table, sequence)
+                    );
+                    tx.batch_execute(&sql).await.map_err(err)?;
+                    tx.commit().await.map_err(err)?;
+                }
+                let columns: Vec<(String, String)> = client
+                    .query(layout::COLUMNS_OF, &[&names.table])
+                    .await
+                    .map_err(err)?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                let target = &self.inner.target;
+                match names.migration(&columns) {
+                    Ok(None) => Ok(()),
+                    Err(why) => Err(Failure::Final(Error::Unexpected(format!(
+                        "{target}: {why}"
+                    )))),
+                    Ok(Some((lacks, sql))) => self.migrate(client, &lacks, &sql).await,
+                }
             })
             .await?;
         Ok(())
+    }
+
+    /// Brings an older table to this layout, or says what its owner should run.
+    async fn migrate(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        lacks: &str,
+        sql: &str,
+    ) -> std::result::Result<(), Failure> {
+        let what = "changing the table sentinel_locks to this version's layout";
+        let err = |e: tokio_postgres::Error| self.failure(what, &e);
+        let tx = client.transaction().await.map_err(err)?;
+        let applied = tx
+            .batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {sql}"
+            ))
+            .await;
+        match applied {
+            Ok(()) => {
+                tx.commit().await.map_err(err)?;
+                tracing::warn!(table = %self.inner.names.table, "changed an older table: {lacks}");
+                Ok(())
+            }
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                Err(Failure::Final(Error::Unexpected(format!(
+                    "{}: the table {} has an older layout ({lacks}) and this user may not change \
+                     it ({}); as its owner run: {sql}",
+                    self.inner.target,
+                    self.inner.names.table,
+                    self.redact(&describe(&e))
+                ))))
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
     /// Applies `cmd` to the lock `name` in one transaction: the name's advisory lock, its row, the
@@ -393,21 +519,25 @@ impl PostgresBackend {
                 )
                 .await
                 .map_err(err)?;
+                let names = &self.inner.names;
                 let row = tx
                     .query_opt(
-                        &format!("SELECT {COLUMNS} FROM sentinel_locks WHERE name = $1"),
+                        &format!("SELECT {COLUMNS} FROM {} WHERE name = $1", names.table),
                         &[&name],
                     )
                     .await
                     .map_err(err)?;
                 let before = row.as_ref().map(|r| record(r, 0)).transpose()?;
-                let clock = if acquiring {
-                    format!("SELECT {NOW_MS}, nextval('sentinel_fencing_tokens')")
-                } else {
-                    format!("SELECT {NOW_MS}, 0::bigint")
-                };
-                let clock = tx.query_one(&clock, &[]).await.map_err(err)?;
+                let clock = tx
+                    .query_one(&format!("SELECT {NOW_MS}"), &[])
+                    .await
+                    .map_err(err)?;
                 let now = unsigned(clock.get(0));
+                let token = if acquiring {
+                    self.next_token(&tx).await.map_err(err)?
+                } else {
+                    0
+                };
                 if let (true, Some((record, granted_by))) = (acquiring, &before)
                     && !nonce.is_empty()
                     && granted_by == nonce
@@ -425,13 +555,15 @@ impl PostgresBackend {
                     Some((r, n)) => (Some(r), n),
                     None => (None, String::new()),
                 };
-                let mut lock = LockTable::one(unsigned(clock.get(1)), name, old.clone());
+                let mut lock = LockTable::one(unsigned(token), name, old.clone());
                 let resp = lock.apply(cmd, now);
                 let after = lock.get(name);
                 if after != old.as_ref() {
                     let fresh = matches!(resp, Response::Granted { adopted: false, .. });
                     let nonce = if fresh { nonce } else { old_nonce.as_str() };
-                    write(&tx, name, after, nonce).await.map_err(err)?;
+                    write(&tx, &names.table, name, after, nonce)
+                        .await
+                        .map_err(err)?;
                 }
                 commit(&resp)?;
                 tx.commit().await.map_err(err)?;
@@ -439,6 +571,49 @@ impl PostgresBackend {
             }
         })
         .await
+    }
+
+    /// The next fencing token: the sequence's next value, unless the sequence is behind the tokens
+    /// the table already holds (it restarted: a restore, a promoted replica, `ALTER SEQUENCE …
+    /// RESTART`); then the sequence is first moved past them, under the class's lock so that two
+    /// claims catching it up do not both take the same number.
+    async fn next_token(
+        &self,
+        tx: &Transaction<'_>,
+    ) -> std::result::Result<i64, tokio_postgres::Error> {
+        let Names {
+            table, sequence, ..
+        } = &self.inner.names;
+        let drawn = tx
+            .query_one(
+                &format!(
+                    "SELECT nextval('{sequence}'),
+                        (SELECT coalesce(max(fencing_token), 0) + 1 FROM {table})"
+                ),
+                &[],
+            )
+            .await?;
+        let (token, floor): (i64, i64) = (drawn.get(0), drawn.get(1));
+        if token >= floor {
+            return Ok(token);
+        }
+        tracing::warn!(
+            "the sequence {sequence} is behind the tokens in {table} ({token} < {floor}); moving it past them"
+        );
+        tx.execute(
+            &format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0)"),
+            &[],
+        )
+        .await?;
+        let moved = tx
+            .query_one(
+                &format!(
+                    "SELECT setval('{sequence}', greatest(nextval('{sequence}'), $1::bigint))"
+                ),
+                &[&floor],
+            )
+            .await?;
+        Ok(moved.get(0))
     }
 
     /// Deletes the lock the attempt with `nonce` granted, if it still stands; under the name's
@@ -455,7 +630,10 @@ impl PostgresBackend {
             .await
             .ok()?;
             tx.execute(
-                "DELETE FROM sentinel_locks WHERE name = $1 AND grant_nonce = $2",
+                &format!(
+                    "DELETE FROM {} WHERE name = $1 AND grant_nonce = $2",
+                    self.inner.names.table
+                ),
                 &[&name, &nonce],
             )
             .await
@@ -478,18 +656,20 @@ impl PostgresBackend {
 /// Writes the lock's row as the table left it: deleted, or inserted or replaced.
 async fn write(
     tx: &Transaction<'_>,
+    table: &str,
     name: &str,
     record: Option<&LockRecord>,
     nonce: &str,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let Some(r) = record else {
-        tx.execute("DELETE FROM sentinel_locks WHERE name = $1", &[&name])
+        tx.execute(&format!("DELETE FROM {table} WHERE name = $1"), &[&name])
             .await?;
         return Ok(());
     };
     let task_info = serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
     tx.execute(
-        "INSERT INTO sentinel_locks (name, worker_id, node_id, fencing_token, claimed_at,
+        &format!(
+            "INSERT INTO {table} (name, worker_id, node_id, fencing_token, claimed_at,
              heartbeat_at, ttl_ms, task_info, grant_nonce)
          VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0),
              to_timestamp($6::bigint / 1000.0), $7, $8::text::jsonb, $9)
@@ -497,7 +677,8 @@ async fn write(
              node_id = EXCLUDED.node_id, fencing_token = EXCLUDED.fencing_token,
              claimed_at = EXCLUDED.claimed_at, heartbeat_at = EXCLUDED.heartbeat_at,
              ttl_ms = EXCLUDED.ttl_ms, task_info = EXCLUDED.task_info,
-             grant_nonce = EXCLUDED.grant_nonce",
+             grant_nonce = EXCLUDED.grant_nonce"
+        ),
         &[
             &name,
             &r.worker_id,
@@ -589,7 +770,8 @@ impl LockBackend for PostgresBackend {
                     .query_one(
                         &format!(
                             "SELECT {NOW_MS}, l.* FROM (SELECT 1) AS one LEFT JOIN
-                             (SELECT {COLUMNS} FROM sentinel_locks WHERE name = $1) AS l ON true"
+                             (SELECT {COLUMNS} FROM {} WHERE name = $1) AS l ON true",
+                            self.inner.names.table
                         ),
                         &[&name],
                     )
@@ -613,7 +795,10 @@ impl LockBackend for PostgresBackend {
         self.call("a listing", |client| async move {
             let rows = client
                 .query(
-                    &format!("SELECT {NOW_MS}, name, {COLUMNS} FROM sentinel_locks ORDER BY name"),
+                    &format!(
+                        "SELECT {NOW_MS}, name, {COLUMNS} FROM {} ORDER BY name",
+                        self.inner.names.table
+                    ),
                     &[],
                 )
                 .await
@@ -660,7 +845,7 @@ mod tests {
             "",
             "localhost:5432",
             "mysql://u:hunter2@h/db",
-            "postgres://u:hunter2@h/db?sslmode=require",
+            "postgres://u:hunter2@h/db?sslmode=allow",
             "postgres://u:hunter2@h:99999/db",
         ] {
             let e = PostgresBackend::new(bad).unwrap_err();

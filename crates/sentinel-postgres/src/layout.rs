@@ -1,0 +1,164 @@
+//! The table and sequence sentinel keeps its locks in: what they look like, the SQL that creates
+//! what is missing, and what an older or hand-made table lacks.
+//!
+//! Both are named with their schema, never found through `search_path`: PostgreSQL's default
+//! path starts with `"$user"`, so two roles each owning a schema of their name would otherwise
+//! each find (and create) a table of their own, and hold one lock at once. Only what is missing is
+//! created, so a worker role with grants on existing objects (no CREATE right) works. A table of
+//! another layout is changed to this one when the role may (it owns the table), else the message
+//! says what its owner should run.
+
+/// The table's columns: name, type as `format_type` spells it, and the clause that adds it to a
+/// table that lacks it (`None`: a table without it is not sentinel's).
+const COLUMNS: [(&str, &str, Option<&str>); 9] = [
+    ("name", "text", None),
+    ("worker_id", "text", None),
+    ("node_id", "text", Some("text NOT NULL DEFAULT ''")),
+    ("fencing_token", "bigint", None),
+    ("claimed_at", "timestamp with time zone", None),
+    ("heartbeat_at", "timestamp with time zone", None),
+    ("ttl_ms", "bigint", None),
+    ("task_info", "jsonb", Some("jsonb NOT NULL DEFAULT '{}'")),
+    ("grant_nonce", "text", Some("text NOT NULL DEFAULT ''")),
+];
+
+/// Which of schema ($1, as written), table ($2) and sequence ($3) exist; a role without USAGE
+/// on the schema gets an error here, not a wrong answer.
+pub(crate) const EXISTING: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+    to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL";
+
+/// The columns of the table $1 and their types.
+pub(crate) const COLUMNS_OF: &str = "SELECT attname::text, format_type(atttypid, atttypmod)
+    FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped";
+
+/// The schema's objects, as SQL names.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// The schema as written, to look it up in `pg_namespace`.
+    pub schema: String,
+    /// `"schema"`.
+    pub quoted_schema: String,
+    /// `"schema".sentinel_locks`.
+    pub table: String,
+    /// `"schema".sentinel_fencing_tokens`.
+    pub sequence: String,
+}
+
+impl Names {
+    /// The names in `schema`, which [`crate::settings`] has checked holds letters, digits and `_`
+    /// only, so quoting it is enough.
+    pub fn new(schema: &str) -> Names {
+        let quoted_schema = format!("\"{schema}\"");
+        Names {
+            schema: schema.to_string(),
+            table: format!("{quoted_schema}.sentinel_locks"),
+            sequence: format!("{quoted_schema}.sentinel_fencing_tokens"),
+            quoted_schema,
+        }
+    }
+
+    /// The statements that create what is missing.
+    pub fn create(&self, schema: bool, table: bool, sequence: bool) -> String {
+        let mut sql = String::new();
+        if !schema {
+            sql += &format!("CREATE SCHEMA IF NOT EXISTS {};\n", self.quoted_schema);
+        }
+        if !table {
+            sql += &format!(
+                "CREATE TABLE IF NOT EXISTS {} (
+                    name text PRIMARY KEY,
+                    worker_id text NOT NULL,
+                    node_id text NOT NULL,
+                    fencing_token bigint NOT NULL,
+                    claimed_at timestamptz NOT NULL,
+                    heartbeat_at timestamptz NOT NULL,
+                    ttl_ms bigint NOT NULL CHECK (ttl_ms > 0),
+                    task_info jsonb NOT NULL DEFAULT '{{}}',
+                    grant_nonce text NOT NULL DEFAULT ''
+                );\n",
+                self.table
+            );
+        }
+        if !sequence {
+            sql += &format!("CREATE SEQUENCE IF NOT EXISTS {};\n", self.sequence);
+        }
+        sql
+    }
+
+    /// What the table with `found` columns lacks: `Ok(None)` if nothing, `Ok(Some((what, sql)))`
+    /// with a description and the one `ALTER TABLE` that brings it to this layout, or `Err` if no
+    /// change can (it is not sentinel's table).
+    pub fn migration(
+        &self,
+        found: &[(String, String)],
+    ) -> Result<Option<(String, String)>, String> {
+        let mut changes = Vec::new();
+        let mut what = Vec::new();
+        for (column, ty, add) in COLUMNS {
+            match found.iter().find(|(name, _)| name == column) {
+                Some((_, t)) if t == ty => {}
+                Some((_, t)) => {
+                    what.push(format!("{column} is {t}, not {ty}"));
+                    changes.push(format!(
+                        "ALTER COLUMN {column} TYPE {ty} USING {column}::{ty}"
+                    ));
+                }
+                None => match add {
+                    Some(def) => {
+                        what.push(format!("no column {column}"));
+                        changes.push(format!("ADD COLUMN IF NOT EXISTS {column} {def}"));
+                    }
+                    None => {
+                        return Err(format!(
+                            "the table {} has no column {column}: it is not sentinel's lock table; \
+                             name another schema with ?sentinel_schema=NAME",
+                            self.table
+                        ));
+                    }
+                },
+            }
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
+            what.join(", "),
+            format!("ALTER TABLE {} {};", self.table, changes.join(", ")),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_table_gets_one_alter_and_a_foreign_one_an_error() {
+        let names = Names::new("public");
+        let mut found: Vec<(String, String)> = COLUMNS
+            .iter()
+            .map(|(c, t, _)| (c.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(names.migration(&found), Ok(None));
+        found[3].1 = "integer".into();
+        found.pop();
+        let (what, sql) = names.migration(&found).unwrap().unwrap();
+        assert_eq!(
+            what,
+            "fencing_token is integer, not bigint, no column grant_nonce"
+        );
+        assert_eq!(
+            sql,
+            "ALTER TABLE \"public\".sentinel_locks ALTER COLUMN fencing_token TYPE bigint \
+             USING fencing_token::bigint, ADD COLUMN IF NOT EXISTS grant_nonce text NOT NULL \
+             DEFAULT '';"
+        );
+        found.remove(0);
+        assert!(
+            names
+                .migration(&found)
+                .unwrap_err()
+                .contains("no column name")
+        );
+    }
+}
