@@ -74,19 +74,9 @@ impl Node {
         peer_token: &'static str,
         log_filter: &'static str,
     ) -> Node {
-        let mut node = Node {
-            id,
-            addr: addr.to_string(),
-            peers: peers.to_vec(),
-            data: data.to_path_buf(),
-            token,
-            peer_token,
-            log_filter,
-            env: Vec::new(),
-            files: None,
-            args: Vec::new(),
-            child: None,
-        };
+        let mut node = Node::stopped(id, addr, peers, data, token);
+        node.peer_token = peer_token;
+        node.log_filter = log_filter;
         node.restart();
         node
     }
@@ -100,19 +90,8 @@ impl Node {
         token: Option<&'static str>,
         env: Vec<(String, String)>,
     ) -> Node {
-        let mut node = Node {
-            id,
-            addr: addr.to_string(),
-            peers: peers.to_vec(),
-            data: data.to_path_buf(),
-            token,
-            peer_token: PEER_TOKEN,
-            log_filter: "sentinel=info",
-            env,
-            files: None,
-            args: Vec::new(),
-            child: None,
-        };
+        let mut node = Node::stopped(id, addr, peers, data, token);
+        node.env = env;
         node.restart();
         node
     }
@@ -120,21 +99,33 @@ impl Node {
     /// A lone node (no token) that may open at most `files` files, so that it serves fewer
     /// connections.
     pub(crate) fn start_limited(addr: &str, data: &Path, files: u64) -> Node {
-        let mut node = Node {
-            id: 1,
+        let mut node = Node::stopped(1, addr, &[], data, None);
+        node.files = Some(files);
+        node.restart();
+        node
+    }
+
+    /// A node with the defaults, not started yet.
+    fn stopped(
+        id: u64,
+        addr: &str,
+        peers: &[String],
+        data: &Path,
+        token: Option<&'static str>,
+    ) -> Node {
+        Node {
+            id,
             addr: addr.to_string(),
-            peers: Vec::new(),
+            peers: peers.to_vec(),
             data: data.to_path_buf(),
-            token: None,
+            token,
             peer_token: PEER_TOKEN,
             log_filter: "sentinel=info",
             env: Vec::new(),
-            files: Some(files),
+            files: None,
             args: Vec::new(),
             child: None,
-        };
-        node.restart();
-        node
+        }
     }
 
     /// Starts the process and waits for the line that says it listens. The log of an earlier run
@@ -211,18 +202,8 @@ impl Node {
         data: &Path,
         args: &[String],
     ) -> Node {
-        let mut node = Node {
-            id,
-            addr: addr.to_string(),
-            peers: peers.to_vec(),
-            data: data.to_path_buf(),
-            token: None,
-            peer_token: PEER_TOKEN,
-            log_filter: "sentinel=info",
-            env: Vec::new(),
-            args: args.to_vec(),
-            child: None,
-        };
+        let mut node = Node::stopped(id, addr, peers, data, None);
+        node.args = args.to_vec();
         node.restart();
         node
     }
