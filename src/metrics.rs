@@ -590,7 +590,9 @@ impl<B: LockBackend> Metered<B> {
     /// Counts `ended` as a conflict if its last attempt found the lock held.
     fn count_conflict(&self, ended: Option<Claim>) {
         if let Some(c) = ended.filter(|c| c.held) {
-            with_metrics(&self.data_dir, |m| m.record_conflict(self.backend, c.attempts))
+            with_metrics(&self.data_dir, |m| {
+                m.record_conflict(self.backend, c.attempts)
+            })
         }
     }
 }
@@ -598,9 +600,15 @@ impl<B: LockBackend> Metered<B> {
 impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         // A claim whose last attempt found the lock held has ended: nothing more will be tried.
-        let ended = self.claim.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let ended = self
+            .claim
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(c) = ended.filter(|c| c.held) {
-            with_metrics(&self.data_dir, |m| m.record_conflict(self.backend, c.attempts))
+            with_metrics(&self.data_dir, |m| {
+                m.record_conflict(self.backend, c.attempts)
+            })
         }
     }
 }
@@ -701,7 +709,9 @@ mod tests {
             wait: Duration::ZERO,
         };
         let granted = |a: Result<Attempt>| matches!(a, Ok(Attempt::Granted(_)));
-        assert!(granted(locks.try_acquire(&req("a", 0, Takeover::None)).await));
+        assert!(granted(
+            locks.try_acquire(&req("a", 0, Takeover::None)).await
+        ));
         // Three attempts that found it held: one conflict with two retries, known to have ended
         // only when the next claim starts.
         for n in 0..3 {
@@ -710,7 +720,9 @@ mod tests {
         }
         let so_far = Metrics::open(d).unwrap().snapshot().unwrap().backends["local"];
         assert_eq!((so_far.acquisitions, so_far.conflicts), (1, 0));
-        assert!(granted(locks.try_acquire(&req("b", 0, Takeover::Any)).await));
+        assert!(granted(
+            locks.try_acquire(&req("b", 0, Takeover::Any)).await
+        ));
         // A lock the backend cannot take: a failed acquisition.
         let foreign = AcquireRequest {
             lock: LockId::Issue(1),
@@ -726,7 +738,9 @@ mod tests {
         assert!(locks.release(&release).await.unwrap().was_held);
         // Releasing a free lock is no release.
         assert!(!locks.release(&release).await.unwrap().was_held);
-        assert!(granted(locks.try_acquire(&req("a", 0, Takeover::None)).await));
+        assert!(granted(
+            locks.try_acquire(&req("a", 0, Takeover::None)).await
+        ));
         // A claim still held when the command ends (the backend is dropped) is a conflict.
         let a = locks.try_acquire(&req("b", 0, Takeover::None)).await;
         assert!(matches!(a, Ok(Attempt::Held(_))));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use github_emulator::Fault;
 
-use crate::serve::{Node, TOKEN, free_addr};
+use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
 use crate::servers::Redis;
 use crate::support::{
     Gh, REPO, Running, code, local, local_status, sentinel, stdout_json, text, wait_for,
@@ -439,7 +439,11 @@ fn interrupted_runs_leave_the_lock_free(cli: impl Fn(&str, &[&str]) -> Command, 
         std::thread::sleep(Duration::from_millis(round % 17));
         run.signal(if round % 2 == 0 { "INT" } else { "TERM" });
         let out = run.exit_within(20 * SECOND);
-        let st = stdout_json(&cli("observer", &["--json", "status", "job"]).output().unwrap());
+        let st = stdout_json(
+            &cli("observer", &["--json", "status", "job"])
+                .output()
+                .unwrap(),
+        );
         assert_eq!(st["held"], false, "round {round}: {}\n{st}", text(&out));
         match out.status.code().unwrap_or(128) {
             // Killed before the handlers were installed (128), or stopped while claiming.
@@ -488,11 +492,8 @@ fn run_interrupted_while_claiming_on_github_leaves_no_lock_comment() {
     for (round, delay_ms) in [0u64, 250, 700, 1300].into_iter().enumerate() {
         gh.emu
             .inject("GET", "/comments", Fault::Latency(2 * SECOND), 1);
-        let mut run = Running::spawn(&mut gh.cmd(
-            &gh.alice,
-            "w1",
-            &["-v", "run", &n, "--", "sleep", "30"],
-        ));
+        let mut run =
+            Running::spawn(&mut gh.cmd(&gh.alice, "w1", &["-v", "run", &n, "--", "sleep", "30"]));
         wait_for(20 * SECOND, "the lock comment", || {
             !gh.held_lock_comments(issue).is_empty()
         });
@@ -523,21 +524,39 @@ fn run_interrupted_while_claiming_on_github_leaves_no_lock_comment() {
 
 /// Issue 13: a `run` queued on the server behind a holder and killed with SIGTERM stayed queued,
 /// and was handed the lock when the holder released it. Its wait must be withdrawn: the next
-/// worker gets the lock at once.
+/// worker gets the lock at once. The waiter asks a follower, which forwards to the leader.
 #[test]
 fn a_run_killed_while_queued_on_the_server_is_never_handed_the_lock() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = Node::start(1, &free_addr(), &[], tmp.path(), Some(TOKEN));
-    let url = format!("http://{}", node.addr);
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let _nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("n{}", i + 1));
+            std::fs::create_dir_all(&dir).unwrap();
+            Node::start(i as u64 + 1, &addrs[i], &peers, &dir, Some(TOKEN))
+        })
+        .collect();
+    let leader = eventually(30, "a leader", || leader_of(&addrs[0]));
+    let follower = &addrs[if leader == 1 { 1 } else { 0 }];
+    let url = format!("http://{follower}");
+    let client = tmp.path().join("client");
     let cli = |worker: &str, args: &[&str]| {
-        let mut cmd = sentinel(tmp.path());
+        let mut cmd = sentinel(&client);
         cmd.env("SENTINEL_SERVER", &url)
             .env("SENTINEL_AUTH_TOKEN", TOKEN)
             .args(["--worker-id", worker])
             .args(args);
         cmd
     };
-    let out = cli("w1", &["claim", "held"]).output().unwrap();
+    let out = eventually(30, "a claim through the follower", || {
+        let out = cli("w1", &["claim", "held"]).output().unwrap();
+        (code(&out) == 0).then_some(out)
+    });
     assert_eq!(code(&out), 0, "{}", text(&out));
     let marker = tmp.path().join("ran");
     let mut waiter = Running::spawn(
@@ -550,7 +569,7 @@ fn a_run_killed_while_queued_on_the_server_is_never_handed_the_lock() {
                 "--max-retries",
                 "1",
                 "--initial-backoff",
-                "20s",
+                "15s",
                 "--",
                 "touch",
             ],
@@ -571,10 +590,18 @@ fn a_run_killed_while_queued_on_the_server_is_never_handed_the_lock() {
     );
     let out = cli("w1", &["release", "held"]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
-    let out = cli("w3", &["--json", "claim", "held", "--strategy", "fail-fast"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "the dead waiter got the lock: {}", text(&out));
+    let out = cli(
+        "w3",
+        &["--json", "claim", "held", "--strategy", "fail-fast"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        code(&out),
+        0,
+        "the dead waiter got the lock: {}",
+        text(&out)
+    );
     assert_eq!(stdout_json(&out)["worker_id"], "w3");
     assert!(!marker.exists(), "the command ran");
 }

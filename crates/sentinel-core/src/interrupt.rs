@@ -1,21 +1,22 @@
 //! Undo on interruption: SIGINT/SIGTERM in the middle of an acquisition must not leave a lock
 //! behind.
 //!
-//! [`Interruptible`] is the one place that does it: a decorator around the process's backend, so
-//! every command that acquires (claim, `claim --next`, steal-stale, run) gets the undo by
-//! construction and no command calls it between its steps. When a signal arrives, the process
-//! flags the interrupt and [`wind_down`] lets every acquisition in flight finish (a backend's
-//! single attempt is bounded by its own timeouts) or, for a wait in the backend's queue (the
-//! coordinator), cancels it: the dropped request closes its connection and the coordinator
-//! withdraws an acquire whose client left, queued or granted. No new acquisition starts once the
-//! interrupt is flagged. Then the undo actions run: every grant the decorator saw and the command
-//! has not yet reported is released by its holder and fencing token, so only that grant is undone.
-//! A grant stays at risk until the command has printed it: `main` drops the undo actions after
-//! printing ([`reported`]). So an interrupted claim either holds nothing or has told its caller.
+//! [`Interruptible`] is the one place that does it for every command: a decorator around the
+//! process's backend, so every command that acquires (claim, `claim --next`, steal-stale, run)
+//! gets the undo by construction and no command calls it between its steps. It counts the
+//! acquisitions in flight, refuses to start one once the interrupt is flagged, and registers the
+//! release of every new grant (by worker id and fencing token, so only that grant is undone) until
+//! the command has printed it (`main` calls [`reported`]). So an interrupted claim either holds
+//! nothing or has told its caller.
 //!
-//! Backends may also register undo actions of their own ([`on_interrupt`]) for what only they
-//! know about while an attempt is in flight (a posted, not yet verified lock comment; a request
-//! id the coordinator can withdraw by).
+//! What only a backend sees while an attempt is in flight, it registers itself ([`on_interrupt`]):
+//! a posted, not yet verified lock comment (GitHub deletes it); an acquire's request id (the
+//! server backend asks the coordinator to withdraw it, which also ends a wait in its queue); a
+//! nonce or lease (Redis, PostgreSQL, etcd, local).
+//!
+//! On a signal, [`wind_down`] flags the interrupt, runs what is registered (the backends' undos
+//! cancel the attempts in flight), lets those attempts end (at most 45 s), and runs
+//! the undos of the grants they returned meanwhile.
 //!
 //! Only a process that handles the signals (the binary) wraps its backend and so arms the
 //! registry; in any other process — a service using the library — nothing is registered, since
@@ -125,17 +126,6 @@ pub fn flag(code: i32) {
     });
 }
 
-/// Resolves once the process is interrupted, with the signal's exit code.
-async fn stopped() -> i32 {
-    let mut rx = STOPPED.subscribe();
-    let code = rx.wait_for(Option::is_some).await.map(|c| c.unwrap_or(130));
-    match code {
-        Ok(code) => code,
-        // The sender is a static: it is never dropped.
-        Err(_) => std::future::pending().await,
-    }
-}
-
 /// Resolves once no acquisition is in flight, or after [`SETTLE_LIMIT`].
 async fn settled() {
     let mut rx = IN_FLIGHT.subscribe();
@@ -151,10 +141,9 @@ async fn settled() {
     }
 }
 
-/// Runs every registered undo action, once no acquisition is in flight (called by the process
-/// that handles the signals, after [`flag`]).
+/// Runs every registered undo action now (called by the process that handles the signals, after
+/// [`flag`]; [`wind_down`] does both).
 pub async fn undo_all() {
-    settled().await;
     let pending: Vec<Undo> = std::mem::take(&mut *pending()).into_values().collect();
     for undo in pending {
         undo().await;
@@ -162,11 +151,14 @@ pub async fn undo_all() {
 }
 
 /// What a process does when a stop signal (exit code `code`) arrives while `work` may be
-/// acquiring: flags the interrupt, keeps `work` going until no acquisition is in flight (or it
-/// ends), then runs the undo actions. `work` is dropped unfinished if it goes on past that (a
-/// pause between attempts, a child process).
+/// acquiring: flags the interrupt; runs the undo actions registered so far, among them the
+/// backends' undos of attempts in flight (withdrawing a queued acquire ends its wait); keeps
+/// `work` going until no acquisition is in flight (or it ends); then runs the undo actions the
+/// attempts that ended meanwhile registered for their grants. `work` is dropped unfinished if it
+/// goes on past that (a pause between attempts, a child process).
 pub async fn wind_down(code: i32, work: impl Future) {
     flag(code);
+    undo_all().await;
     tokio::select! {
         _ = work => {}
         () = settled() => {}
@@ -268,17 +260,7 @@ impl<B: LockBackend + 'static> LockBackend for Interruptible<B> {
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let _flight = InFlight::enter()?;
-        let attempt = if self.inner.waits_server_side() && !req.wait.is_zero() {
-            // A wait in the backend's queue can last minutes: the interrupt cancels it. Dropping
-            // the request closes its connection; the coordinator then withdraws the acquire,
-            // whether it still waits or was granted in the meantime.
-            tokio::select! {
-                attempt = self.inner.try_acquire(req) => attempt?,
-                code = stopped() => return Err(Error::Interrupted(code)),
-            }
-        } else {
-            self.inner.try_acquire(req).await?
-        };
+        let attempt = self.inner.try_acquire(req).await?;
         // A re-adopted lock was held before this process asked: not the interrupt's to release.
         if let Attempt::Granted(g) = &attempt
             && !g.adopted
