@@ -30,6 +30,7 @@ use tabled::settings::Style;
 use sentinel::backend::{Budget, LockBackend, Status};
 use sentinel::error::{Error, Result};
 use sentinel::github::RepoHistory;
+use sentinel::interrupt;
 use sentinel::lease;
 use sentinel::lock::{
     AcquireRequest, Attempt, Claimed, Grant, Holder, ListRequest, LockId, NextRequest,
@@ -573,6 +574,11 @@ impl<B: LockBackend> Metered<B> {
         }
         let Some(c) = claim.take() else { return };
         drop(claim);
+        // Cut short by a signal: the attempt's own outcome (often an error) says nothing about
+        // the lock.
+        if interrupt::is_interrupted() {
+            return;
+        }
         let backend = self.backend;
         with_metrics(&self.data_dir, |m| match outcome {
             Ok(Some(g)) => m.record_acquired(
