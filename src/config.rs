@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{BackendKind, GlobalArgs, TaskArgs};
+use crate::metrics::Metered;
 use sentinel::backend::Backend;
 use sentinel::endpoint::{http_url, shown_url};
 use sentinel::error::{Error, Result};
 use sentinel::etcd::EtcdBackend;
 use sentinel::github::client::ClientOptions;
 use sentinel::github::{GithubBackend, GithubOptions, RepoName};
+use sentinel::interrupt::Interruptible;
 use sentinel::local::LocalBackend;
 use sentinel::lock::hostname;
 use sentinel::lock::{Claimant, MAX_TASK_INFO_BYTES, TaskInfo, validate_label};
@@ -26,11 +28,17 @@ const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
 /// GitHub's REST API, the `--api-url` default; GitHub Enterprise Server is `https://HOST/api/v3`.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
+/// The backend as commands see it: the chosen one, counted, and undone on interruption.
+pub type CliBackend = Interruptible<Metered<Backend>>;
+
 /// What a lock command runs with, built from the global options and the environment by
 /// [`Context::from_args`].
 pub struct Context {
-    /// The backend the options chose, ready to use (connections are made on first use).
-    pub backend: Backend,
+    /// The backend the options chose, ready to use (connections are made on first use), wrapped
+    /// once in the cross-cutting concerns every command gets by construction: this host's metrics
+    /// count what passes through, and an interrupted acquisition is taken back. Commands never
+    /// record metrics or undo anything themselves.
+    pub backend: CliBackend,
     /// Who claims: the worker id and node id, validated.
     pub claimant: Claimant,
     /// The worker id was chosen by the user (flag or environment), so a claim by it may take up
@@ -38,8 +46,6 @@ pub struct Context {
     pub explicit_worker: bool,
     /// `--json`: print one JSON object instead of text.
     pub json: bool,
-    /// Where the metrics of this host's lock operations are counted.
-    pub data_dir: PathBuf,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -257,13 +263,15 @@ impl Context {
             k => k,
         };
         let data_dir = data_dir(g.data_dir.as_ref())?;
-        let backend = open_backend(g, kind, repo, &data_dir)?;
+        let backend = Interruptible::new(Metered::new(
+            open_backend(g, kind, repo, &data_dir)?,
+            &data_dir,
+        ));
         Ok(Context {
             backend,
             claimant,
             explicit_worker,
             json: g.json,
-            data_dir,
         })
     }
 }

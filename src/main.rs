@@ -91,8 +91,7 @@ fn main() {
         tokio::select! {
             joined = &mut command => joined.unwrap_or_else(failed),
             code = signal => {
-                interrupt::flag();
-                interrupt::undo_all().await;
+                interrupt::wind_down(code, &mut command).await;
                 output::print_error(&Error::Interrupted(code), json);
                 std::process::exit(code);
             }

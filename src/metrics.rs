@@ -4,7 +4,8 @@
 //! and release adds to a [`StateFile`], whose OS file lock serializes the read-modify-write of
 //! concurrent processes (no lost update) and whose atomic replace survives a kill at any point.
 //! Counting is a side effect that must never change the outcome of a lock operation, so the
-//! recording calls log a failure with a warning and carry on.
+//! recording calls log a failure with a warning and carry on. They are made in one place,
+//! [`Metered`], the decorator the CLI wraps its backend in: commands never record anything.
 //!
 //! Definitions: an acquisition is a granted claim (re-adoptions included); a conflict is a claim
 //! that ended with the lock held by someone else (exit 3); retries are the extra attempts
@@ -14,8 +15,8 @@
 //! stale lock; releases count only releases that freed a held lock.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::proto::{
@@ -26,11 +27,15 @@ use serde_json::{Value, json};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
+use sentinel::backend::{Budget, LockBackend, Status};
 use sentinel::error::{Error, Result};
 use sentinel::github::RepoHistory;
+use sentinel::interrupt;
 use sentinel::lease;
-use sentinel::lock::Claimed;
-use sentinel::lock::Released;
+use sentinel::lock::{
+    AcquireRequest, Attempt, Claimed, Grant, Holder, ListRequest, LockId, NextRequest,
+    ReleaseRequest, ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
+};
 use sentinel::statefile::{Persisted, StateFile};
 
 /// The counters of one backend. Fields missing from an older file read as zero.
@@ -492,133 +497,268 @@ fn with_metrics(data_dir: &Path, f: impl FnOnce(&Metrics)) {
     }
 }
 
-/// Watches one claim: started before the strategy loop, told of every attempt, finished with the
-/// loop's result.
-pub struct ClaimRecorder<'a> {
-    data_dir: &'a Path,
-    backend: &'a str,
-    started: Instant,
-    attempts: AtomicU32,
+/// A [`LockBackend`] that counts what passes through it in this host's metrics: every command's
+/// claims and releases are counted here, once, and no command records anything itself.
+///
+/// A claim is the strategy loop's attempts on one lock (the attempt number starts again at 0 for
+/// the next claim) or one `claim --next`. It is counted when it ends: at once when granted or
+/// failed; when its last attempt found the lock held, at the next claim or when the backend is
+/// dropped at the end of the command, since only then is it known that no attempt follows. A
+/// claim a signal cut short is not counted. The janitor's releases of stale locks are not
+/// releases of this host's locks and are not counted.
+pub struct Metered<B> {
+    inner: B,
+    /// The inner backend's name, the counters' key (kept for `Drop`, which cannot ask `inner`).
+    backend: &'static str,
+    data_dir: PathBuf,
+    claim: Mutex<Option<Claim>>,
 }
 
-impl<'a> ClaimRecorder<'a> {
-    /// Starts the claim's clock; counts one attempt so far.
-    pub fn start(data_dir: &'a Path, backend: &'a str) -> Self {
-        ClaimRecorder {
-            data_dir,
-            backend,
-            started: Instant::now(),
-            attempts: AtomicU32::new(1),
+/// The claim under way: when its first attempt started, how many attempts it made, and whether
+/// the last one found the lock held.
+struct Claim {
+    started: Instant,
+    attempts: u32,
+    held: bool,
+}
+
+impl<B: LockBackend> Metered<B> {
+    /// Counts `inner`'s operations in `data_dir`'s metrics.
+    pub fn new(inner: B, data_dir: &Path) -> Metered<B> {
+        Metered {
+            backend: inner.name(),
+            inner,
+            data_dir: data_dir.to_path_buf(),
+            claim: Mutex::new(None),
         }
     }
 
-    /// The claim loop is about to make another attempt (it calls its `waiting` hook first).
-    pub fn retrying(&self) {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
     }
 
-    /// Records the claim's result in `data_dir`'s metrics: a grant with the time since
-    /// [`ClaimRecorder::start`], a conflict, or a failure. Never fails; problems are logged.
-    pub fn finish(&self, outcome: std::result::Result<&Claimed, &Error>) {
-        let attempts = self.attempts.load(Ordering::Relaxed);
-        with_metrics(self.data_dir, |m| match outcome {
-            Ok(o) => m.record_acquired(
-                self.backend,
-                self.started.elapsed(),
-                o.attempts,
-                o.grant.took_over.as_ref().is_some_and(|h| h.stale),
+    fn claim(&self) -> std::sync::MutexGuard<'_, Option<Claim>> {
+        self.claim.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The attempt `attempt` of a claim starts: a new claim at 0, which ends the previous one.
+    fn attempt_starts(&self, attempt: u32) {
+        let mut claim = self.claim();
+        match claim.as_mut() {
+            Some(c) if attempt > 0 => {
+                c.attempts = attempt + 1;
+                c.held = false;
+            }
+            _ => {
+                let ended = claim.replace(Claim {
+                    started: Instant::now(),
+                    attempts: attempt + 1,
+                    held: false,
+                });
+                drop(claim);
+                self.count_conflict(ended);
+            }
+        }
+    }
+
+    /// The claim under way ended with `outcome`: a grant, or an error. An attempt that found the
+    /// lock held leaves the claim open.
+    fn attempt_ends(&self, outcome: std::result::Result<Option<&Grant>, &Error>) {
+        let mut claim = self.claim();
+        if matches!(outcome, Ok(None)) {
+            if let Some(c) = claim.as_mut() {
+                c.held = true;
+            }
+            return;
+        }
+        let Some(c) = claim.take() else { return };
+        drop(claim);
+        // Cut short by a signal: the attempt's own outcome (often an error) says nothing about
+        // the lock.
+        if interrupt::is_interrupted() {
+            return;
+        }
+        let backend = self.backend;
+        with_metrics(&self.data_dir, |m| match outcome {
+            Ok(Some(g)) => m.record_acquired(
+                backend,
+                c.started.elapsed(),
+                c.attempts,
+                g.took_over.as_ref().is_some_and(|h| h.stale),
             ),
-            Err(Error::Conflict(_)) => m.record_conflict(self.backend, attempts),
-            Err(_) => m.record_failed(self.backend, attempts),
+            Err(Error::Interrupted(_)) | Ok(None) => {}
+            Err(Error::Conflict(_)) => m.record_conflict(backend, c.attempts),
+            Err(_) => m.record_failed(backend, c.attempts),
         })
+    }
+
+    /// Counts `ended` as a conflict if its last attempt found the lock held.
+    fn count_conflict(&self, ended: Option<Claim>) {
+        if let Some(c) = ended.filter(|c| c.held) {
+            with_metrics(&self.data_dir, |m| {
+                m.record_conflict(self.backend, c.attempts)
+            })
+        }
     }
 }
 
-/// Counts a release that freed a held lock; releasing a free lock changes nothing.
-pub fn record_release(data_dir: &Path, backend: &str, released: &Released) {
-    if released.was_held {
-        with_metrics(data_dir, |m| m.record_released(backend))
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        // A claim whose last attempt found the lock held has ended: nothing more will be tried.
+        let ended = self
+            .claim
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = ended.filter(|c| c.held) {
+            with_metrics(&self.data_dir, |m| {
+                m.record_conflict(self.backend, c.attempts)
+            })
+        }
+    }
+}
+
+impl<B: LockBackend> LockBackend for Metered<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        self.inner.parse_lock(raw)
+    }
+
+    fn describe(&self, lock: &LockId) -> String {
+        self.inner.describe(lock)
+    }
+
+    fn waits_server_side(&self) -> bool {
+        self.inner.waits_server_side()
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.attempt_starts(req.attempt);
+        let attempt = self.inner.try_acquire(req).await;
+        self.attempt_ends(match &attempt {
+            Ok(Attempt::Granted(g)) => Ok(Some(g)),
+            Ok(Attempt::Held(_)) => Ok(None),
+            Err(e) => Err(e),
+        });
+        attempt
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        let released = self.inner.release(req).await?;
+        if released.was_held {
+            with_metrics(&self.data_dir, |m| m.record_released(self.backend))
+        }
+        Ok(released)
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        self.inner.renew(req).await
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        self.inner.status(lock).await
+    }
+
+    fn renew_budget(&self) -> Option<Budget> {
+        self.inner.renew_budget()
+    }
+
+    async fn list(&self, req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        self.inner.list(req).await
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        self.inner.release_stale(req).await
+    }
+
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
+        self.attempt_starts(0);
+        let claimed = self.inner.claim_next(req).await;
+        if let Ok((_, c)) = &claimed
+            && let Some(claim) = self.claim().as_mut()
+        {
+            // The work queue's own attempts (GitHub: the issues it tried before one was free).
+            claim.attempts = c.attempts;
+        }
+        self.attempt_ends(claimed.as_ref().map(|(_, c)| Some(&c.grant)));
+        claimed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use sentinel::lock::{Grant, Holder};
+    use sentinel::local::LocalBackend;
+    use sentinel::lock::{Claimant, Takeover};
 
-    fn holder(stale: bool) -> Holder {
-        Holder {
-            worker_id: "w".into(),
-            node_id: "n".into(),
-            fencing_token: 1,
-            claimed_at: Utc::now(),
-            heartbeat_last: Utc::now(),
-            expires_at: Utc::now(),
-            stale,
-            task_info: Default::default(),
-        }
-    }
-
-    fn granted(attempts: u32, took_over: Option<Holder>) -> Result<Claimed> {
-        Ok(Claimed {
-            grant: Grant {
-                holder: holder(false),
-                adopted: false,
-                took_over,
-            },
-            attempts,
-            attempt_started: tokio::time::Instant::now(),
-        })
-    }
-
-    #[test]
-    fn claims_and_releases_add_up_per_backend() {
+    #[tokio::test]
+    async fn the_decorator_counts_each_claim_once_when_it_ends() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for outcome in [
-            granted(1, None),
-            granted(3, Some(holder(true))),
-            granted(1, Some(holder(false))),
-            Err(Error::Conflict("held".into())),
-            Err(Error::Unavailable("down".into())),
-        ] {
-            let r = ClaimRecorder::start(d, "local");
-            let tried = outcome.as_ref().map(|o| o.attempts).unwrap_or(4);
-            for _ in 1..tried {
-                r.retrying();
-            }
-            r.finish(outcome.as_ref());
-        }
-        ClaimRecorder::start(d, "github").finish(granted(1, None).as_ref());
-        let held = Released {
-            was_held: true,
-            previous: None,
-        };
-        record_release(d, "local", &held);
-        record_release(
-            d,
-            "local",
-            &Released {
-                was_held: false,
-                previous: None,
+        let locks = Metered::new(LocalBackend::open(d.join("local")).unwrap(), d);
+        let job = LockId::Name("job".into());
+        let req = |worker: &str, attempt: u32, takeover: Takeover| AcquireRequest {
+            lock: job.clone(),
+            claimant: Claimant {
+                worker_id: worker.into(),
+                node_id: "n".into(),
             },
-        );
+            ttl: Duration::from_secs(60),
+            takeover,
+            task_info: Default::default(),
+            readopt: false,
+            attempt,
+            wait: Duration::ZERO,
+        };
+        let granted = |a: Result<Attempt>| matches!(a, Ok(Attempt::Granted(_)));
+        assert!(granted(
+            locks.try_acquire(&req("a", 0, Takeover::None)).await
+        ));
+        // Three attempts that found it held: one conflict with two retries, known to have ended
+        // only when the next claim starts.
+        for n in 0..3 {
+            let a = locks.try_acquire(&req("b", n, Takeover::None)).await;
+            assert!(matches!(a, Ok(Attempt::Held(_))));
+        }
+        let so_far = Metrics::open(d).unwrap().snapshot().unwrap().backends["local"];
+        assert_eq!((so_far.acquisitions, so_far.conflicts), (1, 0));
+        assert!(granted(
+            locks.try_acquire(&req("b", 0, Takeover::Any)).await
+        ));
+        // A lock the backend cannot take: a failed acquisition.
+        let foreign = AcquireRequest {
+            lock: LockId::Issue(1),
+            ..req("c", 0, Takeover::None)
+        };
+        assert!(locks.try_acquire(&foreign).await.is_err());
+        let release = ReleaseRequest {
+            lock: job.clone(),
+            worker_id: "b".into(),
+            force: false,
+            fencing_token: None,
+        };
+        assert!(locks.release(&release).await.unwrap().was_held);
+        // Releasing a free lock is no release.
+        assert!(!locks.release(&release).await.unwrap().was_held);
+        assert!(granted(
+            locks.try_acquire(&req("a", 0, Takeover::None)).await
+        ));
+        // A claim still held when the command ends (the backend is dropped) is a conflict.
+        let a = locks.try_acquire(&req("b", 0, Takeover::None)).await;
+        assert!(matches!(a, Ok(Attempt::Held(_))));
+        drop(locks);
 
-        let s = Metrics::open(d).unwrap().snapshot().unwrap();
-        let local = s.backends["local"];
+        let local = Metrics::open(d).unwrap().snapshot().unwrap().backends["local"];
         assert_eq!(local.acquisitions, 3);
         assert_eq!(local.releases, 1);
-        assert_eq!(local.conflicts, 1);
-        assert_eq!(local.retries, 2 + 3 + 3);
-        assert_eq!(local.failed_acquisitions, 2);
-        assert_eq!(local.stale_locks_claimed, 1);
-        assert_eq!(s.backends["github"].acquisitions, 1);
-        assert_eq!(s.total().acquisitions, 4);
-        let v = s.to_json();
-        assert_eq!(v["total_acquisitions"], 4);
-        assert_eq!(v["by_backend"]["local"]["total_conflicts"], 1);
-        assert_eq!(s.only("server").total(), Counters::default());
+        assert_eq!(local.conflicts, 2);
+        assert_eq!(local.retries, 2);
+        assert_eq!(local.failed_acquisitions, 3);
+        assert_eq!(local.stale_locks_claimed, 0);
     }
 
     #[test]

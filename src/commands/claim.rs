@@ -5,7 +5,6 @@ use serde_json::json;
 
 use crate::cli::{ClaimArgs, ClaimOptions, ClaimTarget};
 use crate::config::{Context, task_info};
-use crate::metrics;
 use crate::output::{Report, Spinner, holder_json, summary_table};
 use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
@@ -40,12 +39,8 @@ pub(crate) async fn claim_target(
             ttl: lease::validate_ttl(opts.ttl)?,
             task_info: task_info(&opts.task)?,
         };
-        let spinner = Spinner::new(ctx.json, "looking for a free issue");
-        let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
-        let claimed = ctx.backend.claim_next(&req).await;
-        recorder.finish(claimed.as_ref().map(|(_, o)| o));
-        drop(spinner);
-        return claimed;
+        let _spinner = Spinner::new(ctx.json, "looking for a free issue");
+        return ctx.backend.claim_next(&req).await;
     }
     let raw = target
         .lock
@@ -84,7 +79,7 @@ pub(crate) fn request(
     Ok((req, policy))
 }
 
-/// Runs the claim loop, with a spinner while it waits, counting it in the metrics.
+/// Runs the claim loop, with a spinner while it waits.
 pub(crate) async fn acquire(
     ctx: &Context,
     req: &AcquireRequest,
@@ -95,18 +90,14 @@ pub(crate) async fn acquire(
     }
     let what = ctx.backend.describe(&req.lock);
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
-    let recorder = metrics::ClaimRecorder::start(&ctx.data_dir, ctx.backend.name());
-    let outcome = strategy::claim(&ctx.backend, req, policy, |h, pause| {
-        recorder.retrying();
+    strategy::claim(&ctx.backend, req, policy, |h, pause| {
         spinner.set_message(format!(
             "{what} is held by {}; retrying in {:.1}s",
             h.worker_id,
             pause.as_secs_f64()
         ))
     })
-    .await;
-    recorder.finish(outcome.as_ref());
-    outcome
+    .await
 }
 
 /// What every command that ends in a grant prints: `claim`, `claim --next`, `steal-stale`, and

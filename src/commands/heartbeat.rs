@@ -8,7 +8,6 @@ use tokio::time::Instant;
 
 use crate::cli::HeartbeatArgs;
 use crate::config::Context;
-use crate::metrics;
 use crate::output::{Report, holder_json};
 use sentinel::backend::LockBackend;
 use sentinel::error::Result;
@@ -100,7 +99,6 @@ async fn release(ctx: &Context, req: RenewRequest, fencing_token: u64) -> Result
             fencing_token: Some(fencing_token),
         })
         .await?;
-    metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
     Ok(r.was_held)
 }
 

@@ -38,7 +38,7 @@ pub async fn exec(g: &GlobalArgs, args: &MetricsArgs) -> Result<Report> {
 
 async fn repo_wide(g: &GlobalArgs, args: &MetricsArgs) -> Result<Report> {
     let ctx = Context::from_args(g)?;
-    let Backend::Github(gh) = &ctx.backend else {
+    let Backend::Github(gh) = ctx.backend.inner().inner() else {
         return Err(Error::usage(
             "--repo-wide reads a GitHub repository's lock comments: it needs the github backend (--repo OWNER/REPO)",
         ));

@@ -4,7 +4,6 @@ use serde_json::json;
 
 use crate::cli::ReleaseArgs;
 use crate::config::Context;
-use crate::metrics;
 use crate::output::{Report, holder_json, summary_table};
 use sentinel::backend::LockBackend;
 use sentinel::error::Result;
@@ -23,7 +22,6 @@ pub async fn exec(ctx: &Context, args: &ReleaseArgs) -> Result<Report> {
             fencing_token: None,
         })
         .await?;
-    metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
     let human = match (&r.previous, r.was_held) {
         (Some(p), true) if &p.worker_id != worker => {
             format!("Force-released {what} (was held by {})", p.worker_id)

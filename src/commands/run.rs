@@ -13,7 +13,6 @@ use super::claim;
 use crate::child;
 use crate::cli::RunArgs;
 use crate::config::Context;
-use crate::metrics;
 use crate::output::{self, Report};
 use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
@@ -98,22 +97,21 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     Ok(report)
 }
 
-/// Claims the lock; a signal during the claim withdraws whatever is half made and ends `run`
-/// like an interrupted `claim` (exit 130/143).
+/// Claims the lock; a signal during the claim ends `run` like an interrupted `claim` (exit
+/// 130/143): the backend's interrupt decorator takes back what the claim was granted.
 async fn claim_unless_interrupted(
     ctx: &Context,
     args: &RunArgs,
     signals: &mut Signals,
 ) -> Result<(Claimed, LockId)> {
-    let claimed = pin!(claim_lock(ctx, args));
-    tokio::select! {
-        claimed = claimed => claimed,
-        signal = signals.recv() => {
-            interrupt::flag();
-            interrupt::undo_all().await;
-            Err(Error::Interrupted(signal.exit_code()))
-        }
-    }
+    let mut claimed = pin!(claim_lock(ctx, args));
+    let signal = tokio::select! {
+        claimed = claimed.as_mut() => return claimed,
+        signal = signals.recv() => signal,
+    };
+    let code = signal.exit_code();
+    interrupt::wind_down(code, claimed).await;
+    Err(Error::Interrupted(code))
 }
 
 /// Runs the command while `keep` renews the lock, forwarding signals to it, until it exits: its
@@ -166,10 +164,7 @@ async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Claimed, LockId)> 
 /// stands.
 async fn release(ctx: &Context, req: &ReleaseRequest, last: &Holder) -> Result<bool> {
     match ctx.backend.release(req).await {
-        Ok(r) => {
-            metrics::record_release(&ctx.data_dir, ctx.backend.name(), &r);
-            Ok(r.was_held)
-        }
+        Ok(r) => Ok(r.was_held),
         Err(e @ Error::NotOwner(_)) => Err(e),
         Err(e) => {
             tracing::warn!(

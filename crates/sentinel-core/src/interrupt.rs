@@ -1,28 +1,61 @@
-//! Undo on interruption: SIGINT/SIGTERM in the middle of a claim must not leave a lock behind.
+//! Undo on interruption: SIGINT/SIGTERM in the middle of an acquisition must not leave a lock
+//! behind.
 //!
-//! Code that has made a change it would withdraw on failure (a posted, not yet verified lock
-//! comment, a fresh grant) registers an undo action for as long as the change is at risk; `main`
-//! flags the interrupt, runs whatever is registered, then exits 130 (SIGINT) or 143 (SIGTERM).
-//! A grant stays at risk until the command has printed it: its registration is kept past the
-//! grant ([`Registration::keep_until_reported`]) and dropped by `main` after printing
-//! ([`reported`]). So an interrupted claim either holds nothing or has told its caller.
+//! [`Interruptible`] is the one place that does it for every command: a decorator around the
+//! process's backend, so every command that acquires (claim, `claim --next`, steal-stale, run)
+//! gets the undo by construction and no command calls it between its steps. It counts the
+//! acquisitions in flight, refuses to start one once the interrupt is flagged, and registers the
+//! release of every new grant (by worker id and fencing token, so only that grant is undone) until
+//! the command has printed it (`main` calls [`reported`]). So an interrupted claim either holds
+//! nothing or has told its caller.
 //!
-//! Only a process that handles the signals (the binary, through [`signalled`]) runs the undo
-//! actions; in any other process — a service using the library — nothing is registered, since
+//! What only a backend sees while an attempt is in flight, it registers itself ([`on_interrupt`]):
+//! a posted, not yet verified lock comment (GitHub deletes it); an acquire's request id (the
+//! server backend asks the coordinator to withdraw it, which also ends a wait in its queue); a
+//! nonce or lease (Redis, PostgreSQL, etcd, local).
+//!
+//! On a signal, [`wind_down`] flags the interrupt, runs what is registered (the backends' undos
+//! cancel the attempts in flight), lets those attempts end (at most 45 s), and runs
+//! the undos of the grants they returned meanwhile.
+//!
+//! Only a process that handles the signals (the binary) wraps its backend and so arms the
+//! registry; in any other process — a service using the library — nothing is registered, since
 //! nobody would run the actions and every grant would leave one behind.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::backend::{Budget, LockBackend, Status};
+use crate::error::{Error, Result};
+use crate::lease;
+use crate::lock::{
+    AcquireRequest, Attempt, Claimed, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease,
+};
 
 type Undo = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 static PENDING: Mutex<BTreeMap<u64, Undo>> = Mutex::new(BTreeMap::new());
 static NEXT: AtomicU64 = AtomicU64::new(0);
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// The exit code of the signal that interrupted the process, once one has.
+static STOPPED: LazyLock<watch::Sender<Option<i32>>> = LazyLock::new(|| watch::Sender::new(None));
+/// Acquisitions under way through an [`Interruptible`] backend.
+static IN_FLIGHT: LazyLock<watch::Sender<usize>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// How long an interrupted process waits for its acquisitions in flight before it undoes what it
+/// knows of and exits. Each backend bounds one attempt by its own timeouts (GitHub's 15 s per
+/// request, a few requests per claim); past this, a grant made later ends with its lease.
+const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+/// How long one undo action may take: an unreachable backend must not keep an interrupted process
+/// from exiting.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keeps an undo action registered until dropped.
 pub struct Registration(Option<u64>);
@@ -49,7 +82,7 @@ fn pending() -> std::sync::MutexGuard<'static, BTreeMap<u64, Undo>> {
 
 /// Whether a SIGINT/SIGTERM has arrived; work that is about to commit checks this under its lock.
 pub fn is_interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    STOPPED.borrow().is_some()
 }
 
 /// The command's result has been printed: nothing registered needs undoing any more.
@@ -81,12 +114,35 @@ pub fn arm() {
     ARMED.store(true, Ordering::SeqCst);
 }
 
-/// Marks the process as interrupted: from now on, work checking [`is_interrupted`] commits nothing.
-pub fn flag() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+/// Marks the process as interrupted by the signal whose exit code is `code` (130, 143): from now
+/// on, work checking [`is_interrupted`] commits nothing and no acquisition starts.
+pub fn flag(code: i32) {
+    STOPPED.send_if_modified(|stopped| {
+        let first = stopped.is_none();
+        if first {
+            *stopped = Some(code);
+        }
+        first
+    });
 }
 
-/// Runs every registered undo action (called once, by `main`, after [`flag`]).
+/// Resolves once no acquisition is in flight, or after [`SETTLE_LIMIT`].
+async fn settled() {
+    let mut rx = IN_FLIGHT.subscribe();
+    if tokio::time::timeout(SETTLE_LIMIT, rx.wait_for(|n| *n == 0))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "an interrupted acquisition did not end within {}s; a lock it is granted later stays \
+             held until its lease ends",
+            SETTLE_LIMIT.as_secs()
+        );
+    }
+}
+
+/// Runs every registered undo action now (called by the process that handles the signals, after
+/// [`flag`]; [`wind_down`] does both).
 pub async fn undo_all() {
     let pending: Vec<Undo> = std::mem::take(&mut *pending()).into_values().collect();
     for undo in pending {
@@ -94,11 +150,166 @@ pub async fn undo_all() {
     }
 }
 
+/// What a process does when a stop signal (exit code `code`) arrives while `work` may be
+/// acquiring: flags the interrupt; runs the undo actions registered so far, among them the
+/// backends' undos of attempts in flight (withdrawing a queued acquire ends its wait); keeps
+/// `work` going until no acquisition is in flight (or it ends); then runs the undo actions the
+/// attempts that ended meanwhile registered for their grants. `work` is dropped unfinished if it
+/// goes on past that (a pause between attempts, a child process).
+pub async fn wind_down(code: i32, work: impl Future) {
+    flag(code);
+    undo_all().await;
+    tokio::select! {
+        _ = work => {}
+        () = settled() => {}
+    }
+    undo_all().await;
+}
+
+/// One acquisition under way: the process's undo waits for it. Entered before the interrupt
+/// check, so that either the check sees the flag or the undo sees the acquisition.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Result<InFlight> {
+        IN_FLIGHT.send_modify(|n| *n += 1);
+        let flight = InFlight;
+        match *STOPPED.borrow() {
+            Some(code) => Err(Error::Interrupted(code)),
+            None => Ok(flight),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A [`LockBackend`] whose acquisitions an interrupted process takes back (see the module
+/// documentation). Everything else is passed through unchanged.
+pub struct Interruptible<B> {
+    inner: Arc<B>,
+}
+
+impl<B: LockBackend + 'static> Interruptible<B> {
+    /// Wraps `inner` and arms the undo registry: the process promises to call [`wind_down`] (or
+    /// [`flag`] and [`undo_all`]) when SIGINT or SIGTERM arrives.
+    pub fn new(inner: B) -> Interruptible<B> {
+        arm();
+        Interruptible {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// Keeps `holder`'s new grant of `lock` undoable until the command has reported it.
+    fn undo_grant(&self, lock: &LockId, holder: &Holder) {
+        let backend = self.inner.clone();
+        let req = ReleaseRequest {
+            lock: lock.clone(),
+            worker_id: holder.worker_id.clone(),
+            force: false,
+            fencing_token: Some(holder.fencing_token),
+        };
+        let expires = holder.expires_at;
+        on_interrupt(move || async move {
+            let what = backend.describe(&req.lock);
+            match tokio::time::timeout(UNDO_TIMEOUT, backend.release(&req)).await {
+                Ok(Ok(_)) => tracing::info!(lock = %what, "released the interrupted claim's grant"),
+                // Already ended, or taken over meanwhile: nothing of ours is left to release.
+                Ok(Err(Error::NotOwner(_))) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "could not release {what} after the interrupt: {e}; it stays held until its \
+                     lease ends at {}",
+                    lease::human(expires)
+                ),
+                Err(_) => tracing::warn!(
+                    "releasing {what} after the interrupt took over {}s; it stays held until its \
+                     lease ends at {}",
+                    UNDO_TIMEOUT.as_secs(),
+                    lease::human(expires)
+                ),
+            }
+        })
+        .keep_until_reported();
+    }
+}
+
+impl<B: LockBackend + 'static> LockBackend for Interruptible<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn parse_lock(&self, raw: &str) -> Result<LockId> {
+        self.inner.parse_lock(raw)
+    }
+
+    fn describe(&self, lock: &LockId) -> String {
+        self.inner.describe(lock)
+    }
+
+    fn waits_server_side(&self) -> bool {
+        self.inner.waits_server_side()
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let _flight = InFlight::enter()?;
+        let attempt = self.inner.try_acquire(req).await?;
+        // A re-adopted lock was held before this process asked: not the interrupt's to release.
+        if let Attempt::Granted(g) = &attempt
+            && !g.adopted
+        {
+            self.undo_grant(&req.lock, &g.holder);
+        }
+        Ok(attempt)
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
+        self.inner.release(req).await
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
+        self.inner.renew(req).await
+    }
+
+    async fn status(&self, lock: &LockId) -> Result<Status> {
+        self.inner.status(lock).await
+    }
+
+    fn renew_budget(&self) -> Option<Budget> {
+        self.inner.renew_budget()
+    }
+
+    async fn list(&self, req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        self.inner.list(req).await
+    }
+
+    async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
+        // A take-over notice half made (GitHub) is the backend's to withdraw: let it finish.
+        let _flight = InFlight::enter()?;
+        self.inner.release_stale(req).await
+    }
+
+    async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
+        let _flight = InFlight::enter()?;
+        let (lock, claimed) = self.inner.claim_next(req).await?;
+        if !claimed.grant.adopted {
+            self.undo_grant(&lock, &claimed.grant.holder);
+        }
+        Ok((lock, claimed))
+    }
+}
+
 /// Installs the SIGINT/SIGTERM handlers now — before any work starts, so no signal can kill the
 /// process between a commit and its undo registration — and returns a future that resolves with
 /// the conventional exit code when one arrives. Must be called inside a tokio runtime.
 pub fn signalled() -> impl Future<Output = i32> {
-    arm();
     let signals = Signals::listen();
     async move {
         match signals {
@@ -141,7 +352,8 @@ impl StopSignal {
 }
 
 /// SIGINT and SIGTERM as they arrive, for the commands that handle signals themselves instead of
-/// letting `main` undo and exit (`heartbeat` without `--once`, `run`). Listening starts at
+/// letting `main` undo and exit (`heartbeat` without `--once`; `run`, which calls [`wind_down`]
+/// itself while it claims). Listening starts at
 /// [`Signals::listen`]: from then on the signals no longer end the process by default.
 pub struct Signals {
     int: tokio::signal::unix::Signal,
@@ -175,7 +387,6 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn only_live_registrations_run() {
