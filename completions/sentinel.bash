@@ -930,7 +930,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__serve)
-            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --acl --audit-log --public-metrics --auth-token --auth-token-file --data-dir --json --verbose --quiet --help"
+            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --snapshot-every --acl --audit-log --public-metrics --auth-token --auth-token-file --data-dir --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -953,6 +953,10 @@ _sentinel() {
                     return 0
                     ;;
                 --peer-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --snapshot-every)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
