@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= auth-token= redis-url= database-url= etcd-endpoints= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= auth-token= ca-cert= client-cert= client-key= redis-url= database-url= etcd-endpoints= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -29,6 +29,9 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub toke
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_needs_command" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_needs_command" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -79,6 +82,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -103,6 +109,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -128,6 +137,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -152,6 +164,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -194,6 +209,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitH
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -225,6 +243,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token 
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -257,6 +278,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -281,7 +305,11 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This 
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer-token -d 'Token the cluster\'s nodes authenticate each other\'s Raft messages with: required with other --peers, the same on every node, unlike the client token; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer-token-file -d 'Read the peer token from FILE (one trailing newline is ignored), so that it is on no command line' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l tls-cert -d 'Serve HTTPS to clients and peers with this PEM certificate chain (with --tls-key); the --peer addresses are then reached with https' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l tls-key -d 'PEM private key of --tls-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l tls-client-ca -d 'Require client certificates signed by the CAs in this PEM file (mTLS); peers present --tls-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
@@ -289,6 +317,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s q -l quiet -
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s q -l quiet -d 'Only errors on stderr'
@@ -297,6 +328,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fis
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only errors on stderr'

@@ -80,6 +80,17 @@ pub struct GlobalArgs {
         value_parser = secret
     )]
     pub auth_token: Option<Secret>,
+    /// PEM file of the certificate authorities to trust for https:// servers instead of the
+    /// system's roots (`serve`: for its peers)
+    #[arg(long, env = "SENTINEL_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM certificate to present to servers that require client certificates (with
+    /// --client-key)
+    #[arg(long, env = "SENTINEL_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert
+    #[arg(long, env = "SENTINEL_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
     /// Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed
     #[arg(
         long,
@@ -146,6 +157,9 @@ const LOCK_CLIENT: &[&str] = &[
     "api_url",
     "server",
     "auth_token",
+    "ca_cert",
+    "client_cert",
+    "client_key",
     "redis_url",
     "database_url",
     "etcd_endpoints",
@@ -171,10 +185,27 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             LOCK_CLIENT
         }
         // A coordinator node: its log under the data directory, the token it requires.
-        "serve" => &["data_dir", "auth_token", "json", "verbose", "quiet"],
+        // --ca-cert: what it trusts when it calls its peers over TLS.
+        "serve" => &[
+            "data_dir",
+            "auth_token",
+            "ca_cert",
+            "json",
+            "verbose",
+            "quiet",
+        ],
         // A client of the nodes given with --server; options between `cluster` and `status` are
         // status's.
-        "cluster" | "cluster status" => &["server", "auth_token", "json", "verbose", "quiet"],
+        "cluster" | "cluster status" => &[
+            "server",
+            "auth_token",
+            "ca_cert",
+            "client_cert",
+            "client_key",
+            "json",
+            "verbose",
+            "quiet",
+        ],
         // Prints the script (as JSON with --json); logs like every command.
         "completions" => &["json", "verbose", "quiet"],
         _ => &[],
@@ -346,6 +377,17 @@ pub struct ServeArgs {
     /// command line
     #[arg(long, value_name = "FILE")]
     pub peer_token_file: Option<PathBuf>,
+    /// Serve HTTPS to clients and peers with this PEM certificate chain (with --tls-key); the
+    /// --peer addresses are then reached with https
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CAs in this PEM file (mTLS); peers present
+    /// --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Command {

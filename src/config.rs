@@ -20,6 +20,7 @@ use sentinel::postgres::PostgresBackend;
 use sentinel::redis::RedisBackend;
 use sentinel::secret::Secret;
 use sentinel::server::{ServerBackend, server_urls};
+use sentinel::tls::ClientTls;
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
@@ -175,7 +176,19 @@ pub fn auth_token(given: Option<&Secret>) -> Result<Option<Secret>> {
     Ok(Some(Secret::new(token)))
 }
 
-/// The coordinator client from `--server` and `--auth-token` (also `sentinel cluster`'s).
+/// What a client trusts and presents over TLS (`--ca-cert`, `--client-cert`, `--client-key`, or
+/// their `SENTINEL_*` variables), for every backend that speaks TLS; set-but-empty is unset.
+pub fn client_tls(g: &GlobalArgs) -> ClientTls {
+    let path = |p: Option<&PathBuf>| p.filter(|p| !p.as_os_str().is_empty()).cloned();
+    ClientTls {
+        ca_cert: path(g.ca_cert.as_ref()),
+        client_cert: path(g.client_cert.as_ref()),
+        client_key: path(g.client_key.as_ref()),
+    }
+}
+
+/// The coordinator client from `--server`, `--auth-token` and the TLS options (also
+/// `sentinel cluster`'s).
 pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
     let raw = given(g.server.as_ref()).ok_or_else(|| {
         Error::usage(
@@ -183,7 +196,7 @@ pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
         )
     })?;
     let token = auth_token(g.auth_token.as_ref())?;
-    ServerBackend::new(server_urls(&raw)?, token.as_ref())
+    ServerBackend::with_tls(server_urls(&raw)?, token.as_ref(), &client_tls(g))
 }
 
 impl Context {

@@ -6,6 +6,7 @@ mod completions;
 mod conformance;
 mod coordinator_bounds;
 mod coordinator_data;
+mod coordinator_tls;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;

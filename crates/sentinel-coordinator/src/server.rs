@@ -20,10 +20,11 @@ use super::network::Peers;
 use super::node::{Auth, Node, PeerAuth, Started};
 use super::stats::Stats;
 use super::store;
+use super::tls::NodeTls;
 use super::{NodeId, TypeConfig, api, listener};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::secret::Secret;
-use sentinel_proto::http::http_client;
+use sentinel_proto::http::{http_client, https_client};
 
 /// Where `sentinel serve` listens without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7464";
@@ -63,6 +64,9 @@ pub struct ServeOptions {
     /// The token peers' Raft RPCs carry (`--peer-token`); without it the node serves no Raft
     /// RPCs, so it must have one whenever the cluster has other members.
     pub peer_token: Option<Secret>,
+    /// HTTPS for clients and peers (`--tls-cert`, `--tls-key`, `--tls-client-ca`); then the
+    /// member addresses are reached with https too.
+    pub tls: Option<NodeTls>,
 }
 
 /// Runs a node until `stop` completes (then `Ok`, after Raft has shut down), its listener fails
@@ -87,7 +91,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let client = http_client();
+    let client = match &opts.tls {
+        Some(tls) => https_client(&tls.peers),
+        None => http_client(),
+    };
     let auth = opts.auth_token.as_ref().map(Auth::new).transpose()?;
     let peer = opts.peer_token.as_ref().map(PeerAuth::new).transpose()?;
     let stats = Stats::new()?;
@@ -151,7 +158,11 @@ pub async fn serve(
         }
     };
     let result = tokio::select! {
-        e = listener::serve_connections(listener, api::router(node.clone())) => {
+        e = listener::serve_connections(
+            listener,
+            api::router(node.clone()),
+            opts.tls.map(|t| t.server),
+        ) => {
             Err(Error::Unavailable(format!("the listener on {addr} failed: {e}")))
         }
         why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),

@@ -46,7 +46,7 @@
 
 pub use sentinel_core::{
     Error, ExitCode, Result, distributed, duration, endpoint, error, interrupt, janitor, keepalive,
-    lease, lock, secret, statefile, strategy, table,
+    lease, lock, secret, statefile, strategy, table, tls,
 };
 
 pub use sentinel_core::LockBackend;
