@@ -29,19 +29,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// The HTTP client of a node or of the server backend: pooled keep-alive connections, HTTPS
-/// where the URL says so and the client has a TLS configuration.
+/// where the URL says so when built with a TLS configuration ([`https_client`]).
 #[derive(Clone)]
-pub struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// The scheme of peer addresses ([`HttpClient::url`]): https with a TLS configuration.
-    scheme: &'static str,
+pub struct HttpClient(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
 }
 
 impl HttpClient {
     /// The URL of `path` on the peer at `addr` (`HOST:PORT`): https when this client was built
     /// with a TLS configuration, since then the cluster's nodes all serve HTTPS.
     pub fn url(&self, addr: &str, path: &str) -> String {
-        format!("{}://{addr}{path}", self.scheme)
+        let scheme = match self.0 {
+            Inner::Plain(_) => "http",
+            Inner::Tls(_) => "https",
+        };
+        format!("{scheme}://{addr}{path}")
     }
 }
 
@@ -49,45 +55,35 @@ impl HttpClient {
 /// (the coordinator's header timeout), so a reused connection is not one the node is closing.
 const POOL_IDLE: Duration = Duration::from_secs(5);
 
-/// A pooled HTTP/1 client with a connect deadline and `TCP_NODELAY`, for plain `http://` only
-/// (an `https://` URL fails: it trusts no certificate authority); each exchange sets its own
-/// deadline for the answer.
+/// A pooled HTTP/1 client with a connect deadline and `TCP_NODELAY`, for `http://` URLs only;
+/// each exchange sets its own deadline for the answer.
 pub fn http_client() -> HttpClient {
-    let nobody =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            });
-    match nobody {
-        Ok(config) => build(config, "http"),
-        // ring supports the default versions; were it not so, no https URL could be used anyway.
-        Err(_) => unreachable!("ring supports TLS 1.2 and 1.3"),
-    }
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .build(connector());
+    HttpClient(Inner::Plain(client))
 }
 
-/// [`http_client`] that also speaks HTTPS to `https://` URLs (and to peers) with `tls`.
+/// [`http_client`] that also speaks HTTPS with `tls`: to `https://` URLs, and to peers.
 pub fn https_client(tls: &Arc<ClientConfig>) -> HttpClient {
-    build(ClientConfig::clone(tls), "https")
+    let mut tcp = connector();
+    tcp.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(ClientConfig::clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .build(connector);
+    HttpClient(Inner::Tls(client))
 }
 
-fn build(tls: ClientConfig, scheme: &'static str) -> HttpClient {
+fn connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
-    connector.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    HttpClient {
-        client: Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector),
-        scheme,
-    }
+    connector
 }
 
 /// Why an exchange with a peer failed.
@@ -119,7 +115,11 @@ pub async fn exchange(
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), Failure> {
     let target = request.uri().to_string();
     let work = async {
-        let response = client.client.request(request).await.map_err(|e| {
+        let response = match &client.0 {
+            Inner::Plain(c) => c.request(request).await,
+            Inner::Tls(c) => c.request(request).await,
+        };
+        let response = response.map_err(|e| {
             if let Some(tls) = tls_error(&e) {
                 Failure::Tls(format!("TLS with {target} failed: {tls}"))
             } else if e.is_connect() {
