@@ -104,7 +104,7 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve cluster help"
+            opts="-v -q -h -V --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve cluster help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -131,6 +131,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -174,7 +186,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__claim)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -252,6 +264,18 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -292,7 +316,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__cluster)
-            opts="-v -q -h --server --auth-token --auth-token-file --json --verbose --quiet --help status help"
+            opts="-v -q -h --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --json --verbose --quiet --help status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -307,6 +331,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -360,7 +396,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__cluster__subcmd__status)
-            opts="-v -q -h --server --auth-token --auth-token-file --json --verbose --quiet --help"
+            opts="-v -q -h --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -375,6 +411,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -400,7 +448,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__heartbeat)
-            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -431,6 +479,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -656,7 +716,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__metrics)
-            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --format --repo-wide --since --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -691,6 +751,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -734,7 +806,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__release)
-            opts="-v -q -h --force --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --force --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -761,6 +833,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -804,7 +888,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -890,6 +974,18 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --redis-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -930,7 +1026,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__serve)
-            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --snapshot-every --acl --audit-log --public-metrics --auth-token --auth-token-file --data-dir --json --verbose --quiet --help"
+            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --snapshot-every --acl --audit-log --public-metrics --tls-cert --tls-key --tls-client-ca --auth-token --auth-token-file --ca-cert --data-dir --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -968,11 +1064,27 @@ _sentinel() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-client-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --auth-token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -988,7 +1100,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__status)
-            opts="-v -q -h --since --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --since --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1019,6 +1131,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1062,7 +1186,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__steal__subcmd__stale)
-            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --auth-token-file --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --all --dry-run --since --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1117,6 +1241,18 @@ _sentinel() {
                     return 0
                     ;;
                 --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_sentinel_global_optspecs
-    string join \n repo= token= api-url= server= auth-token= auth-token-file= redis-url= database-url= etcd-endpoints= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
+    string join \n repo= token= api-url= server= auth-token= auth-token-file= ca-cert= client-cert= client-key= redis-url= database-url= etcd-endpoints= backend= worker-id= node-id= data-dir= trust= json v/verbose q/quiet h/help V/version
 end
 
 function __fish_sentinel_needs_command
@@ -30,6 +30,9 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub AP
 complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_needs_command" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_needs_command" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_needs_command" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_needs_command" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -81,6 +84,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -106,6 +112,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -132,6 +141,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -157,6 +169,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -200,6 +215,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -232,6 +250,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-ur
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -265,6 +286,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
@@ -292,8 +316,12 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer-token-f
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l snapshot-every -d 'Snapshot the lock state every N log entries (and keep up to N entries after it), as etcd\'s --snapshot-count: fewer keep less log in memory and replay less at start, more write the (up to tens of MB) snapshot less often' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l acl -d 'Client tokens and the lock-name prefixes each may act on, as JSON: {"tokens":[{"name":"ci","token":"…" or "sha256":"…","prefixes":["ci/"]}]}; the client token, if also given, is one more, named "default", allowed every lock' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l audit-log -d 'Append one JSON line per write a client asks of this node (time, token name, client address, operation, lock, result, fencing token) to FILE; writes are refused while it cannot be written' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l tls-cert -d 'Serve HTTPS to clients and peers with this PEM certificate chain (with --tls-key); the --peer addresses are then reached with https' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l tls-key -d 'PEM private key of --tls-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l tls-client-ca -d 'Require client certificates signed by the CAs in this PEM file (mTLS); peers present --tls-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l public-metrics -d 'Serve GET /metrics without a client token (it shows no lock names)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Print exactly one JSON object on stdout'
@@ -303,6 +331,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s q -l quiet -d 'Only errors on stderr'
@@ -312,6 +343,9 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fis
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l client-key -d 'PEM private key of --client-cert' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only errors on stderr'

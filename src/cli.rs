@@ -84,6 +84,17 @@ pub struct GlobalArgs {
     /// ignored), so that it is on no command line; instead of --auth-token
     #[arg(long, env = "SENTINEL_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities to trust for https:// servers instead of the
+    /// system's roots (`serve`: for its peers)
+    #[arg(long, env = "SENTINEL_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM certificate to present to servers that require client certificates (with
+    /// --client-key)
+    #[arg(long, env = "SENTINEL_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert
+    #[arg(long, env = "SENTINEL_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
     /// Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed
     #[arg(
         long,
@@ -151,6 +162,9 @@ const LOCK_CLIENT: &[&str] = &[
     "server",
     "auth_token",
     "auth_token_file",
+    "ca_cert",
+    "client_cert",
+    "client_key",
     "redis_url",
     "database_url",
     "etcd_endpoints",
@@ -176,10 +190,12 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             LOCK_CLIENT
         }
         // A coordinator node: its log under the data directory, the token it requires.
+        // --ca-cert: what it trusts when it calls its peers over TLS.
         "serve" => &[
             "data_dir",
             "auth_token",
             "auth_token_file",
+            "ca_cert",
             "json",
             "verbose",
             "quiet",
@@ -190,6 +206,9 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             "server",
             "auth_token",
             "auth_token_file",
+            "ca_cert",
+            "client_cert",
+            "client_key",
             "json",
             "verbose",
             "quiet",
@@ -389,6 +408,17 @@ pub struct ServeArgs {
     /// Serve GET /metrics without a client token (it shows no lock names)
     #[arg(long)]
     pub public_metrics: bool,
+    /// Serve HTTPS to clients and peers with this PEM certificate chain (with --tls-key); the
+    /// --peer addresses are then reached with https
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CAs in this PEM file (mTLS); peers present
+    /// --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Command {

@@ -22,6 +22,7 @@ use sentinel::postgres::PostgresBackend;
 use sentinel::redis::RedisBackend;
 use sentinel::secret::Secret;
 use sentinel::server::{ServerBackend, server_urls};
+use sentinel::tls::ClientTls;
 
 /// Read-your-write pause after writing a lock comment; GitHub's lists lag by a few hundred ms.
 const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
@@ -227,7 +228,19 @@ pub fn token_file(option: &str, file: &Path) -> Result<String> {
     Ok(text)
 }
 
-/// The coordinator client from `--server` and the client token (also `sentinel cluster`'s).
+/// What a client trusts and presents over TLS (`--ca-cert`, `--client-cert`, `--client-key`, or
+/// their `SENTINEL_*` variables), for every backend that speaks TLS; set-but-empty is unset.
+pub fn client_tls(g: &GlobalArgs) -> ClientTls {
+    let path = |p: Option<&PathBuf>| p.filter(|p| !p.as_os_str().is_empty()).cloned();
+    ClientTls {
+        ca_cert: path(g.ca_cert.as_ref()),
+        client_cert: path(g.client_cert.as_ref()),
+        client_key: path(g.client_key.as_ref()),
+    }
+}
+
+/// The coordinator client from `--server`, `--auth-token` and the TLS options (also
+/// `sentinel cluster`'s).
 pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
     let raw = given(g.server.as_ref()).ok_or_else(|| {
         Error::usage(
@@ -235,7 +248,7 @@ pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
         )
     })?;
     let token = auth_token(g)?;
-    ServerBackend::new(server_urls(&raw)?, token.as_ref())
+    ServerBackend::with_tls(server_urls(&raw)?, token.as_ref(), &client_tls(g))
 }
 
 impl Context {
@@ -293,7 +306,11 @@ fn open_backend(
                     "the redis backend needs --redis-url redis://HOST[:PORT] (or SENTINEL_REDIS_URL)",
                 )
             })?;
-            Backend::Redis(RedisBackend::new(url)?)
+            Backend::Redis(RedisBackend::with_options(
+                url,
+                sentinel::redis::DEFAULT_PREFIX,
+                &client_tls(g),
+            )?)
         }
         BackendKind::Postgres => {
             let url = secret_url(g.database_url.as_ref()).ok_or_else(|| {
@@ -301,7 +318,7 @@ fn open_backend(
                     "the postgres backend needs --database-url postgres://USER@HOST/DB (or SENTINEL_DATABASE_URL)",
                 )
             })?;
-            Backend::Postgres(PostgresBackend::new(url)?)
+            Backend::Postgres(PostgresBackend::with_tls(url, &client_tls(g))?)
         }
         BackendKind::Etcd => {
             let endpoints = given(g.etcd_endpoints.as_ref()).ok_or_else(|| {

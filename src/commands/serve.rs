@@ -13,6 +13,7 @@ use crate::output::{self, Report};
 use sentinel::coordinator::NodeId;
 use sentinel::coordinator::acl::Acl;
 use sentinel::coordinator::server::{self, MAX_MEMBERS, ServeOptions};
+use sentinel::coordinator::tls::{NodeTls, TlsFiles};
 use sentinel::error::{Error, Result};
 use sentinel::interrupt::Signals;
 use sentinel::secret::Secret;
@@ -20,6 +21,7 @@ use sentinel::secret::Secret;
 pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     let opts = options(global, args)?;
     let (id, json) = (opts.id, global.json);
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     // SIGINT and SIGTERM are a daemon's normal stop: Raft shuts down, and the exit is 0.
     let mut signals = Signals::listen()?;
     let (signalled, stopped_by) = tokio::sync::oneshot::channel();
@@ -33,9 +35,9 @@ pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
             // The line a supervisor or a test waits for, and with --json the one JSON object
             // this command prints; a closed stdout must not stop the node.
             let line = if json {
-                json!({"listening": format!("http://{addr}"), "id": id}).to_string()
+                json!({"listening": format!("{scheme}://{addr}"), "id": id}).to_string()
             } else {
-                format!("sentinel serve: node {id} listening on http://{addr}")
+                format!("sentinel serve: node {id} listening on {scheme}://{addr}")
             };
             let mut out = std::io::stdout();
             let _ = writeln!(out, "{line}").and_then(|()| out.flush());
@@ -136,7 +138,29 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         public_metrics: args.public_metrics,
         peer_token,
         snapshot_every: args.snapshot_every,
+        tls: tls(global, args)?,
     })
+}
+
+/// HTTPS from `--tls-cert`, `--tls-key` and `--tls-client-ca` (peers: `--ca-cert` too), its
+/// files read and checked now.
+fn tls(global: &GlobalArgs, args: &ServeArgs) -> Result<Option<NodeTls>> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (None, None) if args.tls_client_ca.is_none() => return Ok(None),
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            return Err(Error::usage(
+                "TLS needs both --tls-cert FILE and --tls-key FILE (--tls-client-ca needs them too)",
+            ));
+        }
+    };
+    NodeTls::new(&TlsFiles {
+        cert,
+        key,
+        client_ca: args.tls_client_ca.clone(),
+        ca_cert: config::client_tls(global).ca_cert,
+    })
+    .map(Some)
 }
 
 /// The peer token from `--peer-token` (`SENTINEL_PEER_TOKEN`) or `--peer-token-file`, checked;
@@ -347,6 +371,94 @@ mod tests {
             let e = opts(&args).unwrap_err();
             assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage, "{args:?}");
             assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and its key, and another key, as PEM files.
+    fn tls_files(dir: &std::path::Path) -> [String; 3] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let files = [
+            ("cert.pem", cert.pem()),
+            ("key.pem", key.serialize_pem()),
+            (
+                "other-key.pem",
+                rcgen::KeyPair::generate().unwrap().serialize_pem(),
+            ),
+        ];
+        files.map(|(name, pem)| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        })
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let [cert, key, other] = tls_files(dir.path());
+        assert!(opts(&[]).unwrap().tls.is_none());
+        assert!(
+            opts(&["--tls-cert", &cert, "--tls-key", &key])
+                .unwrap()
+                .tls
+                .is_some()
+        );
+        assert!(
+            opts(&[
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-client-ca",
+                &cert
+            ])
+            .unwrap()
+            .tls
+            .is_some()
+        );
+        for (args, says) in [
+            (vec!["--tls-cert", &cert, "--tls-key", &other], "--tls-key"),
+            (
+                vec!["--tls-cert", "/nonexistent/c.pem", "--tls-key", &key],
+                "/nonexistent/c.pem",
+            ),
+            (
+                vec!["--tls-cert", &cert, "--tls-key", "/nonexistent/k.pem"],
+                "/nonexistent/k.pem",
+            ),
+            (
+                vec!["--tls-cert", &key, "--tls-key", &key],
+                "no PEM certificate",
+            ),
+            (
+                vec![
+                    "--tls-cert",
+                    &cert,
+                    "--tls-key",
+                    &key,
+                    "--tls-client-ca",
+                    &key,
+                ],
+                "no PEM certificate",
+            ),
+        ] {
+            let e = opts(&args).unwrap_err();
+            assert_eq!(e.exit_code(), sentinel::error::ExitCode::Usage, "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        // Half a pair is refused by the parser (exit 2 as well).
+        for half in [
+            vec!["--tls-cert", cert.as_str()],
+            vec!["--tls-key", key.as_str()],
+            vec!["--tls-client-ca", cert.as_str()],
+        ] {
+            let mut argv = vec!["sentinel", "serve"];
+            argv.extend_from_slice(&half);
+            assert!(crate::cli::try_parse_from(argv).is_err(), "{half:?}");
         }
     }
 }

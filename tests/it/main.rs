@@ -8,6 +8,7 @@ mod conformance;
 mod coordinator_acl;
 mod coordinator_bounds;
 mod coordinator_data;
+mod coordinator_tls;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;

@@ -362,8 +362,8 @@ fn a_dead_first_server_is_skipped_and_all_dead_exits_8_quickly() {
         started.elapsed()
     );
 
-    // Refused before anything is sent: not http, or credentials (never echoed).
-    let out = run(tmp.path(), "https://127.0.0.1:1", "w1", &["status"]);
+    // Refused before anything is sent: not http(s), or credentials (never echoed).
+    let out = run(tmp.path(), "ftp://127.0.0.1:1", "w1", &["status"]);
     assert_eq!(code(&out), 2, "{}", text(&out));
     let out = run(
         tmp.path(),

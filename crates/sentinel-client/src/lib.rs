@@ -17,6 +17,12 @@
 //!   same worker id. The CLI's `release` and `heartbeat` know only the worker id, so they read the
 //!   token from `GET /locks/{name}/status` first. A lock re-granted between that read and the
 //!   write has a new token, and the write is refused (`not_holder`): never a stale release.
+//!
+//! `https://` servers are reached with the TLS of [`ClientTls`] (`--ca-cert`, `--client-cert`,
+//! `--client-key`). A TLS failure (a server certificate this client does not trust, its own
+//! certificate refused, TLS spoken to a plain node) is a configuration problem: when every
+//! server of a round fails so, no further round is tried and the error is [`Error::Auth`]
+//! (exit 5), naming the URL and what to give.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -37,6 +43,7 @@ use sentinel_core::lock::{
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
 };
 use sentinel_core::secret::Secret;
+use sentinel_core::tls::ClientTls;
 use sentinel_proto::api::{
     AcquireBody, ErrorBody, LeaseAnswer, LockPage, LockStatus, ReleaseBody, RenewBody,
     WithdrawBody, code,
@@ -62,9 +69,9 @@ const MAX_PAGES: usize = 200;
 /// Longest server-side wait the coordinator accepts, as `wait_ms`.
 pub const MAX_WAIT: Duration = Duration::from_millis(sentinel_proto::MAX_WAIT_MS);
 
-/// Checks `--server` / `SENTINEL_SERVER`: one or more comma-separated `http://HOST:PORT` URLs.
-/// The coordinator speaks plain HTTP, so `https` is refused rather than failing on every request;
-/// a URL with credentials is never repeated in the message.
+/// Checks `--server` / `SENTINEL_SERVER`: one or more comma-separated `http://HOST:PORT` or
+/// `https://HOST:PORT` URLs (https for nodes started with `--tls-cert`); a URL with credentials is
+/// never repeated in the message.
 pub fn server_urls(raw: &str) -> Result<Vec<String>> {
     let mut urls = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -77,17 +84,10 @@ pub fn server_urls(raw: &str) -> Result<Vec<String>> {
         let (url, uri) = sentinel_core::endpoint::http_url(part).map_err(|why| {
             if why.starts_with("credentials") {
                 bad("credentials do not belong in the URL; pass the token with --auth-token or SENTINEL_AUTH_TOKEN")
-            } else if why.starts_with("the scheme") {
-                bad("the scheme must be http")
             } else {
                 bad(why)
             }
         })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad(
-                "sentinel serve speaks plain HTTP: use http://, on loopback or a private network",
-            ));
-        }
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(bad("no path is allowed"));
         }
@@ -107,6 +107,11 @@ pub fn server_urls(raw: &str) -> Result<Vec<String>> {
         return Err(Error::usage("invalid --server: at most 16 URLs"));
     }
     Ok(urls)
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https:"))
 }
 
 /// Percent-encodes a lock name as one path segment: everything but unreserved characters.
@@ -167,8 +172,26 @@ pub struct ServerBackend {
 }
 
 impl ServerBackend {
-    /// `servers` as [`server_urls`] returned them.
+    /// `servers` as [`server_urls`] returned them, `https://` ones trusting the system's roots.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServerBackend::with_tls`].
     pub fn new(servers: Vec<String>, token: Option<&Secret>) -> Result<ServerBackend> {
+        ServerBackend::with_tls(servers, token, &ClientTls::default())
+    }
+
+    /// `servers` as [`server_urls`] returned them, `https://` ones reached with `tls`. Its files
+    /// are read and checked here whenever one is given or a server is `https://`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for an invalid token or TLS file (naming the file).
+    pub fn with_tls(
+        servers: Vec<String>,
+        token: Option<&Secret>,
+        tls: &ClientTls,
+    ) -> Result<ServerBackend> {
         let auth = match token.map(|t| t.expose().trim()).filter(|t| !t.is_empty()) {
             Some(t) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
@@ -179,10 +202,15 @@ impl ServerBackend {
             }
             None => None,
         };
+        let client = if *tls != ClientTls::default() || servers.iter().any(|s| is_https(s)) {
+            network::https_client(&tls.config()?)
+        } else {
+            network::http_client()
+        };
         Ok(ServerBackend {
             servers,
             auth,
-            client: network::http_client(),
+            client,
             preferred: AtomicUsize::new(0),
         })
     }
@@ -201,6 +229,7 @@ impl ServerBackend {
         let body = body.unwrap_or_default();
         let mut last = String::new();
         for round in 0..ROUNDS {
+            let mut tls_failures = 0;
             if round > 0 {
                 let pause = ROUND_PAUSE * 2u32.pow(round - 1);
                 if tokio::time::Instant::now() + pause >= deadline {
@@ -243,7 +272,17 @@ impl ServerBackend {
                         tracing::info!(server = %server, "{f}; trying the next");
                         last = f.to_string();
                     }
+                    Err(Failure::Tls(e)) => {
+                        tracing::info!(server = %server, "{e}; trying the next");
+                        tls_failures += 1;
+                        last = e;
+                    }
                 }
+            }
+            if tls_failures == n {
+                return Err(Error::Auth(format!(
+                    "a configuration problem, not an outage: {last}"
+                )));
             }
         }
         Err(Error::Unavailable(format!(
@@ -660,10 +699,13 @@ mod tests {
             server_urls("http://127.0.0.1:7464/, http://10.0.0.2:7420").unwrap(),
             vec!["http://127.0.0.1:7464", "http://10.0.0.2:7420"]
         );
+        assert_eq!(
+            server_urls("https://127.0.0.1:7464,https://node2.example:7464/").unwrap(),
+            vec!["https://127.0.0.1:7464", "https://node2.example:7464"]
+        );
         for bad in [
             "",
             ",",
-            "https://127.0.0.1:7420",
             "127.0.0.1:7420",
             "http://h",
             "http://h:0",

@@ -485,9 +485,9 @@ async fn forward(
             }
             Ok(response)
         }
-        Err(Failure::Unreachable(e)) | Err(Failure::Lost(e)) => Err(unavailable(format!(
-            "the leader (node {leader}) did not answer: {e}"
-        ))),
+        Err(Failure::Unreachable(e) | Failure::Lost(e) | Failure::Tls(e)) => Err(unavailable(
+            format!("the leader (node {leader}) did not answer: {e}"),
+        )),
     }
 }
 
@@ -535,7 +535,7 @@ fn request_to_leader(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = http::Request::builder()
         .method(parts.method.clone())
-        .uri(format!("http://{addr}{path}"))
+        .uri(node.client.url(addr, path))
         .header(FORWARDED, node.id.to_string());
     if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
         request = request.header(CONTENT_TYPE, ct);

@@ -22,7 +22,9 @@
 //! - [`peer`]: the Raft RPC endpoints peers call, open to the peer token only, and the checks
 //!   that keep what openraft would panic on from reaching it.
 //! - [`listener`]: accepting connections, with the deadlines and the cap that keep a hostile
-//!   client from tying up a node.
+//!   client from tying up a node, and the TLS handshake.
+//! - [`tls`]: a node's HTTPS (`--tls-cert`, `--tls-key`, `--tls-client-ca`), towards clients and
+//!   towards its peers.
 //! - [`stats`]: the node's Prometheus metrics.
 //!
 //! Consensus itself is not home-made: the log, votes and elections belong to openraft, and this
@@ -43,6 +45,7 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod store;
+pub mod tls;
 
 /// A node's id in the cluster (`--id`).
 pub type NodeId = u64;

@@ -7,6 +7,10 @@
 //! Every exchange has a deadline (openraft's per-RPC TTL, or the caller's), so a stopped peer
 //! delays nothing for longer than that; an unreachable peer is reported as such, and openraft
 //! backs off before trying it again.
+//!
+//! With TLS on (`serve --tls-cert`) every member serves HTTPS, so the same client speaks HTTPS to
+//! the member addresses ([`HttpClient::url`]); a TLS failure with a peer (a certificate it does
+//! not trust) is reported as unreachable, like a refused token, so that openraft backs off.
 
 use std::collections::HashMap;
 use std::io;
@@ -137,7 +141,7 @@ impl Peer {
     {
         let network = |e: String| RPCError::Network(NetworkError::new(&io::Error::other(e)));
         let body = serde_json::to_vec(req).map_err(|e| network(e.to_string()))?;
-        let mut request = Request::post(format!("http://{}{path}", self.addr))
+        let mut request = Request::post(self.client.url(&self.addr, path))
             .header(CONTENT_TYPE, "application/json")
             .header(PEER_ID_HEADER, self.id.to_string());
         if let Some(token) = &self.token {
@@ -151,6 +155,16 @@ impl Peer {
                 .await
                 .map_err(|f| match f {
                     Failure::Unreachable(e) => {
+                        RPCError::Unreachable(Unreachable::new(&io::Error::other(e)))
+                    }
+                    Failure::Tls(e) => {
+                        if self.refused.allow(self.target) {
+                            tracing::warn!(
+                                "peer {} at {}: {e} (said at most once per {WARN_EVERY:?})",
+                                self.target,
+                                self.addr
+                            );
+                        }
                         RPCError::Unreachable(Unreachable::new(&io::Error::other(e)))
                     }
                     Failure::Lost(e) => network(e),

@@ -22,10 +22,11 @@ use super::network::Peers;
 use super::node::{Node, PeerAuth, Started};
 use super::stats::Stats;
 use super::store;
+use super::tls::NodeTls;
 use super::{NodeId, TypeConfig, api, listener};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::secret::Secret;
-use sentinel_proto::http::http_client;
+use sentinel_proto::http::{http_client, https_client};
 
 /// Where `sentinel serve` listens without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7464";
@@ -81,6 +82,9 @@ pub struct ServeOptions {
     pub peer_token: Option<Secret>,
     /// Log entries between snapshots (`--snapshot-every`).
     pub snapshot_every: u64,
+    /// HTTPS for clients and peers (`--tls-cert`, `--tls-key`, `--tls-client-ca`); then the
+    /// member addresses are reached with https too.
+    pub tls: Option<NodeTls>,
 }
 
 /// Runs a node until `stop` completes (then `Ok`, after Raft has shut down), its listener fails
@@ -108,7 +112,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let client = http_client();
+    let client = match &opts.tls {
+        Some(tls) => https_client(&tls.peers),
+        None => http_client(),
+    };
     let peer = opts.peer_token.as_ref().map(PeerAuth::new).transpose()?;
     let stats = Stats::new()?;
     let raft = Raft::new(
@@ -173,7 +180,11 @@ pub async fn serve(
         }
     };
     let result = tokio::select! {
-        e = listener::serve_connections(listener, api::router(node.clone())) => {
+        e = listener::serve_connections(
+            listener,
+            api::router(node.clone()),
+            opts.tls.map(|t| t.server),
+        ) => {
             Err(Error::Unavailable(format!("the listener on {addr} failed: {e}")))
         }
         why = stopped => Err(Error::Unexpected(format!("the node stopped: {why}"))),
