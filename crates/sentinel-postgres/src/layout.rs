@@ -6,7 +6,9 @@
 //! each find (and create) a table of their own, and hold one lock at once. Only what is missing is
 //! created, so a worker role with grants on existing objects (no CREATE right) works. A table of
 //! another layout is changed to this one when the role may (it owns the table), else the message
-//! says what its owner should run.
+//! says what its owner should run. The table is indexed by fencing token, because every grant
+//! reads the largest token it holds ([`crate`]'s `next_token`); a table made by an older version
+//! has no such index and pays a scan of its rows per grant instead.
 
 /// The table's columns: name, type as `format_type` spells it, and the clause that adds it to a
 /// table that lacks it (`None`: a table without it is not sentinel's).
@@ -75,8 +77,9 @@ impl Names {
                     ttl_ms bigint NOT NULL CHECK (ttl_ms > 0),
                     task_info jsonb NOT NULL DEFAULT '{{}}',
                     grant_nonce text NOT NULL DEFAULT ''
-                );\n",
-                self.table
+                );
+                CREATE INDEX IF NOT EXISTS sentinel_locks_fencing_token ON {} (fencing_token);\n",
+                self.table, self.table
             );
         }
         if !sequence {
