@@ -81,10 +81,10 @@ pub async fn run(bin: &Path, clients: u64, locks: u64, task_info: u64) -> Result
     })
 }
 
-/// A task info that takes `bytes` bytes as JSON: `{"task_type":"xx…"}` (at least the 15 bytes
+/// A task info that takes `bytes` bytes as JSON: `{"task_type":"xx…"}` (at least the 16 bytes
 /// of an empty one).
 fn task_info_of(bytes: u64) -> serde_json::Value {
-    let text = usize::try_from(bytes.saturating_sub(15)).unwrap_or(0);
+    let text = usize::try_from(bytes.saturating_sub(16)).unwrap_or(0);
     json!({"task_type": "x".repeat(text)})
 }
 

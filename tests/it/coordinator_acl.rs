@@ -241,6 +241,11 @@ fn a_token_acts_only_under_its_prefixes_and_every_write_is_audited() {
     let out = run(dir, &url, &ci, &["claim", "prod/x", "--ttl", "60s"]);
     assert_eq!(code(&out), 5, "{}", text(&out));
     assert!(text(&out).contains(r#"start with "ci/""#), "{}", text(&out));
+    assert!(
+        !text(&out).contains("pass the cluster's token"),
+        "{}",
+        text(&out)
+    );
     // The admin, known to the node by its digest only.
     let out = run(
         dir,

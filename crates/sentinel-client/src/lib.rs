@@ -297,9 +297,13 @@ impl ServerBackend {
         let e = answer.error();
         let msg = format!("sentinel server: {} ({})", e.message, e.code);
         match answer.status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Auth(format!(
-                "{msg}; pass the cluster's token with --auth-token or SENTINEL_AUTH_TOKEN"
+            StatusCode::UNAUTHORIZED => Error::Auth(format!(
+                "{msg}; pass the cluster's token with --auth-token-file FILE, --auth-token or \
+                 SENTINEL_AUTH_TOKEN"
             )),
+            // The token was accepted but may not act here: another token would not help the
+            // same way, and the node's message says which locks it may act on.
+            StatusCode::FORBIDDEN => Error::Auth(msg),
             StatusCode::BAD_REQUEST
             | StatusCode::NOT_FOUND
             | StatusCode::METHOD_NOT_ALLOWED
