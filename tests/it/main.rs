@@ -10,6 +10,7 @@ mod coordinator_data;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;
+mod github_busy;
 mod github_cli;
 mod github_client;
 mod github_races;
