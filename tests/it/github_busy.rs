@@ -153,3 +153,27 @@ fn five_thousand_comments_by_people() {
 fn fifty_thousand_comments_by_people() {
     busy_repository(300, 50_000);
 }
+
+#[test]
+fn a_lock_comment_deleted_by_hand_is_forgotten_within_a_day() {
+    let gh = Gh::new();
+    let n = gh.emu.create_issue(REPO, "task");
+    let out = gh.run(&gh.alice, "w", &["claim", &n.to_string(), "--ttl", "1h"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let host = tempfile::tempdir().unwrap();
+    let held = |gh: &Gh| {
+        let (out, _) = measured(gh, host.path(), "observer", &["status", "--json"]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        stdout_json(&out)["locks"].as_array().unwrap().len()
+    };
+    assert_eq!(held(&gh), 1);
+    let (id, _) = gh.held_lock_comments(n).pop().unwrap();
+    gh.emu.delete_comment(REPO, id);
+    // A listing cannot show a deletion: the index keeps the lock (now stale) until it is rebuilt.
+    gh.emu.advance_clock(chrono::Duration::hours(2));
+    assert_eq!(held(&gh), 1);
+    // A day on by GitHub's clock (this host's clock stays behind): rebuilt at the next call.
+    gh.emu.advance_clock(chrono::Duration::hours(23));
+    held(&gh);
+    assert_eq!(held(&gh), 0);
+}

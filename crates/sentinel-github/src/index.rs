@@ -138,11 +138,13 @@ impl LockIndex {
     }
 }
 
+/// `now` is this host's clock when GitHub's is not known yet; `listed_at`, GitHub's clock at the
+/// last listing, makes a slow host rebuild the index one call late rather than never.
 fn plan(index: Option<&RepoIndex>, since: DateTime<Utc>, now: DateTime<Utc>) -> Plan {
     match index {
         Some(r)
             if r.floor <= lease::after(since, CLOCK_SLACK)
-                && now < lease::after(r.full_at, FULL_EVERY) =>
+                && now.max(r.listed_at) < lease::after(r.full_at, FULL_EVERY) =>
         {
             Plan::Delta {
                 from: lease::before(r.listed_at, LAG_MARGIN),
@@ -280,6 +282,18 @@ mod tests {
         assert!(matches!(
             plan(r, at(100), at(999 + day)),
             Plan::Delta { .. }
+        ));
+        // A host whose clock is a day slow: the last listing, on GitHub's clock, was a day on.
+        merge(
+            &mut repos,
+            "k",
+            Plan::Delta { from: at(700) },
+            vec![],
+            at(1000 + day),
+        );
+        assert!(matches!(
+            plan(repos.get("k"), at(100), at(2000)),
+            Plan::Full { .. }
         ));
     }
 
