@@ -4,7 +4,7 @@
 //!
 //! GitHub has no way to list only lock comments: the one repository-wide listing returns every
 //! comment updated since a time, so its cost grows with people's comments (one request per 100).
-//! The alternatives measured worse or are unsafe: ETags do not help a listing whose first page
+//! The alternatives were weighed and cost more: ETags do not help a listing whose first page
 //! changes with every comment anywhere in the repository (and a 304 is still a request); issues'
 //! `updated_at` does not move when a comment is edited (a heartbeat) and costs one request per 100
 //! busy issues; the search API lags by minutes, has its own limit of 30 requests a minute and
@@ -21,8 +21,8 @@
 //! is written, so a forged comment counts exactly as it would in a fresh listing. A comment
 //! deleted by hand cannot be seen in a listing: the index keeps it until the next full listing,
 //! at most [`FULL_EVERY`] later (comments deleted by sentinel itself — losers, victims of a
-//! take-over — do not matter: the ownership rule already discounts them). A missing or damaged
-//! file costs one full listing.
+//! take-over — do not matter: the ownership rule already discounts them). A missing file costs
+//! one full listing; a damaged one is reported with the way out, like every state file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
