@@ -12,6 +12,7 @@ mod coordinator_tls;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;
+mod github_busy;
 mod github_cli;
 mod github_client;
 mod github_races;

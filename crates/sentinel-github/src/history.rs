@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::GithubBackend;
 use super::comment::{self, LockMeta, LockState, Parsed};
+use super::index::Listed;
 use super::resolve::Record;
 use sentinel_core::error::Result;
 use sentinel_core::lease;
@@ -35,6 +36,29 @@ pub struct RepoHistory {
     pub forced_takeovers: u64,
     /// Issues with lock activity in the window.
     pub issues: u64,
+}
+
+/// The comment as the index keeps it, if it is a well-formed lock comment on an issue.
+fn listed_lock(c: Comment) -> Option<Listed> {
+    let Parsed::Lock(meta) = comment::parse(c.body.as_deref().unwrap_or_default()) else {
+        return None;
+    };
+    let issue = c
+        .issue_url
+        .as_ref()?
+        .path_segments()?
+        .next_back()?
+        .parse()
+        .ok()?;
+    Some(Listed {
+        issue,
+        id: c.id.into_inner(),
+        by_role: super::by_role(&c),
+        author: c.user.login,
+        created_at: c.created_at,
+        updated_at: c.updated_at.unwrap_or(c.created_at),
+        meta: *meta,
+    })
 }
 
 /// A release of a lock whose comment the releasing machine does not know replaces that comment
@@ -61,54 +85,69 @@ impl GithubBackend {
 
     /// The trusted lock comments of the whole repository updated at or after `since`, each with
     /// its issue number: the one repository-wide listing behind `status`, the janitor, the work
-    /// queue and `metrics --repo-wide`.
+    /// queue and `metrics --repo-wide`. Only what changed since this host's last listing is
+    /// listed; the rest comes from its index (see `index`).
     pub(super) async fn repo_lock_comments_since(
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<(u64, Record)>> {
-        let first = format!(
-            "/repos/{}/{}/issues/comments?sort=updated&direction=desc&per_page=100&since={}",
-            self.repo.owner,
-            self.repo.name,
-            lease::rfc3339(since)
-        );
-        let (comments, last) = self.client.get_all::<Comment>(&first).await?;
-        if !last.status.is_success() {
-            return Err(self.repo_error(&last));
-        }
-        Ok(comments
+        let key = format!("{}|{}", self.client.api_url(), self.repo);
+        let plan = self.index.plan(&key, since, self.now())?;
+        let (listed, listed_at) = self.list_lock_comments(plan.from()).await?;
+        let all = self.index.merge(&key, plan, listed, listed_at)?;
+        Ok(all
             .into_iter()
-            .filter(|c| self.is_trusted(c))
-            .filter_map(|c| {
-                let Parsed::Lock(meta) = comment::parse(c.body.as_deref().unwrap_or_default())
-                else {
-                    return None;
-                };
-                let issue = c
-                    .issue_url
-                    .as_ref()?
-                    .path_segments()?
-                    .next_back()?
-                    .parse()
-                    .ok()?;
+            .filter(|l| l.updated_at >= since && self.is_trusted_author(&l.author, l.by_role))
+            .map(|l| {
                 let record = Record {
-                    id: c.id.into_inner(),
-                    author: c.user.login,
-                    created_at: c.created_at,
-                    updated_at: c.updated_at.unwrap_or(c.created_at),
-                    meta: *meta,
+                    id: l.id,
+                    author: l.author,
+                    created_at: l.created_at,
+                    updated_at: l.updated_at,
+                    meta: l.meta,
                 };
-                Some((issue, record))
+                (l.issue, record)
             })
             .collect())
     }
 
+    /// Every well-formed lock comment of the repository updated at or after `from`, trusted or
+    /// not, and GitHub's clock when the listing started.
+    async fn list_lock_comments(
+        &self,
+        from: DateTime<Utc>,
+    ) -> Result<(Vec<Listed>, DateTime<Utc>)> {
+        let mut url = format!(
+            "/repos/{}/{}/issues/comments?sort=updated&direction=desc&per_page=100&since={}",
+            self.repo.owner,
+            self.repo.name,
+            lease::rfc3339(from)
+        );
+        let mut listed = Vec::new();
+        let mut started = None;
+        loop {
+            let resp = self.client.get(&url).await?;
+            if !resp.status.is_success() {
+                return Err(self.repo_error(&resp));
+            }
+            // Whatever is updated after the first page was served is in the next listing.
+            started.get_or_insert_with(|| self.client.last_date().unwrap_or_else(Utc::now));
+            listed.extend(
+                resp.json::<Vec<Comment>>()?
+                    .into_iter()
+                    .filter_map(listed_lock),
+            );
+            match resp.next_page() {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        Ok((listed, started.unwrap_or_else(Utc::now)))
+    }
+
     /// Grants, releases and take-overs of the whole repository within `window`.
     pub async fn history(&self, window: Duration) -> Result<RepoHistory> {
-        let (since, mut found) = self.repo_lock_comments(window).await?;
-        // A comment edited while the pages are read can be listed twice.
-        found.sort_by_key(|(_, r)| r.id);
-        found.dedup_by_key(|(_, r)| r.id);
+        let (since, found) = self.repo_lock_comments(window).await?;
         let listed: HashSet<u64> = found.iter().map(|(_, r)| r.id).collect();
         let mut h = RepoHistory {
             since,

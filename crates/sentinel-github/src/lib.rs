@@ -9,7 +9,9 @@
 //!
 //! Layout: [`comment`] (the comment format), [`resolve`] (the ownership rule), [`client`] (HTTP,
 //! retries, rate limits, GitHub's clock), `cache` (what this host remembers between processes),
-//! `claim`, `keep` (heartbeat and release) and `status` (the operations). This file holds the backend's shared reads:
+//! `index` (this host's index of the repository's lock comments, a hint that keeps the
+//! repository-wide views cheap in a busy repository), `claim`, `keep` (heartbeat and release),
+//! `queue` (`claim --next`), `history` and `status` (the operations). This file holds the backend's shared reads:
 //! trust, identity, and turning GitHub's answers into errors.
 
 mod cache;
@@ -17,6 +19,7 @@ mod claim;
 pub mod client;
 pub mod comment;
 mod history;
+mod index;
 mod keep;
 mod queue;
 pub mod resolve;
@@ -36,6 +39,7 @@ use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
 use comment::Parsed;
 pub use history::RepoHistory;
+use index::LockIndex;
 use resolve::Record;
 use sentinel_core::backend::{Budget, LockBackend, Status, foreign};
 pub use sentinel_core::backend::{Ignored, IssueInfo, IssueStatus};
@@ -120,6 +124,7 @@ pub struct GithubBackend {
     client: Arc<Client>,
     repo: RepoName,
     cache: Cache,
+    index: LockIndex,
     fingerprint: Option<String>,
     /// `Some(None)`: GitHub will not say who we are (app and Actions tokens).
     login: Mutex<Option<Option<String>>>,
@@ -152,6 +157,7 @@ impl GithubBackend {
             client: Arc::new(Client::new(opts.client)?),
             repo: opts.repo,
             cache: Cache::open(&opts.data_dir)?,
+            index: LockIndex::open(&opts.data_dir)?,
             fingerprint,
             login: Mutex::new(None),
             trusted: opts.trusted,
@@ -304,15 +310,12 @@ impl GithubBackend {
     }
 
     fn is_trusted(&self, c: &Comment) -> bool {
-        let login = c.user.login.as_str();
-        let by_role = matches!(
-            c.author_association,
-            Some(
-                AuthorAssociation::Owner
-                    | AuthorAssociation::Member
-                    | AuthorAssociation::Collaborator
-            )
-        );
+        self.is_trusted_author(&c.user.login, by_role(c))
+    }
+
+    /// Trust by login, `by_role` being whether the author is the owner, a member or a
+    /// collaborator.
+    fn is_trusted_author(&self, login: &str, by_role: bool) -> bool {
         let is_me = self.login.lock().unwrap().clone().flatten().as_deref() == Some(login);
         by_role
             || is_me
@@ -488,6 +491,16 @@ impl LockBackend for GithubBackend {
     async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         self.claim_next_issue(req).await
     }
+}
+
+/// The author is the repository's owner, one of its organization's members or a collaborator.
+fn by_role(c: &Comment) -> bool {
+    matches!(
+        c.author_association,
+        Some(
+            AuthorAssociation::Owner | AuthorAssociation::Member | AuthorAssociation::Collaborator
+        )
+    )
 }
 
 /// Parses an issue number as users write it: `123` or `#123`.

@@ -1,9 +1,9 @@
 //! Reading who holds what: one issue in detail, or every issue with a held lock.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::comment::LockState;
-use super::resolve::resolve;
+use super::resolve::{Record, resolve};
 use super::{GithubBackend, IssueInfo, IssueStatus};
 use sentinel_core::error::Result;
 use sentinel_core::lock::Holder;
@@ -37,24 +37,25 @@ impl GithubBackend {
         })
     }
 
-    /// Every issue holding a lock: recent lock comments repo-wide (live locks are edited at least
-    /// once per TTL), then each candidate issue resolved in full.
+    /// Every issue holding a lock, resolved from the repository's lock comments of the window
+    /// (live locks are edited at least once per TTL) without reading each issue: what it shows is
+    /// a view for people and a list of candidates for the janitor, whose every take-over reads the
+    /// issue and decides there.
     pub(super) async fn list_held(&self, window: Duration) -> Result<Vec<(u64, Holder)>> {
         let (_, found) = self.repo_lock_comments(window).await?;
-        let mut candidates: Vec<u64> = found
-            .iter()
-            .filter(|(_, r)| r.meta.state == LockState::Held)
-            .map(|(issue, _)| *issue)
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        let mut out = Vec::new();
-        for issue in candidates {
-            let state = self.read(issue).await?;
-            if let Some(h) = resolve(&state.records).holder() {
-                out.push((issue, Self::holder_of(h, state.now)));
-            }
+        let now = self.client.last_date().unwrap_or_else(chrono::Utc::now);
+        let mut by_issue: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
+        for (issue, record) in found {
+            by_issue.entry(issue).or_default().push(record);
         }
-        Ok(out)
+        Ok(by_issue
+            .into_iter()
+            .filter_map(|(issue, records)| {
+                let holder = resolve(&records)
+                    .holder()
+                    .map(|h| Self::holder_of(h, now))?;
+                Some((issue, holder))
+            })
+            .collect())
     }
 }
