@@ -349,6 +349,17 @@ fn sslmodes_mean_what_they_mean_to_libpq() {
         let out = pg(data.path(), url, "w", &["claim", &format!("ok-{i}")]);
         assert_eq!(code(&out), 0, "{url}: {}", text(&out));
     }
+    // The global --ca-cert stands for sslrootcert; without either, the system's roots refuse.
+    let full = at("127.0.0.1", "sslmode=verify-full");
+    let out = pg(data.path(), &full, "w", &["claim", "global-ca"]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    let out = pg(
+        data.path(),
+        &full,
+        "w",
+        &["claim", "global-ca", "--ca-cert", &ca],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
     let refused = [
         (
             at(

@@ -555,6 +555,23 @@ fn rediss_checks_the_servers_certificate() {
     let out = redis(data.path(), &server.url(), "w", &["claim", "job"]);
     assert_eq!(code(&out), 5, "{}", text(&out));
     assert!(text(&out).contains("TLS handshake"), "{}", text(&out));
+    // Given the authority with --ca-cert (or SENTINEL_CA_CERT), the binary trusts it.
+    let ca = pki.path("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let out = redis(
+        data.path(),
+        &server.url(),
+        "w",
+        &["claim", "cli", "--ca-cert", ca],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = sentinel(data.path())
+        .args(["--backend", "redis", "--worker-id", "w", "release", "cli"])
+        .env("SENTINEL_REDIS_URL", server.url())
+        .env("SENTINEL_CA_CERT", ca)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
 }
 
 #[test]
@@ -566,4 +583,27 @@ fn rediss_presents_a_client_certificate_where_required() {
     let (exit, message) = tls_claim(&server, &pki.tls("ca.pem", false)).unwrap_err();
     assert_eq!(exit, ExitCode::Auth, "{message}");
     assert_eq!(tls_claim(&server, &pki.tls("ca.pem", true)), Ok(1));
+    // The binary presents the certificate of --client-cert and --client-key.
+    let data = tempfile::tempdir().unwrap();
+    let path = |name: &str| pki.path(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client-key.pem"));
+    let out = redis(
+        data.path(),
+        &server.url(),
+        "w",
+        &["claim", "cli", "--ca-cert", &ca],
+    );
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    let with_cert = [
+        "claim",
+        "cli",
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+    ];
+    let out = redis(data.path(), &server.url(), "w", &with_cert);
+    assert_eq!(code(&out), 0, "{}", text(&out));
 }
