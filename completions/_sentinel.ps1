@@ -187,8 +187,6 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;run' {
-            [CompletionResult]::new('--label', '--label', [CompletionResultType]::ParameterName, 'With --next: the issue must have this label (repeatable: all of them)')
-            [CompletionResult]::new('--exclude-label', '--exclude-label', [CompletionResultType]::ParameterName, 'With --next: the issue must not have this label (repeatable: none of them)')
             [CompletionResult]::new('--strategy', '--strategy', [CompletionResultType]::ParameterName, 'What to do when the lock is held')
             [CompletionResult]::new('--max-retries', '--max-retries', [CompletionResultType]::ParameterName, 'Retries of the retry and steal-stale strategies')
             [CompletionResult]::new('--initial-backoff', '--initial-backoff', [CompletionResultType]::ParameterName, 'First pause between retries (doubles each time)')
@@ -201,6 +199,8 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--priority', '--priority', [CompletionResultType]::ParameterName, 'Task priority, e.g. high (wins over --task-info''s)')
             [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Renew every this long [default: 30s, or a third of --ttl if shorter]')
             [CompletionResult]::new('--kill-grace', '--kill-grace', [CompletionResultType]::ParameterName, 'If the lock is lost: how long after SIGTERM the command gets before SIGKILL')
+            [CompletionResult]::new('--label', '--label', [CompletionResultType]::ParameterName, 'With --next: the issue must have this label (repeatable: all of them)')
+            [CompletionResult]::new('--exclude-label', '--exclude-label', [CompletionResultType]::ParameterName, 'With --next: the issue must not have this label (repeatable: none of them)')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
             [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')

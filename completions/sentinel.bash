@@ -888,20 +888,12 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-v -q -h --next --label --exclude-label --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-v -q -h --strategy --max-retries --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --next --label --exclude-label --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --label)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --exclude-label)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --strategy)
                     COMPREPLY=($(compgen -W "retry fail-fast steal-stale force" -- "${cur}"))
                     return 0
@@ -947,6 +939,14 @@ _sentinel() {
                     return 0
                     ;;
                 --kill-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude-label)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

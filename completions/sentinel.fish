@@ -192,8 +192,6 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l json -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
@@ -209,6 +207,8 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-type -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l priority -d 'Task priority, e.g. high (wins over --task-info\'s)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l interval -d 'Renew every this long [default: 30s, or a third of --ttl if shorter]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l kill-grace -d 'If the lock is lost: how long after SIGTERM the command gets before SIGKILL' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
