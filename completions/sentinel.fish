@@ -69,6 +69,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l strategy -d 
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
 force\t'Take over unconditionally, even a live lock. Loud, for humans fixing a mess'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l wait -d 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-retries -d 'Retries of the retry and steal-stale strategies' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-backoff -d 'Longest pause between retries' -r
@@ -102,6 +103,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l next -d 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s n -l nonblock -d 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s q -l quiet -d 'Only errors on stderr'
@@ -196,6 +198,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l strategy -d 'W
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
 force\t'Take over unconditionally, even a live lock. Loud, for humans fixing a mess'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l wait -d 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-retries -d 'Retries of the retry and steal-stale strategies' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-backoff -d 'Longest pause between retries' -r
@@ -232,6 +235,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s n -l nonblock -d 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l next -d 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'

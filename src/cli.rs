@@ -240,6 +240,8 @@ fn command_after_lock(run: clap::Command) -> clap::Command {
             "max_retries",
             "initial_backoff",
             "max_backoff",
+            "wait",
+            "nonblock",
         ])
     })
     .mut_arg("labels", |a| a.conflicts_with(Resettable::Reset))
@@ -507,7 +509,7 @@ pub struct ClaimTarget {
     #[arg(required_unless_present = "next")]
     pub lock: Option<String>,
     /// Claim the oldest open issue with no lock (github backend); exit 3 when none is free
-    #[arg(long, conflicts_with_all = ["lock", "strategy", "max_retries", "initial_backoff", "max_backoff"])]
+    #[arg(long, conflicts_with_all = ["lock", "strategy", "max_retries", "initial_backoff", "max_backoff", "wait", "nonblock"])]
     pub next: bool,
     /// With --next: the issue must have this label (repeatable: all of them)
     #[arg(
@@ -558,6 +560,17 @@ pub struct ClaimOptions {
     /// What to do when the lock is held
     #[arg(long, value_enum, default_value = "retry")]
     pub strategy: StrategyArg,
+    /// The whole time to wait for a held lock (as flock -w), retrying with the backoff until
+    /// then instead of --max-retries; 0 tries once
+    #[arg(long, value_parser = duration::arg, value_name = "DURATION", conflicts_with = "max_retries")]
+    pub wait: Option<Duration>,
+    /// Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast
+    #[arg(
+        short = 'n',
+        long,
+        conflicts_with_all = ["strategy", "wait", "max_retries", "initial_backoff", "max_backoff"]
+    )]
+    pub nonblock: bool,
     /// Retries of the retry and steal-stale strategies
     #[arg(long, default_value_t = 5)]
     pub max_retries: u32,

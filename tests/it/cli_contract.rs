@@ -2,6 +2,9 @@
 //! backend: blank environment variables, `run` without `--`, waiting, the conflict exit code,
 //! output into pipes and addresses.
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use crate::support::{code, local, sentinel, stdout_json, text};
 
 #[test]
@@ -46,4 +49,86 @@ fn run_takes_the_command_with_or_without_double_dash() {
     .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "--json\n");
+}
+
+#[test]
+fn wait_and_nonblock_bound_the_claim_like_flock() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |worker: &str, args: &[&str]| local(d, worker, args).output().unwrap();
+    assert_eq!(code(&run("a", &["claim", "w"])), 0);
+
+    let started = Instant::now();
+    let out = run(
+        "b",
+        &["claim", "w", "--wait", "2s", "--initial-backoff", "200ms"],
+    );
+    let took = started.elapsed();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Said once, at default verbosity, when the wait starts: who holds it and until when.
+    assert_eq!(err.matches("waiting for it until").count(), 1, "{err}");
+    assert!(err.contains("held by a on"), "{err}");
+    assert!(err.contains("gave up after waiting 2s"), "{err}");
+
+    for fail_fast in [
+        vec!["claim", "w", "-n"],
+        vec!["claim", "w", "--nonblock"],
+        vec!["claim", "w", "--wait", "0"],
+        vec!["run", "-n", "w", "echo", "ran"],
+    ] {
+        let started = Instant::now();
+        let out = run("b", &fail_fast);
+        assert_eq!(code(&out), 3, "{fail_fast:?}: {}", text(&out));
+        assert!(started.elapsed() < Duration::from_secs(2), "{fail_fast:?}");
+        assert!(!text(&out).contains("waiting for it"), "{}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    }
+
+    for (usage, words) in [
+        (
+            vec!["claim", "w", "--wait", "5s", "--max-retries", "2"],
+            "--max-retries",
+        ),
+        (vec!["claim", "w", "-n", "--wait", "5s"], "--wait"),
+        (
+            vec!["claim", "w", "-n", "--strategy", "retry"],
+            "--strategy",
+        ),
+        (
+            vec!["claim", "w", "--wait", "5s", "--strategy", "force"],
+            "--wait applies",
+        ),
+        (vec!["claim", "w", "--wait", "8d"], "at most 7d"),
+    ] {
+        let out = run("b", &usage);
+        assert_eq!(code(&out), 2, "{usage:?}: {}", text(&out));
+        assert!(text(&out).contains(words), "{usage:?}: {}", text(&out));
+    }
+
+    // A lock freed while waiting is taken before the deadline.
+    let waiter = local(
+        d,
+        "b",
+        &[
+            "run",
+            "w",
+            "--wait",
+            "30s",
+            "--initial-backoff",
+            "200ms",
+            "echo",
+            "got it",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(code(&run("a", &["release", "w"])), 0);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got it\n");
 }
