@@ -71,6 +71,7 @@ steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise 
 force\t'Take over unconditionally, even a live lock. Loud, for humans fixing a mess'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l wait -d 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-retries -d 'Retries of the retry and steal-stale strategies' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l conflict-exit-code -d 'Exit code when the lock is held or the queue is empty (as flock -E), to tell it from the failures of `run`\'s command; 1 to 255' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-backoff -d 'Longest pause between retries' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
@@ -200,6 +201,7 @@ steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise 
 force\t'Take over unconditionally, even a live lock. Loud, for humans fixing a mess'"
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l wait -d 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-retries -d 'Retries of the retry and steal-stale strategies' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l conflict-exit-code -d 'Exit code when the lock is held or the queue is empty (as flock -E), to tell it from the failures of `run`\'s command; 1 to 255' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-backoff -d 'Longest pause between retries' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r

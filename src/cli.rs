@@ -491,6 +491,15 @@ impl Command {
             Command::Cluster(_) => false,
         }
     }
+
+    /// `--conflict-exit-code` of the commands that take it (`claim`, `run`).
+    pub fn conflict_exit_code(&self) -> Option<u8> {
+        match self {
+            Command::Claim(a) => Some(a.claim.conflict_exit_code),
+            Command::Run(a) => Some(a.claim.conflict_exit_code),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -574,6 +583,15 @@ pub struct ClaimOptions {
     /// Retries of the retry and steal-stale strategies
     #[arg(long, default_value_t = 5)]
     pub max_retries: u32,
+    /// Exit code when the lock is held or the queue is empty (as flock -E), to tell it from the
+    /// failures of `run`'s command; 1 to 255
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u8).range(1..),
+        value_name = "N"
+    )]
+    pub conflict_exit_code: u8,
     /// First pause between retries (doubles each time)
     #[arg(long, value_parser = duration::arg, default_value = "1s")]
     pub initial_backoff: Duration,

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{code, local, sentinel, stdout_json, text};
+use crate::support::{Gh, code, local, sentinel, stdout_json, text};
 
 #[test]
 fn blank_environment_variables_count_as_unset() {
@@ -131,4 +131,65 @@ fn wait_and_nonblock_bound_the_claim_like_flock() {
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got it\n");
+}
+
+#[test]
+fn conflict_exit_code_tells_a_held_lock_from_the_commands_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |worker: &str, args: &[&str]| local(d, worker, args).output().unwrap();
+    assert_eq!(code(&run("a", &["claim", "c"])), 0);
+
+    let out = run(
+        "b",
+        &["claim", "c", "-n", "--conflict-exit-code", "75", "--json"],
+    );
+    assert_eq!(code(&out), 75, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["error"]["exit_code"], 75);
+    assert_eq!(code(&run("b", &["claim", "c", "-n"])), 3, "the default");
+    let out = run(
+        "b",
+        &[
+            "run",
+            "c",
+            "-n",
+            "--conflict-exit-code",
+            "75",
+            "sh",
+            "-c",
+            "echo ran; exit 3",
+        ],
+    );
+    assert_eq!(code(&out), 75, "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    // The command's own exit code is its own.
+    let out = run(
+        "b",
+        &[
+            "run",
+            "free",
+            "--conflict-exit-code",
+            "75",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    // Other failures keep their codes; 0 would make a held lock look acquired.
+    assert_eq!(code(&run("b", &["release", "c"])), 4);
+    let out = run("b", &["claim", "c", "--conflict-exit-code", "0"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+}
+
+#[test]
+fn conflict_exit_code_covers_an_empty_queue() {
+    let gh = Gh::new();
+    let out = gh.run(
+        &gh.bob,
+        "q",
+        &["claim", "--next", "--conflict-exit-code", "75"],
+    );
+    assert_eq!(code(&out), 75, "{}", text(&out));
+    assert!(text(&out).contains("no free open issue"), "{}", text(&out));
 }
