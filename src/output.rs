@@ -206,8 +206,10 @@ struct Row {
     token: u64,
 }
 
-/// A table of held locks (display name and holder), one row each, for `status` without a lock.
-pub fn table(rows: &[(String, Holder)]) -> String {
+/// A table of held locks (display name and holder), one row each, for `status` without a lock:
+/// boxed for a terminal; for a pipe, a header line and one line per lock with tab-separated
+/// columns, which `cut -f` and `awk -F'\t'` read (names and ids hold no tabs).
+pub fn table(rows: &[(String, Holder)], terminal: bool) -> String {
     let rows: Vec<Row> = rows
         .iter()
         .map(|(lock, h)| Row {
@@ -220,7 +222,14 @@ pub fn table(rows: &[(String, Holder)]) -> String {
             token: h.fencing_token,
         })
         .collect();
-    Table::new(rows).with(Style::sharp()).to_string()
+    if terminal {
+        return Table::new(rows).with(Style::sharp()).to_string();
+    }
+    std::iter::once(Row::headers())
+        .chain(rows.iter().map(Tabled::fields))
+        .map(|cells| cells.join("\t"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A spinner on stderr while waiting, only for humans at a terminal.

@@ -193,3 +193,41 @@ fn conflict_exit_code_covers_an_empty_queue() {
     assert_eq!(code(&out), 75, "{}", text(&out));
     assert!(text(&out).contains("no free open issue"), "{}", text(&out));
 }
+
+#[test]
+fn status_into_a_pipe_is_tab_separated_lines_under_a_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |worker: &str, args: &[&str]| local(d, worker, args).output().unwrap();
+    let empty = run("obs", &["status"]);
+    assert_eq!(code(&empty), 0, "{}", text(&empty));
+    let header = "LOCK\tWORKER\tNODE\tSINCE\tEXPIRES\tSTATE\tTOKEN";
+    assert_eq!(String::from_utf8_lossy(&empty.stdout).trim_end(), header);
+    assert_eq!(code(&run("a", &["claim", "first"])), 0);
+    assert_eq!(code(&run("b", &["claim", "second lock"])), 0);
+
+    let out = run("obs", &["status"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout
+            .chars()
+            .any(|c| ('\u{2500}'..='\u{257f}').contains(&c)),
+        "box drawing into a pipe: {stdout}"
+    );
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0].join("\t"), header);
+    let mut held: Vec<(&str, &str, &str)> = lines[1..]
+        .iter()
+        .map(|cells| {
+            assert_eq!(cells.len(), 7, "{cells:?}");
+            (cells[0], cells[1], cells[5])
+        })
+        .collect();
+    held.sort();
+    assert_eq!(held, [("first", "a", "held"), ("second lock", "b", "held")]);
+    // --json is unchanged.
+    let json = stdout_json(&run("obs", &["status", "--json"]));
+    assert_eq!(json["locks"].as_array().map(Vec::len), Some(2));
+}
