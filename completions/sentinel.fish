@@ -27,7 +27,7 @@ end
 complete -c sentinel -n "__fish_sentinel_needs_command" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_needs_command" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_needs_command" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_needs_command" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -83,7 +83,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l priority -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -112,7 +112,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s h -l help -d
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand release" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -141,7 +141,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l since -d 'G
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand status" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -169,7 +169,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l interval
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -217,7 +217,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l exclude-label 
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -253,7 +253,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l priori
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -289,7 +289,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l since -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -314,7 +314,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -l json -d 'P
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand metrics" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l listen -d 'Address to listen on for clients and peers: an IP address or a host name, with the port' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l id -d 'This node\'s id in the cluster (1 or more)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer -d 'A member of the cluster and the address peers reach it at; repeat for each member, this node included, with the same list on every node (the lowest id forms the cluster)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l peer-token -d 'Token the cluster\'s nodes authenticate each other\'s Raft messages with: required with other --peers, the same on every node, unlike the client token; never printed' -r
@@ -334,7 +334,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -l json -d 'Pri
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand serve" -s h -l help -d 'Print help'
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
@@ -346,7 +346,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fis
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and not __fish_seen_subcommand_from status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F

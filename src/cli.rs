@@ -67,8 +67,8 @@ pub struct GlobalArgs {
     /// GitHub API URL (GitHub Enterprise: https://HOST/api/v3)
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub api_url: String,
-    /// `sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over
-    /// between them
+    /// `sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is
+    /// http); requests fail over between them
     #[arg(long, env = "SENTINEL_SERVER", value_name = "URL[,URL...]")]
     pub server: Option<String>,
     /// Bearer token of the sentinel server cluster: `serve` requires it on every client request
@@ -415,7 +415,7 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for clients and peers
+    /// Address to listen on for clients and peers: an IP address or a host name, with the port
     #[arg(long, default_value = sentinel::coordinator::server::DEFAULT_LISTEN, value_name = "HOST:PORT")]
     pub listen: String,
     /// This node's id in the cluster (1 or more)

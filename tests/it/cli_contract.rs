@@ -5,7 +5,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Gh, code, local, sentinel, stdout_json, text};
+use crate::serve::{TOKEN, free_addr};
+use crate::support::{Gh, Running, code, local, sentinel, stdout_json, text, wait_for};
 
 #[test]
 fn blank_environment_variables_count_as_unset() {
@@ -230,4 +231,38 @@ fn status_into_a_pipe_is_tab_separated_lines_under_a_header() {
     // --json is unchanged.
     let json = stdout_json(&run("obs", &["status", "--json"]));
     assert_eq!(json["locks"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn serve_listens_on_a_host_name_and_clients_assume_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_addr().rsplit_once(':').unwrap().1.to_string();
+    let mut node = Running::spawn(
+        sentinel(&dir.path().join("node"))
+            .env("SENTINEL_AUTH_TOKEN", TOKEN)
+            .args(["serve", "--json", "--quiet", "--listen"])
+            .arg(format!("localhost:{port}")),
+    );
+    let server = format!("127.0.0.1:{port}");
+    let client = |args: &[&str]| {
+        local(&dir.path().join("client"), "a", &["--server", &server])
+            .env("SENTINEL_AUTH_TOKEN", TOKEN)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    wait_for(Duration::from_secs(30), "the node to serve", || {
+        assert!(node.is_running(), "serve exited");
+        code(&client(&["status"])) == 0
+    });
+    let out = client(&["claim", "by-name", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["backend"], "server");
+    node.signal("TERM");
+    let out = node.exit_within(Duration::from_secs(30));
+    assert_eq!(
+        stdout_json(&out)["listening"],
+        format!("http://127.0.0.1:{port}"),
+        "localhost is 127.0.0.1"
+    );
 }
