@@ -72,6 +72,18 @@ pub(crate) fn request(
         wait: opts.wait,
     }
     .validate()?;
+    if let Some(wait) = opts.wait
+        && strategy == Strategy::Retry
+        && ctx.backend.waits_server_side()
+        && wait > sentinel::server::MAX_WAIT
+    {
+        // The server waits in one request, and no longer than this: a longer --wait would end
+        // early without saying so.
+        return Err(Error::usage(format!(
+            "--wait on the coordinator is at most {} (its longest server-side wait)",
+            sentinel::duration::display(sentinel::server::MAX_WAIT)
+        )));
+    }
     let req = AcquireRequest {
         lock: ctx.backend.parse_lock(lock)?,
         claimant: ctx.claimant.clone(),

@@ -266,3 +266,18 @@ fn serve_listens_on_a_host_name_and_clients_assume_http() {
         "localhost is 127.0.0.1"
     );
 }
+
+#[test]
+fn wait_longer_than_the_coordinator_waits_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused before any request: no server needs to listen there.
+    let out = local(
+        dir.path(),
+        "a",
+        &["--server", "127.0.0.1:1", "claim", "x", "--wait", "11m"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("at most 10m"), "{}", text(&out));
+}
