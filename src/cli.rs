@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::Resettable;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{
@@ -66,8 +67,8 @@ pub struct GlobalArgs {
     /// GitHub API URL (GitHub Enterprise: https://HOST/api/v3)
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub api_url: String,
-    /// `sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...); requests fail over
-    /// between them
+    /// `sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is
+    /// http); requests fail over between them
     #[arg(long, env = "SENTINEL_SERVER", value_name = "URL[,URL...]")]
     pub server: Option<String>,
     /// Bearer token of the sentinel server cluster: `serve` requires it on every client request
@@ -219,9 +220,32 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
     }
 }
 
-/// Gives each subcommand (`Cli`'s `mut_subcommands`) the global options it takes.
+/// Gives each subcommand (`Cli`'s `mut_subcommands`) the global options it takes, and `run` its
+/// command line without `--`.
 fn show_inherited_options(sub: clap::Command) -> clap::Command {
+    let sub = match sub.get_name() {
+        "run" => command_after_lock(sub),
+        _ => sub,
+    };
     with_global_options(sub, "", true)
+}
+
+/// `run`'s positionals are LOCK then CMD ARGS…, so `run L echo hi` needs no `--` (as flock and
+/// `etcdctl lock`). With `--next` there is no LOCK: the first word clap puts there is the
+/// command's ([`RunArgs::command_from_lock`]), so `--next` and `--label` may not refuse it.
+fn command_after_lock(run: clap::Command) -> clap::Command {
+    run.mut_arg("next", |a| {
+        a.conflicts_with(Resettable::Reset).conflicts_with_all([
+            "strategy",
+            "max_retries",
+            "initial_backoff",
+            "max_backoff",
+            "wait",
+            "nonblock",
+        ])
+    })
+    .mut_arg("labels", |a| a.conflicts_with(Resettable::Reset))
+    .mut_arg("exclude_labels", |a| a.conflicts_with(Resettable::Reset))
 }
 
 /// Adds to `command` and its subcommands copies of the global options: with `inherited`, those it
@@ -262,7 +286,9 @@ where
 {
     // Each subcommand also accepts, hidden, the global options it does not take, so that one
     // given after it is refused here in the same words as one given before it.
-    let mut cmd = Cli::command().mut_subcommands(|sub| with_global_options(sub, "", false));
+    let mut cmd = without_blank_env(
+        Cli::command().mut_subcommands(|sub| with_global_options(sub, "", false)),
+    );
     let matches = cmd.try_get_matches_from_mut(args)?;
     if let Some((option, path)) = inapplicable(&matches) {
         let takers = leaves(&cmd, "")
@@ -286,7 +312,36 @@ where
             format!("--{long} does not apply to `sentinel {path}`; it is taken by: {takers}"),
         ));
     }
-    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+    if let Command::Run(run) = &mut cli.command {
+        run.command_from_lock();
+        if run.command.is_empty() {
+            let run_cmd = cmd.find_subcommand_mut("run").expect("the run subcommand");
+            return Err(run_cmd.error(
+                ErrorKind::MissingRequiredArgument,
+                "run needs a command: `sentinel run LOCK CMD ARGS…` or `sentinel run --next -- CMD ARGS…`",
+            ));
+        }
+    }
+    Ok(cli)
+}
+
+/// `command` with the environment fallback of every option whose variable is set but blank
+/// dropped: CI systems set variables to "" for unset inputs (GitHub Actions' `${{ vars.X }}`), and
+/// an empty `SENTINEL_BACKEND` or `SENTINEL_SNAPSHOT_EVERY` would otherwise be refused as a value.
+fn without_blank_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let blank = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.to_string_lossy().trim().is_empty());
+            match blank {
+                true => arg.env(None),
+                false => arg,
+            }
+        })
+        .mut_subcommands(without_blank_env)
 }
 
 /// The first global option (its id) given on the command line that the parsed subcommand does
@@ -360,7 +415,7 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for clients and peers
+    /// Address to listen on for clients and peers: an IP address or a host name, with the port
     #[arg(long, default_value = sentinel::coordinator::server::DEFAULT_LISTEN, value_name = "HOST:PORT")]
     pub listen: String,
     /// This node's id in the cluster (1 or more)
@@ -436,6 +491,15 @@ impl Command {
             Command::Cluster(_) => false,
         }
     }
+
+    /// `--conflict-exit-code` of the commands that take it (`claim`, `run`).
+    pub fn conflict_exit_code(&self) -> Option<u8> {
+        match self {
+            Command::Claim(a) => Some(a.claim.conflict_exit_code),
+            Command::Run(a) => Some(a.claim.conflict_exit_code),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -454,7 +518,7 @@ pub struct ClaimTarget {
     #[arg(required_unless_present = "next")]
     pub lock: Option<String>,
     /// Claim the oldest open issue with no lock (github backend); exit 3 when none is free
-    #[arg(long, conflicts_with_all = ["lock", "strategy", "max_retries", "initial_backoff", "max_backoff"])]
+    #[arg(long, conflicts_with_all = ["lock", "strategy", "max_retries", "initial_backoff", "max_backoff", "wait", "nonblock"])]
     pub next: bool,
     /// With --next: the issue must have this label (repeatable: all of them)
     #[arg(
@@ -505,9 +569,29 @@ pub struct ClaimOptions {
     /// What to do when the lock is held
     #[arg(long, value_enum, default_value = "retry")]
     pub strategy: StrategyArg,
+    /// The whole time to wait for a held lock (as flock -w), retrying with the backoff until
+    /// then instead of --max-retries; 0 tries once
+    #[arg(long, value_parser = duration::arg, value_name = "DURATION", conflicts_with = "max_retries")]
+    pub wait: Option<Duration>,
+    /// Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast
+    #[arg(
+        short = 'n',
+        long,
+        conflicts_with_all = ["strategy", "wait", "max_retries", "initial_backoff", "max_backoff"]
+    )]
+    pub nonblock: bool,
     /// Retries of the retry and steal-stale strategies
     #[arg(long, default_value_t = 5)]
     pub max_retries: u32,
+    /// Exit code when the lock is held or the queue is empty (as flock -E), to tell it from the
+    /// failures of `run`'s command; 1 to 255
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u8).range(1..),
+        value_name = "N"
+    )]
+    pub conflict_exit_code: u8,
     /// First pause between retries (doubles each time)
     #[arg(long, value_parser = duration::arg, default_value = "1s")]
     pub initial_backoff: Duration,
@@ -613,9 +697,21 @@ pub struct RunArgs {
     /// If the lock is lost: how long after SIGTERM the command gets before SIGKILL
     #[arg(long, value_parser = duration::arg, default_value = "5s")]
     pub kill_grace: Duration,
-    /// The command to run and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command to run and its arguments, after LOCK (`run LOCK CMD ARGS…`, as flock) or
+    /// after `--` (`run --next -- CMD ARGS…`); sentinel's options come before CMD
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// With `--next` there is no LOCK: a word parsed as one starts the command.
+    fn command_from_lock(&mut self) {
+        if self.target.next
+            && let Some(word) = self.target.lock.take()
+        {
+            self.command.insert(0, word.into());
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -51,10 +51,13 @@ fn main() {
             let json = json_requested();
             if json {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                output::print_json_error(&Error::usage(format!(
-                    "{}; see `sentinel --help`",
-                    first.trim_start_matches("error: ")
-                )));
+                output::print_json_error(
+                    &Error::usage(format!(
+                        "{}; see `sentinel --help`",
+                        first.trim_start_matches("error: ")
+                    )),
+                    ExitCode::Usage.code(),
+                );
             }
             let _ = e.print();
             std::process::exit(ExitCode::Usage.code());
@@ -63,6 +66,7 @@ fn main() {
     init_logs(&cli);
     let json = cli.global.json;
     let is_claim = matches!(cli.command, Command::Claim(_));
+    let conflict_code = cli.command.conflict_exit_code();
     let owns_signals = cli.command.owns_signals();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -106,11 +110,12 @@ fn main() {
             }
         }
         Err(e) => {
-            output::print_error(&e, json);
+            let code = e.status(conflict_code);
+            output::print_error_exiting(&e, json, code);
             if is_claim {
                 output::claim_failed_output();
             }
-            std::process::exit(e.exit_code().code());
+            std::process::exit(code);
         }
     }
 }

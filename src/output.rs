@@ -110,8 +110,14 @@ fn append_to_env_file(var: &str, text: &str) {
 
 /// Prints an error: JSON on stdout with `--json`, a line on stderr always.
 pub fn print_error(e: &Error, as_json: bool) {
+    print_error_exiting(e, as_json, e.exit_code().code());
+}
+
+/// [`print_error`] for a process that exits `code` (`--conflict-exit-code`), which the JSON
+/// object shows.
+pub fn print_error_exiting(e: &Error, as_json: bool, code: i32) {
     if as_json {
-        print_json_error(e);
+        print_json_error(e, code);
     }
     print_error_line(&e.to_string());
 }
@@ -133,9 +139,9 @@ pub fn print_error_line(message: &str) {
     };
 }
 
-/// The `--json` error object on stdout: `{"ok":false,"error":{"kind","message","exit_code"}}`.
-pub fn print_json_error(e: &Error) {
-    let code = e.exit_code().code();
+/// The `--json` error object on stdout: `{"ok":false,"error":{"kind","message","exit_code"}}`,
+/// where the process exits `code`.
+pub fn print_json_error(e: &Error, code: i32) {
     let mut v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
     if let Error::RateLimited {
         retry_after: Some(wait),
@@ -200,8 +206,10 @@ struct Row {
     token: u64,
 }
 
-/// A table of held locks (display name and holder), one row each, for `status` without a lock.
-pub fn table(rows: &[(String, Holder)]) -> String {
+/// A table of held locks (display name and holder), one row each, for `status` without a lock:
+/// boxed for a terminal; for a pipe, a header line and one line per lock with tab-separated
+/// columns, which `cut -f` and `awk -F'\t'` read (names and ids hold no tabs).
+pub fn table(rows: &[(String, Holder)], terminal: bool) -> String {
     let rows: Vec<Row> = rows
         .iter()
         .map(|(lock, h)| Row {
@@ -214,7 +222,14 @@ pub fn table(rows: &[(String, Holder)]) -> String {
             token: h.fencing_token,
         })
         .collect();
-    Table::new(rows).with(Style::sharp()).to_string()
+    if terminal {
+        return Table::new(rows).with(Style::sharp()).to_string();
+    }
+    std::iter::once(Row::headers())
+        .chain(rows.iter().map(Tabled::fields))
+        .map(|cells| cells.join("\t"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A spinner on stderr while waiting, only for humans at a terminal.

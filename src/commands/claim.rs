@@ -1,6 +1,7 @@
 //! `sentinel claim LOCK`: acquire with a strategy, print the fencing token; `claim --next`: the
 //! work queue's next free issue.
 
+use chrono::Utc;
 use serde_json::json;
 
 use crate::cli::{ClaimArgs, ClaimOptions, ClaimTarget};
@@ -59,18 +60,35 @@ pub(crate) fn request(
     opts: &ClaimOptions,
 ) -> Result<(AcquireRequest, Policy)> {
     let ttl = lease::validate_ttl(opts.ttl)?;
+    let strategy = match opts.nonblock {
+        true => Strategy::FailFast,
+        false => opts.strategy.into(),
+    };
     let policy = Policy {
-        strategy: opts.strategy.into(),
+        strategy,
         max_retries: opts.max_retries,
         initial_backoff: opts.initial_backoff,
         max_backoff: opts.max_backoff,
+        wait: opts.wait,
     }
     .validate()?;
+    if let Some(wait) = opts.wait
+        && strategy == Strategy::Retry
+        && ctx.backend.waits_server_side()
+        && wait > sentinel::server::MAX_WAIT
+    {
+        // The server waits in one request, and no longer than this: a longer --wait would end
+        // early without saying so.
+        return Err(Error::usage(format!(
+            "--wait on the coordinator is at most {} (its longest server-side wait)",
+            sentinel::duration::display(sentinel::server::MAX_WAIT)
+        )));
+    }
     let req = AcquireRequest {
         lock: ctx.backend.parse_lock(lock)?,
         claimant: ctx.claimant.clone(),
         ttl,
-        takeover: Strategy::from(opts.strategy).takeover(),
+        takeover: strategy.takeover(),
         task_info: task_info(&opts.task)?,
         readopt: ctx.explicit_worker,
         attempt: 0,
@@ -79,7 +97,8 @@ pub(crate) fn request(
     Ok((req, policy))
 }
 
-/// Runs the claim loop, with a spinner while it waits.
+/// Runs the claim loop, with a spinner while it waits and one line on stderr (a warning, so shown
+/// unless `--quiet`) when it starts to: a claim that blocks silently looks like a hang.
 pub(crate) async fn acquire(
     ctx: &Context,
     req: &AcquireRequest,
@@ -90,7 +109,21 @@ pub(crate) async fn acquire(
     }
     let what = ctx.backend.describe(&req.lock);
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
+    // Without --wait, the retries' pauses end about then (each has ±25% jitter).
+    let deadline = chrono::Duration::from_std(policy.wait_budget())
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .map_or_else(|| "its last retry".to_string(), lease::human);
+    let mut told = false;
     strategy::claim(&ctx.backend, req, policy, |h, pause| {
+        if !std::mem::replace(&mut told, true) {
+            tracing::warn!(
+                "{what} is held by {} on {}; waiting for it until {}",
+                h.worker_id,
+                h.node_id,
+                deadline
+            );
+        }
         spinner.set_message(format!(
             "{what} is held by {}; retrying in {:.1}s",
             h.worker_id,

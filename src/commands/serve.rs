@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
@@ -65,16 +65,36 @@ pub async fn exec(global: &GlobalArgs, args: &ServeArgs) -> Result<Report> {
     }
 }
 
+/// `--listen`'s address: an IP address and port, or a host name and port resolved once at start
+/// (`localhost:7473`); of a name's addresses the first IPv4 one, as `localhost` means 127.0.0.1
+/// to most clients, else the first.
+fn listen_addr(raw: &str) -> Result<SocketAddr> {
+    let bad = |why: String| {
+        Error::usage(format!(
+            "invalid --listen {raw:?}: {why}; expected HOST:PORT, such as {} or localhost:7473",
+            server::DEFAULT_LISTEN
+        ))
+    };
+    let raw = raw.trim();
+    if let Ok(addr) = raw.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = raw
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| bad("the name has no address".into()))
+}
+
 /// Checks the options and builds the member list: the `--peer`s (this node among them), or
 /// without any, this node alone at its `--listen` address.
 pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
-    let listen: SocketAddr = args.listen.trim().parse().map_err(|_| {
-        Error::usage(format!(
-            "invalid --listen {:?}: expected HOST:PORT with an IP address, such as {}",
-            args.listen,
-            server::DEFAULT_LISTEN
-        ))
-    })?;
+    let listen = listen_addr(&args.listen)?;
     if args.id == 0 {
         return Err(Error::usage("--id must be 1 or more"));
     }
@@ -349,6 +369,10 @@ mod tests {
     fn bad_options_are_usage_errors() {
         for (args, says) in [
             (vec!["--listen", "localhost"], "invalid --listen"),
+            (
+                vec!["--listen", "no-such-host.invalid:7473"],
+                "invalid --listen",
+            ),
             (vec!["--id", "0"], "--id"),
             (vec!["--peer", "x"], "no ="),
             (vec!["--peer", "0=h:1"], "the id"),

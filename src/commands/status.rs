@@ -1,4 +1,7 @@
-//! `sentinel status [LOCK]`: one lock in detail, or a table of every held lock.
+//! `sentinel status [LOCK]`: one lock in detail, or a table of every held lock (tab-separated
+//! into a pipe).
+
+use std::io::IsTerminal;
 
 use serde_json::json;
 
@@ -12,10 +15,11 @@ use sentinel::lock::ListRequest;
 pub async fn exec(ctx: &Context, args: &StatusArgs) -> Result<Report> {
     let Some(raw) = &args.lock else {
         let rows = ctx.backend.list(&ListRequest { since: args.since }).await?;
-        let human = if rows.is_empty() {
+        let terminal = std::io::stdout().is_terminal();
+        let human = if rows.is_empty() && terminal {
             "No locks are held.".to_string()
         } else {
-            table(&rows)
+            table(&rows, terminal)
         };
         let locks: Vec<_> = rows
             .iter()

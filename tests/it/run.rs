@@ -293,8 +293,7 @@ fn settings_that_cannot_keep_the_lock_are_refused_before_claiming() {
             vec!["run", "job", "--kill-grace", "soon", "--", "touch", m],
             "invalid duration",
         ),
-        (vec!["run", "job", "touch", m], "unexpected argument"),
-        (vec!["run", "job"], "required"),
+        (vec!["run", "job"], "run needs a command"),
     ] {
         let out = local(d, "w1", &args).output().unwrap();
         assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));

@@ -70,11 +70,20 @@ const MAX_PAGES: usize = 200;
 pub const MAX_WAIT: Duration = Duration::from_millis(sentinel_proto::MAX_WAIT_MS);
 
 /// Checks `--server` / `SENTINEL_SERVER`: one or more comma-separated `http://HOST:PORT` or
-/// `https://HOST:PORT` URLs (https for nodes started with `--tls-cert`); a URL with credentials is
-/// never repeated in the message.
+/// `https://HOST:PORT` URLs (https for nodes started with `--tls-cert`), where a bare `HOST:PORT`
+/// means `http://`; a URL with credentials is never repeated in the message.
 pub fn server_urls(raw: &str) -> Result<Vec<String>> {
     let mut urls = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        // HOST:PORT alone means plain HTTP, as etcdctl's --endpoints; TLS is asked for by name.
+        let with_scheme;
+        let part = match part.contains("://") {
+            true => part,
+            false => {
+                with_scheme = format!("http://{part}");
+                with_scheme.as_str()
+            }
+        };
         let bad = |why: &str| {
             Error::usage(format!(
                 "invalid --server {}: {why}; expected e.g. http://127.0.0.1:7464 (several: comma-separated)",
@@ -707,10 +716,14 @@ mod tests {
             server_urls("https://127.0.0.1:7464,https://node2.example:7464/").unwrap(),
             vec!["https://127.0.0.1:7464", "https://node2.example:7464"]
         );
+        assert_eq!(
+            server_urls("127.0.0.1:7464,localhost:7420").unwrap(),
+            vec!["http://127.0.0.1:7464", "http://localhost:7420"]
+        );
         for bad in [
             "",
             ",",
-            "127.0.0.1:7420",
+            "127.0.0.1",
             "http://h",
             "http://h:0",
             "http://h:1/x",

@@ -125,6 +125,7 @@ impl RetryConfig {
             max_retries: self.max_attempts - 1,
             initial_backoff: self.initial_backoff,
             max_backoff: self.max_backoff,
+            wait: None,
         })
     }
 }

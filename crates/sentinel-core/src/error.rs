@@ -99,6 +99,16 @@ impl Error {
         }
     }
 
+    /// The process's exit status for this error: [`Error::exit_code`], except that a conflict
+    /// exits `conflict` (`claim`/`run --conflict-exit-code`, as flock -E), so that a script can
+    /// tell "held" from its own failures.
+    pub fn status(&self, conflict: Option<u8>) -> i32 {
+        match (self.exit_code(), conflict) {
+            (ExitCode::Conflict, Some(code)) => i32::from(code),
+            (code, _) => code.code(),
+        }
+    }
+
     /// A short machine-readable kind for `--json` error objects.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -52,6 +52,9 @@ pub struct Policy {
     pub initial_backoff: Duration,
     /// The longest pause between attempts (at most [`MAX_BACKOFF`]).
     pub max_backoff: Duration,
+    /// `--wait`: the whole time `retry` and `steal-stale` keep trying, instead of
+    /// `max_retries`; the last attempt is made at the deadline (zero: one attempt).
+    pub wait: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -61,6 +64,7 @@ impl Default for Policy {
             max_retries: 5,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(16),
+            wait: None,
         }
     }
 }
@@ -68,6 +72,8 @@ impl Default for Policy {
 impl Policy {
     fn attempts(&self) -> u32 {
         match self.strategy {
+            // Bounded by the deadline instead.
+            Strategy::Retry | Strategy::StealStale if self.wait.is_some() => u32::MAX,
             Strategy::Retry | Strategy::StealStale => self.max_retries.saturating_add(1),
             Strategy::FailFast | Strategy::Force => 1,
         }
@@ -76,6 +82,9 @@ impl Policy {
     /// The time the retry loop would spend pausing between its attempts (without jitter): how
     /// long a server-side wait lasts instead.
     pub fn wait_budget(&self) -> Duration {
+        if let Some(wait) = self.wait {
+            return wait;
+        }
         let mut total = Duration::ZERO;
         let mut pause = self.initial_backoff.min(self.max_backoff);
         for n in 0..self.max_retries {
@@ -107,6 +116,16 @@ impl Policy {
 impl Policy {
     /// Refuses backoff settings that make no sense, before anything is claimed.
     pub fn validate(self) -> Result<Policy> {
+        if self.wait.is_some_and(|w| w > MAX_WAIT) {
+            return Err(Error::usage(
+                "--wait must be at most 7d: a claim waiting longer looks like a hang",
+            ));
+        }
+        if self.wait.is_some() && matches!(self.strategy, Strategy::FailFast | Strategy::Force) {
+            return Err(Error::usage(
+                "--wait applies to --strategy retry and steal-stale: fail-fast and force make one attempt",
+            ));
+        }
         if self.max_backoff > MAX_BACKOFF {
             return Err(Error::usage(
                 "--max-backoff must be at most 1h: a longer pause between retries looks like a hang",
@@ -125,6 +144,8 @@ impl Policy {
 
 /// Longest pause between two attempts a user may ask for.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Longest `--wait` a user may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Claims `req.lock` on `backend` under `policy`: the one claim loop of `claim`, `run` and the
 /// work queue.
@@ -141,6 +162,7 @@ pub async fn claim<B: LockBackend>(
     let (policy, wait) = if backend.waits_server_side() && policy.strategy == Strategy::Retry {
         let single = Policy {
             max_retries: 0,
+            wait: None,
             ..policy.clone()
         };
         (single, policy.wait_budget())
@@ -171,7 +193,7 @@ pub async fn claim<B: LockBackend>(
 }
 
 /// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
-/// number; `waiting` is told before each pause (for a spinner).
+/// number; `waiting` is told before each pause (for a spinner) with the holder and the pause.
 pub async fn acquire<F, Fut>(
     policy: &Policy,
     what: &str,
@@ -183,6 +205,7 @@ where
     Fut: Future<Output = Result<Attempt>>,
 {
     let total = policy.attempts();
+    let deadline = policy.wait.map(|w| Instant::now() + w);
     for n in 0..total {
         let started = Instant::now();
         match attempt(n).await? {
@@ -194,10 +217,14 @@ where
                 });
             }
             Attempt::Held(holder) => {
-                if n + 1 == total {
-                    return Err(conflict(what, &holder, policy, total));
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if n + 1 == total || left.is_some_and(|l| l.is_zero()) {
+                    return Err(conflict(what, &holder, policy, n + 1));
                 }
-                let pause = policy.backoff(n + 1);
+                let pause = match left {
+                    Some(left) => policy.backoff(n + 1).min(left),
+                    None => policy.backoff(n + 1),
+                };
                 tracing::info!(holder = %holder.worker_id, pause_ms = pause.as_millis() as u64, "lock held; retrying");
                 waiting(&holder, pause);
                 tokio::time::sleep(pause).await;
@@ -228,7 +255,12 @@ pub(crate) fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -
             lease::human(h.expires_at)
         ));
     }
-    if attempts > 1 {
+    if let Some(wait) = policy.wait.filter(|w| !w.is_zero()) {
+        msg.push_str(&format!(
+            "; gave up after waiting {} ({attempts} attempts)",
+            crate::duration::display(wait)
+        ));
+    } else if attempts > 1 {
         msg.push_str(&format!("; gave up after {attempts} attempts"));
     } else if policy.strategy == Strategy::FailFast {
         msg.push_str(" (fail-fast)");
@@ -305,6 +337,49 @@ mod tests {
         .unwrap_err();
         assert_eq!(calls, 4);
         assert!(matches!(err, Error::Conflict(ref m) if m.contains("gave up after 4 attempts")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_retries_until_its_deadline_whatever_max_retries_says() {
+        let p = Policy {
+            max_retries: 1,
+            wait: Some(Duration::from_secs(60)),
+            ..Policy::default()
+        };
+        let start = Instant::now();
+        let mut calls = 0;
+        let err = acquire(
+            &p,
+            "#1",
+            |_| {
+                calls += 1;
+                async { Ok(Attempt::Held(holder())) }
+            },
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        // Pauses of about 1, 2, 4, 8, 16, 16… s, the last one cut short at the deadline.
+        assert!(calls > 5, "{calls}");
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        assert!(matches!(err, Error::Conflict(ref m) if m.contains("gave up after waiting 1m")));
+        let now = Policy {
+            wait: Some(Duration::ZERO),
+            ..Policy::default()
+        };
+        let mut calls = 0;
+        let r = acquire(
+            &now,
+            "#1",
+            |_| {
+                calls += 1;
+                async { Ok(Attempt::Held(holder())) }
+            },
+            |_, _| {},
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
     }
 
     #[tokio::test(start_paused = true)]

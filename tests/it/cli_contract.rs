@@ -1,0 +1,283 @@
+//! The command-line contract scripts rely on (issue 14), through the real binary on the local
+//! backend: blank environment variables, `run` without `--`, waiting, the conflict exit code,
+//! output into pipes and addresses.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::serve::{TOKEN, free_addr};
+use crate::support::{Gh, Running, code, local, sentinel, stdout_json, text, wait_for};
+
+#[test]
+fn blank_environment_variables_count_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    // As GitHub Actions' `${{ vars.X }}` yields for a variable nobody set.
+    let out = sentinel(dir.path())
+        .env("SENTINEL_BACKEND", "")
+        .env("SENTINEL_WORKER_ID", " ")
+        .env("GITHUB_API_URL", "")
+        .args(["claim", "blank-env", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["backend"], "local");
+}
+
+#[test]
+fn run_takes_the_command_with_or_without_double_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = local(dir.path(), "a", &["run", "plain", "echo", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // The command's own options are its own, not sentinel's.
+    let out = local(
+        dir.path(),
+        "a",
+        &["run", "plain", "sh", "-c", "echo $0-ok", "x"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x-ok\n");
+    let out = local(
+        dir.path(),
+        "a",
+        &["run", "--ttl", "1m", "dashed", "--", "echo", "--json"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "--json\n");
+}
+
+#[test]
+fn wait_and_nonblock_bound_the_claim_like_flock() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |worker: &str, args: &[&str]| local(d, worker, args).output().unwrap();
+    assert_eq!(code(&run("a", &["claim", "w"])), 0);
+
+    let started = Instant::now();
+    let out = run(
+        "b",
+        &["claim", "w", "--wait", "2s", "--initial-backoff", "200ms"],
+    );
+    let took = started.elapsed();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Said once, at default verbosity, when the wait starts: who holds it and until when.
+    assert_eq!(err.matches("waiting for it until").count(), 1, "{err}");
+    assert!(err.contains("held by a on"), "{err}");
+    assert!(err.contains("gave up after waiting 2s"), "{err}");
+
+    for fail_fast in [
+        vec!["claim", "w", "-n"],
+        vec!["claim", "w", "--nonblock"],
+        vec!["claim", "w", "--wait", "0"],
+        vec!["run", "-n", "w", "echo", "ran"],
+    ] {
+        let started = Instant::now();
+        let out = run("b", &fail_fast);
+        assert_eq!(code(&out), 3, "{fail_fast:?}: {}", text(&out));
+        assert!(started.elapsed() < Duration::from_secs(2), "{fail_fast:?}");
+        assert!(!text(&out).contains("waiting for it"), "{}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    }
+
+    for (usage, words) in [
+        (
+            vec!["claim", "w", "--wait", "5s", "--max-retries", "2"],
+            "--max-retries",
+        ),
+        (vec!["claim", "w", "-n", "--wait", "5s"], "--wait"),
+        (
+            vec!["claim", "w", "-n", "--strategy", "retry"],
+            "--strategy",
+        ),
+        (
+            vec!["claim", "w", "--wait", "5s", "--strategy", "force"],
+            "--wait applies",
+        ),
+        (vec!["claim", "w", "--wait", "8d"], "at most 7d"),
+    ] {
+        let out = run("b", &usage);
+        assert_eq!(code(&out), 2, "{usage:?}: {}", text(&out));
+        assert!(text(&out).contains(words), "{usage:?}: {}", text(&out));
+    }
+
+    // A lock freed while waiting is taken before the deadline.
+    let waiter = local(
+        d,
+        "b",
+        &[
+            "run",
+            "w",
+            "--wait",
+            "30s",
+            "--initial-backoff",
+            "200ms",
+            "echo",
+            "got it",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(code(&run("a", &["release", "w"])), 0);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got it\n");
+}
+
+#[test]
+fn conflict_exit_code_tells_a_held_lock_from_the_commands_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |worker: &str, args: &[&str]| local(d, worker, args).output().unwrap();
+    assert_eq!(code(&run("a", &["claim", "c"])), 0);
+
+    let out = run(
+        "b",
+        &["claim", "c", "-n", "--conflict-exit-code", "75", "--json"],
+    );
+    assert_eq!(code(&out), 75, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["error"]["exit_code"], 75);
+    assert_eq!(code(&run("b", &["claim", "c", "-n"])), 3, "the default");
+    let out = run(
+        "b",
+        &[
+            "run",
+            "c",
+            "-n",
+            "--conflict-exit-code",
+            "75",
+            "sh",
+            "-c",
+            "echo ran; exit 3",
+        ],
+    );
+    assert_eq!(code(&out), 75, "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    // The command's own exit code is its own.
+    let out = run(
+        "b",
+        &[
+            "run",
+            "free",
+            "--conflict-exit-code",
+            "75",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    // Other failures keep their codes; 0 would make a held lock look acquired.
+    assert_eq!(code(&run("b", &["release", "c"])), 4);
+    let out = run("b", &["claim", "c", "--conflict-exit-code", "0"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+}
+
+#[test]
+fn conflict_exit_code_covers_an_empty_queue() {
+    let gh = Gh::new();
+    let out = gh.run(
+        &gh.bob,
+        "q",
+        &["claim", "--next", "--conflict-exit-code", "75"],
+    );
+    assert_eq!(code(&out), 75, "{}", text(&out));
+    assert!(text(&out).contains("no free open issue"), "{}", text(&out));
+}
+
+#[test]
+fn status_into_a_pipe_is_tab_separated_lines_under_a_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |worker: &str, args: &[&str]| local(d, worker, args).output().unwrap();
+    let empty = run("obs", &["status"]);
+    assert_eq!(code(&empty), 0, "{}", text(&empty));
+    let header = "LOCK\tWORKER\tNODE\tSINCE\tEXPIRES\tSTATE\tTOKEN";
+    assert_eq!(String::from_utf8_lossy(&empty.stdout).trim_end(), header);
+    assert_eq!(code(&run("a", &["claim", "first"])), 0);
+    assert_eq!(code(&run("b", &["claim", "second lock"])), 0);
+
+    let out = run("obs", &["status"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout
+            .chars()
+            .any(|c| ('\u{2500}'..='\u{257f}').contains(&c)),
+        "box drawing into a pipe: {stdout}"
+    );
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0].join("\t"), header);
+    let mut held: Vec<(&str, &str, &str)> = lines[1..]
+        .iter()
+        .map(|cells| {
+            assert_eq!(cells.len(), 7, "{cells:?}");
+            (cells[0], cells[1], cells[5])
+        })
+        .collect();
+    held.sort();
+    assert_eq!(held, [("first", "a", "held"), ("second lock", "b", "held")]);
+    // --json is unchanged.
+    let json = stdout_json(&run("obs", &["status", "--json"]));
+    assert_eq!(json["locks"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn serve_listens_on_a_host_name_and_clients_assume_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_addr().rsplit_once(':').unwrap().1.to_string();
+    let mut node = Running::spawn(
+        sentinel(&dir.path().join("node"))
+            .env("SENTINEL_AUTH_TOKEN", TOKEN)
+            .args(["serve", "--json", "--quiet", "--listen"])
+            .arg(format!("localhost:{port}")),
+    );
+    let server = format!("127.0.0.1:{port}");
+    let client = |args: &[&str]| {
+        local(&dir.path().join("client"), "a", &["--server", &server])
+            .env("SENTINEL_AUTH_TOKEN", TOKEN)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    wait_for(Duration::from_secs(30), "the node to serve", || {
+        assert!(node.is_running(), "serve exited");
+        code(&client(&["status"])) == 0
+    });
+    let out = client(&["claim", "by-name", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["backend"], "server");
+    node.signal("TERM");
+    let out = node.exit_within(Duration::from_secs(30));
+    assert_eq!(
+        stdout_json(&out)["listening"],
+        format!("http://127.0.0.1:{port}"),
+        "localhost is 127.0.0.1"
+    );
+}
+
+#[test]
+fn wait_longer_than_the_coordinator_waits_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused before any request: no server needs to listen there.
+    let out = local(
+        dir.path(),
+        "a",
+        &["--server", "127.0.0.1:1", "claim", "x", "--wait", "11m"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("at most 10m"), "{}", text(&out));
+}
