@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::serve::{Node, TOKEN, eventually, exchange_within, free_addr, leader_of};
+use crate::serve::{Node, TOKEN, eventually, exchange_within, free_addr, leader_of, peers_of};
 
 /// How far the skewed node's wall clock runs ahead.
 const SKEW: &str = "+1h";
@@ -144,11 +144,7 @@ fn skewed_leader(lib: &Path, real_monotonic: bool) {
 
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     // The cluster starts under true clocks (the state's clock starts from the first leader's
     // wall clock); node 3, an hour ahead, joins it.
     let mut nodes: Vec<Node> = (0..2)

@@ -34,7 +34,7 @@ use sentinel::redis::RedisBackend;
 use sentinel::secret::Secret;
 use sentinel::server::{ServerBackend, server_urls};
 
-use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
+use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of, peers_of};
 use crate::servers::{Etcd, Postgres, Redis};
 use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
@@ -65,11 +65,7 @@ impl Coordinator {
         let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
         let peers: Vec<String> = match n {
             1 => Vec::new(),
-            _ => addrs
-                .iter()
-                .enumerate()
-                .map(|(i, a)| format!("{}={a}", i + 1))
-                .collect(),
+            _ => peers_of(&addrs),
         };
         let nodes = (0..n)
             .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Some(TOKEN)))

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::serve::{Node, eventually, exchange_within, free_addr};
+use crate::serve::{Node, eventually, exchange_within, free_addr, peers_of};
 use crate::support::{Running, code, sentinel, stdout_json, text};
 
 const CI: &str = "c1-s3cret-t0ken";
@@ -432,11 +432,7 @@ fn a_bad_acl_file_stops_serve_naming_the_file_and_the_entry() {
 fn the_acl_holds_through_a_follower_which_cannot_widen_it() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     let audit = |i: usize| dirs[i].path().join("audit.log");
     let args = |i: usize, wide: bool| {
         vec![

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::serve::{Node, eventually, exchange_within, free_addr, leader_of};
+use crate::serve::{Node, eventually, exchange_within, free_addr, leader_of, peers_of};
 use crate::support::{code, sentinel, stdout_json, text};
 
 /// The coordinator's files inside a node's `--data-dir`.
@@ -238,11 +238,7 @@ fn a_changed_snapshot_or_a_log_lost_behind_it_is_refused() {
 fn a_node_with_a_fresh_directory_rejoins_and_every_member_records_one_cluster() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), None))
         .collect();

@@ -14,7 +14,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
 
-use crate::serve::{PEER_TOKEN, free_addr};
+use crate::serve::{PEER_TOKEN, free_addr, peers_of};
 use crate::support::{code, sentinel, stdout_json, text};
 
 /// A test's certificates: the cluster's CA, a node certificate for 127.0.0.1 and localhost
@@ -277,11 +277,7 @@ fn a_tls_cluster_elects_a_leader_and_forwards_over_tls() {
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     let ca = pki.path("ca.pem");
     // Client certificates required: peers present their own node certificate to each other.
     let nodes: Vec<TlsNode> = (0..3)

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::serve::{Node, PEER_TOKEN, TOKEN, eventually, exchange_within, free_addr, leader_of};
+use crate::serve::{
+    Node, PEER_TOKEN, TOKEN, eventually, exchange_within, free_addr, leader_of, peers_of,
+};
 use crate::support::{Running, code, sentinel, text};
 
 const PEER: &str = "x-sentinel-peer-token";
@@ -39,14 +41,6 @@ fn health(addr: &str) -> Value {
     .unwrap();
     assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).unwrap()
-}
-
-fn peers_of(addrs: &[String]) -> Vec<String> {
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect()
 }
 
 /// An AppendEntries that names `leader` with `term`, and the entries given.

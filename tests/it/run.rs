@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use github_emulator::Fault;
 
-use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
+use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of, peers_of};
 use crate::servers::Redis;
 use crate::support::{
     Gh, REPO, Running, code, local, local_status, sentinel, stdout_json, text, wait_for,
@@ -528,11 +528,7 @@ fn run_interrupted_while_claiming_on_github_leaves_no_lock_comment() {
 fn a_run_killed_while_queued_on_the_server_is_never_handed_the_lock() {
     let tmp = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     let _nodes: Vec<Node> = (0..3)
         .map(|i| {
             let dir = tmp.path().join(format!("n{}", i + 1));

@@ -238,6 +238,15 @@ impl Drop for Node {
     }
 }
 
+/// The `--peer` list of nodes 1, 2, … at `addrs`.
+pub(crate) fn peers_of(addrs: &[String]) -> Vec<String> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect()
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub(crate) fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -669,11 +678,7 @@ fn one_node_serves_locks_and_keeps_them_across_kill_9() {
 fn three_nodes_elect_a_new_leader_after_kill_9_and_the_old_one_catches_up() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| Node::start(i as u64 + 1, &addrs[i], &peers, dirs[i].path(), Some(TOKEN)))
         .collect();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of};
+use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of, peers_of};
 use crate::support::{Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
 /// `sentinel --server SERVERS --worker-id WORKER ARGS…` with the cluster token in the
@@ -379,11 +379,7 @@ fn a_dead_first_server_is_skipped_and_all_dead_exits_8_quickly() {
 fn a_three_node_cluster_shows_its_status_and_survives_its_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = peers_of(&addrs);
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| {
             let dir = tmp.path().join(format!("n{}", i + 1));

@@ -393,12 +393,14 @@ where
         Err(e) => return e.into_response(),
     };
     // Held until the answer is given, here or by the leader.
-    let _slot = match wait_slot(&node, &body) {
+    // The body is parsed for its wait once here; the handler parses it for itself.
+    let wait = wait_ms(&body);
+    let _slot = match wait_slot(&node, wait) {
         Ok(slot) => slot,
         Err(busy) => return busy.into_response(),
     };
     if !node.is_leader() {
-        return forward(&node, parts, body)
+        return forward(&node, parts, body, wait)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -420,8 +422,8 @@ fn wait_ms(body: &[u8]) -> u64 {
 /// A permit of [`Node::waits`] for a request that asks to wait, or [`Busy`] when they are all
 /// taken: the client tries another node or comes back later, instead of its connection waiting
 /// unserved in the kernel's backlog behind the waiters.
-fn wait_slot(node: &Node, body: &[u8]) -> Result<Option<OwnedSemaphorePermit>, Busy> {
-    if wait_ms(body) == 0 {
+fn wait_slot(node: &Node, wait_ms: u64) -> Result<Option<OwnedSemaphorePermit>, Busy> {
+    if wait_ms == 0 {
         return Ok(None);
     }
     node.waits
@@ -448,18 +450,20 @@ impl IntoResponse for Busy {
     }
 }
 
-/// Relays a request to the leader and its answer back.
+/// Relays a request to the leader and its answer back; `wait_ms` is the server-side wait it
+/// asks for, which the leader may take before answering.
 async fn forward(
     node: &Node,
     parts: http::request::Parts,
     body: Bytes,
+    wait_ms: u64,
 ) -> Result<Response, ApiError> {
     if parts.headers.contains_key(FORWARDED) {
         return Err(not_leader(node.leader().map(|l| l.0)));
     }
     let (leader, addr) = leader_to_forward_to(node).await?;
     // A waiting acquire is held by the leader for up to its wait.
-    let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait_ms(&body));
+    let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait_ms);
     let request = request_to_leader(node, &parts, body, &addr)?;
     // A leader that stopped answering (frozen, cut off) is replaced within a second; the client
     // should not wait out the whole timeout for it, so the answer is 503 as soon as this node
@@ -1135,7 +1139,7 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };
-        if let Ok(r) = forward(&node, parts, body).await {
+        if let Ok(r) = forward(&node, parts, body, 0).await {
             return r;
         }
     }
