@@ -158,10 +158,22 @@ pub async fn undo_all() {
 /// goes on past that (a pause between attempts, a child process).
 pub async fn wind_down(code: i32, work: impl Future) {
     flag(code);
-    undo_all().await;
-    tokio::select! {
-        _ = work => {}
-        () = settled() => {}
+    let mut work = std::pin::pin!(work);
+    // A backend's undo of an attempt in flight waits for that attempt to finish, so `work` is
+    // kept going while the undos run: left unpolled, it would hold them to their deadline.
+    let mut ended = false;
+    let mut undo = std::pin::pin!(undo_all());
+    loop {
+        tokio::select! {
+            () = undo.as_mut() => break,
+            _ = work.as_mut(), if !ended => ended = true,
+        }
+    }
+    if !ended {
+        tokio::select! {
+            _ = work => {}
+            () = settled() => {}
+        }
     }
     undo_all().await;
 }
