@@ -237,6 +237,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs_and_lost_disks() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let Some(lib) = libfaketime() else {
         panic!("libfaketime is not installed (apt-get install faketime; .ci/run checks for it)");
     };
@@ -475,6 +476,7 @@ fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs
 /// leader asserted that a follower's log never goes back, and its process exited.
 #[test]
 fn a_follower_rejoining_with_a_fresh_or_restored_directory_keeps_every_node_up() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let started = Instant::now();
     let mut cluster = Cluster::start_with(Setup {
         name: "chaos-rejoin",

@@ -127,6 +127,7 @@ fn make_leader(nodes: &mut [Node], id: u64) -> usize {
 }
 
 fn skewed_leader(lib: &Path, real_monotonic: bool) {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let variant = if real_monotonic {
         "wall clock +1h, true monotonic clock"
     } else {

@@ -742,6 +742,7 @@ impl Load {
 
 #[test]
 fn three_nodes_keep_locks_exclusive_under_load_through_sigstop_and_kill_9() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let started = Instant::now();
     let mut cluster = Cluster::start();
     let all = [0, 1, 2];

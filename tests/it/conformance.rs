@@ -57,10 +57,13 @@ pub struct Coordinator {
     nodes: Vec<Node>,
     addrs: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
+    /// Held while more than one node runs.
+    _one_cluster: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Coordinator {
     fn start(n: usize) -> Coordinator {
+        let one_cluster = (n > 1).then(crate::serve::one_cluster_at_a_time);
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
         let peers: Vec<String> = match n {
@@ -74,6 +77,7 @@ impl Coordinator {
             nodes,
             addrs,
             _dirs: dirs,
+            _one_cluster: one_cluster,
         };
         c.leader();
         c

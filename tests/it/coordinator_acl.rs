@@ -430,6 +430,7 @@ fn a_bad_acl_file_stops_serve_naming_the_file_and_the_entry() {
 
 #[test]
 fn the_acl_holds_through_a_follower_which_cannot_widen_it() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);

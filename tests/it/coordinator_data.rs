@@ -236,6 +236,7 @@ fn a_changed_snapshot_or_a_log_lost_behind_it_is_refused() {
 /// cluster id.
 #[test]
 fn a_node_with_a_fresh_directory_rejoins_and_every_member_records_one_cluster() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);

@@ -274,6 +274,7 @@ fn with_a_client_ca_only_clients_with_its_certificates_get_in() {
 
 #[test]
 fn a_tls_cluster_elects_a_leader_and_forwards_over_tls() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();

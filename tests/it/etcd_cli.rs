@@ -589,6 +589,7 @@ fn a_cluster_that_requires_authentication_is_exit_5() {
 /// token.
 #[test]
 fn a_killed_leader_keeps_the_lock_held_and_renewed() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let Some(mut cluster) = EtcdCluster::start(3) else {
         return;
     };

@@ -55,6 +55,7 @@ fn append(term: u64, leader: u64, prev: Value, entries: Value) -> Value {
 
 #[test]
 fn raft_routes_take_only_the_peer_token_and_refuse_what_would_panic_openraft() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);
@@ -226,6 +227,7 @@ fn token_warnings(log: &str) -> Vec<&str> {
 
 #[test]
 fn a_wrong_peer_token_is_one_warning_on_each_side_not_a_flood() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);
@@ -323,6 +325,7 @@ fn own_status(addr: &str) -> Option<Value> {
 ///
 #[test]
 fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);
@@ -421,6 +424,7 @@ fn a_follower_behind_the_purged_log_catches_up_by_a_snapshot() {
 
 #[test]
 fn a_cluster_member_restarted_without_the_peer_token_refuses_to_start() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..2).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);

@@ -527,6 +527,7 @@ fn run_interrupted_while_claiming_on_github_leaves_no_lock_comment() {
 /// worker gets the lock at once. The waiter asks a follower, which forwards to the leader.
 #[test]
 fn a_run_killed_while_queued_on_the_server_is_never_handed_the_lock() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);

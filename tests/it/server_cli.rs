@@ -377,6 +377,7 @@ fn a_dead_first_server_is_skipped_and_all_dead_exits_8_quickly() {
 
 #[test]
 fn a_three_node_cluster_shows_its_status_and_survives_its_leader() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);
