@@ -1035,3 +1035,45 @@ fn the_claim_encoding_is_stable() {
     );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }
+
+#[test]
+fn groups_and_their_answers_keep_their_encoding() {
+    // Snapshots on disk hold groups from now on: pin their shape, and the new answers'.
+    let mut s = LockState::default();
+    step(&mut s, 1, 1_000, sem("r1", "s", "w1", 3, 2, 0));
+    step(&mut s, 2, 1_000, sem("r2", "s", "w2", 3, 2, 5_000));
+    step(&mut s, 3, 1_000, shared("r3", "d", "w1", 0));
+    step(&mut s, 4, 1_000, acquire("r4", "d", "w2", TTL, 5_000));
+    let snapshot = String::from_utf8(s.to_json().unwrap()).unwrap();
+    assert_eq!(LockState::from_json(snapshot.as_bytes()).unwrap(), s);
+    golden("snapshot-groups.json", &(snapshot + "\n"));
+    for (answer, json) in [
+        (
+            Answer::OtherKind {
+                kind: Kind::Semaphore,
+                limit: Some(3),
+            },
+            r#"{"outcome":"other_kind","kind":"semaphore","limit":3}"#,
+        ),
+        (
+            Answer::OtherKind {
+                kind: Kind::Shared,
+                limit: None,
+            },
+            r#"{"outcome":"other_kind","kind":"shared"}"#,
+        ),
+        (
+            Answer::LimitMismatch { limit: 3 },
+            r#"{"outcome":"limit_mismatch","limit":3}"#,
+        ),
+        (
+            Answer::Refused {
+                limit: Limit::Permits,
+            },
+            r#"{"outcome":"refused","limit":"permits"}"#,
+        ),
+    ] {
+        assert_eq!(serde_json::to_string(&answer).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Answer>(json).unwrap(), answer);
+    }
+}
