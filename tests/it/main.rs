@@ -9,6 +9,7 @@ mod conformance;
 mod coordinator_acl;
 mod coordinator_bounds;
 mod coordinator_data;
+mod coordinator_primitives;
 mod coordinator_tls;
 mod etcd_cli;
 mod fixtures;

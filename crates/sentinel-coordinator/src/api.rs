@@ -8,7 +8,10 @@
 //! | `POST /locks/{name}/release` | `holder`, `token`, optional `request_id` | 200 the released lease; 409 `not_holder` |
 //! | `POST /locks/{name}/withdraw` | `holder`, `acquire_request_id`, optional `request_id` | 200 `withdrawn`, and the lease it `released` if the acquire had been granted |
 //! | `POST /locks/{name}/renew` | `holder`, `token`, optional `request_id`, `ttl_ms` (a new TTL) | 200 the renewed lease; 409 `not_holder` |
-//! | `GET /locks/{name}/status` | | 200 holder (or none) and wait queue |
+//! | `GET /locks/{name}/status` | | 200 kind, holder (or none), holders and wait queue |
+//! | `POST /semaphores/{name}/acquire` | as a lock's, and `limit`, optional `permits` | 200 the hold; 409 `lock_held`, `wait_timed_out`, `limit_mismatch`, `kind_conflict` |
+//! | `POST /semaphores/{name}/release`, `renew`, `withdraw` | as a lock's | as a lock's |
+//! | `GET /semaphores/{name}/status` | | as a lock's |
 //! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
@@ -21,11 +24,16 @@
 //! `unknown_route`; 405
 //! `method_not_allowed`; 408 `body_timeout` (the body took more than 10 s); 409 `lock_held`,
 //! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
-//! it back);
+//! it back), `limit_mismatch` (a semaphore claim with another limit than the semaphore's),
+//! `kind_conflict` (a lock claim on a semaphore, or a semaphore claim on a lock);
 //! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
 //! `unavailable`, `busy` (a request that asks to wait, when waiting requests already hold as many
 //! connections as the node gives them: three quarters of its cap),
 //! `audit_unavailable` (the audit log cannot be written, [`super::audit`]).
+//!
+//! A lock acquire with `"shared": true` takes a shared hold. Semaphores and locks share one
+//! namespace, tokens' prefixes and routes' handling: `/semaphores/` differs from `/locks/` only in
+//! what an acquire takes (a `limit` and `permits`) and how a free name's status reads.
 //!
 //! Any node accepts any request. Lock requests and reads of the lock table are served by the
 //! leader: a follower forwards them (once: a forwarded request that meets a node that is not the
@@ -37,6 +45,7 @@
 //! so does the leader a follower forwards to (see [`request_to_leader`]); a listing shows only
 //! the locks the token may act on. The contacted node writes the audit line of each write.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +68,15 @@ use super::acl::Grantee;
 use super::audit::Entry;
 use super::network::PEER_TOKEN_HEADER;
 use super::node::{Node, PROPOSE_TIMEOUT, ProposeError};
-use super::state::{Acquire, Answer, Command, Limit, Release, Renew, Slot, Withdraw};
+use super::state::{
+    Acquire, Answer, Claim, Command, Group, Kind, Limit, LockState, MAX_LIMIT, Release, Renew,
+    Slot, Withdraw,
+};
 use sentinel_core::lease;
 use sentinel_core::lock::{MAX_TASK_INFO_BYTES, validate_label, validate_name};
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
-use sentinel_proto::api::{AcquireBody, ReleaseBody, RenewBody, WithdrawBody};
+use sentinel_proto::api::{ClaimBody, ReleaseBody, RenewBody, WithdrawBody};
 use sentinel_proto::http::{self as network, Failure};
 
 /// Largest body of a client request.
@@ -96,6 +108,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/locks", any(list))
         .route("/locks/{*rest}", any(locks))
+        .route("/semaphores/{*rest}", any(semaphores))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
         .route("/metrics", any(metrics))
@@ -593,10 +606,41 @@ async fn linearizable(node: &Node) -> Result<(), ApiError> {
     }
 }
 
+/// The routes a request came by: the same names, tokens, audit and waiting, but what an acquire
+/// takes and how a free name reads differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `/locks/`: exclusive and shared holds.
+    Locks,
+    /// `/semaphores/`: permits of a semaphore.
+    Semaphores,
+}
+
+type NamePath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
 async fn locks(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    path: NamePath,
+    req: Request,
+) -> Response {
+    named(Family::Locks, node, caller, path, req).await
+}
+
+async fn semaphores(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    path: NamePath,
+    req: Request,
+) -> Response {
+    named(Family::Semaphores, node, caller, path, req).await
+}
+
+async fn named(
+    family: Family,
+    node: Arc<Node>,
+    caller: Caller,
+    path: NamePath,
     req: Request,
 ) -> Response {
     let method = req.method().clone();
@@ -667,20 +711,26 @@ async fn locks(
     }
     let response = on_leader(node, req, move |node, body| async move {
         match action.as_str() {
-            "acquire" => acquire(node, name, &body).await,
+            "acquire" => acquire(node, family, name, &body).await,
             "release" => release(&node, name, &body).await,
             "renew" => renew(&node, name, &body).await,
             "withdraw" => withdraw(&node, name, &body).await,
-            _ => status(&node, &name).await,
+            _ => status(&node, family, &name).await,
         }
     })
     .await;
     audited.finish(response).await
 }
 
-async fn acquire(node: Arc<Node>, name: String, body: &[u8]) -> Result<Response, ApiError> {
+async fn acquire(
+    node: Arc<Node>,
+    family: Family,
+    name: String,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let b: AcquireBody = parse(body)?;
+    let b: ClaimBody = parse(body)?;
+    let (limit, permits) = hold_kind(family, &b)?;
     label("holder", &b.holder)?;
     if let Some(n) = &b.node {
         label("node", n)?;
@@ -713,7 +763,19 @@ async fn acquire(node: Arc<Node>, name: String, body: &[u8]) -> Result<Response,
         task_info: b.task_info,
     };
     let abandoned = Abandoned::arm(&node, &acquire);
-    let settled = settle(&node, Command::Acquire(acquire), &id, wait_ms).await;
+    // An exclusive acquire is the command it always was; the others are claims.
+    let exclusive = !b.shared && limit.is_none();
+    let command = if exclusive {
+        Command::Acquire(acquire)
+    } else {
+        Command::Claim(Claim {
+            acquire,
+            shared: b.shared,
+            limit,
+            permits,
+        })
+    };
+    let settled = settle(&node, command, &id, wait_ms).await;
     // An answer, even an error, reaches the client, which retries under the same request id:
     // only a client that is gone has its acquire taken back.
     abandoned.answered();
@@ -735,7 +797,65 @@ async fn acquire(node: Arc<Node>, name: String, body: &[u8]) -> Result<Response,
     {
         node.stats.acquired(started.elapsed());
     }
-    answer(&node, &name, &id, outcome)
+    if exclusive {
+        return answer(&node, &name, &id, outcome);
+    }
+    let now = now(&node);
+    let kind = match limit {
+        Some(_) => Kind::Semaphore,
+        None => Kind::Shared,
+    };
+    match outcome {
+        Answer::Granted { lease, adopted } => Ok(ok(json!({
+            "lock": name, "request_id": id, "acquired": true, "adopted": adopted,
+            "kind": kind, "limit": limit,
+            "holder": hold_json(&lease, permits, b.shared, now),
+        }))),
+        Answer::LimitMismatch { limit: theirs } => Err(error(
+            StatusCode::CONFLICT,
+            "limit_mismatch",
+            format!(
+                "semaphore {name:?} has limit {theirs}, not {}: every claim of a semaphore \
+                 must give its limit",
+                limit.unwrap_or_default()
+            ),
+        )
+        .with(json!({"lock": name, "request_id": id, "limit": theirs, "requested_limit": limit}))),
+        other => answer(&node, &name, &id, other),
+    }
+}
+
+/// The semaphore limit and permits an acquire asks for by its route: none on `/locks/` (a
+/// shared hold at most), a limit and permits of it on `/semaphores/`.
+fn hold_kind(family: Family, b: &ClaimBody) -> Result<(Option<u32>, u32), ApiError> {
+    match family {
+        Family::Locks => {
+            if b.limit.is_some() || b.permits.is_some() {
+                return Err(invalid(
+                    "limit",
+                    "a lock has no limit or permits; claim a semaphore's with \
+                     POST /semaphores/{name}/acquire",
+                ));
+            }
+            Ok((None, 1))
+        }
+        Family::Semaphores => {
+            if b.shared {
+                return Err(invalid("shared", "a semaphore has no shared holds"));
+            }
+            let Some(limit) = b.limit.filter(|l| (1..=MAX_LIMIT).contains(l)) else {
+                return Err(invalid(
+                    "limit",
+                    format!("a semaphore claim gives its limit, 1 to {MAX_LIMIT}"),
+                ));
+            };
+            let permits = b.permits.unwrap_or(1);
+            if !(1..=limit).contains(&permits) {
+                return Err(invalid("permits", format!("use 1 to the limit, {limit}")));
+            }
+            Ok((Some(limit), permits))
+        }
+    }
 }
 
 /// Proposes an acquire and, if it joins the lock's queue, waits for its final answer: the answer
@@ -952,6 +1072,11 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
             format!("request id {id:?} was already used for another request"),
         )),
         Answer::Refused { limit } => Err(match limit {
+            // The API refuses these before proposing; kept for completeness of the state.
+            Limit::Permits => invalid(
+                "permits",
+                format!("a semaphore's limit is 1 to {MAX_LIMIT}, its permits 1 to the limit"),
+            ),
             Limit::HeldLocks => error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_locks",
@@ -969,6 +1094,21 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
                 ),
             ),
         }),
+        Answer::OtherKind { kind, limit } => Err(error(
+            conflict,
+            "kind_conflict",
+            match limit {
+                Some(l) => format!("{name:?} is held as a semaphore of limit {l}, not as a lock"),
+                None => format!("{name:?} is held as a lock ({}), not as a semaphore", kind_name(kind)),
+            },
+        )
+        .with(json!({"lock": name, "request_id": id, "kind": kind, "limit": limit}))),
+        Answer::LimitMismatch { limit } => Err(error(
+            conflict,
+            "limit_mismatch",
+            format!("semaphore {name:?} has limit {limit}"),
+        )
+        .with(json!({"lock": name, "request_id": id, "limit": limit}))),
         Answer::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
         Answer::Withdrawn { lease } => Ok(ok(json!({
             "lock": name, "request_id": id, "withdrawn": true,
@@ -977,40 +1117,147 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
     }
 }
 
-/// A lock as reads show it, judged at `now`: a lease that has ended is shown free even before
-/// the state has ended it.
-fn lock_json(name: &str, slot: Option<&Slot>, now: u64) -> Value {
-    let live = slot.filter(|s| !LockTable::is_stale(&s.lease, now));
-    let queue: Vec<Value> = live
-        .map(|s| {
-            s.queue
-                .iter()
-                .take(MAX_QUEUE_SHOWN)
-                .map(|w| {
-                    json!({
-                        "holder": w.holder, "node": w.node,
-                        "since": lease::rfc3339(lease::from_unix_ms(w.since_ms)),
-                        "until": lease::rfc3339(lease::from_unix_ms(w.until_ms)),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "lock": name,
-        "held": live.is_some(),
-        "holder": live.map(|s| holder_json(&s.lease, now)),
-        "queue": queue,
-        "waiting": live.map_or(0, |s| s.queue.len()),
-    })
+/// A held name as the state has it: a lock, or a semaphore or shared lock.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    Lock(&'a Slot),
+    Group(&'a Group),
 }
 
-async fn status(node: &Node, name: &str) -> Result<Response, ApiError> {
+fn held_of<'a>(state: &'a LockState, name: &str) -> Option<Held<'a>> {
+    state
+        .get(name)
+        .map(Held::Lock)
+        .or_else(|| state.group(name).map(Held::Group))
+}
+
+/// Whether anything of `held` is live at `now`.
+fn is_live(held: Held<'_>, now: u64) -> bool {
+    match held {
+        Held::Lock(s) => !LockTable::is_stale(&s.lease, now),
+        Held::Group(g) => g.holds.iter().any(|h| !LockTable::is_stale(&h.lease, now)),
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Exclusive => "exclusive",
+        Kind::Shared => "shared",
+        Kind::Semaphore => "semaphore",
+    }
+}
+
+/// A hold as `holders` lists it: the lease, and how many permits it takes and whether shared.
+fn hold_json(record: &LockRecord, permits: u32, shared: bool, now: u64) -> Value {
+    let mut v = holder_json(record, now);
+    if let Value::Object(o) = &mut v {
+        o.insert("permits".into(), permits.into());
+        o.insert("shared".into(), shared.into());
+    }
+    v
+}
+
+/// A name as reads show it, judged at `now`: a lease that has ended is shown gone even before
+/// the state has ended it. `holder` is the exclusive holder (the key every lock had before
+/// shared holds and semaphores), `holders` every live hold.
+fn lock_json(family: Family, name: &str, held: Option<Held<'_>>, now: u64) -> Value {
+    let live = held.filter(|h| is_live(*h, now));
+    let mut holders: Vec<Value> = Vec::new();
+    let mut holder = Value::Null;
+    let (mut kind, mut limit) = match family {
+        Family::Locks => (Kind::Exclusive, None),
+        Family::Semaphores => (Kind::Semaphore, None),
+    };
+    let queue = match live {
+        None => None,
+        Some(Held::Lock(s)) => {
+            kind = Kind::Exclusive;
+            holder = holder_json(&s.lease, now);
+            holders.push(hold_json(&s.lease, 1, false, now));
+            Some(&s.queue)
+        }
+        Some(Held::Group(g)) => {
+            let holds: Vec<_> = g
+                .holds
+                .iter()
+                .filter(|h| !LockTable::is_stale(&h.lease, now))
+                .collect();
+            kind = match g.limit {
+                Some(_) => Kind::Semaphore,
+                None if holds.iter().any(|h| h.shared) => Kind::Shared,
+                None => Kind::Exclusive,
+            };
+            limit = g.limit;
+            if let [h] = &holds[..]
+                && kind == Kind::Exclusive
+            {
+                holder = holder_json(&h.lease, now);
+            }
+            holders = holds
+                .iter()
+                .map(|h| hold_json(&h.lease, h.permits, h.shared, now))
+                .collect();
+            Some(&g.queue)
+        }
+    };
+    let shown: Vec<Value> = queue
+        .into_iter()
+        .flatten()
+        .take(MAX_QUEUE_SHOWN)
+        .map(|w| {
+            json!({
+                "holder": w.holder, "node": w.node,
+                "since": lease::rfc3339(lease::from_unix_ms(w.since_ms)),
+                "until": lease::rfc3339(lease::from_unix_ms(w.until_ms)),
+                "permits": w.permits, "shared": w.shared,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "lock": name,
+        "held": live.is_some(),
+        "holder": holder,
+        "queue": shown,
+        "waiting": queue.map_or(0, VecDeque::len),
+        "kind": kind,
+        "limit": limit,
+        "holders": holders,
+    });
+    if kind == Kind::Semaphore
+        && let Value::Object(o) = &mut v
+    {
+        let held: u64 = holders.iter().filter_map(|h| h["permits"].as_u64()).sum();
+        o.insert("permits_held".into(), held.into());
+    }
+    v
+}
+
+async fn status(node: &Node, family: Family, name: &str) -> Result<Response, ApiError> {
     linearizable(node).await?;
     let now = now(node);
-    Ok(ok(node
-        .state
-        .read(|m| lock_json(name, m.state.get(name), now))))
+    Ok(ok(node.state.read(|m| {
+        lock_json(family, name, held_of(&m.state, name), now)
+    })))
+}
+
+/// Every held name after `after`, locks and groups merged in name order.
+fn held_after<'a>(
+    state: &'a LockState,
+    after: Option<&str>,
+) -> impl Iterator<Item = (&'a str, Held<'a>)> + 'a {
+    let mut locks = state
+        .iter_after(after)
+        .map(|(n, s)| (n, Held::Lock(s)))
+        .peekable();
+    let mut groups = state
+        .groups_after(after)
+        .map(|(n, g)| (n, Held::Group(g)))
+        .peekable();
+    std::iter::from_fn(move || match (locks.peek(), groups.peek()) {
+        (Some(l), Some(g)) if g.0 < l.0 => groups.next(),
+        (Some(_), _) => locks.next(),
+        (None, _) => groups.next(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -1050,14 +1297,12 @@ async fn list(
         linearizable(&node).await?;
         let now = now(&node);
         let (locks, next) = node.state.read(|m| {
-            let mut live = m
-                .state
-                .iter_after(after.as_deref())
-                .filter(|(name, s)| caller.may(name) && !LockTable::is_stale(&s.lease, now));
+            let mut live = held_after(&m.state, after.as_deref())
+                .filter(|(name, h)| caller.may(name) && is_live(*h, now));
             let mut page: Vec<Value> = Vec::new();
             let mut bytes = 0;
             for (name, slot) in live.by_ref() {
-                let lock = lock_json(name, Some(slot), now);
+                let lock = lock_json(Family::Locks, name, Some(slot), now);
                 bytes += lock.to_string().len();
                 page.push(lock);
                 if page.len() == limit || bytes >= MAX_PAGE_BYTES {
@@ -1173,4 +1418,53 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
         "applied_index": metrics.last_applied.map(|l| l.index),
         "followers": followers,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use sentinel_core::lock::TaskInfo;
+    use sentinel_proto::api::{AcquireBody, ClaimBody};
+
+    #[test]
+    fn every_acquire_body_reads_as_the_same_exclusive_claim() {
+        // What the server backend sends for a lock must keep meaning what it did.
+        let full = AcquireBody {
+            holder: "w1".into(),
+            ttl_ms: 30_000,
+            wait_ms: 5_000,
+            node: Some("host".into()),
+            request_id: Some("r1".into()),
+            readopt: true,
+            task_info: TaskInfo {
+                priority: Some("high".into()),
+                ..TaskInfo::default()
+            },
+        };
+        let bare = AcquireBody {
+            holder: "w2".into(),
+            ttl_ms: 1_000,
+            wait_ms: 0,
+            node: None,
+            request_id: None,
+            readopt: false,
+            task_info: TaskInfo::default(),
+        };
+        for a in [full, bare] {
+            let json = serde_json::to_vec(&a).unwrap();
+            let claim: ClaimBody = super::parse(&json).unwrap_or_else(|_| panic!("{a:?}"));
+            let expected = ClaimBody {
+                holder: a.holder,
+                ttl_ms: a.ttl_ms,
+                wait_ms: a.wait_ms,
+                node: a.node,
+                request_id: a.request_id,
+                readopt: a.readopt,
+                task_info: a.task_info,
+                shared: false,
+                limit: None,
+                permits: None,
+            };
+            assert_eq!(claim, expected);
+        }
+    }
 }

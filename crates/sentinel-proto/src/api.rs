@@ -35,6 +35,49 @@ pub struct AcquireBody {
     pub task_info: TaskInfo,
 }
 
+/// What the coordinator reads from every acquire: `POST /locks/{name}/acquire` (an exclusive
+/// or, with `shared`, a shared hold) and `POST /semaphores/{name}/acquire` (`permits` of the
+/// semaphore `limit`). The fields of [`AcquireBody`], which the server backend sends for an
+/// exclusive claim, and three more; every `AcquireBody` reads as the same claim (tested by the coordinator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    /// See [`AcquireBody::holder`].
+    pub holder: String,
+    /// See [`AcquireBody::ttl_ms`].
+    pub ttl_ms: u64,
+    /// See [`AcquireBody::wait_ms`].
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// See [`AcquireBody::node`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// See [`AcquireBody::request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// See [`AcquireBody::readopt`].
+    #[serde(default)]
+    pub readopt: bool,
+    /// See [`AcquireBody::task_info`].
+    #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
+    pub task_info: TaskInfo,
+    /// A shared (read) hold of the lock: held with other shared holds, never with an exclusive
+    /// one. Locks only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+    /// The semaphore's limit: at most this many permits held at once. Semaphores only, and
+    /// required there; a claim with another limit than the semaphore's is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The permits this hold takes, 1 to `limit` (default 1). Semaphores only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// `POST /locks/{name}/release`: the grant named by its holder and token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +185,11 @@ pub mod code {
     pub const NOT_HOLDER: &str = "not_holder";
     /// The acquire was withdrawn by its client (409).
     pub const WITHDRAWN: &str = "withdrawn";
+    /// The name is held as another kind: a lock (exclusive or shared) against a semaphore, or
+    /// the other way round (409).
+    pub const KIND_CONFLICT: &str = "kind_conflict";
+    /// The semaphore has another limit than the claim's; both are in the answer (409).
+    pub const LIMIT_MISMATCH: &str = "limit_mismatch";
     /// No leader is known: the cluster is electing one or has lost its majority (503).
     pub const NO_LEADER: &str = "no_leader";
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use sentinel_core::table::LockRecord;
 
+use super::Kind;
+
 /// What a limit refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -15,6 +17,9 @@ pub enum Limit {
     HeldLocks,
     /// [`super::MAX_WAITERS`] acquires are waiting.
     Waiters,
+    /// A claim's permits are outside 1 to its limit, its limit outside 1 to
+    /// [`super::MAX_LIMIT`], or it asks for a shared hold on a semaphore.
+    Permits,
 }
 
 /// The answer to one request.
@@ -64,6 +69,20 @@ pub enum Answer {
     Refused {
         /// Which limit.
         limit: Limit,
+    },
+    /// A claim of another kind than the name is held as (an exclusive or shared lock against a
+    /// semaphore, either way); nothing changed. Not queued: a name is one kind at a time.
+    OtherKind {
+        /// What the name is held as.
+        kind: Kind,
+        /// The semaphore's limit, if it is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// A semaphore claim whose limit is not the semaphore's; nothing changed.
+    LimitMismatch {
+        /// The semaphore's limit.
+        limit: u32,
     },
     /// The request id was first used for another request (another kind, lock or holder).
     RequestIdReused,

@@ -6,13 +6,14 @@ use std::collections::BTreeSet;
 use sentinel_core::table::LockTable;
 
 use super::requests::Remembered;
-use super::{Answer, LockState, MAX_HELD_LOCKS, MAX_WAITERS, RequestKind};
+use super::{Answer, Group, LockState, MAX_HELD_LOCKS, MAX_LIMIT, MAX_WAITERS, RequestKind};
 
 impl LockState {
     /// Checks the invariants every state reached by [`Self::apply`] keeps.
     pub fn check(&self) -> Result<(), String> {
-        if self.locks.len() > MAX_HELD_LOCKS {
-            return Err(format!("{} locks are held", self.locks.len()));
+        // Waiters let into groups count against the waiters' limit, not the holds'.
+        if self.held() > MAX_HELD_LOCKS + MAX_WAITERS || self.locks.len() > MAX_HELD_LOCKS {
+            return Err(format!("{} locks are held", self.held()));
         }
         let mut waiting = 0;
         let mut expiries = BTreeSet::new();
@@ -21,8 +22,26 @@ impl LockState {
             if LockTable::is_stale(&slot.lease, self.clock_ms) {
                 return Err(format!("the lease of {name:?} ended but is still held"));
             }
+            if self.groups.contains_key(name) {
+                return Err(format!("{name:?} is both a lock and a group"));
+            }
+            if slot.queue.iter().any(|w| w.shared || w.permits != 1) {
+                return Err(format!("a lock {name:?} has a shared or semaphore waiter"));
+            }
             expiries.insert((slot.lease.expires_at_ms(), name.clone()));
-            for w in &slot.queue {
+        }
+        let mut holds = 0;
+        for (name, g) in &self.groups {
+            self.check_group(name, g)?;
+            holds += g.holds.len();
+        }
+        if holds != self.holds || self.hold_index() != self.hold_expiries {
+            return Err("the holds' count or expiry index does not match the groups".into());
+        }
+        let locks = self.locks.iter().map(|(name, s)| (name, &s.queue));
+        let groups = self.groups.iter().map(|(name, g)| (name, &g.queue));
+        for (name, queue) in locks.chain(groups) {
+            for w in queue {
                 waiting += 1;
                 if w.until_ms < self.clock_ms {
                     return Err(format!("a wait for {name:?} ended but is still queued"));
@@ -74,6 +93,70 @@ impl LockState {
             match self.requests.get(id) {
                 Some(r) if !matches!(r.answer, Answer::Queued { .. }) => {}
                 _ => return Err(format!("settled request {id:?} is not remembered")),
+            }
+        }
+        Ok(())
+    }
+
+    /// A group's holds are live and compatible (never more permits than its limit; shared
+    /// holds, or one exclusive hold), and the head of its queue does not fit beside them (else
+    /// it would have been let in).
+    fn check_group(&self, name: &str, g: &Group) -> Result<(), String> {
+        let Some(first) = g.holds.first() else {
+            return Err(format!("group {name:?} has no holds"));
+        };
+        for h in &g.holds {
+            if LockTable::is_stale(&h.lease, self.clock_ms) {
+                return Err(format!("a hold of {name:?} ended but is still held"));
+            }
+        }
+        match g.limit {
+            Some(limit) => {
+                if !(1..=MAX_LIMIT).contains(&limit) {
+                    return Err(format!("semaphore {name:?} has limit {limit}"));
+                }
+                if g.holds.iter().any(|h| h.shared || h.permits == 0) {
+                    return Err(format!("semaphore {name:?} has a shared or empty hold"));
+                }
+                if g.used() > u64::from(limit) {
+                    return Err(format!(
+                        "semaphore {name:?} of limit {limit} has {} permits held",
+                        g.used()
+                    ));
+                }
+            }
+            None => {
+                if g.holds.iter().any(|h| h.permits != 1) {
+                    return Err(format!("lock {name:?} has a hold of many permits"));
+                }
+                let exclusive = g.holds.iter().filter(|h| !h.shared).count();
+                if exclusive > 0 && g.holds.len() > 1 {
+                    return Err(format!("lock {name:?} has an exclusive hold and another"));
+                }
+            }
+        }
+        let tokens_grow = g
+            .holds
+            .windows(2)
+            .all(|w| w[0].lease.fencing_token <= w[1].lease.fencing_token);
+        if !tokens_grow {
+            return Err(format!("the holds of {name:?} are not in grant order"));
+        }
+        if let Some(head) = g.queue.front() {
+            let fits = match g.limit {
+                Some(limit) => g.used() + u64::from(head.permits) <= u64::from(limit),
+                None if head.shared => g.holds.iter().all(|h| h.shared),
+                None => false,
+            };
+            let valid = match g.limit {
+                Some(limit) => !head.shared && (1..=limit).contains(&head.permits),
+                None => head.permits == 1,
+            };
+            if fits || !valid || g.queue.iter().any(|w| w.permits == 0) {
+                return Err(format!(
+                    "the head of {name:?}'s queue fits but waits, or cannot fit ({:?})",
+                    first.lease.worker_id
+                ));
             }
         }
         Ok(())

@@ -11,12 +11,15 @@ use serde::{Deserialize, Serialize};
 use sentinel_core::lock::TaskInfo;
 use sentinel_core::table::LockRecord;
 
+use super::groups::Want;
 use super::{Acquire, Answer, Limit, LockState, Release, Renew, RequestKind, Settled, Withdraw};
 
-/// Most locks held at once; an acquire of a free lock beyond it is refused.
+/// Most holds at once (locks, shared holds, semaphore holds); an acquire that would take a new
+/// one beyond it is refused. A waiter let into a semaphore or a shared lock is never refused: it
+/// counted against [`MAX_WAITERS`].
 pub const MAX_HELD_LOCKS: usize = 100_000;
 
-/// Most acquires waiting at once, across all locks.
+/// Most acquires waiting at once, across all locks and semaphores.
 pub const MAX_WAITERS: usize = 100_000;
 
 /// An acquire waiting for a held lock.
@@ -38,6 +41,24 @@ pub struct Waiter {
     /// What the holder will work on.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
+    /// The semaphore permits it waits for (1 for a lock; absent from the encoding then).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub permits: u32,
+    /// It waits for a shared hold.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One held lock: its lease and the acquires waiting for it, oldest first.
@@ -52,8 +73,13 @@ pub struct Slot {
 
 impl LockState {
     pub(super) fn acquire(&mut self, at: u64, now: u64, a: &Acquire) -> Answer {
+        if self.groups.contains_key(&a.name) {
+            // Held shared (or exclusively by a hold that waited behind shared ones) or as a
+            // semaphore: the group decides.
+            return self.claim(at, now, a, Want::EXCLUSIVE);
+        }
         let waiting = self.deadlines.len();
-        let held = self.locks.len();
+        let held = self.held();
         match self.locks.get_mut(&a.name) {
             None => {
                 if held >= MAX_HELD_LOCKS {
@@ -116,6 +142,8 @@ impl LockState {
                     since_ms: now,
                     until_ms: until,
                     task_info: a.task_info.clone(),
+                    permits: 1,
+                    shared: false,
                 });
                 let position = slot.queue.len();
                 self.deadlines
@@ -132,6 +160,9 @@ impl LockState {
         r: &Release,
         settled: &mut Vec<Settled>,
     ) -> Answer {
+        if self.groups.contains_key(&r.name) {
+            return self.release_hold((at, first), now, r, settled);
+        }
         match self.locks.get(&r.name) {
             // A lease granted by this very entry (token >= its first position) cannot be named by
             // a command proposed before it; refusing it also keeps the next grant's token above
@@ -152,6 +183,9 @@ impl LockState {
     }
 
     pub(super) fn renew(&mut self, now: u64, r: &Renew) -> Answer {
+        if self.groups.contains_key(&r.name) {
+            return self.renew_hold(now, r);
+        }
         match self.locks.get_mut(&r.name) {
             Some(slot)
                 if slot.lease.worker_id == r.holder && slot.lease.fencing_token == r.token =>
@@ -175,8 +209,15 @@ impl LockState {
 
     /// Takes the acquire that the new withdrawal `w` names out of its lock's queue, if it waits
     /// there, and settles it as withdrawn. A retried withdrawal, or one that names no waiting
-    /// acquire of its lock and holder, changes nothing here.
-    pub(super) fn leave_queue(&mut self, now: u64, w: &Withdraw, settled: &mut Vec<Settled>) {
+    /// acquire of its lock and holder, changes nothing here. Leaving a semaphore's or shared
+    /// lock's queue may let the waiters behind in, at position `at`.
+    pub(super) fn leave_queue(
+        &mut self,
+        at: u64,
+        now: u64,
+        w: &Withdraw,
+        settled: &mut Vec<Settled>,
+    ) {
         let waiting = !self.requests.contains_key(&w.request_id)
             && self.requests.get(&w.acquire_id).is_some_and(|r| {
                 r.kind == RequestKind::Acquire
@@ -194,8 +235,20 @@ impl LockState {
             self.deadlines
                 .remove(&(waiter.until_ms, w.name.clone(), w.acquire_id.clone()));
         }
+        let mut group = false;
+        if let Some(g) = self.groups.get_mut(&w.name)
+            && let Some(i) = g.queue.iter().position(|q| q.request_id == w.acquire_id)
+            && let Some(waiter) = g.queue.remove(i)
+        {
+            self.deadlines
+                .remove(&(waiter.until_ms, w.name.clone(), w.acquire_id.clone()));
+            group = true;
+        }
         let withdrawn = Answer::Withdrawn { lease: None };
         self.settle(now, &w.name, w.acquire_id.clone(), withdrawn, settled);
+        if group {
+            self.fill(&w.name, at, now, settled);
+        }
     }
 
     pub(super) fn withdraw(
@@ -239,6 +292,18 @@ impl LockState {
                 }
                 withdrawn(Some(live))
             }
+            Answer::Granted {
+                lease,
+                adopted: false,
+            } => match self.take_back_hold(&w.name, &lease, at, now, settled) {
+                Some(live) => {
+                    if let Some(r) = self.requests.get_mut(&w.acquire_id) {
+                        r.answer = withdrawn(Some(live.clone()));
+                    }
+                    withdrawn(Some(live))
+                }
+                None => withdrawn(None),
+            },
             _ => withdrawn(None),
         }
     }
@@ -318,9 +383,9 @@ impl LockState {
             .map(|(k, v)| (k.as_str(), v))
     }
 
-    /// How many locks are held.
+    /// How many holds there are: exclusive locks, shared holds and semaphore holds.
     pub fn held(&self) -> usize {
-        self.locks.len()
+        self.locks.len() + self.holds
     }
 
     /// How many acquires are waiting.

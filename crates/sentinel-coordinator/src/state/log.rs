@@ -45,12 +45,15 @@ pub struct Proposal {
 pub enum Command {
     /// Take a lock, or wait for it.
     Acquire(Acquire),
-    /// Give a lock back.
+    /// Give a hold back (a lock, a shared hold, semaphore permits).
     Release(Release),
     /// Extend a lease.
     Renew(Renew),
     /// Take back an acquire, whatever became of it.
     Withdraw(Withdraw),
+    /// Take a shared hold on a lock or permits of a semaphore, or wait for them. A command of
+    /// its own, so that the entries of exclusive acquires read and hash as they always did.
+    Claim(Claim),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
@@ -83,7 +86,34 @@ pub struct Acquire {
     pub task_info: TaskInfo,
 }
 
-/// Give a lock back; only the lease's holder with the lease's token may.
+/// Take a shared hold on a lock, or `permits` of the semaphore `limit`: the fields of an
+/// [`Acquire`] and what kind of hold. A [`Claim`] with neither `shared` nor a `limit` is an
+/// exclusive acquire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Who, which name, how long, how long to wait: as for an exclusive acquire.
+    #[serde(flatten)]
+    pub acquire: Acquire,
+    /// A shared (read) hold: held with other shared holds, never with an exclusive one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+    /// A semaphore's limit: at most this many permits held at once; `None` is a lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The semaphore's permits this hold takes (1 for a lock).
+    #[serde(default = "one")]
+    pub permits: u32,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Give a hold back; only the lease's holder with the lease's token may.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     /// The client's id for this request (see [`Acquire::request_id`]).

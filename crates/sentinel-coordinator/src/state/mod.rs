@@ -38,15 +38,24 @@
 //!   therefore never granted a lock twice. Answers are remembered for [`REQUEST_WINDOW_MS`] of
 //!   leader time, and at most [`REQUEST_MEMORY`] of them.
 //!
-//! Every lock is one [`Slot`]: a lease and its queue. Commands are an internally tagged enum, so
-//! semaphores, read-write locks and elections can arrive as new commands and new slot kinds
-//! without changing the encoding of the entries already in a log.
+//! - **Semaphores and shared holds.** A name may instead be held by many: a semaphore (at most
+//!   its limit of permits held, each hold taking some) or a shared lock (shared holds, or one
+//!   exclusive hold). Each hold is a lease with a token, as a lock is; waiters are let in
+//!   strictly in arrival order, so an exclusive waiter holds back later shared claims. A claim of
+//!   another kind than the name is held as, or with another limit, is refused at once.
+//!
+//! Every lock is one [`Slot`]: a lease and its queue; every semaphore or shared lock one
+//! [`Group`]. Commands are an internally tagged enum, so semaphores and shared holds arrived as a
+//! new command ([`Command::Claim`]) and a new kind of slot without changing the encoding of the
+//! entries already in a log.
 //!
 //! The code follows the concerns: [`log`] (what an entry holds, positions), [`answer`] (what
-//! the state answers), [`locks`] (leases and queues), [`time`] (the clock and what ends with it),
+//! the state answers), [`locks`] (leases and queues), [`groups`] (semaphores and shared
+//! holds), [`time`] (the clock and what ends with it),
 //! [`requests`] (each request executed once), [`snapshot`] and [`invariants`].
 
 mod answer;
+mod groups;
 mod invariants;
 mod locks;
 mod log;
@@ -62,13 +71,15 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use answer::{Answer, Applied, Limit, Settled};
+pub use groups::{Group, Hold, Kind, MAX_LIMIT};
 pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
 pub use log::{
-    Acquire, Batch, Command, MAX_BATCH, POSITIONS_PER_ENTRY, Proposal, Release, Renew, Withdraw,
-    position,
+    Acquire, Batch, Claim, Command, MAX_BATCH, POSITIONS_PER_ENTRY, Proposal, Release, Renew,
+    Withdraw, position,
 };
 pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
 
+use groups::{HoldKey, Want};
 use requests::Remembered;
 
 /// Every lock of the coordinator. See the module documentation for the semantics.
@@ -83,7 +94,13 @@ pub struct LockState {
     locks: BTreeMap<String, Slot>,
     /// `(expires_at_ms, name)` of every lease, to end them in order without a scan.
     expiries: BTreeSet<(u64, String)>,
-    /// `(until_ms, name, request_id)` of every waiter.
+    /// Semaphores and shared locks that are held, by name; never a name of `locks`.
+    groups: BTreeMap<String, Group>,
+    /// The expiry of every hold of the groups.
+    hold_expiries: BTreeSet<HoldKey>,
+    /// How many holds the groups have.
+    holds: usize,
+    /// `(until_ms, name, request_id)` of every waiter, of locks and groups.
     deadlines: BTreeSet<(u64, String, String)>,
     requests: BTreeMap<String, Remembered>,
     /// Settled requests, oldest first: `(settled at, request id)`.
@@ -115,7 +132,7 @@ impl LockState {
             // A waiter taken back leaves its queue before the leases that ended are handed on.
             // Were the lock handed to it first, taking that grant back would hand the lock on at
             // this same position: two grants with one fencing token.
-            self.leave_queue(now, w, &mut settled);
+            self.leave_queue(at, now, w, &mut settled);
         }
         self.advance(at, now, &mut settled);
         let answer = match &proposal.command {
@@ -126,6 +143,24 @@ impl LockState {
                 &proposal.command,
                 now,
                 |s| s.acquire(at, now, a),
+            )),
+            Command::Claim(c) => Some(self.request(
+                &c.acquire.request_id,
+                (RequestKind::Acquire, &c.acquire.name, &c.acquire.holder),
+                &proposal.command,
+                now,
+                |s| {
+                    let want = Want {
+                        shared: c.shared,
+                        limit: c.limit,
+                        permits: c.permits,
+                    };
+                    if want == Want::EXCLUSIVE {
+                        s.acquire(at, now, &c.acquire)
+                    } else {
+                        s.claim(at, now, &c.acquire, want)
+                    }
+                },
             )),
             Command::Release(r) => Some(self.request(
                 &r.request_id,

@@ -1,6 +1,6 @@
 //! Model-based property test of the lock state: arbitrary histories of clients, leaders and
-//! retries, checked against what the clients were told, and the log replayed and resumed from
-//! snapshots.
+//! retries, on locks, shared locks and semaphores, checked against what the clients were told,
+//! and the log replayed and resumed from snapshots.
 
 use std::collections::HashMap;
 
@@ -9,11 +9,11 @@ use proptest::prelude::*;
 use super::tests::{TTL, one, release, renew};
 use super::*;
 use sentinel_core::lock::TaskInfo;
-use sentinel_core::table::{LockRecord, LockTable};
+use sentinel_core::table::LockRecord;
 
 /// One generated step: (kind, name, holder, time step, raw number, wait, readopt, token
-/// choice, whether it joins the previous step's entry).
-type Step = (u8, usize, usize, u8, u64, u8, bool, u8, bool);
+/// choice, whether it joins the previous step's entry, kind of hold an acquire asks for).
+type Step = (u8, usize, usize, u8, u64, u8, bool, u8, bool, u8);
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
@@ -27,47 +27,111 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
             any::<bool>(),
             0u8..8,
             any::<bool>(),
+            0u8..8,
         ),
         1..200,
     )
 }
 
+/// A hold a client was told it has.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Belief {
+    name: String,
+    holder: String,
+    token: u64,
+    /// Its last live instant.
+    until: u64,
+    ttl: u64,
+    permits: u32,
+    shared: bool,
+    /// The semaphore's limit, for a semaphore hold.
+    limit: Option<u32>,
+}
+
+/// The most permits any claim of the test asks a semaphore to have.
+const MOST_PERMITS: u32 = 3;
+
 /// What the clients have been told, checked against the state after every entry.
 #[derive(Default)]
 struct Model {
-    /// (holder, name) -> (token, last live instant, TTL) of the lease the holder was told it
-    /// has.
-    beliefs: HashMap<(String, String), (u64, u64, u64)>,
-    /// Last token granted per name.
-    tokens: HashMap<String, u64>,
+    /// The holds the clients were told they have, oldest grant first (as a group keeps them;
+    /// a holder let in twice by one command releases the first).
+    beliefs: Vec<Belief>,
+    /// Last token granted per name, and whether to an exclusive hold.
+    tokens: HashMap<String, (u64, bool)>,
     /// Request ids waiting per name, in arrival order.
     queues: HashMap<String, VecDeque<String>>,
+    /// What each acquire asked for: (permits, shared, limit).
+    asked: HashMap<String, (u32, bool, Option<u32>)>,
 }
 
 impl Model {
-    fn grant(&mut self, at: u64, name: &str, lease: &LockRecord, adopted: bool, ctx: &str) {
+    fn grant(
+        &mut self,
+        at: u64,
+        name: &str,
+        id: &str,
+        lease: &LockRecord,
+        adopted: bool,
+        ctx: &str,
+    ) {
+        let (permits, shared, limit) = self.asked[id];
+        let exclusive = !shared && limit.is_none();
         if !adopted {
             assert_eq!(
                 lease.fencing_token, at,
                 "token is the command's position: {ctx}"
             );
-            let last = self.tokens.insert(name.to_string(), at).unwrap_or(0);
-            assert!(at > last, "tokens strictly increase per lock: {ctx}");
+            let (last, was_exclusive) = self
+                .tokens
+                .insert(name.to_string(), (at, exclusive))
+                .unwrap_or((0, false));
+            // Holds let in together share their command's token; an exclusive hold's is its own.
+            assert!(
+                at > last || (at == last && !exclusive && !was_exclusive),
+                "tokens strictly increase per lock: {ctx}"
+            );
         }
-        self.believe(name, lease);
+        let belief = Belief {
+            name: name.to_string(),
+            holder: lease.worker_id.clone(),
+            token: lease.fencing_token,
+            until: lease.expires_at_ms(),
+            ttl: lease.ttl_ms,
+            permits,
+            shared,
+            limit,
+        };
+        let same = |b: &&mut Belief| {
+            b.name == name
+                && b.holder == lease.worker_id
+                && b.token == lease.fencing_token
+                && b.permits == permits
+                && b.shared == shared
+        };
+        match self.beliefs.iter_mut().find(same) {
+            Some(b) if adopted => *b = belief,
+            _ => self.beliefs.push(belief),
+        }
     }
 
-    fn believe(&mut self, name: &str, lease: &LockRecord) {
-        self.beliefs.insert(
-            (lease.worker_id.clone(), name.to_string()),
-            (lease.fencing_token, lease.expires_at_ms(), lease.ttl_ms),
-        );
+    /// The first hold of `name` with the lease's holder and token.
+    fn find(&mut self, name: &str, lease: &LockRecord) -> Option<usize> {
+        self.beliefs.iter().position(|b| {
+            b.name == name && b.holder == lease.worker_id && b.token == lease.fencing_token
+        })
+    }
+
+    fn renewed(&mut self, name: &str, lease: &LockRecord) {
+        if let Some(i) = self.find(name, lease) {
+            self.beliefs[i].until = lease.expires_at_ms();
+            self.beliefs[i].ttl = lease.ttl_ms;
+        }
     }
 
     fn forget(&mut self, name: &str, lease: &LockRecord) {
-        let key = (lease.worker_id.clone(), name.to_string());
-        if self.beliefs.get(&key).map(|b| b.0) == Some(lease.fencing_token) {
-            self.beliefs.remove(&key);
+        if let Some(i) = self.find(name, lease) {
+            self.beliefs.remove(i);
         }
     }
 
@@ -81,7 +145,7 @@ impl Model {
                     Some(&s.request_id),
                     "FIFO: {ctx}"
                 );
-                self.grant(index, &s.name, lease, *adopted, ctx);
+                self.grant(index, &s.name, &s.request_id, lease, *adopted, ctx);
             }
             Answer::TimedOut { .. } | Answer::Withdrawn { lease: None } => {
                 let before = queue.len();
@@ -94,25 +158,48 @@ impl Model {
 
     /// The answer to a request that was executed (not a remembered retry).
     fn answer(&mut self, index: u64, cmd: &Command, o: &Answer, ctx: &str) {
-        match (cmd, o) {
-            (Command::Acquire(a), Answer::Granted { lease, adopted }) => {
+        let claim = match cmd {
+            Command::Claim(c) => Some(c),
+            _ => None,
+        };
+        match (acquire_of(cmd), cmd, o) {
+            (Some(a), _, Answer::Granted { lease, adopted }) => {
                 assert_eq!(lease.worker_id, a.holder, "{ctx}");
                 if !adopted {
                     let queue = self.queues.entry(a.name.clone()).or_default();
                     assert!(queue.is_empty(), "granted past waiters: {ctx}");
                 }
-                self.grant(index, &a.name, lease, *adopted, ctx);
+                self.grant(index, &a.name, &a.request_id, lease, *adopted, ctx);
             }
-            (Command::Acquire(a), Answer::Queued { position }) => {
+            (Some(a), _, Answer::Queued { position }) => {
                 let queue = self.queues.entry(a.name.clone()).or_default();
                 queue.push_back(a.request_id.clone());
                 assert_eq!(*position, queue.len(), "{ctx}");
             }
-            (Command::Acquire(a), Answer::Held { holder }) => {
+            (Some(a), _, Answer::Held { holder }) => {
                 assert!(a.wait_ms == 0, "{ctx}");
-                assert!(!(a.readopt && holder.worker_id == a.holder), "{ctx}");
+                // A re-adoption takes up the holder's own hold of the same kind.
+                let asked = self.asked[&a.request_id];
+                let own = self.beliefs.iter().any(|b| {
+                    b.name == a.name
+                        && b.holder == a.holder
+                        && holder.worker_id == a.holder
+                        && b.token == holder.fencing_token
+                        && (b.permits, b.shared, b.limit) == asked
+                });
+                assert!(!(a.readopt && own), "{ctx}");
             }
-            (Command::Release(r), Answer::Released { lease }) => {
+            // A name is one kind at a time; a semaphore one limit.
+            (Some(a), _, Answer::OtherKind { limit, .. }) => {
+                let asked = claim.and_then(|c| c.limit);
+                assert_eq!(asked.is_some(), limit.is_none(), "{ctx}");
+                assert!(self.beliefs.iter().any(|b| b.name == a.name), "{ctx}");
+            }
+            (Some(_), _, Answer::LimitMismatch { limit }) => {
+                let asked = claim.and_then(|c| c.limit);
+                assert!(asked.is_some() && asked != Some(*limit), "{ctx}");
+            }
+            (_, Command::Release(r), Answer::Released { lease }) => {
                 assert_eq!(
                     (&lease.worker_id, lease.fencing_token),
                     (&r.holder, r.token),
@@ -120,7 +207,7 @@ impl Model {
                 );
                 self.forget(&r.name, lease);
             }
-            (Command::Renew(r), Answer::Renewed { lease }) => {
+            (_, Command::Renew(r), Answer::Renewed { lease }) => {
                 assert_eq!(
                     (&lease.worker_id, lease.fencing_token),
                     (&r.holder, r.token),
@@ -129,55 +216,114 @@ impl Model {
                 if let Some(ttl) = r.ttl_ms {
                     assert_eq!(lease.ttl_ms, ttl, "{ctx}");
                 }
-                self.believe(&r.name, lease);
+                self.renewed(&r.name, lease);
             }
-            (Command::Release(_) | Command::Renew(_), Answer::NotHolder { .. }) => {}
-            (Command::Withdraw(w), Answer::Withdrawn { lease }) => {
+            (_, Command::Release(_) | Command::Renew(_), Answer::NotHolder { .. }) => {}
+            (_, Command::Withdraw(w), Answer::Withdrawn { lease }) => {
                 if let Some(lease) = lease {
                     assert_eq!(lease.worker_id, w.holder, "{ctx}");
                     self.forget(&w.name, lease);
                 }
             }
             // An acquire taken back before it arrived.
-            (Command::Acquire(_), Answer::Withdrawn { lease: None }) => {}
-            (Command::Withdraw(_), Answer::RequestIdReused) => {}
-            (_, Answer::Refused { .. }) => {}
+            (Some(_), _, Answer::Withdrawn { lease: None }) => {}
+            (_, Command::Withdraw(_), Answer::RequestIdReused) => {}
+            (_, _, Answer::Refused { .. }) => {}
             _ => panic!("answer does not fit the command: {ctx}"),
         }
     }
 
-    /// Every lease a client was told it holds, and is still live at `now`, is exactly the
-    /// lease the state holds, and the other way round: no lease ends before its TTL or
-    /// outlives it, and no two clients ever hold one lock.
+    /// Every hold a client was told it has, and is still live at `now`, is exactly a hold the
+    /// state has, and the other way round: no hold ends before its TTL or outlives it. Never
+    /// more permits than a semaphore's limit, never an exclusive hold with another.
     fn check(&mut self, s: &LockState, ctx: &str) {
         let now = s.clock_ms();
-        self.beliefs.retain(|_, (_, until, _)| *until >= now);
-        for ((holder, name), (token, until, _)) in &self.beliefs {
-            let lease = &s
-                .get(name)
-                .unwrap_or_else(|| panic!("{name} ended early: {ctx}"))
-                .lease;
-            assert_eq!(
-                (&lease.worker_id, lease.fencing_token, lease.expires_at_ms()),
-                (holder, *token, *until),
-                "{ctx}"
-            );
-        }
+        self.beliefs.retain(|b| b.until >= now);
+        let mut model: Vec<(String, String, u64, u64, u32, bool)> = self
+            .beliefs
+            .iter()
+            .map(|b| {
+                let key = (b.name.clone(), b.holder.clone(), b.token, b.until);
+                (key.0, key.1, key.2, key.3, b.permits, b.shared)
+            })
+            .collect();
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut state = Vec::new();
+        let mut queues: Vec<(String, Vec<String>)> = Vec::new();
         for (name, slot) in s.iter_after(None) {
-            let key = (slot.lease.worker_id.clone(), name.to_string());
-            assert!(
-                self.beliefs.contains_key(&key),
-                "a lease nobody was told of: {ctx}"
-            );
-            assert!(!LockTable::is_stale(&slot.lease, now), "{ctx}");
-            let ids: Vec<&String> = slot.queue.iter().map(|w| &w.request_id).collect();
-            let model: Vec<&String> = self
+            let l = &slot.lease;
+            state.push((
+                name.to_string(),
+                l.worker_id.clone(),
+                l.fencing_token,
+                l.expires_at_ms(),
+                1,
+                false,
+            ));
+            let ids = slot.queue.iter().map(|w| w.request_id.clone()).collect();
+            queues.push((name.to_string(), ids));
+        }
+        for (name, g) in s.groups_after(None) {
+            for h in &g.holds {
+                let l = &h.lease;
+                state.push((
+                    name.to_string(),
+                    l.worker_id.clone(),
+                    l.fencing_token,
+                    l.expires_at_ms(),
+                    h.permits,
+                    h.shared,
+                ));
+            }
+            let ids = g.queue.iter().map(|w| w.request_id.clone()).collect();
+            queues.push((name.to_string(), ids));
+        }
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            state, model,
+            "the holds are the holds clients were told of: {ctx}"
+        );
+        for (name, ids) in queues {
+            let model: Vec<String> = self
                 .queues
-                .get(name)
-                .map(|q| q.iter().collect())
+                .get(&name)
+                .map(|q| q.iter().cloned().collect())
                 .unwrap_or_default();
             assert_eq!(ids, model, "queue order: {ctx}");
         }
+        let mut names: Vec<&str> = self.beliefs.iter().map(|b| b.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let holds: Vec<&Belief> = self.beliefs.iter().filter(|b| b.name == name).collect();
+            let exclusive = holds
+                .iter()
+                .filter(|b| !b.shared && b.limit.is_none())
+                .count();
+            assert!(
+                exclusive == 0 || holds.len() == 1,
+                "a writer with another holder of {name}: {ctx}"
+            );
+            let semaphore = holds.iter().filter(|b| b.limit.is_some()).count();
+            assert!(semaphore == 0 || semaphore == holds.len(), "{ctx}");
+            let permits: u32 = holds.iter().map(|b| b.permits).sum();
+            let limit = s.group(name).and_then(|g| g.limit);
+            if semaphore > 0 {
+                assert!(
+                    permits <= MOST_PERMITS && Some(permits) <= limit,
+                    "more permits than the limit of {name}: {ctx}"
+                );
+            }
+        }
+    }
+}
+
+/// The acquire a command makes, exclusive or not.
+fn acquire_of(c: &Command) -> Option<&Acquire> {
+    match c {
+        Command::Acquire(a) => Some(a),
+        Command::Claim(c) => Some(&c.acquire),
+        _ => None,
     }
 }
 
@@ -212,7 +358,7 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
         rest = after;
         let mut batch = Vec::new();
         let mut retries = Vec::new();
-        for (place, &(kind, name, holder, jump, n, wait, readopt, token, _)) in
+        for (place, &(kind, name, holder, jump, n, wait, readopt, token, _, hold)) in
             entry.iter().enumerate()
         {
             let first = position(index, 0);
@@ -229,28 +375,50 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
             if jump == 0 || jump == 3 {
                 term += 1;
             }
+            // alpha is a lock taken exclusive or shared, beta mostly exclusive, gamma mostly a
+            // semaphore of 3 (sometimes asked with limit 2).
+            let (shared, limit) = match (name, hold) {
+                (0, 4..) | (1, 5 | 6) => (true, None),
+                (1, 7) | (2, 1..=6) => (false, Some(MOST_PERMITS)),
+                (2, 7) => (false, Some(2)),
+                _ => (false, None),
+            };
+            let permits = limit.map_or(1, |_| 1 + (n % 2) as u32 + u32::from(hold == 6));
             let (name, holder) = (NAMES[name], HOLDERS[holder]);
             let id = format!("r{index}-{place}");
             let token = match token {
                 0..=4 => model
                     .beliefs
-                    .get(&(holder.to_string(), name.to_string()))
-                    .map_or(n % first, |b| b.0),
+                    .iter()
+                    .find(|b| b.holder == holder && b.name == name)
+                    .map_or(n % first, |b| b.token),
                 // A token of this very entry, which no client can know yet.
                 5 => first + n % (place as u64 + 1),
                 _ => n % (first + 1),
             };
             let command = match kind {
-                0..=3 => Command::Acquire(Acquire {
-                    request_id: id,
-                    name: name.into(),
-                    holder: holder.into(),
-                    node: format!("n-{holder}"),
-                    ttl_ms: TTL / 2 + n % TTL,
-                    wait_ms: [0, 0, TTL / 2, 3 * TTL][wait as usize],
-                    readopt,
-                    task_info: TaskInfo::default(),
-                }),
+                0..=3 => {
+                    let acquire = Acquire {
+                        request_id: id,
+                        name: name.into(),
+                        holder: holder.into(),
+                        node: format!("n-{holder}"),
+                        ttl_ms: TTL / 2 + n % TTL,
+                        wait_ms: [0, 0, TTL / 2, 3 * TTL][wait as usize],
+                        readopt,
+                        task_info: TaskInfo::default(),
+                    };
+                    if shared || limit.is_some() {
+                        Command::Claim(Claim {
+                            acquire,
+                            shared,
+                            limit,
+                            permits,
+                        })
+                    } else {
+                        Command::Acquire(acquire)
+                    }
+                }
                 4 => renew(&id, name, holder, token),
                 5 => Command::Renew(Renew {
                     ttl_ms: Some(TTL / 2 + n % TTL),
@@ -263,13 +431,7 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
                 8 => Command::Tick,
                 // Take back an earlier acquire (its holder's, mostly), or one still to come.
                 12 => {
-                    let acquires: Vec<&Acquire> = sent
-                        .iter()
-                        .filter_map(|c| match c {
-                            Command::Acquire(a) => Some(a),
-                            _ => None,
-                        })
-                        .collect();
+                    let acquires: Vec<&Acquire> = sent.iter().filter_map(acquire_of).collect();
                     let (acquire_id, holder) = match acquires.len() as u64 {
                         0 => (format!("r{}-0", index + 1), holder.to_string()),
                         k => {
@@ -289,6 +451,12 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
                 _ => sent[(n % sent.len() as u64) as usize].clone(),
             };
             retries.push(kind >= 9 && !sent.is_empty());
+            if let Command::Claim(c) = &command {
+                let asked = (c.permits, c.shared, c.limit);
+                model.asked.insert(c.acquire.request_id.clone(), asked);
+            } else if let Command::Acquire(a) = &command {
+                model.asked.insert(a.request_id.clone(), (1, false, None));
+            }
             batch.push(Proposal { at_ms: at, command });
         }
         // Whether the state remembers each command's request id when it comes to it (after
@@ -297,6 +465,10 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
             .map(|place| {
                 let id = match &batch[place].command {
                     Command::Acquire(Acquire { request_id, .. })
+                    | Command::Claim(Claim {
+                        acquire: Acquire { request_id, .. },
+                        ..
+                    })
                     | Command::Release(Release { request_id, .. })
                     | Command::Renew(Renew { request_id, .. })
                     | Command::Withdraw(Withdraw { request_id, .. }) => request_id,
@@ -326,8 +498,8 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
         // hold last their full TTL from then.
         if term > applied_term && applied_term != 0 {
             let now = batch[0].at_ms.max(s.clock_ms());
-            for belief in model.beliefs.values_mut() {
-                belief.1 = belief.1.max(now + belief.2);
+            for belief in &mut model.beliefs {
+                belief.until = belief.until.max(now + belief.ttl);
             }
         }
         applied_term = term;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::requests::Remembered;
-use super::{LockState, Slot};
+use super::{Group, LockState, Slot};
 
 /// The lock state as a snapshot stores it: the indexes are derived on loading.
 #[derive(Serialize, Deserialize)]
@@ -19,6 +19,9 @@ struct Stored {
     #[serde(default)]
     term: u64,
     locks: BTreeMap<String, Slot>,
+    /// Absent from snapshots written before semaphores and shared holds, and while none is held.
+    #[serde(default)]
+    groups: BTreeMap<String, Group>,
     requests: BTreeMap<String, Remembered>,
     /// Settled request ids in the order they were settled, with the time.
     settled: VecDeque<(u64, String)>,
@@ -30,6 +33,8 @@ struct StoredRef<'a> {
     clock_ms: u64,
     term: u64,
     locks: &'a BTreeMap<String, Slot>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    groups: &'a BTreeMap<String, Group>,
     requests: &'a BTreeMap<String, Remembered>,
     settled: &'a VecDeque<(u64, String)>,
 }
@@ -41,6 +46,7 @@ impl LockState {
             clock_ms: self.clock_ms,
             term: self.term,
             locks: &self.locks,
+            groups: &self.groups,
             requests: &self.requests,
             settled: &self.settled,
         })
@@ -55,20 +61,21 @@ impl LockState {
             term: stored.term,
             locks: stored.locks,
             expiries: BTreeSet::new(),
+            groups: stored.groups,
+            hold_expiries: BTreeSet::new(),
+            holds: 0,
             deadlines: BTreeSet::new(),
             requests: stored.requests,
             settled: stored.settled,
         };
-        for (name, slot) in &state.locks {
-            state
-                .expiries
-                .insert((slot.lease.expires_at_ms(), name.clone()));
-            for w in &slot.queue {
-                state
-                    .deadlines
-                    .insert((w.until_ms, name.clone(), w.request_id.clone()));
-            }
-        }
+        state.expiries = state
+            .locks
+            .iter()
+            .map(|(name, slot)| (slot.lease.expires_at_ms(), name.clone()))
+            .collect();
+        state.hold_expiries = state.hold_index();
+        state.holds = state.groups.values().map(|g| g.holds.len()).sum();
+        state.deadlines = state.deadline_index();
         state.check()?;
         Ok(state)
     }

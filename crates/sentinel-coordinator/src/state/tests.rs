@@ -780,3 +780,300 @@ fn entries_snapshots_and_answers_keep_their_encoding() {
         assert_eq!(serde_json::to_string(&batch).unwrap(), line);
     }
 }
+
+fn sem(id: &str, name: &str, holder: &str, limit: u32, permits: u32, wait_ms: u64) -> Command {
+    let Command::Acquire(acquire) = acquire(id, name, holder, TTL, wait_ms) else {
+        unreachable!()
+    };
+    Command::Claim(Claim {
+        acquire,
+        shared: false,
+        limit: Some(limit),
+        permits,
+    })
+}
+
+fn shared(id: &str, name: &str, holder: &str, wait_ms: u64) -> Command {
+    let Command::Acquire(acquire) = acquire(id, name, holder, TTL, wait_ms) else {
+        unreachable!()
+    };
+    Command::Claim(Claim {
+        acquire,
+        shared: true,
+        limit: None,
+        permits: 1,
+    })
+}
+
+#[test]
+fn a_semaphore_holds_its_limit_and_lets_waiters_in_as_permits_come_back() {
+    let mut s = LockState::default();
+    let a = granted(answer(step(&mut s, 1, 0, sem("r1", "s", "w1", 2, 1, 0))));
+    let b = granted(answer(step(&mut s, 2, 0, sem("r2", "s", "w2", 2, 1, 0))));
+    assert_eq!((a.fencing_token, b.fencing_token), (t(1), t(2)));
+    assert_eq!(s.held(), 2);
+    // Full: the third is told who holds it, or waits.
+    assert!(matches!(
+        answer(step(&mut s, 3, 0, sem("r3", "s", "w3", 2, 1, 0))),
+        Answer::Held { .. }
+    ));
+    assert_eq!(
+        answer(step(&mut s, 4, 0, sem("r4", "s", "w3", 2, 1, 5_000))),
+        Answer::Queued { position: 1 }
+    );
+    // Another limit, or a lock claim, on the semaphore: refused at once, even with a wait.
+    assert_eq!(
+        answer(step(&mut s, 5, 0, sem("r5", "s", "w4", 3, 1, 5_000))),
+        Answer::LimitMismatch { limit: 2 }
+    );
+    for (id, command) in [
+        ("r6", acquire("r6", "s", "w4", TTL, 5_000)),
+        ("r7", shared("r7", "s", "w4", 5_000)),
+    ] {
+        assert_eq!(
+            answer(step(&mut s, 6, 0, command)),
+            Answer::OtherKind {
+                kind: Kind::Semaphore,
+                limit: Some(2)
+            },
+            "{id}"
+        );
+    }
+    // A release lets the waiter in, with a larger token.
+    let a2 = step(&mut s, 7, 10, release("r8", "s", "w1", t(1)));
+    assert!(matches!(a2.answer, Some(Answer::Released { .. })));
+    let c = granted(a2.settled[0].answer.clone());
+    assert_eq!((c.worker_id.as_str(), c.fencing_token), ("w3", t(7)));
+    assert_eq!(s.group("s").map(|g| g.used()), Some(2));
+    // A semaphore claim on a lock is refused too.
+    step(&mut s, 8, 10, acquire("r9", "l", "w1", TTL, 0));
+    assert_eq!(
+        answer(step(&mut s, 9, 10, sem("r10", "l", "w2", 2, 1, 5_000))),
+        Answer::OtherKind {
+            kind: Kind::Exclusive,
+            limit: None
+        }
+    );
+    // Nonsense claims change nothing.
+    for bad in [
+        sem("r11", "x", "w1", 2, 3, 0),
+        sem("r12", "x", "w1", 0, 0, 0),
+    ] {
+        assert_eq!(
+            answer(step(&mut s, 10, 10, bad)),
+            Answer::Refused {
+                limit: Limit::Permits
+            }
+        );
+    }
+    assert!(s.group("x").is_none());
+}
+
+#[test]
+fn a_semaphore_waiter_needing_many_permits_is_not_overtaken() {
+    let mut s = LockState::default();
+    step(&mut s, 1, 0, sem("r1", "s", "w1", 3, 2, 0));
+    // w2 needs 2 (only 1 is free) and waits; w3 needs 1, which is free, but waits behind w2.
+    step(&mut s, 2, 0, sem("r2", "s", "w2", 3, 2, 5_000));
+    assert_eq!(
+        answer(step(&mut s, 3, 0, sem("r3", "s", "w3", 3, 1, 5_000))),
+        Answer::Queued { position: 2 }
+    );
+    // w1 gives back its 2: w2 (2) and w3 (1) both fit, in order, with this command's token.
+    let a = step(&mut s, 4, 10, release("r4", "s", "w1", t(1)));
+    let grants: Vec<(String, u64)> = a
+        .settled
+        .iter()
+        .map(|x| {
+            (
+                x.request_id.clone(),
+                granted(x.answer.clone()).fencing_token,
+            )
+        })
+        .collect();
+    assert_eq!(grants, [("r2".into(), t(4)), ("r3".into(), t(4))]);
+    // When the head's wait runs out, the waiters behind it that fit go in.
+    let mut s = LockState::default();
+    step(&mut s, 1, 0, sem("r1", "s", "w1", 3, 2, 0));
+    step(&mut s, 2, 0, sem("r2", "s", "w2", 3, 2, 100));
+    step(&mut s, 3, 0, sem("r3", "s", "w3", 3, 1, 5_000));
+    let a = step(&mut s, 4, 200, Command::Tick);
+    assert!(matches!(a.settled[0].answer, Answer::TimedOut { .. }));
+    assert_eq!(a.settled[1].request_id, "r3");
+    assert_eq!(granted(a.settled[1].answer.clone()).fencing_token, t(4));
+}
+
+#[test]
+fn shared_holds_exclude_a_writer_and_a_waiting_writer_holds_back_later_readers() {
+    let mut s = LockState::default();
+    let r1 = granted(answer(step(&mut s, 1, 0, shared("r1", "d", "w1", 0))));
+    let r2 = granted(answer(step(&mut s, 2, 0, shared("r2", "d", "w2", 0))));
+    // A writer is told it is held, or waits; a reader after a waiting writer waits too.
+    assert!(matches!(
+        answer(step(&mut s, 3, 0, acquire("r3", "d", "w3", TTL, 0))),
+        Answer::Held { .. }
+    ));
+    assert_eq!(
+        answer(step(&mut s, 4, 0, acquire("r4", "d", "w3", TTL, 5_000))),
+        Answer::Queued { position: 1 }
+    );
+    assert_eq!(
+        answer(step(&mut s, 5, 0, shared("r5", "d", "w4", 5_000))),
+        Answer::Queued { position: 2 }
+    );
+    // The writer goes in when the last reader is gone; the reader after it when it is.
+    assert!(
+        step(&mut s, 6, 10, release("r6", "d", "w1", r1.fencing_token))
+            .settled
+            .is_empty()
+    );
+    let a = step(&mut s, 7, 10, release("r7", "d", "w2", r2.fencing_token));
+    let writer = granted(a.settled[0].answer.clone());
+    assert_eq!(
+        (writer.worker_id.as_str(), writer.fencing_token),
+        ("w3", t(7))
+    );
+    assert_eq!(s.group("d").map(|g| g.kind()), Some(Kind::Exclusive));
+    let a = step(&mut s, 8, 10, release("r8", "d", "w3", t(7)));
+    assert_eq!(a.settled[0].request_id, "r5");
+    assert_eq!(s.group("d").map(|g| g.kind()), Some(Kind::Shared));
+}
+
+#[test]
+fn a_reader_waiting_for_a_lock_turns_it_into_a_shared_lock_and_gets_it_after() {
+    let mut s = LockState::default();
+    let l = granted(answer(step(&mut s, 1, 0, acquire("r1", "a", "w1", TTL, 0))));
+    step(&mut s, 2, 0, acquire("r2", "a", "w2", TTL, 5_000));
+    assert_eq!(
+        answer(step(&mut s, 3, 0, shared("r3", "a", "w3", 5_000))),
+        Answer::Queued { position: 2 }
+    );
+    assert!(s.get("a").is_none());
+    // The lock's holder still renews and releases it as before; its queue is served in order.
+    assert!(matches!(
+        answer(step(&mut s, 4, 10, renew("r4", "a", "w1", l.fencing_token))),
+        Answer::Renewed { .. }
+    ));
+    let a = step(&mut s, 5, 20, release("r5", "a", "w1", l.fencing_token));
+    assert_eq!(a.settled[0].request_id, "r2");
+    let a = step(&mut s, 6, 20, release("r6", "a", "w2", t(5)));
+    assert_eq!(a.settled[0].request_id, "r3");
+    // Withdrawn, the reader's hold ends and the name is free again, for any kind.
+    let a = step(&mut s, 7, 30, withdraw("r7", "a", "w3", "r3"));
+    assert!(matches!(
+        a.answer,
+        Some(Answer::Withdrawn { lease: Some(_) })
+    ));
+    assert!(s.group("a").is_none() && s.held() == 0);
+    assert!(matches!(
+        answer(step(&mut s, 8, 30, sem("r8", "a", "w1", 1, 1, 0))),
+        Answer::Granted { .. }
+    ));
+}
+
+#[test]
+fn holds_end_at_their_ttl_restart_with_a_new_leader_and_survive_snapshots() {
+    let mut s = LockState::default();
+    step(&mut s, 1, 0, sem("r1", "s", "w1", 1, 1, 0));
+    step(&mut s, 2, 500, sem("r2", "s", "w2", 1, 1, 800));
+    step(&mut s, 3, 600, shared("r3", "d", "w1", 0));
+    let json = s.to_json().unwrap();
+    assert_eq!(LockState::from_json(&json).unwrap(), s);
+    // A new leader at 900: w1's hold lasts its TTL from then, and w2's wait as much longer.
+    let a = one(
+        &mut s,
+        4,
+        2,
+        &Proposal {
+            at_ms: 900,
+            command: Command::Tick,
+        },
+    );
+    assert!(a.settled.is_empty());
+    assert_eq!(s.check(), Ok(()));
+    assert_eq!(s.next_event_ms(), Some(1_901));
+    // At 1,901 w1's hold has ended and w2, still waiting until 2,200, gets it.
+    let a = one(
+        &mut s,
+        5,
+        2,
+        &Proposal {
+            at_ms: 1_901,
+            command: Command::Tick,
+        },
+    );
+    assert_eq!(a.settled[0].request_id, "r2");
+    assert!(matches!(a.settled[0].answer, Answer::Granted { .. }));
+    assert_eq!(s.check(), Ok(()));
+    // A snapshot breaking a group's invariant is refused.
+    let mut v: serde_json::Value = serde_json::from_slice(&s.to_json().unwrap()).unwrap();
+    v["groups"]["s"]["holds"][0]["permits"] = 2.into();
+    let over = serde_json::to_vec(&v).unwrap();
+    assert!(LockState::from_json(&over).unwrap_err().contains("permits"));
+}
+
+#[test]
+fn the_claim_encoding_is_stable() {
+    let p = Proposal {
+        at_ms: 5,
+        command: sem("r1", "s", "w1", 3, 2, 0),
+    };
+    let json = serde_json::to_string(&p).unwrap();
+    assert_eq!(
+        json,
+        r#"{"at_ms":5,"command":{"op":"claim","request_id":"r1","name":"s","holder":"w1","node":"node-of-w1","ttl_ms":1000,"wait_ms":0,"readopt":false,"limit":3,"permits":2}}"#
+    );
+    assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
+    let p = Proposal {
+        at_ms: 5,
+        command: shared("r1", "d", "w1", 0),
+    };
+    let json = serde_json::to_string(&p).unwrap();
+    assert!(
+        json.ends_with(r#""readopt":false,"shared":true,"permits":1}}"#),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
+}
+
+#[test]
+fn groups_and_their_answers_keep_their_encoding() {
+    // Snapshots on disk hold groups from now on: pin their shape, and the new answers'.
+    let mut s = LockState::default();
+    step(&mut s, 1, 1_000, sem("r1", "s", "w1", 3, 2, 0));
+    step(&mut s, 2, 1_000, sem("r2", "s", "w2", 3, 2, 5_000));
+    step(&mut s, 3, 1_000, shared("r3", "d", "w1", 0));
+    step(&mut s, 4, 1_000, acquire("r4", "d", "w2", TTL, 5_000));
+    let snapshot = String::from_utf8(s.to_json().unwrap()).unwrap();
+    assert_eq!(LockState::from_json(snapshot.as_bytes()).unwrap(), s);
+    golden("snapshot-groups.json", &(snapshot + "\n"));
+    for (answer, json) in [
+        (
+            Answer::OtherKind {
+                kind: Kind::Semaphore,
+                limit: Some(3),
+            },
+            r#"{"outcome":"other_kind","kind":"semaphore","limit":3}"#,
+        ),
+        (
+            Answer::OtherKind {
+                kind: Kind::Shared,
+                limit: None,
+            },
+            r#"{"outcome":"other_kind","kind":"shared"}"#,
+        ),
+        (
+            Answer::LimitMismatch { limit: 3 },
+            r#"{"outcome":"limit_mismatch","limit":3}"#,
+        ),
+        (
+            Answer::Refused {
+                limit: Limit::Permits,
+            },
+            r#"{"outcome":"refused","limit":"permits"}"#,
+        ),
+    ] {
+        assert_eq!(serde_json::to_string(&answer).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Answer>(json).unwrap(), answer);
+    }
+}

@@ -46,20 +46,25 @@ impl LockState {
                 w.until_ms = w.until_ms.saturating_add(later);
             }
         }
+        for g in self.groups.values_mut() {
+            // A group's waiters wait for its holds: moved on by the most any hold moved.
+            let mut later = 0;
+            for h in &mut g.holds {
+                let before = h.lease.expires_at_ms();
+                h.lease.heartbeat_ms = h.lease.heartbeat_ms.max(now);
+                later = later.max(h.lease.expires_at_ms().saturating_sub(before));
+            }
+            for w in &mut g.queue {
+                w.until_ms = w.until_ms.saturating_add(later);
+            }
+        }
         self.expiries = self
             .locks
             .iter()
             .map(|(name, slot)| (slot.lease.expires_at_ms(), name.clone()))
             .collect();
-        self.deadlines = self
-            .locks
-            .iter()
-            .flat_map(|(name, slot)| {
-                slot.queue
-                    .iter()
-                    .map(move |w| (w.until_ms, name.clone(), w.request_id.clone()))
-            })
-            .collect();
+        self.hold_expiries = self.hold_index();
+        self.deadlines = self.deadline_index();
     }
 
     /// Ends every lease and wait that ended before `now`, in the order they ended. A wait that
@@ -68,50 +73,90 @@ impl LockState {
         // Each round removes one due lease or wait and adds none that is due (a lease handed over
         // lasts at least until `now`), so the loop ends.
         loop {
-            let lease = self.expiries.first().filter(|(at, _)| *at < now).cloned();
-            let wait = self.deadlines.first().filter(|(at, ..)| *at < now).cloned();
-            match (lease, wait) {
-                (None, None) => return,
-                (Some(lease), None) => self.end_lease(lease, index, now, settled),
-                (Some(lease), Some(wait)) if lease.0 < wait.0 => {
-                    self.end_lease(lease, index, now, settled)
+            let wait = self.deadlines.first().filter(|(at, ..)| *at < now);
+            let lease = self.expiries.first().filter(|(at, _)| *at < now);
+            let hold = self.hold_expiries.first().filter(|(at, ..)| *at < now);
+            // The earliest; at one instant a wait first, then a lock's lease, then a hold.
+            let first = [
+                wait.map(|w| (w.0, 0)),
+                lease.map(|l| (l.0, 1)),
+                hold.map(|h| (h.0, 2)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match first {
+                None => return,
+                Some((_, 0)) => {
+                    if let Some(wait) = self.deadlines.pop_first() {
+                        self.end_wait(wait, index, now, settled);
+                    }
                 }
-                (_, Some(wait)) => self.end_wait(wait, now, settled),
+                Some((_, 1)) => {
+                    if let Some(lease) = self.expiries.pop_first() {
+                        self.hand_over(&lease.1, index, now, settled);
+                    }
+                }
+                Some(_) => {
+                    if let Some(hold) = self.hold_expiries.pop_first() {
+                        self.end_hold(hold, index, now, settled);
+                    }
+                }
             }
         }
     }
 
-    fn end_lease(
+    /// A wait ended (its deadline is already out of the index). In a group, the waiters behind
+    /// it may fit now.
+    fn end_wait(
         &mut self,
-        expiry: (u64, String),
+        (_, name, id): (u64, String, String),
         index: u64,
         now: u64,
         settled: &mut Vec<Settled>,
     ) {
-        self.expiries.remove(&expiry);
-        self.hand_over(&expiry.1, index, now, settled);
-    }
-
-    fn end_wait(&mut self, deadline: (u64, String, String), now: u64, settled: &mut Vec<Settled>) {
-        self.deadlines.remove(&deadline);
-        let (_, name, id) = deadline;
-        // Every waiter waits for a held lock (see `locks`).
+        // Every waiter waits for a held lock or group (see `locks`, `groups`).
         if let Some(slot) = self.locks.get_mut(&name) {
             slot.queue.retain(|w| w.request_id != id);
             let answer = Answer::TimedOut {
                 holder: slot.lease.clone(),
             };
             self.settle(now, &name, id, answer, settled);
+        } else if let Some(g) = self.groups.get_mut(&name)
+            && let Some(first) = g.holds.first()
+        {
+            let answer = Answer::TimedOut {
+                holder: first.lease.clone(),
+            };
+            g.queue.retain(|w| w.request_id != id);
+            self.settle(now, &name, id, answer, settled);
+            self.fill(&name, index, now, settled);
         }
+    }
+
+    /// The index of every waiter's deadline, rebuilt from the locks and groups.
+    pub(super) fn deadline_index(&self) -> std::collections::BTreeSet<(u64, String, String)> {
+        let locks = self.locks.iter().map(|(name, s)| (name, &s.queue));
+        let groups = self.groups.iter().map(|(name, g)| (name, &g.queue));
+        locks
+            .chain(groups)
+            .flat_map(|(name, queue)| {
+                queue
+                    .iter()
+                    .map(move |w| (w.until_ms, name.clone(), w.request_id.clone()))
+            })
+            .collect()
     }
 
     /// The earliest leader time at which a lease or a wait will have ended, so that a
     /// [`super::Command::Tick`] then hands locks over; `None` when nothing is held.
     pub fn next_event_ms(&self) -> Option<u64> {
         let lease = self.expiries.first().map(|(at, _)| *at);
+        let hold = self.hold_expiries.first().map(|(at, ..)| *at);
         let wait = self.deadlines.first().map(|(at, ..)| *at);
         lease
             .into_iter()
+            .chain(hold)
             .chain(wait)
             .min()
             .map(|at| at.saturating_add(1))
