@@ -268,6 +268,7 @@ fn shared_holds_exclude_a_writer_and_a_waiting_writer_holds_back_later_readers()
 
 #[test]
 fn a_new_leader_after_kill_9_keeps_exactly_the_permits_held() {
+    let _one_cluster = crate::serve::one_cluster_at_a_time();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers = peers_of(&addrs);
