@@ -459,6 +459,9 @@ impl ServerBackend {
             request_id: Some(id.to_string()),
             readopt: req.readopt,
             task_info: req.task_info.clone(),
+            shared: false,
+            limit: None,
+            permits: None,
         };
         let answer = self
             .call(

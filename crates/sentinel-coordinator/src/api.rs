@@ -76,7 +76,7 @@ use sentinel_core::lease;
 use sentinel_core::lock::{MAX_TASK_INFO_BYTES, validate_label, validate_name};
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
-use sentinel_proto::api::{ClaimBody, ReleaseBody, RenewBody, WithdrawBody};
+use sentinel_proto::api::{AcquireBody, ReleaseBody, RenewBody, WithdrawBody};
 use sentinel_proto::http::{self as network, Failure};
 
 /// Largest body of a client request.
@@ -729,7 +729,7 @@ async fn acquire(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let b: ClaimBody = parse(body)?;
+    let b: AcquireBody = parse(body)?;
     let (limit, permits) = hold_kind(family, &b)?;
     label("holder", &b.holder)?;
     if let Some(n) = &b.node {
@@ -827,7 +827,7 @@ async fn acquire(
 
 /// The semaphore limit and permits an acquire asks for by its route: none on `/locks/` (a
 /// shared hold at most), a limit and permits of it on `/semaphores/`.
-fn hold_kind(family: Family, b: &ClaimBody) -> Result<(Option<u32>, u32), ApiError> {
+fn hold_kind(family: Family, b: &AcquireBody) -> Result<(Option<u32>, u32), ApiError> {
     match family {
         Family::Locks => {
             if b.limit.is_some() || b.permits.is_some() {
@@ -1418,53 +1418,4 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
         "applied_index": metrics.last_applied.map(|l| l.index),
         "followers": followers,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use sentinel_core::lock::TaskInfo;
-    use sentinel_proto::api::{AcquireBody, ClaimBody};
-
-    #[test]
-    fn every_acquire_body_reads_as_the_same_exclusive_claim() {
-        // What the server backend sends for a lock must keep meaning what it did.
-        let full = AcquireBody {
-            holder: "w1".into(),
-            ttl_ms: 30_000,
-            wait_ms: 5_000,
-            node: Some("host".into()),
-            request_id: Some("r1".into()),
-            readopt: true,
-            task_info: TaskInfo {
-                priority: Some("high".into()),
-                ..TaskInfo::default()
-            },
-        };
-        let bare = AcquireBody {
-            holder: "w2".into(),
-            ttl_ms: 1_000,
-            wait_ms: 0,
-            node: None,
-            request_id: None,
-            readopt: false,
-            task_info: TaskInfo::default(),
-        };
-        for a in [full, bare] {
-            let json = serde_json::to_vec(&a).unwrap();
-            let claim: ClaimBody = super::parse(&json).unwrap_or_else(|_| panic!("{a:?}"));
-            let expected = ClaimBody {
-                holder: a.holder,
-                ttl_ms: a.ttl_ms,
-                wait_ms: a.wait_ms,
-                node: a.node,
-                request_id: a.request_id,
-                readopt: a.readopt,
-                task_info: a.task_info,
-                shared: false,
-                limit: None,
-                permits: None,
-            };
-            assert_eq!(claim, expected);
-        }
-    }
 }

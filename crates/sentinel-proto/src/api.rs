@@ -10,15 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use sentinel_core::lock::{Holder, TaskInfo};
 
-/// `POST /locks/{name}/acquire`.
+/// Every acquire: `POST /locks/{name}/acquire` (an exclusive or, with `shared`, a shared hold)
+/// and `POST /semaphores/{name}/acquire` (`permits` of the semaphore `limit`). The fields a lock
+/// does not use are left out of the JSON, so an exclusive claim reads as it always has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
-    /// The worker that wants the lock.
+    /// The worker that wants the hold.
     pub holder: String,
     /// The lease's length.
     pub ttl_ms: u64,
-    /// How long to wait in the lock's queue if it is held (0: answer at once).
+    /// How long to wait in the queue if the hold cannot be had now (0: answer at once).
     #[serde(default)]
     pub wait_ms: u64,
     /// Where the worker runs.
@@ -31,34 +33,6 @@ pub struct AcquireBody {
     #[serde(default)]
     pub readopt: bool,
     /// What the holder says about its work.
-    #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
-    pub task_info: TaskInfo,
-}
-
-/// What the coordinator reads from every acquire: `POST /locks/{name}/acquire` (an exclusive
-/// or, with `shared`, a shared hold) and `POST /semaphores/{name}/acquire` (`permits` of the
-/// semaphore `limit`). The fields of [`AcquireBody`], which the server backend sends for an
-/// exclusive claim, and three more; every `AcquireBody` reads as the same claim (tested by the coordinator).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimBody {
-    /// See [`AcquireBody::holder`].
-    pub holder: String,
-    /// See [`AcquireBody::ttl_ms`].
-    pub ttl_ms: u64,
-    /// See [`AcquireBody::wait_ms`].
-    #[serde(default)]
-    pub wait_ms: u64,
-    /// See [`AcquireBody::node`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// See [`AcquireBody::request_id`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    /// See [`AcquireBody::readopt`].
-    #[serde(default)]
-    pub readopt: bool,
-    /// See [`AcquireBody::task_info`].
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
     /// A shared (read) hold of the lock: held with other shared holds, never with an exclusive
