@@ -10,6 +10,7 @@ mod coordinator_acl;
 mod coordinator_bounds;
 mod coordinator_data;
 mod coordinator_tls;
+mod doctor;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;
