@@ -57,6 +57,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
             [CompletionResult]::new('cluster', 'cluster', [CompletionResultType]::ParameterValue, 'Inspect the coordinator cluster given with --server')
+            [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure''s exit code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -383,6 +384,33 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         'sentinel;cluster;help;help' {
             break
         }
+        'sentinel;doctor' {
+            [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed')
+            [CompletionResult]::new('--api-url', '--api-url', [CompletionResultType]::ParameterName, 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed')
+            [CompletionResult]::new('--etcd-endpoints', '--etcd-endpoints', [CompletionResultType]::ParameterName, 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
+            [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
+            [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
+            [CompletionResult]::new('--trust', '--trust', [CompletionResultType]::ParameterName, 'GitHub logins whose lock comments are trusted besides owners, members and collaborators')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'sentinel;help' {
             [CompletionResult]::new('claim', 'claim', [CompletionResultType]::ParameterValue, 'Claim a lock: a GitHub issue number, or a name on the other backends')
             [CompletionResult]::new('release', 'release', [CompletionResultType]::ParameterValue, 'Release a lock held by this worker')
@@ -394,6 +422,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
             [CompletionResult]::new('cluster', 'cluster', [CompletionResultType]::ParameterValue, 'Inspect the coordinator cluster given with --server')
+            [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure''s exit code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -429,6 +458,9 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help;cluster;status' {
+            break
+        }
+        'sentinel;help;doctor' {
             break
         }
         'sentinel;help;help' {

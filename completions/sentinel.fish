@@ -62,6 +62,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d '
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "doctor" -d 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure\'s exit code)'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
@@ -358,15 +359,43 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_se
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'
 complete -c sentinel -n "__fish_sentinel_using_subcommand cluster; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "doctor" -d 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure\'s exit code)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from cluster" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'

@@ -187,9 +187,8 @@ const LOCK_CLIENT: &[&str] = &[
 /// ([`try_parse_from`]); one set in the environment is ignored, since the command does not read it.
 pub fn inherited(command: &str) -> &'static [&'static str] {
     match command {
-        "claim" | "release" | "status" | "heartbeat" | "run" | "steal-stale" | "metrics" => {
-            LOCK_CLIENT
-        }
+        "claim" | "release" | "status" | "heartbeat" | "run" | "steal-stale" | "metrics"
+        | "doctor" => LOCK_CLIENT,
         // A coordinator node: its log under the data directory, the token it requires.
         // --ca-cert: what it trusts when it calls its peers over TLS.
         "serve" => &[
@@ -405,6 +404,9 @@ pub enum Command {
     /// Inspect the coordinator cluster given with --server
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Check the options and the backend they choose: which one and why, where the GitHub token
+    /// comes from, and whether it can be used (exit 0 usable, else the failure's exit code)
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -488,7 +490,7 @@ impl Command {
             Command::StealStale(_) => false,
             Command::Serve(_) => true,
             Command::Completions(_) | Command::Metrics(_) => false,
-            Command::Cluster(_) => false,
+            Command::Cluster(_) | Command::Doctor => false,
         }
     }
 

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::ValueEnum;
+
 use crate::cli::{BackendKind, GlobalArgs, TaskArgs};
 use crate::metrics::Metered;
 use sentinel::backend::Backend;
@@ -61,19 +63,25 @@ fn given(v: Option<&String>) -> Option<String> {
 /// The token from `--token` / SENTINEL_TOKEN (clap reads both), then GITHUB_TOKEN, GH_TOKEN, then
 /// the GitHub CLI's login to the API's host. Says where it came from, never what it is.
 pub fn token(flag: Option<&Secret>, api_url: &str) -> Option<Secret> {
+    let (source, token) = token_source(flag, api_url)?;
+    tracing::info!("GitHub token from {source}");
+    Some(token)
+}
+
+/// [`token`] and where it came from (`--token or SENTINEL_TOKEN`, `GITHUB_TOKEN`, `GH_TOKEN`,
+/// `` `gh auth token` ``), for `doctor` to say.
+pub fn token_source(flag: Option<&Secret>, api_url: &str) -> Option<(&'static str, Secret)> {
     let given = flag
         .map(|t| t.expose().trim().to_string())
         .filter(|t| !t.is_empty());
-    let (source, token) = [
+    [
         ("--token or SENTINEL_TOKEN", given),
         ("GITHUB_TOKEN", env("GITHUB_TOKEN")),
         ("GH_TOKEN", env("GH_TOKEN")),
     ]
     .into_iter()
     .find_map(|(source, t)| Some((source, Secret::new(t?.trim()))))
-    .or_else(|| Some(("`gh auth token`", crate::gh_cli::token(api_url)?)))?;
-    tracing::info!("GitHub token from {source}");
-    Some(token)
+    .or_else(|| Some(("`gh auth token`", crate::gh_cli::token(api_url)?)))
 }
 
 /// Whether this process runs as a GitHub Actions step (`GITHUB_ACTIONS=true`).
@@ -251,9 +259,63 @@ pub fn server_backend(g: &GlobalArgs) -> Result<ServerBackend> {
     ServerBackend::with_tls(server_urls(&raw)?, token.as_ref(), &client_tls(g))
 }
 
+/// The backend the options choose, and what chose it.
+pub struct Selection {
+    /// Resolved: never `Auto`.
+    pub kind: BackendKind,
+    /// The option or variable that chose it, for people (`doctor`).
+    pub reason: String,
+}
+
+/// Which backend the options choose: `--backend` / SENTINEL_BACKEND, or with `auto` the server
+/// backend if `--server` is given, else GitHub if `--repo` is, else local.
+pub fn select_backend(g: &GlobalArgs) -> Selection {
+    let repo = given(g.repo.as_ref());
+    let server = given(g.server.as_ref());
+    let (kind, reason) = match g.backend {
+        BackendKind::Auto if server.is_some() => (
+            BackendKind::Server,
+            format!("{} is set", source("--server", "SENTINEL_SERVER", server)),
+        ),
+        BackendKind::Auto if repo.is_some() => (
+            BackendKind::Github,
+            format!(
+                "{} is set, --server is not",
+                source("--repo", "GITHUB_REPOSITORY", repo)
+            ),
+        ),
+        BackendKind::Auto => (
+            BackendKind::Local,
+            "the default: neither --server (SENTINEL_SERVER) nor --repo (GITHUB_REPOSITORY) is set"
+                .to_string(),
+        ),
+        k => {
+            let named = env("SENTINEL_BACKEND")
+                .is_some_and(|v| BackendKind::from_str(v.trim(), true).is_ok_and(|v| v == k));
+            let by = if named {
+                "SENTINEL_BACKEND"
+            } else {
+                "--backend"
+            };
+            let name = k.to_possible_value().map(|v| v.get_name().to_string());
+            (k, format!("{by} {}", name.unwrap_or_default()))
+        }
+    };
+    Selection { kind, reason }
+}
+
+/// Which of an option and its variable gave `value`: the variable when it holds it (an option
+/// given with the same value changes nothing).
+fn source(option: &str, var: &str, value: Option<String>) -> String {
+    match env(var) {
+        Some(v) if Some(v.trim().to_string()) == value => var.to_string(),
+        _ => option.to_string(),
+    }
+}
+
 impl Context {
-    /// Chooses and builds the backend (`--backend auto`: server if `--server` is given, else
-    /// GitHub if `--repo` is, else local) and the claimant, validating each value before use.
+    /// Chooses ([`select_backend`]) and builds the backend and the claimant, validating each
+    /// value before use.
     ///
     /// # Errors
     ///
@@ -268,13 +330,7 @@ impl Context {
             node_id: id(given(g.node_id.as_ref()), "node id", hostname)?,
         };
         let repo = given(g.repo.as_ref());
-        let server = given(g.server.as_ref());
-        let kind = match g.backend {
-            BackendKind::Auto if server.is_some() => BackendKind::Server,
-            BackendKind::Auto if repo.is_some() => BackendKind::Github,
-            BackendKind::Auto => BackendKind::Local,
-            k => k,
-        };
+        let kind = select_backend(g).kind;
         let data_dir = data_dir(g.data_dir.as_ref())?;
         let backend = Interruptible::new(Metered::new(
             open_backend(g, kind, repo, &data_dir)?,

@@ -5,6 +5,7 @@
 pub mod claim;
 pub mod cluster_status;
 pub mod completions;
+pub mod doctor;
 pub mod heartbeat;
 pub mod metrics;
 pub mod release;
@@ -35,6 +36,10 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
     if let Command::Cluster(ClusterCommand::Status) = &cli.command {
         return cluster_status::exec(&cli.global).await;
     }
+    // A diagnosis reports the options it cannot use instead of failing on them.
+    if let Command::Doctor = &cli.command {
+        return doctor::exec(&cli.global).await;
+    }
     let ctx = Context::from_args(&cli.global)?;
     match &cli.command {
         Command::Claim(a) => claim::exec(&ctx, a).await,
@@ -43,8 +48,10 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
         Command::Heartbeat(a) => heartbeat::exec(&ctx, a).await,
         Command::Run(a) => run::exec(&ctx, a).await,
         Command::StealStale(a) => steal_stale::exec(&ctx, a).await,
-        Command::Completions(_) | Command::Metrics(_) | Command::Serve(_) | Command::Cluster(_) => {
-            unreachable!("handled above")
-        }
+        Command::Completions(_)
+        | Command::Metrics(_)
+        | Command::Serve(_)
+        | Command::Cluster(_)
+        | Command::Doctor => unreachable!("handled above"),
     }
 }

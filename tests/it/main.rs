@@ -11,6 +11,7 @@ mod coordinator_bounds;
 mod coordinator_data;
 mod coordinator_primitives;
 mod coordinator_tls;
+mod doctor;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;

@@ -88,6 +88,9 @@ fn process(st: &mut State, req: &Incoming) -> Response<Body> {
         _ if token.is_some() && caller.is_none() => {
             Reply::error(401, "Bad credentials", "https://docs.github.com/rest")
         }
+        // GitHub answers its rate limit status even to a caller past the limit, and does not
+        // bill it.
+        _ if req.method == "GET" && req.path == "/rate_limit" => rate_limit_status(st, &rate_key),
         _ if st.rate_window(&rate_key).used >= st.limit_for(&rate_key) => {
             rate_limited(st, caller.as_deref(), &request_id)
         }
@@ -163,6 +166,23 @@ fn rate_limited(st: &State, caller: Option<&str>, request_id: &str) -> Reply {
              include the request ID {request_id}."
         ),
         "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+    )
+}
+
+/// `GET /rate_limit`: the caller's primary (`core`) window, under `resources` and as `rate`.
+fn rate_limit_status(st: &mut State, rate_key: &str) -> Reply {
+    let window = st.rate_window(rate_key);
+    let limit = st.limit_for(rate_key);
+    let core = serde_json::json!({
+        "limit": limit,
+        "used": window.used,
+        "remaining": limit.saturating_sub(window.used),
+        "reset": window.reset,
+        "resource": "core",
+    });
+    Reply::json(
+        200,
+        serde_json::json!({"resources": {"core": core}, "rate": core}),
     )
 }
 

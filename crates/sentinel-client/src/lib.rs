@@ -24,6 +24,8 @@
 //! server of a round fails so, no further round is tried and the error is [`Error::Auth`]
 //! (exit 5), naming the URL and what to give.
 
+mod diagnose;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! - shared helpers for backends: [`table`] (a pure lock table with leases), [`statefile`]
 //!   (crash-safe JSON state on disk), [`interrupt`] (undoing a claim a signal cut short),
 //!   [`endpoint`] (user-given URLs, checked without echoing credentials), [`tls`] (what a client
-//!   trusts and presents over TLS).
+//!   trusts and presents over TLS), [`diagnose`] (what `sentinel doctor` reports of a backend).
 //!
 //! Dependency rule: this crate depends on no other crate of the workspace and on no backend's
 //! client library; backends depend on it, never on each other.
@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod diagnose;
 pub mod distributed;
 pub mod duration;
 pub mod endpoint;

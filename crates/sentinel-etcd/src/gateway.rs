@@ -163,6 +163,11 @@ impl Gateway {
         }
     }
 
+    /// The endpoints, in the order given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// `etcd at URL[, URL…]`, for messages (the URLs carry no credentials: they are refused).
     pub fn target(&self) -> String {
         format!("etcd at {}", self.endpoints.join(", "))

@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod diagnose;
 mod gateway;
 
 pub use gateway::{MAX_ANSWER_BYTES, MAX_ENDPOINTS, OP_DEADLINE, REQUEST_TIMEOUT, ROUNDS};

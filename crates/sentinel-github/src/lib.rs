@@ -18,6 +18,7 @@ mod cache;
 mod claim;
 pub mod client;
 pub mod comment;
+mod diagnose;
 mod history;
 mod index;
 mod keep;

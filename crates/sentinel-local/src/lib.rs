@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::diagnose::Check;
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease::{Clock, SystemClock};
@@ -179,6 +180,37 @@ impl LocalBackend {
         tokio::task::spawn_blocking(move || f(this))
             .await
             .map_err(|e| Error::Unexpected(format!("the local store task failed: {e}")))?
+    }
+}
+
+impl LocalBackend {
+    /// `sentinel doctor`'s checks: the store's directory takes a new file (every change is a
+    /// new file renamed over the table) and the table reads. Takes no lock and changes none.
+    pub async fn diagnose(&self) -> Vec<Check> {
+        let checks = self
+            .blocking(|this| {
+                let table = this.store.table_path();
+                let dir = table.parent().unwrap_or(std::path::Path::new("."));
+                let file = dir.join(format!(".doctor.{}", std::process::id()));
+                let written = std::fs::File::create(&file).and_then(|f| f.sync_all());
+                let _ = std::fs::remove_file(&file);
+                let dir_check = match written {
+                    Ok(()) => Check::ok("data directory", format!("{} is writable", dir.display())),
+                    Err(e) => Check::fail(
+                        "data directory",
+                        Error::Unexpected(format!("cannot write in {}: {e}", dir.display())),
+                    ),
+                };
+                let table_check = Check::of(
+                    "lock table",
+                    this.store
+                        .read()
+                        .map(|t| format!("{}: {} lock(s) recorded", table.display(), t.len())),
+                );
+                Ok(vec![dir_check, table_check])
+            })
+            .await;
+        checks.unwrap_or_else(|e| vec![Check::fail("data directory", e)])
     }
 }
 

@@ -52,6 +52,7 @@ use sentinel_core::lock::{
 use sentinel_core::table::{self, LockRecord, LockTable, Op, Response};
 use sentinel_core::tls::ClientTls;
 
+mod diagnose;
 mod layout;
 mod settings;
 mod tls;
@@ -357,9 +358,19 @@ impl PostgresBackend {
         Failure::Final(Error::Unexpected(format!("{target} failed {what}: {text}")))
     }
 
-    /// Runs `op` with a pooled connection, retrying transient failures with short jittered
-    /// pauses within [`OP_DEADLINE`].
+    /// Runs `op` with a pooled connection, once the table and sequence are known to be there,
+    /// retrying transient failures with short jittered pauses within [`OP_DEADLINE`].
     async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        self.call_with(what, true, op).await
+    }
+
+    /// [`PostgresBackend::call`], making sure of the table and sequence first only if `schema`
+    /// (`doctor` looks without creating anything).
+    async fn call_with<T, F, Fut>(&self, what: &str, schema: bool, op: F) -> Result<T>
     where
         F: Fn(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
@@ -377,7 +388,9 @@ impl PostgresBackend {
                         self.inner.target
                     ))),
                 })?;
-                self.ensure_schema(&mut client).await?;
+                if schema {
+                    self.ensure_schema(&mut client).await?;
+                }
                 op(client).await
             })
             .await;

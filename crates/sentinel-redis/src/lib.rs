@@ -45,6 +45,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::diagnose::Check;
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease;
@@ -73,6 +74,9 @@ const RECEIPT_TTL: Duration = Duration::from_secs(60);
 /// The only `maxmemory-policy` that never evicts a lease or a fencing counter: the `volatile-*`
 /// policies evict keys with a TTL, which every lease has.
 const SAFE_POLICY: &str = "noeviction";
+
+/// A server's `maxmemory-policy` if it reports one, or its refusals of `CONFIG GET` and `INFO`.
+type Policy = std::result::Result<Option<String>, (RedisError, RedisError)>;
 
 /// Redis's clock in milliseconds, read inside a script.
 const NOW: &str = "local t = redis.call('TIME')
@@ -398,44 +402,12 @@ impl RedisBackend {
     }
 
     /// Refuses a server that may evict sentinel's keys: only `noeviction` keeps every lease and
-    /// counter. The policy comes from `CONFIG GET`, or `INFO memory` where `CONFIG` is renamed or
-    /// not permitted (managed Redis); where both are refused, it cannot be known, and the
-    /// counters' high-water marks are the remaining guard.
+    /// counter. The policy comes from [`RedisBackend::eviction_policy`]; where it cannot be known,
+    /// the counters' high-water marks are the remaining guard.
     async fn check_evictions(&self) -> Result<()> {
-        let policy = self
-            .call_unchecked("a check of maxmemory-policy", |mut conn| async move {
-                let config: std::result::Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("maxmemory-policy")
-                    .query_async(&mut conn)
-                    .await;
-                let config_refused = match config {
-                    Ok(pair) => return Ok(Ok(pair.get(1).cloned())),
-                    Err(e) if transient(&e) => return Err(e),
-                    Err(e) => e,
-                };
-                match redis::cmd("INFO")
-                    .arg("memory")
-                    .query_async::<String>(&mut conn)
-                    .await
-                {
-                    Ok(info) => Ok(Ok(info.lines().find_map(|l| {
-                        l.strip_prefix("maxmemory_policy:")
-                            .map(|p| p.trim().to_string())
-                    }))),
-                    Err(e) if transient(&e) => Err(e),
-                    Err(info_refused) => Ok(Err((config_refused, info_refused))),
-                }
-            })
-            .await?;
-        match policy {
+        match self.eviction_policy().await? {
             Ok(Some(p)) if p.eq_ignore_ascii_case(SAFE_POLICY) => Ok(()),
-            Ok(Some(p)) => Err(Error::Unavailable(format!(
-                "{} may evict keys under memory pressure (maxmemory-policy {p}): it could drop a \
-                 held lock or its fencing counter and grant the lock twice; set \
-                 maxmemory-policy {SAFE_POLICY} (see docs/redis.md)",
-                self.inner.target
-            ))),
+            Ok(Some(p)) => Err(self.unsafe_policy(&p)),
             Ok(None) => {
                 tracing::debug!(
                     "{} did not report its maxmemory-policy; relying on the fencing counters' \
@@ -455,6 +427,72 @@ impl RedisBackend {
                 Ok(())
             }
         }
+    }
+
+    /// The server's `maxmemory-policy`, from `CONFIG GET`, or `INFO memory` where `CONFIG` is
+    /// renamed or not permitted (managed Redis): `Ok(None)` when neither reports one, `Err` with
+    /// both refusals when both are refused.
+    async fn eviction_policy(&self) -> Result<Policy> {
+        self.call_unchecked("a check of maxmemory-policy", |mut conn| async move {
+            let config: std::result::Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async(&mut conn)
+                .await;
+            let config_refused = match config {
+                Ok(pair) => return Ok(Ok(pair.get(1).cloned())),
+                Err(e) if transient(&e) => return Err(e),
+                Err(e) => e,
+            };
+            match redis::cmd("INFO")
+                .arg("memory")
+                .query_async::<String>(&mut conn)
+                .await
+            {
+                Ok(info) => Ok(Ok(info.lines().find_map(|l| {
+                    l.strip_prefix("maxmemory_policy:")
+                        .map(|p| p.trim().to_string())
+                }))),
+                Err(e) if transient(&e) => Err(e),
+                Err(info_refused) => Ok(Err((config_refused, info_refused))),
+            }
+        })
+        .await
+    }
+
+    /// The refusal of a server whose `maxmemory-policy` `policy` may evict sentinel's keys.
+    fn unsafe_policy(&self, policy: &str) -> Error {
+        Error::Unavailable(format!(
+            "{} may evict keys under memory pressure (maxmemory-policy {policy}): it could drop a \
+             held lock or its fencing counter and grant the lock twice; set \
+             maxmemory-policy {SAFE_POLICY} (see docs/redis.md)",
+            self.inner.target
+        ))
+    }
+
+    /// `sentinel doctor`'s checks: the server answers (with the URL's credentials) and its
+    /// eviction policy is the one the backend accepts. Writes nothing.
+    pub async fn diagnose(&self) -> Vec<Check> {
+        let policy = match self.eviction_policy().await {
+            Ok(policy) => policy,
+            Err(e) => return vec![Check::fail("connection", e)],
+        };
+        let target = &self.inner.target;
+        let connection = Check::ok("connection", format!("{target} answers"));
+        let unknown = "relying on the fencing counters' high-water marks (see docs/redis.md)";
+        let policy = match policy {
+            Ok(Some(p)) if p.eq_ignore_ascii_case(SAFE_POLICY) => Check::ok("maxmemory-policy", p),
+            Ok(Some(p)) => Check::fail("maxmemory-policy", self.unsafe_policy(&p)),
+            Ok(None) => Check::warn(
+                "maxmemory-policy",
+                format!("{target} did not report its maxmemory-policy; {unknown}"),
+            ),
+            Err(_) => Check::warn(
+                "maxmemory-policy",
+                format!("{target} refused CONFIG GET and INFO, so it is unknown; {unknown}"),
+            ),
+        };
+        vec![connection, policy]
     }
 
     /// Runs `op` on the connection, retrying transient failures (a dropped connection, a server

@@ -6,6 +6,7 @@
 //! one arm of `each!`.
 
 use sentinel_core::backend::{Budget, LockBackend, Status};
+use sentinel_core::diagnose::Check;
 use sentinel_core::error::Result;
 use sentinel_core::lock::Claimed;
 use sentinel_core::lock::{
@@ -103,5 +104,13 @@ impl LockBackend for Backend {
 
     async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         each!(self, b => b.claim_next(req).await)
+    }
+}
+
+impl Backend {
+    /// What `sentinel doctor` finds of this backend: each one's own `diagnose`, which looks at
+    /// what its operations depend on without taking or changing a lock.
+    pub async fn diagnose(&self) -> Vec<Check> {
+        each!(self, b => b.diagnose().await)
     }
 }
