@@ -536,6 +536,18 @@ pub struct ClaimTarget {
         conflicts_with = "lock"
     )]
     pub exclude_labels: Vec<String>,
+    /// With --next: the label that marks an issue whose work failed: `run --next` puts it on
+    /// when CMD exits non-zero, and --next skips issues that carry it; '' for none
+    #[arg(
+        long,
+        value_name = "LABEL",
+        default_value = "sentinel:failed",
+        requires = "next"
+    )]
+    pub fail_label: String,
+    /// With --next: take issues that carry --fail-label too
+    #[arg(long, requires = "next")]
+    pub retry_failed: bool,
 }
 
 /// `--strategy`'s values: the core's [`Strategy`] as clap parses it (the core does not depend on
