@@ -63,7 +63,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         'sentinel;claim' {
             [CompletionResult]::new('--label', '--label', [CompletionResultType]::ParameterName, 'With --next: the issue must have this label (repeatable: all of them)')
             [CompletionResult]::new('--exclude-label', '--exclude-label', [CompletionResultType]::ParameterName, 'With --next: the issue must not have this label (repeatable: none of them)')
-            [CompletionResult]::new('--fail-label', '--fail-label', [CompletionResultType]::ParameterName, 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; '''' for none')
+            [CompletionResult]::new('--fail-label', '--fail-label', [CompletionResultType]::ParameterName, 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; '''' for none [default: sentinel:failed]')
             [CompletionResult]::new('--strategy', '--strategy', [CompletionResultType]::ParameterName, 'What to do when the lock is held')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once')
             [CompletionResult]::new('--max-retries', '--max-retries', [CompletionResultType]::ParameterName, 'Retries of the retry and steal-stale strategies')
@@ -193,7 +193,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;run' {
-            [CompletionResult]::new('--fail-label', '--fail-label', [CompletionResultType]::ParameterName, 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; '''' for none')
+            [CompletionResult]::new('--fail-label', '--fail-label', [CompletionResultType]::ParameterName, 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; '''' for none [default: sentinel:failed]')
             [CompletionResult]::new('--strategy', '--strategy', [CompletionResultType]::ParameterName, 'What to do when the lock is held')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once')
             [CompletionResult]::new('--max-retries', '--max-retries', [CompletionResultType]::ParameterName, 'Retries of the retry and steal-stale strategies')

@@ -65,7 +65,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "cluster" -d 'Insp
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l fail-label -d 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; \'\' for none' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l fail-label -d 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; \'\' for none [default: sentinel:failed]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
@@ -197,7 +197,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l json -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l fail-label -d 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; \'\' for none' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l fail-label -d 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; \'\' for none [default: sentinel:failed]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'

@@ -61,6 +61,11 @@ pub(crate) async fn claim_target(
         let _spinner = Spinner::new(ctx.json, "looking for a free issue");
         return ctx.backend.claim_next(&req).await;
     }
+    if target.fail_label.is_some() || target.retry_failed {
+        return Err(Error::usage(
+            "--fail-label and --retry-failed are for the work queue: they need --next",
+        ));
+    }
     let raw = target
         .lock
         .as_deref()
@@ -70,12 +75,15 @@ pub(crate) async fn claim_target(
     Ok((req.lock, outcome))
 }
 
+/// The label of failed issues when `--fail-label` is not given.
+const FAIL_LABEL: &str = "sentinel:failed";
+
 /// The `--fail-label` in force, checked before anything is claimed: `None` for `--fail-label ''`.
 pub(crate) fn fail_label(target: &ClaimTarget) -> Result<Option<String>> {
-    if target.fail_label.is_empty() {
-        return Ok(None);
+    match target.fail_label.as_deref().unwrap_or(FAIL_LABEL) {
+        "" => Ok(None),
+        label => GithubBackend::check_label(label, "--fail-label").map(Some),
     }
-    GithubBackend::check_label(&target.fail_label, "--fail-label").map(Some)
 }
 
 /// `claim --next` or `run --next` that found no free issue: a worker draining a queue expects

@@ -131,6 +131,8 @@ fn claim_next_is_a_usage_error_on_the_local_backend() {
         &["claim", "--next", "7"][..],
         &["claim", "--next", "--strategy", "fail-fast"],
         &["claim", "7", "--label", "bug"],
+        &["claim", "7", "--fail-label", "broken"],
+        &["run", "7", "--retry-failed", "true"],
     ] {
         let out = sentinel(dir.path()).args(args).output().unwrap();
         assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));
