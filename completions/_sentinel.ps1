@@ -64,6 +64,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         'sentinel;claim' {
             [CompletionResult]::new('--label', '--label', [CompletionResultType]::ParameterName, 'With --next: the issue must have this label (repeatable: all of them)')
             [CompletionResult]::new('--exclude-label', '--exclude-label', [CompletionResultType]::ParameterName, 'With --next: the issue must not have this label (repeatable: none of them)')
+            [CompletionResult]::new('--fail-label', '--fail-label', [CompletionResultType]::ParameterName, 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; '''' for none [default: sentinel:failed]')
             [CompletionResult]::new('--strategy', '--strategy', [CompletionResultType]::ParameterName, 'What to do when the lock is held')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once')
             [CompletionResult]::new('--max-retries', '--max-retries', [CompletionResultType]::ParameterName, 'Retries of the retry and steal-stale strategies')
@@ -94,6 +95,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
             [CompletionResult]::new('--trust', '--trust', [CompletionResultType]::ParameterName, 'GitHub logins whose lock comments are trusted besides owners, members and collaborators')
             [CompletionResult]::new('--next', '--next', [CompletionResultType]::ParameterName, 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free')
+            [CompletionResult]::new('--retry-failed', '--retry-failed', [CompletionResultType]::ParameterName, 'With --next: take issues that carry --fail-label too')
             [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast')
             [CompletionResult]::new('--nonblock', '--nonblock', [CompletionResultType]::ParameterName, 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
@@ -192,6 +194,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;run' {
+            [CompletionResult]::new('--fail-label', '--fail-label', [CompletionResultType]::ParameterName, 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; '''' for none [default: sentinel:failed]')
             [CompletionResult]::new('--strategy', '--strategy', [CompletionResultType]::ParameterName, 'What to do when the lock is held')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'The whole time to wait for a held lock (as flock -w), retrying with the backoff until then instead of --max-retries; 0 tries once')
             [CompletionResult]::new('--max-retries', '--max-retries', [CompletionResultType]::ParameterName, 'Retries of the retry and steal-stale strategies')
@@ -225,6 +228,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--node-id', '--node-id', [CompletionResultType]::ParameterName, 'Which machine the worker runs on [default: host name]')
             [CompletionResult]::new('--data-dir', '--data-dir', [CompletionResultType]::ParameterName, 'Where local locks and caches live [default: the user''s data directory]')
             [CompletionResult]::new('--trust', '--trust', [CompletionResultType]::ParameterName, 'GitHub logins whose lock comments are trusted besides owners, members and collaborators')
+            [CompletionResult]::new('--retry-failed', '--retry-failed', [CompletionResultType]::ParameterName, 'With --next: take issues that carry --fail-label too')
             [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast')
             [CompletionResult]::new('--nonblock', '--nonblock', [CompletionResultType]::ParameterName, 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast')
             [CompletionResult]::new('--next', '--next', [CompletionResultType]::ParameterName, 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free')

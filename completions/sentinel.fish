@@ -66,6 +66,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "doctor" -d 'Check
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l fail-label -d 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; \'\' for none [default: sentinel:failed]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
@@ -105,6 +106,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l node-id -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l next -d 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l retry-failed -d 'With --next: take issues that carry --fail-label too'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s n -l nonblock -d 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
@@ -196,6 +198,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -l json -d 
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand heartbeat" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l fail-label -d 'With --next: the label that marks an issue whose work failed: `run --next` puts it on when CMD exits non-zero, and --next skips issues that carry it; \'\' for none [default: sentinel:failed]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l strategy -d 'What to do when the lock is held' -r -f -a "retry\t'Wait and retry with exponential backoff while the lock is held (default)'
 fail-fast\t'Give up at once when the lock is held (exit 3)'
 steal-stale\t'Take over a lock whose heartbeat is older than its TTL; otherwise retry'
@@ -238,6 +241,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l worker-id -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l retry-failed -d 'With --next: take issues that carry --fail-label too'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s n -l nonblock -d 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l next -d 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l json -d 'Print exactly one JSON object on stdout'

@@ -538,6 +538,17 @@ pub struct ClaimTarget {
         conflicts_with = "lock"
     )]
     pub exclude_labels: Vec<String>,
+    /// With --next: the label that marks an issue whose work failed: `run --next` puts it on
+    /// when CMD exits non-zero, and --next skips issues that carry it; '' for none [default:
+    /// sentinel:failed]
+    // Refused without --next by `claim_target`, not by clap: `requires = "next"` is always met
+    // (the flag's default, false, counts as given), and conflicting with LOCK would refuse
+    // `run --next --fail-label L CMD`, whose CMD clap first takes for LOCK.
+    #[arg(long, value_name = "LABEL")]
+    pub fail_label: Option<String>,
+    /// With --next: take issues that carry --fail-label too
+    #[arg(long)]
+    pub retry_failed: bool,
 }
 
 /// `--strategy`'s values: the core's [`Strategy`] as clap parses it (the core does not depend on

@@ -1,6 +1,7 @@
 //! Rendering: one JSON object on stdout with `--json`, otherwise human text and tables; logs and
 //! the spinner go to stderr only. Inside GitHub Actions results also land in `$GITHUB_OUTPUT`
-//! and errors become `::error::` annotations.
+//! and errors become `::error::` annotations; an empty work queue, which a workflow expects, is
+//! a `::notice::` instead.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -24,8 +25,11 @@ pub struct Report {
     pub outputs: Vec<(String, String)>,
     /// Markdown for `$GITHUB_STEP_SUMMARY` (a short table).
     pub summary: Option<String>,
-    /// The process's exit code once printed: 0, except for `run`, which passes on its command's.
+    /// The process's exit code once printed: 0, except for `run`, which passes on its command's,
+    /// and for a [`Report::notice`].
     pub exit_code: i32,
+    /// A line for stderr that tells of an expected outcome rather than a failure.
+    pub notice: Option<String>,
 }
 
 impl Report {
@@ -37,7 +41,21 @@ impl Report {
             outputs: Vec::new(),
             summary: None,
             exit_code: 0,
+            notice: None,
         }
+    }
+
+    /// A conflict that is an answer, not a failure: an empty work queue. The process exits
+    /// `code` and `--json` prints the error object, as for any error, but the line on stderr is
+    /// a notice (`::notice::` inside Actions: a workflow that drains a queue sees no error
+    /// annotation when it is done) and `acquired=false` goes to `$GITHUB_OUTPUT`, as after a
+    /// failed claim.
+    pub fn notice(e: &Error, code: i32) -> Self {
+        let mut report = Report::new(json_error(e, code), "");
+        report.outputs = vec![("acquired".into(), "false".into())];
+        report.exit_code = code;
+        report.notice = Some(e.to_string());
+        report
     }
 
     /// A report that prints nothing: the command has said all it had to say while it ran
@@ -46,8 +64,9 @@ impl Report {
         Report::new(Value::Null, "")
     }
 
-    /// Prints the JSON or the text on stdout (nothing for a [`Report::silent`]), and inside Actions appends the outputs and the
-    /// summary to `$GITHUB_OUTPUT` and `$GITHUB_STEP_SUMMARY`. Write errors are ignored (a
+    /// Prints the JSON or the text on stdout (nothing for a [`Report::silent`]) and the notice
+    /// on stderr, and inside Actions appends the outputs and the summary to `$GITHUB_OUTPUT`
+    /// and `$GITHUB_STEP_SUMMARY` ([`Report::write_actions`]). Write errors are ignored (a
     /// closed pipe must not turn a done lock operation into a failure).
     pub fn print(&self, as_json: bool) {
         let mut out = std::io::stdout().lock();
@@ -61,6 +80,16 @@ impl Report {
         } else {
             writeln!(out, "{}", self.human.trim_end())
         };
+        if let Some(message) = &self.notice {
+            print_stderr_line("notice", message);
+        }
+        self.write_actions();
+    }
+
+    /// Appends the outputs and the summary to `$GITHUB_OUTPUT` and `$GITHUB_STEP_SUMMARY` (when
+    /// the runner names them). `run` calls it once it holds the lock, since its own report comes
+    /// only after its command.
+    pub fn write_actions(&self) {
         let outputs: String = self
             .outputs
             .iter()
@@ -125,23 +154,36 @@ pub fn print_error_exiting(e: &Error, as_json: bool, code: i32) {
 /// The error line on stderr alone, for a failure the command reports itself (`run`'s command
 /// that could not start).
 pub fn print_error_line(message: &str) {
+    print_stderr_line("error", message);
+}
+
+/// One line on stderr at `level` (`error`, `notice`): a workflow command inside Actions,
+/// `sentinel: error: …` or `sentinel: …` elsewhere.
+fn print_stderr_line(level: &str, message: &str) {
     // The runner reads workflow commands from stderr too, which keeps stdout to one JSON object.
     // Writes are allowed to fail (a closed pipe): the exit code still tells.
     let mut err = std::io::stderr().lock();
     let _ = if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
         writeln!(
             err,
-            "::error title=sentinel::{}",
+            "::{level} title=sentinel::{}",
             message.replace('\n', " ")
         )
-    } else {
+    } else if level == "error" {
         writeln!(err, "sentinel: error: {message}")
+    } else {
+        writeln!(err, "sentinel: {message}")
     };
 }
 
 /// The `--json` error object on stdout: `{"ok":false,"error":{"kind","message","exit_code"}}`,
 /// where the process exits `code`.
 pub fn print_json_error(e: &Error, code: i32) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", json_error(e, code));
+}
+
+/// The `--json` error object of [`print_json_error`].
+fn json_error(e: &Error, code: i32) -> Value {
     let mut v = json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}});
     if let Error::RateLimited {
         retry_after: Some(wait),
@@ -150,7 +192,7 @@ pub fn print_json_error(e: &Error, code: i32) {
     {
         v["error"]["retry_after_secs"] = json!(wait.as_secs());
     }
-    let _ = writeln!(std::io::stdout().lock(), "{v}");
+    v
 }
 
 /// The holder as JSON, the same fields as its serde form (`null` should it fail to serialize).

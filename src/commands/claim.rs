@@ -9,13 +9,17 @@ use crate::config::{Context, task_info};
 use crate::output::{Report, Spinner, holder_json, summary_table};
 use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
+use sentinel::github::GithubBackend;
 use sentinel::lease;
 use sentinel::lock::Claimed;
 use sentinel::lock::{AcquireRequest, LockId, NextRequest};
 use sentinel::strategy::{self, Policy, Strategy};
 
 pub async fn exec(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
-    let (lock, outcome) = claim_target(ctx, &args.target, &args.claim).await?;
+    let (lock, outcome) = match claim_target(ctx, &args.target, &args.claim).await {
+        Ok(claimed) => claimed,
+        Err(e) => return empty_queue(&args.target, &args.claim, &e).ok_or(e),
+    };
     let what = ctx.backend.describe(&lock);
     let mut report = granted(ctx, "claim", &what, &lock, &outcome);
     if args.target.next {
@@ -33,15 +37,34 @@ pub(crate) async fn claim_target(
     opts: &ClaimOptions,
 ) -> Result<(LockId, Claimed)> {
     if target.next {
+        let mut exclude_labels = target.exclude_labels.clone();
+        // Asking for them by name (`--label sentinel:failed`) takes failed issues too.
+        let asked = |l: &String| {
+            target
+                .labels
+                .iter()
+                .any(|w| w.trim().eq_ignore_ascii_case(l))
+        };
+        if let Some(failed) = fail_label(target)?
+            && !target.retry_failed
+            && !asked(&failed)
+        {
+            exclude_labels.push(failed);
+        }
         let req = NextRequest {
             labels: target.labels.clone(),
-            exclude_labels: target.exclude_labels.clone(),
+            exclude_labels,
             claimant: ctx.claimant.clone(),
             ttl: lease::validate_ttl(opts.ttl)?,
             task_info: task_info(&opts.task)?,
         };
         let _spinner = Spinner::new(ctx.json, "looking for a free issue");
         return ctx.backend.claim_next(&req).await;
+    }
+    if target.fail_label.is_some() || target.retry_failed {
+        return Err(Error::usage(
+            "--fail-label and --retry-failed are for the work queue: they need --next",
+        ));
     }
     let raw = target
         .lock
@@ -50,6 +73,25 @@ pub(crate) async fn claim_target(
     let (req, policy) = request(ctx, raw, opts)?;
     let outcome = acquire(ctx, &req, &policy).await?;
     Ok((req.lock, outcome))
+}
+
+/// The label of failed issues when `--fail-label` is not given.
+const FAIL_LABEL: &str = "sentinel:failed";
+
+/// The `--fail-label` in force, checked before anything is claimed: `None` for `--fail-label ''`.
+pub(crate) fn fail_label(target: &ClaimTarget) -> Result<Option<String>> {
+    match target.fail_label.as_deref().unwrap_or(FAIL_LABEL) {
+        "" => Ok(None),
+        label => GithubBackend::check_label(label, "--fail-label").map(Some),
+    }
+}
+
+/// `claim --next` or `run --next` that found no free issue: a worker draining a queue expects
+/// this, so it is reported as a notice, exiting with the conflict exit code all the same. `None`
+/// for every other error.
+pub(crate) fn empty_queue(target: &ClaimTarget, opts: &ClaimOptions, e: &Error) -> Option<Report> {
+    (target.next && matches!(e, Error::Conflict(_)))
+        .then(|| Report::notice(e, e.status(Some(opts.conflict_exit_code))))
 }
 
 /// The validated request and policy `claim` options describe, refused (exit 2) before anything is

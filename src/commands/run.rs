@@ -3,6 +3,10 @@
 //! Claim, start the command with the lock in its environment, renew while it runs, release when it
 //! ends, exit with its exit code. Stdout belongs to the command: sentinel's own lines go to
 //! stderr, and with `--json` one JSON object follows the command's output.
+//!
+//! `run --next` is the work queue's worker: a command that fails leaves its issue labelled
+//! (`--fail-label`) before the release, so that the queue does not hand the same failing issue
+//! out again and again.
 
 use std::pin::pin;
 
@@ -14,7 +18,7 @@ use crate::child;
 use crate::cli::RunArgs;
 use crate::config::Context;
 use crate::output::{self, Report};
-use sentinel::backend::LockBackend;
+use sentinel::backend::{Backend, LockBackend};
 use sentinel::error::{Error, Result};
 use sentinel::interrupt::{self, Signals};
 use sentinel::keepalive::{self, Keepalive, Timing};
@@ -26,11 +30,28 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let mut signals = Signals::listen()?;
     // Settings that cannot keep the lock alive are refused before anything is claimed.
     Timing::for_ttl(args.interval, lease::validate_ttl(args.claim.ttl)?)?;
-    let (claimed, lock) = claim_unless_interrupted(ctx, args, &mut signals).await?;
+    let fail_label = match args.target.next {
+        true => claim::fail_label(&args.target)?,
+        false => None,
+    };
+    let (claimed, lock) = match claim_unless_interrupted(ctx, args, &mut signals).await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            if let Some(report) = claim::empty_queue(&args.target, &args.claim, &e) {
+                return Ok(report);
+            }
+            output::claim_failed_output();
+            return Err(e);
+        }
+    };
     // From here on `run` releases the lock itself on every path: nothing is left to undo.
     interrupt::reported();
     let holder = claimed.grant.holder.clone();
     let what = ctx.backend.describe(&lock);
+    // Inside Actions, the claim's outputs and summary row, as `claim` writes them; `run`'s own
+    // report comes only after the command.
+    let granted = claim::granted(ctx, "run", &what, &lock, &claimed);
+    granted.write_actions();
     let worker = ctx.claimant.worker_id.clone();
     let release_req = ReleaseRequest {
         lock: lock.clone(),
@@ -60,6 +81,9 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
         "worker_id": worker,
         "fencing_token": holder.fencing_token,
     });
+    if let Some(issue) = granted.json.get("issue") {
+        json["issue"] = issue.clone();
+    }
     let cmd = match child::spawn(&args.command, &env) {
         Ok(c) => c,
         Err(not_started) => {
@@ -85,9 +109,19 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
         ttl: None,
     };
     let keep = Keepalive::new(renew, holder, claimed.attempt_started, timing);
-    let (exit, summary) = supervise(ctx, args, &what, cmd, keep, &mut signals).await?;
+    let (exit, summary, signalled) = supervise(ctx, args, &what, cmd, keep, &mut signals).await?;
+    // A command stopped by a signal passed on to it (a cancelled job) did not fail on its own.
+    let labelled = match (&fail_label, &release_req.lock) {
+        (Some(label), LockId::Issue(issue)) if exit.code != 0 && !signalled => {
+            label_failed(ctx, *issue, label, exit.code).await
+        }
+        _ => None,
+    };
     let released = release(ctx, &release_req, &summary.holder).await?;
     tracing::info!(code = exit.code, released, lock = %what, "the command exited");
+    if args.target.next {
+        json["labelled"] = json!(labelled);
+    }
     json["exit_code"] = json!(exit.code);
     json["signal"] = json!(exit.signal);
     json["renewals"] = json!(summary.renewals);
@@ -115,8 +149,9 @@ async fn claim_unless_interrupted(
 }
 
 /// Runs the command while `keep` renews the lock, forwarding signals to it, until it exits: its
-/// exit and what the renewals ended with. A lease lost meanwhile stops the command (after
-/// `--kill-grace`) and is the error: nothing is left to release.
+/// exit, what the renewals ended with, and whether a signal was passed on to it. A lease lost
+/// meanwhile stops the command (after `--kill-grace`) and is the error: nothing is left to
+/// release.
 async fn supervise(
     ctx: &Context,
     args: &RunArgs,
@@ -124,7 +159,8 @@ async fn supervise(
     mut cmd: child::Child,
     keep: Keepalive,
     signals: &mut Signals,
-) -> Result<(child::Exit, keepalive::Summary)> {
+) -> Result<(child::Exit, keepalive::Summary, bool)> {
+    let mut signalled = false;
     let (stop, stopped) = oneshot::channel::<()>();
     let mut keep = pin!(keep.run(&ctx.backend, async {
         let _ = stopped.await;
@@ -142,14 +178,44 @@ async fn supervise(
                 tracing::info!(code = exit.code, "the command stopped");
                 return Err(lost);
             }
-            signal = signals.recv() => cmd.forward(signal),
+            signal = signals.recv() => {
+                signalled = true;
+                cmd.forward(signal);
+            }
         }
     };
     let _ = stop.send(());
     // A renewal still in flight finishes first; if it found the lock gone, it is not ours to
     // release.
     let summary = keep.await?;
-    Ok((exit?, summary))
+    Ok((exit?, summary, signalled))
+}
+
+/// Puts `label` on the issue whose command failed, while the lock is still ours, so that no
+/// worker takes the issue before the label is on: the label it was given, or `None` when GitHub
+/// refused it (a warning: the command's exit code stands, and the issue goes back to the queue
+/// as it would have without a label).
+async fn label_failed(ctx: &Context, issue: u64, label: &str, code: i32) -> Option<String> {
+    // `--next` takes issues from GitHub only.
+    let Backend::Github(gh) = ctx.backend.inner().inner() else {
+        return None;
+    };
+    match gh.label_issue(issue, label).await {
+        Ok(()) => {
+            tracing::warn!(
+                "the command exited {code}: labelled #{issue} {label}, which --next skips \
+                 (--retry-failed takes it again)"
+            );
+            Some(label.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the command exited {code}, but #{issue} could not be labelled {label}: {e}; \
+                 it goes back to the queue"
+            );
+            None
+        }
+    }
 }
 
 /// The claim step: one call that yields the grant and the lock it is for, so that `run --next`

@@ -192,7 +192,7 @@ fn conflict_exit_code_covers_an_empty_queue() {
         &["claim", "--next", "--conflict-exit-code", "75"],
     );
     assert_eq!(code(&out), 75, "{}", text(&out));
-    assert!(text(&out).contains("no free open issue"), "{}", text(&out));
+    assert!(text(&out).contains("no open issue in"), "{}", text(&out));
 }
 
 #[test]

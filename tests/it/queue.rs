@@ -2,9 +2,12 @@
 //! draining one backlog.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
 use std::time::Duration;
 
-use crate::support::{Gh, REPO, code, sentinel, stdout_json, text};
+use serde_json::{Value, json};
+
+use crate::support::{Gh, REPO, Running, code, sentinel, stdout_json, text, wait_for};
 
 /// `claim --next ARGS --json` by `worker`: the issue it claimed, or the exit code.
 fn next(gh: &Gh, token: &str, worker: &str, args: &[&str]) -> Result<u64, i32> {
@@ -128,6 +131,8 @@ fn claim_next_is_a_usage_error_on_the_local_backend() {
         &["claim", "--next", "7"][..],
         &["claim", "--next", "--strategy", "fail-fast"],
         &["claim", "7", "--label", "bug"],
+        &["claim", "7", "--fail-label", "broken"],
+        &["run", "7", "--retry-failed", "true"],
     ] {
         let out = sentinel(dir.path()).args(args).output().unwrap();
         assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));
@@ -262,4 +267,189 @@ fn run_next_works_the_oldest_free_issue_and_releases_it() {
     );
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(!seen.exists());
+}
+
+/// `gh.cmd` inside Actions, with the runner's output and summary files in the test's data
+/// directory.
+fn in_actions(gh: &Gh, worker: &str, args: &[&str]) -> Output {
+    gh.cmd(&gh.alice, worker, args)
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_OUTPUT", gh.data.path().join("output"))
+        .env("GITHUB_STEP_SUMMARY", gh.data.path().join("summary"))
+        .output()
+        .unwrap()
+}
+
+/// A runner file `in_actions` wrote, empty when none was.
+fn runner_file(gh: &Gh, name: &str) -> String {
+    std::fs::read_to_string(gh.data.path().join(name)).unwrap_or_default()
+}
+
+/// Inside Actions, `run --next` writes what `claim --next` writes, so that later steps read the
+/// issue from the `run` step's outputs.
+#[test]
+fn run_next_inside_actions_writes_the_claims_outputs_and_summary() {
+    let gh = Gh::new();
+    let n = gh.emu.create_issue(REPO, "queued");
+    let out = in_actions(&gh, "job-1", &["run", "--next", "--json", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["issue"], n);
+    let token = v["fencing_token"].as_u64().unwrap();
+    let written = runner_file(&gh, "output");
+    for line in [
+        "acquired=true\n".to_string(),
+        format!("lock={n}\n"),
+        format!("issue={n}\n"),
+        "holder=job-1\n".to_string(),
+        "worker_id=job-1\n".to_string(),
+        format!("fencing_token={token}\n"),
+    ] {
+        assert!(written.contains(&line), "{line:?} missing from {written:?}");
+    }
+    let table = runner_file(&gh, "summary");
+    assert!(
+        table.contains("| sentinel | lock | worker | fencing token | expires |")
+            && table.contains(&format!("| 🔒 claimed | {REPO}#{n} | `job-1` | {token} |")),
+        "{table}"
+    );
+    assert!(gh.held_lock_comments(n).is_empty(), "released");
+}
+
+/// A command that fails leaves its issue labelled and released; the queue skips it from then on,
+/// unless asked to retry failed issues. `--fail-label` names the label, and `''` turns it off.
+#[test]
+fn a_failing_command_labels_its_issue_and_the_queue_skips_it() {
+    let gh = Gh::new();
+    let failing = gh.emu.create_issue(REPO, "fails");
+    let fine = gh.emu.create_issue(REPO, "works");
+    for n in [failing, fine] {
+        gh.emu.add_labels(REPO, n, &["queue"]);
+    }
+    let labels = |n: u64| gh.emu.issue_view(REPO, n).labels;
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--next", "--label", "queue", "--json"];
+        all.extend_from_slice(args);
+        let out = gh.run(&gh.alice, "w1", &all);
+        let v = stdout_json(&out);
+        let n = v["issue"].as_u64().unwrap();
+        assert!(gh.held_lock_comments(n).is_empty(), "#{n} released");
+        (code(&out), n, v["labelled"].clone(), text(&out))
+    };
+    // With `--fail-label ''` nothing is labelled.
+    let (code_, n, labelled, _) = run(&["--fail-label", "", "--", "sh", "-c", "exit 2"]);
+    assert_eq!((code_, n, labelled), (2, failing, Value::Null));
+    assert_eq!(labels(failing), ["queue"]);
+    // By default, `sentinel:failed`.
+    let (code_, n, labelled, out) = run(&["--", "sh", "-c", "exit 1"]);
+    assert_eq!((code_, n), (1, failing), "the command's exit code: {out}");
+    assert_eq!(labelled, "sentinel:failed");
+    assert_eq!(labels(failing), ["queue", "sentinel:failed"]);
+    assert!(
+        out.contains(&format!("labelled #{failing} sentinel:failed")),
+        "{out}"
+    );
+
+    // The next worker skips the failed issue, though it is older and free.
+    let q = |args: &[&str]| next(&gh, &gh.bob, "w2", args);
+    assert_eq!(q(&["--label", "queue"]), Ok(fine));
+    let out = gh.run(&gh.bob, "w2", &["claim", "--next", "--label", "queue"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "no free open issue labelled queue in {REPO}: 1 locked (live or stale), 1 labelled sentinel:failed"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(q(&["--label", "queue", "--retry-failed"]), Ok(failing));
+    for n in [failing, fine] {
+        let out = gh.run(&gh.bob, "w2", &["release", &n.to_string()]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+    }
+    // Nobody else claiming right now: the oldest free issue, not a random pick among them.
+    gh.emu.advance_clock(chrono::Duration::seconds(30));
+
+    // A label of one's own: that one is skipped, and put on.
+    let (code_, n, labelled, _) = run(&["--fail-label", "broken", "--", "sh", "-c", "exit 2"]);
+    assert_eq!((code_, n, labelled), (2, failing, json!("broken")));
+    assert_eq!(labels(failing), ["queue", "sentinel:failed", "broken"]);
+    // A command that succeeds, or that a signal passed on to it stopped (a cancelled job), is
+    // not a failure of its issue.
+    let (code_, n, labelled, _) = run(&["--", "true"]);
+    assert_eq!((code_, n, labelled), (0, fine, Value::Null));
+    let started = gh.data.path().join("started");
+    let script = format!("touch {}; exec sleep 30", started.display());
+    let mut runner = Running::spawn(&mut gh.cmd(
+        &gh.alice,
+        "w1",
+        &[
+            "run", "--next", "--label", "queue", "--", "sh", "-c", &script,
+        ],
+    ));
+    wait_for(Duration::from_secs(20), "the command", || started.exists());
+    runner.signal("TERM");
+    let out = runner.exit_within(Duration::from_secs(20));
+    assert_eq!(code(&out), 143, "{}", text(&out));
+    assert!(gh.held_lock_comments(fine).is_empty(), "released");
+    assert_eq!(labels(fine), ["queue"]);
+}
+
+/// An empty queue is what a worker draining it waits for: a notice, not an error, exiting with
+/// the conflict exit code, and saying why nothing was taken.
+#[test]
+fn an_empty_queue_is_a_notice_with_the_conflict_exit_code() {
+    let gh = Gh::new();
+    let not_ready = gh.emu.create_issue(REPO, "not ready");
+    let out = in_actions(&gh, "job-1", &["claim", "--next", "--label", "ready"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "::notice title=sentinel::no open issue labelled ready in {REPO}\n"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("::error"), "{stderr}");
+    assert!(runner_file(&gh, "output").ends_with("acquired=false\n"));
+
+    let out = in_actions(
+        &gh,
+        "job-1",
+        &[
+            "run",
+            "--next",
+            "--label",
+            "ready",
+            "--conflict-exit-code",
+            "7",
+            "--json",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(code(&out), 7, "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("::notice title=sentinel::no open issue labelled ready"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("::error"), "{stderr}");
+    let v = stdout_json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["error"]["kind"].clone()),
+        (json!(false), json!("conflict"))
+    );
+    assert_eq!(v["error"]["exit_code"], 7);
+    assert!(runner_file(&gh, "output").ends_with("acquired=false\n"));
+
+    // Outside Actions: one plain line, not an error.
+    gh.emu.close_issue(REPO, not_ready);
+    let out = gh.run(&gh.alice, "w", &["claim", "--next"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("sentinel: no open issue in {REPO}\n")
+    );
+    assert!(out.stdout.is_empty());
 }

@@ -12,6 +12,10 @@
 //! seconds picks at random among the first few free issues, about twice as many as there are
 //! claimers about; a worker that loses a race lists the lock comments again and spreads twice as
 //! wide. A worker alone takes the oldest free issue.
+//!
+//! An issue whose work failed would otherwise come back to the next worker, and fail again, for
+//! ever: `run --next` puts a label on it while it still holds the lock ([`GithubBackend::label_issue`],
+//! one write, only on failure), and the CLI excludes that label from the queue.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -19,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use octocrab::models::IssueState;
 use octocrab::models::issues::Issue;
+use serde_json::json;
 
 use super::GithubBackend;
 use super::resolve::{Record, resolve};
@@ -34,6 +39,8 @@ const LISTING_WINDOW: Duration = Duration::from_secs(86_400);
 const RECENT: Duration = Duration::from_secs(10);
 /// The most free issues a worker spreads over.
 const MAX_SPREAD: usize = 16;
+/// GitHub refuses longer label names.
+const MAX_LABEL_LEN: usize = 50;
 
 /// An open issue that matches the labels.
 struct Candidate {
@@ -43,14 +50,29 @@ struct Candidate {
 }
 
 /// The open issues (not pull requests) of one page that have every wanted label and no unwanted
-/// one, in the listing's order.
-fn matching(issues: Vec<Issue>, wanted: &[String], unwanted: &[String]) -> Vec<Candidate> {
+/// one, in the listing's order. `kept_out[k]` counts the issues the `k`th unwanted label kept out
+/// (an issue with several under the first), so that an empty queue can say why it is empty.
+fn matching(
+    issues: Vec<Issue>,
+    wanted: &[String],
+    unwanted: &[String],
+    kept_out: &mut [usize],
+) -> Vec<Candidate> {
     issues
         .into_iter()
         .filter(|i| i.pull_request.is_none() && !matches!(i.state, IssueState::Closed))
         .filter(|i| {
             let has = |l: &String| i.labels.iter().any(|x| x.name.eq_ignore_ascii_case(l));
-            wanted.iter().all(has) && !unwanted.iter().any(has)
+            if !wanted.iter().all(has) {
+                return false;
+            }
+            match unwanted.iter().position(has) {
+                Some(k) => {
+                    kept_out[k] += 1;
+                    false
+                }
+                None => true,
+            }
         })
         .map(|i| Candidate {
             number: i.number,
@@ -90,6 +112,8 @@ struct Walk<'a> {
     tried: HashSet<u64>,
     /// Issues that matched the labels, over every page.
     matching: usize,
+    /// Issues with the wanted labels that an unwanted one kept out, per unwanted label.
+    kept_out: Vec<usize>,
     /// Issues closed, deleted or transferred since they were listed.
     gone: usize,
     attempts: u32,
@@ -109,6 +133,7 @@ impl GithubBackend {
             view: None,
             tried: HashSet::new(),
             matching: 0,
+            kept_out: vec![0; unwanted.len()],
             gone: 0,
             attempts: 0,
             lost: 0,
@@ -118,7 +143,12 @@ impl GithubBackend {
             if !resp.status.is_success() {
                 return Err(self.repo_error(&resp));
             }
-            let candidates = matching(resp.json::<Vec<Issue>>()?, &wanted, &unwanted);
+            let candidates = matching(
+                resp.json::<Vec<Issue>>()?,
+                &wanted,
+                &unwanted,
+                &mut walk.kept_out,
+            );
             walk.matching += candidates.len();
             // Issues are oldest first: the first one with comments bounds the whole listing.
             if walk.view.is_none()
@@ -217,6 +247,11 @@ impl GithubBackend {
                     };
                     walk.view = Some(self.lock_view(oldest, &walk.req.claimant.worker_id).await?);
                 }
+                // Claims kept tying with releases: busy, as when taken. The only conflict
+                // `claim --next` returns is then the empty queue's.
+                Err(e @ Error::Conflict(_)) => {
+                    tracing::info!(issue = c.number, error = %e, "issue contested; trying another");
+                }
                 // Closed, deleted or transferred since it was listed: not part of the queue.
                 Err(e @ (Error::Usage(_) | Error::NotFound(_))) => {
                     tracing::info!(issue = c.number, error = %e, "issue left the queue; trying another");
@@ -227,23 +262,31 @@ impl GithubBackend {
         }
     }
 
-    /// The conflict (exit 3) of a walk that found every matching issue locked.
+    /// The conflict (exit 3) of a walk that found no free issue, saying why: no open issue has
+    /// the wanted labels at all (a misspelt label looks like this), or how many are locked and
+    /// how many each unwanted label kept out.
     fn queue_empty(&self, walk: &Walk<'_>, wanted: &[String], unwanted: &[String]) -> Error {
-        let mut which = String::new();
-        if !wanted.is_empty() {
-            which.push_str(&format!(" labelled {}", wanted.join(", ")));
+        let which = match wanted {
+            [] => String::new(),
+            labels => format!(" labelled {}", labels.join(", ")),
+        };
+        let mut why = Vec::new();
+        let locked = walk.matching.saturating_sub(walk.gone);
+        if locked > 0 {
+            why.push(format!("{locked} locked (live or stale)"));
         }
-        if !unwanted.is_empty() {
-            which.push_str(&format!(
-                "{} not labelled {}",
-                if wanted.is_empty() { "" } else { " and" },
-                unwanted.join(", ")
-            ));
+        for (label, n) in unwanted.iter().zip(&walk.kept_out) {
+            if *n > 0 {
+                why.push(format!("{n} labelled {label}"));
+            }
+        }
+        if why.is_empty() {
+            return Error::Conflict(format!("no open issue{which} in {}", self.repo));
         }
         Error::Conflict(format!(
-            "no free open issue in {}{which}: {} match, all locked (live or stale)",
+            "no free open issue{which} in {}: {}",
             self.repo,
-            walk.matching.saturating_sub(walk.gone)
+            why.join(", ")
         ))
     }
 
@@ -273,16 +316,40 @@ impl GithubBackend {
 /// Trims and checks label arguments.
 fn labels(raw: &[String], option: &str) -> Result<Vec<String>> {
     raw.iter()
-        .map(|l| {
-            let l = l.trim();
-            if l.is_empty() || l.chars().any(char::is_control) {
-                return Err(Error::usage(format!(
-                    "invalid {option} {l:?}: a label name is visible text"
-                )));
-            }
-            Ok(l.to_string())
-        })
+        .map(|l| GithubBackend::check_label(l, option))
         .collect()
+}
+
+impl GithubBackend {
+    /// A label name as GitHub takes it, trimmed: visible text of at most [`MAX_LABEL_LEN`]
+    /// characters. `option` names the argument in the error.
+    pub fn check_label(raw: &str, option: &str) -> Result<String> {
+        let l = raw.trim();
+        if l.is_empty() || l.chars().any(char::is_control) || l.chars().count() > MAX_LABEL_LEN {
+            return Err(Error::usage(format!(
+                "invalid {option} {l:?}: a label name is visible text of at most {MAX_LABEL_LEN} characters"
+            )));
+        }
+        Ok(l.to_string())
+    }
+
+    /// Puts `label` on an issue whose work failed, so that the work queue skips it (`--exclude-label`);
+    /// GitHub creates a label the repository does not have yet. One write, made while the caller
+    /// still holds the lock, then the settle pause: GitHub's lists lag writes, and the release
+    /// that follows must not show the issue free to other workers before they can see the label.
+    pub async fn label_issue(&self, issue: u64, label: &str) -> Result<()> {
+        let label = Self::check_label(label, "label")?;
+        let path = format!("{}/labels", self.issue_path(issue));
+        let resp = self
+            .client
+            .post_idempotent(&path, &json!({ "labels": [label] }))
+            .await?;
+        if !resp.status.is_success() {
+            return Err(self.issue_error(issue, &resp));
+        }
+        tokio::time::sleep(self.settle).await;
+        Ok(())
+    }
 }
 
 /// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
@@ -313,7 +380,12 @@ mod tests {
     fn label_arguments_are_checked() {
         let ok = labels(&[" bug ".into(), "a,b".into()], "--label").unwrap();
         assert_eq!(ok, ["bug", "a,b"]);
-        for bad in ["", "  ", "a\nb"] {
+        let longest = "x".repeat(MAX_LABEL_LEN);
+        assert_eq!(
+            labels(std::slice::from_ref(&longest), "--label").unwrap(),
+            [longest]
+        );
+        for bad in ["", "  ", "a\nb", &"x".repeat(MAX_LABEL_LEN + 1)] {
             assert!(labels(&[bad.into()], "--label").is_err(), "{bad:?}");
         }
     }
