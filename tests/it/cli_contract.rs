@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::serve::{TOKEN, free_addr};
-use crate::support::{Gh, Running, code, local, sentinel, stdout_json, text, wait_for};
+use crate::support::{Gh, REPO, Running, code, local, sentinel, stdout_json, text, wait_for};
 
 #[test]
 fn blank_environment_variables_count_as_unset() {
@@ -280,4 +280,49 @@ fn wait_longer_than_the_coordinator_waits_is_refused() {
     .unwrap();
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("at most 10m"), "{}", text(&out));
+}
+
+#[test]
+fn a_claim_right_after_a_release_records_it_and_wins_the_same_second() {
+    let gh = Gh::new();
+    let issue = gh.emu.create_issue(REPO, "the queue's common case");
+    let n = issue.to_string();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut ties = 0;
+    for round in 0..5 {
+        let a = gh.run(&gh.alice, "a", &["claim", &n, "--json"]);
+        assert_eq!(code(&a), 0, "round {round}: {}", text(&a));
+        let a_comment = stdout_json(&a)["fencing_token"].as_u64().unwrap();
+        let rel = gh.run(&gh.alice, "a", &["release", &n]);
+        assert_eq!(code(&rel), 0, "round {round}: {}", text(&rel));
+        gh.emu.clear_requests();
+        // Another machine (no shared cache), at once, and without waiting: one attempt.
+        let b = gh
+            .cmd_in(b_dir.path(), &gh.bob, "b", &["claim", &n, "-n", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&b), 0, "round {round}: {}", text(&b));
+        let b_comment = stdout_json(&b)["fencing_token"].as_u64().unwrap();
+        // One lock comment written, none withdrawn: no second claim a second later.
+        let writes: Vec<String> = gh
+            .emu
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET" && r.path.contains("comments"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        assert_eq!(writes.len(), 1, "round {round}: {writes:?}");
+        let comments = gh.emu.comments(REPO, issue);
+        let released = comments.iter().find(|c| c.id == a_comment).unwrap();
+        let claimed = comments.iter().find(|c| c.id == b_comment).unwrap();
+        if claimed.created_at == released.updated_at {
+            ties += 1;
+        }
+        let rel = gh
+            .cmd_in(b_dir.path(), &gh.bob, "b", &["release", &n])
+            .output()
+            .unwrap();
+        assert_eq!(code(&rel), 0, "round {round}: {}", text(&rel));
+    }
+    assert!(ties > 0, "no round put the claim in the release's second");
 }
