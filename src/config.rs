@@ -345,6 +345,23 @@ impl Context {
     }
 }
 
+/// Why the GitHub backend was chosen, when nothing but `GITHUB_REPOSITORY` (set in every Actions
+/// job, where nobody typed it) chose it: said beside a lock name it refuses, or the user is left
+/// wondering why a name is not an issue number. `None` when the user asked for GitHub.
+pub fn github_chosen_by_environment(g: &GlobalArgs) -> Option<&'static str> {
+    let repo_flag = std::env::args_os()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--repo" || a.to_string_lossy().starts_with("--repo="));
+    let by_env = g.backend == BackendKind::Auto
+        && given(g.server.as_ref()).is_none()
+        && !repo_flag
+        && given(g.repo.as_ref()).is_some_and(|r| env("GITHUB_REPOSITORY").as_deref() == Some(&r));
+    by_env.then_some(
+        "the github backend was picked because GITHUB_REPOSITORY is set; lock names on github \
+         are issue numbers; use --backend local (or redis, postgres, etcd, server) for named locks",
+    )
+}
+
 /// The backend of `kind` (resolved: never `Auto`), from the options it needs.
 fn open_backend(
     g: &GlobalArgs,

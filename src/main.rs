@@ -39,6 +39,36 @@ fn json_requested() -> bool {
         .any(|a| a == "--json")
 }
 
+/// Clap's error as one line for JSON: its text up to the usage, with what follows a colon (the
+/// arguments that were not provided) kept on it and tips after a `;`.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim);
+    let mut out = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    let mut listing = out.ends_with(':');
+    let mut items = 0;
+    for line in lines {
+        if line.is_empty() {
+            listing = false;
+            continue;
+        }
+        if listing {
+            out.push_str(if items == 0 { " " } else { ", " });
+            items += 1;
+        } else {
+            out.push_str("; ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 fn main() {
     let cli = match sentinel_cli::cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
@@ -50,11 +80,10 @@ fn main() {
             }
             let json = json_requested();
             if json {
-                let first = e.to_string().lines().next().unwrap_or_default().to_string();
                 output::print_json_error(
                     &Error::usage(format!(
                         "{}; see `sentinel --help`",
-                        first.trim_start_matches("error: ")
+                        one_line(&e.render().to_string())
                     )),
                     ExitCode::Usage.code(),
                 );
@@ -65,6 +94,7 @@ fn main() {
     };
     init_logs(&cli);
     let json = cli.global.json;
+    let chosen_by_env = sentinel_cli::config::github_chosen_by_environment(&cli.global);
     let is_claim = matches!(cli.command, Command::Claim(_));
     let conflict_code = cli.command.conflict_exit_code();
     let owns_signals = cli.command.owns_signals();
@@ -110,6 +140,12 @@ fn main() {
             }
         }
         Err(e) => {
+            let e = match (e, chosen_by_env) {
+                (Error::Usage(msg), Some(why)) if msg.starts_with("invalid issue number") => {
+                    Error::Usage(format!("{msg}; {why}"))
+                }
+                (e, _) => e,
+            };
             let code = e.status(conflict_code);
             output::print_error_exiting(&e, json, code);
             if is_claim {
@@ -117,5 +153,27 @@ fn main() {
             }
             std::process::exit(code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_usage_error_keeps_what_is_missing_on_its_one_line() {
+        let missing = "error: the following required arguments were not provided:\n  <LOCK>\n  \
+                       --ttl <TTL>\n\nUsage: sentinel release <LOCK>\n\nFor more information, \
+                       try '--help'.\n";
+        assert_eq!(
+            one_line(missing),
+            "the following required arguments were not provided: <LOCK>, --ttl <TTL>"
+        );
+        let tip = "error: unexpected argument '--x' found\n\n  tip: to pass '--x' as a value, \
+                   use '-- --x'\n\nUsage: sentinel run\n";
+        assert_eq!(
+            one_line(tip),
+            "unexpected argument '--x' found; tip: to pass '--x' as a value, use '-- --x'"
+        );
     }
 }

@@ -4,9 +4,10 @@
 //! a `::notice::` instead.
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{Value, json};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
@@ -200,15 +201,24 @@ pub fn holder_json(h: &Holder) -> Value {
     serde_json::to_value(h).unwrap_or(Value::Null)
 }
 
-/// One line per fact, for `status LOCK`.
-pub fn holder_lines(h: &Holder) -> String {
+/// One line per fact, for `status LOCK`; with `now` (a person at a terminal) each time also
+/// says how long ago or how soon it is. A node nobody named (a lock taken over HTTP) is left out.
+pub fn holder_lines(h: &Holder, now: Option<DateTime<Utc>>) -> String {
+    let at = |t| match now {
+        Some(now) => format!("{}  ({})", lease::human(t), relative(t, now)),
+        None => lease::human(t),
+    };
+    let node = if h.node_id.is_empty() {
+        String::new()
+    } else {
+        format!("node        {}\n", h.node_id)
+    };
     let mut s = format!(
-        "held by     {}\nnode        {}\nsince       {}\nheartbeat   {}\nexpires     {}{}\nfencing     {}\n",
+        "held by     {}\n{node}since       {}\nheartbeat   {}\nexpires     {}{}\nfencing     {}\n",
         h.worker_id,
-        h.node_id,
-        lease::human(h.claimed_at),
-        lease::human(h.heartbeat_last),
-        lease::human(h.expires_at),
+        at(h.claimed_at),
+        at(h.heartbeat_last),
+        at(h.expires_at),
         if h.stale { "  (STALE)" } else { "" },
         h.fencing_token
     );
@@ -249,22 +259,27 @@ struct Row {
 }
 
 /// A table of held locks (display name and holder), one row each, for `status` without a lock:
-/// boxed for a terminal; for a pipe, a header line and one line per lock with tab-separated
-/// columns, which `cut -f` and `awk -F'\t'` read (names and ids hold no tabs).
-pub fn table(rows: &[(String, Holder)], terminal: bool) -> String {
+/// for a person at a terminal (`now` given), boxed, with times relative to `now` beside the
+/// absolute ones; for a pipe, a header line and one line per lock with tab-separated columns and
+/// RFC 3339 times, which `cut -f` and `awk -F'\t'` read (names and ids hold no tabs).
+pub fn table(rows: &[(String, Holder)], now: Option<DateTime<Utc>>) -> String {
+    let at = |t| match now {
+        Some(now) => format!("{} ({})", lease::human(t), relative(t, now)),
+        None => lease::rfc3339(t),
+    };
     let rows: Vec<Row> = rows
         .iter()
         .map(|(lock, h)| Row {
             lock: lock.clone(),
             worker: h.worker_id.clone(),
             node: h.node_id.clone(),
-            since: lease::human(h.claimed_at),
-            expires: lease::human(h.expires_at),
+            since: at(h.claimed_at),
+            expires: at(h.expires_at),
             state: if h.stale { "stale" } else { "held" }.into(),
             token: h.fencing_token,
         })
         .collect();
-    if terminal {
+    if now.is_some() {
         return Table::new(rows).with(Style::sharp()).to_string();
     }
     std::iter::once(Row::headers())
@@ -272,6 +287,37 @@ pub fn table(rows: &[(String, Holder)], terminal: bool) -> String {
         .map(|cells| cells.join("\t"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// How far `t` is from `now`, for people: `40 seconds ago`, `in 2 minutes`, `now`. Whole units,
+/// rounded down, in the largest unit that fits.
+pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (t - now).num_seconds();
+    if secs == 0 {
+        return "now".into();
+    }
+    let n = secs.unsigned_abs();
+    let (count, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|(size, _)| n >= *size)
+        .map_or((n, "second"), |(size, unit)| (n / size, unit));
+    let span = format!("{count} {unit}{}", if count == 1 { "" } else { "s" });
+    if secs < 0 {
+        format!("{span} ago")
+    } else {
+        format!("in {span}")
+    }
+}
+
+/// The time left until a deadline, counting down by the second: `1m05s left`, `9s left`.
+pub fn time_left(left: Duration) -> String {
+    // Rounded up, so that it reads `0s` only once the deadline has come.
+    let s = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    match s {
+        0..60 => format!("{s}s left"),
+        60..3600 => format!("{}m{:02}s left", s / 60, s % 60),
+        _ => format!("{}h{:02}m left", s / 3600, s % 3600 / 60),
+    }
 }
 
 /// A spinner on stderr while waiting, only for humans at a terminal.
@@ -297,6 +343,26 @@ impl Spinner {
             pb.set_message(msg);
         }
     }
+
+    /// Replaces the text next to the spinner with `msg` followed by the time left until
+    /// `deadline`, redrawn with every tick so that it counts down.
+    pub fn count_down(&self, msg: String, deadline: Instant) {
+        let Some(pb) = &self.0 else {
+            return;
+        };
+        let style = ProgressStyle::with_template("{spinner} {msg} ({left})")
+            .expect("valid template")
+            .with_key(
+                "left",
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&time_left(
+                        deadline.saturating_duration_since(Instant::now()),
+                    ));
+                },
+            );
+        pb.set_style(style);
+        pb.set_message(msg);
+    }
 }
 
 impl Drop for Spinner {
@@ -304,5 +370,71 @@ impl Drop for Spinner {
         if let Some(pb) = &self.0 {
             pb.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_as_people_say_them() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let at = |s: i64| now + chrono::Duration::seconds(s);
+        for (offset, said) in [
+            (0, "now"),
+            (-1, "1 second ago"),
+            (-59, "59 seconds ago"),
+            (-120, "2 minutes ago"),
+            (-150, "2 minutes ago"),
+            (40, "in 40 seconds"),
+            (60, "in 1 minute"),
+            (3 * 3600 + 59, "in 3 hours"),
+            (-86_400, "1 day ago"),
+            (-9 * 86_400, "9 days ago"),
+        ] {
+            assert_eq!(relative(at(offset), now), said, "{offset}");
+        }
+    }
+
+    #[test]
+    fn the_countdown_counts_whole_seconds_down_to_zero() {
+        for (left, said) in [
+            (Duration::ZERO, "0s left"),
+            (Duration::from_millis(1), "1s left"),
+            (Duration::from_millis(29_001), "30s left"),
+            (Duration::from_secs(65), "1m05s left"),
+            (Duration::from_secs(3600 + 120), "1h02m left"),
+        ] {
+            assert_eq!(time_left(left), said, "{left:?}");
+        }
+    }
+
+    #[test]
+    fn a_table_into_a_pipe_has_machine_times_and_on_a_terminal_relative_ones() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let h = Holder {
+            worker_id: "w1".into(),
+            node_id: String::new(),
+            fencing_token: 7,
+            claimed_at: now - chrono::Duration::seconds(120),
+            heartbeat_last: now,
+            expires_at: now + chrono::Duration::seconds(40),
+            stale: false,
+            task_info: Default::default(),
+        };
+        let rows = [("l".to_string(), h.clone())];
+        let piped = table(&rows, None);
+        assert!(
+            piped.contains("\t2023-11-14T22:11:20Z\t2023-11-14T22:14:00Z\t"),
+            "{piped}"
+        );
+        let boxed = table(&rows, Some(now));
+        assert!(boxed.contains("2 minutes ago"), "{boxed}");
+        assert!(boxed.contains("in 40 seconds"), "{boxed}");
+        let lines = holder_lines(&h, Some(now));
+        assert!(lines.contains("(2 minutes ago)"), "{lines}");
+        assert!(!lines.contains("node"), "no node named: {lines}");
+        assert!(!holder_lines(&h, None).contains("ago"));
     }
 }

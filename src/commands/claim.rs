@@ -152,25 +152,23 @@ pub(crate) async fn acquire(
     let what = ctx.backend.describe(&req.lock);
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
     // Without --wait, the retries' pauses end about then (each has ±25% jitter).
-    let deadline = chrono::Duration::from_std(policy.wait_budget())
+    let budget = policy.wait_budget();
+    let until = std::time::Instant::now().checked_add(budget);
+    let deadline = chrono::Duration::from_std(budget)
         .ok()
         .and_then(|d| Utc::now().checked_add_signed(d))
         .map_or_else(|| "its last retry".to_string(), lease::human);
     let mut told = false;
-    strategy::claim(&ctx.backend, req, policy, |h, pause| {
+    strategy::claim(&ctx.backend, req, policy, |h, _| {
+        let holder = strategy::held_by(h);
         if !std::mem::replace(&mut told, true) {
-            tracing::warn!(
-                "{what} is held by {} on {}; waiting for it until {}",
-                h.worker_id,
-                h.node_id,
-                deadline
-            );
+            tracing::warn!("{what} is held by {holder}; waiting for it until {deadline}");
         }
-        spinner.set_message(format!(
-            "{what} is held by {}; retrying in {:.1}s",
-            h.worker_id,
-            pause.as_secs_f64()
-        ))
+        let msg = format!("{what} is held by {holder}; waiting");
+        match until {
+            Some(until) => spinner.count_down(msg, until),
+            None => spinner.set_message(msg),
+        }
     })
     .await
 }

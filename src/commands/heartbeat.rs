@@ -82,7 +82,8 @@ pub async fn exec(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
             "holder": holder_json(h),
         }),
         format!(
-            "Stopped renewing {what} after {renewals} renewals{}; {after}",
+            "Stopped renewing {what} after {renewals} renewal{}{}; {after}",
+            if renewals == 1 { "" } else { "s" },
             stopped_by.map(|s| format!(" ({s})")).unwrap_or_default()
         ),
     ))

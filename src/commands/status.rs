@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 
+use chrono::Utc;
 use serde_json::json;
 
 use crate::cli::StatusArgs;
@@ -13,10 +14,11 @@ use sentinel::error::Result;
 use sentinel::lock::ListRequest;
 
 pub async fn exec(ctx: &Context, args: &StatusArgs) -> Result<Report> {
+    // A person at a terminal reads times relative to now as well; a pipe gets them as they are.
+    let terminal = std::io::stdout().is_terminal().then(Utc::now);
     let Some(raw) = &args.lock else {
         let rows = ctx.backend.list(&ListRequest { since: args.since }).await?;
-        let terminal = std::io::stdout().is_terminal();
-        let human = if rows.is_empty() && terminal {
+        let human = if rows.is_empty() && terminal.is_some() {
             "No locks are held.".to_string()
         } else {
             table(&rows, terminal)
@@ -34,7 +36,7 @@ pub async fn exec(ctx: &Context, args: &StatusArgs) -> Result<Report> {
     let what = ctx.backend.describe(&lock);
     let status = ctx.backend.status(&lock).await?;
     let mut human = match status.holder() {
-        Some(h) => format!("{what}\n{}", holder_lines(h)),
+        Some(h) => format!("{what}\n{}", holder_lines(h, terminal)),
         None => format!("{what} is free"),
     };
     if let Status::Issue(s) = &status {

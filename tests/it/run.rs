@@ -490,8 +490,9 @@ fn run_interrupted_while_claiming_on_github_leaves_no_lock_comment() {
     let issue = gh.emu.create_issue(REPO, "ctrl-c during run");
     let n = issue.to_string();
     for (round, delay_ms) in [0u64, 250, 700, 1300].into_iter().enumerate() {
+        // The second read is the verification (the first, the look before writing).
         gh.emu
-            .inject("GET", "/comments", Fault::Latency(2 * SECOND), 1);
+            .inject("GET", "/comments", Fault::Latency(2 * SECOND), 2);
         let mut run =
             Running::spawn(&mut gh.cmd(&gh.alice, "w1", &["-v", "run", &n, "--", "sleep", "30"]));
         wait_for(20 * SECOND, "the lock comment", || {

@@ -148,48 +148,97 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Claims `req.lock` on `backend` under `policy`: the one claim loop of `claim`, `run` and the
-/// work queue.
+/// work queue. `waiting` is told, before each pause, whom the claim waits for and how long.
+///
+/// A claim under a default worker id (`!req.readopt`) that finds the lock held by that very id
+/// fails at once: the holder is another process of the same shell (or this one's earlier
+/// claim), and waiting would only wait for itself.
 pub async fn claim<B: LockBackend>(
     backend: &B,
     req: &AcquireRequest,
     policy: &Policy,
-    waiting: impl FnMut(&Holder, Duration),
+    mut waiting: impl FnMut(&Holder, Duration),
 ) -> Result<Claimed> {
     let what = backend.describe(&req.lock);
+    let what = what.as_str();
+    let try_once = |n: u32, wait: Duration| {
+        let attempt = AcquireRequest {
+            attempt: n,
+            wait,
+            ..req.clone()
+        };
+        async move {
+            match backend.try_acquire(&attempt).await? {
+                Attempt::Held(h)
+                    if !attempt.readopt && h.worker_id == attempt.claimant.worker_id =>
+                {
+                    Err(held_by_itself(what, &h))
+                }
+                other => Ok(other),
+            }
+        }
+    };
+    if !(backend.waits_server_side() && policy.strategy == Strategy::Retry) {
+        return acquire(policy, what, |n| try_once(n, Duration::ZERO), waiting).await;
+    }
     // A backend that queues waiters (the coordinator) waits out the whole retry budget in one
     // attempt: it grants in arrival order the moment the lock is free, where polling would
-    // lose to whoever asks at the right instant.
-    let (policy, wait) = if backend.waits_server_side() && policy.strategy == Strategy::Retry {
-        let single = Policy {
-            max_retries: 0,
-            wait: None,
-            ..policy.clone()
-        };
-        (single, policy.wait_budget())
-    } else {
-        (policy.clone(), Duration::ZERO)
+    // lose to whoever asks at the right instant. A first attempt that does not wait comes
+    // before it: only a refusal names the holder, which the caller is told before the wait (a
+    // wait on the server says nothing until it ends), and it finds a lock held by ourselves.
+    let wait = policy.wait_budget();
+    let single = Policy {
+        max_retries: 0,
+        wait: None,
+        ..policy.clone()
     };
-    acquire(
-        &policy,
-        &what,
-        |n| {
-            let attempt = AcquireRequest {
-                attempt: n,
-                wait,
-                ..req.clone()
-            };
-            async move { backend.try_acquire(&attempt).await }
-        },
-        waiting,
-    )
-    .await
-    .map_err(|e| match e {
-        Error::Conflict(msg) if !wait.is_zero() => Error::Conflict(format!(
+    let started = Instant::now();
+    let holder = match try_once(0, Duration::ZERO).await? {
+        Attempt::Granted(grant) => {
+            return Ok(Claimed {
+                grant,
+                attempts: 1,
+                attempt_started: started,
+            });
+        }
+        Attempt::Held(h) => h,
+    };
+    if wait.is_zero() {
+        return Err(conflict(what, &holder, &single, 1));
+    }
+    waiting(&holder, wait);
+    match acquire(&single, what, |_| try_once(1, wait), |_, _| {}).await {
+        Ok(claimed) => Ok(Claimed {
+            attempts: 2,
+            ..claimed
+        }),
+        Err(Error::Conflict(msg)) => Err(Error::Conflict(format!(
             "{msg}; gave up after waiting {} on the server",
             crate::duration::display(wait)
-        )),
-        other => other,
-    })
+        ))),
+        Err(other) => Err(other),
+    }
+}
+
+/// The worker a holder is, and where it runs when that is known (a lock taken over HTTP may
+/// not say): `w1 on build-3`, or `w1`.
+pub fn held_by(h: &Holder) -> String {
+    if h.node_id.is_empty() {
+        h.worker_id.clone()
+    } else {
+        format!("{} on {}", h.worker_id, h.node_id)
+    }
+}
+
+/// The conflict of a claim that found the lock held by its own default worker id.
+fn held_by_itself(what: &str, h: &Holder) -> Error {
+    Error::Conflict(format!(
+        "{what} is already held by this shell's default worker id {} (claimed at {}, fencing \
+         token {}); pass --worker-id to claim as another worker, or release it first",
+        h.worker_id,
+        lease::human(h.claimed_at),
+        h.fencing_token
+    ))
 }
 
 /// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
@@ -238,9 +287,8 @@ where
 /// attempts.
 pub(crate) fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -> Error {
     let mut msg = format!(
-        "{what} is held by {} on {} (since {}, fencing token {})",
-        h.worker_id,
-        h.node_id,
+        "{what} is held by {} (since {}, fencing token {})",
+        held_by(h),
         lease::human(h.claimed_at),
         h.fencing_token
     );

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::cache::OwnLock;
 use super::client::Sent;
-use super::comment::{self, LockMeta, LockState, Parsed, Takeover};
+use super::comment::{self, AfterRelease, LockMeta, LockState, Parsed, Takeover};
 use super::resolve::{Record, resolve};
 use super::{Comments, GithubBackend, VISIBILITY_READS};
 use sentinel_core::error::{Error, Result};
@@ -74,12 +74,19 @@ impl GithubBackend {
         )))
     }
 
-    /// One acquisition attempt. `look_first` reads before writing (needed to take over, and on
-    /// retries so a held lock costs a read instead of a comment written and deleted).
+    /// One acquisition attempt. It reads before writing: a held lock then costs a read instead of
+    /// a comment written and deleted, a take-over needs the holder, and a claim written after
+    /// reading the release records it, which wins the tie when the claim lands in the release's
+    /// second (see `resolve`) instead of withdrawing and claiming again a second later. Without
+    /// a token the first attempt writes at once: a read would answer for a public repository,
+    /// and the refused write says what is missing (exit 5) where a held lock would not.
     pub(super) async fn acquire_issue(&self, issue: u64, req: &AcquireRequest) -> Result<Attempt> {
-        self.claim_once(issue, req, req.attempt > 0, 3).await
+        let look_first = req.attempt > 0 || self.fingerprint.is_some();
+        self.claim_once(issue, req, look_first, 3).await
     }
 
+    /// `look_first`: read before writing (see above); the work queue skips it where its listing
+    /// already vouches for the issue.
     pub(super) async fn claim_once(
         &self,
         issue: u64,
@@ -87,12 +94,34 @@ impl GithubBackend {
         look_first: bool,
         tie_retries: u32,
     ) -> Result<Attempt> {
+        self.claim_after(issue, req, look_first, tie_retries, None)
+            .await
+    }
+
+    /// [`claim_once`](Self::claim_once) knowing `after_release`, a release read before this
+    /// call, unless its own read finds a later one.
+    async fn claim_after(
+        &self,
+        issue: u64,
+        req: &AcquireRequest,
+        look_first: bool,
+        tie_retries: u32,
+        mut after_release: Option<AfterRelease>,
+    ) -> Result<Attempt> {
         let worker = &req.claimant.worker_id;
         let mut takeover = None;
         if look_first || req.takeover != Mode::None {
-            self.ensure_login().await?;
+            if req.takeover != Mode::None || req.attempt > 0 {
+                // Deciding to take over needs every trusted comment, ours included; a plain
+                // first look does not (a holder it misses is found by the read after writing),
+                // so it spends no `GET /user` on learning who we are.
+                self.ensure_login().await?;
+            }
             let state = self.read(issue).await?;
             let res = resolve(&state.records);
+            if res.holder().is_none() {
+                after_release = res.current.map(seen_release);
+            }
             if let Some(h) = res.holder() {
                 let stale = h.is_stale_at(state.now);
                 if req.readopt && &h.meta.worker_id == worker && !stale {
@@ -135,6 +164,7 @@ impl GithubBackend {
             takeover: takeover.as_ref().map(|(t, _)| t.clone()),
             released_at: None,
             released_by: None,
+            after_release,
         };
         let mine = self.post_lock(issue, &meta).await?;
         let my_id = mine.id.into_inner();
@@ -176,15 +206,16 @@ impl GithubBackend {
         let res = resolve(&state.records);
         let Some(h) = res.holder() else {
             // Our claim fell in the same second as a release (GitHub's timestamps are whole
-            // seconds), which counts as still held. Withdraw and claim again in the next second.
+            // seconds) we had not read before writing, which counts as still held. This read
+            // shows the release: withdraw, and claim again at once recording it.
             self.discard(my_id).await;
             if tie_retries == 0 {
                 return Err(Error::Conflict(format!(
                     "#{issue}: claims keep landing in the same second as releases; try again"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-            return Box::pin(self.claim_once(issue, req, true, tie_retries - 1)).await;
+            let seen = res.current.map(seen_release);
+            return Box::pin(self.claim_after(issue, req, false, tie_retries - 1, seen)).await;
         };
         if h.id != my_id {
             self.discard(my_id).await;
@@ -284,5 +315,13 @@ impl GithubBackend {
             adopted: true,
             took_over: None,
         }))
+    }
+}
+
+/// What a claim records of the released lock comment it read (see `resolve`).
+fn seen_release(r: &Record) -> AfterRelease {
+    AfterRelease {
+        comment_id: r.id,
+        released: r.updated_at,
     }
 }

@@ -45,6 +45,17 @@ pub struct Takeover {
     pub force: bool,
 }
 
+/// The release a claimer read, before writing its claim, as the last lock comment: proof
+/// that the claim came after that release, which GitHub's whole-second timestamps cannot give
+/// when both fall in the same second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfterRelease {
+    /// The released lock comment (a holder's own, or a release notice).
+    pub comment_id: u64,
+    /// Its `updated_at` as read: the release it saw, not a later edit of the same comment.
+    pub released: DateTime<Utc>,
+}
+
 /// The JSON `lock` object of a lock comment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockMeta {
@@ -76,6 +87,9 @@ pub struct LockMeta {
     /// `WORKER (expired)` for a lease that ran out before its heartbeat arrived. Absent while held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_by: Option<String>,
+    /// On a claim written after reading the lock free: the release it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_release: Option<AfterRelease>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -235,6 +249,7 @@ mod tests {
             takeover: None,
             released_at: None,
             released_by: None,
+            after_release: None,
         }
     }
 
@@ -333,6 +348,7 @@ mod tests {
                 takeover: None,
                 released_at: None,
                 released_by: None,
+                after_release: None,
             };
             proptest::prop_assert_eq!(parse(&render(&m)), Parsed::Lock(Box::new(m)));
         }

@@ -212,6 +212,7 @@ mod tests {
             }),
             released_at: None,
             released_by: None,
+            after_release: None,
         }
     }
 

@@ -224,6 +224,7 @@ mod tests {
                 takeover: None,
                 released_at: None,
                 released_by: None,
+                after_release: None,
             },
         }
     }

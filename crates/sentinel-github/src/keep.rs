@@ -157,6 +157,7 @@ impl GithubBackend {
             } else {
                 format!("{worker_id} (forced)")
             }),
+            after_release: None,
         };
         self.post_lock(issue, &notice).await?;
         self.delete_comment(h.id).await?;
@@ -288,6 +289,7 @@ impl GithubBackend {
             takeover: Some(victim.clone()),
             released_at: Some(now),
             released_by: Some(janitor.worker_id.clone()),
+            after_release: None,
         }
     }
 

@@ -3,8 +3,8 @@
 //! A claim writes a lock comment, waits for GitHub's lists to settle, re-reads the issue's comments
 //! and lets [`resolve`] decide who holds the lock. The assignment is cosmetic — bots cannot be
 //! assigned — so ownership is the worker id in the comment, never the login. Request budget:
-//! uncontended claim = POST comment + GET comments + POST assignees (which also returns the issue
-//! to check it is open); heartbeat = one PATCH of our comment; release = PATCH + DELETE assignee;
+//! uncontended claim = GET comments + POST comment + GET comments + POST assignees (which also
+//! returns the issue to check it is open); heartbeat = one PATCH of our comment; release = PATCH + DELETE assignee;
 //! status of one issue = GET issue + GET comments.
 //!
 //! Layout: [`comment`] (the comment format), [`resolve`] (the ownership rule), [`client`] (HTTP,

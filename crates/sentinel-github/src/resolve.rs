@@ -5,8 +5,10 @@
 //! replayed as a log in comment-id order (ids only grow), using GitHub's timestamps only:
 //!
 //! * A claim takes the lock when it is free at the claim's `created_at`: nothing granted yet, or the
-//!   last holder released strictly before (timestamps have one-second resolution, so a tie counts as
-//!   still held — the safe side).
+//!   last holder released strictly before, or released in the same second and the claim records
+//!   that its writer read that very release before writing it (`after_release`). Timestamps have
+//!   one-second resolution, so a tie without that record counts as still held: such a claim may
+//!   have been written before the release, by a writer that read the lock held and gave up.
 //! * A claim made while the lock was held loses, unless it is a take-over of exactly that holder
 //!   that was allowed at its `created_at`: `force`, or the holder's heartbeat was older than its TTL.
 //!   The victim's heartbeat is its `updated_at` if that is not later than the take-over; a later
@@ -95,7 +97,12 @@ pub fn resolve(records: &[Record]) -> Resolution<'_> {
     for r in sorted {
         let takes = match current {
             None => true,
-            Some(h) if h.released_at().is_some_and(|t| r.created_at > t) => true,
+            Some(h)
+                if h.released_at()
+                    .is_some_and(|t| r.created_at > t || read_free(r, h)) =>
+            {
+                true
+            }
             Some(h) => takes_over(r, h, &present, &ended),
         };
         if takes {
@@ -108,6 +115,15 @@ pub fn resolve(records: &[Record]) -> Resolution<'_> {
         }
     }
     Resolution { current, losers }
+}
+
+/// Whether `r`'s writer read `h`'s release, as it stands, before writing `r`: then `r` came after
+/// it, whatever the timestamps say.
+fn read_free(r: &Record, h: &Record) -> bool {
+    r.meta
+        .after_release
+        .as_ref()
+        .is_some_and(|a| a.comment_id == h.id && a.released == h.updated_at)
 }
 
 /// Whether `r`, created while `h` held the lock, validly took it over.
@@ -147,7 +163,7 @@ fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>, ended: &HashSet<u6
 
 #[cfg(test)]
 mod tests {
-    use super::super::comment::Takeover;
+    use super::super::comment::{AfterRelease, Takeover};
     use super::*;
     use sentinel_core::lock::TaskInfo;
 
@@ -173,6 +189,7 @@ mod tests {
                 takeover: None,
                 released_at: None,
                 released_by: None,
+                after_release: None,
             },
         }
     }
@@ -218,6 +235,31 @@ mod tests {
         ];
         assert_eq!(holder_id(&tie), None);
         assert_eq!(resolve(&tie).current.unwrap().id, 1);
+        // Unless the claim's writer read that release before writing it.
+        let mut after = rec(2, "b", 50, 50, LockState::Held);
+        after.meta.after_release = Some(AfterRelease {
+            comment_id: 1,
+            released: t(50),
+        });
+        let seen = vec![rec(1, "a", 0, 50, LockState::Released), after.clone()];
+        assert_eq!(holder_id(&seen), Some(2));
+        // A release it did not read (another comment, or a later edit of the same one) proves
+        // nothing.
+        for (comment_id, released) in [(7, 50), (1, 49)] {
+            after.meta.after_release = Some(AfterRelease {
+                comment_id,
+                released: t(released),
+            });
+            let other = vec![rec(1, "a", 0, 50, LockState::Released), after.clone()];
+            assert_eq!(holder_id(&other), None, "{comment_id} at {released}");
+        }
+        // Nor does it free a lock that is held.
+        after.meta.after_release = Some(AfterRelease {
+            comment_id: 1,
+            released: t(50),
+        });
+        let held = vec![rec(1, "a", 0, 50, LockState::Held), after];
+        assert_eq!(holder_id(&held), Some(1));
     }
 
     #[test]
