@@ -145,18 +145,25 @@ fn raft_routes_take_only_the_peer_token_and_refuse_what_would_panic_openraft() {
     let (s, v) = post(follower, "/raft/snapshot", &chunk, &with_peer);
     assert!(s == 400 || v.get("Err").is_some(), "{s} {v}");
 
-    // Nothing reached openraft: every node is healthy, with the same leader and term.
+    // Nothing reached openraft: the nodes agree on a leader, and no term moved to a forged one
+    // (1000, u64::MAX). A term a few above the first is an election: with 120 ms election
+    // timeouts, a test machine busy compiling can stall a follower long enough for one.
     std::thread::sleep(Duration::from_secs(1));
+    let first = before["term"].as_u64().unwrap();
+    eventually(20, "the nodes agreeing on a leader", || {
+        let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
+        seen.iter().all(|l| l.is_some() && *l == seen[0]).then_some(())
+    });
     for addr in &addrs {
         let h = health(addr);
-        assert_eq!(h["leader"], leader, "{h}");
-        assert_eq!(h["term"], before["term"], "{h}");
+        let term = h["term"].as_u64().unwrap();
+        assert!((first..first + 100).contains(&term), "term {term} after {first}: {h}");
     }
     // Nor was anything persisted: the follower restarts and rejoins.
     nodes[f].kill();
     nodes[f].restart();
-    eventually(20, "the restarted follower knowing the leader", || {
-        (leader_of(follower) == Some(leader)).then_some(())
+    eventually(20, "the restarted follower knowing a leader", || {
+        leader_of(follower).map(|_| ())
     });
     for n in &nodes {
         assert!(!n.log().contains("panicked"), "{}", n.log());
