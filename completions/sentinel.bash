@@ -192,7 +192,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__claim)
-            opts="-n -v -q -h --next --label --exclude-label --fail-label --retry-failed --strategy --wait --nonblock --max-retries --conflict-exit-code --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-n -v -q -h --next --label --exclude-label --fail-label --retry-failed --strategy --wait --nonblock --max-retries --conflict-exit-code --initial-backoff --max-backoff --ttl --limit --permits --shared --task-info --complexity --estimate --task-type --priority --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -235,6 +235,14 @@ _sentinel() {
                     return 0
                     ;;
                 --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --permits)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1002,7 +1010,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-n -v -q -h --fail-label --retry-failed --strategy --wait --nonblock --max-retries --conflict-exit-code --initial-backoff --max-backoff --ttl --task-info --complexity --estimate --task-type --priority --interval --kill-grace --next --label --exclude-label --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-n -v -q -h --fail-label --retry-failed --strategy --wait --nonblock --max-retries --conflict-exit-code --initial-backoff --max-backoff --ttl --limit --permits --shared --task-info --complexity --estimate --task-type --priority --interval --kill-grace --next --label --exclude-label --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1037,6 +1045,14 @@ _sentinel() {
                     return 0
                     ;;
                 --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --permits)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -614,6 +614,27 @@ pub struct ClaimOptions {
     /// Lease: the lock is stale when its last heartbeat is older than this
     #[arg(long, value_parser = duration::arg, default_value = "5m")]
     pub ttl: Duration,
+    /// A semaphore: at most N permits held at once; every claim of the name gives the same N
+    /// (coordinator backend)
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
+        conflicts_with = "shared"
+    )]
+    pub limit: Option<u32>,
+    /// With --limit: the permits this claim takes [default: 1]
+    #[arg(
+        long,
+        value_name = "K",
+        value_parser = clap::value_parser!(u32).range(1..),
+        requires = "limit"
+    )]
+    pub permits: Option<u32>,
+    /// A shared (read) hold: held with other shared holds, never with an exclusive one; it
+    /// waits behind a waiting exclusive claim (coordinator backend)
+    #[arg(long)]
+    pub shared: bool,
     #[command(flatten)]
     pub task: TaskArgs,
 }

@@ -636,6 +636,10 @@ impl<B: LockBackend> LockBackend for Metered<B> {
         self.inner.waits_server_side()
     }
 
+    fn holds_groups(&self) -> bool {
+        self.inner.holds_groups()
+    }
+
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         self.attempt_starts(req.attempt);
         let attempt = self.inner.try_acquire(req).await;
@@ -693,7 +697,7 @@ impl<B: LockBackend> LockBackend for Metered<B> {
 mod tests {
     use super::*;
     use sentinel::local::LocalBackend;
-    use sentinel::lock::{Claimant, Takeover};
+    use sentinel::lock::{Claimant, HoldKind, Takeover};
 
     #[tokio::test]
     async fn the_decorator_counts_each_claim_once_when_it_ends() {
@@ -713,6 +717,7 @@ mod tests {
             readopt: false,
             attempt,
             wait: Duration::ZERO,
+            kind: HoldKind::Exclusive,
         };
         let granted = |a: Result<Attempt>| matches!(a, Ok(Attempt::Granted(_)));
         assert!(granted(

@@ -12,7 +12,7 @@ use sentinel::error::{Error, Result};
 use sentinel::github::GithubBackend;
 use sentinel::lease;
 use sentinel::lock::Claimed;
-use sentinel::lock::{AcquireRequest, LockId, NextRequest};
+use sentinel::lock::{AcquireRequest, HoldKind, LockId, NextRequest};
 use sentinel::strategy::{self, Policy, Strategy};
 
 pub async fn exec(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
@@ -22,6 +22,7 @@ pub async fn exec(ctx: &Context, args: &ClaimArgs) -> Result<Report> {
     };
     let what = ctx.backend.describe(&lock);
     let mut report = granted(ctx, "claim", &what, &lock, &outcome);
+    describe_hold(&mut report, &args.claim);
     if args.target.next {
         // Only the number, so that scripts can capture it: `issue=$(sentinel claim --next)`.
         report.human = lock.bare();
@@ -50,6 +51,11 @@ pub(crate) async fn claim_target(
             && !asked(&failed)
         {
             exclude_labels.push(failed);
+        }
+        if opts.shared || opts.limit.is_some() {
+            return Err(Error::usage(
+                "--next claims an issue as a lock: --shared and --limit name a lock of their own",
+            ));
         }
         let req = NextRequest {
             labels: target.labels.clone(),
@@ -126,6 +132,10 @@ pub(crate) fn request(
             sentinel::duration::display(sentinel::server::MAX_WAIT)
         )));
     }
+    let kind = hold_kind(opts)?;
+    if !ctx.backend.holds_groups() {
+        kind.exclusive_only(ctx.backend.name())?;
+    }
     let req = AcquireRequest {
         lock: ctx.backend.parse_lock(lock)?,
         claimant: ctx.claimant.clone(),
@@ -135,8 +145,50 @@ pub(crate) fn request(
         readopt: ctx.explicit_worker,
         attempt: 0,
         wait: std::time::Duration::ZERO,
+        kind,
     };
     Ok((req, policy))
+}
+
+/// The hold `--shared`, `--limit` and `--permits` ask for.
+fn hold_kind(opts: &ClaimOptions) -> Result<HoldKind> {
+    Ok(match (opts.shared, opts.limit) {
+        (true, _) => HoldKind::Shared,
+        (false, None) => HoldKind::Exclusive,
+        (false, Some(limit)) => {
+            let permits = opts.permits.unwrap_or(1);
+            if permits > limit {
+                return Err(Error::usage(format!(
+                    "--permits {permits} is more than the semaphore's --limit {limit}"
+                )));
+            }
+            HoldKind::Semaphore { limit, permits }
+        }
+    })
+}
+
+/// Says in a claim's report what it holds when that is not the whole lock (`, shared` or `, 2 of
+/// 5 permits` after its first line), and `kind`, `limit` and `permits` in its JSON.
+pub(crate) fn describe_hold(report: &mut Report, opts: &ClaimOptions) {
+    // `request` refused options that make no hold before anything was claimed.
+    let Ok(kind) = hold_kind(opts) else { return };
+    let what = match kind {
+        HoldKind::Exclusive => return,
+        HoldKind::Shared => "shared".to_string(),
+        HoldKind::Semaphore { limit, permits } => {
+            report.json["limit"] = json!(limit);
+            report.json["permits"] = json!(permits);
+            format!("{permits} of {limit} permits")
+        }
+    };
+    report.json["kind"] = json!(kind.name());
+    if let Some(first) = report.human.lines().next() {
+        let line = format!("{first}, {what}");
+        report.human = std::iter::once(line.as_str())
+            .chain(report.human.lines().skip(1))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
 }
 
 /// Runs the claim loop, with a spinner while it waits and one line on stderr (a warning, so shown

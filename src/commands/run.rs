@@ -50,7 +50,8 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let what = ctx.backend.describe(&lock);
     // Inside Actions, the claim's outputs and summary row, as `claim` writes them; `run`'s own
     // report comes only after the command.
-    let granted = claim::granted(ctx, "run", &what, &lock, &claimed);
+    let mut granted = claim::granted(ctx, "run", &what, &lock, &claimed);
+    claim::describe_hold(&mut granted, &args.claim);
     granted.write_actions();
     let worker = ctx.claimant.worker_id.clone();
     let release_req = ReleaseRequest {

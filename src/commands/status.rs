@@ -35,10 +35,36 @@ pub async fn exec(ctx: &Context, args: &StatusArgs) -> Result<Report> {
     let lock = ctx.backend.parse_lock(raw)?;
     let what = ctx.backend.describe(&lock);
     let status = ctx.backend.status(&lock).await?;
-    let mut human = match status.holder() {
-        Some(h) => format!("{what}\n{}", holder_lines(h, terminal)),
-        None => format!("{what} is free"),
+    let holds = status.holds();
+    let mut human = match (status.kind(), &holds[..]) {
+        (_, []) => format!("{what} is free"),
+        ("exclusive", [one]) => format!("{what}\n{}", holder_lines(&one.holder, terminal)),
+        (kind, _) => {
+            let mut s = match status.limit() {
+                Some(limit) => format!(
+                    "{what}: {kind} of limit {limit}, {} permits held",
+                    holds.iter().map(|h| u64::from(h.permits)).sum::<u64>()
+                ),
+                None => format!("{what}: {kind}, {} holders", holds.len()),
+            };
+            for h in &holds {
+                s.push_str(&format!("\n\n{}", holder_lines(&h.holder, terminal)));
+                if status.limit().is_some() {
+                    s.push_str(&format!("permits     {}\n", h.permits));
+                }
+            }
+            s
+        }
     };
+    let (queue, waiting) = status.queue();
+    if waiting > 0 {
+        let first: Vec<&str> = queue.iter().map(|w| w.worker_id.as_str()).collect();
+        human.push_str(&format!(
+            "\nwaiting     {waiting}: {}{}",
+            first.join(", "),
+            if waiting > first.len() { ", …" } else { "" }
+        ));
+    }
     if let Status::Issue(s) = &status {
         human.push_str(&format!(
             "\nissue       {} ({})",
@@ -57,8 +83,12 @@ pub async fn exec(ctx: &Context, args: &StatusArgs) -> Result<Report> {
             "command": "status",
             "backend": ctx.backend.name(),
             "lock": what,
-            "held": status.holder().is_some(),
+            "held": !holds.is_empty(),
             "holder": status.holder().map(holder_json),
+            "kind": status.kind(),
+            "limit": status.limit(),
+            "holders": holds,
+            "queue": queue,
             "detail": status,
         }),
         human,

@@ -11,7 +11,7 @@ use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
 use sentinel::janitor::{self, Action};
 use sentinel::lease;
-use sentinel::lock::{AcquireRequest, Takeover};
+use sentinel::lock::{AcquireRequest, HoldKind, Takeover};
 use sentinel::strategy::{Policy, Strategy};
 
 pub async fn exec(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
@@ -39,6 +39,7 @@ pub async fn exec(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
         readopt: ctx.explicit_worker,
         attempt: 0,
         wait: std::time::Duration::ZERO,
+        kind: HoldKind::Exclusive,
     };
     // One attempt: a live holder is an answer (exit 3), not something to wait for.
     let policy = Policy {

@@ -26,8 +26,8 @@ use sentinel::github::client::ClientOptions;
 use sentinel::github::{GithubBackend, GithubOptions};
 use sentinel::local::LocalBackend;
 use sentinel::lock::{
-    AcquireRequest, Attempt, Claimant, Grant, Holder, LockId, ReleaseRequest, RenewRequest,
-    Takeover,
+    AcquireRequest, Attempt, Claimant, Grant, HoldKind, Holder, LockId, ReleaseRequest,
+    RenewRequest, Takeover,
 };
 use sentinel::postgres::PostgresBackend;
 use sentinel::redis::RedisBackend;
@@ -380,6 +380,7 @@ fn acquire(lock: &LockId, worker: &str, ttl: Duration, takeover: Takeover) -> Ac
         readopt: false,
         attempt: 0,
         wait: Duration::ZERO,
+        kind: HoldKind::Exclusive,
     }
 }
 

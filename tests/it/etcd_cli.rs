@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sentinel::LockBackend;
 use sentinel::distributed::{DistributedLock, LockClient, RetryConfig};
 use sentinel::etcd::EtcdBackend;
-use sentinel::lock::{AcquireRequest, Attempt, Claimant, ListRequest, LockId, Takeover};
+use sentinel::lock::{AcquireRequest, Attempt, Claimant, HoldKind, ListRequest, LockId, Takeover};
 
 use crate::servers::{Etcd, EtcdCluster};
 use crate::support::{closed_port, code, sentinel, sole_winner, stdout_json, text, wait_all};
@@ -322,6 +322,7 @@ fn claim_req(name: &str, worker: &str) -> AcquireRequest {
         readopt: false,
         attempt: 0,
         wait: Duration::ZERO,
+        kind: HoldKind::Exclusive,
     }
 }
 

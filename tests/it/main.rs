@@ -21,6 +21,7 @@ mod github_client;
 mod github_races;
 mod heartbeat;
 mod help;
+mod hold_kinds_cli;
 mod library;
 mod local_cli;
 mod manpages;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sentinel::backend::LockBackend;
 use sentinel::error::ExitCode;
 use sentinel::lock::{
-    AcquireRequest, Attempt, Claimant, LockId, ReleaseRequest, RenewRequest, Takeover,
+    AcquireRequest, Attempt, Claimant, HoldKind, LockId, ReleaseRequest, RenewRequest, Takeover,
 };
 use sentinel::redis::{DEFAULT_PREFIX, RedisBackend};
 use sentinel::tls::ClientTls;
@@ -127,6 +127,7 @@ fn acquire(lock: &LockId, worker: &str, takeover: Takeover) -> AcquireRequest {
         readopt: false,
         attempt: 0,
         wait: Duration::ZERO,
+        kind: HoldKind::Exclusive,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::support::{Running, code, sentinel, sole_winner, stdout_json, text, wa
 
 /// `sentinel --server SERVERS --worker-id WORKER ARGS…` with the cluster token in the
 /// environment.
-fn cli(data: &Path, servers: &str, worker: &str, args: &[&str]) -> Command {
+pub(crate) fn cli(data: &Path, servers: &str, worker: &str, args: &[&str]) -> Command {
     let mut cmd = sentinel(data);
     cmd.env("SENTINEL_SERVER", servers)
         .env("SENTINEL_AUTH_TOKEN", TOKEN)
@@ -22,7 +22,7 @@ fn cli(data: &Path, servers: &str, worker: &str, args: &[&str]) -> Command {
     cmd
 }
 
-fn run(data: &Path, servers: &str, worker: &str, args: &[&str]) -> Output {
+pub(crate) fn run(data: &Path, servers: &str, worker: &str, args: &[&str]) -> Output {
     no_token_in(cli(data, servers, worker, args).output().unwrap())
 }
 
@@ -46,7 +46,7 @@ fn no_token_in(out: Output) -> Output {
     out
 }
 
-fn one_node(data: &Path) -> (Node, String) {
+pub(crate) fn one_node(data: &Path) -> (Node, String) {
     let node = Node::start(1, &free_addr(), &[], data, Some(TOKEN));
     let url = format!("http://{}", node.addr);
     (node, url)

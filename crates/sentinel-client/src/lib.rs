@@ -36,12 +36,12 @@ use http_body_util::Full;
 use serde::Serialize;
 use serde_json::Value;
 
-use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::backend::{Hold, Holds, LockBackend, Status, Waiter, foreign};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease;
 use sentinel_core::lock::{
-    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    AcquireRequest, Attempt, Grant, HoldKind, Holder, ListRequest, LockId, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, validate_name,
 };
 use sentinel_core::secret::Secret;
@@ -325,8 +325,8 @@ impl ServerBackend {
         }
     }
 
-    /// The current holder of `name`, as the leader sees it (an ended lease is free).
-    async fn holder(&self, name: &str) -> Result<Option<Holder>> {
+    /// What `name` is held as and by whom, as the leader sees it (an ended lease is free).
+    async fn lock_status(&self, name: &str) -> Result<LockStatus> {
         let answer = self
             .call(
                 Method::GET,
@@ -338,7 +338,12 @@ impl ServerBackend {
         if answer.status != StatusCode::OK {
             return Err(self.fail(&answer));
         }
-        Ok(answer.parse::<LockStatus>("status")?.holder)
+        answer.parse::<LockStatus>("status")
+    }
+
+    /// Every live hold of `name`: a lock's holder, or a shared lock's or semaphore's holds.
+    async fn holds(&self, name: &str) -> Result<Vec<Holder>> {
+        Ok(holds_of(self.lock_status(name).await?))
     }
 
     /// Releases `holder`'s lease on `name`, checked against its token.
@@ -453,6 +458,10 @@ impl ServerBackend {
         id: &str,
     ) -> Result<Option<Attempt>> {
         let wait = req.wait.min(MAX_WAIT);
+        let (family, limit, permits) = match req.kind {
+            HoldKind::Semaphore { limit, permits } => ("semaphores", Some(limit), Some(permits)),
+            HoldKind::Exclusive | HoldKind::Shared => ("locks", None, None),
+        };
         let body = AcquireBody {
             holder: req.claimant.worker_id.clone(),
             node: Some(req.claimant.node_id.clone()),
@@ -461,14 +470,14 @@ impl ServerBackend {
             request_id: Some(id.to_string()),
             readopt: req.readopt,
             task_info: req.task_info.clone(),
-            shared: false,
-            limit: None,
-            permits: None,
+            shared: req.kind == HoldKind::Shared,
+            limit,
+            permits,
         };
         let answer = self
             .call(
                 Method::POST,
-                &format!("/locks/{}/acquire", encode(name)),
+                &format!("/{family}/{}/acquire", encode(name)),
                 Some(json(&body)?),
                 wait,
             )
@@ -487,11 +496,28 @@ impl ServerBackend {
                 match (e.code.as_str(), e.holder) {
                     (code::LOCK_HELD | code::WAIT_TIMED_OUT, Some(h)) => Ok(Some(Attempt::Held(h))),
                     (code::WITHDRAWN, _) => Ok(None),
+                    // Held as another kind: a conflict, as a held lock is (exit 3).
+                    (code::KIND_CONFLICT, _) => {
+                        Err(Error::Conflict(format!("sentinel server: {}", e.message)))
+                    }
+                    // Every claim of a semaphore must give its limit: a usage error (exit 2).
+                    (code::LIMIT_MISMATCH, _) => Err(Error::usage(format!(
+                        "sentinel server: {}; give --limit as the semaphore's other claims do",
+                        e.message
+                    ))),
                     _ => Err(self.fail(&answer)),
                 }
             }
             _ => Err(self.fail(&answer)),
         }
+    }
+}
+
+/// Every live hold a status lists; a coordinator from before shared holds lists only `holder`.
+fn holds_of(status: LockStatus) -> Vec<Holder> {
+    match status.holders.is_empty() {
+        true => status.holder.into_iter().collect(),
+        false => status.holders.into_iter().map(|h| h.holder).collect(),
     }
 }
 
@@ -529,6 +555,10 @@ impl LockBackend for ServerBackend {
     }
 
     fn waits_server_side(&self) -> bool {
+        true
+    }
+
+    fn holds_groups(&self) -> bool {
         true
     }
 
@@ -583,39 +613,53 @@ impl LockBackend for ServerBackend {
                 _ => Err(self.fail(&answer)),
             };
         }
-        let Some(holder) = self.holder(name).await? else {
-            return Ok(Released {
-                was_held: false,
-                previous: None,
-            });
-        };
-        if holder.worker_id != req.worker_id && !req.force {
-            return Err(Error::NotOwner(format!(
-                "{name} is held by {} on {}, not by {}; use --force to release it anyway",
-                holder.worker_id, holder.node_id, req.worker_id
-            )));
-        }
-        let answer = self.release_lease(name, &holder).await?;
-        match answer.status {
-            StatusCode::OK => Ok(Released {
-                was_held: true,
-                previous: Some(answer.parse::<LeaseAnswer>("release")?.holder),
-            }),
-            StatusCode::CONFLICT if answer.error().code == code::NOT_HOLDER => {
-                match answer.error().holder {
-                    // The lease ended between the read and the release.
-                    None => Ok(Released {
-                        was_held: false,
-                        previous: None,
-                    }),
-                    Some(h) => Err(Error::NotOwner(format!(
-                        "{name} was taken over by {} (fencing token {}) while releasing",
-                        h.worker_id, h.fencing_token
-                    ))),
-                }
+        let holds = self.holds(name).await?;
+        let (mine, others): (Vec<_>, Vec<_>) = holds
+            .into_iter()
+            .partition(|h| h.worker_id == req.worker_id);
+        // A worker gives back all its own holds (a semaphore's permits may be several); --force
+        // gives back everyone's.
+        let targets = match (req.force, mine.is_empty(), others.first()) {
+            (true, _, _) => mine.into_iter().chain(others).collect(),
+            (false, false, _) => mine,
+            (false, true, None) => Vec::new(),
+            (false, true, Some(h)) => {
+                return Err(Error::NotOwner(format!(
+                    "{name} is held by {} on {}, not by {}; use --force to release it anyway",
+                    h.worker_id, h.node_id, req.worker_id
+                )));
             }
-            _ => Err(self.fail(&answer)),
+        };
+        let mut released = Released {
+            was_held: false,
+            previous: None,
+        };
+        for holder in targets {
+            let answer = self.release_lease(name, &holder).await?;
+            match answer.status {
+                StatusCode::OK => {
+                    let previous = answer.parse::<LeaseAnswer>("release")?.holder;
+                    released.was_held = true;
+                    released.previous.get_or_insert(previous);
+                }
+                StatusCode::CONFLICT if answer.error().code == code::NOT_HOLDER => {
+                    match answer.error().holder {
+                        // The lease ended between the read and the release.
+                        None => {}
+                        Some(h) if h.fencing_token != holder.fencing_token => {
+                            return Err(Error::NotOwner(format!(
+                                "{name} was taken over by {} (fencing token {}) while releasing",
+                                h.worker_id, h.fencing_token
+                            )));
+                        }
+                        // Another hold of the group answers: this one ended meanwhile.
+                        Some(_) => {}
+                    }
+                }
+                _ => return Err(self.fail(&answer)),
+            }
         }
+        Ok(released)
     }
 
     /// Renews the grant the request names by its token; without one (the CLI's `heartbeat`),
@@ -629,16 +673,21 @@ impl LockBackend for ServerBackend {
         let name = name_of(&req.lock)?;
         let token = match req.fencing_token {
             Some(token) => token,
-            None => match self.holder(name).await? {
-                Some(h) if h.worker_id == req.worker_id => h.fencing_token,
-                Some(h) => {
-                    return Err(Error::NotOwner(format!(
-                        "{name} is held by {} on {}, not by {}",
-                        h.worker_id, h.node_id, req.worker_id
-                    )));
+            None => {
+                let holds = self.holds(name).await?;
+                match holds.iter().find(|h| h.worker_id == req.worker_id) {
+                    Some(h) => h.fencing_token,
+                    None => match holds.first() {
+                        Some(h) => {
+                            return Err(Error::NotOwner(format!(
+                                "{name} is held by {} on {}, not by {}",
+                                h.worker_id, h.node_id, req.worker_id
+                            )));
+                        }
+                        None => return Err(not_held(name)),
+                    },
                 }
-                None => return Err(not_held(name)),
-            },
+            }
         };
         let body = RenewBody {
             holder: req.worker_id.clone(),
@@ -661,10 +710,47 @@ impl LockBackend for ServerBackend {
 
     async fn status(&self, lock: &LockId) -> Result<Status> {
         let name = name_of(lock)?;
-        Ok(Status::Named {
+        let s = self.lock_status(name).await?;
+        let holders = s
+            .holders
+            .into_iter()
+            .map(|h| Hold {
+                holder: h.holder,
+                permits: h.permits,
+                shared: h.shared,
+            })
+            .collect::<Vec<_>>();
+        // A coordinator from before shared holds lists no `holders`: its holder is the one.
+        let holders = match (holders.is_empty(), s.holder) {
+            (true, Some(holder)) => vec![Hold {
+                holder,
+                permits: 1,
+                shared: false,
+            }],
+            (_, _) => holders,
+        };
+        Ok(Status::Holds(Holds {
             name: name.to_string(),
-            holder: self.holder(name).await?,
-        })
+            kind: match s.kind.as_deref() {
+                Some("shared") => "shared",
+                Some("semaphore") => "semaphore",
+                _ => "exclusive",
+            },
+            limit: s.limit,
+            holders,
+            queue: s
+                .queue
+                .into_iter()
+                .map(|w| Waiter {
+                    worker_id: w.holder,
+                    node_id: w.node,
+                    since: w.since,
+                    permits: w.permits,
+                    shared: w.shared,
+                })
+                .collect(),
+            waiting: s.waiting,
+        }))
     }
 
     async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
@@ -680,11 +766,14 @@ impl LockBackend for ServerBackend {
                 return Err(self.fail(&answer));
             }
             let page: LockPage = answer.parse("list")?;
-            all.extend(
-                page.locks
-                    .into_iter()
-                    .filter_map(|e| Some((e.lock, e.holder?))),
-            );
+            // One row per hold: a semaphore's or shared lock's holds each have their lease.
+            for e in page.locks {
+                let holds: Vec<Holder> = match (e.holders.is_empty(), e.holder) {
+                    (true, holder) => holder.into_iter().collect(),
+                    (false, _) => e.holders.into_iter().map(|h| h.holder).collect(),
+                };
+                all.extend(holds.into_iter().map(|h| (e.lock.clone(), h)));
+            }
             match page.next {
                 Some(n) if Some(&n) != after.as_ref() => after = Some(n),
                 _ => return Ok(all),
@@ -699,7 +788,7 @@ impl LockBackend for ServerBackend {
     /// waiter, so no held lock is ever stale: the janitor finds each lock live (kept) or free.
     async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
         let name = name_of(&req.lock)?;
-        Ok(match self.holder(name).await? {
+        Ok(match self.holds(name).await?.into_iter().next() {
             Some(h) => StaleRelease::Kept(h),
             None => StaleRelease::Free,
         })

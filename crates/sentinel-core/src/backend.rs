@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -58,6 +59,51 @@ pub struct IssueStatus {
     pub ignored: Vec<Ignored>,
 }
 
+/// One hold of a name that may have several: a shared lock's readers, a semaphore's permits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    /// The hold's lease and fencing token, as a lock's holder.
+    #[serde(flatten)]
+    pub holder: Holder,
+    /// The semaphore permits it takes (1 for a lock).
+    pub permits: u32,
+    /// A shared (read) hold.
+    pub shared: bool,
+}
+
+/// A claim waiting in a backend's queue (the coordinator's), first come first served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiter {
+    /// Who waits.
+    pub worker_id: String,
+    /// Where it runs.
+    pub node_id: String,
+    /// Since when, on the backend's clock.
+    pub since: DateTime<Utc>,
+    /// The permits it asks for (1 for a lock).
+    pub permits: u32,
+    /// It asks for a shared hold.
+    pub shared: bool,
+}
+
+/// Every hold of a name and who waits for it, from a backend that keeps several holds per name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holds {
+    /// The name as given.
+    pub name: String,
+    /// `exclusive`, `shared` or `semaphore`: what the name is held as now (a free name reads as
+    /// what was asked about).
+    pub kind: &'static str,
+    /// The semaphore's limit; `None` for a lock.
+    pub limit: Option<u32>,
+    /// Every live hold, oldest first.
+    pub holders: Vec<Hold>,
+    /// The first waiters, in their order.
+    pub queue: Vec<Waiter>,
+    /// How many wait in all (the queue shows only the first ones).
+    pub waiting: usize,
+}
+
 /// What `status LOCK` reports.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -74,14 +120,63 @@ pub enum Status {
         /// by the backends that keep expired leases; in Redis an expired lease is gone.
         holder: Option<Holder>,
     },
+    /// A name of a backend that keeps several holds per name (the coordinator): its kind, every
+    /// hold and the queue.
+    Holds(Holds),
 }
 
 impl Status {
-    /// The holder whichever backend answered; `None` when the lock is free.
+    /// The exclusive holder whichever backend answered; `None` when the lock is free or held
+    /// shared or as a semaphore.
     pub fn holder(&self) -> Option<&Holder> {
         match self {
             Status::Issue(s) => s.holder.as_ref(),
             Status::Named { holder, .. } => holder.as_ref(),
+            Status::Holds(h) => match (h.kind, &h.holders[..]) {
+                ("exclusive", [one]) => Some(&one.holder),
+                _ => None,
+            },
+        }
+    }
+
+    /// `exclusive`, `shared` or `semaphore`: what the name is held as (a lock, for the backends
+    /// that hold nothing else).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Status::Holds(h) => h.kind,
+            _ => "exclusive",
+        }
+    }
+
+    /// A semaphore's limit.
+    pub fn limit(&self) -> Option<u32> {
+        match self {
+            Status::Holds(h) => h.limit,
+            _ => None,
+        }
+    }
+
+    /// The first waiters and how many wait in all, for a backend that queues them.
+    pub fn queue(&self) -> (&[Waiter], usize) {
+        match self {
+            Status::Holds(h) => (&h.queue, h.waiting),
+            _ => (&[], 0),
+        }
+    }
+
+    /// Every hold: the holder of a lock (1 permit, not shared), or a group's holds.
+    pub fn holds(&self) -> Vec<Hold> {
+        match self {
+            Status::Holds(h) => h.holders.clone(),
+            _ => self
+                .holder()
+                .map(|h| Hold {
+                    holder: h.clone(),
+                    permits: 1,
+                    shared: false,
+                })
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -116,6 +211,12 @@ pub trait LockBackend: Send + Sync {
     /// then turns `--strategy retry` into one attempt that waits on the backend, first come
     /// first served, instead of polling.
     fn waits_server_side(&self) -> bool {
+        false
+    }
+
+    /// Whether the backend keeps several holds per name: shared holds and semaphores
+    /// ([`HoldKind`](crate::lock::HoldKind)). The others refuse every claim but an exclusive one.
+    fn holds_groups(&self) -> bool {
         false
     }
 

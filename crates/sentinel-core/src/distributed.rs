@@ -41,8 +41,8 @@ use crate::error::{Error, Result};
 use crate::keepalive::{self, Keepalive, Timing};
 use crate::lease;
 use crate::lock::{
-    AcquireRequest, Attempt, Claimant, Holder, LockId, ReleaseRequest, RenewRequest, Takeover,
-    validate_label,
+    AcquireRequest, Attempt, Claimant, HoldKind, Holder, LockId, ReleaseRequest, RenewRequest,
+    Takeover, validate_label,
 };
 use crate::strategy::{self, Policy, Strategy};
 
@@ -240,6 +240,7 @@ impl<B: LockBackend + 'static> LockClient<B> {
             readopt: false,
             attempt: 0,
             wait: Duration::ZERO,
+            kind: HoldKind::Exclusive,
         })
     }
 

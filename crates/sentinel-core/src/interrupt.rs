@@ -270,6 +270,10 @@ impl<B: LockBackend + 'static> LockBackend for Interruptible<B> {
         self.inner.waits_server_side()
     }
 
+    fn holds_groups(&self) -> bool {
+        self.inner.holds_groups()
+    }
+
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let _flight = InFlight::enter()?;
         let attempt = self.inner.try_acquire(req).await?;

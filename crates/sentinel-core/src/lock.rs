@@ -124,6 +124,53 @@ pub struct AcquireRequest {
     /// How long a backend that queues waiters itself (the coordinator) may hold this attempt
     /// until the lock is free; zero for the others, whose waiting is the strategy loop's.
     pub wait: Duration,
+    /// An exclusive lock, a shared hold, or permits of a semaphore. A backend that holds one
+    /// holder per name refuses the others ([`LockBackend::holds_groups`]).
+    ///
+    /// [`LockBackend::holds_groups`]: crate::backend::LockBackend::holds_groups
+    pub kind: HoldKind,
+}
+
+/// What a claim takes of a name: the whole of it, a share of it beside other readers, or some
+/// permits of a semaphore. Every hold, whatever its kind, has its own lease and fencing token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HoldKind {
+    /// One holder, alone (`claim NAME`).
+    #[default]
+    Exclusive,
+    /// A read hold, with other shared holds and never with an exclusive one (`claim --shared`).
+    Shared,
+    /// `permits` of a semaphore that lets `limit` permits be held at once (`claim --limit`).
+    Semaphore {
+        /// Most permits held at once; every claim of the semaphore must give the same.
+        limit: u32,
+        /// What this hold takes, 1 to `limit`.
+        permits: u32,
+    },
+}
+
+impl HoldKind {
+    /// `exclusive`, `shared` or `semaphore`, as JSON and messages name the kinds.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HoldKind::Exclusive => "exclusive",
+            HoldKind::Shared => "shared",
+            HoldKind::Semaphore { .. } => "semaphore",
+        }
+    }
+
+    /// Refuses (exit 2) a shared hold or semaphore on `backend`, which holds one holder per
+    /// name: taking it as an exclusive lock instead would give readers or permit holders a
+    /// lock they do not expect.
+    pub fn exclusive_only(&self, backend: &str) -> Result<()> {
+        match self {
+            HoldKind::Exclusive => Ok(()),
+            _ => Err(Error::usage(format!(
+                "shared holds (--shared) and semaphores (--limit) need the coordinator backend \
+                 (--server, `sentinel serve`); the {backend} backend has one holder per lock"
+            ))),
+        }
+    }
 }
 
 /// Give up a lock: ours, or anyone's with `force`.

@@ -97,6 +97,7 @@ impl Record {
     /// valid, and small enough to write.
     fn for_claim(req: &AcquireRequest, name: &str, secs: i64) -> Result<Record> {
         validate_name(name)?;
+        req.kind.exclusive_only("etcd")?;
         validate_label("worker id", &req.claimant.worker_id)?;
         validate_label("node id", &req.claimant.node_id)?;
         if req.ttl.is_zero() {

@@ -81,6 +81,7 @@ impl GithubBackend {
     /// a token the first attempt writes at once: a read would answer for a public repository,
     /// and the refused write says what is missing (exit 5) where a held lock would not.
     pub(super) async fn acquire_issue(&self, issue: u64, req: &AcquireRequest) -> Result<Attempt> {
+        req.kind.exclusive_only("github")?;
         let look_first = req.attempt > 0 || self.fingerprint.is_some();
         self.claim_once(issue, req, look_first, 3).await
     }

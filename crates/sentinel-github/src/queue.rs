@@ -30,7 +30,7 @@ use super::resolve::{Record, resolve};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lease;
 use sentinel_core::lock::Claimed;
-use sentinel_core::lock::{AcquireRequest, Attempt, LockId, NextRequest, Takeover};
+use sentinel_core::lock::{AcquireRequest, Attempt, HoldKind, LockId, NextRequest, Takeover};
 
 /// Lock comments are looked up at most this far back in one listing; locks on older issues whose
 /// comments were not edited since are found by reading the issue before claiming it.
@@ -226,6 +226,7 @@ impl GithubBackend {
                 readopt: false,
                 attempt: 0,
                 wait: Duration::ZERO,
+                kind: HoldKind::Exclusive,
             };
             match self.claim_once(c.number, &attempt, look_first, 3).await {
                 Ok(Attempt::Granted(grant)) => {

@@ -67,6 +67,7 @@ impl LocalBackend {
     /// outlives the interrupted process unreported.
     pub fn acquire_blocking(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
+        req.kind.exclusive_only("local")?;
         let cmd = Op::acquire(name, req)?;
         let granted: Arc<Mutex<Option<u64>>> = Arc::default();
         let undo = {
@@ -276,7 +277,7 @@ mod tests {
     use super::*;
     use sentinel_core::error::ExitCode;
     use sentinel_core::lease;
-    use sentinel_core::lock::{Claimant, Grant, Takeover, TaskInfo};
+    use sentinel_core::lock::{Claimant, Grant, HoldKind, Takeover, TaskInfo};
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier, Mutex};
@@ -308,6 +309,7 @@ mod tests {
             readopt: true,
             attempt: 0,
             wait: Duration::ZERO,
+            kind: HoldKind::Exclusive,
         })
     }
 

@@ -731,6 +731,7 @@ impl LockBackend for PostgresBackend {
     /// commit a grant once the interrupt is flagged.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
+        req.kind.exclusive_only("postgres")?;
         let cmd = Op::acquire(name, req)?;
         let nonce = format!("{:016x}", fastrand::u64(..));
         let undo = {

@@ -124,20 +124,75 @@ pub struct ErrorBody {
     pub holder: Option<Holder>,
 }
 
-/// `GET /locks/{name}`: the holder, if any.
+/// `GET /locks/{name}/status`: what the name is held as, by whom, and who waits.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LockStatus {
-    /// The live lease; `None` when the lock is free.
+    /// The exclusive holder's live lease; `None` when the lock is free, or held shared or as a
+    /// semaphore.
     pub holder: Option<Holder>,
+    /// `exclusive`, `shared` or `semaphore`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The semaphore's limit.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Every live hold.
+    #[serde(default)]
+    pub holders: Vec<HoldEntry>,
+    /// The first waiters.
+    #[serde(default)]
+    pub queue: Vec<WaiterEntry>,
+    /// How many wait in all.
+    #[serde(default)]
+    pub waiting: usize,
 }
 
-/// One lock of `GET /locks`.
+/// One hold of `holders`: a lease, and what it takes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HoldEntry {
+    /// The hold's lease.
+    #[serde(flatten)]
+    pub holder: Holder,
+    /// The semaphore permits it takes (1 for a lock).
+    #[serde(default = "one")]
+    pub permits: u32,
+    /// A shared hold.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One waiter of `queue`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WaiterEntry {
+    /// The worker that waits.
+    pub holder: String,
+    /// Where it runs.
+    #[serde(default)]
+    pub node: String,
+    /// When it started to wait.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The permits it asks for.
+    #[serde(default = "one")]
+    pub permits: u32,
+    /// It asks for a shared hold.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// One name of `GET /locks`: the same fields as its status.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LockEntry {
     /// The lock's name.
     pub lock: String,
-    /// Its live lease.
+    /// The exclusive holder's live lease.
     pub holder: Option<Holder>,
+    /// Every live hold, the exclusive holder's included.
+    #[serde(default)]
+    pub holders: Vec<HoldEntry>,
 }
 
 /// A page of `GET /locks?limit=N&after=NAME`.

@@ -677,6 +677,7 @@ impl LockBackend for RedisBackend {
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
+        req.kind.exclusive_only("redis")?;
         validate_label("worker id", &req.claimant.worker_id)?;
         validate_label("node id", &req.claimant.node_id)?;
         let ttl_ms = lease::millis(req.ttl);

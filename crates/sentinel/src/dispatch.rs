@@ -70,6 +70,10 @@ impl LockBackend for Backend {
         each!(self, b => b.waits_server_side())
     }
 
+    fn holds_groups(&self) -> bool {
+        each!(self, b => b.holds_groups())
+    }
+
     fn describe(&self, lock: &LockId) -> String {
         each!(self, b => b.describe(lock))
     }

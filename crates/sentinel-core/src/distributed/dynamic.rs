@@ -141,6 +141,7 @@ trait ObjectBackend: Send + Sync {
     fn parse_lock(&self, raw: &str) -> Result<LockId>;
     fn describe(&self, lock: &LockId) -> String;
     fn waits_server_side(&self) -> bool;
+    fn holds_groups(&self) -> bool;
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>>;
     fn release<'a>(&'a self, req: &'a ReleaseRequest) -> BoxFuture<'a, Result<Released>>;
     fn renew<'a>(&'a self, req: &'a RenewRequest) -> BoxFuture<'a, Result<Holder>>;
@@ -166,6 +167,9 @@ impl<B: LockBackend> ObjectBackend for B {
     }
     fn waits_server_side(&self) -> bool {
         LockBackend::waits_server_side(self)
+    }
+    fn holds_groups(&self) -> bool {
+        LockBackend::holds_groups(self)
     }
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
         Box::pin(LockBackend::try_acquire(self, req))
@@ -226,6 +230,10 @@ impl LockBackend for DynBackend {
 
     fn waits_server_side(&self) -> bool {
         self.0.waits_server_side()
+    }
+
+    fn holds_groups(&self) -> bool {
+        self.0.holds_groups()
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
