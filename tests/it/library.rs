@@ -314,3 +314,73 @@ fn unbounded_or_unkeepable_settings_are_refused_in_the_librarys_words() {
         );
     });
 }
+
+/// Semaphore permits and shared holds through the library on a real coordinator: each hold a
+/// guard with its own token, a full semaphore or a read-held lock refusing more, a dropped guard
+/// giving its hold back; and a backend with one holder per lock refusing them.
+#[test]
+fn semaphores_and_shared_holds_are_guards_on_the_coordinator() {
+    let Some(s) = Subject::new(Kind::Server) else {
+        return;
+    };
+    let rt = multi_thread();
+    let a = LockClient::new(s.backend(&rt), "a").unwrap();
+    let b = LockClient::new(s.backend(&rt), "b").unwrap();
+    let gpus = s.lock("gpus");
+    let schema = s.lock("schema");
+    rt.block_on(async {
+        let two = a.semaphore(gpus.clone(), 3).acquire(2, TTL).await.unwrap();
+        let one = b.semaphore(gpus.clone(), 3).acquire(1, TTL).await.unwrap();
+        assert!(one.fencing_token() > two.fencing_token());
+        let full = a
+            .semaphore(gpus.clone(), 3)
+            .try_acquire(1, TTL)
+            .await
+            .unwrap();
+        assert!(full.is_none(), "a fourth permit of three: {full:?}");
+        let other_limit = b.semaphore(gpus.clone(), 4).try_acquire(1, TTL).await;
+        assert!(
+            matches!(other_limit, Err(Error::Usage(_))),
+            "{other_limit:?}"
+        );
+        let too_many = b.semaphore(gpus.clone(), 3).try_acquire(4, TTL).await;
+        assert!(matches!(too_many, Err(Error::Usage(_))), "{too_many:?}");
+        assert!(two.release().await.unwrap());
+        let again = b
+            .semaphore(gpus.clone(), 3)
+            .try_acquire(2, TTL)
+            .await
+            .unwrap();
+        assert!(again.is_some(), "the two permits given back are free");
+        drop((one, again));
+        assert!(flush_releases(Duration::from_secs(20)).await);
+        let all = a
+            .semaphore(gpus.clone(), 3)
+            .try_acquire(3, TTL)
+            .await
+            .unwrap();
+        assert!(all.is_some(), "dropped guards gave their permits back");
+
+        let r1 = a.acquire_shared(&schema, TTL).await.unwrap();
+        let r2 = b.try_acquire_shared(&schema, TTL).await.unwrap().unwrap();
+        assert_ne!(r1.fencing_token(), r2.fencing_token());
+        assert!(b.try_acquire(&schema, TTL).await.unwrap().is_none());
+        assert!(r1.release().await.unwrap() && r2.release().await.unwrap());
+        let writer = b.try_acquire(&schema, TTL).await.unwrap();
+        assert!(writer.is_some(), "the readers are gone");
+        assert!(a.try_acquire_shared(&schema, TTL).await.unwrap().is_none());
+    });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let local = LockClient::new(
+        sentinel::local::LocalBackend::open(tmp.path()).unwrap(),
+        "a",
+    )
+    .unwrap();
+    rt.block_on(async {
+        let refused = local.try_acquire_shared("x", TTL).await;
+        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
+        let refused = local.semaphore("x", 2).try_acquire(1, TTL).await;
+        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
+    });
+}

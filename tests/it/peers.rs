@@ -152,12 +152,17 @@ fn raft_routes_take_only_the_peer_token_and_refuse_what_would_panic_openraft() {
     let first = before["term"].as_u64().unwrap();
     eventually(20, "the nodes agreeing on a leader", || {
         let seen: Vec<Option<u64>> = addrs.iter().map(|a| leader_of(a)).collect();
-        seen.iter().all(|l| l.is_some() && *l == seen[0]).then_some(())
+        seen.iter()
+            .all(|l| l.is_some() && *l == seen[0])
+            .then_some(())
     });
     for addr in &addrs {
         let h = health(addr);
         let term = h["term"].as_u64().unwrap();
-        assert!((first..first + 100).contains(&term), "term {term} after {first}: {h}");
+        assert!(
+            (first..first + 100).contains(&term),
+            "term {term} after {first}: {h}"
+        );
     }
     // Nor was anything persisted: the follower restarts and rejoins.
     nodes[f].kill();

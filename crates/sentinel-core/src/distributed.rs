@@ -7,7 +7,10 @@
 //! is the same API as a trait object. A grant is a [`LockGuard`]: it carries the fencing token to
 //! hand to the resource it protects, and can keep the lease alive by itself, with a [`LostLock`]
 //! signal telling the critical section when it can no longer vouch for the lock.
-//! [`LeaderElection`] and [`acquire_all`] are built on the trait alone.
+//! [`LeaderElection`] and [`acquire_all`] are built on the trait alone. On a backend that keeps
+//! several holds per name (the coordinator), [`LockClient::acquire_shared`] takes the read side of
+//! a reader-writer lock and [`LockClient::semaphore`] a [`Semaphore`]'s permits, each hold a
+//! guard like a lock's.
 //!
 //! No phantom holders: a grant always has an owner. Each acquisition attempt runs as a task of
 //! its own and hands its grant over as a guard, so an `acquire` future dropped at any point (a
@@ -230,7 +233,90 @@ impl<B: LockBackend + 'static> LockClient<B> {
         &self.claimant.worker_id
     }
 
-    fn request(&self, resource: &str, ttl: Duration) -> Result<AcquireRequest> {
+    /// Acquires a hold of `kind` on `resource` for `ttl`, waiting while it cannot be had as the
+    /// [`RetryConfig`] allows: [`DistributedLock::acquire`] for any kind of hold. A shared hold
+    /// or semaphore permits need a backend that keeps several holds per name (the coordinator);
+    /// the others refuse them ([`Error::Usage`]).
+    pub async fn acquire_hold(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        kind: HoldKind,
+    ) -> Result<LockGuard<B>> {
+        let req = self.request(resource, ttl, kind)?;
+        let policy = self.retry.policy()?;
+        let attempts = self.retry.max_attempts;
+        let mut n = 0;
+        loop {
+            let attempt = AcquireRequest {
+                attempt: n,
+                ..req.clone()
+            };
+            let holder = match self.attempt(attempt).await? {
+                Outcome::Granted(guard) => return Ok(guard),
+                Outcome::Held(holder) => holder,
+            };
+            n += 1;
+            if n == attempts {
+                let what = self.backend.describe(&req.lock);
+                return Err(strategy::conflict(&what, &holder, &policy, attempts));
+            }
+            let pause = policy.backoff(n);
+            tracing::info!(holder = %holder.worker_id, pause_ms = pause.as_millis() as u64, "lock held; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One attempt at a hold of `kind`: [`DistributedLock::try_acquire`] for any kind of hold.
+    pub async fn try_acquire_hold(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        kind: HoldKind,
+    ) -> Result<Option<LockGuard<B>>> {
+        let req = self.request(resource, ttl, kind)?;
+        match self.attempt(req).await {
+            Ok(Outcome::Granted(guard)) => Ok(Some(guard)),
+            Ok(Outcome::Held(_)) => Ok(None),
+            // A contended attempt that could not be ordered did not get the lock either.
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A shared (read) hold of `resource`, beside other shared holds and never with an exclusive
+    /// one (an [`acquire`](DistributedLock::acquire)): the read side of a reader-writer lock.
+    pub async fn acquire_shared(&self, resource: &str, ttl: Duration) -> Result<LockGuard<B>> {
+        self.acquire_hold(resource, ttl, HoldKind::Shared).await
+    }
+
+    /// One attempt at a shared hold of `resource`.
+    pub async fn try_acquire_shared(
+        &self,
+        resource: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGuard<B>>> {
+        self.try_acquire_hold(resource, ttl, HoldKind::Shared).await
+    }
+
+    /// The semaphore `resource` that lets `limit` permits be held at once. Every client of it
+    /// must give the same limit: another is refused ([`Error::Usage`]).
+    pub fn semaphore(&self, resource: impl Into<String>, limit: u32) -> Semaphore<'_, B> {
+        Semaphore {
+            client: self,
+            resource: resource.into(),
+            limit,
+        }
+    }
+
+    fn request(&self, resource: &str, ttl: Duration, kind: HoldKind) -> Result<AcquireRequest> {
+        if let HoldKind::Semaphore { limit, permits } = kind
+            && (limit == 0 || permits == 0 || permits > limit)
+        {
+            return Err(Error::usage(format!(
+                "a semaphore's permits are 1 to its limit, and its limit at least 1: not {permits}                  of {limit}"
+            )));
+        }
         Ok(AcquireRequest {
             lock: self.backend.parse_lock(resource)?,
             claimant: self.claimant.clone(),
@@ -240,7 +326,7 @@ impl<B: LockBackend + 'static> LockClient<B> {
             readopt: false,
             attempt: 0,
             wait: Duration::ZERO,
-            kind: HoldKind::Exclusive,
+            kind,
         })
     }
 
@@ -298,39 +384,12 @@ impl<B: LockBackend + 'static> DistributedLock for LockClient<B> {
     type Backend = B;
 
     async fn acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard<B>> {
-        let req = self.request(resource, ttl)?;
-        let policy = self.retry.policy()?;
-        let attempts = self.retry.max_attempts;
-        let mut n = 0;
-        loop {
-            let attempt = AcquireRequest {
-                attempt: n,
-                ..req.clone()
-            };
-            let holder = match self.attempt(attempt).await? {
-                Outcome::Granted(guard) => return Ok(guard),
-                Outcome::Held(holder) => holder,
-            };
-            n += 1;
-            if n == attempts {
-                let what = self.backend.describe(&req.lock);
-                return Err(strategy::conflict(&what, &holder, &policy, attempts));
-            }
-            let pause = policy.backoff(n);
-            tracing::info!(holder = %holder.worker_id, pause_ms = pause.as_millis() as u64, "lock held; retrying");
-            tokio::time::sleep(pause).await;
-        }
+        self.acquire_hold(resource, ttl, HoldKind::Exclusive).await
     }
 
     async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Option<LockGuard<B>>> {
-        let req = self.request(resource, ttl)?;
-        match self.attempt(req).await {
-            Ok(Outcome::Granted(guard)) => Ok(Some(guard)),
-            Ok(Outcome::Held(_)) => Ok(None),
-            // A contended attempt that could not be ordered did not get the lock either.
-            Err(Error::Conflict(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.try_acquire_hold(resource, ttl, HoldKind::Exclusive)
+            .await
     }
 
     async fn release(&self, guard: LockGuard<B>) -> Result<bool> {
@@ -351,6 +410,39 @@ impl<B: LockBackend + 'static> DistributedLock for LockClient<B> {
     async fn lock_info(&self, resource: &str) -> Result<Option<Holder>> {
         let lock = self.backend.parse_lock(resource)?;
         Ok(self.backend.status(&lock).await?.holder().cloned())
+    }
+}
+
+/// A semaphore: at most `limit` permits of `resource` held at once, over all clients
+/// ([`LockClient::semaphore`]). Each acquisition is a [`LockGuard`] with its own lease and
+/// fencing token, kept alive, extended and released as a lock's.
+pub struct Semaphore<'a, B> {
+    client: &'a LockClient<B>,
+    resource: String,
+    limit: u32,
+}
+
+impl<B: LockBackend + 'static> Semaphore<'_, B> {
+    /// Takes `permits` (1 to the limit) for `ttl`, waiting while they are not free as the
+    /// client's [`RetryConfig`] allows; [`Error::Conflict`] when they are still not free then.
+    pub async fn acquire(&self, permits: u32, ttl: Duration) -> Result<LockGuard<B>> {
+        self.client
+            .acquire_hold(&self.resource, ttl, self.kind(permits))
+            .await
+    }
+
+    /// One attempt at `permits`: the guard, or `None` when they are not free.
+    pub async fn try_acquire(&self, permits: u32, ttl: Duration) -> Result<Option<LockGuard<B>>> {
+        self.client
+            .try_acquire_hold(&self.resource, ttl, self.kind(permits))
+            .await
+    }
+
+    fn kind(&self, permits: u32) -> HoldKind {
+        HoldKind::Semaphore {
+            limit: self.limit,
+            permits,
+        }
     }
 }
 
