@@ -45,13 +45,19 @@ fn token(v: &Value) -> u64 {
 
 /// The worker ids of a status's holders, and their tokens.
 fn holders(status: &Value) -> Vec<(String, u64)> {
+    holders_by(status, "fencing_token")
+}
+
+/// The worker ids of a status's holders, and each one's number `key` (`fencing_token`,
+/// `permits`).
+pub(crate) fn holders_by(status: &Value, key: &str) -> Vec<(String, u64)> {
     status["holders"]
         .as_array()
         .unwrap_or_else(|| panic!("no holders in {status}"))
         .iter()
         .map(|h| {
             let id = h["worker_id"].as_str().unwrap().to_string();
-            (id, h["fencing_token"].as_u64().unwrap())
+            (id, h[key].as_u64().unwrap())
         })
         .collect()
 }

@@ -6,21 +6,14 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
+use crate::coordinator_primitives::holders_by;
 use crate::serve::eventually;
 use crate::server_cli::{cli, one_node, run};
 use crate::support::{code, local, stdout_json, text};
 
 /// The worker ids of a `status --json`'s holders, and their permits.
 fn holders(status: &Value) -> Vec<(String, u64)> {
-    status["holders"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no holders in {status}"))
-        .iter()
-        .map(|h| {
-            let id = h["worker_id"].as_str().unwrap().to_string();
-            (id, h["permits"].as_u64().unwrap())
-        })
-        .collect()
+    holders_by(status, "permits")
 }
 
 #[test]

@@ -450,14 +450,7 @@ impl LockState {
         &'a self,
         after: Option<&str>,
     ) -> impl Iterator<Item = (&'a str, &'a Group)> + 'a {
-        use std::ops::Bound;
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Unbounded,
-        };
-        self.groups
-            .range((start, Bound::Unbounded))
-            .map(|(k, v)| (k.as_str(), v))
+        super::after(&self.groups, after)
     }
 
     /// The index of every hold's expiry, rebuilt from the groups.

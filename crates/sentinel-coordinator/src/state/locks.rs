@@ -373,14 +373,7 @@ impl LockState {
         &'a self,
         after: Option<&str>,
     ) -> impl Iterator<Item = (&'a str, &'a Slot)> + 'a {
-        use std::ops::Bound;
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Unbounded,
-        };
-        self.locks
-            .range((start, Bound::Unbounded))
-            .map(|(k, v)| (k.as_str(), v))
+        super::after(&self.locks, after)
     }
 
     /// How many holds there are: exclusive locks, shared holds and semaphore holds.

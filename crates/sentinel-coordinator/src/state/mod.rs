@@ -188,3 +188,18 @@ impl LockState {
         Applied { answer, settled }
     }
 }
+
+/// The entries of `map` in name order after `after` (all of them for `None`): a page of a
+/// listing.
+fn after<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    after: Option<&str>,
+) -> impl Iterator<Item = (&'a str, &'a V)> + 'a {
+    use std::ops::Bound;
+    let start = match after {
+        Some(a) => Bound::Excluded(a.to_string()),
+        None => Bound::Unbounded,
+    };
+    map.range((start, Bound::Unbounded))
+        .map(|(k, v)| (k.as_str(), v))
+}
