@@ -284,12 +284,17 @@ fn postgres_grants_are_read_without_creating_anything() {
     );
 
     server.psql(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON public.sentinel_locks TO worker;
+        "GRANT SELECT, INSERT, UPDATE ON public.sentinel_locks TO worker;
          GRANT USAGE, UPDATE ON SEQUENCE public.sentinel_fencing_tokens TO worker;",
     );
     let out = pg(&worker);
     let v = report(&out);
     assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        check(&v, "table \"public\".sentinel_locks")["detail"],
+        "SELECT, INSERT, UPDATE granted",
+        "{v}"
+    );
     assert_eq!(check(&v, "table layout")["status"], "ok", "{v}");
     assert!(!text(&out).contains("pw@"), "the password was printed");
 }

@@ -112,11 +112,12 @@ fn role(server: &Postgres, role: &str) {
     server.psql(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'"));
 }
 
-/// What docs/postgres.md says a worker role needs on the table and sequence.
+/// What docs/postgres.md says a worker role needs on the table and sequence: no DELETE, since a
+/// release keeps the row.
 fn grant_worker(server: &Postgres, role: &str, schema: &str) {
     server.psql(&format!(
         "GRANT USAGE ON SCHEMA {schema} TO {role};
-         GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.sentinel_locks TO {role};
+         GRANT SELECT, INSERT, UPDATE ON {schema}.sentinel_locks TO {role};
          GRANT USAGE, UPDATE ON SEQUENCE {schema}.sentinel_fencing_tokens TO {role};"
     ));
 }
@@ -128,9 +129,9 @@ fn token(out: &std::process::Output) -> u64 {
 
 /// Issue 13, items 7 and 9: roles that own a schema named after themselves (first on PostgreSQL's
 /// default `search_path`) once each found a table of their own and held one lock at once; and a
-/// role with only the documented grants (no CREATE) was refused.
+/// role with only the documented grants (no CREATE; since item 8 no DELETE either) was refused.
 #[test]
-fn the_table_is_named_with_its_schema_and_workers_need_no_create_right() {
+fn the_table_is_named_with_its_schema_and_workers_need_no_create_or_delete_right() {
     let Some(server) = Postgres::start() else {
         return;
     };
@@ -161,10 +162,33 @@ fn the_table_is_named_with_its_schema_and_workers_need_no_create_right() {
         &["status", "mine"],
         &["status"],
         &["release", "mine"],
+        &["claim", "swept", "--ttl", "1s"],
     ] {
         let out = pg(data.path(), &worker, "worker", args);
         assert_eq!(code(&out), 0, "{args:?}: {}", text(&out));
     }
+    let out = pg(data.path(), &worker, "other", &["claim", "theirs"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = pg(
+        data.path(),
+        &worker,
+        "worker",
+        &["release", "theirs", "--force"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(1300));
+    let sweep = stdout_json(&pg(
+        data.path(),
+        &worker,
+        "worker",
+        &["steal-stale", "--all", "--json"],
+    ));
+    let swept = sweep["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lock"] == "swept");
+    assert_eq!(swept.unwrap()["action"], "released", "{sweep}");
     assert_eq!(
         server.psql("SELECT count(*) FROM pg_class WHERE relname = 'sentinel_locks'"),
         "1"
@@ -178,7 +202,7 @@ fn the_table_is_named_with_its_schema_and_workers_need_no_create_right() {
         "alice"
     );
     assert_eq!(
-        server.psql("SELECT worker_id FROM public.sentinel_locks"),
+        server.psql("SELECT worker_id FROM public.sentinel_locks WHERE worker_id IS NOT NULL"),
         "admin"
     );
 }
@@ -213,6 +237,117 @@ fn fencing_tokens_never_go_backwards_when_the_sequence_restarts() {
     // The sequence itself was moved past the table, so other names go on from there too.
     let next = token(&pg(data.path(), &url, "y", &["claim", "other", "--json"]));
     assert!(next > taken, "{next} after {taken}");
+}
+
+/// Issue 13, item 8, once every lock was released: a release deleted the row, so a sequence that
+/// restarted handed a name a token it had already issued.
+#[test]
+fn a_released_lock_keeps_its_token_when_the_sequence_restarts() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let release = |worker: &str| {
+        stdout_json(&pg(
+            data.path(),
+            &url,
+            worker,
+            &["release", "job", "--json"],
+        ))
+    };
+    let mut first = 0;
+    for _ in 0..3 {
+        first = token(&pg(data.path(), &url, "w", &["claim", "job", "--json"]));
+        assert_eq!(release("w")["was_held"], true);
+    }
+    server.psql("ALTER SEQUENCE public.sentinel_fencing_tokens RESTART");
+    let second = token(&pg(data.path(), &url, "w", &["claim", "job", "--json"]));
+    assert!(second > first, "{second} after {first}");
+
+    // The row a release keeps is free to every reader, and to a second release.
+    assert_eq!(release("w")["was_held"], true);
+    assert_eq!(
+        server.psql("SELECT worker_id IS NULL, fencing_token FROM public.sentinel_locks"),
+        format!("t|{second}")
+    );
+    let st = stdout_json(&pg(data.path(), &url, "x", &["status", "job", "--json"]));
+    assert_eq!(st["held"], false, "{st}");
+    let st = stdout_json(&pg(data.path(), &url, "x", &["status", "--json"]));
+    assert_eq!(st["locks"], serde_json::json!([]), "{st}");
+    let again = release("w");
+    assert_eq!(again["was_held"], false, "{again}");
+    let out = pg(data.path(), &url, "w", &["heartbeat", "job", "--once"]);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("not held by anyone"), "{}", text(&out));
+    let sweep = stdout_json(&pg(
+        data.path(),
+        &url,
+        "j",
+        &["steal-stale", "--all", "--json"],
+    ));
+    assert_eq!(sweep["locks"], serde_json::json!([]), "{sweep}");
+    let out = pg(
+        data.path(),
+        &url,
+        "x",
+        &["claim", "job", "--strategy", "fail-fast"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+/// Issue 13, item 8: the table the previous version made has `worker_id NOT NULL`, which a
+/// release that keeps the row cannot write. Its owner's first command drops that; a worker is
+/// told the statement.
+#[test]
+fn a_table_of_the_previous_layout_lets_worker_id_be_null() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    server.psql(
+        "CREATE TABLE public.sentinel_locks (
+             name text PRIMARY KEY, worker_id text NOT NULL, node_id text NOT NULL,
+             fencing_token bigint NOT NULL, claimed_at timestamptz NOT NULL,
+             heartbeat_at timestamptz NOT NULL, ttl_ms bigint NOT NULL CHECK (ttl_ms > 0),
+             task_info jsonb NOT NULL DEFAULT '{}', grant_nonce text NOT NULL DEFAULT '');
+         CREATE INDEX sentinel_locks_fencing_token ON public.sentinel_locks (fencing_token);
+         CREATE SEQUENCE public.sentinel_fencing_tokens;
+         SELECT setval('public.sentinel_fencing_tokens', 54);
+         INSERT INTO public.sentinel_locks VALUES
+             ('old', 'w0', 'n0', 54, now(), now(), 600000, '{}', '');",
+    );
+    role(&server, "worker");
+    grant_worker(&server, "worker", "public");
+    let worker = url_as(&server, "worker", "");
+    let out = pg(data.path(), &worker, "w0", &["release", "old"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    for part in [
+        "older layout (worker_id is NOT NULL)",
+        "ALTER TABLE \"public\".sentinel_locks ALTER COLUMN worker_id DROP NOT NULL;",
+        "42501",
+    ] {
+        assert!(text(&out).contains(part), "{part}: {}", text(&out));
+    }
+    let st = stdout_json(&pg(
+        data.path(),
+        &server.url(),
+        "x",
+        &["status", "old", "--json"],
+    ));
+    assert_eq!(st["holder"]["fencing_token"], 54, "{st}");
+    assert_eq!(
+        server.psql(
+            "SELECT attnotnull FROM pg_attribute
+             WHERE attrelid = 'public.sentinel_locks'::regclass AND attname = 'worker_id'"
+        ),
+        "f"
+    );
+    let out = pg(data.path(), &worker, "w0", &["release", "old"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    server.psql("ALTER SEQUENCE public.sentinel_fencing_tokens RESTART");
+    let next = token(&pg(data.path(), &worker, "w1", &["claim", "old", "--json"]));
+    assert!(next > 54, "{next} after 54");
 }
 
 /// Issue 13, item 10: errors said "db error" (no SQLSTATE, no message); a table of an older

@@ -8,8 +8,9 @@ use sentinel_core::error::Error;
 
 use crate::{Failure, PostgresBackend, layout};
 
-/// The table privileges the operations use: reads, grants, renewals and releases.
-const TABLE_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+/// The table privileges the operations use: reads, grants, renewals and releases. No DELETE: a
+/// release keeps the row, for its token.
+const TABLE_PRIVILEGES: [&str; 3] = ["SELECT", "INSERT", "UPDATE"];
 /// The sequence privileges of `nextval` and `setval`.
 const SEQUENCE_PRIVILEGES: [&str; 2] = ["USAGE", "UPDATE"];
 /// What every query of the check is called in messages.
@@ -26,8 +27,8 @@ struct Facts {
     /// The user may create what is missing: CREATE on the schema, or on the database when the
     /// schema is missing too.
     can_create: bool,
-    /// The table's columns, to compare with this version's layout.
-    columns: Vec<(String, String)>,
+    /// The table's columns (name, type, NOT NULL), to compare with this version's layout.
+    columns: Vec<(String, String, bool)>,
 }
 
 impl PostgresBackend {
@@ -99,13 +100,13 @@ impl PostgresBackend {
                         .map_err(err)?
                         .get(0),
                 };
-                let columns: Vec<(String, String)> = match table.is_some() {
+                let columns: Vec<(String, String, bool)> = match table.is_some() {
                     true => client
                         .query(layout::COLUMNS_OF, &[&names.table])
                         .await
                         .map_err(err)?
                         .iter()
-                        .map(|r| (r.get(0), r.get(1)))
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
                         .collect(),
                     false => Vec::new(),
                 };

@@ -6,9 +6,14 @@
 //! each find (and create) a table of their own, and hold one lock at once. Only what is missing is
 //! created, so a worker role with grants on existing objects (no CREATE right) works. A table of
 //! another layout is changed to this one when the role may (it owns the table), else the message
-//! says what its owner should run. The table is indexed by fencing token, because every grant
-//! reads the largest token it holds ([`crate`]'s `next_token`); a table made by an older version
-//! has no such index and pays a scan of its rows per grant instead.
+//! says what its owner should run.
+//!
+//! `worker_id` is NULL in a free row: a release keeps the row, because its token is the floor of
+//! the name's next one ([`crate`]'s `next_token`), so the table holds a row per lock name ever
+//! used. A table made by an older version, which deleted the row instead, has `worker_id NOT NULL`
+//! and is changed. The table is indexed by fencing token, because every grant reads the largest
+//! token it holds; a table made by an older version has no such index and pays a scan of its rows
+//! per grant instead.
 
 /// The table's columns: name, type as `format_type` spells it, and the clause that adds it to a
 /// table that lacks it (`None`: a table without it is not sentinel's).
@@ -24,14 +29,18 @@ const COLUMNS: [(&str, &str, Option<&str>); 9] = [
     ("grant_nonce", "text", Some("text NOT NULL DEFAULT ''")),
 ];
 
+/// Columns a free row leaves NULL (a release keeps the row); older versions made them NOT NULL.
+const NULLABLE: [&str; 1] = ["worker_id"];
+
 /// Which of schema ($1, as written), table ($2) and sequence ($3) exist; a role without USAGE
 /// on the schema gets an error here, not a wrong answer.
 pub(crate) const EXISTING: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
     to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL";
 
-/// The columns of the table $1 and their types.
-pub(crate) const COLUMNS_OF: &str = "SELECT attname::text, format_type(atttypid, atttypmod)
-    FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped";
+/// The columns of the table $1: name, type, and whether it is NOT NULL.
+pub(crate) const COLUMNS_OF: &str =
+    "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
+    WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped";
 
 /// The schema's objects, as SQL names.
 #[derive(Debug, Clone)]
@@ -69,7 +78,7 @@ impl Names {
             sql += &format!(
                 "CREATE TABLE IF NOT EXISTS {} (
                     name text PRIMARY KEY,
-                    worker_id text NOT NULL,
+                    worker_id text,
                     node_id text NOT NULL,
                     fencing_token bigint NOT NULL,
                     claimed_at timestamptz NOT NULL,
@@ -88,23 +97,28 @@ impl Names {
         sql
     }
 
-    /// What the table with `found` columns lacks: `Ok(None)` if nothing, `Ok(Some((what, sql)))`
-    /// with a description and the one `ALTER TABLE` that brings it to this layout, or `Err` if no
-    /// change can (it is not sentinel's table).
+    /// What the table with `found` columns (name, type, NOT NULL) lacks: `Ok(None)` if nothing,
+    /// `Ok(Some((what, sql)))` with a description and the one `ALTER TABLE` that brings it to this
+    /// layout, or `Err` if no change can (it is not sentinel's table).
     pub fn migration(
         &self,
-        found: &[(String, String)],
+        found: &[(String, String, bool)],
     ) -> Result<Option<(String, String)>, String> {
         let mut changes = Vec::new();
         let mut what = Vec::new();
         for (column, ty, add) in COLUMNS {
-            match found.iter().find(|(name, _)| name == column) {
-                Some((_, t)) if t == ty => {}
-                Some((_, t)) => {
-                    what.push(format!("{column} is {t}, not {ty}"));
-                    changes.push(format!(
-                        "ALTER COLUMN {column} TYPE {ty} USING {column}::{ty}"
-                    ));
+            match found.iter().find(|(name, _, _)| name == column) {
+                Some((_, t, not_null)) => {
+                    if t != ty {
+                        what.push(format!("{column} is {t}, not {ty}"));
+                        changes.push(format!(
+                            "ALTER COLUMN {column} TYPE {ty} USING {column}::{ty}"
+                        ));
+                    }
+                    if *not_null && NULLABLE.contains(&column) {
+                        what.push(format!("{column} is NOT NULL"));
+                        changes.push(format!("ALTER COLUMN {column} DROP NOT NULL"));
+                    }
                 }
                 None => match add {
                     Some(def) => {
@@ -138,23 +152,24 @@ mod tests {
     #[test]
     fn an_older_table_gets_one_alter_and_a_foreign_one_an_error() {
         let names = Names::new("public");
-        let mut found: Vec<(String, String)> = COLUMNS
+        let mut found: Vec<(String, String, bool)> = COLUMNS
             .iter()
-            .map(|(c, t, _)| (c.to_string(), t.to_string()))
+            .map(|(c, t, _)| (c.to_string(), t.to_string(), !NULLABLE.contains(c)))
             .collect();
         assert_eq!(names.migration(&found), Ok(None));
+        found[1].2 = true;
         found[3].1 = "integer".into();
         found.pop();
         let (what, sql) = names.migration(&found).unwrap().unwrap();
         assert_eq!(
             what,
-            "fencing_token is integer, not bigint, no column grant_nonce"
+            "worker_id is NOT NULL, fencing_token is integer, not bigint, no column grant_nonce"
         );
         assert_eq!(
             sql,
-            "ALTER TABLE \"public\".sentinel_locks ALTER COLUMN fencing_token TYPE bigint \
-             USING fencing_token::bigint, ADD COLUMN IF NOT EXISTS grant_nonce text NOT NULL \
-             DEFAULT '';"
+            "ALTER TABLE \"public\".sentinel_locks ALTER COLUMN worker_id DROP NOT NULL, \
+             ALTER COLUMN fencing_token TYPE bigint USING fencing_token::bigint, \
+             ADD COLUMN IF NOT EXISTS grant_nonce text NOT NULL DEFAULT '';"
         );
         found.remove(0);
         assert!(

@@ -17,8 +17,14 @@
 //! - **Fencing tokens**: the sequence `sentinel_fencing_tokens`, drawn under the name's lock, but
 //!   never below the greatest token in the table + 1: a sequence that restarted (a restore, a
 //!   promoted logical replica, `ALTER SEQUENCE … RESTART`) is moved past it instead of handing
-//!   out a token a held or stale lock already carries. So tokens strictly increase per name
-//!   (with gaps: an attempt that is refused uses one up too).
+//!   out a token the name already carried. So tokens strictly increase per name (with gaps: an
+//!   attempt that is refused uses one up too).
+//!
+//! Nothing deletes a row: a release (forced, stale, or the undo of an interrupted claim) sets its
+//! `worker_id` to NULL and keeps its token, the name's high-water mark, because a deleted row
+//! took its token out of that floor and a restarted sequence then handed the name a token it had
+//! issued. A row whose `worker_id` is NULL is free to every reader. So the table grows by one row
+//! per distinct lock name ever used, and workers need no DELETE right.
 //!
 //! Why a table and not session advisory locks (`pg_try_advisory_lock`): a session lock has no
 //! TTL (a hung holder keeps it as long as its connection lives, a pooled connection keeps it
@@ -455,12 +461,12 @@ impl PostgresBackend {
                     tx.batch_execute(&sql).await.map_err(err)?;
                     tx.commit().await.map_err(err)?;
                 }
-                let columns: Vec<(String, String)> = client
+                let columns: Vec<(String, String, bool)> = client
                     .query(layout::COLUMNS_OF, &[&names.table])
                     .await
                     .map_err(err)?
                     .iter()
-                    .map(|r| (r.get(0), r.get(1)))
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
                     .collect();
                 let target = &self.inner.target;
                 match names.migration(&columns) {
@@ -535,7 +541,10 @@ impl PostgresBackend {
                 let names = &self.inner.names;
                 let row = tx
                     .query_opt(
-                        &format!("SELECT {COLUMNS} FROM {} WHERE name = $1", names.table),
+                        &format!(
+                            "SELECT {COLUMNS} FROM {} WHERE name = $1 AND worker_id IS NOT NULL",
+                            names.table
+                        ),
                         &[&name],
                     )
                     .await
@@ -587,9 +596,9 @@ impl PostgresBackend {
     }
 
     /// The next fencing token: the sequence's next value, unless the sequence is behind the tokens
-    /// the table already holds (it restarted: a restore, a promoted replica, `ALTER SEQUENCE …
-    /// RESTART`); then the sequence is first moved past them, under the class's lock so that two
-    /// claims catching it up do not both take the same number.
+    /// the table holds, free rows' included (it restarted: a restore, a promoted replica, `ALTER
+    /// SEQUENCE … RESTART`); then the sequence is first moved past them, under the class's lock so
+    /// that two claims catching it up do not both take the same number.
     async fn next_token(
         &self,
         tx: &Transaction<'_>,
@@ -629,7 +638,7 @@ impl PostgresBackend {
         Ok(moved.get(0))
     }
 
-    /// Deletes the lock the attempt with `nonce` granted, if it still stands; under the name's
+    /// Frees the lock the attempt with `nonce` granted, if it still stands; under the name's
     /// lock, so it waits for that attempt's transaction. One try: it runs while the process is
     /// being stopped.
     async fn withdraw(&self, name: &str, nonce: &str) {
@@ -644,7 +653,7 @@ impl PostgresBackend {
             .ok()?;
             tx.execute(
                 &format!(
-                    "DELETE FROM {} WHERE name = $1 AND grant_nonce = $2",
+                    "UPDATE {} SET worker_id = NULL WHERE name = $1 AND grant_nonce = $2",
                     self.inner.names.table
                 ),
                 &[&name, &nonce],
@@ -666,7 +675,8 @@ impl PostgresBackend {
     }
 }
 
-/// Writes the lock's row as the table left it: deleted, or inserted or replaced.
+/// Writes the lock's row as the table left it: freed (kept, for its token), or inserted or
+/// replaced.
 async fn write(
     tx: &Transaction<'_>,
     table: &str,
@@ -675,8 +685,11 @@ async fn write(
     nonce: &str,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let Some(r) = record else {
-        tx.execute(&format!("DELETE FROM {table} WHERE name = $1"), &[&name])
-            .await?;
+        tx.execute(
+            &format!("UPDATE {table} SET worker_id = NULL WHERE name = $1"),
+            &[&name],
+        )
+        .await?;
         return Ok(());
     };
     let task_info = serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
@@ -726,7 +739,7 @@ impl LockBackend for PostgresBackend {
     }
 
     /// One attempt, as one transaction. An interrupted claim must hold nothing or report its
-    /// grant: the attempt registers an undo that deletes the row if this attempt's nonce granted
+    /// grant: the attempt registers an undo that frees the row if this attempt's nonce granted
     /// it (waiting for the transaction under the name's lock), and the transaction does not
     /// commit a grant once the interrupt is flagged.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -792,6 +805,7 @@ impl LockBackend for PostgresBackend {
                     .await
                     .map_err(|e| self.failure("a status read", &e))?;
                 let now = unsigned(row.get(0));
+                // The worker: NULL for a name without a row, or a free one.
                 let held: Option<String> = row.try_get(1).map_err(unreadable)?;
                 Ok(match held {
                     Some(_) => Some(record(&row, 1)?.0.to_holder(now)),
@@ -810,7 +824,8 @@ impl LockBackend for PostgresBackend {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {NOW_MS}, name, {COLUMNS} FROM {} ORDER BY name",
+                        "SELECT {NOW_MS}, name, {COLUMNS} FROM {} WHERE worker_id IS NOT NULL
+                         ORDER BY name",
                         self.inner.names.table
                     ),
                     &[],
