@@ -153,7 +153,9 @@ fn a_serve_node_is_checked_and_a_dead_one_is_exit_8() {
     let data = tempfile::tempdir().unwrap();
     let mut node = Node::start(1, &free_addr(), &[], data.path(), Some(TOKEN));
     // A node that has not elected itself yet is rightly reported as without a leader.
-    eventually(30, "node 1 leads", || leader_of(&node.addr).filter(|&l| l == 1));
+    eventually(30, "node 1 leads", || {
+        leader_of(&node.addr).filter(|&l| l == 1)
+    });
     let url = format!("http://{}", node.addr);
     let cli = |token: &str| {
         let mut cmd = sentinel(data.path());
