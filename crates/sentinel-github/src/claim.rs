@@ -256,7 +256,7 @@ impl GithubBackend {
         Ok(Attempt::Granted(Grant {
             holder: Self::holder_of(record, state.now),
             adopted: false,
-            took_over: takeover.map(|(_, h)| h),
+            took_over: takeover.map(|(_, h)| Box::new(h)),
         }))
     }
 

@@ -391,6 +391,7 @@ impl GithubBackend {
             expires_at: record.expires_at(),
             stale: record.is_stale_at(now),
             task_info: record.meta.task_info.clone(),
+            liveness: None,
         }
     }
 
@@ -405,6 +406,7 @@ impl GithubBackend {
             expires_at: expires,
             stale: expires < now,
             task_info: own.meta.task_info.clone(),
+            liveness: None,
         }
     }
 
