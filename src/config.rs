@@ -15,7 +15,7 @@ use sentinel::endpoint::{http_url, shown_url};
 use sentinel::error::{Error, Result};
 use sentinel::etcd::EtcdBackend;
 use sentinel::github::client::ClientOptions;
-use sentinel::github::{GithubBackend, GithubOptions, RepoName};
+use sentinel::github::{ActionsJob, GithubBackend, GithubOptions, RepoName};
 use sentinel::interrupt::Interruptible;
 use sentinel::local::LocalBackend;
 use sentinel::lock::hostname;
@@ -87,6 +87,21 @@ pub fn token_source(flag: Option<&Secret>, api_url: &str) -> Option<(&'static st
 /// Whether this process runs as a GitHub Actions step (`GITHUB_ACTIONS=true`).
 pub fn in_actions() -> bool {
     env("GITHUB_ACTIONS").as_deref() == Some("true")
+}
+
+/// The Actions job this process runs in, recorded with its GitHub locks so that a reader can free
+/// them the moment the job completes; `None` outside Actions or when a variable is missing or not
+/// what Actions sets (`GITHUB_RUN_ID= sentinel claim …` claims without one).
+fn actions_job() -> Option<ActionsJob> {
+    if !in_actions() {
+        return None;
+    }
+    ActionsJob::new(
+        &env("GITHUB_RUN_ID")?,
+        &env("GITHUB_RUN_ATTEMPT")?,
+        &env("GITHUB_JOB")?,
+        &env("RUNNER_NAME")?,
+    )
 }
 
 /// Distinct per concurrent worker, stable across the claim/heartbeat/release of one worker.
@@ -434,6 +449,7 @@ fn github_backend(g: &GlobalArgs, repo: Option<String>, data_dir: &Path) -> Resu
             .collect(),
         settle: settle()?,
         in_actions: in_actions(),
+        actions_job: actions_job(),
     })
 }
 

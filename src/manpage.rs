@@ -218,7 +218,9 @@ const OTHER_VARIABLES: &[(&str, &str, &str)] = &[
         "GITHUB_ACTIONS",
         "worker_id",
         "true inside GitHub Actions: the default worker id comes from GITHUB_RUN_ID, \
-         GITHUB_RUN_ATTEMPT, GITHUB_JOB and RUNNER_NAME, and errors print as ::error:: lines.",
+         GITHUB_RUN_ATTEMPT, GITHUB_JOB and RUNNER_NAME, GitHub lock comments record that job \
+         (its lock is free once the job completes, for readers with actions: read), and errors \
+         print as ::error:: lines.",
     ),
     (
         "GITHUB_OUTPUT",

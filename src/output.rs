@@ -213,13 +213,22 @@ pub fn holder_lines(h: &Holder, now: Option<DateTime<Utc>>) -> String {
     } else {
         format!("node        {}\n", h.node_id)
     };
+    // When the holder's job decided, its expiry says nothing about the state: say what did.
+    let liveness = match &h.liveness {
+        Some(_) => format!("state       {}\n", h.state()),
+        None => String::new(),
+    };
     let mut s = format!(
-        "held by     {}\n{node}since       {}\nheartbeat   {}\nexpires     {}{}\nfencing     {}\n",
+        "held by     {}\n{node}since       {}\nheartbeat   {}\nexpires     {}{}\n{liveness}fencing     {}\n",
         h.worker_id,
         at(h.claimed_at),
         at(h.heartbeat_last),
         at(h.expires_at),
-        if h.stale { "  (STALE)" } else { "" },
+        if h.stale && h.liveness.is_none() {
+            "  (STALE)"
+        } else {
+            ""
+        },
         h.fencing_token
     );
     let t = &h.task_info;
@@ -275,7 +284,7 @@ pub fn table(rows: &[(String, Holder)], now: Option<DateTime<Utc>>) -> String {
             node: h.node_id.clone(),
             since: at(h.claimed_at),
             expires: at(h.expires_at),
-            state: if h.stale { "stale" } else { "held" }.into(),
+            state: h.state(),
             token: h.fencing_token,
         })
         .collect();
@@ -422,6 +431,7 @@ mod tests {
             expires_at: now + chrono::Duration::seconds(40),
             stale: false,
             task_info: Default::default(),
+            liveness: None,
         };
         let rows = [("l".to_string(), h.clone())];
         let piped = table(&rows, None);

@@ -247,10 +247,10 @@ pub fn granted(
             "\nTook over from {} (fencing token {}, {})",
             prev.worker_id,
             prev.fencing_token,
-            if prev.stale {
-                format!("stale since {}", lease::human(prev.expires_at))
-            } else {
-                "live: forced".to_string()
+            match (&prev.liveness, prev.stale) {
+                (Some(why), true) => format!("stale: {why}"),
+                (None, true) => format!("stale since {}", lease::human(prev.expires_at)),
+                (_, false) => "live: forced".to_string(),
             }
         ));
     }
@@ -267,7 +267,7 @@ pub fn granted(
             "attempts": outcome.attempts,
             "expires_at": h.expires_at,
             "holder": holder_json(h),
-            "took_over": g.took_over.as_ref().map(holder_json),
+            "took_over": g.took_over.as_deref().map(holder_json),
         }),
         human,
     );

@@ -61,7 +61,7 @@ async fn all(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
         let line = match s.action {
             Action::Live => continue,
             Action::Released | Action::WouldRelease => format!(
-                "{} stale lock {} of {} (last heartbeat {}, lease ran out {})",
+                "{} stale lock {} of {} (last heartbeat {}, {})",
                 if s.action == Action::Released {
                     "Released"
                 } else {
@@ -70,7 +70,10 @@ async fn all(ctx: &Context, args: &StealStaleArgs) -> Result<Report> {
                 s.lock,
                 h.worker_id,
                 lease::human(h.heartbeat_last),
-                lease::human(h.expires_at)
+                match &h.liveness {
+                    Some(why) => why.clone(),
+                    None => format!("lease ran out {}", lease::human(h.expires_at)),
+                }
             ),
             Action::Skipped => format!(
                 "Left {} alone: it changed while the janitor worked (last seen held by {}, last heartbeat {})",

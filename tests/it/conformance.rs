@@ -292,6 +292,7 @@ impl Subject {
                     trusted: Vec::new(),
                     settle: Duration::from_millis(400),
                     in_actions: false,
+                    actions_job: None,
                 });
                 Backend::Github(Box::new(backend.unwrap()))
             }

@@ -1192,3 +1192,83 @@ async fn latency_and_repo_wide_comment_order() {
         "the latency fault was used up"
     );
 }
+
+/// The Actions jobs endpoints sentinel's job liveness reads: a job deserializes into octocrab's
+/// model of GitHub's job, one attempt's jobs are listed page by page, and a token without
+/// `actions: read` gets GitHub's 403.
+#[tokio::test]
+async fn emulated_workflow_jobs_match_githubs_job_model() {
+    use octocrab::models::workflows::{Conclusion, Job, Status};
+    let w = world();
+    let build = w.emu.start_job(REPO, 777, 2, "build", "runner-1");
+    let tests: Vec<u64> = (0..4)
+        .map(|i| {
+            w.emu.start_job(
+                REPO,
+                777,
+                2,
+                &format!("test ({i})"),
+                &format!("runner-{i}x"),
+            )
+        })
+        .collect();
+    // Another attempt of the same run: never listed with attempt 2.
+    w.emu.start_job(REPO, 777, 1, "build", "runner-9");
+    w.emu.complete_job(build, "failure");
+    let dev = crab(&w.emu, &w.dev);
+    let base = w.emu.url();
+
+    let mut path = Some(format!(
+        "/repos/{REPO}/actions/runs/777/attempts/2/jobs?per_page=2"
+    ));
+    let mut listed = Vec::new();
+    while let Some(p) = path {
+        let r = get(&dev, &p).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json()["total_count"], 5);
+        let page: Vec<Job> = model("jobs", &r.json()["jobs"]);
+        assert!(page.len() <= 2);
+        listed.extend(page);
+        path = next_link(&r, &base);
+    }
+    let ids: Vec<u64> = listed.iter().map(|j| j.id.0).collect();
+    assert_eq!(ids, [vec![build], tests.clone()].concat());
+    let first = &listed[0];
+    assert_eq!((first.run_id.0, first.run_attempt), (777, 2));
+    assert_eq!(first.name, "build");
+    assert_eq!(first.runner_name.as_deref(), Some("runner-1"));
+    assert_eq!(first.status, Status::Completed);
+    assert_eq!(first.conclusion, Some(Conclusion::Failure));
+    assert!(first.completed_at.is_some());
+    assert_eq!(listed[1].status, Status::InProgress);
+    assert_eq!(listed[1].conclusion, None);
+
+    let one = get(&dev, &format!("/repos/{REPO}/actions/jobs/{}", tests[0])).await;
+    assert_eq!(one.status, StatusCode::OK);
+    let job: Job = model("job", &one.json());
+    assert_eq!(job.name, "test (0)");
+
+    for missing in [
+        format!("/repos/{REPO}/actions/runs/778/attempts/1/jobs"),
+        format!("/repos/{REPO}/actions/runs/777/attempts/3/jobs"),
+        format!("/repos/{REPO}/actions/jobs/1"),
+    ] {
+        assert_eq!(get(&dev, &missing).await.status, StatusCode::NOT_FOUND);
+    }
+
+    w.emu.deny_actions_read("github-actions[bot]");
+    let bot = crab(&w.emu, &w.bot);
+    let r = get(
+        &bot,
+        &format!("/repos/{REPO}/actions/runs/777/attempts/2/jobs"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json()["message"],
+        "Resource not accessible by integration"
+    );
+    // Others keep reading.
+    let r = get(&dev, &format!("/repos/{REPO}/actions/jobs/{build}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -18,6 +18,7 @@ mod gh_auth;
 mod github_busy;
 mod github_cli;
 mod github_client;
+mod github_jobs;
 mod github_races;
 mod heartbeat;
 mod help;

@@ -1,7 +1,8 @@
 //! A GitHub REST API emulator for sentinel's tests: a real HTTP server on 127.0.0.1 that answers
-//! the issue, comment, label, assignee and user endpoints the way api.github.com does, including
-//! the unpleasant parts (silently dropped assignees, lists that lag behind writes, rate limits,
-//! 301/410 for transferred/deleted issues, injected 5xx before or after a write).
+//! the issue, comment, label, assignee, user and Actions job endpoints the way api.github.com
+//! does, including the unpleasant parts (silently dropped assignees, lists that lag behind
+//! writes, rate limits, 301/410 for transferred/deleted issues, injected 5xx before or after a
+//! write, a token without `actions: read`).
 //!
 //! This file owns the handle: [`Emulator::start`] spawns a dedicated thread with its own tokio
 //! runtime, so it works from plain `#[test]`s (which then run the real binary against
@@ -20,6 +21,7 @@
 //! assert_eq!(emu.issue_view("acme/widgets", issue).assignees, ["alice"]);
 //! ```
 
+mod actions;
 mod faults;
 mod paginate;
 mod render;
@@ -341,6 +343,42 @@ impl Emulator {
                 }
             })
             .collect()
+    }
+
+    // ----- Actions -----
+
+    /// Starts a job of workflow run `run_id`, attempt `run_attempt`, named `name` (what GitHub
+    /// shows: the YAML key unless the workflow names the job) on `runner_name`: `in_progress`
+    /// from now. Returns the job's id.
+    pub fn start_job(
+        &self,
+        repo: &str,
+        run_id: u64,
+        run_attempt: u32,
+        name: &str,
+        runner_name: &str,
+    ) -> u64 {
+        let mut st = self.state();
+        let repo = key(repo);
+        st.repo(&repo);
+        let now = st.now();
+        st.actions
+            .start(&repo, run_id, run_attempt, name, Some(runner_name), now)
+    }
+
+    /// Ends a job: `completed`, with `conclusion` (`success`, `failure`, `cancelled`, …).
+    pub fn complete_job(&self, job_id: u64, conclusion: &str) {
+        let mut st = self.state();
+        let now = st.now();
+        st.actions.complete(job_id, conclusion, now);
+    }
+
+    /// From now on every Actions endpoint answers `login` 403, as GitHub answers a token without
+    /// `actions: read` ("Resource not accessible by integration" for an app or workflow token).
+    pub fn deny_actions_read(&self, login: &str) {
+        let mut st = self.state();
+        let user = st.ensure_user(login, None);
+        st.actions.denied.insert(user);
     }
 
     // ----- time -----

@@ -67,7 +67,7 @@ const COMMENT_DOCS: &str = "https://docs.github.com/rest/issues/comments#create-
 const LABEL_DOCS: &str = "https://docs.github.com/rest/issues/labels#remove-a-label-from-an-issue";
 const USER_DOCS: &str = "https://docs.github.com/rest/users/users#get-the-authenticated-user";
 
-fn not_found() -> Reply {
+pub(crate) fn not_found() -> Reply {
     Reply::error(404, "Not Found", DOCS)
 }
 
@@ -114,6 +114,7 @@ fn repo_routes(st: &mut State, cx: &Ctx, full_name: &str, rest: &[&str]) -> Resu
         return Err(not_found());
     }
     match (cx.method, rest) {
+        (_, ["actions", tail @ ..]) => crate::actions::routes(st, cx, &repo, tail),
         ("GET", ["issues"]) => list_issues(st, cx, &repo),
         ("GET", ["issues", "comments"]) => list_repo_comments(st, cx, &repo),
         (_, ["issues", "comments", id]) => comment_routes(st, cx, &repo, id),
@@ -196,7 +197,7 @@ fn labels_reply(st: &State, repo: &str, number: u64) -> Reply {
 
 // ----- access -----
 
-fn forbidden(st: &State, cx: &Ctx) -> Reply {
+pub(crate) fn forbidden(st: &State, cx: &Ctx) -> Reply {
     let integration = cx
         .caller
         .as_deref()

@@ -1,5 +1,5 @@
 //! The emulated GitHub: users and tokens, repositories with their issues, labels and comments,
-//! the (offsettable) clock, rate-limit windows, pending faults and the request log.
+//! workflow jobs, the (offsettable) clock, rate-limit windows, pending faults and the request log.
 //!
 //! Everything lives in one `State` behind one std `Mutex` (see `lib.rs`): every change is
 //! serialized, so comment ids follow creation order exactly, and no handler ever holds the lock
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Timelike, Utc};
 
 use crate::Request;
+use crate::actions::Actions;
 use crate::faults::FaultQueue;
 
 /// What kind of account a login is.
@@ -241,6 +242,7 @@ pub struct State {
     pub faults: FaultQueue,
     pub log: Vec<Request>,
     pub ids: Ids,
+    pub actions: Actions,
 }
 
 pub fn key(login_or_repo: &str) -> String {
@@ -264,6 +266,7 @@ impl State {
             faults: FaultQueue::default(),
             log: Vec::new(),
             ids: Ids::default(),
+            actions: Actions::default(),
         }
     }
 

@@ -576,7 +576,7 @@ impl LockBackend for ServerBackend {
                 }
                 Ok(match self.claim(req, name).await? {
                     Attempt::Granted(g) => Attempt::Granted(Grant {
-                        took_over: Some(h),
+                        took_over: Some(Box::new(h)),
                         ..g
                     }),
                     held => held,

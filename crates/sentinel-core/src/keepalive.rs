@@ -391,6 +391,7 @@ mod tests {
             expires_at: lease::expires_at(now, TTL),
             stale: false,
             task_info: Default::default(),
+            liveness: None,
         }
     }
 

@@ -268,11 +268,29 @@ pub struct Holder {
     /// `heartbeat_last` + TTL: from then on the lock is stale. A holder should count on less
     /// (see [`lease`](crate::lease)): the backend's clock and the network add skew.
     pub expires_at: DateTime<Utc>,
-    /// Heartbeat older than the TTL, judged on the backend's clock.
+    /// Heartbeat older than the TTL, judged on the backend's clock; or, when `liveness` says so,
+    /// judged by what the holder's own process is doing instead.
     pub stale: bool,
     /// What the holder said about its work when it claimed.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
+    /// Why the lock is live or stale when the lease did not decide: the GitHub backend asks
+    /// Actions about the job that holds it (`job 'build' of run 123 attempt 1 completed
+    /// (failure)`). `None` when the lease alone decided, which is every other backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<String>,
+}
+
+impl Holder {
+    /// `held` or `stale`, followed by why when the lease did not decide (`stale: job 'build' of
+    /// run 123 attempt 1 completed (failure)`): how `status` shows the holder's state.
+    pub fn state(&self) -> String {
+        let word = if self.stale { "stale" } else { "held" };
+        match &self.liveness {
+            Some(why) => format!("{word}: {why}"),
+            None => word.to_string(),
+        }
+    }
 }
 
 /// A successful acquisition.
@@ -282,9 +300,10 @@ pub struct Grant {
     pub holder: Holder,
     /// The claimant already held this lock and took it up again (same fencing token).
     pub adopted: bool,
-    /// The holder that was taken over by `steal-stale` or `force`.
+    /// The holder that was taken over by `steal-stale` or `force`. Boxed: a take-over is rare,
+    /// and every [`Attempt`] would otherwise carry room for a second holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub took_over: Option<Holder>,
+    pub took_over: Option<Box<Holder>>,
 }
 
 /// Result of a single acquisition attempt; the strategy loop decides what to do with `Held`.

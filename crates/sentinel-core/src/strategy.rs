@@ -292,16 +292,22 @@ pub(crate) fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -
         lease::human(h.claimed_at),
         h.fencing_token
     );
-    if h.stale && policy.strategy != Strategy::StealStale {
-        msg.push_str(&format!(
+    let advise_steal = policy.strategy != Strategy::StealStale;
+    match (&h.liveness, h.stale) {
+        (Some(why), true) if advise_steal => msg.push_str(&format!(
+            "; it is stale ({why}): use --strategy steal-stale to take it over"
+        )),
+        // Not the lease but the holder's job decided: its expiry may be long past.
+        (Some(why), false) => msg.push_str(&format!("; it is live: {why}")),
+        (None, true) if advise_steal => msg.push_str(&format!(
             "; its heartbeat is stale since {}: use --strategy steal-stale to take it over",
             lease::human(h.expires_at)
-        ));
-    } else if !h.stale {
-        msg.push_str(&format!(
+        )),
+        (None, false) => msg.push_str(&format!(
             "; it is live until {}",
             lease::human(h.expires_at)
-        ));
+        )),
+        (_, true) => {}
     }
     if let Some(wait) = policy.wait.filter(|w| !w.is_zero()) {
         msg.push_str(&format!(
@@ -331,6 +337,7 @@ mod tests {
             expires_at: Utc::now(),
             stale: false,
             task_info: Default::default(),
+            liveness: None,
         }
     }
 
@@ -428,6 +435,42 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_conflict_says_why_when_the_lease_did_not_decide() {
+        let fail_fast = Policy {
+            strategy: Strategy::FailFast,
+            ..Policy::default()
+        };
+        let running = Holder {
+            liveness: Some("job 'build' of run 1 attempt 1 is in progress".into()),
+            ..holder()
+        };
+        let msg = conflict("#1", &running, &fail_fast, 1).to_string();
+        assert!(
+            msg.contains("it is live: job 'build' of run 1 attempt 1 is in progress"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("live until"),
+            "its expiry may be long past: {msg}"
+        );
+        let completed = Holder {
+            stale: true,
+            liveness: Some("job 'build' of run 1 attempt 1 completed (failure)".into()),
+            ..holder()
+        };
+        let msg = conflict("#1", &completed, &fail_fast, 1).to_string();
+        assert!(
+            msg.contains("it is stale (job 'build' of run 1 attempt 1 completed (failure)): use --strategy steal-stale"),
+            "{msg}"
+        );
+        assert_eq!(
+            completed.state(),
+            "stale: job 'build' of run 1 attempt 1 completed (failure)"
+        );
+        assert_eq!(holder().state(), "held");
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,6 +57,7 @@ impl LockRecord {
             expires_at: from_unix_ms(self.expires_at_ms()),
             stale: LockTable::is_stale(self, now_ms),
             task_info: self.task_info.clone(),
+            liveness: None,
         }
     }
 }
@@ -501,7 +502,7 @@ pub fn attempt(cmd: &Op, resp: Response, now: u64) -> Result<Attempt> {
         } => Ok(Attempt::Granted(Grant {
             holder: record.to_holder(now),
             adopted,
-            took_over: took_over.map(|r| r.to_holder(now)),
+            took_over: took_over.map(|r| Box::new(r.to_holder(now))),
         })),
         Response::Held { record, .. } => Ok(Attempt::Held(record.to_holder(now))),
         other => Err(unexpected(cmd, &other)),

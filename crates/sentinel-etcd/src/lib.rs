@@ -279,6 +279,7 @@ impl EtcdBackend {
             // etcd deletes the key with its lease: whatever it still has is live.
             stale: false,
             task_info: r.task_info.clone(),
+            liveness: None,
         }
     }
 
@@ -462,7 +463,7 @@ impl EtcdBackend {
                     Attempt::Granted(Grant {
                         holder: Self::holder(&kv, &current, sent, ttl_ms),
                         adopted: false,
-                        took_over,
+                        took_over: took_over.map(Box::new),
                     }),
                     true,
                 ));

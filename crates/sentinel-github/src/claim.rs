@@ -11,6 +11,7 @@ use serde_json::json;
 use super::cache::OwnLock;
 use super::client::Sent;
 use super::comment::{self, AfterRelease, LockMeta, LockState, Parsed, Takeover};
+use super::jobs::{Judged, Listings};
 use super::resolve::{Record, resolve};
 use super::{Comments, GithubBackend, VISIBILITY_READS};
 use sentinel_core::error::{Error, Result};
@@ -124,19 +125,25 @@ impl GithubBackend {
                 after_release = res.current.map(seen_release);
             }
             if let Some(h) = res.holder() {
-                let stale = h.is_stale_at(state.now);
-                if req.readopt && &h.meta.worker_id == worker && !stale {
+                if req.readopt && &h.meta.worker_id == worker && !h.is_stale_at(state.now) {
                     return self.adopt(issue, h, state.now, None).await;
                 }
+                // Only a take-over of stale locks turns on the holder's Actions job (its lease
+                // aside): for any other claim the answer would change nothing but rate limit.
+                let judged = if req.takeover == Mode::Stale {
+                    self.judge(h, state.now, &mut Listings::new()).await
+                } else {
+                    Judged::by_lease(h, state.now)
+                };
                 let allowed = match req.takeover {
                     Mode::Any => true,
-                    Mode::Stale => stale,
+                    Mode::Stale => judged.stale,
                     Mode::None => false,
                 };
                 if !allowed {
-                    return Ok(Attempt::Held(Self::holder_of(h, state.now)));
+                    return Ok(Attempt::Held(judged.holder(h, state.now)));
                 }
-                if req.takeover == Mode::Any && !stale {
+                if req.takeover == Mode::Any && !judged.stale {
                     tracing::warn!(holder = %h.meta.worker_id, "FORCE: taking over a live lock");
                 }
                 takeover = Some((
@@ -145,9 +152,10 @@ impl GithubBackend {
                         worker_id: h.meta.worker_id.clone(),
                         heartbeat: h.updated_at,
                         ttl_seconds: h.meta.ttl_seconds,
-                        force: !stale,
+                        force: !judged.stale,
+                        completed_job: judged.completed_job.clone(),
                     },
-                    Self::holder_of(h, state.now),
+                    judged.holder(h, state.now),
                 ));
             }
         }
@@ -166,6 +174,7 @@ impl GithubBackend {
             released_at: None,
             released_by: None,
             after_release,
+            actions_job: self.actions_job.clone(),
         };
         let mine = self.post_lock(issue, &meta).await?;
         let my_id = mine.id.into_inner();
@@ -257,7 +266,7 @@ impl GithubBackend {
         Ok(Attempt::Granted(Grant {
             holder: Self::holder_of(record, state.now),
             adopted: false,
-            took_over: takeover.map(|(_, h)| h),
+            took_over: takeover.map(|(_, h)| Box::new(h)),
         }))
     }
 

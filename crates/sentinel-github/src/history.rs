@@ -30,7 +30,8 @@ pub struct RepoHistory {
     pub acquisitions: u64,
     /// Lock comments in the window marked released (by the holder, a force or the janitor).
     pub releases: u64,
-    /// Take-overs of a lock whose lease had run out (`steal-stale`).
+    /// Take-overs of a lock whose lease had run out or whose Actions job had completed
+    /// (`steal-stale`).
     pub stale_takeovers: u64,
     /// Take-overs of a live lock (`force`).
     pub forced_takeovers: u64,
@@ -209,10 +210,12 @@ mod tests {
                 heartbeat: t,
                 ttl_seconds: 60,
                 force: true,
+                completed_job: None,
             }),
             released_at: None,
             released_by: None,
             after_release: None,
+            actions_job: None,
         }
     }
 

@@ -225,6 +225,7 @@ mod tests {
                 released_at: None,
                 released_by: None,
                 after_release: None,
+                actions_job: None,
             },
         }
     }

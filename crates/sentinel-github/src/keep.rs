@@ -11,6 +11,7 @@ use super::GithubBackend;
 use super::cache::OwnLock;
 use super::client::Response;
 use super::comment::{self, LockMeta, LockState, Takeover};
+use super::jobs::Listings;
 use super::resolve::{Record, resolve};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lease;
@@ -30,6 +31,9 @@ impl GithubBackend {
         // The lease this renewal must arrive within is the one being renewed.
         let ttl = Duration::from_secs(own.meta.ttl_seconds);
         own.meta.heartbeat_last = self.now();
+        // The lock lives as long as whoever renews it: a renewal from another job (a re-run that
+        // re-adopted the lock) or from outside Actions must not leave it tied to a job that ends.
+        own.meta.actions_job = self.actions_job.clone();
         if let Some(new_ttl) = new_ttl {
             // Whole seconds on GitHub, rounded up so that a lease is never shorter than asked.
             own.meta.ttl_seconds = new_ttl.as_secs_f64().ceil().max(1.0) as u64;
@@ -150,6 +154,7 @@ impl GithubBackend {
                 heartbeat: h.updated_at,
                 ttl_seconds: h.meta.ttl_seconds,
                 force: true,
+                completed_job: None,
             }),
             released_at: Some(now),
             released_by: Some(if ours {
@@ -158,6 +163,7 @@ impl GithubBackend {
                 format!("{worker_id} (forced)")
             }),
             after_release: None,
+            actions_job: None,
         };
         self.post_lock(issue, &notice).await?;
         self.delete_comment(h.id).await?;
@@ -180,8 +186,8 @@ impl GithubBackend {
         req: &ReleaseStaleRequest,
     ) -> Result<StaleRelease> {
         self.ensure_login().await?;
-        let victim = match self.stale_victim(issue, req).await? {
-            Ok(victim) => victim,
+        let (victim, liveness) = match self.stale_victim(issue, req).await? {
+            Ok(found) => found,
             Err(verdict) => return Ok(verdict),
         };
         let notice = self.stale_notice(&req.janitor, &victim);
@@ -232,46 +238,61 @@ impl GithubBackend {
         {
             tracing::warn!(error = %e, "could not remove the stale holder's assignment");
         }
-        Ok(StaleRelease::Released(Self::holder_of(
-            victim_record,
-            state.now,
-        )))
+        let mut released = Self::holder_of(victim_record, state.now);
+        if liveness.is_some() {
+            released.stale = true;
+            released.liveness = liveness;
+        }
+        Ok(StaleRelease::Released(released))
     }
 
-    /// The holder a janitor's notice would end: the one the janitor saw, or the issue's current
-    /// one; `Err` is the verdict when there is nothing stale to release.
+    /// The holder a janitor's notice would end, and why it is stale when its lease is not what
+    /// says so: the one the janitor saw, or the issue's current one; `Err` is the verdict when
+    /// there is nothing stale to release.
     async fn stale_victim(
         &self,
         issue: u64,
         req: &ReleaseStaleRequest,
-    ) -> Result<std::result::Result<Takeover, StaleRelease>> {
-        if let Some(h) = &req.seen {
-            if !h.stale {
-                return Ok(Err(StaleRelease::Kept(h.clone())));
+    ) -> Result<std::result::Result<(Takeover, Option<String>), StaleRelease>> {
+        match &req.seen {
+            Some(h) if !h.stale => return Ok(Err(StaleRelease::Kept(h.clone()))),
+            // Stale by its lease as listed; one stale by its job is read again, since the notice
+            // must name the job the holder's comment records.
+            Some(h) if h.liveness.is_none() => {
+                return Ok(Ok((
+                    Takeover {
+                        comment_id: h.fencing_token,
+                        worker_id: h.worker_id.clone(),
+                        heartbeat: h.heartbeat_last,
+                        ttl_seconds: lease::until(h.heartbeat_last, h.expires_at).as_secs(),
+                        force: false,
+                        completed_job: None,
+                    },
+                    None,
+                )));
             }
-            return Ok(Ok(Takeover {
-                comment_id: h.fencing_token,
-                worker_id: h.worker_id.clone(),
-                heartbeat: h.heartbeat_last,
-                ttl_seconds: lease::until(h.heartbeat_last, h.expires_at).as_secs(),
-                force: false,
-            }));
+            _ => {}
         }
         let state = self.read(issue).await?;
         let res = resolve(&state.records);
-        Ok(match res.holder() {
-            None => Err(StaleRelease::Free),
-            Some(h) if !h.is_stale_at(state.now) => {
-                Err(StaleRelease::Kept(Self::holder_of(h, state.now)))
-            }
-            Some(h) => Ok(Takeover {
+        let Some(h) = res.holder() else {
+            return Ok(Err(StaleRelease::Free));
+        };
+        let judged = self.judge(h, state.now, &mut Listings::new()).await;
+        if !judged.stale {
+            return Ok(Err(StaleRelease::Kept(judged.holder(h, state.now))));
+        }
+        Ok(Ok((
+            Takeover {
                 comment_id: h.id,
                 worker_id: h.meta.worker_id.clone(),
                 heartbeat: h.updated_at,
                 ttl_seconds: h.meta.ttl_seconds,
                 force: false,
-            }),
-        })
+                completed_job: judged.completed_job,
+            },
+            judged.liveness,
+        )))
     }
 
     /// The released take-over notice that ends `victim`'s lease, signed by the janitor.
@@ -290,6 +311,7 @@ impl GithubBackend {
             released_at: Some(now),
             released_by: Some(janitor.worker_id.clone()),
             after_release: None,
+            actions_job: None,
         }
     }
 

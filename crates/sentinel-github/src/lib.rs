@@ -10,7 +10,8 @@
 //! Layout: [`comment`] (the comment format), [`resolve`] (the ownership rule), [`client`] (HTTP,
 //! retries, rate limits, GitHub's clock), `cache` (what this host remembers between processes),
 //! `index` (this host's index of the repository's lock comments, a hint that keeps the
-//! repository-wide views cheap in a busy repository), `claim`, `keep` (heartbeat and release),
+//! repository-wide views cheap in a busy repository), `jobs` (whether the Actions job holding a
+//! lock still runs), `claim`, `keep` (heartbeat and release),
 //! `queue` (`claim --next`), `history` and `status` (the operations). This file holds the backend's shared reads:
 //! trust, identity, and turning GitHub's answers into errors.
 
@@ -21,6 +22,7 @@ pub mod comment;
 mod diagnose;
 mod history;
 mod index;
+mod jobs;
 mod keep;
 mod queue;
 pub mod resolve;
@@ -38,6 +40,7 @@ use octocrab::models::issues::{Comment, Issue};
 
 use cache::{Cache, OwnLock};
 use client::{Client, ClientOptions, Response};
+pub use comment::ActionsJob;
 use comment::Parsed;
 pub use history::RepoHistory;
 use index::LockIndex;
@@ -111,6 +114,9 @@ pub struct GithubOptions {
     pub settle: Duration,
     /// Running inside GitHub Actions: `github-actions[bot]` is the workflow's own identity.
     pub in_actions: bool,
+    /// The Actions job this process runs in, recorded with every lock comment it writes so that
+    /// readers can free the lock as soon as the job completes (see `jobs`).
+    pub actions_job: Option<ActionsJob>,
 }
 
 pub(crate) struct Comments {
@@ -132,6 +138,8 @@ pub struct GithubBackend {
     trusted: Vec<String>,
     settle: Duration,
     in_actions: bool,
+    actions_job: Option<ActionsJob>,
+    job_refusals: Mutex<jobs::Refusals>,
 }
 
 const ACTIONS_BOT: &str = "github-actions[bot]";
@@ -164,6 +172,8 @@ impl GithubBackend {
             trusted: opts.trusted,
             settle: opts.settle,
             in_actions: opts.in_actions,
+            actions_job: opts.actions_job,
+            job_refusals: Mutex::new(jobs::Refusals::default()),
         })
     }
 
@@ -391,6 +401,7 @@ impl GithubBackend {
             expires_at: record.expires_at(),
             stale: record.is_stale_at(now),
             task_info: record.meta.task_info.clone(),
+            liveness: None,
         }
     }
 
@@ -405,6 +416,7 @@ impl GithubBackend {
             expires_at: expires,
             stale: expires < now,
             task_info: own.meta.task_info.clone(),
+            liveness: None,
         }
     }
 

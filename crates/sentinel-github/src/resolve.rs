@@ -10,9 +10,13 @@
 //!   one-second resolution, so a tie without that record counts as still held: such a claim may
 //!   have been written before the release, by a writer that read the lock held and gave up.
 //! * A claim made while the lock was held loses, unless it is a take-over of exactly that holder
-//!   that was allowed at its `created_at`: `force`, or the holder's heartbeat was older than its TTL.
-//!   The victim's heartbeat is its `updated_at` if that is not later than the take-over; a later
-//!   edit is a renewal that came too late, so the stealer's recorded view of it is used instead.
+//!   that was allowed at its `created_at`: `force`, or the holder's heartbeat was older than its TTL,
+//!   or the take-over names the holder's Actions job as completed (`completed_job`) and the holder
+//!   still records that very job. The victim's heartbeat and job are its `updated_at` and
+//!   `actions_job` if that edit is not later than the take-over; a later edit is a renewal that
+//!   came too late, so the stealer's recorded view of it is used instead. Only the stealer asked
+//!   GitHub about the job; every reader checks the same recorded facts, and a holder that has
+//!   since renewed from another job (re-adopted in a re-run) keeps its lock.
 //! * A successful take-over deletes the victim's comment (so the victim's next heartbeat fails
 //!   with 404). When a take-over's victim is no longer there, the take-over's own record of the
 //!   victim decides, and it voids whatever non-take-over claims sat between victim and stealer:
@@ -141,12 +145,13 @@ fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>, ended: &HashSet<u6
         if t.force {
             return true;
         }
-        let heartbeat = if h.updated_at <= r.created_at && h.meta.state == LockState::Held {
-            h.updated_at
+        let (heartbeat, job) = if h.updated_at <= r.created_at && h.meta.state == LockState::Held {
+            (h.updated_at, h.meta.actions_job.as_ref())
         } else {
-            t.heartbeat
+            (t.heartbeat, t.completed_job.as_ref())
         };
-        return lease::expires_at(heartbeat, h.ttl()) < r.created_at;
+        let job_completed = t.completed_job.is_some() && t.completed_job.as_ref() == job;
+        return job_completed || lease::expires_at(heartbeat, h.ttl()) < r.created_at;
     }
     // The victim is gone (deleted by this very take-over) and `h` came after it: `h` was a claim
     // made during the victim's reign (an earlier take-over of the same victim, which won the
@@ -155,6 +160,7 @@ fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>, ended: &HashSet<u6
     let h_after_victim = h.id > t.comment_id;
     if victim_gone && h_after_victim {
         return t.force
+            || t.completed_job.is_some()
             || lease::expires_at(t.heartbeat, std::time::Duration::from_secs(t.ttl_seconds))
                 < r.created_at;
     }
@@ -163,7 +169,7 @@ fn takes_over(r: &Record, h: &Record, present: &HashSet<u64>, ended: &HashSet<u6
 
 #[cfg(test)]
 mod tests {
-    use super::super::comment::{AfterRelease, Takeover};
+    use super::super::comment::{ActionsJob, AfterRelease, Takeover};
     use super::*;
     use sentinel_core::lock::TaskInfo;
 
@@ -190,6 +196,7 @@ mod tests {
                 released_at: None,
                 released_by: None,
                 after_release: None,
+                actions_job: None,
             },
         }
     }
@@ -201,6 +208,7 @@ mod tests {
             heartbeat: t(hb),
             ttl_seconds: 300,
             force,
+            completed_job: None,
         });
         r
     }
@@ -377,6 +385,63 @@ mod tests {
         let recs = vec![renewed, notice(400)];
         assert_eq!(holder_id(&recs), Some(1));
         assert_eq!(resolve(&recs).losers, vec![2]);
+    }
+
+    fn job(run_id: u64) -> ActionsJob {
+        ActionsJob {
+            run_id,
+            run_attempt: 1,
+            job: "build".into(),
+            runner_name: Some("runner-7".into()),
+        }
+    }
+
+    fn in_job(mut r: Record, run_id: u64) -> Record {
+        r.meta.actions_job = Some(job(run_id));
+        r
+    }
+
+    /// A stale take-over whose writer read that run's job completed.
+    fn steal_completed(r: Record, victim: u64, hb: i64, run_id: u64) -> Record {
+        let mut r = steal(r, victim, hb, false);
+        r.meta.takeover.as_mut().unwrap().completed_job = Some(job(run_id));
+        r
+    }
+
+    #[test]
+    fn a_take_over_of_a_completed_job_wins_whatever_the_lease() {
+        // Claimed at 0 from run 7 with a 300 s lease; at 100 a stealer read that job completed.
+        let victim = in_job(rec(1, "a", 0, 0, LockState::Held), 7);
+        let thief = steal_completed(rec(3, "s", 100, 100, LockState::Held), 1, 0, 7);
+        assert_eq!(holder_id(&[victim.clone(), thief.clone()]), Some(3));
+        // Once the victim's comment is deleted its record decides the same way, voiding a claim
+        // made during the victim's reign.
+        let zombie = rec(2, "z", 50, 50, LockState::Held);
+        assert_eq!(holder_id(&[zombie.clone(), thief.clone()]), Some(3));
+        assert_eq!(holder_id(&[victim, zombie, thief.clone()]), Some(3));
+        // A renewal after the take-over (a process that outlived its job) comes too late.
+        let late = in_job(rec(1, "a", 0, 150, LockState::Held), 7);
+        assert_eq!(holder_id(&[late, thief]), Some(3));
+    }
+
+    #[test]
+    fn a_job_take_over_needs_the_holder_to_still_record_that_job() {
+        let thief = steal_completed(rec(2, "s", 100, 100, LockState::Held), 1, 0, 7);
+        // A holder that recorded no job is judged by its lease, which is live: a take-over
+        // claiming a completed job (forged, or from a stale read) cannot oust it.
+        let plain = rec(1, "a", 0, 0, LockState::Held);
+        assert_eq!(holder_id(&[plain, thief.clone()]), Some(1));
+        // The holder renewed from another run before the take-over (re-adopted in a re-run).
+        let moved = in_job(rec(1, "a", 0, 50, LockState::Held), 8);
+        assert_eq!(holder_id(&[moved, thief.clone()]), Some(1));
+        // Or from another attempt of the same run.
+        let mut retried = in_job(rec(1, "a", 0, 50, LockState::Held), 7);
+        retried.meta.actions_job.as_mut().unwrap().run_attempt = 2;
+        assert_eq!(holder_id(&[retried, thief.clone()]), Some(1));
+        // Its lease ran out all the same: the lease rule still applies.
+        let expired = in_job(rec(1, "a", 0, 50, LockState::Held), 8);
+        let late_thief = steal_completed(rec(2, "s", 400, 400, LockState::Held), 1, 50, 7);
+        assert_eq!(holder_id(&[expired, late_thief]), Some(2));
     }
 
     #[test]

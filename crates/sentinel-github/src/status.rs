@@ -1,8 +1,10 @@
-//! Reading who holds what: one issue in detail, or every issue with a held lock.
+//! Reading who holds what: one issue in detail, or every issue with a held lock. A holder that
+//! recorded its Actions job is shown as GitHub says that job is doing (`jobs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::jobs::Listings;
 use super::resolve::{Record, resolve};
 use super::{GithubBackend, IssueInfo, IssueStatus};
 use sentinel_core::error::Result;
@@ -29,10 +31,16 @@ impl GithubBackend {
         self.ensure_login().await?;
         let info = self.issue_info(issue).await?;
         let state = self.read(issue).await?;
-        let res = resolve(&state.records);
+        let holder = match resolve(&state.records).holder() {
+            Some(h) => {
+                let judged = self.judge(h, state.now, &mut Listings::new()).await;
+                Some(judged.holder(h, state.now))
+            }
+            None => None,
+        };
         Ok(IssueStatus {
             issue: info,
-            holder: res.holder().map(|h| Self::holder_of(h, state.now)),
+            holder,
             ignored: state.ignored,
         })
     }
@@ -48,14 +56,15 @@ impl GithubBackend {
         for (issue, record) in found {
             by_issue.entry(issue).or_default().push(record);
         }
-        Ok(by_issue
-            .into_iter()
-            .filter_map(|(issue, records)| {
-                let holder = resolve(&records)
-                    .holder()
-                    .map(|h| Self::holder_of(h, now))?;
-                Some((issue, holder))
-            })
-            .collect())
+        // Locks held by jobs of one run attempt (a matrix) share one listing of its jobs.
+        let mut listings = Listings::new();
+        let mut held = Vec::new();
+        for (issue, records) in by_issue {
+            if let Some(h) = resolve(&records).holder() {
+                let judged = self.judge(h, now, &mut listings).await;
+                held.push((issue, judged.holder(h, now)));
+            }
+        }
+        Ok(held)
     }
 }

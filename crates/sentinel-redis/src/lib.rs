@@ -215,6 +215,7 @@ impl Lease {
             // Redis deletes a lease the moment it runs out: whatever it still has is live.
             stale: false,
             task_info: self.task_info.clone(),
+            liveness: None,
         }
     }
 }
@@ -737,7 +738,7 @@ impl LockBackend for RedisBackend {
                 let took_over = if previous.is_empty() {
                     None
                 } else {
-                    Some(self.lease(&previous)?.holder())
+                    Some(Box::new(self.lease(&previous)?.holder()))
                 };
                 Ok(Attempt::Granted(Grant {
                     holder,
