@@ -2,7 +2,8 @@
 //! and `--shared` (a read hold), through the real binary against a real `sentinel serve` node;
 //! and the backends that hold one holder per lock refusing them with exit 2.
 
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
@@ -16,15 +17,18 @@ fn holders(status: &Value) -> Vec<(String, u64)> {
     holders_by(status, "permits")
 }
 
+/// `claim NAME -n --ttl 1m ARGS…` as `worker`, with `--json`.
+fn fail_fast(data: &Path, url: &str, worker: &str, name: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--json", "claim", name, "-n", "--ttl", "1m"];
+    all.extend_from_slice(args);
+    run(data, url, worker, &all)
+}
+
 #[test]
 fn a_semaphore_lets_its_limit_of_permits_be_held_and_no_more() {
     let tmp = tempfile::tempdir().unwrap();
     let (_node, url) = one_node(tmp.path());
-    let claim = |worker: &str, args: &[&str]| {
-        let mut all = vec!["--json", "claim", "builders", "-n", "--ttl", "1m"];
-        all.extend_from_slice(args);
-        run(tmp.path(), &url, worker, &all)
-    };
+    let claim = |worker: &str, args: &[&str]| fail_fast(tmp.path(), &url, worker, "builders", args);
 
     let out = claim("w1", &["--limit", "3", "--permits", "2"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -128,11 +132,7 @@ fn a_semaphore_lets_its_limit_of_permits_be_held_and_no_more() {
 fn shared_holds_are_held_together_and_keep_a_writer_out() {
     let tmp = tempfile::tempdir().unwrap();
     let (_node, url) = one_node(tmp.path());
-    let claim = |worker: &str, args: &[&str]| {
-        let mut all = vec!["--json", "claim", "schema", "-n", "--ttl", "1m"];
-        all.extend_from_slice(args);
-        run(tmp.path(), &url, worker, &all)
-    };
+    let claim = |worker: &str, args: &[&str]| fail_fast(tmp.path(), &url, worker, "schema", args);
     for reader in ["r1", "r2"] {
         let out = claim(reader, &["--shared"]);
         assert_eq!(code(&out), 0, "{}", text(&out));

@@ -47,15 +47,7 @@ impl PostgresBackend {
                     .await
                     .map_err(err)?;
                 let (user, version): (String, String) = (row.get(0), row.get(1));
-                let row = client
-                    .query_one(
-                        layout::EXISTING,
-                        &[&names.schema, &names.table, &names.sequence],
-                    )
-                    .await
-                    .map_err(err)?;
-                let (schema, table, sequence): (bool, bool, bool) =
-                    (row.get(0), row.get(1), row.get(2));
+                let (schema, table, sequence) = names.existing(&client).await.map_err(err)?;
                 let lacking = |function: &'static str, object: &'static str| {
                     let sql = format!(
                         "SELECT array(SELECT p FROM unnest($2::text[]) p \

@@ -34,7 +34,7 @@ const NULLABLE: [&str; 1] = ["worker_id"];
 
 /// Which of schema ($1, as written), table ($2) and sequence ($3) exist; a role without USAGE
 /// on the schema gets an error here, not a wrong answer.
-pub(crate) const EXISTING: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+const EXISTING: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
     to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL";
 
 /// The columns of the table $1: name, type, and whether it is NOT NULL.
@@ -56,6 +56,17 @@ pub(crate) struct Names {
 }
 
 impl Names {
+    /// Whether the schema, the table and the sequence exist.
+    pub async fn existing(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(bool, bool, bool), tokio_postgres::Error> {
+        let row = client
+            .query_one(EXISTING, &[&self.schema, &self.table, &self.sequence])
+            .await?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
     /// The names in `schema`, which [`crate::settings`] has checked holds letters, digits and `_`
     /// only, so quoting it is enough.
     pub fn new(schema: &str) -> Names {

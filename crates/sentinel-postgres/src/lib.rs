@@ -437,15 +437,7 @@ impl PostgresBackend {
             .get_or_try_init(|| async {
                 let what = "checking the table sentinel_locks";
                 let err = |e: tokio_postgres::Error| self.failure(what, &e);
-                let found = client
-                    .query_one(
-                        layout::EXISTING,
-                        &[&names.schema, &names.table, &names.sequence],
-                    )
-                    .await
-                    .map_err(err)?;
-                let (schema, table, sequence): (bool, bool, bool) =
-                    (found.get(0), found.get(1), found.get(2));
+                let (schema, table, sequence) = names.existing(client).await.map_err(err)?;
                 if !(schema && table && sequence) {
                     let what = "creating the table sentinel_locks";
                     let err = |e: tokio_postgres::Error| self.failure(what, &e);
