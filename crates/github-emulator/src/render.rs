@@ -1,4 +1,4 @@
-//! GitHub-shaped JSON for users, labels, issues, comments and errors. Field sets follow GitHub's
+//! GitHub-shaped JSON for users, labels, issues, comments, Actions jobs and errors. Field sets follow GitHub's
 //! documented example responses (the same ones kept in `fixtures/`), because clients such as
 //! octocrab refuse objects that lack a field they require. API URLs point at the emulator;
 //! browser (`html_url`) URLs point at github.com like the real thing.
@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::actions::Job;
 use crate::paginate::encode_component;
 use crate::state::{Comment, Issue, Label, State, UserKind, Version};
 
@@ -242,6 +243,37 @@ pub fn comment(st: &State, c: &Comment, version: &Version, single: bool) -> Valu
         v["pin"] = Value::Null;
     }
     v
+}
+
+/// A job object with every field of GitHub's.
+pub fn job(st: &State, j: &Job) -> Value {
+    let full = &st.repo(&j.repo).full_name;
+    let api = format!("{}/repos/{full}", st.base_url);
+    json!({
+        "id": j.id,
+        "run_id": j.run_id,
+        "run_url": format!("{api}/actions/runs/{}", j.run_id),
+        "run_attempt": j.run_attempt,
+        "node_id": node_id("CheckRun", j.id),
+        "head_sha": format!("{:040x}", j.run_id),
+        "url": format!("{api}/actions/jobs/{}", j.id),
+        "html_url": format!("https://github.com/{full}/actions/runs/{}/job/{}", j.run_id, j.id),
+        "status": j.status.as_str(),
+        "conclusion": j.conclusion,
+        "created_at": timestamp(j.created_at),
+        "started_at": timestamp(j.started_at),
+        "completed_at": j.completed_at.map(timestamp),
+        "name": j.name,
+        "steps": [],
+        "check_run_url": format!("{api}/check-runs/{}", j.id),
+        "labels": ["ubuntu-latest"],
+        "runner_id": j.runner_name.as_ref().map(|_| 1),
+        "runner_name": j.runner_name,
+        "runner_group_id": j.runner_name.as_ref().map(|_| 1),
+        "runner_group_name": j.runner_name.as_ref().map(|_| "GitHub Actions"),
+        "workflow_name": "CI",
+        "head_branch": "main",
+    })
 }
 
 #[cfg(test)]

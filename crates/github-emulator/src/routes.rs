@@ -8,6 +8,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::actions::Job;
 use crate::paginate::{self, PageRequest, query_get};
 use crate::render;
 use crate::state::{Comment, Fate, MAX_COMMENT_CHARS, State, UserKind, Version, key};
@@ -67,7 +68,7 @@ const COMMENT_DOCS: &str = "https://docs.github.com/rest/issues/comments#create-
 const LABEL_DOCS: &str = "https://docs.github.com/rest/issues/labels#remove-a-label-from-an-issue";
 const USER_DOCS: &str = "https://docs.github.com/rest/users/users#get-the-authenticated-user";
 
-pub(crate) fn not_found() -> Reply {
+fn not_found() -> Reply {
     Reply::error(404, "Not Found", DOCS)
 }
 
@@ -114,7 +115,7 @@ fn repo_routes(st: &mut State, cx: &Ctx, full_name: &str, rest: &[&str]) -> Resu
         return Err(not_found());
     }
     match (cx.method, rest) {
-        (_, ["actions", tail @ ..]) => crate::actions::routes(st, cx, &repo, tail),
+        (_, ["actions", tail @ ..]) => actions_routes(st, cx, &repo, tail),
         ("GET", ["issues"]) => list_issues(st, cx, &repo),
         ("GET", ["issues", "comments"]) => list_repo_comments(st, cx, &repo),
         (_, ["issues", "comments", id]) => comment_routes(st, cx, &repo, id),
@@ -132,6 +133,63 @@ fn repo_routes(st: &mut State, cx: &Ctx, full_name: &str, rest: &[&str]) -> Resu
         }
         _ => Err(not_found()),
     }
+}
+
+/// `GET /repos/{o}/{r}/actions/...`, the repository already resolved and readable by the caller.
+fn actions_routes(st: &State, cx: &Ctx, repo: &str, rest: &[&str]) -> Result {
+    if cx.method != "GET" {
+        return Err(not_found());
+    }
+    if cx
+        .caller
+        .as_deref()
+        .is_some_and(|c| st.actions.denied.contains(c))
+    {
+        return Err(forbidden(st, cx));
+    }
+    match rest {
+        ["runs", run_id, "attempts", attempt, "jobs"] => {
+            let run_id: u64 = run_id.parse().map_err(|_| not_found())?;
+            let attempt: u32 = attempt.parse().map_err(|_| not_found())?;
+            list_attempt_jobs(st, cx, repo, run_id, attempt)
+        }
+        ["jobs", job_id] => {
+            let id: u64 = job_id.parse().map_err(|_| not_found())?;
+            let job = st
+                .actions
+                .jobs
+                .get(&id)
+                .filter(|j| j.repo == repo)
+                .ok_or_else(not_found)?;
+            Ok(Reply::json(200, render::job(st, job)))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// One attempt's jobs, oldest first, paginated like GitHub: `{"total_count", "jobs"}` with the
+/// `Link` header of the whole listing. A run (or attempt) nobody started is 404, as on GitHub.
+fn list_attempt_jobs(st: &State, cx: &Ctx, repo: &str, run_id: u64, attempt: u32) -> Result {
+    let jobs: Vec<&Job> = st
+        .actions
+        .jobs
+        .values()
+        .filter(|j| j.repo == repo && j.run_id == run_id && j.run_attempt == attempt)
+        .collect();
+    if jobs.is_empty() {
+        return Err(not_found());
+    }
+    let page = PageRequest::from_query(&cx.query);
+    let body = json!({
+        "total_count": jobs.len(),
+        "jobs": page.slice(&jobs).iter().map(|j| render::job(st, j)).collect::<Vec<_>>(),
+    });
+    let mut reply = Reply::json(200, body);
+    let here = format!("{}{}", st.base_url, cx.path);
+    if let Some(link) = paginate::link_header(&here, &cx.query, page, jobs.len()) {
+        reply = reply.with_header("link", link);
+    }
+    Ok(reply)
 }
 
 /// Deleted issues answer 410 and transferred ones 301 on every issue-scoped endpoint.
@@ -197,7 +255,7 @@ fn labels_reply(st: &State, repo: &str, number: u64) -> Reply {
 
 // ----- access -----
 
-pub(crate) fn forbidden(st: &State, cx: &Ctx) -> Reply {
+fn forbidden(st: &State, cx: &Ctx) -> Reply {
     let integration = cx
         .caller
         .as_deref()
