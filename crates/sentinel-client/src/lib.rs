@@ -36,7 +36,7 @@ use http_body_util::Full;
 use serde::Serialize;
 use serde_json::Value;
 
-use sentinel_core::backend::{Hold, Holds, LockBackend, Status, Waiter, foreign};
+use sentinel_core::backend::{Holds, LockBackend, Status, foreign};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease;
@@ -343,7 +343,8 @@ impl ServerBackend {
 
     /// Every live hold of `name`: a lock's holder, or a shared lock's or semaphore's holds.
     async fn holds(&self, name: &str) -> Result<Vec<Holder>> {
-        Ok(holds_of(self.lock_status(name).await?))
+        let holds = self.lock_status(name).await?.holds();
+        Ok(holds.into_iter().map(|h| h.holder).collect())
     }
 
     /// Releases `holder`'s lease on `name`, checked against its token.
@@ -510,14 +511,6 @@ impl ServerBackend {
             }
             _ => Err(self.fail(&answer)),
         }
-    }
-}
-
-/// Every live hold a status lists; a coordinator from before shared holds lists only `holder`.
-fn holds_of(status: LockStatus) -> Vec<Holder> {
-    match status.holders.is_empty() {
-        true => status.holder.into_iter().collect(),
-        false => status.holders.into_iter().map(|h| h.holder).collect(),
     }
 }
 
@@ -711,24 +704,6 @@ impl LockBackend for ServerBackend {
     async fn status(&self, lock: &LockId) -> Result<Status> {
         let name = name_of(lock)?;
         let s = self.lock_status(name).await?;
-        let holders = s
-            .holders
-            .into_iter()
-            .map(|h| Hold {
-                holder: h.holder,
-                permits: h.permits,
-                shared: h.shared,
-            })
-            .collect::<Vec<_>>();
-        // A coordinator from before shared holds lists no `holders`: its holder is the one.
-        let holders = match (holders.is_empty(), s.holder) {
-            (true, Some(holder)) => vec![Hold {
-                holder,
-                permits: 1,
-                shared: false,
-            }],
-            (_, _) => holders,
-        };
         Ok(Status::Holds(Holds {
             name: name.to_string(),
             kind: match s.kind.as_deref() {
@@ -737,18 +712,8 @@ impl LockBackend for ServerBackend {
                 _ => "exclusive",
             },
             limit: s.limit,
-            holders,
-            queue: s
-                .queue
-                .into_iter()
-                .map(|w| Waiter {
-                    worker_id: w.holder,
-                    node_id: w.node,
-                    since: w.since,
-                    permits: w.permits,
-                    shared: w.shared,
-                })
-                .collect(),
+            holders: s.holds(),
+            queue: s.queue,
             waiting: s.waiting,
         }))
     }
@@ -768,11 +733,7 @@ impl LockBackend for ServerBackend {
             let page: LockPage = answer.parse("list")?;
             // One row per hold: a semaphore's or shared lock's holds each have their lease.
             for e in page.locks {
-                let holds: Vec<Holder> = match (e.holders.is_empty(), e.holder) {
-                    (true, holder) => holder.into_iter().collect(),
-                    (false, _) => e.holders.into_iter().map(|h| h.holder).collect(),
-                };
-                all.extend(holds.into_iter().map(|h| (e.lock.clone(), h)));
+                all.extend(e.holds().into_iter().map(|h| (e.lock.clone(), h.holder)));
             }
             match page.next {
                 Some(n) if Some(&n) != after.as_ref() => after = Some(n),

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lock::Claimed;
@@ -60,29 +60,52 @@ pub struct IssueStatus {
 }
 
 /// One hold of a name that may have several: a shared lock's readers, a semaphore's permits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The coordinator's API lists holds in this shape too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// The hold's lease and fencing token, as a lock's holder.
     #[serde(flatten)]
     pub holder: Holder,
     /// The semaphore permits it takes (1 for a lock).
+    #[serde(default = "one")]
     pub permits: u32,
     /// A shared (read) hold.
+    #[serde(default)]
     pub shared: bool,
 }
 
-/// A claim waiting in a backend's queue (the coordinator's), first come first served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl Hold {
+    /// A lock's holder as a hold: one permit, not shared.
+    pub fn exclusive(holder: Holder) -> Hold {
+        Hold {
+            holder,
+            permits: 1,
+            shared: false,
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A claim waiting in a backend's queue (the coordinator's), first come first served. Read from
+/// the coordinator's API, whose waiters name their worker `holder` and its machine `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiter {
     /// Who waits.
+    #[serde(alias = "holder")]
     pub worker_id: String,
     /// Where it runs.
+    #[serde(default, alias = "node")]
     pub node_id: String,
     /// Since when, on the backend's clock.
     pub since: DateTime<Utc>,
     /// The permits it asks for (1 for a lock).
+    #[serde(default = "one")]
     pub permits: u32,
     /// It asks for a shared hold.
+    #[serde(default)]
     pub shared: bool,
 }
 
@@ -170,11 +193,7 @@ impl Status {
             Status::Holds(h) => h.holders.clone(),
             _ => self
                 .holder()
-                .map(|h| Hold {
-                    holder: h.clone(),
-                    permits: 1,
-                    shared: false,
-                })
+                .map(|h| Hold::exclusive(h.clone()))
                 .into_iter()
                 .collect(),
         }

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use sentinel_core::backend::{Hold, Waiter};
 use sentinel_core::lock::{Holder, TaskInfo};
 
 /// Every acquire: `POST /locks/{name}/acquire` (an exclusive or, with `shared`, a shared hold)
@@ -136,51 +137,23 @@ pub struct LockStatus {
     /// The semaphore's limit.
     #[serde(default)]
     pub limit: Option<u32>,
-    /// Every live hold.
+    /// Every live hold (read it with [`LockStatus::holds`]).
     #[serde(default)]
-    pub holders: Vec<HoldEntry>,
+    holders: Vec<Hold>,
     /// The first waiters.
     #[serde(default)]
-    pub queue: Vec<WaiterEntry>,
+    pub queue: Vec<Waiter>,
     /// How many wait in all.
     #[serde(default)]
     pub waiting: usize,
 }
 
-/// One hold of `holders`: a lease, and what it takes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HoldEntry {
-    /// The hold's lease.
-    #[serde(flatten)]
-    pub holder: Holder,
-    /// The semaphore permits it takes (1 for a lock).
-    #[serde(default = "one")]
-    pub permits: u32,
-    /// A shared hold.
-    #[serde(default)]
-    pub shared: bool,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// One waiter of `queue`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct WaiterEntry {
-    /// The worker that waits.
-    pub holder: String,
-    /// Where it runs.
-    #[serde(default)]
-    pub node: String,
-    /// When it started to wait.
-    pub since: chrono::DateTime<chrono::Utc>,
-    /// The permits it asks for.
-    #[serde(default = "one")]
-    pub permits: u32,
-    /// It asks for a shared hold.
-    #[serde(default)]
-    pub shared: bool,
+impl LockStatus {
+    /// Every live hold: `holders`, or `holder` as the one hold where a coordinator from before
+    /// shared holds lists none.
+    pub fn holds(&self) -> Vec<Hold> {
+        holds_or(&self.holders, &self.holder)
+    }
 }
 
 /// One name of `GET /locks`: the same fields as its status.
@@ -190,9 +163,23 @@ pub struct LockEntry {
     pub lock: String,
     /// The exclusive holder's live lease.
     pub holder: Option<Holder>,
-    /// Every live hold, the exclusive holder's included.
+    /// Every live hold, the exclusive holder's included (read it with [`LockEntry::holds`]).
     #[serde(default)]
-    pub holders: Vec<HoldEntry>,
+    holders: Vec<Hold>,
+}
+
+impl LockEntry {
+    /// Every live hold, as [`LockStatus::holds`].
+    pub fn holds(&self) -> Vec<Hold> {
+        holds_or(&self.holders, &self.holder)
+    }
+}
+
+fn holds_or(holders: &[Hold], holder: &Option<Holder>) -> Vec<Hold> {
+    match (holders, holder) {
+        ([], Some(h)) => vec![Hold::exclusive(h.clone())],
+        _ => holders.to_vec(),
+    }
 }
 
 /// A page of `GET /locks?limit=N&after=NAME`.
