@@ -28,11 +28,17 @@ _sentinel() {
             sentinel,doctor)
                 cmd="sentinel__subcmd__doctor"
                 ;;
+            sentinel,elect)
+                cmd="sentinel__subcmd__elect"
+                ;;
             sentinel,heartbeat)
                 cmd="sentinel__subcmd__heartbeat"
                 ;;
             sentinel,help)
                 cmd="sentinel__subcmd__help"
+                ;;
+            sentinel,leader)
+                cmd="sentinel__subcmd__leader"
                 ;;
             sentinel,metrics)
                 cmd="sentinel__subcmd__metrics"
@@ -76,11 +82,17 @@ _sentinel() {
             sentinel__subcmd__help,doctor)
                 cmd="sentinel__subcmd__help__subcmd__doctor"
                 ;;
+            sentinel__subcmd__help,elect)
+                cmd="sentinel__subcmd__help__subcmd__elect"
+                ;;
             sentinel__subcmd__help,heartbeat)
                 cmd="sentinel__subcmd__help__subcmd__heartbeat"
                 ;;
             sentinel__subcmd__help,help)
                 cmd="sentinel__subcmd__help__subcmd__help"
+                ;;
+            sentinel__subcmd__help,leader)
+                cmd="sentinel__subcmd__help__subcmd__leader"
                 ;;
             sentinel__subcmd__help,metrics)
                 cmd="sentinel__subcmd__help__subcmd__metrics"
@@ -110,7 +122,7 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale completions metrics serve cluster doctor help"
+            opts="-v -q -h -V --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -555,6 +567,108 @@ _sentinel() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        sentinel__subcmd__elect)
+            opts="-v -q -h --value --ttl --wait --interval --kill-grace --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --value)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kill-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-endpoints)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres etcd" -- "${cur}"))
+                    return 0
+                    ;;
+                --worker-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         sentinel__subcmd__heartbeat)
             opts="-v -q -h --once --interval --release-on-exit --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -642,7 +756,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help)
-            opts="claim release status heartbeat run steal-stale completions metrics serve cluster doctor help"
+            opts="claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -725,6 +839,20 @@ _sentinel() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        sentinel__subcmd__help__subcmd__elect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         sentinel__subcmd__help__subcmd__heartbeat)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -740,6 +868,20 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__help__subcmd__leader)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -830,6 +972,92 @@ _sentinel() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__leader)
+            opts="-v -q -h --watch --every --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --every)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-endpoints)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres etcd" -- "${cur}"))
+                    return 0
+                    ;;
+                --worker-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -58,6 +58,8 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "status" -d 'Show 
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "elect" -d 'Campaign in an election and run a command while leader: the leader is the holder of the election\'s lock'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
@@ -290,6 +292,67 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -l json -
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand steal-stale" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l value -d 'What the leader publishes while it leads (its address, say): `sentinel leader` shows it' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l ttl -d 'The leader\'s lease: a leader that stops renewing (killed, cut off) is replaced this long after its last renewal' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l wait -d 'Give up the campaign after this long (exit 3) [default: campaign until elected]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l interval -d 'Renew every this long [default: a third of --ttl]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l kill-grace -d 'If leadership is lost: how long after SIGTERM the command gets before SIGKILL' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand elect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l every -d 'With --watch: how often to look' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l token -d 'GitHub token (falls back to GITHUB_TOKEN, GH_TOKEN, then `gh auth token`); never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l api-url -d 'GitHub API URL (GitHub Enterprise: https://HOST/api/v3)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l redis-url -d 'Redis server of the redis backend, e.g. redis://:PASSWORD@HOST:6379/0; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l database-url -d 'Database of the postgres backend, e.g. postgres://USER:PASSWORD@HOST:5432/DB; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l etcd-endpoints -d 'Client URLs of the etcd cluster of the etcd backend, comma-separated (http://HOST:2379,...); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l node-id -d 'Which machine the worker runs on [default: host name]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l watch -d 'Print one JSON line per change of leader (the current one first), until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand leader" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
@@ -396,16 +459,18 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l json -d 'Pr
 complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "doctor" -d 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure\'s exit code)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale completions metrics serve cluster doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "elect" -d 'Campaign in an election and run a command while leader: the leader is the holder of the election\'s lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "doctor" -d 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure\'s exit code)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from cluster" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'

@@ -187,8 +187,8 @@ const LOCK_CLIENT: &[&str] = &[
 /// ([`try_parse_from`]); one set in the environment is ignored, since the command does not read it.
 pub fn inherited(command: &str) -> &'static [&'static str] {
     match command {
-        "claim" | "release" | "status" | "heartbeat" | "run" | "steal-stale" | "metrics"
-        | "doctor" => LOCK_CLIENT,
+        "claim" | "release" | "status" | "heartbeat" | "run" | "steal-stale" | "elect"
+        | "leader" | "metrics" | "doctor" => LOCK_CLIENT,
         // A coordinator node: its log under the data directory, the token it requires.
         // --ca-cert: what it trusts when it calls its peers over TLS.
         "serve" => &[
@@ -395,6 +395,11 @@ pub enum Command {
     Run(RunArgs),
     /// Take over a stale lock, or release every stale lock (--all)
     StealStale(StealStaleArgs),
+    /// Campaign in an election and run a command while leader: the leader is the holder of
+    /// the election's lock
+    Elect(ElectArgs),
+    /// Show an election's leader, or every change of leader (--watch)
+    Leader(LeaderArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
@@ -488,6 +493,9 @@ impl Command {
             Command::Run(_) => true,
             Command::Claim(_) | Command::Release(_) | Command::Status(_) => false,
             Command::StealStale(_) => false,
+            // Like run: the command gets the signal. Watching ends cleanly (exit 0).
+            Command::Elect(_) => true,
+            Command::Leader(a) => a.watch,
             Command::Serve(_) => true,
             Command::Completions(_) | Command::Metrics(_) => false,
             Command::Cluster(_) | Command::Doctor => false,
@@ -684,6 +692,9 @@ pub struct TaskArgs {
     /// Task priority, e.g. high (wins over --task-info's)
     #[arg(long)]
     pub priority: Option<String>,
+    /// What the holder publishes with its hold: `elect --value`'s, not an option of its own
+    #[arg(skip)]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -746,6 +757,43 @@ impl RunArgs {
             self.command.insert(0, word.into());
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// The election's name: a lock name, whose holder is the leader
+    pub name: String,
+    /// What the leader publishes while it leads (its address, say): `sentinel leader` shows it
+    #[arg(long)]
+    pub value: Option<String>,
+    /// The leader's lease: a leader that stops renewing (killed, cut off) is replaced this long
+    /// after its last renewal
+    #[arg(long, value_parser = duration::arg, default_value = "15s")]
+    pub ttl: Duration,
+    /// Give up the campaign after this long (exit 3) [default: campaign until elected]
+    #[arg(long, value_parser = duration::arg, value_name = "DURATION")]
+    pub wait: Option<Duration>,
+    /// Renew every this long [default: a third of --ttl]
+    #[arg(long, value_parser = duration::arg)]
+    pub interval: Option<Duration>,
+    /// If leadership is lost: how long after SIGTERM the command gets before SIGKILL
+    #[arg(long, value_parser = duration::arg, default_value = "5s")]
+    pub kill_grace: Duration,
+    /// The command to run while leader, and its arguments (after NAME, or after `--`)
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// The election's name
+    pub name: String,
+    /// Print one JSON line per change of leader (the current one first), until stopped
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: how often to look
+    #[arg(long, value_parser = duration::arg, default_value = "500ms", requires = "watch")]
+    pub every: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -489,6 +489,7 @@ pub fn task_info(t: &TaskArgs) -> Result<TaskInfo> {
                 estimated_duration: arg.estimated_duration,
                 task_type: arg.task_type,
                 priority: arg.priority,
+                value: None,
             }
         }
         None => TaskInfo::default(),
@@ -505,10 +506,12 @@ pub fn task_info(t: &TaskArgs) -> Result<TaskInfo> {
     if t.priority.is_some() {
         info.priority = t.priority.clone();
     }
+    info.value = t.value.clone();
     for (what, v) in [
         ("estimated_duration", &info.estimated_duration),
         ("task_type", &info.task_type),
         ("priority", &info.priority),
+        ("value", &info.value),
     ] {
         if let Some(v) = v
             && (v.chars().count() > MAX_TASK_FIELD || v.chars().any(char::is_control))
@@ -539,6 +542,7 @@ mod tests {
             estimate: None,
             task_type: None,
             priority: None,
+            value: None,
         }
     }
 

@@ -182,6 +182,11 @@ fn exit_note(path: &str) -> Option<&'static str> {
             "--once: 0 renewed, 4 lost. As a sidecar: 0 when stopped by SIGINT or SIGTERM, 4 when \
              the lock is lost."
         }
+        "elect" => {
+            "Once elected, elect exits with its command's exit code (as run), or 4 when leadership \
+             is lost (the command gets SIGTERM); 3 when --wait ran out before it was elected."
+        }
+        "leader" => "--watch exits 0 when stopped by SIGINT or SIGTERM.",
         "serve" => "Stopped by SIGINT or SIGTERM, a node exits 0.",
         "doctor" => {
             "0 when the backend is usable, else the exit code of the first failed check: 5 for \
@@ -301,6 +306,17 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
             (
                 "List the stale locks a janitor would release:",
                 "sentinel steal-stale --all --dry-run",
+            ),
+        ],
+        "elect" => &[(
+            "Serve as the one active scheduler while elected, publishing this host's address:",
+            "sentinel elect scheduler --value http://$(hostname):8080 -- ./scheduler",
+        )],
+        "leader" => &[
+            ("Who leads, as JSON:", "sentinel leader scheduler --json"),
+            (
+                "Follow every change of leader:",
+                "sentinel leader scheduler --watch",
             ),
         ],
         "completions" => &[(

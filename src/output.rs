@@ -139,6 +139,14 @@ fn append_to_env_file(var: &str, text: &str) {
 }
 
 /// Prints an error: JSON on stdout with `--json`, a line on stderr always.
+/// One line on stdout, flushed at once, for a command that reports as things happen (`leader
+/// --watch`). An error means nobody reads any more (a closed pipe).
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
 pub fn print_error(e: &Error, as_json: bool) {
     print_error_exiting(e, as_json, e.exit_code().code());
 }
@@ -244,7 +252,12 @@ pub fn holder_lines(h: &Holder, now: Option<DateTime<Utc>>) -> String {
         .into_iter()
         .flatten()
         .collect();
-        s.push_str(&format!("task        {}\n", parts.join(", ")));
+        if !parts.is_empty() {
+            s.push_str(&format!("task        {}\n", parts.join(", ")));
+        }
+    }
+    if let Some(value) = &t.value {
+        s.push_str(&format!("value       {value}\n"));
     }
     s
 }

@@ -6,7 +6,9 @@ pub mod claim;
 pub mod cluster_status;
 pub mod completions;
 pub mod doctor;
+pub mod elect;
 pub mod heartbeat;
+pub mod leader;
 pub mod metrics;
 pub mod release;
 pub mod run;
@@ -48,6 +50,8 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
         Command::Heartbeat(a) => heartbeat::exec(&ctx, a).await,
         Command::Run(a) => run::exec(&ctx, a).await,
         Command::StealStale(a) => steal_stale::exec(&ctx, a).await,
+        Command::Leader(a) => leader::exec(&ctx, a).await,
+        Command::Elect(a) => elect::exec(ctx, a).await,
         Command::Completions(_)
         | Command::Metrics(_)
         | Command::Serve(_)

@@ -27,6 +27,18 @@ use sentinel::lock::Claimed;
 use sentinel::lock::{Holder, LockId, ReleaseRequest, RenewRequest};
 
 pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
+    hold_while_running(ctx, args, "run", false).await
+}
+
+/// The whole of `run`, and of `elect` (named `command` in the report): with `campaign`, a claim
+/// that finds the lock held and has no `--wait` tries again until it is granted, as a candidate
+/// campaigns until elected.
+pub(crate) async fn hold_while_running(
+    ctx: &Context,
+    args: &RunArgs,
+    command: &'static str,
+    campaign: bool,
+) -> Result<Report> {
     let mut signals = Signals::listen()?;
     // Settings that cannot keep the lock alive are refused before anything is claimed.
     Timing::for_ttl(args.interval, lease::validate_ttl(args.claim.ttl)?)?;
@@ -34,7 +46,7 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
         true => claim::fail_label(&args.target)?,
         false => None,
     };
-    let (claimed, lock) = match claim_unless_interrupted(ctx, args, &mut signals).await {
+    let (claimed, lock) = match claim_unless_interrupted(ctx, args, campaign, &mut signals).await {
         Ok(claimed) => claimed,
         Err(e) => {
             if let Some(report) = claim::empty_queue(&args.target, &args.claim, &e) {
@@ -50,7 +62,7 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     let what = ctx.backend.describe(&lock);
     // Inside Actions, the claim's outputs and summary row, as `claim` writes them; `run`'s own
     // report comes only after the command.
-    let mut granted = claim::granted(ctx, "run", &what, &lock, &claimed);
+    let mut granted = claim::granted(ctx, command, &what, &lock, &claimed);
     claim::describe_hold(&mut granted, &args.claim);
     granted.write_actions();
     let worker = ctx.claimant.worker_id.clone();
@@ -76,7 +88,7 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     ];
     let mut json = json!({
         "ok": true,
-        "command": "run",
+        "command": command,
         "backend": ctx.backend.name(),
         "lock": what,
         "worker_id": worker,
@@ -84,6 +96,9 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
     });
     if let Some(issue) = granted.json.get("issue") {
         json["issue"] = issue.clone();
+    }
+    if let Some(value) = &holder.task_info.value {
+        json["value"] = json!(value);
     }
     let cmd = match child::spawn(&args.command, &env) {
         Ok(c) => c,
@@ -137,9 +152,10 @@ pub async fn exec(ctx: &Context, args: &RunArgs) -> Result<Report> {
 async fn claim_unless_interrupted(
     ctx: &Context,
     args: &RunArgs,
+    campaign: bool,
     signals: &mut Signals,
 ) -> Result<(Claimed, LockId)> {
-    let mut claimed = pin!(claim_lock(ctx, args));
+    let mut claimed = pin!(claim_lock(ctx, args, campaign));
     let signal = tokio::select! {
         claimed = claimed.as_mut() => return claimed,
         signal = signals.recv() => signal,
@@ -220,10 +236,18 @@ async fn label_failed(ctx: &Context, issue: u64, label: &str, code: i32) -> Opti
 }
 
 /// The claim step: one call that yields the grant and the lock it is for, so that `run --next`
-/// can put the work-queue claim in its place.
-async fn claim_lock(ctx: &Context, args: &RunArgs) -> Result<(Claimed, LockId)> {
-    let (lock, outcome) = claim::claim_target(ctx, &args.target, &args.claim).await?;
-    Ok((outcome, lock))
+/// can put the work-queue claim in its place. A campaign without `--wait` follows each round of
+/// retries that found the lock held with the next, until elected.
+async fn claim_lock(ctx: &Context, args: &RunArgs, campaign: bool) -> Result<(Claimed, LockId)> {
+    loop {
+        match claim::claim_target(ctx, &args.target, &args.claim).await {
+            Ok((lock, outcome)) => return Ok((outcome, lock)),
+            Err(Error::Conflict(why)) if campaign && args.claim.wait.is_none() => {
+                tracing::info!("{why}; campaigning on");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Releases the lock once the command has ended. Finding it gone is losing it (exit 4); a

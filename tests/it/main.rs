@@ -12,6 +12,7 @@ mod coordinator_data;
 mod coordinator_primitives;
 mod coordinator_tls;
 mod doctor;
+mod elections;
 mod etcd_cli;
 mod fixtures;
 mod gh_auth;

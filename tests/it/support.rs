@@ -280,6 +280,12 @@ impl Running {
         Running(Some(child))
     }
 
+    /// As [`Running::spawn`], with stdout left where `cmd` sends it (a file the test reads as
+    /// it grows).
+    pub fn spawn_with_stdout(cmd: &mut Command) -> Running {
+        Running(Some(cmd.stderr(Stdio::piped()).spawn().unwrap()))
+    }
+
     fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("still owned")
     }

@@ -73,10 +73,14 @@ use super::state::{
     Slot, Withdraw,
 };
 use sentinel_core::lease;
-use sentinel_core::lock::{MAX_TASK_INFO_BYTES, validate_label, validate_name};
+use sentinel_core::lock::{
+    MAX_TASK_INFO_BYTES, TaskInfo, validate_label, validate_name, validate_value,
+};
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
-use sentinel_proto::api::{AcquireBody, ReleaseBody, RenewBody, WithdrawBody};
+use sentinel_proto::api::{
+    AcquireBody, CampaignBody, ProclaimBody, ReleaseBody, RenewBody, WithdrawBody,
+};
 use sentinel_proto::http::{self as network, Failure};
 
 /// Largest body of a client request.
@@ -109,6 +113,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/locks", any(list))
         .route("/locks/{*rest}", any(locks))
         .route("/semaphores/{*rest}", any(semaphores))
+        .route("/election/{*rest}", any(elections))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
         .route("/metrics", any(metrics))
@@ -222,9 +227,9 @@ impl Audited {
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let (result, fencing) = if parts.status == StatusCode::OK {
             let result = match entry.op.as_str() {
-                "acquire" => "granted",
-                "release" => "released",
-                "renew" => "renewed",
+                "acquire" | "campaign" => "granted",
+                "release" | "resign" => "released",
+                "renew" | "proclaim" => "renewed",
                 _ => "withdrawn",
             };
             let lease = if v["released"].is_object() {
@@ -614,6 +619,27 @@ enum Family {
     Locks,
     /// `/semaphores/`: permits of a semaphore.
     Semaphores,
+    /// `/election/`: an election is a lock whose holder leads and publishes a value; its
+    /// actions are the lock's under etcd's names, and its leader can be observed.
+    Election,
+}
+
+impl Family {
+    /// The method an action of this family takes, or `None` for no such route.
+    fn method(self, action: &str) -> Option<Method> {
+        match (self, action) {
+            (Family::Locks | Family::Semaphores, "acquire" | "release" | "renew" | "withdraw")
+            | (Family::Election, "campaign" | "resign" | "proclaim") => Some(Method::POST),
+            (Family::Locks | Family::Semaphores, "status")
+            | (Family::Election, "leader" | "observe") => Some(Method::GET),
+            _ => None,
+        }
+    }
+}
+
+/// The actions that only read: not audited.
+fn reads(action: &str) -> bool {
+    matches!(action, "status" | "leader" | "observe")
 }
 
 type NamePath = Result<Path<String>, axum::extract::rejection::PathRejection>;
@@ -634,6 +660,15 @@ async fn semaphores(
     req: Request,
 ) -> Response {
     named(Family::Semaphores, node, caller, path, req).await
+}
+
+async fn elections(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    path: NamePath,
+    req: Request,
+) -> Response {
+    named(Family::Election, node, caller, path, req).await
 }
 
 async fn named(
@@ -662,16 +697,12 @@ async fn named(
                 format!("no route {method} {route}"),
             )
         })?;
-        let allowed = match action {
-            "acquire" | "release" | "renew" | "withdraw" => Method::POST,
-            "status" => Method::GET,
-            _ => {
-                return Err(error(
-                    StatusCode::NOT_FOUND,
-                    "unknown_route",
-                    format!("no route {method} {route}"),
-                ));
-            }
+        let Some(allowed) = family.method(action) else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "unknown_route",
+                format!("no route {method} {route}"),
+            ));
         };
         if method != allowed {
             return Err(method_not_allowed(&method, &route, allowed.as_str()));
@@ -686,7 +717,7 @@ async fn named(
     };
     let audited = Audited {
         node: node.clone(),
-        entry: (action != "status" && audited_here(&node, req.headers())).then(|| Entry {
+        entry: (!reads(&action) && audited_here(&node, req.headers())).then(|| Entry {
             token: caller.0.as_ref().map(|g| g.name.clone()),
             remote: req
                 .extensions()
@@ -709,12 +740,18 @@ async fn named(
         refused.entry = None;
         return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why).into_response();
     }
+    if action == "observe" {
+        return observe(node, name);
+    }
     let response = on_leader(node, req, move |node, body| async move {
         match action.as_str() {
-            "acquire" => acquire(node, family, name, &body).await,
-            "release" => release(&node, name, &body).await,
+            "acquire" => acquire(node, family, name, parse(&body)?).await,
+            "campaign" => campaign(node, name, parse(&body)?).await,
+            "release" | "resign" => release(&node, name, &body).await,
             "renew" => renew(&node, name, &body).await,
+            "proclaim" => proclaim(&node, name, &body).await,
             "withdraw" => withdraw(&node, name, &body).await,
+            "leader" => leader(&node, &name).await,
             _ => status(&node, family, &name).await,
         }
     })
@@ -726,10 +763,9 @@ async fn acquire(
     node: Arc<Node>,
     family: Family,
     name: String,
-    body: &[u8],
+    b: AcquireBody,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let b: AcquireBody = parse(body)?;
     let (limit, permits) = hold_kind(family, &b)?;
     label("holder", &b.holder)?;
     if let Some(n) = &b.node {
@@ -829,7 +865,7 @@ async fn acquire(
 /// shared hold at most), a limit and permits of it on `/semaphores/`.
 fn hold_kind(family: Family, b: &AcquireBody) -> Result<(Option<u32>, u32), ApiError> {
     match family {
-        Family::Locks => {
+        Family::Locks | Family::Election => {
             if b.limit.is_some() || b.permits.is_some() {
                 return Err(invalid(
                     "limit",
@@ -978,9 +1014,59 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
             holder,
             token,
             ttl_ms,
+            value: None,
         })
     };
     by_token(node, name, grant, command).await
+}
+
+/// A campaign: an exclusive acquire of the election's lock, its value published with the lease.
+async fn campaign(node: Arc<Node>, name: String, b: CampaignBody) -> Result<Response, ApiError> {
+    if let Some(v) = &b.value {
+        checked_value(v)?;
+    }
+    let body = AcquireBody {
+        holder: b.holder,
+        ttl_ms: b.ttl_ms,
+        wait_ms: b.wait_ms,
+        node: b.node,
+        request_id: b.request_id,
+        readopt: false,
+        task_info: TaskInfo {
+            value: b.value,
+            ..TaskInfo::default()
+        },
+        shared: false,
+        limit: None,
+        permits: None,
+    };
+    acquire(node, Family::Election, name, body).await
+}
+
+/// The leader publishes a new value: a renewal of its lease that carries it.
+async fn proclaim(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiError> {
+    let b: ProclaimBody = parse(body)?;
+    checked_value(&b.value)?;
+    let grant = ReleaseBody {
+        holder: b.holder,
+        token: b.token,
+        request_id: b.request_id,
+    };
+    let command = |request_id, name, holder, token| {
+        Command::Renew(Renew {
+            request_id,
+            name,
+            holder,
+            token,
+            ttl_ms: None,
+            value: Some(b.value),
+        })
+    };
+    by_token(node, name, grant, command).await
+}
+
+fn checked_value(value: &str) -> Result<(), ApiError> {
+    validate_value(value).map_err(|e| invalid("value", e))
 }
 
 /// Takes back an acquire (by its request id) that its client gave up on: out of the queue, its
@@ -1165,7 +1251,7 @@ fn lock_json(family: Family, name: &str, held: Option<Held<'_>>, now: u64) -> Va
     let mut holders: Vec<Value> = Vec::new();
     let mut holder = Value::Null;
     let (mut kind, mut limit) = match family {
-        Family::Locks => (Kind::Exclusive, None),
+        Family::Locks | Family::Election => (Kind::Exclusive, None),
         Family::Semaphores => (Kind::Semaphore, None),
     };
     let queue = match live {
@@ -1230,6 +1316,46 @@ fn lock_json(family: Family, name: &str, held: Option<Held<'_>>, now: u64) -> Va
         o.insert("permits_held".into(), held.into());
     }
     v
+}
+
+/// `{"election", "leader": {worker_id, node_id, value, since, fencing_token, expires_at} |
+/// null}`: the live exclusive holder of the election's lock, judged at `now`.
+fn leader_json(state: &LockState, name: &str, now: u64) -> Value {
+    let holder = &lock_json(Family::Election, name, held_of(state, name), now)["holder"];
+    let leader = holder.is_object().then(|| {
+        json!({
+            "worker_id": holder["worker_id"],
+            "node_id": holder["node_id"],
+            "value": holder["task_info"]["value"],
+            "since": holder["claimed_at"],
+            "fencing_token": holder["fencing_token"],
+            "expires_at": holder["expires_at"],
+        })
+    });
+    json!({"election": name, "leader": leader})
+}
+
+async fn leader(node: &Node, name: &str) -> Result<Response, ApiError> {
+    linearizable(node).await?;
+    let now = now(node);
+    Ok(ok(node.state.read(|m| leader_json(&m.state, name, now))))
+}
+
+/// `GET /election/{name}/observe`: the leader now and at every change, as server-sent events
+/// from this node's own state ([`super::observe`]).
+fn observe(node: Arc<Node>, name: String) -> Response {
+    let Ok(permit) = node.waits.clone().try_acquire_owned() else {
+        return Busy.into_response();
+    };
+    super::observe::changes(node, permit, move |node| {
+        let now = now(node);
+        let mut leader = node.state.read(|m| leader_json(&m.state, &name, now));
+        // Each renewal moves the expiry: an event per renewal would bury the changes of leader.
+        if let Some(l) = leader["leader"].as_object_mut() {
+            l.remove("expires_at");
+        }
+        leader
+    })
 }
 
 async fn status(node: &Node, family: Family, name: &str) -> Result<Response, ApiError> {

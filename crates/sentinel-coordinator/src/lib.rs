@@ -17,6 +17,8 @@
 //!   (group commit), the leader's ticks.
 //! - [`server`]: `sentinel serve`: wires a node up, forms a fresh cluster, serves the API.
 //! - [`api`]: the HTTP JSON API clients use.
+//! - [`observe`]: server-sent events of a read that changes (an election's leader), served by
+//!   any node from its own state.
 //! - [`acl`]: the client tokens a node accepts and the locks each may act on (`--acl`).
 //! - [`audit`]: the audit log of the writes clients ask for (`--audit-log`).
 //! - [`peer`]: the Raft RPC endpoints peers call, open to the peer token only, and the checks
@@ -40,6 +42,7 @@ pub mod identity;
 pub mod listener;
 pub mod network;
 pub mod node;
+pub mod observe;
 pub mod peer;
 pub mod server;
 pub mod state;

@@ -59,11 +59,29 @@ pub struct TaskInfo {
     /// Free text (`high`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// What the holder publishes with its hold for others to read: an election leader's value
+    /// (`elect --value`), such as the address it serves on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Most bytes a task info may take as JSON. It travels with every lock and every status answer
 /// (a page of 1,000 locks, a snapshot of 100,000), so one client must not make it large.
 pub const MAX_TASK_INFO_BYTES: usize = 4096;
+
+/// Most characters of a [`TaskInfo::value`].
+pub const MAX_VALUE_CHARS: usize = 1024;
+
+/// Refuses a published value (`elect --value`, a proclamation) that people could not read on
+/// one line: longer than [`MAX_VALUE_CHARS`], or with control characters.
+pub fn validate_value(value: &str) -> Result<()> {
+    if value.chars().count() > MAX_VALUE_CHARS || value.chars().any(char::is_control) {
+        return Err(Error::usage(format!(
+            "invalid value: at most {MAX_VALUE_CHARS} characters, no control characters"
+        )));
+    }
+    Ok(())
+}
 
 impl TaskInfo {
     /// No field set: nothing to store or show.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::backend::LockBackend;
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{AcquireRequest, Attempt, Claimed, Holder, Takeover};
+use crate::lock::{AcquireRequest, Attempt, Claimed, Holder, RenewRequest, Takeover};
 
 /// What a claim does when the lock is held (`--strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -208,16 +208,46 @@ pub async fn claim<B: LockBackend>(
     }
     waiting(&holder, wait);
     match acquire(&single, what, |_| try_once(1, wait), |_, _| {}).await {
-        Ok(claimed) => Ok(Claimed {
-            attempts: 2,
-            ..claimed
-        }),
+        Ok(claimed) => Ok(lease_started(backend, req, claimed).await),
         Err(Error::Conflict(msg)) => Err(Error::Conflict(format!(
             "{msg}; gave up after waiting {} on the server",
             crate::duration::display(wait)
         ))),
         Err(other) => Err(other),
     }
+}
+
+/// A grant that ended a wait on the server, with a lease whose start is known.
+///
+/// The server made the grant at some moment of the wait, so counting the lease from the start
+/// of the attempt (as for an answer that came at once) would take a lease for ended that has
+/// hardly begun, after any wait longer than the TTL. A renewal at once starts the lease again
+/// after a known moment. Should the renewal fail, the grant stands as it came: its keep-alive
+/// then renews at once, or reports the lease lost.
+async fn lease_started<B: LockBackend>(
+    backend: &B,
+    req: &AcquireRequest,
+    claimed: Claimed,
+) -> Claimed {
+    let renew = RenewRequest {
+        lock: req.lock.clone(),
+        worker_id: req.claimant.worker_id.clone(),
+        fencing_token: Some(claimed.grant.holder.fencing_token),
+        ttl: None,
+    };
+    let started = Instant::now();
+    let mut claimed = Claimed {
+        attempts: 2,
+        ..claimed
+    };
+    match backend.renew(&renew).await {
+        Ok(holder) => {
+            claimed.grant.holder = holder;
+            claimed.attempt_started = started;
+        }
+        Err(e) => tracing::warn!("could not renew the lease the wait ended with: {e}"),
+    }
+    claimed
 }
 
 /// The worker a holder is, and where it runs when that is known (a lock taken over HTTP may

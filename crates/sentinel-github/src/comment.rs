@@ -356,6 +356,7 @@ mod tests {
                 estimated_duration: Some("45min".into()),
                 task_type: Some("bug-fix".into()),
                 priority: Some("high".into()),
+                value: None,
             },
             takeover: None,
             released_at: None,

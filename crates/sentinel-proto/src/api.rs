@@ -83,6 +83,45 @@ pub struct RenewBody {
     pub ttl_ms: Option<u64>,
 }
 
+/// `POST /election/{name}/campaign`: an exclusive acquire of the election's lock that
+/// publishes `value` while it leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignBody {
+    /// The candidate.
+    pub holder: String,
+    /// The leader's lease.
+    pub ttl_ms: u64,
+    /// How long to wait behind the leader and the candidates before it (0: answer at once).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Where the candidate runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// What the candidate publishes once it leads (its address, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// `POST /election/{name}/proclaim`: the leader, named by its holder and token, publishes a new
+/// value without an election.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProclaimBody {
+    /// The leader.
+    pub holder: String,
+    /// Its term's fencing token.
+    pub token: u64,
+    /// The new value.
+    pub value: String,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
 /// `POST /locks/{name}/withdraw`: takes back an acquire its client gave up on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

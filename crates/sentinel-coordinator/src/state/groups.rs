@@ -340,6 +340,9 @@ impl LockState {
         if let Some(ttl) = r.ttl_ms {
             h.lease.ttl_ms = ttl;
         }
+        if let Some(value) = &r.value {
+            h.lease.task_info.value = Some(value.clone());
+        }
         let new = key(&r.name, h);
         let lease = h.lease.clone();
         self.hold_expiries.remove(&old);

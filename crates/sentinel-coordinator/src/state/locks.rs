@@ -195,6 +195,9 @@ impl LockState {
                 if let Some(ttl) = r.ttl_ms {
                     slot.lease.ttl_ms = ttl;
                 }
+                if let Some(value) = &r.value {
+                    slot.lease.task_info.value = Some(value.clone());
+                }
                 let lease = slot.lease.clone();
                 self.expiries.remove(&(old, r.name.clone()));
                 self.expiries

@@ -141,6 +141,10 @@ pub struct Renew {
     /// A new TTL for the lease, in milliseconds, from this renewal on; `None` keeps its TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// A new value the holder publishes with its hold (an election leader's proclamation);
+    /// `None` keeps it. Absent from the encoding then, so older entries read as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Take back an acquire the client gave up on (an interrupted claim): a waiting acquire leaves

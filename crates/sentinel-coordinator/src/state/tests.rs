@@ -35,6 +35,7 @@ pub(super) fn renew(id: &str, name: &str, holder: &str, token: u64) -> Command {
         holder: holder.into(),
         token,
         ttl_ms: None,
+        value: None,
     })
 }
 
@@ -700,6 +701,7 @@ fn entries_snapshots_and_answers_keep_their_encoding() {
         estimated_duration: Some("45min".into()),
         task_type: Some("bug-fix".into()),
         priority: Some("high".into()),
+        value: None,
     };
     let mut with_info = acquire("r1", "a", "w1", TTL, 0);
     if let Command::Acquire(a) = &mut with_info {
