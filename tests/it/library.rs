@@ -384,3 +384,51 @@ fn semaphores_and_shared_holds_are_guards_on_the_coordinator() {
         assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
     });
 }
+
+/// `LeaderElection::campaign` waits until elected and `observe` streams each change of leader,
+/// on the local backend and on a coordinator: a second candidate leads once the first steps
+/// down, and an observer sees the first leader, then the second.
+#[test]
+fn campaigns_wait_their_turn_and_changes_of_leader_are_observed() {
+    use futures_util::StreamExt;
+    for kind in [Kind::Local, Kind::Server] {
+        let Some(s) = Subject::new(kind) else {
+            continue;
+        };
+        let rt = multi_thread();
+        let ttl = Duration::from_secs(3);
+        let name = s.lock("scheduler");
+        let a = LeaderElection::new(LockClient::new(s.backend(&rt), "a").unwrap(), &name, ttl);
+        let b = LeaderElection::new(LockClient::new(s.backend(&rt), "b").unwrap(), &name, ttl);
+        let watcher =
+            LeaderElection::new(LockClient::new(s.backend(&rt), "w").unwrap(), &name, ttl);
+        rt.block_on(async {
+            let first = a.campaign().await.unwrap();
+            let mut changes = std::pin::pin!(watcher.observe(Duration::from_millis(50)));
+            let seen = changes.next().await.unwrap().unwrap().unwrap();
+            assert_eq!(
+                (seen.worker_id.as_str(), seen.fencing_token),
+                ("a", first.fencing_token())
+            );
+            let second = {
+                let mut campaign = std::pin::pin!(b.campaign());
+                let waited = tokio::time::timeout(Duration::from_secs(4), campaign.as_mut()).await;
+                assert!(waited.is_err(), "{kind:?}: b was elected while a led");
+                assert!(first.step_down().await.unwrap());
+                tokio::time::timeout(Duration::from_secs(20), campaign)
+                    .await
+                    .expect("b elected after a stepped down")
+                    .unwrap()
+            };
+            let next = loop {
+                match changes.next().await.unwrap().unwrap() {
+                    Some(h) if h.worker_id == "b" => break h,
+                    _ => continue,
+                }
+            };
+            assert_eq!(next.fencing_token, second.fencing_token());
+            assert!(second.fencing_token() > seen.fencing_token);
+            assert!(second.step_down().await.unwrap());
+        });
+    }
+}

@@ -860,6 +860,20 @@ impl<L: DistributedLock> LeaderElection<L> {
         Ok(Some(Leadership { guard, lost }))
     }
 
+    /// Campaigns until elected: [`try_lead`](Self::try_lead) again and again, a short pause
+    /// apart (a tenth of the TTL, 50 ms to 1 s), so a leader that steps down or dies is followed
+    /// within about a pause (after its lease ran out, for one that died). Cancel-safe: dropping
+    /// the future leaves no leadership behind.
+    pub async fn campaign(&self) -> Result<Leadership<L::Backend>> {
+        let pause = (self.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            if let Some(leadership) = self.try_lead().await? {
+                return Ok(leadership);
+            }
+            tokio::time::sleep(lease::jitter(pause, 0.25)).await;
+        }
+    }
+
     /// The current leader, if any.
     pub async fn leader(&self) -> Result<Option<Holder>> {
         Ok(self
@@ -867,6 +881,39 @@ impl<L: DistributedLock> LeaderElection<L> {
             .lock_info(&self.resource)
             .await?
             .filter(|h| !h.stale))
+    }
+
+    /// The leader now, then each change of leader (another holder, a new term, a new published
+    /// value), looking every `every`: a stream that ends only when dropped. A failed look is an
+    /// `Err` item, and the stream goes on looking.
+    pub fn observe(
+        &self,
+        every: Duration,
+    ) -> impl futures_util::Stream<Item = Result<Option<Holder>>> + '_ {
+        type Seen = Option<(String, u64, Option<String>)>;
+        let start: (Option<Seen>, bool) = (None, true);
+        futures_util::stream::unfold(start, move |(mut last, mut first)| async move {
+            loop {
+                if !std::mem::take(&mut first) {
+                    tokio::time::sleep(every).await;
+                }
+                let now = match self.leader().await {
+                    Ok(now) => now,
+                    Err(e) => return Some((Err(e), (last, false))),
+                };
+                let seen = now.as_ref().map(|h| {
+                    (
+                        h.worker_id.clone(),
+                        h.fencing_token,
+                        h.task_info.value.clone(),
+                    )
+                });
+                if last.as_ref() != Some(&seen) {
+                    last = Some(seen);
+                    return Some((Ok(now), (last, false)));
+                }
+            }
+        })
     }
 }
 
