@@ -133,7 +133,8 @@ pub struct AcquireRequest {
 
 /// What a claim takes of a name: the whole of it, a share of it beside other readers, or some
 /// permits of a semaphore. Every hold, whatever its kind, has its own lease and fencing token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HoldKind {
     /// One holder, alone (`claim NAME`).
     #[default]
@@ -157,6 +158,11 @@ impl HoldKind {
             HoldKind::Shared => "shared",
             HoldKind::Semaphore { .. } => "semaphore",
         }
+    }
+
+    /// A whole lock, the default: how a command that names no kind is stored.
+    pub fn is_exclusive(&self) -> bool {
+        *self == HoldKind::Exclusive
     }
 
     /// Refuses (exit 2) a shared hold or semaphore on `backend`, which holds one holder per
