@@ -246,10 +246,16 @@ impl<B: LockBackend + 'static> LockClient<B> {
         let req = self.request(resource, ttl, kind)?;
         let policy = self.retry.policy()?;
         let attempts = self.retry.max_attempts;
+        let polling = !self.backend.waits_server_side();
         let mut n = 0;
         loop {
             let attempt = AcquireRequest {
                 attempt: n,
+                // When this claim comes back: a polling backend may keep the name for it.
+                wait: match polling {
+                    true => policy.next_attempt_within(n, None),
+                    false => Duration::ZERO,
+                },
                 ..req.clone()
             };
             let holder = match self.attempt(attempt).await? {

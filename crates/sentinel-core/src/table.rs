@@ -211,6 +211,8 @@ pub enum Response {
     Reserved {
         /// The reservation.
         intent: Intent,
+        /// A hold of the name, if it has one (another worker's, if any).
+        record: Option<LockRecord>,
     },
     /// Acquire of a hold that cannot exist (permits beyond the limit).
     Invalid {
@@ -612,7 +614,9 @@ pub fn attempt(cmd: &Op, resp: Response, now: u64) -> Result<Attempt> {
             took_over: took_over.map(|r| Box::new(r.to_holder(now))),
         })),
         Response::Held { record, .. } => Ok(Attempt::Held(record.to_holder(now))),
-        Response::Reserved { intent } => Ok(Attempt::Held(intent.to_holder())),
+        Response::Reserved { intent, record } => {
+            Ok(Attempt::Held(intent.to_holder(record.as_ref(), now)))
+        }
         Response::OtherKind { shared, limit } => Err(Error::Conflict(format!(
             "{:?} is held as {}, not as {}: every claim of a name asks for the kind of hold it \
              has (wait until it is free to claim it as another)",

@@ -90,9 +90,23 @@ impl Intent {
         now_ms <= self.until_ms
     }
 
-    /// Whom a claim it refused waits for: its claimant, with no fencing token (0, which no grant
-    /// has) and the reservation's end as the expiry.
-    pub fn to_holder(&self) -> Holder {
+    /// Whom a claim it refused waits for: the hold `record` if the name has one (another
+    /// worker's, if any), else the reservation's claimant, with no fencing token (0, which no
+    /// grant has) and the reservation's end as the expiry; either way saying why.
+    pub fn to_holder(&self, record: Option<&LockRecord>, now_ms: u64) -> Holder {
+        let why = format!(
+            "reserved for the waiting {} claim of {:?} until {} (a claim that waits keeps the \
+             name from later claims)",
+            self.kind.name(),
+            self.worker_id,
+            lease::rfc3339(from_unix_ms(self.until_ms))
+        );
+        if let Some(r) = record {
+            return Holder {
+                liveness: Some(why),
+                ..r.to_holder(now_ms)
+            };
+        }
         Holder {
             worker_id: self.worker_id.clone(),
             node_id: self.node_id.clone(),
@@ -102,13 +116,7 @@ impl Intent {
             expires_at: from_unix_ms(self.until_ms),
             stale: false,
             task_info: Default::default(),
-            liveness: Some(format!(
-                "nobody holds it, but it is reserved for the waiting {} claim of {:?} until {} \
-                 (a claim that waits keeps the name from later claims)",
-                self.kind.name(),
-                self.worker_id,
-                lease::rfc3339(from_unix_ms(self.until_ms))
-            )),
+            liveness: Some(format!("nobody holds it, but it is {why}")),
         }
     }
 
@@ -203,7 +211,8 @@ impl LockTable {
             ended.extend(self.make_room(name, c.kind));
         }
         if let Some(intent) = reserved {
-            return Response::Reserved { intent };
+            let record = self.blocker(name, &fresh.worker_id);
+            return Response::Reserved { intent, record };
         }
         self.grant(name, fresh, c.kind, ended.into_iter().next())
     }
@@ -286,9 +295,8 @@ impl LockTable {
         }
     }
 
-    /// A refused claim: the hold it waits for (another worker's if there is one, so a claim is
-    /// told it waits for itself only when it does), and its reservation recorded, renewed or,
-    /// on its last attempt, ended.
+    /// A refused claim: the hold it waits for ([`Self::blocker`]), and its reservation
+    /// recorded, renewed or, on its last attempt, ended.
     fn refuse(
         &mut self,
         name: &str,
@@ -297,17 +305,7 @@ impl LockTable {
         may_reserve: bool,
         now: u64,
     ) -> Response {
-        let holds: Vec<&LockRecord> = match (self.locks.get(name), self.groups.get(name)) {
-            (Some(r), _) => vec![r],
-            (None, Some(g)) => g.holds.iter().map(|h| &h.lease).collect(),
-            (None, None) => Vec::new(),
-        };
-        let Some(record) = holds
-            .iter()
-            .find(|r| r.worker_id != fresh.worker_id)
-            .or(holds.first())
-            .map(|r| (*r).clone())
-        else {
+        let Some(record) = self.blocker(name, &fresh.worker_id) else {
             return Response::Invalid {
                 reason: format!("internal error: a claim of {name:?} was refused with no holder"),
             };
@@ -332,6 +330,21 @@ impl LockTable {
             stale: Self::is_stale(&record, now),
             record,
         }
+    }
+
+    /// The hold of `name` a refused claim of `worker` is told of: another worker's if there is
+    /// one, so that a claim is told it waits for itself only when it does.
+    fn blocker(&self, name: &str, worker: &str) -> Option<LockRecord> {
+        let holds: Vec<&LockRecord> = match (self.locks.get(name), self.groups.get(name)) {
+            (Some(r), _) => vec![r],
+            (None, Some(g)) => g.holds.iter().map(|h| &h.lease).collect(),
+            (None, None) => Vec::new(),
+        };
+        holds
+            .iter()
+            .find(|r| r.worker_id != worker)
+            .or(holds.first())
+            .map(|r| (*r).clone())
     }
 
     /// A forced claim ends the holds in its way: a lock, every hold for an exclusive claim, the

@@ -73,7 +73,10 @@ fn shared_holds_are_held_together_and_a_waiting_writer_is_not_overtaken() {
     assert_eq!(t.intent("db", 30).unwrap().worker_id, "w");
     // A later reader would fit beside the readers, but the writer's reservation holds it back.
     match t.apply(&claim("db", "r3", HoldKind::Shared, BACK), 40) {
-        Response::Reserved { intent } => assert_eq!(intent.worker_id, "w"),
+        Response::Reserved { intent, record } => {
+            assert_eq!(intent.worker_id, "w");
+            assert_eq!(record.unwrap().worker_id, "r1");
+        }
         other => panic!("{other:?}"),
     }
     // The writer coming back renews its reservation; the readers leave; it gets the lock.
@@ -91,7 +94,7 @@ fn shared_holds_are_held_together_and_a_waiting_writer_is_not_overtaken() {
     // Freed, but still reserved: a reader arriving first is refused, with the reservation.
     assert!(matches!(
         t.apply(&claim("db", "r3", HoldKind::Shared, BACK), 320),
-        Response::Reserved { .. }
+        Response::Reserved { record: None, .. }
     ));
     let w = granted(t.apply(&claim("db", "w", HoldKind::Exclusive, BACK), 330));
     assert!(w.fencing_token > r2.fencing_token);
@@ -476,7 +479,7 @@ fn check_step(
             if *takeover != Takeover::Stale {
                 assert_eq!(leases(t), leases(before), "{}", ctx());
             }
-            if let Response::Reserved { intent } = resp {
+            if let Response::Reserved { intent, .. } = resp {
                 assert!(intent.is_live(now), "{}", ctx());
             }
         }
