@@ -15,7 +15,7 @@
 
 mod groups;
 
-pub use groups::{Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS};
+pub use groups::{Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS};
 
 use std::collections::BTreeMap;
 

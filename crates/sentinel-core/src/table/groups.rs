@@ -14,7 +14,8 @@
 //! that would get a new hold is refused too (unless forced), so a writer is not starved by a
 //! stream of readers, nor a claim of many permits by claims of few. It lives as long as its
 //! claimant says it will come back (the acquire's `wait_ms`: the longest pause before its next
-//! attempt, renewed by every refused attempt, at most [`MAX_RESERVATION_MS`]), so a claimant that
+//! attempt, at most [`MAX_RESERVATION_MS`], and [`RESERVATION_GRACE_MS`] for that attempt to
+//! arrive; renewed by every refused attempt), so a claimant that
 //! gave up or died holds nobody back for long; its last attempt (`wait_ms` 0) leaves none, and it
 //! ends when its owner is granted or releases the name.
 
@@ -31,6 +32,10 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// Longest a reservation lasts without its claimant coming back: the longest pause the strategy
 /// loop takes between two attempts (its largest backoff, 1 h, plus its jitter of 25%).
 pub const MAX_RESERVATION_MS: u64 = 75 * 60 * 1000;
+
+/// What a reservation lasts beyond the pause its claimant announced: the time its next attempt
+/// takes to reach the table after the pause (a process's scheduling, the store's file lock).
+pub const RESERVATION_GRACE_MS: u64 = 1_000;
 
 /// One hold of a [`Group`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,7 +327,9 @@ impl LockTable {
                 node_id: fresh.node_id.clone(),
                 kind: c.kind,
                 since_ms,
-                until_ms: now.saturating_add(c.wait_ms.min(MAX_RESERVATION_MS)),
+                until_ms: now
+                    .saturating_add(c.wait_ms.min(MAX_RESERVATION_MS))
+                    .saturating_add(RESERVATION_GRACE_MS),
             };
             self.intents.insert(name.to_string(), intent);
         }

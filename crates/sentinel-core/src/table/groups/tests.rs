@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::super::{LockRecord, LockTable, Op, Response};
-use super::MAX_RESERVATION_MS;
+use super::{MAX_RESERVATION_MS, RESERVATION_GRACE_MS as GRACE};
 use crate::lock::{HoldKind, Takeover, TaskInfo};
 
 const TTL: u64 = 1_000;
@@ -84,7 +84,7 @@ fn shared_holds_are_held_together_and_a_waiting_writer_is_not_overtaken() {
         held_by(&t.apply(&claim("db", "w", HoldKind::Exclusive, BACK), 300)),
         "r1"
     );
-    assert!(t.intent("db", 300 + BACK).is_some());
+    assert!(t.intent("db", 300 + BACK + GRACE).is_some());
     for r in ["r1", "r2"] {
         assert!(matches!(
             t.apply(&release("db", r), 310),
@@ -173,28 +173,32 @@ fn a_reservation_lasts_until_its_claimant_would_have_come_back() {
     assert!(t.intent("n", 10).is_none());
     t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), 20);
     let since = t.intent("n", 20).unwrap().since_ms;
+    // It lasts the announced pause and the grace for the attempt to arrive.
+    assert!(t.intent("n", 20 + BACK + GRACE).is_some());
     // Not back in time: the reservation has ended and a reader gets in.
-    granted(t.apply(&claim("n", "r2", HoldKind::Shared, BACK), 21 + BACK));
+    let at = 21 + BACK + GRACE;
+    granted(t.apply(&claim("n", "r2", HoldKind::Shared, BACK), at));
     // Renewed by each attempt, keeping when it started; ended by the last one.
-    t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), 400);
-    t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), 600);
-    let intent = t.intent("n", 600).unwrap();
-    assert_eq!((intent.since_ms, intent.until_ms), (400, 600 + BACK));
-    assert!(since < intent.since_ms);
-    t.apply(&claim("n", "w", HoldKind::Exclusive, 0), 700);
-    assert!(t.intent("n", 700).is_none());
-    // Bounded whatever the claimant says; ended by its release.
-    t.apply(&claim("n", "w", HoldKind::Exclusive, u64::MAX), 800);
+    t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), at + 100);
+    t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), at + 300);
+    let intent = t.intent("n", at + 300).unwrap();
     assert_eq!(
-        t.intent("n", 800).unwrap().until_ms,
-        800 + MAX_RESERVATION_MS
+        (intent.since_ms, intent.until_ms),
+        (at + 100, at + 300 + BACK + GRACE)
     );
-    t.apply(&release("n", "w"), 900);
-    assert!(t.intent("n", 900).is_none());
+    assert!(since < intent.since_ms);
+    t.apply(&claim("n", "w", HoldKind::Exclusive, 0), at + 400);
+    assert!(t.intent("n", at + 400).is_none());
+    // Bounded whatever the claimant says; ended by its release.
+    t.apply(&claim("n", "w", HoldKind::Exclusive, u64::MAX), at + 500);
+    let until = t.intent("n", at + 500).unwrap().until_ms;
+    assert_eq!(until, at + 500 + MAX_RESERVATION_MS + GRACE);
+    t.apply(&release("n", "w"), at + 600);
+    assert!(t.intent("n", at + 600).is_none());
     // A forced claim is not held back by it.
-    t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), 1000);
+    t.apply(&claim("n", "w", HoldKind::Exclusive, BACK), at + 700);
     let forced = with_takeover(claim("n", "f", HoldKind::Shared, BACK), Takeover::Any);
-    granted(t.apply(&forced, 1001));
+    granted(t.apply(&forced, at + 701));
 }
 
 #[test]
