@@ -348,7 +348,7 @@ fn the_janitor_and_steal_stale_end_expired_holds_only() {
 }
 
 /// Claims of many processes on one semaphore: never more permits granted at once than its
-/// limit, each grant told a distinct token.
+/// limit, each grant told a distinct token, and this host's counters counting them.
 #[test]
 fn concurrent_processes_never_hold_more_permits_than_the_limit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -379,4 +379,17 @@ fn concurrent_processes_never_hold_more_permits_than_the_limit() {
     distinct.dedup();
     assert_eq!(distinct.len(), 3);
     assert_eq!(holders(&local_status(d, "pool")).len(), 3);
+    // This host's counters count each hold as an acquisition, each refusal as a conflict, and
+    // a worker's release of its permit as a release.
+    let holder = outs.iter().position(|o| code(o) == 0).unwrap();
+    let out = run(d, &format!("w{holder}"), &["release", "pool"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let m = stdout_json(&run(d, "observer", &["metrics", "--json"]));
+    for (key, want) in [
+        ("total_acquisitions", 3),
+        ("total_conflicts", 5),
+        ("total_releases", 1),
+    ] {
+        assert_eq!(m[key], want, "{key}: {m}");
+    }
 }
