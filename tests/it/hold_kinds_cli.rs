@@ -183,12 +183,19 @@ fn shared_holds_are_held_together_and_keep_a_writer_out() {
 #[test]
 fn backends_with_one_holder_per_lock_refuse_shared_holds_and_semaphores() {
     let tmp = tempfile::tempdir().unwrap();
+    // Refused before any request: the endpoint needs no server. (The local backend holds them:
+    // local_hold_kinds.rs.)
+    let etcd = format!("http://127.0.0.2:{}", crate::support::closed_port());
     for args in [
         &["claim", "x", "--shared"][..],
         &["claim", "x", "--limit", "2"],
         &["run", "x", "--limit", "2", "--", "true"],
     ] {
-        let out = local(tmp.path(), "w1", args).output().unwrap();
+        let out = local(tmp.path(), "w1", &[])
+            .args(["--backend", "etcd", "--etcd-endpoints", &etcd])
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));
         assert!(text(&out).contains("--server"), "{}", text(&out));
     }

@@ -324,8 +324,32 @@ fn semaphores_and_shared_holds_are_guards_on_the_coordinator() {
         return;
     };
     let rt = multi_thread();
-    let a = LockClient::new(s.backend(&rt), "a").unwrap();
-    let b = LockClient::new(s.backend(&rt), "b").unwrap();
+    semaphores_and_shared_holds_are_guards(&s, &rt);
+
+    // Refused before any request: the endpoint needs no server.
+    let endpoints = format!("http://127.0.0.2:{}", crate::support::closed_port());
+    let etcd = sentinel::etcd::EtcdBackend::new(&endpoints).unwrap();
+    let etcd = LockClient::new(etcd, "a").unwrap();
+    rt.block_on(async {
+        let refused = etcd.try_acquire_shared("x", TTL).await;
+        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
+        let refused = etcd.semaphore("x", 2).try_acquire(1, TTL).await;
+        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
+    });
+}
+
+/// The same guards on the local backend: on one host, as `flock -s` is.
+#[test]
+fn semaphores_and_shared_holds_are_guards_on_the_local_backend() {
+    let Some(s) = Subject::new(Kind::Local) else {
+        return;
+    };
+    semaphores_and_shared_holds_are_guards(&s, &multi_thread());
+}
+
+fn semaphores_and_shared_holds_are_guards(s: &Subject, rt: &tokio::runtime::Runtime) {
+    let a = LockClient::new(s.backend(rt), "a").unwrap();
+    let b = LockClient::new(s.backend(rt), "b").unwrap();
     let gpus = s.lock("gpus");
     let schema = s.lock("schema");
     rt.block_on(async {
@@ -369,19 +393,6 @@ fn semaphores_and_shared_holds_are_guards_on_the_coordinator() {
         let writer = b.try_acquire(&schema, TTL).await.unwrap();
         assert!(writer.is_some(), "the readers are gone");
         assert!(a.try_acquire_shared(&schema, TTL).await.unwrap().is_none());
-    });
-
-    let tmp = tempfile::tempdir().unwrap();
-    let local = LockClient::new(
-        sentinel::local::LocalBackend::open(tmp.path()).unwrap(),
-        "a",
-    )
-    .unwrap();
-    rt.block_on(async {
-        let refused = local.try_acquire_shared("x", TTL).await;
-        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
-        let refused = local.semaphore("x", 2).try_acquire(1, TTL).await;
-        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
     });
 }
 

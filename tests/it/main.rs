@@ -26,6 +26,7 @@ mod help;
 mod hold_kinds_cli;
 mod library;
 mod local_cli;
+mod local_hold_kinds;
 mod manpages;
 mod metrics;
 mod peers;

@@ -8,9 +8,9 @@
 //! hand to the resource it protects, and can keep the lease alive by itself, with a [`LostLock`]
 //! signal telling the critical section when it can no longer vouch for the lock.
 //! [`LeaderElection`] and [`acquire_all`] are built on the trait alone. On a backend that keeps
-//! several holds per name (the coordinator), [`LockClient::acquire_shared`] takes the read side of
-//! a reader-writer lock and [`LockClient::semaphore`] a [`Semaphore`]'s permits, each hold a
-//! guard like a lock's.
+//! several holds per name (the coordinator, the local backend), [`LockClient::acquire_shared`]
+//! takes the read side of a reader-writer lock and [`LockClient::semaphore`] a [`Semaphore`]'s
+//! permits, each hold a guard like a lock's.
 //!
 //! No phantom holders: a grant always has an owner. Each acquisition attempt runs as a task of
 //! its own and hands its grant over as a guard, so an `acquire` future dropped at any point (a
@@ -235,8 +235,8 @@ impl<B: LockBackend + 'static> LockClient<B> {
 
     /// Acquires a hold of `kind` on `resource` for `ttl`, waiting while it cannot be had as the
     /// [`RetryConfig`] allows: [`DistributedLock::acquire`] for any kind of hold. A shared hold
-    /// or semaphore permits need a backend that keeps several holds per name (the coordinator);
-    /// the others refuse them ([`Error::Usage`]).
+    /// or semaphore permits need a backend that keeps several holds per name (the coordinator,
+    /// the local backend); the others refuse them ([`Error::Usage`]).
     pub async fn acquire_hold(
         &self,
         resource: &str,
@@ -246,10 +246,16 @@ impl<B: LockBackend + 'static> LockClient<B> {
         let req = self.request(resource, ttl, kind)?;
         let policy = self.retry.policy()?;
         let attempts = self.retry.max_attempts;
+        let polling = !self.backend.waits_server_side();
         let mut n = 0;
         loop {
             let attempt = AcquireRequest {
                 attempt: n,
+                // When this claim comes back: a polling backend may keep the name for it.
+                wait: match polling {
+                    true => policy.next_attempt_within(n, None),
+                    false => Duration::ZERO,
+                },
                 ..req.clone()
             };
             let holder = match self.attempt(attempt).await? {

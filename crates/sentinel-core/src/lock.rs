@@ -139,8 +139,11 @@ pub struct AcquireRequest {
     pub readopt: bool,
     /// 0 for the first attempt of a claim; later attempts may read before writing.
     pub attempt: u32,
-    /// How long a backend that queues waiters itself (the coordinator) may hold this attempt
-    /// until the lock is free; zero for the others, whose waiting is the strategy loop's.
+    /// How long this claim goes on waiting if the attempt is refused. A backend that queues
+    /// waiters itself (the coordinator) holds the attempt up to this long until the lock is free.
+    /// For a polling backend, whose waiting is the strategy loop's, it is the longest pause
+    /// before the claim's next attempt (zero on its last): the local backend keeps a refused
+    /// claim's reservation of a shared lock or semaphore that long. Zero: no more attempts.
     pub wait: Duration,
     /// An exclusive lock, a shared hold, or permits of a semaphore. A backend that holds one
     /// holder per name refuses the others ([`LockBackend::holds_groups`]).
@@ -151,7 +154,8 @@ pub struct AcquireRequest {
 
 /// What a claim takes of a name: the whole of it, a share of it beside other readers, or some
 /// permits of a semaphore. Every hold, whatever its kind, has its own lease and fencing token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HoldKind {
     /// One holder, alone (`claim NAME`).
     #[default]
@@ -175,6 +179,11 @@ impl HoldKind {
             HoldKind::Shared => "shared",
             HoldKind::Semaphore { .. } => "semaphore",
         }
+    }
+
+    /// A whole lock, the default: how a command that names no kind is stored.
+    pub fn is_exclusive(&self) -> bool {
+        *self == HoldKind::Exclusive
     }
 
     /// Refuses (exit 2) a shared hold or semaphore on `backend`, which holds one holder per

@@ -103,6 +103,22 @@ impl Policy {
         total
     }
 
+    /// The longest the claim pauses after its attempt `n` (0-based) before the next one: the
+    /// backoff's upper end (jitter included), no later than the deadline `left` away if there is
+    /// one; zero when `n` is the last attempt. A polling backend may hold a name back that long
+    /// for a refused claim ([`AcquireRequest::wait`]).
+    pub fn next_attempt_within(&self, n: u32, left: Option<Duration>) -> Duration {
+        if n.saturating_add(1) >= self.attempts() {
+            return Duration::ZERO;
+        }
+        let pause = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(n))
+            .min(self.max_backoff);
+        let bound = pause.saturating_add(pause / 4);
+        left.map_or(bound, |l| bound.min(l))
+    }
+
     /// Pause before retry number `n` (1-based): doubling from the initial backoff, capped, with
     /// ±25% jitter so workers that collided once do not collide again in lockstep.
     pub fn backoff(&self, n: u32) -> Duration {
@@ -178,8 +194,13 @@ pub async fn claim<B: LockBackend>(
             }
         }
     };
-    if !(backend.waits_server_side() && policy.strategy == Strategy::Retry) {
-        return acquire(policy, what, |n| try_once(n, Duration::ZERO), waiting).await;
+    if !backend.waits_server_side() {
+        // A polling backend is told when the claim comes back, so that it can keep the name
+        // for it meanwhile (the local backend's reservation of a shared lock or semaphore).
+        return acquire(policy, what, try_once, waiting).await;
+    }
+    if policy.strategy != Strategy::Retry {
+        return acquire(policy, what, |n, _| try_once(n, Duration::ZERO), waiting).await;
     }
     // A backend that queues waiters (the coordinator) waits out the whole retry budget in one
     // attempt: it grants in arrival order the moment the lock is free, where polling would
@@ -207,7 +228,7 @@ pub async fn claim<B: LockBackend>(
         return Err(conflict(what, &holder, &single, 1));
     }
     waiting(&holder, wait);
-    match acquire(&single, what, |_| try_once(1, wait), |_, _| {}).await {
+    match acquire(&single, what, |_, _| try_once(1, wait), |_, _| {}).await {
         Ok(claimed) => Ok(lease_started(backend, req, claimed).await),
         Err(Error::Conflict(msg)) => Err(Error::Conflict(format!(
             "{msg}; gave up after waiting {} on the server",
@@ -271,8 +292,9 @@ fn held_by_itself(what: &str, h: &Holder) -> Error {
     ))
 }
 
-/// Runs attempts until granted or the policy gives up. `attempt(n)` gets the 0-based attempt
-/// number; `waiting` is told before each pause (for a spinner) with the holder and the pause.
+/// Runs attempts until granted or the policy gives up. `attempt(n, next)` gets the 0-based attempt
+/// number and the longest pause before the next attempt ([`Policy::next_attempt_within`]);
+/// `waiting` is told before each pause (for a spinner) with the holder and the pause.
 pub async fn acquire<F, Fut>(
     policy: &Policy,
     what: &str,
@@ -280,14 +302,15 @@ pub async fn acquire<F, Fut>(
     mut waiting: impl FnMut(&Holder, Duration),
 ) -> Result<Claimed>
 where
-    F: FnMut(u32) -> Fut,
+    F: FnMut(u32, Duration) -> Fut,
     Fut: Future<Output = Result<Attempt>>,
 {
     let total = policy.attempts();
     let deadline = policy.wait.map(|w| Instant::now() + w);
     for n in 0..total {
         let started = Instant::now();
-        match attempt(n).await? {
+        let left = deadline.map(|d| d.saturating_duration_since(started));
+        match attempt(n, policy.next_attempt_within(n, left)).await? {
             Attempt::Granted(grant) => {
                 return Ok(Claimed {
                     grant,
@@ -408,20 +431,30 @@ mod tests {
             max_retries: 3,
             ..Policy::default()
         };
-        let mut calls = 0;
+        let mut calls = Vec::new();
         let err = acquire(
             &p,
             "#1",
-            |_| {
-                calls += 1;
+            |_, next| {
+                calls.push((Instant::now(), next));
                 async { Ok(Attempt::Held(holder())) }
             },
             |_, _| {},
         )
         .await
         .unwrap_err();
-        assert_eq!(calls, 4);
+        assert_eq!(calls.len(), 4);
         assert!(matches!(err, Error::Conflict(ref m) if m.contains("gave up after 4 attempts")));
+        // Each attempt is told the longest pause before the next one, and the last that none
+        // comes: what the local backend keeps a reservation for.
+        let told: Vec<u64> = calls
+            .iter()
+            .map(|(_, next)| next.as_millis() as u64)
+            .collect();
+        assert_eq!(told, [1_250, 2_500, 5_000, 0]);
+        for pair in calls.windows(2) {
+            assert!(pair[1].0 - pair[0].0 <= pair[0].1, "{calls:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -432,20 +465,25 @@ mod tests {
             ..Policy::default()
         };
         let start = Instant::now();
-        let mut calls = 0;
+        let mut calls = Vec::new();
         let err = acquire(
             &p,
             "#1",
-            |_| {
-                calls += 1;
+            |_, next| {
+                calls.push((Instant::now(), next));
                 async { Ok(Attempt::Held(holder())) }
             },
             |_, _| {},
         )
         .await
         .unwrap_err();
-        // Pauses of about 1, 2, 4, 8, 16, 16… s, the last one cut short at the deadline.
-        assert!(calls > 5, "{calls}");
+        // Pauses of about 1, 2, 4, 8, 16, 16… s, the last one cut short at the deadline, which
+        // the attempt before it is told; the attempt at the deadline is told none comes.
+        assert!(calls.len() > 5, "{calls:?}");
+        for pair in calls.windows(2) {
+            assert!(pair[1].0 - pair[0].0 <= pair[0].1, "{calls:?}");
+        }
+        assert_eq!(calls.last().unwrap().1, Duration::ZERO);
         assert_eq!(start.elapsed(), Duration::from_secs(60));
         assert!(matches!(err, Error::Conflict(ref m) if m.contains("gave up after waiting 1m")));
         let now = Policy {
@@ -456,7 +494,7 @@ mod tests {
         let r = acquire(
             &now,
             "#1",
-            |_| {
+            |_, _| {
                 calls += 1;
                 async { Ok(Attempt::Held(holder())) }
             },
@@ -513,7 +551,7 @@ mod tests {
         let r = acquire(
             &p,
             "#1",
-            |_| {
+            |_, _| {
                 calls += 1;
                 async { Ok(Attempt::Held(holder())) }
             },

@@ -8,6 +8,14 @@
 //!
 //! Time may go backwards between calls (different callers' clocks, NTP steps): all arithmetic
 //! saturates and nothing panics.
+//!
+//! Names held by several at once (shared holds, semaphores) and the reservation that keeps a
+//! waiting claim from being overtaken live in [`groups`]; a name only ever claimed exclusively
+//! never reaches them.
+
+mod groups;
+
+pub use groups::{Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS};
 
 use std::collections::BTreeMap;
 
@@ -16,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lease::{self, from_unix_ms};
 use crate::lock::{
-    AcquireRequest, Attempt, Grant, Holder, Released, StaleRelease, Takeover, TaskInfo,
+    AcquireRequest, Attempt, Grant, HoldKind, Holder, Released, StaleRelease, Takeover, TaskInfo,
     validate_label, validate_name,
 };
 
@@ -85,6 +93,13 @@ pub enum Op {
         /// The worker may take up its own live lock again; without it, its own lock is `Held`.
         #[serde(default)]
         readopt: bool,
+        /// A whole lock (the default), a shared hold or semaphore permits.
+        #[serde(default, skip_serializing_if = "HoldKind::is_exclusive")]
+        kind: HoldKind,
+        /// The longest the claimant pauses before its next attempt if refused (0: none comes):
+        /// how long its reservation of a name held as a group lasts (see [`groups`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        wait_ms: u64,
     },
     /// Gives up a lock ([`Op::release`]). Answers `Released` or `NotOwner`.
     Release {
@@ -177,13 +192,49 @@ pub enum Response {
     },
     /// Renew of a free name.
     NotHeld,
+    /// Acquire of another kind than the name is held as (a semaphore claim on a lock or on
+    /// shared holds, a lock or shared claim on a semaphore); the table is unchanged.
+    OtherKind {
+        /// The name is held shared.
+        shared: bool,
+        /// The name is a semaphore of this limit.
+        limit: Option<u32>,
+    },
+    /// Semaphore acquire with another limit than the semaphore's.
+    LimitMismatch {
+        /// The semaphore's limit.
+        limit: u32,
+        /// The acquire's.
+        asked: u32,
+    },
+    /// Acquire refused because another worker's waiting claim has reserved the name.
+    Reserved {
+        /// The reservation.
+        intent: Intent,
+        /// A hold of the name, if it has one (another worker's, if any).
+        record: Option<LockRecord>,
+    },
+    /// Acquire of a hold that cannot exist (permits beyond the limit).
+    Invalid {
+        /// Why.
+        reason: String,
+    },
 }
 
-/// All held locks and the fencing-token counter.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// All held locks and the fencing-token counter. The groups and reservations are left out of
+/// the JSON while there are none, and a table without them (an older version's) reads as empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockTable {
     next_token: u64,
     locks: BTreeMap<String, LockRecord>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    groups: BTreeMap<String, Group>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    intents: BTreeMap<String, Intent>,
 }
 
 impl Default for LockTable {
@@ -191,6 +242,8 @@ impl Default for LockTable {
         LockTable {
             next_token: 1,
             locks: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            intents: BTreeMap::new(),
         }
     }
 }
@@ -207,6 +260,8 @@ impl LockTable {
                 takeover,
                 task_info,
                 readopt,
+                kind,
+                wait_ms,
             } => {
                 // The token is only drawn if the lock is granted afresh.
                 let fresh = LockRecord {
@@ -218,30 +273,49 @@ impl LockTable {
                     ttl_ms: *ttl_ms,
                     task_info: task_info.clone(),
                 };
-                self.acquire(name, fresh, *takeover, *readopt, now_ms)
+                if kind.is_exclusive()
+                    && !self.groups.contains_key(name)
+                    && !self.intents.contains_key(name)
+                {
+                    return self.acquire(name, fresh, *takeover, *readopt, now_ms);
+                }
+                let claim = groups::Claim {
+                    kind: *kind,
+                    takeover: *takeover,
+                    readopt: *readopt,
+                    wait_ms: *wait_ms,
+                };
+                self.claim(name, fresh, claim, now_ms)
             }
             Op::Release {
                 name,
                 worker_id,
                 force,
                 fencing_token,
-            } => match self.locks.get(name.as_str()) {
-                None => Response::Released { record: None },
-                Some(current) if *force || Self::is_grant(current, worker_id, *fencing_token) => {
-                    Response::Released {
-                        record: self.locks.remove(name.as_str()),
-                    }
+            } => {
+                self.drop_intent(name, worker_id);
+                if self.groups.contains_key(name) {
+                    return self.release_holds(name, worker_id, *force, *fencing_token);
                 }
-                Some(current) => Response::NotOwner {
-                    record: current.clone(),
-                },
-            },
+                self.release(name, worker_id, *force, *fencing_token)
+            }
+            Op::Renew {
+                name,
+                worker_id,
+                fencing_token,
+                ttl_ms,
+            } if self.groups.contains_key(name) => {
+                self.renew_holds(name, worker_id, *fencing_token, *ttl_ms, now_ms)
+            }
             Op::Renew {
                 name,
                 worker_id,
                 fencing_token,
                 ttl_ms,
             } => self.renew(name, worker_id, *fencing_token, *ttl_ms, now_ms),
+            Op::ReleaseStale { name } if self.groups.contains_key(name) => {
+                self.release_stale_hold(name, now_ms)
+            }
             Op::ReleaseStale { name } => match self.locks.get(name.as_str()) {
                 None => Response::Released { record: None },
                 Some(current) if Self::is_stale(current, now_ms) => Response::Released {
@@ -251,6 +325,28 @@ impl LockTable {
                     record: current.clone(),
                     stale: false,
                 },
+            },
+        }
+    }
+
+    /// The release of an exclusive lock: by its holder (and grant, if the token is given), or
+    /// by anyone with `force`.
+    fn release(
+        &mut self,
+        name: &str,
+        worker_id: &str,
+        force: bool,
+        fencing_token: Option<u64>,
+    ) -> Response {
+        match self.locks.get(name) {
+            None => Response::Released { record: None },
+            Some(current) if force || Self::is_grant(current, worker_id, fencing_token) => {
+                Response::Released {
+                    record: self.locks.remove(name),
+                }
+            }
+            Some(current) => Response::NotOwner {
+                record: current.clone(),
             },
         }
     }
@@ -275,15 +371,7 @@ impl LockTable {
                 // Re-adopt our own live lock: same token, same claimed_at. An own lock whose
                 // lease ran out is treated like anyone's stale lock below: the worker lost it
                 // and must take it over (new token) to have it again.
-                current.node_id = fresh.node_id;
-                current.heartbeat_ms = now_ms;
-                current.ttl_ms = fresh.ttl_ms;
-                current.task_info = fresh.task_info;
-                return Response::Granted {
-                    record: current.clone(),
-                    adopted: true,
-                    took_over: None,
-                };
+                return Self::take_up(current, fresh, now_ms);
             }
             Some(current) => {
                 let stale = Self::is_stale(current, now_ms);
@@ -307,6 +395,20 @@ impl LockTable {
             record: fresh,
             adopted: false,
             took_over,
+        }
+    }
+
+    /// Re-adoption: the claimant's own live hold `current`, taken up again with the fresh
+    /// claim's node, lease and task info, keeping its token and claim time.
+    fn take_up(current: &mut LockRecord, fresh: LockRecord, now_ms: u64) -> Response {
+        current.node_id = fresh.node_id;
+        current.heartbeat_ms = now_ms;
+        current.ttl_ms = fresh.ttl_ms;
+        current.task_info = fresh.task_info;
+        Response::Granted {
+            record: current.clone(),
+            adopted: true,
+            took_over: None,
         }
     }
 
@@ -347,7 +449,7 @@ impl LockTable {
             self.locks.remove(name);
             return true;
         }
-        false
+        self.withdraw_hold(name, token)
     }
 
     /// Whether `record` is the grant a worker names: its worker id, and its fencing token if the
@@ -368,6 +470,7 @@ impl LockTable {
         LockTable {
             next_token,
             locks: record.map(|r| (name.to_string(), r)).into_iter().collect(),
+            ..LockTable::default()
         }
     }
 
@@ -381,14 +484,14 @@ impl LockTable {
         self.locks.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Locks in the table, stale ones included.
+    /// Holds in the table (locks, shared holds, semaphore holds), stale ones included.
     pub fn len(&self) -> usize {
-        self.locks.len()
+        self.locks.len() + self.groups.values().map(|g| g.holds.len()).sum::<usize>()
     }
 
-    /// No lock in the table, not even a stale one.
+    /// No hold in the table, not even a stale one.
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.locks.is_empty() && self.groups.is_empty()
     }
 
     /// The fencing token the next grant will get (1 for an empty table).
@@ -409,7 +512,8 @@ impl LockTable {
             return Err("next_token must be at least 1".into());
         }
         let mut seen = std::collections::BTreeSet::new();
-        for (name, record) in &self.locks {
+        let leases = self.locks.iter().map(|(n, r)| (n.as_str(), r));
+        for (name, record) in leases.chain(self.group_leases()) {
             if record.fencing_token >= self.next_token {
                 return Err(format!(
                     "lock {name:?} has fencing token {} but next_token is {}",
@@ -423,7 +527,7 @@ impl LockTable {
                 ));
             }
         }
-        Ok(())
+        self.check_groups()
     }
 }
 
@@ -441,6 +545,9 @@ impl Op {
         if ttl_ms == 0 {
             return Err(Error::usage("the lock timeout must be at least 1 ms"));
         }
+        if let Some(reason) = groups::invalid(req.kind) {
+            return Err(Error::usage(reason));
+        }
         Ok(Op::Acquire {
             name: name.to_string(),
             worker_id: req.claimant.worker_id.clone(),
@@ -449,6 +556,8 @@ impl Op {
             takeover: req.takeover,
             task_info: req.task_info.clone(),
             readopt: req.readopt,
+            kind: req.kind,
+            wait_ms: lease::millis(req.wait),
         })
     }
 
@@ -505,7 +614,39 @@ pub fn attempt(cmd: &Op, resp: Response, now: u64) -> Result<Attempt> {
             took_over: took_over.map(|r| Box::new(r.to_holder(now))),
         })),
         Response::Held { record, .. } => Ok(Attempt::Held(record.to_holder(now))),
+        Response::Reserved { intent, record } => {
+            Ok(Attempt::Held(intent.to_holder(record.as_ref(), now)))
+        }
+        Response::OtherKind { shared, limit } => Err(Error::Conflict(format!(
+            "{:?} is held as {}, not as {}: every claim of a name asks for the kind of hold it \
+             has (wait until it is free to claim it as another)",
+            cmd.name(),
+            match (limit, shared) {
+                (Some(l), _) => format!("a semaphore of limit {l}"),
+                (None, true) => "a shared lock".to_string(),
+                (None, false) => "an exclusive lock".to_string(),
+            },
+            match asked_kind(cmd) {
+                HoldKind::Semaphore { limit, .. } => format!("a semaphore of limit {limit}"),
+                HoldKind::Shared => "a shared lock".to_string(),
+                HoldKind::Exclusive => "an exclusive lock".to_string(),
+            }
+        ))),
+        Response::LimitMismatch { limit, asked } => Err(Error::usage(format!(
+            "semaphore {:?} has limit {limit}, not {asked}: every claim of a semaphore must give \
+             the same limit",
+            cmd.name()
+        ))),
+        Response::Invalid { reason } => Err(Error::usage(reason)),
         other => Err(unexpected(cmd, &other)),
+    }
+}
+
+/// The kind of hold an acquire asks for.
+fn asked_kind(cmd: &Op) -> HoldKind {
+    match cmd {
+        Op::Acquire { kind, .. } => *kind,
+        _ => HoldKind::Exclusive,
     }
 }
 
@@ -629,6 +770,8 @@ mod tests {
             takeover,
             task_info: TaskInfo::default(),
             readopt: true,
+            kind: HoldKind::Exclusive,
+            wait_ms: 0,
         }
     }
 
@@ -779,6 +922,8 @@ mod tests {
                 ..TaskInfo::default()
             },
             readopt: true,
+            kind: HoldKind::Exclusive,
+            wait_ms: 0,
         };
         let (r2, adopted, took) = granted(t.apply(&cmd, 500));
         assert!(adopted);
@@ -1019,6 +1164,8 @@ mod tests {
             takeover: Takeover::None,
             task_info: TaskInfo::default(),
             readopt: true,
+            kind: HoldKind::Exclusive,
+            wait_ms: 0,
         };
         granted(t.apply(&huge, u64::MAX));
         let r = t.get("a").unwrap().clone();
@@ -1062,6 +1209,8 @@ mod tests {
                 ..TaskInfo::default()
             },
             readopt: true,
+            kind: HoldKind::Exclusive,
+            wait_ms: 0,
         };
         let now = 1_761_859_800_000; // 2025-10-30T21:30:00Z
         let (r, _, _) = granted(t.apply(&cmd, now));
@@ -1167,6 +1316,8 @@ mod tests {
                     },
                     task_info: TaskInfo::default(),
                     readopt,
+                    kind: HoldKind::Exclusive,
+                    wait_ms: 0,
                 },
                 4..=6 => renew(name, worker),
                 10 | 11 => release_stale(name),

@@ -7,7 +7,9 @@
 //! - [`LocalBackend`]: the [`LockBackend`] over that store. Each call validates its input, reads
 //!   its [`Clock`] once inside the file lock, and applies exactly one [`Op`] in one store
 //!   transaction, translating the table's answer into the backend-neutral types of
-//!   [`sentinel_core::lock`] and the CLI's errors.
+//!   [`sentinel_core::lock`] and the CLI's errors. Shared holds and semaphores are the table's
+//!   too (its groups, with a reservation instead of a queue), so they hold across processes as
+//!   locks do.
 //!
 //! The store calls block (the file lock waits for the current writer, which takes milliseconds,
 //! and gives up after a deadline), so the async trait methods run them under `spawn_blocking`.
@@ -67,7 +69,6 @@ impl LocalBackend {
     /// outlives the interrupted process unreported.
     pub fn acquire_blocking(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        req.kind.exclusive_only("local")?;
         let cmd = Op::acquire(name, req)?;
         let granted: Arc<Mutex<Option<u64>>> = Arc::default();
         let undo = {
@@ -145,20 +146,34 @@ impl LocalBackend {
         table::stale_release(&cmd, resp, now)
     }
 
-    /// The holder of `name`, if any (stale locks included, flagged `stale`).
+    /// The exclusive holder of `name`, if any (stale locks included, flagged `stale`).
     pub fn status_blocking(&self, name: &str) -> Result<Option<Holder>> {
+        Ok(self.status_of(name)?.holder().cloned())
+    }
+
+    /// What `status` reads of `name`: a lock's holder as it always was, or, for a name held
+    /// shared or as a semaphore or reserved by a waiting claim, every hold and the reservation.
+    fn status_of(&self, name: &str) -> Result<Status> {
         validate_name(name)?;
         let table = self.store.read()?;
         let now = self.clock.now_ms();
-        Ok(table.get(name).map(|r| r.to_holder(now)))
+        Ok(match table.holds_of(name, now) {
+            Some(holds) => Status::Holds(holds),
+            None => Status::Named {
+                name: name.to_string(),
+                holder: table.get(name).map(|r| r.to_holder(now)),
+            },
+        })
     }
 
-    /// Every held lock (stale ones included), sorted by name.
+    /// Every hold (stale ones included), sorted by name: one row per hold of a shared lock or
+    /// semaphore.
     pub fn list_blocking(&self) -> Result<Vec<(String, Holder)>> {
         let table = self.store.read()?;
         let now = self.clock.now_ms();
         Ok(table
-            .iter()
+            .holds()
+            .into_iter()
             .map(|(name, r)| (name.to_string(), r.to_holder(now)))
             .collect())
     }
@@ -206,7 +221,7 @@ impl LocalBackend {
                     "lock table",
                     this.store
                         .read()
-                        .map(|t| format!("{}: {} lock(s) recorded", table.display(), t.len())),
+                        .map(|t| format!("{}: {} hold(s) recorded", table.display(), t.len())),
                 );
                 Ok(vec![dir_check, table_check])
             })
@@ -223,6 +238,10 @@ impl LockBackend for LocalBackend {
     fn parse_lock(&self, raw: &str) -> Result<LockId> {
         validate_name(raw)?;
         Ok(LockId::Name(raw.to_string()))
+    }
+
+    fn holds_groups(&self) -> bool {
+        true
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -246,11 +265,7 @@ impl LockBackend for LocalBackend {
 
     async fn status(&self, lock: &LockId) -> Result<Status> {
         let name = name_of(lock)?.to_string();
-        self.blocking(move |b| {
-            let holder = b.status_blocking(&name)?;
-            Ok(Status::Named { name, holder })
-        })
-        .await
+        self.blocking(move |b| b.status_of(&name)).await
     }
 
     async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {

@@ -47,7 +47,7 @@ impl LocalStore {
 mod tests {
     use super::*;
     use sentinel_core::error::Error;
-    use sentinel_core::lock::{Takeover, TaskInfo};
+    use sentinel_core::lock::{HoldKind, Takeover, TaskInfo};
     use sentinel_core::table::{Op, Response};
     use std::fs;
     use std::path::Path;
@@ -63,6 +63,8 @@ mod tests {
             takeover: Takeover::None,
             task_info: TaskInfo::default(),
             readopt: true,
+            kind: HoldKind::Exclusive,
+            wait_ms: 0,
         }
     }
 
