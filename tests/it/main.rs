@@ -32,6 +32,7 @@ mod postgres_cli;
 mod proxy;
 mod queue;
 mod redis_cli;
+mod redis_hold_kinds;
 mod robustness;
 mod run;
 mod serve;
