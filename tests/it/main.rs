@@ -29,6 +29,7 @@ mod manpages;
 mod metrics;
 mod peers;
 mod postgres_cli;
+mod postgres_hold_kinds;
 mod proxy;
 mod queue;
 mod redis_cli;
