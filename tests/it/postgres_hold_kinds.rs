@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::conformance::{Kind, Subject};
 use crate::redis_hold_kinds::{
-    library_guards, racing_claims_never_exceed_the_limit, semaphore_limit,
+    interrupted_claims, library_guards, racing_claims_never_exceed_the_limit, semaphore_limit,
     shared_holds_and_a_waiting_writer,
 };
 use crate::servers::Postgres;
@@ -37,6 +37,14 @@ fn racing_semaphore_claims_never_exceed_the_limit_on_postgres() {
         return;
     };
     racing_claims_never_exceed_the_limit(&s);
+}
+
+#[test]
+fn interrupted_claims_of_holds_hold_nothing_or_report_it_on_postgres() {
+    let Some(s) = Subject::new(Kind::Postgres) else {
+        return;
+    };
+    interrupted_claims(&s);
 }
 
 #[test]
@@ -132,6 +140,8 @@ fn stale_holds_stay_until_taken_over_or_swept_on_postgres() {
     let left: Vec<&Value> = st["holders"].as_array().unwrap().iter().collect();
     assert_eq!(left.len(), 1, "{st}");
     assert_eq!(left[0]["worker_id"], "r2", "{st}");
+    let m = stdout_json(&pg(&s, "w9", &["metrics", "--json"]));
+    assert_eq!(m["by_backend"]["postgres"]["stale_locks_claimed"], 1, "{m}");
 }
 
 /// A worker role with the documented grants (no CREATE, no DELETE) holds every kind, once the

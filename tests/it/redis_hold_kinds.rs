@@ -8,7 +8,7 @@
 //! and the library's guards. What differs, a hold whose lease ran out (gone on Redis, stale on
 //! PostgreSQL), is tested in each file.
 
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use sentinel::lock::{
     AcquireRequest, Attempt, Claimant, HoldKind, LockId, ReleaseRequest, Takeover,
 };
 
-use crate::conformance::{Kind, Subject};
+use crate::conformance::{Kind, Subject, burst};
 use crate::coordinator_primitives::holders_by;
 use crate::serve::eventually;
 use crate::support::{Running, code, stdout_json, text};
@@ -155,6 +155,13 @@ pub(crate) fn semaphore_limit(s: &Subject) {
     let out = claim("w5", &["--limit", "2"]);
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(text(&out).contains("held as a lock"), "{}", text(&out));
+
+    // Every kind of hold counts as a lock does: 4 grants, 3 releases, 4 conflicts.
+    let m = stdout_json(&run(s, "w9", &["metrics", "--json"]));
+    let counters = &m["by_backend"][st["backend"].as_str().unwrap()];
+    assert_eq!(counters["total_acquisitions"], 4, "{m}");
+    assert_eq!(counters["total_releases"], 3, "{m}");
+    assert_eq!(counters["total_conflicts"], 4, "{m}");
 }
 
 /// Readers hold together and keep a writer out; a writer that waits reserves the name, so a
@@ -250,6 +257,7 @@ pub(crate) fn shared_holds_and_a_waiting_writer(s: &Subject) {
 /// two at a time, waiting as the claim loop does): never more than its limit are held at once.
 pub(crate) fn racing_claims_never_exceed_the_limit(s: &Subject) {
     const LIMIT: u32 = 3;
+    let _burst = burst();
     let rt = multi_thread();
     let held = Arc::new(AtomicU32::new(0));
     let most = Arc::new(AtomicU32::new(0));
@@ -315,6 +323,59 @@ pub(crate) fn racing_claims_never_exceed_the_limit(s: &Subject) {
     );
 }
 
+/// A claim of permits or of a shared hold interrupted by SIGINT/SIGTERM at any moment holds
+/// nothing afterwards, or has reported its grant.
+pub(crate) fn interrupted_claims(s: &Subject) {
+    let _burst = burst();
+    let mut interrupted = 0;
+    for round in 0..40u64 {
+        let kind: &[&str] = match round % 4 < 2 {
+            true => &["--shared"],
+            false => &["--limit", "2", "--permits", "2"],
+        };
+        let mut args = vec!["claim", "job"];
+        args.extend_from_slice(kind);
+        let child = s
+            .cli("w", &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A claim takes about 10 ms from the process's start (its handlers are installed after
+        // about 7): signals land all over it, and at 0 before the handlers.
+        std::thread::sleep(Duration::from_micros(match round % 20 {
+            0 => 0,
+            n => 4000 + n * 500,
+        }));
+        let signal = if round % 2 == 0 { "-INT" } else { "-TERM" };
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        match code_or_signal(&out) {
+            0 => {
+                let out = run(s, "w", &["release", "job"]);
+                assert_eq!(code(&out), 0, "{}", text(&out));
+            }
+            // Killed before the handlers were installed (128), or interrupted.
+            128 | 130 | 143 => {
+                interrupted += 1;
+                let st = status(s, "job");
+                assert_eq!(st["held"], false, "round {round}: {}\n{st}", text(&out));
+            }
+            other => panic!("round {round}: exit {other}: {}", text(&out)),
+        }
+    }
+    assert!(
+        interrupted > 0,
+        "no claim was interrupted: the test proves nothing"
+    );
+}
+
+fn code_or_signal(out: &Output) -> i32 {
+    out.status.code().unwrap_or(128)
+}
+
 /// The library's semaphores and shared holds are guards, on any backend that keeps several holds
 /// per name.
 pub(crate) fn library_guards(s: &Subject) {
@@ -378,6 +439,14 @@ fn racing_semaphore_claims_never_exceed_the_limit_on_redis() {
         return;
     };
     racing_claims_never_exceed_the_limit(&s);
+}
+
+#[test]
+fn interrupted_claims_of_holds_hold_nothing_or_report_it_on_redis() {
+    let Some(s) = Subject::new(Kind::Redis) else {
+        return;
+    };
+    interrupted_claims(&s);
 }
 
 #[test]
