@@ -24,8 +24,10 @@ use sentinel::lock::{
 
 use crate::conformance::{Kind, Subject, burst};
 use crate::coordinator_primitives::holders_by;
+use crate::redis_cli::LosingProxy;
 use crate::serve::eventually;
-use crate::support::{Running, code, stdout_json, text};
+use crate::servers::Redis;
+use crate::support::{Running, code, sentinel, stdout_json, text};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -502,4 +504,50 @@ fn expired_holds_are_gone_on_redis() {
     // `steal-stale` is a plain claim here: the live reader keeps the writer out.
     let out = run(&s, "w3", &["steal-stale", "schema"]);
     assert_eq!(code(&out), 3, "{}", text(&out));
+}
+
+/// A claim of permits whose answer was lost is retried and recognises its own hold instead of
+/// taking a second one; a release of it whose answer was lost still reports what it freed.
+#[test]
+fn a_hold_whose_answer_was_lost_is_granted_once_on_redis() {
+    let Some(server) = Redis::start() else { return };
+    let data = tempfile::tempdir().unwrap();
+    // The default worker id, so that a second grant is not a re-adoption; the node id marks
+    // the claim's command for the proxy.
+    let node = "node-7c1e";
+    let via = |proxy: &LosingProxy, args: &[&str]| {
+        sentinel(data.path())
+            .args(["--backend", "redis", "--node-id", node])
+            .env(
+                "SENTINEL_REDIS_URL",
+                format!("redis://127.0.0.1:{}", proxy.port),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let direct = |args: &[&str]| {
+        sentinel(data.path())
+            .args(["--backend", "redis", "--worker-id", "w9"])
+            .env("SENTINEL_REDIS_URL", server.url())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let proxy = LosingProxy::start(server.port(), node.as_bytes());
+    let out = via(&proxy, &["--json", "claim", "gpus", "--limit", "3", "-n"]);
+    assert!(proxy.lost.load(Ordering::SeqCst), "no answer was lost");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let worker = stdout_json(&out)["worker_id"].as_str().unwrap().to_string();
+    let st = stdout_json(&direct(&["--json", "status", "gpus"]));
+    assert_eq!(holders(&st), [(worker.clone(), 1)], "{st}");
+    // A release names no node: its marker is the (default) worker id the claim was given.
+    let marker: &'static str = Box::leak(worker.into_boxed_str());
+    let proxy = LosingProxy::start(server.port(), marker.as_bytes());
+    let out = via(&proxy, &["--json", "release", "gpus"]);
+    assert!(proxy.lost.load(Ordering::SeqCst), "no answer was lost");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(stdout_json(&out)["was_held"], true, "{}", text(&out));
+    let st = stdout_json(&direct(&["--json", "status", "gpus"]));
+    assert_eq!(st["held"], false, "{st}");
 }
