@@ -143,8 +143,8 @@ pub enum Status {
         /// by the backends that keep expired leases; in Redis an expired lease is gone.
         holder: Option<Holder>,
     },
-    /// A name of a backend that keeps several holds per name (the coordinator): its kind, every
-    /// hold and the queue.
+    /// A name of a backend that keeps several holds per name (the coordinator, Redis,
+    /// PostgreSQL): its kind, every hold and the queue (Redis and PostgreSQL: the reservation).
     Holds(Holds),
 }
 

@@ -235,8 +235,8 @@ impl<B: LockBackend + 'static> LockClient<B> {
 
     /// Acquires a hold of `kind` on `resource` for `ttl`, waiting while it cannot be had as the
     /// [`RetryConfig`] allows: [`DistributedLock::acquire`] for any kind of hold. A shared hold
-    /// or semaphore permits need a backend that keeps several holds per name (the coordinator);
-    /// the others refuse them ([`Error::Usage`]).
+    /// or semaphore permits need a backend that keeps several holds per name (the coordinator,
+    /// Redis, PostgreSQL); the others refuse them ([`Error::Usage`]).
     pub async fn acquire_hold(
         &self,
         resource: &str,
