@@ -79,7 +79,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l conflict-exi
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l max-backoff -d 'Longest pause between retries' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l limit -d 'A semaphore: at most N permits held at once; every claim of the name gives the same N (coordinator backend)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l limit -d 'A semaphore: at most N permits held at once; every claim of the name gives the same N (coordinator, local, Redis, PostgreSQL)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l permits -d 'With --limit: the permits this claim takes [default: 1]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l task-info -d 'Task info recorded with the lock, as JSON or @FILE (a file holding the JSON): {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l complexity -d 'Task complexity, e.g. 5 (wins over --task-info\'s)' -r
@@ -112,7 +112,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l trust -d 'Gi
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l next -d 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l retry-failed -d 'With --next: take issues that carry --fail-label too'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s n -l nonblock -d 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast'
-complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l shared -d 'A shared (read) hold: held with other shared holds, never with an exclusive one; it waits behind a waiting exclusive claim (coordinator backend)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l shared -d 'A shared (read) hold: held with other shared holds, never with an exclusive one; it waits behind a waiting exclusive claim (coordinator, local, Redis, PostgreSQL)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand claim" -s q -l quiet -d 'Only errors on stderr'
@@ -214,7 +214,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l conflict-exit-
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l initial-backoff -d 'First pause between retries (doubles each time)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l max-backoff -d 'Longest pause between retries' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l ttl -d 'Lease: the lock is stale when its last heartbeat is older than this' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l limit -d 'A semaphore: at most N permits held at once; every claim of the name gives the same N (coordinator backend)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l limit -d 'A semaphore: at most N permits held at once; every claim of the name gives the same N (coordinator, local, Redis, PostgreSQL)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l permits -d 'With --limit: the permits this claim takes [default: 1]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-info -d 'Task info recorded with the lock, as JSON or @FILE (a file holding the JSON): {"complexity":5,"estimated_duration":"45min","task_type":"bug-fix","priority":"high"}' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l complexity -d 'Task complexity, e.g. 5 (wins over --task-info\'s)' -r
@@ -250,7 +250,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l data-dir -d 'W
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l trust -d 'GitHub logins whose lock comments are trusted besides owners, members and collaborators' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l retry-failed -d 'With --next: take issues that carry --fail-label too'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s n -l nonblock -d 'Give up at once when the lock is held (exit 3), as flock -n: --strategy fail-fast'
-complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l shared -d 'A shared (read) hold: held with other shared holds, never with an exclusive one; it waits behind a waiting exclusive claim (coordinator backend)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l shared -d 'A shared (read) hold: held with other shared holds, never with an exclusive one; it waits behind a waiting exclusive claim (coordinator, local, Redis, PostgreSQL)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l next -d 'Claim the oldest open issue with no lock (github backend); exit 3 when none is free'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'

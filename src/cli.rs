@@ -623,7 +623,7 @@ pub struct ClaimOptions {
     #[arg(long, value_parser = duration::arg, default_value = "5m")]
     pub ttl: Duration,
     /// A semaphore: at most N permits held at once; every claim of the name gives the same N
-    /// (local and coordinator backends)
+    /// (coordinator, local, Redis, PostgreSQL)
     #[arg(
         long,
         value_name = "N",
@@ -640,7 +640,7 @@ pub struct ClaimOptions {
     )]
     pub permits: Option<u32>,
     /// A shared (read) hold: held with other shared holds, never with an exclusive one; it
-    /// waits behind a waiting exclusive claim (local and coordinator backends)
+    /// waits behind a waiting exclusive claim (coordinator, local, Redis, PostgreSQL)
     #[arg(long)]
     pub shared: bool,
     #[command(flatten)]

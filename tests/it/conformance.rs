@@ -356,7 +356,7 @@ impl Subject {
 /// the other tests' timing-sensitive races.
 static BURST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn burst() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn burst() -> std::sync::MutexGuard<'static, ()> {
     BURST.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -284,7 +284,7 @@ fn postgres_grants_are_read_without_creating_anything() {
     );
 
     server.psql(
-        "GRANT SELECT, INSERT, UPDATE ON public.sentinel_locks TO worker;
+        "GRANT SELECT, INSERT, UPDATE ON public.sentinel_locks, public.sentinel_holds TO worker;
          GRANT USAGE, UPDATE ON SEQUENCE public.sentinel_fencing_tokens TO worker;",
     );
     let out = pg(&worker);

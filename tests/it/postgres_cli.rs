@@ -112,12 +112,18 @@ fn role(server: &Postgres, role: &str) {
     server.psql(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'"));
 }
 
-/// What docs/postgres.md says a worker role needs on the table and sequence: no DELETE, since a
-/// release keeps the row.
+/// What docs/postgres.md says a worker role needs on the tables and sequence: no DELETE, since a
+/// release keeps the row. The holds table only where it exists (an older layout has none).
 fn grant_worker(server: &Postgres, role: &str, schema: &str) {
+    let holds = format!("{schema}.sentinel_holds");
+    let tables = if server.psql(&format!("SELECT to_regclass('{holds}') IS NOT NULL")) == "t" {
+        format!("{schema}.sentinel_locks, {holds}")
+    } else {
+        format!("{schema}.sentinel_locks")
+    };
     server.psql(&format!(
         "GRANT USAGE ON SCHEMA {schema} TO {role};
-         GRANT SELECT, INSERT, UPDATE ON {schema}.sentinel_locks TO {role};
+         GRANT SELECT, INSERT, UPDATE ON {tables} TO {role};
          GRANT USAGE, UPDATE ON SEQUENCE {schema}.sentinel_fencing_tokens TO {role};"
     ));
 }

@@ -322,15 +322,15 @@ fn an_evicted_fencing_counter_never_issues_a_token_again() {
 /// `marker` is passed on, and once Redis has answered it the connection is cut instead of the
 /// answer passed back. So the command ran and the client cannot know. Later connections are
 /// passed through untouched.
-struct LosingProxy {
-    port: u16,
-    lost: Arc<AtomicBool>,
+pub(crate) struct LosingProxy {
+    pub(crate) port: u16,
+    pub(crate) lost: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     accepting: Option<JoinHandle<()>>,
 }
 
 impl LosingProxy {
-    fn start(upstream: u16, marker: &'static [u8]) -> LosingProxy {
+    pub(crate) fn start(upstream: u16, marker: &'static [u8]) -> LosingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -143,8 +143,8 @@ pub enum Status {
         /// by the backends that keep expired leases; in Redis an expired lease is gone.
         holder: Option<Holder>,
     },
-    /// A name of a backend that keeps several holds per name (the coordinator, the local
-    /// backend): its kind, every hold and the queue (the local backend's: its reservation).
+    /// A name of a backend that keeps several holds per name (the coordinator, local, Redis,
+    /// PostgreSQL): its kind, every hold and the queue (on the polling backends: the reservation).
     Holds(Holds),
 }
 

@@ -236,7 +236,7 @@ impl<B: LockBackend + 'static> LockClient<B> {
     /// Acquires a hold of `kind` on `resource` for `ttl`, waiting while it cannot be had as the
     /// [`RetryConfig`] allows: [`DistributedLock::acquire`] for any kind of hold. A shared hold
     /// or semaphore permits need a backend that keeps several holds per name (the coordinator,
-    /// the local backend); the others refuse them ([`Error::Usage`]).
+    /// the local backend, Redis, PostgreSQL); the others refuse them ([`Error::Usage`]).
     pub async fn acquire_hold(
         &self,
         resource: &str,

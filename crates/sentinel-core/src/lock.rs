@@ -193,8 +193,9 @@ impl HoldKind {
         match self {
             HoldKind::Exclusive => Ok(()),
             _ => Err(Error::usage(format!(
-                "shared holds (--shared) and semaphores (--limit) need the coordinator backend \
-                 (--server, `sentinel serve`); the {backend} backend has one holder per lock"
+                "shared holds (--shared) and semaphores (--limit) need the coordinator \
+                 (--server), local, Redis or PostgreSQL backend; the {backend} backend has one \
+                 holder per lock"
             ))),
         }
     }

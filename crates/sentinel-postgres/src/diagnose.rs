@@ -1,5 +1,6 @@
 //! `sentinel doctor`'s look at a database: the login, and the grants the backend's first use and
-//! every operation need (docs/postgres.md lists them), read from the catalog. Unlike a lock
+//! every operation need on its tables and sequence (docs/postgres.md lists them), read from the
+//! catalog. Unlike a lock
 //! operation it creates and changes nothing: a missing table is reported as what the first use
 //! will create, if this user may.
 
@@ -24,6 +25,8 @@ struct Facts {
     table: Option<Vec<String>>,
     /// The sequence exists, and the privileges of [`SEQUENCE_PRIVILEGES`] the user lacks on it.
     sequence: Option<Vec<String>>,
+    /// The holds table exists, and the privileges of [`TABLE_PRIVILEGES`] the user lacks on it.
+    holds: Option<Vec<String>>,
     /// The user may create what is missing: CREATE on the schema, or on the database when the
     /// schema is missing too.
     can_create: bool,
@@ -47,7 +50,7 @@ impl PostgresBackend {
                     .await
                     .map_err(err)?;
                 let (user, version): (String, String) = (row.get(0), row.get(1));
-                let (schema, table, sequence) = names.existing(&client).await.map_err(err)?;
+                let found = names.existing(&client).await.map_err(err)?;
                 let lacking = |function: &'static str, object: &'static str| {
                     let sql = format!(
                         "SELECT array(SELECT p FROM unnest($2::text[]) p \
@@ -55,6 +58,7 @@ impl PostgresBackend {
                     );
                     let (name, privileges) = match object {
                         "table" => (&names.table, &TABLE_PRIVILEGES[..]),
+                        "holds" => (&names.holds, &TABLE_PRIVILEGES[..]),
                         _ => (&names.sequence, &SEQUENCE_PRIVILEGES[..]),
                     };
                     let client = &client;
@@ -66,15 +70,19 @@ impl PostgresBackend {
                         Ok::<Vec<String>, Failure>(row.get(0))
                     }
                 };
-                let table = match table {
+                let table = match found.table {
                     true => Some(lacking("has_table_privilege", "table").await?),
                     false => None,
                 };
-                let sequence = match sequence {
+                let sequence = match found.sequence {
                     true => Some(lacking("has_sequence_privilege", "sequence").await?),
                     false => None,
                 };
-                let can_create: bool = match schema {
+                let holds = match found.holds {
+                    true => Some(lacking("has_table_privilege", "holds").await?),
+                    false => None,
+                };
+                let can_create: bool = match found.schema {
                     true => client
                         .query_one(
                             "SELECT has_schema_privilege($1, 'CREATE')",
@@ -107,6 +115,7 @@ impl PostgresBackend {
                     version,
                     table,
                     sequence,
+                    holds,
                     can_create,
                     columns,
                 })
@@ -165,6 +174,18 @@ impl PostgresBackend {
             &f.sequence,
             &SEQUENCE_PRIVILEGES,
         ));
+        checks.push(match (&f.holds, f.can_create) {
+            // Locks work without it; only semaphores and shared holds are refused.
+            (None, false) => Check::warn(
+                format!("table {}", names.holds),
+                format!(
+                    "does not exist and {} may not create it: locks work, semaphores and shared \
+                     holds are refused until its owner creates it (docs/postgres.md)",
+                    f.user
+                ),
+            ),
+            _ => grants("table", &names.holds, &f.holds, &TABLE_PRIVILEGES),
+        });
         if f.table.is_some() {
             checks.push(match names.migration(&f.columns) {
                 Ok(None) => Check::ok("table layout", "this version's"),

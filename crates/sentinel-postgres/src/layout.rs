@@ -1,5 +1,10 @@
-//! The table and sequence sentinel keeps its locks in: what they look like, the SQL that creates
+//! The tables and sequence sentinel keeps its locks in: what they look like, the SQL that creates
 //! what is missing, and what an older or hand-made table lacks.
+//!
+//! `sentinel_holds`, the rows of shared holds and semaphore permits, came later than the lock
+//! table: created where missing, it takes the lock table's SELECT, INSERT and UPDATE grants, so
+//! worker roles granted what the lock table needs keep working once the owner's first use made
+//! it. Where a role may not create it, locks go on without it.
 //!
 //! Both are named with their schema, never found through `search_path`: PostgreSQL's default
 //! path starts with `"$user"`, so two roles each owning a schema of their name would otherwise
@@ -32,10 +37,10 @@ const COLUMNS: [(&str, &str, Option<&str>); 9] = [
 /// Columns a free row leaves NULL (a release keeps the row); older versions made them NOT NULL.
 const NULLABLE: [&str; 1] = ["worker_id"];
 
-/// Which of schema ($1, as written), table ($2) and sequence ($3) exist; a role without USAGE
-/// on the schema gets an error here, not a wrong answer.
+/// Which of schema ($1, as written), table ($2), sequence ($3) and holds table ($4) exist; a
+/// role without USAGE on the schema gets an error here, not a wrong answer.
 const EXISTING: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
-    to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL";
+    to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL";
 
 /// The columns of the table $1: name, type, and whether it is NOT NULL.
 pub(crate) const COLUMNS_OF: &str =
@@ -53,18 +58,43 @@ pub(crate) struct Names {
     pub table: String,
     /// `"schema".sentinel_fencing_tokens`.
     pub sequence: String,
+    /// `"schema".sentinel_holds`.
+    pub holds: String,
+}
+
+/// Which of sentinel's objects exist.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Existing {
+    pub schema: bool,
+    pub table: bool,
+    pub sequence: bool,
+    pub holds: bool,
+}
+
+impl Existing {
+    pub fn all(&self) -> bool {
+        self.schema && self.table && self.sequence && self.holds
+    }
 }
 
 impl Names {
-    /// Whether the schema, the table and the sequence exist.
+    /// Which of the schema, the table, the sequence and the holds table exist.
     pub async fn existing(
         &self,
         client: &tokio_postgres::Client,
-    ) -> Result<(bool, bool, bool), tokio_postgres::Error> {
+    ) -> Result<Existing, tokio_postgres::Error> {
         let row = client
-            .query_one(EXISTING, &[&self.schema, &self.table, &self.sequence])
+            .query_one(
+                EXISTING,
+                &[&self.schema, &self.table, &self.sequence, &self.holds],
+            )
             .await?;
-        Ok((row.get(0), row.get(1), row.get(2)))
+        Ok(Existing {
+            schema: row.get(0),
+            table: row.get(1),
+            sequence: row.get(2),
+            holds: row.get(3),
+        })
     }
 
     /// The names in `schema`, which [`crate::settings`] has checked holds letters, digits and `_`
@@ -75,17 +105,18 @@ impl Names {
             schema: schema.to_string(),
             table: format!("{quoted_schema}.sentinel_locks"),
             sequence: format!("{quoted_schema}.sentinel_fencing_tokens"),
+            holds: format!("{quoted_schema}.sentinel_holds"),
             quoted_schema,
         }
     }
 
     /// The statements that create what is missing.
-    pub fn create(&self, schema: bool, table: bool, sequence: bool) -> String {
+    pub fn create(&self, found: Existing) -> String {
         let mut sql = String::new();
-        if !schema {
+        if !found.schema {
             sql += &format!("CREATE SCHEMA IF NOT EXISTS {};\n", self.quoted_schema);
         }
-        if !table {
+        if !found.table {
             sql += &format!(
                 "CREATE TABLE IF NOT EXISTS {} (
                     name text PRIMARY KEY,
@@ -102,8 +133,48 @@ impl Names {
                 self.table, self.table
             );
         }
-        if !sequence {
+        if !found.sequence {
             sql += &format!("CREATE SEQUENCE IF NOT EXISTS {};\n", self.sequence);
+        }
+        if !found.holds {
+            // A row per hold of a name held by several (slot 0 up; a released hold's row is kept
+            // for its token, and reused), and the name's reservation in slot -1.
+            sql += &format!(
+                "CREATE TABLE IF NOT EXISTS {} (
+                    name text NOT NULL,
+                    slot integer NOT NULL,
+                    worker_id text,
+                    node_id text NOT NULL,
+                    fencing_token bigint NOT NULL,
+                    claimed_at timestamptz NOT NULL,
+                    heartbeat_at timestamptz NOT NULL,
+                    ttl_ms bigint NOT NULL CHECK (ttl_ms > 0),
+                    task_info jsonb NOT NULL DEFAULT '{{}}',
+                    grant_nonce text NOT NULL DEFAULT '',
+                    permits integer NOT NULL CHECK (permits > 0),
+                    shared boolean NOT NULL,
+                    semaphore_limit integer,
+                    PRIMARY KEY (name, slot)
+                );
+                CREATE INDEX IF NOT EXISTS sentinel_holds_fencing_token ON {} (fencing_token);\n",
+                self.holds, self.holds
+            );
+            // Whoever may use the lock table may use its companion: a worker role granted what
+            // it needs before this version keeps working once the owner's first use made it.
+            sql += &format!(
+                "DO $$ DECLARE g record; BEGIN
+                    FOR g IN SELECT a.privilege_type AS what, CASE WHEN a.grantee = 0
+                            THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS who
+                        FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+                        LEFT JOIN pg_roles r ON r.oid = a.grantee
+                        WHERE c.oid = '{}'::regclass
+                            AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE')
+                    LOOP
+                        EXECUTE format('GRANT %s ON {} TO %s', g.what, g.who);
+                    END LOOP;
+                END $$;\n",
+                self.table, self.holds
+            );
         }
         sql
     }

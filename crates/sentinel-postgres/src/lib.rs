@@ -1,30 +1,35 @@
-//! PostgreSQL backend: named locks as rows of a table in a database you already run.
+//! PostgreSQL backend: named locks, shared holds and semaphores as rows of tables in a database
+//! you already run.
 //!
 //! This crate owns everything sentinel does with PostgreSQL: the URL ([`settings`]: checked before
 //! anything connects, never echoed when it carries a password), TLS with libpq's `sslmode`
-//! ([`tls`]), a small connection pool, the table and sequence ([`layout`]: named with their
+//! ([`tls`]), a small connection pool, the tables and sequence ([`layout`]: named with their
 //! schema, created only if missing), and the one transaction every change is.
 //!
-//! The semantics are the lock table's ([`sentinel_core::table`]), not re-implemented: each operation
-//! reads the lock's row into a one-lock [`LockTable`], applies the same [`Op`] the local
+//! A lock's semantics are the lock table's ([`sentinel_core::table`]), not re-implemented: each
+//! operation reads the lock's row into a one-lock `LockTable`, applies the same `Op` the local
 //! backend applies, and writes the row back, all in one transaction that first takes a
 //! transaction-scoped advisory lock on the name. So a stale lock stays until taken over or
 //! released by the janitor, re-adoption and take-overs behave as locally, and the messages are
-//! the same. Two things come from the database instead of the host:
+//! the same. Shared holds and semaphore permits are rows of `sentinel_holds`, one per hold, read
+//! in the same transaction under the same advisory lock, so a lock and a hold of one name are never
+//! granted side by side; [`holds`] decides on them. Two things come from the database instead of
+//! the host:
 //!
 //! - **Time**: `clock_timestamp()`, read after the advisory lock is held (`now()` would be the
 //!   transaction's start, before the wait), so every process judges leases by one clock.
-//! - **Fencing tokens**: the sequence `sentinel_fencing_tokens`, drawn under the name's lock, but
-//!   never below the greatest token in the table + 1: a sequence that restarted (a restore, a
-//!   promoted logical replica, `ALTER SEQUENCE … RESTART`) is moved past it instead of handing
-//!   out a token the name already carried. So tokens strictly increase per name (with gaps: an
-//!   attempt that is refused uses one up too).
+//! - **Fencing tokens**: the sequence `sentinel_fencing_tokens`, drawn under the name's lock for
+//!   every kind of hold, but never below the greatest token in the tables + 1: a sequence that
+//!   restarted (a restore, a promoted logical replica, `ALTER SEQUENCE … RESTART`) is moved past
+//!   them instead of handing out a token the name already carried. So tokens strictly increase per
+//!   name (with gaps: an attempt that is refused uses one up too).
 //!
 //! Nothing deletes a row: a release (forced, stale, or the undo of an interrupted claim) sets its
 //! `worker_id` to NULL and keeps its token, the name's high-water mark, because a deleted row
 //! took its token out of that floor and a restarted sequence then handed the name a token it had
-//! issued. A row whose `worker_id` is NULL is free to every reader. So the table grows by one row
-//! per distinct lock name ever used, and workers need no DELETE right.
+//! issued. A row whose `worker_id` is NULL is free to every reader. So the lock table grows by one
+//! row per distinct lock name ever used, the holds table by the most holds a name had at once, and
+//! workers need no DELETE right.
 //!
 //! Why a table and not session advisory locks (`pg_try_advisory_lock`): a session lock has no
 //! TTL (a hung holder keeps it as long as its connection lives, a pooled connection keeps it
@@ -32,12 +37,14 @@
 //! says more.
 //!
 //! Each operation is retried through connection failures within a deadline, then reported as
-//! unavailable (exit 8); every other error passes on the server's message and SQLSTATE. A grant whose commit was not confirmed is not granted twice: the row
-//! records the nonce of the attempt that granted it, and a retried attempt that finds its own
-//! nonce takes the grant it already made.
+//! unavailable (exit 8); every other error passes on the server's message and SQLSTATE. A grant
+//! whose commit was not confirmed is not granted twice: the row records the nonce of the attempt
+//! that granted it, and a retried attempt that finds its own nonce takes the grant it already
+//! made.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -52,17 +59,19 @@ use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease;
 use sentinel_core::lock::{
-    AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
-    Released, RenewRequest, StaleRelease, validate_name,
+    AcquireRequest, Attempt, HoldKind, Holder, ListRequest, LockId, ReleaseRequest,
+    ReleaseStaleRequest, Released, RenewRequest, StaleRelease, validate_name,
 };
-use sentinel_core::table::{self, LockRecord, LockTable, Op, Response};
+use sentinel_core::table::{LockRecord, Op};
 use sentinel_core::tls::ClientTls;
 
 mod diagnose;
+mod holds;
 mod layout;
 mod settings;
 mod tls;
 
+use holds::{Decided, HoldRow, INTENT_SLOT, Write};
 use layout::Names;
 use settings::CONNECT_TIMEOUT;
 
@@ -114,6 +123,40 @@ fn record(row: &Row, offset: usize) -> Result<(LockRecord, String)> {
         },
         get_str(7)?,
     ))
+}
+
+/// A name's held rows (as [`PostgresBackend::rows_of_name`] selects them, from `offset` on) as
+/// its lock, holds and reservation.
+fn read_name(rows: &[Row], offset: usize) -> Result<holds::Name> {
+    let mut name = holds::Name::default();
+    for row in rows {
+        // A status read of a name without rows has one row of NULLs.
+        let worker: Option<String> = row.try_get(offset + 1).map_err(unreadable)?;
+        if worker.is_none() {
+            continue;
+        }
+        let slot: Option<i32> = row.try_get(offset).map_err(unreadable)?;
+        let (record, nonce) = record(row, offset + 1)?;
+        let Some(slot) = slot else {
+            name.lock = Some((record, nonce));
+            continue;
+        };
+        let permits: i32 = row.try_get(offset + 9).map_err(unreadable)?;
+        let limit: Option<i32> = row.try_get(offset + 11).map_err(unreadable)?;
+        let hold = HoldRow {
+            slot,
+            record,
+            nonce,
+            permits: u32::try_from(permits).unwrap_or(1),
+            shared: row.try_get(offset + 10).map_err(unreadable)?,
+            limit: limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+        };
+        match slot {
+            INTENT_SLOT => name.intent = Some(hold),
+            _ => name.holds.push(hold),
+        }
+    }
+    Ok(name)
 }
 
 fn unreadable(e: tokio_postgres::Error) -> Error {
@@ -175,6 +218,9 @@ struct Inner {
     names: Names,
     /// Set once the table and sequence are known to exist in this layout.
     schema: OnceCell<()>,
+    /// Whether the holds table is known to exist: a role that may not create it uses locks
+    /// alone until its owner has made it.
+    holds_table: AtomicBool,
     /// `postgres at HOST:PORT/DB`, for messages: never the URL, which may carry a password.
     target: String,
     /// Redacted from every message that passes on the driver's own words.
@@ -265,10 +311,16 @@ impl PostgresBackend {
                 pool,
                 names: Names::new(&schema),
                 schema: OnceCell::new(),
+                holds_table: AtomicBool::new(false),
                 target,
                 password,
             }),
         })
+    }
+
+    /// Whether the holds table exists, as far as this process has seen.
+    fn holds_table(&self) -> bool {
+        self.inner.holds_table.load(Ordering::Relaxed)
     }
 
     /// The driver's own message with the password blanked out, should it ever quote it.
@@ -293,9 +345,12 @@ impl PostgresBackend {
         {
             return Failure::Final(Error::Auth(format!(
                 "{} refused the credentials or permissions ({what}): {text}; check the user and \
-                 password in --database-url and the user's grants on {} and {} (docs/postgres.md \
-                 lists them)",
-                self.inner.target, self.inner.names.table, self.inner.names.sequence
+                 password in --database-url and the user's grants on {}, {} and {} \
+                 (docs/postgres.md lists them)",
+                self.inner.target,
+                self.inner.names.table,
+                self.inner.names.holds,
+                self.inner.names.sequence
             )));
         }
         if *code == SqlState::INVALID_CATALOG_NAME {
@@ -437,21 +492,10 @@ impl PostgresBackend {
             .get_or_try_init(|| async {
                 let what = "checking the table sentinel_locks";
                 let err = |e: tokio_postgres::Error| self.failure(what, &e);
-                let (schema, table, sequence) = names.existing(client).await.map_err(err)?;
-                if !(schema && table && sequence) {
-                    let what = "creating the table sentinel_locks";
-                    let err = |e: tokio_postgres::Error| self.failure(what, &e);
-                    // Under the class's lock: concurrent `CREATE … IF NOT EXISTS` can otherwise
-                    // fail on the catalog's unique indexes. A transaction object, so that a
-                    // failure rolls back instead of leaving the pooled connection inside an
-                    // aborted transaction.
-                    let tx = client.transaction().await.map_err(err)?;
-                    let sql = format!(
-                        "SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {}",
-                        names.create(schema, table, sequence)
-                    );
-                    tx.batch_execute(&sql).await.map_err(err)?;
-                    tx.commit().await.map_err(err)?;
+                let found = names.existing(client).await.map_err(err)?;
+                match found.all() {
+                    true => self.inner.holds_table.store(true, Ordering::Relaxed),
+                    false => self.create(client, found).await?,
                 }
                 let columns: Vec<(String, String, bool)> = client
                     .query(layout::COLUMNS_OF, &[&names.table])
@@ -471,6 +515,47 @@ impl PostgresBackend {
             })
             .await?;
         Ok(())
+    }
+
+    /// Creates what is missing. A role that may not create the holds table alone (its owner has
+    /// not run this version yet) goes on with locks; semaphores and shared holds wait for it.
+    async fn create(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        found: layout::Existing,
+    ) -> std::result::Result<(), Failure> {
+        let what = "creating sentinel's tables";
+        let err = |e: tokio_postgres::Error| self.failure(what, &e);
+        // Under the class's lock: concurrent `CREATE … IF NOT EXISTS` can otherwise fail on the
+        // catalog's unique indexes. A transaction object, so that a failure rolls back instead
+        // of leaving the pooled connection inside an aborted transaction.
+        let tx = client.transaction().await.map_err(err)?;
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {}",
+            self.inner.names.create(found)
+        );
+        match tx.batch_execute(&sql).await {
+            Ok(()) => {
+                tx.commit().await.map_err(err)?;
+                self.inner.holds_table.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e)
+                if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+                    && found.schema
+                    && found.table
+                    && found.sequence =>
+            {
+                tracing::warn!(
+                    "{}: {} does not exist and this user may not create it: locks work, \
+                     semaphores and shared holds need it (docs/postgres.md)",
+                    self.inner.target,
+                    self.inner.names.holds
+                );
+                Ok(())
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
     /// Brings an older table to this layout, or says what its owner should run.
@@ -507,20 +592,21 @@ impl PostgresBackend {
         }
     }
 
-    /// Applies `cmd` to the lock `name` in one transaction: the name's advisory lock, its row, the
-    /// database's clock (and a fresh fencing token for an acquisition), the table's decision,
-    /// the row written back. `commit` sees the answer and may refuse to commit it.
-    async fn apply(
+    /// Decides on the name `name` in one transaction: the name's advisory lock (which every
+    /// operation on the name takes, whichever table it writes, so a lock and a hold of one name
+    /// are never granted side by side), its rows of both tables in one query, the database's
+    /// clock (and a fresh fencing token for an acquisition), `decide`'s answer, its rows written.
+    /// `commit` sees the answer and may refuse to commit it.
+    async fn transact<T>(
         &self,
         what: &str,
-        cmd: &Op,
-        nonce: &str,
-        commit: impl Fn(&Response) -> Result<()>,
-    ) -> Result<(u64, Response)> {
-        let name = cmd.name();
-        let acquiring = matches!(cmd, Op::Acquire { .. });
+        name: &str,
+        claim: Option<HoldKind>,
+        decide: impl Fn(&holds::Name, u64, u64) -> Decided<T>,
+        commit: impl Fn(&Result<T>) -> Result<()>,
+    ) -> Result<(u64, T)> {
         self.call(what, |mut client| {
-            let commit = &commit;
+            let (decide, commit) = (&decide, &commit);
             async move {
                 let err = |e: tokio_postgres::Error| self.failure(what, &e);
                 let tx = client.transaction().await.map_err(err)?;
@@ -530,79 +616,157 @@ impl PostgresBackend {
                 )
                 .await
                 .map_err(err)?;
-                let names = &self.inner.names;
-                let row = tx
-                    .query_opt(
-                        &format!(
-                            "SELECT {COLUMNS} FROM {} WHERE name = $1 AND worker_id IS NOT NULL",
-                            names.table
-                        ),
-                        &[&name],
+                let clock = tx
+                    .query_one(
+                        &format!("SELECT {NOW_MS}, to_regclass($1) IS NOT NULL"),
+                        &[&self.inner.names.holds],
                     )
                     .await
                     .map_err(err)?;
-                let before = row.as_ref().map(|r| record(r, 0)).transpose()?;
-                let clock = tx
-                    .query_one(&format!("SELECT {NOW_MS}"), &[])
+                let now = unsigned(clock.get(0));
+                // Seen under the name's lock: a holds table made since the process looked is
+                // read before anything is decided.
+                let holds_table = clock.get(1);
+                if holds_table {
+                    self.inner.holds_table.store(true, Ordering::Relaxed);
+                } else if claim.is_some_and(|k| k != HoldKind::Exclusive) {
+                    return Err(Failure::Final(self.no_holds_table()));
+                }
+                let rows = tx
+                    .query(&self.rows_of_name(holds_table), &[&name])
                     .await
                     .map_err(err)?;
-                let now = unsigned(clock.get(0));
-                let token = if acquiring {
-                    self.next_token(&tx).await.map_err(err)?
-                } else {
-                    0
+                let state = read_name(&rows, 0)?;
+                let token = match claim {
+                    Some(_) => unsigned(self.next_token(&tx, holds_table).await.map_err(err)?),
+                    None => 0,
                 };
-                if let (true, Some((record, granted_by))) = (acquiring, &before)
-                    && !nonce.is_empty()
-                    && granted_by == nonce
-                {
-                    // This very attempt granted the lock before its commit was confirmed.
-                    let resp = Response::Granted {
-                        record: record.clone(),
-                        adopted: false,
-                        took_over: None,
-                    };
-                    tx.commit().await.map_err(err)?;
-                    return Ok((now, resp));
+                let decided = decide(&state, now, token);
+                commit(&decided.answer)?;
+                for w in &decided.writes {
+                    self.write(&tx, name, w).await.map_err(err)?;
                 }
-                let (old, old_nonce) = match before {
-                    Some((r, n)) => (Some(r), n),
-                    None => (None, String::new()),
-                };
-                let mut lock = LockTable::one(unsigned(token), name, old.clone());
-                let resp = lock.apply(cmd, now);
-                let after = lock.get(name);
-                if after != old.as_ref() {
-                    let fresh = matches!(resp, Response::Granted { adopted: false, .. });
-                    let nonce = if fresh { nonce } else { old_nonce.as_str() };
-                    write(&tx, &names.table, name, after, nonce)
-                        .await
-                        .map_err(err)?;
-                }
-                commit(&resp)?;
                 tx.commit().await.map_err(err)?;
-                Ok((now, resp))
+                Ok((now, decided.answer?))
             }
         })
         .await
     }
 
+    /// The held rows of the name $1 in both tables (the lock's alone without `holds_table`):
+    /// the lock's with slot NULL, the holds' and the reservation's with theirs; each with
+    /// permits, shared and the semaphore's limit.
+    fn rows_of_name(&self, holds_table: bool) -> String {
+        let Names { table, holds, .. } = &self.inner.names;
+        let lock = format!(
+            "SELECT NULL::integer, {COLUMNS}, 1, false, NULL::integer FROM {table}
+                WHERE name = $1 AND worker_id IS NOT NULL"
+        );
+        match holds_table {
+            false => lock,
+            true => format!(
+                "{lock} UNION ALL
+                 SELECT slot, {COLUMNS}, permits, shared, semaphore_limit FROM {holds}
+                    WHERE name = $1 AND worker_id IS NOT NULL
+                 ORDER BY 4"
+            ),
+        }
+    }
+
+    /// The refusal of a semaphore or shared claim where the holds table does not exist (this
+    /// user may not create it).
+    fn no_holds_table(&self) -> Error {
+        Error::Auth(format!(
+            "{}: semaphores and shared holds need the table {}, which does not exist and this \
+             user may not create; create it once as its owner (any sentinel command run by the \
+             owner does) and grant SELECT, INSERT, UPDATE on it (docs/postgres.md)",
+            self.inner.target, self.inner.names.holds
+        ))
+    }
+
+    /// Writes one row as decided: the lock's, or a hold's or reservation's.
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        name: &str,
+        w: &Write,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        let holds = &self.inner.names.holds;
+        let h = match w {
+            Write::Lock(record, nonce) => {
+                return write(tx, &self.inner.names.table, name, record.as_ref(), nonce).await;
+            }
+            Write::Free(slot) => {
+                tx.execute(
+                    &format!("UPDATE {holds} SET worker_id = NULL WHERE name = $1 AND slot = $2"),
+                    &[&name, slot],
+                )
+                .await?;
+                return Ok(());
+            }
+            Write::Hold(h) => h,
+        };
+        let r = &h.record;
+        let task_info = serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
+        let limit = h.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX));
+        let permits = i32::try_from(h.permits).unwrap_or(i32::MAX);
+        tx.execute(
+            &format!(
+                "INSERT INTO {holds} (name, slot, worker_id, node_id, fencing_token, claimed_at,
+                 heartbeat_at, ttl_ms, task_info, grant_nonce, permits, shared, semaphore_limit)
+             VALUES ($1, $2, $3, $4, $5, to_timestamp($6::bigint / 1000.0),
+                 to_timestamp($7::bigint / 1000.0), $8, $9::text::jsonb, $10, $11, $12, $13)
+             ON CONFLICT (name, slot) DO UPDATE SET worker_id = EXCLUDED.worker_id,
+                 node_id = EXCLUDED.node_id, fencing_token = EXCLUDED.fencing_token,
+                 claimed_at = EXCLUDED.claimed_at, heartbeat_at = EXCLUDED.heartbeat_at,
+                 ttl_ms = EXCLUDED.ttl_ms, task_info = EXCLUDED.task_info,
+                 grant_nonce = EXCLUDED.grant_nonce, permits = EXCLUDED.permits,
+                 shared = EXCLUDED.shared, semaphore_limit = EXCLUDED.semaphore_limit"
+            ),
+            &[
+                &name,
+                &h.slot,
+                &r.worker_id,
+                &r.node_id,
+                &signed(r.fencing_token),
+                &signed(r.claimed_at_ms),
+                &signed(r.heartbeat_ms),
+                &signed(r.ttl_ms).max(1),
+                &task_info,
+                &h.nonce,
+                &permits,
+                &h.shared,
+                &limit,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The next fencing token: the sequence's next value, unless the sequence is behind the tokens
-    /// the table holds, free rows' included (it restarted: a restore, a promoted replica, `ALTER
+    /// the tables hold (locks' and holds'), free rows' included (it restarted: a restore, a promoted replica, `ALTER
     /// SEQUENCE … RESTART`); then the sequence is first moved past them, under the class's lock so
     /// that two claims catching it up do not both take the same number.
     async fn next_token(
         &self,
         tx: &Transaction<'_>,
+        holds_table: bool,
     ) -> std::result::Result<i64, tokio_postgres::Error> {
         let Names {
-            table, sequence, ..
+            table,
+            sequence,
+            holds,
+            ..
         } = &self.inner.names;
+        let holds_max = match holds_table {
+            true => format!("(SELECT coalesce(max(fencing_token), 0) FROM {holds})"),
+            false => "0".to_string(),
+        };
         let drawn = tx
             .query_one(
                 &format!(
-                    "SELECT nextval('{sequence}'),
-                        (SELECT coalesce(max(fencing_token), 0) + 1 FROM {table})"
+                    "SELECT nextval('{sequence}'), greatest(
+                        (SELECT coalesce(max(fencing_token), 0) FROM {table}), {holds_max}) + 1"
                 ),
                 &[],
             )
@@ -630,7 +794,7 @@ impl PostgresBackend {
         Ok(moved.get(0))
     }
 
-    /// Frees the lock the attempt with `nonce` granted, if it still stands; under the name's
+    /// Frees the lock or hold the attempt with `nonce` granted, if it still stands; under the name's
     /// lock, so it waits for that attempt's transaction. One try: it runs while the process is
     /// being stopped.
     async fn withdraw(&self, name: &str, nonce: &str) {
@@ -643,15 +807,19 @@ impl PostgresBackend {
             )
             .await
             .ok()?;
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET worker_id = NULL WHERE name = $1 AND grant_nonce = $2",
-                    self.inner.names.table
-                ),
-                &[&name, &nonce],
-            )
-            .await
-            .ok()?;
+            let Names { table, holds, .. } = &self.inner.names;
+            let mut frees = vec![format!(
+                "UPDATE {table} SET worker_id = NULL WHERE name = $1 AND grant_nonce = $2"
+            )];
+            if self.holds_table() {
+                frees.push(format!(
+                    "UPDATE {holds} SET worker_id = NULL
+                     WHERE name = $1 AND slot >= 0 AND grant_nonce = $2"
+                ));
+            }
+            for sql in frees {
+                tx.execute(&sql, &[&name, &nonce]).await.ok()?;
+            }
             tx.commit().await.ok()
         };
         if tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -730,95 +898,104 @@ impl LockBackend for PostgresBackend {
         Ok(LockId::Name(raw.to_string()))
     }
 
+    fn holds_groups(&self) -> bool {
+        true
+    }
+
     /// One attempt, as one transaction. An interrupted claim must hold nothing or report its
-    /// grant: the attempt registers an undo that frees the row if this attempt's nonce granted
-    /// it (waiting for the transaction under the name's lock), and the transaction does not
-    /// commit a grant once the interrupt is flagged.
+    /// grant: the attempt registers an undo that frees the lock or hold if this attempt's nonce
+    /// granted it (waiting for the transaction under the name's lock), and the transaction does
+    /// not commit a grant once the interrupt is flagged.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
-        req.kind.exclusive_only("postgres")?;
         let cmd = Op::acquire(name, req)?;
+        holds::check_kind(req.kind)?;
         let nonce = format!("{:016x}", fastrand::u64(..));
         let undo = {
             let (this, name, nonce) = (self.clone(), name.to_string(), nonce.clone());
             interrupt::on_interrupt(move || async move { this.withdraw(&name, &nonce).await })
         };
-        let (now, resp) = self
-            .apply("a claim", &cmd, &nonce, |_| {
+        let decide = |state: &holds::Name, now, token| {
+            let claim = holds::Claim {
+                req,
+                cmd: &cmd,
+                nonce: &nonce,
+                now,
+                token,
+            };
+            holds::acquire(state, &claim)
+        };
+        let (_, attempt) = self
+            .transact("a claim", name, Some(req.kind), decide, |_| {
                 if interrupt::is_interrupted() {
                     return Err(Error::Unexpected("interrupted".into()));
                 }
                 Ok(())
             })
             .await?;
-        if matches!(resp, Response::Granted { adopted: false, .. }) {
+        if matches!(&attempt, Attempt::Granted(g) if !g.adopted) {
             // A grant stays undoable until the command has reported it.
             undo.keep_until_reported();
         }
-        table::attempt(&cmd, resp, now)
+        Ok(attempt)
     }
 
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
-        let cmd = Op::release(
-            name_of(&req.lock)?,
-            &req.worker_id,
-            req.force,
-            req.fencing_token,
-        )?;
-        let (now, resp) = self.apply("a release", &cmd, "", |_| Ok(())).await?;
-        table::released(&cmd, resp, now)
+        let name = name_of(&req.lock)?;
+        let cmd = Op::release(name, &req.worker_id, req.force, req.fencing_token)?;
+        let decide = |state: &holds::Name, now, _| holds::release(state, &cmd, req, now);
+        let (_, released) = self
+            .transact("a release", name, None, decide, |_| Ok(()))
+            .await?;
+        Ok(released)
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
-        let cmd = Op::renew(
-            name_of(&req.lock)?,
-            &req.worker_id,
-            req.fencing_token,
-            req.ttl,
-        )?;
-        let (now, resp) = self.apply("a renewal", &cmd, "", |_| Ok(())).await?;
-        table::renewed(&cmd, resp, now)
+        let name = name_of(&req.lock)?;
+        let cmd = Op::renew(name, &req.worker_id, req.fencing_token, req.ttl)?;
+        let decide = |state: &holds::Name, now, _| holds::renew(state, &cmd, now);
+        let (_, holder) = self
+            .transact("a renewal", name, None, decide, |_| Ok(()))
+            .await?;
+        Ok(holder)
     }
 
     async fn status(&self, lock: &LockId) -> Result<Status> {
         let name = name_of(lock)?;
         validate_name(name)?;
-        let holder = self
-            .call("a status read", |client| async move {
-                let row = client
-                    .query_one(
-                        &format!(
-                            "SELECT {NOW_MS}, l.* FROM (SELECT 1) AS one LEFT JOIN
-                             (SELECT {COLUMNS} FROM {} WHERE name = $1) AS l ON true",
-                            self.inner.names.table
-                        ),
-                        &[&name],
-                    )
-                    .await
-                    .map_err(|e| self.failure("a status read", &e))?;
-                let now = unsigned(row.get(0));
-                // The worker: NULL for a name without a row, or a free one.
-                let held: Option<String> = row.try_get(1).map_err(unreadable)?;
-                Ok(match held {
-                    Some(_) => Some(record(&row, 1)?.0.to_holder(now)),
-                    None => None,
-                })
-            })
-            .await?;
-        Ok(Status::Named {
-            name: name.to_string(),
-            holder,
-        })
-    }
-
-    async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
-        self.call("a listing", |client| async move {
+        self.call("a status read", |client| async move {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {NOW_MS}, name, {COLUMNS} FROM {} WHERE worker_id IS NOT NULL
-                         ORDER BY name",
-                        self.inner.names.table
+                        "SELECT {NOW_MS}, r.* FROM (SELECT 1) AS one LEFT JOIN ({}) AS r ON true",
+                        self.rows_of_name(self.holds_table())
+                    ),
+                    &[&name],
+                )
+                .await
+                .map_err(|e| self.failure("a status read", &e))?;
+            let now = rows.first().map_or(0, |r| unsigned(r.get(0)));
+            Ok(read_name(&rows, 1)?.status(name, now))
+        })
+        .await
+    }
+
+    /// Every held lock and every hold, one row each, by name and then token.
+    async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
+        let Names { table, holds, .. } = &self.inner.names;
+        self.call("a listing", |client| async move {
+            let of_holds = match self.holds_table() {
+                true => format!(
+                    "UNION ALL SELECT {NOW_MS}, name, {COLUMNS} FROM {holds}
+                        WHERE worker_id IS NOT NULL AND slot >= 0"
+                ),
+                false => String::new(),
+            };
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {NOW_MS}, name, {COLUMNS} FROM {table} WHERE worker_id IS NOT NULL
+                         {of_holds} ORDER BY 2, 5"
                     ),
                     &[],
                 )
@@ -842,10 +1019,12 @@ impl LockBackend for PostgresBackend {
         let cmd = Op::ReleaseStale {
             name: name.to_string(),
         };
-        let (now, resp) = self
-            .apply("a stale-lock release", &cmd, "", |_| Ok(()))
+        let seen = req.seen.as_ref();
+        let decide = |state: &holds::Name, now, _| holds::release_stale(state, &cmd, seen, now);
+        let (_, released) = self
+            .transact("a stale-lock release", name, None, decide, |_| Ok(()))
             .await?;
-        table::stale_release(&cmd, resp, now)
+        Ok(released)
     }
 }
 

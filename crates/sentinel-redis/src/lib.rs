@@ -1,15 +1,22 @@
-//! Redis backend: named locks in one Redis server (a single primary), for teams that already run
-//! Redis and would rather lock there than run another service.
+//! Redis backend: named locks, shared holds and semaphores in one Redis server (a single
+//! primary), for teams that already run Redis and would rather lock there than run another
+//! service.
 //!
 //! This module owns everything sentinel does with Redis: the URL (checked once, never echoed, its
 //! password never printed), the connection (one `redis` connection manager, connected on first
-//! use, reconnecting after a restart), the key layout, and four Lua scripts that make every
-//! change one atomic step on the server:
+//! use, reconnecting after a restart), the key layout, and the reads; [`scripts`] holds the four
+//! Lua scripts that make every change one atomic step on the server:
 //!
-//! - `sentinel:lock:NAME` holds the lease as JSON, written with `SET … NX PX ttl`: Redis expires
-//!   it by itself when the lease runs out.
-//! - `sentinel:token:NAME` is the fencing counter, `INCR`ed by the same script that grants, so
-//!   tokens strictly increase per name. It never expires (a counter that expired would restart).
+//! - `sentinel:lock:NAME` holds an exclusive lock's lease as JSON, written with `SET … NX PX
+//!   ttl`: Redis expires it by itself when the lease runs out.
+//! - `sentinel:holds:NAME` is a hash of the shared holds or semaphore permits of a name held by
+//!   several (each a lease of its own, dropped by the scripts once it has run out) and a
+//!   semaphore's limit; `sentinel:intent:NAME` the reservation of a waiting claim that keeps it
+//!   from being starved ([`scripts`] says how). A name is held in one shape or the other, never
+//!   both.
+//! - `sentinel:token:NAME` is the fencing counter of every kind of hold, `INCR`ed by the same
+//!   script that grants, so tokens strictly increase per name. It never expires (a counter that
+//!   expired would restart).
 //! - `sentinel:released:NONCE` is a release's receipt, kept for [`RECEIPT_TTL`]: a release
 //!   retried after its answer was lost finds it and reports what it freed.
 //!
@@ -17,8 +24,8 @@
 //! a lock twice, so the first command of a backend reads `maxmemory-policy` (`CONFIG GET`, else
 //! `INFO memory`) and refuses anything but `noeviction`. Where both are refused (managed Redis),
 //! the counter's high-water mark guards the tokens instead: a grant never issues a token at or
-//! below the lease it replaces, and renewals and releases lift a counter that fell below the
-//! token they carry back up.
+//! below the lease it replaces or a live hold's, and renewals and releases lift a counter that
+//! fell below the token they carry back up.
 //!
 //! `rediss://` URLs speak TLS through rustls with sentinel's crypto provider (ring), trusting the
 //! system's roots or the `--ca-cert` file, and presenting a client certificate if given one.
@@ -30,31 +37,36 @@
 //!
 //! Each operation is retried through connection errors within a deadline, then reported as
 //! unavailable (exit 8). A grant whose answer was lost is not granted twice: every attempt carries
-//! a nonce stored in the lease, and a retried attempt that finds its own nonce takes the grant it
-//! already made. A release whose answer was lost is reported exactly the same way: its retry
-//! carries the same nonce and finds the receipt the first run left.
+//! a nonce stored in the lease or hold, and a retried attempt that finds its own nonce takes the
+//! grant it already made. A release whose answer was lost is reported exactly the same way: its
+//! retry carries the same nonce and finds the receipt the first run left.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script};
+use redis::{ErrorKind, RedisError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::backend::{Hold, Holds, LockBackend, Status, Waiter, foreign};
 use sentinel_core::diagnose::Check;
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease;
 use sentinel_core::lock::{
-    AcquireRequest, Attempt, Grant, Holder, ListRequest, LockId, ReleaseRequest,
+    AcquireRequest, Attempt, Grant, HoldKind, Holder, ListRequest, LockId, ReleaseRequest,
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, TaskInfo, validate_label,
     validate_name,
 };
 use sentinel_core::tls::ClientTls;
+
+mod scripts;
+
+use scripts::{ACQUIRE, RELEASE, RENEW, WITHDRAW};
 
 /// How long one operation may take, retries included, before the server counts as unreachable.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
@@ -78,119 +90,7 @@ const SAFE_POLICY: &str = "noeviction";
 /// A server's `maxmemory-policy` if it reports one, or its refusals of `CONFIG GET` and `INFO`.
 type Policy = std::result::Result<Option<String>, (RedisError, RedisError)>;
 
-/// Redis's clock in milliseconds, read inside a script.
-const NOW: &str = "local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-";
-
-/// Raises the counter `c` to `token` if it fell below (evicted, or a restart without
-/// persistence): the high-water mark a lease or a holder still knows. `token` may be nil.
-const LIFT: &str = "local function lift(c, token)
-  if token and token > (tonumber(redis.call('GET', c)) or 0) then redis.call('SET', c, token) end
-end
-";
-
-/// KEYS: lock, counter. ARGV: worker, node, ttl ms, takeover (none|stale|any), readopt (0|1),
-/// task info JSON, nonce. Answers {kind, lease, now, previous lease or ''}.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{NOW}
-local ttl = tonumber(ARGV[3])
-local raw = redis.call('GET', KEYS[1])
--- floor: the token of the lease this grant replaces, which the new one must exceed even if the
--- counter was lost.
-local function grant(previous, floor)
-  local token = redis.call('INCR', KEYS[2])
-  if token <= floor then
-    token = floor + 1
-    redis.call('SET', KEYS[2], token)
-  end
-  local v = cjson.encode({{worker_id = ARGV[1], node_id = ARGV[2], fencing_token = token,
-    claimed_ms = now, heartbeat_ms = now, ttl_ms = ttl, task_info = cjson.decode(ARGV[6]),
-    nonce = ARGV[7]}})
-  if previous == '' then
-    redis.call('SET', KEYS[1], v, 'NX', 'PX', ttl)
-  else
-    redis.call('SET', KEYS[1], v, 'PX', ttl)
-  end
-  return {{'granted', v, now, previous}}
-end
-if not raw then return grant('', 0) end
-local cur = cjson.decode(raw)
--- A retry of this very attempt whose answer was lost: the grant is already ours.
-if cur.nonce == ARGV[7] then return {{'granted', raw, now, ''}} end
-if ARGV[5] == '1' and cur.worker_id == ARGV[1] then
-  cur.node_id = ARGV[2]
-  cur.heartbeat_ms = now
-  cur.ttl_ms = ttl
-  cur.task_info = cjson.decode(ARGV[6])
-  local v = cjson.encode(cur)
-  redis.call('SET', KEYS[1], v, 'PX', ttl)
-  return {{'adopted', v, now, ''}}
-end
-if ARGV[4] == 'any' then return grant(raw, cur.fencing_token) end
-return {{'held', raw, now, ''}}"
-    ))
-});
-
-/// Whether the lease in `cur` is the grant ARGV[1] (worker) and ARGV[2] (token or '') name.
-const IS_GRANT: &str = "local function is_grant(cur)
-  return cur.worker_id == ARGV[1] and (ARGV[2] == '' or cur.fencing_token == tonumber(ARGV[2]))
-end
-";
-
-/// KEYS: lock, counter. ARGV: worker, token or '', new TTL ms or ''. Answers {renewed|gone|other,
-/// lease or '', now}.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{NOW}{IS_GRANT}{LIFT}
-lift(KEYS[2], tonumber(ARGV[2]))
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {{'gone', '', now}} end
-local cur = cjson.decode(raw)
-lift(KEYS[2], cur.fencing_token)
-if not is_grant(cur) then return {{'other', raw, now}} end
-cur.heartbeat_ms = now
-if ARGV[3] ~= '' then cur.ttl_ms = tonumber(ARGV[3]) end
-local v = cjson.encode(cur)
-redis.call('SET', KEYS[1], v, 'XX', 'PX', cur.ttl_ms)
-return {{'renewed', v, now}}"
-    ))
-});
-
-/// KEYS: lock, counter, this release's receipt. ARGV: worker, token or '', force (0|1), receipt
-/// TTL ms. Answers {released|free|other, lease or '', now}.
-///
-/// A release that finds its own receipt is the retry of one whose answer was lost: it answers
-/// what the first run freed, even if the lock has been claimed again since.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{NOW}{IS_GRANT}{LIFT}
-local done = redis.call('GET', KEYS[3])
-if done then return {{'released', done, now}} end
-lift(KEYS[2], tonumber(ARGV[2]))
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {{'free', '', now}} end
-local cur = cjson.decode(raw)
-if ARGV[3] ~= '1' and not is_grant(cur) then return {{'other', raw, now}} end
-lift(KEYS[2], cur.fencing_token)
-redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[3], raw, 'PX', ARGV[4])
-return {{'released', raw, now}}"
-    ))
-});
-
-/// KEYS: lock. ARGV: nonce. Deletes the lease only if the attempt with this nonce granted it: the
-/// undo of a claim interrupted before it could report its grant.
-static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local raw = redis.call('GET', KEYS[1])
-if raw and cjson.decode(raw).nonce == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0",
-    )
-});
-
-/// A lease as the scripts store it.
+/// A lease as the scripts store it: an exclusive lock's, or one hold of a name held by several.
 #[derive(Debug, Deserialize)]
 struct Lease {
     worker_id: String,
@@ -201,6 +101,20 @@ struct Lease {
     ttl_ms: u64,
     #[serde(default)]
     task_info: TaskInfo,
+    /// The semaphore permits of a hold (1 for a lock).
+    #[serde(default = "one")]
+    permits: u32,
+    /// A shared hold.
+    #[serde(default)]
+    shared: bool,
+    /// Set on the record of a reservation a claim was refused for: the kind its waiting claim
+    /// asks for.
+    #[serde(default)]
+    reserved: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Lease {
@@ -215,7 +129,55 @@ impl Lease {
             // Redis deletes a lease the moment it runs out: whatever it still has is live.
             stale: false,
             task_info: self.task_info.clone(),
-            liveness: None,
+            liveness: self
+                .reserved
+                .as_deref()
+                .map(|kind| reservation(kind, self.permits)),
+        }
+    }
+
+    fn hold(&self) -> Hold {
+        Hold {
+            holder: self.holder(),
+            permits: self.permits,
+            shared: self.shared,
+        }
+    }
+
+    /// Whether the lease lasts past `now_ms` (the scripts drop holds that do not).
+    fn live(&self, now_ms: u64) -> bool {
+        self.heartbeat_ms.saturating_add(self.ttl_ms) > now_ms
+    }
+}
+
+/// Why a claim that would fit was refused: a waiting claim of `kind` has reserved the name.
+fn reservation(kind: &str, permits: u32) -> String {
+    let what = match kind {
+        "semaphore" => format!("a claim of {permits} permits"),
+        "shared" => "a shared claim".to_string(),
+        _ => "an exclusive claim".to_string(),
+    };
+    format!("reserved for {what} that waits for it; later claims wait behind it")
+}
+
+/// A waiting claim's reservation, as the scripts store it.
+#[derive(Debug, Deserialize)]
+struct Intent {
+    worker_id: String,
+    node_id: String,
+    kind: String,
+    permits: u32,
+    since_ms: u64,
+}
+
+impl Intent {
+    fn waiter(&self) -> Waiter {
+        Waiter {
+            worker_id: self.worker_id.clone(),
+            node_id: self.node_id.clone(),
+            since: lease::from_unix_ms(self.since_ms),
+            permits: self.permits,
+            shared: self.kind == "shared",
         }
     }
 }
@@ -366,6 +328,14 @@ impl RedisBackend {
 
     fn token_key(&self, name: &str) -> String {
         format!("{}token:{name}", self.inner.prefix)
+    }
+
+    fn holds_key(&self, name: &str) -> String {
+        format!("{}holds:{name}", self.inner.prefix)
+    }
+
+    fn intent_key(&self, name: &str) -> String {
+        format!("{}intent:{name}", self.inner.prefix)
     }
 
     fn receipt_key(&self, nonce: &str) -> String {
@@ -578,20 +548,46 @@ impl RedisBackend {
     }
 
     fn lease(&self, raw: &str) -> Result<Lease> {
-        serde_json::from_str(raw).map_err(|e| {
-            Error::Unexpected(format!(
-                "{} holds a lock value sentinel did not write ({e}); is another program using \
-                 keys under {:?}?",
-                self.inner.target, self.inner.prefix
-            ))
-        })
+        serde_json::from_str(raw).map_err(|e| self.foreign_value(&e))
     }
 
-    /// Deletes the lease the attempt with `nonce` granted, if it still stands: one try, briefly,
-    /// since it runs while the process is being stopped.
-    async fn withdraw(&self, key: &str, nonce: &str) {
+    fn foreign_value(&self, e: &serde_json::Error) -> Error {
+        Error::Unexpected(format!(
+            "{} holds a lock value sentinel did not write ({e}); is another program using keys \
+             under {:?}?",
+            self.inner.target, self.inner.prefix
+        ))
+    }
+
+    /// A renewal refused because `raw`, another grant, holds the lock now.
+    fn lost(&self, name: &str, raw: &str, ours: Option<u64>) -> Result<Error> {
+        let h = self.lease(raw)?.holder();
+        // A later holder with a token not above ours: Redis lost the counter (and our lease) to
+        // eviction or a restart without persistence. The script raised the counter back above
+        // our token, so later grants fence us off again.
+        let regressed = match ours {
+            Some(ours) if h.fencing_token <= ours => format!(
+                "; Redis lost this lock's fencing counter (eviction, or a restart without \
+                 persistence), so it issued token {} again after {ours}: the counter is raised \
+                 back",
+                h.fencing_token
+            ),
+            _ => String::new(),
+        };
+        Ok(Error::NotOwner(format!(
+            "lock {name:?} was lost: it is now held by worker {:?} on node {:?} (fencing token \
+             {}){regressed}",
+            h.worker_id, h.node_id, h.fencing_token
+        )))
+    }
+
+    /// Ends the lease or hold the attempt with `nonce` granted on `name`, if it still stands: one
+    /// try, briefly, since it runs while the process is being stopped.
+    async fn withdraw(&self, name: &str, nonce: &str) {
         let mut inv = WITHDRAW.prepare_invoke();
-        inv.key(key).arg(nonce);
+        inv.key(self.lock_key(name))
+            .key(self.holds_key(name))
+            .arg(nonce);
         let attempt = async {
             let mut conn = self.connection().await?;
             inv.invoke_async::<i64>(&mut conn).await
@@ -658,6 +654,231 @@ fn token_arg(token: Option<u64>) -> String {
     token.map(|t| t.to_string()).unwrap_or_default()
 }
 
+/// Largest limit of a semaphore, as on the coordinator: every claim reads all of a name's holds.
+const MAX_LIMIT: u32 = 10_000;
+
+/// A claim's kind, limit ('' for a lock) and permits as script arguments, checked as the CLI
+/// checks them (a library caller has no CLI in front of it).
+fn hold_args(kind: HoldKind) -> Result<(&'static str, String, u32)> {
+    match kind {
+        HoldKind::Exclusive | HoldKind::Shared => Ok((kind.name(), String::new(), 1)),
+        HoldKind::Semaphore { limit, permits } => {
+            if !(1..=MAX_LIMIT).contains(&limit) || !(1..=limit).contains(&permits) {
+                return Err(Error::usage(format!(
+                    "a semaphore's limit is 1 to {MAX_LIMIT} and its permits 1 to its limit: \
+                     not {permits} of {limit}"
+                )));
+            }
+            Ok((kind.name(), limit.to_string(), permits))
+        }
+    }
+}
+
+/// A claim refused because the name is held as another kind (`held`, and `limit` for a
+/// semaphore): a conflict, as a held lock is, but one that waiting does not end.
+fn other_kind(name: &str, held: &str, limit: &str) -> Error {
+    Error::Conflict(match held {
+        "semaphore" => format!("{name:?} is held as a semaphore of limit {limit}, not as a lock"),
+        kind => format!("{name:?} is held as a lock ({kind}), not as a semaphore"),
+    })
+}
+
+impl RedisBackend {
+    /// Runs the acquire script for `req` under `nonce`: {answer, lease, now, previous}.
+    async fn acquire_script(
+        &self,
+        req: &AcquireRequest,
+        name: &str,
+        nonce: &str,
+    ) -> Result<(String, String, i64, String)> {
+        let (kind, limit, permits) = hold_args(req.kind)?;
+        let ttl_ms = lease::millis(req.ttl);
+        if ttl_ms == 0 {
+            return Err(Error::usage("the lock timeout must be at least 1 ms"));
+        }
+        let task_info = serde_json::to_string(&req.task_info)
+            .map_err(|e| Error::Unexpected(format!("cannot encode the task info: {e}")))?;
+        let takeover = match req.takeover {
+            Takeover::None => "none",
+            Takeover::Stale => "stale",
+            Takeover::Any => "any",
+        };
+        let mut inv = ACQUIRE.prepare_invoke();
+        inv.key(self.lock_key(name))
+            .key(self.token_key(name))
+            .key(self.holds_key(name))
+            .key(self.intent_key(name))
+            .arg(&req.claimant.worker_id)
+            .arg(&req.claimant.node_id)
+            .arg(ttl_ms)
+            .arg(takeover)
+            .arg(if req.readopt { "1" } else { "0" })
+            .arg(&task_info)
+            .arg(nonce)
+            .arg(kind)
+            .arg(limit)
+            .arg(permits)
+            // Only a claim that tries again is waiting: one attempt reserves nothing.
+            .arg(if req.attempt > 0 { "1" } else { "0" });
+        self.call("a claim", |mut conn| {
+            let inv = &inv;
+            async move { inv.invoke_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// The status of a name from one round trip: its lock, holds, reservation and the clock.
+    async fn read_status(&self, name: &str) -> Result<Status> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.lock_key(name))
+            .cmd("HGETALL")
+            .arg(self.holds_key(name))
+            .cmd("GET")
+            .arg(self.intent_key(name))
+            .cmd("TIME");
+        type Read = (
+            Option<String>,
+            BTreeMap<String, String>,
+            Option<String>,
+            (u64, u64),
+        );
+        let (lock, fields, intent, (secs, micros)): Read = self
+            .call("a status read", |mut conn| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        let queue: Vec<Waiter> = match intent {
+            Some(raw) => vec![self.intent(&raw)?.waiter()],
+            None => Vec::new(),
+        };
+        let (kind, limit, holders) = match lock {
+            Some(raw) if queue.is_empty() => {
+                return Ok(Status::Named {
+                    name: name.to_string(),
+                    holder: Some(self.lease(&raw)?.holder()),
+                });
+            }
+            Some(raw) => (
+                "exclusive",
+                None,
+                vec![Hold::exclusive(self.lease(&raw)?.holder())],
+            ),
+            None => self.group(&fields, now)?,
+        };
+        if holders.is_empty() && queue.is_empty() {
+            return Ok(Status::Named {
+                name: name.to_string(),
+                holder: None,
+            });
+        }
+        Ok(Status::Holds(Holds {
+            name: name.to_string(),
+            kind,
+            limit,
+            holders,
+            waiting: queue.len(),
+            queue,
+        }))
+    }
+
+    /// A name's hash of holds as read at `now_ms`: its kind, its limit, and its live holds,
+    /// oldest grant first (the scripts drop the others when they next write).
+    fn group(
+        &self,
+        fields: &BTreeMap<String, String>,
+        now_ms: u64,
+    ) -> Result<(&'static str, Option<u32>, Vec<Hold>)> {
+        let mut limit = None;
+        let mut holds = Vec::new();
+        for (field, value) in fields {
+            if field == "limit" {
+                limit = value.parse().ok();
+                continue;
+            }
+            let lease = self.lease(value)?;
+            if lease.live(now_ms) {
+                holds.push(lease.hold());
+            }
+        }
+        holds.sort_by_key(|h| h.holder.fencing_token);
+        Ok(match (holds.is_empty(), limit) {
+            (true, _) => ("exclusive", None, holds),
+            (false, Some(limit)) => ("semaphore", Some(limit), holds),
+            (false, None) => ("shared", None, holds),
+        })
+    }
+
+    fn intent(&self, raw: &str) -> Result<Intent> {
+        serde_json::from_str(raw).map_err(|e| self.foreign_value(&e))
+    }
+
+    /// Every key matching `pattern`, by `SCAN` (never `KEYS`, which blocks the server), sorted.
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .call("a listing", |mut conn| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key more than once.
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Every live hold of the names held by several, one row per hold.
+    async fn list_holds(&self) -> Result<Vec<(String, Holder)>> {
+        let prefix = self.holds_key("");
+        let keys = self.scan(&format!("{prefix}*")).await?;
+        let mut held = Vec::new();
+        for chunk in keys.chunks(SCAN_COUNT) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HGETALL").arg(key);
+            }
+            pipe.cmd("TIME");
+            let (groups, (secs, micros)): (Vec<BTreeMap<String, String>>, (u64, u64)) = self
+                .call("a listing", |mut conn| {
+                    let pipe = &pipe;
+                    async move {
+                        let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                        let time = values.pop().unwrap_or(redis::Value::Nil);
+                        Ok((
+                            redis::from_redis_value(redis::Value::Array(values))?,
+                            redis::from_redis_value(time)?,
+                        ))
+                    }
+                })
+                .await?;
+            let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+            for (key, fields) in chunk.iter().zip(groups) {
+                let name = key.strip_prefix(&prefix).unwrap_or(key);
+                let (_, _, holds) = self.group(&fields, now)?;
+                held.extend(holds.into_iter().map(|h| (name.to_string(), h.holder)));
+            }
+        }
+        Ok(held)
+    }
+}
+
 impl LockBackend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"
@@ -668,35 +889,32 @@ impl LockBackend for RedisBackend {
         Ok(LockId::Name(raw.to_string()))
     }
 
-    /// One attempt, as one script: grant (`SET NX PX` and `INCR` of the counter), re-adopt, force
-    /// a take-over, or report the holder.
+    fn holds_groups(&self) -> bool {
+        true
+    }
+
+    /// One attempt, as one script: grant (`SET NX PX` and `INCR` of the counter, or a hold in the
+    /// name's hash), re-adopt, force a take-over, or report the holder.
     ///
     /// An interrupted claim must hold nothing or report its grant: the attempt registers an undo
-    /// that deletes the lease if it carries this attempt's nonce, and sends nothing once the
+    /// that ends the lease or hold if it carries this attempt's nonce, and sends nothing once the
     /// interrupt is flagged. The undo waits for an attempt in flight to finish (the process keeps
     /// running its command while `main` undoes), so that the withdrawal comes after the grant.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
-        req.kind.exclusive_only("redis")?;
         validate_label("worker id", &req.claimant.worker_id)?;
         validate_label("node id", &req.claimant.node_id)?;
-        let ttl_ms = lease::millis(req.ttl);
-        if ttl_ms == 0 {
-            return Err(Error::usage("the lock timeout must be at least 1 ms"));
-        }
-        let task_info = serde_json::to_string(&req.task_info)
-            .map_err(|e| Error::Unexpected(format!("cannot encode the task info: {e}")))?;
-        let (key, counter) = (self.lock_key(name), self.token_key(name));
+        hold_args(req.kind)?;
         let nonce = format!("{:016x}", fastrand::u64(..));
         let in_flight = Arc::new(tokio::sync::Mutex::new(()));
         let sending = in_flight.clone().lock_owned().await;
         let undo = {
-            let (this, key, nonce) = (self.clone(), key.clone(), nonce.clone());
+            let (this, name, nonce) = (self.clone(), name.to_string(), nonce.clone());
             interrupt::on_interrupt(move || async move {
                 let withdraw = async {
                     let _sent = in_flight.lock().await;
-                    this.withdraw(&key, &nonce).await;
+                    this.withdraw(&name, &nonce).await;
                 };
                 if tokio::time::timeout(OP_DEADLINE, withdraw).await.is_err() {
                     tracing::warn!(
@@ -708,30 +926,9 @@ impl LockBackend for RedisBackend {
         if interrupt::is_interrupted() {
             return Err(Error::Unexpected("interrupted".into()));
         }
-        let takeover = match req.takeover {
-            Takeover::None => "none",
-            Takeover::Stale => "stale",
-            Takeover::Any => "any",
-        };
-        let mut inv = ACQUIRE.prepare_invoke();
-        inv.key(&key)
-            .key(&counter)
-            .arg(&req.claimant.worker_id)
-            .arg(&req.claimant.node_id)
-            .arg(ttl_ms)
-            .arg(takeover)
-            .arg(if req.readopt { "1" } else { "0" })
-            .arg(&task_info)
-            .arg(&nonce);
-        let (kind, raw, _now, previous): (String, String, i64, String) = self
-            .call("a claim", |mut conn| {
-                let inv = &inv;
-                async move { inv.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let (answer, raw, _now, previous) = self.acquire_script(req, name, &nonce).await?;
         drop(sending);
-        let holder = self.lease(&raw)?.holder();
-        match kind.as_str() {
+        match answer.as_str() {
             "granted" => {
                 // A grant stays undoable until the command has reported it.
                 undo.keep_until_reported();
@@ -741,20 +938,28 @@ impl LockBackend for RedisBackend {
                     Some(Box::new(self.lease(&previous)?.holder()))
                 };
                 Ok(Attempt::Granted(Grant {
-                    holder,
+                    holder: self.lease(&raw)?.holder(),
                     adopted: false,
                     took_over,
                 }))
             }
             "adopted" => Ok(Attempt::Granted(Grant {
-                holder,
+                holder: self.lease(&raw)?.holder(),
                 adopted: true,
                 took_over: None,
             })),
-            _ => Ok(Attempt::Held(holder)),
+            "other" => Err(other_kind(name, &raw, &previous)),
+            "limit" => Err(Error::usage(format!(
+                "semaphore {name:?} has limit {raw}, not {}: every claim of a semaphore must \
+                 give the same limit",
+                hold_args(req.kind)?.1
+            ))),
+            _ => Ok(Attempt::Held(self.lease(&raw)?.holder())),
         }
     }
 
+    /// Releases the grant the request names, or every hold of the worker (with `force`, every
+    /// hold of the name), and the worker's reservation.
     async fn release(&self, req: &ReleaseRequest) -> Result<Released> {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
@@ -765,6 +970,8 @@ impl LockBackend for RedisBackend {
         inv.key(self.lock_key(name))
             .key(self.token_key(name))
             .key(&receipt)
+            .key(self.holds_key(name))
+            .key(self.intent_key(name))
             .arg(&req.worker_id)
             .arg(token_arg(req.fencing_token))
             .arg(if req.force { "1" } else { "0" })
@@ -798,6 +1005,7 @@ impl LockBackend for RedisBackend {
         }
     }
 
+    /// Renews the grant the request names, or every hold of the worker.
     async fn renew(&self, req: &RenewRequest) -> Result<Holder> {
         let name = name_of(&req.lock)?;
         validate_name(name)?;
@@ -810,6 +1018,7 @@ impl LockBackend for RedisBackend {
         let mut inv = RENEW.prepare_invoke();
         inv.key(self.lock_key(name))
             .key(self.token_key(name))
+            .key(self.holds_key(name))
             .arg(&req.worker_id)
             .arg(token_arg(req.fencing_token))
             .arg(ttl);
@@ -825,78 +1034,33 @@ impl LockBackend for RedisBackend {
                 "lock {name:?} is not held by anyone: its lease ran out (Redis deleted it) or it \
                  was released; claim it again"
             ))),
-            _ => {
+            "lost" => {
                 let h = self.lease(&raw)?.holder();
-                // A later holder with a token not above ours: Redis lost the counter (and our
-                // lease) to eviction or a restart without persistence. The script raised the
-                // counter back above our token, so later grants fence us off again.
-                let regressed = match req.fencing_token {
-                    Some(ours) if h.fencing_token <= ours => format!(
-                        "; Redis lost this lock's fencing counter (eviction, or a restart without \
-                         persistence), so it issued token {} again after {ours}: the counter is \
-                         raised back",
-                        h.fencing_token
-                    ),
-                    _ => String::new(),
-                };
                 Err(Error::NotOwner(format!(
-                    "lock {name:?} was lost: it is now held by worker {:?} on node {:?} (fencing \
-                     token {}){regressed}",
-                    h.worker_id, h.node_id, h.fencing_token
+                    "{name:?} has no hold of {} any more: its lease ran out or it was released \
+                     (held now by worker {:?} on node {:?}, fencing token {}, among others); \
+                     claim it again",
+                    claimer(&req.worker_id, req.fencing_token),
+                    h.worker_id,
+                    h.node_id,
+                    h.fencing_token
                 )))
             }
+            _ => Err(self.lost(name, &raw, req.fencing_token)?),
         }
     }
 
     async fn status(&self, lock: &LockId) -> Result<Status> {
         let name = name_of(lock)?;
         validate_name(name)?;
-        let key = self.lock_key(name);
-        let raw: Option<String> = self
-            .call("a status read", |mut conn| {
-                let key = &key;
-                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
-            })
-            .await?;
-        let holder = raw.map(|r| self.lease(&r)).transpose()?.map(|l| l.holder());
-        Ok(Status::Named {
-            name: name.to_string(),
-            holder,
-        })
+        self.read_status(name).await
     }
 
-    /// Every held lock: `SCAN` over the lock keys (never `KEYS`, which blocks the server), then the
-    /// leases still there when read. Sorted by name.
+    /// Every held lock and every hold of a name held by several: `SCAN` over the keys, then the
+    /// leases still there when read. Sorted by name, a name's holds oldest first.
     async fn list(&self, _req: &ListRequest) -> Result<Vec<(String, Holder)>> {
         let lock_prefix = self.lock_key("");
-        let pattern = format!("{lock_prefix}*");
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .call("a listing", |mut conn| {
-                    let pattern = &pattern;
-                    async move {
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(pattern)
-                            .arg("COUNT")
-                            .arg(SCAN_COUNT)
-                            .query_async(&mut conn)
-                            .await
-                    }
-                })
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        // SCAN may return a key more than once.
-        keys.sort();
-        keys.dedup();
+        let keys = self.scan(&format!("{lock_prefix}*")).await?;
         let mut held = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(SCAN_COUNT) {
             let values: Vec<Option<String>> = self
@@ -911,14 +1075,18 @@ impl LockBackend for RedisBackend {
                 held.push((name.to_string(), self.lease(&value)?.holder()));
             }
         }
+        held.extend(self.list_holds().await?);
+        // Stable: a name's holds keep their order.
+        held.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(held)
     }
 
-    /// Redis deletes a lease when it runs out, so no lock is ever stale here: a lock still listed
-    /// is live and kept, a missing one is free. Nothing is ever released by the janitor.
+    /// Redis deletes a lease when it runs out (and the scripts drop a hold whose lease has), so
+    /// no lock is ever stale here: a lock still listed is live and kept, a missing one is free.
+    /// Nothing is ever released by the janitor.
     async fn release_stale(&self, req: &ReleaseStaleRequest) -> Result<StaleRelease> {
-        match self.status(&req.lock).await?.holder() {
-            Some(h) => Ok(StaleRelease::Kept(h.clone())),
+        match self.status(&req.lock).await?.holds().into_iter().next() {
+            Some(h) => Ok(StaleRelease::Kept(h.holder)),
             None => Ok(StaleRelease::Free),
         }
     }
