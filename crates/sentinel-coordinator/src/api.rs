@@ -1007,6 +1007,17 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
         token: b.token,
         request_id: b.request_id,
     };
+    renewal(node, name, grant, ttl_ms, None).await
+}
+
+/// A renewal of the grant `grant` names, with a new TTL or a new published value if given.
+async fn renewal(
+    node: &Node,
+    name: String,
+    grant: ReleaseBody,
+    ttl_ms: Option<u64>,
+    value: Option<String>,
+) -> Result<Response, ApiError> {
     let command = |request_id, name, holder, token| {
         Command::Renew(Renew {
             request_id,
@@ -1014,7 +1025,7 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
             holder,
             token,
             ttl_ms,
-            value: None,
+            value,
         })
     };
     by_token(node, name, grant, command).await
@@ -1052,17 +1063,7 @@ async fn proclaim(node: &Node, name: String, body: &[u8]) -> Result<Response, Ap
         token: b.token,
         request_id: b.request_id,
     };
-    let command = |request_id, name, holder, token| {
-        Command::Renew(Renew {
-            request_id,
-            name,
-            holder,
-            token,
-            ttl_ms: None,
-            value: Some(b.value),
-        })
-    };
-    by_token(node, name, grant, command).await
+    renewal(node, name, grant, None, Some(b.value)).await
 }
 
 fn checked_value(value: &str) -> Result<(), ApiError> {
