@@ -50,7 +50,7 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
         Command::Heartbeat(a) => heartbeat::exec(&ctx, a).await,
         Command::Run(a) => run::exec(&ctx, a).await,
         Command::StealStale(a) => steal_stale::exec(&ctx, a).await,
-        Command::Leader(a) => leader::exec(&ctx, a).await,
+        Command::Leader(a) => leader::exec(ctx, a).await,
         Command::Elect(a) => elect::exec(ctx, a).await,
         Command::Completions(_)
         | Command::Metrics(_)
