@@ -16,6 +16,9 @@ _sentinel() {
             ",$1")
                 cmd="sentinel"
                 ;;
+            sentinel,barrier)
+                cmd="sentinel__subcmd__barrier"
+                ;;
             sentinel,claim)
                 cmd="sentinel__subcmd__claim"
                 ;;
@@ -70,6 +73,9 @@ _sentinel() {
             sentinel__subcmd__cluster__subcmd__help,status)
                 cmd="sentinel__subcmd__cluster__subcmd__help__subcmd__status"
                 ;;
+            sentinel__subcmd__help,barrier)
+                cmd="sentinel__subcmd__help__subcmd__barrier"
+                ;;
             sentinel__subcmd__help,claim)
                 cmd="sentinel__subcmd__help__subcmd__claim"
                 ;;
@@ -122,12 +128,102 @@ _sentinel() {
 
     case "${cmd}" in
         sentinel)
-            opts="-v -q -h -V --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help"
+            opts="-v -q -h -V --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help --version claim release status heartbeat run steal-stale elect leader barrier completions metrics serve cluster doctor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-endpoints)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres etcd" -- "${cur}"))
+                    return 0
+                    ;;
+                --worker-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__barrier)
+            opts="-v -q -h --count --timeout --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --repo)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -756,8 +852,22 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help)
-            opts="claim release status heartbeat run steal-stale elect leader completions metrics serve cluster doctor help"
+            opts="claim release status heartbeat run steal-stale elect leader barrier completions metrics serve cluster doctor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__help__subcmd__barrier)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -188,7 +188,7 @@ const LOCK_CLIENT: &[&str] = &[
 pub fn inherited(command: &str) -> &'static [&'static str] {
     match command {
         "claim" | "release" | "status" | "heartbeat" | "run" | "steal-stale" | "elect"
-        | "leader" | "metrics" | "doctor" => LOCK_CLIENT,
+        | "leader" | "barrier" | "metrics" | "doctor" => LOCK_CLIENT,
         // A coordinator node: its log under the data directory, the token it requires.
         // --ca-cert: what it trusts when it calls its peers over TLS.
         "serve" => &[
@@ -400,6 +400,8 @@ pub enum Command {
     Elect(ElectArgs),
     /// Show an election's leader, or every change of leader (--watch)
     Leader(LeaderArgs),
+    /// Wait until --count participants have arrived at a barrier, then all go on
+    Barrier(BarrierArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
@@ -496,6 +498,7 @@ impl Command {
             // Like run: the command gets the signal. Watching ends cleanly (exit 0).
             Command::Elect(_) => true,
             Command::Leader(a) => a.watch,
+            Command::Barrier(_) => false,
             Command::Serve(_) => true,
             Command::Completions(_) | Command::Metrics(_) => false,
             Command::Cluster(_) | Command::Doctor => false,
@@ -794,6 +797,18 @@ pub struct LeaderArgs {
     /// With --watch: how often to look
     #[arg(long, value_parser = duration::arg, default_value = "500ms", requires = "watch")]
     pub every: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct BarrierArgs {
+    /// The barrier's name (barriers have names of their own, apart from the locks')
+    pub name: String,
+    /// How many participants open it; every participant gives the same
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(sentinel::barrier::MAX_COUNT)), value_name = "N")]
+    pub count: u32,
+    /// Give up after this long (exit 3), leaving the barrier [default: wait until it opens]
+    #[arg(long, value_parser = duration::arg, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

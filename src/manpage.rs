@@ -187,6 +187,9 @@ fn exit_note(path: &str) -> Option<&'static str> {
              is lost (the command gets SIGTERM); 3 when --wait ran out before it was elected."
         }
         "leader" => "--watch exits 0 when stopped by SIGINT or SIGTERM.",
+        "barrier" => {
+            "0 when the barrier opened; 3 when --timeout ran out first (the participant has left it)."
+        }
         "serve" => "Stopped by SIGINT or SIGTERM, a node exits 0.",
         "doctor" => {
             "0 when the backend is usable, else the exit code of the first failed check: 5 for \
@@ -317,6 +320,16 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
             (
                 "Follow every change of leader:",
                 "sentinel leader scheduler --watch",
+            ),
+        ],
+        "barrier" => &[
+            (
+                "Start the next stage only when all four shards of this one are done:",
+                "./shard.sh $N && sentinel barrier stage-1 --count 4 && ./stage-2.sh",
+            ),
+            (
+                "Give up (exit 3) if the others have not arrived within ten minutes:",
+                "sentinel --server http://10.0.0.1:7464 barrier nightly --count 3 --timeout 10m",
             ),
         ],
         "completions" => &[(

@@ -28,6 +28,7 @@ use tabled::builder::Builder;
 use tabled::settings::Style;
 
 use sentinel::backend::{Budget, LockBackend, Status};
+use sentinel::barrier::{ArriveRequest, Arrived};
 use sentinel::error::{Error, Result};
 use sentinel::github::RepoHistory;
 use sentinel::interrupt;
@@ -690,6 +691,10 @@ impl<B: LockBackend> LockBackend for Metered<B> {
         }
         self.attempt_ends(claimed.as_ref().map(|(_, c)| Some(&c.grant)));
         claimed
+    }
+
+    async fn arrive(&self, req: &ArriveRequest) -> Result<Arrived> {
+        self.inner.arrive(req).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`Report`](crate::output::Report); none parses input or speaks a protocol itself. Each entry
 //! point is `exec`, as in cargo; [`execute`] picks one.
 
+pub mod barrier;
 pub mod claim;
 pub mod cluster_status;
 pub mod completions;
@@ -52,6 +53,7 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
         Command::StealStale(a) => steal_stale::exec(&ctx, a).await,
         Command::Leader(a) => leader::exec(ctx, a).await,
         Command::Elect(a) => elect::exec(ctx, a).await,
+        Command::Barrier(a) => barrier::exec(&ctx, a).await,
         Command::Completions(_)
         | Command::Metrics(_)
         | Command::Serve(_)

@@ -24,6 +24,7 @@
 //! server of a round fails so, no further round is tried and the error is [`Error::Auth`]
 //! (exit 5), naming the URL and what to give.
 
+mod barrier;
 mod diagnose;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +38,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use sentinel_core::backend::{Holds, LockBackend, Status, foreign};
+use sentinel_core::barrier::{ArriveRequest, Arrived};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
 use sentinel_core::lease;
@@ -549,6 +551,10 @@ impl LockBackend for ServerBackend {
 
     fn waits_server_side(&self) -> bool {
         true
+    }
+
+    async fn arrive(&self, req: &ArriveRequest) -> Result<Arrived> {
+        self.arrive_at(req).await
     }
 
     fn holds_groups(&self) -> bool {

@@ -45,6 +45,8 @@
 //! so does the leader a follower forwards to (see [`request_to_leader`]); a listing shows only
 //! the locks the token may act on. The contacted node writes the audit line of each write.
 
+mod barriers;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +116,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/locks/{*rest}", any(locks))
         .route("/semaphores/{*rest}", any(semaphores))
         .route("/election/{*rest}", any(elections))
+        .route("/barriers/{*rest}", any(barriers))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
         .route("/metrics", any(metrics))
@@ -622,6 +625,8 @@ enum Family {
     /// `/election/`: an election is a lock whose holder leads and publishes a value; its
     /// actions are the lock's under etcd's names, and its leader can be observed.
     Election,
+    /// `/barriers/`: participants that meet; names apart from the locks'.
+    Barriers,
 }
 
 impl Family {
@@ -629,8 +634,9 @@ impl Family {
     fn method(self, action: &str) -> Option<Method> {
         match (self, action) {
             (Family::Locks | Family::Semaphores, "acquire" | "release" | "renew" | "withdraw")
-            | (Family::Election, "campaign" | "resign" | "proclaim") => Some(Method::POST),
-            (Family::Locks | Family::Semaphores, "status")
+            | (Family::Election, "campaign" | "resign" | "proclaim")
+            | (Family::Barriers, "arrive") => Some(Method::POST),
+            (Family::Locks | Family::Semaphores | Family::Barriers, "status")
             | (Family::Election, "leader" | "observe") => Some(Method::GET),
             _ => None,
         }
@@ -669,6 +675,15 @@ async fn elections(
     req: Request,
 ) -> Response {
     named(Family::Election, node, caller, path, req).await
+}
+
+async fn barriers(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    path: NamePath,
+    req: Request,
+) -> Response {
+    named(Family::Barriers, node, caller, path, req).await
 }
 
 async fn named(
@@ -746,12 +761,14 @@ async fn named(
     let response = on_leader(node, req, move |node, body| async move {
         match action.as_str() {
             "acquire" => acquire(node, family, name, parse(&body)?).await,
+            "arrive" => barriers::arrive(node, name, parse(&body)?).await,
             "campaign" => campaign(node, name, parse(&body)?).await,
             "release" | "resign" => release(&node, name, &body).await,
             "renew" => renew(&node, name, &body).await,
             "proclaim" => proclaim(&node, name, &body).await,
             "withdraw" => withdraw(&node, name, &body).await,
             "leader" => leader(&node, &name).await,
+            _ if family == Family::Barriers => barriers::status(&node, &name).await,
             _ => status(&node, family, &name).await,
         }
     })
@@ -798,7 +815,7 @@ async fn acquire(
         readopt: b.readopt,
         task_info: b.task_info,
     };
-    let abandoned = Abandoned::arm(&node, &acquire);
+    let abandoned = Abandoned::arm(&node, &name, &acquire.holder, &id);
     // An exclusive acquire is the command it always was; the others are claims.
     let exclusive = !b.shared && limit.is_none();
     let command = if exclusive {
@@ -865,7 +882,7 @@ async fn acquire(
 /// shared hold at most), a limit and permits of it on `/semaphores/`.
 fn hold_kind(family: Family, b: &AcquireBody) -> Result<(Option<u32>, u32), ApiError> {
     match family {
-        Family::Locks | Family::Election => {
+        Family::Locks | Family::Election | Family::Barriers => {
             if b.limit.is_some() || b.permits.is_some() {
                 return Err(invalid(
                     "limit",
@@ -928,8 +945,8 @@ async fn settle(
     }
 }
 
-/// An acquire whose client may have gone: if its handler is dropped before it answers, the
-/// acquire is withdrawn. hyper drops a handler when its client's connection closes; without this,
+/// An acquire (or barrier arrival) whose client may have gone: if its handler is dropped
+/// before it answers, it is withdrawn. hyper drops a handler when its client's connection closes; without this,
 /// a lock handed to a waiter that is gone would sit with it for a whole TTL, and a queue of gone
 /// waiters would hold the lock for many. The withdrawal is a command like any other: applied once,
 /// whatever became of the acquire (queued, granted, or not arrived yet).
@@ -939,13 +956,14 @@ struct Abandoned {
 }
 
 impl Abandoned {
-    /// Armed for `acquire`, before it is proposed: a client may leave while it is.
-    fn arm(node: &Arc<Node>, acquire: &Acquire) -> Abandoned {
+    /// Armed for request `id` of `holder` on `name` (an acquire or a barrier arrival), before
+    /// it is proposed: a client may leave while it is.
+    fn arm(node: &Arc<Node>, name: &str, holder: &str, id: &str) -> Abandoned {
         let withdraw = Withdraw {
             request_id: fresh_request_id(),
-            name: acquire.name.clone(),
-            holder: acquire.holder.clone(),
-            acquire_id: acquire.request_id.clone(),
+            name: name.to_string(),
+            holder: holder.to_string(),
+            acquire_id: id.to_string(),
         };
         Abandoned {
             node: node.clone(),
@@ -1164,6 +1182,7 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
                 "permits",
                 format!("a semaphore's limit is 1 to {MAX_LIMIT}, its permits 1 to the limit"),
             ),
+            Limit::Count => invalid("count", format!("use 1 to {}", super::state::MAX_COUNT)),
             Limit::HeldLocks => error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_locks",
@@ -1196,6 +1215,21 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
             format!("semaphore {name:?} has limit {limit}"),
         )
         .with(json!({"lock": name, "request_id": id, "limit": limit}))),
+        Answer::Opened { count } => Ok(ok(json!({
+            "barrier": name, "request_id": id, "opened": true, "count": count,
+        }))),
+        Answer::NotOpened { arrived, count } => Err(error(
+            conflict,
+            "wait_timed_out",
+            format!("barrier {name:?} had {arrived} of {count} participants besides this one when the wait ran out"),
+        )
+        .with(json!({"barrier": name, "request_id": id, "arrived": arrived, "count": count}))),
+        Answer::CountMismatch { count } => Err(error(
+            conflict,
+            "count_mismatch",
+            format!("barrier {name:?} waits for {count} participants: every participant must give the same count"),
+        )
+        .with(json!({"barrier": name, "request_id": id, "count": count}))),
         Answer::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
         Answer::Withdrawn { lease } => Ok(ok(json!({
             "lock": name, "request_id": id, "withdrawn": true,
@@ -1252,7 +1286,7 @@ fn lock_json(family: Family, name: &str, held: Option<Held<'_>>, now: u64) -> Va
     let mut holders: Vec<Value> = Vec::new();
     let mut holder = Value::Null;
     let (mut kind, mut limit) = match family {
-        Family::Locks | Family::Election => (Kind::Exclusive, None),
+        Family::Locks | Family::Election | Family::Barriers => (Kind::Exclusive, None),
         Family::Semaphores => (Kind::Semaphore, None),
     };
     let queue = match live {

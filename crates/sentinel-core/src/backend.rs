@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::barrier::{ArriveRequest, Arrived};
 use crate::error::{Error, Result};
 use crate::lock::Claimed;
 use crate::lock::{
@@ -267,6 +268,19 @@ pub trait LockBackend: Send + Sync {
         &self,
         req: &ReleaseStaleRequest,
     ) -> impl Future<Output = Result<StaleRelease>> + Send;
+
+    /// One arrival at a barrier ([`crate::barrier`]): waits up to `req.wait` (or less, the
+    /// backend's longest wait) for the barrier to open. A backend without barriers refuses with
+    /// a usage error naming those that have them.
+    fn arrive(&self, _req: &ArriveRequest) -> impl Future<Output = Result<Arrived>> + Send {
+        let backend = self.name();
+        async move {
+            Err(Error::usage(format!(
+                "barriers need the coordinator (--server) or the local backend; the {backend} \
+                 backend has none"
+            )))
+        }
+    }
 
     /// The work queue: claims the oldest free lock of the backend's backlog (GitHub: the oldest
     /// open issue with the labels and no lock) and says which. [`Error::Conflict`] when none is

@@ -10,7 +10,8 @@
 //! [`LeaderElection`] and [`acquire_all`] are built on the trait alone. On a backend that keeps
 //! several holds per name (the coordinator, the local backend), [`LockClient::acquire_shared`]
 //! takes the read side of a reader-writer lock and [`LockClient::semaphore`] a [`Semaphore`]'s
-//! permits, each hold a guard like a lock's.
+//! permits, each hold a guard like a lock's; [`LockClient::barrier`] a [`Barrier`] that
+//! participants wait at until all have arrived.
 //!
 //! No phantom holders: a grant always has an owner. Each acquisition attempt runs as a task of
 //! its own and hands its grant over as a guard, so an `acquire` future dropped at any point (a
@@ -40,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::LockBackend;
+use crate::barrier::Arrived;
 use crate::error::{Error, Result};
 use crate::keepalive::{self, Keepalive, Timing};
 use crate::lease;
@@ -315,6 +317,17 @@ impl<B: LockBackend + 'static> LockClient<B> {
         }
     }
 
+    /// The barrier `name` that opens when `count` participants have arrived (every one gives
+    /// the same count: another is refused, [`Error::Usage`]). On the coordinator and the local
+    /// backend; the others refuse with [`Error::Usage`].
+    pub fn barrier(&self, name: impl Into<String>, count: u32) -> Barrier<'_, B> {
+        Barrier {
+            client: self,
+            name: name.into(),
+            count,
+        }
+    }
+
     fn request(&self, resource: &str, ttl: Duration, kind: HoldKind) -> Result<AcquireRequest> {
         if let HoldKind::Semaphore { limit, permits } = kind
             && (limit == 0 || permits == 0 || permits > limit)
@@ -449,6 +462,31 @@ impl<B: LockBackend + 'static> Semaphore<'_, B> {
             limit: self.limit,
             permits,
         }
+    }
+}
+
+/// A barrier: `count` participants meet at `name`, and none goes on before all have arrived
+/// ([`LockClient::barrier`]). The name starts a new round each time it opens.
+pub struct Barrier<'a, B> {
+    client: &'a LockClient<B>,
+    name: String,
+    count: u32,
+}
+
+impl<B: LockBackend + 'static> Barrier<'_, B> {
+    /// Arrives as this client's worker and waits until the barrier opens ([`Arrived::Opened`])
+    /// or `timeout` (`None`: no limit) runs out: [`Arrived::NotOpened`], and this participant
+    /// has left the barrier. Cancel-safe: a wait dropped before it ends leaves the barrier (the
+    /// coordinator when the connection closes, the local backend at once).
+    pub async fn wait(&self, timeout: Option<Duration>) -> Result<Arrived> {
+        crate::barrier::meet(
+            self.client.backend.as_ref(),
+            &self.name,
+            &self.client.claimant,
+            self.count,
+            timeout,
+        )
+        .await
     }
 }
 

@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::backend::{Budget, LockBackend, Status};
+use crate::barrier::{ArriveRequest, Arrived};
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::lock::{
@@ -319,6 +320,12 @@ impl<B: LockBackend + 'static> LockBackend for Interruptible<B> {
             self.undo_grant(&lock, &claimed.grant.holder);
         }
         Ok((lock, claimed))
+    }
+
+    async fn arrive(&self, req: &ArriveRequest) -> Result<Arrived> {
+        // An arrival holds nothing once answered; while it waits, the backend takes it back
+        // when its client goes (the coordinator) or its lease runs out (the local backend).
+        self.inner.arrive(req).await
     }
 }
 

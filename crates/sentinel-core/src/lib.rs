@@ -4,6 +4,7 @@
 //! - the vocabulary: [`lock`] (lock ids, holders, the request and answer types), [`lease`] (TTL
 //!   arithmetic and clocks), [`duration`], [`error`] (errors and their exit codes), [`secret`];
 //! - the seam: [`backend::LockBackend`], the one trait every backend crate implements;
+//! - [`barrier`]: participants that meet, over the backends that keep them;
 //! - what is written once above it: [`strategy`] (waiting and taking over), [`keepalive`]
 //!   (renewing on a schedule), [`janitor`] (stale locks), [`distributed`] (the library API);
 //! - shared helpers for backends: [`table`] (a pure lock table with leases), [`statefile`]
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod barrier;
 pub mod diagnose;
 pub mod distributed;
 pub mod duration;

@@ -11,10 +11,12 @@
 //!
 //! Names held by several at once (shared holds, semaphores) and the reservation that keeps a
 //! waiting claim from being overtaken live in [`groups`]; a name only ever claimed exclusively
-//! never reaches them.
+//! never reaches them. Barriers, whose participants meet rather than hold, are [`barriers`]'.
 
+mod barriers;
 mod groups;
 
+pub use barriers::{Barrier, Meeting, OPENED_KEEP_MS};
 pub use groups::{Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS};
 
 use std::collections::BTreeMap;
@@ -235,6 +237,8 @@ pub struct LockTable {
     groups: BTreeMap<String, Group>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     intents: BTreeMap<String, Intent>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    barriers: BTreeMap<String, Barrier>,
 }
 
 impl Default for LockTable {
@@ -244,6 +248,7 @@ impl Default for LockTable {
             locks: BTreeMap::new(),
             groups: BTreeMap::new(),
             intents: BTreeMap::new(),
+            barriers: BTreeMap::new(),
         }
     }
 }

@@ -11,16 +11,21 @@
 //!   too (its groups, with a reservation instead of a queue), so they hold across processes as
 //!   locks do.
 //!
+//! Barriers are the table's too ([`barrier`]): each arrival a short lease renewed while its
+//! process polls.
+//!
 //! The store calls block (the file lock waits for the current writer, which takes milliseconds,
 //! and gives up after a deadline), so the async trait methods run them under `spawn_blocking`.
 //! The clock is injectable so that tests move time instead of sleeping.
 
+mod barrier;
 pub mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use sentinel_core::backend::{LockBackend, Status, foreign};
+use sentinel_core::barrier::{ArriveRequest, Arrived};
 use sentinel_core::diagnose::Check;
 use sentinel_core::error::{Error, Result};
 use sentinel_core::interrupt;
@@ -242,6 +247,10 @@ impl LockBackend for LocalBackend {
 
     fn holds_groups(&self) -> bool {
         true
+    }
+
+    async fn arrive(&self, req: &ArriveRequest) -> Result<Arrived> {
+        self.arrive_at(req).await
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {

@@ -106,6 +106,32 @@ pub struct CampaignBody {
     pub value: Option<String>,
 }
 
+/// `POST /barriers/{name}/arrive`: a participant arrives and waits until `count` have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArriveBody {
+    /// The participant.
+    pub holder: String,
+    /// How many participants open the barrier; every participant gives the same.
+    pub count: u32,
+    /// How long to wait for the others (0: open it only if this arrival completes it).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Where the participant runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The answer to a barrier arrival that opened it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct OpenedAnswer {
+    /// How many participants it waited for.
+    pub count: u32,
+}
+
 /// `POST /election/{name}/proclaim`: the leader, named by its holder and token, publishes a new
 /// value without an election.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +188,13 @@ pub struct ErrorBody {
     /// The holder that made the request fail (`lock_held`, `wait_timed_out`, `not_holder`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<Holder>,
+    /// How many other participants waited at the barrier (`wait_timed_out` of an arrival).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived: Option<u32>,
+    /// How many participants the barrier waits for (`wait_timed_out` of an arrival,
+    /// `count_mismatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 /// `GET /locks/{name}/status`: what the name is held as, by whom, and who waits.
@@ -234,7 +267,8 @@ pub struct LockPage {
 pub mod code {
     /// The lock is held by someone else (409).
     pub const LOCK_HELD: &str = "lock_held";
-    /// The acquire waited in the queue until its `wait_ms` ran out (409).
+    /// The acquire waited in the queue, or the arrival at its barrier, until its `wait_ms` ran
+    /// out (409).
     pub const WAIT_TIMED_OUT: &str = "wait_timed_out";
     /// The release or renewal names a grant that is not the current one (409).
     pub const NOT_HOLDER: &str = "not_holder";
@@ -245,6 +279,8 @@ pub mod code {
     pub const KIND_CONFLICT: &str = "kind_conflict";
     /// The semaphore has another limit than the claim's; both are in the answer (409).
     pub const LIMIT_MISMATCH: &str = "limit_mismatch";
+    /// A barrier arrival names another count than the participants waiting there (409).
+    pub const COUNT_MISMATCH: &str = "count_mismatch";
     /// No leader is known: the cluster is electing one or has lost its majority (503).
     pub const NO_LEADER: &str = "no_leader";
 }

@@ -6,6 +6,7 @@
 //! one arm of `each!`.
 
 use sentinel_core::backend::{Budget, LockBackend, Status};
+use sentinel_core::barrier::{ArriveRequest, Arrived};
 use sentinel_core::diagnose::Check;
 use sentinel_core::error::Result;
 use sentinel_core::lock::Claimed;
@@ -108,6 +109,10 @@ impl LockBackend for Backend {
 
     async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         each!(self, b => b.claim_next(req).await)
+    }
+
+    async fn arrive(&self, req: &ArriveRequest) -> Result<Arrived> {
+        each!(self, b => b.arrive(req).await)
     }
 }
 

@@ -49,8 +49,8 @@
 //!
 
 pub use sentinel_core::{
-    Error, ExitCode, Result, diagnose, distributed, duration, endpoint, error, interrupt, janitor,
-    keepalive, lease, lock, secret, statefile, strategy, table, tls,
+    Error, ExitCode, Result, barrier, diagnose, distributed, duration, endpoint, error, interrupt,
+    janitor, keepalive, lease, lock, secret, statefile, strategy, table, tls,
 };
 
 pub use sentinel_core::LockBackend;

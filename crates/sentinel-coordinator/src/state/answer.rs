@@ -20,6 +20,8 @@ pub enum Limit {
     /// A claim's permits are outside 1 to its limit, its limit outside 1 to
     /// [`super::MAX_LIMIT`], or it asks for a shared hold on a semaphore.
     Permits,
+    /// A barrier's count is outside 1 to [`super::MAX_COUNT`].
+    Count,
 }
 
 /// The answer to one request.
@@ -84,6 +86,25 @@ pub enum Answer {
         /// The semaphore's limit.
         limit: u32,
     },
+    /// A barrier arrival whose count is not the one the participants waiting there gave;
+    /// nothing changed.
+    CountMismatch {
+        /// The count of the barrier's waiting participants.
+        count: u32,
+    },
+    /// The barrier opened: `count` participants arrived, this one among them.
+    Opened {
+        /// How many participants it waited for.
+        count: u32,
+    },
+    /// A barrier arrival that left without the barrier opening (its wait ran out, or it had
+    /// none): `arrived` others were waiting then, of `count`.
+    NotOpened {
+        /// How many other participants were waiting at the barrier.
+        arrived: u32,
+        /// How many participants open it.
+        count: u32,
+    },
     /// The request id was first used for another request (another kind, lock or holder).
     RequestIdReused,
     /// The answer to a [`super::Command::Withdraw`], and to the acquire it took back: that acquire
@@ -99,9 +120,10 @@ pub enum Answer {
 pub struct Settled {
     /// The waiting request's id.
     pub request_id: String,
-    /// The lock it waited for.
+    /// The lock or barrier it waited for.
     pub name: String,
-    /// `Granted` or `TimedOut`.
+    /// `Granted` or `TimedOut` (an acquire), `Opened` or `NotOpened` (a barrier arrival), or
+    /// `Withdrawn`.
     #[serde(rename = "outcome")]
     pub answer: Answer,
 }

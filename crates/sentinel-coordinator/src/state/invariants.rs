@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use sentinel_core::table::LockTable;
 
 use super::requests::Remembered;
-use super::{Answer, Group, LockState, MAX_HELD_LOCKS, MAX_LIMIT, MAX_WAITERS, RequestKind};
+use super::{
+    Answer, Group, LockState, MAX_COUNT, MAX_HELD_LOCKS, MAX_LIMIT, MAX_WAITERS, RequestKind,
+};
 
 impl LockState {
     /// Checks the invariants every state reached by [`Self::apply`] keeps.
@@ -66,6 +68,7 @@ impl LockState {
                 }
             }
         }
+        waiting += self.check_barriers()?;
         if waiting > MAX_WAITERS {
             return Err(format!("{waiting} acquires are waiting"));
         }
@@ -96,6 +99,52 @@ impl LockState {
             }
         }
         Ok(())
+    }
+
+    /// Every barrier waits for 1 to [`MAX_COUNT`] participants and has fewer (the last opens
+    /// it), each still waiting and remembered so, and the deadline index matches: how many wait.
+    fn check_barriers(&self) -> Result<usize, String> {
+        let mut waiting = 0;
+        for (name, b) in &self.barriers {
+            if !(1..=MAX_COUNT).contains(&b.count)
+                || b.arrivals.is_empty()
+                || b.arrivals.len() >= b.count as usize
+            {
+                return Err(format!(
+                    "barrier {name:?} of count {} has {} arrivals",
+                    b.count,
+                    b.arrivals.len()
+                ));
+            }
+            for a in &b.arrivals {
+                waiting += 1;
+                if a.until_ms < self.clock_ms {
+                    return Err(format!(
+                        "a wait at barrier {name:?} ended but is still there"
+                    ));
+                }
+                match self.requests.get(&a.request_id) {
+                    Some(Remembered {
+                        kind: RequestKind::Arrive,
+                        name: n,
+                        holder,
+                        answer: Answer::Queued { .. },
+                        ..
+                    }) if n == name && *holder == a.holder => {}
+                    _ => {
+                        return Err(format!(
+                            "arrival {:?} is not remembered as waiting at {name:?}",
+                            a.request_id
+                        ));
+                    }
+                }
+            }
+        }
+        if self.arrival_index() != self.arrival_deadlines || waiting != self.arrival_deadlines.len()
+        {
+            return Err("the arrival deadline index does not match the barriers".into());
+        }
+        Ok(waiting)
     }
 
     /// A group's holds are live and compatible (never more permits than its limit; shared

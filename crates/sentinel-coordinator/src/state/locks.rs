@@ -269,14 +269,15 @@ impl LockState {
             self.remember(&w.acquire_id, acquire, None, now, withdrawn(None));
             return withdrawn(None);
         };
-        if acquire.kind != RequestKind::Acquire
+        if !matches!(acquire.kind, RequestKind::Acquire | RequestKind::Arrive)
             || acquire.name != w.name
             || acquire.holder != w.holder
         {
             return Answer::RequestIdReused;
         }
-        // A waiting acquire has already left its queue (`leave_queue`) and is answered as
-        // withdrawn.
+        // A waiting acquire or arrival has already left its queue or barrier (`leave_queue`,
+        // `leave_barrier_withdrawn`) and is answered as withdrawn; an arrival that opened its
+        // barrier has nothing to give back.
         match acquire.answer.clone() {
             // A re-adoption took up a lease the holder had before: not the acquire's to give back.
             Answer::Granted {
@@ -384,8 +385,8 @@ impl LockState {
         self.locks.len() + self.holds
     }
 
-    /// How many acquires are waiting.
+    /// How many acquires and barrier arrivals are waiting.
     pub fn waiting(&self) -> usize {
-        self.deadlines.len()
+        self.deadlines.len() + self.arrival_deadlines.len()
     }
 }

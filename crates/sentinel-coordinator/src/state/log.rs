@@ -54,6 +54,8 @@ pub enum Command {
     /// Take a shared hold on a lock or permits of a semaphore, or wait for them. A command of
     /// its own, so that the entries of exclusive acquires read and hash as they always did.
     Claim(Claim),
+    /// Arrive at a barrier and wait for it to open.
+    Arrive(Arrive),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
@@ -111,6 +113,25 @@ fn is_false(b: &bool) -> bool {
 
 fn one() -> u32 {
     1
+}
+
+/// Arrive at a barrier of `count` participants, and wait there up to `wait_ms` for the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrive {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The barrier's name.
+    pub name: String,
+    /// Who arrives: the worker id.
+    pub holder: String,
+    /// Where it runs, for people reading the status.
+    #[serde(default)]
+    pub node: String,
+    /// How many participants open the barrier; every arrival at it names the same count.
+    pub count: u32,
+    /// How long to wait for the others; 0 only opens a barrier this arrival completes.
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 /// Give a hold back; only the lease's holder with the lease's token may.

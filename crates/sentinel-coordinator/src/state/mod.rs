@@ -44,6 +44,10 @@
 //!   strictly in arrival order, so an exclusive waiter holds back later shared claims. A claim of
 //!   another kind than the name is held as, or with another limit, is refused at once.
 //!
+//! - **Barriers.** `count` participants arrive at a name and wait; the last to arrive opens it
+//!   for all of them at once, and the name starts afresh. An arrival that stopped waiting (its
+//!   wait ran out, or its client left) does not count.
+//!
 //! Every lock is one [`Slot`]: a lease and its queue; every semaphore or shared lock one
 //! [`Group`]. Commands are an internally tagged enum, so semaphores and shared holds arrived as a
 //! new command ([`Command::Claim`]) and a new kind of slot without changing the encoding of the
@@ -52,9 +56,11 @@
 //! The code follows the concerns: [`log`] (what an entry holds, positions), [`answer`] (what
 //! the state answers), [`locks`] (leases and queues), [`groups`] (semaphores and shared
 //! holds), [`time`] (the clock and what ends with it),
-//! [`requests`] (each request executed once), [`snapshot`] and [`invariants`].
+//! [`barriers`] (participants that meet), [`requests`] (each request executed once),
+//! [`snapshot`] and [`invariants`].
 
 mod answer;
+mod barriers;
 mod groups;
 mod invariants;
 mod locks;
@@ -64,6 +70,8 @@ mod snapshot;
 mod time;
 
 #[cfg(test)]
+mod barrier_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -71,11 +79,12 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use answer::{Answer, Applied, Limit, Settled};
+pub use barriers::{Arrival, Barrier, MAX_COUNT};
 pub use groups::{Group, Hold, Kind, MAX_LIMIT};
 pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
 pub use log::{
-    Acquire, Batch, Claim, Command, MAX_BATCH, POSITIONS_PER_ENTRY, Proposal, Release, Renew,
-    Withdraw, position,
+    Acquire, Arrive, Batch, Claim, Command, MAX_BATCH, POSITIONS_PER_ENTRY, Proposal, Release,
+    Renew, Withdraw, position,
 };
 pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
 
@@ -102,6 +111,10 @@ pub struct LockState {
     holds: usize,
     /// `(until_ms, name, request_id)` of every waiter, of locks and groups.
     deadlines: BTreeSet<(u64, String, String)>,
+    /// Barriers some participants wait at, by name (names apart from the locks').
+    barriers: BTreeMap<String, Barrier>,
+    /// `(until_ms, barrier, request_id)` of every arrival waiting at a barrier.
+    arrival_deadlines: BTreeSet<barriers::ArrivalKey>,
     requests: BTreeMap<String, Remembered>,
     /// Settled requests, oldest first: `(settled at, request id)`.
     settled: VecDeque<(u64, String)>,
@@ -133,6 +146,7 @@ impl LockState {
             // Were the lock handed to it first, taking that grant back would hand the lock on at
             // this same position: two grants with one fencing token.
             self.leave_queue(at, now, w, &mut settled);
+            self.leave_barrier_withdrawn(now, w, &mut settled);
         }
         self.advance(at, now, &mut settled);
         let answer = match &proposal.command {
@@ -175,6 +189,13 @@ impl LockState {
                 &proposal.command,
                 now,
                 |s| s.renew(now, r),
+            )),
+            Command::Arrive(a) => Some(self.request(
+                &a.request_id,
+                (RequestKind::Arrive, &a.name, &a.holder),
+                &proposal.command,
+                now,
+                |s| s.arrive(now, a, &mut settled),
             )),
             Command::Withdraw(w) => Some(self.request(
                 &w.request_id,

@@ -471,7 +471,8 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
                     })
                     | Command::Release(Release { request_id, .. })
                     | Command::Renew(Renew { request_id, .. })
-                    | Command::Withdraw(Withdraw { request_id, .. }) => request_id,
+                    | Command::Withdraw(Withdraw { request_id, .. })
+                    | Command::Arrive(Arrive { request_id, .. }) => request_id,
                     Command::Tick => return false,
                 };
                 let mut before = s.clone();

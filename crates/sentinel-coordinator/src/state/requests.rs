@@ -28,6 +28,8 @@ pub enum RequestKind {
     Renew,
     /// [`super::Command::Withdraw`].
     Withdraw,
+    /// [`super::Command::Arrive`].
+    Arrive,
 }
 
 /// A request whose answer is remembered.
@@ -71,7 +73,10 @@ impl LockState {
     ) -> Answer {
         let digest = digest(command);
         if let Some(r) = self.requests.get(id) {
-            let same = r.kind == kind
+            // An acquire or arrival withdrawn before it came is remembered as an acquire: the
+            // withdrawal cannot tell which it takes back.
+            let withdrawn_first = r.digest.is_none() && r.kind == RequestKind::Acquire;
+            let same = (r.kind == kind || withdrawn_first && kind == RequestKind::Arrive)
                 && r.name == name
                 && r.holder == holder
                 && r.digest.as_ref().is_none_or(|d| *d == digest);

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::requests::Remembered;
-use super::{Group, LockState, Slot};
+use super::{Barrier, Group, LockState, Slot};
 
 /// The lock state as a snapshot stores it: the indexes are derived on loading.
 #[derive(Serialize, Deserialize)]
@@ -22,6 +22,9 @@ struct Stored {
     /// Absent from snapshots written before semaphores and shared holds, and while none is held.
     #[serde(default)]
     groups: BTreeMap<String, Group>,
+    /// Absent from snapshots written before barriers, and while nobody waits at one.
+    #[serde(default)]
+    barriers: BTreeMap<String, Barrier>,
     requests: BTreeMap<String, Remembered>,
     /// Settled request ids in the order they were settled, with the time.
     settled: VecDeque<(u64, String)>,
@@ -35,6 +38,8 @@ struct StoredRef<'a> {
     locks: &'a BTreeMap<String, Slot>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     groups: &'a BTreeMap<String, Group>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    barriers: &'a BTreeMap<String, Barrier>,
     requests: &'a BTreeMap<String, Remembered>,
     settled: &'a VecDeque<(u64, String)>,
 }
@@ -47,6 +52,7 @@ impl LockState {
             term: self.term,
             locks: &self.locks,
             groups: &self.groups,
+            barriers: &self.barriers,
             requests: &self.requests,
             settled: &self.settled,
         })
@@ -65,6 +71,8 @@ impl LockState {
             hold_expiries: BTreeSet::new(),
             holds: 0,
             deadlines: BTreeSet::new(),
+            barriers: stored.barriers,
+            arrival_deadlines: BTreeSet::new(),
             requests: stored.requests,
             settled: stored.settled,
         };
@@ -76,6 +84,7 @@ impl LockState {
         state.hold_expiries = state.hold_index();
         state.holds = state.groups.values().map(|g| g.holds.len()).sum();
         state.deadlines = state.deadline_index();
+        state.arrival_deadlines = state.arrival_index();
         state.check()?;
         Ok(state)
     }

@@ -657,7 +657,7 @@ fn the_log_encoding_is_stable() {
 
 /// Compares `actual` with the file `testdata/NAME` beside this crate, or writes it when
 /// `SENTINEL_BLESS` is set.
-fn golden(name: &str, actual: &str) {
+pub(super) fn golden(name: &str, actual: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
         .join(name);

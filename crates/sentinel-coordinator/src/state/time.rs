@@ -76,11 +76,14 @@ impl LockState {
             let wait = self.deadlines.first().filter(|(at, ..)| *at < now);
             let lease = self.expiries.first().filter(|(at, _)| *at < now);
             let hold = self.hold_expiries.first().filter(|(at, ..)| *at < now);
-            // The earliest; at one instant a wait first, then a lock's lease, then a hold.
+            let arrival = self.arrival_deadlines.first().filter(|(at, ..)| *at < now);
+            // The earliest; at one instant a wait first, then a lock's lease, then a hold, then
+            // a barrier arrival's wait (which no lease affects).
             let first = [
                 wait.map(|w| (w.0, 0)),
                 lease.map(|l| (l.0, 1)),
                 hold.map(|h| (h.0, 2)),
+                arrival.map(|a| (a.0, 3)),
             ]
             .into_iter()
             .flatten()
@@ -97,9 +100,14 @@ impl LockState {
                         self.hand_over(&lease.1, index, now, settled);
                     }
                 }
-                Some(_) => {
+                Some((_, 2)) => {
                     if let Some(hold) = self.hold_expiries.pop_first() {
                         self.end_hold(hold, index, now, settled);
+                    }
+                }
+                Some(_) => {
+                    if let Some(arrival) = self.arrival_deadlines.pop_first() {
+                        self.end_arrival(arrival, now, settled);
                     }
                 }
             }
@@ -148,16 +156,18 @@ impl LockState {
             .collect()
     }
 
-    /// The earliest leader time at which a lease or a wait will have ended, so that a
+    /// The earliest leader time at which a lease or a wait (of an acquire or at a barrier) will have ended, so that a
     /// [`super::Command::Tick`] then hands locks over; `None` when nothing is held.
     pub fn next_event_ms(&self) -> Option<u64> {
         let lease = self.expiries.first().map(|(at, _)| *at);
         let hold = self.hold_expiries.first().map(|(at, ..)| *at);
         let wait = self.deadlines.first().map(|(at, ..)| *at);
+        let arrival = self.arrival_deadlines.first().map(|(at, ..)| *at);
         lease
             .into_iter()
             .chain(hold)
             .chain(wait)
+            .chain(arrival)
             .min()
             .map(|at| at.saturating_add(1))
     }

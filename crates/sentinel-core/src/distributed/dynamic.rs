@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::{DistributedLock, LockGuard};
 use crate::backend::{Budget, LockBackend, Status};
+use crate::barrier::{ArriveRequest, Arrived};
 use crate::error::Result;
 use crate::lock::{
     AcquireRequest, Attempt, Claimed, Holder, ListRequest, LockId, NextRequest, ReleaseRequest,
@@ -153,6 +154,7 @@ trait ObjectBackend: Send + Sync {
         req: &'a ReleaseStaleRequest,
     ) -> BoxFuture<'a, Result<StaleRelease>>;
     fn claim_next<'a>(&'a self, req: &'a NextRequest) -> BoxFuture<'a, Result<(LockId, Claimed)>>;
+    fn arrive<'a>(&'a self, req: &'a ArriveRequest) -> BoxFuture<'a, Result<Arrived>>;
 }
 
 impl<B: LockBackend> ObjectBackend for B {
@@ -197,6 +199,9 @@ impl<B: LockBackend> ObjectBackend for B {
     }
     fn claim_next<'a>(&'a self, req: &'a NextRequest) -> BoxFuture<'a, Result<(LockId, Claimed)>> {
         Box::pin(LockBackend::claim_next(self, req))
+    }
+    fn arrive<'a>(&'a self, req: &'a ArriveRequest) -> BoxFuture<'a, Result<Arrived>> {
+        Box::pin(LockBackend::arrive(self, req))
     }
 }
 
@@ -266,5 +271,9 @@ impl LockBackend for DynBackend {
 
     async fn claim_next(&self, req: &NextRequest) -> Result<(LockId, Claimed)> {
         self.0.claim_next(req).await
+    }
+
+    async fn arrive(&self, req: &ArriveRequest) -> Result<Arrived> {
+        self.0.arrive(req).await
     }
 }

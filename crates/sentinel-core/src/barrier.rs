@@ -1,0 +1,101 @@
+//! Barriers: `count` participants meet at a name, and none goes on before all have arrived.
+//!
+//! A backend keeps the participants waiting at a barrier ([`LockBackend::arrive`]); what is the
+//! same on every backend is here: the request and its outcome, and [`meet`], which waits out a
+//! whole timeout (or forever) in as many arrivals as the backend's longest wait needs. An
+//! arrival that is not opened leaves the barrier before it is answered, so waiting in several
+//! arrivals never counts one participant twice; between two of them it is briefly not counted,
+//! which can only delay an opening, never cause one.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::LockBackend;
+use crate::error::{Error, Result};
+use crate::lock::Claimant;
+
+/// Largest count of a barrier, on every backend.
+pub const MAX_COUNT: u32 = 10_000;
+
+/// One arrival at a barrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArriveRequest {
+    /// The barrier's name (checked as a lock name is).
+    pub barrier: String,
+    /// Who arrives.
+    pub claimant: Claimant,
+    /// How many participants open it; every participant gives the same.
+    pub count: u32,
+    /// How long this arrival waits for the others; a backend may answer
+    /// [`Arrived::NotOpened`] sooner (its longest wait), and the caller arrives again.
+    pub wait: Duration,
+}
+
+/// How an arrival ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrived {
+    /// `count` participants arrived, this one among them: all of them go on.
+    Opened {
+        /// How many participants it waited for.
+        count: u32,
+    },
+    /// The wait ended first, and this participant has left the barrier: `arrived` others were
+    /// waiting then.
+    NotOpened {
+        /// How many other participants were waiting.
+        arrived: u32,
+        /// How many participants open it.
+        count: u32,
+    },
+}
+
+/// Checks a barrier's count given by a user.
+pub fn validate_count(count: u32) -> Result<()> {
+    if (1..=MAX_COUNT).contains(&count) {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "invalid barrier count {count}: use 1 to {MAX_COUNT}"
+        )))
+    }
+}
+
+/// The error for an arrival whose count is not the one the participants waiting gave: a usage
+/// error (exit 2), as a semaphore claim with another limit is.
+pub fn count_mismatch(barrier: &str, theirs: u32, ours: u32) -> Error {
+    Error::usage(format!(
+        "barrier {barrier} waits for {theirs} participants, not {ours}: every participant must \
+         give the same --count"
+    ))
+}
+
+/// Arrives at barrier `name` of `count` and waits until it opens or `timeout` (forever for
+/// `None`) has passed: [`Arrived::NotOpened`] then, with this participant gone from it.
+pub async fn meet<B: LockBackend + ?Sized>(
+    backend: &B,
+    name: &str,
+    claimant: &Claimant,
+    count: u32,
+    timeout: Option<Duration>,
+) -> Result<Arrived> {
+    validate_count(count)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        let req = ArriveRequest {
+            barrier: name.to_string(),
+            claimant: claimant.clone(),
+            count,
+            wait,
+        };
+        let arrived = backend.arrive(&req).await?;
+        let over = deadline.is_some_and(|d| Instant::now() >= d);
+        if matches!(arrived, Arrived::Opened { .. }) || over {
+            return Ok(arrived);
+        }
+    }
+}
