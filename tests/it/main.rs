@@ -1,5 +1,6 @@
 //! Integration tests: the real `sentinel` binary and library against the project's GitHub emulator.
 
+mod chaos_checker;
 mod chaos_faults;
 mod cli_contract;
 mod clock_skew;
