@@ -1,6 +1,6 @@
 //! The coordinator's chaos test under the faults of a hostile network, clock, peer and disk, with
-//! the same load and checker as `cluster` (no two holders of a name at once, tokens increasing,
-//! no acknowledged grant lost). Three real `sentinel serve` processes reach each other through a
+//! the same load and checker as `cluster` (locks, semaphore permits, shared holds and elections;
+//! no name held in a way its kind forbids, tokens in order, no acknowledged grant lost). Three real `sentinel serve` processes reach each other through a
 //! fault-injecting proxy per node ([`crate::proxy`]) that sorts connections by the sending node,
 //! so one node's links can be cut, held or delayed apart from the others'; clients reach the
 //! nodes directly. Node 3 runs under libfaketime, its wall clock an hour ahead and running ten

@@ -1,6 +1,7 @@
 //! Integration tests: the real `sentinel` binary and library against the project's GitHub emulator.
 
 mod barriers;
+mod chaos_checker;
 mod chaos_faults;
 mod cli_contract;
 mod clock_skew;
