@@ -56,6 +56,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('elect', 'elect', [CompletionResultType]::ParameterValue, 'Campaign in an election and run a command while leader: the leader is the holder of the election''s lock')
             [CompletionResult]::new('leader', 'leader', [CompletionResultType]::ParameterValue, 'Show an election''s leader, or every change of leader (--watch)')
             [CompletionResult]::new('barrier', 'barrier', [CompletionResultType]::ParameterValue, 'Wait until --count participants have arrived at a barrier, then all go on')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per event of the coordinator''s locks (acquired, released, expired, queued), until stopped')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
@@ -376,6 +377,24 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'sentinel;watch' {
+            [CompletionResult]::new('--prefix', '--prefix', [CompletionResultType]::ParameterName, 'Watch every lock whose name starts with P ("" for all)')
+            [CompletionResult]::new('--since-revision', '--since-revision', [CompletionResultType]::ParameterName, 'Start after this revision (the last one a previous watch printed) instead of now')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'sentinel;completions' {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
@@ -524,6 +543,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('elect', 'elect', [CompletionResultType]::ParameterValue, 'Campaign in an election and run a command while leader: the leader is the holder of the election''s lock')
             [CompletionResult]::new('leader', 'leader', [CompletionResultType]::ParameterValue, 'Show an election''s leader, or every change of leader (--watch)')
             [CompletionResult]::new('barrier', 'barrier', [CompletionResultType]::ParameterValue, 'Wait until --count participants have arrived at a barrier, then all go on')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per event of the coordinator''s locks (acquired, released, expired, queued), until stopped')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
@@ -557,6 +577,9 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help;barrier' {
+            break
+        }
+        'sentinel;help;watch' {
             break
         }
         'sentinel;help;completions' {

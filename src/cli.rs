@@ -201,8 +201,8 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             "quiet",
         ],
         // A client of the nodes given with --server; options between `cluster` and `status` are
-        // status's.
-        "cluster" | "cluster status" => &[
+        // status's. `watch` follows the coordinator's events: no worker identity.
+        "cluster" | "cluster status" | "watch" => &[
             "server",
             "auth_token",
             "auth_token_file",
@@ -402,6 +402,9 @@ pub enum Command {
     Leader(LeaderArgs),
     /// Wait until --count participants have arrived at a barrier, then all go on
     Barrier(BarrierArgs),
+    /// Print one JSON line per event of the coordinator's locks (acquired, released, expired,
+    /// queued), until stopped
+    Watch(WatchArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
@@ -499,6 +502,8 @@ impl Command {
             Command::Elect(_) => true,
             Command::Leader(a) => a.watch,
             Command::Barrier(_) => false,
+            // Stopping is how a watch ends: exit 0.
+            Command::Watch(_) => true,
             Command::Serve(_) => true,
             Command::Completions(_) | Command::Metrics(_) => false,
             Command::Cluster(_) | Command::Doctor => false,
@@ -809,6 +814,19 @@ pub struct BarrierArgs {
     /// Give up after this long (exit 3), leaving the barrier [default: wait until it opens]
     #[arg(long, value_parser = duration::arg, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "prefix"])))]
+pub struct WatchArgs {
+    /// The lock to watch
+    pub name: Option<String>,
+    /// Watch every lock whose name starts with P ("" for all)
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Start after this revision (the last one a previous watch printed) instead of now
+    #[arg(long, value_name = "N")]
+    pub since_revision: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -187,6 +187,7 @@ fn exit_note(path: &str) -> Option<&'static str> {
              is lost (the command gets SIGTERM); 3 when --wait ran out before it was elected."
         }
         "leader" => "--watch exits 0 when stopped by SIGINT or SIGTERM.",
+        "watch" => "Stopped by SIGINT or SIGTERM, or when its output is closed, watch exits 0.",
         "barrier" => {
             "0 when the barrier opened; 3 when --timeout ran out first (the participant has left it)."
         }
@@ -320,6 +321,16 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
             (
                 "Follow every change of leader:",
                 "sentinel leader scheduler --watch",
+            ),
+        ],
+        "watch" => &[
+            (
+                "Follow every lock of the CI jobs, one JSON line per event:",
+                "sentinel --server http://10.0.0.1:7464 watch --prefix ci/",
+            ),
+            (
+                "Resume after the last revision a previous watch printed:",
+                "sentinel --server http://10.0.0.1:7464 watch deploy --since-revision 1042",
             ),
         ],
         "barrier" => &[

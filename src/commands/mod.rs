@@ -16,6 +16,7 @@ pub mod run;
 pub mod serve;
 pub mod status;
 pub mod steal_stale;
+pub mod watch;
 
 use crate::cli::{Cli, ClusterCommand, Command};
 use crate::config::Context;
@@ -39,6 +40,10 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
     if let Command::Cluster(ClusterCommand::Status) = &cli.command {
         return cluster_status::exec(&cli.global).await;
     }
+    // A watch reads the coordinator's events: no worker identity.
+    if let Command::Watch(args) = &cli.command {
+        return watch::exec(&cli.global, args).await;
+    }
     // A diagnosis reports the options it cannot use instead of failing on them.
     if let Command::Doctor = &cli.command {
         return doctor::exec(&cli.global).await;
@@ -58,6 +63,7 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
         | Command::Metrics(_)
         | Command::Serve(_)
         | Command::Cluster(_)
+        | Command::Watch(_)
         | Command::Doctor => unreachable!("handled above"),
     }
 }

@@ -45,3 +45,4 @@ mod server_cli;
 mod servers;
 mod steal_stale;
 mod support;
+mod watch;

@@ -13,6 +13,9 @@
 //! | `POST /semaphores/{name}/release`, `renew`, `withdraw` | as a lock's | as a lock's |
 //! | `GET /semaphores/{name}/status` | | as a lock's |
 //! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
+//! | `POST /election/{name}/campaign`, `resign`, `proclaim`; `GET …/leader`, `…/observe` | as a lock's, `value` | elections ([`observe`](super::observe)) |
+//! | `POST /barriers/{name}/arrive`, `GET /barriers/{name}/status` | `holder`, `count`, optional `wait_ms`, `node`, `request_id` | 200 `opened`; 409 `wait_timed_out`, `count_mismatch` ([`barriers`]) |
+//! | `GET /watch?prefix=P` or `?name=N`, optional `since_revision=R` | | 200 server-sent events of what happens to the locks ([`crate::watch`]) |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
 //! | `GET /metrics` | | 200 this node's metrics, Prometheus text format |
@@ -46,6 +49,7 @@
 //! the locks the token may act on. The contacted node writes the audit line of each write.
 
 mod barriers;
+mod watch;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -117,6 +121,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/semaphores/{*rest}", any(semaphores))
         .route("/election/{*rest}", any(elections))
         .route("/barriers/{*rest}", any(barriers))
+        .route("/watch", any(watch::watch))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
         .route("/metrics", any(metrics))

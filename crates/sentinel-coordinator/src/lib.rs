@@ -19,6 +19,8 @@
 //! - [`api`]: the HTTP JSON API clients use.
 //! - [`observe`]: server-sent events of a read that changes (an election's leader), served by
 //!   any node from its own state.
+//! - [`watch`]: the watch stream: the events of the locks, numbered by revision, each node
+//!   keeping its last ones for watchers that resume.
 //! - [`acl`]: the client tokens a node accepts and the locks each may act on (`--acl`).
 //! - [`audit`]: the audit log of the writes clients ask for (`--audit-log`).
 //! - [`peer`]: the Raft RPC endpoints peers call, open to the peer token only, and the checks
@@ -49,6 +51,7 @@ pub mod state;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 /// A node's id in the cluster (`--id`).
 pub type NodeId = u64;

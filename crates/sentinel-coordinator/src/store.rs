@@ -46,6 +46,7 @@ use sha2::{Digest, Sha256};
 
 use super::identity::{self, Found, Recorder, write_atomically};
 use super::state::{Answer, LockState};
+use super::watch::History;
 use super::{NodeId, TypeConfig};
 use sentinel_core::error::{Error, Result};
 
@@ -581,6 +582,8 @@ struct Shared {
     snapshot: Mutex<Option<LogId<NodeId>>>,
     /// The last applied log index, for whoever waits for the state to change.
     applied: tokio::sync::watch::Sender<u64>,
+    /// The last events applied, for watchers.
+    history: Mutex<History>,
 }
 
 /// The state machine half of the storage. Cloning is cheap and shares the state: the server
@@ -651,6 +654,7 @@ impl StateMachineStore {
                 applied: tokio::sync::watch::Sender::new(
                     machine.last_applied.map_or(0, |l| l.index),
                 ),
+                history: Mutex::new(History::after(machine.state.revision())),
                 machine: RwLock::new(machine),
             }),
         })
@@ -679,6 +683,15 @@ impl StateMachineStore {
         drop(machine);
         self.shared.applied.send_replace(applied);
         result
+    }
+
+    /// Reads the events this node keeps for watchers.
+    pub fn history<T>(&self, f: impl FnOnce(&History) -> T) -> T {
+        f(&self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A receiver that wakes up whenever entries have been applied (or a snapshot installed).
@@ -799,6 +812,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         Ok(self.write(|m| {
+            // Taken before the state's lock is let go, so watchers read events in order.
+            let mut history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             entries
                 .into_iter()
                 .map(|entry| {
@@ -809,7 +828,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             .state
                             .apply(entry.log_id.index, entry.log_id.leader_id.term, &batch)
                             .into_iter()
-                            .map(|applied| applied.answer)
+                            .map(|applied| {
+                                applied.events.into_iter().for_each(|e| history.push(e));
+                                applied.answer
+                            })
                             .collect(),
                         EntryPayload::Membership(members) => {
                             self.shared.recorder.learn(&members);
@@ -853,6 +875,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .recorder
             .learn(meta.last_membership.membership());
         self.write(|m| {
+            // The events before the snapshot are not this node's to tell.
+            *self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = History::after(state.revision());
             m.state = state;
             m.last_applied = meta.last_log_id;
             m.membership = meta.last_membership.clone();

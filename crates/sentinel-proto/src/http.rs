@@ -119,15 +119,7 @@ pub async fn exchange(
             Inner::Plain(c) => c.request(request).await,
             Inner::Tls(c) => c.request(request).await,
         };
-        let response = response.map_err(|e| {
-            if let Some(tls) = tls_error(&e) {
-                Failure::Tls(format!("TLS with {target} failed: {tls}"))
-            } else if e.is_connect() {
-                Failure::Unreachable(format!("cannot connect to {target}: {}", chain(&e)))
-            } else {
-                Failure::Lost(format!("request to {target} failed: {}", chain(&e)))
-            }
-        })?;
+        let response = response.map_err(|e| failure(&target, &e))?;
         let (parts, body) = response.into_parts();
         let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
             .collect()
@@ -143,6 +135,35 @@ pub async fn exchange(
                 "{target} did not answer within {timeout:?}"
             )))
         })
+}
+
+/// Sends one request and returns the status and the answer's body as it arrives, once its head
+/// has come within `timeout`: for streams (server-sent events), which the reader bounds itself.
+pub async fn open(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(StatusCode, hyper::body::Incoming), Failure> {
+    let target = request.uri().to_string();
+    let response = match &client.0 {
+        Inner::Plain(c) => tokio::time::timeout(timeout, c.request(request)).await,
+        Inner::Tls(c) => tokio::time::timeout(timeout, c.request(request)).await,
+    };
+    let response = response
+        .map_err(|_| Failure::Lost(format!("{target} did not answer within {timeout:?}")))?
+        .map_err(|e| failure(&target, &e))?;
+    Ok((response.status(), response.into_body()))
+}
+
+/// What a request to `target` that failed before its answer means for the caller.
+fn failure(target: &str, e: &hyper_util::client::legacy::Error) -> Failure {
+    if let Some(tls) = tls_error(e) {
+        Failure::Tls(format!("TLS with {target} failed: {tls}"))
+    } else if e.is_connect() {
+        Failure::Unreachable(format!("cannot connect to {target}: {}", chain(e)))
+    } else {
+        Failure::Lost(format!("request to {target} failed: {}", chain(e)))
+    }
 }
 
 /// The rustls error under `e`, with what it means for the one who reads it. rustls errors reach

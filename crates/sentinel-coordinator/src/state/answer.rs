@@ -135,4 +135,7 @@ pub struct Applied {
     pub answer: Option<Answer>,
     /// Waiting requests settled by this command, in the order they were settled.
     pub settled: Vec<Settled>,
+    /// What happened to holds and queues, numbered: the leases that ended before the command,
+    /// then its effects.
+    pub events: Vec<super::Event>,
 }

@@ -56,11 +56,13 @@
 //! The code follows the concerns: [`log`] (what an entry holds, positions), [`answer`] (what
 //! the state answers), [`locks`] (leases and queues), [`groups`] (semaphores and shared
 //! holds), [`time`] (the clock and what ends with it),
-//! [`barriers`] (participants that meet), [`requests`] (each request executed once),
+//! [`barriers`] (participants that meet), [`events`] (what happened, numbered for watchers),
+//! [`requests`] (each request executed once),
 //! [`snapshot`] and [`invariants`].
 
 mod answer;
 mod barriers;
+mod events;
 mod groups;
 mod invariants;
 mod locks;
@@ -80,6 +82,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use answer::{Answer, Applied, Limit, Settled};
 pub use barriers::{Arrival, Barrier, MAX_COUNT};
+pub use events::{Event, EventKind};
 pub use groups::{Group, Hold, Kind, MAX_LIMIT};
 pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
 pub use log::{
@@ -118,6 +121,8 @@ pub struct LockState {
     requests: BTreeMap<String, Remembered>,
     /// Settled requests, oldest first: `(settled at, request id)`.
     settled: VecDeque<(u64, String)>,
+    /// The revision of the last event ([`events`]): how many there have been.
+    revision: u64,
 }
 
 impl LockState {
@@ -148,7 +153,14 @@ impl LockState {
             self.leave_queue(at, now, w, &mut settled);
             self.leave_barrier_withdrawn(now, w, &mut settled);
         }
+        let expired = self.ending_before(now);
         self.advance(at, now, &mut settled);
+        let by_time = settled.len();
+        // A retry is answered from memory: what it did was told as events the first time.
+        let fresh = proposal
+            .command
+            .request_id()
+            .is_some_and(|id| !self.requests.contains_key(id));
         let answer = match &proposal.command {
             Command::Tick => None,
             Command::Acquire(a) => Some(self.request(
@@ -206,7 +218,17 @@ impl LockState {
             )),
         };
         self.forget(now);
-        Applied { answer, settled }
+        let events = self.events(events::Sources {
+            expired,
+            settled_first: &settled[..by_time],
+            command: (&proposal.command, answer.as_ref().filter(|_| fresh)),
+            settled_then: &settled[by_time..],
+        });
+        Applied {
+            answer,
+            settled,
+            events,
+        }
     }
 }
 

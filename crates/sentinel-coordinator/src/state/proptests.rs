@@ -2,7 +2,7 @@
 //! retries, on locks, shared locks and semaphores, checked against what the clients were told,
 //! and the log replayed and resumed from snapshots.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 
@@ -333,12 +333,69 @@ type Log = Vec<(u64, u64, Batch)>;
 /// Runs generated steps as clients would, packing runs of steps into entries as a leader
 /// does: the tokens a client names come from the answers it got before the entry. Returns the
 /// log that was applied and every entry's results, checking the model after each entry.
+/// What a watcher of every event knows: the holds the events tell of, and the last revision.
+#[derive(Default)]
+struct Watcher {
+    /// `(lock, worker, token)` → how many such holds.
+    holds: BTreeMap<(String, String, u64), usize>,
+    revision: u64,
+}
+
+impl Watcher {
+    /// Follows one entry's events: revisions one after another, every hold that ends one that
+    /// began.
+    fn follow<'a>(&mut self, events: impl Iterator<Item = &'a Event>, ctx: &str) {
+        for e in events {
+            assert_eq!(e.revision, self.revision + 1, "{e:?}: {ctx}");
+            self.revision = e.revision;
+            let Some(token) = e.fencing_token else {
+                assert_eq!(e.event, EventKind::Queued, "{ctx}");
+                continue;
+            };
+            let key = (e.lock.clone(), e.worker_id.clone(), token);
+            match e.event {
+                EventKind::Acquired => *self.holds.entry(key).or_default() += 1,
+                EventKind::Released | EventKind::Expired => {
+                    let n = self
+                        .holds
+                        .get_mut(&key)
+                        .unwrap_or_else(|| panic!("{e:?} ends a hold no event began: {ctx}"));
+                    *n -= 1;
+                    if *n == 0 {
+                        self.holds.remove(&key);
+                    }
+                }
+                EventKind::Queued => panic!("a queued event with a token: {ctx}"),
+            }
+        }
+    }
+}
+
+/// Every hold the state keeps, as [`Watcher::holds`] counts them.
+fn holds_of(s: &LockState) -> BTreeMap<(String, String, u64), usize> {
+    let mut holds = BTreeMap::new();
+    let locks = s.iter_after(None).map(|(n, slot)| (n, &slot.lease));
+    let groups = s
+        .groups_after(None)
+        .flat_map(|(n, g)| g.holds.iter().map(move |h| (n, &h.lease)));
+    for (name, lease) in locks.chain(groups) {
+        let key = (
+            name.to_string(),
+            lease.worker_id.clone(),
+            lease.fencing_token,
+        );
+        *holds.entry(key).or_default() += 1;
+    }
+    holds
+}
+
 fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
     const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
     const HOLDERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
     const MOST_PER_ENTRY: usize = 6;
     let mut s = LockState::default();
     let mut model = Model::default();
+    let mut watcher = Watcher::default();
     let mut at: u64 = 1_000_000;
     let (mut term, mut applied_term) = (1, 0);
     let mut log = Vec::new();
@@ -524,6 +581,12 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
             assert_eq!(s, twin, "{ctx}");
         }
         model.check(&s, &ctx);
+        watcher.follow(applied.iter().flat_map(|a| &a.events), &ctx);
+        assert_eq!(
+            watcher.holds,
+            holds_of(&s),
+            "the events tell the holds: {ctx}"
+        );
         for (proposal, retry) in batch.0.iter().zip(&retries) {
             if !retry && !matches!(proposal.command, Command::Tick) {
                 sent.push(proposal.command.clone());

@@ -28,6 +28,9 @@ struct Stored {
     requests: BTreeMap<String, Remembered>,
     /// Settled request ids in the order they were settled, with the time.
     settled: VecDeque<(u64, String)>,
+    /// Absent from snapshots written before events were numbered: they start from 0.
+    #[serde(default)]
+    revision: u64,
 }
 
 /// [`Stored`] by reference, so writing a snapshot does not copy the state.
@@ -42,6 +45,7 @@ struct StoredRef<'a> {
     barriers: &'a BTreeMap<String, Barrier>,
     requests: &'a BTreeMap<String, Remembered>,
     settled: &'a VecDeque<(u64, String)>,
+    revision: u64,
 }
 
 impl LockState {
@@ -55,6 +59,7 @@ impl LockState {
             barriers: &self.barriers,
             requests: &self.requests,
             settled: &self.settled,
+            revision: self.revision,
         })
     }
 
@@ -75,6 +80,7 @@ impl LockState {
             arrival_deadlines: BTreeSet::new(),
             requests: stored.requests,
             settled: stored.settled,
+            revision: stored.revision,
         };
         state.expiries = state
             .locks

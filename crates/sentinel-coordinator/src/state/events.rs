@@ -1,0 +1,202 @@
+//! What happened to the locks, as a numbered sequence of events: the watch stream's source.
+//!
+//! Every command's effects on holds are told as events — a hold `acquired` (granted at once or
+//! after a wait), `released` (given back or taken back), `expired` (its lease ran out), and an
+//! acquire `queued` — each with the next `revision` of the state. The revision is part of the
+//! replicated state, so every node numbers the same events the same way, and a watcher that
+//! reconnects to another node resumes from its last revision without losing or repeating one.
+//! Events are derived from the answers a command gives (which the state computes anyway) and
+//! from the leases that end before it, so the rules of locks and groups need no hook for them.
+
+use serde::{Deserialize, Serialize};
+
+use sentinel_core::table::LockRecord;
+
+use super::{Answer, Command, LockState, Settled};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A hold was granted.
+    Acquired,
+    /// A hold was given back, or taken back with its acquire.
+    Released,
+    /// A hold's lease ran out.
+    Expired,
+    /// An acquire joined a queue.
+    Queued,
+}
+
+/// One event, as the watch stream sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    pub event: EventKind,
+    /// The lock (or semaphore) it happened to.
+    pub lock: String,
+    /// Whose hold, or who queued.
+    pub worker_id: String,
+    /// The hold's fencing token; `None` for a queued acquire.
+    pub fencing_token: Option<u64>,
+    /// Its place in the sequence of every event: 1, 2, …
+    pub revision: u64,
+}
+
+/// Where a command's events come from, in the order they happened.
+pub(super) struct Sources<'a> {
+    /// Leases that ran out before the command, with the lock's name, in the order they ended.
+    pub(super) expired: Vec<(String, LockRecord)>,
+    /// Waiting requests settled while time passed (before the command took effect).
+    pub(super) settled_first: &'a [Settled],
+    /// The command, and its answer if it was executed (not a retry's remembered one).
+    pub(super) command: (&'a Command, Option<&'a Answer>),
+    /// Waiting requests the command settled.
+    pub(super) settled_then: &'a [Settled],
+}
+
+impl LockState {
+    /// The leases (of locks and of groups' holds) that end before `now`, in the order they end:
+    /// read before [`Self::advance`] ends them.
+    pub(super) fn ending_before(&self, now: u64) -> Vec<(String, LockRecord)> {
+        let locks = self
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at < now)
+            .filter_map(|(at, name)| {
+                Some((*at, name.clone(), self.locks.get(name)?.lease.clone()))
+            });
+        let holds = self
+            .hold_expiries
+            .iter()
+            .take_while(|(at, ..)| *at < now)
+            .filter_map(|(at, name, token, id)| {
+                let hold = self
+                    .groups
+                    .get(name)?
+                    .holds
+                    .iter()
+                    .find(|h| h.lease.fencing_token == *token && h.request_id == *id)?;
+                Some((*at, name.clone(), hold.lease.clone()))
+            });
+        let mut ending: Vec<_> = locks.chain(holds).collect();
+        ending.sort_by_key(|(at, ..)| *at);
+        ending.into_iter().map(|(_, n, l)| (n, l)).collect()
+    }
+
+    /// Numbers the events of one command.
+    pub(super) fn events(&mut self, sources: Sources<'_>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (name, lease) in sources.expired {
+            out.push((
+                EventKind::Expired,
+                name,
+                lease.worker_id,
+                Some(lease.fencing_token),
+            ));
+        }
+        settled_events(sources.settled_first, &mut out);
+        if let (command, Some(answer)) = sources.command
+            && let Some((name, holder)) = command.target()
+        {
+            answer_event(name, holder, answer, &mut out);
+        }
+        settled_events(sources.settled_then, &mut out);
+        out.into_iter()
+            .map(|(event, lock, worker_id, fencing_token)| {
+                self.revision += 1;
+                Event {
+                    event,
+                    lock,
+                    worker_id,
+                    fencing_token,
+                    revision: self.revision,
+                }
+            })
+            .collect()
+    }
+
+    /// The revision of the last event: 0 before any.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+type Raw = (EventKind, String, String, Option<u64>);
+
+fn settled_events(settled: &[Settled], out: &mut Vec<Raw>) {
+    for s in settled {
+        if let Answer::Granted { lease, .. } = &s.answer {
+            out.push(granted(&s.name, lease));
+        }
+    }
+}
+
+fn granted(name: &str, lease: &LockRecord) -> Raw {
+    let token = Some(lease.fencing_token);
+    (
+        EventKind::Acquired,
+        name.to_string(),
+        lease.worker_id.clone(),
+        token,
+    )
+}
+
+/// The event of a lock command's own answer, if it changed a hold or a queue.
+fn answer_event(name: &str, holder: &str, answer: &Answer, out: &mut Vec<Raw>) {
+    let released = |lease: &LockRecord| {
+        let token = Some(lease.fencing_token);
+        (
+            EventKind::Released,
+            name.to_string(),
+            lease.worker_id.clone(),
+            token,
+        )
+    };
+    match answer {
+        Answer::Granted {
+            lease,
+            adopted: false,
+        } => out.push(granted(name, lease)),
+        Answer::Queued { .. } => out.push((
+            EventKind::Queued,
+            name.to_string(),
+            holder.to_string(),
+            None,
+        )),
+        Answer::Released { lease } | Answer::Withdrawn { lease: Some(lease) } => {
+            out.push(released(lease))
+        }
+        _ => {}
+    }
+}
+
+impl Command {
+    /// The lock and the holder a lock command acts on; `None` for a tick and for barrier
+    /// arrivals (which hold nothing).
+    fn target(&self) -> Option<(&str, &str)> {
+        match self {
+            Command::Acquire(a) | Command::Claim(super::Claim { acquire: a, .. }) => {
+                Some((&a.name, &a.holder))
+            }
+            Command::Release(r) => Some((&r.name, &r.holder)),
+            Command::Renew(r) => Some((&r.name, &r.holder)),
+            Command::Withdraw(w) => Some((&w.name, &w.holder)),
+            Command::Arrive(_) | Command::Tick => None,
+        }
+    }
+
+    /// The request id a command carries; `None` for a tick.
+    pub(super) fn request_id(&self) -> Option<&str> {
+        match self {
+            Command::Acquire(a) | Command::Claim(super::Claim { acquire: a, .. }) => {
+                Some(&a.request_id)
+            }
+            Command::Release(r) => Some(&r.request_id),
+            Command::Renew(r) => Some(&r.request_id),
+            Command::Withdraw(w) => Some(&w.request_id),
+            Command::Arrive(a) => Some(&a.request_id),
+            Command::Tick => None,
+        }
+    }
+}
