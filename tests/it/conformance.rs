@@ -38,6 +38,8 @@ use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of, peers_of};
 use crate::servers::{Etcd, Postgres, Redis};
 use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
+mod primitives;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Local,
@@ -1189,5 +1191,31 @@ fn server_restarts_under_a_held_lock() {
 fn server_interrupted_claims_hold_nothing_or_report_it() {
     if let Some(s) = Subject::new(Kind::Server) {
         interrupted_claims(&s);
+    }
+}
+
+/// The reservation rule of the backends whose waiting claims poll: one rule for the three.
+mod reservations {
+    use super::*;
+
+    #[test]
+    fn local() {
+        if let Some(s) = Subject::new(Kind::Local) {
+            primitives::reservations(&s);
+        }
+    }
+
+    #[test]
+    fn redis() {
+        if let Some(s) = Subject::new(Kind::Redis) {
+            primitives::reservations(&s);
+        }
+    }
+
+    #[test]
+    fn postgres() {
+        if let Some(s) = Subject::new(Kind::Postgres) {
+            primitives::reservations(&s);
+        }
     }
 }

@@ -15,7 +15,9 @@
 
 mod groups;
 
-pub use groups::{Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS};
+pub use groups::{
+    Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS, reservation_ms,
+};
 
 use std::collections::BTreeMap;
 
