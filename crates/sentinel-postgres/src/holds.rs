@@ -18,7 +18,8 @@
 //! attempt (or a fail-fast claim), which will not come back, ends it. While another worker's
 //! reservation is live, claims that would fit are refused too (forced ones excepted). It ends when
 //! its owner is granted or releases, or when it runs out. A lock claim refused by a lock reserves
-//! nothing, so names used only as locks behave as before. The row's lifetime is its `ttl_ms`, as
+//! nothing (it only keeps or ends one it already has), so names used only as locks behave as
+//! before. The row's lifetime is its `ttl_ms`, as
 //! in the version that reserved for the claim's TTL, so a row either version wrote is read alike.
 
 use sentinel_core::backend::{Hold, Holds, Status, Waiter};
@@ -392,6 +393,14 @@ impl Deciding {
         let mut attempt = table::attempt(c.cmd, resp, c.now)?;
         if let (Attempt::Granted(g), Some(p)) = (&mut attempt, self.previous.take()) {
             g.took_over.get_or_insert(Box::new(p));
+        }
+        // A claim that already waits keeps (or, on its last attempt, ends) its reservation.
+        let waits = name
+            .intent
+            .as_ref()
+            .is_some_and(|i| i.record.worker_id == c.worker() && i.live(c.now));
+        if let (Attempt::Held(h), true) = (&attempt, waits) {
+            return Ok(self.refused(name, c, false, h.clone()));
         }
         Ok(attempt)
     }
@@ -774,5 +783,18 @@ mod tests {
         let mut other = last.clone();
         other.claimant.worker_id = "v".into();
         assert_eq!(attempt(&name, &other, NOW + 2_500).1, None);
+
+        // The name became another worker's lock (a forced claim): the waiting claim's attempts,
+        // refused by the lock, keep its reservation, and its last one ends it.
+        let lock = read_by_r1().holds.remove(0).record;
+        name.holds.clear();
+        name.lock = Some((lock, "r1".into()));
+        let (answer, renewed) = attempt(&name, &earlier, NOW + 2_500);
+        assert!(matches!(answer, Attempt::Held(h) if h.worker_id == "r1"));
+        assert_eq!(renewed.flatten().unwrap().record.heartbeat_ms, NOW + 2_500);
+        assert_eq!(attempt(&name, &last, NOW + 2_500).1, Some(None));
+        // Without a reservation of its own, a lock claim refused by a lock records none.
+        name.intent = None;
+        assert_eq!(attempt(&name, &earlier, NOW + 2_500).1, None);
     }
 }

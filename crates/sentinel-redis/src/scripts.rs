@@ -16,8 +16,8 @@
 //! each later refusal of the same worker renews it, and its last attempt (or a fail-fast claim),
 //! which will not come back, ends it. While another worker's reservation stands, claims that would
 //! fit are refused too, unless forced. It ends when its owner is granted, releases, or it runs out.
-//! An exclusive claim refused by an exclusive lock records none, so names used only as locks behave
-//! as before. Its value is the same JSON as in the version that reserved for the claim's TTL, and
+//! An exclusive claim refused by an exclusive lock records none (it only keeps or ends one it
+//! already has), so names used only as locks behave as before. Its value is the same JSON as in the version that reserved for the claim's TTL, and
 //! only its key's expiry differs, so a reservation either version wrote is read alike.
 //!
 //! [`reservation_ms`]: sentinel_core::table::reservation_ms
@@ -184,6 +184,8 @@ if kind == 'exclusive' then
     return granted('adopted', v, '')
   end
   if takeover == 'any' then return grant_lock(raw, cur.fencing_token) end
+  -- A claim that already waits keeps (or, on its last attempt, ends) its reservation.
+  if ours then return refused(raw) end
   return held(raw)
 end
 local shared = kind == 'shared'

@@ -547,13 +547,29 @@ pub fn reservations(s: &Subject) {
     );
     assert_eq!(queue(), Vec::<String>::new());
     assert!(reader("r4"));
-    for r in ["r1", "r2", "r3", "r4"] {
-        assert!(
-            rt.block_on(b.release(&release(&schema, r, None)))
-                .unwrap()
-                .was_held
-        );
+    // A forced claim takes the name from the readers while the writer waits: the lock it holds
+    // refuses the writer's next attempt, which keeps the reservation, and its last attempt,
+    // refused by that lock too, ends it.
+    assert!(matches!(
+        claim("writer", HoldKind::Exclusive, 3, 1000),
+        Attempt::Held(_)
+    ));
+    let mut force = acquire(&schema, "x", TTL, Takeover::Any);
+    force.wait = Duration::ZERO;
+    let x = granted(rt.block_on(b.try_acquire(&force)).unwrap());
+    for (attempt, wait_ms, waiting) in [(4, 1000, vec!["writer"]), (5, 0, vec![])] {
+        match claim("writer", HoldKind::Exclusive, attempt, wait_ms) {
+            Attempt::Held(h) => assert_eq!(h.worker_id, "x", "{h:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(queue(), waiting, "{:?}: attempt {attempt}", s.kind);
     }
+    let token = Some(x.holder.fencing_token);
+    assert!(
+        rt.block_on(b.release(&release(&schema, "x", token)))
+            .unwrap()
+            .was_held
+    );
 }
 
 /// Elections: one leader at a time, publishing its value to `leader`; a campaign waits its turn
