@@ -9,16 +9,17 @@
 //! itself expires with its last hold. Both shapes draw their tokens from the one counter
 //! `token:NAME`, so a name moving between them never reuses a token.
 //!
-//! `intent:NAME` is the one-slot reservation that keeps waiting claims from being starved without
-//! a queue, by the lock table's rule ([`reservation_ms`]): a claim refused because its kind
-//! conflicts or its permits do not fit, and that says it comes back (its attempt's `wait`),
-//! records it (its worker, kind and permits), expiring once that pause and a second have passed;
-//! each later refusal of the same worker renews it, and its last attempt (or a fail-fast claim),
-//! which will not come back, ends it. While another worker's reservation stands, claims that would
-//! fit are refused too, unless forced. It ends when its owner is granted, releases, or it runs out.
-//! An exclusive claim refused by an exclusive lock records none (it only keeps or ends one it
-//! already has), so names used only as locks behave as before. Its value is the same JSON as in the version that reserved for the claim's TTL, and
-//! only its key's expiry differs, so a reservation either version wrote is read alike.
+//! `intent:NAME` is the one-slot reservation that keeps waiting claims from being starved without a
+//! queue, by the lock table's rule ([`reservation_ms`]): a claim refused because its kind conflicts
+//! or its permits do not fit, and that says it comes back (its attempt's `wait`), records it (its
+//! worker, kind and permits), expiring once that pause and a second have passed; each later refusal
+//! of the same worker renews it, and its last attempt (or a fail-fast claim), which will not come
+//! back, ends it. While another worker's reservation stands, claims that would fit are refused too,
+//! unless forced. It ends when its owner is granted, releases, or it runs out. An exclusive claim
+//! refused by an exclusive lock records none (it only keeps or ends one it already has), so names
+//! used only as locks behave as before. Its value is the same JSON as in the version that reserved
+//! for the claim's TTL, and only its key's expiry differs, so a reservation either version wrote is
+//! read alike.
 //!
 //! [`reservation_ms`]: sentinel_core::table::reservation_ms
 
@@ -91,8 +92,8 @@ end
 
 /// KEYS: lock, counter, holds, intent. ARGV: worker, node, ttl ms, takeover (none|stale|any),
 /// readopt (0|1), task info JSON, nonce, kind (exclusive|shared|semaphore), limit or '', permits,
-/// how long a refusal reserves the name in ms (0: this attempt is the claim's last). Answers {answer, value, now, previous lease or
-/// ''}: `granted` or `adopted` with the lease; `held` with the holder (or, for a reservation, a
+/// how long a refusal reserves the name in ms (0: this attempt is the claim's last). Answers
+/// {answer, value, now, previous lease or ''}: `granted` or `adopted` with the lease; `held` with the holder (or, for a reservation, a
 /// lease-shaped record of it with `reserved` set); `other` with the kind the name is held as
 /// and, for a semaphore, its limit as `previous`; `limit` with the semaphore's limit.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
