@@ -6,6 +6,9 @@
 //! over on GitHub and the lock table; gone on Redis, etcd and the coordinator, which ends a lease
 //! at its TTL and hands the lock to the next waiter).
 //!
+//! The coordination primitives (semaphores, shared holds, elections) have their rows in
+//! [`primitives`]: every backend runs each one, or asserts its refusal.
+//!
 //! The coordinator is real `sentinel serve` processes with the cluster token: one node per test
 //! for every scenario (and its restart after `kill -9`), and a three-node cluster for mutual
 //! exclusion and for a leader killed under a held lock.
@@ -37,6 +40,8 @@ use sentinel::server::{ServerBackend, server_urls};
 use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of, peers_of};
 use crate::servers::{Etcd, Postgres, Redis};
 use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
+
+mod primitives;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -1098,6 +1103,27 @@ macro_rules! conformance {
                     killed_holder(&s);
                 }
             }
+
+            #[test]
+            fn semaphores_hold_at_most_their_limit_or_are_refused() {
+                if let Some(s) = Subject::new($kind) {
+                    primitives::semaphores(&s);
+                }
+            }
+
+            #[test]
+            fn shared_holds_keep_a_writer_out_without_starving_it_or_are_refused() {
+                if let Some(s) = Subject::new($kind) {
+                    primitives::shared_holds(&s);
+                }
+            }
+
+            #[test]
+            fn elections_follow_one_leader_or_are_refused() {
+                if let Some(s) = Subject::new($kind) {
+                    primitives::elections(&s);
+                }
+            }
         }
     };
 }
@@ -1189,5 +1215,45 @@ fn server_restarts_under_a_held_lock() {
 fn server_interrupted_claims_hold_nothing_or_report_it() {
     if let Some(s) = Subject::new(Kind::Server) {
         interrupted_claims(&s);
+    }
+}
+
+/// The reservation rule of the backends whose waiting claims poll: one rule for the three.
+mod reservations {
+    use super::*;
+
+    #[test]
+    fn local() {
+        if let Some(s) = Subject::new(Kind::Local) {
+            primitives::reservations(&s);
+        }
+    }
+
+    #[test]
+    fn redis() {
+        if let Some(s) = Subject::new(Kind::Redis) {
+            primitives::reservations(&s);
+        }
+    }
+
+    #[test]
+    fn postgres() {
+        if let Some(s) = Subject::new(Kind::Postgres) {
+            primitives::reservations(&s);
+        }
+    }
+}
+
+#[test]
+fn redis_interrupted_claims_of_holds_hold_nothing_or_report_it() {
+    if let Some(s) = Subject::new(Kind::Redis) {
+        primitives::interrupted_hold_claims(&s);
+    }
+}
+
+#[test]
+fn postgres_interrupted_claims_of_holds_hold_nothing_or_report_it() {
+    if let Some(s) = Subject::new(Kind::Postgres) {
+        primitives::interrupted_hold_claims(&s);
     }
 }

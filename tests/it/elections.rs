@@ -1,6 +1,7 @@
 //! Elections: `elect` and `leader` through the real binary on the local backend and on a real
 //! `sentinel serve` node, the coordinator's `/election/` API over HTTP with its server-sent
-//! events, and the refusal on GitHub.
+//! events. The conformance suite runs elections on every backend (and GitHub's refusal):
+//! `conformance/primitives.rs`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -191,26 +192,6 @@ fn elections_on_the_coordinator() {
     candidates_follow_one_another(&sentinel, tmp.path());
     a_deposed_leader_stops_its_command(&sentinel, tmp.path());
     leader_watch_prints_each_change(&sentinel, tmp.path());
-}
-
-#[test]
-fn elections_are_refused_on_github_naming_the_backends_that_keep_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let github = ["--repo", "acme/widgets", "--api-url", "http://127.0.0.1:9"];
-    for args in [&["elect", "e", "--", "true"][..], &["leader", "e"]] {
-        let mut all = github.to_vec();
-        all.extend_from_slice(args);
-        let out = local(tmp.path(), "w1", &all)
-            .env("SENTINEL_TOKEN", "not-used")
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));
-        assert!(
-            text(&out).contains("coordinator") && text(&out).contains("local"),
-            "{}",
-            text(&out)
-        );
-    }
 }
 
 /// A `run` whose claim waited on the coordinator longer than its TTL keeps the lock it was

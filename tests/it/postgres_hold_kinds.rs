@@ -1,59 +1,15 @@
-//! Semaphores (`--limit`, `--permits`) and shared holds (`--shared`) on PostgreSQL, through the
-//! real binary and the library against a real server: the scenarios of `redis_hold_kinds.rs`,
-//! and what is PostgreSQL's own: a hold whose lease ran out is stale until taken over or swept,
-//! and a worker role needs no right beyond the documented grants.
+//! Semaphores and shared holds on PostgreSQL: what is PostgreSQL's own, through the real binary
+//! against a real server: a hold whose lease ran out is stale until taken over or swept, and a
+//! worker role needs no right beyond the documented grants. The promises every backend keeps are
+//! the conformance suite's rows (`conformance/primitives.rs`).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::conformance::{Kind, Subject};
-use crate::redis_hold_kinds::{
-    interrupted_claims, library_guards, racing_claims_never_exceed_the_limit, semaphore_limit,
-    shared_holds_and_a_waiting_writer,
-};
 use crate::servers::Postgres;
 use crate::support::{code, sentinel, stdout_json, text};
-
-#[test]
-fn a_semaphore_lets_its_limit_of_permits_be_held_on_postgres() {
-    let Some(s) = Subject::new(Kind::Postgres) else {
-        return;
-    };
-    semaphore_limit(&s);
-}
-
-#[test]
-fn shared_holds_keep_a_writer_out_and_do_not_starve_it_on_postgres() {
-    let Some(s) = Subject::new(Kind::Postgres) else {
-        return;
-    };
-    shared_holds_and_a_waiting_writer(&s);
-}
-
-#[test]
-fn racing_semaphore_claims_never_exceed_the_limit_on_postgres() {
-    let Some(s) = Subject::new(Kind::Postgres) else {
-        return;
-    };
-    racing_claims_never_exceed_the_limit(&s);
-}
-
-#[test]
-fn interrupted_claims_of_holds_hold_nothing_or_report_it_on_postgres() {
-    let Some(s) = Subject::new(Kind::Postgres) else {
-        return;
-    };
-    interrupted_claims(&s);
-}
-
-#[test]
-fn semaphores_and_shared_holds_are_guards_on_postgres() {
-    let Some(s) = Subject::new(Kind::Postgres) else {
-        return;
-    };
-    library_guards(&s);
-}
 
 fn pg(s: &Subject, worker: &str, args: &[&str]) -> std::process::Output {
     s.cli(worker, args).output().unwrap()

@@ -142,8 +142,9 @@ pub struct AcquireRequest {
     /// How long this claim goes on waiting if the attempt is refused. A backend that queues
     /// waiters itself (the coordinator) holds the attempt up to this long until the lock is free.
     /// For a polling backend, whose waiting is the strategy loop's, it is the longest pause
-    /// before the claim's next attempt (zero on its last): the local backend keeps a refused
-    /// claim's reservation of a shared lock or semaphore that long. Zero: no more attempts.
+    /// before the claim's next attempt (zero on its last): the local, Redis and PostgreSQL
+    /// backends keep a refused claim's reservation of a shared lock or semaphore that long
+    /// ([`reservation_ms`](crate::table::reservation_ms)). Zero: no more attempts.
     pub wait: Duration,
     /// An exclusive lock, a shared hold, or permits of a semaphore. A backend that holds one
     /// holder per name refuses the others ([`LockBackend::holds_groups`]).

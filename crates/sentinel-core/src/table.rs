@@ -17,7 +17,9 @@ mod barriers;
 mod groups;
 
 pub use barriers::{Barrier, Meeting, OPENED_KEEP_MS};
-pub use groups::{Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS};
+pub use groups::{
+    Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS, reservation_ms,
+};
 
 use std::collections::BTreeMap;
 

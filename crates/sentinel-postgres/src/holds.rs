@@ -10,14 +10,17 @@
 //! janitor releases it) and the coordinator's rules of kinds (a semaphore's limit is the same for
 //! every claim; a lock claim on a semaphore, or a semaphore claim on a lock, is a conflict).
 //!
-//! PostgreSQL keeps no queue: claims that wait poll. So that polling is fair, a claim refused on
-//! its second or later attempt (a claim that makes one attempt is not waiting) because its kind
-//! conflicts or its permits do not fit reserves the name, unless another worker's reservation is
-//! live: the reservation row records its worker, kind and permits and lives for the claim's TTL
-//! from its last refusal. While another worker's reservation is live, claims that would fit are
-//! refused too (forced ones excepted). It ends when its owner is granted or releases, or when it
-//! runs out. A lock claim refused by a lock reserves nothing, so names used only as locks behave
-//! as before.
+//! PostgreSQL keeps no queue: claims that wait poll. So that polling is fair, a claim refused
+//! because its kind conflicts or its permits do not fit reserves the name by the lock table's
+//! rule ([`table::reservation_ms`]), unless another worker's reservation is live: an attempt
+//! that says when its claim comes back (its `wait`) records the reservation row (its worker, kind
+//! and permits), which lives for that pause and a second from this refusal; the claim's last
+//! attempt (or a fail-fast claim), which will not come back, ends it. While another worker's
+//! reservation is live, claims that would fit are refused too (forced ones excepted). It ends when
+//! its owner is granted or releases, or when it runs out. A lock claim refused by a lock reserves
+//! nothing (it only keeps or ends one it already has), so names used only as locks behave as
+//! before. The row's lifetime is its `ttl_ms`, as
+//! in the version that reserved for the claim's TTL, so a row either version wrote is read alike.
 
 use sentinel_core::backend::{Hold, Holds, Status, Waiter};
 use sentinel_core::error::{Error, Result};
@@ -300,19 +303,32 @@ impl Deciding {
         }
     }
 
-    /// Refused for its kind or permits: a waiting claim reserves the name unless another
-    /// worker's reservation is live.
+    /// Refused for its kind or permits: a claim that comes back reserves the name until then
+    /// unless another worker's reservation is live; one that does not ends its own.
     fn refused(&mut self, name: &Name, c: &Claim, reserved: bool, holder: Holder) -> Attempt {
-        if c.req.attempt > 0 && !reserved {
-            let since = match &name.intent {
-                Some(i) if i.record.worker_id == c.worker() && i.live(c.now) => {
-                    i.record.claimed_at_ms
-                }
-                _ => c.now,
-            };
-            let mut row = c.row(INTENT_SLOT, 0, since);
-            row.nonce.clear();
-            self.writes.push(Write::Hold(row));
+        if reserved {
+            return Attempt::Held(holder);
+        }
+        match table::reservation_ms(lease::millis(c.req.wait)) {
+            Some(ms) => {
+                let (permits, shared, limit) = c.wants();
+                let since = match &name.intent {
+                    Some(i)
+                        if i.record.worker_id == c.worker()
+                            && i.live(c.now)
+                            && (i.permits, i.shared, i.limit) == (permits, shared, limit) =>
+                    {
+                        i.record.claimed_at_ms
+                    }
+                    _ => c.now,
+                };
+                let mut row = c.row(INTENT_SLOT, 0, since);
+                row.nonce.clear();
+                row.record.ttl_ms = ms;
+                self.writes.push(Write::Hold(row));
+            }
+            None if name.reserved_by(c.worker()) => self.writes.push(Write::Free(INTENT_SLOT)),
+            None => {}
         }
         Attempt::Held(holder)
     }
@@ -377,6 +393,14 @@ impl Deciding {
         let mut attempt = table::attempt(c.cmd, resp, c.now)?;
         if let (Attempt::Granted(g), Some(p)) = (&mut attempt, self.previous.take()) {
             g.took_over.get_or_insert(Box::new(p));
+        }
+        // A claim that already waits keeps (or, on its last attempt, ends) its reservation.
+        let waits = name
+            .intent
+            .as_ref()
+            .is_some_and(|i| i.record.worker_id == c.worker() && i.live(c.now));
+        if let (Attempt::Held(h), true) = (&attempt, waits) {
+            return Ok(self.refused(name, c, false, h.clone()));
         }
         Ok(attempt)
     }
@@ -631,5 +655,146 @@ pub(crate) fn release_stale(
     Decided {
         answer: Ok(answer),
         writes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reservation rule on the rows, decided purely: the lock table's rule (see the module's
+    //! comment), which `tests/it`'s conformance suite also checks on a real server.
+
+    use std::time::Duration;
+
+    use sentinel_core::lock::{Claimant, LockId};
+
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn request(worker: &str, kind: HoldKind, wait: Duration) -> AcquireRequest {
+        AcquireRequest {
+            lock: LockId::Name("schema".into()),
+            claimant: Claimant {
+                worker_id: worker.into(),
+                node_id: "n".into(),
+            },
+            ttl: Duration::from_secs(60),
+            takeover: Takeover::None,
+            task_info: Default::default(),
+            readopt: false,
+            attempt: 0,
+            wait,
+            kind,
+        }
+    }
+
+    /// `name` held by one reader (slot 0, token 7).
+    fn read_by_r1() -> Name {
+        let req = request("r1", HoldKind::Shared, Duration::ZERO);
+        let cmd = Op::acquire("schema", &req).unwrap();
+        let c = Claim {
+            req: &req,
+            cmd: &cmd,
+            nonce: "r1",
+            now: NOW,
+            token: 7,
+        };
+        Name {
+            holds: vec![c.row(0, 7, NOW)],
+            ..Name::default()
+        }
+    }
+
+    /// The attempt of `req` at `now` on `name`: its answer and the reservation it writes
+    /// (`Some(None)`: it frees the slot).
+    fn attempt(name: &Name, req: &AcquireRequest, now: u64) -> (Attempt, Option<Option<HoldRow>>) {
+        let cmd = Op::acquire("schema", req).unwrap();
+        let c = Claim {
+            req,
+            cmd: &cmd,
+            nonce: "x",
+            now,
+            token: 9,
+        };
+        let d = acquire(name, &c);
+        let intent = d.writes.into_iter().find_map(|w| match w {
+            Write::Hold(h) if h.slot == INTENT_SLOT => Some(Some(h)),
+            Write::Free(INTENT_SLOT) => Some(None),
+            _ => None,
+        });
+        (d.answer.unwrap(), intent)
+    }
+
+    #[test]
+    fn the_first_refused_attempt_that_comes_back_reserves_until_its_next_and_a_second() {
+        let mut name = read_by_r1();
+        // The claim's first attempt (attempt 0) reserves: the pause it announced and a second,
+        // not the claim's TTL.
+        let writer = request("w", HoldKind::Exclusive, Duration::from_millis(500));
+        let (answer, intent) = attempt(&name, &writer, NOW);
+        assert!(matches!(answer, Attempt::Held(_)), "{answer:?}");
+        let intent = intent.flatten().expect("the first refusal reserves");
+        assert_eq!(
+            (intent.record.worker_id.as_str(), intent.record.ttl_ms),
+            ("w", 1_500)
+        );
+        assert_eq!(intent.record.heartbeat_ms, NOW);
+        name.intent = Some(intent);
+        // Meanwhile a reader that would fit is refused, and reserves nothing.
+        let reader = request("r2", HoldKind::Shared, Duration::from_millis(500));
+        let (answer, intent) = attempt(&name, &reader, NOW + 1_500);
+        assert!(matches!(answer, Attempt::Held(h) if h.worker_id == "w"));
+        assert_eq!(intent, None);
+        // Not back within the pause and its second: it holds nobody back.
+        let (answer, _) = attempt(&name, &reader, NOW + 1_501);
+        assert!(matches!(answer, Attempt::Granted(_)), "{answer:?}");
+        // A pause longer than the longest backoff reserves for at most 75 min and a second.
+        let (_, intent) = attempt(
+            &read_by_r1(),
+            &request("w", HoldKind::Exclusive, Duration::from_secs(24 * 3600)),
+            NOW,
+        );
+        assert_eq!(intent.flatten().unwrap().record.ttl_ms, 75 * 60_000 + 1_000);
+    }
+
+    #[test]
+    fn a_claim_that_does_not_come_back_keeps_no_reservation() {
+        let mut name = read_by_r1();
+        // Fail-fast, or any claim's last attempt: nothing reserved, even from attempt 1 on.
+        let mut last = request("w", HoldKind::Exclusive, Duration::ZERO);
+        last.attempt = 3;
+        assert_eq!(attempt(&name, &last, NOW).1, None);
+        // Its last attempt ends the reservation its earlier ones made, from the same renewal on.
+        let mut earlier = last.clone();
+        earlier.wait = Duration::from_secs(2);
+        let (_, intent) = attempt(&name, &earlier, NOW);
+        let intent = intent.flatten().unwrap();
+        assert_eq!(intent.record.claimed_at_ms, NOW);
+        name.intent = Some(intent);
+        let (_, renewed) = attempt(&name, &earlier, NOW + 2_000);
+        let renewed = renewed.flatten().unwrap();
+        assert_eq!(
+            (renewed.record.claimed_at_ms, renewed.record.heartbeat_ms),
+            (NOW, NOW + 2_000),
+            "a renewal keeps when the claim began waiting"
+        );
+        assert_eq!(attempt(&name, &last, NOW + 2_500).1, Some(None));
+        // Another worker's last attempt leaves it alone.
+        let mut other = last.clone();
+        other.claimant.worker_id = "v".into();
+        assert_eq!(attempt(&name, &other, NOW + 2_500).1, None);
+
+        // The name became another worker's lock (a forced claim): the waiting claim's attempts,
+        // refused by the lock, keep its reservation, and its last one ends it.
+        let lock = read_by_r1().holds.remove(0).record;
+        name.holds.clear();
+        name.lock = Some((lock, "r1".into()));
+        let (answer, renewed) = attempt(&name, &earlier, NOW + 2_500);
+        assert!(matches!(answer, Attempt::Held(h) if h.worker_id == "r1"));
+        assert_eq!(renewed.flatten().unwrap().record.heartbeat_ms, NOW + 2_500);
+        assert_eq!(attempt(&name, &last, NOW + 2_500).1, Some(None));
+        // Without a reservation of its own, a lock claim refused by a lock records none.
+        name.intent = None;
+        assert_eq!(attempt(&name, &earlier, NOW + 2_500).1, None);
     }
 }

@@ -62,6 +62,7 @@ use sentinel_core::lock::{
     ReleaseStaleRequest, Released, RenewRequest, StaleRelease, Takeover, TaskInfo, validate_label,
     validate_name,
 };
+use sentinel_core::table;
 use sentinel_core::tls::ClientTls;
 
 mod scripts;
@@ -718,8 +719,8 @@ impl RedisBackend {
             .arg(kind)
             .arg(limit)
             .arg(permits)
-            // Only a claim that tries again is waiting: one attempt reserves nothing.
-            .arg(if req.attempt > 0 { "1" } else { "0" });
+            // A claim that comes back keeps the name meanwhile; its last attempt keeps nothing.
+            .arg(table::reservation_ms(lease::millis(req.wait)).unwrap_or(0));
         self.call("a claim", |mut conn| {
             let inv = &inv;
             async move { inv.invoke_async(&mut conn).await }

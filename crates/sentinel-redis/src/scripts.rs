@@ -9,13 +9,19 @@
 //! itself expires with its last hold. Both shapes draw their tokens from the one counter
 //! `token:NAME`, so a name moving between them never reuses a token.
 //!
-//! `intent:NAME` is the one-slot reservation that keeps waiting claims from being starved without
-//! a queue: a claim refused on its second or later attempt (it is waiting, where a claim that
-//! makes one attempt is not) because its kind conflicts or its permits do not fit records it (its
-//! worker, kind and permits, expiring after the claim's TTL; each later refusal of the same worker
-//! renews it). While another worker's reservation stands, claims that would fit are refused too,
-//! unless forced. It ends when its owner is granted, releases, or its TTL passes. An exclusive
-//! claim refused by an exclusive lock records none, so names used only as locks behave as before.
+//! `intent:NAME` is the one-slot reservation that keeps waiting claims from being starved without a
+//! queue, by the lock table's rule ([`reservation_ms`]): a claim refused because its kind conflicts
+//! or its permits do not fit, and that says it comes back (its attempt's `wait`), records it (its
+//! worker, kind and permits), expiring once that pause and a second have passed; each later refusal
+//! of the same worker renews it, and its last attempt (or a fail-fast claim), which will not come
+//! back, ends it. While another worker's reservation stands, claims that would fit are refused too,
+//! unless forced. It ends when its owner is granted, releases, or it runs out. An exclusive claim
+//! refused by an exclusive lock records none (it only keeps or ends one it already has), so names
+//! used only as locks behave as before. Its value is the same JSON as in the version that reserved
+//! for the claim's TTL, and only its key's expiry differs, so a reservation either version wrote is
+//! read alike.
+//!
+//! [`reservation_ms`]: sentinel_core::table::reservation_ms
 
 use std::sync::LazyLock;
 
@@ -86,8 +92,8 @@ end
 
 /// KEYS: lock, counter, holds, intent. ARGV: worker, node, ttl ms, takeover (none|stale|any),
 /// readopt (0|1), task info JSON, nonce, kind (exclusive|shared|semaphore), limit or '', permits,
-/// waiting (1 from a claim's second attempt on). Answers {answer, value, now, previous lease or
-/// ''}: `granted` or `adopted` with the lease; `held` with the holder (or, for a reservation, a
+/// how long a refusal reserves the name in ms (0: this attempt is the claim's last). Answers
+/// {answer, value, now, previous lease or ''}: `granted` or `adopted` with the lease; `held` with the holder (or, for a reservation, a
 /// lease-shaped record of it with `reserved` set); `other` with the kind the name is held as
 /// and, for a semaphore, its limit as `previous`; `limit` with the semaphore's limit.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -95,7 +101,7 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         "{NOW}{HOLDS}
 local worker, node, ttl, takeover = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local nonce, kind, limit = ARGV[7], ARGV[8], tonumber(ARGV[9])
-local permits, waiting = tonumber(ARGV[10]), ARGV[11] == '1'
+local permits, reserve = tonumber(ARGV[10]), tonumber(ARGV[11])
 local raw = redis.call('GET', KEYS[1])
 local cur = raw and cjson.decode(raw)
 -- A retry of this very attempt whose answer was lost: the grant is already ours.
@@ -115,12 +121,17 @@ local function reservation()
     ttl_ms = intent.until_ms - intent.since_ms, reserved = intent.kind,
     permits = intent.permits}}))
 end
--- Refused for its kind or permits: a waiting claim reserves the name if nobody else has.
+-- Refused for its kind or permits: a claim that comes back reserves the name until then if
+-- nobody else has; one that does not ends its own reservation.
 local function refused(v)
-  if waiting and not reserved then
-    local since = ours and intent.since_ms or now
+  if reserved then return held(v) end
+  if reserve > 0 then
+    local same = ours and intent.kind == kind and intent.permits == permits
+    local since = same and intent.since_ms or now
     redis.call('SET', KEYS[4], cjson.encode({{worker_id = worker, node_id = node, kind = kind,
-      permits = permits, since_ms = since, until_ms = now + ttl}}), 'PX', ttl)
+      permits = permits, since_ms = since, until_ms = now + reserve}}), 'PX', reserve)
+  elseif ours then
+    redis.call('DEL', KEYS[4])
   end
   return held(v)
 end
@@ -174,6 +185,8 @@ if kind == 'exclusive' then
     return granted('adopted', v, '')
   end
   if takeover == 'any' then return grant_lock(raw, cur.fencing_token) end
+  -- A claim that already waits keeps (or, on its last attempt, ends) its reservation.
+  if ours then return refused(raw) end
   return held(raw)
 end
 local shared = kind == 'shared'

@@ -37,6 +37,15 @@ pub const MAX_RESERVATION_MS: u64 = 75 * 60 * 1000;
 /// takes to reach the table after the pause (a process's scheduling, the store's file lock).
 pub const RESERVATION_GRACE_MS: u64 = 1_000;
 
+/// How long a claim refused now keeps its reservation (ms), given the pause before its next
+/// attempt that it announced (`wait_ms`): that pause, at most [`MAX_RESERVATION_MS`], and
+/// [`RESERVATION_GRACE_MS`]; `None` for a claim that will not come back (its last attempt, a
+/// fail-fast claim), which keeps none. Every polling store of holds (this table, Redis,
+/// PostgreSQL) reserves by this rule.
+pub fn reservation_ms(wait_ms: u64) -> Option<u64> {
+    (wait_ms > 0).then(|| wait_ms.min(MAX_RESERVATION_MS) + RESERVATION_GRACE_MS)
+}
+
 /// One hold of a [`Group`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupHold {
@@ -315,23 +324,23 @@ impl LockTable {
                 reason: format!("internal error: a claim of {name:?} was refused with no holder"),
             };
         };
-        if may_reserve && c.wait_ms == 0 {
-            self.drop_intent(name, &fresh.worker_id);
-        } else if may_reserve {
-            let since_ms = match self.intents.get(name) {
-                Some(own) if own.kind == c.kind => own.since_ms,
-                _ => now,
-            };
-            let intent = Intent {
-                worker_id: fresh.worker_id.clone(),
-                node_id: fresh.node_id.clone(),
-                kind: c.kind,
-                since_ms,
-                until_ms: now
-                    .saturating_add(c.wait_ms.min(MAX_RESERVATION_MS))
-                    .saturating_add(RESERVATION_GRACE_MS),
-            };
-            self.intents.insert(name.to_string(), intent);
+        match reservation_ms(c.wait_ms) {
+            _ if !may_reserve => {}
+            None => self.drop_intent(name, &fresh.worker_id),
+            Some(ms) => {
+                let since_ms = match self.intents.get(name) {
+                    Some(own) if own.kind == c.kind => own.since_ms,
+                    _ => now,
+                };
+                let intent = Intent {
+                    worker_id: fresh.worker_id.clone(),
+                    node_id: fresh.node_id.clone(),
+                    kind: c.kind,
+                    since_ms,
+                    until_ms: now.saturating_add(ms),
+                };
+                self.intents.insert(name.to_string(), intent);
+            }
         }
         Response::Held {
             stale: Self::is_stale(&record, now),
