@@ -1796,7 +1796,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__watch)
-            opts="-v -q -h --prefix --since-revision --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --json --verbose --quiet --help"
+            opts="-v -q -h --prefix --since-revision --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --backend --data-dir --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1831,6 +1831,14 @@ _sentinel() {
                     return 0
                     ;;
                 --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres etcd" -- "${cur}"))
+                    return 0
+                    ;;
+                --data-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

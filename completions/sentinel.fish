@@ -61,7 +61,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "steal-stale" -d '
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "elect" -d 'Campaign in an election and run a command while leader: the leader is the holder of the election\'s lock'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "barrier" -d 'Wait until --count participants have arrived at a barrier, then all go on'
-complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "watch" -d 'Print one JSON line per event of the coordinator\'s locks (acquired, released, expired, queued), until stopped'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "watch" -d 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
@@ -392,10 +392,18 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l auth-token-f
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l data-dir -d 'Where local locks and caches live [default: the user\'s data directory]' -r -F
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s q -l quiet -d 'Only errors on stderr'
-complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s h -l help -d 'Print help'
+complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
@@ -511,7 +519,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_s
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "elect" -d 'Campaign in an election and run a command while leader: the leader is the holder of the election\'s lock'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "barrier" -d 'Wait until --count participants have arrived at a barrier, then all go on'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "watch" -d 'Print one JSON line per event of the coordinator\'s locks (acquired, released, expired, queued), until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "watch" -d 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'

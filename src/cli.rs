@@ -201,8 +201,22 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             "quiet",
         ],
         // A client of the nodes given with --server; options between `cluster` and `status` are
-        // status's. `watch` follows the coordinator's events: no worker identity.
-        "cluster" | "cluster status" | "watch" => &[
+        // status's.
+        // `watch` follows the coordinator's or the local backend's events: no worker identity.
+        "watch" => &[
+            "server",
+            "auth_token",
+            "auth_token_file",
+            "ca_cert",
+            "client_cert",
+            "client_key",
+            "backend",
+            "data_dir",
+            "json",
+            "verbose",
+            "quiet",
+        ],
+        "cluster" | "cluster status" => &[
             "server",
             "auth_token",
             "auth_token_file",
@@ -402,8 +416,8 @@ pub enum Command {
     Leader(LeaderArgs),
     /// Wait until --count participants have arrived at a barrier, then all go on
     Barrier(BarrierArgs),
-    /// Print one JSON line per event of the coordinator's locks (acquired, released, expired,
-    /// queued), until stopped
+    /// Print one JSON line per event of the locks (acquired, released, expired, queued), on the
+    /// coordinator or the local backend, until stopped
     Watch(WatchArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),

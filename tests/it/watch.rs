@@ -1,7 +1,8 @@
 //! `sentinel watch` against real `sentinel serve` processes: one JSON line per event, each
 //! revision once and in order across a leader killed under the watch (the stream resumes on
 //! another node from the last revision it printed), a stream resumed with `--since-revision`,
-//! and `GET /watch` refusing what it cannot follow.
+//! and `GET /watch` refusing what it cannot follow; and on the local backend, the table's
+//! events.
 
 use std::process::Command;
 use std::time::Duration;
@@ -125,11 +126,82 @@ fn a_watch_sees_every_event_once_across_a_leader_kill() {
     assert_eq!(code(&watch.exit_within(Duration::from_secs(10))), 0);
 }
 
+/// On the local backend: claims, releases and a stale hold taken over, each one line with
+/// the next revision, and a watch resumed after a revision it printed.
 #[test]
-fn a_watch_needs_a_coordinator_and_a_valid_query() {
+fn a_local_watch_sees_each_change_of_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sentinel = |worker: &str, args: &[&str]| crate::support::local(&data, worker, args);
+    let watcher = |args: &[&str]| {
+        let mut cmd = crate::support::sentinel(&data);
+        cmd.arg("watch").args(args);
+        cmd
+    };
+    let out_path = tmp.path().join("watch.jsonl");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut watch = Running::spawn_with_stdout(watcher(&["--prefix", "job/"]).stdout(out));
+    std::thread::sleep(Duration::from_millis(500));
+    ok(sentinel("a", &["claim", "job/1"]).output().unwrap());
+    ok(sentinel("a", &["claim", "other"]).output().unwrap());
+    ok(sentinel("a", &["release", "job/1"]).output().unwrap());
+    ok(sentinel("a", &["claim", "job/2", "--ttl", "1s"])
+        .output()
+        .unwrap());
+    std::thread::sleep(Duration::from_millis(1_100));
+    ok(
+        sentinel("b", &["claim", "job/2", "--strategy", "steal-stale"])
+            .output()
+            .unwrap(),
+    );
+    wait_for(Duration::from_secs(10), "five events", || {
+        lines(&out_path).len() == 5
+    });
+    watch.signal("TERM");
+    assert_eq!(code(&watch.exit_within(Duration::from_secs(10))), 0);
+    let events = lines(&out_path);
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap();
+            (s("event"), s("lock"), s("worker_id"))
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("acquired", "job/1", "a"),
+            ("released", "job/1", "a"),
+            ("acquired", "job/2", "a"),
+            ("expired", "job/2", "a"),
+            ("acquired", "job/2", "b"),
+        ]
+    );
+    let revisions: Vec<u64> = events
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+    // Resumed after the second: the three after it, then nothing more.
+    let resumed_path = tmp.path().join("resumed.jsonl");
+    let resumed = std::fs::File::create(&resumed_path).unwrap();
+    let since = revisions[1].to_string();
+    let mut watch = Running::spawn_with_stdout(
+        watcher(&["--prefix", "job/", "--since-revision", &since]).stdout(resumed),
+    );
+    wait_for(Duration::from_secs(10), "three events", || {
+        lines(&resumed_path).len() == 3
+    });
+    watch.signal("INT");
+    assert_eq!(code(&watch.exit_within(Duration::from_secs(10))), 0);
+    assert_eq!(lines(&resumed_path), events[2..]);
+}
+
+#[test]
+fn a_watch_needs_a_backend_with_events_and_a_valid_query() {
     let tmp = tempfile::tempdir().unwrap();
     let out = crate::support::sentinel(tmp.path())
-        .args(["watch", "x"])
+        .args(["--backend", "github", "watch", "x"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 2, "{}", text(&out));

@@ -28,8 +28,6 @@ mod barrier;
 mod diagnose;
 mod watch;
 
-pub use watch::WatchFilter;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

@@ -22,7 +22,8 @@ use hyper::body::Incoming;
 
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lock::validate_name;
-use sentinel_proto::api::{ErrorBody, WatchItem};
+use sentinel_core::watch::{WatchFilter, WatchItem};
+use sentinel_proto::api::ErrorBody;
 use sentinel_proto::http::{self as network, Failure};
 
 use super::{REQUEST_TIMEOUT, ServerBackend, encode};
@@ -34,15 +35,6 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 /// Most bytes of one unfinished event kept while it arrives.
 const MAX_PENDING: usize = 1 << 20;
-
-/// Which locks a watch follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchFilter {
-    /// Every lock whose name starts with it (every lock for "").
-    Prefix(String),
-    /// One lock.
-    Name(String),
-}
 
 /// A stream's state between two items.
 struct Watching<'a> {

@@ -4,7 +4,8 @@
 //! - the vocabulary: [`lock`] (lock ids, holders, the request and answer types), [`lease`] (TTL
 //!   arithmetic and clocks), [`duration`], [`error`] (errors and their exit codes), [`secret`];
 //! - the seam: [`backend::LockBackend`], the one trait every backend crate implements;
-//! - [`barrier`]: participants that meet, over the backends that keep them;
+//! - [`barrier`]: participants that meet, over the backends that keep them; [`watch`]: the
+//!   events of locks a watch stream gives;
 //! - what is written once above it: [`strategy`] (waiting and taking over), [`keepalive`]
 //!   (renewing on a schedule), [`janitor`] (stale locks), [`distributed`] (the library API);
 //! - shared helpers for backends: [`table`] (a pure lock table with leases), [`statefile`]
@@ -34,6 +35,7 @@ pub mod statefile;
 pub mod strategy;
 pub mod table;
 pub mod tls;
+pub mod watch;
 
 pub use backend::LockBackend;
 pub use error::{Error, ExitCode, Result};

@@ -11,17 +11,20 @@
 //!
 //! Names held by several at once (shared holds, semaphores) and the reservation that keeps a
 //! waiting claim from being overtaken live in [`groups`]; a name only ever claimed exclusively
-//! never reaches them. Barriers, whose participants meet rather than hold, are [`barriers`]'.
+//! never reaches them. Barriers, whose participants meet rather than hold, are [`barriers`]'; the numbered events of
+//! the holds, for watchers, [`events`]'.
 
 mod barriers;
+mod events;
 mod groups;
 
 pub use barriers::{Barrier, Meeting, OPENED_KEEP_MS};
+pub use events::HISTORY;
 pub use groups::{
     Group, GroupHold, Intent, MAX_LIMIT, MAX_RESERVATION_MS, RESERVATION_GRACE_MS, reservation_ms,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +34,7 @@ use crate::lock::{
     AcquireRequest, Attempt, Grant, HoldKind, Holder, Released, StaleRelease, Takeover, TaskInfo,
     validate_label, validate_name,
 };
+use crate::watch::WatchEvent;
 
 /// One held lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +245,15 @@ pub struct LockTable {
     intents: BTreeMap<String, Intent>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     barriers: BTreeMap<String, Barrier>,
+    /// The revision of the last event ([`events`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    revision: u64,
+    /// The last events, oldest first, kept while someone watches.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    events: VecDeque<WatchEvent>,
+    /// Someone watches the events until then.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    watched_until_ms: u64,
 }
 
 impl Default for LockTable {
@@ -251,6 +264,9 @@ impl Default for LockTable {
             groups: BTreeMap::new(),
             intents: BTreeMap::new(),
             barriers: BTreeMap::new(),
+            revision: 0,
+            events: VecDeque::new(),
+            watched_until_ms: 0,
         }
     }
 }

@@ -12,7 +12,8 @@
 //!   locks do.
 //!
 //! Barriers are the table's too ([`barrier`]): each arrival a short lease renewed while its
-//! process polls.
+//! process polls. Every transaction keeps the events of what it did to the holds in the table,
+//! which [`LocalBackend::watch`] reads ([`watch`]).
 //!
 //! The store calls block (the file lock waits for the current writer, which takes milliseconds,
 //! and gives up after a deadline), so the async trait methods run them under `spawn_blocking`.
@@ -20,6 +21,7 @@
 
 mod barrier;
 pub mod store;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,7 +36,7 @@ use sentinel_core::lock::{
     AcquireRequest, Attempt, Holder, ListRequest, LockId, ReleaseRequest, ReleaseStaleRequest,
     Released, RenewRequest, StaleRelease, validate_name,
 };
-use sentinel_core::table::{self, Op, Response};
+use sentinel_core::table::{self, LockTable, Op, Response};
 
 pub use store::LocalStore;
 
@@ -77,24 +79,23 @@ impl LocalBackend {
         let cmd = Op::acquire(name, req)?;
         let granted: Arc<Mutex<Option<u64>>> = Arc::default();
         let undo = {
-            let store = self.store.clone();
+            let this = self.clone();
             let granted = granted.clone();
             let name = name.to_string();
             interrupt::on_interrupt(move || async move {
                 let token = *granted.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(token) = token {
                     let _ = tokio::task::spawn_blocking(move || {
-                        store.transact(|t| t.withdraw(&name, token))
+                        this.transact(|t, _| t.withdraw(&name, token))
                     })
                     .await;
                 }
             })
         };
-        let (now, resp) = self.store.transact(|table| {
+        let (now, resp) = self.transact(|table, now| {
             if interrupt::is_interrupted() {
                 return Err(Error::Unexpected("interrupted".into()));
             }
-            let now = self.clock.now_ms();
             let resp = table.apply(&cmd, now);
             if let Response::Granted {
                 record,
@@ -186,9 +187,18 @@ impl LocalBackend {
     /// Applies one command in one transaction; the time is read once, inside the lock, so
     /// successive transactions on this host see non-decreasing times (barring clock steps).
     fn apply(&self, cmd: &Op) -> Result<(u64, Response)> {
+        self.transact(|table, now| (now, table.apply(cmd, now)))
+    }
+
+    /// One store transaction at the time read inside the file lock, with the events of what it
+    /// did to the holds kept for watchers.
+    fn transact<R>(&self, f: impl FnOnce(&mut LockTable, u64) -> R) -> Result<R> {
         self.store.transact(|table| {
             let now = self.clock.now_ms();
-            (now, table.apply(cmd, now))
+            let before = table.hold_records();
+            let result = f(table, now);
+            table.note_changes(before, now);
+            result
         })
     }
 

@@ -263,51 +263,8 @@ pub struct LockPage {
     pub next: Option<String>,
 }
 
-/// What happened to a hold or a queue: one event of `GET /watch` (its `data`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchEvent {
-    /// `acquired`, `released`, `expired` or `queued`.
-    pub event: String,
-    /// The lock.
-    pub lock: String,
-    /// Whose hold, or who queued.
-    pub worker_id: String,
-    /// The hold's fencing token (`null` for `queued`).
-    #[serde(default)]
-    pub fencing_token: Option<u64>,
-    /// Its place among all events: a watch resumes after the last one it saw.
-    pub revision: u64,
-}
-
-/// `{"event":"compacted","revision":R}`: the events after the revision a watch asked for, up to
-/// `R`, are no longer kept by the node; the stream goes on from the oldest it keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Compacted {
-    /// Always `compacted`.
-    pub event: String,
-    /// The last revision that cannot be had.
-    pub revision: u64,
-}
-
-/// One item of a watch stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum WatchItem {
-    /// An event.
-    Event(WatchEvent),
-    /// Events were lost to compaction.
-    Compacted(Compacted),
-}
-
-impl WatchItem {
-    /// The revision it brings the watch to.
-    pub fn revision(&self) -> u64 {
-        match self {
-            WatchItem::Event(e) => e.revision,
-            WatchItem::Compacted(c) => c.revision,
-        }
-    }
-}
+/// One item of `GET /watch` (its `data`): the same on every backend that keeps events.
+pub use sentinel_core::watch::{Compacted, WatchEvent, WatchItem};
 
 /// The stable error codes clients act on.
 pub mod code {

@@ -10,6 +10,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use sentinel_core::lock::validate_name;
+use sentinel_core::watch::WatchFilter;
 
 use super::{ApiError, Busy, Caller, error, method_not_allowed};
 use crate::node::Node;
@@ -54,31 +55,16 @@ pub(super) async fn watch(
     })
 }
 
-/// Which locks a watch follows.
-enum Filter {
-    Prefix(String),
-    Name(String),
-}
-
-impl Filter {
-    fn matches(&self, lock: &str) -> bool {
-        match self {
-            Filter::Prefix(p) => lock.starts_with(p.as_str()),
-            Filter::Name(n) => lock == n,
-        }
-    }
-}
-
 fn checked(
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<(Filter, Option<u64>), ApiError> {
+) -> Result<(WatchFilter, Option<u64>), ApiError> {
     let bad = |why: String| error(StatusCode::BAD_REQUEST, "invalid_query", why);
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let filter = match (q.prefix, q.name) {
         (Some(_), Some(_)) => return Err(bad("give prefix or name, not both".into())),
         (None, Some(name)) => {
             validate_name(&name).map_err(|e| bad(e.to_string()))?;
-            Filter::Name(name)
+            WatchFilter::Name(name)
         }
         (prefix, None) => {
             let prefix = prefix.unwrap_or_default();
@@ -87,7 +73,7 @@ fn checked(
                     "prefix: at most {MAX_PREFIX} characters, no control characters"
                 )));
             }
-            Filter::Prefix(prefix)
+            WatchFilter::Prefix(prefix)
         }
     };
     Ok((filter, q.since_revision))

@@ -8,40 +8,10 @@
 //! Events are derived from the answers a command gives (which the state computes anyway) and
 //! from the leases that end before it, so the rules of locks and groups need no hook for them.
 
-use serde::{Deserialize, Serialize};
-
 use sentinel_core::table::LockRecord;
+pub use sentinel_core::watch::{EventKind, WatchEvent as Event};
 
 use super::{Answer, Command, LockState, Settled};
-
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A hold was granted.
-    Acquired,
-    /// A hold was given back, or taken back with its acquire.
-    Released,
-    /// A hold's lease ran out.
-    Expired,
-    /// An acquire joined a queue.
-    Queued,
-}
-
-/// One event, as the watch stream sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// What happened.
-    pub event: EventKind,
-    /// The lock (or semaphore) it happened to.
-    pub lock: String,
-    /// Whose hold, or who queued.
-    pub worker_id: String,
-    /// The hold's fencing token; `None` for a queued acquire.
-    pub fencing_token: Option<u64>,
-    /// Its place in the sequence of every event: 1, 2, …
-    pub revision: u64,
-}
 
 /// Where a command's events come from, in the order they happened.
 pub(super) struct Sources<'a> {
