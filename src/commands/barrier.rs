@@ -3,7 +3,8 @@
 //! Each process that runs it is one participant; all of them go on (exit 0) when the N-th
 //! arrives, and the name starts a new round. With `--timeout`, a participant that gives up
 //! first leaves the barrier (it no longer counts) and exits 3, as a claim that timed out does.
-//! The coordinator and the local backend keep barriers ([`sentinel::barrier`]); the others
+//! The coordinator and the local backend keep barriers ([`sentinel::barrier`], waited for by
+//! [`sentinel::strategy::meet`]); the others
 //! refuse with exit 2.
 
 use serde_json::json;
@@ -12,11 +13,12 @@ use crate::cli::BarrierArgs;
 use crate::config::Context;
 use crate::output::Report;
 use sentinel::backend::LockBackend;
-use sentinel::barrier::{self, Arrived};
+use sentinel::barrier::Arrived;
 use sentinel::error::{Error, Result};
+use sentinel::strategy;
 
 pub async fn exec(ctx: &Context, args: &BarrierArgs) -> Result<Report> {
-    let arrived = barrier::meet(
+    let arrived = strategy::meet(
         &ctx.backend,
         &args.name,
         &ctx.claimant,

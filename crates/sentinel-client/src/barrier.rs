@@ -5,7 +5,7 @@
 //! counts the participant once. If the server took the arrival back because an earlier
 //! connection of it closed, the arrival is over without opening, and [`meet`] arrives anew.
 //!
-//! [`meet`]: sentinel_core::barrier::meet
+//! [`meet`]: sentinel_core::strategy::meet
 
 use http::{Method, StatusCode};
 

@@ -12,20 +12,11 @@
 //! itself (`Last-Event-ID`); the stream opens with an id alone, the revision it starts after.
 //!
 //! Like the election's observe stream, a watch is served by the node the client contacted, from
-//! its own copy of the state, and takes one of the node's waiting-request permits.
+//! its own copy of the state, and takes one of the node's waiting-request permits. This module
+//! keeps the history (the store fills it); `api/watch.rs` serves it.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::sync::Arc;
 
-use axum::response::sse::{Event as Sse, KeepAlive};
-use axum::response::{IntoResponse, Response};
-use futures_util::stream;
-use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
-
-use crate::node::Node;
-use crate::observe::KEEP_ALIVE;
 use crate::state::Event;
 
 /// Events each node keeps for watchers that reconnect.
@@ -65,7 +56,7 @@ impl History {
 
     /// The events after revision `since` that `wanted` keeps (at most `most`); `Err(r)` when
     /// the events after `since` up to `r` are no longer kept.
-    fn since(
+    pub fn since(
         &self,
         since: u64,
         wanted: &dyn Fn(&Event) -> bool,
@@ -85,61 +76,6 @@ impl History {
             .cloned()
             .collect())
     }
-}
-
-/// Most events sent at once; the rest follow at the next turn.
-const BATCH: usize = 256;
-
-/// Streams the events after revision `since` (the node's last, if `None`) that `wanted` keeps,
-/// for as long as the client listens. `permit` is held until the stream ends.
-pub fn stream(
-    node: Arc<Node>,
-    permit: OwnedSemaphorePermit,
-    since: Option<u64>,
-    wanted: impl Fn(&Event) -> bool + Send + Sync + 'static,
-) -> Response {
-    let applied = node.state.subscribe();
-    let since = since.unwrap_or_else(|| node.state.history(|h| h.last()));
-    // First an event with only an id: where the stream starts, so a client that loses it
-    // before any event resumes from there (an `EventSource` dispatches nothing for it).
-    let first = stream::iter([Ok::<_, Infallible>(Sse::default().id(since.to_string()))]);
-    let start = (node, applied, since, wanted, permit);
-    let events = stream::unfold(
-        start,
-        |(node, mut applied, since, wanted, permit)| async move {
-            loop {
-                let found = node.state.history(|h| h.since(since, &wanted, BATCH));
-                let (sse, next) = match found {
-                    Ok(events) if events.is_empty() => {
-                        // The node stopped: the stream ends, and the client resumes elsewhere.
-                        applied.changed().await.ok()?;
-                        continue;
-                    }
-                    Ok(events) => {
-                        let next = events.last().map_or(since, |e| e.revision);
-                        let sse: Vec<_> = events.iter().map(event).collect();
-                        (sse, next)
-                    }
-                    Err(gone) => {
-                        let data = json!({"event": "compacted", "revision": gone});
-                        let sse = Sse::default().id(gone.to_string()).data(data.to_string());
-                        (vec![sse], gone)
-                    }
-                };
-                let batch = stream::iter(sse.into_iter().map(Ok::<_, Infallible>));
-                return Some((batch, (node, applied, next, wanted, permit)));
-            }
-        },
-    );
-    use futures_util::StreamExt;
-    axum::response::sse::Sse::new(first.chain(events.flatten()))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response()
-}
-
-fn event(e: &Event) -> Sse {
-    let data = serde_json::to_string(e).unwrap_or_default();
-    Sse::default().id(e.revision.to_string()).data(data)
 }
 
 #[cfg(test)]

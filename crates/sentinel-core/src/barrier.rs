@@ -1,17 +1,12 @@
 //! Barriers: `count` participants meet at a name, and none goes on before all have arrived.
 //!
-//! A backend keeps the participants waiting at a barrier ([`LockBackend::arrive`]); what is the
-//! same on every backend is here: the request and its outcome, and [`meet`], which waits out a
-//! whole timeout (or forever) in as many arrivals as the backend's longest wait needs. An
-//! arrival that is not opened leaves the barrier before it is answered, so waiting in several
-//! arrivals never counts one participant twice; between two of them it is briefly not counted,
-//! which can only delay an opening, never cause one.
+//! A backend keeps the participants waiting at a barrier
+//! ([`LockBackend::arrive`](crate::backend::LockBackend::arrive)); what is the same on every
+//! backend is here: the request and its outcome. Waiting a whole timeout is
+//! [`crate::strategy::meet`]'s.
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::backend::LockBackend;
 use crate::error::{Error, Result};
 use crate::lock::Claimant;
 
@@ -68,34 +63,4 @@ pub fn count_mismatch(barrier: &str, theirs: u32, ours: u32) -> Error {
         "barrier {barrier} waits for {theirs} participants, not {ours}: every participant must \
          give the same --count"
     ))
-}
-
-/// Arrives at barrier `name` of `count` and waits until it opens or `timeout` (forever for
-/// `None`) has passed: [`Arrived::NotOpened`] then, with this participant gone from it.
-pub async fn meet<B: LockBackend + ?Sized>(
-    backend: &B,
-    name: &str,
-    claimant: &Claimant,
-    count: u32,
-    timeout: Option<Duration>,
-) -> Result<Arrived> {
-    validate_count(count)?;
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let wait = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None => Duration::MAX,
-        };
-        let req = ArriveRequest {
-            barrier: name.to_string(),
-            claimant: claimant.clone(),
-            count,
-            wait,
-        };
-        let arrived = backend.arrive(&req).await?;
-        let over = deadline.is_some_and(|d| Instant::now() >= d);
-        if matches!(arrived, Arrived::Opened { .. }) || over {
-            return Ok(arrived);
-        }
-    }
 }

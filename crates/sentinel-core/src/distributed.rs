@@ -479,7 +479,7 @@ impl<B: LockBackend + 'static> Barrier<'_, B> {
     /// has left the barrier. Cancel-safe: a wait dropped before it ends leaves the barrier (the
     /// coordinator when the connection closes, the local backend at once).
     pub async fn wait(&self, timeout: Option<Duration>) -> Result<Arrived> {
-        crate::barrier::meet(
+        crate::strategy::meet(
             self.client.backend.as_ref(),
             &self.name,
             &self.client.claimant,

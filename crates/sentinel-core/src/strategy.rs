@@ -1,7 +1,11 @@
 //! Claim strategies: how long to keep trying and what an attempt may take over.
 //!
 //! Backend-neutral: the loop gets a closure that makes one attempt, so GitHub, local and server
-//! locks back off, give up and report conflicts the same way.
+//! locks back off, give up and report conflicts the same way. [`meet`] is a barrier's wait: a
+//! whole timeout in as many arrivals as the backend's longest wait needs. An arrival that is
+//! not opened has left the barrier before it is answered, so waiting in several arrivals never
+//! counts one participant twice; between two of them it is briefly not counted, which can only
+//! delay an opening, never cause one.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,9 +14,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::backend::LockBackend;
+use crate::barrier::{ArriveRequest, Arrived};
 use crate::error::{Error, Result};
 use crate::lease;
-use crate::lock::{AcquireRequest, Attempt, Claimed, Holder, RenewRequest, Takeover};
+use crate::lock::{AcquireRequest, Attempt, Claimant, Claimed, Holder, RenewRequest, Takeover};
 
 /// What a claim does when the lock is held (`--strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -373,6 +378,36 @@ pub(crate) fn conflict(what: &str, h: &Holder, policy: &Policy, attempts: u32) -
         msg.push_str(" (fail-fast)");
     }
     Error::Conflict(msg)
+}
+
+/// Arrives at barrier `name` of `count` and waits until it opens or `timeout` (forever for
+/// `None`) has passed: [`Arrived::NotOpened`] then, with this participant gone from it.
+pub async fn meet<B: LockBackend + ?Sized>(
+    backend: &B,
+    name: &str,
+    claimant: &Claimant,
+    count: u32,
+    timeout: Option<Duration>,
+) -> Result<Arrived> {
+    crate::barrier::validate_count(count)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        let req = ArriveRequest {
+            barrier: name.to_string(),
+            claimant: claimant.clone(),
+            count,
+            wait,
+        };
+        let arrived = backend.arrive(&req).await?;
+        let over = deadline.is_some_and(|d| Instant::now() >= d);
+        if matches!(arrived, Arrived::Opened { .. }) || over {
+            return Ok(arrived);
+        }
+    }
 }
 
 #[cfg(test)]
