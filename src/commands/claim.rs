@@ -191,6 +191,9 @@ pub(crate) fn describe_hold(report: &mut Report, opts: &ClaimOptions) {
     }
 }
 
+/// A wait this long is a claim that retries without end.
+const ENDLESS: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Runs the claim loop, with a spinner while it waits and one line on stderr (a warning, so shown
 /// unless `--quiet`) when it starts to: a claim that blocks silently looks like a hang.
 pub(crate) async fn acquire(
@@ -203,13 +206,17 @@ pub(crate) async fn acquire(
     }
     let what = ctx.backend.describe(&req.lock);
     let spinner = Spinner::new(ctx.json, &format!("claiming {what}"));
-    // Without --wait, the retries' pauses end about then (each has ±25% jitter).
-    let budget = policy.wait_budget();
-    let until = std::time::Instant::now().checked_add(budget);
-    let deadline = chrono::Duration::from_std(budget)
-        .ok()
-        .and_then(|d| Utc::now().checked_add_signed(d))
-        .map_or_else(|| "its last retry".to_string(), lease::human);
+    // Without --wait, the retries' pauses end about then (each has ±25% jitter). A claim that
+    // retries without end (an election's campaign) has no deadline to tell.
+    let budget = Some(policy.wait_budget()).filter(|b| *b < ENDLESS);
+    let until = budget.and_then(|b| std::time::Instant::now().checked_add(b));
+    let deadline = match budget {
+        None => "it is free".to_string(),
+        Some(b) => chrono::Duration::from_std(b)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .map_or_else(|| "its last retry".to_string(), lease::human),
+    };
     let mut told = false;
     strategy::claim(&ctx.backend, req, policy, |h, _| {
         let holder = strategy::held_by(h);

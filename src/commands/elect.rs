@@ -48,7 +48,8 @@ pub async fn exec(mut ctx: Context, args: &ElectArgs) -> Result<Report> {
             },
             wait: args.wait,
             nonblock: false,
-            max_retries: 20,
+            // Without --wait, a campaign goes on until elected.
+            max_retries: u32::MAX,
             conflict_exit_code: 3,
             initial_backoff: FIRST_PAUSE,
             max_backoff: LONGEST_PAUSE,

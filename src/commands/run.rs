@@ -236,8 +236,8 @@ async fn label_failed(ctx: &Context, issue: u64, label: &str, code: i32) -> Opti
 }
 
 /// The claim step: one call that yields the grant and the lock it is for, so that `run --next`
-/// can put the work-queue claim in its place. A campaign without `--wait` follows each round of
-/// retries that found the lock held with the next, until elected.
+/// can put the work-queue claim in its place. A campaign without `--wait` retries without end
+/// (`elect`'s options), and follows a round that still ended in a conflict with the next.
 async fn claim_lock(ctx: &Context, args: &RunArgs, campaign: bool) -> Result<(Claimed, LockId)> {
     loop {
         match claim::claim_target(ctx, &args.target, &args.claim).await {
