@@ -43,6 +43,7 @@ mod run;
 mod serve;
 mod server_cli;
 mod servers;
+mod sessions;
 mod steal_stale;
 mod support;
 mod watch;

@@ -262,7 +262,12 @@ pub(crate) fn free_addr() -> String {
 }
 
 /// One HTTP/1.1 exchange with the test token: the status and the JSON body.
-fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+pub(crate) fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
     exchange(addr, method, path, body, Some(TOKEN))
 }
 

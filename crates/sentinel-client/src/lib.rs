@@ -477,6 +477,7 @@ impl ServerBackend {
             shared: req.kind == HoldKind::Shared,
             limit,
             permits,
+            session: None,
         };
         let answer = self
             .call(

@@ -15,6 +15,7 @@
 //! | `GET /locks?after=NAME&limit=N` | | 200 a page of held locks, `next` to continue |
 //! | `POST /election/{name}/campaign`, `resign`, `proclaim`; `GET …/leader`, `…/observe` | as a lock's, `value` | elections ([`observe`](super::observe)) |
 //! | `POST /barriers/{name}/arrive`, `GET /barriers/{name}/status` | `holder`, `count`, optional `wait_ms`, `node`, `request_id` | 200 `opened`; 409 `wait_timed_out`, `count_mismatch` ([`barriers`]) |
+//! | `POST /sessions`; `POST /sessions/{id}/keepalive`, `…/close`; `GET /sessions/{id}` | `holder`, `ttl_ms` (open), optional `request_id` | 200 the session; 409 `no_session` ([`sessions`]) |
 //! | `GET /watch?prefix=P` or `?name=N`, optional `since_revision=R` | | 200 server-sent events of what happens to the locks ([`crate::watch`]) |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
@@ -49,6 +50,7 @@
 //! the locks the token may act on. The contacted node writes the audit line of each write.
 
 mod barriers;
+mod sessions;
 mod watch;
 
 use std::collections::VecDeque;
@@ -122,6 +124,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/election/{*rest}", any(elections))
         .route("/barriers/{*rest}", any(barriers))
         .route("/watch", any(watch::watch))
+        .route("/sessions", any(sessions::open))
+        .route("/sessions/{*rest}", any(sessions::call))
         .route("/health", any(health))
         .route("/cluster/status", any(cluster_status))
         .route("/metrics", any(metrics))
@@ -237,7 +241,9 @@ impl Audited {
             let result = match entry.op.as_str() {
                 "acquire" | "campaign" => "granted",
                 "release" | "resign" => "released",
-                "renew" | "proclaim" => "renewed",
+                "renew" | "proclaim" | "keep_session" => "renewed",
+                "open_session" => "opened",
+                "close_session" => "closed",
                 _ => "withdrawn",
             };
             let lease = if v["released"].is_object() {
@@ -819,6 +825,7 @@ async fn acquire(
         wait_ms,
         readopt: b.readopt,
         task_info: b.task_info,
+        session: b.session,
     };
     let abandoned = Abandoned::arm(&node, &name, &acquire.holder, &id);
     // An exclusive acquire is the command it always was; the others are claims.
@@ -1073,6 +1080,7 @@ async fn campaign(node: Arc<Node>, name: String, b: CampaignBody) -> Result<Resp
         shared: false,
         limit: None,
         permits: None,
+        session: None,
     };
     acquire(node, Family::Election, name, body).await
 }
@@ -1188,6 +1196,14 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
                 format!("a semaphore's limit is 1 to {MAX_LIMIT}, its permits 1 to the limit"),
             ),
             Limit::Count => invalid("count", format!("use 1 to {}", super::state::MAX_COUNT)),
+            Limit::Sessions => error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!(
+                    "{} sessions are open, the most the coordinator keeps",
+                    super::state::MAX_SESSIONS
+                ),
+            ),
             Limit::HeldLocks => error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_locks",
@@ -1235,6 +1251,25 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
             format!("barrier {name:?} waits for {count} participants: every participant must give the same count"),
         )
         .with(json!({"barrier": name, "request_id": id, "count": count}))),
+        Answer::Session {
+            session,
+            expires_at_ms,
+        } => Ok(ok(json!({
+            "session": session, "request_id": id,
+            "expires_at": lease::rfc3339(lease::from_unix_ms(expires_at_ms)),
+        }))),
+        Answer::NoSession => Err(error(
+            conflict,
+            "no_session",
+            "the session is not open (it ended, was closed, or is another holder's)",
+        )
+        .with(json!({"request_id": id}))),
+        Answer::SessionClosed { session, released } => Ok(ok(json!({
+            "session": session, "request_id": id, "closed": true,
+            "released": released.iter().map(|(lock, l)| json!({
+                "lock": lock, "holder": holder_json(l, now),
+            })).collect::<Vec<_>>(),
+        }))),
         Answer::Queued { .. } => Err(unavailable(format!("request {id} is still waiting"))),
         Answer::Withdrawn { lease } => Ok(ok(json!({
             "lock": name, "request_id": id, "withdrawn": true,

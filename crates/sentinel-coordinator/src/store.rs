@@ -956,6 +956,7 @@ mod tests {
                 wait_ms: 0,
                 readopt: false,
                 task_info: TaskInfo::default(),
+                session: None,
             }),
         }
     }

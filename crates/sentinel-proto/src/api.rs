@@ -47,6 +47,10 @@ pub struct AcquireBody {
     /// The permits this hold takes, 1 to `limit` (default 1). Semaphores only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permits: Option<u32>,
+    /// The holder's session to take the hold in (`POST /sessions`): its lease is the session's,
+    /// and `ttl_ms` is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -61,6 +65,30 @@ pub struct ReleaseBody {
     pub holder: String,
     /// The grant's fencing token.
     pub token: u64,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /sessions`: open a session, one lease that holds taken in it share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBody {
+    /// Whose it is: holds in it must be this holder's.
+    pub holder: String,
+    /// Its lease: it ends, with its holds, this long after its last renewal.
+    pub ttl_ms: u64,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /sessions/{id}/keepalive` and `/close`: the session named by its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCallBody {
+    /// The session's holder.
+    pub holder: String,
     /// The client's id for this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -284,6 +312,8 @@ pub mod code {
     pub const LIMIT_MISMATCH: &str = "limit_mismatch";
     /// A barrier arrival names another count than the participants waiting there (409).
     pub const COUNT_MISMATCH: &str = "count_mismatch";
+    /// The session is not open, or is another holder's (409).
+    pub const NO_SESSION: &str = "no_session";
     /// No leader is known: the cluster is electing one or has lost its majority (503).
     pub const NO_LEADER: &str = "no_leader";
 }

@@ -22,6 +22,8 @@ pub enum Limit {
     Permits,
     /// A barrier's count is outside 1 to [`super::MAX_COUNT`].
     Count,
+    /// [`super::MAX_SESSIONS`] sessions are open.
+    Sessions,
 }
 
 /// The answer to one request.
@@ -104,6 +106,23 @@ pub enum Answer {
         arrived: u32,
         /// How many participants open it.
         count: u32,
+    },
+    /// A session is open (or was renewed) until `expires_at_ms`.
+    Session {
+        /// Its id.
+        session: u64,
+        /// Its last live instant, unless renewed.
+        expires_at_ms: u64,
+    },
+    /// The session named is not open (never was, ended, closed) or is another holder's; nothing
+    /// changed.
+    NoSession,
+    /// The session was closed, and these holds of it released.
+    SessionClosed {
+        /// Its id.
+        session: u64,
+        /// The holds released, with their locks.
+        released: Vec<(String, LockRecord)>,
     },
     /// The request id was first used for another request (another kind, lock or holder).
     RequestIdReused,

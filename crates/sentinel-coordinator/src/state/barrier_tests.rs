@@ -141,6 +141,7 @@ fn counts_out_of_range_are_refused_and_barriers_are_apart_from_locks() {
         wait_ms: 0,
         readopt: false,
         task_info: Default::default(),
+        session: None,
     });
     step(&mut s, 2, 0, lock);
     step(&mut s, 3, 0, arrive("x", "b", "w2", 2, 1_000));

@@ -66,10 +66,20 @@ impl LockState {
             ));
         }
         settled_events(sources.settled_first, &mut out);
-        if let (command, Some(answer)) = sources.command
-            && let Some((name, holder)) = command.target()
-        {
-            answer_event(name, holder, answer, &mut out);
+        match sources.command {
+            (_, Some(Answer::SessionClosed { released, .. })) => {
+                for (name, lease) in released {
+                    let token = Some(lease.fencing_token);
+                    let worker = lease.worker_id.clone();
+                    out.push((EventKind::Released, name.clone(), worker, token));
+                }
+            }
+            (command, Some(answer)) => {
+                if let Some((name, holder)) = command.target() {
+                    answer_event(name, holder, answer, &mut out);
+                }
+            }
+            (_, None) => {}
         }
         settled_events(sources.settled_then, &mut out);
         out.into_iter()
@@ -152,7 +162,11 @@ impl Command {
             Command::Release(r) => Some((&r.name, &r.holder)),
             Command::Renew(r) => Some((&r.name, &r.holder)),
             Command::Withdraw(w) => Some((&w.name, &w.holder)),
-            Command::Arrive(_) | Command::Tick => None,
+            Command::Arrive(_)
+            | Command::OpenSession(_)
+            | Command::KeepSession(_)
+            | Command::CloseSession(_)
+            | Command::Tick => None,
         }
     }
 
@@ -166,6 +180,8 @@ impl Command {
             Command::Renew(r) => Some(&r.request_id),
             Command::Withdraw(w) => Some(&w.request_id),
             Command::Arrive(a) => Some(&a.request_id),
+            Command::OpenSession(o) => Some(&o.request_id),
+            Command::KeepSession(c) | Command::CloseSession(c) => Some(&c.request_id),
             Command::Tick => None,
         }
     }

@@ -7,7 +7,8 @@ use sentinel_core::table::LockTable;
 
 use super::requests::Remembered;
 use super::{
-    Answer, Group, LockState, MAX_COUNT, MAX_HELD_LOCKS, MAX_LIMIT, MAX_WAITERS, RequestKind,
+    Answer, Group, LockState, MAX_COUNT, MAX_HELD_LOCKS, MAX_LIMIT, MAX_SESSIONS, MAX_WAITERS,
+    RequestKind,
 };
 
 impl LockState {
@@ -69,6 +70,7 @@ impl LockState {
             }
         }
         waiting += self.check_barriers()?;
+        self.check_sessions()?;
         if waiting > MAX_WAITERS {
             return Err(format!("{waiting} acquires are waiting"));
         }
@@ -145,6 +147,29 @@ impl LockState {
             return Err("the arrival deadline index does not match the barriers".into());
         }
         Ok(waiting)
+    }
+
+    /// Every session is live and indexed, and a waiting acquire remembered for a session is
+    /// still waiting.
+    fn check_sessions(&self) -> Result<(), String> {
+        if self.sessions.len() > MAX_SESSIONS || self.session_index() != self.session_expiries {
+            return Err("the sessions' count or expiry index does not match".into());
+        }
+        if let Some((id, _)) = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.expires_at_ms() < self.clock_ms)
+        {
+            return Err(format!("session {id} ended but is still open"));
+        }
+        for id in self.session_waiters.keys() {
+            if !matches!(self.answer(id), Some(Answer::Queued { .. })) {
+                return Err(format!(
+                    "request {id:?} waits in a session but is not queued"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A group's holds are live and compatible (never more permits than its limit; shared

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use sentinel_core::lock::TaskInfo;
 
+pub use super::sessions::{OpenSession, SessionCall};
+
 /// Most commands in one log entry; a position's place in its entry stays below
 /// [`POSITIONS_PER_ENTRY`].
 pub const MAX_BATCH: usize = 256;
@@ -56,6 +58,12 @@ pub enum Command {
     Claim(Claim),
     /// Arrive at a barrier and wait for it to open.
     Arrive(Arrive),
+    /// Open a session.
+    OpenSession(OpenSession),
+    /// Renew a session and every hold in it.
+    KeepSession(SessionCall),
+    /// Close a session, releasing every hold in it.
+    CloseSession(SessionCall),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
@@ -86,6 +94,10 @@ pub struct Acquire {
     /// What the holder works on, shown in the status.
     #[serde(default, skip_serializing_if = "TaskInfo::is_empty")]
     pub task_info: TaskInfo,
+    /// The holder's session the hold is taken in: its lease is the session's
+    /// ([`super::sessions`]). Absent from the encoding when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
 }
 
 /// Take a shared hold on a lock, or `permits` of the semaphore `limit`: the fields of an

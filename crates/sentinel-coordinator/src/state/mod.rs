@@ -48,6 +48,9 @@
 //!   for all of them at once, and the name starts afresh. An arrival that stopped waiting (its
 //!   wait ran out, or its client left) does not count.
 //!
+//! - **Sessions.** A hold taken in a session has the session's lease: it ends when the
+//!   session does, and one renewal of the session renews every hold in it.
+//!
 //! Every lock is one [`Slot`]: a lease and its queue; every semaphore or shared lock one
 //! [`Group`]. Commands are an internally tagged enum, so semaphores and shared holds arrived as a
 //! new command ([`Command::Claim`]) and a new kind of slot without changing the encoding of the
@@ -57,7 +60,7 @@
 //! the state answers), [`locks`] (leases and queues), [`groups`] (semaphores and shared
 //! holds), [`time`] (the clock and what ends with it),
 //! [`barriers`] (participants that meet), [`events`] (what happened, numbered for watchers),
-//! [`requests`] (each request executed once),
+//! [`sessions`] (one lease for many holds), [`requests`] (each request executed once),
 //! [`snapshot`] and [`invariants`].
 
 mod answer;
@@ -68,6 +71,7 @@ mod invariants;
 mod locks;
 mod log;
 mod requests;
+mod sessions;
 mod snapshot;
 mod time;
 
@@ -75,6 +79,8 @@ mod time;
 mod barrier_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 
@@ -90,6 +96,7 @@ pub use log::{
     Renew, Withdraw, position,
 };
 pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
+pub use sessions::{MAX_SESSIONS, OpenSession, Session, SessionCall};
 
 use groups::{HoldKey, Want};
 use requests::Remembered;
@@ -123,6 +130,12 @@ pub struct LockState {
     settled: VecDeque<(u64, String)>,
     /// The revision of the last event ([`events`]): how many there have been.
     revision: u64,
+    /// Open sessions by id ([`sessions`]).
+    sessions: BTreeMap<u64, Session>,
+    /// `(expires_at_ms, id)` of every session.
+    session_expiries: BTreeSet<(u64, u64)>,
+    /// Waiting acquires taken in a session: request id → session.
+    session_waiters: BTreeMap<String, u64>,
 }
 
 impl LockState {
@@ -168,7 +181,7 @@ impl LockState {
                 (RequestKind::Acquire, &a.name, &a.holder),
                 &proposal.command,
                 now,
-                |s| s.acquire(at, now, a),
+                |s| s.in_session(a, |s, a| s.acquire(at, now, a)),
             )),
             Command::Claim(c) => Some(self.request(
                 &c.acquire.request_id,
@@ -181,12 +194,32 @@ impl LockState {
                         limit: c.limit,
                         permits: c.permits,
                     };
-                    if want == Want::EXCLUSIVE {
-                        s.acquire(at, now, &c.acquire)
-                    } else {
-                        s.claim(at, now, &c.acquire, want)
-                    }
+                    s.in_session(&c.acquire, |s, a| match want == Want::EXCLUSIVE {
+                        true => s.acquire(at, now, a),
+                        false => s.claim(at, now, a, want),
+                    })
                 },
+            )),
+            Command::OpenSession(o) => Some(self.request(
+                &o.request_id,
+                (RequestKind::Session, "", &o.holder),
+                &proposal.command,
+                now,
+                |s| s.open_session(at, now, o),
+            )),
+            Command::KeepSession(c) => Some(self.request(
+                &c.request_id,
+                (RequestKind::Session, "", &c.holder),
+                &proposal.command,
+                now,
+                |s| s.keep_session(now, c),
+            )),
+            Command::CloseSession(c) => Some(self.request(
+                &c.request_id,
+                (RequestKind::Session, "", &c.holder),
+                &proposal.command,
+                now,
+                |s| s.close_session((at, first), now, c, &mut settled),
             )),
             Command::Release(r) => Some(self.request(
                 &r.request_id,
@@ -217,6 +250,7 @@ impl LockState {
                 |s| s.withdraw(at, now, w, &mut settled),
             )),
         };
+        self.bind_settled(&settled);
         self.forget(now);
         let events = self.events(events::Sources {
             expired,
@@ -228,6 +262,56 @@ impl LockState {
             answer,
             settled,
             events,
+        }
+    }
+}
+
+impl LockState {
+    /// Runs acquire `a` (through `run`) in its session, if it names one: refused unless the
+    /// session is the holder's and open; a grant's lease becomes the session's, and a waiting
+    /// acquire is remembered to be bound when it is granted.
+    fn in_session(
+        &mut self,
+        a: &Acquire,
+        run: impl FnOnce(&mut Self, &Acquire) -> Answer,
+    ) -> Answer {
+        let Some(id) = a.session else {
+            return run(self, a);
+        };
+        let Some(s) = self.live_session(id, &a.holder) else {
+            return Answer::NoSession;
+        };
+        // The hold's lease is the session's from the start.
+        let in_session = Acquire {
+            ttl_ms: s.ttl_ms,
+            ..a.clone()
+        };
+        match run(self, &in_session) {
+            Answer::Granted {
+                lease,
+                adopted: false,
+            } => Answer::Granted {
+                lease: self.bind(id, &a.name, &a.request_id, lease),
+                adopted: false,
+            },
+            queued @ Answer::Queued { .. } => {
+                self.session_waiters.insert(a.request_id.clone(), id);
+                queued
+            }
+            other => other,
+        }
+    }
+
+    /// Binds to their sessions the waiting acquires in one that were granted; forgets those
+    /// settled otherwise.
+    fn bind_settled(&mut self, settled: &[Settled]) {
+        for s in settled {
+            let Some(id) = self.session_waiters.remove(&s.request_id) else {
+                continue;
+            };
+            if let Answer::Granted { lease, .. } = &s.answer {
+                self.bind(id, &s.name, &s.request_id, lease.clone());
+            }
         }
     }
 }

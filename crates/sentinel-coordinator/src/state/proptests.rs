@@ -464,6 +464,7 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
                         wait_ms: [0, 0, TTL / 2, 3 * TTL][wait as usize],
                         readopt,
                         task_info: TaskInfo::default(),
+                        session: None,
                     };
                     if shared || limit.is_some() {
                         Command::Claim(Claim {
@@ -520,17 +521,8 @@ fn run(steps: &[Step]) -> (LockState, Log, Vec<Vec<Applied>>) {
         // the commands before it in the entry).
         let remembered: Vec<bool> = (0..batch.len())
             .map(|place| {
-                let id = match &batch[place].command {
-                    Command::Acquire(Acquire { request_id, .. })
-                    | Command::Claim(Claim {
-                        acquire: Acquire { request_id, .. },
-                        ..
-                    })
-                    | Command::Release(Release { request_id, .. })
-                    | Command::Renew(Renew { request_id, .. })
-                    | Command::Withdraw(Withdraw { request_id, .. })
-                    | Command::Arrive(Arrive { request_id, .. }) => request_id,
-                    Command::Tick => return false,
+                let Some(id) = batch[place].command.request_id() else {
+                    return false;
                 };
                 let mut before = s.clone();
                 before.apply(index, term, &Batch(batch[..place].to_vec()));

@@ -30,6 +30,9 @@ pub enum RequestKind {
     Withdraw,
     /// [`super::Command::Arrive`].
     Arrive,
+    /// [`super::Command::OpenSession`], [`super::Command::KeepSession`],
+    /// [`super::Command::CloseSession`].
+    Session,
 }
 
 /// A request whose answer is remembered.

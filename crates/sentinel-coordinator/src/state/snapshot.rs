@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::requests::Remembered;
-use super::{Barrier, Group, LockState, Slot};
+use super::{Barrier, Group, LockState, Session, Slot};
 
 /// The lock state as a snapshot stores it: the indexes are derived on loading.
 #[derive(Serialize, Deserialize)]
@@ -31,6 +31,11 @@ struct Stored {
     /// Absent from snapshots written before events were numbered: they start from 0.
     #[serde(default)]
     revision: u64,
+    /// Absent from snapshots written before sessions, and while none is open.
+    #[serde(default)]
+    sessions: BTreeMap<u64, Session>,
+    #[serde(default)]
+    session_waiters: BTreeMap<String, u64>,
 }
 
 /// [`Stored`] by reference, so writing a snapshot does not copy the state.
@@ -46,6 +51,10 @@ struct StoredRef<'a> {
     requests: &'a BTreeMap<String, Remembered>,
     settled: &'a VecDeque<(u64, String)>,
     revision: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sessions: &'a BTreeMap<u64, Session>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    session_waiters: &'a BTreeMap<String, u64>,
 }
 
 impl LockState {
@@ -60,6 +69,8 @@ impl LockState {
             requests: &self.requests,
             settled: &self.settled,
             revision: self.revision,
+            sessions: &self.sessions,
+            session_waiters: &self.session_waiters,
         })
     }
 
@@ -81,6 +92,9 @@ impl LockState {
             requests: stored.requests,
             settled: stored.settled,
             revision: stored.revision,
+            sessions: stored.sessions,
+            session_expiries: BTreeSet::new(),
+            session_waiters: stored.session_waiters,
         };
         state.expiries = state
             .locks
@@ -91,6 +105,7 @@ impl LockState {
         state.holds = state.groups.values().map(|g| g.holds.len()).sum();
         state.deadlines = state.deadline_index();
         state.arrival_deadlines = state.arrival_index();
+        state.session_expiries = state.session_index();
         state.check()?;
         Ok(state)
     }

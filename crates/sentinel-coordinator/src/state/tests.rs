@@ -16,6 +16,7 @@ fn acquire(id: &str, name: &str, holder: &str, ttl_ms: u64, wait_ms: u64) -> Com
         wait_ms,
         readopt: false,
         task_info: TaskInfo::default(),
+        session: None,
     })
 }
 
@@ -479,6 +480,7 @@ fn re_adoption_renews_the_own_lease_with_the_same_token() {
             priority: Some("high".into()),
             ..TaskInfo::default()
         },
+        session: None,
     };
     match answer(step(&mut s, 2, 500, Command::Acquire(again.clone()))) {
         Answer::Granted { lease, adopted } => {

@@ -63,8 +63,12 @@ impl LockState {
             .iter()
             .map(|(name, slot)| (slot.lease.expires_at_ms(), name.clone()))
             .collect();
+        for s in self.sessions.values_mut() {
+            s.heartbeat_ms = s.heartbeat_ms.max(now);
+        }
         self.hold_expiries = self.hold_index();
         self.deadlines = self.deadline_index();
+        self.session_expiries = self.session_index();
     }
 
     /// Ends every lease and wait that ended before `now`, in the order they ended. A wait that
@@ -77,6 +81,7 @@ impl LockState {
             let lease = self.expiries.first().filter(|(at, _)| *at < now);
             let hold = self.hold_expiries.first().filter(|(at, ..)| *at < now);
             let arrival = self.arrival_deadlines.first().filter(|(at, ..)| *at < now);
+            let session = self.session_expiries.first().filter(|(at, _)| *at < now);
             // The earliest; at one instant a wait first, then a lock's lease, then a hold, then
             // a barrier arrival's wait (which no lease affects).
             let first = [
@@ -84,6 +89,7 @@ impl LockState {
                 lease.map(|l| (l.0, 1)),
                 hold.map(|h| (h.0, 2)),
                 arrival.map(|a| (a.0, 3)),
+                session.map(|s| (s.0, 4)),
             ]
             .into_iter()
             .flatten()
@@ -105,9 +111,14 @@ impl LockState {
                         self.end_hold(hold, index, now, settled);
                     }
                 }
-                Some(_) => {
+                Some((_, 3)) => {
                     if let Some(arrival) = self.arrival_deadlines.pop_first() {
                         self.end_arrival(arrival, now, settled);
+                    }
+                }
+                Some(_) => {
+                    if let Some((_, id)) = self.session_expiries.pop_first() {
+                        self.end_session(id);
                     }
                 }
             }
@@ -163,11 +174,13 @@ impl LockState {
         let hold = self.hold_expiries.first().map(|(at, ..)| *at);
         let wait = self.deadlines.first().map(|(at, ..)| *at);
         let arrival = self.arrival_deadlines.first().map(|(at, ..)| *at);
+        let session = self.session_expiries.first().map(|(at, _)| *at);
         lease
             .into_iter()
             .chain(hold)
             .chain(wait)
             .chain(arrival)
+            .chain(session)
             .min()
             .map(|at| at.saturating_add(1))
     }

@@ -1,0 +1,207 @@
+//! Tests of sessions: holds in a session share its lease, are renewed by its renewal, end with
+//! it, and are released by its close; and their encoding.
+
+use super::tests::{golden, one};
+use super::*;
+use sentinel_core::lock::TaskInfo;
+
+fn step(s: &mut LockState, index: u64, at_ms: u64, command: Command) -> Applied {
+    let applied = one(s, index, 1, &Proposal { at_ms, command });
+    assert_eq!(s.check(), Ok(()), "after entry {index}");
+    applied
+}
+
+fn open(id: &str, holder: &str, ttl_ms: u64) -> Command {
+    Command::OpenSession(OpenSession {
+        request_id: id.into(),
+        holder: holder.into(),
+        ttl_ms,
+    })
+}
+
+fn call(id: &str, holder: &str, session: u64) -> SessionCall {
+    SessionCall {
+        request_id: id.into(),
+        holder: holder.into(),
+        session,
+    }
+}
+
+fn acquire(id: &str, name: &str, holder: &str, session: Option<u64>, wait_ms: u64) -> Command {
+    Command::Acquire(Acquire {
+        request_id: id.into(),
+        name: name.into(),
+        holder: holder.into(),
+        node: String::new(),
+        ttl_ms: 60_000,
+        wait_ms,
+        readopt: false,
+        task_info: TaskInfo::default(),
+        session,
+    })
+}
+
+fn session_of(a: &Applied) -> u64 {
+    match &a.answer {
+        Some(Answer::Session { session, .. }) => *session,
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+fn lease(a: Option<&Answer>) -> sentinel_core::table::LockRecord {
+    match a {
+        Some(Answer::Granted { lease, .. }) => lease.clone(),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[test]
+fn holds_in_a_session_share_its_lease_and_its_renewals() {
+    let mut s = LockState::default();
+    let id = session_of(&step(&mut s, 1, 1_000, open("o", "w1", 3_000)));
+    assert_eq!(id, position(1, 0));
+    // The acquire's own TTL does not count: the hold's lease is the session's.
+    let a = lease(
+        step(&mut s, 2, 1_500, acquire("a", "x", "w1", Some(id), 0))
+            .answer
+            .as_ref(),
+    );
+    let b = lease(
+        step(&mut s, 3, 2_000, acquire("b", "y", "w1", Some(id), 0))
+            .answer
+            .as_ref(),
+    );
+    assert_eq!((a.expires_at_ms(), b.expires_at_ms()), (4_000, 4_000));
+    // One renewal renews both.
+    let kept = step(&mut s, 4, 3_500, Command::KeepSession(call("k", "w1", id)));
+    assert_eq!(
+        kept.answer,
+        Some(Answer::Session {
+            session: id,
+            expires_at_ms: 6_500
+        })
+    );
+    assert_eq!(s.get("x").map(|l| l.lease.expires_at_ms()), Some(6_500));
+    assert_eq!(s.get("y").map(|l| l.lease.expires_at_ms()), Some(6_500));
+    // Not renewed again: the session and both holds end at once; a waiter gets its lock.
+    step(&mut s, 5, 4_000, acquire("c", "x", "w2", None, 60_000));
+    let ended = step(&mut s, 6, 6_501, Command::Tick);
+    let expired: Vec<_> = ended
+        .events
+        .iter()
+        .filter(|e| e.event == EventKind::Expired)
+        .map(|e| e.lock.as_str())
+        .collect();
+    assert_eq!(expired, ["x", "y"]);
+    assert_eq!(s.session(id), None);
+    assert_eq!(s.get("x").map(|l| l.lease.worker_id.as_str()), Some("w2"));
+    let late = step(&mut s, 7, 6_600, Command::KeepSession(call("k2", "w1", id)));
+    assert_eq!(late.answer, Some(Answer::NoSession));
+}
+
+#[test]
+fn a_waiting_acquire_in_a_session_is_bound_when_granted_and_a_close_releases_all() {
+    let mut s = LockState::default();
+    step(&mut s, 1, 0, acquire("held", "x", "w0", None, 0));
+    let id = session_of(&step(&mut s, 2, 0, open("o", "w1", 10_000)));
+    let queued = step(&mut s, 3, 0, acquire("a", "x", "w1", Some(id), 60_000));
+    assert_eq!(queued.answer, Some(Answer::Queued { position: 1 }));
+    step(&mut s, 4, 0, acquire("b", "y", "w1", Some(id), 0));
+    // w0 gives x back at 5,000: w1's waiting acquire gets it, with the session's lease.
+    let handed = step(
+        &mut s,
+        5,
+        5_000,
+        Command::Release(Release {
+            request_id: "r".into(),
+            name: "x".into(),
+            holder: "w0".into(),
+            token: position(1, 0),
+        }),
+    );
+    let granted = lease(handed.settled.first().map(|x| &x.answer));
+    assert_eq!(granted.worker_id, "w1");
+    assert_eq!(s.get("x").map(|l| l.lease.expires_at_ms()), Some(10_000));
+    assert_eq!(
+        s.answer("a").map(|a| lease(Some(a)).expires_at_ms()),
+        Some(10_000),
+        "a retry is told the bound lease"
+    );
+    // Someone else cannot close it; its holder can, and both holds are released.
+    let theirs = step(
+        &mut s,
+        6,
+        5_100,
+        Command::CloseSession(call("c0", "w2", id)),
+    );
+    assert_eq!(theirs.answer, Some(Answer::NoSession));
+    let closed = step(&mut s, 7, 5_200, Command::CloseSession(call("c", "w1", id)));
+    let Some(Answer::SessionClosed { released, .. }) = &closed.answer else {
+        panic!("{closed:?}")
+    };
+    let names: Vec<_> = released.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["x", "y"]);
+    assert_eq!((s.get("x"), s.get("y"), s.session(id)), (None, None, None));
+    let events: Vec<_> = closed
+        .events
+        .iter()
+        .map(|e| (e.event, e.lock.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [(EventKind::Released, "x"), (EventKind::Released, "y")]
+    );
+}
+
+#[test]
+fn only_an_open_session_of_the_holder_takes_holds() {
+    let mut s = LockState::default();
+    let id = session_of(&step(&mut s, 1, 0, open("o", "w1", 1_000)));
+    for (req, holder, session) in [("a", "w2", id), ("b", "w1", id + 1)] {
+        let a = step(&mut s, 2, 10, acquire(req, "x", holder, Some(session), 0));
+        assert_eq!(a.answer, Some(Answer::NoSession), "{req}");
+    }
+    assert_eq!(s.get("x"), None);
+    // A retry of the open is the same session; a new leader starts it afresh.
+    let again = step(&mut s, 3, 20, open("o", "w1", 1_000));
+    assert_eq!(session_of(&again), id);
+    let fresh = one(
+        &mut s,
+        4,
+        2,
+        &Proposal {
+            at_ms: 900,
+            command: Command::Tick,
+        },
+    );
+    assert!(fresh.events.is_empty());
+    assert_eq!(s.session(id).map(Session::expires_at_ms), Some(1_900));
+    let restored = LockState::from_json(&s.to_json().unwrap()).unwrap();
+    assert_eq!(restored, s);
+}
+
+#[test]
+fn sessions_keep_their_encoding() {
+    let mut s = LockState::default();
+    let mut lines = String::new();
+    let entries = [
+        (0, open("o", "w1", 5_000)),
+        (10, acquire("a", "x", "w1", Some(position(1, 0)), 0)),
+        (20, Command::KeepSession(call("k", "w1", position(1, 0)))),
+        (30, acquire("b", "y", "w1", Some(position(1, 0)), 0)),
+        (40, Command::CloseSession(call("c", "w1", position(1, 0)))),
+        (50, Command::KeepSession(call("k2", "w1", position(1, 0)))),
+        (60, open("o2", "w2", 5_000)),
+    ];
+    for (i, (at_ms, command)) in entries.into_iter().enumerate() {
+        let p = Proposal { at_ms, command };
+        lines += &serde_json::to_string(&p).unwrap();
+        lines.push('\n');
+        let applied = step(&mut s, i as u64 + 1, at_ms, p.command);
+        lines += &serde_json::to_string(&applied.answer).unwrap();
+        lines.push('\n');
+    }
+    lines += &String::from_utf8(s.to_json().unwrap()).unwrap();
+    lines.push('\n');
+    golden("sessions.jsonl", &lines);
+}
