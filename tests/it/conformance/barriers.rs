@@ -206,3 +206,17 @@ fn watch(s: &Subject, args: &[&str]) -> Command {
     cmd.arg("watch").args(args);
     cmd
 }
+
+/// A backend chosen explicitly is kept by `watch` too: a script on Redis that also has
+/// `SENTINEL_SERVER` in its environment must not silently follow that coordinator's locks.
+#[test]
+#[ignore = "bug: watch ignores SENTINEL_BACKEND and follows SENTINEL_SERVER whatever backend is chosen"]
+fn watch_keeps_the_backend_chosen() {
+    let Some(s) = Subject::new(Kind::Redis) else {
+        return;
+    };
+    let out = Running::spawn(watch(&s, &["x"]).env("SENTINEL_SERVER", "http://127.0.0.1:9"))
+        .exit_within(Duration::from_secs(20));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("--server"), "{}", text(&out));
+}
