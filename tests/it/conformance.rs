@@ -6,8 +6,9 @@
 //! over on GitHub and the lock table; gone on Redis, etcd and the coordinator, which ends a lease
 //! at its TTL and hands the lock to the next waiter).
 //!
-//! The coordination primitives (semaphores, shared holds, elections) have their rows in
-//! [`primitives`]: every backend runs each one, or asserts its refusal.
+//! The coordination primitives have their rows in [`primitives`] (semaphores, shared holds,
+//! elections) and [`barriers`] (barriers, and the watch stream's refusal): every backend runs
+//! each one, or asserts its refusal.
 //!
 //! The coordinator is real `sentinel serve` processes with the cluster token: one node per test
 //! for every scenario (and its restart after `kill -9`), and a three-node cluster for mutual
@@ -41,6 +42,7 @@ use crate::serve::{Node, TOKEN, eventually, free_addr, leader_of, peers_of};
 use crate::servers::{Etcd, Postgres, Redis};
 use crate::support::{Gh, REPO, Running, code, sentinel, sole_winner, stdout_json, text, wait_all};
 
+mod barriers;
 mod primitives;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1122,6 +1124,20 @@ macro_rules! conformance {
             fn elections_follow_one_leader_or_are_refused() {
                 if let Some(s) = Subject::new($kind) {
                     primitives::elections(&s);
+                }
+            }
+
+            #[test]
+            fn barriers_open_at_their_count_or_are_refused() {
+                if let Some(s) = Subject::new($kind) {
+                    barriers::barriers(&s);
+                }
+            }
+
+            #[test]
+            fn watch_needs_the_coordinator() {
+                if let Some(s) = Subject::new($kind) {
+                    barriers::watch_refused(&s);
                 }
             }
         }

@@ -55,6 +55,12 @@ pub use sentinel_core::{
 
 pub use sentinel_core::LockBackend;
 
+/// The Rust blocks of docs/library.md, compiled and run as this crate's doctests (with the
+/// features its examples use), so the guide's examples cannot drift from the API.
+#[cfg(all(doctest, feature = "redis", feature = "server"))]
+#[doc = include_str!("../../../docs/library.md")]
+struct LibraryGuide;
+
 /// The trait every backend implements, and [`Backend`](backend::Backend), the run-time choice
 /// among those compiled in.
 pub mod backend {
