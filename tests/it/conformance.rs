@@ -1135,9 +1135,9 @@ macro_rules! conformance {
             }
 
             #[test]
-            fn watch_needs_the_coordinator() {
+            fn watch_follows_the_coordinator_and_the_local_backend_only() {
                 if let Some(s) = Subject::new($kind) {
-                    barriers::watch_refused(&s);
+                    barriers::watch_follows_or_is_refused(&s);
                 }
             }
         }

@@ -61,6 +61,6 @@ pub fn validate_count(count: u32) -> Result<()> {
 pub fn count_mismatch(barrier: &str, theirs: u32, ours: u32) -> Error {
     Error::usage(format!(
         "barrier {barrier} waits for {theirs} participants, not {ours}: every participant must \
-         give the same --count"
+         give the same count"
     ))
 }

@@ -158,15 +158,15 @@ fn refused(s: &Subject) {
     assert!(started.elapsed() < Duration::from_secs(20), "it waited");
 }
 
-/// `sentinel watch` reads the coordinator's events: with any other backend it is a usage error
-/// naming `--server`; on the coordinator the same command line follows the stream until stopped
-/// (what it prints is tests/it/watch.rs's). `watch` takes no backend options on its command line,
-/// so the backend is chosen as a script's environment would choose it.
-pub fn watch_refused(s: &Subject) {
-    if matches!(s.kind, Kind::Server | Kind::Cluster) {
+/// `sentinel watch` reads the events of the coordinator and of the local backend: with any other
+/// backend it is a usage error naming `--server`; on those two the same command line follows
+/// the stream until stopped (what it prints is tests/it/watch.rs's). The backend is chosen as a
+/// script's environment would choose it.
+pub fn watch_follows_or_is_refused(s: &Subject) {
+    if matches!(s.kind, Kind::Local | Kind::Server | Kind::Cluster) {
         let mut watch = Running::spawn(&mut watch(s, &["x"]));
         std::thread::sleep(Duration::from_millis(500));
-        assert!(watch.is_running(), "the coordinator's watch ended");
+        assert!(watch.is_running(), "the {:?} watch ended", s.kind);
         watch.signal("TERM");
         let out = watch.exit_within(Duration::from_secs(10));
         assert_eq!(code(&out), 0, "{}", text(&out));
@@ -210,7 +210,6 @@ fn watch(s: &Subject, args: &[&str]) -> Command {
 /// A backend chosen explicitly is kept by `watch` too: a script on Redis that also has
 /// `SENTINEL_SERVER` in its environment must not silently follow that coordinator's locks.
 #[test]
-#[ignore = "bug: watch ignores SENTINEL_BACKEND and follows SENTINEL_SERVER whatever backend is chosen"]
 fn watch_keeps_the_backend_chosen() {
     let Some(s) = Subject::new(Kind::Redis) else {
         return;
