@@ -1,6 +1,6 @@
-//! What one benchmark client does per operation on each system: acquire a lock by name, then
-//! release it with the proof of ownership that system uses. Each client has its own connection
-//! (or pool), as separate processes would.
+//! What one benchmark client does per operation on each system: acquire a lock (or a semaphore
+//! permit, or an election's leadership) by name, then give it back with the proof of ownership
+//! that system uses. Each client has its own connection (or pool), as separate processes would.
 
 use std::time::Duration;
 
@@ -31,59 +31,102 @@ pub trait Client: Send + 'static {
     fn op(&mut self, n: u64) -> impl Future<Output = Result<Outcome, String>> + Send;
 }
 
+/// The limit of every semaphore of the semaphore rows: two holders at once, so a name is busy
+/// only when two clients hold it.
+pub const SEMAPHORE_LIMIT: u32 = 2;
+
+/// What a sentinel or etcd row takes and gives back per operation.
+#[derive(Clone, Copy)]
+pub enum Primitive {
+    /// A lock: acquire, release.
+    Lock,
+    /// One permit of a semaphore of limit [`SEMAPHORE_LIMIT`]: acquire, release.
+    Semaphore,
+    /// An election's leadership: campaign, resign.
+    Election,
+}
+
 /// sentinel's HTTP API, as any HTTP client would use it: `POST /locks/{name}/acquire`, then
-/// `POST /locks/{name}/release` with the fencing token the acquire returned.
+/// `POST /locks/{name}/release` with the fencing token the acquire returned; for a semaphore
+/// the same under `/semaphores/` with the limit and one permit, for an election
+/// `/election/{name}/campaign` (with a value) and `/resign`.
 pub struct SentinelHttp {
     pub http: Http,
     /// The node this client sends to.
     pub url: String,
     pub holder: String,
+    pub primitive: Primitive,
 }
 
-impl Client for SentinelHttp {
-    async fn op(&mut self, n: u64) -> Result<Outcome, String> {
-        let lock = format!("{}/locks/bench-{n}", self.url);
-        let (status, body) = self
-            .http
-            .post(
-                &format!("{lock}/acquire"),
-                &json!({"holder": self.holder, "ttl_ms": TTL.as_millis() as u64}),
-            )
-            .await?;
-        match status {
-            200 => {}
-            409 if body["code"] == "lock_held" => return Ok(Outcome::Busy),
-            _ => return Err(format!("acquire: {status} {body}")),
-        }
-        let token = body["holder"]["fencing_token"]
-            .as_u64()
-            .ok_or_else(|| format!("acquire: no fencing token in {body}"))?;
-        match self
-            .http
-            .post(
-                &format!("{lock}/release"),
-                &json!({"holder": self.holder, "token": token}),
-            )
-            .await?
-        {
-            (200, _) => Ok(Outcome::Done),
-            (status, body) => Err(format!("release: {status} {body}")),
+impl SentinelHttp {
+    /// The URLs of the taking and the giving back of name `n`, and the body of the taking.
+    fn requests(&self, n: u64) -> (String, String, Value) {
+        let ttl_ms = TTL.as_millis() as u64;
+        let (url, holder) = (&self.url, &self.holder);
+        match self.primitive {
+            Primitive::Lock => (
+                format!("{url}/locks/bench-{n}/acquire"),
+                format!("{url}/locks/bench-{n}/release"),
+                json!({"holder": holder, "ttl_ms": ttl_ms}),
+            ),
+            Primitive::Semaphore => (
+                format!("{url}/semaphores/bench-{n}/acquire"),
+                format!("{url}/semaphores/bench-{n}/release"),
+                json!({"holder": holder, "ttl_ms": ttl_ms, "limit": SEMAPHORE_LIMIT, "permits": 1}),
+            ),
+            Primitive::Election => (
+                format!("{url}/election/bench-{n}/campaign"),
+                format!("{url}/election/bench-{n}/resign"),
+                json!({"holder": holder, "ttl_ms": ttl_ms, "value": holder}),
+            ),
         }
     }
 }
 
-/// etcd's lock service through its v3 JSON gateway: `/v3/lock/lock` with the client's lease
-/// (granted once), then `/v3/lock/unlock` with the key the lock returned. etcd's lock waits for
-/// a held name instead of refusing, so this row never counts a busy lock.
+impl Client for SentinelHttp {
+    async fn op(&mut self, n: u64) -> Result<Outcome, String> {
+        let (take, give_back, body) = self.requests(n);
+        let (status, body) = self.http.post(&take, &body).await?;
+        match status {
+            200 => {}
+            409 if body["code"] == "lock_held" => return Ok(Outcome::Busy),
+            _ => return Err(format!("{take}: {status} {body}")),
+        }
+        let token = body["holder"]["fencing_token"]
+            .as_u64()
+            .ok_or_else(|| format!("{take}: no fencing token in {body}"))?;
+        match self
+            .http
+            .post(&give_back, &json!({"holder": self.holder, "token": token}))
+            .await?
+        {
+            (200, _) => Ok(Outcome::Done),
+            (status, body) => Err(format!("{give_back}: {status} {body}")),
+        }
+    }
+}
+
+/// etcd's lock and election services through its v3 JSON gateway, with the client's lease
+/// (granted once): `/v3/lock/lock`, then `/v3/lock/unlock` with the key the lock returned; or
+/// `/v3/election/campaign` (with a value), then `/v3/election/resign` with the leader key the
+/// campaign returned. Both wait for a held name instead of refusing, so these rows never count
+/// a busy name.
 pub struct Etcd {
     http: Http,
     url: String,
     lease: Value,
+    election: bool,
 }
 
 impl Etcd {
-    /// A client with a lease of its own that outlasts the run.
-    pub async fn new(http: Http, url: &str, lease_secs: u64) -> Result<Etcd, String> {
+    /// A client with a lease of its own that outlasts the run; `election` picks the election
+    /// service over the lock service.
+    pub async fn new(
+        http: Http,
+        url: &str,
+        lease_secs: u64,
+        election: bool,
+    ) -> Result<Etcd, String> {
         let (status, body) = http
             .post(
                 &format!("{url}/v3/lease/grant"),
@@ -99,35 +142,42 @@ impl Etcd {
             http,
             url: url.to_string(),
             lease,
+            election,
         })
+    }
+
+    /// POSTs `body` to `/v3/{path}` and returns the answer's `field`, which must be there.
+    async fn call(&self, path: &str, body: Value, field: &str) -> Result<Value, String> {
+        let (status, answer) = self
+            .http
+            .post(&format!("{}/v3/{path}", self.url), &body)
+            .await?;
+        match &answer[field] {
+            Value::Null => Err(format!("{path}: {status} {answer}")),
+            _ if status != 200 => Err(format!("{path}: {status} {answer}")),
+            value => Ok(value.clone()),
+        }
     }
 }
 
 impl Client for Etcd {
     async fn op(&mut self, n: u64) -> Result<Outcome, String> {
+        // Keys and values are bytes, base64 in JSON.
         let name = BASE64.encode(format!("bench/{n}"));
-        let (status, body) = self
-            .http
-            .post(
-                &format!("{}/v3/lock/lock", self.url),
-                &json!({"name": name, "lease": self.lease}),
-            )
-            .await?;
-        let key = match (status, &body["key"]) {
-            (200, Value::String(key)) => key.clone(),
-            _ => return Err(format!("lock: {status} {body}")),
-        };
-        match self
-            .http
-            .post(
-                &format!("{}/v3/lock/unlock", self.url),
-                &json!({"key": key}),
-            )
-            .await?
-        {
-            (200, _) => Ok(Outcome::Done),
-            (status, body) => Err(format!("unlock: {status} {body}")),
+        let lease = &self.lease;
+        if self.election {
+            let value = BASE64.encode(format!("bench-{n}"));
+            let body = json!({"name": name, "lease": lease, "value": value});
+            let leader = self.call("election/campaign", body, "leader").await?;
+            let body = json!({"leader": leader});
+            self.call("election/resign", body, "header").await?;
+        } else {
+            let body = json!({"name": name, "lease": lease});
+            let key = self.call("lock/lock", body, "key").await?;
+            self.call("lock/unlock", json!({"key": key}), "header")
+                .await?;
         }
+        Ok(Outcome::Done)
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::clients::{Client, Outcome, SentinelHttp};
+use crate::clients::{Client, Outcome, Primitive, SentinelHttp};
 use crate::http::Http;
 use crate::procs::Sentinel;
 
@@ -37,6 +37,7 @@ pub async fn once(bin: &Path) -> Result<Failover> {
         http: Http::new(Duration::from_secs(5)),
         url: cluster.nodes[0].url.clone(),
         holder: "bench-warm-up".into(),
+        primitive: Primitive::Lock,
     };
     for n in 0..20 {
         match warm.op(n).await {

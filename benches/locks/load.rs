@@ -27,6 +27,9 @@ pub struct Measured {
     elapsed: Duration,
     pub busy: u64,
     pub errors: u64,
+    /// Operations completed, warm-up included: what a server's own counters, read before and
+    /// after the row, are divided by.
+    pub all_ops: u64,
     /// The first error seen, warm-up included: what to look at when a row goes wrong.
     pub first_error: Option<String>,
 }
@@ -49,6 +52,7 @@ impl Measured {
 
 struct PerClient {
     latencies: Vec<u32>,
+    all_ops: u64,
     busy: u64,
     errors: u64,
     first_error: Option<String>,
@@ -67,6 +71,7 @@ pub async fn run<C: Client>(clients: Vec<C>, load: Load) -> Measured {
                 let mut rng = fastrand::Rng::new();
                 let mut mine = PerClient {
                     latencies: Vec::new(),
+                    all_ops: 0,
                     busy: 0,
                     errors: 0,
                     first_error: None,
@@ -79,6 +84,7 @@ pub async fn run<C: Client>(clients: Vec<C>, load: Load) -> Measured {
                     }
                     let outcome = client.op(rng.u64(..load.names)).await;
                     let counted = started >= measured_from;
+                    mine.all_ops += u64::from(matches!(outcome, Ok(Outcome::Done)));
                     match outcome {
                         Ok(Outcome::Done) if counted => {
                             let us = started.elapsed().as_micros();
@@ -103,6 +109,7 @@ pub async fn run<C: Client>(clients: Vec<C>, load: Load) -> Measured {
         elapsed: load.measure,
         busy: 0,
         errors: 0,
+        all_ops: 0,
         first_error: None,
     };
     let mut last = measured_from;
@@ -111,6 +118,7 @@ pub async fn run<C: Client>(clients: Vec<C>, load: Load) -> Measured {
             Ok(mine) => {
                 all.latencies.extend(mine.latencies);
                 all.busy += mine.busy;
+                all.all_ops += mine.all_ops;
                 all.errors += mine.errors;
                 if all.first_error.is_none() {
                     all.first_error = mine.first_error;

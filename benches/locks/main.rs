@@ -1,5 +1,6 @@
-//! `cargo bench --bench locks`: sentinel against etcd and Redis on the same machine in one run,
-//! plus sentinel's library API on its Redis and PostgreSQL backends, a leader failover and the
+//! `cargo bench --bench locks`: sentinel against etcd and Redis on the same machine in one run
+//! (its locks, and its semaphores and elections next to etcd's elections), plus sentinel's
+//! library API on its Redis and PostgreSQL backends, a leader failover and the
 //! memory of 100,000 held locks (docs/benchmarks.md).
 //!
 //! Every row starts its own servers on 127.0.0.1 (free ports, temporary directories) and stops
@@ -28,7 +29,7 @@ use sentinel::server::{ServerBackend, server_urls};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::clients::{Library, RedisRaw, SentinelHttp};
+use crate::clients::{Library, Primitive, RedisRaw, SentinelHttp};
 use crate::http::Http;
 use crate::load::{Load, Measured};
 use crate::procs::{Etcd, Postgres, Redis, Sentinel, find, postgres_bin, version};
@@ -87,6 +88,12 @@ enum Part {
     /// sentinel's HTTP API, one node
     #[value(name = "sentinel-1")]
     Sentinel1,
+    /// sentinel's HTTP API, one node: one permit of a semaphore of limit 2, acquired and released
+    #[value(name = "sentinel-1-semaphore")]
+    Sentinel1Semaphore,
+    /// sentinel's HTTP API, one node: an election's campaign and resignation
+    #[value(name = "sentinel-1-election")]
+    Sentinel1Election,
     /// sentinel's HTTP API, three nodes, every client to the leader
     #[value(name = "sentinel-3-leader")]
     Sentinel3Leader,
@@ -95,6 +102,9 @@ enum Part {
     Sentinel3Spread,
     /// etcd's v3 lock API through its JSON gateway, one member
     Etcd,
+    /// etcd's v3 election API (campaign, resign) through its JSON gateway, one member
+    #[value(name = "etcd-election")]
+    EtcdElection,
     /// Redis SET NX PX and a token-checked Lua release, appendfsync always
     #[value(name = "redis-always")]
     RedisAlways,
@@ -116,11 +126,14 @@ enum Part {
     Memory,
 }
 
-const ROWS: [Part; 9] = [
+const ROWS: [Part; 12] = [
     Part::Sentinel1,
+    Part::Sentinel1Semaphore,
+    Part::Sentinel1Election,
     Part::Sentinel3Leader,
     Part::Sentinel3Spread,
     Part::Etcd,
+    Part::EtcdElection,
     Part::RedisAlways,
     Part::RedisNone,
     Part::LibServer,
@@ -132,9 +145,13 @@ impl Part {
     fn label(self) -> &'static str {
         match self {
             Part::Sentinel1 => "sentinel, 1 node",
+            // The limit is clients::SEMAPHORE_LIMIT.
+            Part::Sentinel1Semaphore => "sentinel, 1 node, semaphore (limit 2)",
+            Part::Sentinel1Election => "sentinel, 1 node, election",
             Part::Sentinel3Leader => "sentinel, 3 nodes, clients → leader",
             Part::Sentinel3Spread => "sentinel, 3 nodes, clients spread",
             Part::Etcd => "etcd, 1 node (v3 lock API)",
+            Part::EtcdElection => "etcd, 1 node (v3 election API)",
             Part::RedisAlways => "Redis, appendfsync always",
             Part::RedisNone => "Redis, no persistence",
             Part::LibServer => "library → sentinel, 1 node",
@@ -142,6 +159,15 @@ impl Part {
             Part::LibPostgres => "library → PostgreSQL",
             Part::Failover => "failover",
             Part::Memory => "memory",
+        }
+    }
+
+    /// What a client of the row takes and gives back per operation.
+    fn primitive(self) -> Primitive {
+        match self {
+            Part::Sentinel1Semaphore => Primitive::Semaphore,
+            Part::Sentinel1Election | Part::EtcdElection => Primitive::Election,
+            _ => Primitive::Lock,
         }
     }
 }
@@ -207,6 +233,7 @@ impl Run {
     async fn sentinel_row(
         &self,
         cluster: &Sentinel,
+        primitive: Primitive,
         url: impl Fn(u64) -> String,
     ) -> Result<(Measured, Option<String>), RowError> {
         let clients = (0..self.clients)
@@ -214,47 +241,63 @@ impl Run {
                 http: Http::new(REQUEST_TIMEOUT),
                 url: url(i),
                 holder: format!("bench-{i}"),
+                primitive,
             })
             .collect();
         let setup = Http::new(REQUEST_TIMEOUT);
         let term = cluster.term(&setup).await?;
         let measured = load::run(clients, self.load).await;
-        Ok((measured, server_side(&setup, cluster, term).await))
+        let said = server_side(&setup, cluster, term, measured.all_ops).await;
+        Ok((measured, said))
     }
 
-    /// The row's numbers, and for sentinel rows where the server's time went.
+    /// A row of clients of etcd's JSON gateway, each with a lease of its own, and what etcd's
+    /// counters say it did per operation.
+    async fn etcd_row(&self, primitive: Primitive) -> Result<(Measured, Option<String>), RowError> {
+        let setup = Http::new(REQUEST_TIMEOUT);
+        let bin = need(find("etcd", &[]), "etcd", "etcd-server")?;
+        let etcd = Etcd::start(&bin, &setup).await?;
+        let election = matches!(primitive, Primitive::Election);
+        let clients = self
+            .clients(|| async {
+                let http = Http::new(REQUEST_TIMEOUT);
+                clients::Etcd::new(http, &etcd.url, self.etcd_lease_secs, election)
+                    .await
+                    .map_err(anyhow::Error::msg)
+            })
+            .await?;
+        let before = etcd_counters(&setup, &etcd.url).await;
+        let measured = load::run(clients, self.load).await;
+        let after = etcd_counters(&setup, &etcd.url).await;
+        let said = etcd_side(before, after, measured.all_ops);
+        Ok((measured, said))
+    }
+
+    /// The row's numbers, and for sentinel and etcd rows what the server did for them.
     async fn row(&self, part: Part) -> Result<(Measured, Option<String>), RowError> {
         let setup = Http::new(REQUEST_TIMEOUT);
         match part {
-            Part::Sentinel1 => {
+            Part::Sentinel1 | Part::Sentinel1Semaphore | Part::Sentinel1Election => {
                 let node = Sentinel::start(&self.sentinel, 1, &setup).await?;
                 let url = node.nodes[0].url.clone();
-                self.sentinel_row(&node, |_| url.clone()).await
+                self.sentinel_row(&node, part.primitive(), |_| url.clone())
+                    .await
             }
             Part::Sentinel3Leader => {
                 let cluster = Sentinel::start(&self.sentinel, 3, &setup).await?;
                 let url = cluster.leader_url(&setup).await?;
-                self.sentinel_row(&cluster, |_| url.clone()).await
+                self.sentinel_row(&cluster, Primitive::Lock, |_| url.clone())
+                    .await
             }
             Part::Sentinel3Spread => {
                 let cluster = Sentinel::start(&self.sentinel, 3, &setup).await?;
                 let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
-                self.sentinel_row(&cluster, |i| urls[i as usize % urls.len()].clone())
-                    .await
+                self.sentinel_row(&cluster, Primitive::Lock, |i| {
+                    urls[i as usize % urls.len()].clone()
+                })
+                .await
             }
-            Part::Etcd => {
-                let bin = need(find("etcd", &[]), "etcd", "etcd-server")?;
-                let etcd = Etcd::start(&bin, &setup).await?;
-                let clients = self
-                    .clients(|| async {
-                        let http = Http::new(REQUEST_TIMEOUT);
-                        clients::Etcd::new(http, &etcd.url, self.etcd_lease_secs)
-                            .await
-                            .map_err(anyhow::Error::msg)
-                    })
-                    .await?;
-                Ok((load::run(clients, self.load).await, None))
-            }
+            Part::Etcd | Part::EtcdElection => self.etcd_row(part.primitive()).await,
             Part::RedisAlways | Part::RedisNone => {
                 let bin = need(find("redis-server", &[]), "redis-server", "redis-server")?;
                 let redis = Redis::start(&bin, part == Part::RedisAlways).await?;
@@ -271,7 +314,8 @@ impl Run {
                 let clients = self.library(|| ServerBackend::new(server_urls(url)?, None))?;
                 let term = node.term(&setup).await?;
                 let measured = load::run(clients, self.load).await;
-                Ok((measured, server_side(&setup, &node, term).await))
+                let said = server_side(&setup, &node, term, measured.all_ops).await;
+                Ok((measured, said))
             }
             Part::LibRedis => {
                 let bin = need(find("redis-server", &[]), "redis-server", "redis-server")?;
@@ -295,29 +339,45 @@ impl Run {
     }
 }
 
-/// What the cluster says about a row that started in `term`: the leader's mean time from
-/// proposing a command to its answer (from its metrics, warm-up included), which is how much of
-/// the latency the commit itself is; and elections during the row, which stall every client.
-async fn server_side(http: &Http, cluster: &Sentinel, term: u64) -> Option<String> {
+/// A value of a Prometheus text exposition: the sample of the metric `name` without labels.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+/// What the cluster says about a row that started in `term` and completed `ops` operations,
+/// warm-up included: the leader's mean time from proposing a command to its answer (from its
+/// metrics, warm-up included), which is how much of the latency the commit itself is; how many
+/// log entries (each one commit) and commands an operation took; and elections during the row,
+/// which stall every client.
+async fn server_side(http: &Http, cluster: &Sentinel, term: u64, ops: u64) -> Option<String> {
     let mut said = Vec::new();
     if let Ok(leader) = cluster.leader_url(http).await
         && let Ok((200, text)) = http.get(&format!("{leader}/metrics")).await
         && let Some(text) = text.as_str()
     {
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
+        let value = |name| metric(text, name);
         if let (Some(sum), Some(count)) = (
-            value("consensus_commit_latency_seconds_sum "),
-            value("consensus_commit_latency_seconds_count "),
+            value("consensus_commit_latency_seconds_sum"),
+            value("consensus_commit_latency_seconds_count"),
         ) && count > 0.0
         {
             said.push(format!(
                 "the leader's commits (proposal to answer) took {:.2} ms on average over {count} \
                  commits, warm-up included",
                 sum / count * 1000.0
+            ));
+        }
+        if let (Some(commands), Some(entries)) = (
+            value("consensus_commands_per_entry_sum"),
+            value("consensus_commands_per_entry_count"),
+        ) && ops > 0
+        {
+            said.push(format!(
+                "per operation (over {ops}, warm-up included): {:.3} log entries, {:.2} commands",
+                entries / ops as f64,
+                commands / ops as f64
             ));
         }
     }
@@ -329,6 +389,51 @@ async fn server_side(http: &Http, cluster: &Sentinel, term: u64) -> Option<Strin
         ));
     }
     (!said.is_empty()).then(|| said.join("; "))
+}
+
+/// etcd's counters of the work behind an operation, and what they count.
+const ETCD_COUNTERS: [(&str, &str); 6] = [
+    ("etcd_server_proposals_committed_total", "Raft proposals"),
+    ("etcd_disk_wal_fsync_duration_seconds_count", "WAL fsyncs"),
+    (
+        "etcd_disk_backend_commit_duration_seconds_count",
+        "bbolt commits",
+    ),
+    ("etcd_mvcc_put_total", "puts"),
+    ("etcd_mvcc_delete_total", "deletes"),
+    ("etcd_mvcc_range_total", "range reads"),
+];
+
+/// The values of [`ETCD_COUNTERS`] now, if etcd answers with all of them.
+async fn etcd_counters(http: &Http, url: &str) -> Option<Vec<f64>> {
+    match http.get(&format!("{url}/metrics")).await {
+        Ok((200, text)) => {
+            let text = text.as_str()?;
+            ETCD_COUNTERS
+                .iter()
+                .map(|(name, _)| metric(text, name))
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+/// How much of each of [`ETCD_COUNTERS`] an operation took, between two readings around a row
+/// that completed `ops` operations (warm-up included).
+fn etcd_side(before: Option<Vec<f64>>, after: Option<Vec<f64>>, ops: u64) -> Option<String> {
+    let (before, after) = (before?, after?);
+    if ops == 0 {
+        return None;
+    }
+    let per_op: Vec<String> = ETCD_COUNTERS
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|((_, what), (b, a))| format!("{:.3} {what}", (a - b) / ops as f64))
+        .collect();
+    Some(format!(
+        "per operation (over {ops}, warm-up included): {}",
+        per_op.join(", ")
+    ))
 }
 
 /// A line of the table.
@@ -461,8 +566,8 @@ async fn run(args: Args) -> Result<bool> {
         Err(e) => println!("disk: cannot measure fdatasync: {e:#}"),
     }
     println!(
-        "load: {} clients, {} s warm-up + {} s measured per row, {} names; one op = acquire + \
-         release of a random name\n",
+        "load: {} clients, {} s warm-up + {} s measured per row, {} names; one op = take + give \
+         back of a random name (acquire + release; campaign + resign)\n",
         args.clients, args.warmup, args.seconds, args.names
     );
     let mut ok = true;
