@@ -1,11 +1,14 @@
 //! Sessions on a real `sentinel serve` node, over its HTTP API: holds taken in a session share
 //! its lease and its renewals, all end together when it is not renewed (a waiter gets the lock,
 //! a watcher sees them expire), a close releases them, and the node keeps its sessions across
-//! a `kill -9`.
+//! a `kill -9`; and the library's `Session`, which renews by itself and says when it is lost.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+
+use sentinel::secret::Secret;
+use sentinel::server::{ServerBackend, server_urls};
 
 use crate::serve::{Node, TOKEN, eventually, free_addr, http, leader_of};
 
@@ -115,4 +118,60 @@ fn holds_in_a_session_live_and_end_with_it() {
     assert_eq!(closed["released"][0]["lock"], "d", "{closed}");
     let (_, d) = get(&addr, "/locks/d/status");
     assert_eq!(d["held"], false, "{d}");
+}
+
+#[test]
+fn the_librarys_session_keeps_its_holds_alive_and_says_when_it_is_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Node::start(1, &addr, &[], data.path(), Some(TOKEN));
+    eventually(20, "a leader", || leader_of(&addr));
+    let url = format!("http://{addr}");
+    let server = ServerBackend::new(server_urls(&url).unwrap(), Some(&Secret::new(TOKEN))).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let session = server
+            .open_session("lib", Duration::from_secs(3))
+            .await
+            .unwrap();
+        for lock in ["la", "lb"] {
+            let held = session.acquire(lock, Duration::ZERO).await.unwrap();
+            assert_eq!(held.map(|h| h.worker_id), Some("lib".to_string()));
+        }
+        // Past two TTLs, the keep-alive has kept both.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(session.lost().borrow().clone(), None);
+        for lock in ["la", "lb"] {
+            let (_, status) = get(&addr, &format!("/locks/{lock}/status"));
+            assert_eq!(status["holder"]["worker_id"], "lib", "{status}");
+        }
+        // Someone else's claim is refused while the session holds it.
+        let other = server
+            .open_session("other", Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(other.acquire("la", Duration::ZERO).await.unwrap(), None);
+        let mut released = session.close().await.unwrap();
+        released.sort();
+        assert_eq!(released, ["la", "lb"]);
+        assert!(other.acquire("la", Duration::ZERO).await.unwrap().is_some());
+
+        // Closed behind its back: the keep-alive finds it gone and says so.
+        let mut lost = other.lost();
+        let (code, _) = post(
+            &addr,
+            &format!("/sessions/{}/close", other.id()),
+            json!({"holder": "other"}),
+        );
+        assert_eq!(code, 200);
+        tokio::time::timeout(Duration::from_secs(5), lost.wait_for(Option::is_some))
+            .await
+            .expect("the loss is told within the renewal interval")
+            .unwrap();
+        let gone = other.acquire("lc", Duration::ZERO).await;
+        assert!(
+            matches!(gone, Err(sentinel::Error::NotOwner(_))),
+            "{gone:?}"
+        );
+    });
 }

@@ -26,7 +26,10 @@
 
 mod barrier;
 mod diagnose;
+mod session;
 mod watch;
+
+pub use session::Session;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
