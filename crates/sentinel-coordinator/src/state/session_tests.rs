@@ -205,3 +205,94 @@ fn sessions_keep_their_encoding() {
     lines.push('\n');
     golden("sessions.jsonl", &lines);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The lease of the hold `(name, token)`, a lock's or a group's.
+    fn lease_of(s: &LockState, name: &str, token: u64) -> Option<sentinel_core::table::LockRecord> {
+        if let Some(slot) = s.get(name).filter(|l| l.lease.fencing_token == token) {
+            return Some(slot.lease.clone());
+        }
+        s.group(name)?
+            .holds
+            .iter()
+            .find(|h| h.lease.fencing_token == token)
+            .map(|h| h.lease.clone())
+    }
+
+    proptest! {
+        /// Any history of sessions (open, renew, close, let lapse) and of acquires in them or
+        /// not, waiting or not, and releases: every hold a session keeps ends exactly when the
+        /// session does, the state's invariants hold after every entry, and the log replays
+        /// and resumes from a snapshot to the same state and answers.
+        #[test]
+        fn holds_in_a_session_end_with_it(
+            steps in prop::collection::vec((0u8..7, 0usize..3, 0usize..2, 0u16..1_500, 0u8..3), 1..120),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut s = LockState::default();
+            let mut now = 0u64;
+            let mut log = Vec::new();
+            let mut results = Vec::new();
+            let mut opened: Vec<(u64, String)> = Vec::new();
+            for (i, (what, name, who, dt, pick)) in steps.into_iter().enumerate() {
+                now += u64::from(dt);
+                let index = i as u64 + 1;
+                let holder = format!("w{who}");
+                let name = format!("l{name}");
+                let session = opened.get(pick as usize % opened.len().max(1)).map(|(id, _)| *id);
+                let command = match what {
+                    0 => open(&format!("o{i}"), &holder, 1_000 + u64::from(pick) * 500),
+                    1 | 2 => acquire(&format!("a{i}"), &name, &holder, session.filter(|_| what == 1), u64::from(dt)),
+                    3 => Command::KeepSession(call(&format!("k{i}"), &holder, session.unwrap_or(0))),
+                    4 => Command::CloseSession(call(&format!("c{i}"), &holder, session.unwrap_or(0))),
+                    5 => match s.get(&name) {
+                        Some(l) => Command::Release(Release {
+                            request_id: format!("r{i}"),
+                            name: name.clone(),
+                            holder: l.lease.worker_id.clone(),
+                            token: l.lease.fencing_token,
+                        }),
+                        None => Command::Tick,
+                    },
+                    _ => Command::Tick,
+                };
+                let p = Proposal { at_ms: now, command };
+                let applied = one(&mut s, index, 1, &p);
+                prop_assert_eq!(s.check(), Ok(()));
+                if let Some(Answer::Session { session, .. }) = &applied.answer {
+                    opened.push((*session, holder.clone()));
+                }
+                for (id, _) in &opened {
+                    let Some(session) = s.session(*id) else { continue };
+                    for (lock, token) in &session.holds {
+                        if let Some(lease) = lease_of(&s, lock, *token) {
+                            prop_assert_eq!(lease.expires_at_ms(), session.expires_at_ms());
+                            prop_assert_eq!(&lease.worker_id, &session.holder);
+                        }
+                    }
+                }
+                log.push((index, p));
+                results.push(applied);
+            }
+            let mut replay = LockState::default();
+            for ((index, p), applied) in log.iter().zip(&results) {
+                prop_assert_eq!(&one(&mut replay, *index, 1, p), applied);
+            }
+            prop_assert_eq!(&replay, &s);
+            let cut = cut.index(log.len() + 1);
+            let mut head = LockState::default();
+            for (index, p) in &log[..cut] {
+                one(&mut head, *index, 1, p);
+            }
+            let mut resumed = LockState::from_json(&head.to_json().unwrap()).unwrap();
+            for ((index, p), applied) in log[cut..].iter().zip(&results[cut..]) {
+                prop_assert_eq!(&one(&mut resumed, *index, 1, p), applied);
+            }
+            prop_assert_eq!(resumed, s);
+        }
+    }
+}
