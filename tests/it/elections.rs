@@ -194,6 +194,32 @@ fn elections_on_the_coordinator() {
     leader_watch_prints_each_change(&sentinel, tmp.path());
 }
 
+/// A candidate without `--wait` campaigns until elected: it says it waits until the election
+/// is free, not until a deadline that only ended a round of its retries.
+#[test]
+fn a_candidate_without_wait_names_no_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let stop = tmp.path().join("stop");
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.05; done", stop.display());
+    let a = Running::spawn(&mut local(
+        &data,
+        "a",
+        &["elect", "e", "--", "sh", "-c", &script],
+    ));
+    wait_for(Duration::from_secs(20), "a to lead", || {
+        leads(&|w: &str, args: &[&str]| local(&data, w, args), "e", "a")
+    });
+    let b = Running::spawn(&mut local(&data, "b", &["elect", "e", "--", "true"]));
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(code(&a.exit_within(Duration::from_secs(10))), 0);
+    let b = b.exit_within(Duration::from_secs(20));
+    assert_eq!(code(&b), 0, "{}", text(&b));
+    let said = String::from_utf8_lossy(&b.stderr);
+    assert!(said.contains("waiting for it until it is free"), "{said}");
+}
+
 /// A `run` whose claim waited on the coordinator longer than its TTL keeps the lock it was
 /// granted: the lease is counted from a renewal made on the grant, not from the start of the
 /// wait (which would take it for ended at once, exit 4).
