@@ -9,6 +9,7 @@
 
 use std::pin::pin;
 
+use clap::ValueEnum;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
@@ -35,11 +36,14 @@ pub async fn exec(global: &GlobalArgs, args: &WatchArgs) -> Result<Report> {
             let local = LocalBackend::open(dir)?;
             print(local.watch(filter, args.since_revision)?).await
         }
-        other => Err(Error::usage(format!(
-            "watch follows the coordinator's (--server) or the local backend's locks; the {} \
-             backend keeps no events",
-            format!("{other:?}").to_lowercase()
-        ))),
+        other => {
+            let name = other.to_possible_value().map(|v| v.get_name().to_string());
+            Err(Error::usage(format!(
+                "watch follows the coordinator's (--server) or the local backend's locks; the {} \
+                 backend keeps no events",
+                name.unwrap_or_default()
+            )))
+        }
     }
 }
 

@@ -88,20 +88,7 @@ async fn keep(
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(ttl / 3).await;
-        let body = SessionCallBody {
-            holder: holder.clone(),
-            request_id: Some(request_id()),
-        };
-        let path = format!("/sessions/{id}/keepalive");
-        let answer = match json(&body) {
-            Ok(b) => {
-                client
-                    .call(Method::POST, &path, Some(b), Duration::ZERO)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match answer {
+        match session_call(&client, id, &holder, "keepalive").await {
             Ok(a) if a.status == StatusCode::OK => renewed = Instant::now(),
             Ok(a) if a.error().code == code::NO_SESSION => {
                 let _ = tell.send(Some(format!("session {id} ended on the coordinator")));
@@ -172,15 +159,7 @@ impl Session {
     /// Closes the session: every hold in it is released. Returns the locks released.
     pub async fn close(self) -> Result<Vec<String>> {
         self.keeper.abort();
-        let body = SessionCallBody {
-            holder: self.holder.clone(),
-            request_id: Some(request_id()),
-        };
-        let path = format!("/sessions/{}/close", self.id);
-        let answer = self
-            .client
-            .call(Method::POST, &path, Some(json(&body)?), Duration::ZERO)
-            .await?;
+        let answer = session_call(&self.client, self.id, &self.holder, "close").await?;
         if answer.status != StatusCode::OK {
             return Err(self.client.fail(&answer));
         }
@@ -194,6 +173,23 @@ impl Session {
             .unwrap_or_default();
         Ok(released)
     }
+}
+
+/// `POST /sessions/{id}/ACTION` as `holder`.
+async fn session_call(
+    client: &ServerBackend,
+    id: u64,
+    holder: &str,
+    action: &str,
+) -> Result<super::Answer> {
+    let body = SessionCallBody {
+        holder: holder.to_string(),
+        request_id: Some(request_id()),
+    };
+    let path = format!("/sessions/{id}/{action}");
+    client
+        .call(Method::POST, &path, Some(json(&body)?), Duration::ZERO)
+        .await
 }
 
 impl Drop for Session {

@@ -225,6 +225,23 @@ struct Audited {
 }
 
 impl Audited {
+    /// The audit line of write `op` on `lock` that `req` asks of this node, if this node writes
+    /// it ([`audited_here`]).
+    fn of(node: &Arc<Node>, caller: &Caller, req: &Request, op: &str, lock: String) -> Audited {
+        Audited {
+            node: node.clone(),
+            entry: audited_here(node, req.headers()).then(|| Entry {
+                token: caller.0.as_ref().map(|g| g.name.clone()),
+                remote: req
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0),
+                op: op.to_string(),
+                lock,
+            }),
+        }
+    }
+
     /// Records the outcome of `response` (read from its JSON body) and passes it on.
     async fn finish(mut self, response: Response) -> Response {
         let (Some(entry), Some(log)) = (self.entry.take(), &self.node.audit) else {
@@ -741,18 +758,10 @@ async fn named(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let audited = Audited {
-        node: node.clone(),
-        entry: (!reads(&action) && audited_here(&node, req.headers())).then(|| Entry {
-            token: caller.0.as_ref().map(|g| g.name.clone()),
-            remote: req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-            op: action.clone(),
-            lock: name.clone(),
-        }),
-    };
+    let mut audited = Audited::of(&node, &caller, &req, &action, name.clone());
+    if reads(&action) {
+        audited.entry = None;
+    }
     if !caller.may(&name) {
         return audited
             .finish(forbidden(&caller, &name).into_response())
@@ -808,12 +817,7 @@ async fn acquire(
             format!("task_info takes {task_info_len} bytes as JSON; at most {MAX_TASK_INFO_BYTES}"),
         ));
     }
-    if b.wait_ms > MAX_WAIT_MS {
-        return Err(invalid(
-            "wait_ms",
-            format!("use 0 to {MAX_WAIT_MS} milliseconds"),
-        ));
-    }
+    checked_wait(b.wait_ms)?;
     let id = request_id(b.request_id)?;
     let wait_ms = b.wait_ms;
     let acquire = Acquire {
@@ -1119,6 +1123,17 @@ async fn withdraw(node: &Node, name: String, body: &[u8]) -> Result<Response, Ap
 }
 
 /// A lease's TTL in milliseconds, within the bounds every backend keeps.
+/// A server-side wait a request may ask for.
+fn checked_wait(ms: u64) -> Result<(), ApiError> {
+    match ms <= MAX_WAIT_MS {
+        true => Ok(()),
+        false => Err(invalid(
+            "wait_ms",
+            format!("use 0 to {MAX_WAIT_MS} milliseconds"),
+        )),
+    }
+}
+
 fn checked_ttl(ms: u64) -> Result<u64, ApiError> {
     let (min, max) = (lease::millis(lease::MIN_TTL), lease::millis(lease::MAX_TTL));
     if (min..=max).contains(&ms) {

@@ -40,8 +40,7 @@ impl Drop for Waiting {
         }
         let (backend, name, id) = (self.backend.clone(), self.name.clone(), self.id.clone());
         let leave = move || {
-            let now = backend.clock.now_ms();
-            let _ = backend.store.transact(|t| t.leave(&name, &id, now));
+            let _ = backend.transact(|t, now| t.leave(&name, &id, now));
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(leave)),
@@ -66,9 +65,7 @@ impl LocalBackend {
         let lease_ms = lease::millis(LEASE);
         let first = self
             .blocking(move |b| {
-                let now = b.clock.now_ms();
-                b.store
-                    .transact(|t| t.arrive((&name, &id, &worker), count, lease_ms, now))
+                b.transact(|t, now| t.arrive((&name, &id, &worker), count, lease_ms, now))
             })
             .await?;
         let mut renewed = Instant::now();
@@ -95,14 +92,8 @@ impl LocalBackend {
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
+                // Gone, or opened for it just before: either ends the loop above.
                 meeting = self.step(&waiting, Step::Leave).await?;
-                if let Meeting::Gone { arrived, .. } = meeting {
-                    waiting.answered = true;
-                    return Ok(Arrived::NotOpened {
-                        arrived,
-                        count: req.count,
-                    });
-                }
                 continue;
             }
             let sleep = deadline.map_or(pause, |d| pause.min(d - now));
@@ -125,8 +116,7 @@ impl LocalBackend {
         let (name, id) = (w.name.clone(), w.id.clone());
         let lease_ms = lease::millis(LEASE);
         self.blocking(move |b| {
-            let now = b.clock.now_ms();
-            b.store.transact(|t| match step {
+            b.transact(|t, now| match step {
                 Step::CheckIn => t.check_in(&name, &id, lease_ms, now),
                 Step::Leave => t.leave(&name, &id, now),
             })

@@ -11,12 +11,11 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use sentinel_core::lease;
-use sentinel_proto::MAX_WAIT_MS;
 use sentinel_proto::api::ArriveBody;
 
 use super::{
-    Abandoned, ApiError, MAX_QUEUE_SHOWN, answer, error, invalid, label, linearizable, ok,
-    request_id, settle,
+    Abandoned, ApiError, MAX_QUEUE_SHOWN, answer, checked_wait, error, invalid, label,
+    linearizable, ok, request_id, settle,
 };
 use crate::node::Node;
 use crate::state::{Answer, Arrive, Barrier, Command, MAX_COUNT};
@@ -33,12 +32,7 @@ pub(super) async fn arrive(
     if !(1..=MAX_COUNT).contains(&b.count) {
         return Err(invalid("count", format!("use 1 to {MAX_COUNT}")));
     }
-    if b.wait_ms > MAX_WAIT_MS {
-        return Err(invalid(
-            "wait_ms",
-            format!("use 0 to {MAX_WAIT_MS} milliseconds"),
-        ));
-    }
+    checked_wait(b.wait_ms)?;
     let id = request_id(b.request_id)?;
     let abandoned = Abandoned::arm(&node, &name, &b.holder, &id);
     let command = Command::Arrive(Arrive {

@@ -18,10 +18,9 @@ use sentinel_core::lease;
 use sentinel_proto::api::{SessionBody, SessionCallBody};
 
 use super::{
-    ApiError, Audited, Caller, answer, audited_here, checked_ttl, error, label, linearizable,
-    method_not_allowed, ok, on_leader, parse, request_id,
+    ApiError, Audited, Caller, answer, checked_ttl, error, label, linearizable, method_not_allowed,
+    ok, on_leader, parse, request_id,
 };
-use crate::audit::Entry;
 use crate::node::Node;
 use crate::state::{Command, OpenSession, SessionCall};
 
@@ -34,7 +33,7 @@ pub(super) async fn open(
     if req.method() != Method::POST {
         return method_not_allowed(req.method(), "/sessions", "POST").into_response();
     }
-    let audited = audited(&node, &caller, &req, "open_session", "session".into());
+    let audited = Audited::of(&node, &caller, &req, "open_session", "session".into());
     let response = on_leader(node, req, |node, body| async move {
         let b: SessionBody = parse(&body)?;
         label("holder", &b.holder)?;
@@ -99,7 +98,7 @@ pub(super) async fn call(
         "close" => "close_session",
         _ => "keep_session",
     };
-    let audited = audited(&node, &caller, &req, op, format!("session {id}"));
+    let audited = Audited::of(&node, &caller, &req, op, format!("session {id}"));
     let response = on_leader(node, req, move |node, body| async move {
         let b: SessionCallBody = parse(&body)?;
         label("holder", &b.holder)?;
@@ -144,19 +143,4 @@ async fn status(node: &Node, id: u64) -> Result<Response, ApiError> {
             format!("session {id} is not open"),
         )
     })
-}
-
-fn audited(node: &Arc<Node>, caller: &Caller, req: &Request, op: &str, lock: String) -> Audited {
-    Audited {
-        node: node.clone(),
-        entry: audited_here(node, req.headers()).then(|| Entry {
-            token: caller.0.as_ref().map(|g| g.name.clone()),
-            remote: req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0),
-            op: op.to_string(),
-            lock,
-        }),
-    }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::tests::{golden, one};
+use super::tests::{encoded_history, golden, one};
 use super::*;
 
 fn arrive(id: &str, name: &str, holder: &str, count: u32, wait_ms: u64) -> Command {
@@ -158,8 +158,6 @@ fn counts_out_of_range_are_refused_and_barriers_are_apart_from_locks() {
 fn arrivals_answers_and_snapshots_keep_their_encoding() {
     // What logs, snapshots and remembered answers on disk hold of barriers: each entry, each
     // answer, and the snapshot with participants waiting, one per line.
-    let mut s = LockState::default();
-    let mut lines = String::new();
     let entries = [
         (0, arrive("a", "b", "w1", 2, 5_000)),
         (10, arrive("x", "b", "w2", 3, 0)),
@@ -170,23 +168,7 @@ fn arrivals_answers_and_snapshots_keep_their_encoding() {
         (160, withdraw("g", "b", "w4", "f")),
         (170, arrive("h", "b", "w5", 2, 5_000)),
     ];
-    for (i, (at_ms, command)) in entries.into_iter().enumerate() {
-        let p = Proposal { at_ms, command };
-        lines += &serde_json::to_string(&p).unwrap();
-        lines.push('\n');
-        let applied = step(&mut s, i as u64 + 1, at_ms, p.command);
-        lines += &serde_json::to_string(&applied.answer).unwrap();
-        lines.push('\n');
-        for settled in &applied.settled {
-            lines += &serde_json::to_string(settled).unwrap();
-            lines.push('\n');
-        }
-    }
-    let snapshot = String::from_utf8(s.to_json().unwrap()).unwrap();
-    assert_eq!(LockState::from_json(snapshot.as_bytes()).unwrap(), s);
-    lines += &snapshot;
-    lines.push('\n');
-    golden("barriers.jsonl", &lines);
+    golden("barriers.jsonl", &encoded_history(entries));
 }
 
 proptest! {

@@ -14,8 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::RequestKind;
-use super::{Answer, Arrive, Limit, LockState, MAX_WAITERS, Settled, Withdraw};
+use super::{Answer, Arrive, Limit, LockState, MAX_WAITERS, RequestKind, Settled, Withdraw};
 
 /// Largest count of a barrier.
 pub const MAX_COUNT: u32 = 10_000;
@@ -128,14 +127,7 @@ impl LockState {
         w: &Withdraw,
         settled: &mut Vec<Settled>,
     ) {
-        let waiting = !self.requests.contains_key(&w.request_id)
-            && self.requests.get(&w.acquire_id).is_some_and(|r| {
-                r.kind == RequestKind::Arrive
-                    && r.name == w.name
-                    && r.holder == w.holder
-                    && matches!(r.answer, Answer::Queued { .. })
-            });
-        if !waiting {
+        if !self.withdraws_a_waiting(w, RequestKind::Arrive) {
             return;
         }
         if let Some(until) = self

@@ -221,14 +221,7 @@ impl LockState {
         w: &Withdraw,
         settled: &mut Vec<Settled>,
     ) {
-        let waiting = !self.requests.contains_key(&w.request_id)
-            && self.requests.get(&w.acquire_id).is_some_and(|r| {
-                r.kind == RequestKind::Acquire
-                    && r.name == w.name
-                    && r.holder == w.holder
-                    && matches!(r.answer, Answer::Queued { .. })
-            });
-        if !waiting {
+        if !self.withdraws_a_waiting(w, RequestKind::Acquire) {
             return;
         }
         if let Some(slot) = self.locks.get_mut(&w.name)

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Answer, Command, LockState, Settled};
+use super::{Answer, Command, LockState, Settled, Withdraw};
 
 /// How long (leader time) a settled answer is remembered for retries of its request.
 pub const REQUEST_WINDOW_MS: u64 = 60_000;
@@ -146,6 +146,18 @@ impl LockState {
                 self.requests.remove(&id);
             }
         }
+    }
+
+    /// Whether `w` is a new withdrawal of a request of `kind` that still waits (in a queue, at
+    /// a barrier), by its holder on its name.
+    pub(super) fn withdraws_a_waiting(&self, w: &Withdraw, kind: RequestKind) -> bool {
+        !self.requests.contains_key(&w.request_id)
+            && self.requests.get(&w.acquire_id).is_some_and(|r| {
+                r.kind == kind
+                    && r.name == w.name
+                    && r.holder == w.holder
+                    && matches!(r.answer, Answer::Queued { .. })
+            })
     }
 
     /// The answer remembered for a request id: `Queued` while it waits, then its final answer.

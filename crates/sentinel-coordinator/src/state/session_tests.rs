@@ -1,7 +1,7 @@
 //! Tests of sessions: holds in a session share its lease, are renewed by its renewal, end with
 //! it, and are released by its close; and their encoding.
 
-use super::tests::{golden, one};
+use super::tests::{encoded_history, golden, one};
 use super::*;
 use sentinel_core::lock::TaskInfo;
 
@@ -182,8 +182,6 @@ fn only_an_open_session_of_the_holder_takes_holds() {
 
 #[test]
 fn sessions_keep_their_encoding() {
-    let mut s = LockState::default();
-    let mut lines = String::new();
     let entries = [
         (0, open("o", "w1", 5_000)),
         (10, acquire("a", "x", "w1", Some(position(1, 0)), 0)),
@@ -193,17 +191,7 @@ fn sessions_keep_their_encoding() {
         (50, Command::KeepSession(call("k2", "w1", position(1, 0)))),
         (60, open("o2", "w2", 5_000)),
     ];
-    for (i, (at_ms, command)) in entries.into_iter().enumerate() {
-        let p = Proposal { at_ms, command };
-        lines += &serde_json::to_string(&p).unwrap();
-        lines.push('\n');
-        let applied = step(&mut s, i as u64 + 1, at_ms, p.command);
-        lines += &serde_json::to_string(&applied.answer).unwrap();
-        lines.push('\n');
-    }
-    lines += &String::from_utf8(s.to_json().unwrap()).unwrap();
-    lines.push('\n');
-    golden("sessions.jsonl", &lines);
+    golden("sessions.jsonl", &encoded_history(entries));
 }
 
 mod properties {

@@ -657,6 +657,29 @@ fn the_log_encoding_is_stable() {
     );
 }
 
+/// A history as its golden file holds it: each proposal, its answer and what it settled, one
+/// JSON line each, entry `i + 1` at its time, and the snapshot at the end.
+pub(super) fn encoded_history<const N: usize>(entries: [(u64, Command); N]) -> String {
+    let mut s = LockState::default();
+    let mut lines = String::new();
+    for (i, (at_ms, command)) in entries.into_iter().enumerate() {
+        let p = Proposal { at_ms, command };
+        lines += &serde_json::to_string(&p).unwrap();
+        lines.push('\n');
+        let applied = one(&mut s, i as u64 + 1, 1, &p);
+        assert_eq!(s.check(), Ok(()), "after entry {}", i + 1);
+        lines += &serde_json::to_string(&applied.answer).unwrap();
+        lines.push('\n');
+        for settled in &applied.settled {
+            lines += &serde_json::to_string(settled).unwrap();
+            lines.push('\n');
+        }
+    }
+    let snapshot = String::from_utf8(s.to_json().unwrap()).unwrap();
+    assert_eq!(LockState::from_json(snapshot.as_bytes()).unwrap(), s);
+    lines + &snapshot + "\n"
+}
+
 /// Compares `actual` with the file `testdata/NAME` beside this crate, or writes it when
 /// `SENTINEL_BLESS` is set.
 pub(super) fn golden(name: &str, actual: &str) {
