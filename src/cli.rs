@@ -739,8 +739,10 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct HeartbeatArgs {
-    /// Issue number or lock name
-    pub lock: String,
+    /// Issue numbers or lock names: one sidecar keeps them all (on the coordinator, in one
+    /// session that one renewal keeps alive)
+    #[arg(required = true, value_name = "LOCK")]
+    pub locks: Vec<String>,
     /// Renew once and exit (0 renewed, 4 lost)
     #[arg(long)]
     pub once: bool,

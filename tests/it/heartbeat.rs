@@ -380,3 +380,60 @@ fn github_sidecar_spaces_renewals_out_when_the_rate_limit_runs_low() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(text(&out).contains("requests left"), "{}", text(&out));
 }
+
+/// One sidecar for several locks: it keeps every one of them past their TTL, releases them all
+/// on SIGTERM with `--release-on-exit`, and exits 4 as soon as one is taken from it.
+#[test]
+fn one_local_sidecar_keeps_several_locks_and_stands_or_falls_with_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let claim = |name: &str| {
+        let out = local(d, "w1", &["claim", name, "--ttl", "3s"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out));
+    };
+    for name in ["a", "b", "c"] {
+        claim(name);
+    }
+    let mut sidecar = Running::spawn(&mut local(
+        d,
+        "w1",
+        &["--json", "heartbeat", "a", "b", "--release-on-exit"],
+    ));
+    std::thread::sleep(7 * SECOND);
+    for name in ["a", "b"] {
+        let st = local_status(d, name);
+        assert_eq!(st["holder"]["stale"], false, "{name} was kept: {st}");
+    }
+    assert!(local_status(d, "c")["holder"]["stale"] == true, "c was not");
+    sidecar.signal("TERM");
+    let out = sidecar.exit_within(5 * SECOND);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v = stdout_json(&out);
+    assert_eq!(
+        (v["locks"].clone(), v["session"].clone()),
+        (serde_json::json!(["a", "b"]), serde_json::Value::Null),
+        "{v}"
+    );
+    assert_eq!(v["released"], serde_json::json!(["a", "b"]), "{v}");
+    assert!(v["renewals"].as_u64().unwrap() >= 3, "{v}");
+    for name in ["a", "b"] {
+        assert_eq!(local_status(d, name)["held"], false, "{name}");
+    }
+
+    // Taken from it: exit 4 naming the lock and who took it; the other stays held.
+    for name in ["a", "b"] {
+        claim(name);
+    }
+    let sidecar = Running::spawn(&mut local(d, "w1", &["--json", "heartbeat", "a", "b"]));
+    std::thread::sleep(SECOND);
+    let force = local(d, "w2", &["claim", "b", "--strategy", "force"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&force), 0, "{}", text(&force));
+    let out = sidecar.exit_within(5 * SECOND);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("w2"), "{}", text(&out));
+    assert_eq!(local_status(d, "a")["holder"]["worker_id"], "w1");
+}

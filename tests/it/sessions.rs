@@ -1,7 +1,8 @@
 //! Sessions on a real `sentinel serve` node, over its HTTP API: holds taken in a session share
 //! its lease and its renewals, all end together when it is not renewed (a waiter gets the lock,
 //! a watcher sees them expire), a close releases them, and the node keeps its sessions across
-//! a `kill -9`; and the library's `Session`, which renews by itself and says when it is lost.
+//! a `kill -9`; the library's `Session`, which renews by itself and says when it is lost; and
+//! the `heartbeat` sidecar, which keeps several locks in one session.
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use sentinel::secret::Secret;
 use sentinel::server::{ServerBackend, server_urls};
 
 use crate::serve::{Node, TOKEN, eventually, free_addr, http, leader_of};
+use crate::server_cli::{cli, one_node};
+use crate::support::{Running, code, stdout_json, text};
 
 fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
     http(addr, "POST", path, Some(body)).unwrap()
@@ -174,4 +177,91 @@ fn the_librarys_session_keeps_its_holds_alive_and_says_when_it_is_lost() {
             "{gone:?}"
         );
     });
+}
+
+/// `sentinel heartbeat` with several locks moves them into one session, which its one renewal
+/// keeps alive: they outlive their TTL, the session lists them, they end together when the
+/// sidecar stops without `--release-on-exit`, a close releases them with it, and a lock taken
+/// from the session is the sidecar's loss (exit 4).
+#[test]
+fn a_sidecar_keeps_several_locks_in_one_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, url) = one_node(tmp.path());
+    eventually(20, "a leader", || leader_of(&node.addr));
+    let data = tmp.path().join("client");
+    let sentinel = |worker: &str, args: &[&str]| cli(&data, &url, worker, args);
+    let claim = |name: &str| {
+        let out = sentinel("w1", &["claim", name, "--ttl", "3s"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out));
+    };
+    let holder_of = |name: &str| {
+        let (_, st) = get(&node.addr, &format!("/locks/{name}/status"));
+        st["holder"]["worker_id"].clone()
+    };
+    for name in ["a", "b", "c"] {
+        claim(name);
+    }
+    let mut sidecar = Running::spawn(&mut sentinel("w1", &["--json", "heartbeat", "a", "b", "c"]));
+    std::thread::sleep(Duration::from_secs(7));
+    for name in ["a", "b", "c"] {
+        assert_eq!(holder_of(name), "w1", "{name} outlived its 3s TTL");
+    }
+    sidecar.signal("TERM");
+    let out = sidecar.exit_within(Duration::from_secs(5));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v = stdout_json(&out);
+    let id = v["session"].as_u64().expect("a session");
+    assert!(v["renewals"].as_u64().unwrap() >= 3, "{v}");
+    let (code_, session) = get(&node.addr, &format!("/sessions/{id}"));
+    assert_eq!(code_, 200, "{session}");
+    let mut locks: Vec<_> = session["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["lock"].as_str().unwrap().to_string())
+        .collect();
+    locks.sort();
+    assert_eq!(locks, ["a", "b", "c"], "{session}");
+    // Not renewed any more, the session ends within its TTL, and every lock with it.
+    eventually(50, "the locks to end with the session", || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| holder_of(n).is_null())
+            .then_some(())
+    });
+
+    // With --release-on-exit, SIGTERM closes the session: released at once.
+    for name in ["a", "b"] {
+        claim(name);
+    }
+    let mut sidecar = Running::spawn(&mut sentinel(
+        "w1",
+        &["--json", "heartbeat", "a", "b", "--release-on-exit"],
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    sidecar.signal("TERM");
+    let out = sidecar.exit_within(Duration::from_secs(5));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let mut released: Vec<String> =
+        serde_json::from_value(stdout_json(&out)["released"].clone()).unwrap();
+    released.sort();
+    assert_eq!(released, ["a", "b"]);
+    assert!(holder_of("a").is_null() && holder_of("b").is_null());
+
+    // Taken from the session behind its back: the sidecar exits 4 naming the lock.
+    for name in ["a", "b"] {
+        claim(name);
+    }
+    let sidecar = Running::spawn(&mut sentinel("w1", &["--json", "heartbeat", "a", "b"]));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = sentinel("w2", &["release", "b", "--force"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = sidecar.exit_within(Duration::from_secs(6));
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("b (fencing token"), "{}", text(&out));
+    assert_eq!(holder_of("a"), "w1");
 }

@@ -521,6 +521,19 @@ impl ServerBackend {
     }
 }
 
+impl ServerBackend {
+    /// Why the renewal of `worker`'s grant `token` of `name` was refused.
+    fn renew_refused(&self, name: &str, worker: &str, token: u64, answer: &Answer) -> Error {
+        if answer.status == StatusCode::CONFLICT && answer.error().code == code::NOT_HOLDER {
+            return match answer.error().holder {
+                None => not_held(name),
+                Some(h) => not_ours(name, &h, worker, token),
+            };
+        }
+        self.fail(answer)
+    }
+}
+
 fn not_held(name: &str) -> Error {
     Error::NotOwner(format!(
         "{name} is not held (released, or its lease ended on the server)"
@@ -698,17 +711,12 @@ impl LockBackend for ServerBackend {
             token,
             request_id: Some(request_id()),
             ttl_ms: req.ttl.map(lease::millis),
+            session: None,
         };
         let answer = self.post("renew", name, &body).await?;
         match answer.status {
             StatusCode::OK => Ok(answer.parse::<LeaseAnswer>("renew")?.holder),
-            StatusCode::CONFLICT if answer.error().code == code::NOT_HOLDER => {
-                Err(match answer.error().holder {
-                    None => not_held(name),
-                    Some(h) => not_ours(name, &h, &req.worker_id, token),
-                })
-            }
-            _ => Err(self.fail(&answer)),
+            _ => Err(self.renew_refused(name, &req.worker_id, token, &answer)),
         }
     }
 

@@ -1,13 +1,18 @@
 //! Sessions from Rust: one coordinator lease that many holds share, renewed by one task.
 //!
 //! [`ServerBackend::open_session`] opens a session and keeps it alive in the background, every
-//! third of its TTL; [`Session::acquire`] takes locks in it, whose leases are the session's, so
-//! they need no keep-alive of their own. When the session can no longer be vouched for — the
+//! third of its TTL (or at the interval given to [`ServerBackend::open_session_every`]), by the
+//! same rules as a lock's keep-alive: a renewal counts from when it was sent, failures are
+//! retried while the lease can be counted on. [`Session::acquire`] takes locks in it and
+//! [`Session::adopt`] moves a hold taken alone into it; either way its lease is the session's,
+//! so it needs no keep-alive of its own. When the session can no longer be vouched for — the
 //! coordinator says it ended (closed elsewhere, not renewed in time), or no renewal got through
-//! within its TTL — [`Session::lost`] fires, and every hold in it is to be taken as gone.
+//! while its lease lasted — [`Session::lost`] fires, and every hold in it is to be taken as gone.
 //! [`Session::close`] releases them all; a session dropped without a close stops being renewed
 //! and ends, with its holds, within its TTL.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -16,9 +21,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use sentinel_core::error::{Error, Result};
+use sentinel_core::keepalive::Timing;
 use sentinel_core::lease;
 use sentinel_core::lock::{Holder, validate_label, validate_name};
-use sentinel_proto::api::{AcquireBody, LeaseAnswer, SessionBody, SessionCallBody, code};
+use sentinel_proto::api::{
+    AcquireBody, LeaseAnswer, RenewBody, SessionBody, SessionCallBody, code,
+};
 
 use super::{MAX_WAIT, ServerBackend, encode, json, request_id};
 
@@ -29,6 +37,7 @@ pub struct Session {
     ttl: Duration,
     client: ServerBackend,
     lost: watch::Receiver<Option<String>>,
+    renewals: Arc<AtomicU64>,
     keeper: JoinHandle<()>,
 }
 
@@ -38,16 +47,29 @@ struct Opened {
 }
 
 impl ServerBackend {
-    /// Opens a session of `holder` whose lease is `ttl` (at least [`lease::MIN_TTL`]), renewed
-    /// in the background every third of it until the session is closed, dropped or lost.
+    /// Opens a session of `holder` whose lease is `ttl` (at least 3s), renewed in the
+    /// background every third of it until the session is closed, dropped or lost.
     pub async fn open_session(&self, holder: &str, ttl: Duration) -> Result<Session> {
+        self.open_session_every(holder, ttl, ttl / 3).await
+    }
+
+    /// [`Self::open_session`], renewed every `interval` instead (at least 1s, at most a third
+    /// of `ttl`, as a lock's keep-alive).
+    pub async fn open_session_every(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        interval: Duration,
+    ) -> Result<Session> {
         validate_label("worker id", holder)?;
         lease::validate_ttl(ttl)?;
+        let timing = Timing::for_lease("open_session", interval, ttl)?;
         let body = SessionBody {
             holder: holder.to_string(),
             ttl_ms: lease::millis(ttl),
             request_id: Some(request_id()),
         };
+        let sent = Instant::now();
         let answer = self
             .call(
                 Method::POST,
@@ -61,46 +83,79 @@ impl ServerBackend {
         }
         let opened: Opened = answer.parse("open session")?;
         let (tell, lost) = watch::channel(None);
-        let keeper = tokio::spawn(keep(
-            self.detached(),
-            (opened.session, holder.to_string()),
-            ttl,
-            tell,
-        ));
+        let renewals = Arc::new(AtomicU64::new(0));
+        let keeper = tokio::spawn(
+            Keeper {
+                client: self.detached(),
+                id: opened.session,
+                holder: holder.to_string(),
+                ttl,
+                timing,
+                renewed: sent,
+                renewals: renewals.clone(),
+            }
+            .run(tell),
+        );
         Ok(Session {
             id: opened.session,
             holder: holder.to_string(),
             ttl,
             client: self.detached(),
             lost,
+            renewals,
             keeper,
         })
     }
 }
 
-/// Renews session `id` every third of `ttl` until it is gone; says why on `tell`.
-async fn keep(
+/// The background renewal of one session.
+struct Keeper {
     client: ServerBackend,
-    (id, holder): (u64, String),
+    id: u64,
+    holder: String,
     ttl: Duration,
-    tell: watch::Sender<Option<String>>,
-) {
-    let mut renewed = Instant::now();
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        match session_call(&client, id, &holder, "keepalive").await {
-            Ok(a) if a.status == StatusCode::OK => renewed = Instant::now(),
-            Ok(a) if a.error().code == code::NO_SESSION => {
-                let _ = tell.send(Some(format!("session {id} ended on the coordinator")));
+    timing: Timing,
+    /// When the request behind the last renewal (or the opening) was sent: the lease counts
+    /// from no later than that.
+    renewed: Instant,
+    renewals: Arc<AtomicU64>,
+}
+
+impl Keeper {
+    /// Renews the session every interval, retrying a failed renewal every retry pause while the
+    /// lease can be counted on; says on `tell` why it stopped.
+    async fn run(mut self, tell: watch::Sender<Option<String>>) {
+        let id = self.id;
+        let mut next = lease::instant_after(self.renewed, self.timing.interval());
+        loop {
+            tokio::time::sleep_until(next).await;
+            let deadline = lease::holder_deadline(self.renewed, self.ttl);
+            let sent = Instant::now();
+            let call = session_call(&self.client, id, &self.holder, "keepalive");
+            let failed = match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(a)) if a.status == StatusCode::OK => {
+                    self.renewed = sent;
+                    self.renewals.fetch_add(1, Ordering::Relaxed);
+                    next = lease::instant_after(sent, self.timing.interval());
+                    continue;
+                }
+                Ok(Ok(a)) if a.error().code == code::NO_SESSION => {
+                    let _ = tell.send(Some(format!("session {id} ended on the coordinator")));
+                    return;
+                }
+                Ok(Ok(a)) => self.client.fail(&a),
+                Ok(Err(e)) => e,
+                Err(_) => Error::Unavailable("the renewal did not complete".into()),
+            };
+            if Instant::now() >= deadline {
+                let why =
+                    format!("session {id} could not be renewed while its lease lasted ({failed})");
+                let _ = tell.send(Some(why));
                 return;
             }
-            Ok(a) => tracing::warn!("could not renew session {id}: {}", client.fail(&a)),
-            Err(e) => tracing::warn!("could not renew session {id}: {e}"),
-        }
-        if renewed.elapsed() >= ttl {
-            let why = format!("session {id} was not renewed within its TTL ({ttl:?})");
-            let _ = tell.send(Some(why));
-            return;
+            tracing::warn!("could not renew session {id}: {failed}; retrying while it lasts");
+            next = lease::instant_after(Instant::now(), lease::jitter(self.timing.retry(), 0.25))
+                .min(deadline);
         }
     }
 }
@@ -148,6 +203,72 @@ impl Session {
             ))),
             _ => Err(self.client.fail(&answer)),
         }
+    }
+
+    /// Moves the hold `name` that the session's holder has with `fencing_token` (taken alone,
+    /// or in another session) into this session: from then on its lease is the session's. The
+    /// hold as it is now; [`Error::NotOwner`] if it is not held so any more, or the session
+    /// ended.
+    pub async fn adopt(&self, name: &str, fencing_token: u64) -> Result<Holder> {
+        validate_name(name)?;
+        let body = RenewBody {
+            holder: self.holder.clone(),
+            token: fencing_token,
+            request_id: Some(request_id()),
+            ttl_ms: None,
+            session: Some(self.id),
+        };
+        let answer = self.client.post("renew", name, &body).await?;
+        if answer.status == StatusCode::OK {
+            return Ok(answer.parse::<LeaseAnswer>("adopt")?.holder);
+        }
+        match answer.error().code.as_str() {
+            code::NO_SESSION => Err(Error::NotOwner(format!(
+                "session {} is not open: {}",
+                self.id,
+                answer.error().message
+            ))),
+            _ => Err(self
+                .client
+                .renew_refused(name, &self.holder, fencing_token, &answer)),
+        }
+    }
+
+    /// The holds the session keeps, `(lock, fencing token)`, as the coordinator says now; one
+    /// that ended (released, taken over) drops out at the session's next renewal. A session
+    /// that ended is [`Error::NotOwner`].
+    pub async fn holds(&self) -> Result<Vec<(String, u64)>> {
+        #[derive(serde::Deserialize)]
+        struct Hold {
+            lock: String,
+            fencing_token: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Kept {
+            holds: Vec<Hold>,
+        }
+        let path = format!("/sessions/{}", self.id);
+        let answer = self
+            .client
+            .call(Method::GET, &path, None, Duration::ZERO)
+            .await?;
+        match answer.status {
+            StatusCode::OK => Ok(answer
+                .parse::<Kept>("session")?
+                .holds
+                .into_iter()
+                .map(|h| (h.lock, h.fencing_token))
+                .collect()),
+            StatusCode::NOT_FOUND => {
+                Err(Error::NotOwner(format!("session {} is not open", self.id)))
+            }
+            _ => Err(self.client.fail(&answer)),
+        }
+    }
+
+    /// Renewals of the session so far.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
     }
 
     /// Fires (with why) once the session can no longer be vouched for: every hold in it is to

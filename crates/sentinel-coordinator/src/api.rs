@@ -1041,16 +1041,17 @@ async fn renew(node: &Node, name: String, body: &[u8]) -> Result<Response, ApiEr
         token: b.token,
         request_id: b.request_id,
     };
-    renewal(node, name, grant, ttl_ms, None).await
+    renewal(node, name, grant, (ttl_ms, None), b.session).await
 }
 
-/// A renewal of the grant `grant` names, with a new TTL or a new published value if given.
+/// A renewal of the grant `grant` names, with a new TTL or a new published value if given, and
+/// the hold's move into `session` if one is named.
 async fn renewal(
     node: &Node,
     name: String,
     grant: ReleaseBody,
-    ttl_ms: Option<u64>,
-    value: Option<String>,
+    (ttl_ms, value): (Option<u64>, Option<String>),
+    session: Option<u64>,
 ) -> Result<Response, ApiError> {
     let command = |request_id, name, holder, token| {
         Command::Renew(Renew {
@@ -1060,6 +1061,7 @@ async fn renewal(
             token,
             ttl_ms,
             value,
+            session,
         })
     };
     by_token(node, name, grant, command).await
@@ -1098,7 +1100,7 @@ async fn proclaim(node: &Node, name: String, body: &[u8]) -> Result<Response, Ap
         token: b.token,
         request_id: b.request_id,
     };
-    renewal(node, name, grant, None, Some(b.value)).await
+    renewal(node, name, grant, (None, Some(b.value)), None).await
 }
 
 fn checked_value(value: &str) -> Result<(), ApiError> {

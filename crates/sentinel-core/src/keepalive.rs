@@ -136,6 +136,11 @@ impl Timing {
     pub fn interval(&self) -> Duration {
         self.interval
     }
+
+    /// The pause before retrying a renewal that failed.
+    pub fn retry(&self) -> Duration {
+        self.retry
+    }
 }
 
 fn interval_too_short() -> Error {

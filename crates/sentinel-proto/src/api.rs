@@ -109,6 +109,9 @@ pub struct RenewBody {
     /// The lease's new length from now on; none keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// The holder's session to move the hold into: from then on its lease is the session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
 }
 
 /// `POST /election/{name}/campaign`: an exclusive acquire of the election's lock that

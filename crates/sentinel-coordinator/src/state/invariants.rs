@@ -155,6 +155,9 @@ impl LockState {
         if self.sessions.len() > MAX_SESSIONS || self.session_index() != self.session_expiries {
             return Err("the sessions' count or expiry index does not match".into());
         }
+        if self.session_hold_index().as_ref() != Some(&self.session_holds) {
+            return Err("a hold is in two sessions, or the index of their holds is off".into());
+        }
         if let Some((id, _)) = self
             .sessions
             .iter()

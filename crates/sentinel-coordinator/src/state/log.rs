@@ -178,6 +178,10 @@ pub struct Renew {
     /// `None` keeps it. Absent from the encoding then, so older entries read as they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// The holder's session the hold moves into, out of any other: from then on its lease is
+    /// the session's ([`super::sessions`]). Absent from the encoding when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
 }
 
 /// Take back an acquire the client gave up on (an interrupted claim): a waiting acquire leaves

@@ -136,6 +136,9 @@ pub struct LockState {
     session_expiries: BTreeSet<(u64, u64)>,
     /// Waiting acquires taken in a session: request id → session.
     session_waiters: BTreeMap<String, u64>,
+    /// The session that keeps each hold in one, `(lock, fencing token)` → id: a hold is in one
+    /// session at most.
+    session_holds: BTreeMap<(String, u64), u64>,
 }
 
 impl LockState {
@@ -233,7 +236,7 @@ impl LockState {
                 (RequestKind::Renew, &r.name, &r.holder),
                 &proposal.command,
                 now,
-                |s| s.renew(now, r),
+                |s| s.renew_in_session(now, r),
             )),
             Command::Arrive(a) => Some(self.request(
                 &a.request_id,

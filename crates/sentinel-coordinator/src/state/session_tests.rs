@@ -41,6 +41,19 @@ fn acquire(id: &str, name: &str, holder: &str, session: Option<u64>, wait_ms: u6
     })
 }
 
+/// `holder` renews its hold `(name, token)` into session `session`.
+fn adopt(id: &str, (name, token): (&str, u64), holder: &str, session: u64) -> Command {
+    Command::Renew(Renew {
+        request_id: id.into(),
+        name: name.into(),
+        holder: holder.into(),
+        token,
+        ttl_ms: None,
+        value: None,
+        session: Some(session),
+    })
+}
+
 fn session_of(a: &Applied) -> u64 {
     match &a.answer {
         Some(Answer::Session { session, .. }) => *session,
@@ -181,6 +194,56 @@ fn only_an_open_session_of_the_holder_takes_holds() {
 }
 
 #[test]
+fn a_hold_taken_alone_moves_into_a_session_and_out_of_its_old_one() {
+    let mut s = LockState::default();
+    let token = lease(
+        step(&mut s, 1, 0, acquire("a", "x", "w1", None, 0))
+            .answer
+            .as_ref(),
+    )
+    .fencing_token;
+    let first = session_of(&step(&mut s, 2, 0, open("o1", "w1", 10_000)));
+    let second = session_of(&step(&mut s, 3, 1_000, open("o2", "w1", 20_000)));
+    // Only the holder's open session takes it, and only with its token.
+    for (req, holder, session, token) in
+        [("n1", "w2", first, token), ("n2", "w1", second + 1, token)]
+    {
+        let refused = step(&mut s, 4, 1_000, adopt(req, ("x", token), holder, session));
+        assert_eq!(refused.answer, Some(Answer::NoSession), "{req}");
+    }
+    let stale = step(&mut s, 4, 1_000, adopt("n3", ("x", token + 1), "w1", first));
+    assert!(
+        matches!(stale.answer, Some(Answer::NotHolder { .. })),
+        "{stale:?}"
+    );
+    let moved = step(&mut s, 5, 2_000, adopt("m1", ("x", token), "w1", first));
+    let Some(Answer::Renewed { lease: bound }) = &moved.answer else {
+        panic!("{moved:?}")
+    };
+    assert_eq!(
+        (bound.fencing_token, bound.expires_at_ms()),
+        (token, 10_000)
+    );
+    // Moved on into the second session: the first one's close leaves it held.
+    step(&mut s, 6, 3_000, adopt("m2", ("x", token), "w1", second));
+    assert_eq!(s.get("x").map(|l| l.lease.expires_at_ms()), Some(21_000));
+    let closed = step(
+        &mut s,
+        7,
+        4_000,
+        Command::CloseSession(call("c1", "w1", first)),
+    );
+    let Some(Answer::SessionClosed { released, .. }) = &closed.answer else {
+        panic!("{closed:?}")
+    };
+    assert!(released.is_empty(), "{released:?}");
+    assert_eq!(s.get("x").map(|l| l.lease.fencing_token), Some(token));
+    // It ends with the second session, which nobody renews.
+    step(&mut s, 8, 21_001, Command::Tick);
+    assert_eq!((s.get("x"), s.session(second)), (None, None));
+}
+
+#[test]
 fn sessions_keep_their_encoding() {
     let entries = [
         (0, open("o", "w1", 5_000)),
@@ -190,6 +253,8 @@ fn sessions_keep_their_encoding() {
         (40, Command::CloseSession(call("c", "w1", position(1, 0)))),
         (50, Command::KeepSession(call("k2", "w1", position(1, 0)))),
         (60, open("o2", "w2", 5_000)),
+        (70, acquire("a3", "z", "w2", None, 0)),
+        (80, adopt("m", ("z", position(8, 0)), "w2", position(7, 0))),
     ];
     golden("sessions.jsonl", &encoded_history(entries));
 }
@@ -212,13 +277,13 @@ mod properties {
     }
 
     proptest! {
-        /// Any history of sessions (open, renew, close, let lapse) and of acquires in them or
-        /// not, waiting or not, and releases: every hold a session keeps ends exactly when the
+        /// Any history of sessions (open, renew, close, let lapse), of acquires in them or
+        /// not, waiting or not, of holds moved into them, and releases: every hold a session keeps ends exactly when the
         /// session does, the state's invariants hold after every entry, and the log replays
         /// and resumes from a snapshot to the same state and answers.
         #[test]
         fn holds_in_a_session_end_with_it(
-            steps in prop::collection::vec((0u8..7, 0usize..3, 0usize..2, 0u16..1_500, 0u8..3), 1..120),
+            steps in prop::collection::vec((0u8..8, 0usize..3, 0usize..2, 0u16..1_500, 0u8..3), 1..120),
             cut in any::<prop::sample::Index>(),
         ) {
             let mut s = LockState::default();
@@ -244,6 +309,10 @@ mod properties {
                             holder: l.lease.worker_id.clone(),
                             token: l.lease.fencing_token,
                         }),
+                        None => Command::Tick,
+                    },
+                    6 => match s.get(&name) {
+                        Some(l) => adopt(&format!("m{i}"), (&name, l.lease.fencing_token), &l.lease.worker_id.clone(), session.unwrap_or(0)),
                         None => Command::Tick,
                     },
                     _ => Command::Tick,

@@ -11,7 +11,7 @@
 //! The session's id is the position of the command that opened it, like a fencing token: unique
 //! and never reused.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +109,7 @@ impl LockState {
                     token: *token,
                     ttl_ms: Some(ttl),
                     value: None,
+                    session: None,
                 };
                 matches!(self.renew(now, &renew), Answer::Renewed { .. })
             })
@@ -117,8 +118,10 @@ impl LockState {
             return Answer::NoSession;
         };
         s.heartbeat_ms = now;
+        let ended: Vec<_> = s.holds.difference(&kept).cloned().collect();
         s.holds = kept;
         let expires_at_ms = s.expires_at_ms();
+        self.unbind(c.session, ended);
         self.session_expiries.remove(&(old, c.session));
         self.session_expiries.insert((expires_at_ms, c.session));
         Answer::Session {
@@ -144,6 +147,7 @@ impl LockState {
         };
         self.session_expiries
             .remove(&(s.expires_at_ms(), c.session));
+        self.unbind(c.session, s.holds.iter().cloned());
         let mut released = Vec::new();
         for (name, token) in s.holds {
             let release = Release {
@@ -182,12 +186,21 @@ impl LockState {
             token: lease.fencing_token,
             ttl_ms: Some(ttl),
             value: None,
+            session: None,
         };
         let Answer::Renewed { lease: bound } = self.renew(heartbeat, &renew) else {
             return lease;
         };
+        let hold = (name.to_string(), bound.fencing_token);
         if let Some(s) = self.sessions.get_mut(&id) {
-            s.holds.insert((name.to_string(), bound.fencing_token));
+            s.holds.insert(hold.clone());
+        }
+        // Moved out of the session that kept it before, so closing that one leaves it alone.
+        if let Some(before) = self.session_holds.insert(hold.clone(), id)
+            && before != id
+            && let Some(s) = self.sessions.get_mut(&before)
+        {
+            s.holds.remove(&hold);
         }
         if let Some(r) = self.requests.get_mut(request_id)
             && let Answer::Granted { lease, .. } = &mut r.answer
@@ -200,12 +213,55 @@ impl LockState {
     /// A session that was not renewed in time ends (its key is already out of the index); its
     /// holds end with their own leases, at the same instant.
     pub(super) fn end_session(&mut self, id: u64) {
-        self.sessions.remove(&id);
+        if let Some(s) = self.sessions.remove(&id) {
+            self.unbind(id, s.holds);
+        }
+    }
+
+    /// Renewal `r`, and with a session named, the hold's move into it: refused unless the
+    /// session is the holder's and open; from then on the hold's lease is the session's. This
+    /// is how holds taken one by one (`sentinel claim`) come to share one keep-alive.
+    pub(super) fn renew_in_session(&mut self, now: u64, r: &Renew) -> Answer {
+        let Some(id) = r.session else {
+            return self.renew(now, r);
+        };
+        if self.live_session(id, &r.holder).is_none() {
+            return Answer::NoSession;
+        }
+        match self.renew(now, r) {
+            Answer::Renewed { lease } => Answer::Renewed {
+                lease: self.bind(id, &r.name, &r.request_id, lease),
+            },
+            other => other,
+        }
+    }
+
+    /// Forgets that session `id` keeps `holds` (they ended, or it did).
+    fn unbind(&mut self, id: u64, holds: impl IntoIterator<Item = (String, u64)>) {
+        for hold in holds {
+            if self.session_holds.get(&hold) == Some(&id) {
+                self.session_holds.remove(&hold);
+            }
+        }
     }
 
     /// An open session.
     pub fn session(&self, id: u64) -> Option<&Session> {
         self.sessions.get(&id)
+    }
+
+    /// Which session keeps each hold in one, rebuilt from the sessions; `None` if a hold is in
+    /// two.
+    pub(super) fn session_hold_index(&self) -> Option<BTreeMap<(String, u64), u64>> {
+        let mut index = BTreeMap::new();
+        for (id, s) in &self.sessions {
+            for hold in &s.holds {
+                if index.insert(hold.clone(), *id).is_some() {
+                    return None;
+                }
+            }
+        }
+        Some(index)
     }
 
     /// The index of every session's expiry, rebuilt from the sessions.

@@ -95,6 +95,7 @@ impl LockState {
             sessions: stored.sessions,
             session_expiries: BTreeSet::new(),
             session_waiters: stored.session_waiters,
+            session_holds: BTreeMap::new(),
         };
         state.expiries = state
             .locks
@@ -106,6 +107,9 @@ impl LockState {
         state.deadlines = state.deadline_index();
         state.arrival_deadlines = state.arrival_index();
         state.session_expiries = state.session_index();
+        state.session_holds = state
+            .session_hold_index()
+            .ok_or("a hold is in two sessions")?;
         state.check()?;
         Ok(state)
     }

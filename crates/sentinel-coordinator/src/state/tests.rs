@@ -37,6 +37,7 @@ pub(super) fn renew(id: &str, name: &str, holder: &str, token: u64) -> Command {
         token,
         ttl_ms: None,
         value: None,
+        session: None,
     })
 }
 
