@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod gh_cli;
+pub mod keeping;
 pub mod manpage;
 pub mod metrics;
 pub mod output;

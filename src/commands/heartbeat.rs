@@ -1,28 +1,24 @@
 //! `sentinel heartbeat LOCK…`: renew once (`--once`), or keep renewing as a sidecar until stopped.
 //!
-//! One sidecar keeps several locks as well as one. On the coordinator it moves them into one
-//! session, so one renewal keeps them all (one request per interval, not one per lock); on the
-//! other backends each lock is renewed on its own. Either way the sidecar stands or falls with
-//! all of them: the loss of one is exit 4, and the others are left to their leases.
+//! One sidecar keeps several locks as well as one ([`crate::keeping`]: on the coordinator in one
+//! session that one renewal keeps alive); the loss of any is exit 4.
 
 use std::pin::pin;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::cli::HeartbeatArgs;
 use crate::config::Context;
+use crate::keeping::{self, Held, Together};
 use crate::output::{Report, holder_json};
-use sentinel::backend::{Backend, LockBackend};
+use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
-use sentinel::interrupt::{Signals, StopSignal};
+use sentinel::interrupt::Signals;
 use sentinel::keepalive::{self, Keepalive, Timing};
 use sentinel::lease;
-use sentinel::lock::{Holder, ReleaseRequest, RenewRequest};
-use sentinel::server::{ServerBackend, Session};
+use sentinel::lock::{ReleaseRequest, RenewRequest};
 
 pub async fn exec(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
     if args.once {
@@ -39,12 +35,12 @@ pub async fn exec(ctx: &Context, args: &HeartbeatArgs) -> Result<Report> {
         let req = renew_request(ctx, name)?;
         let sent = Instant::now();
         let holder = ctx.backend.renew(&req).await?;
-        held.push((req, holder, sent));
+        held.push(Held { req, holder, sent });
     }
     if held.len() > 1 {
         return several(ctx, args, held, signals).await;
     }
-    let Some((req, holder, sent)) = held.pop() else {
+    let Some(Held { req, holder, sent }) = held.pop() else {
         return Err(Error::usage("name at least one lock"));
     };
     let what = ctx.backend.describe(&req.lock);
@@ -111,39 +107,53 @@ fn renew_request(ctx: &Context, name: &str) -> Result<RenewRequest> {
     })
 }
 
-/// A sidecar for several locks, each just renewed (`held`: the request, the hold, when it was
-/// sent): in one session on the coordinator, each on its own elsewhere. Their lease is the
-/// shortest of theirs, which the interval must fit.
+/// A sidecar for several locks, each just renewed ([`keeping`]: in one session on the
+/// coordinator, each on its own elsewhere).
 async fn several(
     ctx: &Context,
     args: &HeartbeatArgs,
-    held: Vec<(RenewRequest, Holder, Instant)>,
+    held: Vec<Held>,
     mut signals: Signals,
 ) -> Result<Report> {
-    let ttl = held
-        .iter()
-        .map(|(_, h, _)| keepalive::ttl_of(h))
-        .min()
-        .unwrap_or(lease::MIN_TTL);
-    let timing = Timing::for_ttl(args.interval, ttl)?;
-    let locks: Vec<String> = held
-        .iter()
-        .map(|(req, _, _)| ctx.backend.describe(&req.lock))
-        .collect();
-    let kept = match ctx.backend.inner().inner() {
-        Backend::Server(server) => {
-            in_session(ctx, args, server, held, (ttl, timing), &mut signals).await?
+    let schedule = keeping::timing(&held, args.interval)?;
+    let mut kept = Together::new(ctx, held, schedule);
+    kept.start().await?;
+    let (rounds, signal) = {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut keep = pin!(kept.keep(async {
+            let _ = stopped.await;
+        }));
+        tokio::select! {
+            ended = keep.as_mut() => {
+                ended?;
+                return Err(Error::Unexpected("renewing stopped on its own".into()));
+            }
+            signal = signals.recv() => {
+                let _ = stop.send(());
+                (keep.await?, signal)
+            }
         }
-        _ => each_alone(ctx, args, held, timing, &mut signals).await?,
     };
-    let stopped_by = kept.signal.name();
-    let after = match &kept.released {
+    // Each lock was renewed once before the keeping started.
+    let renewals = rounds + 1;
+    let locks: Vec<String> = kept
+        .held()
+        .iter()
+        .map(|h| ctx.backend.describe(&h.req.lock))
+        .collect();
+    let (session, interval) = (kept.session(), kept.timing().interval());
+    let released = match args.release_on_exit {
+        true => Some(kept.release().await?),
+        false => None,
+    };
+    let after = match &released {
         Some(released) => format!("released {} of them", released.len()),
         None => format!(
             "they stay held for at most {} unless renewed",
-            sentinel::duration::display(ttl)
+            sentinel::duration::display(schedule.0)
         ),
     };
+    let stopped_by = signal.name();
     Ok(Report::new(
         json!({
             "ok": true,
@@ -151,169 +161,18 @@ async fn several(
             "backend": ctx.backend.name(),
             "locks": locks,
             "worker_id": ctx.claimant.worker_id,
-            "session": kept.session,
-            "interval_secs": timing.interval().as_secs_f64(),
-            "renewals": kept.renewals,
+            "session": session,
+            "interval_secs": interval.as_secs_f64(),
+            "renewals": renewals,
             "stopped_by": stopped_by,
-            "released": kept.released,
+            "released": released,
         }),
         format!(
-            "Stopped renewing {} after {} renewal{} ({stopped_by}); {after}",
+            "Stopped renewing {} after {renewals} renewal{} ({stopped_by}); {after}",
             locks.join(", "),
-            kept.renewals,
-            if kept.renewals == 1 { "" } else { "s" },
+            if renewals == 1 { "" } else { "s" },
         ),
     ))
-}
-
-/// How a sidecar of several locks ended when none was lost.
-struct Kept {
-    /// The coordinator's session that kept them, if one did.
-    session: Option<u64>,
-    /// Rounds in which every lock was renewed, the first one included.
-    renewals: u64,
-    signal: StopSignal,
-    /// With `--release-on-exit`: the locks that were still held and are now released.
-    released: Option<Vec<String>>,
-}
-
-/// Keeps `held` in one coordinator session until a signal: the session's lease is `ttl`, renewed
-/// every `timing` interval. A session lost, or a lock that cannot be moved into it, is the error
-/// (exit 4), and the locks in it end with it.
-async fn in_session(
-    ctx: &Context,
-    args: &HeartbeatArgs,
-    server: &ServerBackend,
-    held: Vec<(RenewRequest, Holder, Instant)>,
-    (ttl, timing): (std::time::Duration, Timing),
-    signals: &mut Signals,
-) -> Result<Kept> {
-    let worker = &ctx.claimant.worker_id;
-    let session = server
-        .open_session_every(worker, ttl, timing.interval())
-        .await?;
-    let mut kept = Vec::with_capacity(held.len());
-    for (req, holder, _) in &held {
-        let name = req.lock.bare();
-        session.adopt(&name, holder.fencing_token).await?;
-        tracing::info!(lock = %name, session = session.id(), "kept in the session");
-        kept.push((name, holder.fencing_token));
-    }
-    let mut lost = session.lost();
-    let mut check = tokio::time::interval(timing.interval());
-    let signal = loop {
-        tokio::select! {
-            signal = signals.recv() => break signal,
-            why = async { lost.wait_for(Option::is_some).await.ok().and_then(|w| w.clone()) } => {
-                let why = why.unwrap_or_else(|| "the session's keep-alive stopped".into());
-                return Err(Error::NotOwner(format!("{why}: the locks in it are lost")));
-            }
-            // The session renews what it still has: a lock released or taken over behind its
-            // back drops out of it, and that is this sidecar's loss.
-            _ = check.tick() => still_kept(&session, &kept).await?,
-        }
-    };
-    let (id, renewals) = (session.id(), session.renewals() + 1);
-    let released = match args.release_on_exit {
-        true => Some(session.close().await?),
-        false => None,
-    };
-    Ok(Kept {
-        session: Some(id),
-        renewals,
-        signal,
-        released,
-    })
-}
-
-/// Fails (exit 4) when a hold of `kept` is no longer in `session`; a coordinator that cannot be
-/// asked is left to the session's own keep-alive to judge.
-async fn still_kept(session: &Session, kept: &[(String, u64)]) -> Result<()> {
-    let holds = match session.holds().await {
-        Ok(holds) => holds,
-        Err(e @ Error::NotOwner(_)) => return Err(e),
-        Err(e) => {
-            tracing::warn!("could not read session {}: {e}", session.id());
-            return Ok(());
-        }
-    };
-    match kept.iter().find(|hold| !holds.contains(hold)) {
-        Some((name, token)) => Err(Error::NotOwner(format!(
-            "{name} (fencing token {token}) is no longer held by this worker: released or taken \
-             over behind the sidecar's back"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Keeps each of `held` alive on its own until a signal, or until one is lost (the error, once
-/// the others have stopped renewing).
-async fn each_alone(
-    ctx: &Context,
-    args: &HeartbeatArgs,
-    held: Vec<(RenewRequest, Holder, Instant)>,
-    timing: Timing,
-    signals: &mut Signals,
-) -> Result<Kept> {
-    let (stop, stopped) = watch::channel(false);
-    let mut keeps: FuturesUnordered<_> = held
-        .into_iter()
-        .map(|(req, holder, sent)| {
-            let mut stopped = stopped.clone();
-            let lock = req.clone();
-            let keep = Keepalive::new(req, holder, sent, timing);
-            async move {
-                let ended = keep
-                    .run(&ctx.backend, async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    })
-                    .await;
-                (lock, ended)
-            }
-        })
-        .collect();
-    let mut summaries = Vec::new();
-    let mut signal = None;
-    let mut lost = None;
-    while !keeps.is_empty() {
-        tokio::select! {
-            Some((req, ended)) = keeps.next() => match ended {
-                Ok(summary) => summaries.push((req, summary)),
-                Err(e) => {
-                    let _ = stop.send(true);
-                    lost.get_or_insert(e);
-                }
-            },
-            s = signals.recv(), if signal.is_none() && lost.is_none() => {
-                let _ = stop.send(true);
-                signal = Some(s);
-            }
-        }
-    }
-    if let Some(e) = lost {
-        return Err(e);
-    }
-    let Some(signal) = signal else {
-        return Err(Error::Unexpected("renewing stopped on its own".into()));
-    };
-    let renewals = 1 + summaries.iter().map(|(_, s)| s.renewals).min().unwrap_or(0);
-    let mut released = None;
-    if args.release_on_exit {
-        let mut names = Vec::new();
-        for (req, summary) in summaries {
-            let lock = req.lock.clone();
-            if release(ctx, req, summary.holder.fencing_token).await? {
-                names.push(lock.bare());
-            }
-        }
-        released = Some(names);
-    }
-    Ok(Kept {
-        session: None,
-        renewals,
-        signal,
-        released,
-    })
 }
 
 /// Releases the lock the sidecar kept (`--release-on-exit`): whether it was still held.
