@@ -218,6 +218,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--priority', '--priority', [CompletionResultType]::ParameterName, 'Task priority, e.g. high (wins over --task-info''s)')
             [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Renew every this long [default: 30s, or a third of --ttl if shorter]')
             [CompletionResult]::new('--kill-grace', '--kill-grace', [CompletionResultType]::ParameterName, 'If the lock is lost: how long after SIGTERM the command gets before SIGKILL')
+            [CompletionResult]::new('--also', '--also', [CompletionResultType]::ParameterName, 'Hold this lock too while CMD runs (repeatable): all are claimed in name order, so runs that share locks never deadlock, and kept together (on the coordinator by one session)')
             [CompletionResult]::new('--label', '--label', [CompletionResultType]::ParameterName, 'With --next: the issue must have this label (repeatable: all of them)')
             [CompletionResult]::new('--exclude-label', '--exclude-label', [CompletionResultType]::ParameterName, 'With --next: the issue must not have this label (repeatable: none of them)')
             [CompletionResult]::new('--repo', '--repo', [CompletionResultType]::ParameterName, 'GitHub repository OWNER/REPO whose issues are the locks')

@@ -1368,7 +1368,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__run)
-            opts="-n -v -q -h --fail-label --retry-failed --strategy --wait --nonblock --max-retries --conflict-exit-code --initial-backoff --max-backoff --ttl --limit --permits --shared --task-info --complexity --estimate --task-type --priority --interval --kill-grace --next --label --exclude-label --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
+            opts="-n -v -q -h --fail-label --retry-failed --strategy --wait --nonblock --max-retries --conflict-exit-code --initial-backoff --max-backoff --ttl --limit --permits --shared --task-info --complexity --estimate --task-type --priority --interval --kill-grace --also --next --label --exclude-label --repo --token --api-url --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --redis-url --database-url --etcd-endpoints --backend --worker-id --node-id --data-dir --trust --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1439,6 +1439,10 @@ _sentinel() {
                     return 0
                     ;;
                 --kill-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --also)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

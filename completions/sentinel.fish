@@ -225,6 +225,7 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l task-type -d '
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l priority -d 'Task priority, e.g. high (wins over --task-info\'s)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l interval -d 'Renew every this long [default: 30s, or a third of --ttl if shorter]' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l kill-grace -d 'If the lock is lost: how long after SIGTERM the command gets before SIGKILL' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l also -d 'Hold this lock too while CMD runs (repeatable): all are claimed in name order, so runs that share locks never deadlock, and kept together (on the coordinator by one session)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l label -d 'With --next: the issue must have this label (repeatable: all of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l exclude-label -d 'With --next: the issue must not have this label (repeatable: none of them)' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand run" -l repo -d 'GitHub repository OWNER/REPO whose issues are the locks' -r

@@ -766,6 +766,10 @@ pub struct RunArgs {
     /// If the lock is lost: how long after SIGTERM the command gets before SIGKILL
     #[arg(long, value_parser = duration::arg, default_value = "5s")]
     pub kill_grace: Duration,
+    /// Hold this lock too while CMD runs (repeatable): all are claimed in name order, so runs
+    /// that share locks never deadlock, and kept together (on the coordinator by one session)
+    #[arg(long, value_name = "LOCK", conflicts_with_all = ["next", "limit", "shared"])]
+    pub also: Vec<String>,
     /// The command to run and its arguments, after LOCK (`run LOCK CMD ARGS…`, as flock) or
     /// after `--` (`run --next -- CMD ARGS…`); sentinel's options come before CMD
     #[arg(trailing_var_arg = true, value_name = "CMD")]

@@ -31,42 +31,46 @@ pub(crate) struct Held {
     pub sent: Instant,
 }
 
-/// The schedule several locks are kept on: their lease is the shortest of theirs, which
-/// `interval` must fit. Refused (exit 2) before anything starts.
-pub(crate) fn timing(held: &[Held], interval: Option<Duration>) -> Result<(Duration, Timing)> {
-    let ttl = held
-        .iter()
-        .map(|h| keepalive::ttl_of(&h.holder))
-        .min()
-        .unwrap_or(lease::MIN_TTL);
-    Ok((ttl, Timing::for_ttl(interval, ttl)?))
-}
-
 /// Locks kept alive together.
 pub(crate) struct Together<'a> {
     ctx: &'a Context,
     held: Vec<Held>,
-    ttl: Duration,
-    timing: Timing,
+    /// Their lease (the shortest of theirs) and the schedule that fits it, once started.
+    schedule: Option<(Duration, Timing)>,
     /// On the coordinator, with several locks: the session that keeps them, and what it keeps.
     session: Option<(Session, Vec<(String, u64)>)>,
 }
 
 impl<'a> Together<'a> {
-    /// `held`, to be kept on `schedule` (from [`timing`]).
-    pub fn new(ctx: &'a Context, held: Vec<Held>, (ttl, timing): (Duration, Timing)) -> Self {
+    /// `held`, not yet kept: [`Self::start`] starts, [`Self::release`] gives them back.
+    pub fn new(ctx: &'a Context, held: Vec<Held>) -> Self {
         Together {
             ctx,
             held,
-            ttl,
-            timing,
+            schedule: None,
             session: None,
         }
     }
 
-    /// Moves several locks on the coordinator into one session. A lock that has ended meanwhile
-    /// is the error ([`Error::NotOwner`]); the caller still releases the others.
-    pub async fn start(&mut self) -> Result<()> {
+    /// Fits the schedule to their lease, the shortest of theirs (`interval` that does not fit is
+    /// refused, exit 2), and moves several locks on the coordinator into one session. A lock
+    /// that has ended meanwhile is the error ([`Error::NotOwner`]). On an error the caller still
+    /// releases them. Their lease and the schedule.
+    pub async fn start(&mut self, interval: Option<Duration>) -> Result<(Duration, Timing)> {
+        let ttl = self
+            .held
+            .iter()
+            .map(|h| keepalive::ttl_of(&h.holder))
+            .min()
+            .unwrap_or(lease::MIN_TTL);
+        let timing = Timing::for_ttl(interval, ttl)?;
+        self.schedule = Some((ttl, timing));
+        self.open_session(ttl, timing).await?;
+        Ok((ttl, timing))
+    }
+
+    /// Several locks on the coordinator move into one session.
+    async fn open_session(&mut self, ttl: Duration, timing: Timing) -> Result<()> {
         let Backend::Server(server) = self.ctx.backend.inner().inner() else {
             return Ok(());
         };
@@ -75,7 +79,7 @@ impl<'a> Together<'a> {
         }
         let worker = &self.ctx.claimant.worker_id;
         let session = match server
-            .open_session_every(worker, self.ttl, self.timing.interval())
+            .open_session_every(worker, ttl, timing.interval())
             .await
         {
             Ok(session) => session,
@@ -97,11 +101,6 @@ impl<'a> Together<'a> {
         Ok(())
     }
 
-    /// The schedule they are kept on.
-    pub fn timing(&self) -> Timing {
-        self.timing
-    }
-
     /// The coordinator's session that keeps them, if one does.
     pub fn session(&self) -> Option<u64> {
         self.session.as_ref().map(|(s, _)| s.id())
@@ -115,14 +114,19 @@ impl<'a> Together<'a> {
     /// Renews until `stop` resolves (the renewal rounds made) or a lock is lost (the error, once
     /// every keep-alive has stopped). Dropping the future stops renewing at once.
     pub async fn keep(&mut self, stop: impl Future<Output = ()>) -> Result<u64> {
+        let Some((_, timing)) = self.schedule else {
+            return Err(Error::Unexpected(
+                "keeping locks that were not started".into(),
+            ));
+        };
         match &self.session {
-            Some((session, kept)) => in_session(session, kept, self.timing, stop).await,
-            None => self.each_alone(stop).await,
+            Some((session, kept)) => in_session(session, kept, timing, stop).await,
+            None => self.each_alone(timing, stop).await,
         }
     }
 
     /// Each lock by its own keep-alive.
-    async fn each_alone(&mut self, stop: impl Future<Output = ()>) -> Result<u64> {
+    async fn each_alone(&mut self, timing: Timing, stop: impl Future<Output = ()>) -> Result<u64> {
         let (tell, stopped) = watch::channel(false);
         let ctx = self.ctx;
         let backend = &ctx.backend;
@@ -132,7 +136,7 @@ impl<'a> Together<'a> {
             .enumerate()
             .map(|(i, h)| {
                 let mut stopped = stopped.clone();
-                let keep = Keepalive::new(h.req.clone(), h.holder.clone(), h.sent, self.timing);
+                let keep = Keepalive::new(h.req.clone(), h.holder.clone(), h.sent, timing);
                 async move {
                     let stop = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;

@@ -68,6 +68,7 @@ pub async fn exec(mut ctx: Context, args: &ElectArgs) -> Result<Report> {
         },
         interval: args.interval,
         kill_grace: args.kill_grace,
+        also: Vec::new(),
         command: args.command.clone(),
     };
     super::run::hold_while_running(&ctx, &run, "elect", true).await

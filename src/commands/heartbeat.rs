@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::cli::HeartbeatArgs;
 use crate::config::Context;
-use crate::keeping::{self, Held, Together};
+use crate::keeping::{Held, Together};
 use crate::output::{Report, holder_json};
 use sentinel::backend::LockBackend;
 use sentinel::error::{Error, Result};
@@ -115,9 +115,8 @@ async fn several(
     held: Vec<Held>,
     mut signals: Signals,
 ) -> Result<Report> {
-    let schedule = keeping::timing(&held, args.interval)?;
-    let mut kept = Together::new(ctx, held, schedule);
-    kept.start().await?;
+    let mut kept = Together::new(ctx, held);
+    let (ttl, timing) = kept.start(args.interval).await?;
     let (rounds, signal) = {
         let (stop, stopped) = oneshot::channel::<()>();
         let mut keep = pin!(kept.keep(async {
@@ -141,7 +140,7 @@ async fn several(
         .iter()
         .map(|h| ctx.backend.describe(&h.req.lock))
         .collect();
-    let (session, interval) = (kept.session(), kept.timing().interval());
+    let session = kept.session();
     let released = match args.release_on_exit {
         true => Some(kept.release().await?),
         false => None,
@@ -150,7 +149,7 @@ async fn several(
         Some(released) => format!("released {} of them", released.len()),
         None => format!(
             "they stay held for at most {} unless renewed",
-            sentinel::duration::display(schedule.0)
+            sentinel::duration::display(ttl)
         ),
     };
     let stopped_by = signal.name();
@@ -162,7 +161,7 @@ async fn several(
             "locks": locks,
             "worker_id": ctx.claimant.worker_id,
             "session": session,
-            "interval_secs": interval.as_secs_f64(),
+            "interval_secs": timing.interval().as_secs_f64(),
             "renewals": renewals,
             "stopped_by": stopped_by,
             "released": released,

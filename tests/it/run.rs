@@ -161,6 +161,84 @@ fn a_held_lock_is_exit_3_and_the_command_never_runs() {
     assert_eq!(local_status(d, "job")["holder"]["worker_id"], "w1");
 }
 
+/// `run LOCK --also OTHER` holds every lock while the command runs (their tokens in
+/// `SENTINEL_FENCING_TOKENS`), gives them all back after it, gives back what it took when a later
+/// lock is held, and claims in name order: two runs naming the same locks in opposite orders both
+/// get them, where claiming in the order given would leave each holding one and waiting for the
+/// other.
+#[test]
+fn run_also_holds_several_locks_claimed_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let seen = d.join("seen");
+    let script = format!(
+        "printf '%s\\n' \"$SENTINEL_LOCK\" \"$SENTINEL_FENCING_TOKENS\" > '{}'",
+        seen.display()
+    );
+    let out = local(
+        d,
+        "w1",
+        &[
+            "--json", "run", "b", "--also", "a", "--also", "b", "--", "sh", "-c", &script,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v = last_json(&out);
+    let tokens: Vec<u64> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let hold = v["holds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["lock"] == *name);
+            hold.and_then(|h| h["fencing_token"].as_u64()).expect(name)
+        })
+        .collect();
+    assert_eq!(v["lock"], "b", "LOCK is the one reported: {v}");
+    assert_eq!(v["released"], true, "{v}");
+    assert!(tokens[0] < tokens[1], "a was claimed first: {v}");
+    let said = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(said, format!("b\n{} a\n{} b\n", tokens[0], tokens[1]));
+    for name in ["a", "b"] {
+        assert_eq!(local_status(d, name)["held"], false, "{name}");
+    }
+
+    // The later lock held: exit 3, the command never runs, and the earlier is given back.
+    let out = local(d, "w2", &["claim", "z"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = local(
+        d,
+        "w1",
+        &["run", "a", "--also", "z", "--nonblock", "--", "false"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert_eq!(local_status(d, "a")["held"], false);
+
+    // Opposite orders: both runs get both locks, one after the other.
+    let hold = "sleep 1";
+    let runs: Vec<Running> = [("w1", "a", "b"), ("w2", "b", "a")]
+        .iter()
+        .map(|(worker, first, second)| {
+            Running::spawn(&mut local(
+                d,
+                worker,
+                &[
+                    "run", first, "--also", second, "--wait", "8s", "--", "sh", "-c", hold,
+                ],
+            ))
+        })
+        .collect();
+    for run in runs {
+        let out = run.exit_within(30 * SECOND);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+    }
+}
+
 #[test]
 fn a_lost_lock_stops_the_command_with_sigterm_then_sigkill_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();

@@ -265,3 +265,49 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
     assert!(text(&out).contains("b (fencing token"), "{}", text(&out));
     assert_eq!(holder_of("a"), "w1");
 }
+
+/// `run LOCK --also OTHER` on the coordinator keeps its locks in one session: they outlive
+/// their TTL while the command runs, the session is closed after it (releasing them), and a lock
+/// taken from the session stops the command (exit 4).
+#[test]
+fn run_also_keeps_its_locks_in_one_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, url) = one_node(tmp.path());
+    eventually(20, "a leader", || leader_of(&node.addr));
+    let data = tmp.path().join("client");
+    let sentinel = |worker: &str, args: &[&str]| cli(&data, &url, worker, args);
+    let holder_of = |name: &str| {
+        let (_, st) = get(&node.addr, &format!("/locks/{name}/status"));
+        st["holder"]["worker_id"].clone()
+    };
+    let args = [
+        "--json", "run", "a", "--also", "b", "--ttl", "3s", "--", "sleep", "5",
+    ];
+    let run = Running::spawn(&mut sentinel("w1", &args));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!((holder_of("a"), holder_of("b")), ("w1".into(), "w1".into()));
+    let out = run.exit_within(Duration::from_secs(10));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v = stdout_json(&out);
+    let id = v["session"].as_u64().expect("a session");
+    assert_eq!(v["released"], true, "{v}");
+    assert_eq!(get(&node.addr, &format!("/sessions/{id}")).0, 404);
+    assert!(holder_of("a").is_null() && holder_of("b").is_null());
+
+    let run = Running::spawn(&mut sentinel(
+        "w1",
+        &[
+            "run", "a", "--also", "b", "--ttl", "3s", "--", "sleep", "30",
+        ],
+    ));
+    eventually(20, "the run to hold b", || {
+        (holder_of("b") == "w1").then_some(())
+    });
+    let out = sentinel("w2", &["release", "b", "--force"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = run.exit_within(Duration::from_secs(40));
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("b (fencing token"), "{}", text(&out));
+}
