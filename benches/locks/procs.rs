@@ -199,7 +199,7 @@ where
 }
 
 /// A command with none of the caller's settings for sentinel or etcd in its environment.
-fn clean(bin: &Path) -> Command {
+pub fn clean(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();

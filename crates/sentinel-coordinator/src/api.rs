@@ -41,9 +41,12 @@
 //!
 //! Any node accepts any request. Lock requests and reads of the lock table are served by the
 //! leader: a follower forwards them (once: a forwarded request that meets a node that is not the
-//! leader is answered 503, never forwarded again) and relays the answer. Writes carry a request id
-//! (generated when the client gives none, and echoed), so a client that gets a 503 or loses the
-//! connection retries with the same id and can never be granted twice.
+//! leader is answered 503, never forwarded again) and relays the answer. A follower whose leader
+//! is gone (unreachable, deposed) holds the request until it knows the next one (at most
+//! [`LEADER_WAIT`]) and forwards it there, when that cannot execute it twice: nothing reached the
+//! old leader, it is a read, or it names its request id. Writes carry a request id (generated when
+//! the client gives none, and echoed), so a client that gets a 503 or loses the connection
+//! retries with the same id and can never be granted twice.
 //!
 //! A token acts only on the locks its prefixes allow: the node the client contacted checks, and
 //! so does the leader a follower forwards to (see [`request_to_leader`]); a listing shows only
@@ -448,14 +451,72 @@ where
         Ok(slot) => slot,
         Err(busy) => return busy.into_response(),
     };
-    if !node.is_leader() {
-        return forward(&node, parts, body, wait)
-            .await
-            .unwrap_or_else(IntoResponse::into_response);
+    // A leader that is gone (killed, cut off) is replaced within a second or so: the request
+    // waits here for the next one instead of the client waiting out its retry pauses. Sent again
+    // only when that cannot do it twice: nothing reached the old leader, or it is a read, or it
+    // names its request id (a retry then gets the first one's answer).
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    let repeatable = parts.method == Method::GET || has_request_id(&body);
+    while !node.is_leader() {
+        match forward(&node, &parts, body.clone(), wait).await {
+            Ok(r) => return r,
+            Err(NotForwarded::LeaderGone {
+                leader,
+                sent,
+                error,
+            }) if !sent || repeatable => {
+                if !another_leader(&node, leader, deadline).await {
+                    return error.into_response();
+                }
+            }
+            Err(NotForwarded::LeaderGone { error, .. } | NotForwarded::Refused(error)) => {
+                return error.into_response();
+            }
+        }
     }
     match serve(node, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Whether a request body names its request id.
+fn has_request_id(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("request_id").is_some_and(Value::is_string))
+}
+
+/// Waits until this node knows a leader other than `gone`, until `deadline`: whether it does.
+async fn another_leader(node: &Node, gone: u64, deadline: tokio::time::Instant) -> bool {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    node.raft
+        .wait(Some(left))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != gone),
+            "another leader",
+        )
+        .await
+        .is_ok()
+}
+
+/// Why a request forwarded to the leader got no answer from it.
+enum NotForwarded {
+    /// It could not be forwarded: no leader known in time, or a forward met a node that does not
+    /// lead.
+    Refused(ApiError),
+    /// The leader it went to is gone: unreachable, deposed, or silent; `sent` when the request
+    /// may have reached it.
+    LeaderGone {
+        leader: u64,
+        sent: bool,
+        error: ApiError,
+    },
+}
+
+impl From<ApiError> for NotForwarded {
+    fn from(e: ApiError) -> Self {
+        NotForwarded::Refused(e)
     }
 }
 
@@ -503,17 +564,17 @@ impl IntoResponse for Busy {
 /// asks for, which the leader may take before answering.
 async fn forward(
     node: &Node,
-    parts: http::request::Parts,
+    parts: &http::request::Parts,
     body: Bytes,
     wait_ms: u64,
-) -> Result<Response, ApiError> {
+) -> Result<Response, NotForwarded> {
     if parts.headers.contains_key(FORWARDED) {
-        return Err(not_leader(node.leader().map(|l| l.0)));
+        return Err(not_leader(node.leader().map(|l| l.0)).into());
     }
     let (leader, addr) = leader_to_forward_to(node).await?;
     // A waiting acquire is held by the leader for up to its wait.
     let timeout = PROPOSE_TIMEOUT + SETTLE_GRACE + Duration::from_millis(wait_ms);
-    let request = request_to_leader(node, &parts, body, &addr)?;
+    let request = request_to_leader(node, parts, body, &addr)?;
     // A leader that stopped answering (frozen, cut off) is replaced within a second; the client
     // should not wait out the whole timeout for it, so the answer is 503 as soon as this node
     // no longer follows that leader. The request may have taken effect: a retry with the same
@@ -528,7 +589,11 @@ async fn forward(
     };
     let answer = tokio::select! {
         answer = network::exchange(&node.client, request, timeout) => answer,
-        () = deposed => return Err(not_leader(node.leader().map(|l| l.0))),
+        () = deposed => return Err(NotForwarded::LeaderGone {
+            leader,
+            sent: true,
+            error: not_leader(node.leader().map(|l| l.0)),
+        }),
     };
     match answer {
         Ok((status, headers, body)) => {
@@ -538,9 +603,13 @@ async fn forward(
             }
             Ok(response)
         }
-        Err(Failure::Unreachable(e) | Failure::Lost(e) | Failure::Tls(e)) => Err(unavailable(
-            format!("the leader (node {leader}) did not answer: {e}"),
-        )),
+        Err(failure) => Err(NotForwarded::LeaderGone {
+            leader,
+            sent: !matches!(failure, Failure::Unreachable(_)),
+            error: unavailable(format!(
+                "the leader (node {leader}) did not answer: {failure}"
+            )),
+        }),
     }
 }
 
@@ -1602,7 +1671,7 @@ async fn cluster_status(State(node): State<Arc<Node>>, req: Request) -> Response
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };
-        if let Ok(r) = forward(&node, parts, body, 0).await {
+        if let Ok(r) = forward(&node, &parts, body, 0).await {
             return r;
         }
     }
