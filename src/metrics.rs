@@ -2,7 +2,8 @@
 //!
 //! Every `sentinel` run is a short-lived process, so counters cannot live in memory: each claim
 //! and release adds to a [`StateFile`], whose OS file lock serializes the read-modify-write of
-//! concurrent processes (no lost update) and whose atomic replace survives a kill at any point.
+//! concurrent processes (no lost update) and whose atomic replace survives a kill at any point;
+//! it is not fsynced, so a crash of the machine may lose the last counts.
 //! Counting is a side effect that must never change the outcome of a lock operation, so the
 //! recording calls log a failure with a warning and carry on. They are made in one place,
 //! [`Metered`], the decorator the CLI wraps its backend in: commands never record anything.
@@ -408,7 +409,8 @@ impl Metrics {
     /// The directory cannot be created.
     pub fn open(data_dir: &Path) -> Result<Metrics> {
         Ok(Metrics {
-            file: StateFile::new(data_dir, "metrics")?,
+            // Counters: a crash of the machine may lose the last counts, a killed process none.
+            file: StateFile::new(data_dir, "metrics")?.not_durable(),
         })
     }
 
