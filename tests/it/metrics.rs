@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use regex::Regex;
+use regex_lite::Regex;
 use serde_json::Value;
 
 use crate::support::{Gh, REPO, code, sentinel, stdout_json, text, wait_all};
