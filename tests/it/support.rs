@@ -57,8 +57,21 @@ pub fn bin() -> PathBuf {
 }
 
 /// A bare `sentinel` command with a scrubbed environment and its own data directory.
+///
+/// It starts with SIGINT and SIGQUIT at their default action, as from a shell prompt. A test run
+/// started in the background (`cargo test &` in a script) has them ignored, which every child
+/// would inherit: a SIGINT a test sends before sentinel installs its handler would then be lost
+/// instead of ending the process.
 pub fn sentinel(data_dir: &Path) -> Command {
     let mut cmd = Command::new(bin());
+    // SAFETY: signal(2) is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     for k in SCRUB {
         cmd.env_remove(k);
     }
