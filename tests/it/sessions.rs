@@ -179,6 +179,31 @@ fn the_librarys_session_keeps_its_holds_alive_and_says_when_it_is_lost() {
     });
 }
 
+/// One node that knows its leader, the CLI of a worker through it, and who holds a lock there.
+struct CliNode {
+    node: Node,
+    url: String,
+    data: std::path::PathBuf,
+}
+
+impl CliNode {
+    fn start(tmp: &std::path::Path) -> CliNode {
+        let (node, url) = one_node(tmp);
+        eventually(20, "a leader", || leader_of(&node.addr));
+        let data = tmp.join("client");
+        CliNode { node, url, data }
+    }
+
+    fn cli(&self, worker: &str, args: &[&str]) -> std::process::Command {
+        cli(&self.data, &self.url, worker, args)
+    }
+
+    fn holder_of(&self, name: &str) -> Value {
+        let (_, st) = get(&self.node.addr, &format!("/locks/{name}/status"));
+        st["holder"]["worker_id"].clone()
+    }
+}
+
 /// `sentinel heartbeat` with several locks moves them into one session, which its one renewal
 /// keeps alive: they outlive their TTL, the session lists them, they end together when the
 /// sidecar stops without `--release-on-exit`, a close releases them with it, and a lock taken
@@ -186,19 +211,16 @@ fn the_librarys_session_keeps_its_holds_alive_and_says_when_it_is_lost() {
 #[test]
 fn a_sidecar_keeps_several_locks_in_one_session() {
     let tmp = tempfile::tempdir().unwrap();
-    let (node, url) = one_node(tmp.path());
-    eventually(20, "a leader", || leader_of(&node.addr));
-    let data = tmp.path().join("client");
-    let sentinel = |worker: &str, args: &[&str]| cli(&data, &url, worker, args);
+    let node = CliNode::start(tmp.path());
+    let (sentinel, holder_of) = (
+        |w: &str, a: &[&str]| node.cli(w, a),
+        |n: &str| node.holder_of(n),
+    );
     let claim = |name: &str| {
         let out = sentinel("w1", &["claim", name, "--ttl", "3s"])
             .output()
             .unwrap();
         assert_eq!(code(&out), 0, "{}", text(&out));
-    };
-    let holder_of = |name: &str| {
-        let (_, st) = get(&node.addr, &format!("/locks/{name}/status"));
-        st["holder"]["worker_id"].clone()
     };
     for name in ["a", "b", "c"] {
         claim(name);
@@ -214,7 +236,7 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
     let v = stdout_json(&out);
     let id = v["session"].as_u64().expect("a session");
     assert!(v["renewals"].as_u64().unwrap() >= 3, "{v}");
-    let (code_, session) = get(&node.addr, &format!("/sessions/{id}"));
+    let (code_, session) = get(&node.node.addr, &format!("/sessions/{id}"));
     assert_eq!(code_, 200, "{session}");
     let mut locks: Vec<_> = session["holds"]
         .as_array()
@@ -272,14 +294,11 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
 #[test]
 fn run_also_keeps_its_locks_in_one_session() {
     let tmp = tempfile::tempdir().unwrap();
-    let (node, url) = one_node(tmp.path());
-    eventually(20, "a leader", || leader_of(&node.addr));
-    let data = tmp.path().join("client");
-    let sentinel = |worker: &str, args: &[&str]| cli(&data, &url, worker, args);
-    let holder_of = |name: &str| {
-        let (_, st) = get(&node.addr, &format!("/locks/{name}/status"));
-        st["holder"]["worker_id"].clone()
-    };
+    let node = CliNode::start(tmp.path());
+    let (sentinel, holder_of) = (
+        |w: &str, a: &[&str]| node.cli(w, a),
+        |n: &str| node.holder_of(n),
+    );
     let args = [
         "--json", "run", "a", "--also", "b", "--ttl", "3s", "--", "sleep", "5",
     ];
@@ -291,7 +310,7 @@ fn run_also_keeps_its_locks_in_one_session() {
     let v = stdout_json(&out);
     let id = v["session"].as_u64().expect("a session");
     assert_eq!(v["released"], true, "{v}");
-    assert_eq!(get(&node.addr, &format!("/sessions/{id}")).0, 404);
+    assert_eq!(get(&node.node.addr, &format!("/sessions/{id}")).0, 404);
     assert!(holder_of("a").is_null() && holder_of("b").is_null());
 
     let run = Running::spawn(&mut sentinel(

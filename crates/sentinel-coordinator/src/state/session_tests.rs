@@ -1,7 +1,7 @@
 //! Tests of sessions: holds in a session share its lease, are renewed by its renewal, end with
 //! it, and are released by its close; and their encoding.
 
-use super::tests::{encoded_history, golden, one};
+use super::tests::{encoded_history, golden, one, renew};
 use super::*;
 use sentinel_core::lock::TaskInfo;
 
@@ -43,15 +43,13 @@ fn acquire(id: &str, name: &str, holder: &str, session: Option<u64>, wait_ms: u6
 
 /// `holder` renews its hold `(name, token)` into session `session`.
 fn adopt(id: &str, (name, token): (&str, u64), holder: &str, session: u64) -> Command {
-    Command::Renew(Renew {
-        request_id: id.into(),
-        name: name.into(),
-        holder: holder.into(),
-        token,
-        ttl_ms: None,
-        value: None,
-        session: Some(session),
-    })
+    match renew(id, name, holder, token) {
+        Command::Renew(r) => Command::Renew(Renew {
+            session: Some(session),
+            ..r
+        }),
+        other => other,
+    }
 }
 
 fn session_of(a: &Applied) -> u64 {
