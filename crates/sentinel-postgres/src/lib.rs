@@ -128,8 +128,8 @@ fn record(row: &Row, offset: usize) -> Result<(LockRecord, String)> {
     ))
 }
 
-/// A name's held rows (as [`Sql::rows`] selects them, from `offset` on) as
-/// its lock, holds and reservation.
+/// A name's held rows (as [`Sql::rows`] selects them, from `offset` on, in any order) as its
+/// lock, holds (oldest grant first) and reservation.
 fn read_name(rows: &[Row], offset: usize) -> Result<holds::Name> {
     let mut name = holds::Name::default();
     for row in rows {
@@ -159,6 +159,7 @@ fn read_name(rows: &[Row], offset: usize) -> Result<holds::Name> {
             _ => name.holds.push(hold),
         }
     }
+    name.holds.sort_by_key(|h| h.record.fencing_token);
     Ok(name)
 }
 

@@ -29,8 +29,8 @@ use crate::{COLUMNS, NOW_MS};
 pub(crate) struct Sql {
     /// $1 class, $2 name: the name's transaction-scoped advisory lock.
     pub lock: String,
-    /// $1 name: the held rows of the name, without and with the holds table (what `status`
-    /// reads).
+    /// $1 name: the held rows of the name, in no order, without and with the holds table (what
+    /// `status` reads).
     rows: [String; 2],
     /// $1 name, $2 the holds table's name: [`Sql::read`]'s statements, by holds table and
     /// claim.
@@ -64,8 +64,7 @@ impl Sql {
             format!(
                 "{lock_rows} UNION ALL
                  SELECT slot, {COLUMNS}, permits, shared, semaphore_limit FROM {holds}
-                    WHERE name = $1 AND worker_id IS NOT NULL
-                 ORDER BY 4"
+                    WHERE name = $1 AND worker_id IS NOT NULL"
             ),
         ];
         let read = |holds_table: bool, claim: bool| {
@@ -84,12 +83,12 @@ impl Sql {
             };
             // `one` is the outer side of a join on `true`, a nested loop, so it runs once: one
             // clock reading, one token drawn (`OFFSET 0` keeps the planner from pulling its
-            // volatile calls up into the join). The held rows follow it, oldest grant first
-            // (the 8th column is the token).
+            // volatile calls up into the join). The held rows follow it in no order: sorting
+            // them is the reader's (`read_name`), which costs the server no sort per operation.
             format!(
                 "SELECT one.*, r.* FROM (
                     SELECT {NOW_MS}, to_regclass($2) IS NOT NULL, {token} OFFSET 0) AS one
-                 LEFT JOIN ({}) AS r ON true ORDER BY 8",
+                 LEFT JOIN ({}) AS r ON true",
                 rows[usize::from(holds_table)]
             )
         };
