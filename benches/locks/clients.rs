@@ -237,6 +237,79 @@ impl Client for RedisRaw {
     }
 }
 
+/// The usual single-row PostgreSQL lock, two autocommit statements on one connection, both
+/// prepared once: an upsert that takes the row only if it is free or its lease has run out on
+/// the database's clock, then a delete that removes it only while it still names this client's
+/// token.
+pub struct PostgresRaw {
+    client: tokio_postgres::Client,
+    acquire: tokio_postgres::Statement,
+    release: tokio_postgres::Statement,
+}
+
+impl PostgresRaw {
+    /// A client on a connection of its own; the first makes the table (clients are made one
+    /// after the other, so concurrent `CREATE`s cannot collide on the catalog).
+    pub async fn new(url: &str) -> Result<PostgresRaw, String> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS raw_locks (
+                    name text PRIMARY KEY, holder text NOT NULL, expires timestamptz NOT NULL)",
+            )
+            .await
+            .map_err(|e| format!("creating the table: {e}"))?;
+        let prepare = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(sql)
+                    .await
+                    .map_err(|e| format!("preparing {sql:?}: {e}"))
+            }
+        };
+        let acquire = prepare(
+            "INSERT INTO raw_locks (name, holder, expires)
+             VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires
+             WHERE raw_locks.expires < clock_timestamp()",
+        )
+        .await?;
+        let release = prepare("DELETE FROM raw_locks WHERE name = $1 AND holder = $2").await?;
+        Ok(PostgresRaw {
+            client,
+            acquire,
+            release,
+        })
+    }
+}
+
+impl Client for PostgresRaw {
+    async fn op(&mut self, n: u64) -> Result<Outcome, String> {
+        let name = format!("bench-{n}");
+        let token = format!("{:016x}", fastrand::u64(..));
+        let ttl_ms = TTL.as_millis() as i64;
+        let taken = self
+            .client
+            .execute(&self.acquire, &[&name, &token, &ttl_ms])
+            .await
+            .map_err(|e| format!("upsert: {e}"))?;
+        if taken == 0 {
+            return Ok(Outcome::Busy);
+        }
+        match self.client.execute(&self.release, &[&name, &token]).await {
+            Ok(1) => Ok(Outcome::Done),
+            Ok(_) => Err(format!(
+                "release: {name} no longer held this client's token"
+            )),
+            Err(e) => Err(format!("delete: {e}")),
+        }
+    }
+}
+
 /// sentinel's library API on any backend: `try_acquire`, then `release` of the guard (which
 /// names the grant by its fencing token).
 pub struct Library<B: LockBackend + 'static> {

@@ -1,7 +1,7 @@
-//! `cargo bench --bench locks`: sentinel against etcd and Redis on the same machine in one run
-//! (its locks, and its semaphores and elections next to etcd's elections), plus sentinel's
-//! library API on its Redis and PostgreSQL backends, a leader failover and the
-//! memory of 100,000 held locks (docs/benchmarks.md).
+//! `cargo bench --bench locks`: sentinel against etcd, Redis and PostgreSQL on the same machine in
+//! one run (its locks, and its semaphores and elections next to etcd's elections), plus sentinel's
+//! library API on its Redis and PostgreSQL backends next to each one's raw lock pattern, a leader
+//! failover and the memory of 100,000 held locks (docs/benchmarks.md).
 //!
 //! Every row starts its own servers on 127.0.0.1 (free ports, temporary directories) and stops
 //! them before the next row, so rows never share a machine with each other's servers. A row
@@ -29,7 +29,7 @@ use sentinel::server::{ServerBackend, server_urls};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::clients::{Library, Primitive, RedisRaw, SentinelHttp};
+use crate::clients::{Library, PostgresRaw, Primitive, RedisRaw, SentinelHttp};
 use crate::http::Http;
 use crate::load::{Load, Measured};
 use crate::procs::{Etcd, Postgres, Redis, Sentinel, find, postgres_bin, version};
@@ -111,6 +111,9 @@ enum Part {
     /// Redis SET NX PX and a token-checked Lua release, no persistence
     #[value(name = "redis-none")]
     RedisNone,
+    /// PostgreSQL's single-row lock: an upsert taking a free or expired row, a delete by token
+    #[value(name = "postgres-raw")]
+    PostgresRaw,
     /// sentinel's library API (LockClient) on ServerBackend, one node
     #[value(name = "lib-server")]
     LibServer,
@@ -126,7 +129,7 @@ enum Part {
     Memory,
 }
 
-const ROWS: [Part; 12] = [
+const ROWS: [Part; 13] = [
     Part::Sentinel1,
     Part::Sentinel1Semaphore,
     Part::Sentinel1Election,
@@ -136,6 +139,7 @@ const ROWS: [Part; 12] = [
     Part::EtcdElection,
     Part::RedisAlways,
     Part::RedisNone,
+    Part::PostgresRaw,
     Part::LibServer,
     Part::LibRedis,
     Part::LibPostgres,
@@ -154,6 +158,7 @@ impl Part {
             Part::EtcdElection => "etcd, 1 node (v3 election API)",
             Part::RedisAlways => "Redis, appendfsync always",
             Part::RedisNone => "Redis, no persistence",
+            Part::PostgresRaw => "PostgreSQL, upsert + delete",
             Part::LibServer => "library → sentinel, 1 node",
             Part::LibRedis => "library → Redis, appendfsync always",
             Part::LibPostgres => "library → PostgreSQL",
@@ -304,6 +309,16 @@ impl Run {
                 let clients = self
                     .clients(|| async {
                         RedisRaw::new(&redis.url).await.map_err(anyhow::Error::msg)
+                    })
+                    .await?;
+                Ok((load::run(clients, self.load).await, None))
+            }
+            Part::PostgresRaw => {
+                let bin = need(postgres_bin(), "PostgreSQL", "postgresql")?;
+                let pg = Postgres::start(&bin, self.clients as usize + 20).await?;
+                let clients = self
+                    .clients(|| async {
+                        PostgresRaw::new(&pg.url).await.map_err(anyhow::Error::msg)
                     })
                     .await?;
                 Ok((load::run(clients, self.load).await, None))

@@ -32,6 +32,7 @@ mod local_hold_kinds;
 mod manpages;
 mod metrics;
 mod peers;
+mod postgres_backend;
 mod postgres_cli;
 mod postgres_hold_kinds;
 mod proxy;

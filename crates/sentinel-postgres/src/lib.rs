@@ -4,7 +4,8 @@
 //! This crate owns everything sentinel does with PostgreSQL: the URL ([`settings`]: checked before
 //! anything connects, never echoed when it carries a password), TLS with libpq's `sslmode`
 //! ([`tls`]), a small connection pool, the tables and sequence ([`layout`]: named with their
-//! schema, created only if missing), and the one transaction every change is.
+//! schema, created only if missing), and the one transaction every change is ([`transaction`]:
+//! prepared statements in two pipelined round trips).
 //!
 //! A lock's semantics are the lock table's ([`sentinel_core::table`]), not re-implemented: each
 //! operation reads the lock's row into a one-lock `LockTable`, applies the same `Op` the local
@@ -52,7 +53,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::{NoTls, Row, Statement};
 
 use sentinel_core::backend::{LockBackend, Status, foreign};
 use sentinel_core::error::{Error, Result};
@@ -70,10 +71,12 @@ mod holds;
 mod layout;
 mod settings;
 mod tls;
+mod transaction;
 
 use holds::{Decided, HoldRow, INTENT_SLOT, Write};
 use layout::Names;
 use settings::CONNECT_TIMEOUT;
+use transaction::{Open, Sql};
 
 /// How long one operation may take, retries included, before the database counts as unreachable.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
@@ -87,13 +90,13 @@ const POOL_SIZE: usize = 4;
 const LOCK_CLASS: i32 = 0x5345_4e54;
 
 /// The columns of a lock row, times as Unix milliseconds.
-const COLUMNS: &str = "worker_id, node_id, fencing_token,
+pub(crate) const COLUMNS: &str = "worker_id, node_id, fencing_token,
     (extract(epoch FROM claimed_at) * 1000)::bigint AS claimed_ms,
     (extract(epoch FROM heartbeat_at) * 1000)::bigint AS heartbeat_ms,
     ttl_ms, task_info::text AS task_info, grant_nonce";
 
 /// The database's clock in Unix milliseconds.
-const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(crate) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// A stored value as a table value: never negative, so the conversion cannot fail.
 fn unsigned(v: i64) -> u64 {
@@ -125,8 +128,8 @@ fn record(row: &Row, offset: usize) -> Result<(LockRecord, String)> {
     ))
 }
 
-/// A name's held rows (as [`PostgresBackend::rows_of_name`] selects them, from `offset` on) as
-/// its lock, holds and reservation.
+/// A name's held rows (as [`Sql::rows`] selects them, from `offset` on, in any order) as its
+/// lock, holds (oldest grant first) and reservation.
 fn read_name(rows: &[Row], offset: usize) -> Result<holds::Name> {
     let mut name = holds::Name::default();
     for row in rows {
@@ -156,6 +159,7 @@ fn read_name(rows: &[Row], offset: usize) -> Result<holds::Name> {
             _ => name.holds.push(hold),
         }
     }
+    name.holds.sort_by_key(|h| h.record.fencing_token);
     Ok(name)
 }
 
@@ -216,6 +220,7 @@ pub struct PostgresBackend {
 struct Inner {
     pool: Pool,
     names: Names,
+    sql: Sql,
     /// Set once the table and sequence are known to exist in this layout.
     schema: OnceCell<()>,
     /// Whether the holds table is known to exist: a role that may not create it uses locks
@@ -309,6 +314,7 @@ impl PostgresBackend {
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 pool,
+                sql: Sql::new(&Names::new(&schema)),
                 names: Names::new(&schema),
                 schema: OnceCell::new(),
                 holds_table: AtomicBool::new(false),
@@ -596,7 +602,8 @@ impl PostgresBackend {
     /// operation on the name takes, whichever table it writes, so a lock and a hold of one name
     /// are never granted side by side), its rows of both tables in one query, the database's
     /// clock (and a fresh fencing token for an acquisition), `decide`'s answer, its rows written.
-    /// `commit` sees the answer and may refuse to commit it.
+    /// `commit` sees the answer and may refuse to commit it. Two round trips
+    /// ([`transaction`]): everything up to the token, then the writes and `COMMIT`.
     async fn transact<T>(
         &self,
         what: &str,
@@ -605,72 +612,112 @@ impl PostgresBackend {
         decide: impl Fn(&holds::Name, u64, u64) -> Decided<T>,
         commit: impl Fn(&Result<T>) -> Result<()>,
     ) -> Result<(u64, T)> {
-        self.call(what, |mut client| {
+        self.call(what, |client| {
             let (decide, commit) = (&decide, &commit);
             async move {
                 let err = |e: tokio_postgres::Error| self.failure(what, &e);
-                let tx = client.transaction().await.map_err(err)?;
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                    &[&LOCK_CLASS, &name],
-                )
-                .await
-                .map_err(err)?;
-                let clock = tx
-                    .query_one(
-                        &format!("SELECT {NOW_MS}, to_regclass($1) IS NOT NULL"),
-                        &[&self.inner.names.holds],
-                    )
-                    .await
-                    .map_err(err)?;
-                let now = unsigned(clock.get(0));
-                // Seen under the name's lock: a holds table made since the process looked is
-                // read before anything is decided.
-                let holds_table = clock.get(1);
-                if holds_table {
-                    self.inner.holds_table.store(true, Ordering::Relaxed);
-                } else if claim.is_some_and(|k| k != HoldKind::Exclusive) {
-                    return Err(Failure::Final(self.no_holds_table()));
-                }
-                let rows = tx
-                    .query(&self.rows_of_name(holds_table), &[&name])
-                    .await
-                    .map_err(err)?;
-                let state = read_name(&rows, 0)?;
-                let token = match claim {
-                    Some(_) => unsigned(self.next_token(&tx, holds_table).await.map_err(err)?),
-                    None => 0,
-                };
+                let tx = Open::new(client);
+                let (now, state, token) = self.read(&tx, name, claim).await.map_err(err)??;
                 let decided = decide(&state, now, token);
                 commit(&decided.answer)?;
-                for w in &decided.writes {
-                    self.write(&tx, name, w).await.map_err(err)?;
-                }
-                tx.commit().await.map_err(err)?;
+                self.write_and_commit(&tx, name, &decided.writes)
+                    .await
+                    .map_err(err)?;
+                tx.committed();
                 Ok((now, decided.answer?))
             }
         })
         .await
     }
 
-    /// The held rows of the name $1 in both tables (the lock's alone without `holds_table`):
-    /// the lock's with slot NULL, the holds' and the reservation's with theirs; each with
-    /// permits, shared and the semaphore's limit.
-    fn rows_of_name(&self, holds_table: bool) -> String {
-        let Names { table, holds, .. } = &self.inner.names;
-        let lock = format!(
-            "SELECT NULL::integer, {COLUMNS}, 1, false, NULL::integer FROM {table}
-                WHERE name = $1 AND worker_id IS NOT NULL"
+    /// The first batch of a name's transaction: `BEGIN`, the name's lock, the clock, its rows
+    /// and, for a claim, a fresh token. The rows (and token) are asked for with the holds table
+    /// if this process has seen it; if the clock, read under the name's lock, says otherwise
+    /// (made or dropped meanwhile), they are read again as it says.
+    async fn read(
+        &self,
+        tx: &Open,
+        name: &str,
+        claim: Option<HoldKind>,
+    ) -> std::result::Result<Result<(u64, holds::Name, u64)>, tokio_postgres::Error> {
+        let sql = &self.inner.sql;
+        let seen = self.holds_table();
+        let (lock, read) = tokio::try_join!(
+            tx.prepare(&sql.lock),
+            tx.prepare(sql.read(seen, claim.is_some())),
+        )?;
+        let c = tx.client();
+        let holds = &self.inner.names.holds;
+        let batch = tokio::try_join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            async { c.execute(&lock, &[&LOCK_CLASS, &name]).await },
+            async { c.query(&read, &[&name, holds]).await },
         );
-        match holds_table {
-            false => lock,
-            true => format!(
-                "{lock} UNION ALL
-                 SELECT slot, {COLUMNS}, permits, shared, semaphore_limit FROM {holds}
-                    WHERE name = $1 AND worker_id IS NOT NULL
-                 ORDER BY 4"
-            ),
+        let (_, _, mut rows) = batch.inspect_err(|e| {
+            // Dropped since it was seen: the next attempt reads without it.
+            if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                self.inner.holds_table.store(false, Ordering::Relaxed);
+            }
+        })?;
+        let holds_table = match rows.first().map(|r| r.try_get(1)) {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => return Ok(Err(unreadable(e))),
+            None => false,
+        };
+        self.inner.holds_table.store(holds_table, Ordering::Relaxed);
+        if claim.is_some_and(|k| k != HoldKind::Exclusive) && !holds_table {
+            return Ok(Err(self.no_holds_table()));
         }
+        if holds_table != seen {
+            rows = c
+                .query(sql.read(holds_table, claim.is_some()), &[&name, holds])
+                .await?;
+        }
+        let Some(first) = rows.first() else {
+            return Ok(Err(Error::Unexpected(format!(
+                "{}: reading {name:?} answered no row",
+                self.inner.target
+            ))));
+        };
+        let clock = (first.try_get(0), first.try_get(2), first.try_get(3));
+        let (now, drawn, floor) = match clock {
+            (Ok(now), Ok(drawn), Ok(floor)) => (unsigned(now), drawn, floor),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Ok(Err(unreadable(e))),
+        };
+        let token = match (drawn, floor) {
+            (Some(drawn), Some(floor)) => unsigned(self.next_token(tx, drawn, floor).await?),
+            _ => 0,
+        };
+        match read_name(&rows, 4) {
+            Ok(state) => Ok(Ok((now, state, token))),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The second batch of a name's transaction: its rows as decided, then `COMMIT`.
+    async fn write_and_commit(
+        &self,
+        tx: &Open,
+        name: &str,
+        writes: &[Write],
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        let sql = &self.inner.sql;
+        let mut statements = Vec::with_capacity(writes.len());
+        for w in writes {
+            statements.push(tx.prepare(write_sql(sql, w)).await?);
+        }
+        let c = tx.client();
+        let sends = writes
+            .iter()
+            .zip(&statements)
+            .map(|(w, statement)| write(c, statement, name, w));
+        tokio::try_join!(
+            biased;
+            futures_util::future::try_join_all(sends),
+            c.batch_execute("COMMIT"),
+        )?;
+        Ok(())
     }
 
     /// The refusal of a semaphore or shared claim where the holds table does not exist (this
@@ -684,106 +731,33 @@ impl PostgresBackend {
         ))
     }
 
-    /// Writes one row as decided: the lock's, or a hold's or reservation's.
-    async fn write(
-        &self,
-        tx: &Transaction<'_>,
-        name: &str,
-        w: &Write,
-    ) -> std::result::Result<(), tokio_postgres::Error> {
-        let holds = &self.inner.names.holds;
-        let h = match w {
-            Write::Lock(record, nonce) => {
-                return write(tx, &self.inner.names.table, name, record.as_ref(), nonce).await;
-            }
-            Write::Free(slot) => {
-                tx.execute(
-                    &format!("UPDATE {holds} SET worker_id = NULL WHERE name = $1 AND slot = $2"),
-                    &[&name, slot],
-                )
-                .await?;
-                return Ok(());
-            }
-            Write::Hold(h) => h,
-        };
-        let r = &h.record;
-        let task_info = serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
-        let limit = h.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX));
-        let permits = i32::try_from(h.permits).unwrap_or(i32::MAX);
-        tx.execute(
-            &format!(
-                "INSERT INTO {holds} (name, slot, worker_id, node_id, fencing_token, claimed_at,
-                 heartbeat_at, ttl_ms, task_info, grant_nonce, permits, shared, semaphore_limit)
-             VALUES ($1, $2, $3, $4, $5, to_timestamp($6::bigint / 1000.0),
-                 to_timestamp($7::bigint / 1000.0), $8, $9::text::jsonb, $10, $11, $12, $13)
-             ON CONFLICT (name, slot) DO UPDATE SET worker_id = EXCLUDED.worker_id,
-                 node_id = EXCLUDED.node_id, fencing_token = EXCLUDED.fencing_token,
-                 claimed_at = EXCLUDED.claimed_at, heartbeat_at = EXCLUDED.heartbeat_at,
-                 ttl_ms = EXCLUDED.ttl_ms, task_info = EXCLUDED.task_info,
-                 grant_nonce = EXCLUDED.grant_nonce, permits = EXCLUDED.permits,
-                 shared = EXCLUDED.shared, semaphore_limit = EXCLUDED.semaphore_limit"
-            ),
-            &[
-                &name,
-                &h.slot,
-                &r.worker_id,
-                &r.node_id,
-                &signed(r.fencing_token),
-                &signed(r.claimed_at_ms),
-                &signed(r.heartbeat_ms),
-                &signed(r.ttl_ms).max(1),
-                &task_info,
-                &h.nonce,
-                &permits,
-                &h.shared,
-                &limit,
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// The next fencing token: the sequence's next value, unless the sequence is behind the tokens
-    /// the tables hold (locks' and holds'), free rows' included (it restarted: a restore, a promoted replica, `ALTER
-    /// SEQUENCE … RESTART`); then the sequence is first moved past them, under the class's lock so
-    /// that two claims catching it up do not both take the same number.
+    /// The next fencing token, from the sequence's value and the floor drawn with it: the
+    /// sequence's value, unless the sequence is behind the tokens the tables hold (locks' and
+    /// holds'), free rows' included (it restarted: a restore, a promoted replica, `ALTER
+    /// SEQUENCE … RESTART`); then the sequence is first moved past them, under the class's lock
+    /// so that two claims catching it up do not both take the same number.
     async fn next_token(
         &self,
-        tx: &Transaction<'_>,
-        holds_table: bool,
+        tx: &Open,
+        token: i64,
+        floor: i64,
     ) -> std::result::Result<i64, tokio_postgres::Error> {
-        let Names {
-            table,
-            sequence,
-            holds,
-            ..
-        } = &self.inner.names;
-        let holds_max = match holds_table {
-            true => format!("(SELECT coalesce(max(fencing_token), 0) FROM {holds})"),
-            false => "0".to_string(),
-        };
-        let drawn = tx
-            .query_one(
-                &format!(
-                    "SELECT nextval('{sequence}'), greatest(
-                        (SELECT coalesce(max(fencing_token), 0) FROM {table}), {holds_max}) + 1"
-                ),
-                &[],
-            )
-            .await?;
-        let (token, floor): (i64, i64) = (drawn.get(0), drawn.get(1));
         if token >= floor {
             return Ok(token);
         }
+        let Names {
+            table, sequence, ..
+        } = &self.inner.names;
         tracing::warn!(
             "the sequence {sequence} is behind the tokens in {table} ({token} < {floor}); moving it past them"
         );
-        tx.execute(
+        let c = tx.client();
+        c.execute(
             &format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0)"),
             &[],
         )
         .await?;
-        let moved = tx
+        let moved = c
             .query_one(
                 &format!(
                     "SELECT setval('{sequence}', greatest(nextval('{sequence}'), $1::bigint))"
@@ -835,50 +809,71 @@ impl PostgresBackend {
     }
 }
 
-/// Writes the lock's row as the table left it: freed (kept, for its token), or inserted or
-/// replaced.
+/// The statement that writes `w`.
+fn write_sql<'a>(sql: &'a Sql, w: &Write) -> &'a str {
+    match w {
+        Write::Lock(Some(_), _) => &sql.upsert_lock,
+        Write::Lock(None, _) => &sql.free_lock,
+        Write::Hold(_) => &sql.upsert_hold,
+        Write::Free(_) => &sql.free_hold,
+    }
+}
+
+/// Writes one row as decided with its statement ([`write_sql`]): the lock's (freed, kept for
+/// its token; or inserted or replaced), or a hold's or reservation's.
 async fn write(
-    tx: &Transaction<'_>,
-    table: &str,
+    c: &tokio_postgres::Client,
+    statement: &Statement,
     name: &str,
-    record: Option<&LockRecord>,
-    nonce: &str,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    let Some(r) = record else {
-        tx.execute(
-            &format!("UPDATE {table} SET worker_id = NULL WHERE name = $1"),
-            &[&name],
-        )
-        .await?;
-        return Ok(());
-    };
-    let task_info = serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
-    tx.execute(
-        &format!(
-            "INSERT INTO {table} (name, worker_id, node_id, fencing_token, claimed_at,
-             heartbeat_at, ttl_ms, task_info, grant_nonce)
-         VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0),
-             to_timestamp($6::bigint / 1000.0), $7, $8::text::jsonb, $9)
-         ON CONFLICT (name) DO UPDATE SET worker_id = EXCLUDED.worker_id,
-             node_id = EXCLUDED.node_id, fencing_token = EXCLUDED.fencing_token,
-             claimed_at = EXCLUDED.claimed_at, heartbeat_at = EXCLUDED.heartbeat_at,
-             ttl_ms = EXCLUDED.ttl_ms, task_info = EXCLUDED.task_info,
-             grant_nonce = EXCLUDED.grant_nonce"
-        ),
-        &[
-            &name,
-            &r.worker_id,
-            &r.node_id,
-            &signed(r.fencing_token),
-            &signed(r.claimed_at_ms),
-            &signed(r.heartbeat_ms),
-            &signed(r.ttl_ms).max(1),
-            &task_info,
-            &nonce,
-        ],
-    )
-    .await?;
-    Ok(())
+    w: &Write,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let task_info =
+        |r: &LockRecord| serde_json::to_string(&r.task_info).unwrap_or_else(|_| "{}".into());
+    match w {
+        Write::Lock(None, _) => c.execute(statement, &[&name]).await,
+        Write::Lock(Some(r), nonce) => {
+            c.execute(
+                statement,
+                &[
+                    &name,
+                    &r.worker_id,
+                    &r.node_id,
+                    &signed(r.fencing_token),
+                    &signed(r.claimed_at_ms),
+                    &signed(r.heartbeat_ms),
+                    &signed(r.ttl_ms).max(1),
+                    &task_info(r),
+                    &nonce,
+                ],
+            )
+            .await
+        }
+        Write::Free(slot) => c.execute(statement, &[&name, slot]).await,
+        Write::Hold(h) => {
+            let r = &h.record;
+            let limit = h.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX));
+            let permits = i32::try_from(h.permits).unwrap_or(i32::MAX);
+            c.execute(
+                statement,
+                &[
+                    &name,
+                    &h.slot,
+                    &r.worker_id,
+                    &r.node_id,
+                    &signed(r.fencing_token),
+                    &signed(r.claimed_at_ms),
+                    &signed(r.heartbeat_ms),
+                    &signed(r.ttl_ms).max(1),
+                    &task_info(r),
+                    &h.nonce,
+                    &permits,
+                    &h.shared,
+                    &limit,
+                ],
+            )
+            .await
+        }
+    }
 }
 
 fn name_of(lock: &LockId) -> Result<&str> {
@@ -968,7 +963,7 @@ impl LockBackend for PostgresBackend {
                 .query(
                     &format!(
                         "SELECT {NOW_MS}, r.* FROM (SELECT 1) AS one LEFT JOIN ({}) AS r ON true",
-                        self.rows_of_name(self.holds_table())
+                        self.inner.sql.rows(self.holds_table())
                     ),
                     &[&name],
                 )
