@@ -2,9 +2,11 @@
 //! traits):
 //!
 //! - [`LogStore`] ([`RaftLogStorage`]): the Raft log, the vote and the committed log id, in one
-//!   redb database, `DIR/raft.redb`. Every entry that has not been purged is also kept in memory,
-//!   so replication and the state machine read without touching the disk; the snapshot policy
-//!   bounds how many there are. Writes go to one writer thread in the order they were made. It
+//!   redb database, `DIR/raft.redb`. The newest [`ENTRIES_IN_MEMORY`] entries (and any not yet
+//!   durable or committed) are also kept in memory, so replication and the state machine, which
+//!   read the tail, do not touch the disk; an older entry is read back from the database, so the
+//!   log's memory does not grow with the entries between snapshots (up to 5,000 entries of dozens
+//!   of commands each). Writes go to one writer thread in the order they were made. It
 //!   commits everything queued since its last commit in one write transaction, with one fsync, and
 //!   then reports every batch in it as flushed, while `append` itself returns at once as the trait
 //!   asks. (openraft 0.9 awaits each append's flush before the next, so a transaction holds one
@@ -31,8 +33,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs;
 use std::io::{self, Cursor};
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -62,8 +65,13 @@ pub const LOG_FILE: &str = "raft.redb";
 pub const SNAPSHOT_FILE: &str = "snapshot";
 /// Most writes committed in one transaction: bounds the memory of one batch.
 const MAX_WRITES_PER_COMMIT: usize = 4_096;
-/// redb's page cache: the log is read only at start-up, so a small cache suffices.
-const CACHE_BYTES: usize = 16 << 20;
+/// redb's page cache: the log is read back only at start-up and for a follower further behind
+/// than [`ENTRIES_IN_MEMORY`], so a small cache suffices.
+const CACHE_BYTES: usize = 4 << 20;
+/// Entries kept in memory, the newest; older ones that are durable and committed (so never
+/// truncated) are read back from the database. More than [`super::server`]'s `LOG_KEPT`, so a
+/// follower a little behind catches up from memory.
+pub const ENTRIES_IN_MEMORY: usize = 1_024;
 
 type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -107,6 +115,8 @@ pub fn open(dir: &Path, id: NodeId) -> Result<(LogStore, StateMachineStore)> {
             .and_then(|(_, m)| m.as_ref().map(identity::cluster_id)),
     };
     identity::check(dir, id, &found)?;
+    // Start-up read the whole log; from here on only its tail stays in memory.
+    log.trim(&mut log.mem());
     // A directory written before node.json existed, or by a node stopped before it was written,
     // gets it now.
     if let Some(m) = log_members
@@ -157,6 +167,8 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 
 /// What the log looks like, in memory.
 struct LogMem {
+    /// The newest entries ([`ENTRIES_IN_MEMORY`], and every one not yet durable or committed):
+    /// a suffix of the log.
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
@@ -191,6 +203,11 @@ struct Job {
 pub struct LogStore {
     mem: Arc<Mutex<LogMem>>,
     writer: Arc<Writer>,
+    /// The database the writer commits to, for reading entries no longer in memory. After
+    /// `writer`, so the last store joins the writer before it closes the database.
+    db: Arc<Database>,
+    /// The last index the writer has committed to the database.
+    durable: Arc<AtomicU64>,
     recorder: Arc<Recorder>,
 }
 
@@ -251,17 +268,73 @@ impl LogStore {
             .max(mem.last_purged.map(|l| l.index));
         let (tx, jobs) = mpsc::channel();
         let self_recorder = recorder.clone();
+        let db = Arc::new(db);
+        let durable = Arc::new(AtomicU64::new(durable_last.unwrap_or(0)));
+        let writing = Written {
+            db: db.clone(),
+            durable: durable.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(db, jobs, recorder, durable_last))?;
+            .spawn(move || write_loop(writing, jobs, recorder, durable_last))?;
         Ok(LogStore {
             mem: Arc::new(Mutex::new(mem)),
             writer: Arc::new(Writer {
                 jobs: Some(tx),
                 thread: Some(thread),
             }),
+            db,
+            durable,
             recorder: self_recorder,
         })
+    }
+
+    /// Lets go of the oldest entries in memory beyond the newest [`ENTRIES_IN_MEMORY`] that are
+    /// durable and committed: the database has them, and no truncation removes them.
+    fn trim(&self, mem: &mut LogMem) {
+        let durable = self.durable.load(Ordering::Acquire);
+        let committed = mem.committed.map_or(0, |c| c.index);
+        while mem.entries.len() > ENTRIES_IN_MEMORY {
+            match mem.entries.first_key_value() {
+                Some((&first, _)) if first <= durable.min(committed) => {
+                    mem.entries.pop_first();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// The entries of `range` that are older than those in memory (`before` is the first index
+    /// in memory), read back from the database.
+    fn read_back(
+        &self,
+        range: impl RangeBounds<u64>,
+        before: u64,
+    ) -> std::result::Result<Vec<Entry<TypeConfig>>, String> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(before);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut entries = Vec::new();
+        for row in log.range(start..end).map_err(|e| e.to_string())? {
+            let (k, v) = row.map_err(|e| e.to_string())?;
+            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value())
+                .map_err(|e| format!("log entry {}: {e}", k.value()))?;
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 
     /// The last committed log index this node knows of.
@@ -349,10 +422,16 @@ fn read_meta<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("{key}: {e}"))
 }
 
+/// Where the writer thread commits, and where it says how far the log is durable.
+struct Written {
+    db: Arc<Database>,
+    durable: Arc<AtomicU64>,
+}
+
 /// The writer thread: commits what is queued in batches, in order, until every sender is gone.
 /// After each commit it lets `recorder` update `node.json` with where the log now ends.
 fn write_loop(
-    db: Database,
+    Written { db, durable }: Written,
     jobs: mpsc::Receiver<Job>,
     recorder: Arc<Recorder>,
     mut durable_last: Option<u64>,
@@ -379,6 +458,7 @@ fn write_loop(
                 durable_last = batch
                     .iter()
                     .fold(durable_last, |last, job| ends_at(last, &job.change));
+                durable.store(durable_last.unwrap_or(0), Ordering::Release);
                 if let Err(e) = recorder.after_commit(durable_last, false) {
                     tracing::warn!("cannot record the node's identity in node.json: {e}");
                 }
@@ -462,12 +542,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        Ok(self
-            .mem()
-            .entries
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        let (first, cached): (Option<u64>, Vec<_>) = {
+            let mem = self.mem();
+            let first = mem.entries.first_key_value().map(|(&i, _)| i);
+            let cached = mem.entries.range(range.clone()).map(|(_, e)| e.clone());
+            (first, cached.collect())
+        };
+        // Entries leave memory only once durable and committed, and purged ones are never asked
+        // for, so what is older than the memory's first entry is in the database.
+        let mut entries = match first {
+            Some(first) => self.read_back(range, first).map_err(|e| {
+                StorageError::from(StorageIOError::read_logs(AnyError::error(format!(
+                    "cannot read the Raft log back: {e}"
+                ))))
+            })?,
+            None => Vec::new(),
+        };
+        entries.extend(cached);
+        Ok(entries)
     }
 }
 
@@ -533,9 +625,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| Ok((e.log_id.index, encode(e)?)))
             .collect::<std::result::Result<Vec<_>, String>>()
             .map_err(write_error)?;
-        self.mem()
-            .entries
-            .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        {
+            let mut mem = self.mem();
+            mem.entries
+                .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+            self.trim(&mut mem);
+        }
         self.send(Change::Append(rows), Done::Flushed(callback))
             .map_err(write_error)
     }
@@ -966,6 +1061,52 @@ mod tests {
             log_id: log_id(term, index),
             payload: EntryPayload::Normal(Batch(vec![acquire(index, &format!("lock-{index}"))])),
         }
+    }
+
+    /// Only the log's tail stays in memory; older entries, committed and durable, are read back
+    /// from the database, alone or together with the tail, and uncommitted ones are never let go.
+    #[tokio::test]
+    async fn entries_beyond_the_memorys_tail_are_read_back_from_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = open(dir.path(), 1).unwrap();
+        let total = 3 * ENTRIES_IN_MEMORY as u64;
+        let uncommitted = total - ENTRIES_IN_MEMORY as u64 / 2;
+        let mut next = 1;
+        while next <= total {
+            let upto = (next + 99).min(total);
+            log.blocking_append((next..=upto).map(|i| entry(1, i)))
+                .await
+                .unwrap();
+            if upto <= uncommitted {
+                log.save_committed(Some(log_id(1, upto))).await.unwrap();
+            }
+            next = upto + 1;
+        }
+        let first_in_memory = *log.mem().entries.first_key_value().unwrap().0;
+        assert!(first_in_memory > 1, "nothing left memory");
+        assert!(log.mem().entries.len() <= ENTRIES_IN_MEMORY + 100);
+        // Committed up to `uncommitted` only: everything after it is still in memory.
+        assert!(first_in_memory <= uncommitted + 1);
+        for (from, to) in [
+            (1, total),
+            (5, 17),
+            (first_in_memory - 3, first_in_memory + 3),
+        ] {
+            let read = log.try_get_log_entries(from..=to).await.unwrap();
+            let expected: Vec<_> = (from..=to).map(|i| entry(1, i)).collect();
+            assert_eq!(read, expected, "entries {from}..={to}");
+        }
+        // A new leader replaces the uncommitted tail; the rest is read as before.
+        log.truncate(log_id(1, uncommitted + 1)).await.unwrap();
+        log.blocking_append((uncommitted + 1..=total).map(|i| entry(2, i)))
+            .await
+            .unwrap();
+        let read = log.try_get_log_entries(..).await.unwrap();
+        let expected: Vec<_> = (1..=uncommitted)
+            .map(|i| entry(1, i))
+            .chain((uncommitted + 1..=total).map(|i| entry(2, i)))
+            .collect();
+        assert_eq!(read, expected);
     }
 
     #[tokio::test]
