@@ -98,11 +98,15 @@ fn main() {
     let is_claim = matches!(cli.command, Command::Claim(_));
     let conflict_code = cli.command.conflict_exit_code();
     let owns_signals = cli.command.owns_signals();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // A node serves many clients at once on every core; any other command is one client, whose
+    // blocking work (file locks, the local table) runs on tokio's blocking threads, so one thread
+    // does: starting two workers cost a short command more than its work.
+    let mut runtime = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = runtime.worker_threads(2).enable_all().build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             output::print_error(&Error::Unexpected(format!("cannot start: {e}")), json);
