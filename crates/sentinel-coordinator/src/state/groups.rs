@@ -166,65 +166,79 @@ impl LockState {
             // A shared claim waits behind the lock's lease: the lock becomes a group.
             self.make_group(&a.name);
         }
-        let Some(g) = self.groups.get_mut(&a.name) else {
-            if held >= MAX_HELD_LOCKS {
-                return Answer::Refused {
-                    limit: Limit::HeldLocks,
-                };
-            }
-            let hold = grant(a.request_id.clone(), lease(a, at, now), want);
-            self.hold_expiries.insert(key(&a.name, &hold));
-            self.holds += 1;
-            let lease = hold.lease.clone();
-            let group = Group {
-                limit: want.limit,
-                holds: vec![hold],
-                queue: VecDeque::new(),
-            };
-            self.groups.insert(a.name.clone(), group);
-            return Answer::Granted {
-                lease,
-                adopted: false,
-            };
+        let Some(g) = self.groups.get(&a.name) else {
+            return self.new_group(at, now, a, want, held);
         };
-        match (g.limit, want.limit) {
-            (Some(limit), Some(asked)) if limit != asked => {
-                return Answer::LimitMismatch { limit };
-            }
-            (Some(limit), None) => {
-                return Answer::OtherKind {
-                    kind: Kind::Semaphore,
-                    limit: Some(limit),
-                };
-            }
-            (None, Some(_)) => {
-                return Answer::OtherKind {
-                    kind: g.kind(),
-                    limit: None,
-                };
-            }
-            _ => {}
+        if let Some(refusal) = other_kind(g, want) {
+            return refusal;
         }
-        if let Some(h) = g.holds.iter_mut().find(|h| {
+        if let Some(adopted) = self.readopt_hold(now, a, want) {
+            return adopted;
+        }
+        self.join_group(at, now, a, want, (held, waiting))
+    }
+
+    /// The first hold of the free name `a.name`: a new group.
+    fn new_group(&mut self, at: u64, now: u64, a: &Acquire, want: Want, held: usize) -> Answer {
+        if held >= MAX_HELD_LOCKS {
+            return Answer::Refused {
+                limit: Limit::HeldLocks,
+            };
+        }
+        let hold = grant(a.request_id.clone(), lease(a, at, now), want);
+        self.hold_expiries.insert(key(&a.name, &hold));
+        self.holds += 1;
+        let lease = hold.lease.clone();
+        let group = Group {
+            limit: want.limit,
+            holds: vec![hold],
+            queue: VecDeque::new(),
+        };
+        self.groups.insert(a.name.clone(), group);
+        Answer::Granted {
+            lease,
+            adopted: false,
+        }
+    }
+
+    /// The holder's own live hold of the same kind taken up again (same token, renewed), if it
+    /// asks to readopt and has one.
+    fn readopt_hold(&mut self, now: u64, a: &Acquire, want: Want) -> Option<Answer> {
+        let g = self.groups.get_mut(&a.name)?;
+        let h = g.holds.iter_mut().find(|h| {
             a.readopt
                 && h.lease.worker_id == a.holder
                 && h.permits == want.permits
                 && h.shared == want.shared
-        }) {
-            let old = key(&a.name, h);
-            h.lease.node_id = a.node.clone();
-            h.lease.heartbeat_ms = now;
-            h.lease.ttl_ms = a.ttl_ms;
-            h.lease.task_info = a.task_info.clone();
-            let new = key(&a.name, h);
-            let lease = h.lease.clone();
-            self.hold_expiries.remove(&old);
-            self.hold_expiries.insert(new);
-            return Answer::Granted {
-                lease,
-                adopted: true,
-            };
-        }
+        })?;
+        let old = key(&a.name, h);
+        h.lease.node_id = a.node.clone();
+        h.lease.heartbeat_ms = now;
+        h.lease.ttl_ms = a.ttl_ms;
+        h.lease.task_info = a.task_info.clone();
+        let new = key(&a.name, h);
+        let lease = h.lease.clone();
+        self.hold_expiries.remove(&old);
+        self.hold_expiries.insert(new);
+        Some(Answer::Granted {
+            lease,
+            adopted: true,
+        })
+    }
+
+    /// A claim of a held group of its kind: granted if nobody waits and it fits, else answered
+    /// `Held` without a wait, else queued. `counts` are the holds and waiters before it.
+    fn join_group(
+        &mut self,
+        at: u64,
+        now: u64,
+        a: &Acquire,
+        want: Want,
+        (held, waiting): (usize, usize),
+    ) -> Answer {
+        let Some(g) = self.groups.get_mut(&a.name) else {
+            return self.new_group(at, now, a, want, held);
+        };
         if g.queue.is_empty() && g.fits(g.used(), want.permits, want.shared) {
             if held >= MAX_HELD_LOCKS {
                 return Answer::Refused {
@@ -462,6 +476,23 @@ impl LockState {
             .iter()
             .flat_map(|(name, g)| g.holds.iter().map(move |h| key(name, h)))
             .collect()
+    }
+}
+
+/// The refusal of a claim whose kind the held group `g` is not: a semaphore of another limit
+/// (`LimitMismatch`), or a semaphore claimed as a lock or a lock as a semaphore (`OtherKind`).
+fn other_kind(g: &Group, want: Want) -> Option<Answer> {
+    match (g.limit, want.limit) {
+        (Some(limit), Some(asked)) if limit != asked => Some(Answer::LimitMismatch { limit }),
+        (Some(limit), None) => Some(Answer::OtherKind {
+            kind: Kind::Semaphore,
+            limit: Some(limit),
+        }),
+        (None, Some(_)) => Some(Answer::OtherKind {
+            kind: g.kind(),
+            limit: None,
+        }),
+        _ => None,
     }
 }
 
