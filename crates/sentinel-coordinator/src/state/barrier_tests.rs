@@ -199,7 +199,7 @@ proptest! {
                 // A retry of an earlier arrival, if any.
                 2 => arrive(&format!("r{}", i / 2), &name, &holder, count, u64::from(wait)),
                 _ => match waiting.get(&name).and_then(|w| w.keys().next()) {
-                    Some(id) => withdraw(&format!("w{i}"), &name, &s.requests[id].holder.clone(), id),
+                    Some(id) => withdraw(&format!("w{i}"), &name, &s.requests[id.as_str()].holder.clone(), id),
                     None => Command::Tick,
                 },
             };

@@ -52,7 +52,7 @@ impl LockState {
                 if !deadlines.insert((w.until_ms, name.clone(), w.request_id.clone())) {
                     return Err(format!("request {:?} waits twice", w.request_id));
                 }
-                match self.requests.get(&w.request_id) {
+                match self.requests.get(w.request_id.as_str()) {
                     Some(Remembered {
                         kind: RequestKind::Acquire,
                         name: n,
@@ -125,7 +125,7 @@ impl LockState {
                         "a wait at barrier {name:?} ended but is still there"
                     ));
                 }
-                match self.requests.get(&a.request_id) {
+                match self.requests.get(a.request_id.as_str()) {
                     Some(Remembered {
                         kind: RequestKind::Arrive,
                         name: n,

@@ -255,7 +255,7 @@ impl LockState {
         settled: &mut Vec<Settled>,
     ) -> Answer {
         let withdrawn = |lease| Answer::Withdrawn { lease };
-        let Some(acquire) = self.requests.get(&w.acquire_id) else {
+        let Some(acquire) = self.requests.get(w.acquire_id.as_str()) else {
             // Not arrived (or long forgotten): remembered as withdrawn, so that the acquire, if
             // it still comes, is answered so and never executed.
             let acquire = (RequestKind::Acquire, w.name.as_str(), w.holder.as_str());
@@ -284,7 +284,7 @@ impl LockState {
                 let live = self.locks[&w.name].lease.clone();
                 self.end_held(&live, &w.name, at, now, settled);
                 // A late retry of the acquire must not believe it holds the lock.
-                if let Some(r) = self.requests.get_mut(&w.acquire_id) {
+                if let Some(r) = self.requests.get_mut(w.acquire_id.as_str()) {
                     r.answer = withdrawn(Some(live.clone()));
                 }
                 withdrawn(Some(live))
@@ -294,7 +294,7 @@ impl LockState {
                 adopted: false,
             } => match self.take_back_hold(&w.name, &lease, at, now, settled) {
                 Some(live) => {
-                    if let Some(r) = self.requests.get_mut(&w.acquire_id) {
+                    if let Some(r) = self.requests.get_mut(w.acquire_id.as_str()) {
                         r.answer = withdrawn(Some(live.clone()));
                     }
                     withdrawn(Some(live))

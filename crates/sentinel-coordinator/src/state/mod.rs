@@ -85,6 +85,7 @@ mod session_tests;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 pub use answer::{Answer, Applied, Limit, Settled};
 pub use barriers::{Arrival, Barrier, MAX_COUNT};
@@ -125,9 +126,9 @@ pub struct LockState {
     barriers: BTreeMap<String, Barrier>,
     /// `(until_ms, barrier, request_id)` of every arrival waiting at a barrier.
     arrival_deadlines: BTreeSet<barriers::ArrivalKey>,
-    requests: BTreeMap<String, Remembered>,
+    requests: BTreeMap<Arc<str>, Remembered>,
     /// Settled requests, oldest first: `(settled at, request id)`.
-    settled: VecDeque<(u64, String)>,
+    settled: VecDeque<(u64, Arc<str>)>,
     /// The revision of the last event ([`events`]): how many there have been.
     revision: u64,
     /// Open sessions by id ([`sessions`]).

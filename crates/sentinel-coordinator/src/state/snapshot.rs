@@ -6,6 +6,7 @@
 //! from outside, which may be corrupt.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,9 +26,9 @@ struct Stored {
     /// Absent from snapshots written before barriers, and while nobody waits at one.
     #[serde(default)]
     barriers: BTreeMap<String, Barrier>,
-    requests: BTreeMap<String, Remembered>,
+    requests: BTreeMap<Arc<str>, Remembered>,
     /// Settled request ids in the order they were settled, with the time.
-    settled: VecDeque<(u64, String)>,
+    settled: VecDeque<(u64, Arc<str>)>,
     /// Absent from snapshots written before events were numbered: they start from 0.
     #[serde(default)]
     revision: u64,
@@ -48,8 +49,8 @@ struct StoredRef<'a> {
     groups: &'a BTreeMap<String, Group>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     barriers: &'a BTreeMap<String, Barrier>,
-    requests: &'a BTreeMap<String, Remembered>,
-    settled: &'a VecDeque<(u64, String)>,
+    requests: &'a BTreeMap<Arc<str>, Remembered>,
+    settled: &'a VecDeque<(u64, Arc<str>)>,
     revision: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     sessions: &'a BTreeMap<u64, Session>,
@@ -77,7 +78,13 @@ impl LockState {
     /// Reads a snapshot written by [`Self::to_json`], rebuilding the indexes and refusing a state
     /// that breaks an invariant (a snapshot is data from disk or from another node).
     pub fn from_json(bytes: &[u8]) -> Result<LockState, String> {
-        let stored: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let mut stored: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        // A settled id read from the snapshot shares the map's copy of it, as when it was made.
+        for (_, id) in &mut stored.settled {
+            if let Some((shared, _)) = stored.requests.get_key_value(&**id) {
+                *id = shared.clone();
+            }
+        }
         let mut state = LockState {
             clock_ms: stored.clock_ms,
             term: stored.term,
