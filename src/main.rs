@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 use sentinel::error::{Error, ExitCode};
 use sentinel::interrupt;
 use sentinel_cli::cli::{Cli, Command};
-use sentinel_cli::output;
+use sentinel_cli::output::{self, Report};
 
 fn init_logs(cli: &Cli) {
     // Other crates' logs (the HTTP stack's retries and connection errors) only at -vv: sentinel
@@ -70,72 +70,20 @@ fn one_line(rendered: &str) -> String {
 }
 
 fn main() {
-    let cli = match sentinel_cli::cli::try_parse_from(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(e) => {
-            if !e.use_stderr() {
-                // Help and version go to stdout with exit 0.
-                let _ = e.print();
-                std::process::exit(0);
-            }
-            let json = json_requested();
-            if json {
-                output::print_json_error(
-                    &Error::usage(format!(
-                        "{}; see `sentinel --help`",
-                        one_line(&e.render().to_string())
-                    )),
-                    ExitCode::Usage.code(),
-                );
-            }
-            let _ = e.print();
-            std::process::exit(ExitCode::Usage.code());
-        }
-    };
+    let cli = parse();
     init_logs(&cli);
     let json = cli.global.json;
     let chosen_by_env = sentinel_cli::config::github_chosen_by_environment(&cli.global);
     let is_claim = matches!(cli.command, Command::Claim(_));
     let conflict_code = cli.command.conflict_exit_code();
-    let owns_signals = cli.command.owns_signals();
-    // A node serves many clients at once on every core; any other command is one client, whose
-    // blocking work (file locks, the local table) runs on tokio's blocking threads, so one thread
-    // does: starting two workers cost a short command more than its work.
-    let mut runtime = match cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
-    let runtime = runtime.worker_threads(2).enable_all().build();
-    let runtime = match runtime {
+    let runtime = match runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             output::print_error(&Error::Unexpected(format!("cannot start: {e}")), json);
             std::process::exit(ExitCode::Unexpected.code());
         }
     };
-    let result = runtime.block_on(async move {
-        // The command runs as its own task so that a signal does not drop it (and with it the
-        // undo registrations) before the undo actions have been taken.
-        let failed =
-            |e: tokio::task::JoinError| Err(Error::Unexpected(format!("the command failed: {e}")));
-        // A heartbeat sidecar and `run` answer SIGINT/SIGTERM themselves (stop cleanly, pass
-        // them on to the command).
-        if owns_signals {
-            let command = tokio::spawn(async move { sentinel_cli::commands::execute(&cli).await });
-            return command.await.unwrap_or_else(failed);
-        }
-        let signal = interrupt::signalled();
-        let mut command = tokio::spawn(async move { sentinel_cli::commands::execute(&cli).await });
-        tokio::select! {
-            joined = &mut command => joined.unwrap_or_else(failed),
-            code = signal => {
-                interrupt::wind_down(code, &mut command).await;
-                output::print_error(&Error::Interrupted(code), json);
-                std::process::exit(code);
-            }
-        }
-    });
-    match result {
+    match runtime.block_on(execute(cli)) {
         Ok(report) => {
             report.print(json);
             interrupt::reported();
@@ -155,6 +103,67 @@ fn main() {
             if is_claim {
                 output::claim_failed_output();
             }
+            std::process::exit(code);
+        }
+    }
+}
+
+/// The command line, or the process ends: help and version on stdout with exit 0, a usage error
+/// (as JSON too with `--json`) with exit 2.
+fn parse() -> Cli {
+    match sentinel_cli::cli::try_parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if !e.use_stderr() {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            if json_requested() {
+                output::print_json_error(
+                    &Error::usage(format!(
+                        "{}; see `sentinel --help`",
+                        one_line(&e.render().to_string())
+                    )),
+                    ExitCode::Usage.code(),
+                );
+            }
+            let _ = e.print();
+            std::process::exit(ExitCode::Usage.code());
+        }
+    }
+}
+
+/// A node serves many clients at once on every core; any other command is one client, whose
+/// blocking work (file locks, the local table) runs on tokio's blocking threads, so one thread
+/// does: starting two workers cost a short command more than its work.
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut runtime = match command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    runtime.worker_threads(2).enable_all().build()
+}
+
+/// Runs the command as its own task, so that a signal does not drop it (and with it the undo
+/// registrations) before the undo actions have been taken; on SIGINT/SIGTERM the process ends
+/// here, with the signal's exit code.
+async fn execute(cli: Cli) -> sentinel::error::Result<Report> {
+    let json = cli.global.json;
+    let failed =
+        |e: tokio::task::JoinError| Err(Error::Unexpected(format!("the command failed: {e}")));
+    // A heartbeat sidecar and `run` answer SIGINT/SIGTERM themselves (stop cleanly, pass them
+    // on to the command).
+    if cli.command.owns_signals() {
+        let command = tokio::spawn(async move { sentinel_cli::commands::execute(&cli).await });
+        return command.await.unwrap_or_else(failed);
+    }
+    let signal = interrupt::signalled();
+    let mut command = tokio::spawn(async move { sentinel_cli::commands::execute(&cli).await });
+    tokio::select! {
+        joined = &mut command => joined.unwrap_or_else(failed),
+        code = signal => {
+            interrupt::wind_down(code, &mut command).await;
+            output::print_error(&Error::Interrupted(code), json);
             std::process::exit(code);
         }
     }

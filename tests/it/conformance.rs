@@ -375,7 +375,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn acquire(lock: &LockId, worker: &str, ttl: Duration, takeover: Takeover) -> AcquireRequest {
+pub(crate) fn acquire(
+    lock: &LockId,
+    worker: &str,
+    ttl: Duration,
+    takeover: Takeover,
+) -> AcquireRequest {
     AcquireRequest {
         lock: lock.clone(),
         claimant: Claimant {

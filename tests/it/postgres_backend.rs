@@ -4,28 +4,14 @@
 use std::time::{Duration, Instant};
 
 use sentinel::backend::LockBackend;
-use sentinel::lock::{
-    AcquireRequest, Attempt, Claimant, HoldKind, LockId, ReleaseRequest, Takeover,
-};
+use sentinel::lock::{AcquireRequest, Attempt, LockId, ReleaseRequest, Takeover};
 use sentinel::postgres::PostgresBackend;
 
 use crate::servers::Postgres;
 
+/// An exclusive claim of `lock` by `worker` for ten minutes, without waiting.
 fn acquire(lock: &LockId, worker: &str) -> AcquireRequest {
-    AcquireRequest {
-        lock: lock.clone(),
-        claimant: Claimant {
-            worker_id: worker.into(),
-            node_id: "node-1".into(),
-        },
-        ttl: Duration::from_secs(600),
-        takeover: Takeover::None,
-        task_info: Default::default(),
-        readopt: false,
-        attempt: 0,
-        wait: Duration::ZERO,
-        kind: HoldKind::Exclusive,
-    }
+    crate::conformance::acquire(lock, worker, Duration::from_secs(600), Takeover::None)
 }
 
 fn force_release(lock: &LockId) -> ReleaseRequest {

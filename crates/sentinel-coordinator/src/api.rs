@@ -1231,6 +1231,42 @@ async fn by_token(
     answer(node, &name, &id, outcome)
 }
 
+/// The error answer to a request a limit of the coordinator refused.
+fn refusal(limit: Limit) -> ApiError {
+    match limit {
+        // The API refuses these before proposing; kept for completeness of the state.
+        Limit::Permits => invalid(
+            "permits",
+            format!("a semaphore's limit is 1 to {MAX_LIMIT}, its permits 1 to the limit"),
+        ),
+        Limit::Count => invalid("count", format!("use 1 to {}", super::state::MAX_COUNT)),
+        Limit::Sessions => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            format!(
+                "{} sessions are open, the most the coordinator keeps",
+                super::state::MAX_SESSIONS
+            ),
+        ),
+        Limit::HeldLocks => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_locks",
+            format!(
+                "{} locks are held, the most the coordinator holds",
+                super::state::MAX_HELD_LOCKS
+            ),
+        ),
+        Limit::Waiters => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_waiters",
+            format!(
+                "{} acquires are waiting, the most the coordinator queues",
+                super::state::MAX_WAITERS
+            ),
+        ),
+    }
+}
+
 /// The HTTP answer to a request's outcome.
 fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response, ApiError> {
     let now = now(node);
@@ -1275,38 +1311,7 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
             "request_id_reused",
             format!("request id {id:?} was already used for another request"),
         )),
-        Answer::Refused { limit } => Err(match limit {
-            // The API refuses these before proposing; kept for completeness of the state.
-            Limit::Permits => invalid(
-                "permits",
-                format!("a semaphore's limit is 1 to {MAX_LIMIT}, its permits 1 to the limit"),
-            ),
-            Limit::Count => invalid("count", format!("use 1 to {}", super::state::MAX_COUNT)),
-            Limit::Sessions => error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
-                format!(
-                    "{} sessions are open, the most the coordinator keeps",
-                    super::state::MAX_SESSIONS
-                ),
-            ),
-            Limit::HeldLocks => error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_locks",
-                format!(
-                    "{} locks are held, the most the coordinator holds",
-                    super::state::MAX_HELD_LOCKS
-                ),
-            ),
-            Limit::Waiters => error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_waiters",
-                format!(
-                    "{} acquires are waiting, the most the coordinator queues",
-                    super::state::MAX_WAITERS
-                ),
-            ),
-        }),
+        Answer::Refused { limit } => Err(refusal(limit)),
         Answer::OtherKind { kind, limit } => Err(error(
             conflict,
             "kind_conflict",

@@ -137,33 +137,37 @@ const RECOVERY_REF: &str = " (see \"Data directory\" in docs/cluster.md)";
 /// Decides whether a node started as `--id id` may use the data directory `dir` in which the
 /// store found `found`; every refusal says what is wrong and how to recover.
 pub fn check(dir: &Path, id: NodeId, found: &Found) -> Result<()> {
-    let recover = || {
-        format!(
-            "To recover: stop the node, move {} away, and start the node again so that it \
-             catches up from the other members (on a single-node cluster this loses every lock \
-             and starts fencing tokens again), or restore a backup of the whole directory{}.",
+    if let Some(rec) = &found.recorded
+        && rec.node_id != id
+    {
+        return Err(Error::Usage(format!(
+            "the data directory {} belongs to node {}, not to node {id}: start it with \
+             --id {}, or give node {id} a data directory of its own (--data-dir){}",
+            dir.display(),
+            rec.node_id,
+            rec.node_id,
+            RECOVERY_REF
+        )));
+    }
+    match inconsistency(found) {
+        None => Ok(()),
+        Some(what) => Err(Error::Unexpected(format!(
+            "refusing to start on the data directory {}: {what}. To recover: stop the node, \
+             move {} away, and start the node again so that it catches up from the other \
+             members (on a single-node cluster this loses every lock and starts fencing tokens \
+             again), or restore a backup of the whole directory{}.",
+            dir.display(),
             dir.display(),
             RECOVERY_REF
-        )
-    };
-    let refuse = |what: String| {
-        Error::Unexpected(format!(
-            "refusing to start on the data directory {}: {what}. {}",
-            dir.display(),
-            recover()
-        ))
-    };
+        ))),
+    }
+}
+
+/// What does not add up between the parts of a data directory, if anything: files of another
+/// cluster, a log missing, older than the snapshot or than what the node committed, or compacted
+/// past the snapshot.
+fn inconsistency(found: &Found) -> Option<String> {
     if let Some(rec) = &found.recorded {
-        if rec.node_id != id {
-            return Err(Error::Usage(format!(
-                "the data directory {} belongs to node {}, not to node {id}: start it with \
-                 --id {}, or give node {id} a data directory of its own (--data-dir){}",
-                dir.display(),
-                rec.node_id,
-                rec.node_id,
-                RECOVERY_REF
-            )));
-        }
         for (what, cluster) in [
             ("the Raft log (raft.redb)", &found.log_cluster),
             ("the snapshot", &found.snapshot_cluster),
@@ -171,64 +175,60 @@ pub fn check(dir: &Path, id: NodeId, found: &Found) -> Result<()> {
             if let Some(c) = cluster
                 && *c != rec.cluster_id
             {
-                return Err(refuse(format!(
+                return Some(format!(
                     "{what} belongs to cluster {c}, but the directory to cluster {}: files of \
                      another cluster were mixed in",
                     rec.cluster_id
-                )));
+                ));
             }
         }
     }
     let Some(last) = found.log_last else {
-        if found.recorded.is_some() || found.snapshot.is_some() {
-            let had = match (&found.recorded, found.snapshot) {
-                (Some(rec), _) => format!(
-                    "the directory records a log committed up to index {}",
-                    rec.committed
-                ),
-                (None, Some(s)) => format!("a snapshot up to index {s} is there"),
-                (None, None) => unreachable!(),
-            };
-            return Err(refuse(format!(
-                "the Raft log (raft.redb) is missing or empty, but {had}; starting would lose \
-                 acknowledged locks and hand out fencing tokens already issued"
-            )));
-        }
-        return Ok(());
+        let had = match (&found.recorded, found.snapshot) {
+            (Some(rec), _) => format!(
+                "the directory records a log committed up to index {}",
+                rec.committed
+            ),
+            (None, Some(s)) => format!("a snapshot up to index {s} is there"),
+            // A new directory.
+            (None, None) => return None,
+        };
+        return Some(format!(
+            "the Raft log (raft.redb) is missing or empty, but {had}; starting would lose \
+             acknowledged locks and hand out fencing tokens already issued"
+        ));
     };
     if let Some(s) = found.snapshot
         && s > last
     {
-        return Err(refuse(format!(
+        return Some(format!(
             "the snapshot covers the log up to index {s}, but the Raft log (raft.redb) ends at \
              index {last}: the log is older than the snapshot (restored from an older copy, or \
              truncated); starting would write new entries at positions already used and hand \
              out fencing tokens already issued"
-        )));
+        ));
     }
     if let Some(p) = found.purged
         && found.snapshot.is_none_or(|s| s < p)
     {
-        return Err(refuse(format!(
+        return Some(format!(
             "the Raft log (raft.redb) was compacted up to index {p}, but {}: the entries in \
              between are gone",
             match found.snapshot {
                 Some(s) => format!("the snapshot covers only up to index {s}"),
                 None => "the snapshot is missing".to_string(),
             }
-        )));
+        ));
     }
-    if let Some(rec) = &found.recorded
-        && rec.committed > last
-    {
-        return Err(refuse(format!(
+    match &found.recorded {
+        Some(rec) if rec.committed > last => Some(format!(
             "the Raft log (raft.redb) ends at index {last}, but this node had committed entries \
              up to index {}: the log was restored from an older copy or truncated; starting \
              would hand out fencing tokens already issued",
             rec.committed
-        )));
+        )),
+        _ => None,
     }
-    Ok(())
 }
 
 /// Keeps `node.json` up to date while the node runs: the cluster id once it is learnt, and the

@@ -94,19 +94,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
-    let config = Config {
-        cluster_name: "sentinel".into(),
-        heartbeat_interval: HEARTBEAT_MS,
-        election_timeout_min: ELECTION_MIN_MS,
-        election_timeout_max: ELECTION_MAX_MS,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
-        max_in_snapshot_log_to_keep: LOG_KEPT.min(opts.snapshot_every),
-        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
-        install_snapshot_timeout: SNAPSHOT_CHUNK_MS,
-        ..Config::default()
-    }
-    .validate()
-    .map_err(|e| Error::Unexpected(format!("invalid Raft configuration: {e}")))?;
+    let config = raft_config(opts.snapshot_every)?;
     let audit = opts.audit_log.as_deref().map(AuditLog::open).transpose()?;
     let (log, state) = store::open(&opts.data_dir, opts.id)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -133,24 +121,7 @@ pub async fn serve(
     .map_err(|e| Error::Unexpected(format!("cannot start Raft: {e}")))?;
     form_cluster(&raft, opts.id, &opts.members).await?;
     if peer.is_none() {
-        // The log's membership wins over --peer: a node of a cluster restarted without its
-        // peers listed still needs the token to talk to them.
-        let others: Vec<NodeId> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != opts.id)
-            .collect();
-        if !others.is_empty() {
-            let _ = raft.shutdown().await;
-            return Err(Error::usage(format!(
-                "this node's log has other members ({others:?}): give it the cluster's \
-                 --peer-token (or SENTINEL_PEER_TOKEN, --peer-token-file)"
-            )));
-        }
+        alone_in_its_log(&raft, opts.id).await?;
     }
     let (node, _background) = Node::start(Started {
         id: opts.id,
@@ -192,6 +163,46 @@ pub async fn serve(
     };
     let _ = node.raft.shutdown().await;
     result
+}
+
+/// openraft's settings for this coordinator (the constants above).
+fn raft_config(snapshot_every: u64) -> Result<Config> {
+    Config {
+        cluster_name: "sentinel".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: LOG_KEPT.min(snapshot_every),
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
+        install_snapshot_timeout: SNAPSHOT_CHUNK_MS,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(|e| Error::Unexpected(format!("invalid Raft configuration: {e}")))
+}
+
+/// A node started without a peer token must be a cluster of one: the log's membership wins over
+/// `--peer`, so a node of a cluster restarted without its peers listed still needs the token to
+/// talk to them. Otherwise Raft is stopped and the refusal says what to give.
+async fn alone_in_its_log(raft: &Raft<TypeConfig>, id: NodeId) -> Result<()> {
+    let others: Vec<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(node, _)| *node)
+        .filter(|node| *node != id)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let _ = raft.shutdown().await;
+    Err(Error::usage(format!(
+        "this node's log has other members ({others:?}): give it the cluster's \
+         --peer-token (or SENTINEL_PEER_TOKEN, --peer-token-file)"
+    )))
 }
 
 /// Initializes a fresh cluster from the member list, on the member with the lowest id only.

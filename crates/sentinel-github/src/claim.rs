@@ -17,6 +17,14 @@ use super::{Comments, GithubBackend, VISIBILITY_READS};
 use sentinel_core::error::{Error, Result};
 use sentinel_core::lock::{AcquireRequest, Attempt, Grant, Holder, Takeover as Mode};
 
+/// What the look before a claim decided.
+enum Look {
+    /// The claim is answered without posting: readopted, or held.
+    Answered(Attempt),
+    /// Post the claim, taking over this holder if any.
+    Claim(Option<(Takeover, Holder)>),
+}
+
 impl GithubBackend {
     /// Posts a lock comment exactly once, even when a response is lost: after an unknown outcome
     /// it re-reads the issue and looks for its nonce before posting again.
@@ -113,53 +121,11 @@ impl GithubBackend {
         let worker = &req.claimant.worker_id;
         let mut takeover = None;
         if look_first || req.takeover != Mode::None {
-            if req.takeover != Mode::None || req.attempt > 0 {
-                // Deciding to take over needs every trusted comment, ours included; a plain
-                // first look does not (a holder it misses is found by the read after writing),
-                // so it spends no `GET /user` on learning who we are.
-                self.ensure_login().await?;
-            }
-            let state = self.read(issue).await?;
-            let res = resolve(&state.records);
-            if res.holder().is_none() {
-                after_release = res.current.map(seen_release);
-            }
-            if let Some(h) = res.holder() {
-                if req.readopt && &h.meta.worker_id == worker && !h.is_stale_at(state.now) {
-                    return self.adopt(issue, h, state.now, None).await;
-                }
-                // Only a take-over of stale locks turns on the holder's Actions job (its lease
-                // aside): for any other claim the answer would change nothing but rate limit.
-                let judged = if req.takeover == Mode::Stale {
-                    self.judge(h, state.now, &mut Listings::new()).await
-                } else {
-                    Judged::by_lease(h, state.now)
-                };
-                let allowed = match req.takeover {
-                    Mode::Any => true,
-                    Mode::Stale => judged.stale,
-                    Mode::None => false,
-                };
-                if !allowed {
-                    return Ok(Attempt::Held(judged.holder(h, state.now)));
-                }
-                if req.takeover == Mode::Any && !judged.stale {
-                    tracing::warn!(holder = %h.meta.worker_id, "FORCE: taking over a live lock");
-                }
-                takeover = Some((
-                    Takeover {
-                        comment_id: h.id,
-                        worker_id: h.meta.worker_id.clone(),
-                        heartbeat: h.updated_at,
-                        ttl_seconds: h.meta.ttl_seconds,
-                        force: !judged.stale,
-                        completed_job: judged.completed_job.clone(),
-                    },
-                    judged.holder(h, state.now),
-                ));
+            match self.look(issue, req, &mut after_release).await? {
+                Look::Answered(attempt) => return Ok(attempt),
+                Look::Claim(taking_over) => takeover = taking_over,
             }
         }
-
         let now = self.now();
         let meta = LockMeta {
             worker_id: worker.clone(),
@@ -191,6 +157,61 @@ impl GithubBackend {
             self.discard(my_id).await;
         }
         result
+    }
+
+    /// The look before posting a claim: the lock read, and either the answer (the holder's own
+    /// lease readopted, or held by someone this claim may not take over) or the claim to post,
+    /// with the take-over it makes. A free lock's last release goes into `after_release`.
+    async fn look(
+        &self,
+        issue: u64,
+        req: &AcquireRequest,
+        after_release: &mut Option<AfterRelease>,
+    ) -> Result<Look> {
+        if req.takeover != Mode::None || req.attempt > 0 {
+            // Deciding to take over needs every trusted comment, ours included; a plain first
+            // look does not (a holder it misses is found by the read after writing), so it
+            // spends no `GET /user` on learning who we are.
+            self.ensure_login().await?;
+        }
+        let state = self.read(issue).await?;
+        let res = resolve(&state.records);
+        let Some(h) = res.holder() else {
+            *after_release = res.current.map(seen_release);
+            return Ok(Look::Claim(None));
+        };
+        if req.readopt && h.meta.worker_id == req.claimant.worker_id && !h.is_stale_at(state.now) {
+            return Ok(Look::Answered(self.adopt(issue, h, state.now, None).await?));
+        }
+        // Only a take-over of stale locks turns on the holder's Actions job (its lease aside):
+        // for any other claim the answer would change nothing but rate limit.
+        let judged = if req.takeover == Mode::Stale {
+            self.judge(h, state.now, &mut Listings::new()).await
+        } else {
+            Judged::by_lease(h, state.now)
+        };
+        let allowed = match req.takeover {
+            Mode::Any => true,
+            Mode::Stale => judged.stale,
+            Mode::None => false,
+        };
+        if !allowed {
+            return Ok(Look::Answered(Attempt::Held(judged.holder(h, state.now))));
+        }
+        if req.takeover == Mode::Any && !judged.stale {
+            tracing::warn!(holder = %h.meta.worker_id, "FORCE: taking over a live lock");
+        }
+        Ok(Look::Claim(Some((
+            Takeover {
+                comment_id: h.id,
+                worker_id: h.meta.worker_id.clone(),
+                heartbeat: h.updated_at,
+                ttl_seconds: h.meta.ttl_seconds,
+                force: !judged.stale,
+                completed_job: judged.completed_job.clone(),
+            },
+            judged.holder(h, state.now),
+        ))))
     }
 
     /// Reads our claim back and settles who won; everything here runs with our comment posted.

@@ -39,92 +39,108 @@ impl PostgresBackend {
     /// grants on the table and sequence, or may create them.
     pub async fn diagnose(&self) -> Vec<Check> {
         let facts = self
-            .call_with(WHAT, false, |client| async move {
-                let names = &self.inner.names;
-                let err = |e: tokio_postgres::Error| self.failure(WHAT, &e);
-                let row = client
-                    .query_one(
-                        "SELECT current_user::text, current_setting('server_version')",
-                        &[],
-                    )
-                    .await
-                    .map_err(err)?;
-                let (user, version): (String, String) = (row.get(0), row.get(1));
-                let found = names.existing(&client).await.map_err(err)?;
-                let lacking = |function: &'static str, object: &'static str| {
-                    let sql = format!(
-                        "SELECT array(SELECT p FROM unnest($2::text[]) p \
-                         WHERE NOT {function}($1, p))"
-                    );
-                    let (name, privileges) = match object {
-                        "table" => (&names.table, &TABLE_PRIVILEGES[..]),
-                        "holds" => (&names.holds, &TABLE_PRIVILEGES[..]),
-                        _ => (&names.sequence, &SEQUENCE_PRIVILEGES[..]),
-                    };
-                    let client = &client;
-                    async move {
-                        let row = client
-                            .query_one(&sql, &[name, &privileges])
-                            .await
-                            .map_err(err)?;
-                        Ok::<Vec<String>, Failure>(row.get(0))
-                    }
-                };
-                let table = match found.table {
-                    true => Some(lacking("has_table_privilege", "table").await?),
-                    false => None,
-                };
-                let sequence = match found.sequence {
-                    true => Some(lacking("has_sequence_privilege", "sequence").await?),
-                    false => None,
-                };
-                let holds = match found.holds {
-                    true => Some(lacking("has_table_privilege", "holds").await?),
-                    false => None,
-                };
-                let can_create: bool = match found.schema {
-                    true => client
-                        .query_one(
-                            "SELECT has_schema_privilege($1, 'CREATE')",
-                            &[&names.schema],
-                        )
-                        .await
-                        .map_err(err)?
-                        .get(0),
-                    false => client
-                        .query_one(
-                            "SELECT has_database_privilege(current_database(), 'CREATE')",
-                            &[],
-                        )
-                        .await
-                        .map_err(err)?
-                        .get(0),
-                };
-                let columns: Vec<(String, String, bool)> = match table.is_some() {
-                    true => client
-                        .query(layout::COLUMNS_OF, &[&names.table])
-                        .await
-                        .map_err(err)?
-                        .iter()
-                        .map(|r| (r.get(0), r.get(1), r.get(2)))
-                        .collect(),
-                    false => Vec::new(),
-                };
-                Ok(Facts {
-                    user,
-                    version,
-                    table,
-                    sequence,
-                    holds,
-                    can_create,
-                    columns,
-                })
-            })
+            .call_with(
+                WHAT,
+                false,
+                |client| async move { self.facts(&client).await },
+            )
             .await;
         match facts {
             Ok(facts) => self.judge(&facts),
             Err(e) => vec![Check::fail("connection", e)],
         }
+    }
+
+    /// What the catalog says of this login, the tables, the sequence and their grants.
+    async fn facts(&self, client: &tokio_postgres::Client) -> Result<Facts, Failure> {
+        let names = &self.inner.names;
+        let err = |e: tokio_postgres::Error| self.failure(WHAT, &e);
+        let row = client
+            .query_one(
+                "SELECT current_user::text, current_setting('server_version')",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let (user, version): (String, String) = (row.get(0), row.get(1));
+        let found = names.existing(client).await.map_err(err)?;
+        let lacking = |function: &'static str, object: &'static str| {
+            let sql = format!(
+                "SELECT array(SELECT p FROM unnest($2::text[]) p WHERE NOT {function}($1, p))"
+            );
+            let (name, privileges) = match object {
+                "table" => (&names.table, &TABLE_PRIVILEGES[..]),
+                "holds" => (&names.holds, &TABLE_PRIVILEGES[..]),
+                _ => (&names.sequence, &SEQUENCE_PRIVILEGES[..]),
+            };
+            async move {
+                let row = client
+                    .query_one(&sql, &[name, &privileges])
+                    .await
+                    .map_err(err)?;
+                Ok::<Vec<String>, Failure>(row.get(0))
+            }
+        };
+        let table = match found.table {
+            true => Some(lacking("has_table_privilege", "table").await?),
+            false => None,
+        };
+        let sequence = match found.sequence {
+            true => Some(lacking("has_sequence_privilege", "sequence").await?),
+            false => None,
+        };
+        let holds = match found.holds {
+            true => Some(lacking("has_table_privilege", "holds").await?),
+            false => None,
+        };
+        let can_create = self.may_create(client, found.schema).await.map_err(err)?;
+        let columns: Vec<(String, String, bool)> = match table.is_some() {
+            true => client
+                .query(layout::COLUMNS_OF, &[&names.table])
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect(),
+            false => Vec::new(),
+        };
+        Ok(Facts {
+            user,
+            version,
+            table,
+            sequence,
+            holds,
+            can_create,
+            columns,
+        })
+    }
+
+    /// Whether this login may create what is missing: in the schema if it exists, else the
+    /// schema itself in the database.
+    async fn may_create(
+        &self,
+        client: &tokio_postgres::Client,
+        schema_exists: bool,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let row = match schema_exists {
+            true => {
+                client
+                    .query_one(
+                        "SELECT has_schema_privilege($1, 'CREATE')",
+                        &[&self.inner.names.schema],
+                    )
+                    .await?
+            }
+            false => {
+                client
+                    .query_one(
+                        "SELECT has_database_privilege(current_database(), 'CREATE')",
+                        &[],
+                    )
+                    .await?
+            }
+        };
+        Ok(row.get(0))
     }
 
     /// The checks the catalog's answers make.

@@ -18,9 +18,7 @@ impl LockState {
         if self.held() > MAX_HELD_LOCKS + MAX_WAITERS || self.locks.len() > MAX_HELD_LOCKS {
             return Err(format!("{} locks are held", self.held()));
         }
-        let mut waiting = 0;
         let mut expiries = BTreeSet::new();
-        let mut deadlines = BTreeSet::new();
         for (name, slot) in &self.locks {
             if LockTable::is_stale(&slot.lease, self.clock_ms) {
                 return Err(format!("the lease of {name:?} ended but is still held"));
@@ -41,11 +39,26 @@ impl LockState {
         if holds != self.holds || self.hold_index() != self.hold_expiries {
             return Err("the holds' count or expiry index does not match the groups".into());
         }
+        let deadlines = self.check_queues()?;
+        let waiting = deadlines.len() + self.check_barriers()?;
+        self.check_sessions()?;
+        if waiting > MAX_WAITERS {
+            return Err(format!("{waiting} acquires are waiting"));
+        }
+        if expiries != self.expiries || deadlines != self.deadlines {
+            return Err("the expiry indexes do not match the locks".into());
+        }
+        self.check_requests(waiting)
+    }
+
+    /// Every waiter of a lock or group is still within its wait, waits once and is remembered
+    /// as queued for that name by its holder: the deadline index the queues make.
+    fn check_queues(&self) -> Result<BTreeSet<(u64, String, String)>, String> {
+        let mut deadlines = BTreeSet::new();
         let locks = self.locks.iter().map(|(name, s)| (name, &s.queue));
         let groups = self.groups.iter().map(|(name, g)| (name, &g.queue));
         for (name, queue) in locks.chain(groups) {
             for w in queue {
-                waiting += 1;
                 if w.until_ms < self.clock_ms {
                     return Err(format!("a wait for {name:?} ended but is still queued"));
                 }
@@ -69,14 +82,12 @@ impl LockState {
                 }
             }
         }
-        waiting += self.check_barriers()?;
-        self.check_sessions()?;
-        if waiting > MAX_WAITERS {
-            return Err(format!("{waiting} acquires are waiting"));
-        }
-        if expiries != self.expiries || deadlines != self.deadlines {
-            return Err("the expiry indexes do not match the locks".into());
-        }
+        Ok(deadlines)
+    }
+
+    /// The remembered requests are the `waiting` ones (queued) and the settled ones, each
+    /// settled once, in the order of time, none after the state's clock.
+    fn check_requests(&self, waiting: usize) -> Result<(), String> {
         let queued = self
             .requests
             .values()
