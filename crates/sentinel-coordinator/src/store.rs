@@ -551,11 +551,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Entries leave memory only once durable and committed, and purged ones are never asked
         // for, so what is older than the memory's first entry is in the database.
         let mut entries = match first {
-            Some(first) => self.read_back(range, first).map_err(|e| {
-                StorageError::from(StorageIOError::read_logs(AnyError::error(format!(
-                    "cannot read the Raft log back: {e}"
-                ))))
-            })?,
+            // redb may panic on a damaged file: an error, like at start-up.
+            Some(first) => guarded(|| self.read_back(range, first))
+                .and_then(|r| r)
+                .map_err(|e| {
+                    StorageError::from(StorageIOError::read_logs(AnyError::error(format!(
+                        "cannot read the Raft log back: {e}"
+                    ))))
+                })?,
             None => Vec::new(),
         };
         entries.extend(cached);
