@@ -255,8 +255,30 @@ pub(crate) fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     CLUSTERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, below the kernel's ephemeral
+/// range where it can: a port the kernel hands out (to another test's server bound to port 0, or
+/// to any outgoing connection) could be taken between this pick and the node's bind, and a
+/// cluster's addresses are fixed in its members' `--peer` lists. Picks go round the range in
+/// turn from a random place, so two picks of this process never meet.
 pub(crate) fn free_addr() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span >= 1_000 {
+        static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(|| fastrand::u32(..span));
+        for _ in 0..span {
+            let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = LOWEST + (start + turn) % span;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                return l.local_addr().unwrap().to_string();
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
