@@ -35,8 +35,8 @@ pub(crate) struct Held {
 pub(crate) struct Together<'a> {
     ctx: &'a Context,
     held: Vec<Held>,
-    /// Their lease (the shortest of theirs) and the schedule that fits it, once started.
-    schedule: Option<(Duration, Timing)>,
+    /// The schedule that fits their lease (the shortest of theirs), once started.
+    timing: Option<Timing>,
     /// On the coordinator, with several locks: the session that keeps them, and what it keeps.
     session: Option<(Session, Vec<(String, u64)>)>,
 }
@@ -47,7 +47,7 @@ impl<'a> Together<'a> {
         Together {
             ctx,
             held,
-            schedule: None,
+            timing: None,
             session: None,
         }
     }
@@ -64,7 +64,7 @@ impl<'a> Together<'a> {
             .min()
             .unwrap_or(lease::MIN_TTL);
         let timing = Timing::for_ttl(interval, ttl)?;
-        self.schedule = Some((ttl, timing));
+        self.timing = Some(timing);
         self.open_session(ttl, timing).await?;
         Ok((ttl, timing))
     }
@@ -114,7 +114,7 @@ impl<'a> Together<'a> {
     /// Renews until `stop` resolves (the renewal rounds made) or a lock is lost (the error, once
     /// every keep-alive has stopped). Dropping the future stops renewing at once.
     pub async fn keep(&mut self, stop: impl Future<Output = ()>) -> Result<u64> {
-        let Some((_, timing)) = self.schedule else {
+        let Some(timing) = self.timing else {
             return Err(Error::Unexpected(
                 "keeping locks that were not started".into(),
             ));
@@ -222,7 +222,9 @@ async fn in_session(
     stop: impl Future<Output = ()>,
 ) -> Result<u64> {
     let mut lost = session.lost();
-    let mut check = tokio::time::interval(timing.interval());
+    // The holds were just moved into the session: the first look is one interval on.
+    let every = timing.interval();
+    let mut check = tokio::time::interval_at(Instant::now() + every, every);
     let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {

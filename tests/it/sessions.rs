@@ -212,12 +212,9 @@ impl CliNode {
 fn a_sidecar_keeps_several_locks_in_one_session() {
     let tmp = tempfile::tempdir().unwrap();
     let node = CliNode::start(tmp.path());
-    let (sentinel, holder_of) = (
-        |w: &str, a: &[&str]| node.cli(w, a),
-        |n: &str| node.holder_of(n),
-    );
     let claim = |name: &str| {
-        let out = sentinel("w1", &["claim", name, "--ttl", "3s"])
+        let out = node
+            .cli("w1", &["claim", name, "--ttl", "3s"])
             .output()
             .unwrap();
         assert_eq!(code(&out), 0, "{}", text(&out));
@@ -225,10 +222,10 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
     for name in ["a", "b", "c"] {
         claim(name);
     }
-    let mut sidecar = Running::spawn(&mut sentinel("w1", &["--json", "heartbeat", "a", "b", "c"]));
+    let mut sidecar = Running::spawn(&mut node.cli("w1", &["--json", "heartbeat", "a", "b", "c"]));
     std::thread::sleep(Duration::from_secs(7));
     for name in ["a", "b", "c"] {
-        assert_eq!(holder_of(name), "w1", "{name} outlived its 3s TTL");
+        assert_eq!(node.holder_of(name), "w1", "{name} outlived its 3s TTL");
     }
     sidecar.signal("TERM");
     let out = sidecar.exit_within(Duration::from_secs(5));
@@ -250,7 +247,7 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
     eventually(50, "the locks to end with the session", || {
         ["a", "b", "c"]
             .iter()
-            .all(|n| holder_of(n).is_null())
+            .all(|n| node.holder_of(n).is_null())
             .then_some(())
     });
 
@@ -258,7 +255,7 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
     for name in ["a", "b"] {
         claim(name);
     }
-    let mut sidecar = Running::spawn(&mut sentinel(
+    let mut sidecar = Running::spawn(&mut node.cli(
         "w1",
         &["--json", "heartbeat", "a", "b", "--release-on-exit"],
     ));
@@ -270,22 +267,23 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
         serde_json::from_value(stdout_json(&out)["released"].clone()).unwrap();
     released.sort();
     assert_eq!(released, ["a", "b"]);
-    assert!(holder_of("a").is_null() && holder_of("b").is_null());
+    assert!(node.holder_of("a").is_null() && node.holder_of("b").is_null());
 
     // Taken from the session behind its back: the sidecar exits 4 naming the lock.
     for name in ["a", "b"] {
         claim(name);
     }
-    let sidecar = Running::spawn(&mut sentinel("w1", &["--json", "heartbeat", "a", "b"]));
+    let sidecar = Running::spawn(&mut node.cli("w1", &["--json", "heartbeat", "a", "b"]));
     std::thread::sleep(Duration::from_secs(2));
-    let out = sentinel("w2", &["release", "b", "--force"])
+    let out = node
+        .cli("w2", &["release", "b", "--force"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
     let out = sidecar.exit_within(Duration::from_secs(6));
     assert_eq!(code(&out), 4, "{}", text(&out));
     assert!(text(&out).contains("b (fencing token"), "{}", text(&out));
-    assert_eq!(holder_of("a"), "w1");
+    assert_eq!(node.holder_of("a"), "w1");
 }
 
 /// `run LOCK --also OTHER` on the coordinator keeps its locks in one session: they outlive
@@ -295,34 +293,34 @@ fn a_sidecar_keeps_several_locks_in_one_session() {
 fn run_also_keeps_its_locks_in_one_session() {
     let tmp = tempfile::tempdir().unwrap();
     let node = CliNode::start(tmp.path());
-    let (sentinel, holder_of) = (
-        |w: &str, a: &[&str]| node.cli(w, a),
-        |n: &str| node.holder_of(n),
-    );
     let args = [
         "--json", "run", "a", "--also", "b", "--ttl", "3s", "--", "sleep", "5",
     ];
-    let run = Running::spawn(&mut sentinel("w1", &args));
+    let run = Running::spawn(&mut node.cli("w1", &args));
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!((holder_of("a"), holder_of("b")), ("w1".into(), "w1".into()));
+    assert_eq!(
+        (node.holder_of("a"), node.holder_of("b")),
+        ("w1".into(), "w1".into())
+    );
     let out = run.exit_within(Duration::from_secs(10));
     assert_eq!(code(&out), 0, "{}", text(&out));
     let v = stdout_json(&out);
     let id = v["session"].as_u64().expect("a session");
     assert_eq!(v["released"], true, "{v}");
     assert_eq!(get(&node.node.addr, &format!("/sessions/{id}")).0, 404);
-    assert!(holder_of("a").is_null() && holder_of("b").is_null());
+    assert!(node.holder_of("a").is_null() && node.holder_of("b").is_null());
 
-    let run = Running::spawn(&mut sentinel(
+    let run = Running::spawn(&mut node.cli(
         "w1",
         &[
             "run", "a", "--also", "b", "--ttl", "3s", "--", "sleep", "30",
         ],
     ));
     eventually(20, "the run to hold b", || {
-        (holder_of("b") == "w1").then_some(())
+        (node.holder_of("b") == "w1").then_some(())
     });
-    let out = sentinel("w2", &["release", "b", "--force"])
+    let out = node
+        .cli("w2", &["release", "b", "--force"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
