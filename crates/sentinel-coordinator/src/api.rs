@@ -454,9 +454,9 @@ where
     // A leader that is gone (killed, cut off) is replaced within a second or so: the request
     // waits here for the next one instead of the client waiting out its retry pauses. Sent again
     // only when that cannot do it twice: nothing reached the old leader, or it is a read, or it
-    // names its request id (a retry then gets the first one's answer).
+    // names its request id (a retry then gets the first one's answer); the body is parsed for
+    // that only then, not on every forward.
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-    let repeatable = parts.method == Method::GET || has_request_id(&body);
     while !node.is_leader() {
         match forward(&node, &parts, body.clone(), wait).await {
             Ok(r) => return r,
@@ -464,7 +464,7 @@ where
                 leader,
                 sent,
                 error,
-            }) if !sent || repeatable => {
+            }) if !sent || parts.method == Method::GET || has_request_id(&body) => {
                 if !another_leader(&node, leader, deadline).await {
                     return error.into_response();
                 }
