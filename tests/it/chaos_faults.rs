@@ -22,6 +22,7 @@
 //! A second test runs the documented recoveries of a lost data directory under the same load: a
 //! follower rejoining with a fresh directory, and one restored from a copy taken earlier.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,8 +239,14 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn three_nodes_keep_locks_exclusive_through_partitions_skewed_clocks_forged_rpcs_and_lost_disks() {
     let _one_cluster = crate::serve::one_cluster_at_a_time();
+    // As README says of every test whose tool is missing: skipped, not failed (`.ci/run`
+    // installs faketime, so there it always runs).
     let Some(lib) = libfaketime() else {
-        panic!("libfaketime is not installed (apt-get install faketime; .ci/run checks for it)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: libfaketime is not installed (apt-get install faketime)"
+        );
+        return;
     };
     let started = Instant::now();
     let mut env = vec![Vec::new(); 3];
