@@ -223,9 +223,22 @@ fn eight_workers_drain_forty_issues_each_claimed_exactly_once() {
          with {} requests = {per_issue:.2} per claimed issue, the {WORKERS} final empty-queue runs included; {by_kind:#?}",
         requests.len()
     );
+    // How many races are lost depends on how the scheduler interleaves the workers (CI once saw
+    // 26 losses and 8.15 requests per issue where this machine sees fewer), so the budget is the
+    // protocol's own price for what happened: a run lists the issues and the lock comments (2),
+    // an attempt posts, reads back and assigns or deletes (3), a lost race lists the lock
+    // comments again (1), and a worker looks itself up once (1). Each worker may spend one read
+    // more: a look before writing where the listing cannot vouch for an issue, or a read again
+    // past the list lag. One request more per claim or per lost race still fails.
+    let losses = by_kind
+        .get("DELETE delete a losing comment")
+        .copied()
+        .unwrap_or(0);
+    let budget = 5 * ISSUES + 4 * losses + 4 * WORKERS;
     assert!(
-        per_issue <= 8.0,
-        "{per_issue:.2} requests per claimed issue"
+        requests.len() <= budget,
+        "{} requests for {ISSUES} claims and {losses} lost races; the protocol's price is {budget}",
+        requests.len()
     );
 }
 
