@@ -4,6 +4,11 @@
 //! the error openraft produced. The same HTTP client forwards client requests from a follower to
 //! the leader.
 //!
+//! An AppendEntries that would be larger than a peer accepts ([`MAX_RAFT_BODY`]) is not sent:
+//! openraft is told to send fewer entries at a time ([`PayloadTooLarge`]), so a follower far
+//! behind on large entries catches up in several requests instead of being refused the same one
+//! for ever.
+//!
 //! Every exchange has a deadline (openraft's per-RPC TTL, or the caller's), so a stopped peer
 //! delays nothing for longer than that; an unreachable peer is reported as such, and openraft
 //! backs off before trying it again.
@@ -23,7 +28,8 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use openraft::BasicNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -35,6 +41,7 @@ use serde::de::DeserializeOwned;
 
 use sentinel_proto::http::{Failure, HttpClient, exchange};
 
+use super::peer::MAX_RAFT_BODY;
 use super::{NodeId, TypeConfig};
 
 /// The path of openraft's AppendEntries RPC.
@@ -139,8 +146,20 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let network = |e: String| RPCError::Network(NetworkError::new(&io::Error::other(e)));
         let body = serde_json::to_vec(req).map_err(|e| network(e.to_string()))?;
+        self.send(path, body, timeout).await
+    }
+
+    async fn send<Resp, E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let mut request = Request::post(self.client.url(&self.addr, path))
             .header(CONTENT_TYPE, "application/json")
             .header(PEER_ID_HEADER, self.id.to_string());
@@ -203,13 +222,39 @@ impl Peer {
     }
 }
 
+fn network<E: std::error::Error>(e: String) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&io::Error::other(e)))
+}
+
+/// How many of `entries` entries, making `bytes` bytes together, fit in a Raft RPC: as many as
+/// would if every entry were the average size (at least one; a single entry is at most a batch
+/// of requests, each far below the limit). Fewer entries than that are tried again when larger
+/// ones came first.
+fn entries_that_fit(entries: usize, bytes: usize) -> u64 {
+    let fit = entries as u128 * MAX_RAFT_BODY as u128 / bytes.max(1) as u128;
+    u64::try_from(fit).unwrap_or(u64::MAX).max(1)
+}
+
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let body = serde_json::to_vec(&rpc).map_err(|e| network(e.to_string()))?;
+        if body.len() > MAX_RAFT_BODY && rpc.entries.len() > 1 {
+            let fit = entries_that_fit(rpc.entries.len(), body.len());
+            tracing::debug!(
+                entries = rpc.entries.len(),
+                bytes = body.len(),
+                fit,
+                "AppendEntries too large for a peer; sending fewer entries at a time"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        self.send(APPEND_PATH, body, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -226,5 +271,77 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::state::{Acquire, Batch, Command, Proposal};
+
+    /// An entry whose one command carries a name of `bytes` bytes.
+    fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        let command = Command::Acquire(Acquire {
+            request_id: format!("r{index}"),
+            name: "n".repeat(bytes),
+            holder: "h".into(),
+            node: String::new(),
+            ttl_ms: 1_000,
+            wait_ms: 0,
+            readopt: false,
+            task_info: Default::default(),
+            session: None,
+        });
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(vec![Proposal { at_ms: 0, command }])),
+        }
+    }
+
+    fn append(entries: Vec<Entry<TypeConfig>>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_larger_than_a_peer_accepts_asks_for_fewer_entries_and_sends_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let client = sentinel_proto::http::http_client();
+        let mut peer = Peers::new(client, 1, None)
+            .new_client(2, &BasicNode { addr })
+            .await;
+        let option = RPCOption::new(Duration::from_secs(1));
+
+        // Three entries of 25 MiB: 75 MiB, of which two fit in 64 MiB.
+        let big = append((1..=3).map(|i| entry(i, 25 << 20)).collect());
+        match peer.append_entries(big, option.clone()).await {
+            Err(RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 2),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(nothing.is_err(), "the too-large request was sent");
+
+        // A small one goes out (the listener never answers: a timeout, after the connection).
+        let small = append(vec![entry(1, 10)]);
+        let sent = tokio::spawn(async move { peer.append_entries(small, option).await });
+        let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+        assert!(accepted.is_ok(), "the small request was not sent");
+        sent.abort();
+    }
+
+    #[test]
+    fn entries_that_fit_rounds_down_and_never_reaches_zero() {
+        assert_eq!(entries_that_fit(3, 75 << 20), 2);
+        assert_eq!(entries_that_fit(300, 640 << 20), 30);
+        assert_eq!(entries_that_fit(2, usize::MAX), 1);
     }
 }

@@ -58,8 +58,9 @@ pub const MAX_TERM: u64 = 1 << 62;
 pub const MAX_INDEX: u64 = 1 << 52;
 /// Largest snapshot received (a full state is tens of MB).
 pub const MAX_SNAPSHOT: u64 = 512 << 20;
-/// Largest body of a Raft RPC (a batch of entries, a snapshot chunk).
-const MAX_RAFT_BODY: usize = 64 << 20;
+/// Largest body of a Raft RPC (a batch of entries, a snapshot chunk); a leader sends fewer
+/// entries at a time than would make a larger one ([`crate::network`]).
+pub const MAX_RAFT_BODY: usize = 64 << 20;
 /// How long a request's body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most nodes a membership may name, and the longest snapshot id and node address.
