@@ -5,7 +5,7 @@
 //!   arithmetic and clocks), [`duration`], [`error`] (errors and their exit codes), [`secret`];
 //! - the seam: [`backend::LockBackend`], the one trait every backend crate implements;
 //! - [`barrier`]: participants that meet, over the backends that keep them; [`watch`]: the
-//!   events of locks a watch stream gives;
+//!   events of locks a watch stream gives; [`kv`]: keys, values and merge writes;
 //! - what is written once above it: [`strategy`] (waiting and taking over), [`keepalive`]
 //!   (renewing on a schedule), [`janitor`] (stale locks), [`distributed`] (the library API);
 //! - shared helpers for backends: [`table`] (a pure lock table with leases), [`statefile`]
@@ -28,6 +28,7 @@ pub mod error;
 pub mod interrupt;
 pub mod janitor;
 pub mod keepalive;
+pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod secret;

@@ -7,8 +7,10 @@
 //! silently ignored option. Answers accept unknown fields, so a newer coordinator can add some.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use sentinel_core::backend::{Hold, Waiter};
+use sentinel_core::kv::Merge;
 use sentinel_core::lock::{Holder, TaskInfo};
 
 /// Every acquire: `POST /locks/{name}/acquire` (an exclusive or, with `shared`, a shared hold)
@@ -226,6 +228,9 @@ pub struct ErrorBody {
     /// `count_mismatch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// The key's `mod_revision` a compare met (`compare_failed`; 0: the key does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// `GET /locks/{name}/status`: what the name is held as, by whom, and who waits.
@@ -294,6 +299,108 @@ pub struct LockPage {
     pub next: Option<String>,
 }
 
+/// `PUT /kv/{key}`: a write of the key's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvPutBody {
+    /// The value written (any JSON), or merged into the stored one.
+    pub value: Value,
+    /// Compare-and-set: written only if the key's `mod_revision` is this one; 0 writes only a
+    /// key that does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_revision: Option<u64>,
+    /// How the value combines with the stored one (default `replace`).
+    #[serde(default, skip_serializing_if = "is_replace")]
+    pub merge: Merge,
+    /// Who writes, shown in the key's watch events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// The client's id for this request: a retry under the same id is never applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+fn is_replace(m: &Merge) -> bool {
+    *m == Merge::Replace
+}
+
+/// `DELETE /kv/{key}`, its body optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvDeleteBody {
+    /// Deleted only if the key's `mod_revision` is this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_revision: Option<u64>,
+    /// Who deletes, shown in the key's watch event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The answer to a write (200): the revision it made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWritten {
+    /// The key.
+    pub key: String,
+    /// The store's revision of this write: the key's `mod_revision` now.
+    pub revision: u64,
+    /// The value stored (after a merge, the merged value).
+    pub value: Value,
+    /// The request's id.
+    pub request_id: String,
+}
+
+/// The answer to a delete (200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvDeleted {
+    /// The key.
+    pub key: String,
+    /// Whether the key existed (and is gone now).
+    pub deleted: bool,
+    /// The store's revision of the delete; the store's revision then if nothing was deleted.
+    pub revision: u64,
+    /// The request's id.
+    pub request_id: String,
+}
+
+/// A key and its value: `GET /kv/{key}`, and each key of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// Its value.
+    pub value: Value,
+    /// The revision that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// The revision of its last write.
+    pub mod_revision: u64,
+    /// How many writes since it was created (1 after the first).
+    pub version: u64,
+}
+
+/// `GET /kv/{key}` (200): the key, and the store's revision the read saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRead {
+    /// The key and its value.
+    #[serde(flatten)]
+    pub entry: KvEntry,
+    /// The store's revision when it was read.
+    pub revision: u64,
+}
+
+/// A page of `GET /kv?prefix=P&after=K&limit=N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvPage {
+    /// The keys of this page, in key order.
+    pub keys: Vec<KvEntry>,
+    /// The `after` of the next page; `None` on the last.
+    pub next: Option<String>,
+    /// The store's revision when it was read.
+    pub revision: u64,
+}
+
 /// One item of `GET /watch` (its `data`): the same on every backend that keeps events.
 pub use sentinel_core::watch::{Compacted, WatchEvent, WatchItem};
 
@@ -319,4 +426,14 @@ pub mod code {
     pub const NO_SESSION: &str = "no_session";
     /// No leader is known: the cluster is electing one or has lost its majority (503).
     pub const NO_LEADER: &str = "no_leader";
+    /// A key's compare-and-set found another revision; the answer's `revision` is the key's
+    /// (0: it does not exist) (409).
+    pub const COMPARE_FAILED: &str = "compare_failed";
+    /// A merge write met a stored value it cannot combine with (a counter holding a string)
+    /// (409).
+    pub const MERGE_CONFLICT: &str = "merge_conflict";
+    /// The key does not exist (404).
+    pub const KEY_NOT_FOUND: &str = "key_not_found";
+    /// The write would take the store past its size quota (`serve --kv-quota`) (429).
+    pub const KV_QUOTA: &str = "kv_quota";
 }
