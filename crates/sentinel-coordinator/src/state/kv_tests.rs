@@ -371,3 +371,17 @@ proptest! {
         prop_assert_eq!(back, s);
     }
 }
+
+#[test]
+fn an_entry_carries_at_most_its_bound_of_values_and_always_one_command() {
+    let quarter = MAX_ENTRY_VALUE_BYTES / 4 + 1;
+    assert_eq!(fitting([quarter; 10]), 3);
+    assert_eq!(fitting([0; 300]), 300);
+    assert_eq!(fitting([usize::MAX, 1]), 1);
+    assert_eq!(fitting([1, usize::MAX]), 1);
+    assert_eq!(fitting([]), 0);
+    // A write weighs its key and its value's JSON; lock commands weigh nothing.
+    let p = put("r", "key", json!("x".repeat(1000)), Merge::Replace, None);
+    assert_eq!(p.value_bytes(), 3 + 1002);
+    assert_eq!(delete("r", "key", None).value_bytes(), 0);
+}

@@ -75,6 +75,38 @@ pub enum Command {
     Tick,
 }
 
+impl Command {
+    /// The bytes of the values the command carries (a key's value and key), which an entry
+    /// bounds ([`MAX_ENTRY_VALUE_BYTES`]); every other command is small (its request body was at
+    /// most 64 KiB, a lock's at most a few).
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Command::KvPut(p) => p.key.len() + super::kv::json_len(&p.value) as usize,
+            _ => 0,
+        }
+    }
+}
+
+/// Most bytes of values ([`Command::value_bytes`]) one entry carries: more commands wait for the
+/// next entry. With [`MAX_BATCH`] other commands of at most 64 KiB each, an entry stays far
+/// below what a peer accepts in one Raft request (64 MiB), so it can always be replicated.
+pub const MAX_ENTRY_VALUE_BYTES: usize = 16 << 20;
+
+/// How many of the commands whose [`Command::value_bytes`] are `weights`, from the first, go
+/// into one entry: as many as fit in [`MAX_ENTRY_VALUE_BYTES`], and always the first.
+pub fn fitting(weights: impl IntoIterator<Item = usize>) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for w in weights {
+        total = total.saturating_add(w);
+        if n > 0 && total > MAX_ENTRY_VALUE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Take a lock, or join its queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acquire {
