@@ -19,6 +19,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 256 << 10;
 /// The store's default size quota (keys and values' JSON, in bytes).
 pub const DEFAULT_QUOTA: u64 = 1 << 30;
+/// The largest quota: the store is held in memory and in every snapshot, which a peer accepts
+/// up to 4 GiB with the locks beside it.
+pub const MAX_QUOTA: u64 = 2 << 30;
 
 /// How a write combines its value with the stored one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
