@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use sentinel_core::kv::Merge;
+use sentinel_core::kv::{Compare, Merge, Op};
 use sentinel_core::lock::TaskInfo;
 
 pub use super::sessions::{OpenSession, SessionCall};
@@ -70,6 +70,8 @@ pub enum Command {
     KvPut(KvPut),
     /// Delete a key.
     KvDelete(KvDelete),
+    /// Compare keys, then write several, all or none.
+    KvTxn(KvTxn),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
@@ -82,6 +84,14 @@ impl Command {
     pub fn value_bytes(&self) -> usize {
         match self {
             Command::KvPut(p) => p.key.len() + super::kv::json_len(&p.value) as usize,
+            Command::KvTxn(t) => t
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => key.len() + super::kv::json_len(value) as usize,
+                    Op::Delete { key } => key.len(),
+                })
+                .sum(),
             _ => 0,
         }
     }
@@ -277,4 +287,22 @@ pub struct KvDelete {
     /// Who deletes.
     #[serde(default)]
     pub writer: String,
+}
+
+/// Compare keys, then write several: the writes happen, in order and with consecutive
+/// revisions, only if every compare holds and every write can be made (as etcd's Txn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvTxn {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// What must hold first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<Compare>,
+    /// The writes.
+    pub ops: Vec<Op>,
+    /// Who writes.
+    #[serde(default)]
+    pub writer: String,
+    /// The leader's quota (see [`KvPut::quota`]).
+    pub quota: u64,
 }
