@@ -181,6 +181,100 @@ impl Client for Etcd {
     }
 }
 
+/// What a key-value row does per operation.
+#[derive(Clone, Copy)]
+pub enum KvOp {
+    /// One durable write of one key.
+    Put,
+    /// One durable write of [`KV_BATCH`] keys (a transaction).
+    Batch,
+    /// One linearizable read of one key.
+    Get,
+    /// One read of one key from the node's own copy (etcd: serializable).
+    StaleGet,
+}
+
+/// Keys per operation of the batched write rows.
+pub const KV_BATCH: u64 = 100;
+
+/// sentinel's key-value store over its HTTP API: `PUT /kv/bench/{n}`, `POST /kv/txn` with
+/// [`KV_BATCH`] puts, `GET /kv/bench/{n}` (a missing key is a read too).
+pub struct SentinelKv {
+    pub http: Http,
+    pub url: String,
+    pub op: KvOp,
+}
+
+impl Client for SentinelKv {
+    async fn op(&mut self, n: u64) -> Result<Outcome, String> {
+        let url = &self.url;
+        let (target, answer) = match self.op {
+            KvOp::Put => {
+                let target = format!("{url}/kv/bench/{n}");
+                let answer = self.http.put(&target, &json!({"value": {"n": n}})).await?;
+                (target, answer)
+            }
+            KvOp::Batch => {
+                let ops: Vec<Value> = (0..KV_BATCH)
+                    .map(|i| json!({"op": "put", "key": format!("bench/{n}/{i}"), "value": {"n": i}}))
+                    .collect();
+                let target = format!("{url}/kv/txn");
+                let answer = self.http.post(&target, &json!({"ops": ops})).await?;
+                (target, answer)
+            }
+            KvOp::Get | KvOp::StaleGet => {
+                let stale = matches!(self.op, KvOp::StaleGet);
+                let target = format!("{url}/kv/bench/{n}?stale={stale}");
+                let answer = self.http.get(&target).await?;
+                (target, answer)
+            }
+        };
+        match answer {
+            (200 | 404, _) => Ok(Outcome::Done),
+            (status, body) => Err(format!("{target}: {status} {body}")),
+        }
+    }
+}
+
+/// etcd's key-value store through its v3 JSON gateway: `/v3/kv/put`, `/v3/kv/txn` with
+/// [`KV_BATCH`] puts, `/v3/kv/range` (linearizable, or `serializable`).
+pub struct EtcdKv {
+    pub http: Http,
+    pub url: String,
+    pub op: KvOp,
+}
+
+impl Client for EtcdKv {
+    async fn op(&mut self, n: u64) -> Result<Outcome, String> {
+        let key = |k: String| BASE64.encode(k);
+        let value = |n: u64| BASE64.encode(json!({"n": n}).to_string());
+        let (path, body) = match self.op {
+            KvOp::Put => (
+                "kv/put",
+                json!({"key": key(format!("bench/{n}")), "value": value(n)}),
+            ),
+            KvOp::Batch => {
+                let puts: Vec<Value> = (0..KV_BATCH)
+                    .map(|i| {
+                        json!({"requestPut": {"key": key(format!("bench/{n}/{i}")), "value": value(i)}})
+                    })
+                    .collect();
+                ("kv/txn", json!({"success": puts}))
+            }
+            KvOp::Get => ("kv/range", json!({"key": key(format!("bench/{n}"))})),
+            KvOp::StaleGet => (
+                "kv/range",
+                json!({"key": key(format!("bench/{n}")), "serializable": true}),
+            ),
+        };
+        let url = format!("{}/v3/{path}", self.url);
+        match self.http.post(&url, &body).await? {
+            (200, _) => Ok(Outcome::Done),
+            (status, body) => Err(format!("{url}: {status} {body}")),
+        }
+    }
+}
+
 /// The usual single-instance Redis lock: `SET key token NX PX ttl`, released by a Lua script
 /// that deletes the key only while it still holds this client's token.
 pub struct RedisRaw {

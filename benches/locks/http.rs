@@ -37,6 +37,11 @@ impl Http {
             .await
     }
 
+    pub async fn put(&self, url: &str, body: &Value) -> Result<Answer, String> {
+        self.send(Method::PUT, url, Bytes::from(body.to_string()))
+            .await
+    }
+
     async fn send(&self, method: Method, url: &str, body: Bytes) -> Result<Answer, String> {
         let request = Request::builder()
             .method(method)

@@ -1,6 +1,7 @@
 //! `cargo bench --bench locks`: sentinel against etcd, Redis and PostgreSQL on the same machine in
 //! one run (its locks, and its semaphores and elections next to etcd's elections), plus sentinel's
-//! library API on its Redis and PostgreSQL backends next to each one's raw lock pattern, a leader
+//! library API on its Redis and PostgreSQL backends next to each one's raw lock pattern, its
+//! key-value store next to etcd's (puts, batched puts, linearizable and stale reads), a leader
 //! failover and the memory of 100,000 held locks (docs/benchmarks.md).
 //!
 //! Every row starts its own servers on 127.0.0.1 (free ports, temporary directories) and stops
@@ -29,7 +30,12 @@ use sentinel::server::{ServerBackend, server_urls};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::clients::{Library, PostgresRaw, Primitive, RedisRaw, SentinelHttp};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::clients::{
+    EtcdKv, KvOp, Library, PostgresRaw, Primitive, RedisRaw, SentinelHttp, SentinelKv,
+};
 use crate::http::Http;
 use crate::load::{Load, Measured};
 use crate::procs::{Etcd, Postgres, Redis, Sentinel, find, postgres_bin, version};
@@ -123,13 +129,37 @@ enum Part {
     /// sentinel's library API on PostgresBackend
     #[value(name = "lib-postgres")]
     LibPostgres,
+    /// sentinel's key-value store, one node: one durable PUT of one key
+    #[value(name = "kv-put")]
+    KvPut,
+    /// sentinel's key-value store, one node: one transaction of 100 puts
+    #[value(name = "kv-batch")]
+    KvBatch,
+    /// sentinel's key-value store, one node: one linearizable GET
+    #[value(name = "kv-get")]
+    KvGet,
+    /// sentinel's key-value store, one node: one GET with stale=true
+    #[value(name = "kv-get-stale")]
+    KvGetStale,
+    /// etcd's key-value store, one member: /v3/kv/put
+    #[value(name = "etcd-put")]
+    EtcdPut,
+    /// etcd's key-value store, one member: /v3/kv/txn of 100 puts
+    #[value(name = "etcd-batch")]
+    EtcdBatch,
+    /// etcd's key-value store, one member: /v3/kv/range, linearizable
+    #[value(name = "etcd-range")]
+    EtcdRange,
+    /// etcd's key-value store, one member: /v3/kv/range, serializable
+    #[value(name = "etcd-range-serializable")]
+    EtcdRangeSerializable,
     /// Leader failover of a three-node cluster
     Failover,
     /// Memory of a node holding --memory-locks locks
     Memory,
 }
 
-const ROWS: [Part; 13] = [
+const ROWS: [Part; 21] = [
     Part::Sentinel1,
     Part::Sentinel1Semaphore,
     Part::Sentinel1Election,
@@ -143,6 +173,14 @@ const ROWS: [Part; 13] = [
     Part::LibServer,
     Part::LibRedis,
     Part::LibPostgres,
+    Part::KvPut,
+    Part::EtcdPut,
+    Part::KvBatch,
+    Part::EtcdBatch,
+    Part::KvGet,
+    Part::EtcdRange,
+    Part::KvGetStale,
+    Part::EtcdRangeSerializable,
 ];
 
 impl Part {
@@ -162,9 +200,35 @@ impl Part {
             Part::LibServer => "library → sentinel, 1 node",
             Part::LibRedis => "library → Redis, appendfsync always",
             Part::LibPostgres => "library → PostgreSQL",
+            Part::KvPut => "sentinel kv, 1 node: put",
+            Part::KvBatch => "sentinel kv, 1 node: 100 puts in a txn",
+            Part::KvGet => "sentinel kv, 1 node: get (linearizable)",
+            Part::KvGetStale => "sentinel kv, 1 node: get (stale)",
+            Part::EtcdPut => "etcd kv, 1 node: put",
+            Part::EtcdBatch => "etcd kv, 1 node: 100 puts in a txn",
+            Part::EtcdRange => "etcd kv, 1 node: range (linearizable)",
+            Part::EtcdRangeSerializable => "etcd kv, 1 node: range (serializable)",
             Part::Failover => "failover",
             Part::Memory => "memory",
         }
+    }
+
+    /// What a client of a key-value row does per operation.
+    fn kv_op(self) -> KvOp {
+        match self {
+            Part::KvBatch | Part::EtcdBatch => KvOp::Batch,
+            Part::KvGet | Part::EtcdRange => KvOp::Get,
+            Part::KvGetStale | Part::EtcdRangeSerializable => KvOp::StaleGet,
+            _ => KvOp::Put,
+        }
+    }
+
+    /// Whether the row reads keys (which are written first).
+    fn reads(self) -> bool {
+        matches!(
+            self,
+            Part::KvGet | Part::KvGetStale | Part::EtcdRange | Part::EtcdRangeSerializable
+        )
     }
 
     /// What a client of the row takes and gives back per operation.
@@ -232,6 +296,38 @@ impl Run {
                 })
             })
             .collect()
+    }
+
+    /// Writes every name of the pool once (64 writers at a time, each with its own
+    /// connection), so that the read rows read keys that exist.
+    async fn fill<F, Fut>(&self, write: F) -> Result<()>
+    where
+        F: Fn(Http, u64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<http::Answer, String>> + Send,
+    {
+        const WRITERS: u64 = 64;
+        let names = self.load.names;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let write = write.clone();
+                tokio::spawn(async move {
+                    for n in (w..names).step_by(WRITERS as usize) {
+                        match write(Http::new(REQUEST_TIMEOUT), n).await {
+                            Ok((200, _)) => {}
+                            Ok((status, body)) => {
+                                return Err(anyhow!("filling {n}: {status} {body}"));
+                            }
+                            Err(e) => return Err(anyhow!("filling {n}: {e}")),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await??;
+        }
+        Ok(())
     }
 
     /// A row of clients of sentinel's HTTP API, client `i` sending to `url(i)`.
@@ -345,6 +441,63 @@ impl Run {
                 let pg = Postgres::start(&bin, self.clients as usize + 20).await?;
                 let clients = self.library(|| PostgresBackend::new(&pg.url))?;
                 Ok((load::run(clients, self.load).await, None))
+            }
+            Part::KvPut | Part::KvBatch | Part::KvGet | Part::KvGetStale => {
+                let node = Sentinel::start(&self.sentinel, 1, &setup).await?;
+                let url = node.nodes[0].url.clone();
+                let op = part.kv_op();
+                let clients = (0..self.clients)
+                    .map(|_| SentinelKv {
+                        http: Http::new(REQUEST_TIMEOUT),
+                        url: url.clone(),
+                        op,
+                    })
+                    .collect();
+                if part.reads() {
+                    let url = url.clone();
+                    self.fill(move |http, n| {
+                        let url = url.clone();
+                        async move {
+                            let body = serde_json::json!({"value": {"n": n}});
+                            http.put(&format!("{url}/kv/bench/{n}"), &body).await
+                        }
+                    })
+                    .await?;
+                }
+                let term = node.term(&setup).await?;
+                let measured = load::run(clients, self.load).await;
+                let said = server_side(&setup, &node, term, measured.all_ops).await;
+                Ok((measured, said))
+            }
+            Part::EtcdPut | Part::EtcdBatch | Part::EtcdRange | Part::EtcdRangeSerializable => {
+                let bin = need(find("etcd", &[]), "etcd", "etcd-server")?;
+                let etcd = Etcd::start(&bin, &setup).await?;
+                let op = part.kv_op();
+                let clients = (0..self.clients)
+                    .map(|_| EtcdKv {
+                        http: Http::new(REQUEST_TIMEOUT),
+                        url: etcd.url.clone(),
+                        op,
+                    })
+                    .collect();
+                if part.reads() {
+                    let url = etcd.url.clone();
+                    self.fill(move |http, n| {
+                        let url = url.clone();
+                        async move {
+                            let key = BASE64.encode(format!("bench/{n}"));
+                            let value = BASE64.encode(serde_json::json!({"n": n}).to_string());
+                            let body = serde_json::json!({"key": key, "value": value});
+                            http.post(&format!("{url}/v3/kv/put"), &body).await
+                        }
+                    })
+                    .await?;
+                }
+                let before = etcd_counters(&setup, &etcd.url).await;
+                let measured = load::run(clients, self.load).await;
+                let after = etcd_counters(&setup, &etcd.url).await;
+                let said = etcd_side(before, after, measured.all_ops);
+                Ok((measured, said))
             }
             Part::Failover | Part::Memory => Err(RowError::Failed(anyhow!(
                 "{} is not a row of the table",
