@@ -199,6 +199,16 @@ fn keys_are_written_compared_merged_deleted_and_listed() {
     let (s, v) = call(&addr, "DELETE", "/kv/p%2F0", None);
     assert_eq!((s, &v["deleted"]), (200, &json!(false)));
 
+    // A key with a TTL shows it, and is gone once it ran out (the leader ticks for it).
+    let (s, v) = call(&addr, "PUT", "/kv/brief", Some(json!({"value": 1, "ttl_ms": 1000})));
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = call(&addr, "GET", "/kv/brief", None);
+    assert_eq!(v["ttl_ms"], 1000, "{v}");
+    assert!(v["expires_at"].is_string(), "{v}");
+    eventually(10, "the key's TTL running out", || {
+        (call(&addr, "GET", "/kv/brief", None).0 == 404).then_some(())
+    });
+
     // Refusals before anything is proposed, and the quota (4,096 bytes here).
     assert_eq!(
         call(&addr, "GET", "/kv/a%0Ab", None).1["code"],

@@ -318,6 +318,10 @@ pub struct KvPutBody {
     /// Who writes, shown in the key's watch events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
+    /// The key ends this long after the write unless written again (each write sets or, left
+    /// out, removes the key's TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
     /// The client's id for this request: a retry under the same id is never applied twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -411,6 +415,12 @@ pub struct KvEntry {
     pub mod_revision: u64,
     /// How many writes since it was created (1 after the first).
     pub version: u64,
+    /// A key written with a TTL: its TTL, and when it ends unless written again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// RFC 3339, on the coordinator's lease clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// `GET /kv/{key}` (200): the key, and the store's revision the read saw.

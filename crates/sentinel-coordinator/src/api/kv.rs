@@ -19,12 +19,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use sentinel_core::kv::{MAX_TXN_OPS, MAX_VALUE_BYTES, Op, validate_key};
+use sentinel_core::lease;
 use sentinel_proto::api::{KvDeleteBody, KvEntry, KvPage, KvPutBody, KvRead, KvTxnBody};
 
 use super::{
-    ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, answer, error,
-    forbidden, invalid, label, linearizable, method_not_allowed, ok, on_leader_within, parse,
-    propose_error, request_id,
+    ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, answer,
+    checked_ttl, error, forbidden, invalid, label, linearizable, method_not_allowed, ok,
+    on_leader_within, parse, propose_error, request_id,
 };
 use crate::node::Node;
 use crate::state::{
@@ -140,6 +141,10 @@ fn entry(key: &str, v: &KvValue) -> KvEntry {
         create_revision: v.create_revision,
         mod_revision: v.mod_revision,
         version: v.version,
+        ttl_ms: v.lease.map(|l| l.ttl_ms),
+        expires_at: v
+            .lease
+            .map(|l| lease::rfc3339(lease::from_unix_ms(l.expires_at_ms()))),
     }
 }
 
@@ -171,6 +176,7 @@ async fn put(node: &Node, key: String, b: KvPutBody) -> Result<Response, ApiErro
     if let Some(w) = &b.writer {
         label("writer", w)?;
     }
+    let ttl_ms = b.ttl_ms.map(checked_ttl).transpose()?;
     let id = request_id(b.request_id)?;
     let command = Command::KvPut(KvPut {
         request_id: id.clone(),
@@ -179,6 +185,7 @@ async fn put(node: &Node, key: String, b: KvPutBody) -> Result<Response, ApiErro
         if_revision: b.if_revision,
         merge: b.merge,
         writer: b.writer.unwrap_or_default(),
+        ttl_ms,
         quota: node.kv_quota,
     });
     let (outcome, _) = node.propose(command).await.map_err(propose_error)?;

@@ -44,11 +44,13 @@ impl LockState {
     }
 
     /// Numbers the events of time passing before a command: the leases that ran out (in the
-    /// order they ended), then the waiting requests that were settled meanwhile.
+    /// order they ended), the waiting requests that were settled meanwhile, then the keys whose
+    /// TTL ran out.
     pub(super) fn events_of_time(
         &mut self,
         expired: Vec<(String, LockRecord)>,
         settled_first: &[Settled],
+        keys_expired: Vec<String>,
     ) -> Vec<Event> {
         let mut out = Vec::new();
         for (name, lease) in expired {
@@ -60,7 +62,20 @@ impl LockState {
             ));
         }
         settled_events(settled_first, &mut out);
-        self.number(out)
+        let mut events = self.number(out);
+        // A key's expiry is told with its key, by nobody.
+        for key in keys_expired {
+            self.revision += 1;
+            events.push(Event {
+                event: EventKind::Expired,
+                lock: String::new(),
+                key: Some(key),
+                worker_id: String::new(),
+                fencing_token: None,
+                revision: self.revision,
+            });
+        }
+        events
     }
 
     /// Numbers the events of a command: its own (if it was executed, not a retry answered from

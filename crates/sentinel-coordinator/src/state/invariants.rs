@@ -67,6 +67,14 @@ impl LockState {
             if super::kv::json_len(&v.value) > sentinel_core::kv::MAX_VALUE_BYTES as u64 {
                 return Err(format!("the value of key {key:?} is too large"));
             }
+            if v.lease.is_some_and(|l| l.expires_at_ms() < self.clock_ms) {
+                return Err(format!(
+                    "the TTL of key {key:?} ran out but it is still there"
+                ));
+            }
+        }
+        if self.kv_index() != self.kv_expiries {
+            return Err("the keys' expiry index does not match the keys".into());
         }
         if self.kv_cost() != self.kv_bytes {
             return Err("the key-value store's size does not match its keys".into());

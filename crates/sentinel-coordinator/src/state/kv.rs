@@ -13,7 +13,7 @@
 //! writes alike. The quota counts each key's bytes, its value's JSON and [`ENTRY_OVERHEAD`], so
 //! that a flood of tiny keys is bounded like a few large ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,27 @@ pub struct KvValue {
     pub mod_revision: u64,
     /// Writes since it was created: 1 after the first.
     pub version: u64,
+    /// A key written with a TTL ends with it; `None`: it stays until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<KeyLease>,
+}
+
+/// A key's TTL: it lives up to and including `renewed_ms + ttl_ms` of the state's time (as a
+/// lock's lease does) and is gone after. Its last write renews it, and so does a new leader's
+/// first command, as it does every lease: no key ends because no leader served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLease {
+    /// When its countdown last started, in ms of the state's time.
+    pub renewed_ms: u64,
+    /// Its length.
+    pub ttl_ms: u64,
+}
+
+impl KeyLease {
+    /// Its last live instant.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.renewed_ms.saturating_add(self.ttl_ms)
+    }
 }
 
 /// The bytes of `value`'s JSON, counted without writing them anywhere.
@@ -94,7 +115,7 @@ impl LockState {
     /// A write: compared, merged, counted against the quota, then stored with the next
     /// revision (the revision its `put` event gets: the events of time passing are numbered
     /// before a command runs).
-    pub(super) fn kv_put(&mut self, p: &KvPut) -> Answer {
+    pub(super) fn kv_put(&mut self, now: u64, p: &KvPut) -> Answer {
         let stored = self.kv.get(&p.key);
         if let Some(expected) = p.if_revision {
             let found = stored.map_or(0, |s| s.mod_revision);
@@ -125,13 +146,18 @@ impl LockState {
             _ => None,
         };
         self.kv_bytes = total;
-        self.kv.insert(
+        let lease = p.ttl_ms.map(|ttl_ms| KeyLease {
+            renewed_ms: now,
+            ttl_ms,
+        });
+        self.store_key(
             p.key.clone(),
             KvValue {
                 value,
                 create_revision,
                 mod_revision: revision,
                 version,
+                lease,
             },
         );
         Answer::KvWritten {
@@ -146,7 +172,7 @@ impl LockState {
         if d.if_revision.is_some_and(|r| r != found) {
             return Answer::CompareFailed { revision: found };
         }
-        match self.kv.remove(&d.key) {
+        match self.remove_key(&d.key) {
             Some(old) => {
                 self.kv_bytes = self.kv_bytes.saturating_sub(cost(&d.key, &old.value));
                 Answer::KvDeleted {
@@ -204,6 +230,7 @@ impl LockState {
                         create_revision,
                         mod_revision: revision,
                         version,
+                        lease: None,
                     };
                     overlay.insert(key, Some(v));
                     revisions.push(revision);
@@ -219,9 +246,11 @@ impl LockState {
         }
         for (key, v) in overlay {
             match v {
-                Some(v) => self.kv.insert(key.to_string(), v),
-                None => self.kv.remove(key),
-            };
+                Some(v) => self.store_key(key.to_string(), v),
+                None => {
+                    self.remove_key(key);
+                }
+            }
         }
         self.kv_bytes = bytes;
         Answer::TxnDone { revisions }
@@ -246,6 +275,64 @@ impl LockState {
             ));
         }
         Ok((value, key.len() as u64 + bytes + ENTRY_OVERHEAD))
+    }
+
+    /// Stores a key, keeping the expiry index: its old TTL's entry out, its new one's in.
+    fn store_key(&mut self, key: String, v: KvValue) {
+        if let Some(old) = self.kv.get(&key).and_then(|o| o.lease) {
+            self.kv_expiries.remove(&(old.expires_at_ms(), key.clone()));
+        }
+        if let Some(lease) = v.lease {
+            self.kv_expiries
+                .insert((lease.expires_at_ms(), key.clone()));
+        }
+        self.kv.insert(key, v);
+    }
+
+    /// Removes a key and its expiry.
+    fn remove_key(&mut self, key: &str) -> Option<KvValue> {
+        let old = self.kv.remove(key)?;
+        if let Some(lease) = old.lease {
+            self.kv_expiries
+                .remove(&(lease.expires_at_ms(), key.to_string()));
+        }
+        Some(old)
+    }
+
+    /// Ends the keys whose TTL ran out before `now`, in the order they ended, for their
+    /// `expired` events.
+    pub(super) fn end_keys(&mut self, now: u64) -> Vec<String> {
+        let mut ended = Vec::new();
+        while let Some((at, _)) = self.kv_expiries.first()
+            && *at < now
+        {
+            let Some((_, key)) = self.kv_expiries.pop_first() else {
+                break;
+            };
+            if let Some(old) = self.kv.remove(&key) {
+                self.kv_bytes = self.kv_bytes.saturating_sub(cost(&key, &old.value));
+            }
+            ended.push(key);
+        }
+        ended
+    }
+
+    /// A new leader restarts every key's TTL from `now`, as every lease's.
+    pub(super) fn renew_keys(&mut self, now: u64) {
+        for v in self.kv.values_mut() {
+            if let Some(lease) = &mut v.lease {
+                lease.renewed_ms = lease.renewed_ms.max(now);
+            }
+        }
+        self.kv_expiries = self.kv_index();
+    }
+
+    /// The expiry index the keys make.
+    pub(super) fn kv_index(&self) -> BTreeSet<(u64, String)> {
+        self.kv
+            .iter()
+            .filter_map(|(k, v)| Some((v.lease?.expires_at_ms(), k.clone())))
+            .collect()
     }
 
     /// The quota's count of every key, for loading a snapshot and checking the invariants.

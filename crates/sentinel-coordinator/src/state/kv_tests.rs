@@ -21,6 +21,7 @@ fn put(id: &str, key: &str, value: Value, merge: Merge, if_revision: Option<u64>
         if_revision,
         merge,
         writer: "w".into(),
+        ttl_ms: None,
         quota: DEFAULT_QUOTA,
     })
 }
@@ -219,6 +220,7 @@ fn the_quota_refuses_growth_but_not_shrinking() {
             if_revision: None,
             merge: Merge::Replace,
             writer: String::new(),
+            ttl_ms: None,
             quota,
         })
     };
@@ -504,4 +506,62 @@ fn a_transaction_writes_all_or_nothing_with_consecutive_revisions() {
         (n.value.clone(), n.version, n.create_revision),
         (json!(3), 2, n.mod_revision - 1)
     );
+}
+
+#[test]
+fn a_key_with_a_ttl_ends_after_it_unless_written_again_and_a_new_leader_restarts_it() {
+    let mut s = LockState::default();
+    let with_ttl = |id: &str, key: &str, ttl_ms| {
+        Command::KvPut(KvPut {
+            request_id: id.into(),
+            key: key.into(),
+            value: json!(1),
+            if_revision: None,
+            merge: Merge::Replace,
+            writer: "w".into(),
+            ttl_ms,
+            quota: DEFAULT_QUOTA,
+        })
+    };
+    let at = |s: &mut LockState, index, term, at_ms, command| {
+        let applied = one(s, index, term, &Proposal { at_ms, command });
+        assert_eq!(s.check(), Ok(()), "after entry {index}");
+        applied
+    };
+    at(&mut s, 1, 1, 0, with_ttl("r1", "short", Some(TTL)));
+    at(&mut s, 2, 1, 0, with_ttl("r2", "kept", Some(TTL)));
+    assert_eq!(s.next_event_ms(), Some(TTL + 1));
+    // Written again at 500 without a TTL: it stays; the other lives up to and including TTL.
+    at(&mut s, 3, 1, 500, with_ttl("r3", "kept", None));
+    let live = at(&mut s, 4, 1, TTL, Command::Tick);
+    assert!(live.events.is_empty() && s.kv_get("short").is_some());
+    let ended = at(&mut s, 5, 1, TTL + 1, Command::Tick);
+    let events: Vec<_> = ended
+        .events
+        .iter()
+        .map(|e| (e.event, e.key.as_deref(), e.revision))
+        .collect();
+    assert_eq!(events, [(EventKind::Expired, Some("short"), 4)]);
+    assert!(s.kv_get("short").is_none() && s.kv_get("kept").is_some());
+    assert_eq!(s.kv_bytes(), s.kv_cost());
+    assert_eq!(s.next_event_ms(), None);
+
+    // A new leader's first command restarts the countdown: no key ends because none served.
+    at(&mut s, 6, 1, 2 * TTL, with_ttl("r6", "t", Some(TTL)));
+    at(&mut s, 7, 2, 3 * TTL - 100, Command::Tick);
+    at(&mut s, 8, 2, 3 * TTL + 1, Command::Tick);
+    assert!(
+        s.kv_get("t").is_some(),
+        "ended although a new leader came at {}",
+        3 * TTL - 100
+    );
+    let gone = at(&mut s, 9, 2, 4 * TTL, Command::Tick);
+    assert_eq!(gone.events.len(), 1);
+    assert!(s.kv_get("t").is_none());
+
+    // A key with a TTL survives a snapshot with its expiry.
+    at(&mut s, 10, 2, 4 * TTL, with_ttl("r10", "snap", Some(TTL)));
+    let back = LockState::from_json(&s.to_json().unwrap()).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.next_event_ms(), Some(5 * TTL + 1));
 }

@@ -265,6 +265,10 @@ pub struct KvPut {
     /// Who writes (the worker id its client gave), for the watch stream.
     #[serde(default)]
     pub writer: String,
+    /// The key ends this long after the write (in the state's time), unless written again;
+    /// `None`: it stays until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
     /// The leader's size quota of the store when it proposed the write: in the command, so
     /// that every node applies the write alike whatever its own setting.
     pub quota: u64,

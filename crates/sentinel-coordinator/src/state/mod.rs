@@ -98,7 +98,7 @@ pub use answer::{Answer, Applied, Limit, Settled};
 pub use barriers::{Arrival, Barrier, MAX_COUNT};
 pub use events::{Event, EventKind};
 pub use groups::{Group, Hold, Kind, MAX_LIMIT};
-pub use kv::{ENTRY_OVERHEAD, KvValue, json_len};
+pub use kv::{ENTRY_OVERHEAD, KeyLease, KvValue, json_len};
 pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
 pub use log::{
     Acquire, Arrive, Batch, Claim, Command, KvDelete, KvPut, KvTxn, MAX_BATCH,
@@ -153,6 +153,8 @@ pub struct LockState {
     kv: BTreeMap<String, KvValue>,
     /// What they count in its quota.
     kv_bytes: u64,
+    /// `(expires_at_ms, key)` of every key written with a TTL.
+    kv_expiries: BTreeSet<(u64, String)>,
 }
 
 impl LockState {
@@ -185,10 +187,11 @@ impl LockState {
         }
         let expired = self.ending_before(now);
         self.advance(at, now, &mut settled);
+        let keys_expired = self.end_keys(now);
         let by_time = settled.len();
         // Numbered before the command runs, so that a key's write takes the revision after
         // them: its event's.
-        let mut events = self.events_of_time(expired, &settled);
+        let mut events = self.events_of_time(expired, &settled, keys_expired);
         // A retry is answered from memory: what it did was told as events the first time.
         let fresh = proposal
             .command
@@ -274,7 +277,7 @@ impl LockState {
                 (RequestKind::Kv, &p.key, &p.writer),
                 &proposal.command,
                 now,
-                |s| s.kv_put(p),
+                |s| s.kv_put(now, p),
             )),
             Command::KvDelete(d) => Some(self.request(
                 &d.request_id,

@@ -111,6 +111,7 @@ impl LockState {
             session_holds: BTreeMap::new(),
             kv: stored.kv,
             kv_bytes: 0,
+            kv_expiries: BTreeSet::new(),
         };
         state.expiries = state
             .locks
@@ -123,6 +124,7 @@ impl LockState {
         state.arrival_deadlines = state.arrival_index();
         state.session_expiries = state.session_index();
         state.kv_bytes = state.kv_cost();
+        state.kv_expiries = state.kv_index();
         state.session_holds = state
             .session_hold_index()
             .ok_or("a hold is in two sessions")?;

@@ -69,6 +69,7 @@ impl LockState {
         self.hold_expiries = self.hold_index();
         self.deadlines = self.deadline_index();
         self.session_expiries = self.session_index();
+        self.renew_keys(now);
     }
 
     /// Ends every lease and wait that ended before `now`, in the order they ended. A wait that
@@ -167,7 +168,8 @@ impl LockState {
             .collect()
     }
 
-    /// The earliest leader time at which a lease or a wait (of an acquire or at a barrier) will have ended, so that a
+    /// The earliest leader time at which a lease, a key's TTL or a wait (of an acquire or at a
+    /// barrier) will have ended, so that a
     /// [`super::Command::Tick`] then hands locks over; `None` when nothing is held.
     pub fn next_event_ms(&self) -> Option<u64> {
         let lease = self.expiries.first().map(|(at, _)| *at);
@@ -175,12 +177,14 @@ impl LockState {
         let wait = self.deadlines.first().map(|(at, ..)| *at);
         let arrival = self.arrival_deadlines.first().map(|(at, ..)| *at);
         let session = self.session_expiries.first().map(|(at, _)| *at);
+        let key = self.kv_expiries.first().map(|(at, _)| *at);
         lease
             .into_iter()
             .chain(hold)
             .chain(wait)
             .chain(arrival)
             .chain(session)
+            .chain(key)
             .min()
             .map(|at| at.saturating_add(1))
     }
