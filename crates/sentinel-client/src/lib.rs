@@ -38,6 +38,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -131,17 +132,17 @@ fn is_https(url: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("https:"))
 }
 
-/// Percent-encodes a lock name as one path segment: everything but unreserved characters.
+/// Everything but RFC 3986's unreserved characters: a name encoded with it is one path segment
+/// or query value, whatever it holds (`/`, `?`, `&`, spaces).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a lock name or key as one path segment (or query value).
 fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(name, SEGMENT).to_string()
 }
 
 /// How many times a claim sends a new acquire after the server withdrew the last one because
