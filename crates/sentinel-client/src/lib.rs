@@ -1,5 +1,7 @@
 //! The server backend: the CLI as an HTTP JSON client of `sentinel serve` (docs/cluster.md), so `claim`, `release`, `heartbeat`, `run` and the janitor work on a replicated
-//! coordinator exactly as they do on this host or on GitHub.
+//! coordinator exactly as they do on this host or on GitHub. The coordinator's key-value store,
+//! which no other backend has, is reached through its own methods (`kv_get`, `kv_put`,
+//! `kv_delete`, `kv_list`), over the same failover and retries.
 //!
 //! It owns three things the coordinator's API leaves to its clients:
 //!
@@ -26,6 +28,7 @@
 
 mod barrier;
 mod diagnose;
+mod kv;
 mod session;
 mod watch;
 

@@ -50,7 +50,7 @@
 
 pub use sentinel_core::{
     Error, ExitCode, Result, barrier, diagnose, distributed, duration, endpoint, error, interrupt,
-    janitor, keepalive, lease, lock, secret, statefile, strategy, table, tls, watch,
+    janitor, keepalive, kv, lease, lock, secret, statefile, strategy, table, tls, watch,
 };
 
 pub use sentinel_core::LockBackend;
