@@ -1530,7 +1530,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__serve)
-            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --snapshot-every --acl --audit-log --public-metrics --tls-cert --tls-key --tls-client-ca --auth-token --auth-token-file --ca-cert --data-dir --json --verbose --quiet --help"
+            opts="-v -q -h --listen --id --peer --peer-token --peer-token-file --snapshot-every --kv-quota --acl --audit-log --public-metrics --tls-cert --tls-key --tls-client-ca --auth-token --auth-token-file --ca-cert --data-dir --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1557,6 +1557,10 @@ _sentinel() {
                     return 0
                     ;;
                 --snapshot-every)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kv-quota)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

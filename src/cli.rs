@@ -476,6 +476,17 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub snapshot_every: u64,
+    /// The key-value store's size quota in bytes: its keys, values (as JSON) and 128 bytes a
+    /// key count against it, and a write past it is refused (429 kv_quota); give every node
+    /// the same
+    #[arg(
+        long,
+        env = "SENTINEL_KV_QUOTA",
+        default_value_t = sentinel::kv::DEFAULT_QUOTA,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "BYTES"
+    )]
+    pub kv_quota: u64,
     /// Client tokens and the lock-name prefixes each may act on, as JSON:
     /// {"tokens":[{"name":"ci","token":"…" or "sha256":"…","prefixes":["ci/"]}]}; the client
     /// token, if also given, is one more, named "default", allowed every lock

@@ -158,6 +158,7 @@ pub fn options(global: &GlobalArgs, args: &ServeArgs) -> Result<ServeOptions> {
         public_metrics: args.public_metrics,
         peer_token,
         snapshot_every: args.snapshot_every,
+        kv_quota: args.kv_quota,
         tls: tls(global, args)?,
     })
 }

@@ -16,7 +16,11 @@
 //! | `POST /election/{name}/campaign`, `resign`, `proclaim`; `GET …/leader`, `…/observe` | as a lock's, `value` | elections ([`observe`](super::observe)) |
 //! | `POST /barriers/{name}/arrive`, `GET /barriers/{name}/status` | `holder`, `count`, optional `wait_ms`, `node`, `request_id` | 200 `opened`; 409 `wait_timed_out`, `count_mismatch` ([`barriers`]) |
 //! | `POST /sessions`; `POST /sessions/{id}/keepalive`, `…/close`; `GET /sessions/{id}` | `holder`, `ttl_ms` (open), optional `request_id` | 200 the session; 409 `no_session` ([`sessions`]) |
-//! | `GET /watch?prefix=P` or `?name=N`, optional `since_revision=R` | | 200 server-sent events of what happens to the locks ([`crate::watch`]) |
+//! | `PUT /kv/{key}` | `value`, optional `if_revision`, `merge`, `writer`, `request_id` | 200 `revision` (and a counter's new `value`); 409 `compare_failed`, `merge_conflict`; 429 `kv_quota` ([`kv`]) |
+//! | `GET /kv/{key}`, optional `stale=true` | | 200 the value and its revisions; 404 `key_not_found` |
+//! | `DELETE /kv/{key}` | optional `if_revision`, `writer`, `request_id` | 200 `deleted` and the `revision`; 409 `compare_failed` |
+//! | `GET /kv?prefix=P&after=K&limit=N`, optional `stale=true` | | 200 a page of keys, `next` to continue |
+//! | `GET /watch?prefix=P` or `?name=N`, optional `since_revision=R` | | 200 server-sent events of what happens to the locks and keys ([`crate::watch`]) |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
 //! | `GET /metrics` | | 200 this node's metrics, Prometheus text format |
@@ -30,7 +34,9 @@
 //! `wait_timed_out`, `not_holder`, `request_id_reused`, `withdrawn` (an acquire whose client took
 //! it back), `limit_mismatch` (a semaphore claim with another limit than the semaphore's),
 //! `kind_conflict` (a lock claim on a semaphore, or a semaphore claim on a lock);
-//! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`; 503 `no_leader`,
+//! `compare_failed` (a key's compare-and-set met another revision), `merge_conflict` (a merge
+//! write met a value it cannot combine with); 404 `key_not_found`;
+//! 413 `body_too_large`; 429 `too_many_locks`, `too_many_waiters`, `kv_quota`; 503 `no_leader`,
 //! `unavailable`, `busy` (a request that asks to wait, when waiting requests already hold as many
 //! connections as the node gives them: three quarters of its cap),
 //! `audit_unavailable` (the audit log cannot be written, [`super::audit`]).
@@ -53,6 +59,7 @@
 //! the locks the token may act on. The contacted node writes the audit line of each write.
 
 mod barriers;
+mod kv;
 mod sessions;
 mod watch;
 
@@ -90,7 +97,8 @@ use sentinel_core::lock::{
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
 use sentinel_proto::api::{
-    AcquireBody, CampaignBody, ProclaimBody, ReleaseBody, RenewBody, WithdrawBody,
+    AcquireBody, CampaignBody, KvDeleted, KvWritten, ProclaimBody, ReleaseBody, RenewBody,
+    WithdrawBody,
 };
 use sentinel_proto::http::{self as network, Failure};
 
@@ -126,6 +134,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/semaphores/{*rest}", any(semaphores))
         .route("/election/{*rest}", any(elections))
         .route("/barriers/{*rest}", any(barriers))
+        .route("/kv", any(kv::list))
+        .route("/kv/{*key}", any(kv::key))
         .route("/watch", any(watch::watch))
         .route("/sessions", any(sessions::open))
         .route("/sessions/{*rest}", any(sessions::call))
@@ -264,6 +274,8 @@ impl Audited {
                 "renew" | "proclaim" | "keep_session" => "renewed",
                 "open_session" => "opened",
                 "close_session" => "closed",
+                "kv_put" => "written",
+                "kv_delete" => "deleted",
                 _ => "withdrawn",
             };
             let lease = if v["released"].is_object() {
@@ -439,8 +451,17 @@ where
     F: FnOnce(Arc<Node>, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
+    on_leader_within(node, req, MAX_BODY, serve).await
+}
+
+/// [`on_leader`] for a route whose bodies may be up to `limit` bytes.
+async fn on_leader_within<F, Fut>(node: Arc<Node>, req: Request, limit: usize, serve: F) -> Response
+where
+    F: FnOnce(Arc<Node>, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, MAX_BODY).await {
+    let body = match read_body(body, limit).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -1264,6 +1285,12 @@ fn refusal(limit: Limit) -> ApiError {
                 super::state::MAX_WAITERS
             ),
         ),
+        Limit::KvQuota => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "kv_quota",
+            "the write would take the key-value store past its quota (serve --kv-quota); \
+             delete keys or raise the quota",
+        ),
     }
 }
 
@@ -1366,6 +1393,33 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
             "lock": name, "request_id": id, "withdrawn": true,
             "released": lease.map(|l| holder_json(&l, now)),
         }))),
+        Answer::KvWritten { revision, value } => Ok(ok(json!(KvWritten {
+            key: name.to_string(),
+            revision,
+            value,
+            request_id: id.to_string(),
+        }))),
+        Answer::KvDeleted { revision } => Ok(ok(json!(KvDeleted {
+            key: name.to_string(),
+            deleted: revision.is_some(),
+            revision: revision.unwrap_or_else(|| node.state.read(|m| m.state.revision())),
+            request_id: id.to_string(),
+        }))),
+        Answer::CompareFailed { revision } => Err(error(
+            conflict,
+            "compare_failed",
+            match revision {
+                0 => format!("key {name:?} does not exist"),
+                r => format!("key {name:?} is at revision {r}"),
+            },
+        )
+        .with(json!({"key": name, "request_id": id, "revision": revision}))),
+        Answer::MergeConflict { why } => Err(error(
+            conflict,
+            "merge_conflict",
+            format!("key {name:?}: {why}"),
+        )
+        .with(json!({"key": name, "request_id": id}))),
     }
 }
 

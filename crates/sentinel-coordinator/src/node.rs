@@ -64,6 +64,9 @@ pub struct Node {
     pub initial_members: Vec<NodeId>,
     /// What `/metrics` shows.
     pub stats: Stats,
+    /// The key-value store's size quota this node gives the writes it proposes
+    /// (`--kv-quota`).
+    pub kv_quota: u64,
     /// Permits for client requests that wait (an acquire with `wait_ms`): each holds a
     /// connection for up to ten minutes, so they may take only part of the connections a node
     /// serves, and `/health`, peers' RPCs and short requests always find one.
@@ -263,6 +266,8 @@ pub struct Started {
     pub initial_members: Vec<NodeId>,
     /// What `/metrics` shows.
     pub stats: Stats,
+    /// The key-value store's size quota (`--kv-quota`).
+    pub kv_quota: u64,
 }
 
 /// The node's background tasks (the writer, the ticker, the election counter); dropping it stops
@@ -294,6 +299,7 @@ impl Node {
             peer,
             initial_members,
             stats,
+            kv_quota,
         } = parts;
         let node = Arc::new(Node {
             id,
@@ -307,6 +313,7 @@ impl Node {
             peer,
             initial_members,
             stats,
+            kv_quota,
             waits: Arc::new(Semaphore::new(listener::connection_cap() * 3 / 4)),
             proposals,
             lease_clock: LeaseClock::default(),

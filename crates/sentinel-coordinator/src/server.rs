@@ -82,6 +82,8 @@ pub struct ServeOptions {
     pub peer_token: Option<Secret>,
     /// Log entries between snapshots (`--snapshot-every`).
     pub snapshot_every: u64,
+    /// The key-value store's size quota, in bytes (`--kv-quota`).
+    pub kv_quota: u64,
     /// HTTPS for clients and peers (`--tls-cert`, `--tls-key`, `--tls-client-ca`); then the
     /// member addresses are reached with https too.
     pub tls: Option<NodeTls>,
@@ -135,6 +137,7 @@ pub async fn serve(
         peer,
         initial_members: opts.members.keys().copied().collect(),
         stats,
+        kv_quota: opts.kv_quota,
     });
     let addr = listener.local_addr()?;
     ready(addr);

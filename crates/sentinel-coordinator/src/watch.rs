@@ -87,6 +87,7 @@ mod tests {
         Event {
             event: EventKind::Acquired,
             lock: lock.into(),
+            key: None,
             worker_id: "w".into(),
             fencing_token: Some(revision),
             revision,

@@ -19,15 +19,25 @@ pub enum EventKind {
     Expired,
     /// An acquire joined a queue (the coordinator's).
     Queued,
+    /// A key was written (the coordinator's key-value store).
+    Put,
+    /// A key was deleted.
+    Deleted,
 }
 
-/// One event: `{"event","lock","worker_id","fencing_token","revision"}`.
+/// One event: `{"event","lock","worker_id","fencing_token","revision"}` for a lock, and
+/// `{"event","key","worker_id","fencing_token":null,"revision"}` for a key (read its value with
+/// a get: events carry no values, so a watcher's history stays small whatever the values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchEvent {
     /// What happened.
     pub event: EventKind,
-    /// The lock (or semaphore) it happened to.
+    /// The lock (or semaphore) it happened to; empty for a key's event.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lock: String,
+    /// The key it happened to; `None` for a lock's event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Whose hold, or who queued.
     pub worker_id: String,
     /// The hold's fencing token; `None` for a queued acquire.
@@ -35,6 +45,13 @@ pub struct WatchEvent {
     pub fencing_token: Option<u64>,
     /// Its place among all the backend's events: 1, 2, …
     pub revision: u64,
+}
+
+impl WatchEvent {
+    /// The lock or key it happened to, which a watch's filter matches.
+    pub fn subject(&self) -> &str {
+        self.key.as_deref().unwrap_or(&self.lock)
+    }
 }
 
 /// `{"event":"compacted","revision":R}`: the events after the revision a watch asked for, up to
@@ -77,17 +94,17 @@ impl WatchItem {
     }
 }
 
-/// Which locks a watch follows.
+/// Which locks (and keys) a watch follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchFilter {
-    /// Every lock whose name starts with it (every lock for "").
+    /// Every lock and key whose name starts with it (all of them for "").
     Prefix(String),
     /// One lock.
     Name(String),
 }
 
 impl WatchFilter {
-    /// Whether events of `lock` are followed.
+    /// Whether events of `lock` (or key) are followed.
     pub fn matches(&self, lock: &str) -> bool {
         match self {
             WatchFilter::Prefix(p) => lock.starts_with(p.as_str()),

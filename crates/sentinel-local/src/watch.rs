@@ -86,7 +86,7 @@ impl Watching {
                     let since = last.unwrap_or(table.revision());
                     Ok((
                         since,
-                        table.events_since(since, |e| filter.matches(&e.lock)),
+                        table.events_since(since, |e| filter.matches(e.subject())),
                     ))
                 })
                 .await?;

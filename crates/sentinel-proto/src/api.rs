@@ -346,8 +346,10 @@ pub struct KvWritten {
     pub key: String,
     /// The store's revision of this write: the key's `mod_revision` now.
     pub revision: u64,
-    /// The value stored (after a merge, the merged value).
-    pub value: Value,
+    /// The number stored after a `max`, `min` or `add` merge (a counter's new count); other
+    /// writes leave it out, so that a retry's remembered answer never holds a large value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
     /// The request's id.
     pub request_id: String,
 }

@@ -59,7 +59,7 @@ pub(super) async fn watch(
         return Busy.into_response();
     };
     stream(node, permit, since, move |e| {
-        filter.matches(&e.lock) && caller.may(&e.lock)
+        filter.matches(e.subject()) && caller.may(e.subject())
     })
 }
 

@@ -24,6 +24,8 @@ pub enum Limit {
     Count,
     /// [`super::MAX_SESSIONS`] sessions are open.
     Sessions,
+    /// The key-value store would grow past its quota ([`super::kv`]).
+    KvQuota,
 }
 
 /// The answer to one request.
@@ -126,6 +128,32 @@ pub enum Answer {
     },
     /// The request id was first used for another request (another kind, lock or holder).
     RequestIdReused,
+    /// A key was written at `revision` (its `mod_revision` now); `value` is the number a
+    /// `max`, `min` or `add` merge stored.
+    KvWritten {
+        /// The write's revision.
+        revision: u64,
+        /// A counter's new value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<serde_json::Value>,
+    },
+    /// A key was deleted at `revision`; `None` when it did not exist (nothing changed).
+    KvDeleted {
+        /// The delete's revision.
+        revision: Option<u64>,
+    },
+    /// A compare-and-set found the key at another revision (0: it does not exist); nothing
+    /// changed.
+    CompareFailed {
+        /// The key's `mod_revision`.
+        revision: u64,
+    },
+    /// A merge write met a stored value it cannot combine with, or would make one too large;
+    /// nothing changed.
+    MergeConflict {
+        /// Why, for people.
+        why: String,
+    },
     /// The answer to a [`super::Command::Withdraw`], and to the acquire it took back: that acquire
     /// holds nothing now; `lease` is the lease it had been granted and that was released.
     Withdrawn {

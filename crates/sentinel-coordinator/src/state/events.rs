@@ -1,4 +1,5 @@
-//! What happened to the locks, as a numbered sequence of events: the watch stream's source.
+//! What happened to the locks and keys, as a numbered sequence of events: the watch stream's
+//! source.
 //!
 //! Every command's effects on holds are told as events — a hold `acquired` (granted at once or
 //! after a wait), `released` (given back or taken back), `expired` (its lease ran out), and an
@@ -12,18 +13,6 @@ use sentinel_core::table::LockRecord;
 pub use sentinel_core::watch::{EventKind, WatchEvent as Event};
 
 use super::{Answer, Command, LockState, Settled};
-
-/// Where a command's events come from, in the order they happened.
-pub(super) struct Sources<'a> {
-    /// Leases that ran out before the command, with the lock's name, in the order they ended.
-    pub(super) expired: Vec<(String, LockRecord)>,
-    /// Waiting requests settled while time passed (before the command took effect).
-    pub(super) settled_first: &'a [Settled],
-    /// The command, and its answer if it was executed (not a retry's remembered one).
-    pub(super) command: (&'a Command, Option<&'a Answer>),
-    /// Waiting requests the command settled.
-    pub(super) settled_then: &'a [Settled],
-}
 
 impl LockState {
     /// The leases (of locks and of groups' holds) that end before `now`, in the order they end:
@@ -54,10 +43,15 @@ impl LockState {
         ending.into_iter().map(|(_, n, l)| (n, l)).collect()
     }
 
-    /// Numbers the events of one command.
-    pub(super) fn events(&mut self, sources: Sources<'_>) -> Vec<Event> {
+    /// Numbers the events of time passing before a command: the leases that ran out (in the
+    /// order they ended), then the waiting requests that were settled meanwhile.
+    pub(super) fn events_of_time(
+        &mut self,
+        expired: Vec<(String, LockRecord)>,
+        settled_first: &[Settled],
+    ) -> Vec<Event> {
         let mut out = Vec::new();
-        for (name, lease) in sources.expired {
+        for (name, lease) in expired {
             out.push((
                 EventKind::Expired,
                 name,
@@ -65,29 +59,51 @@ impl LockState {
                 Some(lease.fencing_token),
             ));
         }
-        settled_events(sources.settled_first, &mut out);
-        match sources.command {
-            (_, Some(Answer::SessionClosed { released, .. })) => {
+        settled_events(settled_first, &mut out);
+        self.number(out)
+    }
+
+    /// Numbers the events of a command: its own (if it was executed, not a retry answered from
+    /// memory), then the waiting requests it settled.
+    pub(super) fn events_of_command(
+        &mut self,
+        command: &Command,
+        answer: Option<&Answer>,
+        settled_then: &[Settled],
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        match answer {
+            Some(Answer::SessionClosed { released, .. }) => {
                 for (name, lease) in released {
                     let token = Some(lease.fencing_token);
                     let worker = lease.worker_id.clone();
                     out.push((EventKind::Released, name.clone(), worker, token));
                 }
             }
-            (command, Some(answer)) => {
+            Some(answer) => {
                 if let Some((name, holder)) = command.target() {
                     answer_event(name, holder, answer, &mut out);
                 }
             }
-            (_, None) => {}
+            None => {}
         }
-        settled_events(sources.settled_then, &mut out);
-        out.into_iter()
-            .map(|(event, lock, worker_id, fencing_token)| {
+        settled_events(settled_then, &mut out);
+        self.number(out)
+    }
+
+    /// Gives events the next revisions. A key's event names it as its `key`.
+    fn number(&mut self, raw: Vec<Raw>) -> Vec<Event> {
+        raw.into_iter()
+            .map(|(event, name, worker_id, fencing_token)| {
                 self.revision += 1;
+                let (lock, key) = match event {
+                    EventKind::Put | EventKind::Deleted => (String::new(), Some(name)),
+                    _ => (name, None),
+                };
                 Event {
                     event,
                     lock,
+                    key,
                     worker_id,
                     fencing_token,
                     revision: self.revision,
@@ -147,6 +163,19 @@ fn answer_event(name: &str, holder: &str, answer: &Answer, out: &mut Vec<Raw>) {
         Answer::Released { lease } | Answer::Withdrawn { lease: Some(lease) } => {
             out.push(released(lease))
         }
+        // The revision the state gave the write is the one this event gets (the first of the
+        // command's events, numbered right after the command ran).
+        Answer::KvWritten { .. } => {
+            out.push((EventKind::Put, name.to_string(), holder.to_string(), None))
+        }
+        Answer::KvDeleted {
+            revision: Some(_), ..
+        } => out.push((
+            EventKind::Deleted,
+            name.to_string(),
+            holder.to_string(),
+            None,
+        )),
         _ => {}
     }
 }
@@ -162,6 +191,8 @@ impl Command {
             Command::Release(r) => Some((&r.name, &r.holder)),
             Command::Renew(r) => Some((&r.name, &r.holder)),
             Command::Withdraw(w) => Some((&w.name, &w.holder)),
+            Command::KvPut(p) => Some((&p.key, &p.writer)),
+            Command::KvDelete(d) => Some((&d.key, &d.writer)),
             Command::Arrive(_)
             | Command::OpenSession(_)
             | Command::KeepSession(_)
@@ -182,6 +213,8 @@ impl Command {
             Command::Arrive(a) => Some(&a.request_id),
             Command::OpenSession(o) => Some(&o.request_id),
             Command::KeepSession(c) | Command::CloseSession(c) => Some(&c.request_id),
+            Command::KvPut(p) => Some(&p.request_id),
+            Command::KvDelete(d) => Some(&d.request_id),
             Command::Tick => None,
         }
     }

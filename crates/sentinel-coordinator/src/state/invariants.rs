@@ -48,7 +48,30 @@ impl LockState {
         if expiries != self.expiries || deadlines != self.deadlines {
             return Err("the expiry indexes do not match the locks".into());
         }
+        self.check_kv()?;
         self.check_requests(waiting)
+    }
+
+    /// Every key is valid, its revisions are in order and not ahead of the state's, its value
+    /// within the limit, and the quota's count is theirs.
+    fn check_kv(&self) -> Result<(), String> {
+        for (key, v) in &self.kv {
+            sentinel_core::kv::validate_key(key).map_err(|e| e.to_string())?;
+            if v.create_revision == 0
+                || v.create_revision > v.mod_revision
+                || v.mod_revision > self.revision
+                || v.version == 0
+            {
+                return Err(format!("the revisions of key {key:?} are out of order"));
+            }
+            if super::kv::json_len(&v.value) > sentinel_core::kv::MAX_VALUE_BYTES as u64 {
+                return Err(format!("the value of key {key:?} is too large"));
+            }
+        }
+        if self.kv_cost() != self.kv_bytes {
+            return Err("the key-value store's size does not match its keys".into());
+        }
+        Ok(())
     }
 
     /// Every waiter of a lock or group is still within its wait, waits once and is remembered

@@ -6,7 +6,9 @@
 //! files in `testdata/` pin it).
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use sentinel_core::kv::Merge;
 use sentinel_core::lock::TaskInfo;
 
 pub use super::sessions::{OpenSession, SessionCall};
@@ -64,6 +66,10 @@ pub enum Command {
     KeepSession(SessionCall),
     /// Close a session, releasing every hold in it.
     CloseSession(SessionCall),
+    /// Write a key's value, or merge into it ([`super::kv`]).
+    KvPut(KvPut),
+    /// Delete a key.
+    KvDelete(KvDelete),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
@@ -197,4 +203,46 @@ pub struct Withdraw {
     pub holder: String,
     /// The request id of the acquire to take back.
     pub acquire_id: String,
+}
+
+/// Write a key's value: compared, merged, and counted against the quota the leader gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvPut {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The key.
+    pub key: String,
+    /// The value written, or merged into the stored one.
+    pub value: Value,
+    /// Written only if the key's `mod_revision` is this (0: only if it does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_revision: Option<u64>,
+    /// How the value combines with the stored one.
+    #[serde(default, skip_serializing_if = "is_replace")]
+    pub merge: Merge,
+    /// Who writes (the worker id its client gave), for the watch stream.
+    #[serde(default)]
+    pub writer: String,
+    /// The leader's size quota of the store when it proposed the write: in the command, so
+    /// that every node applies the write alike whatever its own setting.
+    pub quota: u64,
+}
+
+fn is_replace(m: &Merge) -> bool {
+    *m == Merge::Replace
+}
+
+/// Delete a key, if its `mod_revision` is `if_revision` when given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvDelete {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// The key.
+    pub key: String,
+    /// Deleted only if the key's `mod_revision` is this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_revision: Option<u64>,
+    /// Who deletes.
+    #[serde(default)]
+    pub writer: String,
 }

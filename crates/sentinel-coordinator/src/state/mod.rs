@@ -51,6 +51,9 @@
 //! - **Sessions.** A hold taken in a session has the session's lease: it ends when the
 //!   session does, and one renewal of the session renews every hold in it.
 //!
+//! - **Keys.** Beside the locks, a key-value store whose writes are numbered by the same
+//!   revision as the events ([`kv`]).
+//!
 //! Every lock is one [`Slot`]: a lease and its queue; every semaphore or shared lock one
 //! [`Group`]. Commands are an internally tagged enum, so semaphores and shared holds arrived as a
 //! new command ([`Command::Claim`]) and a new kind of slot without changing the encoding of the
@@ -60,7 +63,8 @@
 //! the state answers), [`locks`] (leases and queues), [`groups`] (semaphores and shared
 //! holds), [`time`] (the clock and what ends with it),
 //! [`barriers`] (participants that meet), [`events`] (what happened, numbered for watchers),
-//! [`sessions`] (one lease for many holds), [`requests`] (each request executed once),
+//! [`sessions`] (one lease for many holds), [`kv`] (keys and values), [`requests`] (each
+//! request executed once),
 //! [`snapshot`] and [`invariants`].
 
 mod answer;
@@ -68,6 +72,7 @@ mod barriers;
 mod events;
 mod groups;
 mod invariants;
+mod kv;
 mod locks;
 mod log;
 mod requests;
@@ -77,6 +82,8 @@ mod time;
 
 #[cfg(test)]
 mod barrier_tests;
+#[cfg(test)]
+mod kv_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -91,10 +98,11 @@ pub use answer::{Answer, Applied, Limit, Settled};
 pub use barriers::{Arrival, Barrier, MAX_COUNT};
 pub use events::{Event, EventKind};
 pub use groups::{Group, Hold, Kind, MAX_LIMIT};
+pub use kv::{ENTRY_OVERHEAD, KvValue, json_len};
 pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
 pub use log::{
-    Acquire, Arrive, Batch, Claim, Command, MAX_BATCH, POSITIONS_PER_ENTRY, Proposal, Release,
-    Renew, Withdraw, position,
+    Acquire, Arrive, Batch, Claim, Command, KvDelete, KvPut, MAX_BATCH, POSITIONS_PER_ENTRY,
+    Proposal, Release, Renew, Withdraw, position,
 };
 pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
 pub use sessions::{MAX_SESSIONS, OpenSession, Session, SessionCall};
@@ -140,6 +148,10 @@ pub struct LockState {
     /// The session that keeps each hold in one, `(lock, fencing token)` → id: a hold is in one
     /// session at most.
     session_holds: BTreeMap<(String, u64), u64>,
+    /// The key-value store's keys ([`kv`]).
+    kv: BTreeMap<String, KvValue>,
+    /// What they count in its quota.
+    kv_bytes: u64,
 }
 
 impl LockState {
@@ -173,6 +185,9 @@ impl LockState {
         let expired = self.ending_before(now);
         self.advance(at, now, &mut settled);
         let by_time = settled.len();
+        // Numbered before the command runs, so that a key's write takes the revision after
+        // them: its event's.
+        let mut events = self.events_of_time(expired, &settled);
         // A retry is answered from memory: what it did was told as events the first time.
         let fresh = proposal
             .command
@@ -253,15 +268,28 @@ impl LockState {
                 now,
                 |s| s.withdraw(at, now, w, &mut settled),
             )),
+            Command::KvPut(p) => Some(self.request(
+                &p.request_id,
+                (RequestKind::Kv, &p.key, &p.writer),
+                &proposal.command,
+                now,
+                |s| s.kv_put(p),
+            )),
+            Command::KvDelete(d) => Some(self.request(
+                &d.request_id,
+                (RequestKind::Kv, &d.key, &d.writer),
+                &proposal.command,
+                now,
+                |s| s.kv_delete(d),
+            )),
         };
         self.bind_settled(&settled);
         self.forget(now);
-        let events = self.events(events::Sources {
-            expired,
-            settled_first: &settled[..by_time],
-            command: (&proposal.command, answer.as_ref().filter(|_| fresh)),
-            settled_then: &settled[by_time..],
-        });
+        events.extend(self.events_of_command(
+            &proposal.command,
+            answer.as_ref().filter(|_| fresh),
+            &settled[by_time..],
+        ));
         Applied {
             answer,
             settled,

@@ -365,7 +365,9 @@ impl Watcher {
                         self.holds.remove(&key);
                     }
                 }
-                EventKind::Queued => panic!("a queued event with a token: {ctx}"),
+                EventKind::Queued | EventKind::Put | EventKind::Deleted => {
+                    panic!("{e:?} has a token: {ctx}")
+                }
             }
         }
     }

@@ -35,6 +35,8 @@ pub enum RequestKind {
     /// [`super::Command::OpenSession`], [`super::Command::KeepSession`],
     /// [`super::Command::CloseSession`].
     Session,
+    /// [`super::Command::KvPut`], [`super::Command::KvDelete`].
+    Kv,
 }
 
 /// A request whose answer is remembered.

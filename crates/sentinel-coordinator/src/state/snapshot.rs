@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::requests::Remembered;
-use super::{Barrier, Group, LockState, Session, Slot};
+use super::{Barrier, Group, KvValue, LockState, Session, Slot};
 
 /// The lock state as a snapshot stores it: the indexes are derived on loading.
 #[derive(Serialize, Deserialize)]
@@ -37,6 +37,9 @@ struct Stored {
     sessions: BTreeMap<u64, Session>,
     #[serde(default)]
     session_waiters: BTreeMap<String, u64>,
+    /// Absent from snapshots written before the key-value store, and while it is empty.
+    #[serde(default)]
+    kv: BTreeMap<String, KvValue>,
 }
 
 /// [`Stored`] by reference, so writing a snapshot does not copy the state.
@@ -56,6 +59,8 @@ struct StoredRef<'a> {
     sessions: &'a BTreeMap<u64, Session>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     session_waiters: &'a BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    kv: &'a BTreeMap<String, KvValue>,
 }
 
 impl LockState {
@@ -72,6 +77,7 @@ impl LockState {
             revision: self.revision,
             sessions: &self.sessions,
             session_waiters: &self.session_waiters,
+            kv: &self.kv,
         })
     }
 
@@ -103,6 +109,8 @@ impl LockState {
             session_expiries: BTreeSet::new(),
             session_waiters: stored.session_waiters,
             session_holds: BTreeMap::new(),
+            kv: stored.kv,
+            kv_bytes: 0,
         };
         state.expiries = state
             .locks
@@ -114,6 +122,7 @@ impl LockState {
         state.deadlines = state.deadline_index();
         state.arrival_deadlines = state.arrival_index();
         state.session_expiries = state.session_index();
+        state.kv_bytes = state.kv_cost();
         state.session_holds = state
             .session_hold_index()
             .ok_or("a hold is in two sessions")?;

@@ -67,6 +67,7 @@ impl LockTable {
             self.events.push_back(WatchEvent {
                 event,
                 lock: lock.clone(),
+                key: None,
                 worker_id: worker_id.clone(),
                 fencing_token: Some(*token),
                 revision: self.revision,

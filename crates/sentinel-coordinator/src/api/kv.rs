@@ -1,0 +1,261 @@
+//! `/kv`: the key-value store's routes ([`crate::state`]'s `kv` keeps the keys).
+//!
+//! `PUT /kv/{key}` writes (compare-and-set with `if_revision`, merge writes with `merge`),
+//! `DELETE /kv/{key}` deletes, `GET /kv/{key}` reads one key and `GET /kv?prefix=P&after=K&limit=N`
+//! a page of keys. Writes go through the log like lock commands (request ids make retries
+//! safe); reads are linearizable, served by the leader after a quorum confirms it leads, unless
+//! `stale=true` asks this node's own copy. A key is the rest of the path, percent-decoded, so
+//! keys may hold `/`. Tokens act on the keys their prefixes allow, as on locks, and writes are
+//! audited as lock writes are.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use sentinel_core::kv::{MAX_VALUE_BYTES, validate_key};
+use sentinel_proto::api::{KvDeleteBody, KvEntry, KvPage, KvPutBody, KvRead};
+
+use super::{
+    ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, answer, error,
+    forbidden, invalid, label, linearizable, method_not_allowed, ok, on_leader_within, parse,
+    propose_error, request_id,
+};
+use crate::node::Node;
+use crate::state::{Command, KvDelete, KvPut, KvValue, LockState, json_len};
+
+/// Largest body of a write: the largest value, and room for the other fields and for JSON a
+/// client wrote with more whitespace or escapes than the value's own.
+const MAX_KV_BODY: usize = MAX_VALUE_BYTES * 2;
+
+/// `?stale=true`: read this node's own copy instead of the leader's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadQuery {
+    #[serde(default)]
+    stale: bool,
+}
+
+/// `GET /kv/{key}`, `PUT /kv/{key}`, `DELETE /kv/{key}`.
+pub(super) async fn key(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    path: NamePath,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    let method = req.method().clone();
+    let checked = (|| {
+        let Path(key) = path.map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                "invalid key: it is not UTF-8 once percent-decoded",
+            )
+        })?;
+        validate_key(&key)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
+        if ![Method::GET, Method::PUT, Method::DELETE].contains(&method) {
+            return Err(method_not_allowed(
+                &method,
+                req.uri().path(),
+                "GET, PUT, DELETE",
+            ));
+        }
+        let Query(q) =
+            query.map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+        Ok((key, q.stale))
+    })();
+    let (key, stale) = match checked {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let op = match method {
+        Method::PUT => "kv_put",
+        Method::DELETE => "kv_delete",
+        _ => "kv_get",
+    };
+    let mut audited = Audited::of(&node, &caller, &req, op, key.clone());
+    if method == Method::GET {
+        audited.entry = None;
+    }
+    if !caller.may(&key) {
+        return audited
+            .finish(forbidden(&caller, &key).into_response())
+            .await;
+    }
+    if let (Some(log), Some(_)) = (&node.audit, &audited.entry)
+        && let Err(why) = log.ready()
+    {
+        let mut refused = audited;
+        refused.entry = None;
+        return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why).into_response();
+    }
+    if method == Method::GET && stale {
+        return read(&node, &key).into_response();
+    }
+    let response = on_leader_within(node, req, MAX_KV_BODY, move |node, body| async move {
+        match method {
+            Method::PUT => put(&node, key, parse(&body)?).await,
+            Method::DELETE => {
+                let b = match body.trim_ascii().is_empty() {
+                    true => KvDeleteBody::default(),
+                    false => parse(&body)?,
+                };
+                delete(&node, key, b).await
+            }
+            _ => {
+                linearizable(&node).await?;
+                read(&node, &key)
+            }
+        }
+    })
+    .await;
+    audited.finish(response).await
+}
+
+fn entry(key: &str, v: &KvValue) -> KvEntry {
+    KvEntry {
+        key: key.to_string(),
+        value: v.value.clone(),
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+    }
+}
+
+/// The key as this node's state has it.
+fn read(node: &Node, key: &str) -> Result<Response, ApiError> {
+    let found = node.state.read(|m| {
+        let state: &LockState = &m.state;
+        state.kv_get(key).map(|v| KvRead {
+            entry: entry(key, v),
+            revision: state.revision(),
+        })
+    });
+    match found {
+        Some(read) => Ok(ok(json!(read))),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            format!("no key {key:?}"),
+        )
+        .with(json!({"key": key}))),
+    }
+}
+
+async fn put(node: &Node, key: String, b: KvPutBody) -> Result<Response, ApiError> {
+    if let Some(why) = b.merge.refuses(&b.value) {
+        return Err(invalid("value", why));
+    }
+    sentinel_core::kv::value_bytes(&b.value).map_err(|e| invalid("value", e))?;
+    if let Some(w) = &b.writer {
+        label("writer", w)?;
+    }
+    let id = request_id(b.request_id)?;
+    let command = Command::KvPut(KvPut {
+        request_id: id.clone(),
+        key: key.clone(),
+        value: b.value,
+        if_revision: b.if_revision,
+        merge: b.merge,
+        writer: b.writer.unwrap_or_default(),
+        quota: node.kv_quota,
+    });
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
+    answer(node, &key, &id, outcome)
+}
+
+async fn delete(node: &Node, key: String, b: KvDeleteBody) -> Result<Response, ApiError> {
+    if let Some(w) = &b.writer {
+        label("writer", w)?;
+    }
+    let id = request_id(b.request_id)?;
+    let command = Command::KvDelete(KvDelete {
+        request_id: id.clone(),
+        key: key.clone(),
+        if_revision: b.if_revision,
+        writer: b.writer.unwrap_or_default(),
+    });
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
+    answer(node, &key, &id, outcome)
+}
+
+/// `GET /kv?prefix=P&after=K&limit=N`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    stale: bool,
+}
+
+/// A page of the keys under a prefix that the caller's token may read, in key order; a page
+/// ends at `limit` keys or after the key that takes it past [`MAX_PAGE_BYTES`], so that a
+/// follower can relay it.
+pub(super) async fn list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    if req.method() != Method::GET {
+        return method_not_allowed(req.method(), "/kv", "GET").into_response();
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()).into_response();
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("invalid limit {limit}: use 1 to {MAX_PAGE}"),
+        )
+        .into_response();
+    }
+    let page = move |node: &Node| page(node, &caller, &q.prefix, q.after.as_deref(), limit);
+    if q.stale {
+        return ok(json!(page(&node)));
+    }
+    on_leader_within(node, req, 0, move |node, _| async move {
+        linearizable(&node).await?;
+        Ok(ok(json!(page(&node))))
+    })
+    .await
+}
+
+fn page(node: &Node, caller: &Caller, prefix: &str, after: Option<&str>, limit: usize) -> KvPage {
+    node.state.read(|m| {
+        let state: &LockState = &m.state;
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        for (key, v) in state.kv_range(prefix, after) {
+            if !caller.may(key) {
+                continue;
+            }
+            if keys.len() == limit || bytes > MAX_PAGE_BYTES {
+                next = keys.last().map(|e: &KvEntry| e.key.clone());
+                break;
+            }
+            bytes += key.len() + json_len(&v.value) as usize;
+            keys.push(entry(key, v));
+        }
+        KvPage {
+            keys,
+            next,
+            revision: state.revision(),
+        }
+    })
+}

@@ -1,0 +1,173 @@
+//! The key-value store: JSON values under keys, each write numbered by the state's revision.
+//!
+//! Keys live beside the locks in the one replicated state, so a write is ordered with every
+//! lock command by the log, and numbered by the same revision as the watch stream's events: a
+//! write's revision is its key's `mod_revision` and the revision of its `put` event, so a
+//! watcher that saw revision R has seen every write up to R. Compare-and-set compares that
+//! revision (0: the key must not exist). Merge writes ([`sentinel_core::kv::merge`]) combine
+//! with the stored value here, where the writes are ordered, so that concurrent counters and
+//! sets lose nothing.
+//!
+//! What a write may cost is decided here too, deterministically: every command carries the
+//! leader's quota (`serve --kv-quota`), so nodes configured differently still apply the same
+//! writes alike. The quota counts each key's bytes, its value's JSON and [`ENTRY_OVERHEAD`], so
+//! that a flood of tiny keys is bounded like a few large ones.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use sentinel_core::kv::{MAX_VALUE_BYTES, Merge, merge};
+
+use super::{Answer, KvDelete, KvPut, Limit, LockState};
+
+/// What a key costs in the quota beyond its key's and value's bytes: about what the map, the
+/// strings and the value's nodes take in memory.
+pub const ENTRY_OVERHEAD: u64 = 128;
+
+/// A key's value and its revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvValue {
+    /// The value.
+    pub value: Value,
+    /// The revision that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// The revision of its last write.
+    pub mod_revision: u64,
+    /// Writes since it was created: 1 after the first.
+    pub version: u64,
+}
+
+/// The bytes of `value`'s JSON, counted without writing them anywhere.
+pub fn json_len(value: &Value) -> u64 {
+    struct Count(u64);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// What `key` with `value` counts in the quota.
+pub(super) fn cost(key: &str, value: &Value) -> u64 {
+    key.len() as u64 + json_len(value) + ENTRY_OVERHEAD
+}
+
+impl LockState {
+    /// The key's value, if it has one.
+    pub fn kv_get(&self, key: &str) -> Option<&KvValue> {
+        self.kv.get(key)
+    }
+
+    /// The keys starting with `prefix`, in order, after `after` (from the first for `None`).
+    pub fn kv_range<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a str, &'a KvValue)> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        self.kv
+            .range((start, Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// What the store's keys take in the quota now.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+
+    /// A write: compared, merged, counted against the quota, then stored with the next
+    /// revision (the revision its `put` event gets: the events of time passing are numbered
+    /// before a command runs).
+    pub(super) fn kv_put(&mut self, p: &KvPut) -> Answer {
+        let stored = self.kv.get(&p.key);
+        if let Some(expected) = p.if_revision {
+            let found = stored.map_or(0, |s| s.mod_revision);
+            if found != expected {
+                return Answer::CompareFailed { revision: found };
+            }
+        }
+        let value = match merge(stored.map(|s| &s.value), p.value.clone(), p.merge) {
+            Ok(v) => v,
+            Err(why) => return Answer::MergeConflict { why },
+        };
+        let bytes = json_len(&value);
+        if bytes > MAX_VALUE_BYTES as u64 {
+            return Answer::MergeConflict {
+                why: format!(
+                    "the merged value would be {bytes} bytes of JSON; values are at most \
+                     {MAX_VALUE_BYTES}"
+                ),
+            };
+        }
+        let before = stored.map_or(0, |s| cost(&p.key, &s.value));
+        let after = p.key.len() as u64 + bytes + ENTRY_OVERHEAD;
+        let total = self.kv_bytes.saturating_sub(before).saturating_add(after);
+        if after > before && total > p.quota {
+            return Answer::Refused {
+                limit: Limit::KvQuota,
+            };
+        }
+        let revision = self.revision + 1;
+        let (create_revision, version) = match stored {
+            Some(s) => (s.create_revision, s.version + 1),
+            None => (revision, 1),
+        };
+        // A counter's new count is answered; other values are not, so that the remembered
+        // answer of a write (kept for its retries) stays small.
+        let answered = match p.merge {
+            Merge::Max | Merge::Min | Merge::Add => Some(value.clone()),
+            _ => None,
+        };
+        self.kv_bytes = total;
+        self.kv.insert(
+            p.key.clone(),
+            KvValue {
+                value,
+                create_revision,
+                mod_revision: revision,
+                version,
+            },
+        );
+        Answer::KvWritten {
+            revision,
+            value: answered,
+        }
+    }
+
+    /// A delete, compared like a write; deleting a key that does not exist changes nothing.
+    pub(super) fn kv_delete(&mut self, d: &KvDelete) -> Answer {
+        let found = self.kv.get(&d.key).map_or(0, |s| s.mod_revision);
+        if d.if_revision.is_some_and(|r| r != found) {
+            return Answer::CompareFailed { revision: found };
+        }
+        match self.kv.remove(&d.key) {
+            Some(old) => {
+                self.kv_bytes = self.kv_bytes.saturating_sub(cost(&d.key, &old.value));
+                Answer::KvDeleted {
+                    revision: Some(self.revision + 1),
+                }
+            }
+            None => Answer::KvDeleted { revision: None },
+        }
+    }
+
+    /// The quota's count of every key, for loading a snapshot and checking the invariants.
+    pub(super) fn kv_cost(&self) -> u64 {
+        self.kv.iter().map(|(k, v)| cost(k, &v.value)).sum()
+    }
+}
