@@ -1,18 +1,20 @@
 //! `sentinel kv` against real `sentinel serve` processes: values round-trip as a shell gives and
 //! reads them (JSON, or else text; a string printed as it is), keys of any printable text,
 //! compare-and-set on revisions, merge writes from concurrent processes that lose no update,
-//! deletes, listings over several pages, values from files and stdin; and what is refused before
-//! anything is sent: a key or value too large, and every backend but the coordinator.
+//! deletes, the worker id as the writer the watch stream shows, listings over several pages,
+//! values from files and stdin; and what is refused before anything is sent: a key or value too
+//! large, and every backend but the coordinator.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::serve::{TOKEN, eventually, http};
 use crate::server_cli::one_node;
-use crate::support::{closed_port, code, sentinel, stdout_json, text};
+use crate::support::{Running, closed_port, code, sentinel, stdout_json, text, wait_for};
 
 /// `sentinel kv ARGS…` against `url`, with the token and the worker id `w1` in the environment
 /// (`get` and `list` take no worker id: on their command line it would be refused).
@@ -289,6 +291,41 @@ fn del_says_whether_the_key_existed() {
     let v = read(d, &url, "here");
     assert_eq!(v["create_revision"].as_u64(), Some(again), "{v}");
     assert_eq!(v["version"], 1, "{v}");
+}
+
+#[test]
+fn writes_name_the_worker_id_as_their_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_node, url) = one_node(tmp.path());
+    let d = tmp.path();
+    let events = d.join("events.jsonl");
+    let mut watch = Running::spawn_with_stdout(
+        sentinel(d)
+            .env("SENTINEL_SERVER", &url)
+            .env("SENTINEL_AUTH_TOKEN", TOKEN)
+            .args(["watch", "--prefix", "wk/"])
+            .stdout(std::fs::File::create(&events).unwrap()),
+    );
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // The stream is open once it has told where it starts; writes from then on are seen.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = put(d, &url, &["wk/a", "1", "--worker-id", "writer-7"]);
+    ok(d, &url, &["del", "wk/a", "--worker-id", "writer-8"]);
+    wait_for(Duration::from_secs(20), "two events", || lines().len() == 2);
+    watch.signal("TERM");
+    let exit = watch.exit_within(Duration::from_secs(10));
+    assert_eq!(code(&exit), 0, "{}", text(&exit));
+    let seen = lines();
+    assert_eq!(seen[0]["key"], "wk/a", "{seen:?}");
+    assert_eq!(seen[0]["worker_id"], "writer-7", "{seen:?}");
+    assert_eq!(seen[0]["revision"].as_u64(), Some(r), "{seen:?}");
+    assert_eq!(seen[1]["worker_id"], "writer-8", "{seen:?}");
 }
 
 #[test]

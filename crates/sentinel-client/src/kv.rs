@@ -181,9 +181,9 @@ impl ServerBackend {
 /// A compare of `key` against `wanted` that found it at revision `at` (0: it does not exist).
 fn compare_failed(key: &str, wanted: u64, at: u64) -> Error {
     Error::Conflict(match (wanted, at) {
-        (0, _) => format!(
-            "key {key:?} exists (at revision {at}); revision 0 writes only a key that does not"
-        ),
+        (0, _) => {
+            format!("key {key:?} exists (at revision {at}); revision 0 writes only a new key")
+        }
         (wanted, 0) => format!("key {key:?} does not exist (not at revision {wanted})"),
         (wanted, at) => format!("key {key:?} is at revision {at}, not {wanted}"),
     })
