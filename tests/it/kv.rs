@@ -258,6 +258,7 @@ fn deep_merges_objects_and_a_merge_the_value_cannot_take_is_refused() {
     put(d, &url, &["name", "text"]);
     let out = kv(d, &url, &["put", "name", "1", "--merge", "add"]);
     refused(&out, 3, &["\"name\""]);
+    assert_eq!(text(&out).matches("\"name\"").count(), 1, "{}", text(&out));
     assert_eq!(ok(d, &url, &["get", "name"]), "text\n");
     // The written value cannot: refused before it is sent (exit 2).
     let out = kv(d, &url, &["put", "cfg", "5", "--merge", "deep"]);

@@ -170,8 +170,9 @@ impl ServerBackend {
             (StatusCode::CONFLICT, code::COMPARE_FAILED, Some(wanted)) => {
                 compare_failed(key, wanted, e.revision.unwrap_or(0))
             }
+            // The message names the key and why its value cannot take the merge.
             (StatusCode::CONFLICT, code::MERGE_CONFLICT, _) => {
-                Error::Conflict(format!("key {key:?}: {}", e.message))
+                Error::Conflict(format!("sentinel server: {}", e.message))
             }
             _ => self.fail(answer),
         }
