@@ -607,13 +607,13 @@ pub struct ServeArgs {
     )]
     pub snapshot_every: u64,
     /// The key-value store's size quota in bytes: its keys, values (as JSON) and 128 bytes a
-    /// key count against it, and a write past it is refused (429 kv_quota); give every node
-    /// the same
+    /// key count against it, and a write past it is refused (429 kv_quota); at most 2 GiB;
+    /// give every node the same
     #[arg(
         long,
         env = "SENTINEL_KV_QUOTA",
         default_value_t = sentinel::kv::DEFAULT_QUOTA,
-        value_parser = clap::value_parser!(u64).range(1..),
+        value_parser = clap::value_parser!(u64).range(1..=sentinel::kv::MAX_QUOTA),
         value_name = "BYTES"
     )]
     pub kv_quota: u64,

@@ -27,6 +27,7 @@ mod heartbeat;
 mod help;
 mod hold_kinds_cli;
 mod kv;
+mod kv_api;
 mod kv_chaos;
 mod library;
 mod local_cli;

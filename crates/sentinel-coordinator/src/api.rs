@@ -20,6 +20,7 @@
 //! | `GET /kv/{key}`, optional `stale=true` | | 200 the value and its revisions; 404 `key_not_found` |
 //! | `DELETE /kv/{key}` | optional `if_revision`, `writer`, `request_id` | 200 `deleted` and the `revision`; 409 `compare_failed` |
 //! | `GET /kv?prefix=P&after=K&limit=N`, optional `stale=true` | | 200 a page of keys, `next` to continue |
+//! | `POST /kv/txn` | `compare` (each `key` and `revision`, `value` or `exists`), `ops` (`put` or `delete`), optional `writer`, `request_id` | 200 each write's revision; 409 `compare_failed` (which `compare`), `merge_conflict`; 429 `kv_quota` |
 //! | `GET /watch?prefix=P` or `?name=N`, optional `since_revision=R` | | 200 server-sent events of what happens to the locks and keys ([`crate::watch`]) |
 //! | `GET /health` | | 200 when the node knows a leader, else 503 |
 //! | `GET /cluster/status` | | 200 leader, term, members, indexes, each follower's lag |
@@ -97,8 +98,8 @@ use sentinel_core::lock::{
 use sentinel_core::table::{LockRecord, LockTable};
 use sentinel_proto::MAX_WAIT_MS;
 use sentinel_proto::api::{
-    AcquireBody, CampaignBody, KvDeleted, KvWritten, ProclaimBody, ReleaseBody, RenewBody,
-    WithdrawBody,
+    AcquireBody, CampaignBody, KvDeleted, KvTxnDone, KvWritten, ProclaimBody, ReleaseBody,
+    RenewBody, WithdrawBody,
 };
 use sentinel_proto::http::{self as network, Failure};
 
@@ -274,7 +275,7 @@ impl Audited {
                 "renew" | "proclaim" | "keep_session" => "renewed",
                 "open_session" => "opened",
                 "close_session" => "closed",
-                "kv_put" => "written",
+                "kv_put" | "kv_txn" => "written",
                 "kv_delete" => "deleted",
                 _ => "withdrawn",
             };
@@ -1414,6 +1415,17 @@ fn answer(node: &Node, name: &str, id: &str, outcome: Answer) -> Result<Response
             },
         )
         .with(json!({"key": name, "request_id": id, "revision": revision}))),
+        Answer::TxnDone { revisions } => Ok(ok(json!(KvTxnDone {
+            revision: node.state.read(|m| m.state.revision()),
+            revisions,
+            request_id: id.to_string(),
+        }))),
+        Answer::TxnFailed { compare, revision } => Err(error(
+            conflict,
+            "compare_failed",
+            format!("compare {compare} of the transaction does not hold"),
+        )
+        .with(json!({"compare": compare, "request_id": id, "revision": revision}))),
         Answer::MergeConflict { why } => Err(error(
             conflict,
             "merge_conflict",

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::acl::{Acl, same};
 use super::audit::AuditLog;
 use super::listener;
-use super::state::{Answer, Batch, Command, MAX_BATCH, Proposal, position};
+use super::state::{Answer, Batch, Command, MAX_BATCH, Proposal, fitting, position};
 use super::stats::Stats;
 use super::store::{LogStore, StateMachineStore};
 use super::{NodeId, TypeConfig};
@@ -333,59 +333,69 @@ impl Node {
 /// openraft 0.9 appends and flushes one client write at a time, so one entry per command would
 /// cost every command its own fsync and its own replication round. With one entry in flight, the
 /// commands that arrive during its write wait for the next one and share its fsync: under load the
-/// batches grow by themselves, and a lone command is written at once.
+/// batches grow by themselves, and a lone command is written at once. Keys' values bound an
+/// entry too ([`fitting`]): the commands beyond go into the next one.
 async fn write_batches(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (mut proposals, replies): (Vec<Proposal>, Vec<_>) =
-            batch.drain(..).map(|p| (p.proposal, p.reply)).unzip();
-        let at_ms = node.stamp().await;
-        for p in &mut proposals {
-            p.at_ms = at_ms;
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut queued, MAX_BATCH).await > 0 {
+        while !queued.is_empty() {
+            let n = fitting(queued.iter().map(|p| p.proposal.command.value_bytes()));
+            let entry: Vec<Pending> = queued.drain(..n).collect();
+            write_entry(&node, entry).await;
         }
-        let started = Instant::now();
-        let written =
-            tokio::time::timeout(PROPOSE_TIMEOUT, node.raft.client_write(Batch(proposals))).await;
-        let answers = match written {
-            Ok(Ok(written)) => {
-                node.stats.committed(started.elapsed(), replies.len());
-                let index = written.log_id.index;
-                let mut outcomes = written.data.into_iter();
-                replies
-                    .into_iter()
-                    .enumerate()
-                    .map(|(place, reply)| {
-                        let answer = outcomes
-                            .next()
-                            .flatten()
-                            .map(|o| (o, position(index, place)));
-                        let answer = answer.ok_or_else(|| {
-                            ProposeError::Unavailable("the state machine gave no answer".into())
-                        });
-                        (reply, answer)
-                    })
-                    .collect::<Vec<_>>()
-            }
-            Ok(Err(e)) => {
-                let e = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                        ProposeError::NotLeader(f.leader_id)
-                    }
-                    e => ProposeError::Unavailable(e.to_string()),
-                };
-                replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
-            }
-            Err(_) => {
-                let e = ProposeError::Unavailable(format!(
-                    "no quorum confirmed the request within {PROPOSE_TIMEOUT:?}"
-                ));
-                replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
-            }
-        };
-        for (reply, answer) in answers {
-            // A client that went away no longer waits for its answer; the command stands.
-            let _ = reply.send(answer);
+    }
+}
+
+/// Writes one entry of `batch` and answers each of its commands.
+async fn write_entry(node: &Node, batch: Vec<Pending>) {
+    let (mut proposals, replies): (Vec<Proposal>, Vec<_>) =
+        batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+    let at_ms = node.stamp().await;
+    for p in &mut proposals {
+        p.at_ms = at_ms;
+    }
+    let started = Instant::now();
+    let written =
+        tokio::time::timeout(PROPOSE_TIMEOUT, node.raft.client_write(Batch(proposals))).await;
+    let answers = match written {
+        Ok(Ok(written)) => {
+            node.stats.committed(started.elapsed(), replies.len());
+            let index = written.log_id.index;
+            let mut outcomes = written.data.into_iter();
+            replies
+                .into_iter()
+                .enumerate()
+                .map(|(place, reply)| {
+                    let answer = outcomes
+                        .next()
+                        .flatten()
+                        .map(|o| (o, position(index, place)));
+                    let answer = answer.ok_or_else(|| {
+                        ProposeError::Unavailable("the state machine gave no answer".into())
+                    });
+                    (reply, answer)
+                })
+                .collect::<Vec<_>>()
         }
+        Ok(Err(e)) => {
+            let e = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ProposeError::NotLeader(f.leader_id)
+                }
+                e => ProposeError::Unavailable(e.to_string()),
+            };
+            replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
+        }
+        Err(_) => {
+            let e = ProposeError::Unavailable(format!(
+                "no quorum confirmed the request within {PROPOSE_TIMEOUT:?}"
+            ));
+            replies.into_iter().map(|r| (r, Err(e.clone()))).collect()
+        }
+    };
+    for (reply, answer) in answers {
+        // A client that went away no longer waits for its answer; the command stands.
+        let _ = reply.send(answer);
     }
 }
 

@@ -56,8 +56,10 @@ pub const MAX_TERM: u64 = 1 << 62;
 /// Largest log index accepted from a peer: a fencing token is `index × 1000 + place`, which
 /// must fit in a `u64`, and openraft adds one to indexes.
 pub const MAX_INDEX: u64 = 1 << 52;
-/// Largest snapshot received (a full state is tens of MB).
-pub const MAX_SNAPSHOT: u64 = 512 << 20;
+/// Largest snapshot received. A state of 100,000 locks is tens of MB (about 1 GB with the
+/// largest task infos), and the key-value store adds up to its quota (`--kv-quota`, at most
+/// [`sentinel_core::kv::MAX_QUOTA`]).
+pub const MAX_SNAPSHOT: u64 = 4 << 30;
 /// Largest body of a Raft RPC (a batch of entries, a snapshot chunk); a leader sends fewer
 /// entries at a time than would make a larger one ([`crate::network`]).
 pub const MAX_RAFT_BODY: usize = 64 << 20;

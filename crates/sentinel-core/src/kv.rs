@@ -19,6 +19,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 256 << 10;
 /// The store's default size quota (keys and values' JSON, in bytes).
 pub const DEFAULT_QUOTA: u64 = 1 << 30;
+/// The largest quota: the store is held in memory and in every snapshot, which a peer accepts
+/// up to 4 GiB with the locks beside it.
+pub const MAX_QUOTA: u64 = 2 << 30;
 
 /// How a write combines its value with the stored one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,6 +90,74 @@ impl Merge {
         matches!(self, Merge::Union | Merge::Max | Merge::Min | Merge::Add)
     }
 }
+
+/// One condition of a transaction: every one given must hold of `key` for its writes to
+/// happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    /// The key it looks at.
+    pub key: String,
+    /// The key's `mod_revision` is this (0: it does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// The key holds this value (a JSON `null` here means no condition on the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// The key exists, or does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+impl Compare {
+    /// Whether it holds of a key whose value and `mod_revision` are `found`.
+    pub fn holds(&self, found: Option<(&Value, u64)>) -> bool {
+        self.revision
+            .is_none_or(|r| found.map_or(0, |(_, m)| m) == r)
+            && self
+                .value
+                .as_ref()
+                .is_none_or(|v| found.is_some_and(|(f, _)| f == v))
+            && self.exists.is_none_or(|e| e == found.is_some())
+    }
+}
+
+/// One write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Write a key's value, or merge into it.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Value,
+        /// How it combines with the stored one.
+        #[serde(default, skip_serializing_if = "is_replace")]
+        merge: Merge,
+    },
+    /// Delete a key (nothing, if it does not exist).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl Op {
+    /// The key it writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+fn is_replace(m: &Merge) -> bool {
+    *m == Merge::Replace
+}
+
+/// Most compares and writes one transaction holds together.
+pub const MAX_TXN_OPS: usize = 1_000;
 
 /// What a JSON value is, for messages.
 pub fn kind(value: &Value) -> &'static str {

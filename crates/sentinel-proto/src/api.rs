@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use sentinel_core::backend::{Hold, Waiter};
-use sentinel_core::kv::Merge;
+use sentinel_core::kv::{Compare, Merge, Op};
 use sentinel_core::lock::{Holder, TaskInfo};
 
 /// Every acquire: `POST /locks/{name}/acquire` (an exclusive or, with `shared`, a shared hold)
@@ -231,6 +231,9 @@ pub struct ErrorBody {
     /// The key's `mod_revision` a compare met (`compare_failed`; 0: the key does not exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+    /// Which compare of a transaction failed (`compare_failed`), by its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<usize>,
 }
 
 /// `GET /locks/{name}/status`: what the name is held as, by whom, and who waits.
@@ -337,6 +340,34 @@ pub struct KvDeleteBody {
     /// The client's id for this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+/// `POST /kv/txn`: compares, then writes, all or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvTxnBody {
+    /// What must hold of the keys first (all of it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<Compare>,
+    /// The writes, in order: `{"op":"put","key","value","merge"?}` or `{"op":"delete","key"}`.
+    pub ops: Vec<Op>,
+    /// Who writes, shown in the keys' watch events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// The client's id for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The answer to a transaction whose writes were made (200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvTxnDone {
+    /// Each write's revision, in order; 0 for a delete of a key that did not exist.
+    pub revisions: Vec<u64>,
+    /// The store's revision after it.
+    pub revision: u64,
+    /// The request's id.
+    pub request_id: String,
 }
 
 /// The answer to a write (200): the revision it made.

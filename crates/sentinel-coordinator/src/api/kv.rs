@@ -1,8 +1,9 @@
 //! `/kv`: the key-value store's routes ([`crate::state`]'s `kv` keeps the keys).
 //!
 //! `PUT /kv/{key}` writes (compare-and-set with `if_revision`, merge writes with `merge`),
-//! `DELETE /kv/{key}` deletes, `GET /kv/{key}` reads one key and `GET /kv?prefix=P&after=K&limit=N`
-//! a page of keys. Writes go through the log like lock commands (request ids make retries
+//! `DELETE /kv/{key}` deletes, `POST /kv/txn` compares keys and then writes several, all or
+//! none (a key named `txn` is still read, written and deleted by the other methods),
+//! `GET /kv/{key}` reads one key and `GET /kv?prefix=P&after=K&limit=N` a page of keys. Writes go through the log like lock commands (request ids make retries
 //! safe); reads are linearizable, served by the leader after a quorum confirms it leads, unless
 //! `stale=true` asks this node's own copy. A key is the rest of the path, percent-decoded, so
 //! keys may hold `/`. Tokens act on the keys their prefixes allow, as on locks, and writes are
@@ -17,8 +18,8 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use sentinel_core::kv::{MAX_VALUE_BYTES, validate_key};
-use sentinel_proto::api::{KvDeleteBody, KvEntry, KvPage, KvPutBody, KvRead};
+use sentinel_core::kv::{MAX_TXN_OPS, MAX_VALUE_BYTES, Op, validate_key};
+use sentinel_proto::api::{KvDeleteBody, KvEntry, KvPage, KvPutBody, KvRead, KvTxnBody};
 
 use super::{
     ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, answer, error,
@@ -26,11 +27,17 @@ use super::{
     propose_error, request_id,
 };
 use crate::node::Node;
-use crate::state::{Command, KvDelete, KvPut, KvValue, LockState, json_len};
+use crate::state::{
+    Answer, Command, KvDelete, KvPut, KvTxn, KvValue, LockState, MAX_ENTRY_VALUE_BYTES, json_len,
+};
 
 /// Largest body of a write: the largest value, and room for the other fields and for JSON a
 /// client wrote with more whitespace or escapes than the value's own.
 const MAX_KV_BODY: usize = MAX_VALUE_BYTES * 2;
+
+/// Largest body of a transaction: half of what one log entry carries of values, so that a
+/// transaction always fits in one.
+const MAX_TXN_BODY: usize = MAX_ENTRY_VALUE_BYTES / 2;
 
 /// `?stale=true`: read this node's own copy instead of the leader's.
 #[derive(Deserialize)]
@@ -59,7 +66,8 @@ pub(super) async fn key(
         })?;
         validate_key(&key)
             .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
-        if ![Method::GET, Method::PUT, Method::DELETE].contains(&method) {
+        let txn = method == Method::POST && key == "txn";
+        if !txn && ![Method::GET, Method::PUT, Method::DELETE].contains(&method) {
             return Err(method_not_allowed(
                 &method,
                 req.uri().path(),
@@ -77,13 +85,15 @@ pub(super) async fn key(
     let op = match method {
         Method::PUT => "kv_put",
         Method::DELETE => "kv_delete",
+        Method::POST => "kv_txn",
         _ => "kv_get",
     };
     let mut audited = Audited::of(&node, &caller, &req, op, key.clone());
     if method == Method::GET {
         audited.entry = None;
     }
-    if !caller.may(&key) {
+    // A transaction's keys are in its body: checked where it is served.
+    if method != Method::POST && !caller.may(&key) {
         return audited
             .finish(forbidden(&caller, &key).into_response())
             .await;
@@ -98,8 +108,13 @@ pub(super) async fn key(
     if method == Method::GET && stale {
         return read(&node, &key).into_response();
     }
-    let response = on_leader_within(node, req, MAX_KV_BODY, move |node, body| async move {
+    let limit = match method {
+        Method::POST => MAX_TXN_BODY,
+        _ => MAX_KV_BODY,
+    };
+    let response = on_leader_within(node, req, limit, move |node, body| async move {
         match method {
+            Method::POST => txn(&node, &caller, parse(&body)?).await,
             Method::PUT => put(&node, key, parse(&body)?).await,
             Method::DELETE => {
                 let b = match body.trim_ascii().is_empty() {
@@ -183,6 +198,54 @@ async fn delete(node: &Node, key: String, b: KvDeleteBody) -> Result<Response, A
     });
     let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
     answer(node, &key, &id, outcome)
+}
+
+/// `POST /kv/txn`: every key checked (and allowed to the caller's token) before it is proposed.
+async fn txn(node: &Node, caller: &Caller, b: KvTxnBody) -> Result<Response, ApiError> {
+    if b.compare.len() + b.ops.len() > MAX_TXN_OPS {
+        return Err(invalid(
+            "transaction",
+            format!("at most {MAX_TXN_OPS} compares and writes together"),
+        ));
+    }
+    let keys = b.compare.iter().map(|c| c.key.as_str());
+    for key in keys.chain(b.ops.iter().map(Op::key)) {
+        validate_key(key)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
+        if !caller.may(key) {
+            return Err(forbidden(caller, key));
+        }
+    }
+    for op in &b.ops {
+        if let Op::Put { value, merge, .. } = op {
+            if let Some(why) = merge.refuses(value) {
+                return Err(invalid("value", why));
+            }
+            sentinel_core::kv::value_bytes(value).map_err(|e| invalid("value", e))?;
+        }
+    }
+    if let Some(w) = &b.writer {
+        label("writer", w)?;
+    }
+    let id = request_id(b.request_id)?;
+    let command = Command::KvTxn(KvTxn {
+        request_id: id.clone(),
+        compare: b.compare.clone(),
+        ops: b.ops,
+        writer: b.writer.unwrap_or_default(),
+        quota: node.kv_quota,
+    });
+    let (outcome, _) = node.propose(command).await.map_err(propose_error)?;
+    if let Answer::TxnFailed { compare, revision } = outcome {
+        let key = b.compare.get(compare).map_or("", |c| c.key.as_str());
+        return Err(error(
+            StatusCode::CONFLICT,
+            "compare_failed",
+            format!("compare {compare} (key {key:?}, at revision {revision}) does not hold"),
+        )
+        .with(json!({"compare": compare, "key": key, "revision": revision, "request_id": id})));
+    }
+    answer(node, "", &id, outcome)
 }
 
 /// `GET /kv?prefix=P&after=K&limit=N`.

@@ -148,6 +148,19 @@ pub enum Answer {
         /// The key's `mod_revision`.
         revision: u64,
     },
+    /// A transaction's writes were made; each one's revision, 0 for a delete of a key that
+    /// did not exist.
+    TxnDone {
+        /// Per write, in order.
+        revisions: Vec<u64>,
+    },
+    /// A transaction's compare `compare` (its place) did not hold; nothing changed.
+    TxnFailed {
+        /// Which compare.
+        compare: usize,
+        /// Its key's `mod_revision` (0: it does not exist).
+        revision: u64,
+    },
     /// A merge write met a stored value it cannot combine with, or would make one too large;
     /// nothing changed.
     MergeConflict {

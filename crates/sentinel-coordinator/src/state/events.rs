@@ -73,6 +73,11 @@ impl LockState {
     ) -> Vec<Event> {
         let mut out = Vec::new();
         match answer {
+            Some(Answer::TxnDone { revisions }) => {
+                if let Command::KvTxn(t) = command {
+                    txn_events(t, revisions, &mut out);
+                }
+            }
             Some(Answer::SessionClosed { released, .. }) => {
                 for (name, lease) in released {
                     let token = Some(lease.fencing_token);
@@ -119,6 +124,20 @@ impl LockState {
 }
 
 type Raw = (EventKind, String, String, Option<u64>);
+
+/// A transaction's writes that changed a key, in order: the revisions the state gave them.
+fn txn_events(t: &super::KvTxn, revisions: &[u64], out: &mut Vec<Raw>) {
+    for (op, revision) in t.ops.iter().zip(revisions) {
+        if *revision == 0 {
+            continue;
+        }
+        let kind = match op {
+            sentinel_core::kv::Op::Put { .. } => EventKind::Put,
+            sentinel_core::kv::Op::Delete { .. } => EventKind::Deleted,
+        };
+        out.push((kind, op.key().to_string(), t.writer.clone(), None));
+    }
+}
 
 fn settled_events(settled: &[Settled], out: &mut Vec<Raw>) {
     for s in settled {
@@ -193,7 +212,8 @@ impl Command {
             Command::Withdraw(w) => Some((&w.name, &w.holder)),
             Command::KvPut(p) => Some((&p.key, &p.writer)),
             Command::KvDelete(d) => Some((&d.key, &d.writer)),
-            Command::Arrive(_)
+            Command::KvTxn(_)
+            | Command::Arrive(_)
             | Command::OpenSession(_)
             | Command::KeepSession(_)
             | Command::CloseSession(_)
@@ -215,6 +235,7 @@ impl Command {
             Command::KeepSession(c) | Command::CloseSession(c) => Some(&c.request_id),
             Command::KvPut(p) => Some(&p.request_id),
             Command::KvDelete(d) => Some(&d.request_id),
+            Command::KvTxn(t) => Some(&t.request_id),
             Command::Tick => None,
         }
     }

@@ -13,14 +13,15 @@
 //! writes alike. The quota counts each key's bytes, its value's JSON and [`ENTRY_OVERHEAD`], so
 //! that a flood of tiny keys is bounded like a few large ones.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use sentinel_core::kv::{MAX_VALUE_BYTES, Merge, merge};
+use sentinel_core::kv::{MAX_VALUE_BYTES, Merge, Op, merge};
 
-use super::{Answer, KvDelete, KvPut, Limit, LockState};
+use super::{Answer, KvDelete, KvPut, KvTxn, Limit, LockState};
 
 /// What a key costs in the quota beyond its key's and value's bytes: about what the map, the
 /// strings and the value's nodes take in memory.
@@ -101,21 +102,11 @@ impl LockState {
                 return Answer::CompareFailed { revision: found };
             }
         }
-        let value = match merge(stored.map(|s| &s.value), p.value.clone(), p.merge) {
-            Ok(v) => v,
+        let (value, after) = match self.merged(&p.key, stored, &p.value, p.merge) {
+            Ok(merged) => merged,
             Err(why) => return Answer::MergeConflict { why },
         };
-        let bytes = json_len(&value);
-        if bytes > MAX_VALUE_BYTES as u64 {
-            return Answer::MergeConflict {
-                why: format!(
-                    "the merged value would be {bytes} bytes of JSON; values are at most \
-                     {MAX_VALUE_BYTES}"
-                ),
-            };
-        }
         let before = stored.map_or(0, |s| cost(&p.key, &s.value));
-        let after = p.key.len() as u64 + bytes + ENTRY_OVERHEAD;
         let total = self.kv_bytes.saturating_sub(before).saturating_add(after);
         if after > before && total > p.quota {
             return Answer::Refused {
@@ -164,6 +155,97 @@ impl LockState {
             }
             None => Answer::KvDeleted { revision: None },
         }
+    }
+
+    /// A transaction: its compares on the keys as they are, then its writes decided in order on
+    /// an overlay of the keys they touch, taking consecutive revisions; only if every one can
+    /// be made does the overlay replace the keys.
+    pub(super) fn kv_txn(&mut self, t: &KvTxn) -> Answer {
+        for (i, c) in t.compare.iter().enumerate() {
+            let found = self.kv.get(&c.key).map(|v| (&v.value, v.mod_revision));
+            if !c.holds(found) {
+                return Answer::TxnFailed {
+                    compare: i,
+                    revision: found.map_or(0, |(_, r)| r),
+                };
+            }
+        }
+        let mut overlay: BTreeMap<&str, Option<KvValue>> = BTreeMap::new();
+        let (mut bytes, mut revision) = (self.kv_bytes, self.revision);
+        let mut revisions = Vec::with_capacity(t.ops.len());
+        for op in &t.ops {
+            let key = op.key();
+            let stored = match overlay.get(key) {
+                Some(written) => written.clone(),
+                None => self.kv.get(key).cloned(),
+            };
+            let before = stored.as_ref().map_or(0, |s| cost(key, &s.value));
+            match op {
+                Op::Put {
+                    value, merge: how, ..
+                } => {
+                    let (value, after) = match self.merged(key, stored.as_ref(), value, *how) {
+                        Ok(merged) => merged,
+                        Err(why) => return Answer::MergeConflict { why },
+                    };
+                    let total = bytes.saturating_sub(before).saturating_add(after);
+                    if after > before && total > t.quota {
+                        return Answer::Refused {
+                            limit: Limit::KvQuota,
+                        };
+                    }
+                    bytes = total;
+                    revision += 1;
+                    let (create_revision, version) = stored
+                        .as_ref()
+                        .map_or((revision, 1), |s| (s.create_revision, s.version + 1));
+                    let v = KvValue {
+                        value,
+                        create_revision,
+                        mod_revision: revision,
+                        version,
+                    };
+                    overlay.insert(key, Some(v));
+                    revisions.push(revision);
+                }
+                Op::Delete { .. } if stored.is_some() => {
+                    bytes = bytes.saturating_sub(before);
+                    revision += 1;
+                    overlay.insert(key, None);
+                    revisions.push(revision);
+                }
+                Op::Delete { .. } => revisions.push(0),
+            }
+        }
+        for (key, v) in overlay {
+            match v {
+                Some(v) => self.kv.insert(key.to_string(), v),
+                None => self.kv.remove(key),
+            };
+        }
+        self.kv_bytes = bytes;
+        Answer::TxnDone { revisions }
+    }
+
+    /// `value` merged into `stored` by `how`, and what the key then counts in the quota; why
+    /// not (a merge conflict) when the stored value cannot take the merge or the result is too
+    /// large.
+    fn merged(
+        &self,
+        key: &str,
+        stored: Option<&KvValue>,
+        value: &Value,
+        how: Merge,
+    ) -> Result<(Value, u64), String> {
+        let value = merge(stored.map(|s| &s.value), value.clone(), how)?;
+        let bytes = json_len(&value);
+        if bytes > MAX_VALUE_BYTES as u64 {
+            return Err(format!(
+                "the merged value would be {bytes} bytes of JSON; values are at most \
+                 {MAX_VALUE_BYTES}"
+            ));
+        }
+        Ok((value, key.len() as u64 + bytes + ENTRY_OVERHEAD))
     }
 
     /// The quota's count of every key, for loading a snapshot and checking the invariants.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::tests::{TTL, encoded_history, golden, one};
 use super::*;
-use sentinel_core::kv::{DEFAULT_QUOTA, Merge};
+use sentinel_core::kv::{Compare, DEFAULT_QUOTA, Merge, Op};
 use sentinel_core::lock::TaskInfo;
 
 fn put(id: &str, key: &str, value: Value, merge: Merge, if_revision: Option<u64>) -> Command {
@@ -273,6 +273,17 @@ fn the_kv_encoding_is_stable() {
         (3, put("r3", "count", json!(2), Merge::Add, None)),
         (4, put("r4", "cfg/a", json!(1), Merge::Replace, Some(1))),
         (5, delete("r5", "cfg/a", None)),
+        (
+            6,
+            txn(
+                "r6",
+                vec![at("count", 3)],
+                vec![
+                    put_op("count", json!(1), Merge::Add),
+                    Op::Delete { key: "x".into() },
+                ],
+            ),
+        ),
     ]);
     golden("kv_history.jsonl", &history);
 }
@@ -370,4 +381,127 @@ proptest! {
         let back = LockState::from_json(&s.to_json().unwrap()).unwrap();
         prop_assert_eq!(back, s);
     }
+}
+
+#[test]
+fn an_entry_carries_at_most_its_bound_of_values_and_always_one_command() {
+    let quarter = MAX_ENTRY_VALUE_BYTES / 4 + 1;
+    assert_eq!(fitting([quarter; 10]), 3);
+    assert_eq!(fitting([0; 300]), 300);
+    assert_eq!(fitting([usize::MAX, 1]), 1);
+    assert_eq!(fitting([1, usize::MAX]), 1);
+    assert_eq!(fitting([]), 0);
+    // A write weighs its key and its value's JSON; lock commands weigh nothing.
+    let p = put("r", "key", json!("x".repeat(1000)), Merge::Replace, None);
+    assert_eq!(p.value_bytes(), 3 + 1002);
+    assert_eq!(delete("r", "key", None).value_bytes(), 0);
+}
+
+fn txn(id: &str, compare: Vec<Compare>, ops: Vec<Op>) -> Command {
+    Command::KvTxn(KvTxn {
+        request_id: id.into(),
+        compare,
+        ops,
+        writer: "w".into(),
+        quota: DEFAULT_QUOTA,
+    })
+}
+
+fn put_op(key: &str, value: Value, merge: Merge) -> Op {
+    Op::Put {
+        key: key.into(),
+        value,
+        merge,
+    }
+}
+
+fn at(key: &str, revision: u64) -> Compare {
+    Compare {
+        key: key.into(),
+        revision: Some(revision),
+        value: None,
+        exists: None,
+    }
+}
+
+#[test]
+fn a_transaction_writes_all_or_nothing_with_consecutive_revisions() {
+    let mut s = LockState::default();
+    apply(&mut s, 1, put("r1", "a", json!(1), Merge::Replace, None));
+    // Compares hold: the writes take revisions 2, 3 (a delete of nothing takes none), 4.
+    let ops = vec![
+        put_op("a", json!(2), Merge::Add),
+        put_op("b", json!(["x"]), Merge::Union),
+        Op::Delete { key: "none".into() },
+        Op::Delete { key: "a".into() },
+    ];
+    let compare = vec![
+        at("a", 1),
+        Compare {
+            key: "b".into(),
+            revision: None,
+            value: None,
+            exists: Some(false),
+        },
+    ];
+    let done = apply(&mut s, 2, txn("t1", compare, ops));
+    assert_eq!(
+        answer(&done),
+        Answer::TxnDone {
+            revisions: vec![2, 3, 0, 4]
+        }
+    );
+    let events: Vec<_> = done
+        .events
+        .iter()
+        .map(|e| (e.event, e.key.clone().unwrap(), e.revision))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (EventKind::Put, "a".to_string(), 2),
+            (EventKind::Put, "b".to_string(), 3),
+            (EventKind::Deleted, "a".to_string(), 4)
+        ]
+    );
+    assert!(s.kv_get("a").is_none());
+    assert_eq!(s.kv_get("b").unwrap().value, json!(["x"]));
+
+    // A compare that fails, or a write that cannot be made, changes nothing at all.
+    let before = s.clone();
+    let failed = apply(
+        &mut s,
+        3,
+        txn("t2", vec![at("b", 2)], vec![Op::Delete { key: "b".into() }]),
+    );
+    assert_eq!(
+        answer(&failed),
+        Answer::TxnFailed {
+            compare: 0,
+            revision: 3
+        }
+    );
+    let ops = vec![
+        put_op("c", json!(1), Merge::Replace),
+        put_op("b", json!(1), Merge::Add),
+    ];
+    let conflict = apply(&mut s, 4, txn("t3", vec![], ops));
+    assert!(matches!(answer(&conflict), Answer::MergeConflict { .. }));
+    assert!(failed.events.is_empty() && conflict.events.is_empty());
+    assert_eq!(
+        (&s.kv, s.kv_bytes(), s.revision()),
+        (&before.kv, before.kv_bytes(), before.revision())
+    );
+
+    // Writes to one key within a transaction see each other.
+    let ops = vec![
+        put_op("n", json!(1), Merge::Add),
+        put_op("n", json!(2), Merge::Add),
+    ];
+    apply(&mut s, 5, txn("t4", vec![], ops));
+    let n = s.kv_get("n").unwrap();
+    assert_eq!(
+        (n.value.clone(), n.version, n.create_revision),
+        (json!(3), 2, n.mod_revision - 1)
+    );
 }

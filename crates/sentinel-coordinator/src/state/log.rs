@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use sentinel_core::kv::Merge;
+use sentinel_core::kv::{Compare, Merge, Op};
 use sentinel_core::lock::TaskInfo;
 
 pub use super::sessions::{OpenSession, SessionCall};
@@ -70,9 +70,51 @@ pub enum Command {
     KvPut(KvPut),
     /// Delete a key.
     KvDelete(KvDelete),
+    /// Compare keys, then write several, all or none.
+    KvTxn(KvTxn),
     /// Only time passes: the leases and waits that ended by the proposal's time end. The leader
     /// proposes one when [`super::LockState::next_event_ms`] comes, so waiters get their locks promptly.
     Tick,
+}
+
+impl Command {
+    /// The bytes of the values the command carries (a key's value and key), which an entry
+    /// bounds ([`MAX_ENTRY_VALUE_BYTES`]); every other command is small (its request body was at
+    /// most 64 KiB, a lock's at most a few).
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Command::KvPut(p) => p.key.len() + super::kv::json_len(&p.value) as usize,
+            Command::KvTxn(t) => t
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => key.len() + super::kv::json_len(value) as usize,
+                    Op::Delete { key } => key.len(),
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Most bytes of values ([`Command::value_bytes`]) one entry carries: more commands wait for the
+/// next entry. With [`MAX_BATCH`] other commands of at most 64 KiB each, an entry stays far
+/// below what a peer accepts in one Raft request (64 MiB), so it can always be replicated.
+pub const MAX_ENTRY_VALUE_BYTES: usize = 16 << 20;
+
+/// How many of the commands whose [`Command::value_bytes`] are `weights`, from the first, go
+/// into one entry: as many as fit in [`MAX_ENTRY_VALUE_BYTES`], and always the first.
+pub fn fitting(weights: impl IntoIterator<Item = usize>) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for w in weights {
+        total = total.saturating_add(w);
+        if n > 0 && total > MAX_ENTRY_VALUE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Take a lock, or join its queue.
@@ -245,4 +287,22 @@ pub struct KvDelete {
     /// Who deletes.
     #[serde(default)]
     pub writer: String,
+}
+
+/// Compare keys, then write several: the writes happen, in order and with consecutive
+/// revisions, only if every compare holds and every write can be made (as etcd's Txn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvTxn {
+    /// The client's id for this request (see [`Acquire::request_id`]).
+    pub request_id: String,
+    /// What must hold first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<Compare>,
+    /// The writes.
+    pub ops: Vec<Op>,
+    /// Who writes.
+    #[serde(default)]
+    pub writer: String,
+    /// The leader's quota (see [`KvPut::quota`]).
+    pub quota: u64,
 }

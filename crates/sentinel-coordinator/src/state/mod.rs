@@ -101,8 +101,9 @@ pub use groups::{Group, Hold, Kind, MAX_LIMIT};
 pub use kv::{ENTRY_OVERHEAD, KvValue, json_len};
 pub use locks::{MAX_HELD_LOCKS, MAX_WAITERS, Slot, Waiter};
 pub use log::{
-    Acquire, Arrive, Batch, Claim, Command, KvDelete, KvPut, MAX_BATCH, POSITIONS_PER_ENTRY,
-    Proposal, Release, Renew, Withdraw, position,
+    Acquire, Arrive, Batch, Claim, Command, KvDelete, KvPut, KvTxn, MAX_BATCH,
+    MAX_ENTRY_VALUE_BYTES, POSITIONS_PER_ENTRY, Proposal, Release, Renew, Withdraw, fitting,
+    position,
 };
 pub use requests::{REQUEST_MEMORY, REQUEST_WINDOW_MS, RequestKind};
 pub use sessions::{MAX_SESSIONS, OpenSession, Session, SessionCall};
@@ -281,6 +282,13 @@ impl LockState {
                 &proposal.command,
                 now,
                 |s| s.kv_delete(d),
+            )),
+            Command::KvTxn(t) => Some(self.request(
+                &t.request_id,
+                (RequestKind::Kv, "", &t.writer),
+                &proposal.command,
+                now,
+                |s| s.kv_txn(t),
             )),
         };
         self.bind_settled(&settled);
