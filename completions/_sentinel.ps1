@@ -57,6 +57,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('leader', 'leader', [CompletionResultType]::ParameterValue, 'Show an election''s leader, or every change of leader (--watch)')
             [CompletionResult]::new('barrier', 'barrier', [CompletionResultType]::ParameterValue, 'Wait until --count participants have arrived at a barrier, then all go on')
             [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped')
+            [CompletionResult]::new('kv', 'kv', [CompletionResultType]::ParameterValue, 'Read and write the coordinator''s key-value store (--server): JSON values under keys, each write numbered by the store''s revision')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
@@ -398,6 +399,124 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'sentinel;kv' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print a key''s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist')
+            [CompletionResult]::new('put', 'put', [CompletionResultType]::ParameterValue, 'Write a key''s value (JSON, or else text) and print the revision of the write')
+            [CompletionResult]::new('del', 'del', [CompletionResultType]::ParameterValue, 'Delete a key; exit 0 whether or not it existed')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'sentinel;kv;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'sentinel;kv;put' {
+            [CompletionResult]::new('--if-revision', '--if-revision', [CompletionResultType]::ParameterName, 'Write only if the key''s revision (its mod_revision) is N; 0: only if the key does not exist (exit 3 otherwise)')
+            [CompletionResult]::new('--merge', '--merge', [CompletionResultType]::ParameterName, 'How VALUE combines with the stored value')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'sentinel;kv;del' {
+            [CompletionResult]::new('--if-revision', '--if-revision', [CompletionResultType]::ParameterName, 'Delete only if the key''s revision (its mod_revision) is N (exit 3 otherwise)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--worker-id', '--worker-id', [CompletionResultType]::ParameterName, 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'sentinel;kv;list' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'sentinel;kv;help' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print a key''s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist')
+            [CompletionResult]::new('put', 'put', [CompletionResultType]::ParameterValue, 'Write a key''s value (JSON, or else text) and print the revision of the write')
+            [CompletionResult]::new('del', 'del', [CompletionResultType]::ParameterValue, 'Delete a key; exit 0 whether or not it existed')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'sentinel;kv;help;get' {
+            break
+        }
+        'sentinel;kv;help;put' {
+            break
+        }
+        'sentinel;kv;help;del' {
+            break
+        }
+        'sentinel;kv;help;list' {
+            break
+        }
+        'sentinel;kv;help;help' {
+            break
+        }
         'sentinel;completions' {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
@@ -548,6 +667,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('leader', 'leader', [CompletionResultType]::ParameterValue, 'Show an election''s leader, or every change of leader (--watch)')
             [CompletionResult]::new('barrier', 'barrier', [CompletionResultType]::ParameterValue, 'Wait until --count participants have arrived at a barrier, then all go on')
             [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped')
+            [CompletionResult]::new('kv', 'kv', [CompletionResultType]::ParameterValue, 'Read and write the coordinator''s key-value store (--server): JSON values under keys, each write numbered by the store''s revision')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Show lock metrics: this host''s counters, or with --repo-wide the repository''s history')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a coordinator node: named locks replicated with Raft, served over HTTP')
@@ -584,6 +704,25 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help;watch' {
+            break
+        }
+        'sentinel;help;kv' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print a key''s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist')
+            [CompletionResult]::new('put', 'put', [CompletionResultType]::ParameterValue, 'Write a key''s value (JSON, or else text) and print the revision of the write')
+            [CompletionResult]::new('del', 'del', [CompletionResultType]::ParameterValue, 'Delete a key; exit 0 whether or not it existed')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)')
+            break
+        }
+        'sentinel;help;kv;get' {
+            break
+        }
+        'sentinel;help;kv;put' {
+            break
+        }
+        'sentinel;help;kv;del' {
+            break
+        }
+        'sentinel;help;kv;list' {
             break
         }
         'sentinel;help;completions' {

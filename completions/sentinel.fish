@@ -62,6 +62,7 @@ complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "elect" -d 'Campai
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "barrier" -d 'Wait until --count participants have arrived at a barrier, then all go on'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "watch" -d 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped'
+complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "kv" -d 'Read and write the coordinator\'s key-value store (--server): JSON values under keys, each write numbered by the store\'s revision'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
 complete -c sentinel -n "__fish_sentinel_needs_command" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
@@ -405,6 +406,111 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l json -d 'Pri
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "get" -d 'Print a key\'s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l if-revision -d 'Write only if the key\'s revision (its mod_revision) is N; 0: only if the key does not exist (exit 3 otherwise)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l merge -d 'How VALUE combines with the stored value' -r -f -a "replace\t'VALUE replaces the stored value'
+union\t'Arrays as sets: the stored array gains VALUE\'s elements it lacks'
+deep\t'Objects merged field by field, recursively; VALUE\'s fields win'
+max\t'The larger number'
+min\t'The smaller number'
+add\t'The sum: a counter'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l if-revision -d 'Delete only if the key\'s revision (its mod_revision) is N (exit 3 otherwise)' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l worker-id -d 'Who holds the lock [default: distinct per worker; in GitHub Actions derived from run, attempt, job and runner]' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from del" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print a key\'s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr'
@@ -512,20 +618,25 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -l json -d 'Pr
 complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "release" -d 'Release a lock held by this worker'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "status" -d 'Show who holds a lock, or every held lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "elect" -d 'Campaign in an election and run a command while leader: the leader is the holder of the election\'s lock'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "barrier" -d 'Wait until --count participants have arrived at a barrier, then all go on'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "watch" -d 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "completions" -d 'Print a shell completion script'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "doctor" -d 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure\'s exit code)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch completions metrics serve cluster doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "claim" -d 'Claim a lock: a GitHub issue number, or a name on the other backends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "release" -d 'Release a lock held by this worker'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "status" -d 'Show who holds a lock, or every held lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "heartbeat" -d 'Renew a held lock: once, or as a sidecar until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "run" -d 'Claim a lock, run a command while renewing it, release it when the command ends'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "steal-stale" -d 'Take over a stale lock, or release every stale lock (--all)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "elect" -d 'Campaign in an election and run a command while leader: the leader is the holder of the election\'s lock'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "leader" -d 'Show an election\'s leader, or every change of leader (--watch)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "barrier" -d 'Wait until --count participants have arrived at a barrier, then all go on'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "watch" -d 'Print one JSON line per event of the locks (acquired, released, expired, queued), on the coordinator or the local backend, until stopped'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "kv" -d 'Read and write the coordinator\'s key-value store (--server): JSON values under keys, each write numbered by the store\'s revision'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "completions" -d 'Print a shell completion script'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "metrics" -d 'Show lock metrics: this host\'s counters, or with --repo-wide the repository\'s history'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "serve" -d 'Run a coordinator node: named locks replicated with Raft, served over HTTP'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "cluster" -d 'Inspect the coordinator cluster given with --server'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "doctor" -d 'Check the options and the backend they choose: which one and why, where the GitHub token comes from, and whether it can be used (exit 0 usable, else the failure\'s exit code)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and not __fish_seen_subcommand_from claim release status heartbeat run steal-stale elect leader barrier watch kv completions metrics serve cluster doctor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "get" -d 'Print a key\'s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from cluster" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'

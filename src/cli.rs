@@ -14,6 +14,7 @@ use clap::{
 };
 
 use sentinel::duration;
+use sentinel::kv::Merge;
 use sentinel::secret::Secret;
 use sentinel::strategy::Strategy;
 
@@ -179,6 +180,36 @@ const LOCK_CLIENT: &[&str] = &[
     "quiet",
 ];
 
+/// The global options of `kv get` and `kv list`: a client of the coordinator's nodes.
+const KV_CLIENT: &[&str] = &[
+    "server",
+    "auth_token",
+    "auth_token_file",
+    "ca_cert",
+    "client_cert",
+    "client_key",
+    "backend",
+    "json",
+    "verbose",
+    "quiet",
+];
+
+/// The global options of `kv put` and `kv del`: [`KV_CLIENT`]'s and the worker id, sent as the
+/// writer that the key's watch events show.
+const KV_WRITER: &[&str] = &[
+    "server",
+    "auth_token",
+    "auth_token_file",
+    "ca_cert",
+    "client_cert",
+    "client_key",
+    "backend",
+    "worker_id",
+    "json",
+    "verbose",
+    "quiet",
+];
+
 /// Which global options (by their ids in [`GlobalArgs`]) each subcommand takes, by its path.
 ///
 /// Its help lists them under [`INHERITED_HEADING`] after its own options, and they are accepted
@@ -216,6 +247,12 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
             "verbose",
             "quiet",
         ],
+        // The coordinator's key-value store; a write names its writer by the worker id.
+        // `--backend` is taken so that another backend is refused with a message, not ignored.
+        // Options between `kv` and its subcommand are the subcommand's: `kv` takes only those
+        // all of them take.
+        "kv" | "kv get" | "kv list" => KV_CLIENT,
+        "kv put" | "kv del" => KV_WRITER,
         "cluster" | "cluster status" => &[
             "server",
             "auth_token",
@@ -419,6 +456,10 @@ pub enum Command {
     /// Print one JSON line per event of the locks (acquired, released, expired, queued), on the
     /// coordinator or the local backend, until stopped
     Watch(WatchArgs),
+    /// Read and write the coordinator's key-value store (--server): JSON values under keys,
+    /// each write numbered by the store's revision
+    #[command(subcommand)]
+    Kv(KvCommand),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Show lock metrics: this host's counters, or with --repo-wide the repository's history
@@ -437,6 +478,95 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Show the leader, term, members, commit and applied index and each follower's lag
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value: a string as it is, any other JSON value on one line; exit 6 when the
+    /// key does not exist
+    Get(KvGetArgs),
+    /// Write a key's value (JSON, or else text) and print the revision of the write
+    #[command(after_help = KV_PUT_HELP)]
+    Put(KvPutArgs),
+    /// Delete a key; exit 0 whether or not it existed
+    Del(KvDelArgs),
+    /// Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)
+    List(KvListArgs),
+}
+
+/// `kv put --help`'s rule for VALUE, with examples.
+const KV_PUT_HELP: &str = "VALUE is stored as JSON when it is valid JSON, and as a JSON string \
+                           otherwise: `kv put k 5` stores the number 5, `kv put k hello` the \
+                           string \"hello\", `kv put k '\"5\"'` the string \"5\", `kv put k \
+                           '{\"a\":1}'` an object. @FILE and - (stdin) follow the same rule.";
+
+#[derive(Debug, Args)]
+pub struct KvGetArgs {
+    /// The key
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KvPutArgs {
+    /// The key: up to 1 KiB of UTF-8 without control characters (`/` and spaces are fine)
+    pub key: String,
+    /// The value: JSON if it parses as JSON, else the text as a JSON string; @FILE reads FILE,
+    /// - reads stdin
+    #[arg(value_name = "VALUE|@FILE|-", allow_hyphen_values = true)]
+    pub value: String,
+    /// Write only if the key's revision (its mod_revision) is N; 0: only if the key does not
+    /// exist (exit 3 otherwise)
+    #[arg(long, value_name = "N")]
+    pub if_revision: Option<u64>,
+    /// How VALUE combines with the stored value
+    #[arg(long, value_enum, default_value = "replace")]
+    pub merge: MergeArg,
+}
+
+/// `--merge`'s values: the core's [`Merge`] as clap parses it (the core does not depend on
+/// clap), with the help text each value shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MergeArg {
+    /// VALUE replaces the stored value
+    Replace,
+    /// Arrays as sets: the stored array gains VALUE's elements it lacks
+    Union,
+    /// Objects merged field by field, recursively; VALUE's fields win
+    Deep,
+    /// The larger number
+    Max,
+    /// The smaller number
+    Min,
+    /// The sum: a counter
+    Add,
+}
+
+impl From<MergeArg> for Merge {
+    fn from(arg: MergeArg) -> Merge {
+        match arg {
+            MergeArg::Replace => Merge::Replace,
+            MergeArg::Union => Merge::Union,
+            MergeArg::Deep => Merge::Deep,
+            MergeArg::Max => Merge::Max,
+            MergeArg::Min => Merge::Min,
+            MergeArg::Add => Merge::Add,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KvDelArgs {
+    /// The key
+    pub key: String,
+    /// Delete only if the key's revision (its mod_revision) is N (exit 3 otherwise)
+    #[arg(long, value_name = "N")]
+    pub if_revision: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct KvListArgs {
+    /// List the keys that start with PREFIX ("" for every key)
+    pub prefix: String,
 }
 
 #[derive(Debug, Args)]
@@ -531,7 +661,7 @@ impl Command {
             Command::Watch(_) => true,
             Command::Serve(_) => true,
             Command::Completions(_) | Command::Metrics(_) => false,
-            Command::Cluster(_) | Command::Doctor => false,
+            Command::Cluster(_) | Command::Kv(_) | Command::Doctor => false,
         }
     }
 

@@ -173,6 +173,11 @@ fn id(value: Option<String>, what: &str, default: impl FnOnce() -> String) -> Re
     Ok(v)
 }
 
+/// `--worker-id` / `SENTINEL_WORKER_ID`, or [`default_worker_id`], validated.
+pub fn worker_id(g: &GlobalArgs) -> Result<String> {
+    id(given(g.worker_id.as_ref()), "worker id", default_worker_id)
+}
+
 /// Checks `--api-url`: an http(s) URL with a host and a valid port, and no credentials in it (they
 /// would end up in messages; the token has its own option). The message never repeats the URL
 /// when it carries credentials.
@@ -338,10 +343,9 @@ impl Context {
     /// of opening the backend (the local store's directory, a malformed Redis or database URL or
     /// etcd endpoint).
     pub fn from_args(g: &GlobalArgs) -> Result<Context> {
-        let worker = given(g.worker_id.as_ref());
-        let explicit_worker = worker.is_some();
+        let explicit_worker = given(g.worker_id.as_ref()).is_some();
         let claimant = Claimant {
-            worker_id: id(worker, "worker id", default_worker_id)?,
+            worker_id: worker_id(g)?,
             node_id: id(given(g.node_id.as_ref()), "node id", hostname)?,
         };
         let repo = given(g.repo.as_ref());

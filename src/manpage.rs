@@ -191,6 +191,10 @@ fn exit_note(path: &str) -> Option<&'static str> {
         "barrier" => {
             "0 when the barrier opened; 3 when --timeout ran out first (the participant has left it)."
         }
+        "kv" | "kv get" | "kv put" | "kv del" | "kv list" => {
+            "2 on every backend but the coordinator; 3 when --if-revision met another revision or \
+             the stored value cannot take the merge; kv get exits 6 when the key does not exist."
+        }
         "serve" => "Stopped by SIGINT or SIGTERM, a node exits 0.",
         "doctor" => {
             "0 when the backend is usable, else the exit code of the first failed check: 5 for \
@@ -343,6 +347,28 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
                 "sentinel --server http://10.0.0.1:7464 barrier nightly --count 3 --timeout 10m",
             ),
         ],
+        "kv" | "kv put" => &[
+            (
+                "Count, from any number of workers at once (no update is lost):",
+                "sentinel --server http://10.0.0.1:7464 kv put jobs/done 1 --merge add",
+            ),
+            (
+                "Write only over the revision read (exit 3 if someone wrote in between):",
+                "sentinel --server http://10.0.0.1:7464 kv put config '{\"replicas\":3}' --if-revision 41",
+            ),
+        ],
+        "kv get" => &[(
+            "Read a value into a shell variable (a string as it is, anything else as JSON):",
+            "host=$(sentinel --server http://10.0.0.1:7464 kv get services/db/host)",
+        )],
+        "kv del" => &[(
+            "Delete a key:",
+            "sentinel --server http://10.0.0.1:7464 kv del services/db/host",
+        )],
+        "kv list" => &[(
+            "Every key under a prefix, KEY and VALUE on each line:",
+            "sentinel --server http://10.0.0.1:7464 kv list services/",
+        )],
         "completions" => &[(
             "Install the bash completion for this user:",
             "sentinel completions bash > ~/.local/share/bash-completion/completions/sentinel",

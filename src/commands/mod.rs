@@ -9,6 +9,7 @@ pub mod completions;
 pub mod doctor;
 pub mod elect;
 pub mod heartbeat;
+pub mod kv;
 pub mod leader;
 pub mod metrics;
 pub mod release;
@@ -44,6 +45,10 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
     if let Command::Watch(args) = &cli.command {
         return watch::exec(&cli.global, args).await;
     }
+    // The key-value store is the coordinator's alone: no other backend is built.
+    if let Command::Kv(command) = &cli.command {
+        return kv::exec(&cli.global, command).await;
+    }
     // A diagnosis reports the options it cannot use instead of failing on them.
     if let Command::Doctor = &cli.command {
         return doctor::exec(&cli.global).await;
@@ -64,6 +69,7 @@ pub async fn execute(cli: &Cli) -> Result<Report> {
         | Command::Serve(_)
         | Command::Cluster(_)
         | Command::Watch(_)
+        | Command::Kv(_)
         | Command::Doctor => unreachable!("handled above"),
     }
 }

@@ -74,7 +74,7 @@ fn every_subcommand_has_a_row_of_real_global_options() {
             false => leaves.push(sub.get_name().to_string()),
         }
     }
-    assert_eq!(leaves.len(), 15, "{leaves:?}");
+    assert_eq!(leaves.len(), 19, "{leaves:?}");
     for path in &leaves {
         let row = inherited(path);
         // Every command logs and can print JSON.
@@ -177,6 +177,53 @@ fn completions_help_shows_no_backend_options() {
             "cluster status --help offers {foreign}:\n{h}"
         );
     }
+}
+
+#[test]
+fn kv_help_shows_the_worker_id_only_where_it_is_the_writer() {
+    for (sub, writes) in [
+        ("get", false),
+        ("list", false),
+        ("put", true),
+        ("del", true),
+    ] {
+        let h = help(&["kv", sub, "--help"]);
+        let heading = at(&h, INHERITED);
+        for inherited in ["--server", "--auth-token", "--backend", "--json"] {
+            assert!(at(&h, inherited) > heading, "kv {sub}: {inherited}:\n{h}");
+        }
+        // As each option's own line starts: `--backend`'s help names some of them.
+        for foreign in [
+            "--repo <",
+            "--redis-url <",
+            "--data-dir <",
+            "--node-id <",
+            "--trust <",
+        ] {
+            assert!(
+                !h.contains(foreign),
+                "kv {sub} --help offers {foreign}:\n{h}"
+            );
+        }
+        assert_eq!(h.contains("--worker-id <"), writes, "kv {sub}:\n{h}");
+    }
+    let h = help(&["kv", "put", "--help"]);
+    assert!(at(&h, "--merge") < at(&h, INHERITED), "{h}");
+    // The rule for VALUE, with its examples, however the help is wrapped.
+    let words = h.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("stores the number 5") && words.contains("the string \"5\""),
+        "{h}"
+    );
+}
+
+#[test]
+fn kv_get_refuses_the_worker_id_it_does_not_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["kv", "get", "k", "--worker-id", "w"]);
+    refused(&out, "--worker-id", "kv get");
+    let out = run(dir.path(), &["--data-dir", "/tmp", "kv", "put", "k", "1"]);
+    refused(&out, "--data-dir", "kv put");
 }
 
 /// Asserts a usage error (exit 2) whose message names the option and the command.

@@ -26,6 +26,7 @@ mod github_races;
 mod heartbeat;
 mod help;
 mod hold_kinds_cli;
+mod kv;
 mod kv_api;
 mod kv_chaos;
 mod library;

@@ -1,5 +1,7 @@
 //! The server backend: the CLI as an HTTP JSON client of `sentinel serve` (docs/cluster.md), so `claim`, `release`, `heartbeat`, `run` and the janitor work on a replicated
-//! coordinator exactly as they do on this host or on GitHub.
+//! coordinator exactly as they do on this host or on GitHub. The coordinator's key-value store,
+//! which no other backend has, is reached through its own methods (`kv_get`, `kv_put`,
+//! `kv_delete`, `kv_list`), over the same failover and retries.
 //!
 //! It owns three things the coordinator's API leaves to its clients:
 //!
@@ -26,6 +28,7 @@
 
 mod barrier;
 mod diagnose;
+mod kv;
 mod session;
 mod watch;
 
@@ -38,6 +41,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -131,17 +135,17 @@ fn is_https(url: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("https:"))
 }
 
-/// Percent-encodes a lock name as one path segment: everything but unreserved characters.
+/// Everything but RFC 3986's unreserved characters: a name encoded with it is one path segment
+/// or query value, whatever it holds (`/`, `?`, `&`, spaces).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a lock name or key as one path segment (or query value).
 fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(name, SEGMENT).to_string()
 }
 
 /// How many times a claim sends a new acquire after the server withdrew the last one because
