@@ -441,6 +441,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
         'sentinel;kv;put' {
             [CompletionResult]::new('--if-revision', '--if-revision', [CompletionResultType]::ParameterName, 'Write only if the key''s revision (its mod_revision) is N; 0: only if the key does not exist (exit 3 otherwise)')
             [CompletionResult]::new('--merge', '--merge', [CompletionResultType]::ParameterName, 'How VALUE combines with the stored value')
+            [CompletionResult]::new('--ttl', '--ttl', [CompletionResultType]::ParameterName, 'The key ends this long after the write unless written again (1s to 365d); without it, the key stays until deleted')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
             [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
             [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')

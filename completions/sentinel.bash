@@ -1488,7 +1488,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__kv__subcmd__put)
-            opts="-v -q -h --if-revision --merge --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --backend --worker-id --json --verbose --quiet --help"
+            opts="-v -q -h --if-revision --merge --ttl --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --backend --worker-id --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1500,6 +1500,10 @@ _sentinel() {
                     ;;
                 --merge)
                     COMPREPLY=($(compgen -W "replace union deep max min add" -- "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --server)

@@ -452,6 +452,7 @@ deep\t'Objects merged field by field, recursively; VALUE\'s fields win'
 max\t'The larger number'
 min\t'The smaller number'
 add\t'The sum: a counter'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l ttl -d 'The key ends this long after the write unless written again (1s to 365d); without it, the key stays until deleted' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from put" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F

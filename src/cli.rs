@@ -521,6 +521,10 @@ pub struct KvPutArgs {
     /// How VALUE combines with the stored value
     #[arg(long, value_enum, default_value = "replace")]
     pub merge: MergeArg,
+    /// The key ends this long after the write unless written again (1s to 365d); without it,
+    /// the key stays until deleted
+    #[arg(long, value_parser = duration::arg, value_name = "DURATION")]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// `--merge`'s values: the core's [`Merge`] as clap parses it (the core does not depend on

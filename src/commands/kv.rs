@@ -48,7 +48,14 @@ async fn get(server: &ServerBackend, key: &str, json: bool) -> Result<Report> {
 async fn put(server: &ServerBackend, a: &KvPutArgs, writer: &str) -> Result<Report> {
     let value = value(&a.value)?;
     let written = server
-        .kv_put(&a.key, value, a.merge.into(), a.if_revision, Some(writer))
+        .kv_put(
+            &a.key,
+            value,
+            a.merge.into(),
+            a.if_revision,
+            a.ttl,
+            Some(writer),
+        )
         .await?;
     Ok(Report::new(
         to_json(&written)?,

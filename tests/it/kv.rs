@@ -468,3 +468,28 @@ fn every_backend_but_the_coordinator_is_refused() {
     // Nothing was made on the local backend's side.
     assert!(!d.join("local").exists());
 }
+
+#[test]
+fn a_key_put_with_a_ttl_ends_unless_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_node, url) = one_node(tmp.path());
+    let d = tmp.path();
+    put(d, &url, &["brief", "1", "--ttl", "1s"]);
+    let v = read(d, &url, "brief");
+    assert_eq!(v["ttl_ms"], 1000, "{v}");
+    assert!(v["expires_at"].is_string(), "{v}");
+    // Written again without --ttl it stays; the other one ends.
+    put(d, &url, &["stays", "1", "--ttl", "1s"]);
+    put(d, &url, &["stays", "2"]);
+    eventually(10, "the TTL running out", || {
+        (code(&kv(d, &url, &["get", "brief"])) == 6).then_some(())
+    });
+    assert_eq!(ok(d, &url, &["get", "stays"]), "2\n");
+    assert!(read(d, &url, "stays").get("ttl_ms").is_none());
+    // A TTL the coordinator does not keep is refused.
+    refused(
+        &kv(d, &url, &["put", "k", "1", "--ttl", "10ms"]),
+        2,
+        &["ttl_ms"],
+    );
+}

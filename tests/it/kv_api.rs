@@ -200,7 +200,12 @@ fn keys_are_written_compared_merged_deleted_and_listed() {
     assert_eq!((s, &v["deleted"]), (200, &json!(false)));
 
     // A key with a TTL shows it, and is gone once it ran out (the leader ticks for it).
-    let (s, v) = call(&addr, "PUT", "/kv/brief", Some(json!({"value": 1, "ttl_ms": 1000})));
+    let (s, v) = call(
+        &addr,
+        "PUT",
+        "/kv/brief",
+        Some(json!({"value": 1, "ttl_ms": 1000})),
+    );
     assert_eq!(s, 200, "{v}");
     let (_, v) = call(&addr, "GET", "/kv/brief", None);
     assert_eq!(v["ttl_ms"], 1000, "{v}");

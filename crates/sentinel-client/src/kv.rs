@@ -44,7 +44,8 @@ impl ServerBackend {
 
     /// Writes `value` to `key`, combined with the stored value as `merge` says; with
     /// `if_revision`, only if the key's `mod_revision` is that one (0: only if it does not
-    /// exist). `writer` is who writes, as the key's watch events show it.
+    /// exist). With `ttl`, the key ends that long after the write unless written again.
+    /// `writer` is who writes, as the key's watch events show it.
     ///
     /// # Errors
     ///
@@ -57,6 +58,7 @@ impl ServerBackend {
         value: Value,
         merge: Merge,
         if_revision: Option<u64>,
+        ttl: Option<Duration>,
         writer: Option<&str>,
     ) -> Result<KvWritten> {
         validate_key(key)?;
@@ -69,6 +71,7 @@ impl ServerBackend {
             if_revision,
             merge,
             writer: writer.map(str::to_string),
+            ttl_ms: ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             request_id: Some(request_id()),
         };
         let answer = self.kv_call(Method::PUT, key, Some(json(&body)?)).await?;
