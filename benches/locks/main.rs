@@ -34,7 +34,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::clients::{
-    EtcdKv, KvOp, Library, PostgresRaw, Primitive, RedisRaw, SentinelHttp, SentinelKv,
+    Client, EtcdKv, KvOp, Library, PostgresRaw, Primitive, RedisRaw, SentinelHttp, SentinelKv,
 };
 use crate::http::Http;
 use crate::load::{Load, Measured};
@@ -367,11 +367,21 @@ impl Run {
                     .map_err(anyhow::Error::msg)
             })
             .await?;
-        let before = etcd_counters(&setup, &etcd.url).await;
+        Ok(self.etcd_measured(&setup, &etcd.url, clients).await)
+    }
+
+    /// Runs `clients` against etcd at `url`, and what etcd's counters say it did per operation.
+    async fn etcd_measured<C: Client>(
+        &self,
+        setup: &Http,
+        url: &str,
+        clients: Vec<C>,
+    ) -> (Measured, Option<String>) {
+        let before = etcd_counters(setup, url).await;
         let measured = load::run(clients, self.load).await;
-        let after = etcd_counters(&setup, &etcd.url).await;
+        let after = etcd_counters(setup, url).await;
         let said = etcd_side(before, after, measured.all_ops);
-        Ok((measured, said))
+        (measured, said)
     }
 
     /// The row's numbers, and for sentinel and etcd rows what the server did for them.
@@ -493,11 +503,7 @@ impl Run {
                     })
                     .await?;
                 }
-                let before = etcd_counters(&setup, &etcd.url).await;
-                let measured = load::run(clients, self.load).await;
-                let after = etcd_counters(&setup, &etcd.url).await;
-                let said = etcd_side(before, after, measured.all_ops);
-                Ok((measured, said))
+                Ok(self.etcd_measured(&setup, &etcd.url, clients).await)
             }
             Part::Failover | Part::Memory => Err(RowError::Failed(anyhow!(
                 "{} is not a row of the table",

@@ -306,6 +306,38 @@ impl Drop for Audited {
     }
 }
 
+/// Lets a request on `name` in: the audit line it gets (`audited`'s; none for a `read`), or the
+/// answer that turns it away: outside the token's prefixes (403, recorded; checked only with
+/// `acl`, for a request whose names are all in its path), or while the audit log cannot be
+/// written (503, before anything was done: nothing to record, and the log would not take it).
+async fn admit(
+    node: &Node,
+    caller: &Caller,
+    mut audited: Audited,
+    name: &str,
+    read: bool,
+    acl: bool,
+) -> Result<Audited, Response> {
+    if read {
+        audited.entry = None;
+    }
+    if acl && !caller.may(name) {
+        return Err(audited
+            .finish(forbidden(caller, name).into_response())
+            .await);
+    }
+    if let (Some(log), Some(_)) = (&node.audit, &audited.entry)
+        && let Err(why) = log.ready()
+    {
+        let mut refused = audited;
+        refused.entry = None;
+        return Err(
+            error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why).into_response(),
+        );
+    }
+    Ok(audited)
+}
+
 /// An error answer: a status and a JSON object with a stable `code`.
 struct ApiError {
     status: StatusCode,
@@ -849,23 +881,11 @@ async fn named(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let mut audited = Audited::of(&node, &caller, &req, &action, name.clone());
-    if reads(&action) {
-        audited.entry = None;
-    }
-    if !caller.may(&name) {
-        return audited
-            .finish(forbidden(&caller, &name).into_response())
-            .await;
-    }
-    if let (Some(log), Some(_)) = (&node.audit, &audited.entry)
-        && let Err(why) = log.ready()
-    {
-        // Refused before anything was done: nothing to record, and the log would not take it.
-        let mut refused = audited;
-        refused.entry = None;
-        return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why).into_response();
-    }
+    let audited = Audited::of(&node, &caller, &req, &action, name.clone());
+    let audited = match admit(&node, &caller, audited, &name, reads(&action), true).await {
+        Ok(audited) => audited,
+        Err(refused) => return refused,
+    };
     if action == "observe" {
         return observe(node, name);
     }

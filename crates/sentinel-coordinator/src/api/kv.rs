@@ -23,7 +23,7 @@ use sentinel_core::lease;
 use sentinel_proto::api::{KvDeleteBody, KvEntry, KvPage, KvPutBody, KvRead, KvTxnBody};
 
 use super::{
-    ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, answer,
+    ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, admit, answer,
     checked_ttl, error, forbidden, invalid, label, linearizable, method_not_allowed, ok,
     on_leader_within, parse, propose_error, request_id,
 };
@@ -89,23 +89,13 @@ pub(super) async fn key(
         Method::POST => "kv_txn",
         _ => "kv_get",
     };
-    let mut audited = Audited::of(&node, &caller, &req, op, key.clone());
-    if method == Method::GET {
-        audited.entry = None;
-    }
     // A transaction's keys are in its body: checked where it is served.
-    if method != Method::POST && !caller.may(&key) {
-        return audited
-            .finish(forbidden(&caller, &key).into_response())
-            .await;
-    }
-    if let (Some(log), Some(_)) = (&node.audit, &audited.entry)
-        && let Err(why) = log.ready()
-    {
-        let mut refused = audited;
-        refused.entry = None;
-        return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", why).into_response();
-    }
+    let audited = Audited::of(&node, &caller, &req, op, key.clone());
+    let (reading, acl) = (method == Method::GET, method != Method::POST);
+    let audited = match admit(&node, &caller, audited, &key, reading, acl).await {
+        Ok(audited) => audited,
+        Err(refused) => return refused,
+    };
     if method == Method::GET && stale {
         return read(&node, &key).into_response();
     }
