@@ -603,3 +603,68 @@ fn a_waiter_whose_client_left_is_audited_on_a_node_without_tokens() {
             .all(|l| l["token"].is_null() && l["lock"] == "g")
     );
 }
+
+#[test]
+fn a_token_writes_and_reads_only_the_keys_under_its_prefixes_and_writes_are_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let audit = dir.join("audit.log");
+    let addr = free_addr();
+    let args = [
+        "--acl".into(),
+        s(&acl_file(dir, false)),
+        "--audit-log".into(),
+        s(&audit),
+    ];
+    let _node = Node::start_args(1, &addr, &[], dir, &args);
+    eventually(20, "a leader", || leader(&addr));
+    let put = |key: &str, token| {
+        let body = json!({"value": 1});
+        call(
+            &addr,
+            "PUT",
+            &format!("/kv/{key}"),
+            Some(&body),
+            Some(token),
+        )
+        .0
+    };
+    assert_eq!(put("ci%2Fk", CI), 200);
+    assert_eq!(put("other", CI), 403);
+    assert_eq!(put("other", OPS), 200);
+    assert_eq!(call(&addr, "GET", "/kv/other", None, Some(CI)).0, 403);
+    assert_eq!(call(&addr, "DELETE", "/kv/other", None, Some(CI)).0, 403);
+    // A transaction is refused if any key it names is outside the prefixes, compares included.
+    let txn = |compare: &str, write: &str| {
+        let body = json!({
+            "compare": [{"key": compare, "exists": true}],
+            "ops": [{"op": "put", "key": write, "value": 2}],
+        });
+        call(&addr, "POST", "/kv/txn", Some(&body), Some(CI)).0
+    };
+    assert_eq!(txn("ci/k", "ci/j"), 200);
+    assert_eq!(txn("other", "ci/j"), 403);
+    assert_eq!(txn("ci/k", "other"), 403);
+    // A listing shows only the keys the token may read.
+    let (_, page) = call(&addr, "GET", "/kv?prefix=", None, Some(CI));
+    let keys: Vec<&str> = page["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["ci/j", "ci/k"]);
+    // Writes are audited with their result, refusals too; reads are not.
+    let lines = audit_lines(&audit);
+    let seen: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let field = |f: &str| l[f].as_str().unwrap_or("");
+            (field("op"), field("lock"), field("result"))
+        })
+        .collect();
+    assert!(seen.contains(&("kv_put", "ci/k", "written")), "{seen:?}");
+    assert!(seen.contains(&("kv_put", "other", "forbidden")), "{seen:?}");
+    assert!(seen.contains(&("kv_txn", "txn", "written")), "{seen:?}");
+    assert!(seen.iter().all(|(op, ..)| *op != "kv_get"), "{seen:?}");
+}
