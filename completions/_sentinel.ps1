@@ -418,6 +418,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('put', 'put', [CompletionResultType]::ParameterValue, 'Write a key''s value (JSON, or else text) and print the revision of the write')
             [CompletionResult]::new('del', 'del', [CompletionResultType]::ParameterValue, 'Delete a key; exit 0 whether or not it existed')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -495,11 +496,30 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
+        'sentinel;kv;watch' {
+            [CompletionResult]::new('--since-revision', '--since-revision', [CompletionResultType]::ParameterName, 'Start after this revision (the last one a previous watch printed) instead of now')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them')
+            [CompletionResult]::new('--auth-token', '--auth-token', [CompletionResultType]::ParameterName, 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed')
+            [CompletionResult]::new('--auth-token-file', '--auth-token-file', [CompletionResultType]::ParameterName, 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token')
+            [CompletionResult]::new('--ca-cert', '--ca-cert', [CompletionResultType]::ParameterName, 'PEM file of the certificate authorities to trust for https:// servers instead of the system''s roots (`serve`: for its peers)')
+            [CompletionResult]::new('--client-cert', '--client-cert', [CompletionResultType]::ParameterName, 'PEM certificate to present to servers that require client certificates (with --client-key)')
+            [CompletionResult]::new('--client-key', '--client-key', [CompletionResultType]::ParameterName, 'PEM private key of --client-cert')
+            [CompletionResult]::new('--backend', '--backend', [CompletionResultType]::ParameterName, 'Which backend holds the locks')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print exactly one JSON object on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'sentinel;kv;help' {
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print a key''s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist')
             [CompletionResult]::new('put', 'put', [CompletionResultType]::ParameterValue, 'Write a key''s value (JSON, or else text) and print the revision of the write')
             [CompletionResult]::new('del', 'del', [CompletionResultType]::ParameterValue, 'Delete a key; exit 0 whether or not it existed')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -513,6 +533,9 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;kv;help;list' {
+            break
+        }
+        'sentinel;kv;help;watch' {
             break
         }
         'sentinel;kv;help;help' {
@@ -712,6 +735,7 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             [CompletionResult]::new('put', 'put', [CompletionResultType]::ParameterValue, 'Write a key''s value (JSON, or else text) and print the revision of the write')
             [CompletionResult]::new('del', 'del', [CompletionResultType]::ParameterValue, 'Delete a key; exit 0 whether or not it existed')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get')
             break
         }
         'sentinel;help;kv;get' {
@@ -724,6 +748,9 @@ Register-ArgumentCompleter -Native -CommandName 'sentinel' -ScriptBlock {
             break
         }
         'sentinel;help;kv;list' {
+            break
+        }
+        'sentinel;help;kv;watch' {
             break
         }
         'sentinel;help;completions' {

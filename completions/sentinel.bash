@@ -145,6 +145,9 @@ _sentinel() {
             sentinel__subcmd__help__subcmd__kv,put)
                 cmd="sentinel__subcmd__help__subcmd__kv__subcmd__put"
                 ;;
+            sentinel__subcmd__help__subcmd__kv,watch)
+                cmd="sentinel__subcmd__help__subcmd__kv__subcmd__watch"
+                ;;
             sentinel__subcmd__kv,del)
                 cmd="sentinel__subcmd__kv__subcmd__del"
                 ;;
@@ -160,6 +163,9 @@ _sentinel() {
             sentinel__subcmd__kv,put)
                 cmd="sentinel__subcmd__kv__subcmd__put"
                 ;;
+            sentinel__subcmd__kv,watch)
+                cmd="sentinel__subcmd__kv__subcmd__watch"
+                ;;
             sentinel__subcmd__kv__subcmd__help,del)
                 cmd="sentinel__subcmd__kv__subcmd__help__subcmd__del"
                 ;;
@@ -174,6 +180,9 @@ _sentinel() {
                 ;;
             sentinel__subcmd__kv__subcmd__help,put)
                 cmd="sentinel__subcmd__kv__subcmd__help__subcmd__put"
+                ;;
+            sentinel__subcmd__kv__subcmd__help,watch)
+                cmd="sentinel__subcmd__kv__subcmd__help__subcmd__watch"
                 ;;
             *)
                 ;;
@@ -1046,7 +1055,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help__subcmd__kv)
-            opts="get put del list"
+            opts="get put del list watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1102,6 +1111,20 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__help__subcmd__kv__subcmd__put)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__help__subcmd__kv__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1228,7 +1251,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__kv)
-            opts="-v -q -h --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --backend --json --verbose --quiet --help get put del list help"
+            opts="-v -q -h --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --backend --json --verbose --quiet --help get put del list watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1362,7 +1385,7 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__kv__subcmd__help)
-            opts="get put del list help"
+            opts="get put del list watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1432,6 +1455,20 @@ _sentinel() {
             return 0
             ;;
         sentinel__subcmd__kv__subcmd__help__subcmd__put)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__kv__subcmd__help__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1536,6 +1573,52 @@ _sentinel() {
                     ;;
                 --worker-id)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sentinel__subcmd__kv__subcmd__watch)
+            opts="-v -q -h --since-revision --server --auth-token --auth-token-file --ca-cert --client-cert --client-key --backend --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --since-revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -W "auto github local server redis postgres etcd" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -406,28 +406,29 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -l json -d 'Pri
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l client-key -d 'PEM private key of --client-cert' -r -F
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
 github\t''
 local\t''
 server\t''
 redis\t'named locks in Redis (--redis-url)'
 postgres\t'named locks in PostgreSQL (--database-url)'
 etcd\t'named locks in etcd (--etcd-endpoints)'"
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -l json -d 'Print exactly one JSON object on stdout'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -s q -l quiet -d 'Only errors on stderr'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "get" -d 'Print a key\'s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
-complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -f -a "get" -d 'Print a key\'s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -f -a "watch" -d 'Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and not __fish_seen_subcommand_from get put del list watch help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from get" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
@@ -507,10 +508,29 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_su
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only errors on stderr'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l since-revision -d 'Start after this revision (the last one a previous watch printed) instead of now' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l server -d '`sentinel serve` nodes to use, comma-separated (http://HOST:PORT,...; a bare HOST:PORT is http); requests fail over between them' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l auth-token -d 'Bearer token of the sentinel server cluster: `serve` requires it on every client request (give every node the same one), the other commands send it; never printed' -r
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l auth-token-file -d 'Read the bearer token of the sentinel server cluster from FILE (one trailing newline is ignored), so that it is on no command line; instead of --auth-token' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l ca-cert -d 'PEM file of the certificate authorities to trust for https:// servers instead of the system\'s roots (`serve`: for its peers)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l client-cert -d 'PEM certificate to present to servers that require client certificates (with --client-key)' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l client-key -d 'PEM private key of --client-cert' -r -F
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l backend -d 'Which backend holds the locks' -r -f -a "auto\t'server if --server is set, else github if --repo is set, else local'
+github\t''
+local\t''
+server\t''
+redis\t'named locks in Redis (--redis-url)'
+postgres\t'named locks in PostgreSQL (--database-url)'
+etcd\t'named locks in etcd (--etcd-endpoints)'"
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -l json -d 'Print exactly one JSON object on stdout'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -s q -l quiet -d 'Only errors on stderr'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from watch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print a key\'s value: a string as it is, any other JSON value on one line; exit 6 when the key does not exist'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get'
 complete -c sentinel -n "__fish_sentinel_using_subcommand kv; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -l json -d 'Print exactly one JSON object on stdout'
 complete -c sentinel -n "__fish_sentinel_using_subcommand completions" -s v -l verbose -d 'More logs on stderr (-v info, -vv debug); RUST_LOG overrides'
@@ -640,4 +660,5 @@ complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "put" -d 'Write a key\'s value (JSON, or else text) and print the revision of the write'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "del" -d 'Delete a key; exit 0 whether or not it existed'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "list" -d 'Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)'
+complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from kv" -f -a "watch" -d 'Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get'
 complete -c sentinel -n "__fish_sentinel_using_subcommand help; and __fish_seen_subcommand_from cluster" -f -a "status" -d 'Show the leader, term, members, commit and applied index and each follower\'s lag'

@@ -251,7 +251,7 @@ pub fn inherited(command: &str) -> &'static [&'static str] {
         // `--backend` is taken so that another backend is refused with a message, not ignored.
         // Options between `kv` and its subcommand are the subcommand's: `kv` takes only those
         // all of them take.
-        "kv" | "kv get" | "kv list" => KV_CLIENT,
+        "kv" | "kv get" | "kv list" | "kv watch" => KV_CLIENT,
         "kv put" | "kv del" => KV_WRITER,
         "cluster" | "cluster status" => &[
             "server",
@@ -492,6 +492,9 @@ pub enum KvCommand {
     Del(KvDelArgs),
     /// Print every key that starts with PREFIX and its value, one per line (KEY, a tab, VALUE)
     List(KvListArgs),
+    /// Print one JSON line per write, delete or expiry of a key that starts with PREFIX, until
+    /// SIGINT or SIGTERM (exit 0); events name the key and revision, read the value with get
+    Watch(KvWatchArgs),
 }
 
 /// `kv put --help`'s rule for VALUE, with examples.
@@ -571,6 +574,15 @@ pub struct KvDelArgs {
 pub struct KvListArgs {
     /// List the keys that start with PREFIX ("" for every key)
     pub prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KvWatchArgs {
+    /// Watch the keys that start with PREFIX ("" for every key)
+    pub prefix: String,
+    /// Start after this revision (the last one a previous watch printed) instead of now
+    #[arg(long, value_name = "N")]
+    pub since_revision: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -665,6 +677,8 @@ impl Command {
             Command::Watch(_) => true,
             Command::Serve(_) => true,
             Command::Completions(_) | Command::Metrics(_) => false,
+            // As `watch`: stopping is how `kv watch` ends (exit 0).
+            Command::Kv(KvCommand::Watch(_)) => true,
             Command::Cluster(_) | Command::Kv(_) | Command::Doctor => false,
         }
     }

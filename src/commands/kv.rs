@@ -1,4 +1,4 @@
-//! `sentinel kv get|put|del|list`: the coordinator's key-value store from a shell.
+//! `sentinel kv get|put|del|list|watch`: the coordinator's key-value store from a shell.
 //!
 //! Values are JSON and a shell gives text, so `put` stores VALUE as JSON when it parses as JSON
 //! and as a JSON string otherwise: numbers, objects and plain words need no extra quoting. `get`
@@ -9,6 +9,8 @@
 use std::io::Read;
 
 use clap::ValueEnum;
+use futures_util::StreamExt;
+use futures_util::future::ready;
 use serde_json::Value;
 
 use crate::cli::{BackendKind, GlobalArgs, KvCommand, KvDelArgs, KvPutArgs};
@@ -16,6 +18,7 @@ use crate::config;
 use crate::output::{self, Report};
 use sentinel::error::{Error, Result};
 use sentinel::server::ServerBackend;
+use sentinel::watch::{WatchFilter, WatchItem};
 
 pub async fn exec(global: &GlobalArgs, command: &KvCommand) -> Result<Report> {
     let kind = config::select_backend(global).kind;
@@ -34,6 +37,14 @@ pub async fn exec(global: &GlobalArgs, command: &KvCommand) -> Result<Report> {
         KvCommand::Put(a) => put(&server, a, &config::worker_id(global)?).await,
         KvCommand::Del(a) => del(&server, a, &config::worker_id(global)?).await,
         KvCommand::List(a) => list(&server, &a.prefix, json).await,
+        KvCommand::Watch(a) => {
+            // The coordinator's one stream of events, its keys' only (locks may share the prefix).
+            let filter = WatchFilter::Prefix(a.prefix.clone());
+            let keys = server
+                .watch(&filter, a.since_revision)?
+                .filter(|item| ready(!matches!(item, Ok(WatchItem::Event(e)) if e.key.is_none())));
+            super::watch::print(keys).await
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! `sentinel watch NAME | --prefix P [--since-revision N]`: one JSON line per event of the
-//! locks, until stopped.
+//! locks (and on the coordinator, its keys), until stopped.
 //!
 //! The events are the coordinator's watch stream (`GET /watch`), which the server backend
 //! resumes across failures and leader changes from the last revision printed, or the local
@@ -47,8 +47,9 @@ pub async fn exec(global: &GlobalArgs, args: &WatchArgs) -> Result<Report> {
     }
 }
 
-/// Prints each item as a JSON line until a signal, the end of the stream or of stdout.
-async fn print(events: impl Stream<Item = Result<WatchItem>>) -> Result<Report> {
+/// Prints each item as a JSON line until a signal, the end of the stream or of stdout (also for
+/// `kv watch`).
+pub(crate) async fn print(events: impl Stream<Item = Result<WatchItem>>) -> Result<Report> {
     let mut signals = Signals::listen()?;
     let mut events = pin!(events);
     loop {

@@ -493,3 +493,59 @@ fn a_key_put_with_a_ttl_ends_unless_written_again() {
         &["ttl_ms"],
     );
 }
+
+#[test]
+fn kv_watch_prints_the_keys_events_and_not_the_locks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_node, url) = one_node(tmp.path());
+    let d = tmp.path();
+    let first = put(d, &url, &["p/a", "1"]);
+    // A lock that shares the prefix: its events are on the same stream, not in kv watch.
+    let body = json!({"holder": "h", "ttl_ms": 60_000});
+    let addr = url.trim_start_matches("http://");
+    assert_eq!(
+        http(addr, "POST", "/locks/p%2Flock/acquire", Some(body))
+            .unwrap()
+            .0,
+        200
+    );
+    ok(d, &url, &["del", "p/a"]);
+    put(d, &url, &["q/other", "1"]);
+    let out = tmp.path().join("kv-watch.out");
+    let since = (first - 1).to_string();
+    let mut watch = Running::spawn_with_stdout(
+        kv_cmd(d, &url, &["watch", "p/", "--since-revision", &since])
+            .stdout(std::fs::File::create(&out).unwrap()),
+    );
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), "the key's two events", || {
+        lines().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let got: Vec<(String, String)> = lines()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().into(),
+                e["key"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("put".into(), "p/a".into()),
+            ("deleted".into(), "p/a".into())
+        ]
+    );
+    assert_eq!(lines()[0]["revision"].as_u64(), Some(first));
+    watch.signal("TERM");
+    let exit = watch.exit_within(Duration::from_secs(10));
+    assert_eq!(code(&exit), 0, "{}", text(&exit));
+}
