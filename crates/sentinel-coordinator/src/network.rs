@@ -41,7 +41,6 @@ use serde::de::DeserializeOwned;
 
 use sentinel_proto::http::{Failure, HttpClient, exchange};
 
-use super::peer::MAX_RAFT_BODY;
 use super::{NodeId, TypeConfig};
 
 /// The path of openraft's AppendEntries RPC.
@@ -50,6 +49,10 @@ pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 /// The path of openraft's InstallSnapshot RPC.
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// Largest body of a Raft RPC (a batch of entries, a snapshot chunk) a node accepts
+/// ([`crate::peer`]); a leader sends fewer entries at a time than would make a larger one.
+pub const MAX_RAFT_BODY: usize = 64 << 20;
 
 /// The header that carries the peer token on Raft RPCs.
 pub const PEER_TOKEN_HEADER: &str = "x-sentinel-peer-token";

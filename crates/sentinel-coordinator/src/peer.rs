@@ -44,7 +44,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::network::{
-    APPEND_PATH, PEER_ID_HEADER, PEER_TOKEN_HEADER, SNAPSHOT_PATH, Throttle, VOTE_PATH, WARN_EVERY,
+    APPEND_PATH, MAX_RAFT_BODY, PEER_ID_HEADER, PEER_TOKEN_HEADER, SNAPSHOT_PATH, Throttle,
+    VOTE_PATH, WARN_EVERY,
 };
 use super::node::Node;
 use super::state::LockState;
@@ -60,9 +61,6 @@ pub const MAX_INDEX: u64 = 1 << 52;
 /// largest task infos), and the key-value store adds up to its quota (`--kv-quota`, at most
 /// [`sentinel_core::kv::MAX_QUOTA`]).
 pub const MAX_SNAPSHOT: u64 = 4 << 30;
-/// Largest body of a Raft RPC (a batch of entries, a snapshot chunk); a leader sends fewer
-/// entries at a time than would make a larger one ([`crate::network`]).
-pub const MAX_RAFT_BODY: usize = 64 << 20;
 /// How long a request's body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most nodes a membership may name, and the longest snapshot id and node address.
