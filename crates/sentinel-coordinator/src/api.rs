@@ -1645,6 +1645,19 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// A listing's page size: `limit`, or [`DEFAULT_PAGE`]; 1 to [`MAX_PAGE`].
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
 async fn list(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
@@ -1656,17 +1669,7 @@ async fn list(
     }
     let checked = query
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
-        .and_then(|Query(q)| {
-            let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-            if !(1..=MAX_PAGE).contains(&limit) {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("limit must be 1 to {MAX_PAGE}"),
-                ));
-            }
-            Ok((q.after, limit))
-        });
+        .and_then(|Query(q)| Ok((q.after, page_limit(q.limit)?)));
     let (after, limit) = match checked {
         Ok(c) => c,
         Err(e) => return e.into_response(),

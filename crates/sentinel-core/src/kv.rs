@@ -44,16 +44,6 @@ pub enum Merge {
 }
 
 impl Merge {
-    /// Every merge, in the order `--help` lists them.
-    pub const ALL: [Merge; 6] = [
-        Merge::Replace,
-        Merge::Union,
-        Merge::Deep,
-        Merge::Max,
-        Merge::Min,
-        Merge::Add,
-    ];
-
     /// Its name in the API and on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -263,6 +253,26 @@ fn finite(x: f64) -> Number {
     Number::from_f64(x).unwrap_or_else(|| 0.into())
 }
 
+/// The bytes of `value`'s JSON, counted without writing them anywhere (`u64::MAX` for a value
+/// that cannot be written as JSON).
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => u64::MAX,
+    }
+}
+
 /// Refuses (exit 2) a key that is empty, longer than [`MAX_KEY_BYTES`] or holds a control
 /// character (keys are shown in terminals and logs).
 pub fn validate_key(key: &str) -> Result<()> {
@@ -285,7 +295,7 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// The bytes a value takes in the store (its JSON), refused (exit 2) beyond
 /// [`MAX_VALUE_BYTES`].
 pub fn value_bytes(value: &Value) -> Result<usize> {
-    let bytes = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    let bytes = usize::try_from(json_len(value)).unwrap_or(usize::MAX);
     if bytes > MAX_VALUE_BYTES {
         return Err(Error::usage(format!(
             "the value is {bytes} bytes of JSON; values are at most {MAX_VALUE_BYTES}"
@@ -371,7 +381,8 @@ mod tests {
         fn commuting_merges_do_not_depend_on_order(xs in integers(), seed in any::<u64>()) {
             let mut shuffled = xs.clone();
             fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
-            for how in Merge::ALL.into_iter().filter(|m| m.commutes()) {
+            for how in [Merge::Union, Merge::Max, Merge::Min, Merge::Add] {
+                prop_assert!(how.commutes());
                 let apply = |order: &[i64]| {
                     order.iter().fold(None, |stored: Option<Value>, x| {
                         let new = match how {

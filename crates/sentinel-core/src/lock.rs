@@ -91,7 +91,7 @@ impl TaskInfo {
 
     /// Its size as JSON, in bytes: what [`MAX_TASK_INFO_BYTES`] bounds.
     pub fn json_len(&self) -> usize {
-        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
+        usize::try_from(crate::kv::json_len(self)).unwrap_or(usize::MAX)
     }
 }
 

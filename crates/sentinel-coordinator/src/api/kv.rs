@@ -23,9 +23,9 @@ use sentinel_core::lease;
 use sentinel_proto::api::{KvDeleteBody, KvEntry, KvPage, KvPutBody, KvRead, KvTxnBody};
 
 use super::{
-    ApiError, Audited, Caller, DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES, NamePath, admit, answer,
-    checked_ttl, error, forbidden, invalid, label, linearizable, method_not_allowed, ok,
-    on_leader_within, parse, propose_error, request_id,
+    ApiError, Audited, Caller, MAX_PAGE_BYTES, NamePath, admit, answer, checked_ttl, error,
+    forbidden, invalid, label, linearizable, method_not_allowed, ok, on_leader, on_leader_within,
+    page_limit, parse, propose_error, request_id,
 };
 use crate::node::Node;
 use crate::state::{
@@ -275,20 +275,15 @@ pub(super) async fn list(
             return error(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()).into_response();
         }
     };
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("invalid limit {limit}: use 1 to {MAX_PAGE}"),
-        )
-        .into_response();
-    }
+    let limit = match page_limit(q.limit) {
+        Ok(limit) => limit,
+        Err(e) => return e.into_response(),
+    };
     let page = move |node: &Node| page(node, &caller, &q.prefix, q.after.as_deref(), limit);
     if q.stale {
         return ok(json!(page(&node)));
     }
-    on_leader_within(node, req, 0, move |node, _| async move {
+    on_leader(node, req, move |node, _| async move {
         linearizable(&node).await?;
         Ok(ok(json!(page(&node))))
     })

@@ -14,11 +14,11 @@
 //! that a flood of tiny keys is bounded like a few large ones.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use sentinel_core::kv::json_len;
 use sentinel_core::kv::{MAX_VALUE_BYTES, Merge, Op, merge};
 
 use super::{Answer, KvDelete, KvPut, KvTxn, Limit, LockState};
@@ -59,24 +59,6 @@ impl KeyLease {
     pub fn expires_at_ms(&self) -> u64 {
         self.renewed_ms.saturating_add(self.ttl_ms)
     }
-}
-
-/// The bytes of `value`'s JSON, counted without writing them anywhere.
-pub fn json_len(value: &Value) -> u64 {
-    struct Count(u64);
-    impl io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a `Value` to a writer that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 /// What `key` with `value` counts in the quota.
